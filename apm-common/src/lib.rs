@@ -1,0 +1,142 @@
+//! Types shared by apm's eBPF programs (`apm-ebpf`) and its agent
+//! (`apm-agent`).
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, made of fixed-size integers with
+//! no implicit padding, and has its size checked at compile time, so the
+//! kernel and user views of a map value can never drift apart silently.
+//! Map names are constants so both sides spell them the same way.
+#![no_std]
+
+pub mod maps;
+
+/// TCP states as `sock:inet_sock_set_state` reports them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LISTEN: i32 = 10;
+}
+
+/// `IPPROTO_TCP`: the only protocol apm counts connections for.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Per-CPU connection counters of one monitored local port (value of
+/// [`maps::PORTS`]). The agent sums the CPUs' copies.
+///
+/// `accepted` counts server-side connections that reached ESTABLISHED
+/// (SYN_RECV -> ESTABLISHED). `closed` counts those that then left the
+/// established set, {ESTABLISHED, CLOSE_WAIT}, the same set the kernel's
+/// `CurrEstab` MIB counter uses. Active is `accepted - closed`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    pub accepted: u64,
+    pub closed: u64,
+}
+const _: () = assert!(core::mem::size_of::<PortCounters>() == 16);
+
+/// What the kernel remembers of one counted socket (value of
+/// [`maps::SOCKETS`], keyed by the socket's kernel address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// Local (listening) port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SocketInfo>() == 8);
+
+/// Per-CPU syscall counters of one tracked process (value of
+/// [`maps::PIDS`], keyed by tgid). The agent creates the entry when it starts
+/// tracking the process; the kernel only updates existing entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidCounters {
+    /// Successful accept()/accept4() calls.
+    pub accepts: u64,
+    /// close() calls on a descriptor that an accept returned.
+    pub closes: u64,
+}
+const _: () = assert!(core::mem::size_of::<PidCounters>() == 16);
+
+/// A connection as the process sees it: its tgid and the descriptor that
+/// accept returned (key of [`maps::CONNS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+
+/// State of one accepted connection (value of [`maps::CONNS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// `bpf_ktime_get_ns()` at accept exit.
+    pub accepted_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8);
+
+/// Agent-to-kernel settings (the single element of [`maps::CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// 1: count every listening port on the host (ports are added to
+    /// [`maps::PORTS`] by the kernel on first connection); 0: count only
+    /// ports the agent put there.
+    pub all_ports: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+/// Indexes into [`maps::DROPS`], a per-CPU array of `u64` counters of
+/// everything the kernel side had to give up on. Each is exported as
+/// `apm_ebpf_drops_total{reason}`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// [`maps::SOCKETS`] was full: a connection was not counted.
+    SocketsFull = 0,
+    /// [`maps::PORTS`] was full: a new port was not counted.
+    PortsFull = 1,
+    /// [`maps::CONNS`] insert failed: an accepted fd is not tracked.
+    ConnsFull = 2,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 3] = [Drop::SocketsFull, Drop::PortsFull, Drop::ConnsFull];
+    /// Length of the [`maps::DROPS`] array (room for later reasons).
+    pub const SLOTS: u32 = 16;
+
+    /// The `reason` label value.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Drop::SocketsFull => "sockets_map_full",
+            Drop::PortsFull => "ports_map_full",
+            Drop::ConnsFull => "conns_map_full",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is repr(C), Copy, made only of integers, with its
+    // padding spelled out as explicit fields (sizes asserted above), so every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for PortCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PidCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,40 @@
+//! The maps, sized from `apm_common::maps`. The agent finds them by name.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+
+use apm_common::{
+    ConnInfo, ConnKey, Config, Drop, PidCounters, PortCounters, SocketInfo,
+    maps::{CONNS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX},
+};
+
+#[map]
+pub static PORTS: PerCpuHashMap<u16, PortCounters> = PerCpuHashMap::with_max_entries(PORTS_MAX, 0);
+
+#[map]
+pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKETS_MAX, 0);
+
+#[map]
+pub static PIDS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entries(PIDS_MAX, 0);
+
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(CONNS_MAX, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::SLOTS, 0);
+
+/// Counts one thing the kernel side had to give up on.
+#[inline(always)]
+pub fn count_drop(reason: Drop) {
+    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: the pointer is this CPU's slot of a per-CPU array, valid for
+        // the program's run; programs do not migrate between CPUs mid-run and
+        // the kernel does not nest tracepoint programs on one CPU.
+        unsafe { *slot += 1 };
+    }
+}

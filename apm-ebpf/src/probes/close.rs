@@ -1,0 +1,33 @@
+//! `syscalls:sys_enter_close`: forget an accepted descriptor of a tracked
+//! process. Counted at entry: close releases the descriptor even when it
+//! returns an error (other than EBADF, which cannot match a tracked fd).
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+
+use apm_common::ConnKey;
+
+use crate::maps::{CONNS, PIDS};
+
+/// Offset of `unsigned int fd` in sys_enter_close's format file.
+const FD: usize = 16;
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(counters) = PIDS.get_ptr_mut(tgid) else {
+        return 0;
+    };
+    // SAFETY: the fd field is 8 bytes wide at this offset (format file).
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(FD) }) else {
+        return 1;
+    };
+    let key = ConnKey {
+        tgid,
+        fd: fd as u32,
+    };
+    if CONNS.remove(key).is_ok() {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe { (*counters).closes += 1 };
+    }
+    0
+}

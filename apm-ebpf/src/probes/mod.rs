@@ -1,0 +1,5 @@
+//! One file per hook, mirroring `apm_common::maps::PROBES`.
+
+pub mod accept;
+pub mod close;
+pub mod tcp_state;

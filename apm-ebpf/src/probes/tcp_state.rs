@@ -1,0 +1,100 @@
+//! `sock:inet_sock_set_state`: server-side connections per local port.
+//!
+//! This tracepoint can fire in softirq context, where the current task is not
+//! the socket's owner, so everything here is keyed by port and socket
+//! address, never by `bpf_get_current_pid_tgid()`.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
+
+use apm_common::{Drop, IPPROTO_TCP, PortCounters, SocketInfo, tcp_state};
+
+use crate::maps::{CONFIG, PORTS, SOCKETS, count_drop};
+
+// Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
+// (stable since 4.16).
+const SKADDR: usize = 8;
+const OLDSTATE: usize = 16;
+const NEWSTATE: usize = 20;
+const SPORT: usize = 24;
+const PROTOCOL: usize = 30;
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match try_inet_sock_set_state(&ctx) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: the offsets come from this tracepoint's format file and the
+    // types match the sizes listed there; read_at copies through
+    // bpf_probe_read_kernel, which faults safely.
+    let (protocol, oldstate, newstate) = unsafe {
+        (
+            ctx.read_at::<u16>(PROTOCOL)?,
+            ctx.read_at::<i32>(OLDSTATE)?,
+            ctx.read_at::<i32>(NEWSTATE)?,
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let skaddr = unsafe { ctx.read_at::<u64>(SKADDR)? };
+
+    if oldstate == tcp_state::SYN_RECV && newstate == tcp_state::ESTABLISHED {
+        // SAFETY: as above; sport is already in host byte order.
+        let port = unsafe { ctx.read_at::<u16>(SPORT)? };
+        let Some(counters) = port_counters(port) else {
+            return Ok(());
+        };
+        let info = SocketInfo { port, _pad: [0; 6] };
+        if SOCKETS.insert(skaddr, info, u64::from(BPF_NOEXIST)).is_err() {
+            // Not remembered means its close could not be matched: count
+            // neither side so that active stays exact.
+            count_drop(Drop::SocketsFull);
+            return Ok(());
+        }
+        // SAFETY: this CPU's copy of a per-CPU value; no other program writes
+        // it concurrently.
+        unsafe { (*counters).accepted += 1 };
+    } else if newstate != tcp_state::ESTABLISHED && newstate != tcp_state::CLOSE_WAIT {
+        // SAFETY: read-only copy of a value this program wrote.
+        let Some(info) = (unsafe { SOCKETS.get(skaddr) }).copied() else {
+            return Ok(());
+        };
+        // Removing first makes the close count exactly once even if two
+        // transitions of one socket raced.
+        if SOCKETS.remove(skaddr).is_err() {
+            return Ok(());
+        }
+        if let Some(counters) = PORTS.get_ptr_mut(info.port) {
+            // SAFETY: as for accepted above.
+            unsafe { (*counters).closed += 1 };
+        }
+    }
+    Ok(())
+}
+
+/// This CPU's counters for `port`, creating them when every port is counted.
+#[inline(always)]
+fn port_counters(port: u16) -> Option<*mut PortCounters> {
+    if let Some(counters) = PORTS.get_ptr_mut(port) {
+        return Some(counters);
+    }
+    let all_ports = CONFIG.get(0).map(|c| c.all_ports).unwrap_or(0);
+    if all_ports == 0 {
+        return None;
+    }
+    // Another CPU may create it first (EEXIST): the lookup below still works.
+    if PORTS
+        .insert(port, PortCounters::default(), u64::from(BPF_NOEXIST))
+        .is_err()
+        && PORTS.get_ptr_mut(port).is_none()
+    {
+        count_drop(Drop::PortsFull);
+        return None;
+    }
+    PORTS.get_ptr_mut(port)
+}
