@@ -1,1 +1,10 @@
+//! apm's userspace agent as a library: `main.rs` only wires configuration,
+//! tasks and shutdown together. Modules that need neither root nor a kernel
+//! (config, discovery, agent bookkeeping, metrics, api) are unit-tested.
 
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod discovery;
+pub mod metrics;
+pub mod probes;

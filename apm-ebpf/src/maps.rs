@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    ConnInfo, ConnKey, Config, Drop, PidCounters, PortCounters, SocketInfo,
+    Config, ConnInfo, ConnKey, Drop, PidCounters, PortCounters, SocketInfo,
     maps::{CONNS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX},
 };
 

@@ -2,7 +2,9 @@
 //! process. Counted at entry: close releases the descriptor even when it
 //! returns an error (other than EBADF, which cannot match a tracked fd).
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 
 use apm_common::ConnKey;
 

@@ -50,7 +50,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             return Ok(());
         };
         let info = SocketInfo { port, _pad: [0; 6] };
-        if SOCKETS.insert(skaddr, info, u64::from(BPF_NOEXIST)).is_err() {
+        if SOCKETS
+            .insert(skaddr, info, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
             // Not remembered means its close could not be matched: count
             // neither side so that active stays exact.
             count_drop(Drop::SocketsFull);

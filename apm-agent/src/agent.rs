@@ -1,0 +1,383 @@
+//! The agent's state: which ports and processes are monitored, what each
+//! is called, and how the kernel's cumulative counters become Prometheus
+//! series. Owned behind one mutex, shared by the refresh task and the
+//! /metrics handler (which collects at scrape time so that a scrape is exact).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use apm_common::{Drop, PidCounters, PortCounters};
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    discovery::{Discovery, Listeners, Owner},
+    metrics::Metrics,
+    probes::{Kernel, ProbeReport},
+};
+
+/// Label value for a port or process whose owner is not known.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// What the user asked to monitor.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub all: bool,
+    pub ports: BTreeSet<u16>,
+    pub pids: BTreeSet<u32>,
+    pub comms: BTreeSet<String>,
+    pub names: HashMap<u16, String>,
+}
+
+impl Selection {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            all: c.monitors_all_ports(),
+            ports: c.ports.iter().copied().collect(),
+            pids: c.pids.iter().copied().collect(),
+            comms: c.comms.iter().cloned().collect(),
+            names: c.service_names.iter().cloned().collect(),
+        }
+    }
+
+    pub fn selects(&self, port: u16, owners: &[Owner]) -> bool {
+        self.all
+            || self.ports.contains(&port)
+            || owners
+                .iter()
+                .any(|o| self.pids.contains(&o.pid) || self.comms.contains(&o.comm))
+    }
+
+    /// Configured name, else the first (lowest-pid, usually the master)
+    /// owner's process name.
+    pub fn service_name(&self, port: u16, owners: &[Owner]) -> Option<String> {
+        self.names
+            .get(&port)
+            .cloned()
+            .or_else(|| owners.first().map(|o| o.comm.clone()))
+    }
+}
+
+pub struct Agent {
+    pub metrics: Metrics,
+    pub report: ProbeReport,
+    kernel: Option<Kernel>,
+    discovery: Discovery,
+    selection: Selection,
+    /// Service name per monitored port; absent until known.
+    port_names: HashMap<u16, String>,
+    /// Ports the kernel counts but no scan could name: "unknown" for now.
+    nameless: HashSet<u16>,
+    /// Service name of each tracked process.
+    pid_names: HashMap<u32, String>,
+    /// Ports and pids the kernel maps refused (full): not retried.
+    refused_ports: HashSet<u16>,
+    refused_pids: HashSet<u32>,
+    /// Last kernel values seen, to turn cumulative values into increments.
+    last_ports: HashMap<u16, PortCounters>,
+    last_pids: HashMap<u32, PidCounters>,
+    last_drops: [u64; Drop::ALL.len()],
+}
+
+impl Agent {
+    pub fn new(
+        config: &Config,
+        kernel: Option<Kernel>,
+        report: ProbeReport,
+        metrics: Metrics,
+    ) -> Self {
+        metrics.ebpf_up.set(i64::from(kernel.is_some()));
+        for probe in &report.probes {
+            metrics
+                .probe_attached
+                .with_label_values(&[probe.name.as_str()])
+                .set(i64::from(probe.ok && kernel.is_some()));
+        }
+        let selection = Selection::from_config(config);
+        let mut agent = Self {
+            metrics,
+            report,
+            kernel,
+            discovery: Discovery::new(&config.proc_root),
+            selection,
+            port_names: HashMap::new(),
+            nameless: HashSet::new(),
+            pid_names: HashMap::new(),
+            refused_ports: HashSet::new(),
+            refused_pids: HashSet::new(),
+            last_ports: HashMap::new(),
+            last_pids: HashMap::new(),
+            last_drops: [0; Drop::ALL.len()],
+        };
+        // Explicit ports are counted from the start, even before anything
+        // listens on them, so a server started later loses no connection.
+        let explicit: Vec<u16> = agent.selection.ports.iter().copied().collect();
+        for port in explicit {
+            agent.monitor_port(port, None);
+        }
+        agent
+    }
+
+    pub fn ebpf_up(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// Rescan procfs, apply what changed, and collect the kernel counters.
+    pub fn refresh(&mut self) {
+        match self.discovery.scan() {
+            Ok(listeners) => self.apply(&listeners),
+            Err(e) => {
+                self.metrics
+                    .discovery_errors
+                    .with_label_values(&["scan"])
+                    .inc();
+                warn!(error = %e, "listener discovery failed");
+            }
+        }
+        self.collect();
+    }
+
+    /// Collect for a scrape. Ports the kernel started counting since the
+    /// last scan (every-port mode) are named first, so their first
+    /// connections are not filed under "unknown".
+    pub fn collect_for_scrape(&mut self) {
+        if let Some(kernel) = &self.kernel {
+            let counted = kernel.port_counters();
+            if counted
+                .keys()
+                .any(|p| !self.port_names.contains_key(p) && !self.nameless.contains(p))
+            {
+                self.refresh();
+                return;
+            }
+        }
+        self.collect();
+    }
+
+    /// Follow the listeners procfs shows: name ports, track their processes.
+    pub fn apply(&mut self, listeners: &Listeners) {
+        let mut owners_now: HashMap<u32, String> = HashMap::new();
+        for (&port, owners) in &listeners.by_port {
+            if !self.selection.selects(port, owners) {
+                continue;
+            }
+            let name = self.selection.service_name(port, owners);
+            self.monitor_port(port, name.clone());
+            let name = name.unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+            for owner in owners {
+                owners_now.insert(owner.pid, name.clone());
+            }
+        }
+        // Ports that the kernel counts on its own (every-port mode) but that
+        // are not listening any more keep their last name, or "unknown".
+        if let Some(kernel) = &self.kernel {
+            for port in kernel.port_counters().keys() {
+                if !self.port_names.contains_key(port) {
+                    self.nameless.insert(*port);
+                }
+            }
+        }
+        self.track_pids(owners_now);
+        self.metrics
+            .monitored_ports
+            .set(i64::try_from(self.port_names.len() + self.nameless.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .tracked_processes
+            .set(i64::try_from(self.pid_names.len()).unwrap_or(i64::MAX));
+    }
+
+    fn monitor_port(&mut self, port: u16, name: Option<String>) {
+        if let Some(name) = name {
+            self.nameless.remove(&port);
+            let previous = self.port_names.insert(port, name.clone());
+            match previous {
+                None => info!(port, service = %name, "monitoring port"),
+                Some(old) if old != name => {
+                    info!(port, service = %name, previous = %old, "port changed owner");
+                    // The gauge follows the port; counters keep their history.
+                    let _ = self
+                        .metrics
+                        .conns_active
+                        .remove_label_values(&[old.as_str(), &port.to_string()]);
+                }
+                Some(_) => {}
+            }
+        } else if !self.port_names.contains_key(&port) {
+            self.nameless.insert(port);
+        }
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        if self.refused_ports.contains(&port) {
+            return;
+        }
+        if let Err(e) = kernel.add_port(port) {
+            self.refused_ports.insert(port);
+            self.metrics
+                .agent_drops
+                .with_label_values(&["ports_map_full"])
+                .inc();
+            warn!(port, error = %e, "cannot count this port");
+        }
+    }
+
+    fn track_pids(&mut self, owners_now: HashMap<u32, String>) {
+        let gone: Vec<u32> = self
+            .pid_names
+            .keys()
+            .filter(|pid| !owners_now.contains_key(pid))
+            .copied()
+            .collect();
+        for pid in gone {
+            if let Some(kernel) = self.kernel.as_mut()
+                && let Some(last) = kernel.untrack_pid(pid)
+            {
+                self.account_pid(pid, last);
+            }
+            self.last_pids.remove(&pid);
+            self.pid_names.remove(&pid);
+        }
+        self.refused_pids.retain(|pid| owners_now.contains_key(pid));
+        for (pid, name) in owners_now {
+            if self.pid_names.insert(pid, name).is_some() {
+                continue;
+            }
+            let Some(kernel) = self.kernel.as_mut() else {
+                continue;
+            };
+            if self.refused_pids.contains(&pid) {
+                continue;
+            }
+            if let Err(e) = kernel.track_pid(pid) {
+                self.refused_pids.insert(pid);
+                self.metrics
+                    .agent_drops
+                    .with_label_values(&["pids_map_full"])
+                    .inc();
+                warn!(pid, error = %e, "cannot trace this process");
+            }
+        }
+    }
+
+    /// Turn the kernel's cumulative counters into metric increments.
+    pub fn collect(&mut self) {
+        let Some(kernel) = self.kernel.as_ref() else {
+            return;
+        };
+        let ports = kernel.port_counters();
+        let pids = kernel.pid_counters();
+        let drops: Vec<u64> = Drop::ALL.iter().map(|&d| kernel.drops(d)).collect();
+
+        for (port, now) in ports {
+            let last = self.last_ports.insert(port, now).unwrap_or_default();
+            let name = self
+                .port_names
+                .get(&port)
+                .map_or(UNKNOWN_SERVICE, String::as_str);
+            let labels = [name, &port.to_string()];
+            let m = &self.metrics;
+            m.conns_accepted
+                .with_label_values(&labels)
+                .inc_by(increment(last.accepted, now.accepted));
+            m.conns_closed
+                .with_label_values(&labels)
+                .inc_by(increment(last.closed, now.closed));
+            m.conns_active
+                .with_label_values(&labels)
+                .set(i64::try_from(now.accepted.saturating_sub(now.closed)).unwrap_or(i64::MAX));
+        }
+        for (pid, now) in pids {
+            self.account_pid(pid, now);
+        }
+        for (i, (reason, now)) in Drop::ALL.iter().zip(drops).enumerate() {
+            let inc = increment(self.last_drops[i], now);
+            self.last_drops[i] = now;
+            self.metrics
+                .ebpf_drops
+                .with_label_values(&[reason.reason()])
+                .inc_by(inc);
+        }
+    }
+
+    fn account_pid(&mut self, pid: u32, now: PidCounters) {
+        let last = self.last_pids.insert(pid, now).unwrap_or_default();
+        let name = self
+            .pid_names
+            .get(&pid)
+            .map_or(UNKNOWN_SERVICE, String::as_str);
+        self.metrics
+            .accepted_sockets
+            .with_label_values(&[name])
+            .inc_by(increment(last.accepts, now.accepts));
+        self.metrics
+            .accepted_sockets_closed
+            .with_label_values(&[name])
+            .inc_by(increment(last.closes, now.closes));
+    }
+
+    /// Detach every program. Returns whether there was anything to detach.
+    pub fn shutdown(&mut self) -> bool {
+        self.kernel.take().is_some()
+    }
+}
+
+/// The increase from `last` to `now` of a cumulative counter; a value that
+/// went down was reset (its map entry recreated), so all of `now` is new.
+fn increment(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pid: u32, comm: &str) -> Owner {
+        Owner {
+            pid,
+            comm: comm.into(),
+        }
+    }
+
+    #[test]
+    fn selection_by_port_pid_or_comm() {
+        let s = Selection {
+            ports: [80].into(),
+            pids: [42].into(),
+            comms: ["redis-server".to_owned()].into(),
+            ..Default::default()
+        };
+        assert!(s.selects(80, &[]));
+        assert!(s.selects(9000, &[owner(7, "x"), owner(42, "y")]));
+        assert!(s.selects(6379, &[owner(7, "redis-server")]));
+        assert!(!s.selects(8080, &[owner(7, "nginx")]));
+        let all = Selection {
+            all: true,
+            ..Default::default()
+        };
+        assert!(all.selects(1, &[]));
+    }
+
+    #[test]
+    fn configured_names_win_over_process_names() {
+        let s = Selection {
+            names: [(8080, "api".to_owned())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.service_name(8080, &[owner(1, "python3")]).as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            s.service_name(81, &[owner(1, "nginx"), owner(2, "nginx")])
+                .as_deref(),
+            Some("nginx")
+        );
+        assert_eq!(s.service_name(82, &[]), None);
+    }
+
+    #[test]
+    fn increments_survive_resets() {
+        assert_eq!(increment(5, 8), 3);
+        assert_eq!(increment(5, 5), 0);
+        assert_eq!(increment(5, 2), 2);
+    }
+}

@@ -1,0 +1,106 @@
+//! The admin API (axum): /metrics and /health.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+use crate::agent::Agent;
+
+pub type Shared = Arc<Mutex<Agent>>;
+
+pub fn router(agent: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state(agent)
+}
+
+/// Prometheus text format. Kernel counters are read at scrape time, so a
+/// scrape reflects every connection the kernel has seen up to now.
+async fn metrics(State(agent): State<Shared>) -> Response {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut agent = agent
+            .lock()
+            .map_err(|_| "agent state poisoned".to_owned())?;
+        agent.collect_for_scrape();
+        agent.metrics.encode().map_err(|e| e.to_string())
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Liveness: answers as long as the agent's server runs. It depends on
+/// nothing else (not on eBPF, procfs or any dependency).
+async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use clap::Parser as _;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    fn degraded_agent() -> Shared {
+        let config =
+            crate::config::Config::try_parse_from(["apm-agent", "--port", "8080"]).expect("config");
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let report = crate::probes::ProbeReport {
+            disabled_reason: Some("test".into()),
+            ..Default::default()
+        };
+        Arc::new(Mutex::new(Agent::new(&config, None, report, metrics)))
+    }
+
+    async fn get(path: &str) -> (StatusCode, Option<String>, String) {
+        let response = router(degraded_agent())
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let ctype = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, ctype, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_in_text_format_without_ebpf() {
+        let (status, ctype, body) = get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ctype.as_deref(), Some(crate::metrics::CONTENT_TYPE));
+        assert!(body.contains("\napm_ebpf_up 0\n"), "{body}");
+        assert!(body.contains("apm_build_info{version="), "{body}");
+    }
+
+    #[tokio::test]
+    async fn health_is_up_without_ebpf() {
+        let (status, _, body) = get("/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, r#"{"status":"ok"}"#);
+    }
+}

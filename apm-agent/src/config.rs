@@ -1,0 +1,139 @@
+//! Command-line configuration. Every flag can also be set with an `APM_*`
+//! environment variable (lists are comma-separated there).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "apm-agent",
+    version,
+    about = "eBPF-assisted host and request profiler: per-service TCP and HTTP metrics without touching the services."
+)]
+pub struct Config {
+    /// Address of the admin API (/metrics, /health).
+    #[arg(long, env = "APM_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+
+    /// Monitor this local TCP port (repeatable). With no --port, --pid or
+    /// --comm, every TCP listener on the host is monitored.
+    #[arg(long = "port", env = "APM_PORT", value_delimiter = ',')]
+    pub ports: Vec<u16>,
+
+    /// Monitor the TCP listeners of this process id (repeatable).
+    #[arg(long = "pid", env = "APM_PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Monitor the TCP listeners of processes with this name, as in
+    /// /proc/PID/comm (repeatable).
+    #[arg(long = "comm", env = "APM_COMM", value_delimiter = ',')]
+    pub comms: Vec<String>,
+
+    /// Name the service on a port, PORT=NAME (repeatable). Default: the name
+    /// of the process that owns the listener.
+    #[arg(long = "service-name", env = "APM_SERVICE_NAME", value_delimiter = ',', value_parser = parse_service_name)]
+    pub service_names: Vec<(u16, String)>,
+
+    /// How often listeners and their processes are rediscovered from procfs.
+    #[arg(long, env = "APM_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub refresh_interval: Duration,
+
+    /// Where procfs is mounted (the host's /proc when running in a container).
+    #[arg(long, env = "APM_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+
+    /// Do not load eBPF programs (procfs-only mode).
+    #[arg(long, env = "APM_NO_EBPF")]
+    pub no_ebpf: bool,
+
+    /// Log format; default: json when stdout is not a terminal, text otherwise.
+    #[arg(long, env = "APM_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, in tracing-subscriber's EnvFilter syntax.
+    #[arg(long, env = "APM_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Config {
+    /// True when the user named no service: count every listener on the host.
+    pub fn monitors_all_ports(&self) -> bool {
+        self.ports.is_empty() && self.pids.is_empty() && self.comms.is_empty()
+    }
+}
+
+/// Longest service name accepted on the command line (it becomes a label).
+const MAX_SERVICE_NAME: usize = 64;
+
+fn parse_service_name(s: &str) -> Result<(u16, String), String> {
+    let (port, name) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected PORT=NAME, got {s:?}"))?;
+    let port: u16 = port
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid port {port:?}: {e}"))?;
+    let name = name.trim();
+    if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+        return Err(format!(
+            "service name must be 1 to {MAX_SERVICE_NAME} bytes, got {name:?}"
+        ));
+    }
+    Ok((port, name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_monitor_every_port_on_loopback_admin() {
+        let c = Config::try_parse_from(["apm-agent"]).expect("defaults parse");
+        assert_eq!(c.listen, "127.0.0.1:9464".parse().expect("addr"));
+        assert!(c.monitors_all_ports());
+        assert_eq!(c.refresh_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn repeatable_and_comma_separated_selection() {
+        let c = Config::try_parse_from([
+            "apm-agent",
+            "--port",
+            "80",
+            "--port=443,8080",
+            "--comm",
+            "nginx",
+            "--service-name",
+            "8080=api",
+        ])
+        .expect("parse");
+        assert_eq!(c.ports, vec![80, 443, 8080]);
+        assert_eq!(c.comms, vec!["nginx".to_owned()]);
+        assert_eq!(c.service_names, vec![(8080, "api".to_owned())]);
+        assert!(!c.monitors_all_ports());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_reason() {
+        let err = Config::try_parse_from(["apm-agent", "--port", "70000"]).expect_err("port");
+        assert!(err.to_string().contains("70000"), "{err}");
+        let err =
+            Config::try_parse_from(["apm-agent", "--service-name", "80"]).expect_err("no name");
+        assert!(err.to_string().contains("PORT=NAME"), "{err}");
+        let err = Config::try_parse_from(["apm-agent", "--bogus"]).expect_err("unknown");
+        assert!(err.to_string().contains("--bogus"), "{err}");
+    }
+}

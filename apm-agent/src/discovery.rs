@@ -1,0 +1,287 @@
+//! Which process owns which TCP listener, read from procfs.
+//!
+//! Listening sockets come from `<proc>/1/net/tcp{,6}` (the host's network
+//! namespace when the agent shares the host's pid namespace); their owners
+//! come from the `socket:[inode]` links under `<proc>/<pid>/fd`. Walking every
+//! process's descriptors is the expensive part, so it happens only when a
+//! listener with an unknown owner appears, and otherwise every
+//! [`FULL_RESCAN_EVERY`] scans (to notice forked workers).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use procfs::process::{FDTarget, Process};
+use procfs_core::net::TcpState;
+
+/// Full process walks happen at least this often (in scans).
+pub const FULL_RESCAN_EVERY: u64 = 10;
+
+/// One process that holds a listening socket.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    pub pid: u32,
+    /// `/proc/<pid>/comm`, the kernel's 15-byte process name.
+    pub comm: String,
+}
+
+/// Listening ports and the processes holding them (sorted by pid, deduplicated).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listeners {
+    pub by_port: BTreeMap<u16, Vec<Owner>>,
+}
+
+impl Listeners {
+    /// Every pid that holds any listener.
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_port.values().flatten().map(|o| o.pid)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("reading the TCP socket table under {root}: {source}")]
+    SocketTable {
+        root: PathBuf,
+        #[source]
+        source: procfs::ProcError,
+    },
+    #[error("listing processes under {root}: {source}")]
+    Processes {
+        root: PathBuf,
+        #[source]
+        source: procfs::ProcError,
+    },
+}
+
+pub struct Discovery {
+    root: PathBuf,
+    owners: HashMap<u64, Vec<Owner>>,
+    /// Listening inodes that the last full walk could not attribute (owned
+    /// by a process we may not read): not a reason for another walk.
+    orphans: HashSet<u64>,
+    scans: u64,
+}
+
+impl Discovery {
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: proc_root.into(),
+            owners: HashMap::new(),
+            orphans: HashSet::new(),
+            scans: 0,
+        }
+    }
+
+    pub fn scan(&mut self) -> Result<Listeners, DiscoveryError> {
+        let listening = self.listening_sockets()?;
+        let needs_walk = self.scans.is_multiple_of(FULL_RESCAN_EVERY)
+            || listening.iter().any(|(_, inode)| {
+                !self.owners.contains_key(inode) && !self.orphans.contains(inode)
+            });
+        self.scans += 1;
+        if needs_walk {
+            let wanted: HashSet<u64> = listening.iter().map(|&(_, inode)| inode).collect();
+            self.owners = self.walk_processes(&wanted)?;
+            self.orphans = wanted
+                .into_iter()
+                .filter(|inode| !self.owners.contains_key(inode))
+                .collect();
+        } else {
+            // Cheap liveness check instead of a walk.
+            let root = &self.root;
+            for owners in self.owners.values_mut() {
+                owners.retain(|o| root.join(o.pid.to_string()).exists());
+            }
+        }
+        let mut listeners = Listeners::default();
+        for (port, inode) in listening {
+            let owners = listeners.by_port.entry(port).or_default();
+            if let Some(found) = self.owners.get(&inode) {
+                owners.extend(found.iter().cloned());
+            }
+        }
+        for owners in listeners.by_port.values_mut() {
+            owners.sort();
+            owners.dedup();
+        }
+        Ok(listeners)
+    }
+
+    /// (port, inode) of every TCP socket in LISTEN state, IPv4 and IPv6.
+    fn listening_sockets(&self) -> Result<Vec<(u16, u64)>, DiscoveryError> {
+        // pid 1's table is the host's network namespace; fall back to ours
+        // when pid 1 is not readable (no CAP_SYS_PTRACE, say).
+        let mut last_err = None;
+        for ns in ["1", "self"] {
+            let process = match Process::new_with_root(self.root.join(ns)) {
+                Ok(p) => p,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let table = process
+                .tcp()
+                .and_then(|mut v4| process.tcp6().map(|v6| (v4.extend(v6), v4).1));
+            match table {
+                Ok(entries) => {
+                    return Ok(entries
+                        .into_iter()
+                        .filter(|e| e.state == TcpState::Listen)
+                        .map(|e| (e.local_address.port(), e.inode))
+                        .collect());
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(DiscoveryError::SocketTable {
+            root: self.root.clone(),
+            source: last_err.unwrap_or(procfs::ProcError::NotFound(None)),
+        })
+    }
+
+    fn walk_processes(
+        &self,
+        wanted: &HashSet<u64>,
+    ) -> Result<HashMap<u64, Vec<Owner>>, DiscoveryError> {
+        let mut owners: HashMap<u64, Vec<Owner>> = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(owners);
+        }
+        let processes = procfs::process::all_processes_with_root(&self.root).map_err(|source| {
+            DiscoveryError::Processes {
+                root: self.root.clone(),
+                source,
+            }
+        })?;
+        // Processes vanish and deny access all the time: skip those.
+        for process in processes.flatten() {
+            let Ok(fds) = process.fd() else { continue };
+            let mut comm = None;
+            for fd in fds.flatten() {
+                let FDTarget::Socket(inode) = fd.target else {
+                    continue;
+                };
+                if !wanted.contains(&inode) {
+                    continue;
+                }
+                let comm = comm.get_or_insert_with(|| read_comm(&self.root, process.pid));
+                let Ok(pid) = u32::try_from(process.pid) else {
+                    continue;
+                };
+                owners.entry(inode).or_default().push(Owner {
+                    pid,
+                    comm: comm.clone(),
+                });
+            }
+        }
+        Ok(owners)
+    }
+}
+
+/// The process name, or "unknown" when it cannot be read (it exited).
+pub fn read_comm(root: &Path, pid: i32) -> String {
+    std::fs::read_to_string(root.join(pid.to_string()).join("comm"))
+        .map(|s| s.trim_end_matches('\n').to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:1A0B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 100 0 0 10 0
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0
+";
+
+    /// A fake procfs: pid 1 carries the socket tables; pids 10 and 11 share
+    /// listener 1111 (master and worker), pid 12 holds the IPv6 one, pid 13
+    /// holds only a connected socket.
+    fn fake_proc() -> PathBuf {
+        let root = std::env::temp_dir().join(format!(
+            "apm-discovery-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let mk = |pid: &str, comm: &str, fds: &[(u32, &str)]| {
+            let dir = root.join(pid);
+            std::fs::create_dir_all(dir.join("fd")).expect("mkdir");
+            std::fs::create_dir_all(dir.join("net")).expect("mkdir");
+            std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+            for (fd, target) in fds {
+                symlink(target, dir.join("fd").join(fd.to_string())).expect("symlink");
+            }
+        };
+        mk("1", "init", &[]);
+        std::fs::write(root.join("1/net/tcp"), TCP).expect("tcp");
+        std::fs::write(root.join("1/net/tcp6"), TCP6).expect("tcp6");
+        mk("10", "nginx", &[(3, "socket:[1111]"), (4, "/dev/null")]);
+        mk("11", "nginx", &[(3, "socket:[1111]")]);
+        mk("12", "api", &[(5, "socket:[4444]")]);
+        mk("13", "client", &[(7, "socket:[2222]")]);
+        root
+    }
+
+    #[test]
+    fn listeners_are_attributed_to_every_owner() {
+        let root = fake_proc();
+        let mut d = Discovery::new(&root);
+        let l = d.scan().expect("scan");
+        let nginx = |pid| Owner {
+            pid,
+            comm: "nginx".into(),
+        };
+        // 0x1F90 = 8080 on v4 (two owners) and v6 (one more owner).
+        assert_eq!(
+            l.by_port.get(&8080),
+            Some(&vec![
+                nginx(10),
+                nginx(11),
+                Owner {
+                    pid: 12,
+                    comm: "api".into()
+                }
+            ])
+        );
+        // 0x1A0B = 6667: listening, owner not found.
+        assert_eq!(l.by_port.get(&6667), Some(&vec![]));
+        // The connected socket (state 01) is not a listener.
+        assert_eq!(l.by_port.len(), 2);
+        let mut pids: Vec<u32> = l.pids().collect();
+        pids.sort();
+        assert_eq!(pids, vec![10, 11, 12]);
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn exited_owners_are_dropped_without_a_walk() {
+        let root = fake_proc();
+        let mut d = Discovery::new(&root);
+        d.scan().expect("first scan walks");
+        std::fs::remove_dir_all(root.join("11")).expect("rm");
+        let l = d.scan().expect("second scan");
+        let pids: Vec<u32> = l.by_port[&8080].iter().map(|o| o.pid).collect();
+        assert_eq!(pids, vec![10, 12]);
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_missing_socket_table_is_an_error_not_a_panic() {
+        let mut d = Discovery::new("/nonexistent-apm-proc");
+        let err = d.scan().expect_err("no table");
+        assert!(err.to_string().contains("/nonexistent-apm-proc"), "{err}");
+    }
+}
