@@ -1,1 +1,189 @@
-fn main() {}
+//! `cargo xtask`: apm's build, run and test entry points.
+//!
+//! Each command first makes sure the eBPF toolchain is present (Debian's
+//! rustc-web and prebuilt BPF `core`, LLVM 22, bpf-linker), installing what
+//! is missing when it runs as root on Debian, or stopping with one sentence
+//! that names what to install. A second run finds everything and installs
+//! nothing.
+
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "apm's build, run and test helpers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing build dependencies, then build the agent (release).
+    Build,
+    /// Build and run the agent in the foreground; extra arguments go to the agent.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Formatting, clippy (every crate, eBPF included), unit tests and the
+    /// root end-to-end tests.
+    Test {
+        /// Skip the end-to-end tests (they need root and a BPF-capable kernel).
+        #[arg(long)]
+        no_e2e: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Cmd::Build => {
+            bootstrap::ensure_build_deps()?;
+            build_agent(&root, true).map(|_| ())
+        }
+        Cmd::Run { args } => {
+            bootstrap::ensure_build_deps()?;
+            let agent = build_agent(&root, true)?;
+            run_agent(&agent, &args)
+        }
+        Cmd::Test { no_e2e } => {
+            bootstrap::ensure_build_deps()?;
+            if !no_e2e {
+                bootstrap::ensure_test_deps()?;
+            }
+            test(&root, no_e2e)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+/// A `cargo` command run from the workspace root with rustup's cargo (the
+/// one that invoked us), never Debian's: that one only builds apm-ebpf.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd.env("PATH", bootstrap::path_with_cargo_bin());
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {what}: {cmd:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_agent(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--package", "apm-agent", "--bin", "apm-agent"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd, "building apm-agent (with its eBPF object)")?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(root.join("target").join(profile).join("apm-agent"))
+}
+
+fn run_agent(agent: &Path, args: &[String]) -> Result<()> {
+    let listen = listen_address(args).unwrap_or_else(|| "127.0.0.1:9464".to_owned());
+    println!("apm admin API: http://{listen}/  (metrics at http://{listen}/metrics; Ctrl-C stops)");
+    if !bootstrap::is_root() {
+        eprintln!(
+            "xtask: not root, so the agent cannot load eBPF programs and runs procfs-only; use sudo for full data"
+        );
+    }
+    let status = Command::new(agent)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {}", agent.display()))?;
+    // 130/143: stopped by SIGINT/SIGTERM, which is how one stops it.
+    if !status.success() && !matches!(status.code(), Some(130 | 143) | None) {
+        bail!("apm-agent exited with {status}");
+    }
+    Ok(())
+}
+
+/// The admin address the agent will use, from `--listen` or `APM_LISTEN`.
+fn listen_address(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if let Some(v) = arg.strip_prefix("--listen=") {
+            return Some(v.to_owned());
+        }
+        if arg == "--listen" {
+            return it.next().cloned();
+        }
+    }
+    std::env::var("APM_LISTEN").ok()
+}
+
+fn test(root: &Path, no_e2e: bool) -> Result<()> {
+    let mut fmt = cargo(root);
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "cargo fmt --check")?;
+
+    let mut clippy = cargo(root);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy, "clippy -D warnings (all crates, apm-ebpf included)")?;
+
+    let mut unit = cargo(root);
+    unit.args(["test", "--workspace", "--exclude", "apm-e2e"]);
+    run(unit, "unit tests")?;
+
+    if no_e2e {
+        eprintln!("xtask: end-to-end tests skipped (--no-e2e)");
+        return Ok(());
+    }
+    if !bootstrap::is_root() {
+        bail!("the end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test` or pass --no-e2e");
+    }
+    let agent = build_agent(root, false)?;
+    let mut e2e = cargo(root);
+    e2e.args(["test", "--package", "apm-e2e", "--", "--test-threads=1"])
+        .env("APM_AGENT_BIN", &agent);
+    run(e2e, "end-to-end tests (real eBPF programs, real servers)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_from_flags() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            listen_address(&s(&["--listen", "0.0.0.0:1"])).as_deref(),
+            Some("0.0.0.0:1")
+        );
+        assert_eq!(
+            listen_address(&s(&["--port", "80", "--listen=[::1]:2"])).as_deref(),
+            Some("[::1]:2")
+        );
+    }
+}
