@@ -190,7 +190,10 @@ impl Agent {
             self.nameless.remove(&port);
             let previous = self.port_names.insert(port, name.clone());
             match previous {
-                None => info!(port, service = %name, "monitoring port"),
+                None => {
+                    info!(port, service = %name, "monitoring port");
+                    self.adopt_unknown_series(port, &name);
+                }
                 Some(old) if old != name => {
                     info!(port, service = %name, previous = %old, "port changed owner");
                     // The gauge follows the port; counters keep their history.
@@ -217,6 +220,28 @@ impl Agent {
                 .with_label_values(&["ports_map_full"])
                 .inc();
             warn!(port, error = %e, "cannot count this port");
+        }
+    }
+
+    /// Connections counted while the port had no known owner were the new
+    /// owner's: move them from the "unknown" series to the named one, so
+    /// one port never shows two series at once.
+    fn adopt_unknown_series(&mut self, port: u16, name: &str) {
+        let port = port.to_string();
+        let old = [UNKNOWN_SERVICE, port.as_str()];
+        let new = [name, port.as_str()];
+        let m = &self.metrics;
+        for family in [&m.conns_accepted, &m.conns_closed] {
+            if let Ok(counter) = family.get_metric_with_label_values(&old) {
+                let carried = counter.get();
+                let _ = family.remove_label_values(&old);
+                family.with_label_values(&new).inc_by(carried);
+            }
+        }
+        if let Ok(gauge) = m.conns_active.get_metric_with_label_values(&old) {
+            let active = gauge.get();
+            let _ = m.conns_active.remove_label_values(&old);
+            m.conns_active.with_label_values(&new).set(active);
         }
     }
 

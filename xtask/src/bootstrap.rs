@@ -72,7 +72,9 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
     let list = missing.join(" ");
     let debian = Path::new("/etc/debian_version").exists() && which("apt-get").is_some();
     if !debian {
-        bail!("apm builds with Debian 12's packages {list}; install them (or their equivalents) first");
+        bail!(
+            "apm builds with Debian 12's packages {list}; install them (or their equivalents) first"
+        );
     }
     if !is_root() {
         bail!("missing Debian packages: run `sudo apt-get install -y {list}`, then try again");
@@ -145,7 +147,9 @@ fn ensure_bpf_linker() -> Result<()> {
     if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
         bail!("bpf-linker needs LLVM 22: install the Debian package llvm-22-dev first");
     }
-    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (about 2 minutes)");
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (about 2 minutes)"
+    );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args([

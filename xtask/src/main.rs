@@ -161,7 +161,9 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
         return Ok(());
     }
     if !bootstrap::is_root() {
-        bail!("the end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test` or pass --no-e2e");
+        bail!(
+            "the end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test` or pass --no-e2e"
+        );
     }
     let agent = build_agent(root, false)?;
     let mut e2e = cargo(root);

@@ -1,0 +1,417 @@
+//! Helpers for apm's end-to-end tests: start the real agent binary, start
+//! scripted servers, scrape and parse /metrics over real HTTP. Every wait is
+//! bounded in time and every loop in count.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// Fails the test unless it runs as root: these tests load eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
+    );
+}
+
+/// The agent binary: `APM_AGENT_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("APM_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/apm-agent")
+        })
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running apm-agent, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` plus a private admin port, a fast
+    /// refresh and JSON logs to a file; waits until /health answers.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_with(Command::new(agent_bin()), args)
+    }
+
+    /// Like [`Agent::start`], but `cmd` is a wrapper (such as setpriv) that
+    /// will exec the agent: the agent's path and arguments are appended.
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Result<Self> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let log = std::env::temp_dir().join(format!("apm-e2e-agent-{port}.log"));
+        let out = std::fs::File::create(&log)?;
+        if cmd.get_program() != agent_bin().as_os_str() {
+            cmd.arg(agent_bin());
+        }
+        cmd.args(["--listen", &addr.to_string()])
+            .args(["--refresh-interval", "200ms", "--log-format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        let mut agent = Self {
+            child: Some(child),
+            addr,
+            log,
+        };
+        let up = wait_for(Duration::from_secs(30), || {
+            if agent.exited().is_some() {
+                return Some(false);
+            }
+            get(addr, "/health").ok().map(|r| r.status == 200)
+        });
+        if up != Some(true) {
+            bail!("agent did not come up: {}", agent.log_text());
+        }
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status, if the agent has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        let r = get(self.addr, "/metrics")?;
+        ensure!(r.status == 200, "GET /metrics: {}", r.status);
+        Ok(Metrics::parse(&r.body))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the agent to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.pid().context("agent already reaped")?;
+        let pid = i32::try_from(pid)?;
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        let status = wait_for(timeout, || self.exited()).context("agent ignored SIGTERM")?;
+        self.child = None;
+        Ok(status)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && self.terminate(Duration::from_secs(5)).is_err()
+            && let Some(mut child) = self.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `apm-listener` binary cargo built beside the running test
+/// (target/<profile>/, one level above the test binary in deps/).
+fn listener_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test binary has no target directory")?;
+    let bin = dir.join("apm-listener");
+    ensure!(
+        bin.exists(),
+        "{} missing: run through cargo test",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A scripted `apm-listener` process (see src/bin/apm-listener.rs).
+pub struct Listener {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    pub port: u16,
+}
+
+impl Listener {
+    /// Starts a listener on `port` that accepts `batch` connections per `go`
+    /// and closes `close` of each batch.
+    pub fn start(port: u16, batch: usize, close: usize) -> Result<Self> {
+        let mut child = Command::new(listener_bin()?)
+            .args([port.to_string(), batch.to_string(), close.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning apm-listener")?;
+        let stdout = child.stdout.take().context("listener stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let listener = Self {
+            child,
+            stdin,
+            lines,
+            port,
+        };
+        listener.expect_line("listening")?;
+        Ok(listener)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn expect_line(&self, prefix: &str) -> Result<String> {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .with_context(|| format!("apm-listener said nothing (waiting for {prefix:?})"))?;
+        ensure!(
+            line.starts_with(prefix),
+            "apm-listener said {line:?}, expected {prefix:?}"
+        );
+        Ok(line)
+    }
+
+    /// Lets the listener accept (and partly close) one batch; returns once done.
+    pub fn go(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("listener stdin closed")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        self.expect_line("accepted").map(|_| ())
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens `n` client connections to 127.0.0.1:`port` and returns them open.
+pub fn connect_many(port: u16, n: usize) -> Result<Vec<TcpStream>> {
+    (0..n)
+        .map(|_| {
+            TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(5),
+            )
+            .context("connecting to the test listener")
+        })
+        .collect()
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a real socket (Connection: close).
+pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .context("bad status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").context("chunk size")?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        ensure!(rest.len() >= size + 2, "short chunk");
+        out.push_str(&rest[..size]);
+        s = &rest[size + 2..];
+    }
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parsed /metrics text.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(parse_sample)
+            .collect();
+        Self {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// The value of `name` whose labels include all of `labels`; panics
+    /// when several series match (the caller's labels are not specific).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<&Sample> = self.matching(name, labels).collect();
+        assert!(found.len() <= 1, "{name}{labels:?} matches {found:?}");
+        found.first().map(|s| s.value)
+    }
+
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        None => (series, BTreeMap::new()),
+        Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+    };
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    while !s.is_empty() {
+        let (key, rest) = s.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => {
+                    let (_, escaped) = chars.next()?;
+                    value.push(if escaped == 'n' { '\n' } else { escaped });
+                }
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        s = rest[end + 1..].trim_start_matches(',');
+    }
+    Some(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_samples_with_escaped_labels() {
+        let m = Metrics::parse("# HELP x y\nup 1\nreq_total{a=\"b\",c=\"d\\\"e\"} 42\n");
+        assert_eq!(m.value("up", &[]), Some(1.0));
+        assert_eq!(m.value("req_total", &[("c", "d\"e")]), Some(42.0));
+        assert_eq!(m.value("req_total", &[("a", "z")]), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! Connection counting end to end: the real agent with its eBPF programs in
+//! this kernel, scripted listeners, counts compared with what the test did.
+
+use std::{process::Command, time::Duration};
+
+use apm_e2e::{Agent, Listener, connect_many, free_port, get, require_root, wait_for};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn port_label(port: u16) -> String {
+    port.to_string()
+}
+
+/// Waits until the agent has found the listener's process (so its accept
+/// syscalls are traced too), identified by the series for `port`.
+fn wait_until_named(agent: &Agent, port: u16, service: &str) {
+    let p = port_label(port);
+    let found = wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        let named = m
+            .value(
+                "apm_tcp_connections_accepted_total",
+                &[("server_port", &p), ("service_name", service)],
+            )
+            .is_some();
+        let tracked = m.value("apm_tracked_processes", &[]).unwrap_or(0.0) >= 1.0;
+        (named && tracked).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "agent never named port {port} as {service}: {}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn accepted_closed_and_active_match_what_the_listener_did() {
+    require_root();
+    let (selected, other) = (free_port().expect("port"), free_port().expect("port"));
+    assert_ne!(selected, other);
+    let agent = Agent::start(&["--port", &selected.to_string()]).expect("agent");
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(
+        m.value("apm_ebpf_up", &[]),
+        Some(1.0),
+        "{}",
+        agent.log_text()
+    );
+
+    // 4 batches of 50 (std's listen backlog is 128): 200 accepted, 20 of
+    // each batch closed by the server, so 80 closed and 120 still open.
+    let mut listener = Listener::start(selected, 50, 20).expect("listener");
+    let mut unselected = Listener::start(other, 50, 10).expect("listener");
+    wait_until_named(&agent, selected, "apm-listener");
+
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.extend(connect_many(selected, 50).expect("connect"));
+        listener.go().expect("accept batch");
+    }
+    clients.extend(connect_many(other, 50).expect("connect"));
+    unselected.go().expect("accept batch");
+
+    let m = agent.metrics().expect("metrics");
+    let labels = [("server_port", selected.to_string())];
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        m.value("apm_tcp_connections_accepted_total", &labels),
+        Some(200.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value("apm_tcp_connections_closed_total", &labels),
+        Some(80.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value("apm_tcp_connections_active", &labels),
+        Some(120.0),
+        "{}",
+        m.text
+    );
+    // The syscall side saw the same 200 accepts in the listener process.
+    assert_eq!(
+        m.value(
+            "apm_accepted_sockets_total",
+            &[("service_name", "apm-listener")]
+        ),
+        Some(200.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value(
+            "apm_accepted_sockets_closed_total",
+            &[("service_name", "apm-listener")]
+        ),
+        Some(80.0),
+        "{}",
+        m.text
+    );
+    let other = format!("server_port=\"{other}\"");
+    assert!(
+        !m.text.contains(&other),
+        "unselected port appears in /metrics:\n{}",
+        m.text
+    );
+    for reason in ["sockets_map_full", "ports_map_full", "conns_map_full"] {
+        assert_eq!(
+            m.value("apm_ebpf_drops_total", &[("reason", reason)]),
+            Some(0.0)
+        );
+    }
+    drop(clients);
+}
+
+#[test]
+fn a_server_started_after_the_agent_is_picked_up() {
+    require_root();
+    // Every-port mode (no selection) and selection by process name.
+    for args in [&[][..], &["--comm", "apm-listener"][..]] {
+        let agent = Agent::start(args).expect("agent");
+        let port = free_port().expect("port");
+        let mut listener = Listener::start(port, 30, 0).expect("listener");
+        wait_until_named(&agent, port, "apm-listener");
+        let clients = connect_many(port, 30).expect("connect");
+        listener.go().expect("accept");
+        let m = agent.metrics().expect("metrics");
+        let p = port.to_string();
+        let labels = [
+            ("server_port", p.as_str()),
+            ("service_name", "apm-listener"),
+        ];
+        assert_eq!(
+            m.value("apm_tcp_connections_accepted_total", &labels),
+            Some(30.0),
+            "args {args:?}: {}",
+            m.text
+        );
+        assert_eq!(m.value("apm_tcp_connections_active", &labels), Some(30.0));
+        drop(clients);
+        // Client-side closes make the server sockets CLOSE_WAIT (still
+        // active); the listener's exit closes them for good.
+        drop(listener);
+        let p2 = p.clone();
+        let closed = wait_for(WAIT, || {
+            let m = agent.metrics().ok()?;
+            let labels = [
+                ("server_port", p2.as_str()),
+                ("service_name", "apm-listener"),
+            ];
+            (m.value("apm_tcp_connections_closed_total", &labels) == Some(30.0)
+                && m.value("apm_tcp_connections_active", &labels) == Some(0.0))
+            .then_some(())
+        });
+        assert!(
+            closed.is_some(),
+            "args {args:?}: {}",
+            agent.metrics().expect("m").text
+        );
+    }
+}
+
+fn apm_programs_loaded() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask test)");
+    assert!(out.status.success(), "bpftool failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // bpftool prints program names truncated to 15 bytes.
+    ["inet_sock_set_s", "sys_exit_accept", "sys_enter_close"]
+        .iter()
+        .map(|name| text.matches(&format!("name {name}")).count())
+        .sum()
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    require_root();
+    assert_eq!(
+        apm_programs_loaded(),
+        0,
+        "programs left over before the test"
+    );
+    let mut agent = Agent::start(&[]).expect("agent");
+    assert_eq!(apm_programs_loaded(), 4, "{}", agent.log_text());
+    let status = agent.terminate(WAIT).expect("terminate");
+    assert!(
+        status.success(),
+        "agent exited with {status}: {}",
+        agent.log_text()
+    );
+    assert_eq!(apm_programs_loaded(), 0, "programs left after SIGTERM");
+    assert!(agent.log_text().contains("eBPF programs detached"));
+}
+
+#[test]
+fn without_privileges_the_agent_degrades_and_keeps_serving() {
+    require_root();
+    let mut setpriv = Command::new("setpriv");
+    setpriv.args(["--bounding-set=-all", "--inh-caps=-all", "--"]);
+    let mut agent = Agent::start_with(setpriv, &[]).expect("agent without capabilities");
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(m.value("apm_ebpf_up", &[]), Some(0.0), "{}", m.text);
+    assert!(
+        m.matching("apm_ebpf_probe_attached", &[])
+            .all(|s| s.value == 0.0),
+        "{}",
+        m.text
+    );
+    let health = get(agent.addr, "/health").expect("health");
+    assert_eq!(health.status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        agent.exited().is_none(),
+        "agent exited: {}",
+        agent.log_text()
+    );
+    let log = agent.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected exactly one error line:\n{log}");
+    assert!(errors[0].contains("CAP_BPF"), "{}", errors[0]);
+}
+
+#[test]
+fn metrics_endpoint_speaks_prometheus_text_format() {
+    require_root();
+    let agent = Agent::start(&[]).expect("agent");
+    let r = get(agent.addr, "/metrics").expect("metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        r.body
+            .contains("# TYPE apm_tcp_connections_accepted_total counter")
+    );
+}
