@@ -4,6 +4,9 @@
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
+/// Every `reason` of `apm_agent_drops_total`, exported from the start at 0.
+pub const AGENT_DROP_REASONS: [&str; 2] = ["ports_map_full", "pids_map_full"];
+
 pub const SERVICE: &str = "service_name";
 pub const PORT: &str = "server_port";
 
@@ -119,6 +122,10 @@ impl Metrics {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for reason in AGENT_DROP_REASONS {
+            metrics.agent_drops.with_label_values(&[reason]).inc_by(0);
+        }
+        metrics.discovery_errors.with_label_values(&["scan"]).inc_by(0);
         for reason in apm_common::Drop::ALL {
             metrics
                 .ebpf_drops
