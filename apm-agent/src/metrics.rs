@@ -125,7 +125,10 @@ impl Metrics {
         for reason in AGENT_DROP_REASONS {
             metrics.agent_drops.with_label_values(&[reason]).inc_by(0);
         }
-        metrics.discovery_errors.with_label_values(&["scan"]).inc_by(0);
+        metrics
+            .discovery_errors
+            .with_label_values(&["scan"])
+            .inc_by(0);
         for reason in apm_common::Drop::ALL {
             metrics
                 .ebpf_drops

@@ -23,8 +23,11 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     let p = port.to_string();
     wait_for(std::time::Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
-        m.value("apm_tcp_connections_accepted_total", &[("server_port", p.as_str())])
-            .map(|_| ())
+        m.value(
+            "apm_tcp_connections_accepted_total",
+            &[("server_port", p.as_str())],
+        )
+        .map(|_| ())
     })
     .expect("listener discovered");
     let clients = connect_many(port, 3).expect("connect");
@@ -40,7 +43,13 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     let documented = documented();
     let undocumented: Vec<_> = exported.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&exported).collect();
-    assert!(undocumented.is_empty(), "exported but not in docs/metrics.md: {undocumented:?}");
-    assert!(missing.is_empty(), "documented but not exported: {missing:?}");
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/metrics.md: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "documented but not exported: {missing:?}"
+    );
     drop(clients);
 }
