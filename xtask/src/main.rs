@@ -92,6 +92,58 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Test totals parsed from cargo test's `test result:` lines.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, echoing its output and adding its results
+/// to `tally`.
+fn run_tests(mut cmd: Command, what: &str, tally: &mut Tally) -> Result<()> {
+    use std::io::BufRead as _;
+    eprintln!("xtask: {what}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}: {cmd:?}"))?;
+    let stdout = child.stdout.take().context("test stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        println!("{} passed, {} failed", tally.passed, tally.failed.max(1));
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 fn build_agent(root: &Path, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo(root);
     cmd.args(["build", "--package", "apm-agent", "--bin", "apm-agent"]);
@@ -152,12 +204,14 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
     ]);
     run(clippy, "clippy -D warnings (all crates, apm-ebpf included)")?;
 
+    let mut tally = Tally::default();
     let mut unit = cargo(root);
     unit.args(["test", "--workspace", "--exclude", "apm-e2e"]);
-    run(unit, "unit tests")?;
+    run_tests(unit, "unit tests", &mut tally)?;
 
     if no_e2e {
         eprintln!("xtask: end-to-end tests skipped (--no-e2e)");
+        println!("{} passed, {} failed", tally.passed, tally.failed);
         return Ok(());
     }
     if !bootstrap::is_root() {
@@ -169,12 +223,36 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
     let mut e2e = cargo(root);
     e2e.args(["test", "--package", "apm-e2e", "--", "--test-threads=1"])
         .env("APM_AGENT_BIN", &agent);
-    run(e2e, "end-to-end tests (real eBPF programs, real servers)")
+    run_tests(
+        e2e,
+        "end-to-end tests (real eBPF programs, real servers)",
+        &mut tally,
+    )?;
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tally_adds_cargo_test_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 14 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add_line(
+            "test result: FAILED. 4 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 5 tests");
+        assert_eq!(
+            t,
+            Tally {
+                passed: 18,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 
     #[test]
     fn listen_address_from_flags() {
