@@ -6,5 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod discovery;
+pub mod http;
 pub mod metrics;
 pub mod probes;
+pub mod routes;

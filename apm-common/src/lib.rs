@@ -7,6 +7,7 @@
 //! Map names are constants so both sides spell them the same way.
 #![no_std]
 
+pub mod events;
 pub mod maps;
 
 /// TCP states as `sock:inet_sock_set_state` reports them (include/net/tcp_states.h).
@@ -76,10 +77,54 @@ const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnInfo {
-    /// `bpf_ktime_get_ns()` at accept exit.
+    /// `bpf_ktime_get_ns()` at accept exit (0 for connections the agent
+    /// seeded from procfs).
     pub accepted_ns: u64,
+    /// Local port, host byte order; 0 when unknown.
+    pub port: u16,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 16);
+
+/// The remote end of a server-side connection, as both
+/// `inet_sock_set_state` and accept's sockaddr show it: IPv4 addresses are
+/// stored IPv4-mapped (`::ffff:a.b.c.d`), the port in host byte order.
+/// Key of [`maps::PEERS`], whose value is the local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 24);
+
+/// A syscall on a tracked descriptor between its enter and exit
+/// (value of [`maps::INFLIGHT`], keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// User pointer: the buffer, the iovec array, the msghdr or the
+    /// sockaddr, depending on `shape`.
+    pub ptr: u64,
+    pub fd: u32,
+    /// One of the `shape` constants.
+    pub shape: u16,
+    pub port: u16,
+    /// iovec count for writev.
+    pub vlen: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
+
+/// How an [`InFlight`] pointer is to be read.
+pub mod shape {
+    pub const BUF: u16 = 1;
+    pub const IOVEC: u16 = 2;
+    pub const MSGHDR: u16 = 3;
+    pub const SENDFILE: u16 = 4;
+    pub const SOCKADDR: u16 = 5;
+}
 
 /// Agent-to-kernel settings (the single element of [`maps::CONFIG`]).
 #[repr(C)]
@@ -105,10 +150,20 @@ pub enum Drop {
     PortsFull = 1,
     /// [`maps::CONNS`] insert failed: an accepted fd is not tracked.
     ConnsFull = 2,
+    /// The ring buffer was full: a read/write record was lost.
+    RingbufFull = 3,
+    /// [`maps::INFLIGHT`] insert failed: a syscall on a tracked fd was missed.
+    InflightFull = 4,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 3] = [Drop::SocketsFull, Drop::PortsFull, Drop::ConnsFull];
+    pub const ALL: [Drop; 5] = [
+        Drop::SocketsFull,
+        Drop::PortsFull,
+        Drop::ConnsFull,
+        Drop::RingbufFull,
+        Drop::InflightFull,
+    ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
 
@@ -118,6 +173,8 @@ impl Drop {
             Drop::SocketsFull => "sockets_map_full",
             Drop::PortsFull => "ports_map_full",
             Drop::ConnsFull => "conns_map_full",
+            Drop::RingbufFull => "ringbuf_full",
+            Drop::InflightFull => "inflight_map_full",
         }
     }
 }
@@ -139,4 +196,8 @@ mod pod {
     unsafe impl aya::Pod for ConnInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PeerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for InFlight {}
 }

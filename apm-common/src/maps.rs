@@ -20,6 +20,19 @@ pub const PIDS_MAX: u32 = 4096;
 pub const CONNS: &str = "CONNS";
 pub const CONNS_MAX: u32 = 65_536;
 
+/// `LruHashMap<PeerKey, u16 local port>`: remote ends of connections just
+/// established, so accept can learn its connection's local port.
+pub const PEERS: &str = "PEERS";
+pub const PEERS_MAX: u32 = 16_384;
+
+/// `HashMap<u64 pid_tgid, InFlight>`: syscalls on tracked descriptors
+/// between enter and exit (one per thread at most).
+pub const INFLIGHT: &str = "INFLIGHT";
+pub const INFLIGHT_MAX: u32 = 16_384;
+
+/// `RingBuf` of `events::EventHeader`-prefixed records.
+pub const EVENTS: &str = "EVENTS";
+
 /// `Array<Config>` with one element.
 pub const CONFIG: &str = "CONFIG";
 
@@ -38,28 +51,51 @@ pub struct Probe {
 
 /// Every program in the object, in attach order.
 pub const PROBES: &[Probe] = &[
-    Probe {
-        program: "inet_sock_set_state",
-        category: "sock",
-        tracepoint: "inet_sock_set_state",
-        essential: true,
-    },
-    Probe {
-        program: "sys_exit_accept4",
-        category: "syscalls",
-        tracepoint: "sys_exit_accept4",
-        essential: false,
-    },
-    Probe {
-        program: "sys_exit_accept",
-        category: "syscalls",
-        tracepoint: "sys_exit_accept",
-        essential: false,
-    },
-    Probe {
-        program: "sys_enter_close",
-        category: "syscalls",
-        tracepoint: "sys_enter_close",
-        essential: false,
-    },
+    essential("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    syscall("sys_enter_accept4"),
+    syscall("sys_exit_accept4"),
+    syscall("sys_enter_accept"),
+    syscall("sys_exit_accept"),
+    syscall("sys_enter_close"),
+    syscall("sys_enter_read"),
+    syscall("sys_exit_read"),
+    syscall("sys_enter_readv"),
+    syscall("sys_exit_readv"),
+    syscall("sys_enter_recvfrom"),
+    syscall("sys_exit_recvfrom"),
+    syscall("sys_enter_recvmsg"),
+    syscall("sys_exit_recvmsg"),
+    syscall("sys_enter_write"),
+    syscall("sys_exit_write"),
+    syscall("sys_enter_writev"),
+    syscall("sys_exit_writev"),
+    syscall("sys_enter_sendto"),
+    syscall("sys_exit_sendto"),
+    syscall("sys_enter_sendmsg"),
+    syscall("sys_exit_sendmsg"),
+    syscall("sys_enter_sendfile64"),
+    syscall("sys_exit_sendfile64"),
 ];
+
+const fn essential(
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+) -> Probe {
+    Probe {
+        program,
+        category,
+        tracepoint,
+        essential: true,
+    }
+}
+
+/// A `syscalls:` tracepoint whose program has the tracepoint's name.
+const fn syscall(name: &'static str) -> Probe {
+    Probe {
+        program: name,
+        category: "syscalls",
+        tracepoint: name,
+        essential: false,
+    }
+}

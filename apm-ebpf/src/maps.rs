@@ -2,12 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 use apm_common::{
-    Config, ConnInfo, ConnKey, Drop, PidCounters, PortCounters, SocketInfo,
-    maps::{CONNS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX},
+    Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PortCounters, SocketInfo,
+    events::RINGBUF_BYTES,
+    maps::{CONNS_MAX, INFLIGHT_MAX, PEERS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX},
 };
 
 #[map]
@@ -21,6 +22,15 @@ pub static PIDS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entri
 
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(CONNS_MAX, 0);
+
+#[map]
+pub static PEERS: LruHashMap<PeerKey, u16> = LruHashMap::with_max_entries(PEERS_MAX, 0);
+
+#[map]
+pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

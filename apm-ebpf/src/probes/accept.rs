@@ -1,18 +1,40 @@
-//! `syscalls:sys_exit_accept4` and `sys_exit_accept`: descriptors that
-//! tracked processes accept. An untracked process costs one map lookup.
+//! `syscalls:sys_{enter,exit}_accept{,4}`: descriptors that tracked
+//! processes accept. An untracked process costs one map lookup per hook.
+//!
+//! At entry the peer sockaddr pointer is remembered; at exit the kernel has
+//! filled it in, and the remote address finds the local port that
+//! `inet_sock_set_state` recorded in PEERS.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
 
-use apm_common::{ConnInfo, ConnKey, Drop};
+use apm_common::{ConnInfo, ConnKey, Drop, InFlight, PeerKey, events::EventKind, shape};
 
-use crate::maps::{CONNS, PIDS, count_drop};
+use crate::{
+    emit::emit_header,
+    maps::{CONNS, INFLIGHT, PEERS, PIDS, count_drop},
+    probes::tcp_state::mapped_v4,
+};
 
-/// Offset of `long ret` in every sys_exit_* format file.
+/// Offsets in sys_enter_accept{,4} and sys_exit_* format files.
+const UPEER_SOCKADDR: usize = 24;
 const RET: usize = 16;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_enter(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    on_accept_enter(&ctx)
+}
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
@@ -25,11 +47,34 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
+fn on_accept_enter(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if PIDS.get_ptr((pid_tgid >> 32) as u32).is_none() {
+        return 0;
+    }
+    // SAFETY: a user pointer at this offset (format file); may be null.
+    let ptr = unsafe { ctx.read_at::<u64>(UPEER_SOCKADDR) }.unwrap_or(0);
+    let pending = InFlight {
+        ptr,
+        shape: shape::SOCKADDR,
+        ..Default::default()
+    };
+    if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
+        count_drop(Drop::InflightFull);
+    }
+    0
+}
+
+#[inline(always)]
 fn on_accept_exit(ctx: &TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let Some(counters) = PIDS.get_ptr_mut(tgid) else {
         return 0;
     };
+    // SAFETY: read-only copy of an entry this thread's enter program wrote.
+    let sockaddr = unsafe { INFLIGHT.get(pid_tgid) }.map_or(0, |p| p.ptr);
+    let _ = INFLIGHT.remove(pid_tgid);
     // SAFETY: `ret` is a `long` at this offset in every sys_exit_* record.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 1;
@@ -37,17 +82,59 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     if ret < 0 {
         return 0;
     }
+    let port = local_port(sockaddr);
     let key = ConnKey {
         tgid,
         fd: ret as u32,
     };
-    // SAFETY: plain helper call without arguments.
-    let accepted_ns = unsafe { bpf_ktime_get_ns() };
-    if CONNS.insert(key, ConnInfo { accepted_ns }, 0).is_err() {
+    let info = ConnInfo {
+        // SAFETY: plain helper call without arguments.
+        accepted_ns: unsafe { bpf_ktime_get_ns() },
+        port,
+        _pad: [0; 6],
+    };
+    if CONNS.insert(key, info, 0).is_err() {
         count_drop(Drop::ConnsFull);
     }
     // SAFETY: this CPU's copy of a per-CPU value; no other program writes it
     // concurrently.
     unsafe { (*counters).accepts += 1 };
+    emit_header(EventKind::Accept, ret as u32, port, 0);
     0
+}
+
+/// The local port of the connection whose peer is at user address
+/// `sockaddr` (filled in by accept), or 0.
+#[inline(always)]
+fn local_port(sockaddr: u64) -> u16 {
+    if sockaddr == 0 {
+        return 0;
+    }
+    let base = sockaddr as *const u8;
+    // SAFETY: user memory read through bpf_probe_read_user, which faults
+    // safely; offsets are those of sockaddr_in / sockaddr_in6.
+    let family = unsafe { bpf_probe_read_user(base.cast::<u16>()) }.unwrap_or(0);
+    // SAFETY: as above.
+    let port_be = unsafe { bpf_probe_read_user(base.add(2).cast::<u16>()) }.unwrap_or(0);
+    let mut key = PeerKey {
+        port: u16::from_be(port_be),
+        ..Default::default()
+    };
+    key.addr = match family {
+        // SAFETY: as above; sin_addr at offset 4.
+        AF_INET => match unsafe { bpf_probe_read_user(base.add(4).cast::<[u8; 4]>()) } {
+            Ok(v4) => mapped_v4(v4),
+            Err(_) => return 0,
+        },
+        // SAFETY: as above; sin6_addr at offset 8.
+        AF_INET6 => match unsafe { bpf_probe_read_user(base.add(8).cast::<[u8; 16]>()) } {
+            Ok(v6) => v6,
+            Err(_) => return 0,
+        },
+        _ => return 0,
+    };
+    // SAFETY: read-only copy of a u16 value.
+    let port = unsafe { PEERS.get(key) }.copied().unwrap_or(0);
+    let _ = PEERS.remove(key);
+    port
 }

@@ -1,14 +1,18 @@
 //! `syscalls:sys_enter_close`: forget an accepted descriptor of a tracked
-//! process. Counted at entry: close releases the descriptor even when it
-//! returns an error (other than EBADF, which cannot match a tracked fd).
+//! process and tell the agent. Counted at entry: close releases the
+//! descriptor even when it returns an error (other than EBADF, which cannot
+//! match a tracked fd).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
-use apm_common::ConnKey;
+use apm_common::{ConnKey, events::EventKind};
 
-use crate::maps::{CONNS, PIDS};
+use crate::{
+    emit::emit_header,
+    maps::{CONNS, PIDS},
+};
 
 /// Offset of `unsigned int fd` in sys_enter_close's format file.
 const FD: usize = 16;
@@ -27,9 +31,14 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         tgid,
         fd: fd as u32,
     };
+    // SAFETY: read-only copy of the entry before removing it.
+    let Some(port) = (unsafe { CONNS.get(key) }).map(|c| c.port) else {
+        return 0;
+    };
     if CONNS.remove(key).is_ok() {
         // SAFETY: this CPU's copy of a per-CPU value.
         unsafe { (*counters).closes += 1 };
+        emit_header(EventKind::Close, fd as u32, port, 0);
     }
     0
 }

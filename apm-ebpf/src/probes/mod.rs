@@ -2,4 +2,5 @@
 
 pub mod accept;
 pub mod close;
+pub mod io;
 pub mod tcp_state;

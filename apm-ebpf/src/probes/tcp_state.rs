@@ -6,9 +6,9 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
 
-use apm_common::{Drop, IPPROTO_TCP, PortCounters, SocketInfo, tcp_state};
+use apm_common::{Drop, IPPROTO_TCP, PeerKey, PortCounters, SocketInfo, tcp_state};
 
-use crate::maps::{CONFIG, PORTS, SOCKETS, count_drop};
+use crate::maps::{CONFIG, PEERS, PORTS, SOCKETS, count_drop};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
 // (stable since 4.16).
@@ -16,7 +16,13 @@ const SKADDR: usize = 8;
 const OLDSTATE: usize = 16;
 const NEWSTATE: usize = 20;
 const SPORT: usize = 24;
+const DPORT: usize = 26;
+const FAMILY: usize = 28;
 const PROTOCOL: usize = 30;
+const DADDR: usize = 36;
+const DADDR_V6: usize = 56;
+
+const AF_INET: u16 = 2;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -62,6 +68,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: this CPU's copy of a per-CPU value; no other program writes
         // it concurrently.
         unsafe { (*counters).accepted += 1 };
+        remember_peer(ctx, port);
     } else if newstate != tcp_state::ESTABLISHED && newstate != tcp_state::CLOSE_WAIT {
         // SAFETY: read-only copy of a value this program wrote.
         let Some(info) = (unsafe { SOCKETS.get(skaddr) }).copied() else {
@@ -100,4 +107,43 @@ fn port_counters(port: u16) -> Option<*mut PortCounters> {
         return None;
     }
     PORTS.get_ptr_mut(port)
+}
+
+/// Lets accept() learn the local port of the connection it returns: the
+/// remote end is what both sides can see. Best effort (LRU map).
+#[inline(always)]
+fn remember_peer(ctx: &TracePointContext, port: u16) {
+    // SAFETY: offsets and sizes from the tracepoint's format file.
+    let (family, dport) = unsafe {
+        (
+            ctx.read_at::<u16>(FAMILY).unwrap_or(0),
+            ctx.read_at::<u16>(DPORT).unwrap_or(0),
+        )
+    };
+    let mut key = PeerKey {
+        port: dport,
+        ..Default::default()
+    };
+    if family == AF_INET {
+        // SAFETY: as above; daddr is 4 bytes.
+        let Ok(v4) = (unsafe { ctx.read_at::<[u8; 4]>(DADDR) }) else {
+            return;
+        };
+        key.addr = mapped_v4(v4);
+    } else {
+        // SAFETY: as above; daddr_v6 is 16 bytes.
+        let Ok(v6) = (unsafe { ctx.read_at::<[u8; 16]>(DADDR_V6) }) else {
+            return;
+        };
+        key.addr = v6;
+    }
+    let _ = PEERS.insert(key, port, 0);
+}
+
+/// `::ffff:a.b.c.d`
+#[inline(always)]
+pub fn mapped_v4(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }

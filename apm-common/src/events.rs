@@ -1,0 +1,158 @@
+//! Ring-buffer records: what the kernel tells the agent about reads, writes,
+//! accepts and closes on tracked connections.
+//!
+//! Each record starts with an [`EventHeader`]. Read and write records are
+//! [`DataEvent`]s carrying the first [`DATA_CAP`] bytes of the transfer (the
+//! request or status line and headers); the HTTP parser in the agent is the
+//! only consumer of those bytes. Accept, close and sendfile records are the
+//! header alone.
+
+/// Bytes of each read or write captured: a request line with a path of
+/// about 1000 bytes, or a status line with its headers, or a pipelined batch
+/// of a dozen small requests. Larger transfers are cut; the agent counts
+/// what it could not parse as truncated.
+pub const DATA_CAP: usize = 1024;
+
+/// Bytes kept from the end of a write longer than [`DATA_CAP`], to see the
+/// last chunk (`0\r\n\r\n`) of a chunked response.
+pub const TAIL_CAP: usize = 8;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// accept()/accept4() returned `fd`; `port` is the local port.
+    Accept = 1,
+    /// `ret` bytes were read from `fd`.
+    Read = 2,
+    /// `ret` bytes were written to `fd`.
+    Write = 3,
+    /// sendfile() wrote `ret` bytes to `fd` (no data captured).
+    Sendfile = 4,
+    /// close(`fd`).
+    Close = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Accept,
+            2 => Self::Read,
+            3 => Self::Write,
+            4 => Self::Sendfile,
+            5 => Self::Close,
+            _ => return None,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// Valid bytes in [`DataEvent::data`].
+    pub captured: u32,
+    /// `bpf_ktime_get_ns()` at syscall exit (entry for close).
+    pub ts_ns: u64,
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    pub fd: u32,
+    /// Local port of the connection, 0 when unknown.
+    pub port: u16,
+    /// Valid bytes in `tail`.
+    pub tail_len: u8,
+    pub _pad: u8,
+    /// Bytes transferred (the syscall's return value).
+    pub ret: i64,
+    /// The last bytes of a write longer than [`DATA_CAP`].
+    pub tail: [u8; TAIL_CAP],
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub data: [u8; DATA_CAP],
+}
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + DATA_CAP);
+
+/// Size of the ring buffer in bytes (a power of two, page aligned): about
+/// 15 000 data records, most of a second of slack at 10 000 requests/s.
+pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
+
+impl EventHeader {
+    /// Decodes the header at the start of a ring-buffer record.
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        if record.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the slice holds at least size_of::<Self>() bytes, the type
+        // is repr(C) plain integers (any bit pattern is valid), and
+        // read_unaligned makes no alignment assumption.
+        Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
+    }
+
+    /// The captured payload of a data record (empty for other kinds or a
+    /// short record).
+    pub fn payload<'a>(&self, record: &'a [u8]) -> &'a [u8] {
+        let start = core::mem::size_of::<Self>();
+        let end = start + (self.captured as usize).min(DATA_CAP);
+        record.get(start..end).unwrap_or(&[])
+    }
+
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..(self.tail_len as usize).min(TAIL_CAP)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_event_round_trips_through_bytes() {
+        let mut ev = DataEvent {
+            header: EventHeader {
+                kind: EventKind::Read as u32,
+                captured: 5,
+                ts_ns: 42,
+                tgid: 7,
+                pid: 8,
+                fd: 9,
+                port: 8080,
+                tail_len: 2,
+                _pad: 0,
+                ret: 500,
+                tail: *b"\r\n\0\0\0\0\0\0",
+            },
+            data: [0; DATA_CAP],
+        };
+        ev.data[..5].copy_from_slice(b"GET /");
+        // SAFETY: DataEvent is repr(C) plain data; viewing it as bytes is sound.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&ev as *const DataEvent).cast::<u8>(),
+                core::mem::size_of::<DataEvent>(),
+            )
+        };
+        let h = EventHeader::decode(bytes).expect("decode");
+        assert_eq!(h, ev.header);
+        assert_eq!(EventKind::from_u32(h.kind), Some(EventKind::Read));
+        assert_eq!(h.payload(bytes), b"GET /");
+        assert_eq!(h.tail(), b"\r\n");
+    }
+
+    #[test]
+    fn short_or_lying_records_do_not_overrun() {
+        assert!(EventHeader::decode(&[0u8; 10]).is_none());
+        let h = EventHeader {
+            captured: 4000,
+            ..Default::default()
+        };
+        // A header claiming more than the record holds yields nothing.
+        assert_eq!(h.payload(&[0u8; 60]), &[] as &[u8]);
+        assert_eq!(EventKind::from_u32(99), None);
+    }
+}

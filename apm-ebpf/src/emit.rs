@@ -1,0 +1,85 @@
+//! Writing records into the EVENTS ring buffer.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user,
+};
+
+use apm_common::{
+    Drop,
+    events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP},
+};
+
+use crate::maps::{EVENTS, count_drop};
+
+#[inline(always)]
+fn header(kind: EventKind, fd: u32, port: u16, ret: i64) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind: kind as u32,
+        captured: 0,
+        // SAFETY: plain helper call without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        fd,
+        port,
+        tail_len: 0,
+        _pad: 0,
+        ret,
+        tail: [0; TAIL_CAP],
+    }
+}
+
+/// A record without data (accept, close, sendfile).
+#[inline(always)]
+pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count_drop(Drop::RingbufFull);
+        return;
+    };
+    entry.write(header(kind, fd, port, ret));
+    entry.submit(0);
+}
+
+/// A read or write record: `ret` bytes moved through `buf` (a user pointer
+/// to at least `len` valid bytes); the first DATA_CAP of them are copied.
+/// `tail` is the user address of the last TAIL_CAP bytes of the whole
+/// transfer when it is longer than DATA_CAP (0: none).
+#[inline(always)]
+pub fn emit_data(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64, len: u64, tail: u64) {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        count_drop(Drop::RingbufFull);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let mut h = header(kind, fd, port, ret);
+    let want = core::cmp::min(len, ret as u64);
+    let n = core::cmp::min(want, DATA_CAP as u64) as u32;
+    // SAFETY: `ev` points at a reserved record of size_of::<DataEvent>();
+    // `n <= DATA_CAP` fits `data`; bpf_probe_read_user faults safely on a
+    // bad user pointer and then we record nothing as captured.
+    let copied = unsafe {
+        bpf_probe_read_user(
+            core::ptr::addr_of_mut!((*ev).data).cast(),
+            n,
+            buf as *const _,
+        )
+    };
+    if copied == 0 {
+        h.captured = n;
+    }
+    if tail != 0 {
+        let mut bytes = [0u8; TAIL_CAP];
+        // SAFETY: as above, into a stack array of exactly TAIL_CAP bytes.
+        let ok = unsafe {
+            bpf_probe_read_user(bytes.as_mut_ptr().cast(), TAIL_CAP as u32, tail as *const _)
+        };
+        if ok == 0 {
+            h.tail = bytes;
+            h.tail_len = TAIL_CAP as u8;
+        }
+    }
+    // SAFETY: writing the header part of the reserved record.
+    unsafe { core::ptr::addr_of_mut!((*ev).header).write(h) };
+    entry.submit(0);
+}

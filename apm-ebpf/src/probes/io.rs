@@ -1,0 +1,176 @@
+//! The read and write families on tracked descriptors:
+//! read, readv, recvfrom, recvmsg, write, writev, sendto, sendmsg, sendfile.
+//!
+//! Entry programs look the (tgid, fd) up in CONNS — the one map lookup an
+//! untracked syscall costs — and remember the user pointer in INFLIGHT.
+//! Exit programs (one INFLIGHT lookup when untracked) copy the first bytes
+//! that actually moved into a ring-buffer record.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use apm_common::{
+    ConnKey, Drop, InFlight,
+    events::{DATA_CAP, EventKind, TAIL_CAP},
+    shape,
+};
+
+use crate::{
+    emit::{emit_data, emit_header},
+    maps::{CONNS, INFLIGHT, count_drop},
+};
+
+// Offsets shared by every format file involved: fd (or out_fd) at 16, the
+// buffer / iovec / msghdr pointer at 24, count / vlen at 32; ret at 16 on exit.
+const FD: usize = 16;
+const PTR: usize = 24;
+const VLEN: usize = 32;
+const RET: usize = 16;
+
+/// struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+const MSG_IOV: usize = 16;
+const MSG_IOVLEN: usize = 24;
+/// Largest iovec index considered for a write's tail (UIO_MAXIOV is 1024).
+const MAX_IOV: u64 = 1024;
+
+macro_rules! enter {
+    ($name:ident, $shape:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $shape)
+        }
+    };
+}
+
+macro_rules! exit {
+    ($name:ident, $kind:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx, $kind)
+        }
+    };
+}
+
+enter!(sys_enter_read, shape::BUF);
+enter!(sys_enter_recvfrom, shape::BUF);
+enter!(sys_enter_readv, shape::IOVEC);
+enter!(sys_enter_recvmsg, shape::MSGHDR);
+enter!(sys_enter_write, shape::BUF);
+enter!(sys_enter_sendto, shape::BUF);
+enter!(sys_enter_writev, shape::IOVEC);
+enter!(sys_enter_sendmsg, shape::MSGHDR);
+enter!(sys_enter_sendfile64, shape::SENDFILE);
+
+exit!(sys_exit_read, EventKind::Read);
+exit!(sys_exit_recvfrom, EventKind::Read);
+exit!(sys_exit_readv, EventKind::Read);
+exit!(sys_exit_recvmsg, EventKind::Read);
+exit!(sys_exit_write, EventKind::Write);
+exit!(sys_exit_sendto, EventKind::Write);
+exit!(sys_exit_writev, EventKind::Write);
+exit!(sys_exit_sendmsg, EventKind::Write);
+exit!(sys_exit_sendfile64, EventKind::Sendfile);
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: fd is 8 bytes wide at this offset in these format files.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(FD) }) else {
+        return 1;
+    };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: fd as u32,
+    };
+    // SAFETY: read-only copy of a plain value.
+    let Some(port) = (unsafe { CONNS.get(key) }).map(|c| c.port) else {
+        return 0;
+    };
+    // SAFETY: pointer and count fields at these offsets (format files).
+    let (ptr, vlen) = unsafe {
+        (
+            ctx.read_at::<u64>(PTR).unwrap_or(0),
+            ctx.read_at::<u64>(VLEN).unwrap_or(0),
+        )
+    };
+    let pending = InFlight {
+        ptr,
+        fd: fd as u32,
+        shape,
+        port,
+        vlen: vlen as u32,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
+        count_drop(Drop::InflightFull);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy of an entry this thread's enter program wrote.
+    let Some(p) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(pid_tgid);
+    // SAFETY: `ret` is a `long` at this offset in every sys_exit_* record.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return 1;
+    };
+    if ret <= 0 {
+        return 0;
+    }
+    let write = kind == EventKind::Write;
+    match p.shape {
+        shape::BUF => {
+            let tail = if write && ret as u64 > DATA_CAP as u64 {
+                p.ptr + ret as u64 - TAIL_CAP as u64
+            } else {
+                0
+            };
+            emit_data(kind, p.fd, p.port, ret, p.ptr, ret as u64, tail);
+        }
+        shape::IOVEC => emit_iov(kind, &p, p.ptr, u64::from(p.vlen), ret, write),
+        shape::MSGHDR => {
+            let msg = p.ptr as *const u8;
+            // SAFETY: user memory through bpf_probe_read_user (faults safely).
+            let iov = unsafe { bpf_probe_read_user(msg.add(MSG_IOV).cast::<u64>()) }.unwrap_or(0);
+            // SAFETY: as above.
+            let n = unsafe { bpf_probe_read_user(msg.add(MSG_IOVLEN).cast::<u64>()) }.unwrap_or(0);
+            emit_iov(kind, &p, iov, n, ret, write);
+        }
+        shape::SENDFILE => emit_header(EventKind::Sendfile, p.fd, p.port, ret),
+        _ => {}
+    }
+    0
+}
+
+/// Data from the first iovec; for long writes, the tail of the last one.
+#[inline(always)]
+fn emit_iov(kind: EventKind, p: &InFlight, iov: u64, vlen: u64, ret: i64, write: bool) {
+    if iov == 0 || vlen == 0 {
+        return;
+    }
+    let base = iov as *const [u64; 2];
+    // SAFETY: user memory through bpf_probe_read_user (faults safely); an
+    // iovec is { void *base; size_t len }.
+    let Ok([first_base, first_len]) = (unsafe { bpf_probe_read_user(base) }) else {
+        return;
+    };
+    let mut tail = 0;
+    if write && ret as u64 > DATA_CAP as u64 && vlen <= MAX_IOV {
+        // SAFETY: as above, at index vlen - 1 < UIO_MAXIOV.
+        if let Ok([last_base, last_len]) =
+            unsafe { bpf_probe_read_user(base.add((vlen - 1) as usize)) }
+            && last_len >= TAIL_CAP as u64
+        {
+            tail = last_base + last_len - TAIL_CAP as u64;
+        }
+    }
+    emit_data(kind, p.fd, p.port, ret, first_base, first_len, tail);
+}
