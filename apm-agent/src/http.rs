@@ -69,6 +69,9 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// HTTP/1.0 (1.0 without keep-alive closes after one response).
     pub http10: bool,
+    /// False when the bytes end inside the request line (the path may be
+    /// cut short).
+    pub line_complete: bool,
     /// Bytes of the request head, through the blank line; `None` when the
     /// head does not end inside the captured bytes.
     pub head_len: Option<usize>,
@@ -126,6 +129,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
         method: Method::parse(method),
         path: strip_query(target),
         http10: version == 0,
+        line_complete: true,
         head_len,
         body,
     })
@@ -163,6 +167,7 @@ fn partial_request_line(buf: &[u8]) -> Result<Request<'_>, ParseError> {
         method: Method::parse(method),
         path: strip_query(path),
         http10: false,
+        line_complete: false,
         head_len: None,
         body: Framing::Length(0),
     })

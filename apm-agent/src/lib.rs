@@ -8,5 +8,6 @@ pub mod config;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod pairing;
 pub mod probes;
 pub mod routes;
