@@ -3,7 +3,10 @@
 //! series. Owned behind one mutex, shared by the refresh task and the
 //! /metrics handler (which collects at scrape time so that a scrape is exact).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use apm_common::{Drop, PidCounters, PortCounters};
 use tracing::{info, warn};
@@ -13,6 +16,7 @@ use crate::{
     discovery::{Discovery, Listeners, Owner},
     metrics::Metrics,
     probes::{Kernel, ProbeReport},
+    requests::{Directory, ServiceInfo},
 };
 
 /// Label value for a port or process whose owner is not known.
@@ -58,7 +62,9 @@ impl Selection {
 }
 
 pub struct Agent {
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// tgid → service, shared with the request pipeline.
+    pub directory: Arc<Directory>,
     pub report: ProbeReport,
     kernel: Option<Kernel>,
     discovery: Discovery,
@@ -69,6 +75,8 @@ pub struct Agent {
     nameless: HashSet<u16>,
     /// Service name of each tracked process.
     pid_names: HashMap<u32, String>,
+    /// What the directory last published: pid → (service, ports).
+    published: HashMap<u32, (String, Vec<u16>)>,
     /// Ports and pids the kernel maps refused (full): not retried.
     refused_ports: HashSet<u16>,
     refused_pids: HashSet<u32>,
@@ -83,7 +91,7 @@ impl Agent {
         config: &Config,
         kernel: Option<Kernel>,
         report: ProbeReport,
-        metrics: Metrics,
+        metrics: Arc<Metrics>,
     ) -> Self {
         metrics.ebpf_up.set(i64::from(kernel.is_some()));
         for probe in &report.probes {
@@ -95,6 +103,7 @@ impl Agent {
         let selection = Selection::from_config(config);
         let mut agent = Self {
             metrics,
+            directory: Arc::new(Directory::default()),
             report,
             kernel,
             discovery: Discovery::new(&config.proc_root),
@@ -102,6 +111,7 @@ impl Agent {
             port_names: HashMap::new(),
             nameless: HashSet::new(),
             pid_names: HashMap::new(),
+            published: HashMap::new(),
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
             last_ports: HashMap::new(),
@@ -155,7 +165,7 @@ impl Agent {
 
     /// Follow the listeners procfs shows: name ports, track their processes.
     pub fn apply(&mut self, listeners: &Listeners) {
-        let mut owners_now: HashMap<u32, String> = HashMap::new();
+        let mut owners_now: HashMap<u32, (String, Vec<u16>)> = HashMap::new();
         for (&port, owners) in &listeners.by_port {
             if !self.selection.selects(port, owners) {
                 continue;
@@ -164,7 +174,10 @@ impl Agent {
             self.monitor_port(port, name.clone());
             let name = name.unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
             for owner in owners {
-                owners_now.insert(owner.pid, name.clone());
+                let entry = owners_now
+                    .entry(owner.pid)
+                    .or_insert_with(|| (name.clone(), Vec::new()));
+                entry.1.push(port);
             }
         }
         // Ports that the kernel counts on its own (every-port mode) but that
@@ -245,7 +258,7 @@ impl Agent {
         }
     }
 
-    fn track_pids(&mut self, owners_now: HashMap<u32, String>) {
+    fn track_pids(&mut self, owners_now: HashMap<u32, (String, Vec<u16>)>) {
         let gone: Vec<u32> = self
             .pid_names
             .keys()
@@ -262,8 +275,9 @@ impl Agent {
             self.pid_names.remove(&pid);
         }
         self.refused_pids.retain(|pid| owners_now.contains_key(pid));
-        for (pid, name) in owners_now {
-            if self.pid_names.insert(pid, name).is_some() {
+        let changed = owners_now != self.published;
+        for (&pid, (name, ports)) in &owners_now {
+            if self.pid_names.insert(pid, name.clone()).is_some() {
                 continue;
             }
             let Some(kernel) = self.kernel.as_mut() else {
@@ -279,7 +293,37 @@ impl Agent {
                     .with_label_values(&["pids_map_full"])
                     .inc();
                 warn!(pid, error = %e, "cannot trace this process");
+                continue;
             }
+            // Connections it accepted before we traced it.
+            let ports: HashSet<u16> = ports.iter().copied().collect();
+            for (fd, port) in self.discovery.established_fds(pid, &ports) {
+                if let Err(e) = kernel.seed_conn(pid, fd, port) {
+                    self.metrics
+                        .agent_drops
+                        .with_label_values(&["conns_map_full"])
+                        .inc();
+                    warn!(pid, fd, error = %e, "cannot track an existing connection");
+                    break;
+                }
+            }
+        }
+        if changed {
+            self.published = owners_now.clone();
+            self.directory.replace(
+                owners_now
+                    .into_iter()
+                    .map(|(pid, (name, ports))| {
+                        (
+                            pid,
+                            ServiceInfo {
+                                name: name.into(),
+                                ports,
+                            },
+                        )
+                    })
+                    .collect(),
+            );
         }
     }
 

@@ -11,20 +11,38 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::agent::Agent;
+use crate::{agent::Agent, requests::Requests};
 
 pub type Shared = Arc<Mutex<Agent>>;
 
-pub fn router(agent: Shared) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub agent: Shared,
+    pub requests: Arc<Mutex<Requests>>,
+}
+
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .with_state(agent)
+        .route("/stats/requests", get(stats_requests))
+        .with_state(state)
+}
+
+/// Requests in flight and per-service totals (JSON, bounded in size).
+async fn stats_requests(State(state): State<AppState>) -> Response {
+    let now = crate::requests::monotonic_ns();
+    match state.requests.lock() {
+        Ok(requests) => Json(requests.snapshot(now)).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "request state poisoned").into_response(),
+    }
 }
 
 /// Prometheus text format. Kernel counters are read at scrape time, so a
 /// scrape reflects every connection the kernel has seen up to now.
-async fn metrics(State(agent): State<Shared>) -> Response {
+async fn metrics(State(state): State<AppState>) -> Response {
+    let agent = state.agent;
     let rendered = tokio::task::spawn_blocking(move || {
         let mut agent = agent
             .lock()
@@ -57,15 +75,20 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
-    fn degraded_agent() -> Shared {
+    fn degraded_agent() -> AppState {
         let config =
             crate::config::Config::try_parse_from(["apm-agent", "--port", "8080"]).expect("config");
-        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
         let report = crate::probes::ProbeReport {
             disabled_reason: Some("test".into()),
             ..Default::default()
         };
-        Arc::new(Mutex::new(Agent::new(&config, None, report, metrics)))
+        let agent = Agent::new(&config, None, report, metrics);
+        let requests = Requests::new(Default::default(), 16, agent.directory.clone());
+        AppState {
+            agent: Arc::new(Mutex::new(agent)),
+            requests: Arc::new(Mutex::new(requests)),
+        }
     }
 
     async fn get(path: &str) -> (StatusCode, Option<String>, String) {
@@ -95,6 +118,15 @@ mod tests {
         assert_eq!(ctype.as_deref(), Some(crate::metrics::CONTENT_TYPE));
         assert!(body.contains("\napm_ebpf_up 0\n"), "{body}");
         assert!(body.contains("apm_build_info{version="), "{body}");
+    }
+
+    #[tokio::test]
+    async fn stats_requests_is_json_even_when_empty() {
+        let (status, ctype, body) = get("/stats/requests").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ctype.as_deref(), Some("application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["in_flight_total"], 0);
     }
 
     #[tokio::test]

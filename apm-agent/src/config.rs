@@ -35,6 +35,21 @@ pub struct Config {
     #[arg(long = "service-name", env = "APM_SERVICE_NAME", value_delimiter = ',', value_parser = parse_service_name)]
     pub service_names: Vec<(u16, String)>,
 
+    /// Route templates per service; requests beyond go to the `{overflow}`
+    /// route.
+    #[arg(long, env = "APM_MAX_ROUTES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_routes: u32,
+
+    /// A route pattern that takes precedence over automatic templating,
+    /// e.g. `/users/{name}/profile` or `/static/{*path}` (repeatable).
+    #[arg(long = "route", env = "APM_ROUTE", value_delimiter = ',', value_parser = parse_route)]
+    pub routes: Vec<crate::routes::Pattern>,
+
+    /// Connections whose HTTP requests are paired at once; beyond that,
+    /// idle ones are evicted and new ones are not tracked (counted).
+    #[arg(long, env = "APM_MAX_CONNECTIONS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_connections: u32,
+
     /// How often listeners and their processes are rediscovered from procfs.
     #[arg(long, env = "APM_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,
@@ -67,6 +82,10 @@ impl Config {
     pub fn monitors_all_ports(&self) -> bool {
         self.ports.is_empty() && self.pids.is_empty() && self.comms.is_empty()
     }
+}
+
+fn parse_route(s: &str) -> Result<crate::routes::Pattern, String> {
+    crate::routes::Pattern::parse(s)
 }
 
 /// Longest service name accepted on the command line (it becomes a label).

@@ -111,6 +111,41 @@ impl Discovery {
 
     /// (port, inode) of every TCP socket in LISTEN state, IPv4 and IPv6.
     fn listening_sockets(&self) -> Result<Vec<(u16, u64)>, DiscoveryError> {
+        self.sockets_in(TcpState::Listen)
+    }
+
+    /// Descriptors of `pid` that are established server-side connections on
+    /// one of `ports`, as (fd, local port): connections accepted before the
+    /// agent started tracking the process.
+    pub fn established_fds(&self, pid: u32, ports: &HashSet<u16>) -> Vec<(u32, u16)> {
+        let Ok(sockets) = self.sockets_in(TcpState::Established) else {
+            return Vec::new();
+        };
+        let by_inode: HashMap<u64, u16> = sockets
+            .into_iter()
+            .filter(|(port, _)| ports.contains(port))
+            .map(|(port, inode)| (inode, port))
+            .collect();
+        if by_inode.is_empty() {
+            return Vec::new();
+        }
+        let Ok(process) = Process::new_with_root(self.root.join(pid.to_string())) else {
+            return Vec::new();
+        };
+        let Ok(fds) = process.fd() else {
+            return Vec::new();
+        };
+        fds.flatten()
+            .filter_map(|fd| match fd.target {
+                FDTarget::Socket(inode) => by_inode
+                    .get(&inode)
+                    .and_then(|&port| Some((u32::try_from(fd.fd).ok()?, port))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sockets_in(&self, state: TcpState) -> Result<Vec<(u16, u64)>, DiscoveryError> {
         // pid 1's table is the host's network namespace; fall back to ours
         // when pid 1 is not readable (no CAP_SYS_PTRACE, say).
         let mut last_err = None;
@@ -129,7 +164,7 @@ impl Discovery {
                 Ok(entries) => {
                     return Ok(entries
                         .into_iter()
-                        .filter(|e| e.state == TcpState::Listen)
+                        .filter(|e| e.state == state)
                         .map(|e| (e.local_address.port(), e.inode))
                         .collect());
                 }
@@ -275,6 +310,17 @@ mod tests {
         let l = d.scan().expect("second scan");
         let pids: Vec<u32> = l.by_port[&8080].iter().map(|o| o.pid).collect();
         assert_eq!(pids, vec![10, 12]);
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn established_connections_of_a_process_are_found() {
+        let root = fake_proc();
+        let d = Discovery::new(&root);
+        // Socket 2222 is established on local port 8080 and held by pid 13.
+        assert_eq!(d.established_fds(13, &[8080].into()), vec![(7, 8080)]);
+        assert!(d.established_fds(13, &[9999].into()).is_empty());
+        assert!(d.established_fds(10, &[8080].into()).is_empty());
         std::fs::remove_dir_all(root).ok();
     }
 

@@ -4,15 +4,18 @@
 use std::{
     io::IsTerminal as _,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use apm_agent::{
     agent::Agent,
-    api,
+    api::{self, AppState},
     config::{Config, LogFormat},
     metrics::Metrics,
     probes::{self, ProbeReport},
+    requests::{Requests, monotonic_ns},
+    routes::RouteConfig,
 };
 use clap::Parser as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -48,8 +51,8 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = Metrics::new().context("building the metrics registry")?;
-    let (kernel, report) = if config.no_ebpf {
+    let metrics = Arc::new(Metrics::new().context("building the metrics registry")?);
+    let (mut kernel, report) = if config.no_ebpf {
         (
             None,
             ProbeReport {
@@ -78,11 +81,36 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let agent = Arc::new(Mutex::new(Agent::new(&config, kernel, report, metrics)));
+    let events = kernel.as_mut().and_then(|k| k.take_events());
+    let agent = Agent::new(&config, kernel, report, metrics.clone());
+    let routes = RouteConfig {
+        max_routes: config.max_routes as usize,
+        patterns: config.routes.clone(),
+        ..Default::default()
+    };
+    let requests = Arc::new(Mutex::new(Requests::new(
+        routes,
+        config.max_connections as usize,
+        agent.directory.clone(),
+    )));
+    let agent = Arc::new(Mutex::new(agent));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let reader = events.map(|ring| {
+        tokio::spawn(apm_agent::events::run(
+            ring,
+            requests.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
+
     let refresher = tokio::spawn(refresh_loop(
-        agent.clone(),
+        AppState {
+            agent: agent.clone(),
+            requests: requests.clone(),
+        },
+        metrics.clone(),
         config.refresh_interval,
         stop_rx.clone(),
     ));
@@ -94,10 +122,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     info!(url = %format!("http://{addr}/"), "admin API listening");
 
     let mut shutdown = stop_rx.clone();
-    let server =
-        axum::serve(listener, api::router(agent.clone())).with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        });
+    let state = AppState {
+        agent: agent.clone(),
+        requests,
+    };
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    });
     let server = tokio::spawn(async move { server.await });
 
     let signal = wait_for_signal().await?;
@@ -111,6 +142,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = refresher.await {
         error!(error = %e, "refresh task failed");
     }
+    if let Some(reader) = reader
+        && let Err(e) = reader.await
+    {
+        error!(error = %e, "ring buffer reader failed");
+    }
     if agent.lock().map(|mut a| a.shutdown()).unwrap_or(false) {
         info!("eBPF programs detached");
     }
@@ -118,9 +154,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connections silent for this long are forgotten by the request pipeline.
+const IDLE_CONNECTION: Duration = Duration::from_secs(300);
+
 async fn refresh_loop(
-    agent: api::Shared,
-    every: std::time::Duration,
+    state: AppState,
+    metrics: Arc<Metrics>,
+    every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(every);
@@ -130,10 +170,15 @@ async fn refresh_loop(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let agent = agent.clone();
+        let state = state.clone();
+        let metrics = metrics.clone();
         let done = tokio::task::spawn_blocking(move || {
-            if let Ok(mut agent) = agent.lock() {
+            if let Ok(mut agent) = state.agent.lock() {
                 agent.refresh();
+            }
+            if let Ok(mut requests) = state.requests.lock() {
+                let idle = u64::try_from(IDLE_CONNECTION.as_nanos()).unwrap_or(u64::MAX);
+                requests.sweep(monotonic_ns(), idle, &metrics);
             }
         })
         .await;

@@ -2,10 +2,18 @@
 //! (no global registry). docs/metrics.md lists them; a test checks that the
 //! two agree.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// Every `reason` of `apm_agent_drops_total`, exported from the start at 0.
-pub const AGENT_DROP_REASONS: [&str; 2] = ["ports_map_full", "pids_map_full"];
+pub const AGENT_DROP_REASONS: [&str; 3] = ["ports_map_full", "pids_map_full", "conns_map_full"];
+
+/// OpenTelemetry's recommended buckets for http.server.request.duration.
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 
 pub const SERVICE: &str = "service_name";
 pub const PORT: &str = "server_port";
@@ -25,6 +33,15 @@ pub struct Metrics {
     pub monitored_ports: IntGauge,
     pub tracked_processes: IntGauge,
     pub discovery_errors: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_seen: IntCounterVec,
+    pub http_paired: IntCounterVec,
+    pub http_unpaired: IntCounterVec,
+    pub http_routes: IntGaugeVec,
+    pub http_route_overflow: IntCounterVec,
+    pub http_connections: IntGauge,
+    pub ringbuf_records: IntCounter,
+    pub ringbuf_decode_errors: IntCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +65,20 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 Ok(g)
             };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, MetricsError> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(HTTP_DURATION_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let plain_counter = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -115,6 +146,54 @@ impl Metrics {
                 "apm_discovery_errors_total",
                 "Failed procfs scans for listeners and their processes, by stage.",
                 &["stage"],
+            )?,
+            http_duration: histogram(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, from the first byte read to the last byte of the response written (OpenTelemetry http.server.request.duration).",
+                &[
+                    "http_request_method",
+                    "http_route",
+                    "http_response_status_code",
+                    SERVICE,
+                    PORT,
+                ],
+            )?,
+            http_seen: counter(
+                "apm_http_requests_seen_total",
+                "HTTP requests parsed from reads on monitored connections.",
+                &[SERVICE],
+            )?,
+            http_paired: counter(
+                "apm_http_requests_paired_total",
+                "HTTP requests paired with their response and recorded in the duration histogram.",
+                &[SERVICE],
+            )?,
+            http_unpaired: counter(
+                "apm_http_requests_unpaired_total",
+                "HTTP requests or responses that could not be paired, by reason.",
+                &[SERVICE, "reason"],
+            )?,
+            http_routes: gauge_vec(
+                "apm_http_routes",
+                "Distinct route templates of the service (bounded by --max-routes).",
+                &[SERVICE],
+            )?,
+            http_route_overflow: counter(
+                "apm_http_route_overflow_total",
+                "Requests filed under the {overflow} route because the service reached --max-routes.",
+                &[SERVICE],
+            )?,
+            http_connections: gauge(
+                "apm_http_connections_tracked",
+                "Connections whose requests are being paired right now.",
+            )?,
+            ringbuf_records: plain_counter(
+                "apm_ringbuf_records_total",
+                "Records read from the kernel's ring buffer.",
+            )?,
+            ringbuf_decode_errors: plain_counter(
+                "apm_ringbuf_decode_errors_total",
+                "Ring-buffer records that could not be decoded (and were skipped).",
             )?,
             registry,
         };

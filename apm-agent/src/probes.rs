@@ -8,12 +8,15 @@
 use std::{collections::HashMap, path::Path};
 
 use apm_common::{
-    Config as KernelConfig, PidCounters, PortCounters,
+    Config as KernelConfig, ConnInfo, ConnKey, PidCounters, PortCounters,
     maps::{self as names, PROBES},
 };
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        RingBuf,
+    },
     programs::TracePoint,
 };
 use serde::Serialize;
@@ -82,6 +85,8 @@ pub struct Kernel {
     ports: PerCpuHashMap<MapData, u16, PortCounters>,
     pids: PerCpuHashMap<MapData, u32, PidCounters>,
     drops: PerCpuArray<MapData, u64>,
+    conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
+    events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
     // Last so that the maps above are released after the programs using them.
     _ebpf: Ebpf,
@@ -186,6 +191,8 @@ impl Kernel {
         let ports = PerCpuHashMap::try_from(take(names::PORTS)?).map_err(map_err(names::PORTS))?;
         let pids = PerCpuHashMap::try_from(take(names::PIDS)?).map_err(map_err(names::PIDS))?;
         let drops = PerCpuArray::try_from(take(names::DROPS)?).map_err(map_err(names::DROPS))?;
+        let conns = BpfHashMap::try_from(take(names::CONNS)?).map_err(map_err(names::CONNS))?;
+        let events = RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?;
         let mut config: Array<MapData, KernelConfig> =
             Array::try_from(take(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         config
@@ -203,6 +210,8 @@ impl Kernel {
             ports,
             pids,
             drops,
+            conns,
+            events: Some(events),
             nr_cpus,
             _ebpf: ebpf,
         })
@@ -223,6 +232,31 @@ impl Kernel {
                 source: e,
             }),
         }
+    }
+
+    /// The ring buffer of request records, for the reader task (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Tracks a connection that existed before the agent saw its accept
+    /// (found in procfs), so its requests are paired too.
+    pub fn seed_conn(&mut self, tgid: u32, fd: u32, port: u16) -> Result<(), KernelError> {
+        let info = ConnInfo {
+            accepted_ns: 0,
+            port,
+            _pad: [0; 6],
+        };
+        self.conns
+            .insert(ConnKey { tgid, fd }, info, BPF_NOEXIST)
+            .or_else(|e| {
+                if self.conns.get(&ConnKey { tgid, fd }, 0).is_ok() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(map_err(names::CONNS))
     }
 
     /// Counters of every counted port, summed over CPUs.

@@ -1,0 +1,502 @@
+//! From ring-buffer records to HTTP metrics and /stats/requests: decode,
+//! pair (`pairing`), template (`routes`), record (`metrics`).
+//!
+//! Nothing here touches aya or tokio, so the whole pipeline runs in unit
+//! tests and benchmarks on synthetic records.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use apm_common::events::{EventHeader, EventKind};
+use serde::Serialize;
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::{
+    http::Method,
+    metrics::Metrics,
+    pairing::{Completed, Event, Sink, Tracker, Unpaired},
+    routes::{Route, RouteConfig, Routes},
+};
+
+/// Which service a traced process belongs to, kept up to date by the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: Arc<str>,
+    /// The monitored ports this process listens on (to label connections
+    /// whose local port the kernel could not learn).
+    pub ports: Vec<u16>,
+}
+
+/// tgid → service, replaced wholesale by the agent on every change.
+#[derive(Default)]
+pub struct Directory(RwLock<Arc<HashMap<u32, ServiceInfo>>>);
+
+impl Directory {
+    pub fn snapshot(&self) -> Arc<HashMap<u32, ServiceInfo>> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn replace(&self, map: HashMap<u32, ServiceInfo>) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Arc::new(map);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// In-flight requests listed by /stats/requests at most.
+pub const MAX_IN_FLIGHT_SHOWN: usize = 100;
+/// Routes listed per service by /stats/requests at most (busiest first).
+pub const MAX_ROUTES_SHOWN: usize = 50;
+
+struct RouteStats {
+    count: u64,
+    errors: u64,
+    sketch: DDSketch,
+}
+
+#[derive(Default)]
+struct ServiceStats {
+    seen: u64,
+    paired: u64,
+    unpaired: HashMap<&'static str, u64>,
+    routes: HashMap<(Method, Arc<str>), RouteStats>,
+}
+
+pub struct Requests {
+    tracker: Tracker,
+    routes: Routes,
+    stats: HashMap<Arc<str>, ServiceStats>,
+    directory: Arc<Directory>,
+    services: Arc<HashMap<u32, ServiceInfo>>,
+    unknown: Arc<str>,
+}
+
+impl Requests {
+    pub fn new(routes: RouteConfig, max_connections: usize, directory: Arc<Directory>) -> Self {
+        Self {
+            tracker: Tracker::new(max_connections),
+            routes: Routes::new(routes),
+            stats: HashMap::new(),
+            services: directory.snapshot(),
+            directory,
+            unknown: crate::agent::UNKNOWN_SERVICE.into(),
+        }
+    }
+
+    /// Picks up the agent's latest tgid → service map; call once per batch.
+    pub fn refresh_services(&mut self) {
+        self.services = self.directory.snapshot();
+    }
+
+    /// Decodes and processes one ring-buffer record.
+    pub fn handle_record(&mut self, record: &[u8], metrics: &Metrics) {
+        metrics.ringbuf_records.inc();
+        let Some(header) = EventHeader::decode(record) else {
+            metrics.ringbuf_decode_errors.inc();
+            return;
+        };
+        let Some(kind) = EventKind::from_u32(header.kind) else {
+            metrics.ringbuf_decode_errors.inc();
+            return;
+        };
+        let event = Event {
+            kind,
+            ts_ns: header.ts_ns,
+            tgid: header.tgid,
+            fd: header.fd,
+            port: header.port,
+            ret: header.ret,
+            data: header.payload(record),
+            tail: header.tail(),
+        };
+        let mut sink = Recorder {
+            routes: &mut self.routes,
+            stats: &mut self.stats,
+            services: &self.services,
+            unknown: &self.unknown,
+            metrics,
+        };
+        self.tracker.handle(&event, &mut sink);
+        metrics
+            .http_connections
+            .set(i64::try_from(self.tracker.connections()).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets connections idle for longer than `idle_ns` (kernel clock).
+    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, metrics: &Metrics) {
+        let mut sink = Recorder {
+            routes: &mut self.routes,
+            stats: &mut self.stats,
+            services: &self.services,
+            unknown: &self.unknown,
+            metrics,
+        };
+        self.tracker.sweep(now_ns, idle_ns, &mut sink);
+        metrics
+            .http_connections
+            .set(i64::try_from(self.tracker.connections()).unwrap_or(i64::MAX));
+    }
+
+    /// The /stats/requests document at kernel time `now_ns`.
+    pub fn snapshot(&self, now_ns: u64) -> RequestStats {
+        let mut in_flight: Vec<InFlightRequest> = self
+            .tracker
+            .in_flight()
+            .map(|f| {
+                let (service, port) = service_of(&self.services, &self.unknown, f.tgid, f.port);
+                InFlightRequest {
+                    service_name: service.to_string(),
+                    server_port: port,
+                    method: f.method.as_str(),
+                    route: f.route.to_string(),
+                    age_seconds: now_ns.saturating_sub(f.start_ns) as f64 / 1e9,
+                }
+            })
+            .collect();
+        let total = in_flight.len();
+        in_flight.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
+        in_flight.truncate(MAX_IN_FLIGHT_SHOWN);
+        let mut per_service_in_flight: HashMap<&str, u64> = HashMap::new();
+        for f in self.tracker.in_flight() {
+            let (service, _) = service_of(&self.services, &self.unknown, f.tgid, f.port);
+            *per_service_in_flight.entry(&**service).or_default() += 1;
+        }
+        let services = self
+            .stats
+            .iter()
+            .map(|(name, s)| {
+                let mut routes: Vec<RouteSummary> = s
+                    .routes
+                    .iter()
+                    .map(|((method, route), r)| RouteSummary {
+                        method: method.as_str(),
+                        route: route.to_string(),
+                        count: r.count,
+                        errors_5xx: r.errors,
+                        p50_seconds: quantile(&r.sketch, 0.5),
+                        p90_seconds: quantile(&r.sketch, 0.9),
+                        p99_seconds: quantile(&r.sketch, 0.99),
+                        max_seconds: r.sketch.max().unwrap_or(0.0),
+                    })
+                    .collect();
+                let route_count = routes.len();
+                routes.sort_by(|a, b| b.count.cmp(&a.count).then(a.route.cmp(&b.route)));
+                routes.truncate(MAX_ROUTES_SHOWN);
+                let summary = ServiceSummary {
+                    requests_seen: s.seen,
+                    requests_paired: s.paired,
+                    unpaired: s
+                        .unpaired
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), *v))
+                        .collect(),
+                    in_flight: per_service_in_flight.get(&**name).copied().unwrap_or(0),
+                    route_count,
+                    routes,
+                };
+                (name.to_string(), summary)
+            })
+            .collect();
+        RequestStats {
+            in_flight_total: total,
+            in_flight,
+            services,
+        }
+    }
+}
+
+fn quantile(sketch: &DDSketch, q: f64) -> f64 {
+    sketch.quantile(q).ok().flatten().unwrap_or(0.0)
+}
+
+/// The service and port label of a connection of process `tgid`.
+fn service_of<'a>(
+    services: &'a HashMap<u32, ServiceInfo>,
+    unknown: &'a Arc<str>,
+    tgid: u32,
+    port: u16,
+) -> (&'a Arc<str>, u16) {
+    match services.get(&tgid) {
+        Some(info) => {
+            let port = if port == 0 && info.ports.len() == 1 {
+                info.ports[0]
+            } else {
+                port
+            };
+            (&info.name, port)
+        }
+        None => (unknown, port),
+    }
+}
+
+struct Recorder<'a> {
+    routes: &'a mut Routes,
+    stats: &'a mut HashMap<Arc<str>, ServiceStats>,
+    services: &'a HashMap<u32, ServiceInfo>,
+    unknown: &'a Arc<str>,
+    metrics: &'a Metrics,
+}
+
+impl Recorder<'_> {
+    fn service(&mut self, tgid: u32, port: u16) -> (Arc<str>, u16) {
+        let (name, port) = service_of(self.services, self.unknown, tgid, port);
+        (name.clone(), port)
+    }
+
+    fn stats(&mut self, name: &Arc<str>) -> &mut ServiceStats {
+        self.stats.entry(name.clone()).or_default()
+    }
+}
+
+impl Sink for Recorder<'_> {
+    fn route(&mut self, tgid: u32, path: &str) -> Route {
+        let (name, _) = self.service(tgid, 0);
+        let route = self.routes.template(&name, path);
+        if route.overflow {
+            self.metrics
+                .http_route_overflow
+                .with_label_values(&[&*name])
+                .inc();
+        }
+        self.metrics
+            .http_routes
+            .with_label_values(&[&*name])
+            .set(i64::try_from(self.routes.count(&name)).unwrap_or(i64::MAX));
+        route
+    }
+
+    fn request(&mut self, tgid: u32, port: u16) {
+        let (name, _) = self.service(tgid, port);
+        self.metrics.http_seen.with_label_values(&[&*name]).inc();
+        self.stats(&name).seen += 1;
+    }
+
+    fn completed(&mut self, done: Completed) {
+        let (name, port) = self.service(done.tgid, done.port);
+        let seconds = done.duration_ns as f64 / 1e9;
+        let status = done.status.to_string();
+        let port_label = port.to_string();
+        self.metrics
+            .http_duration
+            .with_label_values(&[
+                done.method.as_str(),
+                &*done.route,
+                &status,
+                &*name,
+                &port_label,
+            ])
+            .observe(seconds);
+        self.metrics.http_paired.with_label_values(&[&*name]).inc();
+        let stats = self.stats(&name);
+        stats.paired += 1;
+        let route = stats
+            .routes
+            .entry((done.method, done.route))
+            .or_insert_with(|| RouteStats {
+                count: 0,
+                errors: 0,
+                // 1% relative accuracy.
+                sketch: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+            });
+        route.count += 1;
+        if done.status >= 500 {
+            route.errors += 1;
+        }
+        route.sketch.add(seconds);
+    }
+
+    fn unpaired(&mut self, tgid: u32, port: u16, reason: Unpaired) {
+        let (name, _) = self.service(tgid, port);
+        self.metrics
+            .http_unpaired
+            .with_label_values(&[&*name, reason.as_str()])
+            .inc();
+        *self
+            .stats(&name)
+            .unpaired
+            .entry(reason.as_str())
+            .or_default() += 1;
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct RequestStats {
+    /// Requests read and not yet answered, across services.
+    pub in_flight_total: usize,
+    /// The oldest of them (at most [`MAX_IN_FLIGHT_SHOWN`]).
+    pub in_flight: Vec<InFlightRequest>,
+    pub services: HashMap<String, ServiceSummary>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct InFlightRequest {
+    pub service_name: String,
+    pub server_port: u16,
+    pub method: &'static str,
+    pub route: String,
+    pub age_seconds: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ServiceSummary {
+    pub requests_seen: u64,
+    pub requests_paired: u64,
+    pub unpaired: HashMap<String, u64>,
+    pub in_flight: u64,
+    pub route_count: usize,
+    /// The busiest routes (at most [`MAX_ROUTES_SHOWN`]), with latency
+    /// quantiles at 1% relative accuracy.
+    pub routes: Vec<RouteSummary>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct RouteSummary {
+    pub method: &'static str,
+    pub route: String,
+    pub count: u64,
+    pub errors_5xx: u64,
+    pub p50_seconds: f64,
+    pub p90_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_seconds: f64,
+}
+
+/// Synthetic records for tests and benchmarks.
+pub mod synthetic {
+    use apm_common::events::{DATA_CAP, EventHeader, EventKind};
+
+    /// One ring-buffer record as the kernel would write it.
+    pub fn record(
+        kind: EventKind,
+        ts_ns: u64,
+        tgid: u32,
+        fd: u32,
+        port: u16,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let captured = data.len().min(DATA_CAP);
+        let header = EventHeader {
+            kind: kind as u32,
+            captured: captured as u32,
+            ts_ns,
+            tgid,
+            pid: tgid,
+            fd,
+            port,
+            tail_len: 0,
+            _pad: 0,
+            ret: data.len() as i64,
+            tail: [0; 8],
+        };
+        let mut out = Vec::with_capacity(std::mem::size_of::<EventHeader>() + DATA_CAP);
+        // SAFETY: EventHeader is repr(C) plain integers; viewing it as bytes
+        // is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&header as *const EventHeader).cast::<u8>(),
+                std::mem::size_of::<EventHeader>(),
+            )
+        };
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&data[..captured]);
+        out.resize(std::mem::size_of::<EventHeader>() + DATA_CAP, 0);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{synthetic::record, *};
+
+    fn setup() -> (Requests, Metrics) {
+        let dir = Arc::new(Directory::default());
+        dir.replace(
+            [(
+                7,
+                ServiceInfo {
+                    name: "api".into(),
+                    ports: vec![8080],
+                },
+            )]
+            .into(),
+        );
+        (
+            Requests::new(RouteConfig::default(), 1024, dir),
+            Metrics::new().expect("metrics"),
+        )
+    }
+
+    #[test]
+    fn records_become_histograms_and_stats_without_the_query() {
+        let (mut r, m) = setup();
+        let ms = 1_000_000;
+        r.handle_record(&record(EventKind::Accept, 0, 7, 4, 8080, b""), &m);
+        r.handle_record(
+            &record(
+                EventKind::Read,
+                10 * ms,
+                7,
+                4,
+                8080,
+                b"GET /users/42?token=hunter2 HTTP/1.1\r\n\r\n",
+            ),
+            &m,
+        );
+        let mid = r.snapshot(15 * ms);
+        assert_eq!(mid.in_flight_total, 1);
+        assert_eq!(mid.in_flight[0].route, "/users/{id}");
+        assert!((mid.in_flight[0].age_seconds - 0.005).abs() < 1e-9);
+        r.handle_record(
+            &record(
+                EventKind::Write,
+                30 * ms,
+                7,
+                4,
+                8080,
+                b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+            ),
+            &m,
+        );
+        let text = m.encode().expect("encode");
+        assert!(text.contains(
+            r#"http_server_request_duration_seconds_bucket{http_request_method="GET",http_response_status_code="500",http_route="/users/{id}",server_port="8080",service_name="api",le="0.025"} 1"#
+        ), "{text}");
+        assert!(!text.contains("hunter2"));
+        let s = r.snapshot(40 * ms);
+        let json = serde_json::to_string(&s).expect("json");
+        assert!(!json.contains("hunter2"));
+        let api = &s.services["api"];
+        assert_eq!(
+            (api.requests_seen, api.requests_paired, api.in_flight),
+            (1, 1, 0)
+        );
+        assert_eq!(api.routes[0].errors_5xx, 1);
+        assert!((api.routes[0].p50_seconds - 0.020).abs() < 0.0003, "{json}");
+    }
+
+    #[test]
+    fn garbage_records_are_counted_not_fatal() {
+        let (mut r, m) = setup();
+        r.handle_record(&[1, 2, 3], &m);
+        let mut bad = record(EventKind::Read, 0, 7, 4, 8080, b"x");
+        bad[0] = 99;
+        r.handle_record(&bad, &m);
+        assert_eq!(m.ringbuf_decode_errors.get(), 2);
+    }
+}
