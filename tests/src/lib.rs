@@ -149,15 +149,15 @@ impl Drop for Agent {
     }
 }
 
-/// The `apm-listener` binary cargo built beside the running test
+/// A binary of this crate that cargo built beside the running test
 /// (target/<profile>/, one level above the test binary in deps/).
-fn listener_bin() -> Result<PathBuf> {
+fn sibling_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .context("test binary has no target directory")?;
-    let bin = dir.join("apm-listener");
+    let bin = dir.join(name);
     ensure!(
         bin.exists(),
         "{} missing: run through cargo test",
@@ -178,7 +178,7 @@ impl Listener {
     /// Starts a listener on `port` that accepts `batch` connections per `go`
     /// and closes `close` of each batch.
     pub fn start(port: u16, batch: usize, close: usize) -> Result<Self> {
-        let mut child = Command::new(listener_bin()?)
+        let mut child = Command::new(sibling_bin("apm-listener")?)
             .args([port.to_string(), batch.to_string(), close.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -234,6 +234,133 @@ impl Drop for Listener {
         self.stdin = None;
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server process the tests start (it prints `listening` once ready),
+/// killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(mut cmd: Command, port: u16) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let server = Self { child, port };
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("server did not say it was listening")?;
+        ensure!(line.trim() == "listening", "server said {line:?}");
+        Ok(server)
+    }
+
+    /// The Rust test server (src/bin/apm-httpd.rs) on `port`.
+    pub fn rust(port: u16) -> Result<Self> {
+        let mut cmd = Command::new(sibling_bin("apm-httpd")?);
+        cmd.arg(port.to_string());
+        Self::start(cmd, port)
+    }
+
+    /// The Python test server (servers/httpd.py) on `port`.
+    pub fn python(port: u16) -> Result<Self> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/httpd.py"))
+            .arg(port.to_string());
+        Self::start(cmd, port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP/1.1 keep-alive client that knows exactly what it sent
+/// and what came back.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(5),
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// One request; returns the response status.
+    pub fn get(&mut self, path: &str) -> Result<u16> {
+        Ok(self.pipeline(&[path])?[0])
+    }
+
+    /// Several requests in a single write, then their responses in order.
+    pub fn pipeline(&mut self, paths: &[&str]) -> Result<Vec<u16>> {
+        let mut batch = String::new();
+        for path in paths {
+            batch.push_str(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+        }
+        self.stream.write_all(batch.as_bytes())?;
+        paths.iter().map(|_| self.read_response()).collect()
+    }
+
+    fn read_response(&mut self) -> Result<u16> {
+        let head_end = loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            self.fill()?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])?.to_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .context("bad status line")?;
+        let length: usize = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .context("response without Content-Length")?;
+        while self.buf.len() < head_end + length {
+            self.fill()?;
+        }
+        self.buf.drain(..head_end + length);
+        Ok(status)
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk)?;
+        ensure!(n > 0, "server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 }
 

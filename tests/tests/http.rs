@@ -1,0 +1,222 @@
+//! Per-request HTTP metrics end to end: two independent servers (Python's
+//! http.server and axum/hyper), a client that counts what it got, and the
+//! agent's numbers compared with those counts exactly.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use apm_e2e::{Agent, Client, Metrics, Server, free_port, get, require_root, wait_for};
+
+const SLEEP_MS: u64 = 200;
+
+/// (route template, status) → count, as the client saw it.
+type Expected = BTreeMap<(String, u16), u64>;
+
+/// A deterministic mix: mostly 200s, some 404s and 500s, templated user
+/// ids, and query strings carrying a secret that must never surface.
+fn path_for(i: u64) -> (String, &'static str) {
+    match i % 10 {
+        0..=4 => ("/ok".into(), "/ok"),
+        5 => (format!("/ok?api_key=SECRET-{i}&user=x"), "/ok"),
+        6 | 7 => ("/missing".into(), "/missing"),
+        8 => ("/error".into(), "/error"),
+        _ => (format!("/users/{}?session=SECRET-{i}", i * 7919 % 100_000), "/users/{id}"),
+    }
+}
+
+/// Drives the known mix against `port`: `keepalive` requests spread over 4
+/// keep-alive connections, 6 pipelined batches of 4 requests in one write
+/// each, and 5 sleeping requests. Returns what the client counted.
+fn drive(port: u16, keepalive: u64) -> Expected {
+    let mut expected = Expected::new();
+    let mut record = |route: &str, status: u16| {
+        *expected.entry((route.to_owned(), status)).or_default() += 1;
+    };
+    let mut conns: Vec<Client> = (0..4).map(|_| Client::connect(port).expect("connect")).collect();
+    for i in 0..keepalive {
+        let (path, route) = path_for(i);
+        let status = conns[(i % 4) as usize].get(&path).expect("request");
+        record(route, status);
+    }
+    let mut pipelined = Client::connect(port).expect("connect");
+    for batch in 0..6u64 {
+        let paths: Vec<(String, &str)> = (0..4).map(|j| path_for(batch * 4 + j + 3)).collect();
+        let raw: Vec<&str> = paths.iter().map(|(p, _)| p.as_str()).collect();
+        let statuses = pipelined.pipeline(&raw).expect("pipelined batch");
+        for ((_, route), status) in paths.iter().zip(statuses) {
+            record(route, status);
+        }
+    }
+    let mut sleeper = Client::connect(port).expect("connect");
+    for _ in 0..5 {
+        let status = sleeper.get(&format!("/sleep/{SLEEP_MS}")).expect("sleep");
+        record("/sleep/{id}", status);
+    }
+    expected
+}
+
+fn counts_for(m: &Metrics, service: &str) -> Expected {
+    m.matching(
+        "http_server_request_duration_seconds_count",
+        &[("service_name", service)],
+    )
+    .map(|s| {
+        let route = s.labels["http_route"].clone();
+        let status = s.labels["http_response_status_code"].parse().expect("status");
+        ((route, status), s.value as u64)
+    })
+    .collect()
+}
+
+fn sum(m: &Metrics, name: &str, service: &str) -> f64 {
+    m.matching(name, &[("service_name", service)]).map(|s| s.value).sum()
+}
+
+/// Waits until the agent has named `port` after `service`.
+fn wait_for_service(agent: &Agent, port: u16, service: &str) {
+    let p = port.to_string();
+    let named = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        m.value(
+            "apm_tcp_connections_accepted_total",
+            &[("server_port", &p), ("service_name", service)],
+        )
+        .map(|_| ())
+    });
+    assert!(named.is_some(), "agent never named {port} {service}: {}", agent.log_text());
+}
+
+/// Waits until the agent has paired `total` requests of `service`.
+fn wait_for_paired(agent: &Agent, service: &str, total: u64, within: Duration) -> Metrics {
+    let done = wait_for(within, || {
+        let m = agent.metrics().ok()?;
+        (sum(&m, "apm_http_requests_paired_total", service) >= total as f64).then_some(m)
+    });
+    match done {
+        Some(m) => m,
+        None => {
+            let m = agent.metrics().expect("metrics");
+            panic!(
+                "{service}: paired {} of {total}:\n{}",
+                sum(&m, "apm_http_requests_paired_total", service),
+                m.text
+            )
+        }
+    }
+}
+
+#[test]
+fn per_route_counts_and_latency_match_the_clients_ground_truth() {
+    require_root();
+    let (rust_port, py_port) = (free_port().expect("port"), free_port().expect("port"));
+    let rust = Server::rust(rust_port).expect("apm-httpd");
+    let python = Server::python(py_port).expect("python3 http.server");
+    let agent = Agent::start(&[
+        "--port",
+        &rust_port.to_string(),
+        "--port",
+        &py_port.to_string(),
+    ])
+    .expect("agent");
+    wait_for_service(&agent, rust_port, "apm-httpd");
+    wait_for_service(&agent, py_port, "python3");
+
+    let cases = [
+        ("apm-httpd", rust_port, 10_000u64),
+        ("python3", py_port, 3_000u64),
+    ];
+    for (service, port, keepalive) in cases {
+        let expected = drive(port, keepalive);
+        let total: u64 = expected.values().sum();
+        assert_eq!(total, keepalive + 24 + 5);
+        let m = wait_for_paired(&agent, service, total, Duration::from_secs(30));
+        let got = counts_for(&m, service);
+        assert_eq!(got, expected, "{service}: agent counts differ from the client's");
+        assert_eq!(sum(&m, "apm_http_requests_seen_total", service), total as f64);
+        assert_eq!(
+            sum(&m, "apm_http_requests_unpaired_total", service),
+            0.0,
+            "{service}: unpaired requests:\n{}",
+            m.text
+        );
+        let p = port.to_string();
+        assert!(
+            m.matching("http_server_request_duration_seconds_count", &[("service_name", service)])
+                .all(|s| s.labels["server_port"] == p),
+            "{service}: wrong server_port label"
+        );
+
+        // The sleeping route's median, from /stats/requests (1% sketch).
+        let stats = get(agent.addr, "/stats/requests").expect("stats");
+        assert_eq!(stats.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&stats.body).expect("json");
+        let sleep = v["services"][service]["routes"]
+            .as_array()
+            .expect("routes")
+            .iter()
+            .find(|r| r["route"] == "/sleep/{id}")
+            .unwrap_or_else(|| panic!("{service}: no sleep route in {}", stats.body))
+            .clone();
+        assert_eq!(sleep["count"], 5);
+        let p50 = sleep["p50_seconds"].as_f64().expect("p50");
+        let want = SLEEP_MS as f64 / 1000.0;
+        assert!(
+            (p50 - want).abs() <= want * 0.10,
+            "{service}: sleep median {p50}s, slept {want}s"
+        );
+        assert!(!stats.body.contains("SECRET"), "query leaked into /stats/requests");
+    }
+
+    let m = agent.metrics().expect("metrics");
+    assert!(!m.text.contains("SECRET"), "query string leaked into /metrics");
+    assert!(!agent.log_text().contains("SECRET"), "query string leaked into logs");
+    assert_eq!(
+        m.value("apm_ebpf_drops_total", &[("reason", "ringbuf_full")]),
+        Some(0.0)
+    );
+    drop((rust, python));
+}
+
+#[test]
+fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    wait_for_service(&agent, port, "apm-httpd");
+
+    // 50 x 50 x 20 distinct paths; no parent has enough children to
+    // collapse, so only the route cap (1000) bounds them. Pipelined in
+    // batches of 10 to keep the test quick.
+    let paths: Vec<String> = (0..50)
+        .flat_map(|a| (0..50).flat_map(move |b| (0..20).map(move |c| format!("/s{a}/t{b}/u{c}"))))
+        .collect();
+    assert_eq!(paths.len(), 50_000);
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(port).expect("connect")).collect();
+    for (i, batch) in paths.chunks(10).enumerate() {
+        let raw: Vec<&str> = batch.iter().map(String::as_str).collect();
+        let statuses = clients[i % 4].pipeline(&raw).expect("batch");
+        assert!(statuses.iter().all(|&s| s == 200));
+    }
+    let service = "apm-httpd";
+    let m = wait_for_paired(&agent, service, 50_000, Duration::from_secs(60));
+    let counts = counts_for(&m, service);
+    let routes: std::collections::BTreeSet<&String> = counts.keys().map(|(r, _)| r).collect();
+    assert!(routes.len() <= 1001, "{} routes exported", routes.len());
+    assert_eq!(m.value("apm_http_routes", &[("service_name", service)]), Some(1000.0));
+    let overflow = m
+        .value("apm_http_route_overflow_total", &[("service_name", service)])
+        .expect("overflow counter");
+    let in_overflow_route = counts
+        .get(&("{overflow}".to_owned(), 200))
+        .copied()
+        .unwrap_or(0);
+    let named: u64 = counts
+        .iter()
+        .filter(|((r, _), _)| r != "{overflow}")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(named, 1000);
+    assert_eq!(overflow as u64, 49_000);
+    assert_eq!(in_overflow_route, 49_000);
+    drop(server);
+}
