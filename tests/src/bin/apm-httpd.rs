@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use axum::{Router, extract::Path, http::StatusCode, routing::get};
+use axum::{Router, extract::Path, http::StatusCode, routing::get, serve::ListenerExt as _};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -31,7 +31,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/users/{id}", get(|| async { "user\n" }))
         .fallback(|| async { "any\n" });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    // TCP_NODELAY, as production servers set it: pipelined responses are
+    // separate writes, which Nagle would hold back for the client's ACK.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     println!("listening");
     axum::serve(listener, app).await?;
     Ok(())
