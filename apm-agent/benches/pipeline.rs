@@ -32,7 +32,9 @@ fn workload() -> Vec<Vec<u8>> {
                 2 => "/static/app.js".to_owned(),
                 _ => "/health".to_owned(),
             };
-            let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+            );
             records.push(record(EventKind::Read, ts, 7, fd, 8080, req.as_bytes()));
             records.push(record(
                 EventKind::Write,
@@ -42,7 +44,14 @@ fn workload() -> Vec<Vec<u8>> {
                 8080,
                 b"HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n",
             ));
-            records.push(record(EventKind::Write, ts + 500, 7, fd, 8080, b"{\"ok\":true}\r\n"));
+            records.push(record(
+                EventKind::Write,
+                ts + 500,
+                7,
+                fd,
+                8080,
+                b"{\"ok\":true}\r\n",
+            ));
         }
     }
     records

@@ -1,7 +1,12 @@
 //! The ring-buffer reader task: waits for the kernel's records with epoll
 //! (tokio's AsyncFd) and hands them to the request pipeline in batches.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use apm_common::events::POLL_INTERVAL_MS;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
@@ -33,39 +38,51 @@ pub async fn run(
         }
     };
     info!("reading request records");
+    // The kernel wakes us only when a batch has piled up (WAKEUP_BYTES);
+    // the timer picks up the rest within POLL_INTERVAL_MS.
+    let mut tick = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = tokio::select! {
-            ready = fd.readable_mut() => match ready {
-                Ok(guard) => guard,
-                Err(e) => {
-                    error!(error = %e, "ring buffer poll failed; no more HTTP metrics");
-                    return;
+        let drained = tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        error!(error = %e, "ring buffer poll failed; no more HTTP metrics");
+                        return;
+                    }
+                };
+                let drained = drain(guard.get_inner_mut(), &requests, &metrics);
+                if drained == Some(true) {
+                    guard.clear_ready();
                 }
-            },
+                drained
+            }
+            _ = tick.tick() => drain(fd.get_mut(), &requests, &metrics),
             _ = stop.wait_for(|s| *s) => return,
         };
-        let ring = guard.get_inner_mut();
-        let mut drained = false;
-        {
-            let Ok(mut requests) = requests.lock() else {
+        match drained {
+            None => {
                 error!("request pipeline state poisoned; stopping the reader");
                 return;
-            };
-            requests.refresh_services();
-            for _ in 0..BATCH {
-                match ring.next() {
-                    Some(record) => requests.handle_record(&record, &metrics),
-                    None => {
-                        drained = true;
-                        break;
-                    }
-                }
             }
-        }
-        if drained {
-            guard.clear_ready();
-        } else {
-            tokio::task::yield_now().await;
+            // More than a batch waiting: let other tasks run, then go on.
+            Some(false) => tokio::task::yield_now().await,
+            Some(true) => {}
         }
     }
+}
+
+/// Handles up to [`BATCH`] records; returns whether the ring is now empty
+/// (None when the pipeline state is poisoned).
+fn drain(ring: &mut RingBuf<MapData>, requests: &Mutex<Requests>, metrics: &Metrics) -> Option<bool> {
+    let mut requests = requests.lock().ok()?;
+    requests.refresh_services();
+    for _ in 0..BATCH {
+        match ring.next() {
+            Some(record) => requests.handle_record(&record, metrics),
+            None => return Some(true),
+        }
+    }
+    Some(false)
 }

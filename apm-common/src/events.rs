@@ -82,6 +82,14 @@ const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + DATA_CAP);
 /// 15 000 data records, most of a second of slack at 10 000 requests/s.
 pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
 
+/// Queued bytes at which the kernel wakes the reader (about 240 data
+/// records); below it the reader finds records on its poll timer
+/// ([`POLL_INTERVAL_MS`]).
+pub const WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// How often the reader drains the ring buffer without a wakeup.
+pub const POLL_INTERVAL_MS: u64 = 20;
+
 impl EventHeader {
     /// Decodes the header at the start of a ring-buffer record.
     pub fn decode(record: &[u8]) -> Option<Self> {

@@ -1,15 +1,28 @@
 //! Writing records into the EVENTS ring buffer.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user,
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user},
 };
 
 use apm_common::{
     Drop,
-    events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP},
+    events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP, WAKEUP_BYTES},
 };
 
 use crate::maps::{EVENTS, count_drop};
+
+/// Submit flags: wake the reader only once a batch has piled up; it also
+/// polls on a short timer, so nothing waits long. One wakeup per record
+/// would cost a context switch per syscall.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 #[inline(always)]
 fn header(kind: EventKind, fd: u32, port: u16, ret: i64) -> EventHeader {
@@ -38,7 +51,7 @@ pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
         return;
     };
     entry.write(header(kind, fd, port, ret));
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
 
 /// A read or write record: `ret` bytes moved through `buf` (a user pointer
@@ -81,5 +94,5 @@ pub fn emit_data(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64, len: u
     }
     // SAFETY: writing the header part of the reserved record.
     unsafe { core::ptr::addr_of_mut!((*ev).header).write(h) };
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }

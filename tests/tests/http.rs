@@ -19,7 +19,10 @@ fn path_for(i: u64) -> (String, &'static str) {
         5 => (format!("/ok?api_key=SECRET-{i}&user=x"), "/ok"),
         6 | 7 => ("/missing".into(), "/missing"),
         8 => ("/error".into(), "/error"),
-        _ => (format!("/users/{}?session=SECRET-{i}", i * 7919 % 100_000), "/users/{id}"),
+        _ => (
+            format!("/users/{}?session=SECRET-{i}", i * 7919 % 100_000),
+            "/users/{id}",
+        ),
     }
 }
 
@@ -31,7 +34,9 @@ fn drive(port: u16, keepalive: u64) -> Expected {
     let mut record = |route: &str, status: u16| {
         *expected.entry((route.to_owned(), status)).or_default() += 1;
     };
-    let mut conns: Vec<Client> = (0..4).map(|_| Client::connect(port).expect("connect")).collect();
+    let mut conns: Vec<Client> = (0..4)
+        .map(|_| Client::connect(port).expect("connect"))
+        .collect();
     for i in 0..keepalive {
         let (path, route) = path_for(i);
         let status = conns[(i % 4) as usize].get(&path).expect("request");
@@ -61,14 +66,18 @@ fn counts_for(m: &Metrics, service: &str) -> Expected {
     )
     .map(|s| {
         let route = s.labels["http_route"].clone();
-        let status = s.labels["http_response_status_code"].parse().expect("status");
+        let status = s.labels["http_response_status_code"]
+            .parse()
+            .expect("status");
         ((route, status), s.value as u64)
     })
     .collect()
 }
 
 fn sum(m: &Metrics, name: &str, service: &str) -> f64 {
-    m.matching(name, &[("service_name", service)]).map(|s| s.value).sum()
+    m.matching(name, &[("service_name", service)])
+        .map(|s| s.value)
+        .sum()
 }
 
 /// Waits until the agent has named `port` after `service`.
@@ -82,7 +91,11 @@ fn wait_for_service(agent: &Agent, port: u16, service: &str) {
         )
         .map(|_| ())
     });
-    assert!(named.is_some(), "agent never named {port} {service}: {}", agent.log_text());
+    assert!(
+        named.is_some(),
+        "agent never named {port} {service}: {}",
+        agent.log_text()
+    );
 }
 
 /// Waits until the agent has paired `total` requests of `service`.
@@ -130,8 +143,14 @@ fn per_route_counts_and_latency_match_the_clients_ground_truth() {
         assert_eq!(total, keepalive + 24 + 5);
         let m = wait_for_paired(&agent, service, total, Duration::from_secs(30));
         let got = counts_for(&m, service);
-        assert_eq!(got, expected, "{service}: agent counts differ from the client's");
-        assert_eq!(sum(&m, "apm_http_requests_seen_total", service), total as f64);
+        assert_eq!(
+            got, expected,
+            "{service}: agent counts differ from the client's"
+        );
+        assert_eq!(
+            sum(&m, "apm_http_requests_seen_total", service),
+            total as f64
+        );
         assert_eq!(
             sum(&m, "apm_http_requests_unpaired_total", service),
             0.0,
@@ -140,8 +159,11 @@ fn per_route_counts_and_latency_match_the_clients_ground_truth() {
         );
         let p = port.to_string();
         assert!(
-            m.matching("http_server_request_duration_seconds_count", &[("service_name", service)])
-                .all(|s| s.labels["server_port"] == p),
+            m.matching(
+                "http_server_request_duration_seconds_count",
+                &[("service_name", service)]
+            )
+            .all(|s| s.labels["server_port"] == p),
             "{service}: wrong server_port label"
         );
 
@@ -163,12 +185,21 @@ fn per_route_counts_and_latency_match_the_clients_ground_truth() {
             (p50 - want).abs() <= want * 0.10,
             "{service}: sleep median {p50}s, slept {want}s"
         );
-        assert!(!stats.body.contains("SECRET"), "query leaked into /stats/requests");
+        assert!(
+            !stats.body.contains("SECRET"),
+            "query leaked into /stats/requests"
+        );
     }
 
     let m = agent.metrics().expect("metrics");
-    assert!(!m.text.contains("SECRET"), "query string leaked into /metrics");
-    assert!(!agent.log_text().contains("SECRET"), "query string leaked into logs");
+    assert!(
+        !m.text.contains("SECRET"),
+        "query string leaked into /metrics"
+    );
+    assert!(
+        !agent.log_text().contains("SECRET"),
+        "query string leaked into logs"
+    );
     assert_eq!(
         m.value("apm_ebpf_drops_total", &[("reason", "ringbuf_full")]),
         Some(0.0)
@@ -191,7 +222,9 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
         .flat_map(|a| (0..50).flat_map(move |b| (0..20).map(move |c| format!("/s{a}/t{b}/u{c}"))))
         .collect();
     assert_eq!(paths.len(), 50_000);
-    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(port).expect("connect")).collect();
+    let mut clients: Vec<Client> = (0..4)
+        .map(|_| Client::connect(port).expect("connect"))
+        .collect();
     for (i, batch) in paths.chunks(10).enumerate() {
         let raw: Vec<&str> = batch.iter().map(String::as_str).collect();
         let statuses = clients[i % 4].pipeline(&raw).expect("batch");
@@ -202,9 +235,15 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
     let counts = counts_for(&m, service);
     let routes: std::collections::BTreeSet<&String> = counts.keys().map(|(r, _)| r).collect();
     assert!(routes.len() <= 1001, "{} routes exported", routes.len());
-    assert_eq!(m.value("apm_http_routes", &[("service_name", service)]), Some(1000.0));
+    assert_eq!(
+        m.value("apm_http_routes", &[("service_name", service)]),
+        Some(1000.0)
+    );
     let overflow = m
-        .value("apm_http_route_overflow_total", &[("service_name", service)])
+        .value(
+            "apm_http_route_overflow_total",
+            &[("service_name", service)],
+        )
         .expect("overflow counter");
     let in_overflow_route = counts
         .get(&("{overflow}".to_owned(), 200))

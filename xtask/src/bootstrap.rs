@@ -28,7 +28,12 @@ const TEST_PACKAGES: &[&str] = &[
     // setpriv: start the agent without capabilities.
     "util-linux",
     "bpftool",
+    // The non-Rust HTTP server of the end-to-end tests (http.server).
+    "python3",
 ];
+
+/// Debian packages `cargo xtask bench` drives.
+const BENCH_PACKAGES: &[&str] = &["nginx", "wrk"];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -53,6 +58,10 @@ pub fn ensure_build_deps() -> Result<()> {
 
 pub fn ensure_test_deps() -> Result<()> {
     ensure_packages(TEST_PACKAGES)
+}
+
+pub fn ensure_bench_deps() -> Result<()> {
+    ensure_packages(BENCH_PACKAGES)
 }
 
 fn installed(package: &str) -> bool {

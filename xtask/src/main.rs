@@ -6,6 +6,7 @@
 //! that names what to install. A second run finds everything and installs
 //! nothing.
 
+mod bench;
 mod bootstrap;
 
 use std::{
@@ -39,6 +40,9 @@ enum Cmd {
         #[arg(long)]
         no_e2e: bool,
     },
+    /// Measure the agent's overhead (wrk + nginx, criterion) and write
+    /// docs/benchmarks.md. Needs root.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -53,6 +57,17 @@ fn main() -> Result<()> {
             bootstrap::ensure_build_deps()?;
             let agent = build_agent(&root, true)?;
             run_agent(&agent, &args)
+        }
+        Cmd::Bench => {
+            bootstrap::ensure_build_deps()?;
+            bootstrap::ensure_bench_deps()?;
+            if !bootstrap::is_root() {
+                bail!(
+                    "the benchmark loads eBPF programs and needs root: run `sudo cargo xtask bench`"
+                );
+            }
+            let agent = build_agent(&root, true)?;
+            bench::bench(&root, &agent)
         }
         Cmd::Test { no_e2e } => {
             bootstrap::ensure_build_deps()?;

@@ -17,7 +17,10 @@ async fn main() -> anyhow::Result<()> {
         .parse()?;
     let app = Router::new()
         .route("/ok", get(|| async { "ok\n" }))
-        .route("/missing", get(|| async { (StatusCode::NOT_FOUND, "missing\n") }))
+        .route(
+            "/missing",
+            get(|| async { (StatusCode::NOT_FOUND, "missing\n") }),
+        )
         .route(
             "/error",
             get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "error\n") }),
