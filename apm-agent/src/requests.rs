@@ -260,24 +260,45 @@ impl Recorder<'_> {
     }
 
     fn stats(&mut self, name: &Arc<str>) -> &mut ServiceStats {
-        self.stats.entry(name.clone()).or_default()
+        let metrics = self.metrics;
+        self.stats.entry(name.clone()).or_insert_with(|| {
+            // A new service: export every unpaired reason from zero, so a
+            // rate() over them works before the first one happens.
+            for reason in Unpaired::ALL {
+                metrics
+                    .http_unpaired
+                    .with_label_values(&[&**name, reason.as_str()])
+                    .inc_by(0);
+            }
+            ServiceStats::default()
+        })
     }
 }
 
 impl Sink for Recorder<'_> {
     fn route(&mut self, tgid: u32, path: &str) -> Route {
         let (name, _) = self.service(tgid, 0);
+        let before = self.routes.count(&name);
         let route = self.routes.template(&name, path);
         if route.overflow {
             self.metrics
                 .http_route_overflow
                 .with_label_values(&[&*name])
                 .inc();
+        } else if before == 0 {
+            // A new service: export its overflow counter from zero.
+            self.metrics
+                .http_route_overflow
+                .with_label_values(&[&*name])
+                .inc_by(0);
         }
-        self.metrics
-            .http_routes
-            .with_label_values(&[&*name])
-            .set(i64::try_from(self.routes.count(&name)).unwrap_or(i64::MAX));
+        let after = self.routes.count(&name);
+        if after != before {
+            self.metrics
+                .http_routes
+                .with_label_values(&[&*name])
+                .set(i64::try_from(after).unwrap_or(i64::MAX));
+        }
         route
     }
 

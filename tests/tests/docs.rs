@@ -1,8 +1,8 @@
 //! docs/metrics.md and a live /metrics list the same metric families.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
-use apm_e2e::{Agent, Listener, connect_many, free_port, require_root, wait_for};
+use apm_e2e::{Agent, Client, Server, free_port, require_root, wait_for};
 
 fn documented() -> BTreeSet<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
@@ -17,23 +17,30 @@ fn documented() -> BTreeSet<String> {
 fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     require_root();
     let agent = Agent::start(&[]).expect("agent");
-    // Some traffic so that every family has at least one series.
+    // Some HTTP traffic so that every family has at least one series.
     let port = free_port().expect("port");
-    let mut listener = Listener::start(port, 3, 1).expect("listener");
+    let server = Server::rust(port).expect("apm-httpd");
     let p = port.to_string();
-    wait_for(std::time::Duration::from_secs(15), || {
+    wait_for(Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
         m.value(
             "apm_tcp_connections_accepted_total",
-            &[("server_port", p.as_str())],
+            &[("server_port", p.as_str()), ("service_name", "apm-httpd")],
         )
         .map(|_| ())
     })
-    .expect("listener discovered");
-    let clients = connect_many(port, 3).expect("connect");
-    listener.go().expect("accept");
+    .expect("server discovered");
+    let mut client = Client::connect(port).expect("connect");
+    for _ in 0..3 {
+        assert_eq!(client.get("/ok").expect("request"), 200);
+    }
+    let m = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        (m.value("apm_http_requests_paired_total", &[("service_name", "apm-httpd")]) == Some(3.0))
+            .then_some(m)
+    })
+    .expect("requests paired");
 
-    let m = agent.metrics().expect("metrics");
     let exported: BTreeSet<String> = m
         .text
         .lines()
@@ -43,13 +50,7 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     let documented = documented();
     let undocumented: Vec<_> = exported.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&exported).collect();
-    assert!(
-        undocumented.is_empty(),
-        "exported but not in docs/metrics.md: {undocumented:?}"
-    );
-    assert!(
-        missing.is_empty(),
-        "documented but not exported: {missing:?}"
-    );
-    drop(clients);
+    assert!(undocumented.is_empty(), "exported but not in docs/metrics.md: {undocumented:?}");
+    assert!(missing.is_empty(), "documented but not exported: {missing:?}");
+    drop(server);
 }

@@ -259,3 +259,42 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
     assert_eq!(in_overflow_route, 49_000);
     drop(server);
 }
+
+#[test]
+fn connections_open_before_the_agent_started_are_paired() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::python(port).expect("python3 http.server");
+    // Accepted, and used once, before the agent exists.
+    let mut early = Client::connect(port).expect("connect");
+    assert_eq!(early.get("/ok").expect("request"), 200);
+
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    wait_for_service(&agent, port, "python3");
+    // The server's thread has been blocked in recv() on this connection
+    // since before the agent attached; that read's arguments were never
+    // seen, so the request it returns cannot be, and its response counts
+    // as one without a request. Every later request is paired.
+    assert_eq!(early.get("/ok").expect("request"), 200);
+    for _ in 0..20 {
+        assert_eq!(early.get("/missing?token=SECRET").expect("request"), 404);
+    }
+    let m = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        let missing = counts_for(&m, "python3").get(&("/missing".to_owned(), 404)).copied();
+        (missing == Some(20)).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("{}", agent.metrics().expect("metrics").text));
+    let counts = counts_for(&m, "python3");
+    let first = counts.get(&("/ok".to_owned(), 200)).copied().unwrap_or(0);
+    assert_eq!(counts.len(), 1 + usize::from(first == 1), "{counts:?}");
+    let orphan = m
+        .value(
+            "apm_http_requests_unpaired_total",
+            &[("service_name", "python3"), ("reason", "response_without_request")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(first as f64 + orphan, 1.0, "the first response is either paired or an orphan");
+    assert_eq!(sum(&m, "apm_http_requests_unpaired_total", "python3"), orphan);
+    drop(server);
+}
