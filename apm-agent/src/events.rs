@@ -75,7 +75,11 @@ pub async fn run(
 
 /// Handles up to [`BATCH`] records; returns whether the ring is now empty
 /// (None when the pipeline state is poisoned).
-fn drain(ring: &mut RingBuf<MapData>, requests: &Mutex<Requests>, metrics: &Metrics) -> Option<bool> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    requests: &Mutex<Requests>,
+    metrics: &Metrics,
+) -> Option<bool> {
     let mut requests = requests.lock().ok()?;
     requests.refresh_services();
     for _ in 0..BATCH {

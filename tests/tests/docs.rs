@@ -36,8 +36,11 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     }
     let m = wait_for(Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
-        (m.value("apm_http_requests_paired_total", &[("service_name", "apm-httpd")]) == Some(3.0))
-            .then_some(m)
+        (m.value(
+            "apm_http_requests_paired_total",
+            &[("service_name", "apm-httpd")],
+        ) == Some(3.0))
+        .then_some(m)
     })
     .expect("requests paired");
 
@@ -50,7 +53,13 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     let documented = documented();
     let undocumented: Vec<_> = exported.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&exported).collect();
-    assert!(undocumented.is_empty(), "exported but not in docs/metrics.md: {undocumented:?}");
-    assert!(missing.is_empty(), "documented but not exported: {missing:?}");
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/metrics.md: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "documented but not exported: {missing:?}"
+    );
     drop(server);
 }

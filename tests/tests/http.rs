@@ -281,7 +281,9 @@ fn connections_open_before_the_agent_started_are_paired() {
     }
     let m = wait_for(Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
-        let missing = counts_for(&m, "python3").get(&("/missing".to_owned(), 404)).copied();
+        let missing = counts_for(&m, "python3")
+            .get(&("/missing".to_owned(), 404))
+            .copied();
         (missing == Some(20)).then_some(m)
     })
     .unwrap_or_else(|| panic!("{}", agent.metrics().expect("metrics").text));
@@ -291,10 +293,20 @@ fn connections_open_before_the_agent_started_are_paired() {
     let orphan = m
         .value(
             "apm_http_requests_unpaired_total",
-            &[("service_name", "python3"), ("reason", "response_without_request")],
+            &[
+                ("service_name", "python3"),
+                ("reason", "response_without_request"),
+            ],
         )
         .unwrap_or(0.0);
-    assert_eq!(first as f64 + orphan, 1.0, "the first response is either paired or an orphan");
-    assert_eq!(sum(&m, "apm_http_requests_unpaired_total", "python3"), orphan);
+    assert_eq!(
+        first as f64 + orphan,
+        1.0,
+        "the first response is either paired or an orphan"
+    );
+    assert_eq!(
+        sum(&m, "apm_http_requests_unpaired_total", "python3"),
+        orphan
+    );
     drop(server);
 }
