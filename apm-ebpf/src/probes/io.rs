@@ -164,9 +164,10 @@ fn emit_iov(kind: EventKind, p: &InFlight, iov: u64, vlen: u64, ret: i64, write:
     };
     let mut tail = 0;
     if write && ret as u64 > DATA_CAP as u64 && vlen <= MAX_IOV {
+        let last_iov = base.wrapping_add((vlen - 1) as usize);
         // SAFETY: as above, at index vlen - 1 < UIO_MAXIOV.
-        if let Ok([last_base, last_len]) =
-            unsafe { bpf_probe_read_user(base.add((vlen - 1) as usize)) }
+        let last = unsafe { bpf_probe_read_user(last_iov) };
+        if let Ok([last_base, last_len]) = last
             && last_len >= TAIL_CAP as u64
         {
             tail = last_base + last_len - TAIL_CAP as u64;
