@@ -163,18 +163,26 @@ fn a_server_started_after_the_agent_is_picked_up() {
     }
 }
 
+/// Loaded BPF programs named like one of apm's (bpftool shows full names
+/// from BTF).
 fn apm_programs_loaded() -> usize {
     let out = Command::new("bpftool")
-        .args(["prog", "show"])
+        .args(["prog", "show", "--json"])
         .output()
         .expect("bpftool (installed by cargo xtask test)");
     assert!(out.status.success(), "bpftool failed: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // bpftool prints program names truncated to 15 bytes.
-    ["inet_sock_set_s", "sys_exit_accept", "sys_enter_close"]
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    progs
+        .as_array()
+        .expect("array")
         .iter()
-        .map(|name| text.matches(&format!("name {name}")).count())
-        .sum()
+        .filter(|p| {
+            let name = p["name"].as_str().unwrap_or("");
+            apm_common::maps::PROBES
+                .iter()
+                .any(|probe| probe.program == name)
+        })
+        .count()
 }
 
 #[test]
@@ -186,7 +194,12 @@ fn sigterm_detaches_every_program() {
         "programs left over before the test"
     );
     let mut agent = Agent::start(&[]).expect("agent");
-    assert_eq!(apm_programs_loaded(), 4, "{}", agent.log_text());
+    assert_eq!(
+        apm_programs_loaded(),
+        apm_common::maps::PROBES.len(),
+        "{}",
+        agent.log_text()
+    );
     let status = agent.terminate(WAIT).expect("terminate");
     assert!(
         status.success(),
