@@ -10,6 +10,7 @@ use aya_ebpf::{
 use apm_common::{ConnKey, events::EventKind};
 
 use crate::{
+    ctx::field_u64,
     emit::emit_header,
     maps::{CONNS, PIDS},
 };
@@ -23,10 +24,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(counters) = PIDS.get_ptr_mut(tgid) else {
         return 0;
     };
-    // SAFETY: the fd field is 8 bytes wide at this offset (format file).
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(FD) }) else {
-        return 1;
-    };
+    // The fd field is 8 bytes wide at this offset (format file).
+    let fd = field_u64(&ctx, FD);
     let key = ConnKey {
         tgid,
         fd: fd as u32,

@@ -19,6 +19,7 @@ use apm_common::{
 };
 
 use crate::{
+    ctx::field_u64,
     emit::{emit_data, emit_header},
     maps::{CONNS, INFLIGHT, count_drop},
 };
@@ -77,10 +78,7 @@ exit!(sys_exit_sendfile64, EventKind::Sendfile);
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: fd is 8 bytes wide at this offset in these format files.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(FD) }) else {
-        return 1;
-    };
+    let fd = field_u64(ctx, FD);
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
         fd: fd as u32,
@@ -89,13 +87,7 @@ fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
     let Some(port) = (unsafe { CONNS.get(key) }).map(|c| c.port) else {
         return 0;
     };
-    // SAFETY: pointer and count fields at these offsets (format files).
-    let (ptr, vlen) = unsafe {
-        (
-            ctx.read_at::<u64>(PTR).unwrap_or(0),
-            ctx.read_at::<u64>(VLEN).unwrap_or(0),
-        )
-    };
+    let (ptr, vlen) = (field_u64(ctx, PTR), field_u64(ctx, VLEN));
     let pending = InFlight {
         ptr,
         fd: fd as u32,
@@ -118,10 +110,8 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         return 0;
     };
     let _ = INFLIGHT.remove(pid_tgid);
-    // SAFETY: `ret` is a `long` at this offset in every sys_exit_* record.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
-        return 1;
-    };
+    // `ret` is a `long` at this offset in every sys_exit_* record.
+    let ret = field_u64(ctx, RET) as i64;
     if ret <= 0 {
         return 0;
     }
