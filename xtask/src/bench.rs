@@ -211,7 +211,7 @@ fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| requests the agent paired / requests wrk completed (runs with the agent) | {:.0} / {:.0} | equal |",
+        "| requests the agent paired / requests wrk completed (runs with the agent) | {:.0} / {:.0} | equal, give or take the requests in flight when wrk stops |",
         r.seen, r.sent
     );
     let _ = writeln!(s, "\n## Method\n");
