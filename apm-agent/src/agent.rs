@@ -84,6 +84,8 @@ pub struct Agent {
     last_ports: HashMap<u16, PortCounters>,
     last_pids: HashMap<u32, PidCounters>,
     last_drops: [u64; Drop::ALL.len()],
+    /// (when, ring-buffer records lost so far), a minute's worth.
+    ringbuf_losses: std::collections::VecDeque<(std::time::Instant, u64)>,
 }
 
 impl Agent {
@@ -117,6 +119,7 @@ impl Agent {
             last_ports: HashMap::new(),
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
+            ringbuf_losses: std::collections::VecDeque::new(),
         };
         // Explicit ports are counted from the start, even before anything
         // listens on them, so a server started later loses no connection.
@@ -357,6 +360,12 @@ impl Agent {
         for (pid, now) in pids {
             self.account_pid(pid, now);
         }
+        let lost = Drop::ALL
+            .iter()
+            .position(|d| *d == Drop::RingbufFull)
+            .and_then(|i| drops.get(i).copied())
+            .unwrap_or(0);
+        self.record_losses(lost);
         for (i, (reason, now)) in Drop::ALL.iter().zip(drops).enumerate() {
             let inc = increment(self.last_drops[i], now);
             self.last_drops[i] = now;
@@ -381,6 +390,27 @@ impl Agent {
             .accepted_sockets_closed
             .with_label_values(&[name])
             .inc_by(increment(last.closes, now.closes));
+    }
+
+    fn record_losses(&mut self, total: u64) {
+        let now = std::time::Instant::now();
+        self.ringbuf_losses.push_back((now, total));
+        while self
+            .ringbuf_losses
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > std::time::Duration::from_secs(60))
+            && self.ringbuf_losses.len() > 1
+        {
+            self.ringbuf_losses.pop_front();
+        }
+    }
+
+    /// Ring-buffer records lost during about the last minute.
+    pub fn lost_last_minute(&self) -> u64 {
+        match (self.ringbuf_losses.front(), self.ringbuf_losses.back()) {
+            (Some((_, first)), Some((_, last))) => last.saturating_sub(*first),
+            _ => 0,
+        }
     }
 
     /// Detach every program. Returns whether there was anything to detach.

@@ -1,17 +1,30 @@
 //! The admin API (axum): /metrics and /health.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
 
-use crate::{agent::Agent, requests::Requests};
+use crate::{
+    agent::Agent,
+    health::{self, DependencyStatus},
+    logs::LogRing,
+    metrics::Metrics,
+    requests::Requests,
+    sampler::SystemSample,
+};
+
+/// The latest process and host sample and when it was taken.
+pub type LatestSample = Arc<RwLock<Option<(Instant, SystemSample)>>>;
 
 pub type Shared = Arc<Mutex<Agent>>;
 
@@ -20,6 +33,12 @@ pub type Shared = Arc<Mutex<Agent>>;
 pub struct AppState {
     pub agent: Shared,
     pub requests: Arc<Mutex<Requests>>,
+    pub metrics: Arc<Metrics>,
+    pub system: LatestSample,
+    pub sample_interval: Duration,
+    pub dependencies: Arc<RwLock<Vec<DependencyStatus>>>,
+    pub configured_dependencies: usize,
+    pub logs: Arc<LogRing>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -27,7 +46,82 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/stats/requests", get(stats_requests))
+        .route("/stats/system", get(stats_system))
+        .route("/health/detailed", get(health_detailed))
+        .route("/logs/recent", get(logs_recent))
         .with_state(state)
+}
+
+/// The latest sample; never measures inside the request.
+async fn stats_system(State(state): State<AppState>) -> Response {
+    let latest = state.system.read().ok().and_then(|s| s.clone());
+    match latest {
+        Some((at, sample)) => Json(serde_json::json!({
+            "age_seconds": at.elapsed().as_secs_f64(),
+            "sample": sample,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "no sample yet"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Readiness-style detail: 200 when healthy or degraded, 503 when unhealthy.
+async fn health_detailed(State(state): State<AppState>) -> Response {
+    let (probes, lost) = match state.agent.lock() {
+        Ok(a) => (a.report.clone(), a.lost_last_minute()),
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "agent state poisoned").into_response();
+        }
+    };
+    let latest = state.system.read().ok().and_then(|s| s.clone());
+    let deps = state
+        .dependencies
+        .read()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    let report = health::evaluate(&health::Inputs {
+        probes: &probes,
+        lost_last_minute: lost,
+        sample: latest.as_ref().map(|(at, s)| (at.elapsed(), s)),
+        sample_interval: state.sample_interval,
+        dependencies: &deps,
+        configured_dependencies: state.configured_dependencies,
+    });
+    let code = if report.status == health::Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(report)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    limit: Option<usize>,
+    level: Option<String>,
+}
+
+/// The newest log records (oldest first), optionally at least `level`.
+async fn logs_recent(State(state): State<AppState>, Query(q): Query<LogQuery>) -> Response {
+    let level = match q.level.as_deref() {
+        None => tracing::Level::TRACE,
+        Some(l) => match crate::logs::parse_level(l) {
+            Some(level) => level,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(serde_json::json!({"error": format!("unknown level {l:?}: use error, warn, info, debug or trace")})),
+                )
+                    .into_response();
+            }
+        },
+    };
+    let limit = q.limit.unwrap_or(100).min(state.logs.capacity());
+    Json(state.logs.recent(limit, level)).into_response()
 }
 
 /// Requests in flight and per-service totals (JSON, bounded in size).
@@ -42,6 +136,15 @@ async fn stats_requests(State(state): State<AppState>) -> Response {
 /// Prometheus text format. Kernel counters are read at scrape time, so a
 /// scrape reflects every connection the kernel has seen up to now.
 async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some((at, _)) = state.system.read().ok().and_then(|s| s.clone()) {
+        state.metrics.sample_age.set(at.elapsed().as_secs_f64());
+    }
+    let evicted = state.logs.evicted();
+    let exported = state.metrics.log_records_evicted.get();
+    state
+        .metrics
+        .log_records_evicted
+        .inc_by(evicted.saturating_sub(exported));
     let agent = state.agent;
     let rendered = tokio::task::spawn_blocking(move || {
         let mut agent = agent
@@ -83,11 +186,17 @@ mod tests {
             disabled_reason: Some("test".into()),
             ..Default::default()
         };
-        let agent = Agent::new(&config, None, report, metrics);
+        let agent = Agent::new(&config, None, report, metrics.clone());
         let requests = Requests::new(Default::default(), 16, agent.directory.clone());
         AppState {
             agent: Arc::new(Mutex::new(agent)),
             requests: Arc::new(Mutex::new(requests)),
+            metrics,
+            system: Arc::new(RwLock::new(None)),
+            sample_interval: Duration::from_secs(1),
+            dependencies: Arc::new(RwLock::new(Vec::new())),
+            configured_dependencies: 0,
+            logs: Arc::new(LogRing::new(10)),
         }
     }
 

@@ -50,6 +50,23 @@ pub struct Config {
     #[arg(long, env = "APM_MAX_CONNECTIONS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_connections: u32,
 
+    /// How often processes and the host are sampled.
+    #[arg(long, env = "APM_SAMPLE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sample_interval: Duration,
+
+    /// A dependency whose health /health/detailed reports:
+    /// `redis://host:port` (PING) or `tcp://host:port` (connect) (repeatable).
+    #[arg(long = "check", env = "APM_CHECK", value_delimiter = ',')]
+    pub checks: Vec<crate::health::Dependency>,
+
+    /// How often dependencies are checked.
+    #[arg(long, env = "APM_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+
+    /// Log records kept in memory for /logs/recent.
+    #[arg(long, env = "APM_LOG_BUFFER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub log_buffer: u32,
+
     /// How often listeners and their processes are rediscovered from procfs.
     #[arg(long, env = "APM_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,

@@ -3,8 +3,8 @@
 
 use std::{
     io::IsTerminal as _,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -12,10 +12,13 @@ use apm_agent::{
     agent::Agent,
     api::{self, AppState},
     config::{Config, LogFormat},
+    health,
+    logs::{LogRing, RingLayer},
     metrics::Metrics,
     probes::{self, ProbeReport},
     requests::{Requests, monotonic_ns},
     routes::RouteConfig,
+    sampler::Sampler,
 };
 use clap::Parser as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -23,16 +26,18 @@ use tracing::{error, info, warn};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_logging(&config)?;
+    let logs = init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, logs))
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// JSON or text on stdout, plus the ring behind /logs/recent.
+fn init_logging(config: &Config) -> anyhow::Result<Arc<LogRing>> {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
     let format = config
@@ -42,15 +47,24 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         } else {
             LogFormat::Json
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
+    let output = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let ring = Arc::new(LogRing::new(config.log_buffer as usize));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .with(RingLayer(ring.clone()))
+        .try_init()
+        .context("installing the log subscriber")?;
+    Ok(ring)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("building the metrics registry")?);
     let (mut kernel, report) = if config.no_ebpf {
         (
@@ -105,13 +119,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ))
     });
 
+    let state = AppState {
+        agent: agent.clone(),
+        requests: requests.clone(),
+        metrics: metrics.clone(),
+        system: Arc::new(RwLock::new(None)),
+        sample_interval: config.sample_interval,
+        dependencies: Arc::new(RwLock::new(Vec::new())),
+        configured_dependencies: config.checks.len(),
+        logs,
+    };
     let refresher = tokio::spawn(refresh_loop(
-        AppState {
-            agent: agent.clone(),
-            requests: requests.clone(),
-        },
-        metrics.clone(),
+        state.clone(),
         config.refresh_interval,
+        stop_rx.clone(),
+    ));
+    let sampler = tokio::spawn(sample_loop(
+        state.clone(),
+        Sampler::new(&config.proc_root),
+        stop_rx.clone(),
+    ));
+    let checker = tokio::spawn(health::run_checks(
+        config.checks.clone(),
+        config.check_interval,
+        state.dependencies.clone(),
+        metrics.clone(),
         stop_rx.clone(),
     ));
 
@@ -122,10 +154,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     info!(url = %format!("http://{addr}/"), "admin API listening");
 
     let mut shutdown = stop_rx.clone();
-    let state = AppState {
-        agent: agent.clone(),
-        requests,
-    };
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     });
@@ -139,8 +167,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => error!(error = %e, "admin API stopped with an error"),
         Err(e) => error!(error = %e, "admin API task failed"),
     }
-    if let Err(e) = refresher.await {
-        error!(error = %e, "refresh task failed");
+    for (name, task) in [
+        ("refresh", refresher),
+        ("sampler", sampler),
+        ("dependency checks", checker),
+    ] {
+        if let Err(e) = task.await {
+            error!(task = name, error = %e, "task failed");
+        }
     }
     if let Some(reader) = reader
         && let Err(e) = reader.await
@@ -157,12 +191,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// Connections silent for this long are forgotten by the request pipeline.
 const IDLE_CONNECTION: Duration = Duration::from_secs(300);
 
-async fn refresh_loop(
-    state: AppState,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn refresh_loop(state: AppState, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -171,19 +200,51 @@ async fn refresh_loop(
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let state = state.clone();
-        let metrics = metrics.clone();
         let done = tokio::task::spawn_blocking(move || {
             if let Ok(mut agent) = state.agent.lock() {
                 agent.refresh();
             }
             if let Ok(mut requests) = state.requests.lock() {
                 let idle = u64::try_from(IDLE_CONNECTION.as_nanos()).unwrap_or(u64::MAX);
-                requests.sweep(monotonic_ns(), idle, &metrics);
+                requests.sweep(monotonic_ns(), idle, &state.metrics);
             }
         })
         .await;
         if let Err(e) = done {
             error!(error = %e, "refresh panicked");
+        }
+    }
+}
+
+/// Samples processes and the host every --sample-interval; /stats/system
+/// serves the latest sample.
+async fn sample_loop(state: AppState, sampler: Sampler, mut stop: watch::Receiver<bool>) {
+    let sampler = Arc::new(Mutex::new(sampler));
+    let mut ticker = tokio::time::interval(state.sample_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let (state, sampler) = (state.clone(), sampler.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let services = state
+                .agent
+                .lock()
+                .map(|a| a.directory.snapshot())
+                .unwrap_or_default();
+            let Ok(mut sampler) = sampler.lock() else {
+                return;
+            };
+            let sample = sampler.sample(&services, &state.metrics);
+            if let Ok(mut slot) = state.system.write() {
+                *slot = Some((Instant::now(), sample));
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            error!(error = %e, "sampling panicked");
         }
     }
 }

@@ -3,8 +3,8 @@
 //! two agree.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every `reason` of `apm_agent_drops_total`, exported from the start at 0.
@@ -42,6 +42,27 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     pub ringbuf_records: IntCounter,
     pub ringbuf_decode_errors: IntCounter,
+    pub process_cpu_seconds: CounterVec,
+    pub process_cpu_cores: GaugeVec,
+    pub process_rss: GaugeVec,
+    pub process_count: IntGaugeVec,
+    pub node_cpu_seconds: CounterVec,
+    pub host_cpu_busy: Gauge,
+    pub node_memory_total: Gauge,
+    pub node_memory_available: Gauge,
+    pub host_memory_used: Gauge,
+    pub node_load1: Gauge,
+    pub node_load5: Gauge,
+    pub node_load15: Gauge,
+    pub node_fs_size: GaugeVec,
+    pub node_fs_avail: GaugeVec,
+    pub node_fs_free: GaugeVec,
+    pub host_pressure_avg10: GaugeVec,
+    pub host_pressure_seconds: CounterVec,
+    pub sample_age: Gauge,
+    pub dependency_up: IntGaugeVec,
+    pub dependency_seconds: GaugeVec,
+    pub log_records_evicted: IntCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +100,24 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let fcounter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<CounterVec, MetricsError> {
+                let c = CounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let fgauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
+                let g = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let fgauge = |name: &str, help: &str| -> Result<Gauge, MetricsError> {
+            let g = Gauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let fs = ["device", "fstype", "mountpoint"];
         let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -194,6 +233,93 @@ impl Metrics {
             ringbuf_decode_errors: plain_counter(
                 "apm_ringbuf_decode_errors_total",
                 "Ring-buffer records that could not be decoded (and were skipped).",
+            )?,
+            process_cpu_seconds: fcounter(
+                "apm_process_cpu_seconds_total",
+                "CPU time used by the service's processes (all of them summed), in seconds.",
+                &[SERVICE],
+            )?,
+            process_cpu_cores: fgauge_vec(
+                "apm_process_cpu_cores",
+                "CPU cores the service's processes used over the last sample interval.",
+                &[SERVICE],
+            )?,
+            process_rss: fgauge_vec(
+                "apm_process_resident_memory_bytes",
+                "Resident memory of the service's processes, summed, in bytes.",
+                &[SERVICE],
+            )?,
+            process_count: gauge_vec(
+                "apm_process_count",
+                "Processes of the service (every holder of its listening sockets).",
+                &[SERVICE],
+            )?,
+            node_cpu_seconds: fcounter(
+                "node_cpu_seconds_total",
+                "Seconds the CPUs spent in each mode (as node_exporter).",
+                &["cpu", "mode"],
+            )?,
+            host_cpu_busy: fgauge(
+                "apm_host_cpu_busy_ratio",
+                "Share of host CPU time not idle or waiting for I/O over the last sample interval.",
+            )?,
+            node_memory_total: fgauge(
+                "node_memory_MemTotal_bytes",
+                "Host memory in bytes (as node_exporter).",
+            )?,
+            node_memory_available: fgauge(
+                "node_memory_MemAvailable_bytes",
+                "Host memory available for new work without swapping, in bytes (as node_exporter).",
+            )?,
+            host_memory_used: fgauge(
+                "apm_host_memory_used_bytes",
+                "Host memory in use (total minus available), in bytes.",
+            )?,
+            node_load1: fgauge("node_load1", "1-minute load average (as node_exporter).")?,
+            node_load5: fgauge("node_load5", "5-minute load average (as node_exporter).")?,
+            node_load15: fgauge("node_load15", "15-minute load average (as node_exporter).")?,
+            node_fs_size: fgauge_vec(
+                "node_filesystem_size_bytes",
+                "Filesystem size in bytes (as node_exporter).",
+                &fs,
+            )?,
+            node_fs_avail: fgauge_vec(
+                "node_filesystem_avail_bytes",
+                "Filesystem space available to non-root users in bytes (as node_exporter).",
+                &fs,
+            )?,
+            node_fs_free: fgauge_vec(
+                "node_filesystem_free_bytes",
+                "Filesystem free space in bytes (as node_exporter).",
+                &fs,
+            )?,
+            host_pressure_avg10: fgauge_vec(
+                "apm_host_pressure_avg10_ratio",
+                "Pressure stall information: share of the last 10 s in which some (or all) tasks stalled on the resource.",
+                &["resource", "kind"],
+            )?,
+            host_pressure_seconds: fcounter(
+                "apm_host_pressure_stalled_seconds_total",
+                "Pressure stall information: total stall time, in seconds.",
+                &["resource", "kind"],
+            )?,
+            sample_age: fgauge(
+                "apm_sample_age_seconds",
+                "Age of the latest process and host sample.",
+            )?,
+            dependency_up: gauge_vec(
+                "apm_dependency_up",
+                "1 when the last check of a configured dependency (--check) succeeded.",
+                &["dependency"],
+            )?,
+            dependency_seconds: fgauge_vec(
+                "apm_dependency_check_duration_seconds",
+                "Duration of the last check of a configured dependency (PING or TCP connect).",
+                &["dependency"],
+            )?,
+            log_records_evicted: plain_counter(
+                "apm_log_records_evicted_total",
+                "Log records pushed out of the in-memory ring behind /logs/recent.",
             )?,
             registry,
         };

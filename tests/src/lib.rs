@@ -166,25 +166,22 @@ fn sibling_bin(name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A scripted `apm-listener` process (see src/bin/apm-listener.rs).
-pub struct Listener {
+/// A child process driven line by line over stdin/stdout, killed when
+/// dropped.
+pub struct Scripted {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
-    pub port: u16,
 }
 
-impl Listener {
-    /// Starts a listener on `port` that accepts `batch` connections per `go`
-    /// and closes `close` of each batch.
-    pub fn start(port: u16, batch: usize, close: usize) -> Result<Self> {
-        let mut child = Command::new(sibling_bin("apm-listener")?)
-            .args([port.to_string(), batch.to_string(), close.to_string()])
+impl Scripted {
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("spawning apm-listener")?;
-        let stdout = child.stdout.take().context("listener stdout")?;
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stdout = child.stdout.take().context("child stdout")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -194,47 +191,117 @@ impl Listener {
             }
         });
         let stdin = child.stdin.take();
-        let listener = Self {
+        Ok(Self {
             child,
             stdin,
             lines,
-            port,
-        };
-        listener.expect_line("listening")?;
-        Ok(listener)
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn expect_line(&self, prefix: &str) -> Result<String> {
+    /// The next line, which must start with `prefix` (bounded wait).
+    pub fn expect_line(&self, prefix: &str) -> Result<String> {
         let line = self
             .lines
             .recv_timeout(Duration::from_secs(20))
-            .with_context(|| format!("apm-listener said nothing (waiting for {prefix:?})"))?;
+            .with_context(|| format!("child said nothing (waiting for {prefix:?})"))?;
         ensure!(
             line.starts_with(prefix),
-            "apm-listener said {line:?}, expected {prefix:?}"
+            "child said {line:?}, expected {prefix:?}"
         );
         Ok(line)
     }
 
-    /// Lets the listener accept (and partly close) one batch; returns once done.
-    pub fn go(&mut self) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("listener stdin closed")?;
-        stdin.write_all(b"go\n")?;
+    /// Sends one command line and waits for the answer starting with `reply`.
+    pub fn command(&mut self, line: &str, reply: &str) -> Result<String> {
+        let stdin = self.stdin.as_mut().context("child stdin closed")?;
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\n")?;
         stdin.flush()?;
-        self.expect_line("accepted").map(|_| ())
+        self.expect_line(reply)
     }
 }
 
-impl Drop for Listener {
+impl Drop for Scripted {
     fn drop(&mut self) {
         self.stdin = None;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A scripted `apm-listener` process (see src/bin/apm-listener.rs).
+pub struct Listener {
+    process: Scripted,
+    pub port: u16,
+}
+
+impl Listener {
+    /// Starts a listener on `port` that accepts `batch` connections per `go`
+    /// and closes `close` of each batch.
+    pub fn start(port: u16, batch: usize, close: usize) -> Result<Self> {
+        let mut cmd = Command::new(sibling_bin("apm-listener")?);
+        cmd.args([port.to_string(), batch.to_string(), close.to_string()]);
+        let process = Scripted::spawn(cmd)?;
+        process.expect_line("listening")?;
+        Ok(Self { process, port })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Lets the listener accept (and partly close) one batch; returns once done.
+    pub fn go(&mut self) -> Result<()> {
+        self.process.command("go", "accepted").map(|_| ())
+    }
+}
+
+/// A scripted resource-using service (servers/worker.py): a master and
+/// `workers` forked children sharing one listener, named `name`.
+pub struct Worker {
+    pub process: Scripted,
+    pub pids: Vec<u32>,
+    pub port: u16,
+}
+
+impl Worker {
+    pub fn start(port: u16, name: &str, workers: usize) -> Result<Self> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/worker.py"))
+            .args([port.to_string(), name.to_owned(), workers.to_string()]);
+        let process = Scripted::spawn(cmd)?;
+        let line = process.expect_line("listening")?;
+        let pids = line
+            .split_whitespace()
+            .skip(1)
+            .map(|p| p.parse().context("pid"))
+            .collect::<Result<Vec<u32>>>()?;
+        Ok(Self {
+            process,
+            pids,
+            port,
+        })
+    }
+
+    pub fn command(&mut self, line: &str) -> Result<()> {
+        self.process.command(line, "ok").map(|_| ())
+    }
+}
+
+/// Resident memory of `pid` in bytes, from /proc/PID/status.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kib * 1024)
 }
 
 /// A server process the tests start (it prints `listening` once ready),

@@ -1,0 +1,552 @@
+//! Process and host sampling: the USE side of the picture.
+//!
+//! Every `--sample-interval` the sampler reads, for every monitored service,
+//! the CPU and resident memory of all its processes (sysinfo), and for the
+//! host CPU time per mode (/proc/stat), memory and load (sysinfo), usage of
+//! real filesystems (/proc/self/mounts + statvfs) and pressure stall
+//! information (/proc/pressure). The latest sample is kept for
+//! /stats/system, which therefore never waits for a measurement.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::{metrics::Metrics, requests::ServiceInfo};
+
+/// Filesystem types that hold no user data (node_exporter's default
+/// exclusion list).
+const PSEUDO_FS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "fusectl",
+    "hugetlbfs",
+    "iso9660",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "procfs",
+    "pstore",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "erofs",
+    "sysfs",
+    "tracefs",
+    "ramfs",
+];
+/// Filesystems reported at most (label cardinality).
+const MAX_FILESYSTEMS: usize = 64;
+/// Clock ticks per second of /proc/stat (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+const CPU_MODES: [&str; 8] = [
+    "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SystemSample {
+    /// Seconds since the Unix epoch when the sample was taken.
+    pub timestamp: f64,
+    pub host: HostSample,
+    pub services: BTreeMap<String, ServiceSample>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostSample {
+    pub cpu_count: usize,
+    /// Share of CPU time not idle or waiting for I/O since the last sample.
+    pub cpu_busy_ratio: f64,
+    pub load_average: [f64; 3],
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub memory_used_ratio: f64,
+    pub filesystems: Vec<Filesystem>,
+    /// Absent where the kernel has no /proc/pressure.
+    pub pressure: Option<BTreeMap<String, Pressure>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ServiceSample {
+    pub processes: usize,
+    pub cpu_cores: f64,
+    pub cpu_seconds_total: f64,
+    pub resident_memory_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    pub device: String,
+    pub mountpoint: String,
+    pub fstype: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Filesystem {
+    pub device: String,
+    pub mountpoint: String,
+    pub fstype: String,
+    pub size_bytes: u64,
+    pub avail_bytes: u64,
+    pub free_bytes: u64,
+    pub used_ratio: f64,
+}
+
+/// One line of a /proc/pressure file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PressureLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    /// Stall time in microseconds since boot.
+    pub total_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Pressure {
+    pub some: Option<PressureLine>,
+    pub full: Option<PressureLine>,
+}
+
+/// Parses /proc/pressure/{cpu,memory,io}.
+pub fn parse_pressure(text: &str) -> Pressure {
+    let mut p = Pressure::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let kind = words.next();
+        let mut parsed = PressureLine::default();
+        for word in words {
+            let Some((k, v)) = word.split_once('=') else {
+                continue;
+            };
+            match k {
+                "avg10" => parsed.avg10 = v.parse().unwrap_or(0.0),
+                "avg60" => parsed.avg60 = v.parse().unwrap_or(0.0),
+                "avg300" => parsed.avg300 = v.parse().unwrap_or(0.0),
+                "total" => parsed.total_us = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        match kind {
+            Some("some") => p.some = Some(parsed),
+            Some("full") => p.full = Some(parsed),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Real filesystems from a mounts table (/proc/self/mounts format), first
+/// mount of each mountpoint, pseudo filesystems skipped.
+pub fn parse_mounts(text: &str) -> Vec<Mount> {
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (device, mountpoint, fstype) = (f.next()?, f.next()?, f.next()?);
+            if PSEUDO_FS.contains(&fstype) || !seen.insert(mountpoint.to_owned()) {
+                return None;
+            }
+            Some(Mount {
+                device: unescape_mount(device),
+                mountpoint: unescape_mount(mountpoint),
+                fstype: fstype.to_owned(),
+            })
+        })
+        .take(MAX_FILESYSTEMS)
+        .collect()
+}
+
+/// /proc/mounts escapes space, tab, newline and backslash as \ooo.
+fn unescape_mount(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(char::from(v));
+            i += 4;
+        } else {
+            out.push(char::from(b[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Per-CPU times from /proc/stat: (cpu label, ticks per mode in
+/// [`CPU_MODES`] order). The aggregate line is labelled "all".
+pub fn parse_proc_stat(text: &str) -> Vec<(String, [u64; 8])> {
+    text.lines()
+        .filter(|l| l.starts_with("cpu"))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?;
+            let cpu = match name.strip_prefix("cpu")? {
+                "" => "all".to_owned(),
+                n => n.to_owned(),
+            };
+            let mut ticks = [0u64; 8];
+            for t in ticks.iter_mut() {
+                *t = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+            Some((cpu, ticks))
+        })
+        .collect()
+}
+
+fn statvfs(path: &str) -> Option<(u64, u64, u64)> {
+    let c = std::ffi::CString::new(path).ok()?;
+    // SAFETY: all-zero is a valid statvfs value; statvfs writes into the
+    // struct we own and reads the NUL-terminated path, both valid for the
+    // call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((
+        st.f_blocks as u64 * frsize,
+        st.f_bavail as u64 * frsize,
+        st.f_bfree as u64 * frsize,
+    ))
+}
+
+pub struct Sampler {
+    system: System,
+    proc_root: PathBuf,
+    last_cpu_ms: HashMap<u32, u64>,
+    last_stat: Option<(Instant, Vec<(String, [u64; 8])>)>,
+    last_pressure_us: HashMap<(String, &'static str), u64>,
+    last_sample_at: Option<Instant>,
+    service_cpu_total: HashMap<String, f64>,
+}
+
+impl Sampler {
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        Self {
+            system: System::new(),
+            proc_root: proc_root.into(),
+            last_cpu_ms: HashMap::new(),
+            last_stat: None,
+            last_pressure_us: HashMap::new(),
+            last_sample_at: None,
+            service_cpu_total: HashMap::new(),
+        }
+    }
+
+    /// Takes one sample of `services` (tgid → service) and the host, and
+    /// updates the metrics.
+    pub fn sample(
+        &mut self,
+        services: &HashMap<u32, ServiceInfo>,
+        metrics: &Metrics,
+    ) -> SystemSample {
+        let now = Instant::now();
+        let elapsed = self
+            .last_sample_at
+            .map(|t| now.duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_sample_at = Some(now);
+        let services = self.sample_services(services, elapsed, metrics);
+        let host = self.sample_host(now, metrics);
+        SystemSample {
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            host,
+            services,
+        }
+    }
+
+    fn sample_services(
+        &mut self,
+        services: &HashMap<u32, ServiceInfo>,
+        elapsed: f64,
+        metrics: &Metrics,
+    ) -> BTreeMap<String, ServiceSample> {
+        let pids: Vec<Pid> = services.keys().map(|&p| Pid::from_u32(p)).collect();
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&pids),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        let mut out: BTreeMap<String, ServiceSample> = BTreeMap::new();
+        let mut seen_cpu: HashMap<u32, u64> = HashMap::new();
+        for (&pid, info) in services {
+            let entry = out.entry(info.name.to_string()).or_default();
+            let Some(process) = self.system.process(Pid::from_u32(pid)) else {
+                continue;
+            };
+            entry.processes += 1;
+            entry.resident_memory_bytes += process.memory();
+            let cpu_ms = process.accumulated_cpu_time();
+            let delta = match self.last_cpu_ms.get(&pid) {
+                Some(&last) if cpu_ms >= last => cpu_ms - last,
+                // First sight of this process: its history is not ours to
+                // attribute to this interval.
+                _ => 0,
+            };
+            seen_cpu.insert(pid, cpu_ms);
+            entry.cpu_seconds_total += delta as f64 / 1000.0;
+        }
+        self.last_cpu_ms = seen_cpu;
+        for (name, s) in out.iter_mut() {
+            let delta = s.cpu_seconds_total;
+            s.cpu_cores = if elapsed > 0.0 { delta / elapsed } else { 0.0 };
+            let total = self.service_cpu_total.entry(name.clone()).or_default();
+            *total += delta;
+            s.cpu_seconds_total = *total;
+            metrics
+                .process_cpu_seconds
+                .with_label_values(&[name])
+                .inc_by(delta);
+            metrics
+                .process_cpu_cores
+                .with_label_values(&[name])
+                .set(s.cpu_cores);
+            metrics
+                .process_rss
+                .with_label_values(&[name])
+                .set(s.resident_memory_bytes as f64);
+            metrics
+                .process_count
+                .with_label_values(&[name])
+                .set(i64::try_from(s.processes).unwrap_or(i64::MAX));
+        }
+        out
+    }
+
+    fn sample_host(&mut self, now: Instant, metrics: &Metrics) -> HostSample {
+        let mut host = HostSample::default();
+        // CPU per mode, and busy share since the last sample.
+        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("stat")) {
+            let stat = parse_proc_stat(&text);
+            host.cpu_count = stat.iter().filter(|(c, _)| c != "all").count();
+            // Counters since boot, as node_exporter: the first sample adds
+            // everything so far, later ones the difference.
+            let zero = Vec::new();
+            let previous = self.last_stat.as_ref().map_or(&zero, |(_, p)| p);
+            for (cpu, ticks) in &stat {
+                let before = previous
+                    .iter()
+                    .find(|(c, _)| c == cpu)
+                    .map_or([0; 8], |(_, b)| *b);
+                if cpu == "all" {
+                    if !previous.is_empty() {
+                        let total: u64 = ticks
+                            .iter()
+                            .sum::<u64>()
+                            .saturating_sub(before.iter().sum());
+                        let idle = (ticks[3] + ticks[4]).saturating_sub(before[3] + before[4]);
+                        if total > 0 {
+                            host.cpu_busy_ratio = 1.0 - idle as f64 / total as f64;
+                        }
+                    }
+                    continue;
+                }
+                for (i, mode) in CPU_MODES.iter().enumerate() {
+                    let delta = ticks[i].saturating_sub(before[i]) as f64 / USER_HZ;
+                    metrics
+                        .node_cpu_seconds
+                        .with_label_values(&[cpu.as_str(), mode])
+                        .inc_by(delta);
+                }
+            }
+            self.last_stat = Some((now, stat));
+        }
+        metrics.host_cpu_busy.set(host.cpu_busy_ratio);
+
+        self.system.refresh_memory();
+        host.memory_total_bytes = self.system.total_memory();
+        host.memory_available_bytes = self.system.available_memory();
+        host.memory_used_bytes = host
+            .memory_total_bytes
+            .saturating_sub(host.memory_available_bytes);
+        host.memory_used_ratio = if host.memory_total_bytes > 0 {
+            host.memory_used_bytes as f64 / host.memory_total_bytes as f64
+        } else {
+            0.0
+        };
+        metrics
+            .node_memory_total
+            .set(host.memory_total_bytes as f64);
+        metrics
+            .node_memory_available
+            .set(host.memory_available_bytes as f64);
+        metrics.host_memory_used.set(host.memory_used_bytes as f64);
+
+        let load = System::load_average();
+        host.load_average = [load.one, load.five, load.fifteen];
+        for (gauge, v) in [
+            (&metrics.node_load1, load.one),
+            (&metrics.node_load5, load.five),
+            (&metrics.node_load15, load.fifteen),
+        ] {
+            gauge.set(v);
+        }
+
+        let mounts =
+            std::fs::read_to_string(self.proc_root.join("self/mounts")).unwrap_or_default();
+        for m in parse_mounts(&mounts) {
+            let Some((size, avail, free)) = statvfs(&m.mountpoint) else {
+                continue;
+            };
+            if size == 0 {
+                continue;
+            }
+            let labels = [m.device.as_str(), m.fstype.as_str(), m.mountpoint.as_str()];
+            metrics
+                .node_fs_size
+                .with_label_values(&labels)
+                .set(size as f64);
+            metrics
+                .node_fs_avail
+                .with_label_values(&labels)
+                .set(avail as f64);
+            metrics
+                .node_fs_free
+                .with_label_values(&labels)
+                .set(free as f64);
+            host.filesystems.push(Filesystem {
+                used_ratio: 1.0 - avail as f64 / size as f64,
+                device: m.device,
+                mountpoint: m.mountpoint,
+                fstype: m.fstype,
+                size_bytes: size,
+                avail_bytes: avail,
+                free_bytes: free,
+            });
+        }
+
+        let mut pressure = BTreeMap::new();
+        for resource in ["cpu", "memory", "io"] {
+            let Ok(text) = std::fs::read_to_string(self.proc_root.join("pressure").join(resource))
+            else {
+                continue;
+            };
+            let p = parse_pressure(&text);
+            for (kind, line) in [("some", p.some), ("full", p.full)] {
+                let Some(line) = line else { continue };
+                metrics
+                    .host_pressure_avg10
+                    .with_label_values(&[resource, kind])
+                    .set(line.avg10 / 100.0);
+                let key = (resource.to_owned(), kind);
+                let last = self.last_pressure_us.insert(key, line.total_us);
+                let delta = line.total_us.saturating_sub(last.unwrap_or(0));
+                metrics
+                    .host_pressure_seconds
+                    .with_label_values(&[resource, kind])
+                    .inc_by(delta as f64 / 1e6);
+            }
+            pressure.insert(resource.to_owned(), p);
+        }
+        host.pressure = (!pressure.is_empty()).then_some(pressure);
+        host
+    }
+}
+
+/// Whether a sample taken at `at` is recent enough for an interval `every`.
+pub fn fresh(at: Instant, every: std::time::Duration) -> bool {
+    at.elapsed() <= every * 3 + std::time::Duration::from_secs(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_files_parse() {
+        let cpu = "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        let p = parse_pressure(cpu);
+        assert_eq!(
+            p.some,
+            Some(PressureLine {
+                avg10: 1.5,
+                avg60: 0.75,
+                avg300: 0.1,
+                total_us: 123_456
+            })
+        );
+        assert_eq!(p.full.map(|f| f.total_us), Some(0));
+        // Older kernels: cpu has no "full" line.
+        let p = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n");
+        assert!(p.full.is_none());
+        assert_eq!(parse_pressure("garbage\n"), Pressure::default());
+    }
+
+    #[test]
+    fn mounts_skip_pseudo_filesystems_and_duplicates() {
+        let mounts = "\
+/dev/vda / ext4 rw,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+sysfs /sys sysfs rw 0 0
+tmpfs /run tmpfs rw,nosuid,nodev 0 0
+cgroup2 /sys/fs/cgroup cgroup2 rw 0 0
+overlay /var/lib/docker/overlay2/x/merged overlay rw 0 0
+/dev/vdb /data\\040disk xfs rw 0 0
+/dev/vda / ext4 rw,relatime 0 0
+tracefs /sys/kernel/tracing tracefs rw 0 0
+";
+        let m = parse_mounts(mounts);
+        let points: Vec<&str> = m.iter().map(|m| m.mountpoint.as_str()).collect();
+        assert_eq!(points, vec!["/", "/run", "/data disk"]);
+        assert_eq!(m[2].fstype, "xfs");
+    }
+
+    #[test]
+    fn proc_stat_per_cpu_ticks() {
+        let stat = "cpu  10 1 5 100 2 0 1 0 0 0\ncpu0 6 1 3 50 1 0 1 0 0 0\ncpu1 4 0 2 50 1 0 0 0 0 0\nintr 1 2 3\n";
+        let s = parse_proc_stat(stat);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], ("all".to_owned(), [10, 1, 5, 100, 2, 0, 1, 0]));
+        assert_eq!(s[2].0, "1");
+    }
+
+    #[test]
+    fn a_sample_of_this_host_is_plausible() {
+        let metrics = Metrics::new().expect("metrics");
+        let mut sampler = Sampler::new("/proc");
+        let me = std::process::id();
+        let services: HashMap<u32, ServiceInfo> = [(
+            me,
+            ServiceInfo {
+                name: "self".into(),
+                ports: vec![],
+            },
+        )]
+        .into();
+        sampler.sample(&services, &metrics);
+        let s = sampler.sample(&services, &metrics);
+        assert!(s.host.memory_total_bytes > 0);
+        assert!(s.host.cpu_count >= 1);
+        assert!(
+            s.host.filesystems.iter().any(|f| f.mountpoint == "/"),
+            "{:?}",
+            s.host.filesystems
+        );
+        let own = &s.services["self"];
+        assert_eq!(own.processes, 1);
+        assert!(own.resident_memory_bytes > 1_000_000);
+    }
+}
