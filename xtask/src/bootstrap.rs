@@ -28,8 +28,11 @@ const TEST_PACKAGES: &[&str] = &[
     // setpriv: start the agent without capabilities.
     "util-linux",
     "bpftool",
-    // The non-Rust HTTP server of the end-to-end tests (http.server).
+    // The non-Rust HTTP server of the end-to-end tests (http.server), and
+    // the scripted resource-using services.
     "python3",
+    // A real dependency for /health/detailed.
+    "redis-server",
 ];
 
 /// Debian packages `cargo xtask bench` drives.
