@@ -396,7 +396,7 @@ mod tests {
         assert!(
             "http://x"
                 .parse::<Dependency>()
-                .unwrap_err()
+                .expect_err("http is not a check")
                 .contains("unsupported")
         );
     }

@@ -191,9 +191,11 @@ fn unescape_mount(s: &str) -> String {
     out
 }
 
-/// Per-CPU times from /proc/stat: (cpu label, ticks per mode in
-/// [`CPU_MODES`] order). The aggregate line is labelled "all".
-pub fn parse_proc_stat(text: &str) -> Vec<(String, [u64; 8])> {
+/// A CPU's label and its ticks per mode in [`CPU_MODES`] order.
+pub type CpuTicks = (String, [u64; 8]);
+
+/// Per-CPU times from /proc/stat. The aggregate line is labelled "all".
+pub fn parse_proc_stat(text: &str) -> Vec<CpuTicks> {
     text.lines()
         .filter(|l| l.starts_with("cpu"))
         .filter_map(|l| {
@@ -234,7 +236,7 @@ pub struct Sampler {
     system: System,
     proc_root: PathBuf,
     last_cpu_ms: HashMap<u32, u64>,
-    last_stat: Option<(Instant, Vec<(String, [u64; 8])>)>,
+    last_stat: Option<Vec<CpuTicks>>,
     last_pressure_us: HashMap<(String, &'static str), u64>,
     last_sample_at: Option<Instant>,
     service_cpu_total: HashMap<String, f64>,
@@ -267,7 +269,7 @@ impl Sampler {
             .unwrap_or(0.0);
         self.last_sample_at = Some(now);
         let services = self.sample_services(services, elapsed, metrics);
-        let host = self.sample_host(now, metrics);
+        let host = self.sample_host(metrics);
         SystemSample {
             timestamp: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -336,7 +338,7 @@ impl Sampler {
         out
     }
 
-    fn sample_host(&mut self, now: Instant, metrics: &Metrics) -> HostSample {
+    fn sample_host(&mut self, metrics: &Metrics) -> HostSample {
         let mut host = HostSample::default();
         // CPU per mode, and busy share since the last sample.
         if let Ok(text) = std::fs::read_to_string(self.proc_root.join("stat")) {
@@ -345,7 +347,7 @@ impl Sampler {
             // Counters since boot, as node_exporter: the first sample adds
             // everything so far, later ones the difference.
             let zero = Vec::new();
-            let previous = self.last_stat.as_ref().map_or(&zero, |(_, p)| p);
+            let previous = self.last_stat.as_ref().unwrap_or(&zero);
             for (cpu, ticks) in &stat {
                 let before = previous
                     .iter()
@@ -372,7 +374,7 @@ impl Sampler {
                         .inc_by(delta);
                 }
             }
-            self.last_stat = Some((now, stat));
+            self.last_stat = Some(stat);
         }
         metrics.host_cpu_busy.set(host.cpu_busy_ratio);
 
