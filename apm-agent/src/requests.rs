@@ -125,21 +125,19 @@ impl Requests {
             data: header.payload(record),
             tail: header.tail(),
         };
-        let mut sink = Recorder {
-            routes: &mut self.routes,
-            stats: &mut self.stats,
-            services: &self.services,
-            unknown: &self.unknown,
-            metrics,
-        };
-        self.tracker.handle(&event, &mut sink);
-        metrics
-            .http_connections
-            .set(i64::try_from(self.tracker.connections()).unwrap_or(i64::MAX));
+        self.with_tracker(metrics, |tracker, sink| tracker.handle(&event, sink));
     }
 
     /// Forgets connections idle for longer than `idle_ns` (kernel clock).
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, metrics: &Metrics) {
+        self.with_tracker(metrics, |tracker, sink| {
+            tracker.sweep(now_ns, idle_ns, sink)
+        });
+    }
+
+    /// Runs `f` on the tracker with a sink into the routes, stats and
+    /// metrics, then updates the tracked-connections gauge.
+    fn with_tracker(&mut self, metrics: &Metrics, f: impl FnOnce(&mut Tracker, &mut Recorder<'_>)) {
         let mut sink = Recorder {
             routes: &mut self.routes,
             stats: &mut self.stats,
@@ -147,7 +145,7 @@ impl Requests {
             unknown: &self.unknown,
             metrics,
         };
-        self.tracker.sweep(now_ns, idle_ns, &mut sink);
+        f(&mut self.tracker, &mut sink);
         metrics
             .http_connections
             .set(i64::try_from(self.tracker.connections()).unwrap_or(i64::MAX));
