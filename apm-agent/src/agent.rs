@@ -68,6 +68,7 @@ pub struct Agent {
     pub report: ProbeReport,
     kernel: Option<Kernel>,
     discovery: Discovery,
+    proc_root: std::path::PathBuf,
     selection: Selection,
     /// Service name per monitored port; absent until known.
     port_names: HashMap<u16, String>,
@@ -109,6 +110,7 @@ impl Agent {
             report,
             kernel,
             discovery: Discovery::new(&config.proc_root),
+            proc_root: config.proc_root.clone(),
             selection,
             port_names: HashMap::new(),
             nameless: HashSet::new(),
@@ -312,6 +314,7 @@ impl Agent {
             }
         }
         if changed {
+            self.publish_identities(&owners_now);
             self.published = owners_now.clone();
             self.directory.replace(
                 owners_now
@@ -327,6 +330,28 @@ impl Agent {
                     })
                     .collect(),
             );
+        }
+    }
+
+    /// `apm_service_info`: the container and pod of each service, from the
+    /// cgroup of its lowest pid.
+    fn publish_identities(&self, owners: &HashMap<u32, (String, Vec<u16>)>) {
+        let mut first: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+        for (&pid, (name, _)) in owners {
+            let slot = first.entry(name.as_str()).or_insert(pid);
+            *slot = (*slot).min(pid);
+        }
+        self.metrics.service_info.reset();
+        for (name, pid) in first {
+            let id = crate::identity::of_process(&self.proc_root, pid);
+            self.metrics
+                .service_info
+                .with_label_values(&[
+                    name,
+                    id.container_id.as_deref().unwrap_or(""),
+                    id.pod_uid.as_deref().unwrap_or(""),
+                ])
+                .set(1);
         }
     }
 

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod logs;
 pub mod metrics;
 pub mod pairing;

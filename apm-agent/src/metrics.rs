@@ -48,8 +48,8 @@ pub struct Metrics {
     pub process_count: IntGaugeVec,
     pub node_cpu_seconds: CounterVec,
     pub host_cpu_busy: Gauge,
-    pub node_memory_total: Gauge,
-    pub node_memory_available: Gauge,
+    pub host_memory_total: Gauge,
+    pub host_memory_available: Gauge,
     pub host_memory_used: Gauge,
     pub node_load1: Gauge,
     pub node_load5: Gauge,
@@ -63,6 +63,7 @@ pub struct Metrics {
     pub dependency_up: IntGaugeVec,
     pub dependency_seconds: GaugeVec,
     pub log_records_evicted: IntCounter,
+    pub service_info: IntGaugeVec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +251,7 @@ impl Metrics {
                 &[SERVICE],
             )?,
             process_count: gauge_vec(
-                "apm_process_count",
+                "apm_service_processes",
                 "Processes of the service (every holder of its listening sockets).",
                 &[SERVICE],
             )?,
@@ -263,13 +264,15 @@ impl Metrics {
                 "apm_host_cpu_busy_ratio",
                 "Share of host CPU time not idle or waiting for I/O over the last sample interval.",
             )?,
-            node_memory_total: fgauge(
-                "node_memory_MemTotal_bytes",
-                "Host memory in bytes (as node_exporter).",
+            // node_exporter's node_memory_MemTotal_bytes and
+            // node_memory_MemAvailable_bytes fail promtool's snake_case lint.
+            host_memory_total: fgauge(
+                "apm_host_memory_total_bytes",
+                "Host memory in bytes (node_exporter: node_memory_MemTotal_bytes).",
             )?,
-            node_memory_available: fgauge(
-                "node_memory_MemAvailable_bytes",
-                "Host memory available for new work without swapping, in bytes (as node_exporter).",
+            host_memory_available: fgauge(
+                "apm_host_memory_available_bytes",
+                "Host memory available for new work without swapping, in bytes (node_exporter: node_memory_MemAvailable_bytes).",
             )?,
             host_memory_used: fgauge(
                 "apm_host_memory_used_bytes",
@@ -320,6 +323,11 @@ impl Metrics {
             log_records_evicted: plain_counter(
                 "apm_log_records_evicted_total",
                 "Log records pushed out of the in-memory ring behind /logs/recent.",
+            )?,
+            service_info: gauge_vec(
+                "apm_service_info",
+                "Always 1: the container and Kubernetes pod of each service (from its lowest pid's cgroup), empty when on the host. Join on service_name.",
+                &[SERVICE, "container_id", "pod_uid"],
             )?,
             registry,
         };

@@ -390,10 +390,10 @@ impl Sampler {
             0.0
         };
         metrics
-            .node_memory_total
+            .host_memory_total
             .set(host.memory_total_bytes as f64);
         metrics
-            .node_memory_available
+            .host_memory_available
             .set(host.memory_available_bytes as f64);
         metrics.host_memory_used.set(host.memory_used_bytes as f64);
 

@@ -123,7 +123,7 @@ fn a_master_and_two_workers_are_one_service_summed() {
     );
     let m = agent.metrics().expect("metrics");
     assert_eq!(
-        m.value("apm_process_count", &[("service_name", "apm-prefork")]),
+        m.value("apm_service_processes", &[("service_name", "apm-prefork")]),
         Some(3.0)
     );
 }
@@ -148,7 +148,7 @@ fn host_sample_and_stats_system_answer_without_waiting() {
     );
     assert!(v["age_seconds"].as_f64().expect("age") < 3.0);
     let m = agent.metrics().expect("metrics");
-    assert!(m.value("node_memory_MemTotal_bytes", &[]).expect("mem") > 0.0);
+    assert!(m.value("apm_host_memory_total_bytes", &[]).expect("mem") > 0.0);
     assert!(
         m.matching("node_cpu_seconds_total", &[("mode", "idle")])
             .count()
