@@ -117,12 +117,18 @@ mod tests {
 
     #[test]
     fn host_processes_have_no_identity() {
-        assert_eq!(parse_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), id(None, None));
+        assert_eq!(
+            parse_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"),
+            id(None, None)
+        );
         assert_eq!(parse_cgroup("0::/init.scope\n"), Identity::default());
         assert_eq!(parse_cgroup("garbage"), Identity::default());
         // 64 characters that are not all hex is not an id.
         assert_eq!(
-            parse_cgroup(&format!("0::/system.slice/docker-{}.scope\n", "z".repeat(64))),
+            parse_cgroup(&format!(
+                "0::/system.slice/docker-{}.scope\n",
+                "z".repeat(64)
+            )),
             Identity::default()
         );
     }

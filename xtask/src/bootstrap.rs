@@ -33,7 +33,15 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     // A real dependency for /health/detailed.
     "redis-server",
+    // A real Prometheus (and promtool) scraping the agent.
+    "prometheus",
+    // The virtualenv for the PyPI manifest validators.
+    "python3-venv",
 ];
+
+/// PyPI tools the deployment tests run, installed into a virtualenv under
+/// target/ (never into the system Python).
+const PY_TOOLS: &[&str] = &["kubernetes-validate", "yamllint"];
 
 /// Debian packages `cargo xtask bench` drives.
 const BENCH_PACKAGES: &[&str] = &["nginx", "wrk"];
@@ -61,6 +69,40 @@ pub fn ensure_build_deps() -> Result<()> {
 
 pub fn ensure_test_deps() -> Result<()> {
     ensure_packages(TEST_PACKAGES)
+}
+
+/// A virtualenv with [`PY_TOOLS`] under `target/pytools`; returns its bin
+/// directory.
+pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/pytools");
+    let bin = venv.join("bin");
+    if PY_TOOLS.iter().all(|t| bin.join(t).is_file()) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "xtask: installing {} from PyPI into {}",
+        PY_TOOLS.join(", "),
+        venv.display()
+    );
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .stdin(Stdio::null())
+        .status()
+        .context("running python3 -m venv")?;
+    if !status.success() {
+        bail!("python3 -m venv failed ({status}); install python3-venv");
+    }
+    let status = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PY_TOOLS)
+        .stdin(Stdio::null())
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed ({status})", PY_TOOLS.join(" "));
+    }
+    Ok(bin)
 }
 
 pub fn ensure_bench_deps() -> Result<()> {

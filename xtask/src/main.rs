@@ -235,9 +235,11 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
         );
     }
     let agent = build_agent(root, false)?;
+    let py_tools = bootstrap::ensure_py_tools(root)?;
     let mut e2e = cargo(root);
     e2e.args(["test", "--package", "apm-e2e", "--", "--test-threads=1"])
-        .env("APM_AGENT_BIN", &agent);
+        .env("APM_AGENT_BIN", &agent)
+        .env("APM_PY_TOOLS", &py_tools);
     run_tests(
         e2e,
         "end-to-end tests (real eBPF programs, real servers)",

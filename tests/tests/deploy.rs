@@ -1,0 +1,391 @@
+//! Everything about deployment that can be checked without a cluster:
+//! manifests validated offline, a real Prometheus scraping a real agent,
+//! promtool's lint of a live /metrics, container identity from a real
+//! cgroup.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apm_e2e::{Agent, Client, Server, Worker, free_port, get, require_root, wait_for};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A PyPI tool from the virtualenv `cargo xtask test` prepares
+/// (APM_PY_TOOLS), else from PATH.
+fn py_tool(name: &str) -> PathBuf {
+    std::env::var_os("APM_PY_TOOLS")
+        .map(|dir| PathBuf::from(dir).join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let dir = repo().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // kustomize's own file has no Kubernetes schema; it is checked by
+        // building it below.
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn manifests_validate_offline() {
+    let files = manifests();
+    assert!(files.len() >= 3, "{files:?}");
+    let out = run_ok(
+        Command::new(py_tool("kubernetes-validate"))
+            .arg("--strict")
+            .args(&files),
+    );
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(
+            out.contains(&format!("{name} passed")),
+            "{name} not validated:\n{out}"
+        );
+    }
+    run_ok(
+        Command::new(py_tool("yamllint"))
+            .args(["-s"])
+            .arg(repo().join("deploy")),
+    );
+    // The Prometheus config loads in the real Prometheus' checker.
+    run_ok(
+        Command::new("promtool")
+            .args(["check", "config"])
+            .arg(repo().join("deploy/prometheus/prometheus.yml")),
+    );
+
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
+    {
+        let built = run_ok(
+            Command::new("kubectl")
+                .arg("kustomize")
+                .arg(repo().join("deploy/kubernetes")),
+        );
+        assert!(built.contains("kind: DaemonSet"), "{built}");
+        let tmp = std::env::temp_dir().join(format!("apm-kustomize-{}.yaml", std::process::id()));
+        std::fs::write(&tmp, &built).expect("write");
+        let out = run_ok(
+            Command::new(py_tool("kubernetes-validate"))
+                .arg("--strict")
+                .arg(&tmp),
+        );
+        assert_eq!(out.matches(" passed ").count(), 3, "{out}");
+        std::fs::remove_file(tmp).ok();
+    } else {
+        eprintln!("kubectl not installed: kustomization not built");
+    }
+
+    // What the DaemonSet promises.
+    let ds = std::fs::read_to_string(repo().join("deploy/kubernetes/daemonset.yaml")).expect("ds");
+    for needed in [
+        "hostPID: true",
+        "readOnlyRootFilesystem: true",
+        "privileged: false",
+        "- BPF",
+        "- PERFMON",
+        "value: \"0.0.0.0:9464\"",
+        "path: /health",
+        "- operator: Exists",
+    ] {
+        assert!(ds.contains(needed), "daemonset.yaml lacks {needed:?}");
+    }
+    assert!(
+        !ds.contains("/health/detailed"),
+        "probes must not depend on dependencies"
+    );
+}
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// The shipped prometheus.yml with its target pointed at `agent`.
+    fn start(agent: std::net::SocketAddr) -> Self {
+        let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml"))
+            .expect("prometheus.yml");
+        assert!(shipped.contains("127.0.0.1:9464"));
+        let config = shipped
+            .replace("127.0.0.1:9464", &agent.to_string())
+            .replace("scrape_interval: 15s", "scrape_interval: 1s");
+        let port = free_port().expect("port");
+        let dir = std::env::temp_dir().join(format!("apm-prometheus-{port}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("prometheus.yml");
+        std::fs::File::create(&file)
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .expect("config");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by cargo xtask test)");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let ready = wait_for(Duration::from_secs(30), || {
+            get(addr, "/-/ready").ok().filter(|r| r.status == 200)
+        });
+        assert!(ready.is_some(), "prometheus did not become ready");
+        Self { child, port, dir }
+    }
+
+    fn query(&self, promql: &str) -> serde_json::Value {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let r = get(addr, &format!("/api/v1/query?query={encoded}")).expect("query");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("json")
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_same_counts_the_client_sent() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    let p = port.to_string();
+    wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        m.value(
+            "apm_tcp_connections_accepted_total",
+            &[("server_port", p.as_str()), ("service_name", "apm-httpd")],
+        )
+    })
+    .expect("server discovered");
+    let prometheus = Prometheus::start(agent.addr);
+
+    let mut sent: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut client = Client::connect(port).expect("connect");
+    for (path, route, n) in [
+        ("/ok", "/ok", 40),
+        ("/missing", "/missing", 15),
+        ("/error", "/error", 5),
+        ("/users/77", "/users/{id}", 10),
+    ] {
+        for _ in 0..n {
+            let status = client.get(path).expect("request");
+            *sent
+                .entry((route.to_owned(), status.to_string()))
+                .or_default() += 1.0;
+        }
+    }
+    let query = "sum by (http_route, http_response_status_code) (http_server_request_duration_seconds_count{service_name=\"apm-httpd\"})";
+    let seen = wait_for(Duration::from_secs(30), || {
+        let v = prometheus.query(query);
+        let got: BTreeMap<(String, String), f64> = v["data"]["result"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| {
+                let route = r["metric"]["http_route"].as_str()?.to_owned();
+                let status = r["metric"]["http_response_status_code"]
+                    .as_str()?
+                    .to_owned();
+                let value: f64 = r["value"][1].as_str()?.parse().ok()?;
+                Some(((route, status), value))
+            })
+            .collect();
+        (got == sent).then_some(got)
+    });
+    assert!(
+        seen.is_some(),
+        "Prometheus never showed the client's counts {sent:?}; last answer: {}",
+        prometheus.query(query)
+    );
+    drop(server);
+}
+
+#[test]
+fn promtool_check_metrics_prints_nothing_for_a_live_scrape() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    let agent = Agent::start(&[
+        "--check",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--check-interval",
+        "1s",
+    ])
+    .expect("agent");
+    let mut client = Client::connect(port).expect("connect");
+    let body = wait_for(Duration::from_secs(15), || {
+        client.get("/ok").ok()?;
+        let r = get(agent.addr, "/metrics").ok()?;
+        let complete = r
+            .body
+            .contains("http_server_request_duration_seconds_bucket")
+            && r.body.contains("apm_dependency_up")
+            && r.body.contains("apm_process_resident_memory_bytes");
+        complete.then_some(r.body)
+    })
+    .expect("a full scrape");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by cargo xtask test)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && printed.is_empty(),
+        "promtool said:\n{printed}"
+    );
+    drop(server);
+}
+
+/// A cgroup directory for the test, named the way Docker names its scopes,
+/// in whichever hierarchy this machine lets us write; removed on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn create(container_id: &str) -> Self {
+        let scope = format!("docker-{container_id}.scope");
+        let candidates = [
+            // Pure cgroup v2.
+            (
+                Path::new("/sys/fs/cgroup/cgroup.procs"),
+                PathBuf::from("/sys/fs/cgroup/apm-e2e.slice").join(&scope),
+            ),
+            // Hybrid: v2 at unified/.
+            (
+                Path::new("/sys/fs/cgroup/unified/cgroup.procs"),
+                PathBuf::from("/sys/fs/cgroup/unified/apm-e2e.slice").join(&scope),
+            ),
+            // v1: Docker's layout in the pids hierarchy.
+            (
+                Path::new("/sys/fs/cgroup/pids/cgroup.procs"),
+                PathBuf::from("/sys/fs/cgroup/pids/apm-e2e/docker").join(container_id),
+            ),
+        ];
+        for (probe, dir) in candidates {
+            if probe.exists() && std::fs::create_dir_all(&dir).is_ok() {
+                return Self(dir);
+            }
+        }
+        panic!("no writable cgroup hierarchy on this machine");
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Empty by now (the process was killed); remove up to our top dir.
+        let mut dir = self.0.clone();
+        while dir.to_string_lossy().contains("apm-e2e") {
+            let _ = std::fs::remove_dir(&dir);
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_process_in_its_own_cgroup_gets_its_container_id() {
+    require_root();
+    let id: String = (0..64)
+        .map(|i| char::from(b"0123456789abcdef"[(i * 7 + std::process::id() as usize) % 16]))
+        .collect();
+    let cgroup = Cgroup::create(&id);
+    let port = free_port().expect("port");
+    let worker = Worker::start(port, "apm-contained", 0).expect("worker");
+    cgroup.add(worker.pids[0]);
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", worker.pids[0])).expect("cgroup");
+    assert!(own.contains(&id), "{own}");
+
+    let agent = Agent::start(&["--comm", "apm-contained"]).expect("agent");
+    let labelled = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        m.value(
+            "apm_service_info",
+            &[
+                ("service_name", "apm-contained"),
+                ("container_id", id.as_str()),
+            ],
+        )
+    });
+    assert_eq!(
+        labelled,
+        Some(1.0),
+        "{}",
+        agent.metrics().expect("metrics").text
+    );
+    // Only that service carries the id.
+    let m = agent.metrics().expect("metrics");
+    let by_id = [("container_id", id.as_str())];
+    let carriers: Vec<&str> = m
+        .matching("apm_service_info", &by_id)
+        .map(|s| s.labels["service_name"].as_str())
+        .collect();
+    assert_eq!(carriers, vec!["apm-contained"]);
+    drop(worker);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(cgroup);
+}
