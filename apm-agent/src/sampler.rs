@@ -312,6 +312,20 @@ impl Sampler {
             entry.cpu_seconds_total += delta as f64 / 1000.0;
         }
         self.last_cpu_ms = seen_cpu;
+        // Services that are gone: drop their gauges (a stale value would
+        // read as a live one) and their CPU total.
+        let gone: Vec<String> = self
+            .service_cpu_total
+            .keys()
+            .filter(|name| !out.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.service_cpu_total.remove(&name);
+            let _ = metrics.process_cpu_cores.remove_label_values(&[&name]);
+            let _ = metrics.process_rss.remove_label_values(&[&name]);
+            let _ = metrics.process_count.remove_label_values(&[&name]);
+        }
         for (name, s) in out.iter_mut() {
             let delta = s.cpu_seconds_total;
             s.cpu_cores = if elapsed > 0.0 { delta / elapsed } else { 0.0 };
@@ -523,6 +537,34 @@ tracefs /sys/kernel/tracing tracefs rw 0 0
         assert_eq!(s.len(), 3);
         assert_eq!(s[0], ("all".to_owned(), [10, 1, 5, 100, 2, 0, 1, 0]));
         assert_eq!(s[2].0, "1");
+    }
+
+    #[test]
+    fn gauges_of_services_that_are_gone_are_removed() {
+        let metrics = Metrics::new().expect("metrics");
+        let mut sampler = Sampler::new("/proc");
+        let me: HashMap<u32, ServiceInfo> = [(
+            std::process::id(),
+            ServiceInfo {
+                name: "self".into(),
+                ports: vec![],
+            },
+        )]
+        .into();
+        sampler.sample(&me, &metrics);
+        assert!(
+            metrics
+                .encode()
+                .expect("encode")
+                .contains("apm_service_processes{service_name=\"self\"} 1")
+        );
+        sampler.sample(&HashMap::new(), &metrics);
+        let text = metrics.encode().expect("encode");
+        assert!(
+            !text.contains("apm_service_processes{service_name=\"self\"}"),
+            "{text}"
+        );
+        assert!(!text.contains("apm_process_resident_memory_bytes{service_name=\"self\"}"));
     }
 
     #[test]
