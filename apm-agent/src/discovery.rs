@@ -1,8 +1,9 @@
 //! Which process owns which TCP listener, read from procfs.
 //!
-//! Listening sockets come from `<proc>/1/net/tcp{,6}` (the host's network
-//! namespace when the agent shares the host's pid namespace); their owners
-//! come from the `socket:[inode]` links under `<proc>/<pid>/fd`. Walking every
+//! Listening sockets come from `<proc>/<pid>/net/tcp{,6}` of one process in
+//! each network namespace (containers and pods have their own; the
+//! namespace of each pid is read once from `<proc>/<pid>/ns/net`); their
+//! owners come from the `socket:[inode]` links under `<proc>/<pid>/fd`. Walking every
 //! process's descriptors is the expensive part, so it happens only when a
 //! listener with an unknown owner appears, and otherwise every
 //! [`FULL_RESCAN_EVERY`] scans (to notice forked workers).
@@ -62,6 +63,8 @@ pub struct Discovery {
     /// by a process we may not read): not a reason for another walk.
     orphans: HashSet<u64>,
     scans: u64,
+    /// Network namespace inode of each pid seen (read once per pid).
+    pid_netns: HashMap<u32, u64>,
 }
 
 impl Discovery {
@@ -71,7 +74,50 @@ impl Discovery {
             owners: HashMap::new(),
             orphans: HashSet::new(),
             scans: 0,
+            pid_netns: HashMap::new(),
         }
+    }
+
+    /// One pid per network namespace (the lowest), as `<proc>` entry names;
+    /// `None` when namespaces cannot be read.
+    fn namespaces(&mut self) -> Option<Vec<String>> {
+        let entries = std::fs::read_dir(&self.root).ok()?;
+        let mut live = HashSet::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            live.insert(pid);
+            if self.pid_netns.contains_key(&pid) {
+                continue;
+            }
+            let link = std::fs::read_link(entry.path().join("ns/net")).ok();
+            let ns = link
+                .as_ref()
+                .and_then(|l| l.to_str())
+                .and_then(|l| l.strip_prefix("net:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(ns) = ns {
+                self.pid_netns.insert(pid, ns);
+            }
+        }
+        self.pid_netns.retain(|pid, _| live.contains(pid));
+        let mut first: HashMap<u64, u32> = HashMap::new();
+        for (&pid, &ns) in &self.pid_netns {
+            let slot = first.entry(ns).or_insert(pid);
+            *slot = (*slot).min(pid);
+        }
+        if first.is_empty() {
+            return None;
+        }
+        let mut reps: Vec<u32> = first.into_values().collect();
+        reps.sort_unstable();
+        Some(reps.into_iter().map(|p| p.to_string()).collect())
     }
 
     pub fn scan(&mut self) -> Result<Listeners, DiscoveryError> {
@@ -109,16 +155,43 @@ impl Discovery {
         Ok(listeners)
     }
 
-    /// (port, inode) of every TCP socket in LISTEN state, IPv4 and IPv6.
-    fn listening_sockets(&self) -> Result<Vec<(u16, u64)>, DiscoveryError> {
-        self.sockets_in(TcpState::Listen)
+    /// (port, inode) of every TCP socket in LISTEN state, IPv4 and IPv6, in
+    /// every network namespace.
+    fn listening_sockets(&mut self) -> Result<Vec<(u16, u64)>, DiscoveryError> {
+        let Some(namespaces) = self.namespaces() else {
+            // No readable ns links: pid 1's namespace, else our own.
+            return self
+                .sockets_of("1", TcpState::Listen)
+                .or_else(|_| self.sockets_of("self", TcpState::Listen));
+        };
+        let mut all = Vec::new();
+        let mut last_err = None;
+        let mut any = false;
+        for ns in &namespaces {
+            // A namespace whose process just exited is not an error.
+            match self.sockets_of(ns, TcpState::Listen) {
+                Ok(sockets) => {
+                    any = true;
+                    all.extend(sockets);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match (any, last_err) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(all),
+        }
     }
 
     /// Descriptors of `pid` that are established server-side connections on
     /// one of `ports`, as (fd, local port): connections accepted before the
     /// agent started tracking the process.
     pub fn established_fds(&self, pid: u32, ports: &HashSet<u16>) -> Vec<(u32, u16)> {
-        let Ok(sockets) = self.sockets_in(TcpState::Established) else {
+        // The process's own network namespace (pid 1's as a fallback).
+        let sockets = self
+            .sockets_of(&pid.to_string(), TcpState::Established)
+            .or_else(|_| self.sockets_of("1", TcpState::Established));
+        let Ok(sockets) = sockets else {
             return Vec::new();
         };
         let by_inode: HashMap<u64, u16> = sockets
@@ -145,36 +218,21 @@ impl Discovery {
             .collect()
     }
 
-    fn sockets_in(&self, state: TcpState) -> Result<Vec<(u16, u64)>, DiscoveryError> {
-        // pid 1's table is the host's network namespace; fall back to ours
-        // when pid 1 is not readable (no CAP_SYS_PTRACE, say).
-        let mut last_err = None;
-        for ns in ["1", "self"] {
-            let process = match Process::new_with_root(self.root.join(ns)) {
-                Ok(p) => p,
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
-            };
-            let table = process
-                .tcp()
-                .and_then(|mut v4| process.tcp6().map(|v6| (v4.extend(v6), v4).1));
-            match table {
-                Ok(entries) => {
-                    return Ok(entries
-                        .into_iter()
-                        .filter(|e| e.state == state)
-                        .map(|e| (e.local_address.port(), e.inode))
-                        .collect());
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(DiscoveryError::SocketTable {
-            root: self.root.clone(),
-            source: last_err.unwrap_or(procfs::ProcError::NotFound(None)),
-        })
+    /// TCP sockets in `state` in the network namespace of `<proc>/<entry>`.
+    fn sockets_of(&self, entry: &str, state: TcpState) -> Result<Vec<(u16, u64)>, DiscoveryError> {
+        let err = |source| DiscoveryError::SocketTable {
+            root: self.root.join(entry),
+            source,
+        };
+        let process = Process::new_with_root(self.root.join(entry)).map_err(err)?;
+        let mut entries = process.tcp().map_err(err)?;
+        // No IPv6 in this namespace (or kernel) is not an error.
+        entries.extend(process.tcp6().unwrap_or_default());
+        Ok(entries
+            .into_iter()
+            .filter(|e| e.state == state)
+            .map(|e| (e.local_address.port(), e.inode))
+            .collect())
     }
 
     fn walk_processes(
@@ -321,6 +379,38 @@ mod tests {
         assert_eq!(d.established_fds(13, &[8080].into()), vec![(7, 8080)]);
         assert!(d.established_fds(13, &[9999].into()).is_empty());
         assert!(d.established_fds(10, &[8080].into()).is_empty());
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn listeners_of_every_network_namespace_are_found() {
+        let root = fake_proc();
+        // pid 12 lives in a namespace of its own, whose table has port 9090.
+        for (pid, ns) in [
+            ("1", 111),
+            ("10", 111),
+            ("11", 111),
+            ("12", 222),
+            ("13", 111),
+        ] {
+            std::fs::create_dir_all(root.join(pid).join("ns")).expect("ns dir");
+            symlink(format!("net:[{ns}]"), root.join(pid).join("ns/net")).expect("ns link");
+        }
+        let own_ns = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:2382 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0
+";
+        std::fs::write(root.join("12/net/tcp"), own_ns).expect("tcp");
+        std::fs::write(root.join("12/net/tcp6"), "  sl  local_address\n").expect("tcp6");
+        let mut d = Discovery::new(&root);
+        let l = d.scan().expect("scan");
+        // 0x2382 = 9090, held by pid 12 (socket 4444) in its own namespace.
+        assert_eq!(
+            l.by_port
+                .get(&9090)
+                .map(|o| o.iter().map(|o| o.pid).collect::<Vec<_>>()),
+            Some(vec![12])
+        );
+        assert!(l.by_port.contains_key(&8080));
         std::fs::remove_dir_all(root).ok();
     }
 

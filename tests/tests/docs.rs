@@ -37,13 +37,17 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     }
     let m = wait_for(Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
-        (m.value(
+        let paired = m.value(
             "apm_http_requests_paired_total",
             &[("service_name", "apm-httpd")],
-        ) == Some(3.0))
-        .then_some(m)
+        ) == Some(3.0);
+        // Sampled and checked at least once too, so every family is there.
+        let sampled =
+            m.value("apm_service_processes", &[("service_name", "apm-httpd")]) == Some(1.0);
+        let checked = m.value("apm_dependency_up", &[("dependency", check.as_str())]) == Some(1.0);
+        (paired && sampled && checked).then_some(m)
     })
-    .expect("requests paired");
+    .expect("requests paired, the service sampled, the dependency checked");
 
     let exported: BTreeSet<String> = m
         .text

@@ -310,3 +310,88 @@ fn connections_open_before_the_agent_started_are_paired() {
     );
     drop(server);
 }
+
+/// A network namespace of the test's own (like a container's or a pod's),
+/// deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn create() -> Self {
+        let name = format!("apm-e2e-{}", std::process::id());
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2)");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        run(&["netns", "add", &name]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.0, program]);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn a_server_in_its_own_network_namespace_is_found_and_timed() {
+    require_root();
+    let ns = NetNs::create();
+    let port = free_port().expect("port");
+    let mut cmd = ns.command("python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/httpd.py"))
+        .arg(port.to_string());
+    let server = Server::start(cmd, port).expect("python3 http.server in the namespace");
+    // The agent runs in the host's namespace, where nothing listens on port.
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    wait_for_service(&agent, port, "python3");
+
+    // The client must be inside the namespace too: Python's http.client,
+    // one keep-alive connection, 50 + 10 requests.
+    let script = format!(
+        "import http.client\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port})\n\
+         n = {{}}\n\
+         for path in ['/ok'] * 50 + ['/missing?k=SECRET'] * 10:\n\
+         \x20   c.request('GET', path)\n\
+         \x20   r = c.getresponse(); r.read()\n\
+         \x20   n[r.status] = n.get(r.status, 0) + 1\n\
+         print(n[200], n[404])\n"
+    );
+    let out = ns
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("client");
+    assert!(out.status.success(), "client: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "50 10");
+
+    let m = wait_for_paired(&agent, "python3", 60, Duration::from_secs(15));
+    let expected: Expected = [
+        (("/ok".to_owned(), 200), 50),
+        (("/missing".to_owned(), 404), 10),
+    ]
+    .into();
+    assert_eq!(counts_for(&m, "python3"), expected);
+    let p = port.to_string();
+    assert_eq!(
+        m.value(
+            "apm_tcp_connections_accepted_total",
+            &[("server_port", p.as_str())]
+        ),
+        Some(1.0)
+    );
+    drop(server);
+}

@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     // A real dependency for /health/detailed.
     "redis-server",
+    // Network namespaces for the container-like test server.
+    "iproute2",
     // A real Prometheus (and promtool) scraping the agent.
     "prometheus",
     // The virtualenv for the PyPI manifest validators.
