@@ -25,14 +25,14 @@ pub enum Dependency {
     /// `redis://host:port[/db]`: PING through the redis crate.
     Redis { url: String },
     /// `tcp://host:port`: TCP connect time.
-    Tcp { addr: String },
+    Tcp { url: String, addr: String },
 }
 
 impl Dependency {
     pub fn name(&self) -> &str {
         match self {
             Self::Redis { url } => url,
-            Self::Tcp { addr } => addr,
+            Self::Tcp { url, .. } => url,
         }
     }
 }
@@ -49,6 +49,7 @@ impl FromStr for Dependency {
                 return Err(format!("expected tcp://host:port, got {s:?}"));
             }
             return Ok(Self::Tcp {
+                url: s.to_owned(),
                 addr: rest.to_owned(),
             });
         }
@@ -75,7 +76,7 @@ pub struct DependencyStatus {
 pub async fn check(dep: &Dependency, timeout: Duration) -> DependencyStatus {
     let start = Instant::now();
     let result: Result<String, String> = match dep {
-        Dependency::Tcp { addr } => {
+        Dependency::Tcp { addr, .. } => {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await
             {
                 Ok(Ok(_)) => Ok("connected".into()),
@@ -385,6 +386,7 @@ mod tests {
         assert_eq!(
             "tcp://127.0.0.1:5432".parse(),
             Ok(Dependency::Tcp {
+                url: "tcp://127.0.0.1:5432".into(),
                 addr: "127.0.0.1:5432".into()
             })
         );
