@@ -389,3 +389,62 @@ fn a_process_in_its_own_cgroup_gets_its_container_id() {
     std::thread::sleep(Duration::from_millis(200));
     drop(cgroup);
 }
+
+#[test]
+fn dashboard_queries_are_valid_promql_over_documented_metrics() {
+    let path = repo().join("deploy/grafana/apm-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("json");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    // Grafana's variables, as Grafana would expand them.
+    let expanded: Vec<String> = exprs
+        .iter()
+        .map(|e| {
+            e.replace("$service", ".*")
+                .replace("$__rate_interval", "5m")
+        })
+        .collect();
+    let mut rules = String::from("groups:\n  - name: apm-dashboard\n    rules:\n");
+    for (i, e) in expanded.iter().enumerate() {
+        assert!(!e.contains('\''), "{e}");
+        rules.push_str(&format!(
+            "      - record: apm_dashboard:query_{i}\n        expr: '{e}'\n"
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("apm-dashboard-rules-{}.yml", std::process::id()));
+    std::fs::write(&file, rules).expect("rules");
+    run_ok(Command::new("promtool").args(["check", "rules"]).arg(&file));
+    std::fs::remove_file(file).ok();
+
+    // Every metric the dashboard reads is one apm exports (docs/metrics.md
+    // is kept equal to /metrics by tests/tests/docs.rs).
+    let docs = std::fs::read_to_string(repo().join("docs/metrics.md")).expect("docs");
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let is_metric = ["apm_", "http_", "node_"]
+                .iter()
+                .any(|p| word.starts_with(p))
+                && !word.contains("__");
+            if !is_metric {
+                continue;
+            }
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .filter(|f| docs.contains(&format!("`{f}`")))
+                .unwrap_or(word);
+            assert!(
+                docs.contains(&format!("`{family}`")),
+                "dashboard reads undocumented {word}"
+            );
+        }
+    }
+}
