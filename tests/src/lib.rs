@@ -123,6 +123,24 @@ impl Agent {
         Ok(Metrics::parse(&r.body))
     }
 
+    /// Waits until the agent has named `port` after `service` (its
+    /// connection series exists); panics with the agent's log otherwise.
+    pub fn wait_for_service(&self, port: u16, service: &str) {
+        let p = port.to_string();
+        let named = wait_for(Duration::from_secs(15), || {
+            let m = self.metrics().ok()?;
+            m.value(
+                "apm_tcp_connections_accepted_total",
+                &[("server_port", &p), ("service_name", service)],
+            )
+        });
+        assert!(
+            named.is_some(),
+            "agent never named port {port} {service}: {}",
+            self.log_text()
+        );
+    }
+
     /// Sends SIGTERM and waits (bounded) for the agent to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let pid = self.pid().context("agent already reaped")?;

@@ -196,15 +196,7 @@ fn prometheus_scrapes_the_same_counts_the_client_sent() {
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
-    let p = port.to_string();
-    wait_for(Duration::from_secs(15), || {
-        let m = agent.metrics().ok()?;
-        m.value(
-            "apm_tcp_connections_accepted_total",
-            &[("server_port", p.as_str()), ("service_name", "apm-httpd")],
-        )
-    })
-    .expect("server discovered");
+    agent.wait_for_service(port, "apm-httpd");
     let prometheus = Prometheus::start(agent.addr);
 
     let mut sent: BTreeMap<(String, String), f64> = BTreeMap::new();

@@ -21,16 +21,7 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     let server = Server::rust(port).expect("apm-httpd");
     let check = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::start(&["--check", &check, "--check-interval", "1s"]).expect("agent");
-    let p = port.to_string();
-    wait_for(Duration::from_secs(15), || {
-        let m = agent.metrics().ok()?;
-        m.value(
-            "apm_tcp_connections_accepted_total",
-            &[("server_port", p.as_str()), ("service_name", "apm-httpd")],
-        )
-        .map(|_| ())
-    })
-    .expect("server discovered");
+    agent.wait_for_service(port, "apm-httpd");
     let mut client = Client::connect(port).expect("connect");
     for _ in 0..3 {
         assert_eq!(client.get("/ok").expect("request"), 200);

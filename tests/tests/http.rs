@@ -80,24 +80,6 @@ fn sum(m: &Metrics, name: &str, service: &str) -> f64 {
         .sum()
 }
 
-/// Waits until the agent has named `port` after `service`.
-fn wait_for_service(agent: &Agent, port: u16, service: &str) {
-    let p = port.to_string();
-    let named = wait_for(Duration::from_secs(15), || {
-        let m = agent.metrics().ok()?;
-        m.value(
-            "apm_tcp_connections_accepted_total",
-            &[("server_port", &p), ("service_name", service)],
-        )
-        .map(|_| ())
-    });
-    assert!(
-        named.is_some(),
-        "agent never named {port} {service}: {}",
-        agent.log_text()
-    );
-}
-
 /// Waits until the agent has paired `total` requests of `service`.
 fn wait_for_paired(agent: &Agent, service: &str, total: u64, within: Duration) -> Metrics {
     let done = wait_for(within, || {
@@ -130,8 +112,8 @@ fn per_route_counts_and_latency_match_the_clients_ground_truth() {
         &py_port.to_string(),
     ])
     .expect("agent");
-    wait_for_service(&agent, rust_port, "apm-httpd");
-    wait_for_service(&agent, py_port, "python3");
+    agent.wait_for_service(rust_port, "apm-httpd");
+    agent.wait_for_service(py_port, "python3");
 
     let cases = [
         ("apm-httpd", rust_port, 10_000u64),
@@ -213,7 +195,7 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
-    wait_for_service(&agent, port, "apm-httpd");
+    agent.wait_for_service(port, "apm-httpd");
 
     // 50 x 50 x 20 distinct paths; no parent has enough children to
     // collapse, so only the route cap (1000) bounds them. Pipelined in
@@ -270,7 +252,7 @@ fn connections_open_before_the_agent_started_are_paired() {
     assert_eq!(early.get("/ok").expect("request"), 200);
 
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
-    wait_for_service(&agent, port, "python3");
+    agent.wait_for_service(port, "python3");
     // The server's thread has been blocked in recv() on this connection
     // since before the agent attached; that read's arguments were never
     // seen, so the request it returns cannot be, and its response counts
@@ -356,7 +338,7 @@ fn a_server_in_its_own_network_namespace_is_found_and_timed() {
     let server = Server::start(cmd, port).expect("python3 http.server in the namespace");
     // The agent runs in the host's namespace, where nothing listens on port.
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
-    wait_for_service(&agent, port, "python3");
+    agent.wait_for_service(port, "python3");
 
     // The client must be inside the namespace too: Python's http.client,
     // one keep-alive connection, 50 + 10 requests.
