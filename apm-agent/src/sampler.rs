@@ -1,10 +1,12 @@
 //! Process and host sampling: the USE side of the picture.
 //!
 //! Every `--sample-interval` the sampler reads, for every monitored service,
-//! the CPU and resident memory of all its processes (sysinfo), and for the
-//! host CPU time per mode (/proc/stat), memory and load (sysinfo), usage of
-//! real filesystems (/proc/self/mounts + statvfs) and pressure stall
-//! information (/proc/pressure). The latest sample is kept for
+//! the CPU and resident memory of all its processes (`<proc>/PID/stat`), and
+//! for the host CPU time per mode (`<proc>/stat`), memory (`<proc>/meminfo`)
+//! and load (`<proc>/loadavg`), usage of real filesystems
+//! (`<proc>/self/mounts` + statvfs) and pressure stall information
+//! (`<proc>/pressure`). Everything is read under `--proc-root`, through the
+//! procfs crate, so the agent works with the host's procfs mounted anywhere. The latest sample is kept for
 //! /stats/system, which therefore never waits for a measurement.
 
 use std::{
@@ -13,8 +15,8 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use procfs::{FromRead as _, LoadAverage, Meminfo, process::Process};
 use serde::Serialize;
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::{metrics::Metrics, requests::ServiceInfo};
 
@@ -233,8 +235,9 @@ fn statvfs(path: &str) -> Option<(u64, u64, u64)> {
 }
 
 pub struct Sampler {
-    system: System,
     proc_root: PathBuf,
+    ticks_per_second: f64,
+    page_size: u64,
     last_cpu_ms: HashMap<u32, u64>,
     last_stat: Option<Vec<CpuTicks>>,
     last_pressure_us: HashMap<(String, &'static str), u64>,
@@ -245,8 +248,9 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
         Self {
-            system: System::new(),
             proc_root: proc_root.into(),
+            ticks_per_second: procfs::ticks_per_second().max(1) as f64,
+            page_size: procfs::page_size(),
             last_cpu_ms: HashMap::new(),
             last_stat: None,
             last_pressure_us: HashMap::new(),
@@ -286,22 +290,20 @@ impl Sampler {
         elapsed: f64,
         metrics: &Metrics,
     ) -> BTreeMap<String, ServiceSample> {
-        let pids: Vec<Pid> = services.keys().map(|&p| Pid::from_u32(p)).collect();
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&pids),
-            true,
-            ProcessRefreshKind::nothing().with_cpu().with_memory(),
-        );
         let mut out: BTreeMap<String, ServiceSample> = BTreeMap::new();
         let mut seen_cpu: HashMap<u32, u64> = HashMap::new();
         for (&pid, info) in services {
             let entry = out.entry(info.name.to_string()).or_default();
-            let Some(process) = self.system.process(Pid::from_u32(pid)) else {
+            // A process that exited since discovery simply is not counted.
+            let Ok(stat) =
+                Process::new_with_root(self.proc_root.join(pid.to_string())).and_then(|p| p.stat())
+            else {
                 continue;
             };
             entry.processes += 1;
-            entry.resident_memory_bytes += process.memory();
-            let cpu_ms = process.accumulated_cpu_time();
+            entry.resident_memory_bytes += stat.rss * self.page_size;
+            // CPU in milliseconds, from clock ticks.
+            let cpu_ms = ((stat.utime + stat.stime) as f64 * 1000.0 / self.ticks_per_second) as u64;
             let delta = match self.last_cpu_ms.get(&pid) {
                 Some(&last) if cpu_ms >= last => cpu_ms - last,
                 // First sight of this process: its history is not ours to
@@ -392,9 +394,11 @@ impl Sampler {
         }
         metrics.host_cpu_busy.set(host.cpu_busy_ratio);
 
-        self.system.refresh_memory();
-        host.memory_total_bytes = self.system.total_memory();
-        host.memory_available_bytes = self.system.available_memory();
+        if let Ok(mem) = Meminfo::from_file(self.proc_root.join("meminfo")) {
+            host.memory_total_bytes = mem.mem_total;
+            // Kernels before 3.14 lack MemAvailable: free is the closest.
+            host.memory_available_bytes = mem.mem_available.unwrap_or(mem.mem_free);
+        }
         host.memory_used_bytes = host
             .memory_total_bytes
             .saturating_sub(host.memory_available_bytes);
@@ -411,12 +415,17 @@ impl Sampler {
             .set(host.memory_available_bytes as f64);
         metrics.host_memory_used.set(host.memory_used_bytes as f64);
 
-        let load = System::load_average();
-        host.load_average = [load.one, load.five, load.fifteen];
+        if let Ok(load) = LoadAverage::from_file(self.proc_root.join("loadavg")) {
+            host.load_average = [
+                f64::from(load.one),
+                f64::from(load.five),
+                f64::from(load.fifteen),
+            ];
+        }
         for (gauge, v) in [
-            (&metrics.node_load1, load.one),
-            (&metrics.node_load5, load.five),
-            (&metrics.node_load15, load.fifteen),
+            (&metrics.node_load1, host.load_average[0]),
+            (&metrics.node_load5, host.load_average[1]),
+            (&metrics.node_load15, host.load_average[2]),
         ] {
             gauge.set(v);
         }
@@ -537,6 +546,73 @@ tracefs /sys/kernel/tracing tracefs rw 0 0
         assert_eq!(s.len(), 3);
         assert_eq!(s[0], ("all".to_owned(), [10, 1, 5, 100, 2, 0, 1, 0]));
         assert_eq!(s[2].0, "1");
+    }
+
+    /// A procfs mounted somewhere else (--proc-root): one process using
+    /// 3 s of CPU and 2560 pages, 2 GiB of 4 GiB memory available.
+    #[test]
+    fn everything_is_read_under_the_proc_root() {
+        let root = std::env::temp_dir().join(format!("apm-sampler-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("4242")).expect("dir");
+        let mut stat = String::from(
+            "4242 (apm-fake) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1000 104857600 2560",
+        );
+        for _ in 0..29 {
+            stat.push_str(" 0");
+        }
+        std::fs::write(root.join("4242/stat"), stat + "\n").expect("stat");
+        // A real meminfo (procfs wants all its fields), with our values.
+        let meminfo: String = std::fs::read_to_string("/proc/meminfo")
+            .expect("meminfo")
+            .lines()
+            .map(|l| match l.split(':').next() {
+                Some("MemTotal") => "MemTotal:        4194304 kB".to_owned(),
+                Some("MemAvailable") => "MemAvailable:    2097152 kB".to_owned(),
+                _ => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(root.join("meminfo"), meminfo + "\n").expect("meminfo");
+        std::fs::write(root.join("loadavg"), "0.50 0.25 0.10 1/100 4242\n").expect("loadavg");
+        std::fs::write(
+            root.join("stat"),
+            "cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 10 0 5 100 0 0 0 0 0 0\n",
+        )
+        .expect("stat");
+        let metrics = Metrics::new().expect("metrics");
+        let mut sampler = Sampler::new(&root);
+        let services: HashMap<u32, ServiceInfo> = [(
+            4242,
+            ServiceInfo {
+                name: "fake".into(),
+                ports: vec![],
+            },
+        )]
+        .into();
+        let s = sampler.sample(&services, &metrics);
+        let fake = &s.services["fake"];
+        assert_eq!(fake.processes, 1);
+        assert_eq!(fake.resident_memory_bytes, 2560 * procfs::page_size());
+        assert_eq!(s.host.memory_total_bytes, 4 << 30);
+        assert_eq!(s.host.memory_available_bytes, 2 << 30);
+        assert!((s.host.memory_used_ratio - 0.5).abs() < 1e-9);
+        assert!((s.host.load_average[0] - 0.5).abs() < 1e-6);
+        assert_eq!(s.host.cpu_count, 1);
+        // 300 more ticks of CPU by the next sample.
+        let stat = std::fs::read_to_string(root.join("4242/stat")).expect("stat");
+        std::fs::write(
+            root.join("4242/stat"),
+            stat.replacen(" 250 50 ", " 450 150 ", 1),
+        )
+        .expect("stat");
+        let s = sampler.sample(&services, &metrics);
+        let expected = 300.0 / procfs::ticks_per_second() as f64;
+        assert!(
+            (s.services["fake"].cpu_seconds_total - expected).abs() < 0.01,
+            "{:?}",
+            s.services
+        );
+        std::fs::remove_dir_all(root).ok();
     }
 
     #[test]
