@@ -101,7 +101,9 @@ impl Agent {
             metrics
                 .probe_attached
                 .with_label_values(&[probe.name.as_str()])
-                .set(i64::from(probe.ok && kernel.is_some()));
+                .set(i64::from(
+                    probe.ok && kernel.is_some() && !report.off.contains(&probe.name),
+                ));
         }
         let selection = Selection::from_config(config);
         let mut agent = Self {

@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "APM_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
 
+    /// Count connections but do not time HTTP requests: leaves out the
+    /// read/write syscall probes, which cost every syscall on the host.
+    #[arg(long, env = "APM_NO_HTTP")]
+    pub no_http: bool,
+
     /// Do not load eBPF programs (procfs-only mode).
     #[arg(long, env = "APM_NO_EBPF")]
     pub no_ebpf: bool,

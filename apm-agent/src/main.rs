@@ -75,7 +75,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             },
         )
     } else {
-        probes::start(config.monitors_all_ports())
+        probes::start(config.monitors_all_ports(), config.no_http)
     };
     match &report.disabled_reason {
         Some(reason) => error!(
@@ -86,9 +86,11 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             for probe in report.probes.iter().filter(|p| !p.ok) {
                 warn!(probe = %probe.name, reason = %probe.detail, "probe skipped");
             }
-            let attached = report.probes.iter().filter(|p| p.ok).count();
+            let off = report.off.len();
+            let attached = report.probes.iter().filter(|p| p.ok).count() - off;
             info!(
                 attached,
+                off,
                 total = report.probes.len(),
                 "eBPF programs attached"
             );

@@ -53,6 +53,8 @@ pub struct ProbeReport {
     pub probes: Vec<Check>,
     /// Why eBPF is off altogether, when it is.
     pub disabled_reason: Option<String>,
+    /// Probes left out on purpose (`--no-http`): healthy, not attached.
+    pub off: Vec<String>,
 }
 
 impl ProbeReport {
@@ -92,9 +94,10 @@ pub struct Kernel {
     _ebpf: Ebpf,
 }
 
-/// Preflight, load and attach. Returns the kernel handle when at least the
-/// essential probe is attached, and a report either way.
-pub fn start(all_ports: bool) -> (Option<Kernel>, ProbeReport) {
+/// Preflight, load and attach (without the HTTP probes when `no_http`).
+/// Returns the kernel handle when at least the essential probe is
+/// attached, and a report either way.
+pub fn start(all_ports: bool, no_http: bool) -> (Option<Kernel>, ProbeReport) {
     let mut report = ProbeReport {
         preflight: preflight(),
         ..Default::default()
@@ -126,9 +129,19 @@ pub fn start(all_ports: bool) -> (Option<Kernel>, ProbeReport) {
         }
     };
     for probe in PROBES {
+        let name = format!("{}:{}", probe.category, probe.tracepoint);
+        if no_http && probe.http {
+            report.probes.push(Check {
+                name: name.clone(),
+                ok: true,
+                detail: "off (--no-http)".into(),
+            });
+            report.off.push(name);
+            continue;
+        }
         let result = attach(&mut ebpf, probe.program, probe.category, probe.tracepoint);
         report.probes.push(Check {
-            name: format!("{}:{}", probe.category, probe.tracepoint),
+            name,
             ok: result.is_ok(),
             detail: match result {
                 Ok(()) => "attached".into(),

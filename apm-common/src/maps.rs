@@ -47,6 +47,9 @@ pub struct Probe {
     pub tracepoint: &'static str,
     /// Without this probe apm has no connection counts at all.
     pub essential: bool,
+    /// Only needed for HTTP request timing (the read/write family); the
+    /// agent leaves these out with `--no-http`.
+    pub http: bool,
 }
 
 /// Every program in the object, in attach order.
@@ -57,24 +60,24 @@ pub const PROBES: &[Probe] = &[
     syscall("sys_enter_accept"),
     syscall("sys_exit_accept"),
     syscall("sys_enter_close"),
-    syscall("sys_enter_read"),
-    syscall("sys_exit_read"),
-    syscall("sys_enter_readv"),
-    syscall("sys_exit_readv"),
-    syscall("sys_enter_recvfrom"),
-    syscall("sys_exit_recvfrom"),
-    syscall("sys_enter_recvmsg"),
-    syscall("sys_exit_recvmsg"),
-    syscall("sys_enter_write"),
-    syscall("sys_exit_write"),
-    syscall("sys_enter_writev"),
-    syscall("sys_exit_writev"),
-    syscall("sys_enter_sendto"),
-    syscall("sys_exit_sendto"),
-    syscall("sys_enter_sendmsg"),
-    syscall("sys_exit_sendmsg"),
-    syscall("sys_enter_sendfile64"),
-    syscall("sys_exit_sendfile64"),
+    io("sys_enter_read"),
+    io("sys_exit_read"),
+    io("sys_enter_readv"),
+    io("sys_exit_readv"),
+    io("sys_enter_recvfrom"),
+    io("sys_exit_recvfrom"),
+    io("sys_enter_recvmsg"),
+    io("sys_exit_recvmsg"),
+    io("sys_enter_write"),
+    io("sys_exit_write"),
+    io("sys_enter_writev"),
+    io("sys_exit_writev"),
+    io("sys_enter_sendto"),
+    io("sys_exit_sendto"),
+    io("sys_enter_sendmsg"),
+    io("sys_exit_sendmsg"),
+    io("sys_enter_sendfile64"),
+    io("sys_exit_sendfile64"),
 ];
 
 const fn essential(
@@ -87,6 +90,7 @@ const fn essential(
         category,
         tracepoint,
         essential: true,
+        http: false,
     }
 }
 
@@ -97,5 +101,14 @@ const fn syscall(name: &'static str) -> Probe {
         category: "syscalls",
         tracepoint: name,
         essential: false,
+        http: false,
+    }
+}
+
+/// A read/write-family `syscalls:` tracepoint, needed only for HTTP.
+const fn io(name: &'static str) -> Probe {
+    Probe {
+        http: true,
+        ..syscall(name)
     }
 }

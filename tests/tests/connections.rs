@@ -256,3 +256,57 @@ fn metrics_endpoint_speaks_prometheus_text_format() {
             .contains("# TYPE apm_tcp_connections_accepted_total counter")
     );
 }
+
+#[test]
+fn no_http_attaches_only_the_connection_probes_and_still_counts_exactly() {
+    require_root();
+    let port = free_port().expect("port");
+    let mut agent = Agent::start(&["--no-http", "--port", &port.to_string()]).expect("agent");
+    let http = apm_common::maps::PROBES.iter().filter(|p| p.http).count();
+    assert!(http > 0);
+    assert_eq!(
+        apm_programs_loaded(),
+        apm_common::maps::PROBES.len() - http,
+        "{}",
+        agent.log_text()
+    );
+    let mut listener = Listener::start(port, 20, 5).expect("listener");
+    wait_until_named(&agent, port, "apm-listener");
+    let clients = connect_many(port, 20).expect("connect");
+    listener.go().expect("accept");
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    let labels = [("server_port", p.as_str())];
+    assert_eq!(
+        m.value("apm_tcp_connections_accepted_total", &labels),
+        Some(20.0)
+    );
+    assert_eq!(
+        m.value("apm_tcp_connections_closed_total", &labels),
+        Some(5.0)
+    );
+    assert_eq!(m.value("apm_tcp_connections_active", &labels), Some(15.0));
+    // The HTTP probes read 0 attached, and /health/detailed calls them off,
+    // not failed.
+    assert_eq!(
+        m.value(
+            "apm_ebpf_probe_attached",
+            &[("probe", "syscalls:sys_enter_read")]
+        ),
+        Some(0.0)
+    );
+    let health = get(agent.addr, "/health/detailed").expect("health");
+    let v: serde_json::Value = serde_json::from_str(&health.body).expect("json");
+    let read = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "probe syscalls:sys_enter_read")
+        .expect("read probe listed")
+        .clone();
+    assert_eq!(read["status"], "healthy", "{read}");
+    assert_eq!(read["detail"], "off (--no-http)");
+    drop(clients);
+    agent.terminate(WAIT).expect("terminate");
+    assert_eq!(apm_programs_loaded(), 0);
+}

@@ -25,6 +25,7 @@ enum Arm {
     Without,
     With,
     Idle,
+    NoHttp,
 }
 
 struct Run {
@@ -55,26 +56,30 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut idle = Vec::new();
+    let mut no_http = Vec::new();
     for pair in 0..PAIRS {
         // Reverse the order every other round to cancel drift.
         let order = if pair % 2 == 0 {
-            [Arm::Without, Arm::With, Arm::Idle]
+            [Arm::Without, Arm::With, Arm::Idle, Arm::NoHttp]
         } else {
-            [Arm::Idle, Arm::With, Arm::Without]
+            [Arm::NoHttp, Arm::Idle, Arm::With, Arm::Without]
         };
         for arm in order {
             let run = match arm {
-                Arm::Without => measure(port, None, port)?,
-                Arm::With => measure(port, Some(agent), port)?,
+                Arm::Without => measure(port, None, port, &[])?,
+                Arm::With => measure(port, Some(agent), port, &[])?,
                 // Probes attached, but nginx not selected: what merely
                 // attaching the syscall tracepoints costs.
-                Arm::Idle => measure(port, Some(agent), free_port()?)?,
+                Arm::Idle => measure(port, Some(agent), free_port()?, &[])?,
+                // Connection counting only.
+                Arm::NoHttp => measure(port, Some(agent), port, &["--no-http"])?,
             };
             eprintln!("xtask bench: round {pair} {arm:?}: {:.0} req/s", run.rps);
             match arm {
                 Arm::Without => without.push(run),
                 Arm::With => with.push(run),
                 Arm::Idle => idle.push(run),
+                Arm::NoHttp => no_http.push(run),
             }
         }
     }
@@ -85,6 +90,12 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         .map(|(w, b)| w.rps / b.rps)
         .collect();
     let idle_ratio = median(&mut idle_ratios);
+    let mut no_http_ratios: Vec<f64> = no_http
+        .iter()
+        .zip(&without)
+        .map(|(w, b)| w.rps / b.rps)
+        .collect();
+    let no_http_ratio = median(&mut no_http_ratios);
 
     let mut ratios: Vec<f64> = with
         .iter()
@@ -120,9 +131,11 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         ratios,
         ratio,
         idle_ratio,
+        no_http_ratio,
         without: without.iter().map(|r| r.rps).collect(),
         with: with.iter().map(|r| r.rps).collect(),
         idle: idle.iter().map(|r| r.rps).collect(),
+        no_http: no_http.iter().map(|r| r.rps).collect(),
         cpu_cores,
         cpu_per_10k,
         rss,
@@ -144,9 +157,11 @@ struct Report {
     ratios: Vec<f64>,
     ratio: f64,
     idle_ratio: f64,
+    no_http_ratio: f64,
     without: Vec<f64>,
     with: Vec<f64>,
     idle: Vec<f64>,
+    no_http: Vec<f64>,
     cpu_cores: f64,
     cpu_per_10k: f64,
     rss: u64,
@@ -190,6 +205,11 @@ fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
+        "| the same, agent selecting nginx with `--no-http` (connection counting only) | {:.3} | |",
+        r.no_http_ratio
+    );
+    let _ = writeln!(
+        s,
         "| agent CPU, normalised to 10 000 req/s | {:.3} cores | <= 0.1 core |",
         r.cpu_per_10k
     );
@@ -217,14 +237,15 @@ fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Method\n");
     let _ = writeln!(
         s,
-        "- nginx (1 worker, access log off) serves a 23-byte file on loopback; wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections. Each round runs three arms: without the agent, with the agent selecting nginx (`--port`), and with the agent attached but selecting an unused port; {PAIRS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
+        "- nginx (1 worker, access log off) serves a 23-byte file on loopback; wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections. Each round runs four arms: without the agent, with the agent selecting nginx (`--port`), with the agent attached but selecting an unused port, and with the agent selecting nginx with `--no-http`; {PAIRS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
     );
     let _ = writeln!(
         s,
-        "- Without agent (req/s): {}\n- With agent (req/s): {}\n- Agent attached, nginx not selected (req/s): {}\n- Per-pair ratios (with/without): {}",
+        "- Without agent (req/s): {}\n- With agent (req/s): {}\n- Agent attached, nginx not selected (req/s): {}\n- Agent with --no-http (req/s): {}\n- Per-round ratios (with/without): {}",
         fmt(&r.without),
         fmt(&r.with),
         fmt(&r.idle),
+        fmt(&r.no_http),
         r.ratios
             .iter()
             .map(|x| format!("{x:.3}"))
@@ -288,8 +309,8 @@ fn parse_criterion_throughput(text: &str) -> Option<f64> {
 }
 
 /// One wrk run against nginx on `port`, with the agent selecting
-/// `selected` when `agent` is given.
-fn measure(port: u16, agent: Option<&Path>, selected: u16) -> Result<Run> {
+/// `selected` (plus `extra` arguments) when `agent` is given.
+fn measure(port: u16, agent: Option<&Path>, selected: u16, extra: &[&str]) -> Result<Run> {
     let Some(agent) = agent else {
         let (rps, requests) = wrk(port, RUN_SECS)?;
         return Ok(Run {
@@ -307,6 +328,7 @@ fn measure(port: u16, agent: Option<&Path>, selected: u16) -> Result<Run> {
             &selected.to_string(),
         ])
         .args(["--log-format", "json", "--log-level", "warn"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
