@@ -84,24 +84,9 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         }
     }
     drop(nginx);
-    let mut idle_ratios: Vec<f64> = idle
-        .iter()
-        .zip(&without)
-        .map(|(w, b)| w.rps / b.rps)
-        .collect();
-    let idle_ratio = median(&mut idle_ratios);
-    let mut no_http_ratios: Vec<f64> = no_http
-        .iter()
-        .zip(&without)
-        .map(|(w, b)| w.rps / b.rps)
-        .collect();
-    let no_http_ratio = median(&mut no_http_ratios);
-
-    let mut ratios: Vec<f64> = with
-        .iter()
-        .zip(&without)
-        .map(|(w, b)| w.rps / b.rps)
-        .collect();
+    let idle_ratio = median(&mut per_round_ratios(&idle, &without));
+    let no_http_ratio = median(&mut per_round_ratios(&no_http, &without));
+    let mut ratios = per_round_ratios(&with, &without);
     let ratio = median(&mut ratios);
     let usage: Vec<&AgentUsage> = with
         .iter()
@@ -453,6 +438,14 @@ fn wrk(port: u16, secs: u64) -> Result<(f64, f64)> {
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no request total in wrk output: {text}"))?;
     Ok((rps, total))
+}
+
+/// Throughput of each run relative to the baseline run of the same round.
+fn per_round_ratios(runs: &[Run], baseline: &[Run]) -> Vec<f64> {
+    runs.iter()
+        .zip(baseline)
+        .map(|(r, b)| r.rps / b.rps)
+        .collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
