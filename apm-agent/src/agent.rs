@@ -74,9 +74,8 @@ pub struct Agent {
     port_names: HashMap<u16, String>,
     /// Ports the kernel counts but no scan could name: "unknown" for now.
     nameless: HashSet<u16>,
-    /// Service name of each tracked process.
-    pid_names: HashMap<u32, String>,
-    /// What the directory last published: pid → (service, ports).
+    /// Each tracked process: pid → (service, ports), as last published to
+    /// the directory.
     published: HashMap<u32, (String, Vec<u16>)>,
     /// Ports and pids the kernel maps refused (full): not retried.
     refused_ports: HashSet<u16>,
@@ -116,7 +115,6 @@ impl Agent {
             selection,
             port_names: HashMap::new(),
             nameless: HashSet::new(),
-            pid_names: HashMap::new(),
             published: HashMap::new(),
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
@@ -202,7 +200,7 @@ impl Agent {
             .set(i64::try_from(self.port_names.len() + self.nameless.len()).unwrap_or(i64::MAX));
         self.metrics
             .tracked_processes
-            .set(i64::try_from(self.pid_names.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.published.len()).unwrap_or(i64::MAX));
     }
 
     fn monitor_port(&mut self, port: u16, name: Option<String>) {
@@ -266,25 +264,27 @@ impl Agent {
     }
 
     fn track_pids(&mut self, owners_now: HashMap<u32, (String, Vec<u16>)>) {
+        if owners_now == self.published {
+            return;
+        }
         let gone: Vec<u32> = self
-            .pid_names
+            .published
             .keys()
             .filter(|pid| !owners_now.contains_key(pid))
             .copied()
             .collect();
         for pid in gone {
+            // Accounted under its name, still in `published` until the end.
             if let Some(kernel) = self.kernel.as_mut()
                 && let Some(last) = kernel.untrack_pid(pid)
             {
                 self.account_pid(pid, last);
             }
             self.last_pids.remove(&pid);
-            self.pid_names.remove(&pid);
         }
         self.refused_pids.retain(|pid| owners_now.contains_key(pid));
-        let changed = owners_now != self.published;
-        for (&pid, (name, ports)) in &owners_now {
-            if self.pid_names.insert(pid, name.clone()).is_some() {
+        for (&pid, (_, ports)) in &owners_now {
+            if self.published.contains_key(&pid) {
                 continue;
             }
             let Some(kernel) = self.kernel.as_mut() else {
@@ -315,24 +315,22 @@ impl Agent {
                 }
             }
         }
-        if changed {
-            self.publish_identities(&owners_now);
-            self.published = owners_now.clone();
-            self.directory.replace(
-                owners_now
-                    .into_iter()
-                    .map(|(pid, (name, ports))| {
-                        (
-                            pid,
-                            ServiceInfo {
-                                name: name.into(),
-                                ports,
-                            },
-                        )
-                    })
-                    .collect(),
-            );
-        }
+        self.publish_identities(&owners_now);
+        self.published = owners_now.clone();
+        self.directory.replace(
+            owners_now
+                .into_iter()
+                .map(|(pid, (name, ports))| {
+                    (
+                        pid,
+                        ServiceInfo {
+                            name: name.into(),
+                            ports,
+                        },
+                    )
+                })
+                .collect(),
+        );
     }
 
     /// `apm_service_info`: the container and pod of each service, from the
@@ -406,9 +404,9 @@ impl Agent {
     fn account_pid(&mut self, pid: u32, now: PidCounters) {
         let last = self.last_pids.insert(pid, now).unwrap_or_default();
         let name = self
-            .pid_names
+            .published
             .get(&pid)
-            .map_or(UNKNOWN_SERVICE, String::as_str);
+            .map_or(UNKNOWN_SERVICE, |(name, _)| name.as_str());
         self.metrics
             .accepted_sockets
             .with_label_values(&[name])
