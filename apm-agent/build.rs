@@ -6,11 +6,16 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
+// The files of Debian's toolchain that this build reads, with their
+// packages; xtask's bootstrap installs from the same table.
+include!("../xtask/src/needs.rs");
+
 /// The toolchain whose prebuilt `core` covers bpfel-unknown-none.
 const BPF_TOOLCHAIN: &str = "/usr";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=../apm-common/src");
+    println!("cargo:rerun-if-changed=../xtask/src/needs.rs");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if std::env::var_os("AYA_BUILD_SKIP").is_some() {
         // Lints and docs only: write an empty object; the agent then runs
@@ -19,15 +24,18 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(Path::new(&out).join("apm"), b"").context("writing placeholder")?;
         return Ok(());
     }
-    for needed in [
-        "/usr/bin/cargo",
-        "/usr/bin/rustc",
-        "/usr/lib/rustlib/bpfel-unknown-none",
-    ] {
-        if !Path::new(needed).exists() {
+    for need in EBPF_TOOLCHAIN {
+        let found = glob::glob(need.path)
+            .with_context(|| format!("bad pattern {}", need.path))?
+            .flatten()
+            .next();
+        if found.is_none() {
             bail!(
-                "{needed} is missing: install Debian's rustc-web and libstd-rust-web-dev-bpf \
-                 (cargo xtask build does it for you)"
+                "{} is missing: install the Debian package {} (`apt-get install {}`), \
+                 or run `cargo xtask build`, which installs it",
+                need.path,
+                need.package,
+                need.package
             );
         }
     }

@@ -10,43 +10,96 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages the eBPF build needs (see shared/TOOLCHAIN.md): Debian's
-/// Rust with a prebuilt `core` for bpfel, LLVM 22 for bpf-linker, bpftool to
-/// inspect what is loaded.
-const BUILD_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-    "bpftool",
+use crate::needs::{EBPF_TOOLCHAIN, Need};
+
+/// Files of LLVM 22 and the libraries bpf-linker links against, and
+/// bpftool to inspect what is loaded (see shared/TOOLCHAIN.md).
+const LINKER_NEEDS: &[Need] = &[
+    Need {
+        path: "/usr/lib/llvm-22/bin/llvm-config",
+        package: "llvm-22-dev",
+    },
+    Need {
+        path: "/usr/lib/llvm-22/lib/libLLVM.so.22*",
+        package: "libllvm22",
+    },
+    Need {
+        path: "/usr/lib/llvm-22/lib/libPolly*.a",
+        package: "libpolly-22-dev",
+    },
+    Need {
+        path: "/usr/lib/*-linux-gnu/libzstd.so",
+        package: "libzstd-dev",
+    },
+    Need {
+        path: "/usr/lib/*-linux-gnu/libz.so",
+        package: "zlib1g-dev",
+    },
+    Need {
+        path: "/usr/sbin/bpftool",
+        package: "bpftool",
+    },
 ];
 
-/// Debian packages the end-to-end tests use as real peers and tools.
-const TEST_PACKAGES: &[&str] = &[
-    // setpriv: start the agent without capabilities.
-    "util-linux",
-    "bpftool",
+/// Files of the real peers and tools the end-to-end tests drive.
+const TEST_NEEDS: &[Need] = &[
+    // Start the agent without capabilities.
+    Need {
+        path: "/usr/bin/setpriv",
+        package: "util-linux",
+    },
+    Need {
+        path: "/usr/sbin/bpftool",
+        package: "bpftool",
+    },
     // The non-Rust HTTP server of the end-to-end tests (http.server), and
     // the scripted resource-using services.
-    "python3",
+    Need {
+        path: "/usr/bin/python3",
+        package: "python3",
+    },
+    // The virtualenv for the PyPI manifest validators (Debian keeps
+    // ensurepip out of the standard library package).
+    Need {
+        path: "/usr/lib/python3.*/ensurepip/__init__.py",
+        package: "python3-venv",
+    },
     // A real dependency for /health/detailed.
-    "redis-server",
+    Need {
+        path: "/usr/bin/redis-server",
+        package: "redis-server",
+    },
     // Network namespaces for the container-like test server.
-    "iproute2",
+    Need {
+        path: "/bin/ip",
+        package: "iproute2",
+    },
     // A real Prometheus (and promtool) scraping the agent.
-    "prometheus",
-    // The virtualenv for the PyPI manifest validators.
-    "python3-venv",
+    Need {
+        path: "/usr/bin/prometheus",
+        package: "prometheus",
+    },
+    Need {
+        path: "/usr/bin/promtool",
+        package: "prometheus",
+    },
+];
+
+/// Files of what `cargo xtask bench` drives.
+const BENCH_NEEDS: &[Need] = &[
+    Need {
+        path: "/usr/sbin/nginx",
+        package: "nginx",
+    },
+    Need {
+        path: "/usr/bin/wrk",
+        package: "wrk",
+    },
 ];
 
 /// PyPI tools the deployment tests run, installed into a virtualenv under
 /// target/ (never into the system Python).
 const PY_TOOLS: &[&str] = &["kubernetes-validate", "yamllint"];
-
-/// Debian packages `cargo xtask bench` drives.
-const BENCH_PACKAGES: &[&str] = &["nginx", "wrk"];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -65,12 +118,12 @@ pub fn is_root() -> bool {
 }
 
 pub fn ensure_build_deps() -> Result<()> {
-    ensure_packages(BUILD_PACKAGES)?;
+    ensure_files(&[EBPF_TOOLCHAIN, LINKER_NEEDS].concat())?;
     ensure_bpf_linker()
 }
 
 pub fn ensure_test_deps() -> Result<()> {
-    ensure_packages(TEST_PACKAGES)
+    ensure_files(TEST_NEEDS)
 }
 
 /// A virtualenv with [`PY_TOOLS`] under `target/pytools`; returns its bin
@@ -108,20 +161,34 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
 }
 
 pub fn ensure_bench_deps() -> Result<()> {
-    ensure_packages(BENCH_PACKAGES)
+    ensure_files(BENCH_NEEDS)
 }
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Status}", package])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| o.status.success() && o.stdout == b"installed")
-        .unwrap_or(false)
+/// The first existing path that `pattern` names below `root` (`/` on a
+/// real machine; a scratch directory in the tests).
+fn find(root: &Path, pattern: &str) -> Option<PathBuf> {
+    let full = root.join(pattern.trim_start_matches('/'));
+    glob::glob(full.to_str()?).ok()?.flatten().next()
 }
 
-fn ensure_packages(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+/// The packages to install so that every file of `needs` exists below
+/// `root`, each named once, in table order.
+fn missing_packages(root: &Path, needs: &[Need]) -> Vec<&'static str> {
+    let mut missing: Vec<&'static str> = Vec::new();
+    for need in needs {
+        if find(root, need.path).is_none() && !missing.contains(&need.package) {
+            missing.push(need.package);
+        }
+    }
+    missing
+}
+
+/// Installs the package of every missing file. `--reinstall` also repairs
+/// a package that dpkg calls installed but whose file is gone; for one not
+/// installed it is a plain install.
+fn ensure_files(needs: &[Need]) -> Result<()> {
+    let root = Path::new("/");
+    let missing = missing_packages(root, needs);
     if missing.is_empty() {
         return Ok(());
     }
@@ -139,9 +206,23 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
     if !APT_UPDATED.swap(true, Ordering::SeqCst) {
         apt(&["update", "-q"])?;
     }
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    let mut args = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--reinstall",
+    ];
     args.extend(&missing);
-    apt(&args)
+    apt(&args)?;
+    if let Some(need) = needs.iter().find(|n| find(root, n.path).is_none()) {
+        bail!(
+            "{} is still missing after installing the Debian package {}; install it by hand",
+            need.path,
+            need.package
+        );
+    }
+    Ok(())
 }
 
 fn apt(args: &[&str]) -> Result<()> {
@@ -228,4 +309,117 @@ fn ensure_bpf_linker() -> Result<()> {
         bail!("cargo install bpf-linker failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_needs() -> Vec<(&'static str, &'static [Need])> {
+        vec![
+            ("build", EBPF_TOOLCHAIN),
+            ("build", LINKER_NEEDS),
+            ("test", TEST_NEEDS),
+            ("bench", BENCH_NEEDS),
+        ]
+    }
+
+    #[test]
+    fn a_missing_file_names_its_package_once() {
+        let root = std::env::temp_dir().join(format!("apm-needs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let needs = [EBPF_TOOLCHAIN, LINKER_NEEDS].concat();
+        for need in &needs {
+            let path = root.join(
+                need.path
+                    .trim_start_matches('/')
+                    .replace("*-linux-gnu", "x86_64-linux-gnu")
+                    .replace('*', "1"),
+            );
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, b"").expect("touch");
+        }
+        assert!(missing_packages(&root, &needs).is_empty());
+        // Debian's cargo is only a Recommends of rustc-web: the file is what
+        // tells it is missing.
+        std::fs::remove_file(root.join("usr/bin/cargo")).expect("rm cargo");
+        assert_eq!(missing_packages(&root, &needs), ["cargo-web"]);
+        for lib in ["libzstd.so", "libz.so"] {
+            std::fs::remove_file(root.join("usr/lib/x86_64-linux-gnu").join(lib)).expect("rm");
+        }
+        assert_eq!(
+            missing_packages(&root, &needs),
+            ["cargo-web", "libzstd-dev", "zlib1g-dev"]
+        );
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    /// The packages that own `path` according to dpkg.
+    fn owners(path: &Path) -> Vec<String> {
+        let out = Command::new("dpkg")
+            .arg("-S")
+            .arg(path)
+            .output()
+            .expect("dpkg -S");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some((owners, _)) = text.lines().next().and_then(|l| l.split_once(": ")) else {
+            return Vec::new();
+        };
+        owners
+            .split(", ")
+            .map(|o| o.split(':').next().unwrap_or(o).to_owned())
+            .collect()
+    }
+
+    /// `package` and the packages it depends on directly.
+    fn package_and_deps(package: &str) -> Vec<String> {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Depends}, ${Pre-Depends}", package])
+            .output()
+            .expect("dpkg-query");
+        let mut names = vec![package.to_owned()];
+        for alternative in String::from_utf8_lossy(&out.stdout).split([',', '|']) {
+            if let Some(name) = alternative.split_whitespace().next() {
+                names.push(name.split(':').next().unwrap_or(name).to_owned());
+            }
+        }
+        names
+    }
+
+    /// Checks the table against dpkg: every file that exists here belongs to
+    /// its package (or to a direct dependency that the package brings).
+    /// `cargo xtask test` names in APM_BOOTSTRAPPED the groups it installed
+    /// before running this, and every file of those groups must exist.
+    #[test]
+    fn every_needed_file_belongs_to_its_package() {
+        if !Path::new("/var/lib/dpkg/status").exists() {
+            eprintln!("not a Debian machine: nothing to check against");
+            return;
+        }
+        let required = std::env::var("APM_BOOTSTRAPPED").unwrap_or_default();
+        let mut checked = 0;
+        for (group, needs) in all_needs() {
+            for need in needs {
+                let Some(path) = find(Path::new("/"), need.path) else {
+                    assert!(
+                        !required.split(',').any(|g| g == group),
+                        "{} ({group}) is missing although xtask installed {}",
+                        need.path,
+                        need.package
+                    );
+                    continue;
+                };
+                let owners = owners(&path);
+                let allowed = package_and_deps(need.package);
+                assert!(
+                    owners.iter().any(|o| allowed.contains(o)),
+                    "{} belongs to {owners:?}, not to {} or its dependencies {allowed:?}",
+                    path.display(),
+                    need.package
+                );
+                checked += 1;
+            }
+        }
+        eprintln!("{checked} needed files checked against dpkg");
+    }
 }
