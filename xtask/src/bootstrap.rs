@@ -20,7 +20,7 @@ const LINKER_NEEDS: &[Need] = &[
         package: "llvm-22-dev",
     },
     Need {
-        path: "/usr/lib/llvm-22/lib/libLLVM.so.22*",
+        path: "/usr/lib/*-linux-gnu/libLLVM.so.22*",
         package: "libllvm22",
     },
     Need {
