@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use apm_agent::{
-    metrics::Metrics,
-    requests::{Directory, Requests, ServiceInfo, synthetic::record},
-    routes::RouteConfig,
+    protocols::routes::RouteConfig,
+    telemetry::metrics::Metrics,
+    telemetry::requests::{Directory, Requests, ServiceInfo, synthetic::record},
 };
 use apm_common::events::EventKind;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -12,15 +12,13 @@ use apm_common::{Drop, PidCounters, PortCounters};
 use tracing::{info, warn};
 
 use crate::{
+    capture::Capture,
+    capture::kernel::{Kernel, ProbeReport},
     config::Config,
-    discovery::{Discovery, Listeners, Owner},
-    metrics::Metrics,
-    probes::{Kernel, ProbeReport},
-    requests::{Directory, ServiceInfo},
+    services::directory::{Directory, ServiceInfo, Services, UNKNOWN_SERVICE},
+    services::discovery::{Discovery, Listeners, Owner},
+    telemetry::metrics::Metrics,
 };
-
-/// Label value for a port or process whose owner is not known.
-pub const UNKNOWN_SERVICE: &str = "unknown";
 
 /// What the user asked to monitor.
 #[derive(Clone, Debug, Default)]
@@ -77,6 +75,10 @@ pub struct Agent {
     /// Each tracked process: pid → (service, ports), as last published to
     /// the directory.
     published: HashMap<u32, (String, Vec<u16>)>,
+    /// What the directory holds now.
+    services: Services,
+    /// Network-namespace inode → its cookie (None: could not be read).
+    netns_cookies: HashMap<u64, Option<u64>>,
     /// Ports and pids the kernel maps refused (full): not retried.
     refused_ports: HashSet<u16>,
     refused_pids: HashSet<u32>,
@@ -116,6 +118,8 @@ impl Agent {
             port_names: HashMap::new(),
             nameless: HashSet::new(),
             published: HashMap::new(),
+            services: Services::default(),
+            netns_cookies: HashMap::new(),
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
             last_ports: HashMap::new(),
@@ -195,6 +199,7 @@ impl Agent {
             }
         }
         self.track_pids(owners_now);
+        self.publish_directory(listeners);
         self.metrics
             .monitored_ports
             .set(i64::try_from(self.port_names.len() + self.nameless.len()).unwrap_or(i64::MAX));
@@ -231,7 +236,11 @@ impl Agent {
         if self.refused_ports.contains(&port) {
             return;
         }
-        if let Err(e) = kernel.add_port(port) {
+        let captured = match kernel.capture() {
+            Capture::Packets => kernel.capture_port(port),
+            Capture::Syscalls => Ok(()),
+        };
+        if let Err(e) = kernel.add_port(port).and(captured) {
             self.refused_ports.insert(port);
             self.metrics
                 .agent_drops
@@ -287,7 +296,12 @@ impl Agent {
             if self.published.contains_key(&pid) {
                 continue;
             }
-            let Some(kernel) = self.kernel.as_mut() else {
+            // Only the syscall capture traces processes; packets need none.
+            let Some(kernel) = self
+                .kernel
+                .as_mut()
+                .filter(|k| k.capture() == Capture::Syscalls)
+            else {
                 continue;
             };
             if self.refused_pids.contains(&pid) {
@@ -316,21 +330,61 @@ impl Agent {
             }
         }
         self.publish_identities(&owners_now);
-        self.published = owners_now.clone();
-        self.directory.replace(
-            owners_now
-                .into_iter()
-                .map(|(pid, (name, ports))| {
+        self.published = owners_now;
+    }
+
+    /// Hands the request pipeline and the sampler a new directory when
+    /// anything in it changed: processes, ports, and (for packet records)
+    /// each (network-namespace cookie, port) listener.
+    fn publish_directory(&mut self, listeners: &Listeners) {
+        let mut by_socket = HashMap::new();
+        for (&(ns, port), owners) in &listeners.by_socket {
+            if ns == 0 || !self.selection.selects(port, owners) {
+                continue;
+            }
+            let holder = listeners.holders.get(&(ns, port)).copied();
+            let cookie = *self.netns_cookies.entry(ns).or_insert_with(|| {
+                let (pid, fd) = holder?;
+                match crate::services::netns::cookie_of(pid, fd) {
+                    Ok(cookie) => Some(cookie),
+                    Err(e) => {
+                        warn!(netns = ns, pid, error = %e, "cannot read a network namespace's cookie; its services are named by port alone");
+                        None
+                    }
+                }
+            });
+            let Some(cookie) = cookie else { continue };
+            let name = self
+                .selection
+                .service_name(port, owners)
+                .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+            by_socket.insert((cookie, port), name.into());
+        }
+        let services = Services {
+            by_pid: self
+                .published
+                .iter()
+                .map(|(&pid, (name, ports))| {
                     (
                         pid,
                         ServiceInfo {
-                            name: name.into(),
-                            ports,
+                            name: name.as_str().into(),
+                            ports: ports.clone(),
                         },
                     )
                 })
                 .collect(),
-        );
+            by_socket,
+            by_port: self
+                .port_names
+                .iter()
+                .map(|(&port, name)| (port, name.as_str().into()))
+                .collect(),
+        };
+        if services != self.services {
+            self.directory.replace(services.clone());
+            self.services = services;
+        }
     }
 
     /// `apm_service_info`: the container and pod of each service, from the
@@ -343,7 +397,7 @@ impl Agent {
         }
         self.metrics.service_info.reset();
         for (name, pid) in first {
-            let id = crate::identity::of_process(&self.proc_root, pid);
+            let id = crate::services::identity::of_process(&self.proc_root, pid);
             self.metrics
                 .service_info
                 .with_label_values(&[

@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use apm_common::events::RINGBUF_BYTES;
 use clap::{Parser, ValueEnum};
+
+use crate::capture::Capture;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -43,7 +46,7 @@ pub struct Config {
     /// A route pattern that takes precedence over automatic templating,
     /// e.g. `/users/{name}/profile` or `/static/{*path}` (repeatable).
     #[arg(long = "route", env = "APM_ROUTE", value_delimiter = ',', value_parser = parse_route)]
-    pub routes: Vec<crate::routes::Pattern>,
+    pub routes: Vec<crate::protocols::routes::Pattern>,
 
     /// Connections whose HTTP requests are paired at once; beyond that,
     /// idle ones are evicted and new ones are not tracked (counted).
@@ -57,7 +60,7 @@ pub struct Config {
     /// A dependency whose health /health/detailed reports:
     /// `redis://host:port` (PING) or `tcp://host:port` (connect) (repeatable).
     #[arg(long = "check", env = "APM_CHECK", value_delimiter = ',')]
-    pub checks: Vec<crate::health::Dependency>,
+    pub checks: Vec<crate::serve::health::Dependency>,
 
     /// How often dependencies are checked.
     #[arg(long, env = "APM_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -76,9 +79,21 @@ pub struct Config {
     pub proc_root: PathBuf,
 
     /// Count connections but do not time HTTP requests: leaves out the
-    /// read/write syscall probes, which cost every syscall on the host.
+    /// packet (or read/write syscall) probes.
     #[arg(long, env = "APM_NO_HTTP")]
     pub no_http: bool,
+
+    /// Where HTTP bytes come from: `packets` (cgroup_skb programs on the
+    /// cgroup-v2 root; no syscall is slowed) or `syscalls` (read/write
+    /// tracepoints, for hosts without cgroup v2; every syscall on the host
+    /// pays for them). Without cgroup v2, packets fall back to syscalls.
+    #[arg(long, env = "APM_CAPTURE", value_enum, default_value_t = Capture::Packets)]
+    pub capture: Capture,
+
+    /// Size of the kernel's ring buffer of records, in bytes: a power of
+    /// two, at least 64 KiB. Records that do not fit are lost and counted.
+    #[arg(long, env = "APM_RING_BUFFER_BYTES", default_value_t = RINGBUF_BYTES, value_parser = parse_ring_bytes)]
+    pub ring_buffer_bytes: u32,
 
     /// Do not load eBPF programs (procfs-only mode).
     #[arg(long, env = "APM_NO_EBPF")]
@@ -106,8 +121,16 @@ impl Config {
     }
 }
 
-fn parse_route(s: &str) -> Result<crate::routes::Pattern, String> {
-    crate::routes::Pattern::parse(s)
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 65_536 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 65536"));
+    }
+    Ok(n)
+}
+
+fn parse_route(s: &str) -> Result<crate::protocols::routes::Pattern, String> {
+    crate::protocols::routes::Pattern::parse(s)
 }
 
 /// Longest service name accepted on the command line (it becomes a label).

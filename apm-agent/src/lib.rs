@@ -1,19 +1,21 @@
 //! apm's userspace agent as a library: `main.rs` only wires configuration,
-//! tasks and shutdown together. Modules that need neither root nor a kernel
-//! (config, discovery, agent bookkeeping, metrics, api) are unit-tested.
+//! tasks and shutdown together.
+//!
+//! The folders read in the order data flows, and a module imports only
+//! from folders before its own:
+//! `capture` (kernel programs, ring reader) → `streams` (per-connection
+//! byte streams, pairing) → `protocols` (HTTP parsing, route templates) →
+//! `services` (who listens where, what a service is called) → `telemetry`
+//! (metrics, request statistics, sampling, logs) → `serve` (admin API,
+//! health). `config` and `agent` at the root wire the stages together.
+//! Everything but `capture::kernel` and `capture::reader` runs without root
+//! and is unit-tested.
 
 pub mod agent;
-pub mod api;
+pub mod capture;
 pub mod config;
-pub mod discovery;
-pub mod events;
-pub mod health;
-pub mod http;
-pub mod identity;
-pub mod logs;
-pub mod metrics;
-pub mod pairing;
-pub mod probes;
-pub mod requests;
-pub mod routes;
-pub mod sampler;
+pub mod protocols;
+pub mod serve;
+pub mod services;
+pub mod streams;
+pub mod telemetry;

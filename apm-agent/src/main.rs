@@ -10,15 +10,15 @@ use std::{
 use anyhow::Context as _;
 use apm_agent::{
     agent::Agent,
-    api::{self, AppState},
+    capture::kernel::{self, ProbeReport, StartOptions},
     config::{Config, LogFormat},
-    health,
-    logs::{LogRing, RingLayer},
-    metrics::Metrics,
-    probes::{self, ProbeReport},
-    requests::{Requests, monotonic_ns},
-    routes::RouteConfig,
-    sampler::Sampler,
+    protocols::routes::RouteConfig,
+    serve::api::{self, AppState},
+    serve::health,
+    telemetry::logs::{LogRing, RingLayer},
+    telemetry::metrics::Metrics,
+    telemetry::requests::{Requests, monotonic_ns},
+    telemetry::sampler::Sampler,
 };
 use clap::Parser as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -75,7 +75,13 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             },
         )
     } else {
-        probes::start(config.monitors_all_ports(), config.no_http)
+        kernel::start(&StartOptions {
+            all_ports: config.monitors_all_ports(),
+            http: !config.no_http,
+            capture: config.capture,
+            ring_bytes: config.ring_buffer_bytes,
+            mountinfo: config.proc_root.join("self/mountinfo"),
+        })
     };
     match &report.disabled_reason {
         Some(reason) => error!(
@@ -88,10 +94,17 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             }
             let off = report.off.len();
             let attached = report.probes.iter().filter(|p| p.ok).count() - off;
+            if let Some(reason) = &report.capture_fallback {
+                warn!(
+                    reason = %reason,
+                    "packet capture unavailable; timing HTTP from syscalls instead (slower for the whole host)"
+                );
+            }
             info!(
                 attached,
                 off,
                 total = report.probes.len(),
+                capture = report.capture,
                 "eBPF programs attached"
             );
         }
@@ -113,7 +126,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let reader = events.map(|ring| {
-        tokio::spawn(apm_agent::events::run(
+        tokio::spawn(apm_agent::capture::reader::run(
             ring,
             requests.clone(),
             metrics.clone(),
@@ -239,7 +252,7 @@ async fn sample_loop(state: AppState, sampler: Sampler, mut stop: watch::Receive
             let Ok(mut sampler) = sampler.lock() else {
                 return;
             };
-            let sample = sampler.sample(&services, &state.metrics);
+            let sample = sampler.sample(&services.by_pid, &state.metrics);
             if let Ok(mut slot) = state.system.write() {
                 *slot = Some((Instant::now(), sample));
             }

@@ -30,6 +30,9 @@ pub enum EventKind {
     Sendfile = 4,
     /// close(`fd`).
     Close = 5,
+    /// A TCP segment of a monitored server socket, seen by the cgroup_skb
+    /// programs: a [`PacketEvent`].
+    Packet = 6,
 }
 
 impl EventKind {
@@ -40,6 +43,7 @@ impl EventKind {
             3 => Self::Write,
             4 => Self::Sendfile,
             5 => Self::Close,
+            6 => Self::Packet,
             _ => return None,
         })
     }
@@ -79,8 +83,100 @@ pub struct DataEvent {
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + DATA_CAP);
 
 /// Size of the ring buffer in bytes (a power of two, page aligned): about
-/// 15 000 data records, most of a second of slack at 10 000 requests/s.
-pub const RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
+/// 7 500 data records. The reader drains it every [`POLL_INTERVAL_MS`] or
+/// at [`WAKEUP_BYTES`], so this is about 150 ms of slack at 25 000
+/// requests/s (two records each), far more than a drain takes. The agent
+/// may set another size at load time (`--ring-buffer-bytes`).
+pub const RINGBUF_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Direction of a [`PacketEvent`], as the server socket sees it.
+pub mod direction {
+    /// Received by the server: request bytes.
+    pub const INGRESS: u8 = 0;
+    /// Sent by the server: response bytes.
+    pub const EGRESS: u8 = 1;
+}
+
+/// TCP header flags as they appear in [`PacketHeader::flags`].
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+}
+
+/// The header of a [`PacketEvent`]: one TCP segment (or GSO/GRO batch of
+/// segments) of a socket whose local port is selected, with payload or a
+/// FIN/RST. `kind` sits where [`EventHeader::kind`] does, so a reader can
+/// tell the two apart from the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// [`EventKind::Packet`].
+    pub kind: u32,
+    /// Valid bytes in [`PacketEvent::data`].
+    pub captured: u32,
+    /// `bpf_ktime_get_ns()` when the program saw the segment.
+    pub ts_ns: u64,
+    /// `bpf_get_socket_cookie()`: the connection, unique for the life of
+    /// the host.
+    pub cookie: u64,
+    /// `bpf_get_netns_cookie()`: the socket's network namespace.
+    pub netns: u64,
+    /// TCP sequence number of the first payload byte.
+    pub seq: u32,
+    /// Payload bytes in the segment.
+    pub len: u32,
+    /// Local (server) port, host byte order.
+    pub port: u16,
+    /// A [`direction`] constant.
+    pub direction: u8,
+    /// The TCP flags byte ([`tcp_flags`]).
+    pub flags: u8,
+    /// Valid bytes in `tail`.
+    pub tail_len: u8,
+    pub _pad: [u8; 3],
+    /// The last payload bytes of a segment longer than [`DATA_CAP`].
+    pub tail: [u8; TAIL_CAP],
+}
+const _: () = assert!(core::mem::size_of::<PacketHeader>() == 56);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketEvent {
+    pub header: PacketHeader,
+    pub data: [u8; DATA_CAP],
+}
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 56 + DATA_CAP);
+
+/// The kind of any ring-buffer record (its first four bytes).
+pub fn record_kind(record: &[u8]) -> Option<EventKind> {
+    let bytes: [u8; 4] = record.get(..4)?.try_into().ok()?;
+    EventKind::from_u32(u32::from_ne_bytes(bytes))
+}
+
+impl PacketHeader {
+    /// Decodes the header at the start of a packet record.
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        if record.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the slice holds at least size_of::<Self>() bytes, the type
+        // is repr(C) plain integers (any bit pattern is valid), and
+        // read_unaligned makes no alignment assumption.
+        Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
+    }
+
+    /// The captured payload prefix (empty for a short or lying record).
+    pub fn payload<'a>(&self, record: &'a [u8]) -> &'a [u8] {
+        let start = core::mem::size_of::<Self>();
+        let end = start + (self.captured as usize).min(DATA_CAP);
+        record.get(start..end).unwrap_or(&[])
+    }
+
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..(self.tail_len as usize).min(TAIL_CAP)]
+    }
+}
 
 /// Queued bytes at which the kernel wakes the reader (about 240 data
 /// records); below it the reader finds records on its poll timer
@@ -150,6 +246,43 @@ mod tests {
         assert_eq!(EventKind::from_u32(h.kind), Some(EventKind::Read));
         assert_eq!(h.payload(bytes), b"GET /");
         assert_eq!(h.tail(), b"\r\n");
+    }
+
+    #[test]
+    fn packet_event_round_trips_through_bytes() {
+        let mut ev = PacketEvent {
+            header: PacketHeader {
+                kind: EventKind::Packet as u32,
+                captured: 3,
+                ts_ns: 1,
+                cookie: 2,
+                netns: 3,
+                seq: 4,
+                len: 5000,
+                port: 8080,
+                direction: direction::EGRESS,
+                flags: tcp_flags::FIN,
+                tail_len: 5,
+                _pad: [0; 3],
+                tail: *b"0\r\n\r\n\0\0\0",
+            },
+            data: [0; DATA_CAP],
+        };
+        ev.data[..3].copy_from_slice(b"HTT");
+        // SAFETY: PacketEvent is repr(C) plain data; viewing it as bytes is sound.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&ev as *const PacketEvent).cast::<u8>(),
+                core::mem::size_of::<PacketEvent>(),
+            )
+        };
+        assert_eq!(record_kind(bytes), Some(EventKind::Packet));
+        let h = PacketHeader::decode(bytes).expect("decode");
+        assert_eq!(h, ev.header);
+        assert_eq!(h.payload(bytes), b"HTT");
+        assert_eq!(h.tail(), b"0\r\n\r\n");
+        assert!(PacketHeader::decode(&bytes[..40]).is_none());
+        assert_eq!(record_kind(&[1, 0]), None);
     }
 
     #[test]

@@ -30,7 +30,13 @@ pub const PEERS_MAX: u32 = 16_384;
 pub const INFLIGHT: &str = "INFLIGHT";
 pub const INFLIGHT_MAX: u32 = 16_384;
 
-/// `RingBuf` of `events::EventHeader`-prefixed records.
+/// `Array<u32>` indexed by local port: non-zero when the cgroup_skb
+/// programs capture that port's segments.
+pub const CAPTURE_PORTS: &str = "CAPTURE_PORTS";
+pub const CAPTURE_PORTS_MAX: u32 = 65_536;
+
+/// `RingBuf` of `events::EventHeader`- or `events::PacketHeader`-prefixed
+/// records.
 pub const EVENTS: &str = "EVENTS";
 
 /// `Array<Config>` with one element.
@@ -39,76 +45,95 @@ pub const CONFIG: &str = "CONFIG";
 /// `PerCpuArray<u64>` indexed by [`crate::Drop`].
 pub const DROPS: &str = "DROPS";
 
-/// One kernel program: its name in the object and the tracepoint it attaches to.
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// The tracepoint `category:name`.
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    /// cgroup_skb ingress on the cgroup-v2 root.
+    CgroupSkbIngress,
+    /// cgroup_skb egress on the cgroup-v2 root.
+    CgroupSkbEgress,
+}
+
+/// What a program is for, which decides when the agent attaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Connection counting; attached in every mode. Without it apm has no
+    /// eBPF data at all.
+    Connections,
+    /// accept/close: descriptor state for the syscall capture.
+    SyscallState,
+    /// read/write families: request bytes for the syscall capture.
+    SyscallData,
+    /// Packets of monitored ports: request bytes for the packet capture.
+    PacketData,
+}
+
+/// One kernel program: its name in the object, its hook and its role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
     pub program: &'static str,
-    pub category: &'static str,
-    pub tracepoint: &'static str,
-    /// Without this probe apm has no connection counts at all.
-    pub essential: bool,
-    /// Only needed for HTTP request timing (the read/write family); the
-    /// agent leaves these out with `--no-http`.
-    pub http: bool,
+    pub hook: Hook,
+    pub role: Role,
 }
 
 /// Every program in the object, in attach order.
 pub const PROBES: &[Probe] = &[
-    essential("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    syscall("sys_enter_accept4"),
-    syscall("sys_exit_accept4"),
-    syscall("sys_enter_accept"),
-    syscall("sys_exit_accept"),
-    syscall("sys_enter_close"),
-    io("sys_enter_read"),
-    io("sys_exit_read"),
-    io("sys_enter_readv"),
-    io("sys_exit_readv"),
-    io("sys_enter_recvfrom"),
-    io("sys_exit_recvfrom"),
-    io("sys_enter_recvmsg"),
-    io("sys_exit_recvmsg"),
-    io("sys_enter_write"),
-    io("sys_exit_write"),
-    io("sys_enter_writev"),
-    io("sys_exit_writev"),
-    io("sys_enter_sendto"),
-    io("sys_exit_sendto"),
-    io("sys_enter_sendmsg"),
-    io("sys_exit_sendmsg"),
-    io("sys_enter_sendfile64"),
-    io("sys_exit_sendfile64"),
+    Probe {
+        program: "inet_sock_set_state",
+        hook: Hook::Tracepoint {
+            category: "sock",
+            name: "inet_sock_set_state",
+        },
+        role: Role::Connections,
+    },
+    Probe {
+        program: "capture_ingress",
+        hook: Hook::CgroupSkbIngress,
+        role: Role::PacketData,
+    },
+    Probe {
+        program: "capture_egress",
+        hook: Hook::CgroupSkbEgress,
+        role: Role::PacketData,
+    },
+    syscall("sys_enter_accept4", Role::SyscallState),
+    syscall("sys_exit_accept4", Role::SyscallState),
+    syscall("sys_enter_accept", Role::SyscallState),
+    syscall("sys_exit_accept", Role::SyscallState),
+    syscall("sys_enter_close", Role::SyscallState),
+    syscall("sys_enter_read", Role::SyscallData),
+    syscall("sys_exit_read", Role::SyscallData),
+    syscall("sys_enter_readv", Role::SyscallData),
+    syscall("sys_exit_readv", Role::SyscallData),
+    syscall("sys_enter_recvfrom", Role::SyscallData),
+    syscall("sys_exit_recvfrom", Role::SyscallData),
+    syscall("sys_enter_recvmsg", Role::SyscallData),
+    syscall("sys_exit_recvmsg", Role::SyscallData),
+    syscall("sys_enter_write", Role::SyscallData),
+    syscall("sys_exit_write", Role::SyscallData),
+    syscall("sys_enter_writev", Role::SyscallData),
+    syscall("sys_exit_writev", Role::SyscallData),
+    syscall("sys_enter_sendto", Role::SyscallData),
+    syscall("sys_exit_sendto", Role::SyscallData),
+    syscall("sys_enter_sendmsg", Role::SyscallData),
+    syscall("sys_exit_sendmsg", Role::SyscallData),
+    syscall("sys_enter_sendfile64", Role::SyscallData),
+    syscall("sys_exit_sendfile64", Role::SyscallData),
 ];
 
-const fn essential(
-    program: &'static str,
-    category: &'static str,
-    tracepoint: &'static str,
-) -> Probe {
-    Probe {
-        program,
-        category,
-        tracepoint,
-        essential: true,
-        http: false,
-    }
-}
-
 /// A `syscalls:` tracepoint whose program has the tracepoint's name.
-const fn syscall(name: &'static str) -> Probe {
+const fn syscall(name: &'static str, role: Role) -> Probe {
     Probe {
         program: name,
-        category: "syscalls",
-        tracepoint: name,
-        essential: false,
-        http: false,
-    }
-}
-
-/// A read/write-family `syscalls:` tracepoint, needed only for HTTP.
-const fn io(name: &'static str) -> Probe {
-    Probe {
-        http: true,
-        ..syscall(name)
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            name,
+        },
+        role,
     }
 }

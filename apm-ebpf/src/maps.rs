@@ -8,7 +8,9 @@ use aya_ebpf::{
 use apm_common::{
     Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PortCounters, SocketInfo,
     events::RINGBUF_BYTES,
-    maps::{CONNS_MAX, INFLIGHT_MAX, PEERS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX},
+    maps::{
+        CAPTURE_PORTS_MAX, CONNS_MAX, INFLIGHT_MAX, PEERS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX,
+    },
 };
 
 #[map]
@@ -28,6 +30,9 @@ pub static PEERS: LruHashMap<PeerKey, u16> = LruHashMap::with_max_entries(PEERS_
 
 #[map]
 pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+
+#[map]
+pub static CAPTURE_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);

@@ -3,4 +3,5 @@
 pub mod accept;
 pub mod close;
 pub mod io;
+pub mod packets;
 pub mod tcp_state;

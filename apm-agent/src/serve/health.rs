@@ -14,7 +14,9 @@ use std::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::{metrics::Metrics, probes::ProbeReport, sampler::SystemSample};
+use crate::{
+    capture::kernel::ProbeReport, telemetry::metrics::Metrics, telemetry::sampler::SystemSample,
+};
 
 /// Memory or disk use above this is `degraded`.
 pub const USAGE_LIMIT: f64 = 0.90;
@@ -301,7 +303,7 @@ pub fn evaluate(i: &Inputs<'_>) -> HealthReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::{Filesystem, HostSample};
+    use crate::telemetry::sampler::{Filesystem, HostSample};
 
     fn sample(mem: f64, disk: f64) -> SystemSample {
         SystemSample {

@@ -1,4 +1,6 @@
-//! Request/response pairing per connection, from read/write/close records.
+//! Request/response pairing per connection, from read/write/close events
+//! of either capture (syscall records, or packets turned into in-order
+//! stream pieces by `reassembly`).
 //!
 //! Each connection keeps a FIFO of parsed requests awaiting a response, so
 //! keep-alive and pipelined HTTP/1.1 (several requests in one read,
@@ -18,9 +20,9 @@ use std::{
     sync::Arc,
 };
 
-use apm_common::{ConnKey, events::EventKind};
+use apm_common::events::EventKind;
 
-use crate::{
+use crate::protocols::{
     http::{self, Framing, Method, ParseError},
     routes::Route,
 };
@@ -31,13 +33,24 @@ pub const MAX_PIPELINE: usize = 64;
 /// inside it.
 const MAX_CARRY: usize = 1024;
 
-/// One record from the kernel, decoded.
+/// Whose connection it is, for naming its service: the process (syscall
+/// capture) or the server socket's namespace and port (packet capture).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Process(u32),
+    Socket { netns: u64, port: u16 },
+}
+
+/// One piece of a connection's traffic, decoded. `Read` carries request
+/// bytes, `Write` response bytes, `Sendfile` response bytes not captured.
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {
     pub kind: EventKind,
     pub ts_ns: u64,
-    pub tgid: u32,
-    pub fd: u32,
+    /// The connection: (tgid << 32 | fd) for syscalls, the socket cookie
+    /// for packets.
+    pub conn: u64,
+    pub origin: Origin,
     pub port: u16,
     /// Bytes transferred.
     pub ret: i64,
@@ -63,10 +76,14 @@ pub enum Unpaired {
     QueueFull,
     /// Connection state dropped (idle too long, table full, fd reused).
     Evicted,
+    /// Bytes of the connection were never seen (ring-buffer loss, a
+    /// segment out of order): the requests waiting on it are dropped and
+    /// pairing resyncs; each gap counts at least once.
+    Gap,
 }
 
 impl Unpaired {
-    pub const ALL: [Unpaired; 7] = [
+    pub const ALL: [Unpaired; 8] = [
         Unpaired::ClosedMidRequest,
         Unpaired::ClosedMidResponse,
         Unpaired::ResponseWithoutRequest,
@@ -74,6 +91,7 @@ impl Unpaired {
         Unpaired::Truncated,
         Unpaired::QueueFull,
         Unpaired::Evicted,
+        Unpaired::Gap,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -85,6 +103,7 @@ impl Unpaired {
             Self::Truncated => "truncated",
             Self::QueueFull => "queue_full",
             Self::Evicted => "evicted",
+            Self::Gap => "gap",
         }
     }
 }
@@ -92,7 +111,7 @@ impl Unpaired {
 /// A paired request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completed {
-    pub tgid: u32,
+    pub origin: Origin,
     pub port: u16,
     pub method: Method,
     pub route: Arc<str>,
@@ -103,10 +122,10 @@ pub struct Completed {
 /// Where pairing results go. `route` turns a raw path into a template
 /// (the raw path goes no further).
 pub trait Sink {
-    fn route(&mut self, tgid: u32, path: &str) -> Route;
-    fn request(&mut self, tgid: u32, port: u16);
+    fn route(&mut self, origin: Origin, path: &str) -> Route;
+    fn request(&mut self, origin: Origin, port: u16);
     fn completed(&mut self, done: Completed);
-    fn unpaired(&mut self, tgid: u32, port: u16, reason: Unpaired);
+    fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired);
 }
 
 #[derive(Clone, Debug)]
@@ -144,10 +163,14 @@ enum RespPhase {
     UntilClose,
     /// Framing unknown: ends at the last write before the next message.
     Unframed,
+    /// After a gap: response bytes are ignored until a request has
+    /// arrived and a status line starts.
+    Lost,
 }
 
 #[derive(Debug)]
 struct Conn {
+    origin: Origin,
     port: u16,
     pending: VecDeque<Pending>,
     current: Option<Current>,
@@ -164,8 +187,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(port: u16, now: u64) -> Self {
+    fn new(origin: Origin, port: u16, now: u64) -> Self {
         Self {
+            origin,
             port,
             pending: VecDeque::new(),
             current: None,
@@ -184,7 +208,7 @@ impl Conn {
 /// One request in flight, for /stats/requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InFlight {
-    pub tgid: u32,
+    pub origin: Origin,
     pub port: u16,
     pub method: Method,
     pub route: Arc<str>,
@@ -192,7 +216,7 @@ pub struct InFlight {
 }
 
 pub struct Tracker {
-    conns: HashMap<ConnKey, Conn>,
+    conns: HashMap<u64, Conn>,
     max_conns: usize,
 }
 
@@ -209,24 +233,22 @@ impl Tracker {
     }
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
-        let key = ConnKey {
-            tgid: ev.tgid,
-            fd: ev.fd,
-        };
+        let key = ev.conn;
         match ev.kind {
             EventKind::Accept => {
                 // A reused descriptor whose close we did not see (dup2,
                 // close_range): the old connection is over.
                 if let Some(old) = self.conns.remove(&key) {
-                    finish(ev.tgid, old, sink, Unpaired::Evicted);
+                    finish(old, sink, Unpaired::Evicted);
                 }
                 if self.make_room(ev.ts_ns, sink) {
-                    self.conns.insert(key, Conn::new(ev.port, ev.ts_ns));
+                    self.conns
+                        .insert(key, Conn::new(ev.origin, ev.port, ev.ts_ns));
                 }
             }
             EventKind::Close => {
                 if let Some(conn) = self.conns.remove(&key) {
-                    finish(ev.tgid, conn, sink, Unpaired::ClosedMidRequest);
+                    finish(conn, sink, Unpaired::ClosedMidRequest);
                 }
             }
             EventKind::Read | EventKind::Write | EventKind::Sendfile => {
@@ -236,7 +258,7 @@ impl Tracker {
                 let conn = self
                     .conns
                     .entry(key)
-                    .or_insert_with(|| Conn::new(ev.port, ev.ts_ns));
+                    .or_insert_with(|| Conn::new(ev.origin, ev.port, ev.ts_ns));
                 if conn.port == 0 {
                     conn.port = ev.port;
                 }
@@ -250,12 +272,34 @@ impl Tracker {
                     _ => on_sendfile(conn, ev, sink),
                 }
             }
+            EventKind::Packet => {}
         }
+    }
+
+    /// Bytes of `conn` were lost before the event at `ts_ns`: drop what
+    /// waits on it (counted as [`Unpaired::Gap`], at least once) and
+    /// resync. Requests resume at the next segment that starts like a
+    /// request; responses at the next status line after that request.
+    pub fn gap(&mut self, conn: u64, sink: &mut impl Sink) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut dropped = c.pending.len();
+        c.pending.clear();
+        if c.current.take().is_some() {
+            dropped += 1;
+        }
+        for _ in 0..dropped.max(1) {
+            sink.unpaired(c.origin, c.port, Unpaired::Gap);
+        }
+        c.carry.clear();
+        c.req = ReqPhase::Resync;
+        c.resp = RespPhase::Lost;
     }
 
     /// Drops connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sink) {
-        let stale: Vec<ConnKey> = self
+        let stale: Vec<u64> = self
             .conns
             .iter()
             .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > idle_ns)
@@ -263,7 +307,7 @@ impl Tracker {
             .collect();
         for key in stale {
             if let Some(conn) = self.conns.remove(&key) {
-                finish(key.tgid, conn, sink, Unpaired::Evicted);
+                finish(conn, sink, Unpaired::Evicted);
             }
         }
     }
@@ -280,13 +324,13 @@ impl Tracker {
 
     /// Requests waiting for or receiving their response.
     pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
-        self.conns.iter().flat_map(|(key, conn)| {
+        self.conns.values().flat_map(|conn| {
             conn.current
                 .iter()
                 .map(|c| &c.request)
                 .chain(conn.pending.iter())
                 .map(move |p| InFlight {
-                    tgid: key.tgid,
+                    origin: conn.origin,
                     port: conn.port,
                     method: p.method,
                     route: p.route.clone(),
@@ -298,11 +342,12 @@ impl Tracker {
 
 /// The connection is gone: a response that ran until close is complete;
 /// anything else still waiting is unpaired.
-fn finish(tgid: u32, mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
+fn finish(mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
+    let origin = conn.origin;
     if let Some(cur) = conn.current.take() {
         match conn.resp {
-            RespPhase::UntilClose | RespPhase::Unframed | RespPhase::Start => {
-                complete_at(tgid, conn.port, cur, conn.last_write_ns, sink)
+            RespPhase::UntilClose | RespPhase::Unframed | RespPhase::Start | RespPhase::Lost => {
+                complete_at(origin, conn.port, cur, conn.last_write_ns, sink)
             }
             RespPhase::Body(_) | RespPhase::Chunked => {
                 let reason = if pending_reason == Unpaired::Evicted {
@@ -310,18 +355,18 @@ fn finish(tgid: u32, mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpai
                 } else {
                     Unpaired::ClosedMidResponse
                 };
-                sink.unpaired(tgid, conn.port, reason);
+                sink.unpaired(origin, conn.port, reason);
             }
         }
     }
     for _ in conn.pending.drain(..) {
-        sink.unpaired(tgid, conn.port, pending_reason);
+        sink.unpaired(origin, conn.port, pending_reason);
     }
 }
 
-fn complete_at(tgid: u32, port: u16, cur: Current, end_ns: u64, sink: &mut impl Sink) {
+fn complete_at(origin: Origin, port: u16, cur: Current, end_ns: u64, sink: &mut impl Sink) {
     sink.completed(Completed {
-        tgid,
+        origin,
         port,
         method: cur.request.method,
         route: cur.request.route,
@@ -377,7 +422,7 @@ fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
             ReqPhase::Start => {
                 if off >= captured {
                     // Bytes we cannot see: possibly more pipelined requests.
-                    sink.unpaired(ev.tgid, conn.port, Unpaired::Truncated);
+                    sink.unpaired(conn.origin, conn.port, Unpaired::Truncated);
                     conn.req = ReqPhase::Resync;
                     off = total;
                     continue;
@@ -402,13 +447,13 @@ fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                             && matches!(conn.resp, RespPhase::Unframed | RespPhase::UntilClose)
                             && let Some(cur) = conn.current.take()
                         {
-                            complete_at(ev.tgid, conn.port, cur, conn.last_write_ns, sink);
+                            complete_at(conn.origin, conn.port, cur, conn.last_write_ns, sink);
                             conn.resp = RespPhase::Start;
                         }
-                        let route = sink.route(ev.tgid, req.path);
-                        sink.request(ev.tgid, conn.port);
+                        let route = sink.route(conn.origin, req.path);
+                        sink.request(conn.origin, conn.port);
                         if conn.pending.len() >= MAX_PIPELINE {
-                            sink.unpaired(ev.tgid, conn.port, Unpaired::QueueFull);
+                            sink.unpaired(conn.origin, conn.port, Unpaired::QueueFull);
                         } else {
                             conn.pending.push_back(Pending {
                                 method: req.method,
@@ -437,7 +482,7 @@ fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                             conn.carry = seen.to_vec();
                             conn.carry_ns = start_ns;
                         } else {
-                            sink.unpaired(ev.tgid, conn.port, Unpaired::Truncated);
+                            sink.unpaired(conn.origin, conn.port, Unpaired::Truncated);
                             conn.req = ReqPhase::Resync;
                         }
                         off = total;
@@ -445,7 +490,7 @@ fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     Err(ParseError::NotHttp) => {
                         if !conn.saw_http {
                             conn.ignored = true;
-                            sink.unpaired(ev.tgid, conn.port, Unpaired::NotHttp);
+                            sink.unpaired(conn.origin, conn.port, Unpaired::NotHttp);
                             return;
                         }
                         conn.req = ReqPhase::Resync;
@@ -482,13 +527,21 @@ fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 }
                 off = total;
             }
+            RespPhase::Lost => {
+                let seen = data.get(off as usize..).unwrap_or(&[]);
+                if !conn.pending.is_empty() && seen.starts_with(b"HTTP/1.") {
+                    conn.resp = RespPhase::Start;
+                } else {
+                    off = total;
+                }
+            }
             RespPhase::UntilClose | RespPhase::Unframed => {
                 let seen = data.get(off as usize..).unwrap_or(&[]);
                 if conn.resp == RespPhase::Unframed && seen.starts_with(b"HTTP/1.") {
                     // The next response starts: the previous one ended
                     // with the write before this one.
                     if let Some(cur) = conn.current.take() {
-                        complete_at(ev.tgid, conn.port, cur, previous_write_ns, sink);
+                        complete_at(conn.origin, conn.port, cur, previous_write_ns, sink);
                     }
                     conn.resp = RespPhase::Start;
                 } else {
@@ -515,7 +568,7 @@ fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     continue;
                 }
                 let Some(request) = conn.pending.pop_front() else {
-                    sink.unpaired(ev.tgid, conn.port, Unpaired::ResponseWithoutRequest);
+                    sink.unpaired(conn.origin, conn.port, Unpaired::ResponseWithoutRequest);
                     conn.resp = match (resp.head_len, resp.body) {
                         (Some(_), Framing::Length(n)) if n > 0 => RespPhase::Body(n),
                         _ => RespPhase::Unframed,
@@ -569,7 +622,7 @@ fn on_sendfile(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
 fn complete_current(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     conn.resp = RespPhase::Start;
     if let Some(cur) = conn.current.take() {
-        complete_at(ev.tgid, conn.port, cur, ev.ts_ns, sink);
+        complete_at(conn.origin, conn.port, cur, ev.ts_ns, sink);
     }
 }
 
@@ -589,20 +642,20 @@ mod tests {
     }
 
     impl Sink for Recorder {
-        fn route(&mut self, _tgid: u32, path: &str) -> Route {
+        fn route(&mut self, _origin: Origin, path: &str) -> Route {
             Route {
                 template: path.into(),
                 overflow: false,
             }
         }
-        fn request(&mut self, _tgid: u32, _port: u16) {
+        fn request(&mut self, _origin: Origin, _port: u16) {
             self.requests += 1;
         }
         fn completed(&mut self, d: Completed) {
             self.done
                 .push((d.method, d.route.to_string(), d.status, d.duration_ns));
         }
-        fn unpaired(&mut self, _tgid: u32, _port: u16, reason: Unpaired) {
+        fn unpaired(&mut self, _origin: Origin, _port: u16, reason: Unpaired) {
             self.unpaired.push(reason);
         }
     }
@@ -631,8 +684,8 @@ mod tests {
             let ev = Event {
                 kind,
                 ts_ns: ts,
-                tgid: 1,
-                fd: 5,
+                conn: 5,
+                origin: Origin::Process(1),
                 port: 80,
                 ret,
                 data,
@@ -837,8 +890,8 @@ mod tests {
             let ev = Event {
                 kind: EventKind::Read,
                 ts_ns: u64::from(fd),
-                tgid: 1,
-                fd,
+                conn: u64::from(fd),
+                origin: Origin::Process(1),
                 port: 80,
                 ret: 18,
                 data: b"GET / HTTP/1.1\r\n\r\n",

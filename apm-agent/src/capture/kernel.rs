@@ -1,25 +1,30 @@
-//! Preflight, loading and attaching the eBPF programs, and typed access to
-//! their maps.
+//! Loading and attaching the eBPF programs, and typed access to their maps.
 //!
-//! Nothing here is fatal: a missing privilege, tracefs or tracepoint leaves
-//! the agent in a degraded mode that [`ProbeReport`] describes, and the rest
-//! of the agent keeps serving procfs-based data.
+//! Nothing here is fatal: a missing privilege, tracefs, cgroup2 mount or
+//! tracepoint leaves the agent in a degraded mode that [`ProbeReport`]
+//! describes (the packet capture falls back to the syscall capture), and
+//! the rest of the agent keeps serving procfs-based data.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, fs::File, path::Path};
 
 use apm_common::{
     Config as KernelConfig, ConnInfo, ConnKey, PidCounters, PortCounters,
-    maps::{self as names, PROBES},
+    maps::{self as names, Hook, PROBES, Probe, Role},
 };
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
         RingBuf,
     },
-    programs::TracePoint,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
 };
 use serde::Serialize;
+
+use super::{
+    Capture, cgroup,
+    preflight::{DEBUGFS_TRACING, TRACEFS, preflight},
+};
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apm"));
@@ -27,14 +32,19 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ap
 /// `BPF_NOEXIST` from linux/bpf.h: create only, fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
-const BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// CAP_SYS_ADMIN, CAP_PERFMON and CAP_BPF bit numbers (linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// What to load and attach.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// Count every listening port (the kernel adds ports itself).
+    pub all_ports: bool,
+    /// Time HTTP requests (false: `--no-http`, connection counts only).
+    pub http: bool,
+    pub capture: Capture,
+    /// Size of the EVENTS ring buffer.
+    pub ring_bytes: u32,
+    /// The mountinfo in which to look for cgroup2.
+    pub mountinfo: std::path::PathBuf,
+}
 
 /// The outcome of one preflight check or probe.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -53,8 +63,13 @@ pub struct ProbeReport {
     pub probes: Vec<Check>,
     /// Why eBPF is off altogether, when it is.
     pub disabled_reason: Option<String>,
-    /// Probes left out on purpose (`--no-http`): healthy, not attached.
+    /// Probes left out on purpose (`--no-http`, the other capture):
+    /// healthy, not attached.
     pub off: Vec<String>,
+    /// Where HTTP bytes come from: "packets", "syscalls", or "off".
+    pub capture: &'static str,
+    /// Why the packet capture was not used although asked for.
+    pub capture_fallback: Option<String>,
 }
 
 impl ProbeReport {
@@ -88,18 +103,31 @@ pub struct Kernel {
     pids: PerCpuHashMap<MapData, u32, PidCounters>,
     drops: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
+    capture_ports: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
+    capture: Capture,
     // Last so that the maps above are released after the programs using them.
     _ebpf: Ebpf,
+    /// The cgroup-v2 root the packet programs are linked to.
+    _cgroup_root: Option<File>,
 }
 
-/// Preflight, load and attach (without the HTTP probes when `no_http`).
-/// Returns the kernel handle when at least the essential probe is
-/// attached, and a report either way.
-pub fn start(all_ports: bool, no_http: bool) -> (Option<Kernel>, ProbeReport) {
+/// The name a probe is reported under.
+pub fn probe_name(probe: &Probe) -> String {
+    match probe.hook {
+        Hook::Tracepoint { category, name } => format!("{category}:{name}"),
+        Hook::CgroupSkbIngress => "cgroup_skb:ingress".into(),
+        Hook::CgroupSkbEgress => "cgroup_skb:egress".into(),
+    }
+}
+
+/// Preflight, load and attach. Returns the kernel handle when at least the
+/// connection-counting probe is attached, and a report either way.
+pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     let mut report = ProbeReport {
         preflight: preflight(),
+        capture: "off",
         ..Default::default()
     };
     let blocking = report
@@ -119,7 +147,10 @@ pub fn start(all_ports: bool, no_http: bool) -> (Option<Kernel>, ProbeReport) {
             ),
         );
     }
-    let mut ebpf = match Ebpf::load(OBJECT) {
+    let loaded = EbpfLoader::new()
+        .map_max_entries(names::EVENTS, options.ring_bytes)
+        .load(OBJECT);
+    let mut ebpf = match loaded {
         Ok(ebpf) => ebpf,
         Err(e) => {
             return (
@@ -128,36 +159,95 @@ pub fn start(all_ports: bool, no_http: bool) -> (Option<Kernel>, ProbeReport) {
             );
         }
     };
-    for probe in PROBES {
-        let name = format!("{}:{}", probe.category, probe.tracepoint);
-        if no_http && probe.http {
-            report.probes.push(Check {
-                name: name.clone(),
-                ok: true,
-                detail: "off (--no-http)".into(),
-            });
-            report.off.push(name);
-            continue;
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; PROBES.len()];
+    let mut attach_role = |ebpf: &mut Ebpf, role: Role, cgroup: Option<&File>| {
+        let mut all = true;
+        for (i, probe) in PROBES.iter().enumerate().filter(|(_, p)| p.role == role) {
+            let result = attach(ebpf, probe, cgroup);
+            all &= result.is_ok();
+            results[i] = Some(result);
         }
-        let result = attach(&mut ebpf, probe.program, probe.category, probe.tracepoint);
-        report.probes.push(Check {
-            name,
-            ok: result.is_ok(),
-            detail: match result {
-                Ok(()) => "attached".into(),
-                Err(reason) => reason,
+        all
+    };
+    attach_role(&mut ebpf, Role::Connections, None);
+    let mut capture = options.capture;
+    let mut cgroup_root = None;
+    if options.http && capture == Capture::Packets {
+        match cgroup::find_or_mount(&options.mountinfo) {
+            Err(reason) => report.capture_fallback = Some(reason),
+            Ok(root) => match File::open(&root) {
+                Err(e) => {
+                    report.capture_fallback = Some(format!("opening {}: {e}", root.display()))
+                }
+                Ok(dir) => {
+                    if attach_role(&mut ebpf, Role::PacketData, Some(&dir)) {
+                        cgroup_root = Some(dir);
+                    } else {
+                        // Half attached is no use: take both back.
+                        for probe in PROBES.iter().filter(|p| p.role == Role::PacketData) {
+                            let skb: Option<&mut CgroupSkb> = ebpf
+                                .program_mut(probe.program)
+                                .and_then(|p| p.try_into().ok());
+                            if let Some(skb) = skb {
+                                let _ = skb.unload();
+                            }
+                        }
+                        report.capture_fallback =
+                            Some("the cgroup_skb programs did not attach".into());
+                    }
+                }
             },
-        });
+        }
+        if report.capture_fallback.is_some() {
+            capture = Capture::Syscalls;
+        }
+    }
+    // Syscall tracepoints slow every syscall on the host: only for the
+    // syscall capture (descriptor state always, data when timing HTTP).
+    if capture == Capture::Syscalls {
+        attach_role(&mut ebpf, Role::SyscallState, None);
+        if options.http {
+            attach_role(&mut ebpf, Role::SyscallData, None);
+        }
+    }
+    report.capture = if !options.http {
+        "off"
+    } else {
+        capture.as_str()
+    };
+    for (probe, result) in PROBES.iter().zip(results) {
+        let name = probe_name(probe);
+        let check = match result {
+            Some(result) => Check {
+                name,
+                ok: result.is_ok(),
+                detail: result.err().unwrap_or_else(|| "attached".into()),
+            },
+            None => {
+                let why = if !options.http && probe.role != Role::SyscallState {
+                    "off (--no-http)".to_owned()
+                } else {
+                    format!("off ({} capture)", capture.as_str())
+                };
+                report.off.push(name.clone());
+                Check {
+                    name,
+                    ok: probe.role != Role::PacketData || report.capture_fallback.is_none(),
+                    detail: why,
+                }
+            }
+        };
+        report.probes.push(check);
     }
     let essential_missing = PROBES
         .iter()
         .zip(&report.probes)
-        .find(|(p, c)| p.essential && !c.ok)
+        .find(|(p, c)| p.role == Role::Connections && !c.ok)
         .map(|(_, c)| format!("{} not attached: {}", c.name, c.detail));
     if let Some(reason) = essential_missing {
         return (None, disable(report, reason));
     }
-    match Kernel::new(ebpf, all_ports) {
+    match Kernel::new(ebpf, options.all_ports, capture, cgroup_root) {
         Ok(kernel) => (Some(kernel), report),
         Err(e) => (None, disable(report, e.to_string())),
     }
@@ -166,16 +256,42 @@ pub fn start(all_ports: bool, no_http: bool) -> (Option<Kernel>, ProbeReport) {
 fn disable(mut report: ProbeReport, reason: String) -> ProbeReport {
     for probe in PROBES.iter().skip(report.probes.len()) {
         report.probes.push(Check {
-            name: format!("{}:{}", probe.category, probe.tracepoint),
+            name: probe_name(probe),
             ok: false,
             detail: "not attempted: eBPF is disabled".into(),
         });
     }
+    report.capture = "off";
     report.disabled_reason = Some(reason);
     report
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), String> {
+    let program = probe.program;
+    let found = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?;
+    let (category, name) = match probe.hook {
+        Hook::Tracepoint { category, name } => (category, name),
+        Hook::CgroupSkbIngress | Hook::CgroupSkbEgress => {
+            let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
+            let skb: &mut CgroupSkb = found
+                .try_into()
+                .map_err(|e| format!("program {program} is not cgroup_skb: {e}"))?;
+            skb.load().map_err(|e| format!("verifier/load: {e}"))?;
+            let direction = if probe.hook == Hook::CgroupSkbIngress {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            // A bpf_link (kernel >= 5.7): coexists with other programs on
+            // the root and goes away with us.
+            return skb
+                .attach(cgroup, direction, CgroupAttachMode::Single)
+                .map(|_link| ())
+                .map_err(|e| format!("attach: {e}"));
+        }
+    };
     let format = Path::new(TRACEFS).join("events").join(category).join(name);
     if !format.exists()
         && !Path::new(DEBUGFS_TRACING)
@@ -186,9 +302,7 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<
     {
         return Err(format!("this kernel has no tracepoint {category}:{name}"));
     }
-    let tp: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
+    let tp: &mut TracePoint = found
         .try_into()
         .map_err(|e| format!("program {program} is not a tracepoint: {e}"))?;
     tp.load().map_err(|e| format!("verifier/load: {e}"))?;
@@ -198,7 +312,12 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<
 }
 
 impl Kernel {
-    fn new(mut ebpf: Ebpf, all_ports: bool) -> Result<Self, KernelError> {
+    fn new(
+        mut ebpf: Ebpf,
+        all_ports: bool,
+        capture: Capture,
+        cgroup_root: Option<File>,
+    ) -> Result<Self, KernelError> {
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(KernelError::MissingMap(name));
         let ports = PerCpuHashMap::try_from(take(names::PORTS)?).map_err(map_err(names::PORTS))?;
@@ -206,6 +325,8 @@ impl Kernel {
         let drops = PerCpuArray::try_from(take(names::DROPS)?).map_err(map_err(names::DROPS))?;
         let conns = BpfHashMap::try_from(take(names::CONNS)?).map_err(map_err(names::CONNS))?;
         let events = RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?;
+        let capture_ports =
+            Array::try_from(take(names::CAPTURE_PORTS)?).map_err(map_err(names::CAPTURE_PORTS))?;
         let mut config: Array<MapData, KernelConfig> =
             Array::try_from(take(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         config
@@ -224,10 +345,25 @@ impl Kernel {
             pids,
             drops,
             conns,
+            capture_ports,
             events: Some(events),
             nr_cpus,
+            capture,
             _ebpf: ebpf,
+            _cgroup_root: cgroup_root,
         })
+    }
+
+    /// Where HTTP bytes come from.
+    pub fn capture(&self) -> Capture {
+        self.capture
+    }
+
+    /// Starts capturing the packets of local `port` (packet capture).
+    pub fn capture_port(&mut self, port: u16) -> Result<(), KernelError> {
+        self.capture_ports
+            .set(u32::from(port), 1, 0)
+            .map_err(map_err(names::CAPTURE_PORTS))
     }
 
     /// Starts counting `port` (no-op when it is already counted).
@@ -346,116 +482,9 @@ fn sum_pid(per_cpu: &PerCpuValues<PidCounters>) -> PidCounters {
         })
 }
 
-/// Privileges, tracefs (mounted here when missing and allowed), BTF.
-fn preflight() -> Vec<Check> {
-    let mut checks = Vec::new();
-    let caps = effective_caps();
-    let has = |cap: u32| caps.is_some_and(|c| c & (1u64 << cap) != 0);
-    let privileged = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
-    checks.push(Check {
-        name: "privileges".into(),
-        ok: privileged,
-        detail: match caps {
-            None => "cannot read CapEff from /proc/self/status".into(),
-            Some(c) if privileged => format!("CapEff={c:#x}"),
-            Some(c) => format!(
-                "CapEff={c:#x} lacks CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root or grant them"
-            ),
-        },
-    });
-    checks.push(tracefs_check(has(CAP_SYS_ADMIN)));
-    let btf = Path::new(BTF).exists();
-    checks.push(Check {
-        name: "btf".into(),
-        ok: btf,
-        detail: if btf {
-            format!("{BTF} present")
-        } else {
-            format!("{BTF} missing; tracepoint programs do not need it")
-        },
-    });
-    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where
-    // we may. Newer kernels ignore it.
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads the struct we pass and nothing else.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-    checks
-}
-
-fn tracefs_check(may_mount: bool) -> Check {
-    let has_events = |p: &str| Path::new(p).join("events").is_dir();
-    let (ok, detail) = if has_events(TRACEFS) {
-        (true, format!("{TRACEFS} mounted"))
-    } else if has_events(DEBUGFS_TRACING) {
-        (true, format!("{DEBUGFS_TRACING} mounted"))
-    } else if !may_mount {
-        (
-            false,
-            format!(
-                "not mounted and no CAP_SYS_ADMIN to mount it: mount -t tracefs nodev {TRACEFS}"
-            ),
-        )
-    } else {
-        match mount_tracefs() {
-            Ok(()) if has_events(TRACEFS) => (true, format!("mounted tracefs on {TRACEFS}")),
-            Ok(()) => (false, format!("mounted {TRACEFS} but it has no events/")),
-            Err(e) => (false, format!("mounting tracefs on {TRACEFS}: {e}")),
-        }
-    };
-    Check {
-        name: "tracefs".into(),
-        ok,
-        detail,
-    }
-}
-
-fn mount_tracefs() -> std::io::Result<()> {
-    let cstr = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
-    let (src, target, fstype) = (cstr("nodev")?, cstr(TRACEFS)?, cstr("tracefs")?);
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the
-    // call; data may be null for tracefs.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// CapEff of this process, from /proc/self/status.
-fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_cap_eff(&status)
-}
-
-fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cap_eff_is_parsed_from_status() {
-        let status = "Name:\tapm\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n";
-        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
-        assert_eq!(parse_cap_eff("Name:\tapm\n"), None);
-    }
 
     #[test]
     fn disabling_names_every_probe_and_the_reason() {

@@ -31,6 +31,12 @@ pub struct Owner {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listeners {
     pub by_port: BTreeMap<u16, Vec<Owner>>,
+    /// The same per (network-namespace inode, port): two pods listening on
+    /// one port stay apart here.
+    pub by_socket: BTreeMap<(u64, u16), Vec<Owner>>,
+    /// One (pid, fd) holding each (namespace, port) listener, from which
+    /// the namespace's cookie can be read.
+    pub holders: BTreeMap<(u64, u16), (u32, u32)>,
 }
 
 impl Listeners {
@@ -59,6 +65,8 @@ pub enum DiscoveryError {
 pub struct Discovery {
     root: PathBuf,
     owners: HashMap<u64, Vec<Owner>>,
+    /// One (pid, fd) holding each listening inode.
+    holders: HashMap<u64, (u32, u32)>,
     /// Listening inodes that the last full walk could not attribute (owned
     /// by a process we may not read): not a reason for another walk.
     orphans: HashSet<u64>,
@@ -72,6 +80,7 @@ impl Discovery {
         Self {
             root: proc_root.into(),
             owners: HashMap::new(),
+            holders: HashMap::new(),
             orphans: HashSet::new(),
             scans: 0,
             pid_netns: HashMap::new(),
@@ -123,13 +132,13 @@ impl Discovery {
     pub fn scan(&mut self) -> Result<Listeners, DiscoveryError> {
         let listening = self.listening_sockets()?;
         let needs_walk = self.scans.is_multiple_of(FULL_RESCAN_EVERY)
-            || listening.iter().any(|(_, inode)| {
+            || listening.iter().any(|(_, _, inode)| {
                 !self.owners.contains_key(inode) && !self.orphans.contains(inode)
             });
         self.scans += 1;
         if needs_walk {
-            let wanted: HashSet<u64> = listening.iter().map(|&(_, inode)| inode).collect();
-            self.owners = self.walk_processes(&wanted)?;
+            let wanted: HashSet<u64> = listening.iter().map(|&(_, _, inode)| inode).collect();
+            (self.owners, self.holders) = self.walk_processes(&wanted)?;
             self.orphans = wanted
                 .into_iter()
                 .filter(|inode| !self.owners.contains_key(inode))
@@ -142,37 +151,57 @@ impl Discovery {
             }
         }
         let mut listeners = Listeners::default();
-        for (port, inode) in listening {
-            let owners = listeners.by_port.entry(port).or_default();
-            if let Some(found) = self.owners.get(&inode) {
-                owners.extend(found.iter().cloned());
+        for (ns, port, inode) in listening {
+            let found = self.owners.get(&inode).map(Vec::as_slice).unwrap_or(&[]);
+            listeners
+                .by_port
+                .entry(port)
+                .or_default()
+                .extend(found.iter().cloned());
+            listeners
+                .by_socket
+                .entry((ns, port))
+                .or_default()
+                .extend(found.iter().cloned());
+            if let Some(&holder) = self.holders.get(&inode) {
+                listeners.holders.entry((ns, port)).or_insert(holder);
             }
         }
-        for owners in listeners.by_port.values_mut() {
+        for owners in listeners
+            .by_port
+            .values_mut()
+            .chain(listeners.by_socket.values_mut())
+        {
             owners.sort();
             owners.dedup();
         }
         Ok(listeners)
     }
 
-    /// (port, inode) of every TCP socket in LISTEN state, IPv4 and IPv6, in
-    /// every network namespace.
-    fn listening_sockets(&mut self) -> Result<Vec<(u16, u64)>, DiscoveryError> {
+    /// (namespace inode, port, inode) of every TCP socket in LISTEN state,
+    /// IPv4 and IPv6, in every network namespace (namespace 0: unknown).
+    fn listening_sockets(&mut self) -> Result<Vec<(u64, u16, u64)>, DiscoveryError> {
         let Some(namespaces) = self.namespaces() else {
             // No readable ns links: pid 1's namespace, else our own.
-            return self
+            let sockets = self
                 .sockets_of("1", TcpState::Listen)
-                .or_else(|_| self.sockets_of("self", TcpState::Listen));
+                .or_else(|_| self.sockets_of("self", TcpState::Listen))?;
+            return Ok(sockets.into_iter().map(|(p, i)| (0, p, i)).collect());
         };
         let mut all = Vec::new();
         let mut last_err = None;
         let mut any = false;
         for ns in &namespaces {
             // A namespace whose process just exited is not an error.
+            let inode = ns
+                .parse::<u32>()
+                .ok()
+                .and_then(|pid| self.pid_netns.get(&pid).copied())
+                .unwrap_or(0);
             match self.sockets_of(ns, TcpState::Listen) {
                 Ok(sockets) => {
                     any = true;
-                    all.extend(sockets);
+                    all.extend(sockets.into_iter().map(|(p, i)| (inode, p, i)));
                 }
                 Err(e) => last_err = Some(e),
             }
@@ -235,13 +264,16 @@ impl Discovery {
             .collect())
     }
 
+    /// The owners of each wanted inode, and one (pid, fd) holding it.
+    #[allow(clippy::type_complexity)]
     fn walk_processes(
         &self,
         wanted: &HashSet<u64>,
-    ) -> Result<HashMap<u64, Vec<Owner>>, DiscoveryError> {
+    ) -> Result<(HashMap<u64, Vec<Owner>>, HashMap<u64, (u32, u32)>), DiscoveryError> {
         let mut owners: HashMap<u64, Vec<Owner>> = HashMap::new();
+        let mut holders: HashMap<u64, (u32, u32)> = HashMap::new();
         if wanted.is_empty() {
-            return Ok(owners);
+            return Ok((owners, holders));
         }
         let processes = procfs::process::all_processes_with_root(&self.root).map_err(|source| {
             DiscoveryError::Processes {
@@ -264,13 +296,16 @@ impl Discovery {
                 let Ok(pid) = u32::try_from(process.pid) else {
                     continue;
                 };
+                if let Ok(fd) = u32::try_from(fd.fd) {
+                    holders.entry(inode).or_insert((pid, fd));
+                }
                 owners.entry(inode).or_default().push(Owner {
                     pid,
                     comm: comm.clone(),
                 });
             }
         }
-        Ok(owners)
+        Ok((owners, holders))
     }
 }
 

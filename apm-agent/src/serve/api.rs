@@ -16,11 +16,11 @@ use serde_json::json;
 
 use crate::{
     agent::Agent,
-    health::{self, DependencyStatus},
-    logs::LogRing,
-    metrics::Metrics,
-    requests::Requests,
-    sampler::SystemSample,
+    serve::health::{self, DependencyStatus},
+    telemetry::logs::LogRing,
+    telemetry::metrics::Metrics,
+    telemetry::requests::Requests,
+    telemetry::sampler::SystemSample,
 };
 
 /// The latest process and host sample and when it was taken.
@@ -109,7 +109,7 @@ struct LogQuery {
 async fn logs_recent(State(state): State<AppState>, Query(q): Query<LogQuery>) -> Response {
     let level = match q.level.as_deref() {
         None => tracing::Level::TRACE,
-        Some(l) => match crate::logs::parse_level(l) {
+        Some(l) => match crate::telemetry::logs::parse_level(l) {
             Some(level) => level,
             None => {
                 return (
@@ -126,7 +126,7 @@ async fn logs_recent(State(state): State<AppState>, Query(q): Query<LogQuery>) -
 
 /// Requests in flight and per-service totals (JSON, bounded in size).
 async fn stats_requests(State(state): State<AppState>) -> Response {
-    let now = crate::requests::monotonic_ns();
+    let now = crate::telemetry::requests::monotonic_ns();
     match state.requests.lock() {
         Ok(requests) => Json(requests.snapshot(now)).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "request state poisoned").into_response(),
@@ -155,9 +155,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     })
     .await;
     match rendered {
-        Ok(Ok(body)) => {
-            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
-        }
+        Ok(Ok(body)) => (
+            [(
+                header::CONTENT_TYPE,
+                crate::telemetry::metrics::CONTENT_TYPE,
+            )],
+            body,
+        )
+            .into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -181,8 +186,8 @@ mod tests {
     fn degraded_agent() -> AppState {
         let config =
             crate::config::Config::try_parse_from(["apm-agent", "--port", "8080"]).expect("config");
-        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
-        let report = crate::probes::ProbeReport {
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new().expect("metrics"));
+        let report = crate::capture::kernel::ProbeReport {
             disabled_reason: Some("test".into()),
             ..Default::default()
         };
@@ -224,7 +229,10 @@ mod tests {
     async fn metrics_are_served_in_text_format_without_ebpf() {
         let (status, ctype, body) = get("/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(ctype.as_deref(), Some(crate::metrics::CONTENT_TYPE));
+        assert_eq!(
+            ctype.as_deref(),
+            Some(crate::telemetry::metrics::CONTENT_TYPE)
+        );
         assert!(body.contains("\napm_ebpf_up 0\n"), "{body}");
         assert!(body.contains("apm_build_info{version="), "{body}");
     }

@@ -1,49 +1,26 @@
-//! From ring-buffer records to HTTP metrics and /stats/requests: decode,
-//! pair (`pairing`), template (`routes`), record (`metrics`).
+//! From ring-buffer records to HTTP metrics and /stats/requests: decode and
+//! pair (`streams`), template (`routes`), record (`metrics`).
 //!
 //! Nothing here touches aya or tokio, so the whole pipeline runs in unit
 //! tests and benchmarks on synthetic records.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-};
+use std::{collections::HashMap, sync::Arc};
 
-use apm_common::events::{EventHeader, EventKind};
 use serde::Serialize;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::{
-    http::Method,
-    metrics::Metrics,
-    pairing::{Completed, Event, Sink, Tracker, Unpaired},
-    routes::{Route, RouteConfig, Routes},
+    protocols::{
+        http::Method,
+        routes::{Route, RouteConfig, Routes},
+    },
+    services::directory::{Directory, Services, UNKNOWN_SERVICE},
+    streams::{
+        Streams,
+        pairing::{Completed, Origin, Sink, Unpaired},
+    },
+    telemetry::metrics::Metrics,
 };
-
-/// Which service a traced process belongs to, kept up to date by the agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceInfo {
-    pub name: Arc<str>,
-    /// The monitored ports this process listens on (to label connections
-    /// whose local port the kernel could not learn).
-    pub ports: Vec<u16>,
-}
-
-/// tgid → service, replaced wholesale by the agent on every change.
-#[derive(Default)]
-pub struct Directory(RwLock<Arc<HashMap<u32, ServiceInfo>>>);
-
-impl Directory {
-    pub fn snapshot(&self) -> Arc<HashMap<u32, ServiceInfo>> {
-        self.0.read().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    pub fn replace(&self, map: HashMap<u32, ServiceInfo>) {
-        if let Ok(mut slot) = self.0.write() {
-            *slot = Arc::new(map);
-        }
-    }
-}
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
@@ -79,27 +56,27 @@ struct ServiceStats {
 }
 
 pub struct Requests {
-    tracker: Tracker,
+    streams: Streams,
     routes: Routes,
     stats: HashMap<Arc<str>, ServiceStats>,
     directory: Arc<Directory>,
-    services: Arc<HashMap<u32, ServiceInfo>>,
+    services: Arc<Services>,
     unknown: Arc<str>,
 }
 
 impl Requests {
     pub fn new(routes: RouteConfig, max_connections: usize, directory: Arc<Directory>) -> Self {
         Self {
-            tracker: Tracker::new(max_connections),
+            streams: Streams::new(max_connections),
             routes: Routes::new(routes),
             stats: HashMap::new(),
             services: directory.snapshot(),
             directory,
-            unknown: crate::agent::UNKNOWN_SERVICE.into(),
+            unknown: UNKNOWN_SERVICE.into(),
         }
     }
 
-    /// Picks up the agent's latest tgid → service map; call once per batch.
+    /// Picks up the agent's latest service directory; call once per batch.
     pub fn refresh_services(&mut self) {
         self.services = self.directory.snapshot();
     }
@@ -107,37 +84,25 @@ impl Requests {
     /// Decodes and processes one ring-buffer record.
     pub fn handle_record(&mut self, record: &[u8], metrics: &Metrics) {
         metrics.ringbuf_records.inc();
-        let Some(header) = EventHeader::decode(record) else {
+        let mut failed = false;
+        self.with_streams(metrics, |streams, sink| {
+            failed = streams.handle_record(record, sink).is_err();
+        });
+        if failed {
             metrics.ringbuf_decode_errors.inc();
-            return;
-        };
-        let Some(kind) = EventKind::from_u32(header.kind) else {
-            metrics.ringbuf_decode_errors.inc();
-            return;
-        };
-        let event = Event {
-            kind,
-            ts_ns: header.ts_ns,
-            tgid: header.tgid,
-            fd: header.fd,
-            port: header.port,
-            ret: header.ret,
-            data: header.payload(record),
-            tail: header.tail(),
-        };
-        self.with_tracker(metrics, |tracker, sink| tracker.handle(&event, sink));
+        }
     }
 
     /// Forgets connections idle for longer than `idle_ns` (kernel clock).
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, metrics: &Metrics) {
-        self.with_tracker(metrics, |tracker, sink| {
-            tracker.sweep(now_ns, idle_ns, sink)
+        self.with_streams(metrics, |streams, sink| {
+            streams.sweep(now_ns, idle_ns, sink)
         });
     }
 
-    /// Runs `f` on the tracker with a sink into the routes, stats and
+    /// Runs `f` on the streams with a sink into the routes, stats and
     /// metrics, then updates the tracked-connections gauge.
-    fn with_tracker(&mut self, metrics: &Metrics, f: impl FnOnce(&mut Tracker, &mut Recorder<'_>)) {
+    fn with_streams(&mut self, metrics: &Metrics, f: impl FnOnce(&mut Streams, &mut Recorder<'_>)) {
         let mut sink = Recorder {
             routes: &mut self.routes,
             stats: &mut self.stats,
@@ -145,19 +110,19 @@ impl Requests {
             unknown: &self.unknown,
             metrics,
         };
-        f(&mut self.tracker, &mut sink);
+        f(&mut self.streams, &mut sink);
         metrics
             .http_connections
-            .set(i64::try_from(self.tracker.connections()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.streams.connections()).unwrap_or(i64::MAX));
     }
 
     /// The /stats/requests document at kernel time `now_ns`.
     pub fn snapshot(&self, now_ns: u64) -> RequestStats {
         let mut in_flight: Vec<InFlightRequest> = self
-            .tracker
+            .streams
             .in_flight()
             .map(|f| {
-                let (service, port) = service_of(&self.services, &self.unknown, f.tgid, f.port);
+                let (service, port) = service_of(&self.services, &self.unknown, f.origin, f.port);
                 InFlightRequest {
                     service_name: service.to_string(),
                     server_port: port,
@@ -171,8 +136,8 @@ impl Requests {
         in_flight.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
         in_flight.truncate(MAX_IN_FLIGHT_SHOWN);
         let mut per_service_in_flight: HashMap<&str, u64> = HashMap::new();
-        for f in self.tracker.in_flight() {
-            let (service, _) = service_of(&self.services, &self.unknown, f.tgid, f.port);
+        for f in self.streams.in_flight() {
+            let (service, _) = service_of(&self.services, &self.unknown, f.origin, f.port);
             *per_service_in_flight.entry(&**service).or_default() += 1;
         }
         let services = self
@@ -223,37 +188,54 @@ fn quantile(sketch: &DDSketch, q: f64) -> f64 {
     sketch.quantile(q).ok().flatten().unwrap_or(0.0)
 }
 
-/// The service and port label of a connection of process `tgid`.
+impl crate::capture::reader::RecordSink for Requests {
+    type Context = Metrics;
+
+    fn start_batch(&mut self) {
+        self.refresh_services();
+    }
+
+    fn record(&mut self, record: &[u8], metrics: &Metrics) {
+        self.handle_record(record, metrics);
+    }
+}
+
+/// The service and port label of a connection.
 fn service_of<'a>(
-    services: &'a HashMap<u32, ServiceInfo>,
+    services: &'a Services,
     unknown: &'a Arc<str>,
-    tgid: u32,
+    origin: Origin,
     port: u16,
 ) -> (&'a Arc<str>, u16) {
-    match services.get(&tgid) {
-        Some(info) => {
-            let port = if port == 0 && info.ports.len() == 1 {
-                info.ports[0]
-            } else {
-                port
-            };
-            (&info.name, port)
+    match origin {
+        Origin::Process(tgid) => match services.by_pid.get(&tgid) {
+            Some(info) => {
+                let port = if port == 0 && info.ports.len() == 1 {
+                    info.ports[0]
+                } else {
+                    port
+                };
+                (&info.name, port)
+            }
+            None => (unknown, port),
+        },
+        Origin::Socket { netns, port } => {
+            (services.of_socket(netns, port).unwrap_or(unknown), port)
         }
-        None => (unknown, port),
     }
 }
 
 struct Recorder<'a> {
     routes: &'a mut Routes,
     stats: &'a mut HashMap<Arc<str>, ServiceStats>,
-    services: &'a HashMap<u32, ServiceInfo>,
+    services: &'a Services,
     unknown: &'a Arc<str>,
     metrics: &'a Metrics,
 }
 
 impl Recorder<'_> {
-    fn service(&mut self, tgid: u32, port: u16) -> (Arc<str>, u16) {
-        let (name, port) = service_of(self.services, self.unknown, tgid, port);
+    fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
+        let (name, port) = service_of(self.services, self.unknown, origin, port);
         (name.clone(), port)
     }
 
@@ -274,8 +256,8 @@ impl Recorder<'_> {
 }
 
 impl Sink for Recorder<'_> {
-    fn route(&mut self, tgid: u32, path: &str) -> Route {
-        let (name, _) = self.service(tgid, 0);
+    fn route(&mut self, origin: Origin, path: &str) -> Route {
+        let (name, _) = self.service(origin, 0);
         let before = self.routes.count(&name);
         let route = self.routes.template(&name, path);
         if route.overflow {
@@ -300,14 +282,14 @@ impl Sink for Recorder<'_> {
         route
     }
 
-    fn request(&mut self, tgid: u32, port: u16) {
-        let (name, _) = self.service(tgid, port);
+    fn request(&mut self, origin: Origin, port: u16) {
+        let (name, _) = self.service(origin, port);
         self.metrics.http_seen.with_label_values(&[&*name]).inc();
         self.stats(&name).seen += 1;
     }
 
     fn completed(&mut self, done: Completed) {
-        let (name, port) = self.service(done.tgid, done.port);
+        let (name, port) = self.service(done.origin, done.port);
         let seconds = done.duration_ns as f64 / 1e9;
         let status = done.status.to_string();
         let port_label = port.to_string();
@@ -340,8 +322,8 @@ impl Sink for Recorder<'_> {
         route.sketch.add(seconds);
     }
 
-    fn unpaired(&mut self, tgid: u32, port: u16, reason: Unpaired) {
-        let (name, _) = self.service(tgid, port);
+    fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
+        let (name, _) = self.service(origin, port);
         self.metrics
             .http_unpaired
             .with_label_values(&[&*name, reason.as_str()])
@@ -398,7 +380,49 @@ pub struct RouteSummary {
 
 /// Synthetic records for tests and benchmarks.
 pub mod synthetic {
-    use apm_common::events::{DATA_CAP, EventHeader, EventKind};
+    use apm_common::events::{DATA_CAP, EventHeader, EventKind, PacketHeader};
+
+    /// The bytes of a plain-integer repr(C) header followed by `data`,
+    /// padded to a full record.
+    fn with_payload<H: Copy>(header: &H, data: &[u8]) -> Vec<u8> {
+        let size = std::mem::size_of::<H>();
+        let mut out = Vec::with_capacity(size + DATA_CAP);
+        // SAFETY: callers pass repr(C) headers made only of integers;
+        // viewing one as bytes is sound.
+        let bytes = unsafe { std::slice::from_raw_parts((header as *const H).cast::<u8>(), size) };
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&data[..data.len().min(DATA_CAP)]);
+        out.resize(size + DATA_CAP, 0);
+        out
+    }
+
+    /// One packet record as the cgroup_skb programs would write it: the
+    /// segment of connection `cookie` at `seq`, `data.len()` payload bytes.
+    pub fn packet(
+        ts_ns: u64,
+        cookie: u64,
+        netns: u64,
+        port: u16,
+        direction: u8,
+        seq: u32,
+        flags: u8,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let header = PacketHeader {
+            kind: EventKind::Packet as u32,
+            captured: data.len().min(DATA_CAP) as u32,
+            ts_ns,
+            cookie,
+            netns,
+            seq,
+            len: data.len() as u32,
+            port,
+            direction,
+            flags,
+            ..Default::default()
+        };
+        with_payload(&header, data)
+    }
 
     /// One ring-buffer record as the kernel would write it.
     pub fn record(
@@ -423,30 +447,23 @@ pub mod synthetic {
             ret: data.len() as i64,
             tail: [0; 8],
         };
-        let mut out = Vec::with_capacity(std::mem::size_of::<EventHeader>() + DATA_CAP);
-        // SAFETY: EventHeader is repr(C) plain integers; viewing it as bytes
-        // is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&header as *const EventHeader).cast::<u8>(),
-                std::mem::size_of::<EventHeader>(),
-            )
-        };
-        out.extend_from_slice(bytes);
-        out.extend_from_slice(&data[..captured]);
-        out.resize(std::mem::size_of::<EventHeader>() + DATA_CAP, 0);
-        out
+        with_payload(&header, data)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{synthetic::record, *};
+    use super::{
+        synthetic::{packet, record},
+        *,
+    };
+    use crate::services::directory::ServiceInfo;
+    use apm_common::events::{EventKind, direction, tcp_flags};
 
     fn setup() -> (Requests, Metrics) {
         let dir = Arc::new(Directory::default());
-        dir.replace(
-            [(
+        dir.replace(Services {
+            by_pid: [(
                 7,
                 ServiceInfo {
                     name: "api".into(),
@@ -454,7 +471,9 @@ mod tests {
                 },
             )]
             .into(),
-        );
+            by_socket: [((42, 8080), "web".into())].into(),
+            ..Default::default()
+        });
         (
             Requests::new(RouteConfig::default(), 1024, dir),
             Metrics::new().expect("metrics"),
@@ -507,6 +526,95 @@ mod tests {
         );
         assert_eq!(api.routes[0].errors_5xx, 1);
         assert!((api.routes[0].p50_seconds - 0.020).abs() < 0.0003, "{json}");
+    }
+
+    #[test]
+    fn packets_pair_by_cookie_and_name_their_service_by_namespace() {
+        let (mut r, m) = setup();
+        let ms = 1_000_000;
+        let get = b"GET /orders/7 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (i, e) = (direction::INGRESS, direction::EGRESS);
+        r.handle_record(&packet(10 * ms, 1, 42, 8080, i, 100, 0, get), &m);
+        // A retransmission of the request changes nothing.
+        r.handle_record(&packet(11 * ms, 1, 42, 8080, i, 100, 0, get), &m);
+        r.handle_record(&packet(25 * ms, 1, 42, 8080, e, 900, 0, ok), &m);
+        // The same port in another namespace is another service.
+        r.handle_record(&packet(30 * ms, 2, 43, 8080, i, 5, 0, get), &m);
+        r.handle_record(&packet(32 * ms, 2, 43, 8080, e, 5, 0, ok), &m);
+        let s = r.snapshot(40 * ms);
+        let web = &s.services["web"];
+        assert_eq!((web.requests_seen, web.requests_paired), (1, 1));
+        assert!((web.routes[0].p50_seconds - 0.015).abs() < 0.0003);
+        assert_eq!(s.services["unknown"].requests_paired, 1);
+        // The server's FIN ends the connection.
+        r.handle_record(
+            &packet(
+                50 * ms,
+                1,
+                42,
+                8080,
+                e,
+                900 + ok.len() as u32,
+                tcp_flags::FIN,
+                b"",
+            ),
+            &m,
+        );
+        r.handle_record(
+            &packet(
+                50 * ms,
+                2,
+                43,
+                8080,
+                i,
+                5 + get.len() as u32,
+                tcp_flags::RST,
+                b"",
+            ),
+            &m,
+        );
+        assert_eq!(m.http_connections.get(), 0);
+    }
+
+    #[test]
+    fn a_lost_packet_resyncs_instead_of_shifting_responses() {
+        let (mut r, m) = setup();
+        let (i, e) = (direction::INGRESS, direction::EGRESS);
+        let req = |p: &str| format!("GET {p} HTTP/1.1\r\n\r\n").into_bytes();
+        let resp =
+            |code: u16| format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").into_bytes();
+        let (a, b, c) = (req("/a"), req("/b"), req("/c"));
+        let (r200, r404, r500) = (resp(200), resp(404), resp(500));
+        let mut seq_in = 0u32;
+        let mut seq_out = 0u32;
+        let send = |r: &mut Requests, dir: u8, seq: &mut u32, bytes: &[u8], lost: bool| {
+            if !lost {
+                r.handle_record(
+                    &packet(u64::from(*seq) + 1, 9, 42, 8080, dir, *seq, 0, bytes),
+                    &m,
+                );
+            }
+            *seq += bytes.len() as u32;
+        };
+        send(&mut r, i, &mut seq_in, &a, false);
+        send(&mut r, e, &mut seq_out, &r200, false);
+        // /b's request record is lost; its 404 must not pair with /c.
+        send(&mut r, i, &mut seq_in, &b, true);
+        send(&mut r, e, &mut seq_out, &r404, false);
+        send(&mut r, i, &mut seq_in, &c, false);
+        send(&mut r, e, &mut seq_out, &r500, false);
+        let s = r.snapshot(0);
+        let web = &s.services["web"];
+        let route = |p: &str| {
+            web.routes
+                .iter()
+                .find(|x| x.route == p)
+                .map(|x| (x.count, x.errors_5xx))
+        };
+        assert_eq!(route("/a"), Some((1, 0)));
+        assert_eq!(route("/c"), Some((1, 1)), "{web:?}");
+        assert_eq!(web.unpaired.get("gap"), Some(&1));
     }
 
     #[test]

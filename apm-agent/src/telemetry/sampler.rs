@@ -18,7 +18,7 @@ use std::{
 use procfs::{FromRead as _, LoadAverage, Meminfo, process::Process};
 use serde::Serialize;
 
-use crate::{metrics::Metrics, requests::ServiceInfo};
+use crate::{services::directory::ServiceInfo, telemetry::metrics::Metrics};
 
 /// Filesystem types that hold no user data (node_exporter's default
 /// exclusion list).

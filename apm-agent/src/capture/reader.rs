@@ -1,5 +1,6 @@
 //! The ring-buffer reader task: waits for the kernel's records with epoll
-//! (tokio's AsyncFd) and hands them to the request pipeline in batches.
+//! (tokio's AsyncFd) and hands them to a [`RecordSink`] (the request
+//! pipeline) in batches.
 
 use std::{
     sync::{Arc, Mutex},
@@ -12,16 +13,23 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
 use tracing::{error, info};
 
-use crate::{metrics::Metrics, requests::Requests};
+/// Where the reader delivers records; `Context` is shared state the sink
+/// needs beside itself (the metrics).
+pub trait RecordSink: Send + 'static {
+    type Context: Send + Sync + 'static;
+    /// Called once per batch, before its records.
+    fn start_batch(&mut self);
+    fn record(&mut self, record: &[u8], context: &Self::Context);
+}
 
 /// Records handled per lock of the pipeline, so /stats/requests is never
 /// kept waiting for long.
 const BATCH: usize = 4096;
 
-pub async fn run(
+pub async fn run<S: RecordSink>(
     ring: RingBuf<MapData>,
-    requests: Arc<Mutex<Requests>>,
-    metrics: Arc<Metrics>,
+    sink: Arc<Mutex<S>>,
+    context: Arc<S::Context>,
     mut stop: watch::Receiver<bool>,
 ) {
     let registered = {
@@ -52,13 +60,13 @@ pub async fn run(
                         return;
                     }
                 };
-                let drained = drain(guard.get_inner_mut(), &requests, &metrics);
+                let drained = drain(guard.get_inner_mut(), &sink, &context);
                 if drained == Some(true) {
                     guard.clear_ready();
                 }
                 drained
             }
-            _ = tick.tick() => drain(fd.get_mut(), &requests, &metrics),
+            _ = tick.tick() => drain(fd.get_mut(), &sink, &context),
             _ = stop.wait_for(|s| *s) => return,
         };
         match drained {
@@ -75,16 +83,16 @@ pub async fn run(
 
 /// Handles up to [`BATCH`] records; returns whether the ring is now empty
 /// (None when the pipeline state is poisoned).
-fn drain(
+fn drain<S: RecordSink>(
     ring: &mut RingBuf<MapData>,
-    requests: &Mutex<Requests>,
-    metrics: &Metrics,
+    sink: &Mutex<S>,
+    context: &S::Context,
 ) -> Option<bool> {
-    let mut requests = requests.lock().ok()?;
-    requests.refresh_services();
+    let mut sink = sink.lock().ok()?;
+    sink.start_batch();
     for _ in 0..BATCH {
         match ring.next() {
-            Some(record) => requests.handle_record(&record, metrics),
+            Some(record) => sink.record(&record, context),
             None => return Some(true),
         }
     }

@@ -1,0 +1,29 @@
+//! Getting bytes out of the kernel: checking what the host allows
+//! (`preflight`), loading and attaching the eBPF programs (`kernel`),
+//! finding the cgroup-v2 root the packet programs attach to (`cgroup`),
+//! and reading the ring buffer (`reader`).
+
+pub mod cgroup;
+pub mod kernel;
+pub mod preflight;
+pub mod reader;
+
+/// Where HTTP request and response bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    /// cgroup_skb programs on the cgroup-v2 root read the TCP segments of
+    /// monitored ports: no syscall is slowed.
+    Packets,
+    /// Tracepoints on the read/write syscall families: for hosts without
+    /// cgroup v2 (every syscall on the host pays for them).
+    Syscalls,
+}
+
+impl Capture {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Packets => "packets",
+            Self::Syscalls => "syscalls",
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Pure protocol parsers: the only code that sees captured bytes.
+
+pub mod http;
+pub mod routes;

@@ -1,0 +1,76 @@
+//! The service directory: which service a record belongs to. The agent
+//! replaces it wholesale whenever discovery changes something; the request
+//! pipeline and the sampler read snapshots of it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+/// Label value for a port or process whose owner is not known.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Which service a traced process belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: Arc<str>,
+    /// The monitored ports this process listens on (to label connections
+    /// whose local port the kernel could not learn).
+    pub ports: Vec<u16>,
+}
+
+/// One consistent view of every monitored service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Services {
+    /// tgid → service (sampling, and records of the syscall capture).
+    pub by_pid: HashMap<u32, ServiceInfo>,
+    /// (network-namespace cookie, local port) → service, for packet
+    /// records: two pods listening on one port stay apart.
+    pub by_socket: HashMap<(u64, u16), Arc<str>>,
+    /// Local port → service, for packet records whose namespace cookie the
+    /// agent could not learn.
+    pub by_port: HashMap<u16, Arc<str>>,
+}
+
+impl Services {
+    /// The service of a packet record.
+    pub fn of_socket(&self, netns: u64, port: u16) -> Option<&Arc<str>> {
+        self.by_socket
+            .get(&(netns, port))
+            .or_else(|| self.by_port.get(&port))
+    }
+}
+
+#[derive(Default)]
+pub struct Directory(RwLock<Arc<Services>>);
+
+impl Directory {
+    pub fn snapshot(&self) -> Arc<Services> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn replace(&self, services: Services) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Arc::new(services);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_are_found_by_namespace_then_by_port() {
+        let services = Services {
+            by_socket: [((1, 8080), "a".into()), ((2, 8080), "b".into())].into(),
+            by_port: [(8080, "a".into())].into(),
+            ..Default::default()
+        };
+        assert_eq!(services.of_socket(2, 8080).map(|s| &**s), Some("b"));
+        assert_eq!(services.of_socket(1, 8080).map(|s| &**s), Some("a"));
+        // An unknown namespace falls back to the port's service.
+        assert_eq!(services.of_socket(9, 8080).map(|s| &**s), Some("a"));
+        assert_eq!(services.of_socket(1, 9), None);
+    }
+}

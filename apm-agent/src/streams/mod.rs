@@ -1,0 +1,138 @@
+//! Per-connection byte streams: ring-buffer records decoded into stream
+//! pieces (this file), TCP sequence numbers turned into exact offsets
+//! (`reassembly`), and requests paired with responses (`pairing`).
+//!
+//! Both captures end here. A syscall record is already a piece of a
+//! stream, in order, keyed by (tgid, fd). A packet record is keyed by its
+//! socket cookie and placed by its sequence number: retransmissions are
+//! dropped, gaps make the pairing resync, and a FIN sent by the server (or
+//! an RST either way) closes the connection.
+
+pub mod pairing;
+pub mod reassembly;
+
+use apm_common::events::{EventHeader, EventKind, PacketHeader, direction, record_kind, tcp_flags};
+
+use self::{
+    pairing::{Event, InFlight, Origin, Sink, Tracker},
+    reassembly::{Reassembly, Verdict},
+};
+
+/// A ring-buffer record that could not be decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable ring-buffer record ({0} bytes)")]
+pub struct DecodeError(pub usize);
+
+pub struct Streams {
+    tracker: Tracker,
+    reassembly: Reassembly,
+}
+
+impl Streams {
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            tracker: Tracker::new(max_connections),
+            reassembly: Reassembly::new(max_connections),
+        }
+    }
+
+    /// Connections whose requests are being paired.
+    pub fn connections(&self) -> usize {
+        self.tracker.connections()
+    }
+
+    pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
+        self.tracker.in_flight()
+    }
+
+    /// Decodes one record and feeds it to the pairing.
+    pub fn handle_record(
+        &mut self,
+        record: &[u8],
+        sink: &mut impl Sink,
+    ) -> Result<(), DecodeError> {
+        let bad = || DecodeError(record.len());
+        match record_kind(record).ok_or_else(bad)? {
+            EventKind::Packet => {
+                let header = PacketHeader::decode(record).ok_or_else(bad)?;
+                self.handle_packet(&header, header.payload(record), sink);
+            }
+            kind => {
+                let header = EventHeader::decode(record).ok_or_else(bad)?;
+                let event = Event {
+                    kind,
+                    ts_ns: header.ts_ns,
+                    conn: (u64::from(header.tgid) << 32) | u64::from(header.fd),
+                    origin: Origin::Process(header.tgid),
+                    port: header.port,
+                    ret: header.ret,
+                    data: header.payload(record),
+                    tail: header.tail(),
+                };
+                self.tracker.handle(&event, sink);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sink) {
+        let conn = h.cookie;
+        let origin = Origin::Socket {
+            netns: h.netns,
+            port: h.port,
+        };
+        if h.len > 0 {
+            match self
+                .reassembly
+                .accept(conn, h.direction, h.seq, h.len, h.ts_ns)
+            {
+                Verdict::Duplicate => {}
+                Verdict::New { skip, gap } => {
+                    if gap {
+                        self.tracker.gap(conn, sink);
+                    }
+                    let kind = if h.direction == direction::INGRESS {
+                        EventKind::Read
+                    } else {
+                        EventKind::Write
+                    };
+                    let event = Event {
+                        kind,
+                        ts_ns: h.ts_ns,
+                        conn,
+                        origin,
+                        port: h.port,
+                        ret: i64::from(h.len - skip),
+                        data: data.get(skip as usize..).unwrap_or(&[]),
+                        tail: h.tail(),
+                    };
+                    self.tracker.handle(&event, sink);
+                }
+            }
+        }
+        // The server closing (FIN out) or either side resetting ends the
+        // connection; a client's FIN only half-closes it.
+        let closes = h.flags & tcp_flags::RST != 0
+            || (h.direction == direction::EGRESS && h.flags & tcp_flags::FIN != 0);
+        if closes {
+            let event = Event {
+                kind: EventKind::Close,
+                ts_ns: h.ts_ns,
+                conn,
+                origin,
+                port: h.port,
+                ret: 0,
+                data: &[],
+                tail: &[],
+            };
+            self.tracker.handle(&event, sink);
+            self.reassembly.forget(conn);
+        }
+    }
+
+    /// Forgets connections idle for longer than `idle_ns`.
+    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sink) {
+        self.tracker.sweep(now_ns, idle_ns, sink);
+        self.reassembly.sweep(now_ns, idle_ns);
+    }
+}
