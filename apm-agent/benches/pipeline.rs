@@ -1,23 +1,76 @@
 //! The userspace request pipeline on synthetic ring-buffer records:
-//! decode, pair, parse, template, record into the histogram.
-//! `cargo xtask bench` reports its throughput in docs/benchmarks.md.
+//! decode, (reassemble,) pair, parse, template, record into the histogram,
+//! for packet records (the default capture) and syscall records.
+//! `cargo xtask bench` reports both throughputs in docs/benchmarks.md.
 
 use std::sync::Arc;
 
 use apm_agent::{
     protocols::routes::RouteConfig,
-    telemetry::metrics::Metrics,
-    telemetry::requests::{Directory, Requests, ServiceInfo, synthetic::record},
+    services::directory::{Directory, ServiceInfo, Services},
+    telemetry::{
+        metrics::Metrics,
+        requests::{
+            Requests,
+            synthetic::{packet, record},
+        },
+    },
 };
-use apm_common::events::EventKind;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use apm_common::events::{EventKind, PacketHeader, direction};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const CONNS: u32 = 64;
 const ROUNDS: u64 = 64;
 
-/// Keep-alive traffic over CONNS connections: per request one read and two
-/// writes (head, body), with a few paths that need templating.
-fn workload() -> Vec<Vec<u8>> {
+fn path(round: u64, conn: u32) -> String {
+    match round % 4 {
+        0 => "/api/users/12345/orders?limit=10".to_owned(),
+        1 => format!("/api/items/{}", round * 31 + u64::from(conn)),
+        2 => "/static/app.js".to_owned(),
+        _ => "/health".to_owned(),
+    }
+}
+
+const HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n";
+const BODY: &[u8] = b"{\"ok\":true}\r\n";
+
+/// Keep-alive traffic over CONNS connections as packets: per request one
+/// ingress segment and one egress segment (head and body together).
+fn packets() -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut ts = 0u64;
+    let mut seq = [[0u32; 2]; CONNS as usize];
+    let response = [HEAD, BODY].concat();
+    for round in 0..ROUNDS {
+        for conn in 0..CONNS {
+            ts += 1000;
+            let req = format!(
+                "GET {} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+                path(round, conn)
+            );
+            let seg = |ts_ns, dir: u8, seq: u32| PacketHeader {
+                ts_ns,
+                cookie: u64::from(conn) + 1,
+                netns: 1,
+                port: 8080,
+                direction: dir,
+                seq,
+                ..Default::default()
+            };
+            let s = &mut seq[conn as usize];
+            records.push(packet(seg(ts, direction::INGRESS, s[0]), req.as_bytes()));
+            records.push(packet(seg(ts + 500, direction::EGRESS, s[1]), &response));
+            s[0] += req.len() as u32;
+            s[1] += response.len() as u32;
+        }
+    }
+    records
+}
+
+/// The same traffic as syscall records: per request one read and two
+/// writes (head, body).
+fn syscalls() -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     let mut ts = 0u64;
     for fd in 0..CONNS {
@@ -26,42 +79,22 @@ fn workload() -> Vec<Vec<u8>> {
     for round in 0..ROUNDS {
         for fd in 0..CONNS {
             ts += 1000;
-            let path = match round % 4 {
-                0 => "/api/users/12345/orders?limit=10".to_owned(),
-                1 => format!("/api/items/{}", round * 31 + u64::from(fd)),
-                2 => "/static/app.js".to_owned(),
-                _ => "/health".to_owned(),
-            };
             let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+                "GET {} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+                path(round, fd)
             );
             records.push(record(EventKind::Read, ts, 7, fd, 8080, req.as_bytes()));
-            records.push(record(
-                EventKind::Write,
-                ts + 400,
-                7,
-                fd,
-                8080,
-                b"HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n",
-            ));
-            records.push(record(
-                EventKind::Write,
-                ts + 500,
-                7,
-                fd,
-                8080,
-                b"{\"ok\":true}\r\n",
-            ));
+            records.push(record(EventKind::Write, ts + 400, 7, fd, 8080, HEAD));
+            records.push(record(EventKind::Write, ts + 500, 7, fd, 8080, BODY));
         }
     }
     records
 }
 
 fn pipeline(c: &mut Criterion) {
-    let records = workload();
     let directory = Arc::new(Directory::default());
-    directory.replace(
-        [(
+    directory.replace(Services {
+        by_pid: [(
             7,
             ServiceInfo {
                 name: "bench".into(),
@@ -69,19 +102,33 @@ fn pipeline(c: &mut Criterion) {
             },
         )]
         .into(),
-    );
-    let metrics = Metrics::new().expect("metrics");
-    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory);
-    let mut group = c.benchmark_group("pipeline");
-    group.throughput(Throughput::Elements(records.len() as u64));
-    group.bench_function("decode_pair_parse_template_record", |b| {
-        b.iter(|| {
-            for r in &records {
-                requests.handle_record(r, &metrics);
-            }
-        })
+        by_socket: [((1, 8080), "bench".into())].into(),
+        ..Default::default()
     });
-    group.finish();
+    let metrics = Metrics::new().expect("metrics");
+    // Packets first: `cargo xtask bench` reads the throughput lines in
+    // this order.
+    for (name, records) in [
+        ("packets_reassemble_pair_parse_template_record", packets()),
+        ("syscalls_decode_pair_parse_template_record", syscalls()),
+    ] {
+        let mut group = c.benchmark_group("pipeline");
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function(name, |b| {
+            // A fresh pipeline per batch (not timed): replayed packets
+            // would otherwise all be retransmissions.
+            b.iter_batched_ref(
+                || Requests::new(RouteConfig::default(), 65_536, directory.clone()),
+                |requests| {
+                    for r in &records {
+                        requests.handle_record(r, &metrics);
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, pipeline);

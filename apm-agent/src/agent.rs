@@ -180,8 +180,18 @@ impl Agent {
                 continue;
             }
             let name = self.selection.service_name(port, owners);
-            self.monitor_port(port, name.clone());
-            let name = name.unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+            self.monitor_port(port, name);
+        }
+        // Processes are named per network namespace: two pods listening on
+        // one port are two services.
+        for (&(_, port), owners) in &listeners.by_socket {
+            if !self.selection.selects(port, owners) {
+                continue;
+            }
+            let name = self
+                .selection
+                .service_name(port, owners)
+                .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
             for owner in owners {
                 let entry = owners_now
                     .entry(owner.pid)

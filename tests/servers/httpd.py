@@ -1,12 +1,17 @@
 """The non-Rust HTTP server of apm's end-to-end tests: Python's http.server,
-threaded, HTTP/1.1 keep-alive. Usage: python3 httpd.py PORT
+threaded, HTTP/1.1 keep-alive. Usage: python3 httpd.py PORT [ADDRESS]
+(ADDRESS 127.0.0.1 by default; ::1 for IPv6).
 
 Routes match apm-httpd: /ok 200, /missing 404, /error 500, /sleep/MS sleeps
-MS milliseconds then 200, /users/ID 200, anything else 200. Every response
-carries a Content-Length. It writes the head and the body with separate
-syscalls, as http.server does.
+MS milliseconds then 200, /users/ID 200, anything else 200. Those carry a
+Content-Length, and it writes the head and the body with separate
+syscalls, as http.server does. Two more exercise framing: /chunked sends
+a chunked body with one sendmsg (writev) of two buffers, the head with the
+first chunk and then the terminating 0 chunk on its own; /empty sends
+"Content-Length: 0" and nothing else.
 """
 import http.server
+import socket
 import sys
 import time
 
@@ -19,6 +24,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
+        if path == "/chunked":
+            head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            self.connection.sendmsg([head, b"0\r\n\r\n"])
+            return
+        if path == "/empty":
+            self.connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
         code, body = 200, b"any\n"
         if path == "/ok":
             body = b"ok\n"
@@ -41,8 +54,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class V6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def main():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    kind = V6Server if ":" in address else http.server.ThreadingHTTPServer
+    server = kind((address, int(sys.argv[1])), Handler)
     server.daemon_threads = True
     print("listening", flush=True)
     server.serve_forever()

@@ -14,6 +14,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+mod net;
+pub use net::{Client, NetNs, Server, connect_many, python_client};
+
 /// Fails the test unless it runs as root: these tests load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -141,6 +144,26 @@ impl Agent {
         );
     }
 
+    /// Waits until the agent has paired `total` requests of `service`;
+    /// panics with what it has otherwise.
+    pub fn wait_for_paired(&self, service: &str, total: u64, within: Duration) -> Metrics {
+        let done = wait_for(within, || {
+            let m = self.metrics().ok()?;
+            (m.sum("apm_http_requests_paired_total", service) >= total as f64).then_some(m)
+        });
+        match done {
+            Some(m) => m,
+            None => {
+                let m = self.metrics().expect("metrics");
+                panic!(
+                    "{service}: paired {} of {total}:\n{}",
+                    m.sum("apm_http_requests_paired_total", service),
+                    m.text
+                )
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the agent to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let pid = self.pid().context("agent already reaped")?;
@@ -169,7 +192,7 @@ impl Drop for Agent {
 
 /// A binary of this crate that cargo built beside the running test
 /// (target/<profile>/, one level above the test binary in deps/).
-fn sibling_bin(name: &str) -> Result<PathBuf> {
+pub(crate) fn sibling_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
@@ -322,146 +345,6 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// A server process the tests start (it prints `listening` once ready),
-/// killed when dropped.
-pub struct Server {
-    child: Child,
-    pub port: u16,
-}
-
-impl Server {
-    pub fn start(mut cmd: Command, port: u16) -> Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {cmd:?}"))?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut first = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut first);
-            let _ = tx.send(first);
-        });
-        let server = Self { child, port };
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .context("server did not say it was listening")?;
-        ensure!(line.trim() == "listening", "server said {line:?}");
-        Ok(server)
-    }
-
-    /// The Rust test server (src/bin/apm-httpd.rs) on `port`.
-    pub fn rust(port: u16) -> Result<Self> {
-        let mut cmd = Command::new(sibling_bin("apm-httpd")?);
-        cmd.arg(port.to_string());
-        Self::start(cmd, port)
-    }
-
-    /// The Python test server (servers/httpd.py) on `port`.
-    pub fn python(port: u16) -> Result<Self> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/httpd.py"))
-            .arg(port.to_string());
-        Self::start(cmd, port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A blocking HTTP/1.1 keep-alive client that knows exactly what it sent
-/// and what came back.
-pub struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    pub fn connect(port: u16) -> Result<Self> {
-        let stream = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(5),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// One request; returns the response status.
-    pub fn get(&mut self, path: &str) -> Result<u16> {
-        Ok(self.pipeline(&[path])?[0])
-    }
-
-    /// Several requests in a single write, then their responses in order.
-    pub fn pipeline(&mut self, paths: &[&str]) -> Result<Vec<u16>> {
-        let mut batch = String::new();
-        for path in paths {
-            batch.push_str(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
-        }
-        self.stream.write_all(batch.as_bytes())?;
-        paths.iter().map(|_| self.read_response()).collect()
-    }
-
-    fn read_response(&mut self) -> Result<u16> {
-        let head_end = loop {
-            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            self.fill()?;
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end])?.to_owned();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .context("bad status line")?;
-        let length: usize = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .context("response without Content-Length")?;
-        while self.buf.len() < head_end + length {
-            self.fill()?;
-        }
-        self.buf.drain(..head_end + length);
-        Ok(status)
-    }
-
-    fn fill(&mut self) -> Result<()> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk)?;
-        ensure!(n > 0, "server closed the connection");
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-}
-
-/// Opens `n` client connections to 127.0.0.1:`port` and returns them open.
-pub fn connect_many(port: u16, n: usize) -> Result<Vec<TcpStream>> {
-    (0..n)
-        .map(|_| {
-            TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(5),
-            )
-            .context("connecting to the test listener")
-        })
-        .collect()
-}
-
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -554,6 +437,30 @@ impl Metrics {
             samples,
             text: text.to_owned(),
         }
+    }
+
+    /// (route, status) → requests of `service`, from the duration
+    /// histogram's counts.
+    pub fn route_counts(&self, service: &str) -> BTreeMap<(String, u16), u64> {
+        self.matching(
+            "http_server_request_duration_seconds_count",
+            &[("service_name", service)],
+        )
+        .map(|s| {
+            let route = s.labels["http_route"].clone();
+            let status = s.labels["http_response_status_code"]
+                .parse()
+                .expect("status");
+            ((route, status), s.value as u64)
+        })
+        .collect()
+    }
+
+    /// The sum of every series of `name` for `service`.
+    pub fn sum(&self, name: &str, service: &str) -> f64 {
+        self.matching(name, &[("service_name", service)])
+            .map(|s| s.value)
+            .sum()
     }
 
     /// The value of `name` whose labels include all of `labels`; panics

@@ -3,12 +3,36 @@
 
 use std::{process::Command, time::Duration};
 
+use apm_common::maps::Role;
 use apm_e2e::{Agent, Listener, connect_many, free_port, get, require_root, wait_for};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 fn port_label(port: u16) -> String {
     port.to_string()
+}
+
+/// The accept/close tracepoints saw the same 200 accepts and 80 closes in
+/// the listener process.
+fn syscall_side_saw_the_same(m: &apm_e2e::Metrics) {
+    assert_eq!(
+        m.value(
+            "apm_accepted_sockets_total",
+            &[("service_name", "apm-listener")]
+        ),
+        Some(200.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value(
+            "apm_accepted_sockets_closed_total",
+            &[("service_name", "apm-listener")]
+        ),
+        Some(80.0),
+        "{}",
+        m.text
+    );
 }
 
 /// Waits until the agent has found the listener's process (so its accept
@@ -36,9 +60,15 @@ fn wait_until_named(agent: &Agent, port: u16, service: &str) {
 #[test]
 fn accepted_closed_and_active_match_what_the_listener_did() {
     require_root();
+    counts_match("packets");
+    counts_match("syscalls");
+}
+
+fn counts_match(capture: &str) {
     let (selected, other) = (free_port().expect("port"), free_port().expect("port"));
     assert_ne!(selected, other);
-    let agent = Agent::start(&["--port", &selected.to_string()]).expect("agent");
+    let agent =
+        Agent::start(&["--capture", capture, "--port", &selected.to_string()]).expect("agent");
     let m = agent.metrics().expect("metrics");
     assert_eq!(
         m.value("apm_ebpf_up", &[]),
@@ -82,25 +112,17 @@ fn accepted_closed_and_active_match_what_the_listener_did() {
         "{}",
         m.text
     );
-    // The syscall side saw the same 200 accepts in the listener process.
-    assert_eq!(
-        m.value(
-            "apm_accepted_sockets_total",
-            &[("service_name", "apm-listener")]
-        ),
-        Some(200.0),
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        m.value(
-            "apm_accepted_sockets_closed_total",
-            &[("service_name", "apm-listener")]
-        ),
-        Some(80.0),
-        "{}",
-        m.text
-    );
+    if capture == "packets" {
+        // No syscall is traced, so there are no per-process accept counts.
+        assert!(
+            !m.text.contains("apm_accepted_sockets_total{"),
+            "{}",
+            m.text
+        );
+    } else {
+        syscall_side_saw_the_same(&m);
+    }
+    let other = format!("server_port=\"{other}\"");
     let other = format!("server_port=\"{other}\"");
     assert!(
         !m.text.contains(&other),
@@ -185,29 +207,65 @@ fn apm_programs_loaded() -> usize {
         .count()
 }
 
+/// Programs of a role in the object.
+fn programs(roles: &[Role]) -> usize {
+    apm_common::maps::PROBES
+        .iter()
+        .filter(|p| roles.contains(&p.role))
+        .count()
+}
+
+/// cgroup programs attached anywhere, from `bpftool cgroup tree`.
+fn cgroup_programs_named(names: &[&str]) -> usize {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "tree"])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| names.iter().any(|n| l.contains(n)))
+        .count()
+}
+
 #[test]
 fn sigterm_detaches_every_program() {
     require_root();
-    assert_eq!(
-        apm_programs_loaded(),
-        0,
-        "programs left over before the test"
-    );
-    let mut agent = Agent::start(&[]).expect("agent");
-    assert_eq!(
-        apm_programs_loaded(),
-        apm_common::maps::PROBES.len(),
-        "{}",
-        agent.log_text()
-    );
-    let status = agent.terminate(WAIT).expect("terminate");
-    assert!(
-        status.success(),
-        "agent exited with {status}: {}",
-        agent.log_text()
-    );
-    assert_eq!(apm_programs_loaded(), 0, "programs left after SIGTERM");
-    assert!(agent.log_text().contains("eBPF programs detached"));
+    let packet_programs = ["capture_ingress", "capture_egress"];
+    for (capture, roles) in [
+        ("packets", &[Role::Connections, Role::PacketData][..]),
+        (
+            "syscalls",
+            &[Role::Connections, Role::SyscallState, Role::SyscallData][..],
+        ),
+    ] {
+        assert_eq!(
+            apm_programs_loaded(),
+            0,
+            "programs left over before the test"
+        );
+        let mut agent = Agent::start(&["--capture", capture]).expect("agent");
+        assert_eq!(
+            apm_programs_loaded(),
+            programs(roles),
+            "{}",
+            agent.log_text()
+        );
+        let on_cgroups = cgroup_programs_named(&packet_programs);
+        assert_eq!(on_cgroups, if capture == "packets" { 2 } else { 0 });
+        let status = agent.terminate(WAIT).expect("terminate");
+        assert!(
+            status.success(),
+            "agent exited with {status}: {}",
+            agent.log_text()
+        );
+        assert_eq!(apm_programs_loaded(), 0, "programs left after SIGTERM");
+        assert_eq!(
+            cgroup_programs_named(&packet_programs),
+            0,
+            "cgroup programs left after SIGTERM"
+        );
+        assert!(agent.log_text().contains("eBPF programs detached"));
+    }
 }
 
 #[test]
@@ -262,11 +320,10 @@ fn no_http_attaches_only_the_connection_probes_and_still_counts_exactly() {
     require_root();
     let port = free_port().expect("port");
     let mut agent = Agent::start(&["--no-http", "--port", &port.to_string()]).expect("agent");
-    let http = apm_common::maps::PROBES.iter().filter(|p| p.http).count();
-    assert!(http > 0);
+    // Only the TCP state tracepoint: no syscall and no packet program.
     assert_eq!(
         apm_programs_loaded(),
-        apm_common::maps::PROBES.len() - http,
+        programs(&[Role::Connections]),
         "{}",
         agent.log_text()
     );

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use apm_e2e::{Agent, Client, Metrics, Server, free_port, get, require_root, wait_for};
+use apm_e2e::{Agent, Client, NetNs, Server, free_port, get, require_root, wait_for};
 
 const SLEEP_MS: u64 = 200;
 
@@ -59,53 +59,24 @@ fn drive(port: u16, keepalive: u64) -> Expected {
     expected
 }
 
-fn counts_for(m: &Metrics, service: &str) -> Expected {
-    m.matching(
-        "http_server_request_duration_seconds_count",
-        &[("service_name", service)],
-    )
-    .map(|s| {
-        let route = s.labels["http_route"].clone();
-        let status = s.labels["http_response_status_code"]
-            .parse()
-            .expect("status");
-        ((route, status), s.value as u64)
-    })
-    .collect()
-}
-
-fn sum(m: &Metrics, name: &str, service: &str) -> f64 {
-    m.matching(name, &[("service_name", service)])
-        .map(|s| s.value)
-        .sum()
-}
-
-/// Waits until the agent has paired `total` requests of `service`.
-fn wait_for_paired(agent: &Agent, service: &str, total: u64, within: Duration) -> Metrics {
-    let done = wait_for(within, || {
-        let m = agent.metrics().ok()?;
-        (sum(&m, "apm_http_requests_paired_total", service) >= total as f64).then_some(m)
-    });
-    match done {
-        Some(m) => m,
-        None => {
-            let m = agent.metrics().expect("metrics");
-            panic!(
-                "{service}: paired {} of {total}:\n{}",
-                sum(&m, "apm_http_requests_paired_total", service),
-                m.text
-            )
-        }
-    }
+#[test]
+fn per_route_counts_and_latency_match_the_clients_ground_truth_from_packets() {
+    per_route_counts_and_latency("packets");
 }
 
 #[test]
-fn per_route_counts_and_latency_match_the_clients_ground_truth() {
+fn per_route_counts_and_latency_match_the_clients_ground_truth_from_syscalls() {
+    per_route_counts_and_latency("syscalls");
+}
+
+fn per_route_counts_and_latency(capture: &str) {
     require_root();
     let (rust_port, py_port) = (free_port().expect("port"), free_port().expect("port"));
     let rust = Server::rust(rust_port).expect("apm-httpd");
     let python = Server::python(py_port).expect("python3 http.server");
     let agent = Agent::start(&[
+        "--capture",
+        capture,
         "--port",
         &rust_port.to_string(),
         "--port",
@@ -123,18 +94,15 @@ fn per_route_counts_and_latency_match_the_clients_ground_truth() {
         let expected = drive(port, keepalive);
         let total: u64 = expected.values().sum();
         assert_eq!(total, keepalive + 24 + 5);
-        let m = wait_for_paired(&agent, service, total, Duration::from_secs(30));
-        let got = counts_for(&m, service);
+        let m = agent.wait_for_paired(service, total, Duration::from_secs(30));
+        let got = m.route_counts(service);
         assert_eq!(
             got, expected,
             "{service}: agent counts differ from the client's"
         );
+        assert_eq!(m.sum("apm_http_requests_seen_total", service), total as f64);
         assert_eq!(
-            sum(&m, "apm_http_requests_seen_total", service),
-            total as f64
-        );
-        assert_eq!(
-            sum(&m, "apm_http_requests_unpaired_total", service),
+            m.sum("apm_http_requests_unpaired_total", service),
             0.0,
             "{service}: unpaired requests:\n{}",
             m.text
@@ -213,8 +181,8 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
         assert!(statuses.iter().all(|&s| s == 200));
     }
     let service = "apm-httpd";
-    let m = wait_for_paired(&agent, service, 50_000, Duration::from_secs(60));
-    let counts = counts_for(&m, service);
+    let m = agent.wait_for_paired(service, 50_000, Duration::from_secs(60));
+    let counts = m.route_counts(service);
     let routes: std::collections::BTreeSet<&String> = counts.keys().map(|(r, _)| r).collect();
     assert!(routes.len() <= 1001, "{} routes exported", routes.len());
     assert_eq!(
@@ -242,8 +210,19 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
     drop(server);
 }
 
+/// A keep-alive connection opened and used before the agent starts, its
+/// server thread blocked in recv() on it since then.
 #[test]
-fn connections_open_before_the_agent_started_are_paired() {
+fn a_connection_blocked_in_read_before_the_agent_started_is_timed() {
+    early_connection("packets");
+}
+
+#[test]
+fn connections_open_before_the_agent_started_are_paired_from_syscalls() {
+    early_connection("syscalls");
+}
+
+fn early_connection(capture: &str) {
     require_root();
     let port = free_port().expect("port");
     let server = Server::python(port).expect("python3 http.server");
@@ -251,25 +230,27 @@ fn connections_open_before_the_agent_started_are_paired() {
     let mut early = Client::connect(port).expect("connect");
     assert_eq!(early.get("/ok").expect("request"), 200);
 
-    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    let agent = Agent::start(&["--capture", capture, "--port", &port.to_string()]).expect("agent");
     agent.wait_for_service(port, "python3");
-    // The server's thread has been blocked in recv() on this connection
-    // since before the agent attached; that read's arguments were never
-    // seen, so the request it returns cannot be, and its response counts
-    // as one without a request. Every later request is paired.
+    // Packets: the request arrives after the programs are attached, so it
+    // is timed like any other. Syscalls: the recv() that returns it began
+    // before the agent attached, so its arguments were never seen; its
+    // response counts as one without a request (or, if the thread was not
+    // yet blocked, it is paired). Every later request is paired.
     assert_eq!(early.get("/ok").expect("request"), 200);
     for _ in 0..20 {
         assert_eq!(early.get("/missing?token=SECRET").expect("request"), 404);
     }
     let m = wait_for(Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
-        let missing = counts_for(&m, "python3")
+        let missing = m
+            .route_counts("python3")
             .get(&("/missing".to_owned(), 404))
             .copied();
         (missing == Some(20)).then_some(m)
     })
     .unwrap_or_else(|| panic!("{}", agent.metrics().expect("metrics").text));
-    let counts = counts_for(&m, "python3");
+    let counts = m.route_counts("python3");
     let first = counts.get(&("/ok".to_owned(), 200)).copied().unwrap_or(0);
     assert_eq!(counts.len(), 1 + usize::from(first == 1), "{counts:?}");
     let orphan = m
@@ -286,51 +267,17 @@ fn connections_open_before_the_agent_started_are_paired() {
         1.0,
         "the first response is either paired or an orphan"
     );
-    assert_eq!(
-        sum(&m, "apm_http_requests_unpaired_total", "python3"),
-        orphan
-    );
+    if capture == "packets" {
+        assert_eq!((first, orphan), (1, 0.0), "{}", m.text);
+    }
+    assert_eq!(m.sum("apm_http_requests_unpaired_total", "python3"), orphan);
     drop(server);
-}
-
-/// A network namespace of the test's own (like a container's or a pod's),
-/// deleted on drop.
-struct NetNs(String);
-
-impl NetNs {
-    fn create() -> Self {
-        let name = format!("apm-e2e-{}", std::process::id());
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .expect("ip (iproute2)");
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        };
-        run(&["netns", "add", &name]);
-        run(&["-n", &name, "link", "set", "lo", "up"]);
-        Self(name)
-    }
-
-    fn command(&self, program: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &self.0, program]);
-        cmd
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .output();
-    }
 }
 
 #[test]
 fn a_server_in_its_own_network_namespace_is_found_and_timed() {
     require_root();
-    let ns = NetNs::create();
+    let ns = NetNs::create("one");
     let port = free_port().expect("port");
     let mut cmd = ns.command("python3");
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/httpd.py"))
@@ -360,13 +307,13 @@ fn a_server_in_its_own_network_namespace_is_found_and_timed() {
     assert!(out.status.success(), "client: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "50 10");
 
-    let m = wait_for_paired(&agent, "python3", 60, Duration::from_secs(15));
+    let m = agent.wait_for_paired("python3", 60, Duration::from_secs(15));
     let expected: Expected = [
         (("/ok".to_owned(), 200), 50),
         (("/missing".to_owned(), 404), 10),
     ]
     .into();
-    assert_eq!(counts_for(&m, "python3"), expected);
+    assert_eq!(m.route_counts("python3"), expected);
     let p = port.to_string();
     assert_eq!(
         m.value(

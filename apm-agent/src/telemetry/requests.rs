@@ -396,30 +396,15 @@ pub mod synthetic {
         out
     }
 
-    /// One packet record as the cgroup_skb programs would write it: the
-    /// segment of connection `cookie` at `seq`, `data.len()` payload bytes.
-    pub fn packet(
-        ts_ns: u64,
-        cookie: u64,
-        netns: u64,
-        port: u16,
-        direction: u8,
-        seq: u32,
-        flags: u8,
-        data: &[u8],
-    ) -> Vec<u8> {
+    /// One packet record as the cgroup_skb programs would write it:
+    /// `header` (kind, length and capture filled in here) and `data` as
+    /// the segment's payload.
+    pub fn packet(header: PacketHeader, data: &[u8]) -> Vec<u8> {
         let header = PacketHeader {
             kind: EventKind::Packet as u32,
             captured: data.len().min(DATA_CAP) as u32,
-            ts_ns,
-            cookie,
-            netns,
-            seq,
             len: data.len() as u32,
-            port,
-            direction,
-            flags,
-            ..Default::default()
+            ..header
         };
         with_payload(&header, data)
     }
@@ -453,10 +438,7 @@ pub mod synthetic {
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        synthetic::{packet, record},
-        *,
-    };
+    use super::{synthetic::record, *};
     use crate::services::directory::ServiceInfo;
     use apm_common::events::{EventKind, direction, tcp_flags};
 
@@ -528,6 +510,29 @@ mod tests {
         assert!((api.routes[0].p50_seconds - 0.020).abs() < 0.0003, "{json}");
     }
 
+    /// A packet record of port 8080.
+    fn packet(
+        ts_ns: u64,
+        cookie: u64,
+        netns: u64,
+        direction: u8,
+        seq: u32,
+        flags: u8,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let header = apm_common::events::PacketHeader {
+            ts_ns,
+            cookie,
+            netns,
+            port: 8080,
+            direction,
+            seq,
+            flags,
+            ..Default::default()
+        };
+        super::synthetic::packet(header, data)
+    }
+
     #[test]
     fn packets_pair_by_cookie_and_name_their_service_by_namespace() {
         let (mut r, m) = setup();
@@ -535,13 +540,13 @@ mod tests {
         let get = b"GET /orders/7 HTTP/1.1\r\nHost: x\r\n\r\n";
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let (i, e) = (direction::INGRESS, direction::EGRESS);
-        r.handle_record(&packet(10 * ms, 1, 42, 8080, i, 100, 0, get), &m);
+        r.handle_record(&packet(10 * ms, 1, 42, i, 100, 0, get), &m);
         // A retransmission of the request changes nothing.
-        r.handle_record(&packet(11 * ms, 1, 42, 8080, i, 100, 0, get), &m);
-        r.handle_record(&packet(25 * ms, 1, 42, 8080, e, 900, 0, ok), &m);
+        r.handle_record(&packet(11 * ms, 1, 42, i, 100, 0, get), &m);
+        r.handle_record(&packet(25 * ms, 1, 42, e, 900, 0, ok), &m);
         // The same port in another namespace is another service.
-        r.handle_record(&packet(30 * ms, 2, 43, 8080, i, 5, 0, get), &m);
-        r.handle_record(&packet(32 * ms, 2, 43, 8080, e, 5, 0, ok), &m);
+        r.handle_record(&packet(30 * ms, 2, 43, i, 5, 0, get), &m);
+        r.handle_record(&packet(32 * ms, 2, 43, e, 5, 0, ok), &m);
         let s = r.snapshot(40 * ms);
         let web = &s.services["web"];
         assert_eq!((web.requests_seen, web.requests_paired), (1, 1));
@@ -553,7 +558,6 @@ mod tests {
                 50 * ms,
                 1,
                 42,
-                8080,
                 e,
                 900 + ok.len() as u32,
                 tcp_flags::FIN,
@@ -562,16 +566,7 @@ mod tests {
             &m,
         );
         r.handle_record(
-            &packet(
-                50 * ms,
-                2,
-                43,
-                8080,
-                i,
-                5 + get.len() as u32,
-                tcp_flags::RST,
-                b"",
-            ),
+            &packet(50 * ms, 2, 43, i, 5 + get.len() as u32, tcp_flags::RST, b""),
             &m,
         );
         assert_eq!(m.http_connections.get(), 0);
@@ -590,10 +585,7 @@ mod tests {
         let mut seq_out = 0u32;
         let send = |r: &mut Requests, dir: u8, seq: &mut u32, bytes: &[u8], lost: bool| {
             if !lost {
-                r.handle_record(
-                    &packet(u64::from(*seq) + 1, 9, 42, 8080, dir, *seq, 0, bytes),
-                    &m,
-                );
+                r.handle_record(&packet(u64::from(*seq) + 1, 9, 42, dir, *seq, 0, bytes), &m);
             }
             *seq += bytes.len() as u32;
         };

@@ -1,0 +1,166 @@
+//! What timing HTTP from packets gives beyond the syscall capture, end to
+//! end: responses written with writev framed exactly, recovery after the
+//! ring buffer lost records, servers on one port in two network namespaces
+//! kept apart, and IPv6.
+
+use std::time::Duration;
+
+use apm_e2e::{Agent, Client, NetNs, Server, free_port, python_client, require_root};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn chunked_responses_written_with_writev_and_empty_bodies_pair_exactly() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::python(port).expect("python3 http.server");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, "python3");
+    // /chunked: one sendmsg of [head + first chunk, "0\r\n\r\n"];
+    // /empty: "Content-Length: 0" and nothing after it.
+    let paths: Vec<&str> = ["/chunked", "/empty", "/chunked", "/ok", "/empty"]
+        .iter()
+        .copied()
+        .cycle()
+        .take(60)
+        .collect();
+    let expected = python_client(None, "127.0.0.1", port, &paths).expect("client");
+    assert_eq!(expected.values().sum::<u64>(), 60);
+    let m = agent.wait_for_paired("python3", 60, WAIT);
+    assert_eq!(m.route_counts("python3"), expected);
+    assert_eq!(
+        m.sum("apm_http_requests_unpaired_total", "python3"),
+        0.0,
+        "{}",
+        m.text
+    );
+    drop(server);
+}
+
+#[test]
+fn after_ring_buffer_loss_new_connections_pair_exactly() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    // 64 KiB: about 60 records between two 20 ms drains.
+    let agent = Agent::start(&["--port", &port.to_string(), "--ring-buffer-bytes", "65536"])
+        .expect("agent");
+    agent.wait_for_service(port, "apm-httpd");
+
+    // Bursts of pipelined requests from 8 connections at once, until the
+    // kernel reports lost records (at most 20 bursts of 2048 requests).
+    let lost = |agent: &Agent| {
+        agent
+            .metrics()
+            .ok()
+            .and_then(|m| m.value("apm_ebpf_drops_total", &[("reason", "ringbuf_full")]))
+            .unwrap_or(0.0)
+    };
+    let mut sent = 0u64;
+    for _ in 0..20 {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(port).expect("connect");
+                    for _ in 0..4 {
+                        let statuses = c.pipeline(&["/burst"; 64]).expect("burst");
+                        assert!(statuses.iter().all(|&s| s == 200));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("burst thread");
+        }
+        sent += 8 * 4 * 64;
+        if lost(&agent) > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        lost(&agent) > 0.0,
+        "no record was lost after {sent} requests"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A new connection at a pace the small ring holds: every request of it
+    // is paired with its own response.
+    let mut c = Client::connect(port).expect("connect");
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..100 {
+        let path = if i % 4 == 3 { "/missing" } else { "/after" };
+        *statuses
+            .entry((path.to_owned(), c.get(path).expect("request")))
+            .or_insert(0u64) += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let m = apm_e2e::wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        let counts = m.route_counts("apm-httpd");
+        statuses
+            .iter()
+            .all(|(k, v)| counts.get(k) == Some(v))
+            .then_some(m)
+    });
+    let m = m.unwrap_or_else(|| {
+        let m = agent.metrics().expect("metrics");
+        panic!("{statuses:?} never matched:\n{}", m.text)
+    });
+    let counts = m.route_counts("apm-httpd");
+    assert_eq!(counts.get(&("/after".to_owned(), 200)), Some(&75));
+    assert_eq!(counts.get(&("/missing".to_owned(), 404)), Some(&25));
+    // Nothing of the bursts was attributed to the new connection's routes,
+    // and at most what was sent was paired.
+    let bursts = counts
+        .get(&("/burst".to_owned(), 200))
+        .copied()
+        .unwrap_or(0);
+    assert!(bursts <= sent, "{bursts} paired of {sent} sent");
+    drop(server);
+}
+
+#[test]
+fn two_servers_on_one_port_in_two_namespaces_have_separate_counts() {
+    require_root();
+    let (a, b) = (NetNs::create("a"), NetNs::create("b"));
+    let port = free_port().expect("port");
+    let rust = Server::rust_in(&a, port).expect("apm-httpd in namespace a");
+    let python = Server::python_at(b.command("python3"), "127.0.0.1", port).expect("python3 in b");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    // Both processes found, each named after itself (not after the other
+    // namespace's listener on the same port).
+    let names = apm_e2e::wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        let named =
+            |service| m.value("apm_service_info", &[("service_name", service)]) == Some(1.0);
+        (named("apm-httpd") && named("python3")).then_some(())
+    });
+    assert!(names.is_some(), "{}", agent.log_text());
+
+    let in_a = python_client(Some(&a), "127.0.0.1", port, &["/ok"; 30]).expect("client a");
+    let mut paths = vec!["/ok"; 20];
+    paths.extend(["/missing"; 5]);
+    let in_b = python_client(Some(&b), "127.0.0.1", port, &paths).expect("client b");
+    let m = agent.wait_for_paired("apm-httpd", 30, WAIT);
+    let m2 = agent.wait_for_paired("python3", 25, WAIT);
+    assert_eq!(m.route_counts("apm-httpd"), in_a, "{}", m.text);
+    assert_eq!(m2.route_counts("python3"), in_b, "{}", m2.text);
+    drop((rust, python));
+}
+
+#[test]
+fn an_ipv6_loopback_server_is_timed() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::python_at(std::process::Command::new("python3"), "::1", port)
+        .expect("python3 on ::1");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, "python3");
+    let mut paths = vec!["/ok"; 40];
+    paths.extend(["/missing?k=SECRET"; 10]);
+    let expected = python_client(None, "::1", port, &paths).expect("client");
+    let m = agent.wait_for_paired("python3", 50, WAIT);
+    assert_eq!(m.route_counts("python3"), expected);
+    assert!(!m.text.contains("SECRET"));
+    drop(server);
+}
