@@ -90,6 +90,12 @@ pub struct Config {
     #[arg(long, env = "APM_CAPTURE", value_enum, default_value_t = Capture::Packets)]
     pub capture: Capture,
 
+    /// The cgroup-v2 root the packet programs attach to (e.g. the host's
+    /// cgroup2 mounted into a container). Default: the cgroup2 mount found
+    /// in mountinfo, or one the agent mounts on /run/apm/cgroup2.
+    #[arg(long, env = "APM_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+
     /// Size of the kernel's ring buffer of records, in bytes: a power of
     /// two, at least 64 KiB. Records that do not fit are lost and counted.
     #[arg(long, env = "APM_RING_BUFFER_BYTES", default_value_t = RINGBUF_BYTES, value_parser = parse_ring_bytes)]

@@ -80,6 +80,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             http: !config.no_http,
             capture: config.capture,
             ring_bytes: config.ring_buffer_bytes,
+            cgroup_root: config.cgroup_root.clone(),
             mountinfo: config.proc_root.join("self/mountinfo"),
         })
     };

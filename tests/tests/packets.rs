@@ -164,3 +164,59 @@ fn an_ipv6_loopback_server_is_timed() {
     assert!(!m.text.contains("SECRET"));
     drop(server);
 }
+
+#[test]
+fn without_a_cgroup_v2_root_http_is_timed_from_syscalls_and_health_says_so() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::python(port).expect("python3 http.server");
+    let agent = Agent::start(&[
+        "--port",
+        &port.to_string(),
+        "--cgroup-root",
+        "/nonexistent/cgroup2",
+    ])
+    .expect("agent");
+    agent.wait_for_service(port, "python3");
+    let mut paths = vec!["/ok"; 30];
+    paths.extend(["/error"; 3]);
+    let expected = python_client(None, "127.0.0.1", port, &paths).expect("client");
+    let m = agent.wait_for_paired("python3", 33, WAIT);
+    assert_eq!(m.route_counts("python3"), expected);
+
+    let log = agent.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("packet capture unavailable"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("/nonexistent/cgroup2"),
+        "{}",
+        warnings[0]
+    );
+    let health = apm_e2e::get(agent.addr, "/health/detailed").expect("health");
+    let v: serde_json::Value = serde_json::from_str(&health.body).expect("json");
+    let capture = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "capture")
+        .expect("capture check")
+        .clone();
+    assert_eq!(capture["status"], "degraded", "{capture}");
+    assert!(
+        capture["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("HTTP timed from syscalls")),
+        "{capture}"
+    );
+    assert_eq!(
+        m.value(
+            "apm_ebpf_probe_attached",
+            &[("probe", "syscalls:sys_enter_read")]
+        ),
+        Some(1.0)
+    );
+    drop(server);
+}

@@ -42,6 +42,8 @@ pub struct StartOptions {
     pub capture: Capture,
     /// Size of the EVENTS ring buffer.
     pub ring_bytes: u32,
+    /// The cgroup-v2 root to attach to; None: look in `mountinfo`.
+    pub cgroup_root: Option<std::path::PathBuf>,
     /// The mountinfo in which to look for cgroup2.
     pub mountinfo: std::path::PathBuf,
 }
@@ -173,7 +175,11 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     let mut capture = options.capture;
     let mut cgroup_root = None;
     if options.http && capture == Capture::Packets {
-        match cgroup::find_or_mount(&options.mountinfo) {
+        let root = match &options.cgroup_root {
+            Some(root) => Ok(root.clone()),
+            None => cgroup::find_or_mount(&options.mountinfo),
+        };
+        match root {
             Err(reason) => report.capture_fallback = Some(reason),
             Ok(root) => match File::open(&root) {
                 Err(e) => {

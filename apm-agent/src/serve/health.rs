@@ -226,7 +226,27 @@ pub fn evaluate(i: &Inputs<'_>) -> HealthReport {
             Status::Degraded,
             format!("disabled: {reason}; procfs-only"),
         )),
-        None => checks.push(entry("ebpf", true, Status::Degraded, "loaded".into())),
+        None => {
+            checks.push(entry("ebpf", true, Status::Degraded, "loaded".into()));
+            let capture = i.probes.capture;
+            checks.push(match &i.probes.capture_fallback {
+                None => entry(
+                    "capture",
+                    true,
+                    Status::Degraded,
+                    format!("HTTP timed from {capture}"),
+                ),
+                Some(why) => entry(
+                    "capture",
+                    false,
+                    Status::Degraded,
+                    format!(
+                        "HTTP timed from {capture}: packet capture unavailable ({why}); \
+                         every syscall on the host pays for the tracepoints"
+                    ),
+                ),
+            });
+        }
     }
     for p in &i.probes.probes {
         checks.push(entry(
@@ -381,6 +401,21 @@ mod tests {
         };
         let r = evaluate(&inputs(&no_ebpf, Some((Duration::ZERO, &s)), &[]));
         assert_eq!(r.status, Status::Degraded);
+
+        // No cgroup v2: the syscall fallback works but is named.
+        let fallback = ProbeReport {
+            capture: "syscalls",
+            capture_fallback: Some("no cgroup2 mount".into()),
+            ..Default::default()
+        };
+        let r = evaluate(&inputs(&fallback, Some((Duration::ZERO, &s)), &[]));
+        assert_eq!(r.status, Status::Degraded);
+        let capture = r
+            .checks
+            .iter()
+            .find(|c| c.name == "capture")
+            .expect("capture check");
+        assert!(capture.detail.contains("no cgroup2 mount"), "{capture:?}");
     }
 
     #[test]
