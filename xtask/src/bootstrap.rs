@@ -87,6 +87,11 @@ const TEST_NEEDS: &[Need] = &[
 
 /// Files of what `cargo xtask bench` drives.
 const BENCH_NEEDS: &[Need] = &[
+    // Pins nginx and wrk to their own CPUs.
+    Need {
+        path: "/usr/bin/taskset",
+        package: "util-linux",
+    },
     Need {
         path: "/usr/sbin/nginx",
         package: "nginx",

@@ -1,0 +1,146 @@
+//! `cargo xtask bench`: the agent's cost, measured, written to
+//! docs/benchmarks.md as ratios against a baseline from the same run.
+//!
+//! 1. criterion: the userspace pipeline on synthetic packet and syscall
+//!    records (events/s).
+//! 2. wrk against nginx serving a small file over keep-alive, nginx pinned
+//!    to CPU 0 and wrk to CPU 1, five arms per round in alternating order:
+//!    without the agent, with the packet capture (the default), with the
+//!    syscall capture, with the agent attached but nginx not selected, and
+//!    with `--no-http`. Medians of per-round throughput ratios, and the
+//!    agent's CPU and memory from procfs.
+//! 3. The cost of an unrelated syscall (getppid in a tight loop, fastest of
+//!    several runs) without the agent and with each capture.
+
+mod report;
+mod tools;
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+
+use self::{
+    report::{Report, render},
+    tools::{Nginx, Run, criterion, free_port, measure, median, per_round_ratios, syscall_cost},
+};
+
+const PAIRS: usize = 6;
+const RUN_SECS: u64 = 6;
+const WRK_CONNECTIONS: u32 = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    Without,
+    Packets,
+    Syscalls,
+    Idle,
+    NoHttp,
+}
+
+impl Arm {
+    const ALL: [Arm; 5] = [
+        Arm::Without,
+        Arm::Packets,
+        Arm::Syscalls,
+        Arm::Idle,
+        Arm::NoHttp,
+    ];
+
+    /// Agent arguments besides --port; None: no agent.
+    fn agent_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Arm::Without => None,
+            Arm::Packets | Arm::Idle => Some(&[]),
+            Arm::Syscalls => Some(&["--capture", "syscalls"]),
+            Arm::NoHttp => Some(&["--no-http"]),
+        }
+    }
+}
+
+pub fn bench(root: &Path, agent: &Path) -> Result<()> {
+    let pipeline = criterion(root)?;
+    let work = std::env::temp_dir().join("apm-bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("www"))?;
+    std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
+    let port = free_port()?;
+    let nginx = Nginx::start(&work, port)?;
+    // Warm up nginx and the page cache.
+    let _ = tools::wrk(port, 2)?;
+
+    let mut runs: Vec<(Arm, Vec<Run>)> = Arm::ALL.iter().map(|&a| (a, Vec::new())).collect();
+    for round in 0..PAIRS {
+        // Reverse the order every other round to cancel drift.
+        let mut order = Arm::ALL;
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for arm in order {
+            // Idle: probes attached, nginx not selected: what attaching
+            // costs by itself.
+            let selected = if arm == Arm::Idle { free_port()? } else { port };
+            let run = measure(port, arm.agent_args().map(|a| (agent, a)), selected)?;
+            eprintln!("xtask bench: round {round} {arm:?}: {:.0} req/s", run.rps);
+            if let Some((_, v)) = runs.iter_mut().find(|(a, _)| *a == arm) {
+                v.push(run);
+            }
+        }
+    }
+    drop(nginx);
+    let of = |arm: Arm| {
+        runs.iter()
+            .find(|(a, _)| *a == arm)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or_default()
+    };
+    let without = of(Arm::Without);
+    let ratio = |arm: Arm| median(&mut per_round_ratios(of(arm), without));
+    let agent_runs = |arm: Arm| {
+        let usage: Vec<_> = of(arm)
+            .iter()
+            .filter_map(|r| r.agent.as_ref())
+            .filter(|u| u.requests > 0.0)
+            .collect();
+        usage
+    };
+    let packets = agent_runs(Arm::Packets);
+    ensure!(!packets.is_empty(), "no agent measurements");
+    let cpu_per_10k = |usage: &[&tools::AgentUsage]| {
+        median(
+            &mut usage
+                .iter()
+                .map(|u| u.cpu_seconds / u.requests.max(1.0) * 10_000.0)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let syscall_cost = syscall_cost(agent, port)?;
+    let doc = render(&Report {
+        pipeline,
+        packets_ratios: per_round_ratios(of(Arm::Packets), without),
+        packets_ratio: ratio(Arm::Packets),
+        syscalls_ratio: ratio(Arm::Syscalls),
+        idle_ratio: ratio(Arm::Idle),
+        no_http_ratio: ratio(Arm::NoHttp),
+        rps: Arm::ALL
+            .iter()
+            .map(|&a| (format!("{a:?}"), of(a).iter().map(|r| r.rps).collect()))
+            .collect(),
+        cpu_per_10k: cpu_per_10k(&packets),
+        syscalls_cpu_per_10k: cpu_per_10k(&agent_runs(Arm::Syscalls)),
+        rss: packets.iter().map(|u| u.rss_kib).max().unwrap_or(0),
+        hwm: packets.iter().map(|u| u.hwm_kib).max().unwrap_or(0),
+        seen: packets.iter().map(|u| u.requests).sum(),
+        sent: of(Arm::Packets).iter().map(|r| r.requests).sum(),
+        syscall_cost,
+    });
+    let path = root.join("docs/benchmarks.md");
+    std::fs::write(&path, doc).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    println!(
+        "throughput with/without agent: packets {:.3}, syscalls {:.3}; getppid {:.0} ns without, {:.0} ns with packets; written to docs/benchmarks.md",
+        ratio(Arm::Packets),
+        ratio(Arm::Syscalls),
+        syscall_cost.without,
+        syscall_cost.packets,
+    );
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! docs/benchmarks.md, written from one run's measurements.
+
+use std::{fmt::Write as _, process::Command};
+
+use super::{
+    PAIRS, RUN_SECS, WRK_CONNECTIONS,
+    tools::{Pipeline, SyscallCost},
+};
+
+pub struct Report {
+    pub pipeline: Pipeline,
+    pub packets_ratios: Vec<f64>,
+    pub packets_ratio: f64,
+    pub syscalls_ratio: f64,
+    pub idle_ratio: f64,
+    pub no_http_ratio: f64,
+    /// (arm, req/s per round)
+    pub rps: Vec<(String, Vec<f64>)>,
+    pub cpu_per_10k: f64,
+    pub syscalls_cpu_per_10k: f64,
+    pub rss: u64,
+    pub hwm: u64,
+    pub seen: f64,
+    pub sent: f64,
+    pub syscall_cost: SyscallCost,
+}
+
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let list = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let c = &r.syscall_cost;
+    let rows = [
+        (
+            format!("nginx throughput with the agent (packet capture, the default) / without, median of {} rounds", r.packets_ratios.len()),
+            format!("{:.3}", r.packets_ratio),
+            ">= 0.97",
+        ),
+        (
+            "the same with `--capture syscalls`".into(),
+            format!("{:.3}", r.syscalls_ratio),
+            "",
+        ),
+        (
+            "the same, agent attached but nginx not selected".into(),
+            format!("{:.3}", r.idle_ratio),
+            "",
+        ),
+        (
+            "the same with `--no-http` (connection counting only)".into(),
+            format!("{:.3}", r.no_http_ratio),
+            "",
+        ),
+        (
+            "getppid() in a tight loop: without agent / packet capture / syscall capture (fastest of 5 runs)".into(),
+            format!(
+                "{:.0} / {:.0} / {:.0} ns ({:.3} / {:.3})",
+                c.without,
+                c.packets,
+                c.syscalls,
+                c.packets / c.without,
+                c.syscalls / c.without
+            ),
+            "packets within 5 % of without",
+        ),
+        (
+            "agent CPU per 10 000 req/s: packets (syscalls)".into(),
+            format!("{:.3} ({:.3}) cores", r.cpu_per_10k, r.syscalls_cpu_per_10k),
+            "<= 0.1 core",
+        ),
+        (
+            "agent RSS at the end of a packet run (peak)".into(),
+            format!(
+                "{:.1} MiB ({:.1} MiB)",
+                r.rss as f64 / 1024.0,
+                r.hwm as f64 / 1024.0
+            ),
+            "<= 50 MiB",
+        ),
+        (
+            "userspace pipeline on one core: packet records (syscall records)".into(),
+            format!(
+                "{:.2} ({:.2}) M events/s",
+                r.pipeline.packets / 1e6,
+                r.pipeline.syscalls / 1e6
+            ),
+            ">= 1 M events/s",
+        ),
+        (
+            "requests the agent paired / requests wrk completed (packet runs)".into(),
+            format!("{:.0} / {:.0}", r.seen, r.sent),
+            "equal, give or take those in flight when wrk stops",
+        ),
+    ];
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Written by `cargo xtask bench` on {date}, kernel {}, {cpus} CPUs. Every number is measured in the same run as its baseline; nothing here is asserted by a test.\n",
+        kernel.trim()
+    );
+    let _ = writeln!(s, "| measure | result | target |\n|---|---|---|");
+    for (what, result, target) in rows {
+        let _ = writeln!(s, "| {what} | {result} | {target} |");
+    }
+    let _ = writeln!(s, "\n## Method\n");
+    let _ = writeln!(
+        s,
+        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent is not pinned. Each round runs five arms: without the agent; the agent selecting nginx (`--port`, packet capture); the same with `--capture syscalls`; the agent attached but selecting an unused port; the agent selecting nginx with `--no-http`. {PAIRS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
+    );
+    for (arm, rps) in &r.rps {
+        let _ = writeln!(s, "- {arm} (req/s): {}", list(rps, 0));
+    }
+    let _ = writeln!(
+        s,
+        "- Per-round ratios, packet capture / without: {}",
+        list(&r.packets_ratios, 3)
+    );
+    let _ = writeln!(
+        s,
+        "- Agent CPU is utime + stime from /proc/PID/stat over the wrk run, normalised to 10 000 req/s by the requests it paired. RSS and its peak (VmHWM) from /proc/PID/status; the ring buffer is 8 MiB of it."
+    );
+    let _ = writeln!(
+        s,
+        "- The syscall cost is 2 million getppid() calls from xtask itself, timed 5 times in each state (no agent; agent selecting nginx with each capture); the fastest run counts."
+    );
+    let _ = writeln!(
+        s,
+        "- The pipeline benchmark is `cargo bench -p apm-agent --bench pipeline` (criterion): 64 keep-alive connections with paths that need templating, as packet records (one ingress and one egress segment per request, through reassembly) and as syscall records (one read and two writes per request)."
+    );
+    let _ = writeln!(s, "\n## Reading the numbers\n");
+    let _ = writeln!(
+        s,
+        "The packet capture attaches no syscall tracepoint: its programs run per packet of the host, and for an unselected port do one array lookup. The syscall capture puts every syscall of every task (wrk's included) on the kernel's tracing slow path, which the getppid row shows directly. The agent process's own CPU is reported separately. Requests paired below requests completed means records were lost (`apm_ebpf_drops_total{{reason=\"ringbuf_full\"}}`, then `apm_http_requests_unpaired_total{{reason=\"gap\"}}`) or wrk's last in-flight requests were cut off by the end of the run."
+    );
+    s
+}

@@ -1,0 +1,380 @@
+//! The measuring tools of `cargo xtask bench`: criterion, nginx, wrk, the
+//! agent under test, and procfs readings of its CPU and memory.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use super::{RUN_SECS, WRK_CONNECTIONS};
+
+/// Pipeline throughputs from criterion, events per second.
+#[derive(Clone, Copy, Debug)]
+pub struct Pipeline {
+    pub packets: f64,
+    pub syscalls: f64,
+}
+
+pub fn criterion(root: &Path) -> Result<Pipeline> {
+    eprintln!("xtask bench: criterion pipeline benchmark");
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "bench",
+            "-p",
+            "apm-agent",
+            "--bench",
+            "pipeline",
+            "--",
+            "--noplot",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo bench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    ensure!(out.status.success(), "cargo bench failed");
+    // The bench prints packets first, then syscalls.
+    match parse_criterion_throughputs(&text)[..] {
+        [packets, syscalls, ..] => Ok(Pipeline { packets, syscalls }),
+        _ => bail!("expected two throughput lines in criterion's output"),
+    }
+}
+
+/// The middle estimates of criterion's `thrpt: [low mid high]` lines, per
+/// second, in output order.
+pub fn parse_criterion_throughputs(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("thrpt:"))
+        .filter_map(parse_throughput_line)
+        .collect()
+}
+
+fn parse_throughput_line(line: &str) -> Option<f64> {
+    let inside = line.split('[').nth(1)?.split(']').next()?;
+    let words: Vec<&str> = inside.split_whitespace().collect();
+    let (value, unit) = (words.get(2)?, words.get(3)?);
+    let scale = match *unit {
+        "elem/s" => 1.0,
+        "Kelem/s" => 1e3,
+        "Melem/s" => 1e6,
+        "Gelem/s" => 1e9,
+        _ => return None,
+    };
+    value.parse::<f64>().ok().map(|v| v * scale)
+}
+
+pub struct Run {
+    pub rps: f64,
+    /// Requests wrk completed.
+    pub requests: f64,
+    pub agent: Option<AgentUsage>,
+}
+
+pub struct AgentUsage {
+    pub cpu_seconds: f64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// Requests the agent paired during the run.
+    pub requests: f64,
+}
+
+/// A running agent selecting `selected`, stopped (SIGTERM) on drop.
+struct RunningAgent {
+    child: Child,
+    admin: u16,
+}
+
+impl RunningAgent {
+    fn start(agent: &Path, selected: u16, extra: &[&str], nginx: bool) -> Result<Self> {
+        let admin = free_port()?;
+        let child = Command::new(agent)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{admin}"),
+                "--port",
+                &selected.to_string(),
+            ])
+            .args(["--log-format", "json", "--log-level", "warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the agent")?;
+        let running = Self { child, admin };
+        wait_ready(admin, selected, nginx)?;
+        Ok(running)
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill with the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One wrk run against nginx on `port`, with the agent (and its extra
+/// arguments) selecting `selected` when given.
+pub fn measure(port: u16, agent: Option<(&Path, &[&str])>, selected: u16) -> Result<Run> {
+    let Some((agent, extra)) = agent else {
+        let (rps, requests) = wrk(port, RUN_SECS)?;
+        return Ok(Run {
+            rps,
+            requests,
+            agent: None,
+        });
+    };
+    let running = RunningAgent::start(agent, selected, extra, selected == port)?;
+    let (pid, admin) = (running.child.id(), running.admin);
+    let result = (|| {
+        let cpu0 = cpu_seconds(pid)?;
+        let paired0 = paired(admin)?;
+        let (rps, sent) = wrk(port, RUN_SECS)?;
+        // Let the reader drain what the kernel queued during the run.
+        std::thread::sleep(Duration::from_millis(500));
+        let cpu = cpu_seconds(pid)? - cpu0;
+        let requests = paired(admin)? - paired0;
+        let (rss_kib, hwm_kib) = memory(pid)?;
+        Ok(Run {
+            rps,
+            requests: sent,
+            agent: Some(AgentUsage {
+                cpu_seconds: cpu,
+                rss_kib,
+                hwm_kib,
+                requests,
+            }),
+        })
+    })();
+    drop(running);
+    result
+}
+
+/// What an unrelated syscall costs (ns per getppid, fastest of 5 runs of
+/// 2 million calls) without the agent and with each capture running.
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallCost {
+    pub without: f64,
+    pub packets: f64,
+    pub syscalls: f64,
+}
+
+pub fn syscall_cost(agent: &Path, port: u16) -> Result<SyscallCost> {
+    let probe = || {
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..2_000_000 {
+                    // SAFETY: getppid takes no arguments and cannot fail.
+                    unsafe { libc::syscall(libc::SYS_getppid) };
+                }
+                start.elapsed().as_nanos() as f64 / 2e6
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let without = probe();
+    let packets = {
+        let _agent = RunningAgent::start(agent, port, &[], true)?;
+        probe()
+    };
+    let syscalls = {
+        let _agent = RunningAgent::start(agent, port, &["--capture", "syscalls"], true)?;
+        probe()
+    };
+    Ok(SyscallCost {
+        without,
+        packets,
+        syscalls,
+    })
+}
+
+fn wait_ready(admin: u16, port: u16, nginx: bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let needle = if nginx {
+        format!("server_port=\"{port}\",service_name=\"nginx\"")
+    } else {
+        format!("server_port=\"{port}\"")
+    };
+    while Instant::now() < deadline {
+        if let Ok(body) = http_get(admin, "/metrics")
+            && body.contains(&needle)
+            && body.contains("apm_ebpf_up 1")
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the agent did not start monitoring port {port} within 20 s")
+}
+
+fn paired(admin: u16) -> Result<f64> {
+    let body = http_get(admin, "/metrics")?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("apm_http_requests_paired_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised comm: utime is the 14th field overall.
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / hz)
+}
+
+fn memory(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((kib("VmRSS:"), kib("VmHWM:")))
+}
+
+/// Runs wrk; returns (requests/s, requests completed).
+pub fn wrk(port: u16, secs: u64) -> Result<(f64, f64)> {
+    let out = pinned(1, "wrk")
+        .args([
+            "-t1",
+            &format!("-c{WRK_CONNECTIONS}"),
+            &format!("-d{secs}s"),
+        ])
+        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "wrk failed: {text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
+    // "  123456 requests in 8.00s, 20.00MB read"
+    let total = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no request total in wrk output: {text}"))?;
+    Ok((rps, total))
+}
+
+/// `program` pinned to `cpu` with taskset when the machine has two CPUs or
+/// more (nginx on CPU 0, wrk on CPU 1, as shared/TOOLCHAIN.md measured).
+fn pinned(cpu: usize, program: &str) -> Command {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        return Command::new(program);
+    }
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu.to_string(), program]);
+    cmd
+}
+
+/// Throughput of each run relative to the baseline run of the same round.
+pub fn per_round_ratios(runs: &[Run], baseline: &[Run]) -> Vec<f64> {
+    runs.iter()
+        .zip(baseline)
+        .map(|(r, b)| r.rps / b.rps)
+        .collect()
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Nginx {
+    child: Child,
+}
+
+impl Nginx {
+    pub fn start(work: &Path, port: u16) -> Result<Self> {
+        let conf: PathBuf = work.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {w};\n  proxy_temp_path {w};\n  fastcgi_temp_path {w};\n  uwsgi_temp_path {w};\n  scgi_temp_path {w};\n\
+                 server {{ listen 127.0.0.1:{port}; root {w}/www; }}\n}}\n",
+                w = work.display()
+            ),
+        )?;
+        let child = pinned(0, "nginx")
+            .args(["-c", &conf.to_string_lossy(), "-p", &work.to_string_lossy()])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill with the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criterion_throughput_line() {
+        let out = "pipeline/x\n                        time:   [8.5 ms 8.8 ms 9.2 ms]\n                        thrpt:  [1.3395 Melem/s 1.3888 Melem/s 1.4409 Melem/s]\n";
+        let two = format!("{out}{}", out.replace("1.3888 Melem/s", "950.00 Kelem/s"));
+        assert_eq!(parse_criterion_throughputs(&two), [1_388_800.0, 950_000.0]);
+        assert!(parse_criterion_throughputs("nothing").is_empty());
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
