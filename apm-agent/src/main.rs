@@ -81,7 +81,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             capture: config.capture,
             ring_bytes: config.ring_buffer_bytes,
             cgroup_root: config.cgroup_root.clone(),
-            mountinfo: config.proc_root.join("self/mountinfo"),
+            proc_root: config.proc_root.clone(),
         })
     };
     match &report.disabled_reason {

@@ -34,19 +34,40 @@ fn unescape(field: &str) -> String {
 }
 
 /// The cgroup-v2 root, mounting it on [`OWN_MOUNT`] when nothing has.
-/// The error says why there is none, in one sentence.
-pub fn find_or_mount(mountinfo: &Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(mountinfo)
-        .map_err(|e| format!("reading {}: {e}", mountinfo.display()))?;
-    if let Some(root) = cgroup2_roots(&text).into_iter().next() {
-        return Ok(root);
+///
+/// The host's mount table comes first (`<proc>/1/mountinfo`, the root
+/// reached through `<proc>/1/root`), so an agent in a container with the
+/// host's PID namespace attaches to the host's root, not to its own
+/// cgroup; then the agent's own mount table. The error says why there is
+/// none, in one sentence.
+pub fn find_or_mount(proc_root: &Path) -> Result<PathBuf, String> {
+    let views = [
+        (proc_root.join("1/mountinfo"), proc_root.join("1/root")),
+        (proc_root.join("self/mountinfo"), PathBuf::from("/")),
+    ];
+    let mut seen = Vec::new();
+    for (mountinfo, root) in &views {
+        let Ok(text) = std::fs::read_to_string(mountinfo) else {
+            continue;
+        };
+        seen.push(mountinfo.display().to_string());
+        for mount_point in cgroup2_roots(&text) {
+            let path = root.join(mount_point.strip_prefix("/").unwrap_or(&mount_point));
+            if path.is_dir() {
+                return Ok(path);
+            }
+        }
     }
     let target = Path::new(OWN_MOUNT);
+    let none = if seen.is_empty() {
+        "no readable mountinfo".to_owned()
+    } else {
+        format!("no cgroup2 mount in {}", seen.join(" or "))
+    };
     std::fs::create_dir_all(target)
-        .map_err(|e| format!("no cgroup2 mount, and creating {OWN_MOUNT} failed: {e}"))?;
-    mount_cgroup2(target).map_err(|e| {
-        format!("no cgroup2 mount, and mounting cgroup2 on {OWN_MOUNT} failed: {e}")
-    })?;
+        .map_err(|e| format!("{none}, and creating {OWN_MOUNT} failed: {e}"))?;
+    mount_cgroup2(target)
+        .map_err(|e| format!("{none}, and mounting cgroup2 on {OWN_MOUNT} failed: {e}"))?;
     Ok(target.to_path_buf())
 }
 
@@ -77,6 +98,27 @@ fn mount_cgroup2(target: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_mount_is_reached_through_pid_1s_root() {
+        let proc = std::env::temp_dir().join(format!("apm-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&proc);
+        std::fs::create_dir_all(proc.join("1/root/sys/fs/cgroup")).expect("mkdir");
+        std::fs::create_dir_all(proc.join("self")).expect("mkdir");
+        std::fs::write(
+            proc.join("1/mountinfo"),
+            "35 24 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        )
+        .expect("write");
+        // The agent's own view (a container) has only its own cgroup.
+        std::fs::write(
+            proc.join("self/mountinfo"),
+            "40 30 0:30 /kubepods/pod1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n",
+        )
+        .expect("write");
+        assert_eq!(find_or_mount(&proc), Ok(proc.join("1/root/sys/fs/cgroup")));
+        std::fs::remove_dir_all(&proc).expect("cleanup");
+    }
 
     #[test]
     fn hybrid_and_unified_hosts_and_sub_cgroup_mounts() {

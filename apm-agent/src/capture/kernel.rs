@@ -42,10 +42,10 @@ pub struct StartOptions {
     pub capture: Capture,
     /// Size of the EVENTS ring buffer.
     pub ring_bytes: u32,
-    /// The cgroup-v2 root to attach to; None: look in `mountinfo`.
+    /// The cgroup-v2 root to attach to; None: find it under `proc_root`.
     pub cgroup_root: Option<std::path::PathBuf>,
-    /// The mountinfo in which to look for cgroup2.
-    pub mountinfo: std::path::PathBuf,
+    /// Where procfs is (the host's, in a container).
+    pub proc_root: std::path::PathBuf,
 }
 
 /// The outcome of one preflight check or probe.
@@ -177,7 +177,7 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     if options.http && capture == Capture::Packets {
         let root = match &options.cgroup_root {
             Some(root) => Ok(root.clone()),
-            None => cgroup::find_or_mount(&options.mountinfo),
+            None => cgroup::find_or_mount(&options.proc_root),
         };
         match root {
             Err(reason) => report.capture_fallback = Some(reason),

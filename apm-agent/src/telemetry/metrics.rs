@@ -136,7 +136,7 @@ impl Metrics {
             )?,
             probe_attached: gauge_vec(
                 "apm_ebpf_probe_attached",
-                "1 when the eBPF program for this tracepoint is attached, 0 when it was skipped.",
+                "1 when the eBPF program for this hook (tracepoint or cgroup_skb) is attached, 0 when it was skipped or is off.",
                 &["probe"],
             )?,
             conns_accepted: counter(
