@@ -10,14 +10,12 @@ use apm_agent::{
     services::directory::{Directory, ServiceInfo, Services},
     telemetry::{
         metrics::Metrics,
-        requests::{
-            Requests,
-            synthetic::{packet, record},
-        },
+        requests::Requests,
+        synthetic::{packet, record},
     },
 };
-use apm_common::events::{EventKind, PacketHeader, direction};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use apm_common::events::{EventKind, PacketHeader, direction, tcp_flags};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const CONNS: u32 = 64;
 const ROUNDS: u64 = 64;
@@ -65,8 +63,25 @@ fn packets() -> Vec<Vec<u8>> {
             s[1] += response.len() as u32;
         }
     }
+    // The server closes every connection at the end.
+    for conn in 0..CONNS {
+        let fin = PacketHeader {
+            ts_ns: ts + 1000,
+            cookie: u64::from(conn) + 1,
+            netns: 1,
+            port: 8080,
+            direction: direction::EGRESS,
+            seq: seq[conn as usize][1],
+            flags: tcp_flags::FIN,
+            ..Default::default()
+        };
+        records.push(packet(fin, b""));
+    }
     records
 }
+
+/// Where the socket cookie sits in a packet record.
+const COOKIE: std::ops::Range<usize> = 16..24;
 
 /// The same traffic as syscall records: per request one read and two
 /// writes (head, body).
@@ -101,34 +116,44 @@ fn pipeline(c: &mut Criterion) {
                 ports: vec![8080],
             },
         )]
-        .into(),
-        by_socket: [((1, 8080), "bench".into())].into(),
+        .into_iter()
+        .collect(),
+        by_socket: [((1, 8080), "bench".into())].into_iter().collect(),
         ..Default::default()
     });
     let metrics = Metrics::new().expect("metrics");
+    let mut group = c.benchmark_group("pipeline");
     // Packets first: `cargo xtask bench` reads the throughput lines in
-    // this order.
-    for (name, records) in [
-        ("packets_reassemble_pair_parse_template_record", packets()),
-        ("syscalls_decode_pair_parse_template_record", syscalls()),
-    ] {
-        let mut group = c.benchmark_group("pipeline");
-        group.throughput(Throughput::Elements(records.len() as u64));
-        group.bench_function(name, |b| {
-            // A fresh pipeline per batch (not timed): replayed packets
-            // would otherwise all be retransmissions.
-            b.iter_batched_ref(
-                || Requests::new(RouteConfig::default(), 65_536, directory.clone()),
-                |requests| {
-                    for r in &records {
-                        requests.handle_record(r, &metrics);
-                    }
-                },
-                BatchSize::LargeInput,
-            )
-        });
-        group.finish();
-    }
+    // this order. Each iteration replays the traffic on new connections
+    // (fresh socket cookies; each connection ends with the server's FIN),
+    // so the pipeline runs in its steady state: services and routes known,
+    // connections coming and going.
+    let mut packets = packets();
+    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory.clone());
+    group.throughput(Throughput::Elements(packets.len() as u64));
+    let mut generation = 0u64;
+    group.bench_function("packets_reassemble_pair_parse_template_record", |b| {
+        b.iter(|| {
+            generation += 1;
+            for r in packets.iter_mut() {
+                let cookie = u64::from_ne_bytes(r[COOKIE].try_into().expect("8 bytes"));
+                let next = (cookie & 0xffff) | (generation << 16);
+                r[COOKIE].copy_from_slice(&next.to_ne_bytes());
+                requests.handle_record(r, &metrics);
+            }
+        })
+    });
+    let syscalls = syscalls();
+    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory);
+    group.throughput(Throughput::Elements(syscalls.len() as u64));
+    group.bench_function("syscalls_decode_pair_parse_template_record", |b| {
+        b.iter(|| {
+            for r in &syscalls {
+                requests.handle_record(r, &metrics);
+            }
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, pipeline);

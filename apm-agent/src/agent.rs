@@ -347,7 +347,7 @@ impl Agent {
     /// anything in it changed: processes, ports, and (for packet records)
     /// each (network-namespace cookie, port) listener.
     fn publish_directory(&mut self, listeners: &Listeners) {
-        let mut by_socket = HashMap::new();
+        let mut by_socket = rustc_hash::FxHashMap::default();
         for (&(ns, port), owners) in &listeners.by_socket {
             if ns == 0 || !self.selection.selects(port, owners) {
                 continue;

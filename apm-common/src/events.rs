@@ -154,30 +154,6 @@ pub fn record_kind(record: &[u8]) -> Option<EventKind> {
     EventKind::from_u32(u32::from_ne_bytes(bytes))
 }
 
-impl PacketHeader {
-    /// Decodes the header at the start of a packet record.
-    pub fn decode(record: &[u8]) -> Option<Self> {
-        if record.len() < core::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the slice holds at least size_of::<Self>() bytes, the type
-        // is repr(C) plain integers (any bit pattern is valid), and
-        // read_unaligned makes no alignment assumption.
-        Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
-    }
-
-    /// The captured payload prefix (empty for a short or lying record).
-    pub fn payload<'a>(&self, record: &'a [u8]) -> &'a [u8] {
-        let start = core::mem::size_of::<Self>();
-        let end = start + (self.captured as usize).min(DATA_CAP);
-        record.get(start..end).unwrap_or(&[])
-    }
-
-    pub fn tail(&self) -> &[u8] {
-        &self.tail[..(self.tail_len as usize).min(TAIL_CAP)]
-    }
-}
-
 /// Queued bytes at which the kernel wakes the reader (about 240 data
 /// records); below it the reader finds records on its poll timer
 /// ([`POLL_INTERVAL_MS`]).
@@ -186,30 +162,40 @@ pub const WAKEUP_BYTES: u64 = 256 * 1024;
 /// How often the reader drains the ring buffer without a wakeup.
 pub const POLL_INTERVAL_MS: u64 = 20;
 
-impl EventHeader {
-    /// Decodes the header at the start of a ring-buffer record.
-    pub fn decode(record: &[u8]) -> Option<Self> {
-        if record.len() < core::mem::size_of::<Self>() {
-            return None;
+/// The two record headers: plain-integer repr(C) types with a count of
+/// captured payload bytes after them and a tail.
+macro_rules! record_header {
+    ($header:ty) => {
+        impl $header {
+            /// Decodes the header at the start of a ring-buffer record.
+            pub fn decode(record: &[u8]) -> Option<Self> {
+                if record.len() < core::mem::size_of::<Self>() {
+                    return None;
+                }
+                // SAFETY: the slice holds at least size_of::<Self>() bytes,
+                // the type is repr(C) plain integers (any bit pattern is
+                // valid), and read_unaligned makes no alignment assumption.
+                Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
+            }
+
+            /// The captured payload after the header (empty for a record
+            /// without data, or a short or lying one).
+            pub fn payload<'a>(&self, record: &'a [u8]) -> &'a [u8] {
+                let start = core::mem::size_of::<Self>();
+                let end = start + (self.captured as usize).min(DATA_CAP);
+                record.get(start..end).unwrap_or(&[])
+            }
+
+            /// The last bytes of a transfer longer than [`DATA_CAP`].
+            pub fn tail(&self) -> &[u8] {
+                &self.tail[..(self.tail_len as usize).min(TAIL_CAP)]
+            }
         }
-        // SAFETY: the slice holds at least size_of::<Self>() bytes, the type
-        // is repr(C) plain integers (any bit pattern is valid), and
-        // read_unaligned makes no alignment assumption.
-        Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
-    }
-
-    /// The captured payload of a data record (empty for other kinds or a
-    /// short record).
-    pub fn payload<'a>(&self, record: &'a [u8]) -> &'a [u8] {
-        let start = core::mem::size_of::<Self>();
-        let end = start + (self.captured as usize).min(DATA_CAP);
-        record.get(start..end).unwrap_or(&[])
-    }
-
-    pub fn tail(&self) -> &[u8] {
-        &self.tail[..(self.tail_len as usize).min(TAIL_CAP)]
-    }
+    };
 }
+
+record_header!(EventHeader);
+record_header!(PacketHeader);
 
 #[cfg(test)]
 mod tests {

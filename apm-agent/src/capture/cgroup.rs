@@ -66,33 +66,9 @@ pub fn find_or_mount(proc_root: &Path) -> Result<PathBuf, String> {
     };
     std::fs::create_dir_all(target)
         .map_err(|e| format!("{none}, and creating {OWN_MOUNT} failed: {e}"))?;
-    mount_cgroup2(target)
+    super::preflight::mount("cgroup2", OWN_MOUNT, "cgroup2")
         .map_err(|e| format!("{none}, and mounting cgroup2 on {OWN_MOUNT} failed: {e}"))?;
     Ok(target.to_path_buf())
-}
-
-fn mount_cgroup2(target: &Path) -> std::io::Result<()> {
-    let cstr = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
-    let target = target
-        .to_str()
-        .ok_or_else(|| std::io::Error::other("non-UTF-8 path"))?;
-    let (src, target, fstype) = (cstr("cgroup2")?, cstr(target)?, cstr("cgroup2")?);
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the
-    // call; data may be null for cgroup2.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn tracefs_check(may_mount: bool) -> Check {
             ),
         )
     } else {
-        match mount_tracefs() {
+        match mount("nodev", TRACEFS, "tracefs") {
             Ok(()) if has_events(TRACEFS) => (true, format!("mounted tracefs on {TRACEFS}")),
             Ok(()) => (false, format!("mounted {TRACEFS} but it has no events/")),
             Err(e) => (false, format!("mounting tracefs on {TRACEFS}: {e}")),
@@ -80,11 +80,13 @@ fn tracefs_check(may_mount: bool) -> Check {
     }
 }
 
-fn mount_tracefs() -> std::io::Result<()> {
+/// mount(2) of a pseudo filesystem (`fstype`, from `source`) on `target`,
+/// without options.
+pub fn mount(source: &str, target: &str, fstype: &str) -> std::io::Result<()> {
     let cstr = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
-    let (src, target, fstype) = (cstr("nodev")?, cstr(TRACEFS)?, cstr("tracefs")?);
+    let (src, target, fstype) = (cstr(source)?, cstr(target)?, cstr(fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the
-    // call; data may be null for tracefs.
+    // call; data may be null for the pseudo filesystems mounted here.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),

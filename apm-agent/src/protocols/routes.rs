@@ -151,9 +151,13 @@ impl Routes {
                 break;
             }
             let mut seg = classify(raw);
+            // The parent's key is cloned only when it is new.
             let parent_known = state.children.contains_key(&template);
             if parent_known || state.children.len() < max_parents {
-                let children = state.children.entry(template.clone()).or_default();
+                let children = match state.children.get_mut(&template) {
+                    Some(children) => children,
+                    None => state.children.entry(template.clone()).or_default(),
+                };
                 if !children.contains(seg.as_ref()) {
                     if children.len() < max_children {
                         children.insert(seg.to_string());

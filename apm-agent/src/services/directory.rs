@@ -2,10 +2,9 @@
 //! replaces it wholesale whenever discovery changes something; the request
 //! pipeline and the sampler read snapshots of it.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
+
+use rustc_hash::FxHashMap;
 
 /// Label value for a port or process whose owner is not known.
 pub const UNKNOWN_SERVICE: &str = "unknown";
@@ -19,17 +18,18 @@ pub struct ServiceInfo {
     pub ports: Vec<u16>,
 }
 
-/// One consistent view of every monitored service.
+/// One consistent view of every monitored service. Keys are made by the
+/// kernel or the agent, never by traffic, so a fast non-keyed hash is safe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Services {
     /// tgid → service (sampling, and records of the syscall capture).
-    pub by_pid: HashMap<u32, ServiceInfo>,
+    pub by_pid: FxHashMap<u32, ServiceInfo>,
     /// (network-namespace cookie, local port) → service, for packet
     /// records: two pods listening on one port stay apart.
-    pub by_socket: HashMap<(u64, u16), Arc<str>>,
+    pub by_socket: FxHashMap<(u64, u16), Arc<str>>,
     /// Local port → service, for packet records whose namespace cookie the
     /// agent could not learn.
-    pub by_port: HashMap<u16, Arc<str>>,
+    pub by_port: FxHashMap<u16, Arc<str>>,
 }
 
 impl Services {
@@ -63,8 +63,10 @@ mod tests {
     #[test]
     fn sockets_are_found_by_namespace_then_by_port() {
         let services = Services {
-            by_socket: [((1, 8080), "a".into()), ((2, 8080), "b".into())].into(),
-            by_port: [(8080, "a".into())].into(),
+            by_socket: [((1, 8080), "a".into()), ((2, 8080), "b".into())]
+                .into_iter()
+                .collect(),
+            by_port: [(8080, "a".into())].into_iter().collect(),
             ..Default::default()
         };
         assert_eq!(services.of_socket(2, 8080).map(|s| &**s), Some("b"));

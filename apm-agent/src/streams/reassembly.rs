@@ -10,7 +10,7 @@
 //!
 //! State is bounded: at most `max` connections, idle ones swept.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// What to do with a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +30,8 @@ struct Stream {
 }
 
 pub struct Reassembly {
-    streams: HashMap<u64, Stream>,
+    /// Keyed by socket cookies (kernel-made): a non-keyed hash is safe.
+    streams: FxHashMap<u64, Stream>,
     max: usize,
 }
 
@@ -40,7 +41,7 @@ const EVICTABLE_NS: u64 = 1_000_000_000;
 impl Reassembly {
     pub fn new(max: usize) -> Self {
         Self {
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             max,
         }
     }

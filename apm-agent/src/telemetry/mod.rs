@@ -3,5 +3,7 @@
 
 pub mod logs;
 pub mod metrics;
+mod recorder;
 pub mod requests;
 pub mod sampler;
+pub mod synthetic;

@@ -6,19 +6,15 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
-use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+use sketches_ddsketch::DDSketch;
 
+use super::recorder::{Recorder, ServiceStats, service_of};
 use crate::{
-    protocols::{
-        http::Method,
-        routes::{Route, RouteConfig, Routes},
-    },
+    protocols::routes::{RouteConfig, Routes},
     services::directory::{Directory, Services, UNKNOWN_SERVICE},
-    streams::{
-        Streams,
-        pairing::{Completed, Origin, Sink, Unpaired},
-    },
+    streams::Streams,
     telemetry::metrics::Metrics,
 };
 
@@ -41,24 +37,11 @@ pub const MAX_IN_FLIGHT_SHOWN: usize = 100;
 /// Routes listed per service by /stats/requests at most (busiest first).
 pub const MAX_ROUTES_SHOWN: usize = 50;
 
-struct RouteStats {
-    count: u64,
-    errors: u64,
-    sketch: DDSketch,
-}
-
-#[derive(Default)]
-struct ServiceStats {
-    seen: u64,
-    paired: u64,
-    unpaired: HashMap<&'static str, u64>,
-    routes: HashMap<(Method, Arc<str>), RouteStats>,
-}
-
 pub struct Requests {
     streams: Streams,
     routes: Routes,
-    stats: HashMap<Arc<str>, ServiceStats>,
+    /// Per service; names come from the agent, so a non-keyed hash is safe.
+    stats: FxHashMap<Arc<str>, ServiceStats>,
     directory: Arc<Directory>,
     services: Arc<Services>,
     unknown: Arc<str>,
@@ -69,7 +52,7 @@ impl Requests {
         Self {
             streams: Streams::new(max_connections),
             routes: Routes::new(routes),
-            stats: HashMap::new(),
+            stats: FxHashMap::default(),
             services: directory.snapshot(),
             directory,
             unknown: UNKNOWN_SERVICE.into(),
@@ -200,142 +183,6 @@ impl crate::capture::reader::RecordSink for Requests {
     }
 }
 
-/// The service and port label of a connection.
-fn service_of<'a>(
-    services: &'a Services,
-    unknown: &'a Arc<str>,
-    origin: Origin,
-    port: u16,
-) -> (&'a Arc<str>, u16) {
-    match origin {
-        Origin::Process(tgid) => match services.by_pid.get(&tgid) {
-            Some(info) => {
-                let port = if port == 0 && info.ports.len() == 1 {
-                    info.ports[0]
-                } else {
-                    port
-                };
-                (&info.name, port)
-            }
-            None => (unknown, port),
-        },
-        Origin::Socket { netns, port } => {
-            (services.of_socket(netns, port).unwrap_or(unknown), port)
-        }
-    }
-}
-
-struct Recorder<'a> {
-    routes: &'a mut Routes,
-    stats: &'a mut HashMap<Arc<str>, ServiceStats>,
-    services: &'a Services,
-    unknown: &'a Arc<str>,
-    metrics: &'a Metrics,
-}
-
-impl Recorder<'_> {
-    fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
-        let (name, port) = service_of(self.services, self.unknown, origin, port);
-        (name.clone(), port)
-    }
-
-    fn stats(&mut self, name: &Arc<str>) -> &mut ServiceStats {
-        let metrics = self.metrics;
-        self.stats.entry(name.clone()).or_insert_with(|| {
-            // A new service: export every unpaired reason from zero, so a
-            // rate() over them works before the first one happens.
-            for reason in Unpaired::ALL {
-                metrics
-                    .http_unpaired
-                    .with_label_values(&[&**name, reason.as_str()])
-                    .inc_by(0);
-            }
-            ServiceStats::default()
-        })
-    }
-}
-
-impl Sink for Recorder<'_> {
-    fn route(&mut self, origin: Origin, path: &str) -> Route {
-        let (name, _) = self.service(origin, 0);
-        let before = self.routes.count(&name);
-        let route = self.routes.template(&name, path);
-        if route.overflow {
-            self.metrics
-                .http_route_overflow
-                .with_label_values(&[&*name])
-                .inc();
-        } else if before == 0 {
-            // A new service: export its overflow counter from zero.
-            self.metrics
-                .http_route_overflow
-                .with_label_values(&[&*name])
-                .inc_by(0);
-        }
-        let after = self.routes.count(&name);
-        if after != before {
-            self.metrics
-                .http_routes
-                .with_label_values(&[&*name])
-                .set(i64::try_from(after).unwrap_or(i64::MAX));
-        }
-        route
-    }
-
-    fn request(&mut self, origin: Origin, port: u16) {
-        let (name, _) = self.service(origin, port);
-        self.metrics.http_seen.with_label_values(&[&*name]).inc();
-        self.stats(&name).seen += 1;
-    }
-
-    fn completed(&mut self, done: Completed) {
-        let (name, port) = self.service(done.origin, done.port);
-        let seconds = done.duration_ns as f64 / 1e9;
-        let status = done.status.to_string();
-        let port_label = port.to_string();
-        self.metrics
-            .http_duration
-            .with_label_values(&[
-                done.method.as_str(),
-                &*done.route,
-                &status,
-                &*name,
-                &port_label,
-            ])
-            .observe(seconds);
-        self.metrics.http_paired.with_label_values(&[&*name]).inc();
-        let stats = self.stats(&name);
-        stats.paired += 1;
-        let route = stats
-            .routes
-            .entry((done.method, done.route))
-            .or_insert_with(|| RouteStats {
-                count: 0,
-                errors: 0,
-                // 1% relative accuracy.
-                sketch: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
-            });
-        route.count += 1;
-        if done.status >= 500 {
-            route.errors += 1;
-        }
-        route.sketch.add(seconds);
-    }
-
-    fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
-        let (name, _) = self.service(origin, port);
-        self.metrics
-            .http_unpaired
-            .with_label_values(&[&*name, reason.as_str()])
-            .inc();
-        *self
-            .stats(&name)
-            .unpaired
-            .entry(reason.as_str())
-            .or_default() += 1;
-    }
-}
-
 #[derive(Serialize, Debug)]
 pub struct RequestStats {
     /// Requests read and not yet answered, across services.
@@ -378,68 +225,11 @@ pub struct RouteSummary {
     pub max_seconds: f64,
 }
 
-/// Synthetic records for tests and benchmarks.
-pub mod synthetic {
-    use apm_common::events::{DATA_CAP, EventHeader, EventKind, PacketHeader};
-
-    /// The bytes of a plain-integer repr(C) header followed by `data`,
-    /// padded to a full record.
-    fn with_payload<H: Copy>(header: &H, data: &[u8]) -> Vec<u8> {
-        let size = std::mem::size_of::<H>();
-        let mut out = Vec::with_capacity(size + DATA_CAP);
-        // SAFETY: callers pass repr(C) headers made only of integers;
-        // viewing one as bytes is sound.
-        let bytes = unsafe { std::slice::from_raw_parts((header as *const H).cast::<u8>(), size) };
-        out.extend_from_slice(bytes);
-        out.extend_from_slice(&data[..data.len().min(DATA_CAP)]);
-        out.resize(size + DATA_CAP, 0);
-        out
-    }
-
-    /// One packet record as the cgroup_skb programs would write it:
-    /// `header` (kind, length and capture filled in here) and `data` as
-    /// the segment's payload.
-    pub fn packet(header: PacketHeader, data: &[u8]) -> Vec<u8> {
-        let header = PacketHeader {
-            kind: EventKind::Packet as u32,
-            captured: data.len().min(DATA_CAP) as u32,
-            len: data.len() as u32,
-            ..header
-        };
-        with_payload(&header, data)
-    }
-
-    /// One ring-buffer record as the kernel would write it.
-    pub fn record(
-        kind: EventKind,
-        ts_ns: u64,
-        tgid: u32,
-        fd: u32,
-        port: u16,
-        data: &[u8],
-    ) -> Vec<u8> {
-        let captured = data.len().min(DATA_CAP);
-        let header = EventHeader {
-            kind: kind as u32,
-            captured: captured as u32,
-            ts_ns,
-            tgid,
-            pid: tgid,
-            fd,
-            port,
-            tail_len: 0,
-            _pad: 0,
-            ret: data.len() as i64,
-            tail: [0; 8],
-        };
-        with_payload(&header, data)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{synthetic::record, *};
+    use super::*;
     use crate::services::directory::ServiceInfo;
+    use crate::telemetry::synthetic::record;
     use apm_common::events::{EventKind, direction, tcp_flags};
 
     fn setup() -> (Requests, Metrics) {
@@ -452,8 +242,9 @@ mod tests {
                     ports: vec![8080],
                 },
             )]
-            .into(),
-            by_socket: [((42, 8080), "web".into())].into(),
+            .into_iter()
+            .collect(),
+            by_socket: [((42, 8080), "web".into())].into_iter().collect(),
             ..Default::default()
         });
         (
@@ -530,7 +321,7 @@ mod tests {
             flags,
             ..Default::default()
         };
-        super::synthetic::packet(header, data)
+        crate::telemetry::synthetic::packet(header, data)
     }
 
     #[test]

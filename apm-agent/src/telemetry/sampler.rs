@@ -11,6 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    hash::BuildHasher,
     path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -261,9 +262,9 @@ impl Sampler {
 
     /// Takes one sample of `services` (tgid → service) and the host, and
     /// updates the metrics.
-    pub fn sample(
+    pub fn sample<S: BuildHasher>(
         &mut self,
-        services: &HashMap<u32, ServiceInfo>,
+        services: &HashMap<u32, ServiceInfo, S>,
         metrics: &Metrics,
     ) -> SystemSample {
         let now = Instant::now();
@@ -284,9 +285,9 @@ impl Sampler {
         }
     }
 
-    fn sample_services(
+    fn sample_services<S: BuildHasher>(
         &mut self,
-        services: &HashMap<u32, ServiceInfo>,
+        services: &HashMap<u32, ServiceInfo, S>,
         elapsed: f64,
         metrics: &Metrics,
     ) -> BTreeMap<String, ServiceSample> {

@@ -86,6 +86,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
             }
         }
     }
+    let syscall_cost = syscall_cost(agent, port)?;
     drop(nginx);
     let of = |arm: Arm| {
         runs.iter()
@@ -113,7 +114,6 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
                 .collect::<Vec<_>>(),
         )
     };
-    let syscall_cost = syscall_cost(agent, port)?;
     let doc = render(&Report {
         pipeline,
         packets_ratios: per_round_ratios(of(Arm::Packets), without),

@@ -92,7 +92,9 @@ struct RunningAgent {
 impl RunningAgent {
     fn start(agent: &Path, selected: u16, extra: &[&str], nginx: bool) -> Result<Self> {
         let admin = free_port()?;
-        let child = Command::new(agent)
+        // On the client's CPU: the ratio then shows what the probes cost
+        // the server, and the agent's own CPU is reported on its own.
+        let child = pinned(1, &agent.to_string_lossy())
             .args([
                 "--listen",
                 &format!("127.0.0.1:{admin}"),

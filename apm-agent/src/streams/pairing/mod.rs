@@ -1,0 +1,383 @@
+//! Request/response pairing per connection, from read/write/close events
+//! of either capture (syscall records, or packets turned into in-order
+//! stream pieces by `reassembly`).
+//!
+//! Each connection keeps a FIFO of parsed requests awaiting a response, so
+//! keep-alive and pipelined HTTP/1.1 (several requests in one read,
+//! responses in order) pair correctly. A request starts at the read that
+//! brought its first byte and ends at the write that completed its
+//! response: by Content-Length (counting `sendfile` bytes too), by the last
+//! chunk (`0\r\n\r\n` at the end of a write), or, for responses delimited by
+//! the connection, at the last write before the close. Responses whose
+//! framing cannot be seen (a head cut off by the capture) end at their last
+//! write before the next request or response begins.
+//!
+//! Everything that cannot be paired is reported by reason; no state
+//! outlives its connection, and the table of connections is bounded.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use apm_common::events::EventKind;
+use rustc_hash::FxHashMap;
+
+use crate::protocols::{http::Method, routes::Route};
+
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+use self::{
+    request::on_read,
+    response::{on_sendfile, on_write},
+};
+
+/// Requests that may wait for responses on one connection (pipelining).
+pub const MAX_PIPELINE: usize = 64;
+/// Bytes of a request line carried over to the next read when a read ends
+/// inside it.
+const MAX_CARRY: usize = 1024;
+
+/// Whose connection it is, for naming its service: the process (syscall
+/// capture) or the server socket's namespace and port (packet capture).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Process(u32),
+    Socket { netns: u64, port: u16 },
+}
+
+/// One piece of a connection's traffic, decoded. `Read` carries request
+/// bytes, `Write` response bytes, `Sendfile` response bytes not captured.
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
+    pub kind: EventKind,
+    pub ts_ns: u64,
+    /// The connection: (tgid << 32 | fd) for syscalls, the socket cookie
+    /// for packets.
+    pub conn: u64,
+    pub origin: Origin,
+    pub port: u16,
+    /// Bytes transferred.
+    pub ret: i64,
+    /// The captured prefix of those bytes.
+    pub data: &'a [u8],
+    /// The last bytes of a long write (empty otherwise).
+    pub tail: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unpaired {
+    /// The connection closed before the response began.
+    ClosedMidRequest,
+    /// The connection closed before a length-delimited response ended.
+    ClosedMidResponse,
+    /// A status line with no request waiting for it.
+    ResponseWithoutRequest,
+    /// Bytes that are not HTTP/1.x (counted once per connection).
+    NotHttp,
+    /// Bytes beyond the capture that may have held requests.
+    Truncated,
+    /// More than [`MAX_PIPELINE`] requests waiting on one connection.
+    QueueFull,
+    /// Connection state dropped (idle too long, table full, fd reused).
+    Evicted,
+    /// Bytes of the connection were never seen (ring-buffer loss, a
+    /// segment out of order): the requests waiting on it are dropped and
+    /// pairing resyncs; each gap counts at least once.
+    Gap,
+}
+
+impl Unpaired {
+    pub const ALL: [Unpaired; 8] = [
+        Unpaired::ClosedMidRequest,
+        Unpaired::ClosedMidResponse,
+        Unpaired::ResponseWithoutRequest,
+        Unpaired::NotHttp,
+        Unpaired::Truncated,
+        Unpaired::QueueFull,
+        Unpaired::Evicted,
+        Unpaired::Gap,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClosedMidRequest => "closed_mid_request",
+            Self::ClosedMidResponse => "closed_mid_response",
+            Self::ResponseWithoutRequest => "response_without_request",
+            Self::NotHttp => "not_http",
+            Self::Truncated => "truncated",
+            Self::QueueFull => "queue_full",
+            Self::Evicted => "evicted",
+            Self::Gap => "gap",
+        }
+    }
+}
+
+/// A paired request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed {
+    pub origin: Origin,
+    pub port: u16,
+    pub method: Method,
+    pub route: Arc<str>,
+    pub status: u16,
+    pub duration_ns: u64,
+}
+
+/// Where pairing results go. `route` turns a raw path into a template
+/// (the raw path goes no further).
+pub trait Sink {
+    fn route(&mut self, origin: Origin, path: &str) -> Route;
+    fn request(&mut self, origin: Origin, port: u16);
+    fn completed(&mut self, done: Completed);
+    fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired);
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    method: Method,
+    route: Arc<str>,
+    start_ns: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Current {
+    request: Pending,
+    status: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReqPhase {
+    /// The next byte starts a request.
+    Start,
+    /// Skipping this many request-body bytes.
+    Body(u64),
+    /// The head continues beyond what was captured: skip to its end.
+    HeadRest,
+    /// Lost track (a chunked body, unseen bytes): wait for a read that
+    /// starts like a request.
+    Resync,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RespPhase {
+    Start,
+    Body(u64),
+    Chunked,
+    /// Ends at close.
+    UntilClose,
+    /// Framing unknown: ends at the last write before the next message.
+    Unframed,
+    /// After a gap: response bytes are ignored until a request has
+    /// arrived and a status line starts.
+    Lost,
+}
+
+#[derive(Debug)]
+struct Conn {
+    origin: Origin,
+    port: u16,
+    pending: VecDeque<Pending>,
+    current: Option<Current>,
+    req: ReqPhase,
+    resp: RespPhase,
+    /// The start of a request line split across reads.
+    carry: Vec<u8>,
+    carry_ns: u64,
+    last_write_ns: u64,
+    last_seen_ns: u64,
+    saw_http: bool,
+    /// Not HTTP: ignore the rest of the connection.
+    ignored: bool,
+}
+
+impl Conn {
+    fn new(origin: Origin, port: u16, now: u64) -> Self {
+        Self {
+            origin,
+            port,
+            pending: VecDeque::new(),
+            current: None,
+            req: ReqPhase::Start,
+            resp: RespPhase::Start,
+            carry: Vec::new(),
+            carry_ns: 0,
+            last_write_ns: now,
+            last_seen_ns: now,
+            saw_http: false,
+            ignored: false,
+        }
+    }
+}
+
+/// One request in flight, for /stats/requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub origin: Origin,
+    pub port: u16,
+    pub method: Method,
+    pub route: Arc<str>,
+    pub start_ns: u64,
+}
+
+pub struct Tracker {
+    /// Keyed by kernel-made ids (socket cookies, tgid and fd): a fast,
+    /// non-keyed hash is safe here.
+    conns: FxHashMap<u64, Conn>,
+    max_conns: usize,
+}
+
+impl Tracker {
+    pub fn new(max_conns: usize) -> Self {
+        Self {
+            conns: FxHashMap::default(),
+            max_conns,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
+        let key = ev.conn;
+        match ev.kind {
+            EventKind::Accept => {
+                // A reused descriptor whose close we did not see (dup2,
+                // close_range): the old connection is over.
+                if let Some(old) = self.conns.remove(&key) {
+                    finish(old, sink, Unpaired::Evicted);
+                }
+                if self.make_room(ev.ts_ns, sink) {
+                    self.conns
+                        .insert(key, Conn::new(ev.origin, ev.port, ev.ts_ns));
+                }
+            }
+            EventKind::Close => {
+                if let Some(conn) = self.conns.remove(&key) {
+                    finish(conn, sink, Unpaired::ClosedMidRequest);
+                }
+            }
+            EventKind::Read | EventKind::Write | EventKind::Sendfile => {
+                if !self.conns.contains_key(&key) && !self.make_room(ev.ts_ns, sink) {
+                    return;
+                }
+                let conn = self
+                    .conns
+                    .entry(key)
+                    .or_insert_with(|| Conn::new(ev.origin, ev.port, ev.ts_ns));
+                if conn.port == 0 {
+                    conn.port = ev.port;
+                }
+                conn.last_seen_ns = ev.ts_ns;
+                if conn.ignored {
+                    return;
+                }
+                match ev.kind {
+                    EventKind::Read => on_read(conn, ev, sink),
+                    EventKind::Write => on_write(conn, ev, sink),
+                    _ => on_sendfile(conn, ev, sink),
+                }
+            }
+            EventKind::Packet => {}
+        }
+    }
+
+    /// Bytes of `conn` were lost before the event at `ts_ns`: drop what
+    /// waits on it (counted as [`Unpaired::Gap`], at least once) and
+    /// resync. Requests resume at the next segment that starts like a
+    /// request; responses at the next status line after that request.
+    pub fn gap(&mut self, conn: u64, sink: &mut impl Sink) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut dropped = c.pending.len();
+        c.pending.clear();
+        if c.current.take().is_some() {
+            dropped += 1;
+        }
+        for _ in 0..dropped.max(1) {
+            sink.unpaired(c.origin, c.port, Unpaired::Gap);
+        }
+        c.carry.clear();
+        c.req = ReqPhase::Resync;
+        c.resp = RespPhase::Lost;
+    }
+
+    /// Drops connections idle for longer than `idle_ns`.
+    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sink) {
+        let stale: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(conn) = self.conns.remove(&key) {
+                finish(conn, sink, Unpaired::Evicted);
+            }
+        }
+    }
+
+    /// Whether a new connection fits, evicting idle ones when full.
+    fn make_room(&mut self, now_ns: u64, sink: &mut impl Sink) -> bool {
+        if self.conns.len() < self.max_conns {
+            return true;
+        }
+        // Evict what has been idle for a second or more, then give up.
+        self.sweep(now_ns, 1_000_000_000, sink);
+        self.conns.len() < self.max_conns
+    }
+
+    /// Requests waiting for or receiving their response.
+    pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
+        self.conns.values().flat_map(|conn| {
+            conn.current
+                .iter()
+                .map(|c| &c.request)
+                .chain(conn.pending.iter())
+                .map(move |p| InFlight {
+                    origin: conn.origin,
+                    port: conn.port,
+                    method: p.method,
+                    route: p.route.clone(),
+                    start_ns: p.start_ns,
+                })
+        })
+    }
+}
+
+/// The connection is gone: a response that ran until close is complete;
+/// anything else still waiting is unpaired.
+fn finish(mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
+    let origin = conn.origin;
+    if let Some(cur) = conn.current.take() {
+        match conn.resp {
+            RespPhase::UntilClose | RespPhase::Unframed | RespPhase::Start | RespPhase::Lost => {
+                complete_at(origin, conn.port, cur, conn.last_write_ns, sink)
+            }
+            RespPhase::Body(_) | RespPhase::Chunked => {
+                let reason = if pending_reason == Unpaired::Evicted {
+                    Unpaired::Evicted
+                } else {
+                    Unpaired::ClosedMidResponse
+                };
+                sink.unpaired(origin, conn.port, reason);
+            }
+        }
+    }
+    for _ in conn.pending.drain(..) {
+        sink.unpaired(origin, conn.port, pending_reason);
+    }
+}
+
+fn complete_at(origin: Origin, port: u16, cur: Current, end_ns: u64, sink: &mut impl Sink) {
+    sink.completed(Completed {
+        origin,
+        port,
+        method: cur.request.method,
+        route: cur.request.route,
+        status: cur.status,
+        duration_ns: end_ns.saturating_sub(cur.request.start_ns),
+    });
+}

@@ -1,0 +1,187 @@
+//! The pairing's sink: where a paired, unpaired or new request becomes
+//! per-service statistics and Prometheus samples. Each service keeps the
+//! handles of its hot series, so recording a request hashes no labels.
+
+use std::{collections::HashMap, sync::Arc};
+
+use prometheus::{Histogram, IntCounter};
+use rustc_hash::FxHashMap;
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::{
+    protocols::{
+        http::Method,
+        routes::{Route, Routes},
+    },
+    services::directory::Services,
+    streams::pairing::{Completed, Origin, Sink, Unpaired},
+    telemetry::metrics::Metrics,
+};
+
+pub(super) struct RouteStats {
+    pub count: u64,
+    pub errors: u64,
+    pub sketch: DDSketch,
+}
+
+/// The duration histogram of one (method, route, status, port) of a service.
+type SeriesKey = (Method, Arc<str>, u16, u16);
+
+pub(super) struct ServiceStats {
+    pub seen: u64,
+    pub paired: u64,
+    pub unpaired: HashMap<&'static str, u64>,
+    pub routes: HashMap<(Method, Arc<str>), RouteStats>,
+    seen_total: IntCounter,
+    paired_total: IntCounter,
+    /// Bounded like the series themselves: routes are capped per service.
+    durations: HashMap<SeriesKey, Histogram>,
+}
+
+/// The service and port label of a connection.
+pub(super) fn service_of<'a>(
+    services: &'a Services,
+    unknown: &'a Arc<str>,
+    origin: Origin,
+    port: u16,
+) -> (&'a Arc<str>, u16) {
+    match origin {
+        Origin::Process(tgid) => match services.by_pid.get(&tgid) {
+            Some(info) => {
+                let port = if port == 0 && info.ports.len() == 1 {
+                    info.ports[0]
+                } else {
+                    port
+                };
+                (&info.name, port)
+            }
+            None => (unknown, port),
+        },
+        Origin::Socket { netns, port } => {
+            (services.of_socket(netns, port).unwrap_or(unknown), port)
+        }
+    }
+}
+
+pub(super) struct Recorder<'a> {
+    pub routes: &'a mut Routes,
+    pub stats: &'a mut FxHashMap<Arc<str>, ServiceStats>,
+    pub services: &'a Services,
+    pub unknown: &'a Arc<str>,
+    pub metrics: &'a Metrics,
+}
+
+impl Recorder<'_> {
+    fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
+        let (name, port) = service_of(self.services, self.unknown, origin, port);
+        (name.clone(), port)
+    }
+
+    fn stats(&mut self, name: &Arc<str>) -> &mut ServiceStats {
+        let metrics = self.metrics;
+        self.stats.entry(name.clone()).or_insert_with(|| {
+            // A new service: export every unpaired reason from zero, so a
+            // rate() over them works before the first one happens.
+            for reason in Unpaired::ALL {
+                metrics
+                    .http_unpaired
+                    .with_label_values(&[&**name, reason.as_str()])
+                    .inc_by(0);
+            }
+            ServiceStats {
+                seen: 0,
+                paired: 0,
+                unpaired: HashMap::new(),
+                routes: HashMap::new(),
+                seen_total: metrics.http_seen.with_label_values(&[&**name]),
+                paired_total: metrics.http_paired.with_label_values(&[&**name]),
+                durations: HashMap::new(),
+            }
+        })
+    }
+}
+
+impl Sink for Recorder<'_> {
+    fn route(&mut self, origin: Origin, path: &str) -> Route {
+        let (name, _) = self.service(origin, 0);
+        let before = self.routes.count(&name);
+        let route = self.routes.template(&name, path);
+        if route.overflow {
+            self.metrics
+                .http_route_overflow
+                .with_label_values(&[&*name])
+                .inc();
+        } else if before == 0 {
+            // A new service: export its overflow counter from zero.
+            self.metrics
+                .http_route_overflow
+                .with_label_values(&[&*name])
+                .inc_by(0);
+        }
+        let after = self.routes.count(&name);
+        if after != before {
+            self.metrics
+                .http_routes
+                .with_label_values(&[&*name])
+                .set(i64::try_from(after).unwrap_or(i64::MAX));
+        }
+        route
+    }
+
+    fn request(&mut self, origin: Origin, port: u16) {
+        let (name, _) = self.service(origin, port);
+        let stats = self.stats(&name);
+        stats.seen_total.inc();
+        stats.seen += 1;
+    }
+
+    fn completed(&mut self, done: Completed) {
+        let (name, port) = self.service(done.origin, done.port);
+        let seconds = done.duration_ns as f64 / 1e9;
+        let metrics = self.metrics;
+        let stats = self.stats(&name);
+        let key = (done.method, done.route.clone(), done.status, port);
+        stats
+            .durations
+            .entry(key)
+            .or_insert_with(|| {
+                metrics.http_duration.with_label_values(&[
+                    done.method.as_str(),
+                    &*done.route,
+                    &done.status.to_string(),
+                    &*name,
+                    &port.to_string(),
+                ])
+            })
+            .observe(seconds);
+        stats.paired_total.inc();
+        stats.paired += 1;
+        let route = stats
+            .routes
+            .entry((done.method, done.route))
+            .or_insert_with(|| RouteStats {
+                count: 0,
+                errors: 0,
+                // 1% relative accuracy.
+                sketch: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+            });
+        route.count += 1;
+        if done.status >= 500 {
+            route.errors += 1;
+        }
+        route.sketch.add(seconds);
+    }
+
+    fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
+        let (name, _) = self.service(origin, port);
+        self.metrics
+            .http_unpaired
+            .with_label_values(&[&*name, reason.as_str()])
+            .inc();
+        *self
+            .stats(&name)
+            .unpaired
+            .entry(reason.as_str())
+            .or_default() += 1;
+    }
+}

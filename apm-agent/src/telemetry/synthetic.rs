@@ -1,0 +1,49 @@
+//! Synthetic ring-buffer records for tests and benchmarks.
+
+use apm_common::events::{DATA_CAP, EventHeader, EventKind, PacketHeader};
+
+/// The bytes of a plain-integer repr(C) header followed by `data`,
+/// padded to a full record.
+fn with_payload<H: Copy>(header: &H, data: &[u8]) -> Vec<u8> {
+    let size = std::mem::size_of::<H>();
+    let mut out = Vec::with_capacity(size + DATA_CAP);
+    // SAFETY: callers pass repr(C) headers made only of integers;
+    // viewing one as bytes is sound.
+    let bytes = unsafe { std::slice::from_raw_parts((header as *const H).cast::<u8>(), size) };
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&data[..data.len().min(DATA_CAP)]);
+    out.resize(size + DATA_CAP, 0);
+    out
+}
+
+/// One packet record as the cgroup_skb programs would write it:
+/// `header` (kind, length and capture filled in here) and `data` as
+/// the segment's payload.
+pub fn packet(header: PacketHeader, data: &[u8]) -> Vec<u8> {
+    let header = PacketHeader {
+        kind: EventKind::Packet as u32,
+        captured: data.len().min(DATA_CAP) as u32,
+        len: data.len() as u32,
+        ..header
+    };
+    with_payload(&header, data)
+}
+
+/// One ring-buffer record as the kernel would write it.
+pub fn record(kind: EventKind, ts_ns: u64, tgid: u32, fd: u32, port: u16, data: &[u8]) -> Vec<u8> {
+    let captured = data.len().min(DATA_CAP);
+    let header = EventHeader {
+        kind: kind as u32,
+        captured: captured as u32,
+        ts_ns,
+        tgid,
+        pid: tgid,
+        fd,
+        port,
+        tail_len: 0,
+        _pad: 0,
+        ret: data.len() as i64,
+        tail: [0; 8],
+    };
+    with_payload(&header, data)
+}
