@@ -384,12 +384,16 @@ impl Agent {
                     )
                 })
                 .collect(),
-            by_socket,
+            // Only ports whose listeners' namespaces are unknown are named
+            // by port alone: a client socket whose ephemeral port equals a
+            // server port in another namespace is not that server.
             by_port: self
                 .port_names
                 .iter()
+                .filter(|(port, _)| !by_socket.keys().any(|(_, p)| p == *port))
                 .map(|(&port, name)| (port, name.as_str().into()))
                 .collect(),
+            by_socket,
         };
         if services != self.services {
             self.directory.replace(services.clone());

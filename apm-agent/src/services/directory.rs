@@ -27,8 +27,8 @@ pub struct Services {
     /// (network-namespace cookie, local port) → service, for packet
     /// records: two pods listening on one port stay apart.
     pub by_socket: FxHashMap<(u64, u16), Arc<str>>,
-    /// Local port → service, for packet records whose namespace cookie the
-    /// agent could not learn.
+    /// Local port → service, for the ports whose listeners' namespace
+    /// cookies the agent could not learn.
     pub by_port: FxHashMap<u16, Arc<str>>,
 }
 
@@ -66,13 +66,15 @@ mod tests {
             by_socket: [((1, 8080), "a".into()), ((2, 8080), "b".into())]
                 .into_iter()
                 .collect(),
-            by_port: [(8080, "a".into())].into_iter().collect(),
+            by_port: [(9090, "c".into())].into_iter().collect(),
             ..Default::default()
         };
         assert_eq!(services.of_socket(2, 8080).map(|s| &**s), Some("b"));
         assert_eq!(services.of_socket(1, 8080).map(|s| &**s), Some("a"));
-        // An unknown namespace falls back to the port's service.
-        assert_eq!(services.of_socket(9, 8080).map(|s| &**s), Some("a"));
+        // Another namespace's socket on 8080 is neither.
+        assert_eq!(services.of_socket(9, 8080), None);
+        // A port whose namespace is unknown is named by the port.
+        assert_eq!(services.of_socket(9, 9090).map(|s| &**s), Some("c"));
         assert_eq!(services.of_socket(1, 9), None);
     }
 }

@@ -11,6 +11,9 @@
 //!    agent's CPU and memory from procfs.
 //! 3. The cost of an unrelated syscall (getppid in a tight loop, fastest of
 //!    several runs) without the agent and with each capture.
+//! 4. The packet programs' own run time per request, from the kernel's BPF
+//!    statistics, against nginx's CPU time per request: the in-kernel cost
+//!    without the run-to-run noise of throughput on a shared VM.
 
 mod report;
 mod tools;
@@ -21,10 +24,13 @@ use anyhow::{Result, ensure};
 
 use self::{
     report::{Report, render},
-    tools::{Nginx, Run, criterion, free_port, measure, median, per_round_ratios, syscall_cost},
+    tools::{
+        Nginx, Run, criterion, free_port, measure, median, per_round_ratios, probe_cost,
+        syscall_cost,
+    },
 };
 
-const PAIRS: usize = 6;
+const PAIRS: usize = 8;
 const RUN_SECS: u64 = 6;
 const WRK_CONNECTIONS: u32 = 32;
 
@@ -87,6 +93,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         }
     }
     let syscall_cost = syscall_cost(agent, port)?;
+    let probe_cost = probe_cost(agent, port)?;
     drop(nginx);
     let of = |arm: Arm| {
         runs.iter()
@@ -132,6 +139,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         seen: packets.iter().map(|u| u.requests).sum(),
         sent: of(Arm::Packets).iter().map(|r| r.requests).sum(),
         syscall_cost,
+        probe_cost,
     });
     let path = root.join("docs/benchmarks.md");
     std::fs::write(&path, doc).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;

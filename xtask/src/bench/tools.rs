@@ -158,6 +158,81 @@ pub fn measure(port: u16, agent: Option<(&Path, &[&str])>, selected: u16) -> Res
     result
 }
 
+/// What the packet programs cost per request, read from the kernel's own
+/// accounting (`kernel.bpf_stats_enabled`) during one wrk run, next to the
+/// CPU time nginx spent per request in the same run.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeCost {
+    /// Nanoseconds the cgroup_skb programs ran, per request.
+    pub bpf_ns_per_request: f64,
+    /// Program runs per request (segments seen, both directions).
+    pub runs_per_request: f64,
+    /// Nanoseconds of nginx CPU (user + system) per request.
+    pub nginx_ns_per_request: f64,
+}
+
+const STATS_SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+pub fn probe_cost(agent: &Path, port: u16) -> Result<ProbeCost> {
+    let before = std::fs::read_to_string(STATS_SWITCH).context("reading bpf_stats_enabled")?;
+    std::fs::write(STATS_SWITCH, "1").context("enabling BPF run-time statistics")?;
+    let result = (|| {
+        let _agent = RunningAgent::start(agent, port, &[], true)?;
+        let programs = ["capture_ingress", "capture_egress"];
+        let (time0, runs0) = bpf_run_time(&programs)?;
+        let nginx0 = nginx_cpu_seconds()?;
+        let (_, requests) = wrk(port, RUN_SECS)?;
+        let (time1, runs1) = bpf_run_time(&programs)?;
+        let nginx = nginx_cpu_seconds()? - nginx0;
+        let requests = requests.max(1.0);
+        Ok(ProbeCost {
+            bpf_ns_per_request: (time1 - time0) as f64 / requests,
+            runs_per_request: (runs1 - runs0) as f64 / requests,
+            nginx_ns_per_request: nginx * 1e9 / requests,
+        })
+    })();
+    let _ = std::fs::write(STATS_SWITCH, before.trim());
+    result
+}
+
+/// (run_time_ns, run_cnt) summed over the loaded programs named `names`,
+/// from `bpftool prog show --json`.
+fn bpf_run_time(names: &[&str]) -> Result<(u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool")?;
+    ensure!(out.status.success(), "bpftool prog show failed");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let mut total = (0, 0);
+    for p in progs.as_array().context("bpftool: not an array")? {
+        if names.iter().any(|n| p["name"] == *n) {
+            total.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            total.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// CPU seconds of every nginx process (ours is the only one).
+fn nginx_cpu_seconds() -> Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "nginx" {
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
 /// What an unrelated syscall costs (ns per getppid, fastest of 5 runs of
 /// 2 million calls) without the agent and with each capture running.
 #[derive(Clone, Copy, Debug)]
