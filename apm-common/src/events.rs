@@ -82,11 +82,13 @@ pub struct DataEvent {
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + DATA_CAP);
 
-/// Size of the ring buffer in bytes (a power of two, page aligned): about
-/// 7 500 data records. The reader drains it every [`POLL_INTERVAL_MS`] or
-/// at [`WAKEUP_BYTES`], so this is about 150 ms of slack at 25 000
-/// requests/s (two records each), far more than a drain takes. The agent
-/// may set another size at load time (`--ring-buffer-bytes`).
+/// Size of the ring buffer in bytes (a power of two, page aligned). Packet
+/// records are as long as what they captured (typically 100 to 400 bytes),
+/// so it holds tens of thousands of them; the reader drains it every
+/// [`POLL_INTERVAL_MS`], far more often than it can fill at any rate a
+/// single host serves. Syscall records are fixed [`DataEvent`]s (about
+/// 7 500 fit). The agent may set another size at load time
+/// (`--ring-buffer-bytes`).
 pub const RINGBUF_BYTES: u32 = 8 * 1024 * 1024;
 
 /// Direction of a [`PacketEvent`], as the server socket sees it.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 
 use apm_common::{
     Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PortCounters, SocketInfo,
-    events::RINGBUF_BYTES,
+    events::{PacketEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CONNS_MAX, INFLIGHT_MAX, PEERS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX,
     },
@@ -33,6 +33,10 @@ pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(INFLIGHT
 
 #[map]
 pub static CAPTURE_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);
+
+/// One record per CPU where the packet programs assemble what they send.
+#[map]
+pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
