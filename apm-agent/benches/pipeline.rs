@@ -29,6 +29,14 @@ fn path(round: u64, conn: u32) -> String {
     }
 }
 
+/// The request of `conn` in `round`, as wrk would send it.
+fn request(round: u64, conn: u32) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+        path(round, conn)
+    )
+}
+
 const HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n";
 const BODY: &[u8] = b"{\"ok\":true}\r\n";
@@ -43,10 +51,7 @@ fn packets() -> Vec<Vec<u8>> {
     for round in 0..ROUNDS {
         for conn in 0..CONNS {
             ts += 1000;
-            let req = format!(
-                "GET {} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
-                path(round, conn)
-            );
+            let req = request(round, conn);
             let seg = |ts_ns, dir: u8, seq: u32| PacketHeader {
                 ts_ns,
                 cookie: u64::from(conn) + 1,
@@ -94,10 +99,7 @@ fn syscalls() -> Vec<Vec<u8>> {
     for round in 0..ROUNDS {
         for fd in 0..CONNS {
             ts += 1000;
-            let req = format!(
-                "GET {} HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
-                path(round, fd)
-            );
+            let req = request(round, fd);
             records.push(record(EventKind::Read, ts, 7, fd, 8080, req.as_bytes()));
             records.push(record(EventKind::Write, ts + 400, 7, fd, 8080, HEAD));
             records.push(record(EventKind::Write, ts + 500, 7, fd, 8080, BODY));

@@ -97,7 +97,8 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
 
     /// Size of the kernel's ring buffer of records, in bytes: a power of
-    /// two, at least 64 KiB. Records that do not fit are lost and counted.
+    /// two, at least a page (4096). Records that do not fit are lost and
+    /// counted.
     #[arg(long, env = "APM_RING_BUFFER_BYTES", default_value_t = RINGBUF_BYTES, value_parser = parse_ring_bytes)]
     pub ring_buffer_bytes: u32,
 
@@ -129,8 +130,10 @@ impl Config {
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if n < 65_536 || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two of at least 65536"));
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two of at least 4096 (a page)"
+        ));
     }
     Ok(n)
 }
