@@ -144,12 +144,16 @@ impl Agent {
         );
     }
 
-    /// Waits until the agent has paired `total` requests of `service`;
-    /// panics with what it has otherwise.
+    /// Waits until the agent has paired `total` requests of `service`, as
+    /// both the paired counter and the duration histogram show it (one
+    /// scrape is not atomic across families, and the pipeline keeps
+    /// running while it is encoded); panics with what it has otherwise.
     pub fn wait_for_paired(&self, service: &str, total: u64, within: Duration) -> Metrics {
         let done = wait_for(within, || {
             let m = self.metrics().ok()?;
-            (m.sum("apm_http_requests_paired_total", service) >= total as f64).then_some(m)
+            let paired = m.sum("apm_http_requests_paired_total", service) >= total as f64;
+            let timed = m.route_counts(service).values().sum::<u64>() >= total;
+            (paired && timed).then_some(m)
         });
         match done {
             Some(m) => m,
