@@ -77,8 +77,11 @@ pub struct Agent {
     published: HashMap<u32, (String, Vec<u16>)>,
     /// What the directory holds now.
     services: Services,
-    /// Network-namespace inode → its cookie (None: could not be read).
-    netns_cookies: HashMap<u64, Option<u64>>,
+    /// Network-namespace inode → its cookie, for namespaces that still
+    /// have listeners. Failures are not cached (a holder that exited is
+    /// retried with the next one) but are logged once per namespace.
+    netns_cookies: HashMap<u64, u64>,
+    netns_warned: HashSet<u64>,
     /// Ports and pids the kernel maps refused (full): not retried.
     refused_ports: HashSet<u16>,
     refused_pids: HashSet<u32>,
@@ -120,6 +123,7 @@ impl Agent {
             published: HashMap::new(),
             services: Services::default(),
             netns_cookies: HashMap::new(),
+            netns_warned: HashSet::new(),
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
             last_ports: HashMap::new(),
@@ -352,18 +356,10 @@ impl Agent {
             if ns == 0 || !self.selection.selects(port, owners) {
                 continue;
             }
-            let holder = listeners.holders.get(&(ns, port)).copied();
-            let cookie = *self.netns_cookies.entry(ns).or_insert_with(|| {
-                let (pid, fd) = holder?;
-                match crate::services::netns::cookie_of(pid, fd) {
-                    Ok(cookie) => Some(cookie),
-                    Err(e) => {
-                        warn!(netns = ns, pid, error = %e, "cannot read a network namespace's cookie; its services are named by port alone");
-                        None
-                    }
-                }
-            });
-            let Some(cookie) = cookie else { continue };
+            let Some(cookie) = self.netns_cookie(ns, listeners.holders.get(&(ns, port)).copied())
+            else {
+                continue;
+            };
             let name = self
                 .selection
                 .service_name(port, owners)
@@ -395,9 +391,35 @@ impl Agent {
                 .collect(),
             by_socket,
         };
+        // Namespaces without listeners are forgotten (an inode may be
+        // reused by a new namespace with another cookie).
+        let live: HashSet<u64> = listeners.by_socket.keys().map(|&(ns, _)| ns).collect();
+        self.netns_cookies.retain(|ns, _| live.contains(ns));
+        self.netns_warned.retain(|ns| live.contains(ns));
         if services != self.services {
             self.directory.replace(services.clone());
             self.services = services;
+        }
+    }
+
+    /// The cookie of network namespace `ns` (inode), read through `holder`
+    /// (a pid and a listener fd in it) the first time.
+    fn netns_cookie(&mut self, ns: u64, holder: Option<(u32, u32)>) -> Option<u64> {
+        if let Some(&cookie) = self.netns_cookies.get(&ns) {
+            return Some(cookie);
+        }
+        let (pid, fd) = holder?;
+        match crate::services::netns::cookie_of(pid, fd) {
+            Ok(cookie) => {
+                self.netns_cookies.insert(ns, cookie);
+                Some(cookie)
+            }
+            Err(e) => {
+                if self.netns_warned.insert(ns) {
+                    warn!(netns = ns, pid, error = %e, "cannot read a network namespace's cookie; its services are named by port alone");
+                }
+                None
+            }
         }
     }
 
