@@ -186,9 +186,10 @@ impl Agent {
             let name = self.selection.service_name(port, owners);
             self.monitor_port(port, name);
         }
-        // Processes are named per network namespace: two pods listening on
-        // one port are two services.
-        for (&(_, port), owners) in &listeners.by_socket {
+        // Processes, and packet records, are named per network namespace:
+        // two pods listening on one port are two services.
+        let mut named_sockets: Vec<((u64, u16), String)> = Vec::new();
+        for (&(ns, port), owners) in &listeners.by_socket {
             if !self.selection.selects(port, owners) {
                 continue;
             }
@@ -196,6 +197,7 @@ impl Agent {
                 .selection
                 .service_name(port, owners)
                 .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+            named_sockets.push(((ns, port), name.clone()));
             for owner in owners {
                 let entry = owners_now
                     .entry(owner.pid)
@@ -213,7 +215,7 @@ impl Agent {
             }
         }
         self.track_pids(owners_now);
-        self.publish_directory(listeners);
+        self.publish_directory(listeners, &named_sockets);
         self.metrics
             .monitored_ports
             .set(i64::try_from(self.port_names.len() + self.nameless.len()).unwrap_or(i64::MAX));
@@ -350,21 +352,21 @@ impl Agent {
     /// Hands the request pipeline and the sampler a new directory when
     /// anything in it changed: processes, ports, and (for packet records)
     /// each (network-namespace cookie, port) listener.
-    fn publish_directory(&mut self, listeners: &Listeners) {
+    /// `named` holds the selected (namespace inode, port) listeners and
+    /// their service names, as `apply` computed them.
+    fn publish_directory(&mut self, listeners: &Listeners, named: &[((u64, u16), String)]) {
         let mut by_socket = rustc_hash::FxHashMap::default();
-        for (&(ns, port), owners) in &listeners.by_socket {
-            if ns == 0 || !self.selection.selects(port, owners) {
+        let mut socket_ports = HashSet::new();
+        for &((ns, port), ref name) in named {
+            if ns == 0 {
                 continue;
             }
             let Some(cookie) = self.netns_cookie(ns, listeners.holders.get(&(ns, port)).copied())
             else {
                 continue;
             };
-            let name = self
-                .selection
-                .service_name(port, owners)
-                .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
-            by_socket.insert((cookie, port), name.into());
+            by_socket.insert((cookie, port), name.as_str().into());
+            socket_ports.insert(port);
         }
         let services = Services {
             by_pid: self
@@ -386,7 +388,7 @@ impl Agent {
             by_port: self
                 .port_names
                 .iter()
-                .filter(|(port, _)| !by_socket.keys().any(|(_, p)| p == *port))
+                .filter(|(port, _)| !socket_ports.contains(*port))
                 .map(|(&port, name)| (port, name.as_str().into()))
                 .collect(),
             by_socket,

@@ -16,7 +16,7 @@ use crate::maps::{EVENTS, count_drop};
 /// polls on a short timer, so nothing waits long. One wakeup per record
 /// would cost a context switch per syscall.
 #[inline(always)]
-pub fn wakeup_flags() -> u64 {
+fn wakeup_flags() -> u64 {
     if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
