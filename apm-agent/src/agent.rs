@@ -146,7 +146,8 @@ impl Agent {
 
     /// Rescan procfs, apply what changed, and collect the kernel counters.
     pub fn refresh(&mut self) {
-        match self.discovery.scan() {
+        let listen_changes = self.kernel.as_ref().and_then(|k| k.listen_changes());
+        match self.discovery.scan_with(listen_changes) {
             Ok(listeners) => self.apply(&listeners),
             Err(e) => {
                 self.metrics

@@ -45,6 +45,10 @@ pub const CONFIG: &str = "CONFIG";
 /// `PerCpuArray<u64>` indexed by [`crate::Drop`].
 pub const DROPS: &str = "DROPS";
 
+/// `PerCpuArray<u64>` with one element: TCP sockets that entered or left
+/// the LISTEN state. Listener discovery rereads procfs when it changes.
+pub const LISTEN_CHANGES: &str = "LISTEN_CHANGES";
+
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

@@ -47,6 +47,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::SLOTS, 0);
 
+#[map]
+pub static LISTEN_CHANGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counts one thing the kernel side had to give up on.
 #[inline(always)]
 pub fn count_drop(reason: Drop) {

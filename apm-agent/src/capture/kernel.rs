@@ -104,6 +104,7 @@ pub struct Kernel {
     ports: PerCpuHashMap<MapData, u16, PortCounters>,
     pids: PerCpuHashMap<MapData, u32, PidCounters>,
     drops: PerCpuArray<MapData, u64>,
+    listen_changes: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     capture_ports: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
@@ -329,6 +330,8 @@ impl Kernel {
         let ports = PerCpuHashMap::try_from(take(names::PORTS)?).map_err(map_err(names::PORTS))?;
         let pids = PerCpuHashMap::try_from(take(names::PIDS)?).map_err(map_err(names::PIDS))?;
         let drops = PerCpuArray::try_from(take(names::DROPS)?).map_err(map_err(names::DROPS))?;
+        let listen_changes = PerCpuArray::try_from(take(names::LISTEN_CHANGES)?)
+            .map_err(map_err(names::LISTEN_CHANGES))?;
         let conns = BpfHashMap::try_from(take(names::CONNS)?).map_err(map_err(names::CONNS))?;
         let events = RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?;
         let capture_ports =
@@ -350,6 +353,7 @@ impl Kernel {
             ports,
             pids,
             drops,
+            listen_changes,
             conns,
             capture_ports,
             events: Some(events),
@@ -472,6 +476,12 @@ impl Kernel {
             .get(&(reason as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// How many TCP sockets entered or left LISTEN since the programs were
+    /// loaded (None if the map cannot be read).
+    pub fn listen_changes(&self) -> Option<u64> {
+        self.listen_changes.get(&0, 0).ok().map(|v| v.iter().sum())
     }
 
     fn zeroes<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>, KernelError> {

@@ -5,6 +5,8 @@
 //! and the framing of the message (header length, Content-Length, chunked,
 //! Connection: close). Headers and bodies are never returned or stored.
 
+use std::mem::MaybeUninit;
+
 /// Request methods; anything else is `_OTHER` (OpenTelemetry convention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
@@ -108,9 +110,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     if !starts_like_request(buf) {
         return Err(ParseError::NotHttp);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let status = req.parse(buf);
+    // Uninitialised: zeroing 64 headers cost more than parsing a small head.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let status = req.parse_with_uninit_headers(buf, &mut headers);
     let (head_len, complete) = match status {
         Ok(httparse::Status::Complete(n)) => (Some(n), true),
         Ok(httparse::Status::Partial) => (None, false),
@@ -214,9 +217,14 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ParseError> {
             Err(ParseError::NotHttp)
         };
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let (head_len, complete) = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let (head_len, complete) = match parsed {
         Ok(httparse::Status::Complete(n)) => (Some(n), true),
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => (None, false),
         Err(_) => return Err(ParseError::NotHttp),

@@ -11,10 +11,9 @@
 //!
 //! The raw path is only read here; nothing keeps it.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub const OVERFLOW_ROUTE: &str = "{overflow}";
 const MAX_SEGMENT: usize = 64;
@@ -108,14 +107,14 @@ pub struct Route {
 
 #[derive(Default)]
 struct ServiceRoutes {
-    routes: HashSet<Arc<str>>,
+    routes: FxHashSet<Arc<str>>,
     /// Distinct child segments seen under each parent template.
-    children: HashMap<String, HashSet<String>>,
+    children: FxHashMap<String, FxHashSet<String>>,
 }
 
 pub struct Routes {
     config: RouteConfig,
-    services: HashMap<Arc<str>, ServiceRoutes>,
+    services: FxHashMap<Arc<str>, ServiceRoutes>,
     overflow: Arc<str>,
 }
 
@@ -123,7 +122,7 @@ impl Routes {
     pub fn new(config: RouteConfig) -> Self {
         Self {
             config,
-            services: HashMap::new(),
+            services: FxHashMap::default(),
             overflow: OVERFLOW_ROUTE.into(),
         }
     }

@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use procfs::process::{FDTarget, Process};
@@ -73,7 +74,23 @@ pub struct Discovery {
     scans: u64,
     /// Network namespace inode of each pid seen (read once per pid).
     pid_netns: HashMap<u32, u64>,
+    /// The last listening-socket read, with the kernel's listen-change count
+    /// at that time and when it was made.
+    listening: Option<ListeningRead>,
 }
+
+/// Listening sockets as (namespace inode, port, socket inode).
+type Listening = Vec<(u64, u16, u64)>;
+
+struct ListeningRead {
+    changes: u64,
+    at: Instant,
+    sockets: Listening,
+}
+
+/// How long a listening-socket read is reused while the kernel reports no
+/// listener change: a backstop for changes the tracepoint could miss.
+const LISTENING_MAX_AGE: Duration = Duration::from_secs(30);
 
 impl Discovery {
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
@@ -84,6 +101,7 @@ impl Discovery {
             orphans: HashSet::new(),
             scans: 0,
             pid_netns: HashMap::new(),
+            listening: None,
         }
     }
 
@@ -130,7 +148,30 @@ impl Discovery {
     }
 
     pub fn scan(&mut self) -> Result<Listeners, DiscoveryError> {
-        let listening = self.listening_sockets()?;
+        self.scan_with(None)
+    }
+
+    /// A scan that reuses the last read of the listening sockets while
+    /// `listen_changes` (the kernel's count of sockets entering or leaving
+    /// LISTEN) is unchanged: reading `net/tcp` walks every established
+    /// socket of the host, which under load is most of the agent's
+    /// discovery cost.
+    pub fn scan_with(&mut self, listen_changes: Option<u64>) -> Result<Listeners, DiscoveryError> {
+        let fresh = |read: &ListeningRead, changes: u64| {
+            read.changes == changes && read.at.elapsed() < LISTENING_MAX_AGE
+        };
+        let listening = match (listen_changes, &self.listening) {
+            (Some(changes), Some(read)) if fresh(read, changes) => read.sockets.clone(),
+            _ => {
+                let sockets = self.listening_sockets()?;
+                self.listening = listen_changes.map(|changes| ListeningRead {
+                    changes,
+                    at: Instant::now(),
+                    sockets: sockets.clone(),
+                });
+                sockets
+            }
+        };
         let needs_walk = self.scans.is_multiple_of(FULL_RESCAN_EVERY)
             || listening.iter().any(|(_, _, inode)| {
                 !self.owners.contains_key(inode) && !self.orphans.contains(inode)
@@ -180,7 +221,7 @@ impl Discovery {
 
     /// (namespace inode, port, inode) of every TCP socket in LISTEN state,
     /// IPv4 and IPv6, in every network namespace (namespace 0: unknown).
-    fn listening_sockets(&mut self) -> Result<Vec<(u64, u16, u64)>, DiscoveryError> {
+    fn listening_sockets(&mut self) -> Result<Listening, DiscoveryError> {
         let Some(namespaces) = self.namespaces() else {
             // No readable ns links: pid 1's namespace, else our own.
             let sockets = self
@@ -391,6 +432,27 @@ mod tests {
         let mut pids: Vec<u32> = l.pids().collect();
         pids.sort();
         assert_eq!(pids, vec![10, 11, 12]);
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn listening_sockets_are_reread_only_when_the_kernel_saw_a_listen_change() {
+        let root = fake_proc();
+        let mut d = Discovery::new(&root);
+        assert_eq!(d.scan_with(Some(7)).expect("scan").by_port.len(), 2);
+        // A new listener on 0x1F91 = 8081 appears in procfs...
+        let more = format!(
+            "{TCP}   3: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5555 1 0000000000000000 100 0 0 10 0\n"
+        );
+        std::fs::write(root.join("1/net/tcp"), more).expect("tcp");
+        // ...but the kernel's count did not move: the last read is reused.
+        assert_eq!(d.scan_with(Some(7)).expect("scan").by_port.len(), 2);
+        // The count moved: reread.
+        let l = d.scan_with(Some(8)).expect("scan");
+        assert!(l.by_port.contains_key(&8081), "{:?}", l.by_port.keys());
+        // Without the kernel's count (procfs-only), every scan rereads.
+        std::fs::write(root.join("1/net/tcp"), TCP).expect("tcp");
+        assert_eq!(d.scan().expect("scan").by_port.len(), 2);
         std::fs::remove_dir_all(root).ok();
     }
 

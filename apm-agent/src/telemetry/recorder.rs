@@ -31,11 +31,11 @@ pub(super) struct ServiceStats {
     pub seen: u64,
     pub paired: u64,
     pub unpaired: HashMap<&'static str, u64>,
-    pub routes: HashMap<(Method, Arc<str>), RouteStats>,
+    pub routes: FxHashMap<(Method, Arc<str>), RouteStats>,
     seen_total: IntCounter,
     paired_total: IntCounter,
     /// Bounded like the series themselves: routes are capped per service.
-    durations: HashMap<SeriesKey, Histogram>,
+    durations: FxHashMap<SeriesKey, Histogram>,
 }
 
 /// The service and port label of a connection.
@@ -92,10 +92,10 @@ impl Recorder<'_> {
                 seen: 0,
                 paired: 0,
                 unpaired: HashMap::new(),
-                routes: HashMap::new(),
+                routes: FxHashMap::default(),
                 seen_total: metrics.http_seen.with_label_values(&[&**name]),
                 paired_total: metrics.http_paired.with_label_values(&[&**name]),
-                durations: HashMap::new(),
+                durations: FxHashMap::default(),
             }
         })
     }

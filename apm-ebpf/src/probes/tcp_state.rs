@@ -8,7 +8,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointCo
 
 use apm_common::{Drop, IPPROTO_TCP, PeerKey, PortCounters, SocketInfo, tcp_state};
 
-use crate::maps::{CONFIG, PEERS, PORTS, SOCKETS, count_drop};
+use crate::maps::{CONFIG, LISTEN_CHANGES, PEERS, PORTS, SOCKETS, count_drop};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
 // (stable since 4.16).
@@ -44,6 +44,15 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         )
     };
     if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    if newstate == tcp_state::LISTEN || oldstate == tcp_state::LISTEN {
+        // A listener came or went: the agent's discovery rereads procfs.
+        if let Some(changes) = LISTEN_CHANGES.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array, valid for the
+            // program's run; tracepoint programs do not nest on one CPU.
+            unsafe { *changes += 1 };
+        }
         return Ok(());
     }
     // SAFETY: as above.
