@@ -30,7 +30,11 @@ use self::{
     },
 };
 
-const PAIRS: usize = 8;
+/// Rounds of the two arms the target is about (without, packets): the
+/// run-to-run noise of this VM is 10-20 %, so the median needs many.
+const ROUNDS: usize = 20;
+/// The other arms run every SECONDARY_EVERY-th round.
+const SECONDARY_EVERY: usize = 2;
 const RUN_SECS: u64 = 6;
 const WRK_CONNECTIONS: u32 = 32;
 
@@ -75,9 +79,12 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let _ = tools::wrk(port, 2)?;
 
     let mut runs: Vec<(Arm, Vec<Run>)> = Arm::ALL.iter().map(|&a| (a, Vec::new())).collect();
-    for round in 0..PAIRS {
+    for round in 0..ROUNDS {
         // Reverse the order every other round to cancel drift.
-        let mut order = Arm::ALL;
+        let mut order: Vec<Arm> = Arm::ALL
+            .into_iter()
+            .filter(|a| round % SECONDARY_EVERY == 0 || matches!(a, Arm::Without | Arm::Packets))
+            .collect();
         if round % 2 == 1 {
             order.reverse();
         }
@@ -85,7 +92,8 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
             // Idle: probes attached, nginx not selected: what attaching
             // costs by itself.
             let selected = if arm == Arm::Idle { free_port()? } else { port };
-            let run = measure(port, arm.agent_args().map(|a| (agent, a)), selected)?;
+            let mut run = measure(port, arm.agent_args().map(|a| (agent, a)), selected)?;
+            run.round = round;
             eprintln!("xtask bench: round {round} {arm:?}: {:.0} req/s", run.rps);
             if let Some((_, v)) = runs.iter_mut().find(|(a, _)| *a == arm) {
                 v.push(run);

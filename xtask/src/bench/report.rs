@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, process::Command};
 
 use super::{
-    PAIRS, RUN_SECS, WRK_CONNECTIONS,
+    ROUNDS, RUN_SECS, SECONDARY_EVERY, WRK_CONNECTIONS,
     tools::{Pipeline, ProbeCost, SyscallCost},
 };
 
@@ -57,7 +57,10 @@ pub fn render(r: &Report) -> String {
         ),
         (
             format!("nginx throughput with the agent (packet capture, the default) / without, median of {} rounds", r.packets_ratios.len()),
-            format!("{:.3}", r.packets_ratio),
+            {
+                let (q1, q3) = super::tools::quartiles(&mut r.packets_ratios.clone());
+                format!("{:.3} (quartiles {q1:.3}-{q3:.3})", r.packets_ratio)
+            },
             ">= 0.97",
         ),
         (
@@ -129,7 +132,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Method\n");
     let _ = writeln!(
         s,
-        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent runs on CPU 1 too (taskset), beside the client: the ratio shows what the kernel programs cost the server's CPU, and the agent's own CPU is reported on its own row (on a host with spare CPU, that is where it goes; on this saturated 2-CPU machine it would otherwise be taken from nginx or wrk). Each round runs five arms: without the agent; the agent selecting nginx (`--port`, packet capture); the same with `--capture syscalls`; the agent attached but selecting an unused port; the agent selecting nginx with `--no-http`. {PAIRS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
+        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent runs on CPU 1 too (taskset), beside the client: the ratio shows what the kernel programs cost the server's CPU, and the agent's own CPU is reported on its own row (on a host with spare CPU, that is where it goes; on this saturated 2-CPU machine it would otherwise be taken from nginx or wrk). Every round runs nginx without the agent and with the agent selecting it (`--port`, packet capture); every {SECONDARY_EVERY}nd round also runs the agent with `--capture syscalls`, the agent attached but selecting an unused port, and the agent selecting nginx with `--no-http`. {ROUNDS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
     );
     for (arm, rps) in &r.rps {
         let _ = writeln!(s, "- {arm} (req/s): {}", list(rps, 0));

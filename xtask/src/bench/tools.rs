@@ -69,6 +69,8 @@ fn parse_throughput_line(line: &str) -> Option<f64> {
 }
 
 pub struct Run {
+    /// The round it ran in (ratios pair runs of one round).
+    pub round: usize,
     pub rps: f64,
     /// Requests wrk completed.
     pub requests: f64,
@@ -127,6 +129,7 @@ pub fn measure(port: u16, agent: Option<(&Path, &[&str])>, selected: u16) -> Res
     let Some((agent, extra)) = agent else {
         let (rps, requests) = wrk(port, RUN_SECS)?;
         return Ok(Run {
+            round: 0,
             rps,
             requests,
             agent: None,
@@ -144,6 +147,7 @@ pub fn measure(port: u16, agent: Option<(&Path, &[&str])>, selected: u16) -> Res
         let requests = paired(admin)? - paired0;
         let (rss_kib, hwm_kib) = memory(pid)?;
         Ok(Run {
+            round: 0,
             rps,
             requests: sent,
             agent: Some(AgentUsage {
@@ -378,11 +382,24 @@ fn pinned(cpu: usize, program: &str) -> Command {
 }
 
 /// Throughput of each run relative to the baseline run of the same round.
+/// Each run's throughput over the baseline run of the same round.
 pub fn per_round_ratios(runs: &[Run], baseline: &[Run]) -> Vec<f64> {
     runs.iter()
-        .zip(baseline)
-        .map(|(r, b)| r.rps / b.rps)
+        .filter_map(|r| {
+            let b = baseline.iter().find(|b| b.round == r.round)?;
+            Some(r.rps / b.rps)
+        })
         .collect()
+}
+
+/// The first and third quartiles (nearest rank) of `v`.
+pub fn quartiles(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.75))
 }
 
 pub fn median(v: &mut [f64]) -> f64 {
