@@ -168,8 +168,14 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
     // 50 x 50 x 20 distinct paths; no parent has enough children to
     // collapse, so only the route cap (1000) bounds them. Pipelined in
     // batches of 10 to keep the test quick.
-    let paths: Vec<String> = (0..50)
-        .flat_map(|a| (0..50).flat_map(move |b| (0..20).map(move |c| format!("/s{a}/t{b}/u{c}"))))
+    // Words, not numbers: a segment with digits would be a placeholder.
+    let w = |n: u8| format!("{}{}", (b'a' + n / 26) as char, (b'a' + n % 26) as char);
+    let paths: Vec<String> = (0..50u8)
+        .flat_map(|a| {
+            (0..50u8).flat_map(move |b| {
+                (0..20u8).map(move |c| format!("/s-{}/t-{}/u-{}", w(a), w(b), w(c)))
+            })
+        })
         .collect();
     assert_eq!(paths.len(), 50_000);
     let mut clients: Vec<Client> = (0..4)

@@ -188,9 +188,26 @@ pub fn starts_like_request(buf: &[u8]) -> bool {
     token_len > 0 && buf.get(token_len) == Some(&b' ')
 }
 
+/// The path of a request target, without query or fragment. An
+/// absolute-form target (`http://user:pw@host:port/x`) gives its path, so
+/// neither its userinfo nor its host goes further; `*` stays; any other
+/// form (CONNECT's `host:port`) gives an empty path, which the templater
+/// files under a placeholder.
 fn strip_query(target: &str) -> &str {
     let end = target.find(['?', '#']).unwrap_or(target.len());
-    &target[..end]
+    let target = &target[..end];
+    if target.starts_with('/') || target == "*" {
+        return target;
+    }
+    match target.find("://") {
+        // Scheme letters only before "://", then the authority up to the
+        // first '/'.
+        Some(i) if i > 0 && target[..i].bytes().all(|b| b.is_ascii_alphabetic()) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |slash| &rest[slash..])
+        }
+        _ => "",
+    }
 }
 
 fn request_framing(headers: &[httparse::Header<'_>]) -> Framing {
@@ -230,7 +247,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ParseError> {
         Err(_) => return Err(ParseError::NotHttp),
     };
     let status = match resp.code {
-        Some(code) => code,
+        // httparse takes any three digits; HTTP has 100 to 599.
+        Some(code) if (100..=599).contains(&code) => code,
+        Some(_) => return Err(ParseError::NotHttp),
         None => status_from_line(buf)?,
     };
     let mut body = Framing::Close;
@@ -311,6 +330,48 @@ mod tests {
         assert_eq!(r.head_len, Some(69));
         assert_eq!(r.body, Framing::Length(5));
         assert!(!r.http10);
+    }
+
+    #[test]
+    fn absolute_and_authority_form_targets_keep_only_the_path() {
+        let path = |line: &str| {
+            parse_request(format!("{line} HTTP/1.1\r\n\r\n").as_bytes())
+                .map(|r| r.path.to_owned())
+                .expect("parse")
+        };
+        assert_eq!(path("GET http://bob:pw@example.com:8080/x/y?k=v"), "/x/y");
+        assert_eq!(path("GET HTTPS://example.com"), "/");
+        assert_eq!(path("GET http://u:p?ss@host/x"), "/");
+        assert_eq!(path("CONNECT db.internal:5432"), "");
+        assert_eq!(path("OPTIONS *"), "*");
+        assert_eq!(path("GET /a#frag"), "/a");
+    }
+
+    #[test]
+    fn status_codes_outside_100_to_599_are_not_http() {
+        for line in [
+            "HTTP/1.1 000 X",
+            "HTTP/1.1 099 X",
+            "HTTP/1.1 600 X",
+            "HTTP/1.1 999 X",
+        ] {
+            let full = format!("{line}\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                parse_response(full.as_bytes()).map(|r| r.status),
+                Err(ParseError::NotHttp),
+                "{line}"
+            );
+            // Cut before the end of the head too.
+            assert_eq!(
+                parse_response(line.as_bytes()).map(|r| r.status),
+                Err(ParseError::NotHttp),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            parse_response(b"HTTP/1.1 599 X\r\n\r\n").map(|r| r.status),
+            Ok(599)
+        );
     }
 
     #[test]

@@ -1,13 +1,17 @@
-//! Raw paths to bounded route templates.
+//! Raw paths to bounded route templates that cannot carry identifiers.
 //!
 //! 1. User patterns (`--route /users/{id}/orders`) win: `{name}` matches
 //!    one segment, a final `{*name}` the rest of the path.
-//! 2. Otherwise each segment is kept, unless it is numeric (`{id}`), a UUID
-//!    (`{uuid}`), long hex (`{hex}`) or longer than 64 bytes (`{long}`).
-//! 3. A parent with more than `max_children` distinct child segments
-//!    collapses new ones into `{var}`.
-//! 4. A service has at most `max_routes` routes; later ones are reported
-//!    as [`OVERFLOW_ROUTE`] and counted.
+//! 2. `;params` are dropped. A segment is then kept verbatim only if it
+//!    reads like a word from a route table (see [`is_route_word`]): short,
+//!    lower-case letters with `-` or `_`, or a version like `v2`. Anything
+//!    else becomes a placeholder: `{id}` (digits), `{uuid}`, `{hex}` (16+
+//!    hex digits) or `{var}` (emails, keys, tokens, JWTs, `host:port`,
+//!    percent-encoded or mixed-case text, long or random-looking words).
+//! 3. The backstop: a parent with more than `max_children` distinct child
+//!    segments collapses new ones into `{var}`, and a service has at most
+//!    `max_routes` routes; later ones are reported as [`OVERFLOW_ROUTE`]
+//!    and counted.
 //!
 //! The raw path is only read here; nothing keeps it.
 
@@ -16,7 +20,10 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 pub const OVERFLOW_ROUTE: &str = "{overflow}";
-const MAX_SEGMENT: usize = 64;
+/// Longest segment kept verbatim.
+const MAX_WORD: usize = 32;
+/// Longest letter run between separators in a kept segment.
+const MAX_RUN: usize = 20;
 /// Segments kept per route; deeper paths end in `/{rest}`.
 const MAX_DEPTH: usize = 16;
 
@@ -127,13 +134,31 @@ impl Routes {
         }
     }
 
+    /// Frees `template` of `service` (no traffic for a while): it no longer
+    /// counts against --max-routes.
+    pub fn forget(&mut self, service: &str, template: &str) {
+        if let Some(state) = self.services.get_mut(service) {
+            state.routes.remove(template);
+        }
+    }
+
+    /// Frees everything known about `service`.
+    pub fn forget_service(&mut self, service: &str) {
+        self.services.remove(service);
+    }
+
     /// Number of routes known for `service`.
     pub fn count(&self, service: &str) -> usize {
         self.services.get(service).map_or(0, |s| s.routes.len())
     }
 
     pub fn template(&mut self, service: &Arc<str>, path: &str) -> Route {
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // `;params` (jsessionid and friends) are dropped from every segment.
+        let segments: Vec<&str> = path
+            .split('/')
+            .map(|s| s.split_once(';').map_or(s, |(seg, _)| seg))
+            .filter(|s| !s.is_empty())
+            .collect();
         if let Some(p) = self.config.patterns.iter().find(|p| p.matches(&segments)) {
             let template = p.text.clone();
             return self.admit(service, template);
@@ -203,10 +228,10 @@ impl Routes {
     }
 }
 
-/// The template form of one raw segment.
+/// The template form of one raw segment (its `;params` already dropped).
 fn classify(seg: &str) -> std::borrow::Cow<'_, str> {
-    if seg.len() > MAX_SEGMENT {
-        "{long}".into()
+    if is_route_word(seg) {
+        seg.into()
     } else if seg.bytes().all(|b| b.is_ascii_digit()) {
         "{id}".into()
     } else if is_uuid(seg) {
@@ -214,8 +239,47 @@ fn classify(seg: &str) -> std::borrow::Cow<'_, str> {
     } else if seg.len() >= 16 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
         "{hex}".into()
     } else {
-        seg.into()
+        "{var}".into()
     }
+}
+
+/// A segment that reads like a word of a route table: at most MAX_WORD
+/// bytes of lower-case letters joined by `-` or `_` (no digits mixed in,
+/// no `@ : ; = . ~ %`, no upper case), each letter run at most MAX_RUN
+/// long and pronounceable (a vowel, no five consonants in a row); or a
+/// version (`v1`, `v22`). Random lower-case tokens mostly fail the run
+/// rules; the per-parent cap catches the rest.
+pub fn is_route_word(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    if b.is_empty() || b.len() > MAX_WORD {
+        return false;
+    }
+    if b.len() <= 4 && b[0] == b'v' && b.len() > 1 && b[1..].iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    if !b
+        .iter()
+        .all(|&c| c.is_ascii_lowercase() || c == b'-' || c == b'_')
+    {
+        return false;
+    }
+    seg.split(['-', '_'])
+        .all(|run| run.is_empty() || (run.len() <= MAX_RUN && pronounceable(run.as_bytes())))
+}
+
+fn pronounceable(run: &[u8]) -> bool {
+    let vowel = |c: &u8| matches!(c, b'a' | b'e' | b'i' | b'o' | b'u' | b'y');
+    if run.len() > 3 && !run.iter().any(vowel) {
+        return false;
+    }
+    let mut consonants = 0;
+    for c in run {
+        consonants = if vowel(c) { 0 } else { consonants + 1 };
+        if consonants >= 5 {
+            return false;
+        }
+    }
+    true
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -255,9 +319,58 @@ mod tests {
         assert_eq!(t(&mut r, &s, "/"), "/");
         assert_eq!(t(&mut r, &s, ""), "/");
         assert_eq!(
-            t(&mut r, &s, &format!("/x/{}", "a".repeat(100))),
-            "/x/{long}"
+            t(&mut r, &s, &format!("/x/{}", "z".repeat(100))),
+            "/x/{var}"
         );
+    }
+
+    #[test]
+    fn identifiers_never_become_route_words() {
+        let (mut r, s) = routes();
+        for (path, want) in [
+            ("/users/alice@example.com/orders", "/users/{var}/orders"),
+            ("/reset/sk_live_4eC39HqLyjWDarjtT1zdp7dc", "/reset/{var}"),
+            ("/cart;jsessionid=0123ABCDEF/items", "/cart/items"),
+            ("/login;JSESSIONID=abc", "/login"),
+            (
+                "/t/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                "/t/{var}",
+            ),
+            ("/proxy/db.internal:5432/q", "/proxy/{var}/q"),
+            ("/files/report.pdf", "/files/{var}"),
+            ("/u/%61lice", "/u/{var}"),
+            ("/u/Alice", "/u/{var}"),
+            ("/u/user42", "/u/{var}"),
+            ("/k/xqzvbnmtrkwpl", "/k/{var}"),
+            ("/k/qhkzrtvxwmpl-abcdefghijklmnopqrstu", "/k/{var}"),
+            ("/~bob/home", "/{var}/home"),
+            ("/a=b/c", "/{var}/c"),
+            ("/api/v2/user-profiles/me", "/api/v2/user-profiles/me"),
+            ("/health_check/ready", "/health_check/ready"),
+        ] {
+            assert_eq!(t(&mut r, &s, path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn route_words_are_what_a_route_table_holds() {
+        for w in [
+            "users",
+            "v1",
+            "v22",
+            "order-items",
+            "by_id",
+            "rss",
+            "x",
+            "strength",
+        ] {
+            assert!(is_route_word(w), "{w}");
+        }
+        for w in [
+            "", "v1234", "Users", "a.b", "a:b", "a@b", "a%20", "a~", "a=b", "x1", "bcdfgh",
+        ] {
+            assert!(!is_route_word(w), "{w}");
+        }
     }
 
     #[test]
@@ -273,12 +386,25 @@ mod tests {
     #[test]
     fn many_children_collapse_under_their_parent() {
         let (mut r, s) = routes();
+        let word = |i: u8| {
+            format!(
+                "name-{}{}",
+                (b'a' + i / 26) as char,
+                (b'a' + i % 26) as char
+            )
+        };
         for i in 0..100 {
-            assert_eq!(t(&mut r, &s, &format!("/p/name{i}")), format!("/p/name{i}"));
+            assert_eq!(
+                t(&mut r, &s, &format!("/p/{}", word(i))),
+                format!("/p/{}", word(i))
+            );
         }
         assert_eq!(t(&mut r, &s, "/p/another"), "/p/{var}");
         // Known children stay as they were.
-        assert_eq!(t(&mut r, &s, "/p/name3"), "/p/name3");
+        assert_eq!(
+            t(&mut r, &s, &format!("/p/{}", word(3))),
+            format!("/p/{}", word(3))
+        );
     }
 
     #[test]
@@ -291,6 +417,7 @@ mod tests {
         let mut overflow = 0;
         for a in 0..5 {
             for b in 0..5 {
+                let (a, b) = ((b'a' + a) as char, (b'a' + b) as char);
                 let route = r.template(&s, &format!("/a{a}/b{b}"));
                 if route.overflow {
                     assert_eq!(&*route.template, OVERFLOW_ROUTE);
