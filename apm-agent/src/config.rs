@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use apm_common::events::RINGBUF_BYTES;
 use clap::{Parser, ValueEnum};
 
-use crate::capture::Capture;
+use crate::{capture::Capture, redact::Secret};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -18,6 +18,28 @@ pub struct Config {
     /// Address of the admin API (/metrics, /health).
     #[arg(long, env = "APM_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+
+    /// Also serve /metrics (and the /health probes), and nothing else, on
+    /// this address: a DaemonSet exposes it to the cluster while --listen
+    /// stays on loopback.
+    #[arg(long, env = "APM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Require `Authorization: Bearer <token>` on every endpoint except
+    /// /health and /health/ready. Prefer --auth-token-file (a command line
+    /// is visible to every user of the host).
+    #[arg(long, env = "APM_AUTH_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub auth_token: Option<Secret>,
+
+    /// Read the bearer token from this file (surrounding whitespace is
+    /// ignored), e.g. a mounted Kubernetes Secret.
+    #[arg(long, env = "APM_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Break the agent on purpose, for tests of its own health reporting:
+    /// `poison-pipeline` panics while holding the request pipeline's lock.
+    #[arg(long, hide = true, value_enum)]
+    pub test_fault: Option<TestFault>,
 
     /// Monitor this local TCP port (repeatable). With no --port, --pid or
     /// --comm, every TCP listener on the host is monitored.
@@ -43,6 +65,17 @@ pub struct Config {
     #[arg(long, env = "APM_MAX_ROUTES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_routes: u32,
 
+    /// Duration-histogram series across all services; requests of a new
+    /// series beyond it are counted (apm_http_series_over_budget_total)
+    /// but not recorded in the histogram.
+    #[arg(long, env = "APM_MAX_SERIES", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_series: u32,
+
+    /// A series (and route) without a request for this long is removed, and
+    /// so is everything of a service that is gone.
+    #[arg(long, env = "APM_SERIES_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub series_ttl: Duration,
+
     /// A route pattern that takes precedence over automatic templating,
     /// e.g. `/users/{name}/profile` or `/static/{*path}` (repeatable).
     #[arg(long = "route", env = "APM_ROUTE", value_delimiter = ',', value_parser = parse_route)]
@@ -59,8 +92,9 @@ pub struct Config {
 
     /// A dependency whose health /health/detailed reports:
     /// `redis://host:port` (PING) or `tcp://host:port` (connect) (repeatable).
-    #[arg(long = "check", env = "APM_CHECK", value_delimiter = ',')]
-    pub checks: Vec<crate::serve::health::Dependency>,
+    /// A URL's user and password are used to connect and shown nowhere.
+    #[arg(long = "check", env = "APM_CHECK", value_delimiter = ',', value_parser = crate::serve::checks::DependencyParser)]
+    pub checks: Vec<crate::serve::checks::Dependency>,
 
     /// How often dependencies are checked.
     #[arg(long, env = "APM_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -116,16 +150,45 @@ pub struct Config {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TestFault {
+    PoisonPipeline,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
 impl Config {
+    /// The bearer token from --auth-token or --auth-token-file.
+    pub fn auth_token(&self) -> Result<Option<Secret>, String> {
+        if let Some(token) = &self.auth_token {
+            if token.expose().trim().is_empty() {
+                return Err("--auth-token is empty".into());
+            }
+            return Ok(Some(token.clone()));
+        }
+        let Some(path) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading --auth-token-file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("--auth-token-file {} is empty", path.display()));
+        }
+        Ok(Some(Secret::new(token)))
+    }
+
     /// True when the user named no service: count every listener on the host.
     pub fn monitors_all_ports(&self) -> bool {
         self.ports.is_empty() && self.pids.is_empty() && self.comms.is_empty()
     }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

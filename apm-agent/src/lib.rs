@@ -7,7 +7,9 @@
 //! byte streams, pairing) → `protocols` (HTTP parsing, route templates) →
 //! `services` (who listens where, what a service is called) → `telemetry`
 //! (metrics, request statistics, sampling, logs) → `serve` (admin API,
-//! health). `config` and `agent` at the root wire the stages together.
+//! health). `config` and `agent` at the root wire the stages together;
+//! `redact` (credentials out of URLs) and `tasks` (which tasks are alive)
+//! are leaves any stage may use.
 //! Everything but `capture::kernel` and `capture::reader` runs without root
 //! and is unit-tested.
 
@@ -15,7 +17,9 @@ pub mod agent;
 pub mod capture;
 pub mod config;
 pub mod protocols;
+pub mod redact;
 pub mod serve;
 pub mod services;
 pub mod streams;
+pub mod tasks;
 pub mod telemetry;

@@ -11,10 +11,11 @@ use anyhow::Context as _;
 use apm_agent::{
     agent::Agent,
     capture::kernel::{self, ProbeReport, StartOptions},
-    config::{Config, LogFormat},
+    config::{Config, LogFormat, TestFault},
     protocols::routes::RouteConfig,
     serve::api::{self, AppState},
-    serve::health,
+    serve::checks,
+    tasks::{Beat, Tasks},
     telemetry::logs::{LogRing, RingLayer},
     telemetry::metrics::Metrics,
     telemetry::requests::{Requests, monotonic_ns},
@@ -65,6 +66,8 @@ fn init_logging(config: &Config) -> anyhow::Result<Arc<LogRing>> {
 }
 
 async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
+    let auth_token = config.auth_token().map_err(anyhow::Error::msg)?;
+    let tasks = Arc::new(Tasks::default());
     let metrics = Arc::new(Metrics::new().context("building the metrics registry")?);
     let (mut kernel, report) = if config.no_ebpf {
         (
@@ -118,11 +121,14 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         patterns: config.routes.clone(),
         ..Default::default()
     };
-    let requests = Arc::new(Mutex::new(Requests::new(
-        routes,
-        config.max_connections as usize,
-        agent.directory.clone(),
-    )));
+    let requests = Arc::new(Mutex::new(
+        Requests::new(
+            routes,
+            config.max_connections as usize,
+            agent.directory.clone(),
+        )
+        .with_max_series(config.max_series as usize),
+    ));
     let agent = Arc::new(Mutex::new(agent));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -132,8 +138,12 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             requests.clone(),
             metrics.clone(),
             stop_rx.clone(),
+            tasks.watch("ring reader", Duration::from_secs(5)),
         ))
     });
+    if config.test_fault == Some(TestFault::PoisonPipeline) {
+        poison_after(requests.clone(), Duration::from_secs(1));
+    }
 
     let state = AppState {
         agent: agent.clone(),
@@ -144,18 +154,26 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         dependencies: Arc::new(RwLock::new(Vec::new())),
         configured_dependencies: config.checks.len(),
         logs,
+        tasks: tasks.clone(),
+        auth_token: auth_token.map(Arc::new),
     };
+    // Allowed silence: a few intervals, and at least what a slow procfs
+    // walk on a busy host may take.
+    let allowed = |every: Duration| (every * 3).max(Duration::from_secs(10));
     let refresher = tokio::spawn(refresh_loop(
         state.clone(),
         config.refresh_interval,
+        config.series_ttl,
         stop_rx.clone(),
+        tasks.watch("refresh", allowed(config.refresh_interval)),
     ));
     let sampler = tokio::spawn(sample_loop(
         state.clone(),
         Sampler::new(&config.proc_root),
         stop_rx.clone(),
+        tasks.watch("sampler", allowed(config.sample_interval)),
     ));
-    let checker = tokio::spawn(health::run_checks(
+    let checker = tokio::spawn(checks::run_checks(
         config.checks.clone(),
         config.check_interval,
         state.dependencies.clone(),
@@ -169,19 +187,40 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("admin API address")?;
     info!(url = %format!("http://{addr}/"), "admin API listening");
 
-    let mut shutdown = stop_rx.clone();
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding --metrics-listen to {at}"))?;
+            info!(url = %format!("http://{}/metrics", listener.local_addr().context("metrics address")?), "metrics listening");
+            Some(listener)
+        }
+        None => None,
+    };
+    let metrics_server = metrics_listener.map(|listener| {
+        serve(
+            listener,
+            api::metrics_router(state.clone()),
+            stop_rx.clone(),
+            tasks.watch("metrics API", Duration::MAX),
+        )
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = serve(
+        listener,
+        api::router(state),
+        stop_rx.clone(),
+        tasks.watch("admin API", Duration::MAX),
+    );
 
     let signal = wait_for_signal().await?;
     info!(signal, "shutting down");
     let _ = stop_tx.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "admin API stopped with an error"),
-        Err(e) => error!(error = %e, "admin API task failed"),
+    for server in std::iter::once(server).chain(metrics_server) {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "admin API stopped with an error"),
+            Err(e) => error!(error = %e, "admin API task failed"),
+        }
     }
     for (name, task) in [
         ("refresh", refresher),
@@ -204,63 +243,122 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `router` on `listener` until stop; the beat ends with the server.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    beat: Beat,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        let _beat = beat;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    })
+}
+
+/// `--test-fault poison-pipeline`: a thread panics while holding the
+/// request pipeline's lock, as a bug in the pipeline would.
+fn poison_after(requests: Arc<Mutex<Requests>>, after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let _guard = requests.lock();
+        panic!("test fault: poisoning the request pipeline");
+    });
+}
+
 /// Connections silent for this long are forgotten by the request pipeline.
 const IDLE_CONNECTION: Duration = Duration::from_secs(300);
 
-async fn refresh_loop(state: AppState, every: Duration, mut stop: watch::Receiver<bool>) {
+async fn refresh_loop(
+    state: AppState,
+    every: Duration,
+    series_ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+    beat: Beat,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        beat.beat();
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let state = state.clone();
         let done = tokio::task::spawn_blocking(move || {
-            if let Ok(mut agent) = state.agent.lock() {
-                agent.refresh();
-            }
-            if let Ok(mut requests) = state.requests.lock() {
-                let idle = u64::try_from(IDLE_CONNECTION.as_nanos()).unwrap_or(u64::MAX);
-                requests.sweep(monotonic_ns(), idle, &state.metrics);
-            }
+            let Ok(mut agent) = state.agent.lock() else {
+                return Err("agent state");
+            };
+            agent.refresh();
+            drop(agent);
+            let Ok(mut requests) = state.requests.lock() else {
+                return Err("request pipeline state");
+            };
+            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            let now = monotonic_ns();
+            requests.sweep(now, nanos(IDLE_CONNECTION), &state.metrics);
+            requests.expire(now, nanos(series_ttl), &state.metrics);
+            Ok(())
         })
         .await;
-        if let Err(e) = done {
-            error!(error = %e, "refresh panicked");
+        // A panic in a refresh leaves the task running (the next one may
+        // work); a poisoned lock stops it, and readiness with it.
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(what)) => {
+                error!(state = what, "poisoned; refresh stopped (not ready)");
+                return;
+            }
+            Err(e) => error!(error = %e, "refresh panicked"),
         }
     }
 }
 
 /// Samples processes and the host every --sample-interval; /stats/system
 /// serves the latest sample.
-async fn sample_loop(state: AppState, sampler: Sampler, mut stop: watch::Receiver<bool>) {
+async fn sample_loop(
+    state: AppState,
+    sampler: Sampler,
+    mut stop: watch::Receiver<bool>,
+    beat: Beat,
+) {
     let sampler = Arc::new(Mutex::new(sampler));
     let mut ticker = tokio::time::interval(state.sample_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        beat.beat();
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let (state, sampler) = (state.clone(), sampler.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let services = state
-                .agent
-                .lock()
-                .map(|a| a.directory.snapshot())
-                .unwrap_or_default();
+            let Ok(agent) = state.agent.lock() else {
+                return Err("agent state");
+            };
+            let services = agent.directory.snapshot();
+            drop(agent);
             let Ok(mut sampler) = sampler.lock() else {
-                return;
+                return Err("sampler state");
             };
             let sample = sampler.sample(&services.by_pid, &state.metrics);
-            if let Ok(mut slot) = state.system.write() {
-                *slot = Some((Instant::now(), sample));
-            }
+            // The slot only ever holds a whole sample: recover it.
+            *state.system.write().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), sample));
+            Ok(())
         })
         .await;
-        if let Err(e) = done {
-            error!(error = %e, "sampling panicked");
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(what)) => {
+                error!(state = what, "poisoned; sampling stopped (not ready)");
+                return;
+            }
+            Err(e) => error!(error = %e, "sampling panicked"),
         }
     }
 }

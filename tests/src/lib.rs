@@ -366,11 +366,20 @@ impl Response {
 
 /// A minimal HTTP/1.1 GET over a real socket (Connection: close).
 pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
+    get_with(addr, path, &[])
+}
+
+/// [`get`] with extra request headers.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -524,6 +533,50 @@ fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
         s = rest[end + 1..].trim_start_matches(',');
     }
     Some(labels)
+}
+
+/// A real redis-server on 127.0.0.1:`port` (no persistence), killed when
+/// dropped.
+pub struct Redis(Child);
+
+impl Redis {
+    pub fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// With `requirepass`: PING without the password fails (NOAUTH).
+    pub fn with_password(port: u16, password: &str) -> Self {
+        Self::start_with(port, &["--requirepass", password])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by cargo xtask test)");
+        let up = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "redis-server did not start");
+        Self(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[cfg(test)]

@@ -98,7 +98,8 @@ fn manifests_validate_offline() {
                 .arg("--strict")
                 .arg(&tmp),
         );
-        assert_eq!(out.matches(" passed ").count(), 3, "{out}");
+        // Namespace, DaemonSet, Service, NetworkPolicy.
+        assert_eq!(out.matches(" passed ").count(), 4, "{out}");
         std::fs::remove_file(tmp).ok();
     } else {
         eprintln!("kubectl not installed: kustomization not built");
@@ -112,8 +113,12 @@ fn manifests_validate_offline() {
         "privileged: false",
         "- BPF",
         "- PERFMON",
-        "value: \"0.0.0.0:9464\"",
-        "path: /health",
+        // Only /metrics and the probes face the cluster; the admin API
+        // stays on loopback.
+        "name: APM_METRICS_LISTEN\n              value: \"0.0.0.0:9464\"",
+        "name: APM_LISTEN\n              value: \"127.0.0.1:9465\"",
+        "path: /health\n",
+        "path: /health/ready\n",
         "- operator: Exists",
     ] {
         assert!(ds.contains(needed), "daemonset.yaml lacks {needed:?}");

@@ -1,12 +1,9 @@
 //! Process and host sampling, /stats/system, /health/detailed with a real
 //! redis-server, and /logs/recent, against the real agent.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use apm_e2e::{Agent, Worker, free_port, get, require_root, rss_bytes, wait_for};
+use apm_e2e::{Agent, Redis, Worker, free_port, get, require_root, rss_bytes, wait_for};
 use serde_json::Value;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -166,38 +163,6 @@ fn host_sample_and_stats_system_answer_without_waiting() {
         assert_eq!(get(agent.addr, "/stats/system").expect("stats").status, 200);
     }
     assert!(start.elapsed() < Duration::from_secs(5));
-}
-
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by cargo xtask test)");
-        let up = wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        assert!(up.is_some(), "redis-server did not start");
-        Self(child)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn dependency(v: &Value, name: &str) -> Option<Value> {

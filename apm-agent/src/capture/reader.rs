@@ -13,6 +13,8 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
 use tracing::{error, info};
 
+use crate::tasks::Beat;
+
 /// Where the reader delivers records; `Context` is shared state the sink
 /// needs beside itself (the metrics).
 pub trait RecordSink: Send + 'static {
@@ -31,6 +33,7 @@ pub async fn run<S: RecordSink>(
     sink: Arc<Mutex<S>>,
     context: Arc<S::Context>,
     mut stop: watch::Receiver<bool>,
+    beat: Beat,
 ) {
     let registered = {
         // SAFETY: the RingBuf owns its map's file descriptor (MapData) and
@@ -51,6 +54,7 @@ pub async fn run<S: RecordSink>(
     let mut tick = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        beat.beat();
         let drained = tokio::select! {
             ready = fd.readable_mut() => {
                 let mut guard = match ready {
@@ -71,7 +75,8 @@ pub async fn run<S: RecordSink>(
         };
         match drained {
             None => {
-                error!("request pipeline state poisoned; stopping the reader");
+                // Dropping the beat on return turns readiness false.
+                error!("request pipeline state poisoned; stopping the reader (not ready)");
                 return;
             }
             // More than a batch waiting: let other tasks run, then go on.

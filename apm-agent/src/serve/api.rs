@@ -1,4 +1,5 @@
-//! The admin API (axum): /metrics and /health.
+//! The admin API (axum): /metrics, health, statistics and logs; and the
+//! metrics-only router for `--metrics-listen`.
 
 use std::{
     sync::{Arc, Mutex, RwLock},
@@ -7,8 +8,9 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{DefaultBodyLimit, Query, State},
     http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -16,7 +18,9 @@ use serde_json::json;
 
 use crate::{
     agent::Agent,
-    serve::health::{self, DependencyStatus},
+    redact::Secret,
+    serve::{auth, checks::DependencyStatus, health},
+    tasks::Tasks,
     telemetry::logs::LogRing,
     telemetry::metrics::Metrics,
     telemetry::requests::Requests,
@@ -39,17 +43,55 @@ pub struct AppState {
     pub dependencies: Arc<RwLock<Vec<DependencyStatus>>>,
     pub configured_dependencies: usize,
     pub logs: Arc<LogRing>,
+    /// The long-running tasks readiness depends on.
+    pub tasks: Arc<Tasks>,
+    /// The bearer token every endpoint but the probes' requires.
+    pub auth_token: Option<Arc<Secret>>,
 }
 
+/// Every endpoint: the admin listener (`--listen`).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/metrics", get(metrics))
-        .route("/health", get(health))
         .route("/stats/requests", get(stats_requests))
         .route("/stats/system", get(stats_system))
         .route("/health/detailed", get(health_detailed))
-        .route("/logs/recent", get(logs_recent))
+        .route("/logs/recent", get(logs_recent));
+    with_probes(protected, state)
+}
+
+/// Only /metrics (and the probes): the `--metrics-listen` listener, which
+/// a DaemonSet can expose to the cluster while the rest stays on loopback.
+pub fn metrics_router(state: AppState) -> Router {
+    with_probes(Router::new().route("/metrics", get(metrics)), state)
+}
+
+/// `protected` behind the token, plus the unauthenticated probes, with the
+/// request-size limits on everything.
+fn with_probes(protected: Router<AppState>, state: AppState) -> Router {
+    protected
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .layer(middleware::from_fn(auth::limit_query))
+        .layer(DefaultBodyLimit::max(auth::MAX_BODY))
         .with_state(state)
+}
+
+/// Readiness: 503 while a task the agent needs (ring reader, sampler,
+/// refresh, API) has stopped or stalled. Names the tasks, nothing else.
+async fn ready(State(state): State<AppState>) -> Response {
+    let tasks = state.tasks.states();
+    let ready = tasks.iter().all(|t| t.alive);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({ "ready": ready, "tasks": tasks }))).into_response()
 }
 
 /// The latest sample; never measures inside the request.
@@ -83,7 +125,9 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
         .read()
         .map(|d| d.clone())
         .unwrap_or_default();
+    let tasks = state.tasks.states();
     let report = health::evaluate(&health::Inputs {
+        tasks: &tasks,
         probes: &probes,
         lost_last_minute: lost,
         sample: latest.as_ref().map(|(at, s)| (at.elapsed(), s)),
@@ -139,12 +183,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some((at, _)) = state.system.read().ok().and_then(|s| s.clone()) {
         state.metrics.sample_age.set(at.elapsed().as_secs_f64());
     }
-    let evicted = state.logs.evicted();
-    let exported = state.metrics.log_records_evicted.get();
     state
         .metrics
         .log_records_evicted
-        .inc_by(evicted.saturating_sub(exported));
+        .inc_by(state.logs.take_uncounted_evictions());
     let agent = state.agent;
     let rendered = tokio::task::spawn_blocking(move || {
         let mut agent = agent
@@ -202,12 +244,26 @@ mod tests {
             dependencies: Arc::new(RwLock::new(Vec::new())),
             configured_dependencies: 0,
             logs: Arc::new(LogRing::new(10)),
+            tasks: Arc::new(Tasks::default()),
+            auth_token: None,
         }
     }
 
     async fn get(path: &str) -> (StatusCode, Option<String>, String) {
-        let response = router(degraded_agent())
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+        send(router(degraded_agent()), path, None).await
+    }
+
+    async fn send(
+        router: Router,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Option<String>, String) {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = router
+            .oneshot(request.body(Body::empty()).expect("request"))
             .await
             .expect("response");
         let status = response.status();
@@ -251,5 +307,62 @@ mod tests {
         let (status, _, body) = get("/health").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, r#"{"status":"ok"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_token_guards_everything_but_the_probes() {
+        let mut state = degraded_agent();
+        state.auth_token = Some(Arc::new(Secret::new("s3cret-token")));
+        let app = router(state.clone());
+        for path in [
+            "/metrics",
+            "/stats/requests",
+            "/stats/system",
+            "/health/detailed",
+            "/logs/recent",
+        ] {
+            let (status, _, body) = send(app.clone(), path, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(body.contains("missing bearer token"), "{body}");
+            let (status, _, body) = send(app.clone(), path, Some("s3cret-tokex")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(body.contains("wrong bearer token"), "{body}");
+            let (status, _, _) = send(app.clone(), path, Some("s3cret-token")).await;
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_ne!(status, StatusCode::NOT_FOUND, "{path}");
+        }
+        for path in ["/health", "/health/ready"] {
+            let (status, _, _) = send(app.clone(), path, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        let metrics_only = metrics_router(state);
+        let (status, _, _) = send(metrics_only.clone(), "/metrics", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, _) = send(metrics_only.clone(), "/logs/recent", Some("s3cret-token")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn long_queries_are_refused() {
+        let (status, _, body) = get(&format!("/logs/recent?level={}", "a".repeat(2000))).await;
+        assert_eq!(status, StatusCode::URI_TOO_LONG);
+        assert!(body.contains("query too long"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_tasks() {
+        let state = degraded_agent();
+        let beat = state.tasks.watch("ring reader", Duration::from_secs(60));
+        let app = router(state);
+        let (status, _, body) = send(app.clone(), "/health/ready", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        drop(beat);
+        let (status, _, body) = send(app.clone(), "/health/ready", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("ring reader"), "{body}");
+        let (status, _, _) = send(app.clone(), "/health", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, _, body) = send(app, "/health/detailed", None).await;
+        assert!(body.contains("\"unhealthy\""), "{body}");
     }
 }

@@ -5,173 +5,15 @@
 //! above 90%, a dependency failing); `unhealthy` when its own sampling has
 //! stopped. /health (liveness) depends on none of this.
 
-use std::{
-    str::FromStr,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
 
-use crate::{
-    capture::kernel::ProbeReport, telemetry::metrics::Metrics, telemetry::sampler::SystemSample,
-};
+use super::checks::DependencyStatus;
+use crate::{capture::kernel::ProbeReport, tasks::TaskState, telemetry::sampler::SystemSample};
 
 /// Memory or disk use above this is `degraded`.
 pub const USAGE_LIMIT: f64 = 0.90;
-
-/// A dependency given with `--check`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Dependency {
-    /// `redis://host:port[/db]`: PING through the redis crate.
-    Redis { url: String },
-    /// `tcp://host:port`: TCP connect time.
-    Tcp { url: String, addr: String },
-}
-
-impl Dependency {
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Redis { url } => url,
-            Self::Tcp { url, .. } => url,
-        }
-    }
-}
-
-impl FromStr for Dependency {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(rest) = s.strip_prefix("tcp://") {
-            if rest
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(format!("expected tcp://host:port, got {s:?}"));
-            }
-            return Ok(Self::Tcp {
-                url: s.to_owned(),
-                addr: rest.to_owned(),
-            });
-        }
-        if s.starts_with("redis://") {
-            redis::Client::open(s).map_err(|e| format!("invalid redis URL {s:?}: {e}"))?;
-            return Ok(Self::Redis { url: s.to_owned() });
-        }
-        Err(format!(
-            "unsupported check {s:?}: use redis://host:port or tcp://host:port"
-        ))
-    }
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct DependencyStatus {
-    pub name: String,
-    pub ok: bool,
-    /// "PONG", "connected", or the error.
-    pub detail: String,
-    pub response_time_seconds: f64,
-}
-
-/// Checks one dependency, bounded by `timeout`.
-pub async fn check(dep: &Dependency, timeout: Duration) -> DependencyStatus {
-    let start = Instant::now();
-    let result: Result<String, String> = match dep {
-        Dependency::Tcp { addr, .. } => {
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await
-            {
-                Ok(Ok(_)) => Ok("connected".into()),
-                Ok(Err(e)) => Err(format!("connect: {e}")),
-                Err(_) => Err(format!("connect: timed out after {timeout:?}")),
-            }
-        }
-        Dependency::Redis { url } => {
-            let ping = async {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-                let mut con = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut con)
-                    .await
-                    .map_err(|e| format!("PING: {e}"))
-            };
-            match tokio::time::timeout(timeout, ping).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("timed out after {timeout:?}")),
-            }
-        }
-    };
-    let elapsed = start.elapsed().as_secs_f64();
-    match result {
-        Ok(detail) => DependencyStatus {
-            name: dep.name().to_owned(),
-            ok: true,
-            detail,
-            response_time_seconds: elapsed,
-        },
-        Err(detail) => DependencyStatus {
-            name: dep.name().to_owned(),
-            ok: false,
-            detail,
-            response_time_seconds: elapsed,
-        },
-    }
-}
-
-/// Checks every dependency each `every`, keeping the latest results.
-pub async fn run_checks(
-    deps: Vec<Dependency>,
-    every: Duration,
-    results: Arc<RwLock<Vec<DependencyStatus>>>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    if deps.is_empty() {
-        return;
-    }
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = every.min(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let mut statuses = Vec::with_capacity(deps.len());
-        let previous: Vec<bool> = results
-            .read()
-            .map(|r| r.iter().map(|s| s.ok).collect())
-            .unwrap_or_default();
-        for (i, dep) in deps.iter().enumerate() {
-            let status = check(dep, timeout).await;
-            metrics
-                .dependency_up
-                .with_label_values(&[&status.name])
-                .set(i64::from(status.ok));
-            metrics
-                .dependency_seconds
-                .with_label_values(&[&status.name])
-                .set(status.response_time_seconds);
-            // Log changes, not every failing check.
-            match (previous.get(i).copied(), status.ok) {
-                (Some(true) | None, false) => {
-                    tracing::warn!(dependency = %status.name, error = %status.detail, "dependency check failed")
-                }
-                (Some(false), true) => {
-                    tracing::info!(dependency = %status.name, "dependency recovered")
-                }
-                _ => {}
-            }
-            statuses.push(status);
-        }
-        if let Ok(mut slot) = results.write() {
-            *slot = statuses;
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,6 +40,8 @@ pub struct HealthReport {
 
 /// What /health/detailed looks at.
 pub struct Inputs<'a> {
+    /// The agent's own tasks: one stopped makes the report unhealthy.
+    pub tasks: &'a [TaskState],
     pub probes: &'a ProbeReport,
     /// Ring-buffer records lost in the last minute.
     pub lost_last_minute: u64,
@@ -219,6 +63,14 @@ fn entry(name: impl Into<String>, ok: bool, bad: Status, detail: String) -> Heal
 
 pub fn evaluate(i: &Inputs<'_>) -> HealthReport {
     let mut checks = Vec::new();
+    for t in i.tasks {
+        checks.push(entry(
+            format!("task {}", t.name),
+            t.alive,
+            Status::Unhealthy,
+            t.reason.clone().unwrap_or_else(|| "running".into()),
+        ));
+    }
     match &i.probes.disabled_reason {
         Some(reason) => checks.push(entry(
             "ebpf",
@@ -351,6 +203,7 @@ mod tests {
         deps: &'a [DependencyStatus],
     ) -> Inputs<'a> {
         Inputs {
+            tasks: &[],
             probes,
             lost_last_minute: 0,
             sample: s,
@@ -416,39 +269,5 @@ mod tests {
             .find(|c| c.name == "capture")
             .expect("capture check");
         assert!(capture.detail.contains("no cgroup2 mount"), "{capture:?}");
-    }
-
-    #[test]
-    fn check_targets_parse_or_explain() {
-        assert_eq!(
-            "tcp://127.0.0.1:5432".parse(),
-            Ok(Dependency::Tcp {
-                url: "tcp://127.0.0.1:5432".into(),
-                addr: "127.0.0.1:5432".into()
-            })
-        );
-        assert!(matches!(
-            "redis://127.0.0.1:6379".parse::<Dependency>(),
-            Ok(Dependency::Redis { .. })
-        ));
-        assert!("tcp://nohost".parse::<Dependency>().is_err());
-        assert!(
-            "http://x"
-                .parse::<Dependency>()
-                .expect_err("http is not a check")
-                .contains("unsupported")
-        );
-    }
-
-    #[tokio::test]
-    async fn a_refused_tcp_dependency_reports_the_error() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
-        let dep: Dependency = format!("tcp://127.0.0.1:{port}").parse().expect("dep");
-        let s = check(&dep, Duration::from_secs(1)).await;
-        assert!(!s.ok);
-        assert!(s.detail.contains("refused"), "{}", s.detail);
     }
 }

@@ -33,6 +33,13 @@ pub struct Services {
 }
 
 impl Services {
+    /// Whether `name` is one of the services now.
+    pub fn names(&self, name: &str) -> bool {
+        self.by_pid.values().any(|s| &*s.name == name)
+            || self.by_socket.values().any(|s| &**s == name)
+            || self.by_port.values().any(|s| &**s == name)
+    }
+
     /// The service of a packet record.
     pub fn of_socket(&self, netns: u64, port: u16) -> Option<&Arc<str>> {
         self.by_socket
@@ -45,14 +52,15 @@ impl Services {
 pub struct Directory(RwLock<Arc<Services>>);
 
 impl Directory {
+    /// The current directory. The lock only guards an Arc swap, which a
+    /// panic cannot leave half done, so a poisoned lock is recovered (an
+    /// empty directory would silently file everything under "unknown").
     pub fn snapshot(&self) -> Arc<Services> {
-        self.0.read().map(|m| m.clone()).unwrap_or_default()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn replace(&self, services: Services) {
-        if let Ok(mut slot) = self.0.write() {
-            *slot = Arc::new(services);
-        }
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
     }
 }
 

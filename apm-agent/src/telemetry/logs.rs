@@ -38,6 +38,8 @@ pub struct LogRing {
     records: Mutex<VecDeque<LogRecord>>,
     capacity: usize,
     evicted: AtomicU64,
+    /// How many of the evicted records a scrape has already counted.
+    counted: AtomicU64,
 }
 
 impl LogRing {
@@ -46,6 +48,7 @@ impl LogRing {
             records: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
             capacity: capacity.max(1),
             evicted: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
         }
     }
 
@@ -54,7 +57,7 @@ impl LogRing {
     }
 
     pub fn len(&self) -> usize {
-        self.records.lock().map(|r| r.len()).unwrap_or(0)
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,10 +69,22 @@ impl LogRing {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    /// Evictions no earlier call has returned: concurrent scrapes add each
+    /// eviction to the counter once.
+    pub fn take_uncounted_evictions(&self) -> u64 {
+        let now = self.evicted.load(Ordering::Relaxed);
+        let before = self.counted.fetch_max(now, Ordering::Relaxed);
+        now.saturating_sub(before)
+    }
+
+    /// The records; a panic elsewhere while holding them leaves a valid
+    /// queue, so a poisoned lock is recovered, not treated as empty.
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<LogRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, record: LogRecord) {
-        let Ok(mut records) = self.records.lock() else {
-            return;
-        };
+        let mut records = self.lock();
         if records.len() >= self.capacity {
             records.pop_front();
             self.evicted.fetch_add(1, Ordering::Relaxed);
@@ -79,9 +94,7 @@ impl LogRing {
 
     /// The newest `limit` records at least as severe as `min`, oldest first.
     pub fn recent(&self, limit: usize, min: Level) -> Vec<LogRecord> {
-        let Ok(records) = self.records.lock() else {
-            return Vec::new();
-        };
+        let records = self.lock();
         let mut out: Vec<LogRecord> = records
             .iter()
             .rev()
@@ -196,5 +209,8 @@ mod tests {
         assert_eq!(warn[0].fields["reason"], "x");
         assert_eq!(parse_level("warn"), Some(Level::WARN));
         assert_eq!(parse_level("loud"), None);
+        // Two scrapes: the evictions are counted by one of them only.
+        assert_eq!(ring.take_uncounted_evictions(), 10_000 + 10 + 1 - 100);
+        assert_eq!(ring.take_uncounted_evictions(), 0);
     }
 }

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub http_unpaired: IntCounterVec,
     pub http_routes: IntGaugeVec,
     pub http_route_overflow: IntCounterVec,
+    pub http_series_over_budget: IntCounter,
+    pub http_series_expired: IntCounter,
     pub http_connections: IntGauge,
     pub ringbuf_records: IntCounter,
     pub ringbuf_decode_errors: IntCounter,
@@ -205,7 +207,7 @@ impl Metrics {
             )?,
             http_paired: counter(
                 "apm_http_requests_paired_total",
-                "HTTP requests paired with their response and recorded in the duration histogram.",
+                "HTTP requests paired with their response (all in the duration histogram unless apm_http_series_over_budget_total counted some).",
                 &[SERVICE],
             )?,
             http_unpaired: counter(
@@ -222,6 +224,14 @@ impl Metrics {
                 "apm_http_route_overflow_total",
                 "Requests filed under the {overflow} route because the service reached --max-routes.",
                 &[SERVICE],
+            )?,
+            http_series_over_budget: plain_counter(
+                "apm_http_series_over_budget_total",
+                "Paired requests left out of the duration histogram because --max-series duration series already existed (across services).",
+            )?,
+            http_series_expired: plain_counter(
+                "apm_http_series_expired_total",
+                "Duration series removed after --series-ttl without a request (their budget is freed).",
             )?,
             http_connections: gauge(
                 "apm_http_connections_tracked",

@@ -22,10 +22,24 @@ pub(super) struct RouteStats {
     pub count: u64,
     pub errors: u64,
     pub sketch: DDSketch,
+    /// When a request of this route last completed (kernel clock).
+    pub last_ns: u64,
 }
 
 /// The duration histogram of one (method, route, status, port) of a service.
-type SeriesKey = (Method, Arc<str>, u16, u16);
+pub(super) type SeriesKey = (Method, Arc<str>, u16, u16);
+
+/// A duration histogram series and when it was last observed.
+pub(super) struct Series {
+    pub histogram: Histogram,
+    pub last_ns: u64,
+}
+
+/// Duration series across all services: at most `max` exist at once.
+pub(super) struct SeriesBudget {
+    pub max: usize,
+    pub used: usize,
+}
 
 pub(super) struct ServiceStats {
     pub seen: u64,
@@ -35,7 +49,7 @@ pub(super) struct ServiceStats {
     seen_total: IntCounter,
     paired_total: IntCounter,
     /// Bounded like the series themselves: routes are capped per service.
-    durations: FxHashMap<SeriesKey, Histogram>,
+    pub durations: FxHashMap<SeriesKey, Series>,
 }
 
 /// The service and port label of a connection.
@@ -69,6 +83,9 @@ pub(super) struct Recorder<'a> {
     pub services: &'a Services,
     pub unknown: &'a Arc<str>,
     pub metrics: &'a Metrics,
+    pub budget: &'a mut SeriesBudget,
+    /// The time of the batch being recorded (kernel clock).
+    pub now_ns: u64,
 }
 
 impl Recorder<'_> {
@@ -79,25 +96,29 @@ impl Recorder<'_> {
 
     fn stats(&mut self, name: &Arc<str>) -> &mut ServiceStats {
         let metrics = self.metrics;
-        self.stats.entry(name.clone()).or_insert_with(|| {
-            // A new service: export every unpaired reason from zero, so a
-            // rate() over them works before the first one happens.
-            for reason in Unpaired::ALL {
-                metrics
-                    .http_unpaired
-                    .with_label_values(&[&**name, reason.as_str()])
-                    .inc_by(0);
-            }
-            ServiceStats {
-                seen: 0,
-                paired: 0,
-                unpaired: HashMap::new(),
-                routes: FxHashMap::default(),
-                seen_total: metrics.http_seen.with_label_values(&[&**name]),
-                paired_total: metrics.http_paired.with_label_values(&[&**name]),
-                durations: FxHashMap::default(),
-            }
-        })
+        self.stats
+            .entry(name.clone())
+            .or_insert_with(|| new_service(metrics, name))
+    }
+}
+
+/// A new service's statistics. Every unpaired reason is exported from
+/// zero, so a rate() over them works before the first one happens.
+fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
+    for reason in Unpaired::ALL {
+        metrics
+            .http_unpaired
+            .with_label_values(&[&**name, reason.as_str()])
+            .inc_by(0);
+    }
+    ServiceStats {
+        seen: 0,
+        paired: 0,
+        unpaired: HashMap::new(),
+        routes: FxHashMap::default(),
+        seen_total: metrics.http_seen.with_label_values(&[&**name]),
+        paired_total: metrics.http_paired.with_label_values(&[&**name]),
+        durations: FxHashMap::default(),
     }
 }
 
@@ -138,22 +159,38 @@ impl Sink for Recorder<'_> {
     fn completed(&mut self, done: Completed) {
         let (name, port) = self.service(done.origin, done.port);
         let seconds = done.duration_ns as f64 / 1e9;
-        let metrics = self.metrics;
-        let stats = self.stats(&name);
+        let (metrics, now_ns) = (self.metrics, self.now_ns);
+        let budget = &mut *self.budget;
+        let stats = self
+            .stats
+            .entry(name.clone())
+            .or_insert_with(|| new_service(metrics, &name));
         let key = (done.method, done.route.clone(), done.status, port);
-        stats
-            .durations
-            .entry(key)
-            .or_insert_with(|| {
-                metrics.http_duration.with_label_values(&[
+        match stats.durations.get_mut(&key) {
+            Some(series) => {
+                series.histogram.observe(seconds);
+                series.last_ns = now_ns;
+            }
+            None if budget.used >= budget.max => metrics.http_series_over_budget.inc(),
+            None => {
+                let histogram = metrics.http_duration.with_label_values(&[
                     done.method.as_str(),
                     &*done.route,
                     &done.status.to_string(),
                     &*name,
                     &port.to_string(),
-                ])
-            })
-            .observe(seconds);
+                ]);
+                histogram.observe(seconds);
+                budget.used += 1;
+                stats.durations.insert(
+                    key,
+                    Series {
+                        histogram,
+                        last_ns: now_ns,
+                    },
+                );
+            }
+        }
         stats.paired_total.inc();
         stats.paired += 1;
         let route = stats
@@ -164,8 +201,10 @@ impl Sink for Recorder<'_> {
                 errors: 0,
                 // 1% relative accuracy.
                 sketch: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+                last_ns: now_ns,
             });
         route.count += 1;
+        route.last_ns = now_ns;
         if done.status >= 500 {
             route.errors += 1;
         }

@@ -10,11 +10,11 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use sketches_ddsketch::DDSketch;
 
-use super::recorder::{Recorder, ServiceStats, service_of};
+use super::recorder::{Recorder, SeriesBudget, ServiceStats, service_of};
 use crate::{
     protocols::routes::{RouteConfig, Routes},
     services::directory::{Directory, Services, UNKNOWN_SERVICE},
-    streams::Streams,
+    streams::{Streams, pairing::Unpaired},
     telemetry::metrics::Metrics,
 };
 
@@ -45,7 +45,13 @@ pub struct Requests {
     directory: Arc<Directory>,
     services: Arc<Services>,
     unknown: Arc<str>,
+    budget: SeriesBudget,
+    /// The current batch's time (kernel clock), for series' last use.
+    now_ns: u64,
 }
+
+/// Duration series across all services, by default (`--max-series`).
+pub const DEFAULT_MAX_SERIES: usize = 20_000;
 
 impl Requests {
     pub fn new(routes: RouteConfig, max_connections: usize, directory: Arc<Directory>) -> Self {
@@ -56,12 +62,92 @@ impl Requests {
             services: directory.snapshot(),
             directory,
             unknown: UNKNOWN_SERVICE.into(),
+            budget: SeriesBudget {
+                max: DEFAULT_MAX_SERIES,
+                used: 0,
+            },
+            now_ns: 0,
         }
     }
 
-    /// Picks up the agent's latest service directory; call once per batch.
+    /// At most `max` duration series across services.
+    pub fn with_max_series(mut self, max: usize) -> Self {
+        self.budget.max = max;
+        self
+    }
+
+    /// Picks up the agent's latest service directory and the time; call
+    /// once per batch.
     pub fn refresh_services(&mut self) {
         self.services = self.directory.snapshot();
+        self.now_ns = monotonic_ns();
+    }
+
+    /// Removes duration series and routes without a request for `ttl_ns`,
+    /// and every series of a service that is gone and has none left: label
+    /// sets do not outlive their traffic, and their budget is freed.
+    pub fn expire(&mut self, now_ns: u64, ttl_ns: u64, metrics: &Metrics) {
+        let cutoff = now_ns.saturating_sub(ttl_ns);
+        let mut gone = Vec::new();
+        for (name, stats) in &mut self.stats {
+            let before = stats.durations.len();
+            stats
+                .durations
+                .retain(|(method, route, status, port), series| {
+                    let keep = series.last_ns >= cutoff;
+                    if !keep {
+                        let _ = metrics.http_duration.remove_label_values(&[
+                            method.as_str(),
+                            route,
+                            &status.to_string(),
+                            name,
+                            &port.to_string(),
+                        ]);
+                    }
+                    keep
+                });
+            let removed = before - stats.durations.len();
+            self.budget.used = self.budget.used.saturating_sub(removed);
+            metrics.http_series_expired.inc_by(removed as u64);
+            let mut expired = Vec::new();
+            stats.routes.retain(|(_, route), r| {
+                let keep = r.last_ns >= cutoff;
+                if !keep {
+                    expired.push(route.clone());
+                }
+                keep
+            });
+            for route in expired {
+                if !stats.routes.keys().any(|(_, r)| *r == route) {
+                    self.routes.forget(name, &route);
+                }
+            }
+            if !is_idle(stats) || self.services.names(name) {
+                metrics
+                    .http_routes
+                    .with_label_values(&[&**name])
+                    .set(i64::try_from(self.routes.count(name)).unwrap_or(i64::MAX));
+                continue;
+            }
+            gone.push(name.clone());
+        }
+        for name in gone {
+            self.stats.remove(&name);
+            self.routes.forget_service(&name);
+            for reason in Unpaired::ALL {
+                let _ = metrics
+                    .http_unpaired
+                    .remove_label_values(&[&name, reason.as_str()]);
+            }
+            for family in [
+                &metrics.http_seen,
+                &metrics.http_paired,
+                &metrics.http_route_overflow,
+            ] {
+                let _ = family.remove_label_values(&[&name]);
+            }
+            let _ = metrics.http_routes.remove_label_values(&[&name]);
+        }
     }
 
     /// Decodes and processes one ring-buffer record.
@@ -92,6 +178,8 @@ impl Requests {
             services: &self.services,
             unknown: &self.unknown,
             metrics,
+            budget: &mut self.budget,
+            now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);
         metrics
@@ -165,6 +253,11 @@ impl Requests {
             services,
         }
     }
+}
+
+/// A service whose statistics hold no series and no route any more.
+fn is_idle(stats: &ServiceStats) -> bool {
+    stats.durations.is_empty() && stats.routes.is_empty()
 }
 
 fn quantile(sketch: &DDSketch, q: f64) -> f64 {
@@ -361,6 +454,54 @@ mod tests {
             &m,
         );
         assert_eq!(m.http_connections.get(), 0);
+    }
+
+    #[test]
+    fn series_are_bounded_expire_when_idle_and_go_with_their_service() {
+        let (r, m) = setup();
+        let mut r = r.with_max_series(2);
+        let (i, e) = (direction::INGRESS, direction::EGRESS);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let sec = 1_000_000_000u64;
+        let get = |p: &str| format!("GET {p} HTTP/1.1\r\n\r\n").into_bytes();
+        r.now_ns = 100 * sec;
+        for (conn, path) in [(1u64, "/a"), (2, "/b"), (3, "/c")] {
+            r.handle_record(&packet(1, conn, 42, i, 0, 0, &get(path)), &m);
+            r.handle_record(&packet(2, conn, 42, e, 0, 0, ok), &m);
+        }
+        // Two series at most: /c was paired but is not in the histogram.
+        assert_eq!(m.http_series_over_budget.get(), 1);
+        assert_eq!(r.snapshot(0).services["web"].requests_paired, 3);
+        let series = |m: &Metrics, route: &str| {
+            m.encode()
+                .expect("encode")
+                .contains(&format!("http_route=\"{route}\""))
+        };
+        assert!(series(&m, "/a") && series(&m, "/b") && !series(&m, "/c"));
+        // /a again ten minutes later; /b stays silent.
+        r.now_ns = 700 * sec;
+        let a = get("/a");
+        r.handle_record(&packet(3, 1, 42, i, a.len() as u32, 0, &a), &m);
+        r.handle_record(&packet(4, 1, 42, e, ok.len() as u32, 0, ok), &m);
+        r.expire(701 * sec, 600 * sec, &m);
+        assert!(series(&m, "/a") && !series(&m, "/b"));
+        assert_eq!(m.http_series_expired.get(), 1);
+        // The freed budget takes a new series.
+        r.handle_record(
+            &packet(5, 3, 42, i, get("/c").len() as u32, 0, &get("/c")),
+            &m,
+        );
+        r.handle_record(&packet(6, 3, 42, e, ok.len() as u32, 0, ok), &m);
+        assert!(series(&m, "/c"));
+        // The service goes away; once its series are idle too, nothing of
+        // it is left.
+        r.directory.replace(Services::default());
+        r.refresh_services();
+        r.expire(u64::MAX, 600 * sec, &m);
+        let text = m.encode().expect("encode");
+        assert!(!text.contains("service_name=\"web\""), "{text}");
+        assert!(!r.snapshot(0).services.contains_key("web"));
+        assert_eq!(r.routes.count("web"), 0);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! the CPU and resident memory of all its processes (`<proc>/PID/stat`), and
 //! for the host CPU time per mode (`<proc>/stat`), memory (`<proc>/meminfo`)
 //! and load (`<proc>/loadavg`), usage of real filesystems
-//! (`<proc>/self/mounts` + statvfs) and pressure stall information
+//! (`<proc>/1/mounts` + statvfs through `<proc>/1/root`: the node's, not a
+//! container's) and pressure stall information
 //! (`<proc>/pressure`). Everything is read under `--proc-root`, through the
 //! procfs crate, so the agent works with the host's procfs mounted anywhere. The latest sample is kept for
 //! /stats/system, which therefore never waits for a measurement.
@@ -19,40 +20,12 @@ use std::{
 use procfs::{FromRead as _, LoadAverage, Meminfo, process::Process};
 use serde::Serialize;
 
+use super::hostfs::{CpuTicks, Pressure, parse_mounts, parse_pressure, parse_proc_stat, statvfs};
 use crate::{services::directory::ServiceInfo, telemetry::metrics::Metrics};
 
-/// Filesystem types that hold no user data (node_exporter's default
-/// exclusion list).
-const PSEUDO_FS: &[&str] = &[
-    "autofs",
-    "binfmt_misc",
-    "bpf",
-    "cgroup",
-    "cgroup2",
-    "configfs",
-    "debugfs",
-    "devpts",
-    "devtmpfs",
-    "fusectl",
-    "hugetlbfs",
-    "iso9660",
-    "mqueue",
-    "nsfs",
-    "overlay",
-    "proc",
-    "procfs",
-    "pstore",
-    "rpc_pipefs",
-    "securityfs",
-    "selinuxfs",
-    "squashfs",
-    "erofs",
-    "sysfs",
-    "tracefs",
-    "ramfs",
-];
-/// Filesystems reported at most (label cardinality).
-const MAX_FILESYSTEMS: usize = 64;
+/// A process, across pid reuse: its pid and its start time (clock ticks
+/// after boot).
+type ProcessKey = (u32, u64);
 /// Clock ticks per second of /proc/stat (USER_HZ, 100 on Linux).
 const USER_HZ: f64 = 100.0;
 const CPU_MODES: [&str; 8] = [
@@ -90,13 +63,6 @@ pub struct ServiceSample {
     pub resident_memory_bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Mount {
-    pub device: String,
-    pub mountpoint: String,
-    pub fstype: String,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Filesystem {
     pub device: String,
@@ -108,138 +74,11 @@ pub struct Filesystem {
     pub used_ratio: f64,
 }
 
-/// One line of a /proc/pressure file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct PressureLine {
-    pub avg10: f64,
-    pub avg60: f64,
-    pub avg300: f64,
-    /// Stall time in microseconds since boot.
-    pub total_us: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Pressure {
-    pub some: Option<PressureLine>,
-    pub full: Option<PressureLine>,
-}
-
-/// Parses /proc/pressure/{cpu,memory,io}.
-pub fn parse_pressure(text: &str) -> Pressure {
-    let mut p = Pressure::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let kind = words.next();
-        let mut parsed = PressureLine::default();
-        for word in words {
-            let Some((k, v)) = word.split_once('=') else {
-                continue;
-            };
-            match k {
-                "avg10" => parsed.avg10 = v.parse().unwrap_or(0.0),
-                "avg60" => parsed.avg60 = v.parse().unwrap_or(0.0),
-                "avg300" => parsed.avg300 = v.parse().unwrap_or(0.0),
-                "total" => parsed.total_us = v.parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-        match kind {
-            Some("some") => p.some = Some(parsed),
-            Some("full") => p.full = Some(parsed),
-            _ => {}
-        }
-    }
-    p
-}
-
-/// Real filesystems from a mounts table (/proc/self/mounts format), first
-/// mount of each mountpoint, pseudo filesystems skipped.
-pub fn parse_mounts(text: &str) -> Vec<Mount> {
-    let mut seen = std::collections::HashSet::new();
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (device, mountpoint, fstype) = (f.next()?, f.next()?, f.next()?);
-            if PSEUDO_FS.contains(&fstype) || !seen.insert(mountpoint.to_owned()) {
-                return None;
-            }
-            Some(Mount {
-                device: unescape_mount(device),
-                mountpoint: unescape_mount(mountpoint),
-                fstype: fstype.to_owned(),
-            })
-        })
-        .take(MAX_FILESYSTEMS)
-        .collect()
-}
-
-/// /proc/mounts escapes space, tab, newline and backslash as \ooo.
-fn unescape_mount(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(char::from(v));
-            i += 4;
-        } else {
-            out.push(char::from(b[i]));
-            i += 1;
-        }
-    }
-    out
-}
-
-/// A CPU's label and its ticks per mode in [`CPU_MODES`] order.
-pub type CpuTicks = (String, [u64; 8]);
-
-/// Per-CPU times from /proc/stat. The aggregate line is labelled "all".
-pub fn parse_proc_stat(text: &str) -> Vec<CpuTicks> {
-    text.lines()
-        .filter(|l| l.starts_with("cpu"))
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let name = f.next()?;
-            let cpu = match name.strip_prefix("cpu")? {
-                "" => "all".to_owned(),
-                n => n.to_owned(),
-            };
-            let mut ticks = [0u64; 8];
-            for t in ticks.iter_mut() {
-                *t = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            }
-            Some((cpu, ticks))
-        })
-        .collect()
-}
-
-fn statvfs(path: &str) -> Option<(u64, u64, u64)> {
-    let c = std::ffi::CString::new(path).ok()?;
-    // SAFETY: all-zero is a valid statvfs value; statvfs writes into the
-    // struct we own and reads the NUL-terminated path, both valid for the
-    // call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    Some((
-        st.f_blocks as u64 * frsize,
-        st.f_bavail as u64 * frsize,
-        st.f_bfree as u64 * frsize,
-    ))
-}
-
 pub struct Sampler {
     proc_root: PathBuf,
     ticks_per_second: f64,
     page_size: u64,
-    last_cpu_ms: HashMap<u32, u64>,
+    last_cpu_ms: HashMap<ProcessKey, u64>,
     last_stat: Option<Vec<CpuTicks>>,
     last_pressure_us: HashMap<(String, &'static str), u64>,
     last_sample_at: Option<Instant>,
@@ -292,7 +131,7 @@ impl Sampler {
         metrics: &Metrics,
     ) -> BTreeMap<String, ServiceSample> {
         let mut out: BTreeMap<String, ServiceSample> = BTreeMap::new();
-        let mut seen_cpu: HashMap<u32, u64> = HashMap::new();
+        let mut seen_cpu: HashMap<ProcessKey, u64> = HashMap::new();
         for (&pid, info) in services {
             let entry = out.entry(info.name.to_string()).or_default();
             // A process that exited since discovery simply is not counted.
@@ -305,13 +144,16 @@ impl Sampler {
             entry.resident_memory_bytes += stat.rss * self.page_size;
             // CPU in milliseconds, from clock ticks.
             let cpu_ms = ((stat.utime + stat.stime) as f64 * 1000.0 / self.ticks_per_second) as u64;
-            let delta = match self.last_cpu_ms.get(&pid) {
+            // Keyed by start time too: a reused pid is another process,
+            // whose CPU since its start is not this interval's.
+            let key = (pid, stat.starttime);
+            let delta = match self.last_cpu_ms.get(&key) {
                 Some(&last) if cpu_ms >= last => cpu_ms - last,
                 // First sight of this process: its history is not ours to
                 // attribute to this interval.
                 _ => 0,
             };
-            seen_cpu.insert(pid, cpu_ms);
+            seen_cpu.insert(key, cpu_ms);
             entry.cpu_seconds_total += delta as f64 / 1000.0;
         }
         self.last_cpu_ms = seen_cpu;
@@ -353,6 +195,21 @@ impl Sampler {
                 .set(i64::try_from(s.processes).unwrap_or(i64::MAX));
         }
         out
+    }
+
+    /// The host's mount table and the directory its mountpoints are under:
+    /// pid 1's (`<proc>/1/mounts`, reached through `<proc>/1/root`), which
+    /// under a DaemonSet with hostPID are the node's and not the
+    /// container's; else our own (`<proc>/self/mounts`, from `/`).
+    fn host_mounts(&self) -> (String, PathBuf) {
+        let init_root = self.proc_root.join("1/root");
+        if init_root.join(".").metadata().is_ok()
+            && let Ok(text) = std::fs::read_to_string(self.proc_root.join("1/mounts"))
+        {
+            return (text, init_root);
+        }
+        let own = std::fs::read_to_string(self.proc_root.join("self/mounts")).unwrap_or_default();
+        (own, PathBuf::from("/"))
     }
 
     fn sample_host(&mut self, metrics: &Metrics) -> HostSample {
@@ -431,10 +288,9 @@ impl Sampler {
             gauge.set(v);
         }
 
-        let mounts =
-            std::fs::read_to_string(self.proc_root.join("self/mounts")).unwrap_or_default();
+        let (mounts, root) = self.host_mounts();
         for m in parse_mounts(&mounts) {
-            let Some((size, avail, free)) = statvfs(&m.mountpoint) else {
+            let Some((size, avail, free)) = statvfs(&root, &m.mountpoint) else {
                 continue;
             };
             if size == 0 {
@@ -501,54 +357,6 @@ pub fn fresh(at: Instant, every: std::time::Duration) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pressure_files_parse() {
-        let cpu = "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        let p = parse_pressure(cpu);
-        assert_eq!(
-            p.some,
-            Some(PressureLine {
-                avg10: 1.5,
-                avg60: 0.75,
-                avg300: 0.1,
-                total_us: 123_456
-            })
-        );
-        assert_eq!(p.full.map(|f| f.total_us), Some(0));
-        // Older kernels: cpu has no "full" line.
-        let p = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n");
-        assert!(p.full.is_none());
-        assert_eq!(parse_pressure("garbage\n"), Pressure::default());
-    }
-
-    #[test]
-    fn mounts_skip_pseudo_filesystems_and_duplicates() {
-        let mounts = "\
-/dev/vda / ext4 rw,relatime 0 0
-proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
-sysfs /sys sysfs rw 0 0
-tmpfs /run tmpfs rw,nosuid,nodev 0 0
-cgroup2 /sys/fs/cgroup cgroup2 rw 0 0
-overlay /var/lib/docker/overlay2/x/merged overlay rw 0 0
-/dev/vdb /data\\040disk xfs rw 0 0
-/dev/vda / ext4 rw,relatime 0 0
-tracefs /sys/kernel/tracing tracefs rw 0 0
-";
-        let m = parse_mounts(mounts);
-        let points: Vec<&str> = m.iter().map(|m| m.mountpoint.as_str()).collect();
-        assert_eq!(points, vec!["/", "/run", "/data disk"]);
-        assert_eq!(m[2].fstype, "xfs");
-    }
-
-    #[test]
-    fn proc_stat_per_cpu_ticks() {
-        let stat = "cpu  10 1 5 100 2 0 1 0 0 0\ncpu0 6 1 3 50 1 0 1 0 0 0\ncpu1 4 0 2 50 1 0 0 0 0 0\nintr 1 2 3\n";
-        let s = parse_proc_stat(stat);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[0], ("all".to_owned(), [10, 1, 5, 100, 2, 0, 1, 0]));
-        assert_eq!(s[2].0, "1");
-    }
-
     /// A procfs mounted somewhere else (--proc-root): one process using
     /// 3 s of CPU and 2560 pages, 2 GiB of 4 GiB memory available.
     #[test]
@@ -613,6 +421,22 @@ tracefs /sys/kernel/tracing tracefs rw 0 0
             "{:?}",
             s.services
         );
+        // The pid is reused by another process (a later start time) that
+        // has already used more CPU: none of it is this interval's.
+        let stat = std::fs::read_to_string(root.join("4242/stat")).expect("stat");
+        std::fs::write(
+            root.join("4242/stat"),
+            stat.replacen(" 450 150 ", " 900 300 ", 1)
+                .replacen(" 1 0 1000 ", " 1 0 5000 ", 1),
+        )
+        .expect("stat");
+        let s = sampler.sample(&services, &metrics);
+        assert!(
+            (s.services["fake"].cpu_seconds_total - expected).abs() < 0.01,
+            "{:?}",
+            s.services
+        );
+        assert_eq!(s.services["fake"].cpu_cores, 0.0, "{:?}", s.services);
         std::fs::remove_dir_all(root).ok();
     }
 

@@ -1,0 +1,244 @@
+//! What must not leave the host, who may read the admin API, and readiness
+//! when the agent's own pipeline breaks: against the real agent, a real
+//! HTTP server and a real redis-server with a password.
+
+use std::time::Duration;
+
+use apm_e2e::{Agent, Client, Redis, Server, free_port, get, get_with, require_root, wait_for};
+use serde_json::Value;
+
+/// Every marker below contains this word (any case); no output of the
+/// agent may contain it.
+const MARK: &str = "marker";
+const REDIS_PASSWORD: &str = "Redis-MARKER-pw-4711";
+
+/// Requests whose targets carry identifiers, and the route each must be
+/// filed under.
+const PATHS: &[(&str, &str)] = &[
+    (
+        "/users/alice.marker@example.com/orders",
+        "/users/{var}/orders",
+    ),
+    ("/reset/sk_live_MARKER4eC39HqLyjWDarjtT1zd", "/reset/{var}"),
+    ("/cart;jsessionid=MARKERSESSION0123/items", "/cart/items"),
+    (
+        "/t/eyJhbGciOiJIUzI1NiJ9.eyJNQVJLRVIiOiJtYXJrZXIifQ.c2lnbmF0dXJl-marker",
+        "/t/{var}",
+    ),
+    (
+        "http://bob:MARKERPW@internal.example:8080/proxied",
+        "/proxied",
+    ),
+    ("/proxy/marker-host.internal:5432/q", "/proxy/{var}/q"),
+    ("/ok?token=MARKERQUERY", "/ok"),
+];
+
+#[test]
+fn identifiers_and_credentials_never_leave_the_agent() {
+    require_root();
+    let redis_port = free_port().expect("port");
+    let _redis = Redis::with_password(redis_port, REDIS_PASSWORD);
+    let check = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{redis_port}");
+    let shown = format!("redis://127.0.0.1:{redis_port}");
+    let port = free_port().expect("port");
+    let server = Server::python(port).expect("server");
+    let agent = Agent::start(&[
+        "--port",
+        &port.to_string(),
+        "--check",
+        &check,
+        "--check-interval",
+        "1s",
+    ])
+    .expect("agent");
+    agent.wait_for_service(port, "python3");
+    let _ = server.pid();
+
+    let mut client = Client::connect(port).expect("connect");
+    let rounds = 3u64;
+    for _ in 0..rounds {
+        for (path, _) in PATHS {
+            client.get(path).expect("request");
+        }
+    }
+    let total = rounds * PATHS.len() as u64;
+    let m = agent.wait_for_paired("python3", total, Duration::from_secs(10));
+    let routes = m.route_counts("python3");
+    for (path, route) in PATHS {
+        let n: u64 = routes
+            .iter()
+            .filter(|((r, _), _)| r == route)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(n >= rounds, "{path} not filed under {route}: {routes:?}");
+    }
+
+    // The password worked (requirepass answers NOAUTH without it), and the
+    // check is shown without it.
+    let pong = wait_for(Duration::from_secs(10), || {
+        let v: Value =
+            serde_json::from_str(&get(agent.addr, "/health/detailed").ok()?.body).ok()?;
+        let d = v["checks"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == format!("dependency {shown}"))?
+            .clone();
+        (d["detail"] == "PONG").then_some(d)
+    });
+    assert!(
+        pong.is_some(),
+        "{}",
+        get(agent.addr, "/health/detailed").expect("detailed").body
+    );
+
+    let mut outputs = Vec::new();
+    for path in [
+        "/metrics",
+        "/stats/requests",
+        "/stats/system",
+        "/health/detailed",
+        "/logs/recent?limit=100000",
+    ] {
+        let r = get(agent.addr, path).expect(path);
+        outputs.push((path.to_owned(), r.body));
+    }
+    // A failed check logs its error: make one fail, then read the logs.
+    drop(_redis);
+    let failed = wait_for(Duration::from_secs(5), || {
+        let logs = get(agent.addr, "/logs/recent?level=warn").ok()?.body;
+        logs.contains("dependency check failed").then_some(logs)
+    });
+    outputs.push((
+        "/logs/recent (check failed)".into(),
+        failed.expect("a failed-check log"),
+    ));
+    outputs.push(("stdout".into(), agent.log_text()));
+    for (what, text) in &outputs {
+        assert!(
+            !text.to_lowercase().contains(MARK),
+            "{what} leaks a marker: {}",
+            excerpt(text)
+        );
+        assert!(!text.contains(REDIS_PASSWORD), "{what} leaks the password");
+    }
+    assert!(
+        outputs[0].1.contains(&shown),
+        "the check is shown as {shown}"
+    );
+}
+
+/// The text around the first marker, for the failure message.
+fn excerpt(text: &str) -> String {
+    let lower = text.to_lowercase();
+    let at = lower.find(MARK).unwrap_or(0);
+    let start = lower[..at]
+        .char_indices()
+        .rev()
+        .nth(200)
+        .map_or(0, |(i, _)| i);
+    text[start..].chars().take(400).collect()
+}
+
+#[test]
+fn a_token_guards_every_admin_endpoint_but_health() {
+    require_root();
+    let token = "e2e-token-0f3a9c";
+    let file = std::env::temp_dir().join(format!("apm-e2e-token-{}", std::process::id()));
+    std::fs::write(&file, format!("{token}\n")).expect("token file");
+    let metrics_port = free_port().expect("port");
+    let agent = Agent::start(&[
+        "--auth-token-file",
+        file.to_str().expect("path"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--no-ebpf",
+    ])
+    .expect("agent");
+    let bearer = format!("Bearer {token}");
+    // /stats/system answers 503 until the first sample.
+    wait_for(Duration::from_secs(10), || {
+        let r = get_with(agent.addr, "/stats/system", &[("Authorization", &bearer)]).ok()?;
+        (r.status == 200).then_some(())
+    })
+    .expect("first sample");
+    for path in [
+        "/metrics",
+        "/stats/requests",
+        "/stats/system",
+        "/health/detailed",
+        "/logs/recent",
+    ] {
+        let none = get(agent.addr, path).expect(path);
+        assert_eq!(none.status, 401, "{path} without a token");
+        let v: Value = serde_json::from_str(&none.body).expect("401 is JSON");
+        assert_eq!(v["error"], "unauthorized", "{path}");
+        assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+        let wrong = get_with(
+            agent.addr,
+            path,
+            &[("Authorization", "Bearer e2e-token-0f3a9d")],
+        )
+        .expect(path);
+        assert_eq!(wrong.status, 401, "{path} with a wrong token");
+        let right = get_with(agent.addr, path, &[("Authorization", &bearer)]).expect(path);
+        assert_eq!(right.status, 200, "{path} with the token: {}", right.body);
+    }
+    assert_eq!(get(agent.addr, "/health").expect("health").status, 200);
+    assert_eq!(get(agent.addr, "/health/ready").expect("ready").status, 200);
+
+    // The metrics listener serves /metrics (with the token) and no admin
+    // route.
+    let m: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    assert_eq!(get(m, "/metrics").expect("metrics").status, 401);
+    let r = get_with(m, "/metrics", &[("Authorization", &bearer)]).expect("metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("apm_build_info"), "{}", r.body);
+    for path in ["/logs/recent", "/stats/requests", "/health/detailed"] {
+        let r = get_with(m, path, &[("Authorization", &bearer)]).expect(path);
+        assert_eq!(r.status, 404, "{path} on the metrics listener");
+    }
+    std::fs::remove_file(file).ok();
+}
+
+#[test]
+fn a_broken_pipeline_turns_readiness_false_not_liveness() {
+    require_root();
+    let port = free_port().expect("port");
+    let _server = Server::python(port).expect("server");
+    let agent = Agent::start(&[
+        "--port",
+        &port.to_string(),
+        "--test-fault",
+        "poison-pipeline",
+    ])
+    .expect("agent");
+    // The fault fires one second after start; the reader stops at its next
+    // drain (20 ms) and readiness must follow within 2 s of that.
+    let not_ready = wait_for(Duration::from_secs(3), || {
+        let r = get(agent.addr, "/health/ready").ok()?;
+        (r.status == 503).then_some(r.body)
+    })
+    .unwrap_or_else(|| panic!("still ready: {}", agent.log_text()));
+    let v: Value = serde_json::from_str(&not_ready).expect("json");
+    let reader = v["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["name"] == "ring reader")
+        .cloned()
+        .expect("ring reader task");
+    assert_eq!(reader["alive"], false, "{v}");
+    assert_eq!(get(agent.addr, "/health").expect("health").status, 200);
+    let detailed = get(agent.addr, "/health/detailed").expect("detailed");
+    assert_eq!(detailed.status, 503, "{}", detailed.body);
+    assert!(
+        detailed.body.contains("task ring reader"),
+        "{}",
+        detailed.body
+    );
+    assert!(
+        agent.log_text().contains("request pipeline state poisoned"),
+        "{}",
+        agent.log_text()
+    );
+}
