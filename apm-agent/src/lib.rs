@@ -16,6 +16,8 @@
 pub mod agent;
 pub mod capture;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocols;
 pub mod redact;
 pub mod serve;

@@ -42,6 +42,13 @@ const LINKER_NEEDS: &[Need] = &[
 ];
 
 /// Files of the real peers and tools the end-to-end tests drive.
+/// What `cargo xtask fuzz` (and the test suite's fuzz smoke) builds with
+/// besides cargo: libFuzzer's C++ sources, compiled by libfuzzer-sys.
+const FUZZ_NEEDS: &[Need] = &[Need {
+    path: "/usr/bin/g++",
+    package: "g++",
+}];
+
 const TEST_NEEDS: &[Need] = &[
     // Start the agent without capabilities.
     Need {
@@ -128,7 +135,13 @@ pub fn ensure_build_deps() -> Result<()> {
 }
 
 pub fn ensure_test_deps() -> Result<()> {
-    ensure_files(TEST_NEEDS)
+    ensure_files(&[TEST_NEEDS, FUZZ_NEEDS].concat())?;
+    ensure_cargo_fuzz()
+}
+
+pub fn ensure_fuzz_deps() -> Result<()> {
+    ensure_files(FUZZ_NEEDS)?;
+    ensure_cargo_fuzz()
 }
 
 /// A virtualenv with [`PY_TOOLS`] under `target/pytools`; returns its bin
@@ -270,6 +283,35 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The cargo-fuzz version `cargo xtask fuzz` drives.
+const CARGO_FUZZ_VERSION: &str = "0.13";
+
+/// cargo-fuzz from crates.io, installed into `$CARGO_HOME/bin` if missing.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if let Some(fuzz) = which("cargo-fuzz") {
+        let version = Command::new(&fuzz)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
+            return Ok(());
+        }
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 1 minute)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["install", "cargo-fuzz", "--locked", "--force"])
+        .args(["--version", &format!("^{CARGO_FUZZ_VERSION}")])
+        .stdin(Stdio::null())
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed ({status})");
+    }
+    Ok(())
+}
+
 fn ensure_bpf_linker() -> Result<()> {
     if let Some(linker) = which("bpf-linker") {
         let version = Command::new(&linker)
@@ -325,6 +367,7 @@ mod tests {
             ("build", EBPF_TOOLCHAIN),
             ("build", LINKER_NEEDS),
             ("test", TEST_NEEDS),
+            ("test", FUZZ_NEEDS),
             ("bench", BENCH_NEEDS),
         ]
     }

@@ -149,7 +149,8 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         syscall_cost,
         probe_cost,
     });
-    let path = root.join("docs/benchmarks.md");
+    let doc = crate::docs::with_sections(root, &doc);
+    let path = root.join(crate::docs::BENCHMARKS);
     std::fs::write(&path, doc).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     println!(
         "throughput with/without agent: packets {:.3}, syscalls {:.3}; getppid {:.0} ns without, {:.0} ns with packets; written to docs/benchmarks.md",
