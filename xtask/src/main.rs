@@ -10,7 +10,9 @@ mod bench;
 mod bootstrap;
 mod docs;
 mod fuzz;
+mod load;
 mod needs;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +48,15 @@ enum Cmd {
     /// Measure the agent's overhead (wrk + nginx, criterion) and write
     /// docs/benchmarks.md. Needs root.
     Bench,
+    /// Steady mixed load for N minutes with the agent's RSS and CPU sampled
+    /// every minute; fails if RSS grows 5 % or more after warm-up. Needs root.
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Write the results into docs/benchmarks.md.
+        #[arg(long)]
+        record: bool,
+    },
     /// Run every fuzz target (apm-agent/fuzz) for a while; a crash becomes
     /// a regression fixture and fails the run.
     Fuzz {
@@ -81,6 +92,15 @@ fn main() -> Result<()> {
             }
             let agent = build_agent(&root, true)?;
             bench::bench(&root, &agent)
+        }
+        Cmd::Soak { minutes, record } => {
+            bootstrap::ensure_build_deps()?;
+            bootstrap::ensure_bench_deps()?;
+            if !bootstrap::is_root() {
+                bail!("the soak loads eBPF programs and needs root: run `sudo cargo xtask soak`");
+            }
+            let agent = build_agent(&root, true)?;
+            soak::soak(&root, &agent, minutes, record)
         }
         Cmd::Fuzz { seconds, record } => {
             bootstrap::ensure_fuzz_deps()?;

@@ -9,14 +9,14 @@
 //!    syscall capture, with the agent attached but nginx not selected, and
 //!    with `--no-http`. Medians of per-round throughput ratios, and the
 //!    agent's CPU and memory from procfs.
-//! 3. The cost of an unrelated syscall (getppid in a tight loop, fastest of
-//!    several runs) without the agent and with each capture.
+//! 3. The cost of an unrelated syscall (getppid in a tight loop) without
+//!    the agent and with each capture, in rounds alternating the states.
 //! 4. The packet programs' own run time per request, from the kernel's BPF
 //!    statistics, against nginx's CPU time per request: the in-kernel cost
 //!    without the run-to-run noise of throughput on a shared VM.
 
 mod report;
-mod tools;
+pub mod tools;
 
 use std::path::Path;
 

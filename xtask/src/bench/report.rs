@@ -45,7 +45,8 @@ pub fn render(r: &Report) -> String {
     let p = &r.probe_cost;
     let rows = [
         (
-            "packet programs' run time per request (kernel BPF statistics) / nginx CPU per request".into(),
+            "packet programs' run time per request (kernel BPF statistics) / nginx CPU per request"
+                .into(),
             format!(
                 "{:.0} ns / {:.0} ns = {:.2} % ({:.1} program runs per request)",
                 p.bpf_ns_per_request,
@@ -56,7 +57,10 @@ pub fn render(r: &Report) -> String {
             "<= 3 %",
         ),
         (
-            format!("nginx throughput with the agent (packet capture, the default) / without, median of {} rounds", r.packets_ratios.len()),
+            format!(
+                "nginx throughput with the agent (packet capture, the default) / without, median of {} rounds",
+                r.packets_ratios.len()
+            ),
             {
                 let (q1, q3) = super::tools::quartiles(&mut r.packets_ratios.clone());
                 format!("{:.3} (quartiles {q1:.3}-{q3:.3})", r.packets_ratio)
@@ -79,14 +83,13 @@ pub fn render(r: &Report) -> String {
             "",
         ),
         (
-            "getppid() in a tight loop: without agent / packet capture / syscall capture (fastest of 5 runs)".into(),
+            format!(
+                "getppid() in a tight loop: without agent / packet capture / syscall capture (medians of {} alternating rounds; ratios to the runs without the agent around each)",
+                c.rounds
+            ),
             format!(
                 "{:.0} / {:.0} / {:.0} ns ({:.3} / {:.3})",
-                c.without,
-                c.packets,
-                c.syscalls,
-                c.packets / c.without,
-                c.syscalls / c.without
+                c.without, c.packets, c.syscalls, c.packets_ratio, c.syscalls_ratio
             ),
             "packets within 5 % of without",
         ),
@@ -152,7 +155,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- The syscall cost is 2 million getppid() calls from xtask itself, timed 5 times in each state (no agent; agent selecting nginx with each capture); the fastest run counts."
+        "- The syscall cost is getppid() called 500 000 times in a row from xtask itself, the fastest of 3 such runs per measurement; each round measures without the agent, with the packet capture, without, with the syscall capture, and without again, and each capture's ratio is to the mean of the runs without the agent on either side of it (this VM's speed drifts by up to 20 % within seconds)."
     );
     let _ = writeln!(
         s,

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{RUN_SECS, WRK_CONNECTIONS};
+use crate::load::{cpu_seconds, http_get, memory};
 
 /// Pipeline throughputs from criterion, events per second.
 #[derive(Clone, Copy, Debug)]
@@ -237,41 +238,61 @@ fn nginx_cpu_seconds() -> Result<f64> {
     Ok(total)
 }
 
-/// What an unrelated syscall costs (ns per getppid, fastest of 5 runs of
-/// 2 million calls) without the agent and with each capture running.
+/// What an unrelated syscall costs (ns per getppid) without the agent and
+/// with each capture running: medians over rounds that alternate the
+/// states, each the fastest of 3 runs of 500 000 calls. This VM's speed
+/// drifts by 20 % over seconds, so one measurement per state is noise;
+/// the ratios pair each state with the runs without the agent around it.
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallCost {
     pub without: f64,
     pub packets: f64,
     pub syscalls: f64,
+    pub packets_ratio: f64,
+    pub syscalls_ratio: f64,
+    pub rounds: usize,
 }
+
+const SYSCALL_ROUNDS: usize = 8;
 
 pub fn syscall_cost(agent: &Path, port: u16) -> Result<SyscallCost> {
     let probe = || {
-        (0..5)
+        (0..3)
             .map(|_| {
                 let start = Instant::now();
-                for _ in 0..2_000_000 {
+                for _ in 0..500_000 {
                     // SAFETY: getppid takes no arguments and cannot fail.
                     unsafe { libc::syscall(libc::SYS_getppid) };
                 }
-                start.elapsed().as_nanos() as f64 / 2e6
+                start.elapsed().as_nanos() as f64 / 5e5
             })
             .fold(f64::INFINITY, f64::min)
     };
-    let without = probe();
-    let packets = {
-        let _agent = RunningAgent::start(agent, port, &[], true)?;
-        probe()
+    let with = |extra: &[&str]| -> Result<f64> {
+        let _agent = RunningAgent::start(agent, port, extra, true)?;
+        Ok(probe())
     };
-    let syscalls = {
-        let _agent = RunningAgent::start(agent, port, &["--capture", "syscalls"], true)?;
-        probe()
-    };
+    let (mut without, mut packets, mut syscalls) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut packets_ratio, mut syscalls_ratio) = (Vec::new(), Vec::new());
+    for _ in 0..SYSCALL_ROUNDS {
+        let before = probe();
+        let p = with(&[])?;
+        let between = probe();
+        let s = with(&["--capture", "syscalls"])?;
+        let after = probe();
+        packets_ratio.push(p / ((before + between) / 2.0));
+        syscalls_ratio.push(s / ((between + after) / 2.0));
+        without.extend([before, between, after]);
+        packets.push(p);
+        syscalls.push(s);
+    }
     Ok(SyscallCost {
-        without,
-        packets,
-        syscalls,
+        without: median(&mut without),
+        packets: median(&mut packets),
+        syscalls: median(&mut syscalls),
+        packets_ratio: median(&mut packets_ratio),
+        syscalls_ratio: median(&mut syscalls_ratio),
+        rounds: SYSCALL_ROUNDS,
     })
 }
 
@@ -295,50 +316,7 @@ fn wait_ready(admin: u16, port: u16, nginx: bool) -> Result<()> {
 }
 
 fn paired(admin: u16) -> Result<f64> {
-    let body = http_get(admin, "/metrics")?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("apm_http_requests_paired_total{"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum())
-}
-
-fn http_get(port: u16, path: &str) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised comm: utime is the 14th field overall.
-    let after = stat.rsplit_once(')').context("bad stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((utime + stime) / hz)
-}
-
-fn memory(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((kib("VmRSS:"), kib("VmHWM:")))
+    crate::load::metric_sum(admin, "apm_http_requests_paired_total{")
 }
 
 /// Runs wrk; returns (requests/s, requests completed).

@@ -1,0 +1,71 @@
+//! Helpers the load-driving commands share (bench, soak, flood): the
+//! agent's /metrics over a plain socket, and a process's CPU and memory
+//! from procfs.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// CPU seconds (user + system) of `pid` so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised comm: utime is the 14th field overall.
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / hz)
+}
+
+/// (VmRSS, VmHWM) of `pid`, in KiB.
+pub fn memory(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((kib("VmRSS:"), kib("VmHWM:")))
+}
+
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    Ok(memory(pid)?.0)
+}
+
+/// The sum of the samples of /metrics whose line starts with `prefix`
+/// (e.g. `apm_http_requests_paired_total{`).
+pub fn metric_sum(admin: u16, prefix: &str) -> Result<f64> {
+    let body = http_get(admin, "/metrics")?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+/// Now, as `2026-11-29 10:40 UTC`.
+pub fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
