@@ -9,6 +9,7 @@
 mod bench;
 mod bootstrap;
 mod docs;
+mod flood;
 mod fuzz;
 mod load;
 mod needs;
@@ -57,6 +58,17 @@ enum Cmd {
         #[arg(long)]
         record: bool,
     },
+    /// One million distinct paths and ten thousand short-lived listeners
+    /// against the agent: its series, state and memory stay bounded, and
+    /// idle ones expire. Needs root.
+    Flood {
+        /// Write the results into docs/benchmarks.md.
+        #[arg(long)]
+        record: bool,
+    },
+    /// A short-lived listener for `flood` (internal).
+    #[command(hide = true)]
+    FloodListener,
     /// Run every fuzz target (apm-agent/fuzz) for a while; a crash becomes
     /// a regression fixture and fails the run.
     Fuzz {
@@ -102,6 +114,16 @@ fn main() -> Result<()> {
             let agent = build_agent(&root, true)?;
             soak::soak(&root, &agent, minutes, record)
         }
+        Cmd::Flood { record } => {
+            bootstrap::ensure_build_deps()?;
+            bootstrap::ensure_bench_deps()?;
+            if !bootstrap::is_root() {
+                bail!("the flood loads eBPF programs and needs root: run `sudo cargo xtask flood`");
+            }
+            let agent = build_agent(&root, true)?;
+            flood::flood(&root, &agent, record)
+        }
+        Cmd::FloodListener => flood::listener(),
         Cmd::Fuzz { seconds, record } => {
             bootstrap::ensure_fuzz_deps()?;
             let outcomes = fuzz::fuzz(&root, seconds)?;

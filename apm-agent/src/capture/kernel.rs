@@ -376,6 +376,20 @@ impl Kernel {
             .map_err(map_err(names::CAPTURE_PORTS))
     }
 
+    /// Stops counting and capturing `port` (its counters are dropped).
+    pub fn remove_port(&mut self, port: u16) -> Result<(), KernelError> {
+        self.capture_ports
+            .set(u32::from(port), 0, 0)
+            .map_err(map_err(names::CAPTURE_PORTS))?;
+        match self.ports.remove(&port) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(KernelError::Map {
+                name: names::PORTS,
+                source: e,
+            }),
+        }
+    }
+
     /// Starts counting `port` (no-op when it is already counted).
     pub fn add_port(&mut self, port: u16) -> Result<(), KernelError> {
         if self.ports.get(&port, 0).is_ok() {

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub http_routes: IntGaugeVec,
     pub http_route_overflow: IntCounterVec,
     pub http_series_over_budget: IntCounter,
+    pub ports_expired: IntCounter,
     pub http_series_expired: IntCounter,
     pub http_connections: IntGauge,
     pub ringbuf_records: IntCounter,
@@ -228,6 +229,10 @@ impl Metrics {
             http_series_over_budget: plain_counter(
                 "apm_http_series_over_budget_total",
                 "Paired requests left out of the duration histogram because --max-series duration series already existed (across services).",
+            )?,
+            ports_expired: plain_counter(
+                "apm_ports_expired_total",
+                "Monitored ports forgotten after --series-ttl without a listener or a connection (kernel entries and series removed).",
             )?,
             http_series_expired: plain_counter(
                 "apm_http_series_expired_total",

@@ -9,7 +9,9 @@ use std::{
 };
 
 use apm_common::{Drop, PidCounters, PortCounters};
-use tracing::{info, warn};
+use tracing::warn;
+
+mod ports;
 
 use crate::{
     capture::Capture,
@@ -87,6 +89,11 @@ pub struct Agent {
     refused_pids: HashSet<u32>,
     /// Last kernel values seen, to turn cumulative values into increments.
     last_ports: HashMap<u16, PortCounters>,
+    /// When each monitored port last listened or had a connection open.
+    port_seen: HashMap<u16, std::time::Instant>,
+    /// How long a port that stopped listening, with no connection left,
+    /// keeps its state and series (--series-ttl).
+    port_ttl: std::time::Duration,
     last_pids: HashMap<u32, PidCounters>,
     last_drops: [u64; Drop::ALL.len()],
     /// (when, ring-buffer records lost so far), a minute's worth.
@@ -127,6 +134,8 @@ impl Agent {
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
             last_ports: HashMap::new(),
+            port_seen: HashMap::new(),
+            port_ttl: config.series_ttl,
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),
@@ -148,7 +157,10 @@ impl Agent {
     pub fn refresh(&mut self) {
         let listen_changes = self.kernel.as_ref().and_then(|k| k.listen_changes());
         match self.discovery.scan_with(listen_changes) {
-            Ok(listeners) => self.apply(&listeners),
+            Ok(listeners) => {
+                self.apply(&listeners);
+                self.expire_ports(std::time::Instant::now());
+            }
             Err(e) => {
                 self.metrics
                     .discovery_errors
@@ -186,6 +198,7 @@ impl Agent {
             }
             let name = self.selection.service_name(port, owners);
             self.monitor_port(port, name);
+            self.port_seen.insert(port, std::time::Instant::now());
         }
         // Processes, and packet records, are named per network namespace:
         // two pods listening on one port are two services.
@@ -223,70 +236,6 @@ impl Agent {
         self.metrics
             .tracked_processes
             .set(i64::try_from(self.published.len()).unwrap_or(i64::MAX));
-    }
-
-    fn monitor_port(&mut self, port: u16, name: Option<String>) {
-        if let Some(name) = name {
-            self.nameless.remove(&port);
-            let previous = self.port_names.insert(port, name.clone());
-            match previous {
-                None => {
-                    info!(port, service = %name, "monitoring port");
-                    self.adopt_unknown_series(port, &name);
-                }
-                Some(old) if old != name => {
-                    info!(port, service = %name, previous = %old, "port changed owner");
-                    // The gauge follows the port; counters keep their history.
-                    let _ = self
-                        .metrics
-                        .conns_active
-                        .remove_label_values(&[old.as_str(), &port.to_string()]);
-                }
-                Some(_) => {}
-            }
-        } else if !self.port_names.contains_key(&port) {
-            self.nameless.insert(port);
-        }
-        let Some(kernel) = self.kernel.as_mut() else {
-            return;
-        };
-        if self.refused_ports.contains(&port) {
-            return;
-        }
-        let captured = match kernel.capture() {
-            Capture::Packets => kernel.capture_port(port),
-            Capture::Syscalls => Ok(()),
-        };
-        if let Err(e) = kernel.add_port(port).and(captured) {
-            self.refused_ports.insert(port);
-            self.metrics
-                .agent_drops
-                .with_label_values(&["ports_map_full"])
-                .inc();
-            warn!(port, error = %e, "cannot count this port");
-        }
-    }
-
-    /// Connections counted while the port had no known owner were the new
-    /// owner's: move them from the "unknown" series to the named one, so
-    /// one port never shows two series at once.
-    fn adopt_unknown_series(&mut self, port: u16, name: &str) {
-        let port = port.to_string();
-        let old = [UNKNOWN_SERVICE, port.as_str()];
-        let new = [name, port.as_str()];
-        let m = &self.metrics;
-        for family in [&m.conns_accepted, &m.conns_closed] {
-            if let Ok(counter) = family.get_metric_with_label_values(&old) {
-                let carried = counter.get();
-                let _ = family.remove_label_values(&old);
-                family.with_label_values(&new).inc_by(carried);
-            }
-        }
-        if let Ok(gauge) = m.conns_active.get_metric_with_label_values(&old) {
-            let active = gauge.get();
-            let _ = m.conns_active.remove_label_values(&old);
-            m.conns_active.with_label_values(&new).set(active);
-        }
     }
 
     fn track_pids(&mut self, owners_now: HashMap<u32, (String, Vec<u16>)>) {
@@ -471,9 +420,13 @@ impl Agent {
             m.conns_closed
                 .with_label_values(&labels)
                 .inc_by(increment(last.closed, now.closed));
+            let active = now.accepted.saturating_sub(now.closed);
             m.conns_active
                 .with_label_values(&labels)
-                .set(i64::try_from(now.accepted.saturating_sub(now.closed)).unwrap_or(i64::MAX));
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+            if active > 0 || now.accepted != last.accepted {
+                self.port_seen.insert(port, std::time::Instant::now());
+            }
         }
         for (pid, now) in pids {
             self.account_pid(pid, now);
