@@ -76,7 +76,7 @@ fn with_probes(protected: Router<AppState>, state: AppState) -> Router {
         ))
         .route("/health", get(health))
         .route("/health/ready", get(ready))
-        .layer(middleware::from_fn(auth::limit_query))
+        .layer(middleware::from_fn(auth::limit_request))
         .layer(DefaultBodyLimit::max(auth::MAX_BODY))
         .with_state(state)
 }
@@ -343,10 +343,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn long_queries_are_refused() {
+    async fn long_queries_and_large_bodies_are_refused() {
         let (status, _, body) = get(&format!("/logs/recent?level={}", "a".repeat(2000))).await;
         assert_eq!(status, StatusCode::URI_TOO_LONG);
         assert!(body.contains("query too long"), "{body}");
+        let response = router(degraded_agent())
+            .oneshot(
+                Request::get("/metrics")
+                    .header(header::CONTENT_LENGTH, "100000")
+                    .body(Body::from(vec![b'x'; 100_000]))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[tokio::test]

@@ -51,8 +51,26 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         .into_response()
 }
 
-/// Rejects a query string longer than [`MAX_QUERY`] (414, JSON).
-pub async fn limit_query(req: Request, next: Next) -> Response {
+/// Rejects a query string longer than [`MAX_QUERY`] (414, JSON) and a
+/// declared body larger than [`MAX_BODY`] (413, JSON); no endpoint reads a
+/// body, and a chunked one is capped by DefaultBodyLimit where one would.
+pub async fn limit_request(req: Request, next: Next) -> Response {
+    let body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if body > MAX_BODY as u64 {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({
+                "error": "body too large",
+                "detail": format!("{body} bytes; at most {MAX_BODY}"),
+            })),
+        )
+            .into_response();
+    }
     let len = req.uri().query().map_or(0, str::len);
     if len > MAX_QUERY {
         return (
