@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, env = "APM_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// A TOML file with the `[alerts]` table (rules and receivers; see the
+    /// README). Errors in it stop startup and name the line.
+    #[arg(long, env = "APM_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Break the agent on purpose, for tests of its own health reporting:
     /// `poison-pipeline` panics while holding the request pipeline's lock.
     #[arg(long, hide = true, value_enum)]
@@ -179,6 +184,17 @@ impl Config {
             return Err(format!("--auth-token-file {} is empty", path.display()));
         }
         Ok(Some(Secret::new(token)))
+    }
+
+    /// The alert rules and receivers: the built-in defaults, or those of
+    /// --config.
+    pub fn alerts(&self) -> Result<crate::alerts::rules::AlertConfig, String> {
+        let Some(path) = &self.config else {
+            return Ok(Default::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading --config {}: {e}", path.display()))?;
+        crate::alerts::rules::parse(&text, &path.display().to_string())
     }
 
     /// True when the user named no service: count every listener on the host.

@@ -14,6 +14,7 @@
 //! and is unit-tested.
 
 pub mod agent;
+pub mod alerts;
 pub mod capture;
 pub mod config;
 #[doc(hidden)]

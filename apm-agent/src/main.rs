@@ -67,6 +67,13 @@ fn init_logging(config: &Config) -> anyhow::Result<Arc<LogRing>> {
 
 async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let auth_token = config.auth_token().map_err(anyhow::Error::msg)?;
+    let alerts = config.alerts().map_err(anyhow::Error::msg)?;
+    info!(
+        rules = alerts.rules.len(),
+        receivers = alerts.receivers.len(),
+        evaluation_interval = ?alerts.evaluation_interval,
+        "alert rules loaded"
+    );
     let tasks = Arc::new(Tasks::default());
     let metrics = Arc::new(Metrics::new().context("building the metrics registry")?);
     let (mut kernel, report) = if config.no_ebpf {

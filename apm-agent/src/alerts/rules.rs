@@ -1,0 +1,472 @@
+//! Alert rules: the built-in defaults and the `[alerts]` table of the file
+//! users write (`--config FILE`, TOML). An unknown key, a bad duration, an
+//! unknown signal or an inconsistent rule stops startup with an error that
+//! names the line.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+/// What a rule measures.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// 5xx responses over all responses of a service in the window.
+    HttpErrorRatio,
+    /// The 95th percentile of request duration of a service and route.
+    HttpLatencyP95Seconds,
+    /// Host memory in use over total (MemAvailable-based).
+    HostMemoryRatio,
+    /// Host CPU busy time over all CPU time.
+    HostCpuRatio,
+    /// Used space of each real filesystem.
+    FilesystemUsedRatio,
+    /// CPU cores a service's processes used.
+    ProcessCpuCores,
+    /// Resident memory of a service's processes.
+    ProcessMemoryBytes,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::HttpErrorRatio => "http_error_ratio",
+            Signal::HttpLatencyP95Seconds => "http_latency_p95_seconds",
+            Signal::HostMemoryRatio => "host_memory_ratio",
+            Signal::HostCpuRatio => "host_cpu_ratio",
+            Signal::FilesystemUsedRatio => "filesystem_used_ratio",
+            Signal::ProcessCpuCores => "process_cpu_cores",
+            Signal::ProcessMemoryBytes => "process_memory_bytes",
+        }
+    }
+
+    /// Evaluated per service (else per host or filesystem).
+    pub fn per_service(self) -> bool {
+        matches!(
+            self,
+            Signal::HttpErrorRatio
+                | Signal::HttpLatencyP95Seconds
+                | Signal::ProcessCpuCores
+                | Signal::ProcessMemoryBytes
+        )
+    }
+}
+
+/// Fires above or below a threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Above(f64),
+    Below(f64),
+}
+
+impl Threshold {
+    pub fn breached(self, value: f64) -> bool {
+        match self {
+            Threshold::Above(t) => value > t,
+            Threshold::Below(t) => value < t,
+        }
+    }
+
+    pub fn value(self) -> f64 {
+        match self {
+            Threshold::Above(t) | Threshold::Below(t) => t,
+        }
+    }
+}
+
+/// One rule, ready to evaluate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub signal: Signal,
+    pub threshold: Threshold,
+    /// The rolling window the signal is computed over.
+    pub window: Duration,
+    /// How long the condition must hold before the alert fires.
+    pub hold: Duration,
+    /// Repeat notifications of one alert are at least this far apart.
+    pub cooldown: Duration,
+    pub severity: String,
+    pub service: Option<String>,
+    pub route: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Error-ratio windows with fewer requests do not fire.
+    pub min_requests: u64,
+}
+
+/// The cooldown between repeats of one alert, by default.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
+/// Error-ratio windows need this many requests, by default.
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+/// The longest window a rule may ask for (the agent keeps this much).
+pub const MAX_WINDOW: Duration = Duration::from_secs(900);
+
+/// The built-in rules: what a hand-instrumented service checks.
+pub fn defaults() -> Vec<Rule> {
+    let rule = |name: &str, signal, above: f64, hold: u64| Rule {
+        name: name.into(),
+        signal,
+        threshold: Threshold::Above(above),
+        window: Duration::from_secs(60),
+        hold: Duration::from_secs(hold),
+        cooldown: DEFAULT_COOLDOWN,
+        severity: "warning".into(),
+        service: None,
+        route: None,
+        labels: BTreeMap::new(),
+        min_requests: DEFAULT_MIN_REQUESTS,
+    };
+    vec![
+        rule("HostMemoryHigh", Signal::HostMemoryRatio, 0.85, 60),
+        rule("HostCpuHigh", Signal::HostCpuRatio, 0.80, 60),
+        rule(
+            "FilesystemAlmostFull",
+            Signal::FilesystemUsedRatio,
+            0.90,
+            60,
+        ),
+        rule("HttpErrorRatioHigh", Signal::HttpErrorRatio, 0.05, 60),
+        rule("HttpLatencyP95High", Signal::HttpLatencyP95Seconds, 2.0, 60),
+    ]
+}
+
+/// Where notifications go.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Receiver {
+    /// Alertmanager's base URL (`POST {url}/api/v2/alerts`).
+    Alertmanager(String),
+    /// A URL that takes Alertmanager's webhook JSON.
+    Webhook(String),
+}
+
+impl std::fmt::Debug for Receiver {
+    /// Without credentials, like everywhere else a URL is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Receiver::Alertmanager(u) => write!(f, "Alertmanager({})", crate::redact::url(u)),
+            Receiver::Webhook(u) => write!(f, "Webhook({})", crate::redact::url(u)),
+        }
+    }
+}
+
+/// The `[alerts]` table of a config file, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertConfig {
+    pub evaluation_interval: Duration,
+    pub rules: Vec<Rule>,
+    pub receivers: Vec<Receiver>,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            evaluation_interval: Duration::from_secs(10),
+            rules: defaults(),
+            receivers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    alerts: Option<AlertsSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsSpec {
+    #[serde(default, deserialize_with = "duration")]
+    evaluation_interval: Option<Duration>,
+    #[serde(default)]
+    defaults: Option<bool>,
+    #[serde(default)]
+    rules: Vec<toml::Spanned<RuleSpec>>,
+    #[serde(default)]
+    receivers: Vec<toml::Spanned<ReceiverSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    name: String,
+    signal: Signal,
+    above: Option<f64>,
+    below: Option<f64>,
+    #[serde(default, deserialize_with = "duration")]
+    window: Option<Duration>,
+    #[serde(default, rename = "for", deserialize_with = "duration")]
+    hold: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    cooldown: Option<Duration>,
+    severity: Option<String>,
+    service: Option<String>,
+    route: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    min_requests: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiverSpec {
+    alertmanager: Option<String>,
+    webhook: Option<String>,
+}
+
+/// A humantime duration ("30s", "5m"); the error names the bad value.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+}
+
+/// Parses a config file's text. `path` names it in errors.
+pub fn parse(text: &str, path: &str) -> Result<AlertConfig, String> {
+    let spec: FileSpec = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(" (line {})", line_of(text, s.start)))
+            .unwrap_or_default();
+        format!("{path}{at}: {}", e.message())
+    })?;
+    let Some(alerts) = spec.alerts else {
+        return Ok(AlertConfig::default());
+    };
+    let mut rules = if alerts.defaults.unwrap_or(true) {
+        defaults()
+    } else {
+        Vec::new()
+    };
+    for spanned in alerts.rules {
+        let line = line_of(text, spanned.span().start);
+        let rule =
+            resolve(spanned.into_inner()).map_err(|e| format!("{path} (line {line}): {e}"))?;
+        rules.retain(|r| r.name != rule.name || r.service != rule.service);
+        rules.push(rule);
+    }
+    let mut receivers = Vec::new();
+    for spanned in alerts.receivers {
+        let line = line_of(text, spanned.span().start);
+        let r = spanned.into_inner();
+        let receiver = match (r.alertmanager, r.webhook) {
+            (Some(url), None) => Receiver::Alertmanager(check_url(&url, line, path)?),
+            (None, Some(url)) => Receiver::Webhook(check_url(&url, line, path)?),
+            _ => {
+                return Err(format!(
+                    "{path} (line {line}): a receiver has exactly one of alertmanager = \"URL\" or webhook = \"URL\""
+                ));
+            }
+        };
+        receivers.push(receiver);
+    }
+    let evaluation_interval = alerts
+        .evaluation_interval
+        .unwrap_or(AlertConfig::default().evaluation_interval);
+    if evaluation_interval < Duration::from_millis(100) {
+        return Err(format!(
+            "{path}: evaluation_interval must be at least 100ms"
+        ));
+    }
+    Ok(AlertConfig {
+        evaluation_interval,
+        rules,
+        receivers,
+    })
+}
+
+fn check_url(url: &str, line: usize, path: &str) -> Result<String, String> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url.to_owned()),
+        _ => Err(format!(
+            "{path} (line {line}): receiver URL {:?} is not an http(s) URL",
+            crate::redact::url(url)
+        )),
+    }
+}
+
+fn resolve(r: RuleSpec) -> Result<Rule, String> {
+    let threshold = match (r.above, r.below) {
+        (Some(t), None) => Threshold::Above(t),
+        (None, Some(t)) => Threshold::Below(t),
+        _ => {
+            return Err(format!(
+                "rule {:?} needs exactly one of above or below",
+                r.name
+            ));
+        }
+    };
+    if r.route.is_some() && r.signal != Signal::HttpLatencyP95Seconds {
+        return Err(format!(
+            "rule {:?}: route applies to http_latency_p95_seconds only",
+            r.name
+        ));
+    }
+    if r.service.is_some() && !r.signal.per_service() {
+        return Err(format!(
+            "rule {:?}: {} is not per service",
+            r.name,
+            r.signal.as_str()
+        ));
+    }
+    let window = r.window.unwrap_or(Duration::from_secs(60));
+    if window.is_zero() || window > MAX_WINDOW {
+        return Err(format!(
+            "rule {:?}: window must be between 1s and {}",
+            r.name,
+            humantime::format_duration(MAX_WINDOW)
+        ));
+    }
+    if r.name.is_empty()
+        || !r
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!(
+            "rule name {:?} must be letters, digits or _",
+            r.name
+        ));
+    }
+    Ok(Rule {
+        name: r.name,
+        signal: r.signal,
+        threshold,
+        window,
+        hold: r.hold.unwrap_or(Duration::ZERO),
+        cooldown: r.cooldown.unwrap_or(DEFAULT_COOLDOWN),
+        severity: r.severity.unwrap_or_else(|| "warning".into()),
+        service: r.service,
+        route: r.route,
+        labels: r.labels,
+        min_requests: r.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
+    })
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of the README (and of the issue that asked for it).
+    pub const EXAMPLE: &str = r#"
+[alerts]
+evaluation_interval = "1s"
+defaults = true              # keep the built-in rules
+
+[[alerts.rules]]
+name = "CheckoutErrors"
+signal = "http_error_ratio"
+above = 0.05
+window = "30s"
+for = "10s"
+cooldown = "5m"
+severity = "critical"
+service = "checkout"
+labels = { team = "payments" }
+
+[[alerts.rules]]
+name = "SlowPayments"
+signal = "http_latency_p95_seconds"
+above = 0.5
+service = "checkout"
+route = "/pay/{id}"
+
+[[alerts.receivers]]
+alertmanager = "http://127.0.0.1:9093"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(EXAMPLE, "apm.toml").expect("example");
+        assert_eq!(c.evaluation_interval, Duration::from_secs(1));
+        assert_eq!(c.rules.len(), defaults().len() + 2);
+        let r = c
+            .rules
+            .iter()
+            .find(|r| r.name == "CheckoutErrors")
+            .expect("rule");
+        assert_eq!(r.threshold, Threshold::Above(0.05));
+        assert_eq!(
+            (r.window, r.hold),
+            (Duration::from_secs(30), Duration::from_secs(10))
+        );
+        assert_eq!(r.labels["team"], "payments");
+        assert_eq!(r.min_requests, DEFAULT_MIN_REQUESTS);
+        assert_eq!(
+            c.receivers,
+            vec![Receiver::Alertmanager("http://127.0.0.1:9093".into())]
+        );
+        // The README carries the same example.
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README");
+        assert!(readme.contains(EXAMPLE.trim()), "README's example differs");
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let cases = [
+            (
+                "[alerts]\nevaluation_interval = \"1s\"\nspeed = 3\n",
+                "line 3",
+                "unknown field",
+            ),
+            (
+                "[alerts]\n\n[[alerts.rules]]\nname = \"A\"\nsignal = \"cpu_joy\"\nabove = 1\n",
+                "line 5",
+                "unknown variant",
+            ),
+            (
+                "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\nabove = 1\nwindow = \"soon\"\n",
+                "line 6",
+                "invalid duration",
+            ),
+            (
+                "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\n",
+                "line 2",
+                "exactly one of above or below",
+            ),
+            (
+                "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\nabove = 1\nroute = \"/x\"\n",
+                "line 2",
+                "route applies",
+            ),
+            (
+                "[alerts]\n[[alerts.receivers]]\nwebhook = \"ftp://u:pw@x\"\n",
+                "line 2",
+                "not an http(s) URL",
+            ),
+            ("[alert]\n", "line 1", "unknown field"),
+        ];
+        for (text, line, what) in cases {
+            let err = parse(text, "apm.toml").expect_err(text);
+            assert!(err.contains(line) && err.contains(what), "{text:?}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn defaults_can_be_dropped_or_replaced() {
+        let none = parse("[alerts]\ndefaults = false\n", "f").expect("parse");
+        assert!(none.rules.is_empty());
+        let replaced = parse(
+            "[alerts]\n[[alerts.rules]]\nname = \"HostCpuHigh\"\nsignal = \"host_cpu_ratio\"\nabove = 0.95\n",
+            "f",
+        )
+        .expect("parse");
+        let cpu: Vec<_> = replaced
+            .rules
+            .iter()
+            .filter(|r| r.name == "HostCpuHigh")
+            .collect();
+        assert_eq!(cpu.len(), 1);
+        assert_eq!(cpu[0].threshold, Threshold::Above(0.95));
+        assert_eq!(parse("", "f").expect("empty"), AlertConfig::default());
+    }
+}
