@@ -41,6 +41,19 @@ pub struct Config {
     #[arg(long, env = "APM_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Send alerts to this Alertmanager (base URL; repeatable), besides the
+    /// receivers of --config.
+    #[arg(long = "alertmanager", env = "APM_ALERTMANAGER", value_delimiter = ',')]
+    pub alertmanagers: Vec<String>,
+
+    /// Send alerts to this URL in Alertmanager's webhook JSON (repeatable).
+    #[arg(
+        long = "alert-webhook",
+        env = "APM_ALERT_WEBHOOK",
+        value_delimiter = ','
+    )]
+    pub alert_webhooks: Vec<String>,
+
     /// Break the agent on purpose, for tests of its own health reporting:
     /// `poison-pipeline` panics while holding the request pipeline's lock.
     #[arg(long, hide = true, value_enum)]
@@ -189,12 +202,24 @@ impl Config {
     /// The alert rules and receivers: the built-in defaults, or those of
     /// --config.
     pub fn alerts(&self) -> Result<crate::alerts::rules::AlertConfig, String> {
-        let Some(path) = &self.config else {
-            return Ok(Default::default());
+        use crate::alerts::rules::{self, Receiver};
+        let mut alerts = match &self.config {
+            None => rules::AlertConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading --config {}: {e}", path.display()))?;
+                rules::parse(&text, &path.display().to_string())?
+            }
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading --config {}: {e}", path.display()))?;
-        crate::alerts::rules::parse(&text, &path.display().to_string())
+        for url in &self.alertmanagers {
+            let url = rules::receiver_url(url).map_err(|e| format!("--alertmanager: {e}"))?;
+            alerts.receivers.push(Receiver::Alertmanager(url));
+        }
+        for url in &self.alert_webhooks {
+            let url = rules::receiver_url(url).map_err(|e| format!("--alert-webhook: {e}"))?;
+            alerts.receivers.push(Receiver::Webhook(url));
+        }
+        Ok(alerts)
     }
 
     /// True when the user named no service: count every listener on the host.

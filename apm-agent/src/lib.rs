@@ -6,8 +6,9 @@
 //! `capture` (kernel programs, ring reader) → `streams` (per-connection
 //! byte streams, pairing) → `protocols` (HTTP parsing, route templates) →
 //! `services` (who listens where, what a service is called) → `telemetry`
-//! (metrics, request statistics, sampling, logs) → `serve` (admin API,
-//! health). `config` and `agent` at the root wire the stages together;
+//! (metrics, request statistics, rolling windows, sampling, logs) →
+//! `alerts` (rules, state machine, evaluation, delivery) → `serve` (admin
+//! API, health). `config` and `agent` at the root wire the stages together;
 //! `redact` (credentials out of URLs) and `tasks` (which tasks are alive)
 //! are leaves any stage may use.
 //! Everything but `capture::kernel` and `capture::reader` runs without root

@@ -10,6 +10,7 @@ use std::{
 use anyhow::Context as _;
 use apm_agent::{
     agent::Agent,
+    alerts::{deliver, evaluate, evaluate::Alerts},
     capture::kernel::{self, ProbeReport, StartOptions},
     config::{Config, LogFormat, TestFault},
     protocols::routes::RouteConfig,
@@ -20,6 +21,7 @@ use apm_agent::{
     telemetry::metrics::Metrics,
     telemetry::requests::{Requests, monotonic_ns},
     telemetry::sampler::Sampler,
+    telemetry::windows::SampleWindow,
 };
 use clap::Parser as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -128,13 +130,15 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         patterns: config.routes.clone(),
         ..Default::default()
     };
+    let keep = apm_agent::alerts::signals::longest_window(&alerts.rules);
     let requests = Arc::new(Mutex::new(
         Requests::new(
             routes,
             config.max_connections as usize,
             agent.directory.clone(),
         )
-        .with_max_series(config.max_series as usize),
+        .with_max_series(config.max_series as usize)
+        .with_windows(keep),
     ));
     let agent = Arc::new(Mutex::new(agent));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -163,7 +167,32 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         logs,
         tasks: tasks.clone(),
         auth_token: auth_token.map(Arc::new),
+        alerts: Arc::new(Alerts::new(alerts)),
+        samples: Arc::new(Mutex::new(SampleWindow::new(keep))),
     };
+    let (queue, outgoing) = tokio::sync::mpsc::channel(deliver::QUEUE);
+    let evaluation_interval = state.alerts.config.evaluation_interval;
+    let evaluator = tokio::spawn(evaluate::run(
+        evaluate::Context {
+            alerts: state.alerts.clone(),
+            requests: requests.clone(),
+            samples: state.samples.clone(),
+            metrics: metrics.clone(),
+            queue,
+        },
+        stop_rx.clone(),
+        tasks.watch(
+            "alert evaluation",
+            evaluate::allowed_silence(evaluation_interval),
+        ),
+    ));
+    let delivery = tokio::spawn(deliver::run(
+        state.alerts.config.receivers.clone(),
+        outgoing,
+        metrics.clone(),
+        format!("http://{}/alerts", config.listen),
+        stop_rx.clone(),
+    ));
     // Allowed silence: a few intervals, and at least what a slow procfs
     // walk on a busy host may take.
     let allowed = |every: Duration| (every * 3).max(Duration::from_secs(10));
@@ -233,6 +262,8 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         ("refresh", refresher),
         ("sampler", sampler),
         ("dependency checks", checker),
+        ("alert evaluation", evaluator),
+        ("alert delivery", delivery),
     ] {
         if let Err(e) = task.await {
             error!(task = name, error = %e, "task failed");
@@ -353,6 +384,11 @@ async fn sample_loop(
                 return Err("sampler state");
             };
             let sample = sampler.sample(&services.by_pid, &state.metrics);
+            state
+                .samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(monotonic_ns() / 1_000_000_000, &sample);
             // The slot only ever holds a whole sample: recover it.
             *state.system.write().unwrap_or_else(|p| p.into_inner()) =
                 Some((Instant::now(), sample));

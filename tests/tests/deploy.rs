@@ -445,3 +445,36 @@ fn dashboard_queries_are_valid_promql_over_documented_metrics() {
         }
     }
 }
+
+#[test]
+fn the_prometheus_alert_rules_check_and_pass_their_unit_tests() {
+    let dir = repo().join("deploy/prometheus");
+    let checked = run_ok(
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(dir.join("apm-rules.yml")),
+    );
+    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    let tested = run_ok(Command::new("promtool").current_dir(&dir).args([
+        "test",
+        "rules",
+        "apm-rules.test.yml",
+    ]));
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    // The same rule names and thresholds as the agent's built-in rules.
+    let rules = std::fs::read_to_string(dir.join("apm-rules.yml")).expect("rules");
+    for (name, threshold) in [
+        ("HostMemoryHigh", "> 0.85"),
+        ("HostCpuHigh", "> 0.80"),
+        ("FilesystemAlmostFull", "> 0.90"),
+        ("HttpErrorRatioHigh", "> 0.05"),
+        ("HttpLatencyP95High", "> 2"),
+    ] {
+        let at = rules
+            .find(&format!("alert: {name}"))
+            .unwrap_or_else(|| panic!("{name}"));
+        let block = &rules[at..];
+        let end = block[1..].find("- alert:").map_or(block.len(), |i| i + 1);
+        assert!(block[..end].contains(threshold), "{name} lacks {threshold}");
+    }
+}

@@ -24,11 +24,23 @@ fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 /// The metric families a live agent with `--capture CAPTURE` exports once
-/// it has seen HTTP traffic, sampled, and checked a dependency.
+/// it has seen HTTP traffic, sampled, checked a dependency, and fired an
+/// alert at a receiver that is down.
 fn exported(capture: &str) -> BTreeSet<String> {
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
     let check = format!("tcp://127.0.0.1:{port}");
+    let dead = free_port().expect("port");
+    let config = std::env::temp_dir().join(format!("apm-e2e-docs-{capture}-{dead}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[alerts]\nevaluation_interval = \"200ms\"\n\n[[alerts.rules]]\nname = \"DocsAlways\"\n\
+             signal = \"host_memory_ratio\"\nbelow = 2.0\nwindow = \"5s\"\n\n\
+             [[alerts.receivers]]\nwebhook = \"http://127.0.0.1:{dead}/\"\n"
+        ),
+    )
+    .expect("config");
     let agent = Agent::start(&[
         "--capture",
         capture,
@@ -36,6 +48,8 @@ fn exported(capture: &str) -> BTreeSet<String> {
         &check,
         "--check-interval",
         "1s",
+        "--config",
+        config.to_str().expect("path"),
     ])
     .expect("agent");
     agent.wait_for_service(port, "apm-httpd");
@@ -53,9 +67,11 @@ fn exported(capture: &str) -> BTreeSet<String> {
         let sampled =
             m.value("apm_service_processes", &[("service_name", "apm-httpd")]) == Some(1.0);
         let checked = m.value("apm_dependency_up", &[("dependency", check.as_str())]) == Some(1.0);
-        (paired && sampled && checked).then_some(m)
+        let alerted = m.text.contains("apm_alert_notifications_total{");
+        (paired && sampled && checked && alerted).then_some(m)
     })
-    .expect("requests paired, the service sampled, the dependency checked");
+    .expect("requests paired, the service sampled, the dependency checked, an alert sent");
+    std::fs::remove_file(config).ok();
     drop(server);
     m.text
         .lines()

@@ -90,6 +90,11 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/promtool",
         package: "prometheus",
     },
+    // A real Alertmanager receiving the agent's alerts.
+    Need {
+        path: "/usr/bin/prometheus-alertmanager",
+        package: "prometheus-alertmanager",
+    },
 ];
 
 /// Files of what `cargo xtask bench` drives.

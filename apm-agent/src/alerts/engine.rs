@@ -69,6 +69,7 @@ pub enum Notice {
     /// Newly firing, or still firing and past its cooldown.
     Firing {
         alertname: String,
+        severity: String,
         labels: Labels,
         value: f64,
         threshold: f64,
@@ -77,6 +78,7 @@ pub enum Notice {
     },
     Resolved {
         alertname: String,
+        severity: String,
         labels: Labels,
         starts_at: SystemTime,
         ends_at: SystemTime,
@@ -148,6 +150,7 @@ impl Engine {
                 tracing::info!(alertname = %rule.name, labels = ?labels, "alert resolved");
                 notices.push(Notice::Resolved {
                     alertname: rule.name.clone(),
+                    severity: rule.severity.clone(),
                     labels: labels.clone(),
                     starts_at: fired_at,
                     ends_at: now,
@@ -200,6 +203,7 @@ impl Engine {
             if due {
                 notices.push(Notice::Firing {
                     alertname: rule.name.clone(),
+                    severity: rule.severity.clone(),
                     labels: labels.clone(),
                     value,
                     threshold: rule.threshold.value(),

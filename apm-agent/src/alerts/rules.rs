@@ -278,10 +278,21 @@ pub fn parse(text: &str, path: &str) -> Result<AlertConfig, String> {
 }
 
 fn check_url(url: &str, line: usize, path: &str) -> Result<String, String> {
+    receiver_url(url).map_err(|e| format!("{path} (line {line}): {e}"))
+}
+
+/// A receiver URL: plain http (the agent has no TLS client; put
+/// Alertmanager behind a local proxy for https). Errors show it without
+/// credentials.
+pub fn receiver_url(url: &str) -> Result<String, String> {
     match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url.to_owned()),
+        Ok(u) if u.scheme() == "http" && u.has_host() => Ok(url.to_owned()),
+        Ok(u) if u.scheme() == "https" => Err(format!(
+            "receiver URL {:?}: https is not supported yet (no TLS client); use http",
+            crate::redact::url(url)
+        )),
         _ => Err(format!(
-            "{path} (line {line}): receiver URL {:?} is not an http(s) URL",
+            "receiver URL {:?} is not an http(s) URL",
             crate::redact::url(url)
         )),
     }

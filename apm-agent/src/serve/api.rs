@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::{
     agent::Agent,
+    alerts::evaluate::Alerts,
     redact::Secret,
     serve::{auth, checks::DependencyStatus, health},
     tasks::Tasks,
@@ -25,6 +26,7 @@ use crate::{
     telemetry::metrics::Metrics,
     telemetry::requests::Requests,
     telemetry::sampler::SystemSample,
+    telemetry::windows::SampleWindow,
 };
 
 /// The latest process and host sample and when it was taken.
@@ -47,6 +49,10 @@ pub struct AppState {
     pub tasks: Arc<Tasks>,
     /// The bearer token every endpoint but the probes' requires.
     pub auth_token: Option<Arc<Secret>>,
+    /// Alert rules and their state (/alerts).
+    pub alerts: Arc<Alerts>,
+    /// The sampler's rolling window, for host and process alert rules.
+    pub samples: Arc<Mutex<SampleWindow>>,
 }
 
 /// Every endpoint: the admin listener (`--listen`).
@@ -56,7 +62,8 @@ pub fn router(state: AppState) -> Router {
         .route("/stats/requests", get(stats_requests))
         .route("/stats/system", get(stats_system))
         .route("/health/detailed", get(health_detailed))
-        .route("/logs/recent", get(logs_recent));
+        .route("/logs/recent", get(logs_recent))
+        .route("/alerts", get(alerts));
     with_probes(protected, state)
 }
 
@@ -79,6 +86,11 @@ fn with_probes(protected: Router<AppState>, state: AppState) -> Router {
         .layer(middleware::from_fn(auth::limit_request))
         .layer(DefaultBodyLimit::max(auth::MAX_BODY))
         .with_state(state)
+}
+
+/// Firing and pending alerts, recent resolved ones, and the rules.
+async fn alerts(State(state): State<AppState>) -> Response {
+    Json(state.alerts.document()).into_response()
 }
 
 /// Readiness: 503 while a task the agent needs (ring reader, sampler,
@@ -246,6 +258,8 @@ mod tests {
             logs: Arc::new(LogRing::new(10)),
             tasks: Arc::new(Tasks::default()),
             auth_token: None,
+            alerts: Arc::new(Alerts::new(Default::default())),
+            samples: Arc::new(Mutex::new(SampleWindow::new(Duration::from_secs(60)))),
         }
     }
 
@@ -320,6 +334,7 @@ mod tests {
             "/stats/system",
             "/health/detailed",
             "/logs/recent",
+            "/alerts",
         ] {
             let (status, _, body) = send(app.clone(), path, None).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");

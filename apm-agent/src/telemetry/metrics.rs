@@ -3,8 +3,8 @@
 //! two agree.
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every `reason` of `apm_agent_drops_total`, exported from the start at 0.
@@ -41,6 +41,11 @@ pub struct Metrics {
     pub http_route_overflow: IntCounterVec,
     pub http_series_over_budget: IntCounter,
     pub ports_expired: IntCounter,
+    pub alerts_active: IntGaugeVec,
+    pub alert_notifications: IntCounterVec,
+    pub alert_notices_dropped: IntCounter,
+    pub alert_evaluations: IntCounter,
+    pub alert_evaluation_seconds: Histogram,
     pub http_series_expired: IntCounter,
     pub http_connections: IntGauge,
     pub ringbuf_records: IntCounter,
@@ -99,6 +104,13 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 Ok(h)
             };
+        let plain_histogram = |name: &str, help: &str| -> Result<Histogram, MetricsError> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
         let plain_counter = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
@@ -229,6 +241,28 @@ impl Metrics {
             http_series_over_budget: plain_counter(
                 "apm_http_series_over_budget_total",
                 "Paired requests left out of the duration histogram because --max-series duration series already existed (across services).",
+            )?,
+            alerts_active: gauge_vec(
+                "apm_alerts_active",
+                "Alerts pending or firing now, by rule, severity and state.",
+                &["alertname", "severity", "state"],
+            )?,
+            alert_notifications: counter(
+                "apm_alert_notifications_total",
+                "Alert notifications by receiver (its URL without credentials) and result (sent, failed after retries).",
+                &["receiver", "result"],
+            )?,
+            alert_notices_dropped: plain_counter(
+                "apm_alert_notifications_dropped_total",
+                "Alert notices dropped because the delivery queue was full (a receiver too slow for too long).",
+            )?,
+            alert_evaluations: plain_counter(
+                "apm_alert_evaluations_total",
+                "Evaluations of every alert rule (one per evaluation interval).",
+            )?,
+            alert_evaluation_seconds: plain_histogram(
+                "apm_alert_evaluation_duration_seconds",
+                "Time one evaluation of every alert rule took.",
             )?,
             ports_expired: plain_counter(
                 "apm_ports_expired_total",

@@ -8,3 +8,4 @@ mod recorder;
 pub mod requests;
 pub mod sampler;
 pub mod synthetic;
+pub mod windows;

@@ -15,7 +15,7 @@ use crate::{
     },
     services::directory::Services,
     streams::pairing::{Completed, Origin, Sink, Unpaired},
-    telemetry::metrics::Metrics,
+    telemetry::{metrics::Metrics, windows::Windows},
 };
 
 pub(super) struct RouteStats {
@@ -84,6 +84,7 @@ pub(super) struct Recorder<'a> {
     pub unknown: &'a Arc<str>,
     pub metrics: &'a Metrics,
     pub budget: &'a mut SeriesBudget,
+    pub windows: &'a mut Windows,
     /// The time of the batch being recorded (kernel clock).
     pub now_ns: u64,
 }
@@ -193,6 +194,13 @@ impl Sink for Recorder<'_> {
         }
         stats.paired_total.inc();
         stats.paired += 1;
+        self.windows.record(
+            now_ns / 1_000_000_000,
+            &name,
+            &done.route,
+            done.status,
+            seconds,
+        );
         let route = stats
             .routes
             .entry((done.method, done.route))

@@ -4,7 +4,7 @@
 //! Nothing here touches aya or tokio, so the whole pipeline runs in unit
 //! tests and benchmarks on synthetic records.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -15,7 +15,7 @@ use crate::{
     protocols::routes::{RouteConfig, Routes},
     services::directory::{Directory, Services, UNKNOWN_SERVICE},
     streams::{Streams, pairing::Unpaired},
-    telemetry::metrics::Metrics,
+    telemetry::{metrics::Metrics, windows::Windows},
 };
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
@@ -46,6 +46,7 @@ pub struct Requests {
     services: Arc<Services>,
     unknown: Arc<str>,
     budget: SeriesBudget,
+    windows: Windows,
     /// The current batch's time (kernel clock), for series' last use.
     now_ns: u64,
 }
@@ -66,8 +67,20 @@ impl Requests {
                 max: DEFAULT_MAX_SERIES,
                 used: 0,
             },
+            windows: Windows::new(Duration::ZERO),
             now_ns: 0,
         }
+    }
+
+    /// Keeps `keep` of rolling windows for the alert rules (none by
+    /// default).
+    pub fn with_windows(mut self, keep: Duration) -> Self {
+        self.windows = Windows::new(keep);
+        self
+    }
+
+    pub fn windows(&self) -> &Windows {
+        &self.windows
     }
 
     /// At most `max` duration series across services.
@@ -120,6 +133,7 @@ impl Requests {
             for route in expired {
                 if !stats.routes.keys().any(|(_, r)| *r == route) {
                     self.routes.forget(name, &route);
+                    self.windows.forget_route(name, &route);
                 }
             }
             if !is_idle(stats) || self.services.names(name) {
@@ -134,6 +148,7 @@ impl Requests {
         for name in gone {
             self.stats.remove(&name);
             self.routes.forget_service(&name);
+            self.windows.forget_service(&name);
             for reason in Unpaired::ALL {
                 let _ = metrics
                     .http_unpaired
@@ -179,6 +194,7 @@ impl Requests {
             unknown: &self.unknown,
             metrics,
             budget: &mut self.budget,
+            windows: &mut self.windows,
             now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);

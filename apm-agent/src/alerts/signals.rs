@@ -1,0 +1,160 @@
+//! A rule's signal, measured on the agent's own rolling windows (never by
+//! scraping itself): one value per label set the rule applies to.
+
+use std::time::Duration;
+
+use super::{
+    engine::{Labels, Measurement},
+    rules::{Rule, Signal},
+};
+use crate::telemetry::windows::{SampleWindow, Windows};
+
+/// The windows a measurement reads, at `now_s` (monotonic seconds).
+pub struct Inputs<'a> {
+    pub requests: &'a Windows,
+    pub samples: &'a SampleWindow,
+    pub now_s: u64,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The rule's signal for every label set it covers now.
+pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
+    let window = rule.window;
+    let wants_service = |s: &str| rule.service.as_deref().is_none_or(|want| want == s);
+    match rule.signal {
+        Signal::HttpErrorRatio => i
+            .requests
+            .services()
+            .filter(|s| wants_service(s))
+            .map(|s| {
+                let e = i.requests.error_ratio(s, i.now_s, window);
+                Measurement {
+                    labels: labels(&[("service_name", s)]),
+                    value: e.ratio,
+                    samples: e.requests,
+                }
+            })
+            .collect(),
+        Signal::HttpLatencyP95Seconds => i
+            .requests
+            .route_quantiles(i.now_s, window, 0.95)
+            .into_iter()
+            .filter(|(s, r, _, _)| {
+                wants_service(s) && rule.route.as_deref().is_none_or(|want| want == &**r)
+            })
+            .map(|(s, r, value, n)| Measurement {
+                labels: labels(&[("service_name", &s), ("http_route", &r)]),
+                value,
+                samples: n,
+            })
+            .collect(),
+        Signal::HostCpuRatio => host(i.samples.host_cpu(i.now_s, window)),
+        Signal::HostMemoryRatio => host(i.samples.host_memory(i.now_s, window)),
+        Signal::FilesystemUsedRatio => i
+            .samples
+            .filesystems()
+            .into_iter()
+            .map(|(mountpoint, value)| Measurement {
+                labels: labels(&[("mountpoint", &mountpoint)]),
+                value,
+                samples: 0,
+            })
+            .collect(),
+        Signal::ProcessCpuCores | Signal::ProcessMemoryBytes => i
+            .samples
+            .services(i.now_s, window)
+            .into_iter()
+            .filter(|(s, _, _)| wants_service(s))
+            .map(|(s, cores, bytes)| Measurement {
+                labels: labels(&[("service_name", &s)]),
+                value: if rule.signal == Signal::ProcessCpuCores {
+                    cores
+                } else {
+                    bytes
+                },
+                samples: 0,
+            })
+            .collect(),
+    }
+}
+
+fn host(value: Option<f64>) -> Vec<Measurement> {
+    value
+        .map(|value| Measurement {
+            labels: Labels::new(),
+            value,
+            samples: 0,
+        })
+        .into_iter()
+        .collect()
+}
+
+/// The longest window any rule asks for: how much history to keep.
+pub fn longest_window(rules: &[Rule]) -> Duration {
+    rules
+        .iter()
+        .map(|r| r.window)
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::alerts::rules::{Threshold, defaults};
+
+    #[test]
+    fn error_and_latency_rules_measure_per_service_and_route() {
+        let mut w = Windows::new(Duration::from_secs(60));
+        let (shop, pay, list): (Arc<str>, Arc<str>, Arc<str>) =
+            ("shop".into(), "/pay".into(), "/list".into());
+        for t in 0..20 {
+            w.record(
+                100 + t / 10,
+                &shop,
+                &pay,
+                if t % 4 == 0 { 500 } else { 200 },
+                1.5,
+            );
+            w.record(100 + t / 10, &shop, &list, 200, 0.01);
+        }
+        let samples = SampleWindow::new(Duration::from_secs(60));
+        let inputs = Inputs {
+            requests: &w,
+            samples: &samples,
+            now_s: 101,
+        };
+        let mut errors = defaults().remove(3);
+        errors.window = Duration::from_secs(30);
+        let m = measure(&errors, &inputs);
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            (m[0].samples, m[0].labels["service_name"].as_str()),
+            (40, "shop")
+        );
+        assert!((m[0].value - 0.125).abs() < 1e-9, "{m:?}");
+        let latency = Rule {
+            threshold: Threshold::Above(1.0),
+            window: Duration::from_secs(30),
+            ..defaults().remove(4)
+        };
+        let mut m = measure(&latency, &inputs);
+        m.sort_by(|a, b| a.value.total_cmp(&b.value));
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].labels["http_route"], "/pay");
+        assert!(latency.threshold.breached(m[1].value) && !latency.threshold.breached(m[0].value));
+        let only_list = Rule {
+            route: Some("/list".into()),
+            ..latency
+        };
+        assert_eq!(measure(&only_list, &inputs).len(), 1);
+    }
+}

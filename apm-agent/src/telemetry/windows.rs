@@ -1,0 +1,378 @@
+//! Rolling windows of request outcomes, for alerts: per service, requests
+//! and 5xx responses per second; per service and route, request durations
+//! in 10-second buckets of a log-scale histogram (bins 25 % wide, so a
+//! quantile is within 12 % of the truth). Only `keep` of history is kept,
+//! and a route's window exists only while its duration series does, so
+//! memory follows the series budget: at most 12 buckets of 288 bytes per
+//! route for a 2-minute window.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+/// Seconds per latency bucket.
+const LATENCY_BUCKET_SECS: u64 = 10;
+/// Histogram bins: 100 µs × 1.25^i, i < BINS (up to ~ 1000 s).
+const BINS: usize = 72;
+const BIN_BASE: f64 = 1e-4;
+const BIN_GROWTH: f64 = 1.25;
+
+#[derive(Clone, Default)]
+struct Counts {
+    /// (second, requests, 5xx), oldest first.
+    seconds: VecDeque<(u64, u64, u64)>,
+}
+
+#[derive(Clone)]
+struct Latencies {
+    /// (10-second bucket, bin counts), oldest first.
+    buckets: VecDeque<(u64, Box<[u32; BINS]>)>,
+}
+
+/// What the alert rules read: rolling windows of the request pipeline.
+pub struct Windows {
+    keep: Duration,
+    services: HashMap<Arc<str>, Counts>,
+    routes: HashMap<(Arc<str>, Arc<str>), Latencies>,
+}
+
+/// A window's error ratio and how many requests it holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorRatio {
+    pub requests: u64,
+    pub ratio: f64,
+}
+
+impl Windows {
+    /// Keeps `keep` of history (the longest window a rule asks for).
+    pub fn new(keep: Duration) -> Self {
+        Self {
+            keep,
+            services: HashMap::new(),
+            routes: HashMap::new(),
+        }
+    }
+
+    /// One completed request at `now_s` (seconds, any monotonic origin).
+    pub fn record(
+        &mut self,
+        now_s: u64,
+        service: &Arc<str>,
+        route: &Arc<str>,
+        status: u16,
+        seconds: f64,
+    ) {
+        if self.keep.is_zero() {
+            return;
+        }
+        let keep = self.keep.as_secs().max(1);
+        let counts = self.services.entry(service.clone()).or_default();
+        match counts.seconds.back_mut() {
+            Some((s, n, e)) if *s == now_s => {
+                *n += 1;
+                *e += u64::from(status >= 500);
+            }
+            _ => counts
+                .seconds
+                .push_back((now_s, 1, u64::from(status >= 500))),
+        }
+        while counts
+            .seconds
+            .front()
+            .is_some_and(|(s, _, _)| now_s.saturating_sub(*s) >= keep)
+        {
+            counts.seconds.pop_front();
+        }
+        let bucket = now_s / LATENCY_BUCKET_SECS;
+        let lat = self
+            .routes
+            .entry((service.clone(), route.clone()))
+            .or_insert_with(|| Latencies {
+                buckets: VecDeque::new(),
+            });
+        if lat.buckets.back().is_none_or(|(b, _)| *b != bucket) {
+            lat.buckets.push_back((bucket, Box::new([0; BINS])));
+        }
+        if let Some((_, bins)) = lat.buckets.back_mut() {
+            let bin = bin_of(seconds);
+            bins[bin] = bins[bin].saturating_add(1);
+        }
+        let keep_buckets = keep.div_ceil(LATENCY_BUCKET_SECS) + 1;
+        while lat
+            .buckets
+            .front()
+            .is_some_and(|(b, _)| bucket.saturating_sub(*b) >= keep_buckets)
+        {
+            lat.buckets.pop_front();
+        }
+    }
+
+    /// Requests and 5xx ratio of `service` over the last `window` before
+    /// `now_s`.
+    pub fn error_ratio(&self, service: &str, now_s: u64, window: Duration) -> ErrorRatio {
+        let from = now_s.saturating_sub(window.as_secs().max(1));
+        let (mut n, mut e) = (0, 0);
+        if let Some(c) = self.services.get(service) {
+            for &(s, count, errors) in &c.seconds {
+                if s > from && s <= now_s {
+                    n += count;
+                    e += errors;
+                }
+            }
+        }
+        ErrorRatio {
+            requests: n,
+            ratio: if n == 0 { 0.0 } else { e as f64 / n as f64 },
+        }
+    }
+
+    /// Services with requests in the last `window`.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.services.keys()
+    }
+
+    /// Quantile `q` of the durations of (service, route) over the last
+    /// `window`, with how many requests it comes from. Buckets are 10 s, so
+    /// the window is rounded up to them.
+    pub fn latency_quantile(
+        &self,
+        service: &str,
+        route: &str,
+        now_s: u64,
+        window: Duration,
+        q: f64,
+    ) -> Option<(f64, u64)> {
+        let lat = self
+            .routes
+            .iter()
+            .find(|((s, r), _)| &**s == service && &**r == route)
+            .map(|(_, l)| l)?;
+        latency_quantile(lat, now_s, window, q)
+    }
+
+    /// Every (service, route) with a latency window, and its quantile.
+    pub fn route_quantiles(
+        &self,
+        now_s: u64,
+        window: Duration,
+        q: f64,
+    ) -> Vec<(Arc<str>, Arc<str>, f64, u64)> {
+        self.routes
+            .iter()
+            .filter_map(|((s, r), l)| {
+                latency_quantile(l, now_s, window, q).map(|(v, n)| (s.clone(), r.clone(), v, n))
+            })
+            .collect()
+    }
+
+    /// Drops the window of a route whose series was removed, and of a
+    /// service that is gone.
+    pub fn forget_route(&mut self, service: &str, route: &str) {
+        self.routes
+            .retain(|(s, r), _| !(&**s == service && &**r == route));
+    }
+
+    pub fn forget_service(&mut self, service: &str) {
+        self.services.remove(service);
+        self.routes.retain(|(s, _), _| &**s != service);
+    }
+}
+
+fn latency_quantile(lat: &Latencies, now_s: u64, window: Duration, q: f64) -> Option<(f64, u64)> {
+    let now_b = now_s / LATENCY_BUCKET_SECS;
+    let span = window.as_secs().max(1).div_ceil(LATENCY_BUCKET_SECS);
+    let mut merged = [0u64; BINS];
+    for (b, bins) in &lat.buckets {
+        if now_b.saturating_sub(*b) < span {
+            for (m, c) in merged.iter_mut().zip(bins.iter()) {
+                *m += u64::from(*c);
+            }
+        }
+    }
+    let total: u64 = merged.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, c) in merged.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some((bin_value(i), total));
+        }
+    }
+    None
+}
+
+fn bin_of(seconds: f64) -> usize {
+    if seconds <= BIN_BASE {
+        return 0;
+    }
+    let i = ((seconds / BIN_BASE).ln() / BIN_GROWTH.ln()).ceil();
+    (i as usize).min(BINS - 1)
+}
+
+/// A bin's representative value: the geometric middle of its bounds.
+fn bin_value(i: usize) -> f64 {
+    if i == 0 {
+        return BIN_BASE;
+    }
+    BIN_BASE * BIN_GROWTH.powf(i as f64 - 0.5)
+}
+
+/// One sample's worth of what the host and process rules read.
+#[derive(Clone, Debug, Default)]
+struct Point {
+    at_s: u64,
+    cpu: f64,
+    memory: f64,
+    /// (mountpoint, used ratio)
+    filesystems: Vec<(String, f64)>,
+    /// (service, CPU cores, resident bytes)
+    services: Vec<(String, f64, f64)>,
+}
+
+/// Rolling window of the sampler's results, for host and process rules.
+pub struct SampleWindow {
+    keep: Duration,
+    points: VecDeque<Point>,
+}
+
+impl SampleWindow {
+    pub fn new(keep: Duration) -> Self {
+        Self {
+            keep,
+            points: VecDeque::new(),
+        }
+    }
+
+    pub fn push(&mut self, at_s: u64, sample: &super::sampler::SystemSample) {
+        self.points.push_back(Point {
+            at_s,
+            cpu: sample.host.cpu_busy_ratio,
+            memory: sample.host.memory_used_ratio,
+            filesystems: sample
+                .host
+                .filesystems
+                .iter()
+                .map(|f| (f.mountpoint.clone(), f.used_ratio))
+                .collect(),
+            services: sample
+                .services
+                .iter()
+                .map(|(name, s)| (name.clone(), s.cpu_cores, s.resident_memory_bytes as f64))
+                .collect(),
+        });
+        let keep = self.keep.as_secs().max(1);
+        while self
+            .points
+            .front()
+            .is_some_and(|p| at_s.saturating_sub(p.at_s) >= keep)
+        {
+            self.points.pop_front();
+        }
+    }
+
+    fn within(&self, now_s: u64, window: Duration) -> impl Iterator<Item = &Point> {
+        let from = now_s.saturating_sub(window.as_secs().max(1));
+        self.points.iter().filter(move |p| p.at_s > from)
+    }
+
+    fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+        let (sum, n) = values.fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
+    pub fn host_cpu(&self, now_s: u64, window: Duration) -> Option<f64> {
+        Self::mean(self.within(now_s, window).map(|p| p.cpu))
+    }
+
+    pub fn host_memory(&self, now_s: u64, window: Duration) -> Option<f64> {
+        Self::mean(self.within(now_s, window).map(|p| p.memory))
+    }
+
+    /// The latest used ratio of each filesystem.
+    pub fn filesystems(&self) -> Vec<(String, f64)> {
+        self.points
+            .back()
+            .map(|p| p.filesystems.clone())
+            .unwrap_or_default()
+    }
+
+    /// Per service: mean CPU cores and resident bytes over the window.
+    pub fn services(&self, now_s: u64, window: Duration) -> Vec<(String, f64, f64)> {
+        let mut sums: HashMap<&str, (f64, f64, u32)> = HashMap::new();
+        for p in self.within(now_s, window) {
+            for (name, cpu, mem) in &p.services {
+                let e = sums.entry(name).or_default();
+                *e = (e.0 + cpu, e.1 + mem, e.2 + 1);
+            }
+        }
+        sums.into_iter()
+            .map(|(n, (c, m, k))| (n.to_owned(), c / f64::from(k), m / f64::from(k)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_ratio_over_the_window_only() {
+        let mut w = Windows::new(Duration::from_secs(60));
+        let (s, r): (Arc<str>, Arc<str>) = ("shop".into(), "/pay".into());
+        for t in 0..100 {
+            w.record(t, &s, &r, if t % 5 == 0 { 500 } else { 200 }, 0.01);
+        }
+        let e = w.error_ratio("shop", 99, Duration::from_secs(10));
+        assert_eq!(e.requests, 10);
+        assert!((e.ratio - 0.2).abs() < 1e-9, "{e:?}");
+        // Old seconds were dropped beyond `keep`.
+        assert_eq!(
+            w.error_ratio("shop", 99, Duration::from_secs(600)).requests,
+            60
+        );
+        assert_eq!(
+            w.error_ratio("other", 99, Duration::from_secs(10)).requests,
+            0
+        );
+    }
+
+    #[test]
+    fn p95_is_within_the_bins_accuracy() {
+        let mut w = Windows::new(Duration::from_secs(120));
+        let (s, fast, slow): (Arc<str>, Arc<str>, Arc<str>) =
+            ("shop".into(), "/ok".into(), "/slow".into());
+        for i in 0..1000u64 {
+            // 1..=1000 ms uniformly: p95 = 950 ms.
+            w.record(100, &s, &fast, 200, (i + 1) as f64 / 1000.0);
+            w.record(100, &s, &slow, 200, 2.5);
+        }
+        let (p95, n) = w
+            .latency_quantile("shop", "/ok", 105, Duration::from_secs(30), 0.95)
+            .expect("p95");
+        assert_eq!(n, 1000);
+        assert!((p95 / 0.95 - 1.0).abs() < 0.13, "{p95}");
+        let (slow95, _) = w
+            .latency_quantile("shop", "/slow", 105, Duration::from_secs(30), 0.95)
+            .expect("p95");
+        assert!((slow95 / 2.5 - 1.0).abs() < 0.13, "{slow95}");
+        // Outside the window: nothing.
+        assert!(
+            w.latency_quantile("shop", "/ok", 300, Duration::from_secs(30), 0.95)
+                .is_none()
+        );
+        assert_eq!(
+            w.route_quantiles(105, Duration::from_secs(30), 0.95).len(),
+            2
+        );
+        w.forget_service("shop");
+        assert!(
+            w.route_quantiles(105, Duration::from_secs(30), 0.95)
+                .is_empty()
+        );
+    }
+}
