@@ -182,6 +182,19 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     write(name, text)
 }
 
+/// The agent selecting the Python server on `port`, with `config`.
+fn agent_for(port: u16, config: &std::path::Path) -> Agent {
+    let agent = Agent::start(&[
+        "--port",
+        &port.to_string(),
+        "--config",
+        config.to_str().expect("path"),
+    ])
+    .expect("agent");
+    agent.wait_for_service(port, "python3");
+    agent
+}
+
 #[test]
 fn an_error_ratio_alert_reaches_alertmanager_once_and_resolves() {
     require_root();
@@ -200,14 +213,7 @@ fn an_error_ratio_alert_reaches_alertmanager_once_and_resolves() {
             am.port, hook.port
         ),
     );
-    let agent = Agent::start(&[
-        "--port",
-        &port.to_string(),
-        "--config",
-        config.to_str().expect("path"),
-    ])
-    .expect("agent");
-    agent.wait_for_service(port, "python3");
+    let agent = agent_for(port, &config);
 
     // 20 % of requests answer 500, about 50 requests a second.
     let mut client = Client::connect(port).expect("connect");
@@ -290,14 +296,7 @@ fn a_latency_alert_fires_for_the_slow_route_only() {
          [[alerts.rules]]\nname = \"SlowRoute\"\nsignal = \"http_latency_p95_seconds\"\nabove = 0.2\n\
          window = \"10s\"\nfor = \"1s\"\n",
     );
-    let agent = Agent::start(&[
-        "--port",
-        &port.to_string(),
-        "--config",
-        config.to_str().expect("path"),
-    ])
-    .expect("agent");
-    agent.wait_for_service(port, "python3");
+    let agent = agent_for(port, &config);
     let mut slow = Client::connect(port).expect("connect");
     let mut fast = Client::connect(port).expect("connect");
     let fired = wait_for(Duration::from_secs(15), || {

@@ -288,20 +288,27 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A program on PATH (or in `$CARGO_HOME/bin`) and what its `--version`
+/// prints.
+fn installed(program: &str) -> Option<(PathBuf, String)> {
+    let path = which(program)?;
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    Some((path, version))
+}
+
 /// The cargo-fuzz version `cargo xtask fuzz` drives.
 const CARGO_FUZZ_VERSION: &str = "0.13";
 
 /// cargo-fuzz from crates.io, installed into `$CARGO_HOME/bin` if missing.
 pub fn ensure_cargo_fuzz() -> Result<()> {
-    if let Some(fuzz) = which("cargo-fuzz") {
-        let version = Command::new(&fuzz)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
-            return Ok(());
-        }
+    if let Some((_, version)) = installed("cargo-fuzz")
+        && version.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"))
+    {
+        return Ok(());
     }
     eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 1 minute)");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -318,12 +325,7 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
 }
 
 fn ensure_bpf_linker() -> Result<()> {
-    if let Some(linker) = which("bpf-linker") {
-        let version = Command::new(&linker)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+    if let Some((linker, version)) = installed("bpf-linker") {
         if version.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
             return Ok(());
         }

@@ -18,7 +18,6 @@ use anyhow::{Context as _, Result, bail, ensure};
 use crate::{
     bench::tools::{Nginx, free_port},
     load::{memory, metric_sum, utc_now},
-    soak::Guard,
 };
 
 const PATHS: u64 = 1_000_000;
@@ -187,16 +186,7 @@ pub fn flood(root: &Path, agent: &Path, record: bool) -> Result<()> {
     let port = free_port()?;
     let _nginx = Nginx::start(&work, port)?;
     let admin = free_port()?;
-    let agent = Guard(
-        Command::new(agent)
-            .args(["--listen", &format!("127.0.0.1:{admin}")])
-            .args(["--series-ttl", &format!("{TTL_SECS}s")])
-            .args(["--log-format", "json", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the agent")?,
-    );
+    let agent = crate::load::spawn_agent(agent, admin, &["--series-ttl", &format!("{TTL_SECS}s")])?;
     let pid = agent.0.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !crate::load::http_get(admin, "/metrics")

@@ -2,9 +2,38 @@
 //! agent's /metrics over a plain socket, and a process's CPU and memory
 //! from procfs.
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
+
+/// A process killed (SIGTERM) and reaped on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: kill with the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// The agent with its admin API on 127.0.0.1:`admin`, quiet JSON logs, and
+/// `extra` arguments; stopped when the guard is dropped.
+pub fn spawn_agent(agent: &Path, admin: u16, extra: &[&str]) -> Result<Guard> {
+    let child = Command::new(agent)
+        .args(["--listen", &format!("127.0.0.1:{admin}")])
+        .args(["--log-format", "json", "--log-level", "warn"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    Ok(Guard(child))
+}
 
 pub fn http_get(port: u16, path: &str) -> Result<String> {
     use std::io::{Read as _, Write as _};

@@ -5,7 +5,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -37,17 +37,6 @@ struct Sample {
     paired: f64,
 }
 
-/// A process killed (SIGTERM) and reaped on drop.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SAFETY: kill with the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 pub fn soak(root: &Path, agent: &Path, minutes: u64, record: bool) -> Result<()> {
     ensure!(minutes >= 2, "a soak needs at least 2 minutes");
     let work = std::env::temp_dir().join("apm-soak");
@@ -58,16 +47,7 @@ pub fn soak(root: &Path, agent: &Path, minutes: u64, record: bool) -> Result<()>
     let port = free_port()?;
     let _nginx = Nginx::start(&work, port)?;
     let admin = free_port()?;
-    let agent = Guard(
-        Command::new(agent)
-            .args(["--port", &port.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{admin}")])
-            .args(["--log-format", "json", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the agent")?,
-    );
+    let agent = crate::load::spawn_agent(agent, admin, &["--port", &port.to_string()])?;
     let pid = agent.0.id();
     wait_for_metrics(admin)?;
     let mut samples = Vec::new();
