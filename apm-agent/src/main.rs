@@ -21,7 +21,7 @@ use apm_agent::{
     telemetry::metrics::Metrics,
     telemetry::requests::{Requests, monotonic_ns},
     telemetry::sampler::Sampler,
-    telemetry::windows::SampleWindow,
+    telemetry::{history::History, windows::SampleWindow},
 };
 use clap::Parser as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -130,7 +130,10 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         patterns: config.routes.clone(),
         ..Default::default()
     };
-    let keep = apm_agent::alerts::signals::longest_window(&alerts.rules);
+    // Rolling windows as long as the longest rule's, and at least the
+    // minute the dashboard's latency quantiles need.
+    let keep =
+        apm_agent::alerts::signals::longest_window(&alerts.rules).max(Duration::from_secs(60));
     let requests = Arc::new(Mutex::new(
         Requests::new(
             routes,
@@ -169,7 +172,13 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         auth_token: auth_token.map(Arc::new),
         alerts: Arc::new(Alerts::new(alerts)),
         samples: Arc::new(Mutex::new(SampleWindow::new(keep))),
+        history: Arc::new(Mutex::new(History::default())),
     };
+    let historian = tokio::spawn(history_loop(
+        state.clone(),
+        stop_rx.clone(),
+        tasks.watch("dashboard history", Duration::from_secs(10)),
+    ));
     let (queue, outgoing) = tokio::sync::mpsc::channel(deliver::QUEUE);
     let evaluation_interval = state.alerts.config.evaluation_interval;
     let evaluator = tokio::spawn(evaluate::run(
@@ -263,6 +272,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         ("sampler", sampler),
         ("dependency checks", checker),
         ("alert evaluation", evaluator),
+        ("dashboard history", historian),
         ("alert delivery", delivery),
     ] {
         if let Err(e) = task.await {
@@ -403,6 +413,46 @@ async fn sample_loop(
             }
             Err(e) => error!(error = %e, "sampling panicked"),
         }
+    }
+}
+
+/// One dashboard point per service and for the host every history::STEP.
+async fn history_loop(state: AppState, mut stop: watch::Receiver<bool>, beat: Beat) {
+    let mut ticker = tokio::time::interval(apm_agent::telemetry::history::STEP);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beat.beat();
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let now_s = monotonic_ns() / 1_000_000_000;
+        let connections = state.metrics.connections_by_service();
+        let points = {
+            let Ok(requests) = state.requests.lock() else {
+                error!("request pipeline state poisoned; dashboard history stopped (not ready)");
+                return;
+            };
+            let samples = state.samples.lock().unwrap_or_else(|p| p.into_inner());
+            apm_agent::telemetry::history::points(&requests, &samples, &connections, now_s)
+        };
+        let host = state
+            .system
+            .read()
+            .ok()
+            .and_then(|s| {
+                s.as_ref()
+                    .map(|(_, s)| (s.host.cpu_busy_ratio, s.host.memory_used_ratio))
+            })
+            .unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        state
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(t, points, host);
     }
 }
 

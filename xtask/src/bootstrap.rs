@@ -90,6 +90,20 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/promtool",
         package: "prometheus",
     },
+    // The dashboard's browser test: Debian's chromium, driven by
+    // playwright-core from npm.
+    Need {
+        path: "/usr/bin/chromium",
+        package: "chromium",
+    },
+    Need {
+        path: "/usr/bin/node",
+        package: "nodejs",
+    },
+    Need {
+        path: "/usr/bin/npm",
+        package: "npm",
+    },
     // A real Alertmanager receiving the agent's alerts.
     Need {
         path: "/usr/bin/prometheus-alertmanager",
@@ -144,6 +158,16 @@ pub fn ensure_test_deps() -> Result<()> {
     ensure_cargo_fuzz()
 }
 
+/// The demo service of `cargo xtask run --demo` is the Python test server.
+pub fn ensure_demo_deps() -> Result<()> {
+    let python: Vec<Need> = TEST_NEEDS
+        .iter()
+        .filter(|n| n.path == "/usr/bin/python3")
+        .copied()
+        .collect();
+    ensure_files(&python)
+}
+
 pub fn ensure_fuzz_deps() -> Result<()> {
     ensure_files(FUZZ_NEEDS)?;
     ensure_cargo_fuzz()
@@ -181,6 +205,38 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
         bail!("pip install {} failed ({status})", PY_TOOLS.join(" "));
     }
     Ok(bin)
+}
+
+/// npm packages the browser test drives Chromium with.
+const NODE_TOOLS: &[&str] = &["playwright-core@1"];
+
+/// [`NODE_TOOLS`] installed under `target/node` (no browser download:
+/// the test uses Debian's chromium); returns that directory.
+pub fn ensure_node_tools(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/node");
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!(
+        "xtask: installing {} from npm into {}",
+        NODE_TOOLS.join(", "),
+        dir.display()
+    );
+    let status = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .args(NODE_TOOLS)
+        .stdin(Stdio::null())
+        .status()
+        .context("running npm")?;
+    if !status.success() {
+        bail!("npm install {} failed ({status})", NODE_TOOLS.join(" "));
+    }
+    Ok(dir)
 }
 
 pub fn ensure_bench_deps() -> Result<()> {
@@ -441,8 +497,21 @@ mod tests {
         names
     }
 
+    /// Whether installed `owner` declares `Provides: package` (NodeSource's
+    /// nodejs provides npm and ships /usr/bin/npm itself).
+    fn provides(owner: &str, package: &str) -> bool {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Provides}", owner])
+            .output()
+            .expect("dpkg-query");
+        String::from_utf8_lossy(&out.stdout)
+            .split(',')
+            .any(|p| p.split_whitespace().next() == Some(package))
+    }
+
     /// Checks the table against dpkg: every file that exists here belongs to
-    /// its package (or to a direct dependency that the package brings).
+    /// its package (or to a direct dependency that the package brings, or
+    /// to a package that provides it).
     /// `cargo xtask test` names in APM_BOOTSTRAPPED the groups it installed
     /// before running this, and every file of those groups must exist.
     #[test]
@@ -467,7 +536,9 @@ mod tests {
                 let owners = owners(&path);
                 let allowed = package_and_deps(need.package);
                 assert!(
-                    owners.iter().any(|o| allowed.contains(o)),
+                    owners
+                        .iter()
+                        .any(|o| allowed.contains(o) || provides(o, need.package)),
                     "{} belongs to {owners:?}, not to {} or its dependencies {allowed:?}",
                     path.display(),
                     need.package

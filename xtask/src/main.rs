@@ -8,6 +8,7 @@
 
 mod bench;
 mod bootstrap;
+mod demo;
 mod docs;
 mod flood;
 mod fuzz;
@@ -36,6 +37,14 @@ enum Cmd {
     Build,
     /// Build and run the agent in the foreground; extra arguments go to the agent.
     Run {
+        /// Also start a small demo service on loopback and bounded traffic
+        /// against it (errors and slow requests included), so that the
+        /// dashboard moves at once; both stop with the agent.
+        #[arg(long)]
+        demo: bool,
+        /// Run this agent binary instead of building one (the tests).
+        #[arg(long, hide = true)]
+        agent: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -89,10 +98,33 @@ fn main() -> Result<()> {
             bootstrap::ensure_build_deps()?;
             build_agent(&root, true).map(|_| ())
         }
-        Cmd::Run { args } => {
-            bootstrap::ensure_build_deps()?;
-            let agent = build_agent(&root, true)?;
-            run_agent(&agent, &args)
+        Cmd::Run {
+            demo,
+            agent,
+            mut args,
+        } => {
+            let agent = match agent {
+                Some(agent) => agent,
+                None => {
+                    bootstrap::ensure_build_deps()?;
+                    build_agent(&root, true)?
+                }
+            };
+            let demo = if demo {
+                bootstrap::ensure_demo_deps()?;
+                let d = demo::Demo::start(&root)?;
+                println!(
+                    "demo service on http://127.0.0.1:{}/ with traffic (errors and slow requests included)",
+                    d.port
+                );
+                args.extend(["--service-name".to_owned(), format!("{}=demo-shop", d.port)]);
+                Some(d)
+            } else {
+                None
+            };
+            let result = run_agent(&agent, &args);
+            drop(demo);
+            result
         }
         Cmd::Bench => {
             bootstrap::ensure_build_deps()?;
@@ -263,7 +295,7 @@ fn build_agent(root: &Path, release: bool) -> Result<PathBuf> {
 
 fn run_agent(agent: &Path, args: &[String]) -> Result<()> {
     let listen = listen_address(args).unwrap_or_else(|| "127.0.0.1:9464".to_owned());
-    println!("apm admin API: http://{listen}/  (metrics at http://{listen}/metrics; Ctrl-C stops)");
+    println!("apm dashboard: http://{listen}/  (metrics at http://{listen}/metrics; Ctrl-C stops)");
     if !bootstrap::is_root() {
         eprintln!(
             "xtask: not root, so the agent cannot load eBPF programs and runs procfs-only; use sudo for full data"
@@ -344,10 +376,13 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
     }
     let agent = build_agent(root, false)?;
     let py_tools = bootstrap::ensure_py_tools(root)?;
+    let node_tools = bootstrap::ensure_node_tools(root)?;
     let mut e2e = cargo(root);
     e2e.args(["test", "--package", "apm-e2e", "--", "--test-threads=1"])
         .env("APM_AGENT_BIN", &agent)
-        .env("APM_PY_TOOLS", &py_tools);
+        .env("APM_PY_TOOLS", &py_tools)
+        .env("APM_NODE_TOOLS", &node_tools)
+        .env("APM_XTASK_BIN", std::env::current_exe()?);
     run_tests(
         e2e,
         "end-to-end tests (real eBPF programs, real servers)",

@@ -20,8 +20,9 @@ use crate::{
     agent::Agent,
     alerts::evaluate::Alerts,
     redact::Secret,
-    serve::{auth, checks::DependencyStatus, health},
+    serve::{auth, checks::DependencyStatus, dashboard, health},
     tasks::Tasks,
+    telemetry::history::History,
     telemetry::logs::LogRing,
     telemetry::metrics::Metrics,
     telemetry::requests::Requests,
@@ -53,6 +54,8 @@ pub struct AppState {
     pub alerts: Arc<Alerts>,
     /// The sampler's rolling window, for host and process alert rules.
     pub samples: Arc<Mutex<SampleWindow>>,
+    /// The dashboard's time series.
+    pub history: Arc<Mutex<History>>,
 }
 
 /// Every endpoint: the admin listener (`--listen`).
@@ -63,8 +66,14 @@ pub fn router(state: AppState) -> Router {
         .route("/stats/system", get(stats_system))
         .route("/health/detailed", get(health_detailed))
         .route("/logs/recent", get(logs_recent))
-        .route("/alerts", get(alerts));
+        .route("/alerts", get(alerts))
+        .route("/api/dashboard", get(dashboard::data));
     with_probes(protected, state)
+        // The page and its assets hold no data: no token needed to load
+        // them (the page asks for one when the API answers 401).
+        .route("/", get(dashboard::index))
+        .route("/dashboard", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
 }
 
 /// Only /metrics (and the probes): the `--metrics-listen` listener, which
@@ -125,11 +134,23 @@ async fn stats_system(State(state): State<AppState>) -> Response {
 
 /// Readiness-style detail: 200 when healthy or degraded, 503 when unhealthy.
 async fn health_detailed(State(state): State<AppState>) -> Response {
+    let report = match detailed(&state) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    let code = if report.status == health::Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(report)).into_response()
+}
+
+/// The /health/detailed report (also the dashboard's health panel).
+pub fn detailed(state: &AppState) -> Result<health::HealthReport, &'static str> {
     let (probes, lost) = match state.agent.lock() {
         Ok(a) => (a.report.clone(), a.lost_last_minute()),
-        Err(_) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "agent state poisoned").into_response();
-        }
+        Err(_) => return Err("agent state poisoned"),
     };
     let latest = state.system.read().ok().and_then(|s| s.clone());
     let deps = state
@@ -138,7 +159,7 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
         .map(|d| d.clone())
         .unwrap_or_default();
     let tasks = state.tasks.states();
-    let report = health::evaluate(&health::Inputs {
+    Ok(health::evaluate(&health::Inputs {
         tasks: &tasks,
         probes: &probes,
         lost_last_minute: lost,
@@ -146,13 +167,7 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
         sample_interval: state.sample_interval,
         dependencies: &deps,
         configured_dependencies: state.configured_dependencies,
-    });
-    let code = if report.status == health::Status::Unhealthy {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (code, Json(report)).into_response()
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -260,6 +275,7 @@ mod tests {
             auth_token: None,
             alerts: Arc::new(Alerts::new(Default::default())),
             samples: Arc::new(Mutex::new(SampleWindow::new(Duration::from_secs(60)))),
+            history: Arc::new(Mutex::new(History::default())),
         }
     }
 

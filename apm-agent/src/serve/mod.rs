@@ -3,4 +3,5 @@
 pub mod api;
 pub mod auth;
 pub mod checks;
+pub mod dashboard;
 pub mod health;

@@ -81,6 +81,26 @@ pub enum MetricsError {
 }
 
 impl Metrics {
+    /// Open server-side connections per service (the sum of
+    /// `apm_tcp_connections_active` over its ports).
+    pub fn connections_by_service(&self) -> std::collections::HashMap<String, f64> {
+        use prometheus::core::Collector as _;
+        let mut out = std::collections::HashMap::new();
+        for family in self.conns_active.collect() {
+            for m in family.get_metric() {
+                let service = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "service_name")
+                    .map(|l| l.value().to_owned());
+                if let Some(service) = service {
+                    *out.entry(service).or_insert(0.0) += m.get_gauge().get_value();
+                }
+            }
+        }
+        out
+    }
+
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let counter =

@@ -83,6 +83,16 @@ impl Requests {
         &self.windows
     }
 
+    /// Requests read and not yet answered, per service.
+    pub fn in_flight_by_service(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for f in self.streams.in_flight() {
+            let (service, _) = service_of(&self.services, &self.unknown, f.origin, f.port);
+            *out.entry(service.to_string()).or_default() += 1;
+        }
+        out
+    }
+
     /// At most `max` duration series across services.
     pub fn with_max_series(mut self, max: usize) -> Self {
         self.budget.max = max;

@@ -152,6 +152,24 @@ impl Windows {
         latency_quantile(lat, now_s, window, q)
     }
 
+    /// Quantiles `qs` of all of a service's durations over the last
+    /// `window` (its routes merged); None without a request.
+    pub fn service_quantiles(
+        &self,
+        service: &str,
+        now_s: u64,
+        window: Duration,
+        qs: &[f64],
+    ) -> Option<Vec<f64>> {
+        let mut merged = [0u64; BINS];
+        for ((s, _), lat) in &self.routes {
+            if &**s == service {
+                add_window(lat, now_s, window, &mut merged);
+            }
+        }
+        qs.iter().map(|&q| quantile_of(&merged, q)).collect()
+    }
+
     /// Every (service, route) with a latency window, and its quantile.
     pub fn route_quantiles(
         &self,
@@ -181,9 +199,16 @@ impl Windows {
 }
 
 fn latency_quantile(lat: &Latencies, now_s: u64, window: Duration, q: f64) -> Option<(f64, u64)> {
+    let mut merged = [0u64; BINS];
+    add_window(lat, now_s, window, &mut merged);
+    let total: u64 = merged.iter().sum();
+    quantile_of(&merged, q).map(|v| (v, total))
+}
+
+/// Adds the buckets of `lat` within `window` of `now_s` into `merged`.
+fn add_window(lat: &Latencies, now_s: u64, window: Duration, merged: &mut [u64; BINS]) {
     let now_b = now_s / LATENCY_BUCKET_SECS;
     let span = window.as_secs().max(1).div_ceil(LATENCY_BUCKET_SECS);
-    let mut merged = [0u64; BINS];
     for (b, bins) in &lat.buckets {
         if now_b.saturating_sub(*b) < span {
             for (m, c) in merged.iter_mut().zip(bins.iter()) {
@@ -191,6 +216,9 @@ fn latency_quantile(lat: &Latencies, now_s: u64, window: Duration, q: f64) -> Op
             }
         }
     }
+}
+
+fn quantile_of(merged: &[u64; BINS], q: f64) -> Option<f64> {
     let total: u64 = merged.iter().sum();
     if total == 0 {
         return None;
@@ -200,7 +228,7 @@ fn latency_quantile(lat: &Latencies, now_s: u64, window: Duration, q: f64) -> Op
     for (i, c) in merged.iter().enumerate() {
         seen += c;
         if seen >= rank {
-            return Some((bin_value(i), total));
+            return Some(bin_value(i));
         }
     }
     None

@@ -1,0 +1,187 @@
+// apm's built-in dashboard: polls /api/dashboard every 2 s and draws it
+// with uPlot. Everything comes from this agent; nothing else is fetched.
+"use strict";
+
+const POLL_MS = 2000;
+const state = {
+  service: new URLSearchParams(location.search).get("service"),
+  token: sessionStorage.getItem("apm-token"),
+  charts: {},
+  last: null,
+};
+// Read by the browser test: the data each chart was last given.
+window.apmDashboard = { state, polls: 0 };
+
+const $ = (id) => document.getElementById(id);
+const fmt = (v, digits = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(1) + " %");
+
+function text(el, value) {
+  el.textContent = value;
+  return el;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const [value, numeric] of cells) {
+    const td = document.createElement("td");
+    if (numeric) td.className = "num";
+    td.textContent = value;
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function table(el, head, rows) {
+  el.replaceChildren(row(head.map((h) => [h, false])));
+  for (const r of rows) el.appendChild(r);
+}
+
+// One uPlot per chart id, created on first data and resized with its box.
+function chart(id, labels, data, opts = {}) {
+  const box = $(id);
+  const width = Math.max(280, box.clientWidth - 16);
+  window.apmDashboard[id] = data;
+  let c = state.charts[id];
+  if (!c || c.series.length !== labels.length + 1) {
+    if (c) c.destroy();
+    const colors = ["#2563eb", "#d97706", "#dc2626", "#059669"];
+    c = new uPlot(
+      {
+        width,
+        height: 160,
+        scales: { x: { time: true }, y: opts.y || {} },
+        series: [{}].concat(labels.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 1.5, spanGaps: false }))),
+        axes: [{}, { size: 60 }],
+        legend: { show: true },
+      },
+      data,
+      box,
+    );
+    state.charts[id] = c;
+  } else {
+    if (c.width !== width) c.setSize({ width, height: 160 });
+    c.setData(data);
+  }
+}
+
+function renderServices(d) {
+  const list = $("services");
+  list.replaceChildren();
+  $("empty").hidden = d.services.length > 0;
+  for (const s of d.services) {
+    const li = document.createElement("li");
+    li.dataset.service = s.name;
+    if (s.name === d.selected) li.className = "selected";
+    text(li, s.name);
+    const small = document.createElement("small");
+    small.textContent = `${fmt(s.rps, 1)} req/s · ${pct(s.error_ratio)} 5xx · p95 ${fmt(s.p95, 3)} s`;
+    li.appendChild(small);
+    li.onclick = () => {
+      state.service = s.name;
+      poll();
+    };
+    list.appendChild(li);
+  }
+}
+
+function renderService(d) {
+  text($("service-name"), d.selected || "—");
+  const s = d.series;
+  if (!s) return;
+  chart("chart-rps", ["req/s"], [s.t, s.rps]);
+  chart("chart-errors", ["5xx ratio"], [s.t, s.error_ratio], { y: { range: [0, 1] } });
+  chart("chart-latency", ["p50", "p95", "p99"], [s.t, s.p50, s.p95, s.p99]);
+  chart("chart-concurrency", ["in flight", "connections"], [s.t, s.in_flight, s.connections]);
+  chart("chart-cpu", ["cores"], [s.t, s.cpu_cores]);
+  chart("chart-memory", ["MiB"], [s.t, s.memory_bytes.map((b) => b / 1048576)]);
+  table(
+    $("slowest"),
+    ["route", "p50 s", "p99 s", "count"],
+    d.routes.slowest.map((r) => row([[`${r.method} ${r.route}`], [fmt(r.p50_seconds, 3), true], [fmt(r.p99_seconds, 3), true], [r.count, true]])),
+  );
+  table(
+    $("errors"),
+    ["route", "5xx", "count"],
+    d.routes.errors.map((r) => row([[`${r.method} ${r.route}`], [r.errors_5xx, true], [r.count, true]])),
+  );
+}
+
+function renderSide(d) {
+  const health = $("health");
+  const status = d.health ? d.health.status : "unknown";
+  health.className = "badge " + status;
+  text(health, status);
+  const failing = d.health ? d.health.failing.filter((c) => c.status !== "healthy") : [];
+  text($("failing"), failing.map((c) => `${c.name}: ${c.detail}`).join(" · "));
+  const alerts = $("alerts");
+  alerts.replaceChildren();
+  const active = d.alerts.firing.concat(d.alerts.pending || []);
+  if (active.length === 0) alerts.appendChild(text(document.createElement("li"), "none firing")).className = "muted";
+  for (const a of active) {
+    const li = document.createElement("li");
+    li.className = a.state;
+    const labels = Object.entries(a.labels).map(([k, v]) => `${k}=${v}`).join(", ");
+    text(li, `${a.alertname} (${a.state}, ${a.severity}) ${labels}: ${fmt(a.value, 3)} vs ${a.threshold}`);
+    alerts.appendChild(li);
+  }
+  const host = d.host.series;
+  chart("chart-host", ["CPU busy", "memory used"], [host.t, host.cpu, host.memory], { y: { range: [0, 1] } });
+  const now = d.host.now;
+  if (now) {
+    table(
+      $("filesystems"),
+      ["filesystem", "used"],
+      now.filesystems.map((f) => row([[f.mountpoint], [pct(f.used_ratio), true]])),
+    );
+    const psi = now.pressure
+      ? Object.entries(now.pressure)
+          .map(([r, p]) => `${r} ${p.some ? fmt(p.some.avg10, 1) : "–"} %`)
+          .join(" · ")
+      : "no PSI on this kernel";
+    text($("pressure"), `${now.cpu_count} CPUs · load ${now.load_average.map((l) => fmt(l)).join(" ")} · pressure (some, avg10): ${psi}`);
+  }
+  const warnings = $("warnings");
+  warnings.replaceChildren();
+  if (d.warnings.length === 0) warnings.appendChild(text(document.createElement("li"), "none")).className = "muted";
+  for (const w of d.warnings.slice().reverse()) {
+    const fields = Object.entries(w.fields).map(([k, v]) => `${k}=${v}`).join(" ");
+    warnings.appendChild(text(document.createElement("li"), `${new Date(w.timestamp * 1000).toLocaleTimeString()} ${w.level} ${w.message} ${fields}`));
+  }
+}
+
+async function poll() {
+  const url = "/api/dashboard" + (state.service ? "?service=" + encodeURIComponent(state.service) : "");
+  const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+  let response;
+  try {
+    response = await fetch(url, { headers });
+  } catch (e) {
+    text($("updated"), "agent unreachable");
+    return;
+  }
+  if (response.status === 401) {
+    $("token").hidden = false;
+    text($("updated"), "needs the token");
+    return;
+  }
+  const d = await response.json();
+  state.last = d;
+  window.apmDashboard.polls += 1;
+  if (d.selected) state.service = d.selected;
+  renderServices(d);
+  renderService(d);
+  renderSide(d);
+  text($("updated"), "updated " + new Date().toLocaleTimeString());
+}
+
+$("token").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.token = $("token-input").value.trim();
+  sessionStorage.setItem("apm-token", state.token);
+  $("token").hidden = true;
+  poll();
+});
+
+poll();
+setInterval(poll, POLL_MS);

@@ -1,0 +1,52 @@
+// Drives the agent's dashboard in headless Chromium (playwright-core,
+// Debian's chromium). Usage: node dashboard.mjs URL SERVICE SCREENSHOT
+// Prints one JSON line: what the page showed, and every URL it requested.
+import { chromium } from "playwright-core";
+
+const [url, service, screenshot] = process.argv.slice(2);
+const origin = new URL(url).origin;
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const result = { requests: [], outside: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+  page.on("request", (r) => {
+    result.requests.push(r.url());
+    if (!r.url().startsWith(origin) && !r.url().startsWith("data:")) result.outside.push(r.url());
+  });
+  await page.goto(url, { waitUntil: "load" });
+  await page.waitForFunction(
+    (name) => [...document.querySelectorAll("#services li")].some((li) => li.dataset.service === name),
+    service,
+    { timeout: 20000 },
+  );
+  // Select the service, then read the charts' data twice, 4 s apart.
+  await page.click(`#services li[data-service="${service}"]`);
+  const read = () =>
+    page.evaluate(() => ({
+      polls: window.apmDashboard.polls,
+      selected: window.apmDashboard.state.last && window.apmDashboard.state.last.selected,
+      rps: window.apmDashboard["chart-rps"],
+      latency: window.apmDashboard["chart-latency"],
+      health: document.getElementById("health").textContent,
+      failing: document.getElementById("failing").textContent,
+      alerts: document.getElementById("alerts").textContent,
+      svgOrCanvas: document.querySelectorAll(".chart canvas").length,
+    }));
+  await page.waitForTimeout(2500);
+  result.first = await read();
+  await page.waitForTimeout(4000);
+  result.second = await read();
+  // Wait for a failing check to show, if the test stops one.
+  await page.waitForFunction(() => document.getElementById("failing").textContent.length > 0, null, { timeout: 20000 }).catch(() => {});
+  result.third = await read();
+  await page.screenshot({ path: screenshot, fullPage: true });
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
