@@ -244,6 +244,74 @@ fn prometheus_scrapes_the_same_counts_the_client_sent() {
     drop(server);
 }
 
+/// Every expression of the Grafana dashboard, with its variables set to
+/// the test service, returns data from a real Prometheus scraping a real
+/// agent (HTTP traffic with 5xx, a checked dependency, a firing alert).
+#[test]
+fn every_grafana_query_returns_data_for_the_test_service() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    let config = std::env::temp_dir().join(format!("apm-e2e-grafana-{port}.toml"));
+    std::fs::write(
+        &config,
+        "[alerts]\nevaluation_interval = \"500ms\"\n\n[[alerts.rules]]\nname = \"GrafanaShowsAlerts\"\n\
+         signal = \"host_memory_ratio\"\nbelow = 2.0\nwindow = \"5s\"\n",
+    )
+    .expect("config");
+    let check = format!("tcp://127.0.0.1:{port}");
+    let agent = Agent::start(&[
+        "--port",
+        &port.to_string(),
+        "--check",
+        &check,
+        "--check-interval",
+        "1s",
+        "--config",
+        config.to_str().expect("path"),
+    ])
+    .expect("agent");
+    agent.wait_for_service(port, "apm-httpd");
+    let prometheus = Prometheus::start(agent.addr);
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/apm-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("json");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| {
+            t["expr"].as_str().map(|e| {
+                e.replace("$service_name", "apm-httpd")
+                    .replace("$job", ".*")
+                    .replace("$instance", ".*")
+                    .replace("$__rate_interval", "30s")
+            })
+        })
+        .collect();
+    // Bounded traffic with some 5xx while Prometheus scrapes every second.
+    let mut client = Client::connect(port).expect("connect");
+    let mut empty = exprs.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while !empty.is_empty() && std::time::Instant::now() < deadline {
+        for path in ["/ok", "/ok", "/error", "/users/7", "/missing"] {
+            client.get(path).expect("request");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        empty.retain(|e| {
+            prometheus.query(e)["data"]["result"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        });
+    }
+    assert!(empty.is_empty(), "Grafana queries without data: {empty:#?}");
+    drop(server);
+    std::fs::remove_file(config).ok();
+}
+
 #[test]
 fn promtool_check_metrics_prints_nothing_for_a_live_scrape() {
     require_root();
@@ -405,7 +473,9 @@ fn dashboard_queries_are_valid_promql_over_documented_metrics() {
     let expanded: Vec<String> = exprs
         .iter()
         .map(|e| {
-            e.replace("$service", ".*")
+            e.replace("$service_name", ".*")
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
                 .replace("$__rate_interval", "5m")
         })
         .collect();
