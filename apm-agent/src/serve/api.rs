@@ -406,4 +406,45 @@ mod tests {
         let (_, _, body) = send(app, "/health/detailed", None).await;
         assert!(body.contains("\"unhealthy\""), "{body}");
     }
+
+    #[tokio::test]
+    async fn the_dashboard_feed_stays_small_with_200_services_and_says_when_empty() {
+        let state = degraded_agent();
+        let app = router(state.clone());
+        let (status, _, body) = send(app.clone(), "/api/dashboard", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["services"], serde_json::json!([]));
+        assert!(v["selected"].is_null());
+        let (_, _, page) = send(app.clone(), "/", None).await;
+        assert!(
+            page.contains("--port") && page.contains("--comm"),
+            "empty state"
+        );
+        {
+            let mut history = state.history.lock().expect("history");
+            for step in 0..crate::telemetry::history::POINTS {
+                let points = (0..200)
+                    .map(|i| {
+                        (
+                            format!("svc-{i:03}"),
+                            crate::telemetry::history::ServicePoint {
+                                rps: f64::from(i),
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .collect();
+                history.push(step as f64, points, (0.5, 0.5));
+            }
+        }
+        let (status, _, body) = send(app, "/api/dashboard", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["services"].as_array().map(Vec::len), Some(200));
+        // Busiest first, and only its series is sent.
+        assert_eq!(v["selected"], "svc-199");
+        assert_eq!(v["series"]["rps"].as_array().map(Vec::len), Some(450));
+        assert!(body.len() < 200_000, "{} bytes", body.len());
+    }
 }
