@@ -120,11 +120,16 @@ fn render(
     took: Duration,
 ) -> String {
     let date = crate::load::utc_now();
+    let commit = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let minutes = samples.len();
     let requests = samples.last().map_or(0.0, |s| s.paired);
     let cpu = samples.last().map_or(0.0, |s| s.cpu_seconds);
     let mut s = format!(
-        "## Soak\n\n`cargo xtask soak --minutes {minutes} --record` on {date} ({:.0} min): nginx on loopback, wrk with 8 connections (new ones every minute) and a 2 ms think time, a mix of pages, 404s, templated ids and query strings; the agent selects nginx (packet capture). {requests:.0} requests paired, {:.0} per second; agent CPU {cpu:.1} s in all ({:.3} cores).\n\n\
+        "## Soak\n\n`cargo xtask soak --minutes {minutes} --record` on {date} ({:.0} min, agent built from {commit}): nginx on loopback, wrk with 8 connections (new ones every minute) and a 2 ms think time, a mix of pages, 404s, templated ids and query strings; the agent selects nginx (packet capture). {requests:.0} requests paired, {:.0} per second; agent CPU {cpu:.1} s in all ({:.3} cores).\n\n\
          **RSS after warm-up (minute {warm}) to the end: {:+.2} %** (peak {:+.2} %; limit +5 %).\n\n| minute | RSS (MiB) | agent CPU (s, cumulative) | requests paired |\n|---|---|---|---|\n",
         took.as_secs_f64() / 60.0,
         requests / took.as_secs_f64().max(1.0),
