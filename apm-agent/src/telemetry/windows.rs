@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use rustc_hash::FxHashMap;
+
 /// Seconds per latency bucket.
 const LATENCY_BUCKET_SECS: u64 = 10;
 /// Histogram bins: 100 µs × 1.25^i, i < BINS (up to ~ 1000 s).
@@ -34,8 +36,10 @@ struct Latencies {
 /// What the alert rules read: rolling windows of the request pipeline.
 pub struct Windows {
     keep: Duration,
-    services: HashMap<Arc<str>, Counts>,
-    routes: HashMap<(Arc<str>, Arc<str>), Latencies>,
+    /// Keys are service names and route templates (the agent's, bounded),
+    /// so a fast non-keyed hash is safe; looked up by &str on the hot path.
+    services: FxHashMap<Arc<str>, Counts>,
+    routes: FxHashMap<Arc<str>, FxHashMap<Arc<str>, Latencies>>,
 }
 
 /// A window's error ratio and how many requests it holds.
@@ -50,8 +54,8 @@ impl Windows {
     pub fn new(keep: Duration) -> Self {
         Self {
             keep,
-            services: HashMap::new(),
-            routes: HashMap::new(),
+            services: FxHashMap::default(),
+            routes: FxHashMap::default(),
         }
     }
 
@@ -68,7 +72,12 @@ impl Windows {
             return;
         }
         let keep = self.keep.as_secs().max(1);
-        let counts = self.services.entry(service.clone()).or_default();
+        if !self.services.contains_key(&**service) {
+            self.services.insert(service.clone(), Counts::default());
+        }
+        let Some(counts) = self.services.get_mut(&**service) else {
+            return;
+        };
         match counts.seconds.back_mut() {
             Some((s, n, e)) if *s == now_s => {
                 *n += 1;
@@ -86,12 +95,23 @@ impl Windows {
             counts.seconds.pop_front();
         }
         let bucket = now_s / LATENCY_BUCKET_SECS;
-        let lat = self
-            .routes
-            .entry((service.clone(), route.clone()))
-            .or_insert_with(|| Latencies {
-                buckets: VecDeque::new(),
-            });
+        if !self.routes.contains_key(&**service) {
+            self.routes.insert(service.clone(), FxHashMap::default());
+        }
+        let Some(routes) = self.routes.get_mut(&**service) else {
+            return;
+        };
+        if !routes.contains_key(&**route) {
+            routes.insert(
+                route.clone(),
+                Latencies {
+                    buckets: VecDeque::new(),
+                },
+            );
+        }
+        let Some(lat) = routes.get_mut(&**route) else {
+            return;
+        };
         if lat.buckets.back().is_none_or(|(b, _)| *b != bucket) {
             lat.buckets.push_back((bucket, Box::new([0; BINS])));
         }
@@ -144,11 +164,7 @@ impl Windows {
         window: Duration,
         q: f64,
     ) -> Option<(f64, u64)> {
-        let lat = self
-            .routes
-            .iter()
-            .find(|((s, r), _)| &**s == service && &**r == route)
-            .map(|(_, l)| l)?;
+        let lat = self.routes.get(service)?.get(route)?;
         latency_quantile(lat, now_s, window, q)
     }
 
@@ -162,10 +178,8 @@ impl Windows {
         qs: &[f64],
     ) -> Option<Vec<f64>> {
         let mut merged = [0u64; BINS];
-        for ((s, _), lat) in &self.routes {
-            if &**s == service {
-                add_window(lat, now_s, window, &mut merged);
-            }
+        for lat in self.routes.get(service)?.values() {
+            add_window(lat, now_s, window, &mut merged);
         }
         qs.iter().map(|&q| quantile_of(&merged, q)).collect()
     }
@@ -179,8 +193,10 @@ impl Windows {
     ) -> Vec<(Arc<str>, Arc<str>, f64, u64)> {
         self.routes
             .iter()
-            .filter_map(|((s, r), l)| {
-                latency_quantile(l, now_s, window, q).map(|(v, n)| (s.clone(), r.clone(), v, n))
+            .flat_map(|(s, routes)| {
+                routes.iter().filter_map(move |(r, l)| {
+                    latency_quantile(l, now_s, window, q).map(|(v, n)| (s.clone(), r.clone(), v, n))
+                })
             })
             .collect()
     }
@@ -188,13 +204,14 @@ impl Windows {
     /// Drops the window of a route whose series was removed, and of a
     /// service that is gone.
     pub fn forget_route(&mut self, service: &str, route: &str) {
-        self.routes
-            .retain(|(s, r), _| !(&**s == service && &**r == route));
+        if let Some(routes) = self.routes.get_mut(service) {
+            routes.remove(route);
+        }
     }
 
     pub fn forget_service(&mut self, service: &str) {
         self.services.remove(service);
-        self.routes.retain(|(s, _), _| &**s != service);
+        self.routes.remove(service);
     }
 }
 
