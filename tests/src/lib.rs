@@ -535,6 +535,19 @@ fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
     Some(labels)
 }
 
+/// An agent config file whose rule `name` is always firing (host memory
+/// used below 200 %), evaluated every 200 ms, with `receivers` (TOML
+/// appended as is); for tests that need an active alert.
+pub fn always_firing_config(name: &str, receivers: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("apm-e2e-{name}-{}.toml", std::process::id()));
+    let text = format!(
+        "[alerts]\nevaluation_interval = \"200ms\"\n\n[[alerts.rules]]\nname = \"{name}\"\n\
+         signal = \"host_memory_ratio\"\nbelow = 2.0\nwindow = \"5s\"\n\n{receivers}"
+    );
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
 /// A real redis-server on 127.0.0.1:`port` (no persistence), killed when
 /// dropped.
 pub struct Redis(Child);

@@ -37,13 +37,7 @@ fn the_dashboard_shows_live_data_health_and_alerts_from_the_agent_only() {
     let _server = Server::python(port).expect("server");
     let dependency = TcpListener::bind("127.0.0.1:0").expect("bind");
     let check = format!("tcp://{}", dependency.local_addr().expect("addr"));
-    let config = std::env::temp_dir().join(format!("apm-e2e-dashboard-{port}.toml"));
-    std::fs::write(
-        &config,
-        "[alerts]\nevaluation_interval = \"500ms\"\n\n[[alerts.rules]]\nname = \"DashboardShowsAlerts\"\n\
-         signal = \"host_memory_ratio\"\nbelow = 2.0\nwindow = \"5s\"\n",
-    )
-    .expect("config");
+    let config = apm_e2e::always_firing_config("DashboardShowsAlerts", "");
     let agent = Agent::start(&[
         "--port",
         &port.to_string(),

@@ -252,13 +252,7 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     require_root();
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
-    let config = std::env::temp_dir().join(format!("apm-e2e-grafana-{port}.toml"));
-    std::fs::write(
-        &config,
-        "[alerts]\nevaluation_interval = \"500ms\"\n\n[[alerts.rules]]\nname = \"GrafanaShowsAlerts\"\n\
-         signal = \"host_memory_ratio\"\nbelow = 2.0\nwindow = \"5s\"\n",
-    )
-    .expect("config");
+    let config = apm_e2e::always_firing_config("GrafanaShowsAlerts", "");
     let check = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::start(&[
         "--port",

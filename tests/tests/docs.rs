@@ -31,16 +31,10 @@ fn exported(capture: &str) -> BTreeSet<String> {
     let server = Server::rust(port).expect("apm-httpd");
     let check = format!("tcp://127.0.0.1:{port}");
     let dead = free_port().expect("port");
-    let config = std::env::temp_dir().join(format!("apm-e2e-docs-{capture}-{dead}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[alerts]\nevaluation_interval = \"200ms\"\n\n[[alerts.rules]]\nname = \"DocsAlways\"\n\
-             signal = \"host_memory_ratio\"\nbelow = 2.0\nwindow = \"5s\"\n\n\
-             [[alerts.receivers]]\nwebhook = \"http://127.0.0.1:{dead}/\"\n"
-        ),
-    )
-    .expect("config");
+    let config = apm_e2e::always_firing_config(
+        &format!("DocsAlways_{capture}"),
+        &format!("[[alerts.receivers]]\nwebhook = \"http://127.0.0.1:{dead}/\"\n"),
+    );
     let agent = Agent::start(&[
         "--capture",
         capture,

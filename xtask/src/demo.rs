@@ -4,7 +4,7 @@
 //! dashboard moves within seconds. Both stop with the agent.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
@@ -104,19 +104,5 @@ fn traffic(port: u16, stop: &AtomicBool) {
 
 fn request(w: &mut TcpStream, r: &mut BufReader<TcpStream>, path: &str) -> Result<()> {
     write!(w, "GET {path} HTTP/1.1\r\nHost: demo\r\n\r\n")?;
-    let mut len = 0;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        ensure!(r.read_line(&mut line)? > 0, "closed");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse()?;
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok(())
+    crate::load::read_response(r)
 }

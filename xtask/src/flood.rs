@@ -6,7 +6,7 @@
 //! that idle ports and series are gone after --series-ttl.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
@@ -83,7 +83,8 @@ fn drive_paths(port: u16) -> Result<u64> {
                         .collect();
                     s.write_all(batch.as_bytes())?;
                     for _ in i..end {
-                        done += read_response(&mut reader)?;
+                        crate::load::read_response(&mut reader)?;
+                        done += 1;
                     }
                     i = end;
                 }
@@ -98,25 +99,6 @@ fn drive_paths(port: u16) -> Result<u64> {
             .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     Ok(total)
-}
-
-/// Reads one response with a Content-Length body; returns 1.
-fn read_response(r: &mut BufReader<TcpStream>) -> Result<u64> {
-    let mut len = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        ensure!(r.read_line(&mut line)? > 0, "connection closed");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse()?;
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok(1)
 }
 
 fn short_lived_processes() -> Result<usize> {

@@ -79,6 +79,27 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     Ok(memory(pid)?.0)
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body (the bench
+/// clients' servers always send one) and discards it.
+pub fn read_response(r: &mut std::io::BufReader<std::net::TcpStream>) -> Result<()> {
+    use std::io::{BufRead as _, Read as _};
+    let mut len = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        anyhow::ensure!(r.read_line(&mut line)? > 0, "connection closed");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse()?;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(())
+}
+
 /// The sum of the samples of /metrics whose line starts with `prefix`
 /// (e.g. `apm_http_requests_paired_total{`).
 pub fn metric_sum(admin: u16, prefix: &str) -> Result<f64> {
