@@ -73,6 +73,18 @@ pub struct Config {
     #[arg(long = "comm", env = "APM_COMM", value_delimiter = ',')]
     pub comms: Vec<String>,
 
+    /// Ports Redis servers listen on (repeatable): a monitored server on one
+    /// of these, or any whose process is named like redis-server, valkey or
+    /// keydb, has its segments captured up to 16 KiB deep (pipelines); a
+    /// monitored client's connections to them are timed.
+    #[arg(
+        long = "redis-port",
+        env = "APM_REDIS_PORT",
+        value_delimiter = ',',
+        default_value = "6379"
+    )]
+    pub redis_ports: Vec<u16>,
+
     /// Name the service on a port, PORT=NAME (repeatable). Default: the name
     /// of the process that owns the listener.
     #[arg(long = "service-name", env = "APM_SERVICE_NAME", value_delimiter = ',', value_parser = parse_service_name)]

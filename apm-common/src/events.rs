@@ -13,6 +13,12 @@
 /// what it could not parse as truncated.
 pub const DATA_CAP: usize = 1024;
 
+/// Records one TCP segment of a captured port may become at most: a port
+/// whose `CAPTURE_PORTS` value is n > 1 has the first n * [`DATA_CAP`]
+/// payload bytes of a segment captured as n consecutive records (RESP
+/// pipelines run past one record; HTTP ports use one).
+pub const MAX_CHUNKS: u32 = 16;
+
 /// Bytes kept from the end of a write longer than [`DATA_CAP`], to see the
 /// last chunk (`0\r\n\r\n`) of a chunked response.
 pub const TAIL_CAP: usize = 8;

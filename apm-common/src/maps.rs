@@ -31,7 +31,9 @@ pub const INFLIGHT: &str = "INFLIGHT";
 pub const INFLIGHT_MAX: u32 = 16_384;
 
 /// `Array<u32>` indexed by local port: non-zero when the cgroup_skb
-/// programs capture that port's segments.
+/// programs capture that port's segments, and then the number of records
+/// (of `events::DATA_CAP` bytes) a segment may become, at most
+/// `events::MAX_CHUNKS`.
 pub const CAPTURE_PORTS: &str = "CAPTURE_PORTS";
 pub const CAPTURE_PORTS_MAX: u32 = 65_536;
 

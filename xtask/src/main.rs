@@ -374,7 +374,10 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
             "the end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test` or pass --no-e2e"
         );
     }
-    let agent = build_agent(root, false)?;
+    // The agent under test is the release build users run: unoptimised,
+    // its pipeline is several times slower, and saturating loads (wrk,
+    // redis-benchmark) would measure a debug build's ring-buffer overflows.
+    let agent = build_agent(root, true)?;
     let py_tools = bootstrap::ensure_py_tools(root)?;
     let node_tools = bootstrap::ensure_node_tools(root)?;
     let mut e2e = cargo(root);

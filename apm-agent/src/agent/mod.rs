@@ -91,6 +91,8 @@ pub struct Agent {
     last_ports: HashMap<u16, PortCounters>,
     /// When each monitored port last listened or had a connection open.
     port_seen: HashMap<u16, std::time::Instant>,
+    /// Ports of Redis servers (--redis-port).
+    redis_ports: BTreeSet<u16>,
     /// How long a port that stopped listening, with no connection left,
     /// keeps its state and series (--series-ttl).
     port_ttl: std::time::Duration,
@@ -136,6 +138,7 @@ impl Agent {
             last_ports: HashMap::new(),
             port_seen: HashMap::new(),
             port_ttl: config.series_ttl,
+            redis_ports: config.redis_ports.iter().copied().collect(),
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),

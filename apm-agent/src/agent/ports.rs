@@ -13,6 +13,7 @@ use crate::{capture::Capture, services::directory::UNKNOWN_SERVICE};
 
 impl Agent {
     pub(super) fn monitor_port(&mut self, port: u16, name: Option<String>) {
+        let chunks = self.capture_depth(port, name.as_deref());
         if let Some(name) = name {
             self.nameless.remove(&port);
             let previous = self.port_names.insert(port, name.clone());
@@ -41,7 +42,7 @@ impl Agent {
             return;
         }
         let captured = match kernel.capture() {
-            Capture::Packets => kernel.capture_port(port),
+            Capture::Packets => kernel.capture_port(port, chunks),
             Capture::Syscalls => Ok(()),
         };
         if let Err(e) = kernel.add_port(port).and(captured) {
@@ -51,6 +52,18 @@ impl Agent {
                 .with_label_values(&["ports_map_full"])
                 .inc();
             warn!(port, error = %e, "cannot count this port");
+        }
+    }
+
+    /// Records per segment for `port`: Redis servers get the deepest
+    /// capture (pipelined commands run past one record), HTTP one.
+    fn capture_depth(&self, port: u16, name: Option<&str>) -> u32 {
+        let redis = self.redis_ports.contains(&port)
+            || name.is_some_and(|n| ["redis", "valkey", "keydb"].iter().any(|r| n.contains(r)));
+        if redis {
+            apm_common::events::MAX_CHUNKS
+        } else {
+            1
         }
     }
 

@@ -369,10 +369,12 @@ impl Kernel {
         self.capture
     }
 
-    /// Starts capturing the packets of local `port` (packet capture).
-    pub fn capture_port(&mut self, port: u16) -> Result<(), KernelError> {
+    /// Starts capturing the packets of local `port` (packet capture), each
+    /// segment as up to `chunks` records (1 to MAX_CHUNKS).
+    pub fn capture_port(&mut self, port: u16, chunks: u32) -> Result<(), KernelError> {
+        let chunks = chunks.clamp(1, apm_common::events::MAX_CHUNKS);
         self.capture_ports
-            .set(u32::from(port), 1, 0)
+            .set(u32::from(port), chunks, 0)
             .map_err(map_err(names::CAPTURE_PORTS))
     }
 

@@ -1,4 +1,5 @@
 //! Pure protocol parsers: the only code that sees captured bytes.
 
 pub mod http;
+pub mod resp;
 pub mod routes;

@@ -15,6 +15,14 @@ pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// Buckets of the database operation histograms: OpenTelemetry's
+/// recommendation for db.client.operation.duration starts at 1 ms, and a
+/// Redis command takes tens of microseconds, so finer buckets come first.
+pub const DB_DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 pub const SERVICE: &str = "service_name";
 pub const PORT: &str = "server_port";
 
@@ -34,6 +42,10 @@ pub struct Metrics {
     pub tracked_processes: IntGauge,
     pub discovery_errors: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub db_client_duration: HistogramVec,
+    pub db_server_duration: HistogramVec,
+    pub cache_operations: IntCounterVec,
+    pub db_unpaired: IntCounterVec,
     pub http_seen: IntCounterVec,
     pub http_paired: IntCounterVec,
     pub http_unpaired: IntCounterVec,
@@ -119,6 +131,15 @@ impl Metrics {
             |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, MetricsError> {
                 let h = HistogramVec::new(
                     HistogramOpts::new(name, help).buckets(HTTP_DURATION_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let db_histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, MetricsError> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(DB_DURATION_BUCKETS.to_vec()),
                     labels,
                 )?;
                 registry.register(Box::new(h.clone()))?;
@@ -232,6 +253,32 @@ impl Metrics {
                     SERVICE,
                     PORT,
                 ],
+            )?,
+            db_client_duration: db_histogram(
+                "db_client_operation_duration_seconds",
+                "Duration of database operations of monitored clients, from the first byte of the command sent to the last byte of its reply received (OpenTelemetry db.client.operation.duration); its _count is the operation count.",
+                &[
+                    "db_system_name",
+                    "db_operation_name",
+                    "server_address",
+                    PORT,
+                    SERVICE,
+                ],
+            )?,
+            db_server_duration: db_histogram(
+                "apm_db_server_operation_duration_seconds",
+                "Duration of operations served by a monitored database server, from the first byte of the command received to the last byte of its reply sent.",
+                &["db_system_name", "db_operation_name", SERVICE, PORT],
+            )?,
+            cache_operations: counter(
+                "apm_cache_operations_total",
+                "Cache (Redis) operations by command and result: hit or miss for reads (a nil or empty reply is a miss), ok or error for the rest; counted on both sides of a monitored connection.",
+                &[SERVICE, "operation", "result"],
+            )?,
+            db_unpaired: counter(
+                "apm_db_operations_unpaired_total",
+                "Database commands or replies that could not be paired, by reason.",
+                &[SERVICE, "db_system_name", "reason"],
             )?,
             http_seen: counter(
                 "apm_http_requests_seen_total",

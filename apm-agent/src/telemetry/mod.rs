@@ -1,6 +1,7 @@
 //! Turning events and samples into numbers: the Prometheus registry,
 //! request statistics, process and host sampling, and the log ring.
 
+pub mod db;
 pub mod history;
 pub mod hostfs;
 pub mod logs;

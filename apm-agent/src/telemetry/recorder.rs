@@ -85,6 +85,7 @@ pub(super) struct Recorder<'a> {
     pub metrics: &'a Metrics,
     pub budget: &'a mut SeriesBudget,
     pub windows: &'a mut Windows,
+    pub db: &'a mut super::db::DbStats,
     /// The time of the batch being recorded (kernel clock).
     pub now_ns: u64,
 }

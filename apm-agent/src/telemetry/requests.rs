@@ -47,6 +47,7 @@ pub struct Requests {
     unknown: Arc<str>,
     budget: SeriesBudget,
     windows: Windows,
+    db: super::db::DbStats,
     /// The current batch's time (kernel clock), for series' last use.
     now_ns: u64,
 }
@@ -68,6 +69,7 @@ impl Requests {
                 used: 0,
             },
             windows: Windows::new(Duration::ZERO),
+            db: Default::default(),
             now_ns: 0,
         }
     }
@@ -111,6 +113,8 @@ impl Requests {
     /// sets do not outlive their traffic, and their budget is freed.
     pub fn expire(&mut self, now_ns: u64, ttl_ns: u64, metrics: &Metrics) {
         let cutoff = now_ns.saturating_sub(ttl_ns);
+        let removed = self.db.expire(cutoff, &mut self.budget, metrics);
+        metrics.http_series_expired.inc_by(removed as u64);
         let mut gone = Vec::new();
         for (name, stats) in &mut self.stats {
             let before = stats.durations.len();
@@ -205,6 +209,7 @@ impl Requests {
             metrics,
             budget: &mut self.budget,
             windows: &mut self.windows,
+            db: &mut self.db,
             now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);

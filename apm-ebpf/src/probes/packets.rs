@@ -21,7 +21,9 @@ use aya_ebpf::{
 
 use apm_common::{
     Drop, IPPROTO_TCP,
-    events::{DATA_CAP, EventKind, PacketEvent, PacketHeader, TAIL_CAP, direction, tcp_flags},
+    events::{
+        DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP, direction, tcp_flags,
+    },
 };
 
 use crate::maps::{CAPTURE_PORTS, EVENTS, SCRATCH, count_drop};
@@ -56,18 +58,42 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     // SAFETY: the context is the kernel's __sk_buff for this program; the
     // verifier allows cgroup_skb programs to read local_port and len.
     let (port, len) = unsafe { ((*ctx.skb.skb).local_port, (*ctx.skb.skb).len) };
-    let selected = CAPTURE_PORTS.get(port).is_some_and(|on| *on != 0);
-    if !selected {
+    let chunks = CAPTURE_PORTS.get(port).copied().unwrap_or(0);
+    if chunks == 0 {
         return;
     }
     let Some(seg) = segment(ctx) else {
         return;
     };
     let payload = len.saturating_sub(seg.payload_off);
-    if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
+    if payload == 0 {
+        if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+            emit(ctx, dir, port as u16, &seg, 0, 0, len);
+        }
         return;
     }
-    emit(ctx, dir, port as u16, &seg, payload, len);
+    // Consecutive records of DATA_CAP bytes, the last one carrying the
+    // rest of the segment's length (and its FIN/RST): the agent places
+    // them by sequence number like separate segments.
+    let mut off = 0u32;
+    for i in 0..MAX_CHUNKS {
+        let rest = payload - off;
+        let last = i + 1 >= chunks || rest <= DATA_CAP as u32;
+        let piece = if last { rest } else { DATA_CAP as u32 };
+        emit(
+            ctx,
+            dir,
+            port as u16,
+            &seg,
+            off,
+            piece,
+            if last { len } else { 0 },
+        );
+        if last {
+            return;
+        }
+        off += DATA_CAP as u32;
+    }
 }
 
 /// Parses the IP and TCP headers. The packet starts at the network header;
@@ -103,12 +129,15 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     })
 }
 
-/// Writes one record of exactly the header and the captured bytes: it is
-/// assembled in this CPU's scratch record and copied out with
-/// bpf_ringbuf_output. A fixed 1 KiB reservation per segment, most of it
-/// unused, costs more in cache misses than the second copy of ~100 bytes.
+/// Writes one record of exactly the header and the captured bytes: the
+/// `payload` bytes at offset `off` of the segment's payload; `end` is the
+/// packet's length when this record is the segment's last (its flags and
+/// tail), else 0. It is assembled in this CPU's scratch record and copied
+/// out with bpf_ringbuf_output. A fixed 1 KiB reservation per segment,
+/// most of it unused, costs more in cache misses than the second copy of
+/// ~100 bytes.
 #[inline(always)]
-fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, payload: u32, len: u32) {
+fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, off: u32, payload: u32, end: u32) {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -121,11 +150,11 @@ fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, payload: u32, le
         cookie: unsafe { bpf_get_socket_cookie(raw) },
         // SAFETY: as above.
         netns: unsafe { bpf_get_netns_cookie(raw) },
-        seq: seg.seq,
+        seq: seg.seq.wrapping_add(off),
         len: payload,
         port,
         direction: dir,
-        flags: seg.flags,
+        flags: if end != 0 { seg.flags } else { 0 },
         ..PacketHeader::default()
     };
     if payload > 0 {
@@ -140,7 +169,7 @@ fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, payload: u32, le
         let rc = unsafe {
             bpf_skb_load_bytes(
                 raw,
-                seg.payload_off,
+                seg.payload_off + off,
                 core::ptr::addr_of_mut!((*ev).data).cast(),
                 n,
             )
@@ -149,14 +178,14 @@ fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, payload: u32, le
             h.captured = n;
         }
     }
-    if payload > DATA_CAP as u32 {
+    if end != 0 && payload > DATA_CAP as u32 {
         let mut tail = [0u8; TAIL_CAP];
         // SAFETY: a stack array of exactly TAIL_CAP bytes; the helper checks
         // the packet bounds.
         let rc = unsafe {
             bpf_skb_load_bytes(
                 raw,
-                len - TAIL_CAP as u32,
+                end - TAIL_CAP as u32,
                 tail.as_mut_ptr().cast(),
                 TAIL_CAP as u32,
             )

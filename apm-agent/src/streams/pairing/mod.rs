@@ -85,10 +85,13 @@ pub enum Unpaired {
     /// segment out of order): the requests waiting on it are dropped and
     /// pairing resyncs; each gap counts at least once.
     Gap,
+    /// Bytes that stopped parsing on a connection already recognised
+    /// (RESP): it resyncs at the next piece that starts like a command.
+    Malformed,
 }
 
 impl Unpaired {
-    pub const ALL: [Unpaired; 8] = [
+    pub const ALL: [Unpaired; 9] = [
         Unpaired::ClosedMidRequest,
         Unpaired::ClosedMidResponse,
         Unpaired::ResponseWithoutRequest,
@@ -97,6 +100,7 @@ impl Unpaired {
         Unpaired::QueueFull,
         Unpaired::Evicted,
         Unpaired::Gap,
+        Unpaired::Malformed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -109,6 +113,7 @@ impl Unpaired {
             Self::QueueFull => "queue_full",
             Self::Evicted => "evicted",
             Self::Gap => "gap",
+            Self::Malformed => "malformed",
         }
     }
 }
@@ -237,6 +242,23 @@ impl Tracker {
 
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    pub fn has(&self, conn: u64) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Forgets `conn` if it has not carried HTTP yet (another protocol's
+    /// connection, seen from its accept): whether it was forgotten.
+    pub fn forget_fresh(&mut self, conn: u64) -> bool {
+        let fresh = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| !c.saw_http && c.pending.is_empty() && c.current.is_none());
+        if fresh {
+            self.conns.remove(&conn);
+        }
+        fresh
     }
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {

@@ -1,0 +1,438 @@
+//! Redis (RESP) pairing per connection: commands in the order they arrive,
+//! replies in the same order.
+//!
+//! Pipelines pair one reply to one command; MULTI's queued commands are
+//! answered `+QUEUED` and their results come in EXEC's reply, child by
+//! child; pub/sub push messages are not replies, and a subscription
+//! command is answered by its first confirmation. A gap (bytes never seen)
+//! drops the commands waiting on it and resyncs: commands at the next
+//! piece that starts like a command, replies once a command after it
+//! arrives. A reply whose framing is lost (a header past the capture)
+//! leaves the waiting commands to end at the last reply byte before the
+//! next command, like an HTTP response of unknown length; their results
+//! are not known.
+
+use std::{collections::VecDeque, net::IpAddr};
+
+use apm_common::events::EventKind;
+use rustc_hash::FxHashMap;
+
+use super::pairing::{Event, Origin, Unpaired};
+use crate::protocols::resp::{
+    Desync, Frame, Outcome, Parser,
+    commands::{self, Command, Kind},
+};
+
+/// Commands that may wait for replies on one connection.
+pub const MAX_PENDING: usize = 1024;
+/// Commands queued in one MULTI whose results are followed.
+const MAX_QUEUED: usize = 1024;
+
+/// Whose connection: the server side (a monitored redis-server), or a
+/// monitored client's connection to `server` at `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub origin: Origin,
+    /// The server's port.
+    pub port: u16,
+    /// The server's address, for a client-side connection.
+    pub server: Option<IpAddr>,
+}
+
+/// What a command's reply says, as a cache operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Ok,
+    Error,
+}
+
+impl CacheResult {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+
+    fn of(cmd: Command, outcome: Outcome, children: &[Outcome]) -> Self {
+        if outcome == Outcome::Error {
+            return Self::Error;
+        }
+        if cmd.kind != Kind::Read {
+            return Self::Ok;
+        }
+        let all_nil = !children.is_empty() && children.iter().all(|c| *c == Outcome::Nil);
+        if matches!(outcome, Outcome::Nil | Outcome::Empty | Outcome::Zero) || all_nil {
+            Self::Miss
+        } else {
+            Self::Hit
+        }
+    }
+}
+
+/// Where RESP pairing results go.
+pub trait CommandSink {
+    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64);
+    /// The command's result, when its reply was seen (for a queued
+    /// command, in EXEC's reply).
+    fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult);
+    fn unpaired(&mut self, peer: &Peer, reason: Unpaired);
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    cmd: Command,
+    start_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replies {
+    Parsing,
+    /// Framing lost: the waiting commands end at the last reply piece
+    /// before the next command piece.
+    Unframed,
+    /// After a gap: reply bytes are ignored until a command arrives.
+    Lost,
+}
+
+struct Conn {
+    peer: Peer,
+    commands: Parser,
+    replies: Parser,
+    pending: VecDeque<Pending>,
+    /// Commands answered `+QUEUED`, waiting for EXEC.
+    queued: Vec<Command>,
+    multi: bool,
+    subscribed: bool,
+    /// When the command being parsed began.
+    cmd_start_ns: u64,
+    /// Commands lost track of: wait for a piece that starts like one.
+    commands_lost: bool,
+    reply_state: Replies,
+    last_reply_ns: u64,
+    last_seen_ns: u64,
+}
+
+pub struct Tracker {
+    conns: FxHashMap<u64, Conn>,
+    max_conns: usize,
+}
+
+impl Tracker {
+    pub fn new(max_conns: usize) -> Self {
+        Self {
+            conns: FxHashMap::default(),
+            max_conns,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn has(&self, conn: u64) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Starts following `conn` as RESP. A connection first seen by a
+    /// reply starts lost (its commands were before the capture).
+    pub fn open(&mut self, ev: &Event<'_>, peer: Peer, sink: &mut impl CommandSink) -> bool {
+        if self.conns.len() >= self.max_conns {
+            self.sweep(ev.ts_ns, 1_000_000_000, sink);
+            if self.conns.len() >= self.max_conns {
+                return false;
+            }
+        }
+        let reply_first = ev.kind != EventKind::Read;
+        self.conns.insert(
+            ev.conn,
+            Conn {
+                peer,
+                commands: Parser::new(true),
+                replies: Parser::new(false),
+                pending: VecDeque::new(),
+                queued: Vec::new(),
+                multi: false,
+                subscribed: false,
+                cmd_start_ns: ev.ts_ns,
+                commands_lost: false,
+                reply_state: if reply_first {
+                    Replies::Lost
+                } else {
+                    Replies::Parsing
+                },
+                last_reply_ns: ev.ts_ns,
+                last_seen_ns: ev.ts_ns,
+            },
+        );
+        true
+    }
+
+    /// A piece of a RESP connection: `Read` carries commands, `Write` and
+    /// `Sendfile` replies.
+    pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CommandSink) {
+        let Some(conn) = self.conns.get_mut(&ev.conn) else {
+            return;
+        };
+        conn.last_seen_ns = ev.ts_ns;
+        let total = ev.ret.max(0) as u64;
+        match ev.kind {
+            EventKind::Read => on_commands(conn, ev.data, total, ev.ts_ns, sink),
+            EventKind::Write | EventKind::Sendfile => {
+                on_replies(conn, ev.data, total, ev.ts_ns, sink)
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection ended.
+    pub fn close(&mut self, conn: u64, sink: &mut impl CommandSink) {
+        if let Some(c) = self.conns.remove(&conn) {
+            finish(c, sink, Unpaired::ClosedMidRequest);
+        }
+    }
+
+    /// Bytes of `conn` were never seen: drop what waits and resync.
+    pub fn gap(&mut self, conn: u64, sink: &mut impl CommandSink) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let dropped = c.pending.len().max(1);
+        c.pending.clear();
+        for _ in 0..dropped {
+            sink.unpaired(&c.peer, Unpaired::Gap);
+        }
+        c.queued.clear();
+        c.commands.reset();
+        c.commands_lost = true;
+        c.reply_state = Replies::Lost;
+    }
+
+    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CommandSink) {
+        let stale: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(c) = self.conns.remove(&key) {
+                finish(c, sink, Unpaired::Evicted);
+            }
+        }
+    }
+
+    /// Commands waiting for replies: (peer, command, start).
+    pub fn in_flight(&self) -> impl Iterator<Item = (Peer, &'static str, u64)> + '_ {
+        self.conns.values().flat_map(|c| {
+            c.pending
+                .iter()
+                .map(move |p| (c.peer, p.cmd.name, p.start_ns))
+        })
+    }
+}
+
+fn finish(mut c: Conn, sink: &mut impl CommandSink, reason: Unpaired) {
+    if c.reply_state == Replies::Unframed {
+        end_unframed(&mut c, sink);
+    }
+    for _ in c.pending.drain(..) {
+        sink.unpaired(&c.peer, reason);
+    }
+}
+
+/// The waiting commands whose reply framing was lost end at the last
+/// reply piece.
+fn end_unframed(c: &mut Conn, sink: &mut impl CommandSink) {
+    for p in c.pending.drain(..) {
+        sink.completed(&c.peer, p.cmd, c.last_reply_ns.saturating_sub(p.start_ns));
+    }
+    c.queued.clear();
+    c.multi = false;
+}
+
+fn on_commands(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut impl CommandSink) {
+    match c.reply_state {
+        Replies::Parsing => {}
+        Replies::Unframed => {
+            end_unframed(c, sink);
+            c.replies.reset();
+            c.reply_state = Replies::Parsing;
+        }
+        Replies::Lost => {
+            c.replies.reset();
+            c.reply_state = Replies::Parsing;
+        }
+    }
+    if c.commands_lost {
+        if !crate::protocols::resp::starts_like_command(data) {
+            return;
+        }
+        c.commands.reset();
+        c.commands_lost = false;
+    }
+    if c.commands.idle() {
+        c.cmd_start_ns = ts_ns;
+    }
+    let start = std::cell::Cell::new(c.cmd_start_ns);
+    let Conn {
+        peer,
+        commands,
+        pending,
+        ..
+    } = c;
+    let result = commands.feed(
+        data,
+        total,
+        || start.set(ts_ns),
+        |f| {
+            if !matches!(f.kind, b'*' | b'i') {
+                return;
+            }
+            let Some(name) = f.word(0) else {
+                return;
+            };
+            let cmd = commands::command(name, f.word(1));
+            if pending.len() >= MAX_PENDING {
+                sink.unpaired(peer, Unpaired::QueueFull);
+            } else {
+                pending.push_back(Pending {
+                    cmd,
+                    start_ns: start.get(),
+                });
+            }
+        },
+    );
+    c.cmd_start_ns = start.get();
+    if let Err(e) = result {
+        let reason = match e {
+            Desync::Truncated => Unpaired::Truncated,
+            Desync::Invalid => Unpaired::Malformed,
+        };
+        sink.unpaired(&c.peer, reason);
+        c.commands_lost = true;
+    }
+}
+
+fn on_replies(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut impl CommandSink) {
+    c.last_reply_ns = ts_ns;
+    if c.reply_state != Replies::Parsing {
+        return;
+    }
+    let Conn {
+        peer,
+        replies,
+        pending,
+        queued,
+        multi,
+        subscribed,
+        ..
+    } = c;
+    let mut state = ReplyCtx {
+        peer,
+        pending,
+        queued,
+        multi,
+        subscribed,
+        ts_ns,
+    };
+    let result = replies.feed(data, total, || {}, |f| state.reply(f, sink));
+    if result.is_err() {
+        c.replies.reset();
+        c.reply_state = Replies::Unframed;
+    }
+}
+
+struct ReplyCtx<'a> {
+    peer: &'a Peer,
+    pending: &'a mut VecDeque<Pending>,
+    queued: &'a mut Vec<Command>,
+    multi: &'a mut bool,
+    subscribed: &'a mut bool,
+    ts_ns: u64,
+}
+
+impl ReplyCtx<'_> {
+    fn reply(&mut self, f: &Frame, sink: &mut impl CommandSink) {
+        let first = f.word(0).unwrap_or(&[]);
+        let push = f.kind == b'>' || (*self.subscribed && f.kind == b'*');
+        if push && commands::is_message(first) {
+            return;
+        }
+        if matches!(f.kind, b'>' | b'*') && commands::is_confirmation(first) {
+            self.confirmation(f, first, sink);
+            return;
+        }
+        if f.kind == b'>' {
+            // Other pushes (client-side caching invalidations).
+            return;
+        }
+        let Some(p) = self.pending.pop_front() else {
+            sink.unpaired(self.peer, Unpaired::ResponseWithoutRequest);
+            return;
+        };
+        let duration = self.ts_ns.saturating_sub(p.start_ns);
+        sink.completed(self.peer, p.cmd, duration);
+        let queued = *self.multi && f.kind == b'+' && first == b"QUEUED";
+        match p.cmd.kind {
+            _ if queued => {
+                if self.queued.len() < MAX_QUEUED {
+                    self.queued.push(p.cmd);
+                }
+                return;
+            }
+            Kind::Multi => *self.multi = f.outcome != Outcome::Error,
+            Kind::Exec => {
+                *self.multi = false;
+                if f.outcome == Outcome::Value {
+                    for (i, cmd) in self.queued.drain(..).enumerate() {
+                        if let Some(&child) = f.children.get(i) {
+                            sink.result(self.peer, cmd, CacheResult::of(cmd, child, &[]));
+                        }
+                    }
+                }
+                self.queued.clear();
+            }
+            Kind::Discard => {
+                *self.multi = false;
+                self.queued.clear();
+            }
+            Kind::Reset => {
+                *self.multi = false;
+                *self.subscribed = false;
+                self.queued.clear();
+            }
+            _ => {}
+        }
+        sink.result(
+            self.peer,
+            p.cmd,
+            CacheResult::of(p.cmd, f.outcome, &f.children),
+        );
+    }
+
+    /// A subscription confirmation answers the subscription command
+    /// waiting first; the confirmations of its other channels are not
+    /// replies.
+    fn confirmation(&mut self, f: &Frame, kind: &[u8], sink: &mut impl CommandSink) {
+        let unsubscribe = kind.ends_with(b"unsubscribe");
+        // The third element is the number of subscriptions left.
+        *self.subscribed = !(unsubscribe && f.children.get(2) == Some(&Outcome::Zero));
+        if self
+            .pending
+            .front()
+            .is_some_and(|p| p.cmd.kind == Kind::Subscription)
+            && let Some(p) = self.pending.pop_front()
+        {
+            sink.completed(self.peer, p.cmd, self.ts_ns.saturating_sub(p.start_ns));
+            sink.result(self.peer, p.cmd, CacheResult::Ok);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

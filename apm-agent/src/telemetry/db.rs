@@ -1,0 +1,172 @@
+//! The RESP pairing's sink: database operation histograms (a monitored
+//! client's, or a monitored server's) and cache results. Each series keeps
+//! its handle, so recording an operation hashes no labels; series count
+//! against the same `--max-series` budget as HTTP's and expire with them.
+
+use std::{net::IpAddr, sync::Arc};
+
+use prometheus::{Histogram, IntCounter};
+use rustc_hash::FxHashMap;
+
+use super::recorder::{Recorder, SeriesBudget, service_of};
+use crate::{
+    protocols::resp::commands::Command,
+    streams::{
+        pairing::Unpaired,
+        resp::{CacheResult, CommandSink, Peer},
+    },
+    telemetry::metrics::Metrics,
+};
+
+/// `db_system_name` of every RESP series.
+pub const REDIS: &str = "redis";
+
+/// (service, operation, server address for a client, server port).
+type DbKey = (Arc<str>, &'static str, Option<IpAddr>, u16);
+
+struct Tracked<T> {
+    handle: T,
+    last_ns: u64,
+}
+
+/// Operations and results per service, for /stats/requests.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DbTotals {
+    pub operations: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+}
+
+#[derive(Default)]
+pub struct DbStats {
+    series: FxHashMap<DbKey, Tracked<Histogram>>,
+    cache: FxHashMap<(Arc<str>, &'static str, CacheResult), Tracked<IntCounter>>,
+    pub totals: FxHashMap<Arc<str>, DbTotals>,
+}
+
+impl DbStats {
+    /// Removes series, cache counters and totals unused since `cutoff`
+    /// (kernel clock); returns how many duration series went.
+    pub(super) fn expire(
+        &mut self,
+        cutoff: u64,
+        budget: &mut SeriesBudget,
+        metrics: &Metrics,
+    ) -> usize {
+        let before = self.series.len();
+        self.series.retain(|(service, op, server, port), s| {
+            let keep = s.last_ns >= cutoff;
+            if !keep {
+                let port = port.to_string();
+                let _ = match server {
+                    Some(addr) => metrics.db_client_duration.remove_label_values(&[
+                        REDIS,
+                        op,
+                        &addr.to_string(),
+                        &port,
+                        service,
+                    ]),
+                    None => metrics
+                        .db_server_duration
+                        .remove_label_values(&[REDIS, op, service, &port]),
+                };
+            }
+            keep
+        });
+        let removed = before - self.series.len();
+        budget.used = budget.used.saturating_sub(removed);
+        self.cache.retain(|(service, op, result), c| {
+            let keep = c.last_ns >= cutoff;
+            if !keep {
+                let _ = metrics.cache_operations.remove_label_values(&[
+                    &**service,
+                    op,
+                    result.as_str(),
+                ]);
+            }
+            keep
+        });
+        let live: std::collections::HashSet<&Arc<str>> =
+            self.series.keys().map(|(s, ..)| s).collect();
+        self.totals.retain(|s, _| live.contains(s));
+        removed
+    }
+}
+
+impl CommandSink for Recorder<'_> {
+    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64) {
+        let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
+        let (metrics, now_ns) = (self.metrics, self.now_ns);
+        let seconds = duration_ns as f64 / 1e9;
+        self.db.totals.entry(name.clone()).or_default().operations += 1;
+        let key = (name.clone(), cmd.name, peer.server, port);
+        if let Some(s) = self.db.series.get_mut(&key) {
+            s.handle.observe(seconds);
+            s.last_ns = now_ns;
+            return;
+        }
+        if self.budget.used >= self.budget.max {
+            metrics.http_series_over_budget.inc();
+            return;
+        }
+        let port_label = port.to_string();
+        let handle = match peer.server {
+            Some(addr) => metrics.db_client_duration.with_label_values(&[
+                REDIS,
+                cmd.name,
+                &addr.to_string(),
+                &port_label,
+                name,
+            ]),
+            None => {
+                metrics
+                    .db_server_duration
+                    .with_label_values(&[REDIS, cmd.name, name, &port_label])
+            }
+        };
+        handle.observe(seconds);
+        self.budget.used += 1;
+        self.db.series.insert(
+            key,
+            Tracked {
+                handle,
+                last_ns: now_ns,
+            },
+        );
+    }
+
+    fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult) {
+        let (name, _) = service_of(self.services, self.unknown, peer.origin, peer.port);
+        let totals = self.db.totals.entry(name.clone()).or_default();
+        match result {
+            CacheResult::Hit => totals.hits += 1,
+            CacheResult::Miss => totals.misses += 1,
+            CacheResult::Error => totals.errors += 1,
+            CacheResult::Ok => {}
+        }
+        let metrics = self.metrics;
+        let counter = self
+            .db
+            .cache
+            .entry((name.clone(), cmd.name, result))
+            .or_insert_with(|| Tracked {
+                handle: metrics.cache_operations.with_label_values(&[
+                    name,
+                    cmd.name,
+                    result.as_str(),
+                ]),
+                last_ns: 0,
+            });
+        counter.handle.inc();
+        counter.last_ns = self.now_ns;
+    }
+
+    fn unpaired(&mut self, peer: &Peer, reason: Unpaired) {
+        let (name, _) = service_of(self.services, self.unknown, peer.origin, peer.port);
+        self.metrics
+            .db_unpaired
+            .with_label_values(&[name, REDIS, reason.as_str()])
+            .inc();
+    }
+}
