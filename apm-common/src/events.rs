@@ -39,6 +39,9 @@ pub enum EventKind {
     /// A TCP segment of a monitored server socket, seen by the cgroup_skb
     /// programs: a [`PacketEvent`].
     Packet = 6,
+    /// A monitored process connected to a captured remote port: a
+    /// [`ConnectEvent`].
+    Connect = 7,
 }
 
 impl EventKind {
@@ -50,6 +53,7 @@ impl EventKind {
             4 => Self::Sendfile,
             5 => Self::Close,
             6 => Self::Packet,
+            7 => Self::Connect,
             _ => return None,
         })
     }
@@ -105,6 +109,55 @@ pub mod direction {
     pub const EGRESS: u8 = 1;
 }
 
+/// Whose socket a [`PacketEvent`] is of.
+pub mod side {
+    /// A monitored server's: `port` is its local port.
+    pub const SERVER: u8 = 0;
+    /// A monitored client's connection to a captured remote port: `port`
+    /// is that remote port; `direction` is still the socket's own.
+    pub const CLIENT: u8 = 1;
+}
+
+/// A monitored process's connect() to a captured remote port, from the
+/// cgroup connect4/connect6 hooks (process context): which process the
+/// connection's packet records belong to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// [`EventKind::Connect`].
+    pub kind: u32,
+    pub tgid: u32,
+    /// The socket's cookie, as in its packet records.
+    pub cookie: u64,
+    /// Destination address; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 40);
+
+/// An address as the programs store it (IPv4 as `::ffff:a.b.c.d`).
+pub fn ip_of(bytes: [u8; 16]) -> core::net::IpAddr {
+    let v6 = core::net::Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => core::net::IpAddr::V4(v4),
+        None => core::net::IpAddr::V6(v6),
+    }
+}
+
+impl ConnectEvent {
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        if record.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the slice holds at least size_of::<Self>() bytes, the type
+        // is repr(C) plain integers (any bit pattern is valid), and
+        // read_unaligned makes no alignment assumption.
+        Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
+    }
+}
+
 /// TCP header flags as they appear in [`PacketHeader::flags`].
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -142,7 +195,9 @@ pub struct PacketHeader {
     pub flags: u8,
     /// Valid bytes in `tail`.
     pub tail_len: u8,
-    pub _pad: [u8; 3],
+    /// A [`side`] constant: whose socket the segment is of.
+    pub side: u8,
+    pub _pad: [u8; 2],
     /// The last payload bytes of a segment longer than [`DATA_CAP`].
     pub tail: [u8; TAIL_CAP],
 }
@@ -257,7 +312,8 @@ mod tests {
                 direction: direction::EGRESS,
                 flags: tcp_flags::FIN,
                 tail_len: 5,
-                _pad: [0; 3],
+                side: side::SERVER,
+                _pad: [0; 2],
                 tail: *b"0\r\n\r\n\0\0\0",
             },
             data: [0; DATA_CAP],

@@ -39,6 +39,31 @@ pub struct PortCounters {
 }
 const _: () = assert!(core::mem::size_of::<PortCounters>() == 16);
 
+/// One outbound connection pool: a monitored process (tgid) and a
+/// destination (key of [`maps::POOLS`] and value of [`maps::OUT_SOCKETS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Destination address; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    pub tgid: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<PoolKey>() == 24);
+
+/// Per-CPU counters of one pool: connections opened (CLOSE -> SYN_SENT, in
+/// the connecting task) and closed (left {SYN_SENT, ESTABLISHED,
+/// CLOSE_WAIT}). Active is `opened - closed`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolCounters {
+    pub opened: u64,
+    pub closed: u64,
+}
+const _: () = assert!(core::mem::size_of::<PoolCounters>() == 16);
+
 /// What the kernel remembers of one counted socket (value of
 /// [`maps::SOCKETS`], keyed by the socket's kernel address).
 #[repr(C)]
@@ -154,15 +179,23 @@ pub enum Drop {
     RingbufFull = 3,
     /// [`maps::INFLIGHT`] insert failed: a syscall on a tracked fd was missed.
     InflightFull = 4,
+    /// [`maps::OUT_SOCKETS`] or [`maps::POOLS`] was full: an outbound
+    /// connection was not counted (neither opened nor closed).
+    PoolsFull = 5,
+    /// [`maps::OUTBOUND`] insert failed: a client connection to a Redis
+    /// port is not captured.
+    OutboundFull = 6,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 5] = [
+    pub const ALL: [Drop; 7] = [
         Drop::SocketsFull,
         Drop::PortsFull,
         Drop::ConnsFull,
         Drop::RingbufFull,
         Drop::InflightFull,
+        Drop::PoolsFull,
+        Drop::OutboundFull,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -175,6 +208,8 @@ impl Drop {
             Drop::ConnsFull => "conns_map_full",
             Drop::RingbufFull => "ringbuf_full",
             Drop::InflightFull => "inflight_map_full",
+            Drop::PoolsFull => "pools_map_full",
+            Drop::OutboundFull => "outbound_map_full",
         }
     }
 }
@@ -200,4 +235,8 @@ mod pod {
     unsafe impl aya::Pod for PeerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for InFlight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PoolKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PoolCounters {}
 }

@@ -37,6 +37,32 @@ pub const INFLIGHT_MAX: u32 = 16_384;
 pub const CAPTURE_PORTS: &str = "CAPTURE_PORTS";
 pub const CAPTURE_PORTS_MAX: u32 = 65_536;
 
+/// `HashMap<u32 tgid, u32>`: the processes of monitored services, whose
+/// outbound connections are counted in `POOLS` and, to `REMOTE_PORTS`,
+/// captured.
+pub const CLIENTS: &str = "CLIENTS";
+pub const CLIENTS_MAX: u32 = 4096;
+
+/// `Array<u32>` indexed by remote port: like `CAPTURE_PORTS`, for the
+/// connections monitored processes open to that port (Redis servers).
+pub const REMOTE_PORTS: &str = "REMOTE_PORTS";
+
+/// `LruHashMap<u64 socket cookie, u32 tgid>`: client connections to a
+/// `REMOTE_PORTS` port, opened by a monitored process; their segments are
+/// captured. LRU: a socket's end is not hooked here.
+pub const OUTBOUND: &str = "OUTBOUND";
+pub const OUTBOUND_MAX: u32 = 65_536;
+
+/// `HashMap<u64 sock address, PoolKey>`: outbound sockets of monitored
+/// processes, counted as opened and not yet closed.
+pub const OUT_SOCKETS: &str = "OUT_SOCKETS";
+pub const OUT_SOCKETS_MAX: u32 = 65_536;
+
+/// `PerCpuHashMap<PoolKey, PoolCounters>`: outbound connections per
+/// process and destination.
+pub const POOLS: &str = "POOLS";
+pub const POOLS_MAX: u32 = 4096;
+
 /// `RingBuf` of `events::EventHeader`- or `events::PacketHeader`-prefixed
 /// records.
 pub const EVENTS: &str = "EVENTS";
@@ -63,6 +89,10 @@ pub enum Hook {
     CgroupSkbIngress,
     /// cgroup_skb egress on the cgroup-v2 root.
     CgroupSkbEgress,
+    /// cgroup_sock_addr connect4 on the cgroup-v2 root.
+    CgroupConnect4,
+    /// cgroup_sock_addr connect6 on the cgroup-v2 root.
+    CgroupConnect6,
 }
 
 /// What a program is for, which decides when the agent attaches it.
@@ -77,6 +107,9 @@ pub enum Role {
     SyscallData,
     /// Packets of monitored ports: request bytes for the packet capture.
     PacketData,
+    /// connect() of monitored processes: which client connections to
+    /// capture, and whose they are (packet capture; optional).
+    Outbound,
 }
 
 /// One kernel program: its name in the object, its hook and its role.
@@ -106,6 +139,16 @@ pub const PROBES: &[Probe] = &[
         program: "capture_egress",
         hook: Hook::CgroupSkbEgress,
         role: Role::PacketData,
+    },
+    Probe {
+        program: "connect4",
+        hook: Hook::CgroupConnect4,
+        role: Role::Outbound,
+    },
+    Probe {
+        program: "connect6",
+        hook: Hook::CgroupConnect6,
+        role: Role::Outbound,
     },
     syscall("sys_enter_accept4", Role::SyscallState),
     syscall("sys_exit_accept4", Role::SyscallState),

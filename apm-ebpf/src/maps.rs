@@ -6,10 +6,12 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PortCounters, SocketInfo,
+    Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
+    PortCounters, SocketInfo,
     events::{PacketEvent, RINGBUF_BYTES},
     maps::{
-        CAPTURE_PORTS_MAX, CONNS_MAX, INFLIGHT_MAX, PEERS_MAX, PIDS_MAX, PORTS_MAX, SOCKETS_MAX,
+        CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, INFLIGHT_MAX, OUT_SOCKETS_MAX, OUTBOUND_MAX,
+        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, SOCKETS_MAX,
     },
 };
 
@@ -33,6 +35,22 @@ pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(INFLIGHT
 
 #[map]
 pub static CAPTURE_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);
+
+#[map]
+pub static CLIENTS: HashMap<u32, u32> = HashMap::with_max_entries(CLIENTS_MAX, 0);
+
+#[map]
+pub static REMOTE_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);
+
+#[map]
+pub static OUTBOUND: LruHashMap<u64, u32> = LruHashMap::with_max_entries(OUTBOUND_MAX, 0);
+
+#[map]
+pub static OUT_SOCKETS: HashMap<u64, PoolKey> = HashMap::with_max_entries(OUT_SOCKETS_MAX, 0);
+
+#[map]
+pub static POOLS: PerCpuHashMap<PoolKey, PoolCounters> =
+    PerCpuHashMap::with_max_entries(POOLS_MAX, 0);
 
 /// One record per CPU where the packet programs assemble what they send.
 #[map]

@@ -1,9 +1,11 @@
 //! Redis from the wire, end to end: a real redis-server driven by
 //! redis-benchmark (with and without pipelining), whose own
 //! `INFO commandstats` is the ground truth for the agent's per-command
-//! counts.
+//! counts; and a monitored client (this test process, through the redis
+//! crate) whose own counts of what it sent are the ground truth for the
+//! client side and its connection pools.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, net::TcpListener, process::Command, time::Duration};
 
 use apm_e2e::{Agent, Metrics, Redis, free_port, require_root, wait_for};
 
@@ -111,4 +113,160 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
         )
         .unwrap_or(0.0);
     assert_eq!(hits, gets, "{}", m.text);
+}
+
+/// Client-side operations per command of `service` to the server at
+/// 127.0.0.1:`port`, from the duration histogram.
+fn client_counts(m: &Metrics, service: &str, port: u16) -> BTreeMap<String, u64> {
+    let port = port.to_string();
+    let mut out = BTreeMap::new();
+    for s in m.matching(
+        "db_client_operation_duration_seconds_count",
+        &[
+            ("service_name", service),
+            ("db_system_name", "redis"),
+            ("server_address", "127.0.0.1"),
+            ("server_port", &port),
+        ],
+    ) {
+        *out.entry(s.labels["db_operation_name"].clone())
+            .or_default() += s.value as u64;
+    }
+    out
+}
+
+fn cache(m: &Metrics, service: &str, op: &str, result: &str) -> f64 {
+    m.value(
+        "apm_cache_operations_total",
+        &[
+            ("service_name", service),
+            ("operation", op),
+            ("result", result),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
+    require_root();
+    let rport = free_port().expect("port");
+    let _redis = Redis::start(rport);
+    // Listening makes this test process a service the agent monitors.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let lport = listener.local_addr().expect("addr").port();
+    let agent = Agent::start(&[
+        "--port",
+        &lport.to_string(),
+        "--service-name",
+        &format!("{lport}=shop"),
+        "--redis-port",
+        &rport.to_string(),
+    ])
+    .expect("agent");
+    agent.wait_for_service(lport, "shop");
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut count = |op: &str, n: u64| *expected.entry(op.to_owned()).or_default() += n;
+    // The crate's handshake: CLIENT SETINFO LIB-NAME and LIB-VER, which
+    // Redis 7.0 answers with errors (unknown subcommand) that it ignores.
+    count("CLIENT SETINFO", 2);
+    for i in 0..5 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg("v")
+            .query(&mut con)
+            .expect("SET");
+        let hit: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut con)
+            .expect("GET");
+        assert!(hit.is_some());
+    }
+    count("SET", 5);
+    count("GET", 5);
+    for i in 0..3 {
+        let miss: Option<String> = redis::cmd("GET")
+            .arg(format!("missing{i}"))
+            .query(&mut con)
+            .expect("GET");
+        assert!(miss.is_none());
+    }
+    count("GET", 3);
+    // MULTI, GET (hit), GET (miss), SET, EXEC in one write.
+    let (a, b): (Option<String>, Option<String>) = redis::pipe()
+        .atomic()
+        .get("k0")
+        .get("nope")
+        .set("t", "1")
+        .ignore()
+        .query(&mut con)
+        .expect("MULTI/EXEC");
+    assert_eq!((a.is_some(), b.is_none()), (true, true));
+    count("MULTI", 1);
+    count("GET", 2);
+    count("SET", 1);
+    count("EXEC", 1);
+    // A pipeline of 100 commands in one write: 50 SETs, 50 GETs (hits).
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.set(format!("p{i}"), i).ignore();
+    }
+    for i in 0..50 {
+        pipe.get(format!("p{i}"));
+    }
+    let got: Vec<i64> = pipe.query(&mut con).expect("pipeline");
+    assert_eq!(got.len(), 50);
+    count("SET", 50);
+    count("GET", 50);
+
+    let m = wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        (client_counts(&m, "shop", rport) == expected).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        let m = agent.metrics().expect("metrics");
+        panic!(
+            "agent {:?}\nclient {expected:?}\n{}",
+            client_counts(&m, "shop", rport),
+            m.text
+        )
+    });
+    assert_eq!(cache(&m, "shop", "GET", "hit"), (5 + 1 + 50) as f64);
+    assert_eq!(cache(&m, "shop", "GET", "miss"), (3 + 1) as f64);
+    assert_eq!(cache(&m, "shop", "SET", "ok"), (5 + 1 + 50) as f64);
+    assert_eq!(cache(&m, "shop", "CLIENT SETINFO", "error"), 2.0);
+    assert_eq!(
+        m.sum("apm_db_operations_unpaired_total", "shop"),
+        0.0,
+        "{}",
+        m.text
+    );
+    drop(con);
+
+    // The pool: 7 connections held open, then closed.
+    let rp = rport.to_string();
+    let pool = |agent: &Agent| {
+        agent.metrics().ok().and_then(|m| {
+            m.value(
+                "apm_outbound_connections_active",
+                &[
+                    ("service_name", "shop"),
+                    ("server_address", "127.0.0.1"),
+                    ("server_port", &rp),
+                ],
+            )
+        })
+    };
+    let held: Vec<redis::Connection> = (0..7)
+        .map(|_| client.get_connection().expect("connect"))
+        .collect();
+    let seven = wait_for(WAIT, || (pool(&agent) == Some(7.0)).then_some(()));
+    assert!(seven.is_some(), "pool: {:?}", pool(&agent));
+    drop(held);
+    let zero = wait_for(WAIT, || (pool(&agent) == Some(0.0)).then_some(()));
+    assert!(zero.is_some(), "pool: {:?}", pool(&agent));
+    drop(listener);
 }

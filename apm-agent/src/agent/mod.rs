@@ -11,6 +11,7 @@ use std::{
 use apm_common::{Drop, PidCounters, PortCounters};
 use tracing::warn;
 
+mod outbound;
 mod ports;
 
 use crate::{
@@ -149,6 +150,7 @@ impl Agent {
         for port in explicit {
             agent.monitor_port(port, None);
         }
+        agent.capture_redis_destinations();
         agent
     }
 
@@ -300,6 +302,7 @@ impl Agent {
         }
         self.publish_identities(&owners_now);
         self.published = owners_now;
+        self.publish_clients();
     }
 
     /// Hands the request pipeline and the sampler a new directory when
@@ -434,6 +437,7 @@ impl Agent {
         for (pid, now) in pids {
             self.account_pid(pid, now);
         }
+        self.collect_pools();
         let lost = Drop::ALL
             .iter()
             .position(|d| *d == Drop::RingbufFull)

@@ -17,12 +17,13 @@ use aya::{
         Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
         RingBuf,
     },
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 use serde::Serialize;
 
 use super::{
     Capture, cgroup,
+    outbound::Outbound,
     preflight::{DEBUGFS_TRACING, TRACEFS, preflight},
 };
 
@@ -107,6 +108,7 @@ pub struct Kernel {
     listen_changes: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     capture_ports: Array<MapData, u32>,
+    outbound: Outbound,
     events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
     capture: Capture,
@@ -122,6 +124,8 @@ pub fn probe_name(probe: &Probe) -> String {
         Hook::Tracepoint { category, name } => format!("{category}:{name}"),
         Hook::CgroupSkbIngress => "cgroup_skb:ingress".into(),
         Hook::CgroupSkbEgress => "cgroup_skb:egress".into(),
+        Hook::CgroupConnect4 => "cgroup_sock_addr:connect4".into(),
+        Hook::CgroupConnect6 => "cgroup_sock_addr:connect6".into(),
     }
 }
 
@@ -188,6 +192,9 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
                 }
                 Ok(dir) => {
                     if attach_role(&mut ebpf, Role::PacketData, Some(&dir)) {
+                        // Client connections (Redis) need the connect
+                        // hooks too; without them only servers are timed.
+                        attach_role(&mut ebpf, Role::Outbound, Some(&dir));
                         cgroup_root = Some(dir);
                     } else {
                         // Half attached is no use: take both back.
@@ -298,6 +305,17 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), S
                 .map(|_link| ())
                 .map_err(|e| format!("attach: {e}"));
         }
+        Hook::CgroupConnect4 | Hook::CgroupConnect6 => {
+            let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
+            let hook: &mut CgroupSockAddr = found
+                .try_into()
+                .map_err(|e| format!("program {program} is not cgroup_sock_addr: {e}"))?;
+            hook.load().map_err(|e| format!("verifier/load: {e}"))?;
+            return hook
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map(|_link| ())
+                .map_err(|e| format!("attach: {e}"));
+        }
     };
     let format = Path::new(TRACEFS).join("events").join(category).join(name);
     if !format.exists()
@@ -348,6 +366,7 @@ impl Kernel {
                 0,
             )
             .map_err(map_err(names::CONFIG))?;
+        let outbound = Outbound::new(&mut ebpf)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| KernelError::Cpus(e))?;
         Ok(Self {
             ports,
@@ -356,6 +375,7 @@ impl Kernel {
             listen_changes,
             conns,
             capture_ports,
+            outbound,
             events: Some(events),
             nr_cpus,
             capture,
@@ -407,6 +427,11 @@ impl Kernel {
                 source: e,
             }),
         }
+    }
+
+    /// Outbound connections: client processes, captured remote ports, pools.
+    pub fn outbound(&mut self) -> &mut Outbound {
+        &mut self.outbound
     }
 
     /// The ring buffer of request records, for the reader task (once).

@@ -1,10 +1,12 @@
 //! Getting bytes out of the kernel: checking what the host allows
 //! (`preflight`), loading and attaching the eBPF programs (`kernel`),
 //! finding the cgroup-v2 root the packet programs attach to (`cgroup`),
-//! and reading the ring buffer (`reader`).
+//! the outbound-connection maps (`outbound`) and reading the ring buffer
+//! (`reader`).
 
 pub mod cgroup;
 pub mod kernel;
+pub mod outbound;
 pub mod preflight;
 pub mod reader;
 

@@ -15,7 +15,13 @@ pub mod pairing;
 pub mod reassembly;
 pub mod resp;
 
-use apm_common::events::{EventHeader, EventKind, PacketHeader, direction, record_kind, tcp_flags};
+use std::net::IpAddr;
+
+use apm_common::events::{
+    ConnectEvent, EventHeader, EventKind, PacketHeader, direction, ip_of, record_kind, side,
+    tcp_flags,
+};
+use rustc_hash::FxHashMap;
 
 use self::{
     pairing::{Event, InFlight, Origin, Sink, Tracker},
@@ -37,6 +43,10 @@ pub struct Streams {
     tracker: Tracker,
     resp: resp::Tracker,
     reassembly: Reassembly,
+    /// Client connections from their connect records: socket cookie →
+    /// (the connecting process, the server's address).
+    outbound: FxHashMap<u64, (u32, IpAddr)>,
+    max_connections: usize,
 }
 
 impl Streams {
@@ -45,6 +55,8 @@ impl Streams {
             tracker: Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
             reassembly: Reassembly::new(max_connections),
+            outbound: FxHashMap::default(),
+            max_connections,
         }
     }
 
@@ -74,6 +86,12 @@ impl Streams {
                 let header = PacketHeader::decode(record).ok_or_else(bad)?;
                 self.handle_packet(&header, header.payload(record), sink);
             }
+            EventKind::Connect => {
+                let c = ConnectEvent::decode(record).ok_or_else(bad)?;
+                if self.outbound.len() < self.max_connections {
+                    self.outbound.insert(c.cookie, (c.tgid, ip_of(c.addr)));
+                }
+            }
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
                 let event = Event {
@@ -86,7 +104,7 @@ impl Streams {
                     data: header.payload(record),
                     tail: header.tail(),
                 };
-                self.dispatch(&event, sink);
+                self.dispatch(&event, None, sink);
             }
         }
         Ok(())
@@ -94,10 +112,28 @@ impl Streams {
 
     fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
         let conn = h.cookie;
-        let origin = Origin::Socket {
+        let mut origin = Origin::Socket {
             netns: h.netns,
             port: h.port,
         };
+        // A client's segment is seen as its server would see it: what the
+        // client sends is the request direction.
+        let mut server = None;
+        let mut h = *h;
+        if h.side == side::CLIENT {
+            let Some(&(tgid, addr)) = self.outbound.get(&conn) else {
+                // Opened before the agent, or never told whose: not timed.
+                return;
+            };
+            origin = Origin::Process(tgid);
+            server = Some(addr);
+            h.direction = if h.direction == direction::INGRESS {
+                direction::EGRESS
+            } else {
+                direction::INGRESS
+            };
+        }
+        let h = &h;
         if h.len > 0 {
             match self
                 .reassembly
@@ -124,7 +160,7 @@ impl Streams {
                         data: data.get(skip as usize..).unwrap_or(&[]),
                         tail: h.tail(),
                     };
-                    self.dispatch(&event, sink);
+                    self.dispatch(&event, server, sink);
                 }
             }
         }
@@ -143,14 +179,16 @@ impl Streams {
                 data: &[],
                 tail: &[],
             };
-            self.dispatch(&event, sink);
+            self.dispatch(&event, server, sink);
             self.reassembly.forget(conn);
+            self.outbound.remove(&conn);
         }
     }
 
     /// Sends an event to its connection's protocol, recognising the
-    /// protocol of a new connection from its first bytes.
-    fn dispatch(&mut self, ev: &Event<'_>, sink: &mut impl Sinks) {
+    /// protocol of a new connection from its first bytes. A client's
+    /// connection (to `server`) is RESP or nothing.
+    fn dispatch(&mut self, ev: &Event<'_>, server: Option<IpAddr>, sink: &mut impl Sinks) {
         match ev.kind {
             EventKind::Close => {
                 self.resp.close(ev.conn, sink);
@@ -167,23 +205,18 @@ impl Streams {
                 };
                 if resp
                     && (!self.tracker.has(ev.conn) || self.tracker.forget_fresh(ev.conn))
-                    && self.resp.open(ev, self.peer(ev), sink)
+                    && self.resp.open(ev, peer(ev, server), sink)
                 {
                     self.resp.handle(ev, sink);
                     return;
                 }
-                self.tracker.handle(ev, sink);
+                if server.is_none() {
+                    self.tracker.handle(ev, sink);
+                }
             }
-            EventKind::Accept | EventKind::Packet => self.tracker.handle(ev, sink),
-        }
-    }
-
-    /// Who a RESP connection belongs to.
-    fn peer(&self, ev: &Event<'_>) -> Peer {
-        Peer {
-            origin: ev.origin,
-            port: ev.port,
-            server: None,
+            EventKind::Accept | EventKind::Packet | EventKind::Connect => {
+                self.tracker.handle(ev, sink)
+            }
         }
     }
 
@@ -191,6 +224,23 @@ impl Streams {
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sinks) {
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
+        // Connect records of connections that were never captured or
+        // never closed: those no stream follows any more.
+        if self.outbound.len() * 2 > self.max_connections {
+            let (resp, reassembly) = (&self.resp, &self.reassembly);
+            self.outbound
+                .retain(|c, _| resp.has(*c) || reassembly.has(*c));
+        }
         self.reassembly.sweep(now_ns, idle_ns);
+    }
+}
+
+/// Who a RESP connection belongs to: the server socket's service, or the
+/// client process connected to `server`.
+fn peer(ev: &Event<'_>, server: Option<IpAddr>) -> Peer {
+    Peer {
+        origin: ev.origin,
+        port: ev.port,
+        server,
     }
 }

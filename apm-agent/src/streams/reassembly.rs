@@ -99,6 +99,10 @@ impl Reassembly {
         }
     }
 
+    pub fn has(&self, conn: u64) -> bool {
+        self.streams.contains_key(&conn)
+    }
+
     /// The connection closed.
     pub fn forget(&mut self, conn: u64) {
         self.streams.remove(&conn);

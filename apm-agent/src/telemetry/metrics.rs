@@ -8,7 +8,12 @@ use prometheus::{
 };
 
 /// Every `reason` of `apm_agent_drops_total`, exported from the start at 0.
-pub const AGENT_DROP_REASONS: [&str; 3] = ["ports_map_full", "pids_map_full", "conns_map_full"];
+pub const AGENT_DROP_REASONS: [&str; 4] = [
+    "ports_map_full",
+    "pids_map_full",
+    "conns_map_full",
+    "clients_map_full",
+];
 
 /// OpenTelemetry's recommended buckets for http.server.request.duration.
 pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
@@ -46,6 +51,7 @@ pub struct Metrics {
     pub db_server_duration: HistogramVec,
     pub cache_operations: IntCounterVec,
     pub db_unpaired: IntCounterVec,
+    pub outbound_active: IntGaugeVec,
     pub http_seen: IntCounterVec,
     pub http_paired: IntCounterVec,
     pub http_unpaired: IntCounterVec,
@@ -279,6 +285,11 @@ impl Metrics {
                 "apm_db_operations_unpaired_total",
                 "Database commands or replies that could not be paired, by reason.",
                 &[SERVICE, "db_system_name", "reason"],
+            )?,
+            outbound_active: gauge_vec(
+                "apm_outbound_connections_active",
+                "Outbound TCP connections the service's processes have open (connecting, established or closed by the peer but not by them), per destination: their connection pools.",
+                &[SERVICE, "server_address", PORT],
             )?,
             http_seen: counter(
                 "apm_http_requests_seen_total",

@@ -2,6 +2,7 @@
 
 pub mod accept;
 pub mod close;
+pub mod connect;
 pub mod io;
 pub mod packets;
 pub mod tcp_state;

@@ -22,11 +22,12 @@ use aya_ebpf::{
 use apm_common::{
     Drop, IPPROTO_TCP,
     events::{
-        DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP, direction, tcp_flags,
+        DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP, direction, side,
+        tcp_flags,
     },
 };
 
-use crate::maps::{CAPTURE_PORTS, EVENTS, SCRATCH, count_drop};
+use crate::maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, count_drop};
 
 /// What a cgroup_skb program returns to let the packet through.
 const PASS: i32 = 1;
@@ -57,10 +58,35 @@ struct Segment {
 fn capture(ctx: &SkBuffContext, dir: u8) {
     // SAFETY: the context is the kernel's __sk_buff for this program; the
     // verifier allows cgroup_skb programs to read local_port and len.
-    let (port, len) = unsafe { ((*ctx.skb.skb).local_port, (*ctx.skb.skb).len) };
-    let chunks = CAPTURE_PORTS.get(port).copied().unwrap_or(0);
+    let (local, len) = unsafe { ((*ctx.skb.skb).local_port, (*ctx.skb.skb).len) };
+    let mut chunks = CAPTURE_PORTS.get(local).copied().unwrap_or(0);
+    let mut port = local;
+    let mut whose = side::SERVER;
     if chunks == 0 {
-        return;
+        // A monitored client's connection to a captured remote port? The
+        // port first (an array lookup), the socket's cookie only then.
+        // SAFETY: as above; remote_port holds the port in network byte
+        // order, shifted into the upper half on little-endian kernels.
+        let remote = unsafe { (*ctx.skb.skb).remote_port };
+        let remote = u16::from_be(
+            (if remote > 0xffff {
+                remote >> 16
+            } else {
+                remote
+            }) as u16,
+        );
+        chunks = REMOTE_PORTS.get(u32::from(remote)).copied().unwrap_or(0);
+        if chunks == 0 {
+            return;
+        }
+        // SAFETY: a plain helper call on this program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: a read-only lookup; the value is not kept.
+        if unsafe { OUTBOUND.get(cookie) }.is_none() {
+            return;
+        }
+        port = u32::from(remote);
+        whose = side::CLIENT;
     }
     let Some(seg) = segment(ctx) else {
         return;
@@ -68,7 +94,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     let payload = len.saturating_sub(seg.payload_off);
     if payload == 0 {
         if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-            emit(ctx, dir, port as u16, &seg, 0, 0, len);
+            emit(ctx, dir, port as u16, whose, &seg, 0, 0, len);
         }
         return;
     }
@@ -84,6 +110,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             ctx,
             dir,
             port as u16,
+            whose,
             &seg,
             off,
             piece,
@@ -137,7 +164,17 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
 /// most of it unused, costs more in cache misses than the second copy of
 /// ~100 bytes.
 #[inline(always)]
-fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, off: u32, payload: u32, end: u32) {
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    ctx: &SkBuffContext,
+    dir: u8,
+    port: u16,
+    whose: u8,
+    seg: &Segment,
+    off: u32,
+    payload: u32,
+    end: u32,
+) {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -154,6 +191,7 @@ fn emit(ctx: &SkBuffContext, dir: u8, port: u16, seg: &Segment, off: u32, payloa
         len: payload,
         port,
         direction: dir,
+        side: whose,
         flags: if end != 0 { seg.flags } else { 0 },
         ..PacketHeader::default()
     };

@@ -1,14 +1,22 @@
-//! `sock:inet_sock_set_state`: server-side connections per local port.
+//! `sock:inet_sock_set_state`: server-side connections per local port, and
+//! the outbound connections of monitored processes per destination.
 //!
 //! This tracepoint can fire in softirq context, where the current task is not
 //! the socket's owner, so everything here is keyed by port and socket
-//! address, never by `bpf_get_current_pid_tgid()`.
+//! address, never by `bpf_get_current_pid_tgid()` — except CLOSE -> SYN_SENT,
+//! which only connect() does, in the connecting task.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
 
-use apm_common::{Drop, IPPROTO_TCP, PeerKey, PortCounters, SocketInfo, tcp_state};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
-use crate::maps::{CONFIG, LISTEN_CHANGES, PEERS, PORTS, SOCKETS, count_drop};
+use apm_common::{
+    Drop, IPPROTO_TCP, PeerKey, PoolCounters, PoolKey, PortCounters, SocketInfo, tcp_state,
+};
+
+use crate::maps::{
+    CLIENTS, CONFIG, LISTEN_CHANGES, OUT_SOCKETS, PEERS, POOLS, PORTS, SOCKETS, count_drop,
+};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
 // (stable since 4.16).
@@ -58,7 +66,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: as above.
     let skaddr = unsafe { ctx.read_at::<u64>(SKADDR)? };
 
-    if oldstate == tcp_state::SYN_RECV && newstate == tcp_state::ESTABLISHED {
+    if oldstate == tcp_state::CLOSE && newstate == tcp_state::SYN_SENT {
+        open_pool(ctx, skaddr);
+    } else if oldstate == tcp_state::SYN_RECV && newstate == tcp_state::ESTABLISHED {
         // SAFETY: as above; sport is already in host byte order.
         let port = unsafe { ctx.read_at::<u16>(SPORT)? };
         let Some(counters) = port_counters(port) else {
@@ -81,6 +91,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     } else if newstate != tcp_state::ESTABLISHED && newstate != tcp_state::CLOSE_WAIT {
         // SAFETY: read-only copy of a value this program wrote.
         let Some(info) = (unsafe { SOCKETS.get(skaddr) }).copied() else {
+            close_pool(skaddr);
             return Ok(());
         };
         // Removing first makes the close count exactly once even if two
@@ -118,34 +129,97 @@ fn port_counters(port: u16) -> Option<*mut PortCounters> {
     PORTS.get_ptr_mut(port)
 }
 
+/// A monitored process opened a connection: count it in its pool (this
+/// process, that destination) and remember the socket for its close.
+#[inline(always)]
+fn open_pool(ctx: &TracePointContext, skaddr: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a read-only lookup; the value is not kept.
+    if unsafe { CLIENTS.get(tgid) }.is_none() {
+        return;
+    }
+    let Some(addr) = daddr(ctx) else {
+        return;
+    };
+    // SAFETY: offset and size from the tracepoint's format file; dport is
+    // in host byte order.
+    let port = unsafe { ctx.read_at::<u16>(DPORT).unwrap_or(0) };
+    let key = PoolKey {
+        addr,
+        tgid,
+        port,
+        _pad: 0,
+    };
+    let counters = match POOLS.get_ptr_mut(key) {
+        Some(c) => Some(c),
+        None => {
+            // Another CPU may create it first (EEXIST): look it up again.
+            let _ = POOLS.insert(key, PoolCounters::default(), u64::from(BPF_NOEXIST));
+            POOLS.get_ptr_mut(key)
+        }
+    };
+    let Some(counters) = counters else {
+        count_drop(Drop::PoolsFull);
+        return;
+    };
+    if OUT_SOCKETS
+        .insert(skaddr, key, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        // Its close could not be matched: count neither side.
+        count_drop(Drop::PoolsFull);
+        return;
+    }
+    // SAFETY: this CPU's copy of a per-CPU value; no other program writes
+    // it concurrently.
+    unsafe { (*counters).opened += 1 };
+}
+
+/// An outbound socket left {SYN_SENT, ESTABLISHED, CLOSE_WAIT}.
+#[inline(always)]
+fn close_pool(skaddr: u64) {
+    // SAFETY: read-only copy of a value this program wrote.
+    let Some(key) = (unsafe { OUT_SOCKETS.get(skaddr) }).copied() else {
+        return;
+    };
+    if OUT_SOCKETS.remove(skaddr).is_err() {
+        return;
+    }
+    if let Some(counters) = POOLS.get_ptr_mut(key) {
+        // SAFETY: as in open_pool.
+        unsafe { (*counters).closed += 1 };
+    }
+}
+
+/// The remote address of the socket, IPv4 mapped into IPv6.
+#[inline(always)]
+fn daddr(ctx: &TracePointContext) -> Option<[u8; 16]> {
+    // SAFETY: offsets and sizes from the tracepoint's format file.
+    let family = unsafe { ctx.read_at::<u16>(FAMILY).unwrap_or(0) };
+    if family == AF_INET {
+        // SAFETY: as above; daddr is 4 bytes.
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(DADDR) }.ok()?;
+        Some(mapped_v4(v4))
+    } else {
+        // SAFETY: as above; daddr_v6 is 16 bytes.
+        unsafe { ctx.read_at::<[u8; 16]>(DADDR_V6) }.ok()
+    }
+}
+
 /// Lets accept() learn the local port of the connection it returns: the
 /// remote end is what both sides can see. Best effort (LRU map).
 #[inline(always)]
 fn remember_peer(ctx: &TracePointContext, port: u16) {
     // SAFETY: offsets and sizes from the tracepoint's format file.
-    let (family, dport) = unsafe {
-        (
-            ctx.read_at::<u16>(FAMILY).unwrap_or(0),
-            ctx.read_at::<u16>(DPORT).unwrap_or(0),
-        )
+    let dport = unsafe { ctx.read_at::<u16>(DPORT).unwrap_or(0) };
+    let Some(addr) = daddr(ctx) else {
+        return;
     };
-    let mut key = PeerKey {
+    let key = PeerKey {
         port: dport,
+        addr,
         ..Default::default()
     };
-    if family == AF_INET {
-        // SAFETY: as above; daddr is 4 bytes.
-        let Ok(v4) = (unsafe { ctx.read_at::<[u8; 4]>(DADDR) }) else {
-            return;
-        };
-        key.addr = mapped_v4(v4);
-    } else {
-        // SAFETY: as above; daddr_v6 is 16 bytes.
-        let Ok(v6) = (unsafe { ctx.read_at::<[u8; 16]>(DADDR_V6) }) else {
-            return;
-        };
-        key.addr = v6;
-    }
     let _ = PEERS.insert(key, port, 0);
 }
 

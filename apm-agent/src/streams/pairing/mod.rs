@@ -301,7 +301,7 @@ impl Tracker {
                     _ => on_sendfile(conn, ev, sink),
                 }
             }
-            EventKind::Packet => {}
+            EventKind::Packet | EventKind::Connect => {}
         }
     }
 

@@ -1,0 +1,73 @@
+//! Outbound connections of monitored services: which processes the kernel
+//! follows as clients, which remote ports (Redis) their connections are
+//! captured to, and their connection pools per destination.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::warn;
+
+use super::Agent;
+use crate::capture::Capture;
+
+impl Agent {
+    /// Captures monitored clients' connections to the Redis ports.
+    pub(super) fn capture_redis_destinations(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        if kernel.capture() != Capture::Packets {
+            return;
+        }
+        for &port in &self.redis_ports {
+            if let Err(e) = kernel
+                .outbound()
+                .capture_remote_port(port, apm_common::events::MAX_CHUNKS)
+            {
+                warn!(port, error = %e, "cannot capture client connections to this port");
+            }
+        }
+    }
+
+    /// The processes of monitored services are the kernel's clients.
+    pub(super) fn publish_clients(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        let tgids: BTreeSet<u32> = self.published.keys().copied().collect();
+        let refused = kernel.outbound().set_clients(&tgids);
+        if refused > 0 {
+            self.metrics
+                .agent_drops
+                .with_label_values(&["clients_map_full"])
+                .inc_by(refused as u64);
+        }
+    }
+
+    /// `apm_outbound_connections_active` per service and destination; the
+    /// pools of processes that are gone and have nothing open are
+    /// forgotten in the kernel.
+    pub(super) fn collect_pools(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        let mut by_service: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
+        for pool in kernel.outbound().pools() {
+            match self.published.get(&pool.tgid) {
+                Some((service, _)) => {
+                    *by_service
+                        .entry((service.clone(), pool.addr.to_string(), pool.port))
+                        .or_default() += pool.active;
+                }
+                None if pool.active == 0 => kernel.outbound().forget(&pool),
+                None => {}
+            }
+        }
+        let gauge = &self.metrics.outbound_active;
+        gauge.reset();
+        for ((service, addr, port), active) in by_service {
+            gauge
+                .with_label_values(&[&service, &addr, &port.to_string()])
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The kernel maps behind outbound connections: which processes are
+//! clients worth following (`CLIENTS`), which remote ports their
+//! connections are captured to (`REMOTE_PORTS`), and their connection
+//! pools per destination (`POOLS`).
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use apm_common::{
+    PoolCounters, PoolKey,
+    maps::{self as names},
+};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
+};
+
+use super::kernel::KernelError;
+
+pub struct Outbound {
+    clients: BpfHashMap<MapData, u32, u32>,
+    remote_ports: Array<MapData, u32>,
+    pools: PerCpuHashMap<MapData, PoolKey, PoolCounters>,
+    /// What `clients` holds.
+    known: BTreeSet<u32>,
+}
+
+/// One pool: a process's open connections to one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub tgid: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub active: u64,
+    key: PoolKey,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+impl Outbound {
+    pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(KernelError::MissingMap(name));
+        Ok(Self {
+            clients: BpfHashMap::try_from(take(names::CLIENTS)?)
+                .map_err(map_err(names::CLIENTS))?,
+            remote_ports: Array::try_from(take(names::REMOTE_PORTS)?)
+                .map_err(map_err(names::REMOTE_PORTS))?,
+            pools: PerCpuHashMap::try_from(take(names::POOLS)?).map_err(map_err(names::POOLS))?,
+            known: BTreeSet::new(),
+        })
+    }
+
+    /// Makes `tgids` the client processes; returns how many did not fit.
+    pub fn set_clients(&mut self, tgids: &BTreeSet<u32>) -> usize {
+        for gone in self.known.difference(tgids) {
+            let _ = self.clients.remove(gone);
+        }
+        let mut refused = 0;
+        let mut now = BTreeSet::new();
+        for &tgid in tgids {
+            if self.known.contains(&tgid) || self.clients.insert(tgid, 1, 0).is_ok() {
+                now.insert(tgid);
+            } else {
+                refused += 1;
+            }
+        }
+        self.known = now;
+        refused
+    }
+
+    /// Captures client connections to remote `port`, `chunks` records per
+    /// segment.
+    pub fn capture_remote_port(&mut self, port: u16, chunks: u32) -> Result<(), KernelError> {
+        let chunks = chunks.clamp(1, apm_common::events::MAX_CHUNKS);
+        self.remote_ports
+            .set(u32::from(port), chunks, 0)
+            .map_err(map_err(names::REMOTE_PORTS))
+    }
+
+    /// Every pool, summed over CPUs.
+    pub fn pools(&self) -> Vec<Pool> {
+        self.pools
+            .iter()
+            .flatten()
+            .map(|(key, per_cpu)| {
+                let (opened, closed) = per_cpu
+                    .iter()
+                    .fold((0u64, 0u64), |(o, c), v| (o + v.opened, c + v.closed));
+                Pool {
+                    tgid: key.tgid,
+                    addr: apm_common::events::ip_of(key.addr),
+                    port: key.port,
+                    active: opened.saturating_sub(closed),
+                    key,
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets a pool with no open connection whose process is gone.
+    pub fn forget(&mut self, pool: &Pool) {
+        let _ = self.pools.remove(&pool.key);
+    }
+}
