@@ -2,7 +2,9 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use apm_e2e::{Agent, Client, Server, free_port, require_root, wait_for};
+use std::io::{Read as _, Write as _};
+
+use apm_e2e::{Agent, Client, Redis, Server, free_port, require_root, wait_for};
 
 /// Metric names in docs/metrics.md, and those documented as existing only
 /// under `--capture syscalls`.
@@ -24,11 +26,15 @@ fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 /// The metric families a live agent with `--capture CAPTURE` exports once
-/// it has seen HTTP traffic, sampled, checked a dependency, and fired an
+/// it has seen HTTP and Redis traffic (this process, listening, is a
+/// monitored Redis client), sampled, checked a dependency, and fired an
 /// alert at a receiver that is down.
 fn exported(capture: &str) -> BTreeSet<String> {
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
+    let rport = free_port().expect("port");
+    let _redis = Redis::start(rport);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let check = format!("tcp://127.0.0.1:{port}");
     let dead = free_port().expect("port");
     let config = apm_e2e::always_firing_config(
@@ -44,9 +50,23 @@ fn exported(capture: &str) -> BTreeSet<String> {
         "1s",
         "--config",
         config.to_str().expect("path"),
+        "--redis-port",
+        &rport.to_string(),
     ])
     .expect("agent");
     agent.wait_for_service(port, "apm-httpd");
+    agent.wait_for_service(rport, "redis-server");
+    let lport = listener.local_addr().expect("addr").port();
+    let me = std::fs::read_to_string("/proc/self/comm").expect("comm");
+    agent.wait_for_service(lport, me.trim());
+    // This process (a monitored service) asks Redis twice.
+    let mut redis = std::net::TcpStream::connect(("127.0.0.1", rport)).expect("redis");
+    redis
+        .write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+        .expect("write");
+    let mut reply = [0u8; 12];
+    redis.read_exact(&mut reply).expect("replies");
+    assert_eq!(&reply, b"+PONG\r\n$-1\r\n");
     let mut client = Client::connect(port).expect("connect");
     for _ in 0..3 {
         assert_eq!(client.get("/ok").expect("request"), 200);
@@ -62,11 +82,18 @@ fn exported(capture: &str) -> BTreeSet<String> {
             m.value("apm_service_processes", &[("service_name", "apm-httpd")]) == Some(1.0);
         let checked = m.value("apm_dependency_up", &[("dependency", check.as_str())]) == Some(1.0);
         let alerted = m.text.contains("apm_alert_notifications_total{");
-        (paired && sampled && checked && alerted).then_some(m)
+        let served = m
+            .text
+            .contains("apm_db_server_operation_duration_seconds_count{");
+        let client = capture != "packets"
+            || m.text
+                .contains("db_client_operation_duration_seconds_count{");
+        let pooled = m.text.contains("apm_outbound_connections_active{");
+        (paired && sampled && checked && alerted && served && client && pooled).then_some(m)
     })
     .expect("requests paired, the service sampled, the dependency checked, an alert sent");
     std::fs::remove_file(config).ok();
-    drop(server);
+    drop((server, redis, listener));
     m.text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -76,6 +76,15 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/redis-server",
         package: "redis-server",
     },
+    // Ground truth for the Redis tests: INFO commandstats and load.
+    Need {
+        path: "/usr/bin/redis-benchmark",
+        package: "redis-tools",
+    },
+    Need {
+        path: "/usr/bin/redis-cli",
+        package: "redis-tools",
+    },
     // Network namespaces for the container-like test server.
     Need {
         path: "/bin/ip",

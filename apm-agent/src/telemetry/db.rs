@@ -99,6 +99,15 @@ impl CommandSink for Recorder<'_> {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
         let seconds = duration_ns as f64 / 1e9;
+        if !self.db.totals.contains_key(name) {
+            // A new service: export every unpaired reason from zero.
+            for reason in Unpaired::ALL {
+                metrics
+                    .db_unpaired
+                    .with_label_values(&[name, REDIS, reason.as_str()])
+                    .inc_by(0);
+            }
+        }
         self.db.totals.entry(name.clone()).or_default().operations += 1;
         let key = (name.clone(), cmd.name, peer.server, port);
         if let Some(s) = self.db.series.get_mut(&key) {
