@@ -230,9 +230,12 @@ fn cgroup_programs_named(names: &[&str]) -> usize {
 #[test]
 fn sigterm_detaches_every_program() {
     require_root();
-    let packet_programs = ["capture_ingress", "capture_egress"];
+    let cgroup_hooks = ["capture_ingress", "capture_egress", "connect4", "connect6"];
     for (capture, roles) in [
-        ("packets", &[Role::Connections, Role::PacketData][..]),
+        (
+            "packets",
+            &[Role::Connections, Role::PacketData, Role::Outbound][..],
+        ),
         (
             "syscalls",
             &[Role::Connections, Role::SyscallState, Role::SyscallData][..],
@@ -250,8 +253,8 @@ fn sigterm_detaches_every_program() {
             "{}",
             agent.log_text()
         );
-        let on_cgroups = cgroup_programs_named(&packet_programs);
-        assert_eq!(on_cgroups, if capture == "packets" { 2 } else { 0 });
+        let on_cgroups = cgroup_programs_named(&cgroup_hooks);
+        assert_eq!(on_cgroups, if capture == "packets" { 4 } else { 0 });
         let status = agent.terminate(WAIT).expect("terminate");
         assert!(
             status.success(),
@@ -260,7 +263,7 @@ fn sigterm_detaches_every_program() {
         );
         assert_eq!(apm_programs_loaded(), 0, "programs left after SIGTERM");
         assert_eq!(
-            cgroup_programs_named(&packet_programs),
+            cgroup_programs_named(&cgroup_hooks),
             0,
             "cgroup programs left after SIGTERM"
         );

@@ -14,6 +14,8 @@
 pub mod pairing;
 pub mod reassembly;
 pub mod resp;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 

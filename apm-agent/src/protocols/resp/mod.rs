@@ -443,13 +443,17 @@ fn number(line: &[u8]) -> Result<i64, Desync> {
 }
 
 /// Whether bytes a client sent first look like RESP: a command array, or
-/// an inline command whose first word is a Redis command (and which is not
-/// an HTTP request line).
+/// a complete inline command line whose first word is a Redis command (and
+/// which is not an HTTP request line: `GET ` alone, the first write of a
+/// client that writes its request line in pieces, is not decided here).
 pub fn starts_like_command(data: &[u8]) -> bool {
     match data.first() {
         Some(b'*') => data.get(1).is_some_and(u8::is_ascii_digit),
         Some(_) => {
-            let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
+            let Some(end) = data.iter().position(|&b| b == b'\n') else {
+                return false;
+            };
+            let line = &data[..end];
             if line.windows(5).any(|w| w == b"HTTP/") {
                 return false;
             }

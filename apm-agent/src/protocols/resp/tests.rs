@@ -164,6 +164,9 @@ fn command_detection() {
     assert!(starts_like_command(b"PING\r\n"));
     assert!(starts_like_command(b"get k\r\n"));
     assert!(!starts_like_command(b"GET / HTTP/1.1\r\n"));
+    // An HTTP client writing its request line in pieces: undecided, so HTTP.
+    assert!(!starts_like_command(b"GET "));
+    assert!(!starts_like_command(b"GET /users/7"));
     assert!(!starts_like_command(b"HELLOWORLD"));
     assert!(!starts_like_command(b"*x"));
     assert!(starts_like_reply(b"+OK\r\n"));

@@ -1,0 +1,126 @@
+//! Which pairing a connection goes to, from its first bytes, and client
+//! connections named by their connect records.
+
+use apm_common::events::{ConnectEvent, EventKind, PacketHeader, direction, side};
+
+use super::{
+    Streams,
+    pairing::{Completed, Origin, Sink, Unpaired},
+    resp::{CacheResult, CommandSink, Peer},
+};
+use crate::{
+    protocols::{resp::commands::Command, routes::Route},
+    telemetry::synthetic,
+};
+
+#[derive(Default)]
+struct Both {
+    http: Vec<(String, u16)>,
+    redis: Vec<(&'static str, Peer)>,
+    unpaired: Vec<Unpaired>,
+}
+
+impl Sink for Both {
+    fn route(&mut self, _: Origin, path: &str) -> Route {
+        Route {
+            template: path.into(),
+            overflow: false,
+        }
+    }
+    fn request(&mut self, _: Origin, _: u16) {}
+    fn completed(&mut self, done: Completed) {
+        self.http.push((done.route.to_string(), done.status));
+    }
+    fn unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
+        self.unpaired.push(reason);
+    }
+}
+
+impl CommandSink for Both {
+    fn completed(&mut self, peer: &Peer, cmd: Command, _: u64) {
+        self.redis.push((cmd.name, *peer));
+    }
+    fn result(&mut self, _: &Peer, _: Command, _: CacheResult) {}
+    fn unpaired(&mut self, _: &Peer, reason: Unpaired) {
+        self.unpaired.push(reason);
+    }
+}
+
+fn segment(cookie: u64, dir: u8, whose: u8, seq: u32, data: &[u8]) -> Vec<u8> {
+    let header = PacketHeader {
+        ts_ns: u64::from(seq) + 1,
+        cookie,
+        netns: 9,
+        port: 6379,
+        direction: dir,
+        side: whose,
+        seq,
+        ..Default::default()
+    };
+    synthetic::packet(header, data)
+}
+
+#[test]
+fn a_request_line_written_in_pieces_stays_http() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    // "GET " alone looks like the start of an inline Redis GET.
+    for (seq, piece) in [
+        (0, &b"GET "[..]),
+        (4, b"/users/7"),
+        (12, b" HTTP/1.1\r\n\r\n"),
+    ] {
+        s.handle_record(&segment(1, i, side::SERVER, seq, piece), &mut sink)
+            .expect("record");
+    }
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    s.handle_record(&segment(1, e, side::SERVER, 0, ok), &mut sink)
+        .expect("record");
+    assert_eq!(sink.http, vec![("/users/7".to_owned(), 200)]);
+    assert!(sink.redis.is_empty());
+}
+
+#[test]
+fn resp_connections_and_client_connections_pair_as_redis() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    // Server side: a command array.
+    s.handle_record(
+        &segment(1, i, side::SERVER, 0, b"*1\r\n$4\r\nPING\r\n"),
+        &mut sink,
+    )
+    .expect("record");
+    s.handle_record(&segment(1, e, side::SERVER, 0, b"+PONG\r\n"), &mut sink)
+        .expect("record");
+    // Client side: unknown until its connect record names it.
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    s.handle_record(&segment(2, e, side::CLIENT, 0, get), &mut sink)
+        .expect("record");
+    assert_eq!(sink.redis.len(), 1);
+    let connect = ConnectEvent {
+        kind: EventKind::Connect as u32,
+        tgid: 77,
+        cookie: 3,
+        addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
+        port: 6379,
+        _pad: [0; 6],
+    };
+    // SAFETY: ConnectEvent is repr(C) plain integers; viewed as its bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const connect).cast::<u8>(),
+            std::mem::size_of::<ConnectEvent>(),
+        )
+    };
+    s.handle_record(bytes, &mut sink).expect("connect");
+    // What the client sends (egress) is the command, what it receives the reply.
+    s.handle_record(&segment(3, e, side::CLIENT, 0, get), &mut sink)
+        .expect("record");
+    s.handle_record(&segment(3, i, side::CLIENT, 0, b"$-1\r\n"), &mut sink)
+        .expect("record");
+    let (name, peer) = sink.redis[1];
+    assert_eq!(name, "GET");
+    assert_eq!(peer.origin, Origin::Process(77));
+    assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
+    assert!(sink.http.is_empty() && sink.unpaired.is_empty());
+}
