@@ -29,6 +29,11 @@ use tracing::{error, info, warn};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(name) = checks::duplicate_name(&config.checks) {
+        anyhow::bail!(
+            "two --check URLs show as {name} once credentials are removed: give each dependency its own host, port or database"
+        );
+    }
     let logs = init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -19,6 +19,8 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+mod postgres;
+
 /// A dependency given with `--check`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Dependency {
@@ -33,6 +35,8 @@ pub struct Dependency {
 enum Target {
     /// `redis://[:password@]host:port[/db]`: PING through the redis crate.
     Redis,
+    /// `postgres://user@host:port/db`: `SELECT 1` through tokio-postgres.
+    Postgres,
     /// `tcp://host:port`: TCP connect time.
     Tcp { addr: String },
 }
@@ -78,8 +82,17 @@ impl Dependency {
                 .map_err(|e| dep.scrub(format!("invalid redis URL {:?}: {e}", dep.name)))?;
             return Ok(dep);
         }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            let dep = Self {
+                target: Target::Postgres,
+                name,
+                url,
+            };
+            postgres::validate(s).map_err(|e| dep.scrub(format!("{:?}: {e}", dep.name)))?;
+            return Ok(dep);
+        }
         Err(format!(
-            "unsupported check {name:?}: use redis://host:port or tcp://host:port"
+            "unsupported check {name:?}: use redis://host:port, postgres://user@host:port/db or tcp://host:port"
         ))
     }
 
@@ -124,11 +137,17 @@ impl TypedValueParser for DependencyParser {
     }
 }
 
+/// A name two checks share (they would overwrite each other's series).
+pub fn duplicate_name(deps: &[Dependency]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    deps.iter().map(Dependency::name).find(|n| !seen.insert(*n))
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct DependencyStatus {
     pub name: String,
     pub ok: bool,
-    /// "PONG", "connected", or the error.
+    /// "PONG", "SELECT 1", "connected", or the error.
     pub detail: String,
     pub response_time_seconds: f64,
 }
@@ -143,6 +162,14 @@ pub async fn check(dep: &Dependency, timeout: Duration) -> DependencyStatus {
                 Ok(Ok(_)) => Ok("connected".into()),
                 Ok(Err(e)) => Err(format!("connect: {e}")),
                 Err(_) => Err(format!("connect: timed out after {timeout:?}")),
+            }
+        }
+        Target::Postgres => {
+            match tokio::time::timeout(timeout, postgres::select_one(dep.url.expose(), timeout))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {timeout:?}")),
             }
         }
         Target::Redis => {
@@ -250,6 +277,12 @@ mod tests {
         let redis = Dependency::parse("redis://127.0.0.1:6379").expect("redis");
         assert_eq!(redis.target, Target::Redis);
         assert!(Dependency::parse("tcp://nohost").is_err());
+        let twice = [
+            Dependency::parse("postgres://a:x@h/db").expect("pg"),
+            Dependency::parse("postgres://b:y@h/db").expect("pg"),
+        ];
+        assert_eq!(duplicate_name(&twice), Some("postgres://h/db"));
+        assert_eq!(duplicate_name(&twice[..1]), None);
         assert!(
             Dependency::parse("http://x")
                 .expect_err("http is not a check")
