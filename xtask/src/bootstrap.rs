@@ -76,6 +76,11 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/redis-server",
         package: "redis-server",
     },
+    // The --check postgres:// test's server (Debian 12's PostgreSQL).
+    Need {
+        path: "/usr/lib/postgresql/15/bin/initdb",
+        package: "postgresql-15",
+    },
     // Ground truth for the Redis tests: INFO commandstats and load.
     Need {
         path: "/usr/bin/redis-benchmark",
@@ -134,6 +139,15 @@ const BENCH_NEEDS: &[Need] = &[
     Need {
         path: "/usr/bin/wrk",
         package: "wrk",
+    },
+    // The Redis arm: redis-benchmark against redis-server.
+    Need {
+        path: "/usr/bin/redis-server",
+        package: "redis-server",
+    },
+    Need {
+        path: "/usr/bin/redis-benchmark",
+        package: "redis-tools",
     },
 ];
 
