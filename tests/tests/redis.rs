@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, net::TcpListener, process::Command, time::Duration};
 
-use apm_e2e::{Agent, Metrics, Redis, free_port, require_root, wait_for};
+use apm_e2e::{Agent, Metrics, Redis, free_port, get, require_root, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -115,6 +115,16 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
     assert_eq!(hits, gets, "{}", m.text);
 }
 
+/// Waits until the agent has found `service`'s process (a configured name
+/// is known before the process is): only then are its connects followed.
+pub fn wait_for_process(agent: &Agent, service: &str) {
+    let found = wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        (m.value("apm_service_processes", &[("service_name", service)]) == Some(1.0)).then_some(())
+    });
+    assert!(found.is_some(), "{service}'s process never found");
+}
+
 /// Client-side operations per command of `service` to the server at
 /// 127.0.0.1:`port`, from the duration histogram.
 fn client_counts(m: &Metrics, service: &str, port: u16) -> BTreeMap<String, u64> {
@@ -165,6 +175,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     ])
     .expect("agent");
     agent.wait_for_service(lport, "shop");
+    wait_for_process(&agent, "shop");
 
     let client = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("client");
     let mut con = client.get_connection().expect("connect");
@@ -175,12 +186,12 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     count("CLIENT SETINFO", 2);
     for i in 0..5 {
         let _: () = redis::cmd("SET")
-            .arg(format!("k{i}"))
+            .arg(format!("cachekey{i}"))
             .arg("v")
             .query(&mut con)
             .expect("SET");
         let hit: Option<String> = redis::cmd("GET")
-            .arg(format!("k{i}"))
+            .arg(format!("cachekey{i}"))
             .query(&mut con)
             .expect("GET");
         assert!(hit.is_some());
@@ -189,7 +200,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     count("GET", 5);
     for i in 0..3 {
         let miss: Option<String> = redis::cmd("GET")
-            .arg(format!("missing{i}"))
+            .arg(format!("absentkey{i}"))
             .query(&mut con)
             .expect("GET");
         assert!(miss.is_none());
@@ -198,8 +209,8 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     // MULTI, GET (hit), GET (miss), SET, EXEC in one write.
     let (a, b): (Option<String>, Option<String>) = redis::pipe()
         .atomic()
-        .get("k0")
-        .get("nope")
+        .get("cachekey0")
+        .get("absentkey-tx")
         .set("t", "1")
         .ignore()
         .query(&mut con)
@@ -212,10 +223,10 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     // A pipeline of 100 commands in one write: 50 SETs, 50 GETs (hits).
     let mut pipe = redis::pipe();
     for i in 0..50 {
-        pipe.set(format!("p{i}"), i).ignore();
+        pipe.set(format!("pipekey{i}"), i).ignore();
     }
     for i in 0..50 {
-        pipe.get(format!("p{i}"));
+        pipe.get(format!("pipekey{i}"));
     }
     let got: Vec<i64> = pipe.query(&mut con).expect("pipeline");
     assert_eq!(got.len(), 50);
@@ -244,6 +255,33 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
         "{}",
         m.text
     );
+    // /stats/requests and the dashboard's feed show the same, and no key
+    // or value the client sent appears anywhere.
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(agent.addr, "/stats/requests").expect("stats").body)
+            .expect("json");
+    let get_row = stats["databases"]["shop"]
+        .as_array()
+        .expect("shop's commands")
+        .iter()
+        .find(|c| c["operation"] == "GET")
+        .cloned()
+        .expect("GET");
+    assert_eq!(
+        (get_row["hits"].as_u64(), get_row["misses"].as_u64()),
+        (Some(56), Some(4))
+    );
+    // The page lists a service once its first 2 s point exists.
+    let feed = wait_for(WAIT, || {
+        let body = get(agent.addr, "/api/dashboard?service=shop").ok()?.body;
+        body.contains("\"operation\":\"GET\"").then_some(body)
+    })
+    .expect("the dashboard feed shows shop's commands");
+    for text in [m.text.clone(), stats.to_string(), feed, agent.log_text()] {
+        for secret in ["cachekey", "absentkey", "pipekey"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
     drop(con);
 
     // The pool: 7 connections held open, then closed.

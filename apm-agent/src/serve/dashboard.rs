@@ -106,10 +106,21 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
     let host_series = history.host();
     drop(history);
 
-    let routes = match (&selected, state.requests.lock()) {
-        (Some(name), Ok(requests)) => routes_of(&requests.snapshot(monotonic_ns()), name),
-        _ => json!({ "slowest": [], "errors": [] }),
+    let (routes, commands) = match (&selected, state.requests.lock()) {
+        (Some(name), Ok(requests)) => {
+            let stats = requests.snapshot(monotonic_ns());
+            let commands = stats.databases.get(name).cloned().unwrap_or_default();
+            (routes_of(&stats, name), commands)
+        }
+        _ => (json!({ "slowest": [], "errors": [] }), Vec::new()),
     };
+    let outbound: Vec<Value> = selected
+        .as_deref()
+        .map(|s| state.metrics.outbound_of(s))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(destination, active)| json!({ "destination": destination, "active": active }))
+        .collect();
     let sample = state.system.read().ok().and_then(|s| s.clone());
     let host = sample.map(|(_, s)| {
         json!({
@@ -143,6 +154,8 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
         "selected": selected,
         "series": series,
         "routes": routes,
+        "commands": commands,
+        "outbound": outbound,
         "host": { "now": host, "series": host_series },
         "health": health.ok(),
         "alerts": { "firing": alerts["firing"], "pending": alerts["pending"] },

@@ -7,6 +7,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use prometheus::{Histogram, IntCounter};
 use rustc_hash::FxHashMap;
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use super::recorder::{Recorder, SeriesBudget, service_of};
 use crate::{
@@ -29,23 +30,78 @@ struct Tracked<T> {
     last_ns: u64,
 }
 
-/// Operations and results per service, for /stats/requests.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+/// One command of one service (both sides together), for /stats/requests
+/// and the dashboard.
 pub struct DbTotals {
     pub operations: u64,
     pub hits: u64,
     pub misses: u64,
     pub errors: u64,
+    pub sketch: DDSketch,
 }
+
+impl Default for DbTotals {
+    fn default() -> Self {
+        Self {
+            operations: 0,
+            hits: 0,
+            misses: 0,
+            errors: 0,
+            // 1% relative accuracy, like the routes'.
+            sketch: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+        }
+    }
+}
+
+/// A command's totals as /stats/requests shows them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommandSummary {
+    pub operation: &'static str,
+    pub count: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+}
+
+/// Commands listed per service at most (busiest first).
+pub const MAX_COMMANDS_SHOWN: usize = 50;
 
 #[derive(Default)]
 pub struct DbStats {
     series: FxHashMap<DbKey, Tracked<Histogram>>,
     cache: FxHashMap<(Arc<str>, &'static str, CacheResult), Tracked<IntCounter>>,
-    pub totals: FxHashMap<Arc<str>, DbTotals>,
+    /// Per service, per command (bounded by the command table).
+    pub totals: FxHashMap<Arc<str>, FxHashMap<&'static str, DbTotals>>,
 }
 
 impl DbStats {
+    /// Each service's commands, busiest first.
+    pub fn summaries(&self) -> std::collections::HashMap<String, Vec<CommandSummary>> {
+        let q = |s: &DDSketch, q| s.quantile(q).ok().flatten().unwrap_or(0.0);
+        self.totals
+            .iter()
+            .map(|(service, commands)| {
+                let mut list: Vec<CommandSummary> = commands
+                    .iter()
+                    .map(|(&operation, t)| CommandSummary {
+                        operation,
+                        count: t.operations,
+                        hits: t.hits,
+                        misses: t.misses,
+                        errors: t.errors,
+                        p50_seconds: q(&t.sketch, 0.5),
+                        p99_seconds: q(&t.sketch, 0.99),
+                    })
+                    .collect();
+                list.sort_by(|a, b| b.count.cmp(&a.count).then(a.operation.cmp(b.operation)));
+                list.truncate(MAX_COMMANDS_SHOWN);
+                (service.to_string(), list)
+            })
+            .collect()
+    }
+
     /// Removes series, cache counters and totals unused since `cutoff`
     /// (kernel clock); returns how many duration series went.
     pub(super) fn expire(
@@ -108,7 +164,15 @@ impl CommandSink for Recorder<'_> {
                     .inc_by(0);
             }
         }
-        self.db.totals.entry(name.clone()).or_default().operations += 1;
+        let totals = self
+            .db
+            .totals
+            .entry(name.clone())
+            .or_default()
+            .entry(cmd.name)
+            .or_default();
+        totals.operations += 1;
+        totals.sketch.add(seconds);
         let key = (name.clone(), cmd.name, peer.server, port);
         if let Some(s) = self.db.series.get_mut(&key) {
             s.handle.observe(seconds);
@@ -147,7 +211,13 @@ impl CommandSink for Recorder<'_> {
 
     fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult) {
         let (name, _) = service_of(self.services, self.unknown, peer.origin, peer.port);
-        let totals = self.db.totals.entry(name.clone()).or_default();
+        let totals = self
+            .db
+            .totals
+            .entry(name.clone())
+            .or_default()
+            .entry(cmd.name)
+            .or_default();
         match result {
             CacheResult::Hit => totals.hits += 1,
             CacheResult::Miss => totals.misses += 1,

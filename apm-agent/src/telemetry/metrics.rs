@@ -119,6 +119,29 @@ impl Metrics {
         out
     }
 
+    /// Open outbound connections of `service`: (destination, active).
+    pub fn outbound_of(&self, service: &str) -> Vec<(String, f64)> {
+        use prometheus::core::Collector as _;
+        let mut out = Vec::new();
+        for family in self.outbound_active.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                if label(SERVICE) == service {
+                    let dest = format!("{}:{}", label("server_address"), label(PORT));
+                    out.push((dest, m.get_gauge().get_value()));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let counter =

@@ -282,6 +282,7 @@ impl Requests {
             in_flight_total: total,
             in_flight,
             services,
+            databases: self.db.summaries(),
         }
     }
 }
@@ -314,6 +315,8 @@ pub struct RequestStats {
     /// The oldest of them (at most [`MAX_IN_FLIGHT_SHOWN`]).
     pub in_flight: Vec<InFlightRequest>,
     pub services: HashMap<String, ServiceSummary>,
+    /// Redis commands per service (as client or server), busiest first.
+    pub databases: HashMap<String, Vec<super::db::CommandSummary>>,
 }
 
 #[derive(Serialize, Debug)]

@@ -105,6 +105,18 @@ function renderService(d) {
     ["route", "5xx", "count"],
     d.routes.errors.map((r) => row([[`${r.method} ${r.route}`], [r.errors_5xx, true], [r.count, true]])),
   );
+  table(
+    $("commands"),
+    ["command", "count", "hit / miss", "errors", "p99 s"],
+    d.commands.map((c) =>
+      row([[c.operation], [c.count, true], [c.hits + c.misses > 0 ? `${c.hits} / ${c.misses}` : "—", true], [c.errors, true], [fmt(c.p99_seconds, 4), true]]),
+    ),
+  );
+  table(
+    $("outbound"),
+    ["destination", "open"],
+    d.outbound.map((o) => row([[o.destination], [o.active, true]])),
+  );
 }
 
 function renderSide(d) {
