@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use apm_e2e::{Agent, Client, Server, Worker, free_port, get, require_root, wait_for};
+use apm_e2e::{Agent, Client, Redis, Server, Worker, free_port, get, require_root, wait_for};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -244,19 +244,48 @@ fn prometheus_scrapes_the_same_counts_the_client_sent() {
     drop(server);
 }
 
+/// The service a Grafana panel is checked with: its Redis client panels
+/// with this test process (a monitored service, "shop"), the Redis server
+/// panel with redis-server, the rest with the HTTP test server.
+fn panel_service(title: &str) -> &'static str {
+    if title.starts_with("Redis server") {
+        "redis-server"
+    } else if ["Redis", "Cache", "Outbound"]
+        .iter()
+        .any(|p| title.starts_with(p))
+    {
+        "shop"
+    } else {
+        "apm-httpd"
+    }
+}
+
 /// Every expression of the Grafana dashboard, with its variables set to
-/// the test service, returns data from a real Prometheus scraping a real
-/// agent (HTTP traffic with 5xx, a checked dependency, a firing alert).
+/// the test services, returns data from a real Prometheus scraping a real
+/// agent (HTTP traffic with 5xx, Redis commands with hits and misses from
+/// a monitored client, a checked dependency, a firing alert).
 #[test]
 fn every_grafana_query_returns_data_for_the_test_service() {
     require_root();
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
+    let rport = free_port().expect("port");
+    let _redis = Redis::start(rport);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let lport = listener.local_addr().expect("addr").port();
     let config = apm_e2e::always_firing_config("GrafanaShowsAlerts", "");
     let check = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::start(&[
         "--port",
         &port.to_string(),
+        "--port",
+        &rport.to_string(),
+        "--port",
+        &lport.to_string(),
+        "--service-name",
+        &format!("{lport}=shop"),
+        "--redis-port",
+        &rport.to_string(),
         "--check",
         &check,
         "--check-interval",
@@ -266,6 +295,15 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     ])
     .expect("agent");
     agent.wait_for_service(port, "apm-httpd");
+    agent.wait_for_service(rport, "redis-server");
+    agent.wait_for_service(lport, "shop");
+    // A configured name is known before its process: connects are
+    // followed once the process is.
+    let found = wait_for(Duration::from_secs(20), || {
+        let m = agent.metrics().ok()?;
+        (m.value("apm_service_processes", &[("service_name", "shop")]) == Some(1.0)).then_some(())
+    });
+    assert!(found.is_some(), "shop's process never found");
     let prometheus = Prometheus::start(agent.addr);
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("deploy/grafana/apm-dashboard.json"))
@@ -276,23 +314,42 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         .as_array()
         .expect("panels")
         .iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| {
+        .flat_map(|p| {
+            let service = panel_service(p["title"].as_str().unwrap_or_default());
+            p["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |t| (service, t))
+        })
+        .filter_map(|(service, t)| {
             t["expr"].as_str().map(|e| {
-                e.replace("$service_name", "apm-httpd")
+                e.replace("$service_name", service)
                     .replace("$job", ".*")
                     .replace("$instance", ".*")
                     .replace("$__rate_interval", "30s")
             })
         })
         .collect();
-    // Bounded traffic with some 5xx while Prometheus scrapes every second.
+    // Bounded traffic with some 5xx, and Redis reads that hit and miss,
+    // while Prometheus scrapes every second.
     let mut client = Client::connect(port).expect("connect");
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("redis");
+    let mut con = redis.get_connection().expect("redis connect");
     let mut empty = exprs.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while !empty.is_empty() && std::time::Instant::now() < deadline {
         for path in ["/ok", "/ok", "/error", "/users/7", "/missing"] {
             client.get(path).expect("request");
+        }
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut con)
+            .expect("SET");
+        for key in ["k", "absent"] {
+            let _: Option<String> = redis::cmd("GET").arg(key).query(&mut con).expect("GET");
         }
         std::thread::sleep(Duration::from_millis(200));
         empty.retain(|e| {
@@ -302,7 +359,7 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         });
     }
     assert!(empty.is_empty(), "Grafana queries without data: {empty:#?}");
-    drop(server);
+    drop((server, listener));
     std::fs::remove_file(config).ok();
 }
 
