@@ -14,7 +14,10 @@
 //! 4. The packet programs' own run time per request, from the kernel's BPF
 //!    statistics, against nginx's CPU time per request: the in-kernel cost
 //!    without the run-to-run noise of throughput on a shared VM.
+//! 5. redis-benchmark against redis-server, without and with the agent
+//!    timing every command (`redis`).
 
+mod redis;
 mod report;
 pub mod tools;
 
@@ -103,6 +106,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let syscall_cost = syscall_cost(agent, port)?;
     let probe_cost = probe_cost(agent, port)?;
     drop(nginx);
+    let redis = redis::redis_bench(agent)?;
     let of = |arm: Arm| {
         runs.iter()
             .find(|(a, _)| *a == arm)
@@ -148,6 +152,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         sent: of(Arm::Packets).iter().map(|r| r.requests).sum(),
         syscall_cost,
         probe_cost,
+        redis,
     });
     let doc = crate::docs::with_sections(root, &doc);
     let path = root.join(crate::docs::BENCHMARKS);

@@ -4,6 +4,7 @@ use std::{fmt::Write as _, process::Command};
 
 use super::{
     ROUNDS, RUN_SECS, SECONDARY_EVERY, WRK_CONNECTIONS,
+    redis::{REDIS_REQUESTS, REDIS_ROUNDS, RedisBench},
     tools::{Pipeline, ProbeCost, SyscallCost},
 };
 
@@ -24,6 +25,7 @@ pub struct Report {
     pub sent: f64,
     pub syscall_cost: SyscallCost,
     pub probe_cost: ProbeCost,
+    pub redis: RedisBench,
 }
 
 pub fn render(r: &Report) -> String {
@@ -121,6 +123,23 @@ pub fn render(r: &Report) -> String {
             format!("{:.0} / {:.0}", r.seen, r.sent),
             "equal, give or take those in flight when wrk stops",
         ),
+        (
+            format!(
+                "redis-benchmark throughput (SET and GET) with the agent timing every command / without, median of {} rounds",
+                r.redis.ratios.len()
+            ),
+            {
+                let (q1, q3) = super::tools::quartiles(&mut r.redis.ratios.clone());
+                format!("{:.3} (quartiles {q1:.3}-{q3:.3})", r.redis.ratio)
+            },
+            ">= 0.95",
+        ),
+        (
+            "Redis commands the agent timed / commands redis-benchmark sent (runs with the agent)"
+                .into(),
+            format!("{:.0} / {:.0}", r.redis.timed, r.redis.sent),
+            "equal",
+        ),
     ];
     let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(
@@ -148,6 +167,13 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         s,
         "- Agent CPU is utime + stime from /proc/PID/stat over the wrk run, normalised to 10 000 req/s by the requests it paired. RSS and its peak (VmHWM) from /proc/PID/status; the ring buffer is 8 MiB of it."
+    );
+    let _ = writeln!(
+        s,
+        "- Redis: redis-server (no persistence) pinned to CPU 0, redis-benchmark pinned to CPU 1 with 32 clients, {REDIS_REQUESTS} SETs then {REDIS_REQUESTS} GETs per run, no pipelining; the agent (on CPU 1) selects the server with `--port` and `--redis-port`. {REDIS_ROUNDS} rounds, without and with the agent, order alternating. Without (req/s): {}; with: {}; per-round ratios: {}.",
+        list(&r.redis.without, 0),
+        list(&r.redis.with, 0),
+        list(&r.redis.ratios, 3)
     );
     let _ = writeln!(
         s,

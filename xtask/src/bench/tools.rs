@@ -87,13 +87,13 @@ pub struct AgentUsage {
 }
 
 /// A running agent selecting `selected`, stopped (SIGTERM) on drop.
-struct RunningAgent {
+pub struct RunningAgent {
     child: Child,
-    admin: u16,
+    pub admin: u16,
 }
 
 impl RunningAgent {
-    fn start(agent: &Path, selected: u16, extra: &[&str], nginx: bool) -> Result<Self> {
+    pub fn start(agent: &Path, selected: u16, extra: &[&str], nginx: bool) -> Result<Self> {
         let admin = free_port()?;
         // On the client's CPU: the ratio then shows what the probes cost
         // the server, and the agent's own CPU is reported on its own.
@@ -349,7 +349,7 @@ pub fn wrk(port: u16, secs: u64) -> Result<(f64, f64)> {
 
 /// `program` pinned to `cpu` with taskset when the machine has two CPUs or
 /// more (nginx on CPU 0, wrk on CPU 1, as shared/TOOLCHAIN.md measured).
-fn pinned(cpu: usize, program: &str) -> Command {
+pub fn pinned(cpu: usize, program: &str) -> Command {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if cpus < 2 {
         return Command::new(program);

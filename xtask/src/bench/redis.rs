@@ -1,0 +1,125 @@
+//! redis-benchmark against a redis-server pinned to CPU 0 (the client and
+//! the agent on CPU 1, as for nginx), without the agent and with it
+//! selecting the server, rounds alternating: the throughput ratio, and the
+//! commands the agent timed against those redis-benchmark sent.
+
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+
+use super::tools::{RunningAgent, free_port, median, pinned};
+
+/// Rounds of the two arms (without, with), order alternating.
+pub const REDIS_ROUNDS: usize = 8;
+/// Requests per command per run, 32 clients, no pipelining: the per-request
+/// cost is what the ratio shows.
+pub const REDIS_REQUESTS: u64 = 100_000;
+const REDIS_CLIENTS: u32 = 32;
+
+pub struct RedisBench {
+    pub without: Vec<f64>,
+    pub with: Vec<f64>,
+    pub ratios: Vec<f64>,
+    pub ratio: f64,
+    /// Commands the agent timed (server side) / commands redis-benchmark sent.
+    pub timed: f64,
+    pub sent: f64,
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// redis-benchmark's mean requests/s over SET and GET.
+fn run(port: u16) -> Result<f64> {
+    let out = pinned(1, "redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", &REDIS_CLIENTS.to_string()])
+        .args(["-n", &REDIS_REQUESTS.to_string(), "-t", "set,get", "--csv"])
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "redis-benchmark failed: {text}");
+    // "SET","129870.13",...
+    let rps: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("\"SET\"") || l.starts_with("\"GET\""))
+        .filter_map(|l| l.split(',').nth(1)?.trim_matches('"').parse().ok())
+        .collect();
+    ensure!(
+        rps.len() == 2,
+        "no SET/GET rates in redis-benchmark output: {text}"
+    );
+    Ok(rps.iter().sum::<f64>() / 2.0)
+}
+
+/// SETs and GETs the agent timed (redis-benchmark's CONFIG GETs aside).
+fn timed(admin: u16) -> Result<f64> {
+    let mut total = 0.0;
+    for op in ["SET", "GET"] {
+        total += crate::load::metric_sum(
+            admin,
+            &format!("apm_db_server_operation_duration_seconds_count{{db_operation_name=\"{op}\""),
+        )?;
+    }
+    Ok(total)
+}
+
+pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
+    let port = free_port()?;
+    let server = Server(
+        pinned(0, "redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = run(port)?; // warm-up
+    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut timed_total, mut sent) = (0.0, 0.0);
+    for round in 0..REDIS_ROUNDS {
+        let mut pair = [0.0f64; 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for arm in order {
+            if arm == 0 {
+                pair[0] = run(port)?;
+                continue;
+            }
+            let p = port.to_string();
+            let running = RunningAgent::start(agent, port, &["--redis-port", &p], false)?;
+            let before = timed(running.admin)?;
+            pair[1] = run(port)?;
+            std::thread::sleep(Duration::from_millis(500));
+            timed_total += timed(running.admin)? - before;
+            sent += 2.0 * REDIS_REQUESTS as f64;
+            drop(running);
+        }
+        eprintln!(
+            "xtask bench: redis round {round}: {:.0} without, {:.0} with the agent",
+            pair[0], pair[1]
+        );
+        without.push(pair[0]);
+        with.push(pair[1]);
+        ratios.push(pair[1] / pair[0].max(1.0));
+    }
+    drop(server);
+    let ratio = median(&mut ratios.clone());
+    Ok(RedisBench {
+        without,
+        with,
+        ratios,
+        ratio,
+        timed: timed_total,
+        sent,
+    })
+}
