@@ -144,6 +144,22 @@ impl Agent {
         );
     }
 
+    /// Waits until the agent has found `service`'s process (a configured
+    /// name is known before its process is, and only a known process's
+    /// connects are followed); panics otherwise.
+    pub fn wait_for_process(&self, service: &str) {
+        let found = wait_for(Duration::from_secs(20), || {
+            let m = self.metrics().ok()?;
+            (m.value("apm_service_processes", &[("service_name", service)]) == Some(1.0))
+                .then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "{service}'s process never found: {}",
+            self.log_text()
+        );
+    }
+
     /// Waits until the agent has paired `total` requests of `service`, as
     /// both the paired counter and the duration histogram show it (one
     /// scrape is not atomic across families, and the pipeline keeps

@@ -297,13 +297,7 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     agent.wait_for_service(port, "apm-httpd");
     agent.wait_for_service(rport, "redis-server");
     agent.wait_for_service(lport, "shop");
-    // A configured name is known before its process: connects are
-    // followed once the process is.
-    let found = wait_for(Duration::from_secs(20), || {
-        let m = agent.metrics().ok()?;
-        (m.value("apm_service_processes", &[("service_name", "shop")]) == Some(1.0)).then_some(())
-    });
-    assert!(found.is_some(), "shop's process never found");
+    agent.wait_for_process("shop");
     let prometheus = Prometheus::start(agent.addr);
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("deploy/grafana/apm-dashboard.json"))

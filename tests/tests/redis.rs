@@ -115,16 +115,6 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
     assert_eq!(hits, gets, "{}", m.text);
 }
 
-/// Waits until the agent has found `service`'s process (a configured name
-/// is known before the process is): only then are its connects followed.
-pub fn wait_for_process(agent: &Agent, service: &str) {
-    let found = wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        (m.value("apm_service_processes", &[("service_name", service)]) == Some(1.0)).then_some(())
-    });
-    assert!(found.is_some(), "{service}'s process never found");
-}
-
 /// Client-side operations per command of `service` to the server at
 /// 127.0.0.1:`port`, from the duration histogram.
 fn client_counts(m: &Metrics, service: &str, port: u16) -> BTreeMap<String, u64> {
@@ -175,7 +165,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     ])
     .expect("agent");
     agent.wait_for_service(lport, "shop");
-    wait_for_process(&agent, "shop");
+    agent.wait_for_process("shop");
 
     let client = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("client");
     let mut con = client.get_connection().expect("connect");

@@ -246,3 +246,19 @@ fn peer(ev: &Event<'_>, server: Option<IpAddr>) -> Peer {
         server,
     }
 }
+
+/// Removes and returns the connections of `conns` idle for longer than
+/// `idle_ns` (both pairings sweep their tables with it).
+fn take_idle<C>(
+    conns: &mut FxHashMap<u64, C>,
+    now_ns: u64,
+    idle_ns: u64,
+    last_seen_ns: impl Fn(&C) -> u64,
+) -> Vec<C> {
+    let stale: Vec<u64> = conns
+        .iter()
+        .filter(|(_, c)| now_ns.saturating_sub(last_seen_ns(c)) > idle_ns)
+        .map(|(k, _)| *k)
+        .collect();
+    stale.into_iter().filter_map(|k| conns.remove(&k)).collect()
+}

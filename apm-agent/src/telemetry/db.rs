@@ -77,6 +77,13 @@ pub struct DbStats {
 }
 
 impl DbStats {
+    fn totals_of(&mut self, service: &Arc<str>, operation: &'static str) -> &mut DbTotals {
+        self.totals
+            .entry(service.clone())
+            .or_default()
+            .entry(operation)
+            .or_default()
+    }
     /// Each service's commands, busiest first.
     pub fn summaries(&self) -> std::collections::HashMap<String, Vec<CommandSummary>> {
         let q = |s: &DDSketch, q| s.quantile(q).ok().flatten().unwrap_or(0.0);
@@ -164,13 +171,7 @@ impl CommandSink for Recorder<'_> {
                     .inc_by(0);
             }
         }
-        let totals = self
-            .db
-            .totals
-            .entry(name.clone())
-            .or_default()
-            .entry(cmd.name)
-            .or_default();
+        let totals = self.db.totals_of(name, cmd.name);
         totals.operations += 1;
         totals.sketch.add(seconds);
         let key = (name.clone(), cmd.name, peer.server, port);
@@ -211,13 +212,7 @@ impl CommandSink for Recorder<'_> {
 
     fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult) {
         let (name, _) = service_of(self.services, self.unknown, peer.origin, peer.port);
-        let totals = self
-            .db
-            .totals
-            .entry(name.clone())
-            .or_default()
-            .entry(cmd.name)
-            .or_default();
+        let totals = self.db.totals_of(name, cmd.name);
         match result {
             CacheResult::Hit => totals.hits += 1,
             CacheResult::Miss => totals.misses += 1,

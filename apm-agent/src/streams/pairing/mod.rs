@@ -328,16 +328,8 @@ impl Tracker {
 
     /// Drops connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sink) {
-        let stale: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > idle_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            if let Some(conn) = self.conns.remove(&key) {
-                finish(conn, sink, Unpaired::Evicted);
-            }
+        for conn in super::take_idle(&mut self.conns, now_ns, idle_ns, |c| c.last_seen_ns) {
+            finish(conn, sink, Unpaired::Evicted);
         }
     }
 

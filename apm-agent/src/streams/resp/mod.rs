@@ -213,16 +213,8 @@ impl Tracker {
     }
 
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CommandSink) {
-        let stale: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > idle_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            if let Some(c) = self.conns.remove(&key) {
-                finish(c, sink, Unpaired::Evicted);
-            }
+        for c in super::take_idle(&mut self.conns, now_ns, idle_ns, |c| c.last_seen_ns) {
+            finish(c, sink, Unpaired::Evicted);
         }
     }
 
