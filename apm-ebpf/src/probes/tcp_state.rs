@@ -54,13 +54,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    if newstate == tcp_state::LISTEN || oldstate == tcp_state::LISTEN {
-        // A listener came or went: the agent's discovery rereads procfs.
-        if let Some(changes) = LISTEN_CHANGES.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot of a per-CPU array, valid for the
-            // program's run; tracepoint programs do not nest on one CPU.
-            unsafe { *changes += 1 };
+    if oldstate == tcp_state::LISTEN {
+        // LISTEN -> SYN_RECV is a connection's socket cloned from its
+        // listener (every accepted connection), not the listener going.
+        if newstate != tcp_state::SYN_RECV {
+            count_listen_change();
         }
+        return Ok(());
+    }
+    if newstate == tcp_state::LISTEN {
+        count_listen_change();
         return Ok(());
     }
     // SAFETY: as above.
@@ -105,6 +108,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// A listener came or went: the agent's discovery rereads procfs.
+#[inline(always)]
+fn count_listen_change() {
+    if let Some(changes) = LISTEN_CHANGES.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the
+        // program's run; tracepoint programs do not nest on one CPU.
+        unsafe { *changes += 1 };
+    }
 }
 
 /// This CPU's counters for `port`, creating them when every port is counted.
