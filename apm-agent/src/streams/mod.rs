@@ -121,7 +121,7 @@ impl Streams {
         // A client's segment is seen as its server would see it: what the
         // client sends is the request direction.
         let mut server = None;
-        let mut h = *h;
+        let mut dir = h.direction;
         if h.side == side::CLIENT {
             let Some(&(tgid, addr)) = self.outbound.get(&conn) else {
                 // Opened before the agent, or never told whose: not timed.
@@ -129,25 +129,21 @@ impl Streams {
             };
             origin = Origin::Process(tgid);
             server = Some(addr);
-            h.direction = if h.direction == direction::INGRESS {
+            dir = if h.direction == direction::INGRESS {
                 direction::EGRESS
             } else {
                 direction::INGRESS
             };
         }
-        let h = &h;
         if h.len > 0 {
-            match self
-                .reassembly
-                .accept(conn, h.direction, h.seq, h.len, h.ts_ns)
-            {
+            match self.reassembly.accept(conn, dir, h.seq, h.len, h.ts_ns) {
                 Verdict::Duplicate => {}
                 Verdict::New { skip, gap } => {
                     if gap {
                         self.tracker.gap(conn, sink);
                         self.resp.gap(conn, sink);
                     }
-                    let kind = if h.direction == direction::INGRESS {
+                    let kind = if dir == direction::INGRESS {
                         EventKind::Read
                     } else {
                         EventKind::Write
@@ -169,7 +165,7 @@ impl Streams {
         // The server closing (FIN out) or either side resetting ends the
         // connection; a client's FIN only half-closes it.
         let closes = h.flags & tcp_flags::RST != 0
-            || (h.direction == direction::EGRESS && h.flags & tcp_flags::FIN != 0);
+            || (dir == direction::EGRESS && h.flags & tcp_flags::FIN != 0);
         if closes {
             let event = Event {
                 kind: EventKind::Close,
@@ -197,6 +193,10 @@ impl Streams {
                 self.tracker.handle(ev, sink);
             }
             EventKind::Read | EventKind::Write | EventKind::Sendfile => {
+                // Most events are of connections already known as HTTP.
+                if server.is_none() && self.tracker.handle_http(ev, sink) {
+                    return;
+                }
                 if self.resp.has(ev.conn) {
                     self.resp.handle(ev, sink);
                     return;

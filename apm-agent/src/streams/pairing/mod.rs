@@ -288,20 +288,22 @@ impl Tracker {
                     .conns
                     .entry(key)
                     .or_insert_with(|| Conn::new(ev.origin, ev.port, ev.ts_ns));
-                if conn.port == 0 {
-                    conn.port = ev.port;
-                }
-                conn.last_seen_ns = ev.ts_ns;
-                if conn.ignored {
-                    return;
-                }
-                match ev.kind {
-                    EventKind::Read => on_read(conn, ev, sink),
-                    EventKind::Write => on_write(conn, ev, sink),
-                    _ => on_sendfile(conn, ev, sink),
-                }
+                process(conn, ev, sink);
             }
             EventKind::Packet | EventKind::Connect => {}
+        }
+    }
+
+    /// Handles a read or write of a connection already known to carry
+    /// HTTP (one lookup: the common case); false, with nothing done, for
+    /// any other connection.
+    pub fn handle_http(&mut self, ev: &Event<'_>, sink: &mut impl Sink) -> bool {
+        match self.conns.get_mut(&ev.conn) {
+            Some(conn) if conn.saw_http => {
+                process(conn, ev, sink);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -358,6 +360,23 @@ impl Tracker {
                     start_ns: p.start_ns,
                 })
         })
+    }
+}
+
+/// A read, write or sendfile of `conn`.
+fn process(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
+    if conn.port == 0 {
+        conn.port = ev.port;
+    }
+    conn.last_seen_ns = ev.ts_ns;
+    if conn.ignored {
+        return;
+    }
+    match ev.kind {
+        EventKind::Read => on_read(conn, ev, sink),
+        EventKind::Write => on_write(conn, ev, sink),
+        EventKind::Sendfile => on_sendfile(conn, ev, sink),
+        _ => {}
     }
 }
 
