@@ -67,11 +67,6 @@ impl Streams {
         self.tracker.connections() + self.resp.connections()
     }
 
-    /// RESP commands waiting for their replies.
-    pub fn commands_in_flight(&self) -> impl Iterator<Item = (Peer, &'static str, u64)> + '_ {
-        self.resp.in_flight()
-    }
-
     pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
         self.tracker.in_flight()
     }
@@ -206,7 +201,7 @@ impl Streams {
                     _ => starts_like_reply(ev.data),
                 };
                 if resp
-                    && (!self.tracker.has(ev.conn) || self.tracker.forget_fresh(ev.conn))
+                    && self.tracker.yield_fresh(ev.conn)
                     && self.resp.open(ev, peer(ev, server), sink)
                 {
                     self.resp.handle(ev, sink);

@@ -244,21 +244,17 @@ impl Tracker {
         self.conns.len()
     }
 
-    pub fn has(&self, conn: u64) -> bool {
-        self.conns.contains_key(&conn)
-    }
-
-    /// Forgets `conn` if it has not carried HTTP yet (another protocol's
-    /// connection, seen from its accept): whether it was forgotten.
-    pub fn forget_fresh(&mut self, conn: u64) -> bool {
-        let fresh = self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| !c.saw_http && c.pending.is_empty() && c.current.is_none());
-        if fresh {
-            self.conns.remove(&conn);
+    /// Whether `conn` may be another protocol's: unknown here, or known
+    /// (from its accept) but not carrying HTTP yet, and then forgotten.
+    pub fn yield_fresh(&mut self, conn: u64) -> bool {
+        match self.conns.get(&conn) {
+            None => true,
+            Some(c) if !c.saw_http && c.pending.is_empty() && c.current.is_none() => {
+                self.conns.remove(&conn);
+                true
+            }
+            Some(_) => false,
         }
-        fresh
     }
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {

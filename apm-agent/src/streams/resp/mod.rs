@@ -217,15 +217,6 @@ impl Tracker {
             finish(c, sink, Unpaired::Evicted);
         }
     }
-
-    /// Commands waiting for replies: (peer, command, start).
-    pub fn in_flight(&self) -> impl Iterator<Item = (Peer, &'static str, u64)> + '_ {
-        self.conns.values().flat_map(|c| {
-            c.pending
-                .iter()
-                .map(move |p| (c.peer, p.cmd.name, p.start_ns))
-        })
-    }
 }
 
 fn finish(mut c: Conn, sink: &mut impl CommandSink, reason: Unpaired) {
