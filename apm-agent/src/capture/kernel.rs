@@ -95,8 +95,17 @@ pub enum KernelError {
     Cpus(std::io::Error),
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
+}
+
+/// Takes map `name` out of the loaded object as the typed map `M`.
+pub(super) fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    M::try_from(map).map_err(map_err(name))
 }
 
 /// The loaded programs and the maps the agent reads and writes. Dropping it
@@ -343,19 +352,15 @@ impl Kernel {
         capture: Capture,
         cgroup_root: Option<File>,
     ) -> Result<Self, KernelError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(KernelError::MissingMap(name));
-        let ports = PerCpuHashMap::try_from(take(names::PORTS)?).map_err(map_err(names::PORTS))?;
-        let pids = PerCpuHashMap::try_from(take(names::PIDS)?).map_err(map_err(names::PIDS))?;
-        let drops = PerCpuArray::try_from(take(names::DROPS)?).map_err(map_err(names::DROPS))?;
-        let listen_changes = PerCpuArray::try_from(take(names::LISTEN_CHANGES)?)
-            .map_err(map_err(names::LISTEN_CHANGES))?;
-        let conns = BpfHashMap::try_from(take(names::CONNS)?).map_err(map_err(names::CONNS))?;
-        let events = RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?;
-        let capture_ports =
-            Array::try_from(take(names::CAPTURE_PORTS)?).map_err(map_err(names::CAPTURE_PORTS))?;
-        let mut config: Array<MapData, KernelConfig> =
-            Array::try_from(take(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
+        let e = &mut ebpf;
+        let ports = take_map(e, names::PORTS)?;
+        let pids = take_map(e, names::PIDS)?;
+        let drops = take_map(e, names::DROPS)?;
+        let listen_changes = take_map(e, names::LISTEN_CHANGES)?;
+        let conns = take_map(e, names::CONNS)?;
+        let events = take_map(e, names::EVENTS)?;
+        let capture_ports = take_map(e, names::CAPTURE_PORTS)?;
+        let mut config: Array<MapData, KernelConfig> = take_map(e, names::CONFIG)?;
         config
             .set(
                 0,

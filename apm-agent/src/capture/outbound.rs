@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
 };
 
-use super::kernel::KernelError;
+use super::kernel::{KernelError, map_err, take_map};
 
 pub struct Outbound {
     clients: BpfHashMap<MapData, u32, u32>,
@@ -34,20 +34,12 @@ pub struct Pool {
     key: PoolKey,
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
-    move |source| KernelError::Map { name, source }
-}
-
 impl Outbound {
     pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(KernelError::MissingMap(name));
         Ok(Self {
-            clients: BpfHashMap::try_from(take(names::CLIENTS)?)
-                .map_err(map_err(names::CLIENTS))?,
-            remote_ports: Array::try_from(take(names::REMOTE_PORTS)?)
-                .map_err(map_err(names::REMOTE_PORTS))?,
-            pools: PerCpuHashMap::try_from(take(names::POOLS)?).map_err(map_err(names::POOLS))?,
+            clients: take_map(ebpf, names::CLIENTS)?,
+            remote_ports: take_map(ebpf, names::REMOTE_PORTS)?,
+            pools: take_map(ebpf, names::POOLS)?,
             known: BTreeSet::new(),
         })
     }
