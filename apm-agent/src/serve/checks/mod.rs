@@ -155,25 +155,14 @@ pub struct DependencyStatus {
 /// Checks one dependency, bounded by `timeout`.
 pub async fn check(dep: &Dependency, timeout: Duration) -> DependencyStatus {
     let start = Instant::now();
-    let result: Result<String, String> = match &dep.target {
-        Target::Tcp { addr } => {
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await
-            {
-                Ok(Ok(_)) => Ok("connected".into()),
-                Ok(Err(e)) => Err(format!("connect: {e}")),
-                Err(_) => Err(format!("connect: timed out after {timeout:?}")),
-            }
-        }
-        Target::Postgres => {
-            match tokio::time::timeout(timeout, postgres::select_one(dep.url.expose(), timeout))
+    let probe = async {
+        match &dep.target {
+            Target::Tcp { addr } => tokio::net::TcpStream::connect(addr.as_str())
                 .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(format!("timed out after {timeout:?}")),
-            }
-        }
-        Target::Redis => {
-            let ping = async {
+                .map(|_| "connected".to_owned())
+                .map_err(|e| format!("connect: {e}")),
+            Target::Postgres => postgres::select_one(dep.url.expose(), timeout).await,
+            Target::Redis => {
                 let client = redis::Client::open(dep.url.expose()).map_err(|e| e.to_string())?;
                 let mut con = client
                     .get_multiplexed_async_connection()
@@ -183,11 +172,18 @@ pub async fn check(dep: &Dependency, timeout: Duration) -> DependencyStatus {
                     .query_async::<String>(&mut con)
                     .await
                     .map_err(|e| format!("PING: {e}"))
-            };
-            match tokio::time::timeout(timeout, ping).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("timed out after {timeout:?}")),
             }
+        }
+    };
+    let result = match tokio::time::timeout(timeout, probe).await {
+        Ok(r) => r,
+        Err(_) => {
+            let stage = if matches!(dep.target, Target::Tcp { .. }) {
+                "connect: "
+            } else {
+                ""
+            };
+            Err(format!("{stage}timed out after {timeout:?}"))
         }
     };
     let elapsed = start.elapsed().as_secs_f64();
