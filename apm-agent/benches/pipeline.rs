@@ -37,8 +37,11 @@ fn request(round: u64, conn: u32) -> String {
     )
 }
 
-const HEAD: &[u8] =
-    b"HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n";
+/// A response head shaped like nginx's (the server `cargo xtask bench`
+/// measures), eight headers.
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 16:40:04 GMT\r\n\
+Content-Type: application/json\r\nContent-Length: 13\r\nLast-Modified: Sun, 29 Nov 2026 10:00:00 GMT\r\n\
+Connection: keep-alive\r\nETag: \"6929c2a0-d\"\r\nAccept-Ranges: bytes\r\n\r\n";
 const BODY: &[u8] = b"{\"ok\":true}\r\n";
 
 /// Keep-alive traffic over CONNS connections as packets: per request one

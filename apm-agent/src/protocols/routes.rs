@@ -13,9 +13,15 @@
 //!    `max_routes` routes; later ones are reported as [`OVERFLOW_ROUTE`]
 //!    and counted.
 //!
-//! The raw path is only read here; nothing keeps it.
+//! The raw path is only read here; nothing keeps it. Paths already
+//! templated are remembered by a keyed 64-bit hash (never the path), so a
+//! repeated path costs one hash and one lookup.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    sync::Arc,
+};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -26,6 +32,9 @@ const MAX_WORD: usize = 32;
 const MAX_RUN: usize = 20;
 /// Segments kept per route; deeper paths end in `/{rest}`.
 const MAX_DEPTH: usize = 16;
+/// Templated paths remembered (all services); the memo starts over when
+/// it is full, so a flood of distinct paths costs what it did without it.
+const MEMO_MAX: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
@@ -123,6 +132,29 @@ pub struct Routes {
     config: RouteConfig,
     services: FxHashMap<Arc<str>, ServiceRoutes>,
     overflow: Arc<str>,
+    /// (service, path) hashed with a per-process random key (SipHash), so
+    /// nobody can craft a path that lands on another path's route, to the
+    /// admitted template. Cleared whenever a route is forgotten.
+    memo: HashMap<u64, Arc<str>, BuildHasherDefault<KeyHasher>>,
+    keys: RandomState,
+}
+
+/// The memo's keys are hashes already.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Routes {
@@ -131,6 +163,8 @@ impl Routes {
             config,
             services: FxHashMap::default(),
             overflow: OVERFLOW_ROUTE.into(),
+            memo: HashMap::default(),
+            keys: RandomState::new(),
         }
     }
 
@@ -140,11 +174,13 @@ impl Routes {
         if let Some(state) = self.services.get_mut(service) {
             state.routes.remove(template);
         }
+        self.memo.clear();
     }
 
     /// Frees everything known about `service`.
     pub fn forget_service(&mut self, service: &str) {
         self.services.remove(service);
+        self.memo.clear();
     }
 
     /// Number of routes known for `service`.
@@ -153,6 +189,24 @@ impl Routes {
     }
 
     pub fn template(&mut self, service: &Arc<str>, path: &str) -> Route {
+        let key = self.keys.hash_one((&**service, path));
+        if let Some(template) = self.memo.get(&key) {
+            return Route {
+                template: template.clone(),
+                overflow: false,
+            };
+        }
+        let route = self.template_new(service, path);
+        if !route.overflow {
+            if self.memo.len() >= MEMO_MAX {
+                self.memo.clear();
+            }
+            self.memo.insert(key, route.template.clone());
+        }
+        route
+    }
+
+    fn template_new(&mut self, service: &Arc<str>, path: &str) -> Route {
         // `;params` (jsessionid and friends) are dropped from every segment.
         let segments: Vec<&str> = path
             .split('/')
@@ -429,6 +483,31 @@ mod tests {
         assert_eq!(overflow, 15);
         // Another service has its own budget.
         assert!(!r.template(&"other".into(), "/a0/b0").overflow);
+    }
+
+    #[test]
+    fn remembered_paths_follow_forgotten_routes() {
+        let mut r = Routes::new(RouteConfig {
+            max_routes: 1,
+            ..Default::default()
+        });
+        let s: Arc<str> = "svc".into();
+        for _ in 0..3 {
+            assert_eq!(t(&mut r, &s, "/orders/42"), "/orders/{id}");
+            assert!(r.template(&s, "/carts").overflow);
+        }
+        // A forgotten route frees its place, and the remembered path
+        // is templated again rather than answered from memory.
+        r.forget("svc", "/orders/{id}");
+        assert_eq!(t(&mut r, &s, "/carts"), "/carts");
+        assert!(r.template(&s, "/orders/42").overflow);
+        r.forget_service("svc");
+        assert_eq!(t(&mut r, &s, "/orders/43"), "/orders/{id}");
+        // The memory is bounded: distinct paths beyond it start it over.
+        for i in 0..MEMO_MAX + 10 {
+            r.template(&s, &format!("/orders/{i}"));
+        }
+        assert!(r.memo.len() <= MEMO_MAX);
     }
 
     #[test]
