@@ -3,6 +3,10 @@
 //! later releases that clients send on connect or that are common
 //! (`CLIENT SETINFO`, hash-field expiry). Anything else is [`OTHER`].
 
+use std::sync::LazyLock;
+
+use rustc_hash::FxHashMap;
+
 /// The label of a command not in the table (a module's, a newer
 /// release's, or junk).
 pub const OTHER: &str = "OTHER";
@@ -461,34 +465,70 @@ fn upper<'a>(word: &[u8], buf: &'a mut [u8; 40]) -> Option<&'a str> {
     std::str::from_utf8(out).ok()
 }
 
+/// A top-level command as the table lookup returns it.
+struct Entry {
+    command: Command,
+    /// It has subcommands (`CLIENT SETNAME`).
+    container: bool,
+}
+
+/// Every top-level command by its upper-case name, with its kind worked
+/// out once: a binary search of the name lists per command cost more than
+/// the rest of the RESP parsing under redis-benchmark.
+static TABLE: LazyLock<FxHashMap<&'static str, Entry>> = LazyLock::new(|| {
+    COMMANDS
+        .iter()
+        .map(|&name| {
+            let entry = Entry {
+                command: Command {
+                    name,
+                    kind: kind_of(name),
+                },
+                container: CONTAINERS.binary_search(&name).is_ok(),
+            };
+            (name, entry)
+        })
+        .collect()
+});
+
 /// The top-level command named by `word` (any case).
 pub fn lookup(word: &[u8]) -> Option<&'static str> {
+    entry(word).map(|e| e.command.name)
+}
+
+fn entry(word: &[u8]) -> Option<&'static Entry> {
     let mut buf = [0u8; 40];
-    let up = upper(word, &mut buf)?;
-    COMMANDS.binary_search(&up).ok().map(|i| COMMANDS[i])
+    TABLE.get(upper(word, &mut buf)?)
 }
 
 /// The command of a frame whose first two words are `first` and `second`.
 pub fn command(first: &[u8], second: Option<&[u8]>) -> Command {
-    let Some(top) = lookup(first) else {
+    let Some(top) = entry(first) else {
         return Command {
             name: OTHER,
             kind: Kind::Other,
         };
     };
-    let mut name = top;
-    if CONTAINERS.binary_search(&top).is_ok()
+    if top.container
         && let Some(sub) = second
     {
         let mut buf = [0u8; 40];
         if let Some(sub) = upper(sub, &mut buf) {
-            let full = format!("{top} {sub}");
+            let full = format!("{} {sub}", top.command.name);
             if let Ok(i) = SUBCOMMANDS.binary_search(&full.as_str()) {
-                name = SUBCOMMANDS[i];
+                let name = SUBCOMMANDS[i];
+                return Command {
+                    name,
+                    kind: kind_of(name),
+                };
             }
         }
     }
-    let kind = match name {
+    top.command
+}
+
+fn kind_of(name: &str) -> Kind {
+    match name {
         "MULTI" => Kind::Multi,
         "EXEC" => Kind::Exec,
         "DISCARD" => Kind::Discard,
@@ -497,8 +537,7 @@ pub fn command(first: &[u8], second: Option<&[u8]>) -> Command {
         | "SUNSUBSCRIBE" => Kind::Subscription,
         _ if READS.binary_search(&name).is_ok() => Kind::Read,
         _ => Kind::Other,
-    };
-    Command { name, kind }
+    }
 }
 
 /// Push-message kinds (RESP2 arrays in subscribed mode, RESP3 `>`).
