@@ -148,3 +148,34 @@ fn pipelined_requests_parse_one_after_another() {
         ]
     );
 }
+
+#[test]
+fn heads_with_many_headers_are_still_framed() {
+    // 100 headers before Content-Length: more than a fixed header array
+    // holds, framed all the same; no header's value is returned.
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..100 {
+        head.push_str(&format!("X-Trace-{i}: secret-{i}\r\n"));
+    }
+    head.push_str("Content-Length: 7\r\n\r\n");
+    let r = parse_response(head.as_bytes()).expect("parse");
+    assert_eq!((r.head_len, r.body), (Some(head.len()), Framing::Length(7)));
+    let req = format!(
+        "POST /x HTTP/1.1\r\n{}",
+        &head["HTTP/1.1 200 OK\r\n".len()..]
+    );
+    let r = parse_request(req.as_bytes()).expect("parse");
+    assert_eq!((r.head_len, r.body), (Some(req.len()), Framing::Length(7)));
+}
+
+#[test]
+fn a_bad_header_line_after_a_good_first_line_is_not_http() {
+    assert_eq!(
+        parse_request(b"GET / HTTP/1.1\r\nHost x\r\n\r\n"),
+        Err(ParseError::NotHttp)
+    );
+    assert_eq!(
+        parse_response(b"HTTP/1.1 200 OK\r\n\x00\x01: x\r\n\r\n"),
+        Err(ParseError::NotHttp)
+    );
+}
