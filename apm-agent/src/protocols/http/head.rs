@@ -26,6 +26,12 @@ pub(super) struct Head {
     pub close: Option<bool>,
 }
 
+/// The head after a first line that ends at `line` (`None`: the first
+/// line itself is cut, so nothing is known yet).
+pub(super) fn scan_after(buf: &[u8], line: Option<usize>) -> Result<Head, ParseError> {
+    line.map_or(Ok(Head::default()), |start| scan(buf, start))
+}
+
 /// Reads the header lines of `buf` from `start` (just after the first
 /// line) to the blank line.
 pub(super) fn scan(buf: &[u8], start: usize) -> Result<Head, ParseError> {

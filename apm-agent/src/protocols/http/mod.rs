@@ -117,10 +117,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return partial_request_line(buf);
     };
-    let head = match line {
-        Some(start) => head::scan(buf, start)?,
-        None => Head::default(),
-    };
+    let head = head::scan_after(buf, line)?;
     let body = match head {
         Head { len: None, .. } => Framing::Length(0),
         Head { chunked: true, .. } => Framing::Chunked,
@@ -229,10 +226,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ParseError> {
     if resp.parse(&buf[..line.unwrap_or(buf.len())]).is_err() {
         return Err(ParseError::NotHttp);
     }
-    let head = match line {
-        Some(start) => head::scan(buf, start)?,
-        None => Head::default(),
-    };
+    let head = head::scan_after(buf, line)?;
     let status = match resp.code {
         // httparse takes any three digits; HTTP has 100 to 599.
         Some(code) if (100..=599).contains(&code) => code,

@@ -221,7 +221,17 @@ impl Parser {
                 }
                 State::Line(kind) => {
                     let rest = &data[at..];
-                    let (chunk, done) = match rest.iter().position(|&b| b == b'\n') {
+                    let newline = rest.iter().position(|&b| b == b'\n');
+                    if let (0, Some(p)) = (self.line_len, newline) {
+                        // The whole line is here (the usual case): read it
+                        // in place, as much of it as the buffer would hold.
+                        let line = &rest[..p.min(MAX_LINE)];
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        off += p as u64 + 1;
+                        self.on_line(kind, line, &mut on_frame)?;
+                        continue;
+                    }
+                    let (chunk, done) = match newline {
                         Some(p) => (&rest[..p], Some(p + 1)),
                         None => (rest, None),
                     };
