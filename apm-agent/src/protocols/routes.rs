@@ -18,8 +18,7 @@
 //! repeated path costs one hash and one lookup.
 
 use std::{
-    collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    hash::{BuildHasher, RandomState},
     sync::Arc,
 };
 
@@ -135,26 +134,8 @@ pub struct Routes {
     /// (service, path) hashed with a per-process random key (SipHash), so
     /// nobody can craft a path that lands on another path's route, to the
     /// admitted template. Cleared whenever a route is forgotten.
-    memo: HashMap<u64, Arc<str>, BuildHasherDefault<KeyHasher>>,
+    memo: FxHashMap<u64, Arc<str>>,
     keys: RandomState,
-}
-
-/// The memo's keys are hashes already.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 impl Routes {
@@ -163,7 +144,7 @@ impl Routes {
             config,
             services: FxHashMap::default(),
             overflow: OVERFLOW_ROUTE.into(),
-            memo: HashMap::default(),
+            memo: FxHashMap::default(),
             keys: RandomState::new(),
         }
     }

@@ -226,13 +226,13 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ParseError> {
     if resp.parse(&buf[..line.unwrap_or(buf.len())]).is_err() {
         return Err(ParseError::NotHttp);
     }
-    let head = head::scan_after(buf, line)?;
     let status = match resp.code {
         // httparse takes any three digits; HTTP has 100 to 599.
         Some(code) if (100..=599).contains(&code) => code,
         Some(_) => return Err(ParseError::NotHttp),
         None => status_from_line(buf)?,
     };
+    let head = head::scan_after(buf, line)?;
     let http10 = resp.version == Some(0);
     let (body, connection_close) = match head {
         Head { len: None, .. } => (Framing::Close, http10),

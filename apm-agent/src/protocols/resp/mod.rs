@@ -241,13 +241,11 @@ impl Parser {
                     match done {
                         Some(used) => {
                             off += used as u64;
-                            let mut len = self.line_len;
-                            if len > 0 && self.line[len - 1] == b'\r' {
-                                len -= 1;
-                            }
+                            let (line, len) = (self.line, self.line_len);
                             self.line_len = 0;
-                            let line = self.line;
-                            self.on_line(kind, &line[..len], &mut on_frame)?;
+                            let line = &line[..len];
+                            let line = line.strip_suffix(b"\r").unwrap_or(line);
+                            self.on_line(kind, line, &mut on_frame)?;
                         }
                         None => off += rest.len() as u64,
                     }
