@@ -94,9 +94,9 @@ const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + DATA_CAP);
 
 /// Size of the ring buffer in bytes (a power of two, page aligned). Packet
 /// records are as long as what they captured (typically 100 to 400 bytes),
-/// so it holds tens of thousands of them; the reader drains it every
-/// [`POLL_INTERVAL_MS`], far more often than it can fill at any rate a
-/// single host serves. Syscall records are fixed [`DataEvent`]s (about
+/// so it holds tens of thousands of them; the reader drains it at least
+/// every [`POLL_INTERVAL_MS`], and each time a quarter of it has been
+/// written. Syscall records are fixed [`DataEvent`]s (about
 /// 7 500 fit). The agent may set another size at load time
 /// (`--ring-buffer-bytes`).
 pub const RINGBUF_BYTES: u32 = 8 * 1024 * 1024;
@@ -222,8 +222,9 @@ pub fn record_kind(record: &[u8]) -> Option<EventKind> {
 /// ([`POLL_INTERVAL_MS`]).
 pub const WAKEUP_BYTES: u64 = 256 * 1024;
 
-/// How often the reader drains the ring buffer without a wakeup.
-pub const POLL_INTERVAL_MS: u64 = 20;
+/// The longest the reader waits between drains without a wakeup. Under
+/// load the packet programs wake it sooner, at every quarter of the ring.
+pub const POLL_INTERVAL_MS: u64 = 100;
 
 /// The two record headers: plain-integer repr(C) types with a count of
 /// captured payload bytes after them and a tail.

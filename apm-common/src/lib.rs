@@ -159,7 +159,10 @@ pub struct Config {
     /// [`maps::PORTS`] by the kernel on first connection); 0: count only
     /// ports the agent put there.
     pub all_ports: u32,
-    pub _pad: u32,
+    /// The packet programs wake the ring's reader each time the producer
+    /// position crosses a multiple of 2^wake_shift bytes (a quarter of the
+    /// ring); 0: never (the reader drains on its timer alone).
+    pub wake_shift: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 

@@ -270,7 +270,8 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     if let Some(reason) = essential_missing {
         return (None, disable(report, reason));
     }
-    match Kernel::new(ebpf, options.all_ports, capture, cgroup_root) {
+    let wake_shift = wake_shift(options.ring_bytes);
+    match Kernel::new(ebpf, options.all_ports, wake_shift, capture, cgroup_root) {
         Ok(kernel) => (Some(kernel), report),
         Err(e) => (None, disable(report, e.to_string())),
     }
@@ -345,10 +346,18 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), S
         .map_err(|e| format!("attach: {e}"))
 }
 
+/// log2 of a quarter of the ring (a power of two of at least a page):
+/// the packet programs wake the reader each time that much more has been
+/// written, so a burst is drained long before the ring is full.
+fn wake_shift(ring_bytes: u32) -> u32 {
+    (ring_bytes / 4).max(1).ilog2()
+}
+
 impl Kernel {
     fn new(
         mut ebpf: Ebpf,
         all_ports: bool,
+        wake_shift: u32,
         capture: Capture,
         cgroup_root: Option<File>,
     ) -> Result<Self, KernelError> {
@@ -366,7 +375,7 @@ impl Kernel {
                 0,
                 KernelConfig {
                     all_ports: u32::from(all_ports),
-                    _pad: 0,
+                    wake_shift,
                 },
                 0,
             )

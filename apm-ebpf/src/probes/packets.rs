@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
@@ -27,7 +27,7 @@ use apm_common::{
     },
 };
 
-use crate::maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, count_drop};
+use crate::maps::{CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, count_drop};
 
 /// What a cgroup_skb program returns to let the packet through.
 const PASS: i32 = 1;
@@ -242,13 +242,31 @@ fn emit(
     let Some(record) = bytes.get(..size) else {
         return;
     };
-    // Never a wakeup: asking how much is queued reads the consumer's cache
-    // line on every segment. The reader drains on its 20 ms timer, and the
-    // ring holds ~40 000 records of this size.
-    if EVENTS
-        .output::<[u8]>(record, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
-    {
+    if EVENTS.output::<[u8]>(record, wakeup_flags(size)).is_err() {
         count_drop(Drop::RingbufFull);
+    }
+}
+
+/// Wakes the reader when this record (`size` bytes, plus the ring's 8-byte
+/// record header, rounded up to 8) takes the producer position across a
+/// multiple of the wake step, a quarter of the ring: the reader drains in
+/// large batches, on its timer while the ring fills slowly and at every
+/// quarter under load. Only the producer position is read (a line every
+/// producer writes anyway); asking how much is queued would read the
+/// consumer's line on every segment. A crossing hidden by another CPU's
+/// record in between only delays the drain to the next quarter or tick.
+#[inline(always)]
+fn wakeup_flags(size: usize) -> u64 {
+    let shift = CONFIG.get(0).map_or(0, |c| c.wake_shift);
+    if shift == 0 || shift >= 32 {
+        return u64::from(BPF_RB_NO_WAKEUP);
+    }
+    let step = 1u64 << shift;
+    let pos = EVENTS.query(u64::from(BPF_RB_PROD_POS));
+    let record = (size as u64 + 8 + 7) & !7;
+    if (pos & (step - 1)) + record >= step {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
