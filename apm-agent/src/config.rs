@@ -85,6 +85,13 @@ pub struct Config {
     )]
     pub redis_ports: Vec<u16>,
 
+    /// A Redis server by address, HOST:PORT (repeatable): monitored
+    /// services' connections to it are timed as Redis clients, but not
+    /// their connections to other hosts on that port. A host name is
+    /// resolved once, when the agent starts.
+    #[arg(long = "redis-addr", env = "APM_REDIS_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
+    pub redis_addrs: Vec<(String, u16)>,
+
     /// Name the service on a port, PORT=NAME (repeatable). Default: the name
     /// of the process that owns the listener.
     #[arg(long = "service-name", env = "APM_SERVICE_NAME", value_delimiter = ',', value_parser = parse_service_name)]
@@ -246,6 +253,26 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
+/// `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`.
+fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("{port:?} is not a port (1-65535)"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("{s:?} has no host name or address"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if n < 4096 || !n.is_power_of_two() {
@@ -326,5 +353,28 @@ mod tests {
         assert!(err.to_string().contains("PORT=NAME"), "{err}");
         let err = Config::try_parse_from(["apm-agent", "--bogus"]).expect_err("unknown");
         assert!(err.to_string().contains("--bogus"), "{err}");
+    }
+
+    #[test]
+    fn redis_addresses_are_host_and_port() {
+        let c = Config::try_parse_from([
+            "apm-agent",
+            "--redis-addr",
+            "10.0.0.5:6380,cache.internal:6379",
+            "--redis-addr=[::1]:7000",
+        ])
+        .expect("parse");
+        assert_eq!(
+            c.redis_addrs,
+            vec![
+                ("10.0.0.5".to_owned(), 6380),
+                ("cache.internal".to_owned(), 6379),
+                ("::1".to_owned(), 7000)
+            ]
+        );
+        for bad in ["10.0.0.5", ":6379", "host:0", "host:http", "a b:1"] {
+            let err = Config::try_parse_from(["apm-agent", "--redis-addr", bad]).expect_err(bad);
+            assert!(err.to_string().contains("--redis-addr"), "{bad}: {err}");
+        }
     }
 }

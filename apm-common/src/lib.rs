@@ -53,6 +53,18 @@ pub struct PoolKey {
 }
 const _: () = assert!(core::mem::size_of::<PoolKey>() == 24);
 
+/// A destination captured by address (key of `maps::REMOTE_ADDRS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteAddr {
+    /// IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<RemoteAddr>() == 24);
+
 /// Per-CPU counters of one pool: connections opened (CLOSE -> SYN_SENT, in
 /// the connecting task) and closed (left {SYN_SENT, ESTABLISHED,
 /// CLOSE_WAIT}). Active is `opened - closed`.
@@ -240,6 +252,8 @@ mod pod {
     unsafe impl aya::Pod for InFlight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PoolKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RemoteAddr {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PoolCounters {}
 }

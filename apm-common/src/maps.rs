@@ -45,7 +45,18 @@ pub const CLIENTS_MAX: u32 = 4096;
 
 /// `Array<u32>` indexed by remote port: like `CAPTURE_PORTS`, for the
 /// connections monitored processes open to that port (Redis servers).
+/// With [`ADDR_ONLY`] set, only connections to an address of
+/// `REMOTE_ADDRS` on that port are captured.
 pub const REMOTE_PORTS: &str = "REMOTE_PORTS";
+
+/// A `REMOTE_PORTS` value flag: the port is captured only towards the
+/// addresses listed in `REMOTE_ADDRS` (`--redis-addr`), not to any host.
+pub const ADDR_ONLY: u32 = 1 << 31;
+
+/// `HashMap<RemoteAddr, u32>`: destinations captured by address and port
+/// (`--redis-addr`); the value is unused (1).
+pub const REMOTE_ADDRS: &str = "REMOTE_ADDRS";
+pub const REMOTE_ADDRS_MAX: u32 = 256;
 
 /// `LruHashMap<u64 socket cookie, u32 tgid>`: client connections to a
 /// `REMOTE_PORTS` port, opened by a monitored process; their segments are

@@ -7,11 +7,11 @@ use aya_ebpf::{
 
 use apm_common::{
     Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
-    PortCounters, SocketInfo,
+    PortCounters, RemoteAddr, SocketInfo,
     events::{PacketEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, INFLIGHT_MAX, OUT_SOCKETS_MAX, OUTBOUND_MAX,
-        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, SOCKETS_MAX,
+        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX,
     },
 };
 
@@ -41,6 +41,9 @@ pub static CLIENTS: HashMap<u32, u32> = HashMap::with_max_entries(CLIENTS_MAX, 0
 
 #[map]
 pub static REMOTE_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);
+
+#[map]
+pub static REMOTE_ADDRS: HashMap<RemoteAddr, u32> = HashMap::with_max_entries(REMOTE_ADDRS_MAX, 0);
 
 #[map]
 pub static OUTBOUND: LruHashMap<u64, u32> = LruHashMap::with_max_entries(OUTBOUND_MAX, 0);

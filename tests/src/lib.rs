@@ -454,23 +454,28 @@ pub fn always_firing_config(name: &str, receivers: &str) -> PathBuf {
     path
 }
 
-/// A real redis-server on 127.0.0.1:`port` (no persistence), killed when
-/// dropped.
+/// A real redis-server on 127.0.0.1:`port` (or another loopback address;
+/// no persistence), killed when dropped.
 pub struct Redis(Child);
 
 impl Redis {
     pub fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
+        Self::start_with("127.0.0.1", port, &[])
+    }
+
+    /// On another loopback address (e.g. 127.0.0.2), same port or not.
+    pub fn start_at(addr: &str, port: u16) -> Self {
+        Self::start_with(addr, port, &[])
     }
 
     /// With `requirepass`: PING without the password fails (NOAUTH).
     pub fn with_password(port: u16, password: &str) -> Self {
-        Self::start_with(port, &["--requirepass", password])
+        Self::start_with("127.0.0.1", port, &["--requirepass", password])
     }
 
-    fn start_with(port: u16, extra: &[&str]) -> Self {
+    fn start_with(addr: &str, port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--bind", addr])
             .args([
                 "--save",
                 "",
@@ -484,9 +489,9 @@ impl Redis {
             .spawn()
             .expect("redis-server (installed by cargo xtask test)");
         let up = wait_for(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
+            TcpStream::connect((addr, port)).ok()
         });
-        assert!(up.is_some(), "redis-server did not start");
+        assert!(up.is_some(), "redis-server did not start on {addr}:{port}");
         Self(child)
     }
 }

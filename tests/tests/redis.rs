@@ -117,7 +117,7 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
 
 /// Client-side operations per command of `service` to the server at
 /// 127.0.0.1:`port`, from the duration histogram.
-fn client_counts(m: &Metrics, service: &str, port: u16) -> BTreeMap<String, u64> {
+fn client_counts(m: &Metrics, service: &str, addr: &str, port: u16) -> BTreeMap<String, u64> {
     let port = port.to_string();
     let mut out = BTreeMap::new();
     for s in m.matching(
@@ -125,7 +125,7 @@ fn client_counts(m: &Metrics, service: &str, port: u16) -> BTreeMap<String, u64>
         &[
             ("service_name", service),
             ("db_system_name", "redis"),
-            ("server_address", "127.0.0.1"),
+            ("server_address", addr),
             ("server_port", &port),
         ],
     ) {
@@ -225,13 +225,13 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
 
     let m = wait_for(WAIT, || {
         let m = agent.metrics().ok()?;
-        (client_counts(&m, "shop", rport) == expected).then_some(m)
+        (client_counts(&m, "shop", "127.0.0.1", rport) == expected).then_some(m)
     })
     .unwrap_or_else(|| {
         let m = agent.metrics().expect("metrics");
         panic!(
             "agent {:?}\nclient {expected:?}\n{}",
-            client_counts(&m, "shop", rport),
+            client_counts(&m, "shop", "127.0.0.1", rport),
             m.text
         )
     });
@@ -297,4 +297,101 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     let zero = wait_for(WAIT, || (pool(&agent) == Some(0.0)).then_some(()));
     assert!(zero.is_some(), "pool: {:?}", pool(&agent));
     drop(listener);
+}
+
+#[test]
+fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
+    require_root();
+    let rport = free_port().expect("port");
+    let (_a, _b) = (
+        Redis::start_at("127.0.0.1", rport),
+        Redis::start_at("127.0.0.2", rport),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let lport = listener.local_addr().expect("addr").port();
+    let agent = Agent::start(&[
+        "--port",
+        &lport.to_string(),
+        "--service-name",
+        &format!("{lport}=shop"),
+        "--redis-addr",
+        &format!("127.0.0.1:{rport}"),
+    ])
+    .expect("agent");
+    agent.wait_for_service(lport, "shop");
+    agent.wait_for_process("shop");
+
+    let connect = |host: &str| {
+        redis::Client::open(format!("redis://{host}:{rport}/"))
+            .and_then(|c| c.get_connection())
+            .expect("connect")
+    };
+    let (mut a, mut b) = (connect("127.0.0.1"), connect("127.0.0.2"));
+    let run = |con: &mut redis::Connection, cmd: &str, n: usize| {
+        for i in 0..n {
+            let _: Option<String> = redis::cmd(cmd)
+                .arg(format!("addrkey{i}"))
+                .arg("v")
+                .query(con)
+                .expect(cmd);
+        }
+    };
+    // 127.0.0.2's commands go out between 127.0.0.1's: once the agent
+    // has all of the latter, it has read past the former.
+    run(&mut a, "SET", 4);
+    run(&mut b, "SET", 6);
+    run(&mut a, "APPEND", 3);
+    let expected: BTreeMap<String, u64> = [("CLIENT SETINFO", 2), ("SET", 4), ("APPEND", 3)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let m = wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        (client_counts(&m, "shop", "127.0.0.1", rport) == expected).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        let m = agent.metrics().expect("metrics");
+        panic!(
+            "agent {:?}\nclient {expected:?}\n{}",
+            client_counts(&m, "shop", "127.0.0.1", rport),
+            m.text
+        )
+    });
+    assert_eq!(
+        client_counts(&m, "shop", "127.0.0.2", rport),
+        BTreeMap::new(),
+        "{}",
+        m.text
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("capturing client connections to this Redis server"),
+        "{}",
+        agent.log_text()
+    );
+    // Pools count every destination, captured or not.
+    let rp = rport.to_string();
+    let pool = |addr: &str| {
+        agent.metrics().ok().and_then(|m| {
+            m.value(
+                "apm_outbound_connections_active",
+                &[
+                    ("service_name", "shop"),
+                    ("server_address", addr),
+                    ("server_port", &rp),
+                ],
+            )
+        })
+    };
+    let both = wait_for(WAIT, || {
+        (pool("127.0.0.1") == Some(1.0) && pool("127.0.0.2") == Some(1.0)).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "pools: {:?} {:?}",
+        pool("127.0.0.1"),
+        pool("127.0.0.2")
+    );
+    drop((a, b, listener));
 }

@@ -94,6 +94,8 @@ pub struct Agent {
     port_seen: HashMap<u16, std::time::Instant>,
     /// Ports of Redis servers (--redis-port).
     redis_ports: BTreeSet<u16>,
+    /// Redis servers by address (--redis-addr), as given.
+    redis_addrs: Vec<(String, u16)>,
     /// How long a port that stopped listening, with no connection left,
     /// keeps its state and series (--series-ttl).
     port_ttl: std::time::Duration,
@@ -140,6 +142,7 @@ impl Agent {
             port_seen: HashMap::new(),
             port_ttl: config.series_ttl,
             redis_ports: config.redis_ports.iter().copied().collect(),
+            redis_addrs: config.redis_addrs.clone(),
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),

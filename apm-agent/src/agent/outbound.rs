@@ -2,15 +2,19 @@
 //! follows as clients, which remote ports (Redis) their connections are
 //! captured to, and their connection pools per destination.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{SocketAddr, ToSocketAddrs},
+};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Agent;
 use crate::capture::Capture;
 
 impl Agent {
-    /// Captures monitored clients' connections to the Redis ports.
+    /// Captures monitored clients' connections to the Redis ports, then
+    /// to the Redis addresses (a host name resolved now).
     pub(super) fn capture_redis_destinations(&mut self) {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
@@ -24,6 +28,28 @@ impl Agent {
                 .capture_remote_port(port, apm_common::events::MAX_CHUNKS)
             {
                 warn!(port, error = %e, "cannot capture client connections to this port");
+            }
+        }
+        for (host, port) in &self.redis_addrs {
+            let addrs = match (host.as_str(), *port).to_socket_addrs() {
+                Ok(addrs) => addrs.collect::<BTreeSet<SocketAddr>>(),
+                Err(e) => {
+                    warn!(host, port, error = %e, "cannot resolve --redis-addr; its connections are not timed");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match kernel
+                    .outbound()
+                    .capture_remote_addr(addr, apm_common::events::MAX_CHUNKS)
+                {
+                    Ok(()) => {
+                        info!(%addr, host, "capturing client connections to this Redis server")
+                    }
+                    Err(e) => {
+                        warn!(%addr, error = %e, "cannot capture client connections to this address")
+                    }
+                }
             }
         }
     }

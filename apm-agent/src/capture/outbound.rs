@@ -3,11 +3,14 @@
 //! connections are captured to (`REMOTE_PORTS`), and their connection
 //! pools per destination (`POOLS`).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use apm_common::{
-    PoolCounters, PoolKey,
-    maps::{self as names},
+    PoolCounters, PoolKey, RemoteAddr,
+    maps::{self as names, ADDR_ONLY},
 };
 use aya::{
     Ebpf,
@@ -19,6 +22,7 @@ use super::kernel::{KernelError, map_err, take_map};
 pub struct Outbound {
     clients: BpfHashMap<MapData, u32, u32>,
     remote_ports: Array<MapData, u32>,
+    remote_addrs: BpfHashMap<MapData, RemoteAddr, u32>,
     pools: PerCpuHashMap<MapData, PoolKey, PoolCounters>,
     /// What `clients` holds.
     known: BTreeSet<u32>,
@@ -39,6 +43,7 @@ impl Outbound {
         Ok(Self {
             clients: take_map(ebpf, names::CLIENTS)?,
             remote_ports: take_map(ebpf, names::REMOTE_PORTS)?,
+            remote_addrs: take_map(ebpf, names::REMOTE_ADDRS)?,
             pools: take_map(ebpf, names::POOLS)?,
             known: BTreeSet::new(),
         })
@@ -68,6 +73,38 @@ impl Outbound {
         let chunks = chunks.clamp(1, apm_common::events::MAX_CHUNKS);
         self.remote_ports
             .set(u32::from(port), chunks, 0)
+            .map_err(map_err(names::REMOTE_PORTS))
+    }
+
+    /// Captures client connections to `addr` only (not to other hosts on
+    /// its port, unless the port is captured as a whole).
+    pub fn capture_remote_addr(
+        &mut self,
+        addr: SocketAddr,
+        chunks: u32,
+    ) -> Result<(), KernelError> {
+        let key = RemoteAddr {
+            addr: match addr.ip() {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            },
+            port: addr.port(),
+            _pad: [0; 6],
+        };
+        self.remote_addrs
+            .insert(key, 1, 0)
+            .map_err(map_err(names::REMOTE_ADDRS))?;
+        let index = u32::from(addr.port());
+        let whole_port = self
+            .remote_ports
+            .get(&index, 0)
+            .is_ok_and(|v| v != 0 && v & ADDR_ONLY == 0);
+        if whole_port {
+            return Ok(());
+        }
+        let chunks = chunks.clamp(1, apm_common::events::MAX_CHUNKS);
+        self.remote_ports
+            .set(index, chunks | ADDR_ONLY, 0)
             .map_err(map_err(names::REMOTE_PORTS))
     }
 

@@ -1,5 +1,6 @@
 //! `cgroup_sock_addr` connect4/connect6 on the cgroup-v2 root: a monitored
-//! process connecting to a captured remote port (a Redis server). These run
+//! process connecting to a captured remote port, or address and port (a
+//! Redis server). These run
 //! in the connecting task, so the process is known here and nowhere else
 //! on the packet path: the socket's cookie is remembered in `OUTBOUND`, so
 //! the packet programs capture its segments, and a record tells the agent
@@ -14,12 +15,13 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Drop, IPPROTO_TCP,
+    Drop, IPPROTO_TCP, RemoteAddr,
     events::{ConnectEvent, EventKind},
+    maps::ADDR_ONLY,
 };
 
 use crate::{
-    maps::{CLIENTS, EVENTS, OUTBOUND, REMOTE_PORTS, count_drop},
+    maps::{CLIENTS, EVENTS, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, count_drop},
     probes::tcp_state::mapped_v4,
 };
 
@@ -54,7 +56,8 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         return;
     }
     let port = u16::from_be(port_be as u16);
-    if REMOTE_PORTS.get(u32::from(port)).is_none_or(|c| *c == 0) {
+    let captured = REMOTE_PORTS.get(u32::from(port)).copied().unwrap_or(0);
+    if captured == 0 {
         return;
     }
     let addr = if V6 {
@@ -75,6 +78,17 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         // SAFETY: as above (connect4).
         mapped_v4(unsafe { (*sa).user_ip4 }.to_ne_bytes())
     };
+    if captured & ADDR_ONLY != 0 {
+        let key = RemoteAddr {
+            addr,
+            port,
+            _pad: [0; 6],
+        };
+        // SAFETY: a read-only lookup; the value is not kept.
+        if unsafe { REMOTE_ADDRS.get(key) }.is_none() {
+            return;
+        }
+    }
     // SAFETY: a plain helper call on this program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if OUTBOUND.insert(cookie, tgid, 0).is_err() {

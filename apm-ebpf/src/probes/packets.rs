@@ -25,6 +25,7 @@ use apm_common::{
         DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP, direction, side,
         tcp_flags,
     },
+    maps::ADDR_ONLY,
 };
 
 use crate::maps::{CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, count_drop};
@@ -75,7 +76,9 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
                 remote
             }) as u16,
         );
-        chunks = REMOTE_PORTS.get(u32::from(remote)).copied().unwrap_or(0);
+        // The address-only flag is the connect hook's business: a socket
+        // it let through is in OUTBOUND.
+        chunks = REMOTE_PORTS.get(u32::from(remote)).copied().unwrap_or(0) & !ADDR_ONLY;
         if chunks == 0 {
             return;
         }
