@@ -55,7 +55,9 @@ pub struct Config {
     pub alert_webhooks: Vec<String>,
 
     /// Break the agent on purpose, for tests of its own health reporting:
-    /// `poison-pipeline` panics while holding the request pipeline's lock.
+    /// `poison-pipeline` panics while holding the request pipeline's lock;
+    /// `discard-records` reads the ring buffer and drops every record
+    /// unparsed (`cargo xtask bench` measures the kernel side alone so).
     #[arg(long, hide = true, value_enum)]
     pub test_fault: Option<TestFault>,
 
@@ -191,6 +193,7 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TestFault {
     PoisonPipeline,
+    DiscardRecords,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -158,6 +158,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             metrics.clone(),
             stop_rx.clone(),
             tasks.watch("ring reader", Duration::from_secs(5)),
+            config.test_fault == Some(TestFault::DiscardRecords),
         ))
     });
     if config.test_fault == Some(TestFault::PoisonPipeline) {

@@ -11,7 +11,7 @@ use apm_common::events::POLL_INTERVAL_MS;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::tasks::Beat;
 
@@ -34,6 +34,7 @@ pub async fn run<S: RecordSink>(
     context: Arc<S::Context>,
     mut stop: watch::Receiver<bool>,
     beat: Beat,
+    discard: bool,
 ) {
     let registered = {
         // SAFETY: the RingBuf owns its map's file descriptor (MapData) and
@@ -48,7 +49,11 @@ pub async fn run<S: RecordSink>(
             return;
         }
     };
-    info!("reading request records");
+    if discard {
+        warn!("test fault: ring records are read and dropped unparsed; no request metrics");
+    } else {
+        info!("reading request records");
+    }
     // The kernel wakes us when a quarter of the ring has been written
     // (packets) or WAKEUP_BYTES are queued (syscalls); the timer picks up
     // the rest within POLL_INTERVAL_MS. Larger batches keep the pipeline's
@@ -75,7 +80,7 @@ pub async fn run<S: RecordSink>(
         // between: waiting for the next wakeup after one batch would leave
         // the rest to pile up until the ring overflows.
         loop {
-            match drain(fd.get_mut(), &sink, &context) {
+            match drain(fd.get_mut(), &sink, &context, discard) {
                 None => {
                     // Dropping the beat on return turns readiness false.
                     error!("request pipeline state poisoned; stopping the reader (not ready)");
@@ -92,18 +97,21 @@ pub async fn run<S: RecordSink>(
     }
 }
 
-/// Handles up to [`BATCH`] records; returns whether the ring is now empty
-/// (None when the pipeline state is poisoned).
+/// Handles up to [`BATCH`] records (reads and drops them when `discard`:
+/// the bench's measure of the kernel side alone); returns whether the ring
+/// is now empty (None when the pipeline state is poisoned).
 fn drain<S: RecordSink>(
     ring: &mut RingBuf<MapData>,
     sink: &Mutex<S>,
     context: &S::Context,
+    discard: bool,
 ) -> Option<bool> {
     let mut sink = sink.lock().ok()?;
     sink.start_batch();
     for _ in 0..BATCH {
         match ring.next() {
-            Some(record) => sink.record(&record, context),
+            Some(record) if !discard => sink.record(&record, context),
+            Some(_) => {}
             None => return Some(true),
         }
     }

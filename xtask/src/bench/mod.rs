@@ -4,10 +4,11 @@
 //! 1. criterion: the userspace pipeline on synthetic packet and syscall
 //!    records (events/s).
 //! 2. wrk against nginx serving a small file over keep-alive, nginx pinned
-//!    to CPU 0 and wrk to CPU 1, five arms per round in alternating order:
+//!    to CPU 0 and wrk to CPU 1, six arms per round in alternating order:
 //!    without the agent, with the packet capture (the default), with the
-//!    syscall capture, with the agent attached but nginx not selected, and
-//!    with `--no-http`. Medians of per-round throughput ratios, and the
+//!    syscall capture, with the agent attached but nginx not selected, with
+//!    `--no-http`, and with the packet capture's records dropped unparsed
+//!    (the kernel side alone). Medians of per-round throughput ratios, and the
 //!    agent's CPU and memory from procfs.
 //! 3. The cost of an unrelated syscall (getppid in a tight loop) without
 //!    the agent and with each capture, in rounds alternating the states.
@@ -48,15 +49,19 @@ enum Arm {
     Syscalls,
     Idle,
     NoHttp,
+    /// The packet capture with every record read and dropped unparsed:
+    /// the kernel programs and the ring alone.
+    Drain,
 }
 
 impl Arm {
-    const ALL: [Arm; 5] = [
+    const ALL: [Arm; 6] = [
         Arm::Without,
         Arm::Packets,
         Arm::Syscalls,
         Arm::Idle,
         Arm::NoHttp,
+        Arm::Drain,
     ];
 
     /// Agent arguments besides --port; None: no agent.
@@ -66,6 +71,7 @@ impl Arm {
             Arm::Packets | Arm::Idle => Some(&[]),
             Arm::Syscalls => Some(&["--capture", "syscalls"]),
             Arm::NoHttp => Some(&["--no-http"]),
+            Arm::Drain => Some(&["--test-fault", "discard-records"]),
         }
     }
 }
@@ -140,6 +146,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         syscalls_ratio: ratio(Arm::Syscalls),
         idle_ratio: ratio(Arm::Idle),
         no_http_ratio: ratio(Arm::NoHttp),
+        drain_ratio: ratio(Arm::Drain),
         rps: Arm::ALL
             .iter()
             .map(|&a| (format!("{a:?}"), of(a).iter().map(|r| r.rps).collect()))

@@ -15,6 +15,7 @@ pub struct Report {
     pub syscalls_ratio: f64,
     pub idle_ratio: f64,
     pub no_http_ratio: f64,
+    pub drain_ratio: f64,
     /// (arm, req/s per round)
     pub rps: Vec<(String, Vec<f64>)>,
     pub cpu_per_10k: f64,
@@ -82,6 +83,11 @@ pub fn render(r: &Report) -> String {
         (
             "the same with `--no-http` (connection counting only)".into(),
             format!("{:.3}", r.no_http_ratio),
+            "",
+        ),
+        (
+            "the same, packet capture with every record read from the ring and dropped unparsed (the kernel side alone; a diagnostic arm)".into(),
+            format!("{:.3}", r.drain_ratio),
             "",
         ),
         (
@@ -154,7 +160,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Method\n");
     let _ = writeln!(
         s,
-        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent runs on CPU 1 too (taskset), beside the client: the ratio shows what the kernel programs cost the server's CPU, and the agent's own CPU is reported on its own row (on a host with spare CPU, that is where it goes; on this saturated 2-CPU machine it would otherwise be taken from nginx or wrk). Every round runs nginx without the agent and with the agent selecting it (`--port`, packet capture); every {SECONDARY_EVERY}nd round also runs the agent with `--capture syscalls`, the agent attached but selecting an unused port, and the agent selecting nginx with `--no-http`. {ROUNDS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
+        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent runs on CPU 1 too (taskset), beside the client: the ratio shows what the kernel programs cost the server's CPU, and the agent's own CPU is reported on its own row (on a host with spare CPU, that is where it goes; on this saturated 2-CPU machine it would otherwise be taken from nginx or wrk). Every round runs nginx without the agent and with the agent selecting it (`--port`, packet capture); every {SECONDARY_EVERY}nd round also runs the agent with `--capture syscalls`, the agent attached but selecting an unused port, the agent selecting nginx with `--no-http`, and the packet capture with `--test-fault discard-records` (the reader drops every record unparsed: what the kernel programs and the ring cost, without the agent's parsing on the client's CPU). {ROUNDS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
     );
     for (arm, rps) in &r.rps {
         let _ = writeln!(s, "- {arm} (req/s): {}", list(rps, 0));
