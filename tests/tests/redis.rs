@@ -135,6 +135,54 @@ fn client_counts(m: &Metrics, service: &str, addr: &str, port: u16) -> BTreeMap<
     out
 }
 
+/// This test process as the monitored service "shop" (it listens), with
+/// the agent's Redis destination arguments `redis`.
+fn shop(redis: &[&str]) -> (TcpListener, Agent) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let lport = listener.local_addr().expect("addr").port();
+    let (port, name) = (lport.to_string(), format!("{lport}=shop"));
+    let mut args = vec!["--port", &port, "--service-name", &name];
+    args.extend_from_slice(redis);
+    let agent = Agent::start(&args).expect("agent");
+    agent.wait_for_service(lport, "shop");
+    agent.wait_for_process("shop");
+    (listener, agent)
+}
+
+/// Waits until shop's client-side counts to `addr:port` are `expected`;
+/// panics with what the agent has otherwise.
+fn wait_for_client_counts(
+    agent: &Agent,
+    addr: &str,
+    port: u16,
+    expected: &BTreeMap<String, u64>,
+) -> Metrics {
+    wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        (client_counts(&m, "shop", addr, port) == *expected).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        let m = agent.metrics().expect("metrics");
+        panic!(
+            "agent {:?}\nclient {expected:?}\n{}",
+            client_counts(&m, "shop", addr, port),
+            m.text
+        )
+    })
+}
+
+/// shop's active outbound connections to `addr:port`.
+fn pool(agent: &Agent, addr: &str, port: u16) -> Option<f64> {
+    agent.metrics().ok()?.value(
+        "apm_outbound_connections_active",
+        &[
+            ("service_name", "shop"),
+            ("server_address", addr),
+            ("server_port", &port.to_string()),
+        ],
+    )
+}
+
 fn cache(m: &Metrics, service: &str, op: &str, result: &str) -> f64 {
     m.value(
         "apm_cache_operations_total",
@@ -152,20 +200,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     require_root();
     let rport = free_port().expect("port");
     let _redis = Redis::start(rport);
-    // Listening makes this test process a service the agent monitors.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let lport = listener.local_addr().expect("addr").port();
-    let agent = Agent::start(&[
-        "--port",
-        &lport.to_string(),
-        "--service-name",
-        &format!("{lport}=shop"),
-        "--redis-port",
-        &rport.to_string(),
-    ])
-    .expect("agent");
-    agent.wait_for_service(lport, "shop");
-    agent.wait_for_process("shop");
+    let (listener, agent) = shop(&["--redis-port", &rport.to_string()]);
 
     let client = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("client");
     let mut con = client.get_connection().expect("connect");
@@ -223,18 +258,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     count("SET", 50);
     count("GET", 50);
 
-    let m = wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        (client_counts(&m, "shop", "127.0.0.1", rport) == expected).then_some(m)
-    })
-    .unwrap_or_else(|| {
-        let m = agent.metrics().expect("metrics");
-        panic!(
-            "agent {:?}\nclient {expected:?}\n{}",
-            client_counts(&m, "shop", "127.0.0.1", rport),
-            m.text
-        )
-    });
+    let m = wait_for_client_counts(&agent, "127.0.0.1", rport, &expected);
     assert_eq!(cache(&m, "shop", "GET", "hit"), (5 + 1 + 50) as f64);
     assert_eq!(cache(&m, "shop", "GET", "miss"), (3 + 1) as f64);
     assert_eq!(cache(&m, "shop", "SET", "ok"), (5 + 1 + 50) as f64);
@@ -275,19 +299,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     drop(con);
 
     // The pool: 7 connections held open, then closed.
-    let rp = rport.to_string();
-    let pool = |agent: &Agent| {
-        agent.metrics().ok().and_then(|m| {
-            m.value(
-                "apm_outbound_connections_active",
-                &[
-                    ("service_name", "shop"),
-                    ("server_address", "127.0.0.1"),
-                    ("server_port", &rp),
-                ],
-            )
-        })
-    };
+    let pool = |agent: &Agent| pool(agent, "127.0.0.1", rport);
     let held: Vec<redis::Connection> = (0..7)
         .map(|_| client.get_connection().expect("connect"))
         .collect();
@@ -307,19 +319,7 @@ fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
         Redis::start_at("127.0.0.1", rport),
         Redis::start_at("127.0.0.2", rport),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let lport = listener.local_addr().expect("addr").port();
-    let agent = Agent::start(&[
-        "--port",
-        &lport.to_string(),
-        "--service-name",
-        &format!("{lport}=shop"),
-        "--redis-addr",
-        &format!("127.0.0.1:{rport}"),
-    ])
-    .expect("agent");
-    agent.wait_for_service(lport, "shop");
-    agent.wait_for_process("shop");
+    let (listener, agent) = shop(&["--redis-addr", &format!("127.0.0.1:{rport}")]);
 
     let connect = |host: &str| {
         redis::Client::open(format!("redis://{host}:{rport}/"))
@@ -345,18 +345,7 @@ fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    let m = wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        (client_counts(&m, "shop", "127.0.0.1", rport) == expected).then_some(m)
-    })
-    .unwrap_or_else(|| {
-        let m = agent.metrics().expect("metrics");
-        panic!(
-            "agent {:?}\nclient {expected:?}\n{}",
-            client_counts(&m, "shop", "127.0.0.1", rport),
-            m.text
-        )
-    });
+    let m = wait_for_client_counts(&agent, "127.0.0.1", rport, &expected);
     assert_eq!(
         client_counts(&m, "shop", "127.0.0.2", rport),
         BTreeMap::new(),
@@ -371,19 +360,7 @@ fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
         agent.log_text()
     );
     // Pools count every destination, captured or not.
-    let rp = rport.to_string();
-    let pool = |addr: &str| {
-        agent.metrics().ok().and_then(|m| {
-            m.value(
-                "apm_outbound_connections_active",
-                &[
-                    ("service_name", "shop"),
-                    ("server_address", addr),
-                    ("server_port", &rp),
-                ],
-            )
-        })
-    };
+    let pool = |addr: &str| pool(&agent, addr, rport);
     let both = wait_for(WAIT, || {
         (pool("127.0.0.1") == Some(1.0) && pool("127.0.0.2") == Some(1.0)).then_some(())
     });
