@@ -70,9 +70,14 @@ impl Outbound {
     /// Captures client connections to remote `port`, `chunks` records per
     /// segment.
     pub fn capture_remote_port(&mut self, port: u16, chunks: u32) -> Result<(), KernelError> {
+        self.set_remote_port(port, chunks, 0)
+    }
+
+    /// `REMOTE_PORTS[port]`: `chunks` (1 to MAX_CHUNKS) with `flags`.
+    fn set_remote_port(&mut self, port: u16, chunks: u32, flags: u32) -> Result<(), KernelError> {
         let chunks = chunks.clamp(1, apm_common::events::MAX_CHUNKS);
         self.remote_ports
-            .set(u32::from(port), chunks, 0)
+            .set(u32::from(port), chunks | flags, 0)
             .map_err(map_err(names::REMOTE_PORTS))
     }
 
@@ -94,18 +99,14 @@ impl Outbound {
         self.remote_addrs
             .insert(key, 1, 0)
             .map_err(map_err(names::REMOTE_ADDRS))?;
-        let index = u32::from(addr.port());
         let whole_port = self
             .remote_ports
-            .get(&index, 0)
+            .get(&u32::from(addr.port()), 0)
             .is_ok_and(|v| v != 0 && v & ADDR_ONLY == 0);
         if whole_port {
             return Ok(());
         }
-        let chunks = chunks.clamp(1, apm_common::events::MAX_CHUNKS);
-        self.remote_ports
-            .set(index, chunks | ADDR_ONLY, 0)
-            .map_err(map_err(names::REMOTE_PORTS))
+        self.set_remote_port(addr.port(), chunks, ADDR_ONLY)
     }
 
     /// Every pool, summed over CPUs.

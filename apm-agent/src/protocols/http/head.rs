@@ -145,13 +145,18 @@ fn block_mask(block: &[u8; 16], stop: Stop) -> u32 {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn block_mask(block: &[u8; 16], stop: Stop) -> u32 {
+/// [`block_mask`] byte by byte: what other targets run, and what the
+/// tests hold the SSE2 version to.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn scalar_mask(block: &[u8; 16], stop: Stop) -> u32 {
     block
         .iter()
         .enumerate()
         .fold(0, |m, (i, &b)| m | (u32::from(stop.at(b)) << i))
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+use self::scalar_mask as block_mask;
 
 /// Applies one header line; the value is trimmed only for the three
 /// names read.
@@ -275,11 +280,11 @@ mod tests {
         for stop in [Stop::Newline, Stop::NameEnd] {
             for first in (0..=255u8).step_by(16) {
                 let block: [u8; 16] = std::array::from_fn(|i| first + i as u8);
-                let want = block
-                    .iter()
-                    .enumerate()
-                    .fold(0, |m, (i, &b)| m | (u32::from(stop.at(b)) << i));
-                assert_eq!(block_mask(&block, stop), want, "from {first:#x}");
+                assert_eq!(
+                    block_mask(&block, stop),
+                    scalar_mask(&block, stop),
+                    "from {first:#x}"
+                );
             }
         }
     }
