@@ -94,6 +94,13 @@ pub struct Config {
     #[arg(long = "redis-addr", env = "APM_REDIS_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
     pub redis_addrs: Vec<(String, u16)>,
 
+    /// Do not look for Redis clients on other ports. By default a monitored
+    /// service's connection to a port not listed above is watched until
+    /// its first bytes, and timed as a Redis client's when the client
+    /// sends first and that is a RESP command.
+    #[arg(long, env = "APM_NO_REDIS_DETECT")]
+    pub no_redis_detect: bool,
+
     /// Name the service on a port, PORT=NAME (repeatable). Default: the name
     /// of the process that owns the listener.
     #[arg(long = "service-name", env = "APM_SERVICE_NAME", value_delimiter = ',', value_parser = parse_service_name)]

@@ -97,6 +97,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             http: !config.no_http,
             capture: config.capture,
             ring_bytes: config.ring_buffer_bytes,
+            detect_resp: !config.no_redis_detect,
             cgroup_root: config.cgroup_root.clone(),
             proc_root: config.proc_root.clone(),
         })

@@ -175,8 +175,13 @@ pub struct Config {
     /// position crosses a multiple of 2^wake_shift bytes (a quarter of the
     /// ring); 0: never (the reader drains on its timer alone).
     pub wake_shift: u32,
+    /// 1: a monitored process's connection to a port not captured is
+    /// watched until its first payload, and captured as a Redis client's
+    /// when that is a RESP command (see [`maps::WATCHED`]); 0: only the
+    /// ports and addresses the agent lists are.
+    pub detect_resp: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 12);
 
 /// Indexes into [`maps::DROPS`], a per-CPU array of `u64` counters of
 /// everything the kernel side had to give up on. Each is exported as

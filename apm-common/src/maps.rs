@@ -64,6 +64,22 @@ pub const REMOTE_ADDRS_MAX: u32 = 256;
 pub const OUTBOUND: &str = "OUTBOUND";
 pub const OUTBOUND_MAX: u32 = 65_536;
 
+/// `Array<u32>` indexed by remote port: nonzero once a monitored process
+/// has opened a connection to that port that `REMOTE_PORTS` does not
+/// capture (set by the connect hooks, when `Config::detect_resp` is on).
+/// The packet programs look up the socket in [`WATCHED`] only on such
+/// ports, so other traffic pays one more array lookup and nothing else.
+pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+
+/// `LruHashMap<u64 socket cookie, events::ConnectEvent>`: connections of
+/// monitored processes to ports not captured, until their first payload.
+/// If the client sends first and its first byte starts a RESP array
+/// (`*`), the packet program moves the socket to `OUTBOUND` and emits the
+/// stored connect record; any other first payload ends the watch. LRU: a
+/// connection that never sends is forgotten by eviction.
+pub const WATCHED: &str = "WATCHED";
+pub const WATCHED_MAX: u32 = 4096;
+
 /// `HashMap<u64 sock address, PoolKey>`: outbound sockets of monitored
 /// processes, counted as opened and not yet closed.
 pub const OUT_SOCKETS: &str = "OUT_SOCKETS";

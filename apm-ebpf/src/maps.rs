@@ -8,10 +8,10 @@ use aya_ebpf::{
 use apm_common::{
     Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
     PortCounters, RemoteAddr, SocketInfo,
-    events::{PacketEvent, RINGBUF_BYTES},
+    events::{ConnectEvent, PacketEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, INFLIGHT_MAX, OUT_SOCKETS_MAX, OUTBOUND_MAX,
-        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX,
+        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX, WATCHED_MAX,
     },
 };
 
@@ -47,6 +47,12 @@ pub static REMOTE_ADDRS: HashMap<RemoteAddr, u32> = HashMap::with_max_entries(RE
 
 #[map]
 pub static OUTBOUND: LruHashMap<u64, u32> = LruHashMap::with_max_entries(OUTBOUND_MAX, 0);
+
+#[map]
+pub static WATCHED_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);
+
+#[map]
+pub static WATCHED: LruHashMap<u64, ConnectEvent> = LruHashMap::with_max_entries(WATCHED_MAX, 0);
 
 #[map]
 pub static OUT_SOCKETS: HashMap<u64, PoolKey> = HashMap::with_max_entries(OUT_SOCKETS_MAX, 0);

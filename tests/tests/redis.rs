@@ -5,7 +5,13 @@
 //! crate) whose own counts of what it sent are the ground truth for the
 //! client side and its connection pools.
 
-use std::{collections::BTreeMap, net::TcpListener, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
 
 use apm_e2e::{Agent, Metrics, Redis, free_port, get, require_root, wait_for};
 
@@ -319,7 +325,12 @@ fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
         Redis::start_at("127.0.0.1", rport),
         Redis::start_at("127.0.0.2", rport),
     );
-    let (listener, agent) = shop(&["--redis-addr", &format!("127.0.0.1:{rport}")]);
+    // Without recognition, which would find the other server's RESP too.
+    let (listener, agent) = shop(&[
+        "--redis-addr",
+        &format!("127.0.0.1:{rport}"),
+        "--no-redis-detect",
+    ]);
 
     let connect = |host: &str| {
         redis::Client::open(format!("redis://{host}:{rport}/"))
@@ -371,4 +382,79 @@ fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
         pool("127.0.0.2")
     );
     drop((a, b, listener));
+}
+
+#[test]
+fn a_client_sending_resp_to_an_unlisted_port_is_recognised_and_nothing_else_is() {
+    require_root();
+    let rport = free_port().expect("port");
+    let _redis = Redis::start(rport);
+    // Nothing names this server: --redis-port keeps its default, 6379.
+    let (listener, agent) = shop(&[]);
+
+    // Two other conversations of the same process, to another port: one
+    // where the client sends first but not RESP (an HTTP request), and one
+    // where the server speaks first, with what reads like a RESP reply,
+    // before the client sends a RESP command. Neither is Redis to watch.
+    let other = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let oport = other.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let (mut http, _) = other.accept().expect("accept");
+        http.set_read_timeout(Some(WAIT)).expect("timeout");
+        let _ = http.read(&mut buf).expect("request");
+        http.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .expect("response");
+        let (mut greeter, _) = other.accept().expect("accept");
+        greeter.set_read_timeout(Some(WAIT)).expect("timeout");
+        greeter.write_all(b"+OK\r\n").expect("greeting");
+        let _ = greeter.read(&mut buf).expect("command");
+        greeter.write_all(b"+PONG\r\n").expect("reply");
+    });
+    let mut buf = [0u8; 64];
+    let mut http = TcpStream::connect(("127.0.0.1", oport)).expect("connect");
+    http.set_read_timeout(Some(WAIT)).expect("timeout");
+    http.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("request");
+    assert!(http.read(&mut buf).expect("response") > 0);
+    let mut greeted = TcpStream::connect(("127.0.0.1", oport)).expect("connect");
+    greeted.set_read_timeout(Some(WAIT)).expect("timeout");
+    assert!(greeted.read(&mut buf).expect("greeting") > 0);
+    greeted.write_all(b"*1\r\n$4\r\nPING\r\n").expect("command");
+    assert!(greeted.read(&mut buf).expect("reply") > 0);
+    server.join().expect("server thread");
+
+    // Redis through the crate, first command included.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    for i in 0..3 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("seenkey{i}"))
+            .arg(i)
+            .query(&mut con)
+            .expect("SET");
+    }
+    for key in ["seenkey0", "seenkey1", "unseenkey"] {
+        let _: Option<i64> = redis::cmd("GET").arg(key).query(&mut con).expect("GET");
+    }
+    let expected: BTreeMap<String, u64> = [("CLIENT SETINFO", 2), ("SET", 3), ("GET", 3)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let m = wait_for_client_counts(&agent, "127.0.0.1", rport, &expected);
+    assert_eq!(cache(&m, "shop", "GET", "hit"), 2.0, "{}", m.text);
+    assert_eq!(cache(&m, "shop", "GET", "miss"), 1.0, "{}", m.text);
+    assert_eq!(
+        client_counts(&m, "shop", "127.0.0.1", oport),
+        BTreeMap::new(),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("apm_db_operations_unpaired_total", "shop"),
+        0.0,
+        "{}",
+        m.text
+    );
+    drop((con, http, greeted, listener));
 }

@@ -43,6 +43,8 @@ pub struct StartOptions {
     pub capture: Capture,
     /// Size of the EVENTS ring buffer.
     pub ring_bytes: u32,
+    /// Recognise Redis clients on any port (false: `--no-redis-detect`).
+    pub detect_resp: bool,
     /// The cgroup-v2 root to attach to; None: find it under `proc_root`.
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Where procfs is (the host's, in a container).
@@ -270,8 +272,12 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     if let Some(reason) = essential_missing {
         return (None, disable(report, reason));
     }
-    let wake_shift = wake_shift(options.ring_bytes);
-    match Kernel::new(ebpf, options.all_ports, wake_shift, capture, cgroup_root) {
+    let config = KernelConfig {
+        all_ports: u32::from(options.all_ports),
+        wake_shift: wake_shift(options.ring_bytes),
+        detect_resp: u32::from(options.detect_resp),
+    };
+    match Kernel::new(ebpf, config, capture, cgroup_root) {
         Ok(kernel) => (Some(kernel), report),
         Err(e) => (None, disable(report, e.to_string())),
     }
@@ -356,8 +362,7 @@ fn wake_shift(ring_bytes: u32) -> u32 {
 impl Kernel {
     fn new(
         mut ebpf: Ebpf,
-        all_ports: bool,
-        wake_shift: u32,
+        kernel_config: KernelConfig,
         capture: Capture,
         cgroup_root: Option<File>,
     ) -> Result<Self, KernelError> {
@@ -371,14 +376,7 @@ impl Kernel {
         let capture_ports = take_map(e, names::CAPTURE_PORTS)?;
         let mut config: Array<MapData, KernelConfig> = take_map(e, names::CONFIG)?;
         config
-            .set(
-                0,
-                KernelConfig {
-                    all_ports: u32::from(all_ports),
-                    wake_shift,
-                },
-                0,
-            )
+            .set(0, kernel_config, 0)
             .map_err(map_err(names::CONFIG))?;
         let outbound = Outbound::new(&mut ebpf)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| KernelError::Cpus(e))?;

@@ -4,8 +4,10 @@
 //! in the connecting task, so the process is known here and nowhere else
 //! on the packet path: the socket's cookie is remembered in `OUTBOUND`, so
 //! the packet programs capture its segments, and a record tells the agent
-//! whose connection it is and where it goes. The programs always allow
-//! the connect.
+//! whose connection it is and where it goes. A connection to any other
+//! port is remembered in `WATCHED` instead (with the record it would have
+//! sent), for the packet programs to recognise RESP in its first bytes.
+//! The programs always allow the connect.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -21,7 +23,10 @@ use apm_common::{
 };
 
 use crate::{
-    maps::{CLIENTS, EVENTS, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, count_drop},
+    maps::{
+        CLIENTS, CONFIG, EVENTS, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, WATCHED, WATCHED_PORTS,
+        count_drop,
+    },
     probes::tcp_state::mapped_v4,
 };
 
@@ -57,7 +62,8 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     }
     let port = u16::from_be(port_be as u16);
     let captured = REMOTE_PORTS.get(u32::from(port)).copied().unwrap_or(0);
-    if captured == 0 {
+    let detect = CONFIG.get(0).is_some_and(|c| c.detect_resp != 0);
+    if captured == 0 && !detect {
         return;
     }
     let addr = if V6 {
@@ -78,23 +84,21 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         // SAFETY: as above (connect4).
         mapped_v4(unsafe { (*sa).user_ip4 }.to_ne_bytes())
     };
-    if captured & ADDR_ONLY != 0 {
-        let key = RemoteAddr {
-            addr,
-            port,
-            _pad: [0; 6],
-        };
-        // SAFETY: a read-only lookup; the value is not kept.
-        if unsafe { REMOTE_ADDRS.get(key) }.is_none() {
-            return;
-        }
+    let listed = captured != 0
+        && (captured & ADDR_ONLY == 0 || {
+            let key = RemoteAddr {
+                addr,
+                port,
+                _pad: [0; 6],
+            };
+            // SAFETY: a read-only lookup; the value is not kept.
+            unsafe { REMOTE_ADDRS.get(key) }.is_some()
+        });
+    if !listed && !detect {
+        return;
     }
     // SAFETY: a plain helper call on this program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if OUTBOUND.insert(cookie, tgid, 0).is_err() {
-        count_drop(Drop::OutboundFull);
-        return;
-    }
     let event = ConnectEvent {
         kind: EventKind::Connect as u32,
         tgid,
@@ -103,6 +107,22 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         port,
         _pad: [0; 6],
     };
+    if !listed {
+        // Watched until its first payload (packets.rs). The socket first,
+        // then the port flag: a packet that sees the flag finds the socket.
+        if WATCHED.insert(cookie, event, 0).is_ok()
+            && let Some(flag) = WATCHED_PORTS.get_ptr_mut(u32::from(port))
+        {
+            // SAFETY: an element of an array map, valid for the program's
+            // run; only ever set to 1, so a racing writer writes the same.
+            unsafe { *flag = 1 };
+        }
+        return;
+    }
+    if OUTBOUND.insert(cookie, tgid, 0).is_err() {
+        count_drop(Drop::OutboundFull);
+        return;
+    }
     if EVENTS.output::<ConnectEvent>(event, 0).is_err() {
         count_drop(Drop::RingbufFull);
     }

@@ -22,13 +22,16 @@ use aya_ebpf::{
 use apm_common::{
     Drop, IPPROTO_TCP,
     events::{
-        DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP, direction, side,
-        tcp_flags,
+        ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP,
+        direction, side, tcp_flags,
     },
     maps::ADDR_ONLY,
 };
 
-use crate::maps::{CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, count_drop};
+use crate::maps::{
+    CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, WATCHED, WATCHED_PORTS,
+    count_drop,
+};
 
 /// What a cgroup_skb program returns to let the packet through.
 const PASS: i32 = 1;
@@ -63,38 +66,50 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     let mut chunks = CAPTURE_PORTS.get(local).copied().unwrap_or(0);
     let mut port = local;
     let mut whose = side::SERVER;
+    let mut watched = None;
     if chunks == 0 {
-        // A monitored client's connection to a captured remote port? The
-        // port first (an array lookup), the socket's cookie only then.
+        // A monitored client's connection to a captured remote port, or
+        // one being watched for RESP? The port first (array lookups), the
+        // socket's cookie only then.
         // SAFETY: as above; remote_port holds the port in network byte
         // order, shifted into the upper half on little-endian kernels.
         let remote = unsafe { (*ctx.skb.skb).remote_port };
-        let remote = u16::from_be(
+        let remote = u32::from(u16::from_be(
             (if remote > 0xffff {
                 remote >> 16
             } else {
                 remote
             }) as u16,
-        );
+        ));
         // The address-only flag is the connect hook's business: a socket
         // it let through is in OUTBOUND.
-        chunks = REMOTE_PORTS.get(u32::from(remote)).copied().unwrap_or(0) & !ADDR_ONLY;
-        if chunks == 0 {
+        let listed = REMOTE_PORTS.get(remote).copied().unwrap_or(0) & !ADDR_ONLY;
+        let watching = WATCHED_PORTS.get(remote).copied().unwrap_or(0) != 0;
+        if listed == 0 && !watching {
             return;
         }
         // SAFETY: a plain helper call on this program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: a read-only lookup; the value is not kept.
         if unsafe { OUTBOUND.get(cookie) }.is_none() {
-            return;
+            if !watching {
+                return;
+            }
+            watched = Some(cookie);
         }
-        port = u32::from(remote);
+        chunks = if listed != 0 { listed } else { MAX_CHUNKS };
+        port = remote;
         whose = side::CLIENT;
     }
     let Some(seg) = segment(ctx) else {
         return;
     };
     let payload = len.saturating_sub(seg.payload_off);
+    if let Some(cookie) = watched
+        && !recognise(ctx, dir, cookie, &seg, payload)
+    {
+        return;
+    }
     if payload == 0 {
         if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
             emit(ctx, dir, port as u16, whose, &seg, 0, 0, len);
@@ -124,6 +139,40 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         }
         off += DATA_CAP as u32;
     }
+}
+
+/// Ends the watch of a connection in `WATCHED` at its first payload (or
+/// its end): when the client sends first and that starts a RESP array
+/// (`*` and a digit), the socket moves to `OUTBOUND` and the connect record
+/// stored with it goes to the agent ahead of this segment. Returns whether
+/// the segment is to be captured.
+#[inline(always)]
+fn recognise(ctx: &SkBuffContext, dir: u8, cookie: u64, seg: &Segment, payload: u32) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(event) = (unsafe { WATCHED.get(cookie) }).copied() else {
+        return false;
+    };
+    if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
+        // The handshake and bare ACKs: still watching.
+        return false;
+    }
+    let first: [u8; 2] = if payload >= 2 {
+        ctx.load(seg.payload_off as usize).unwrap_or([0; 2])
+    } else {
+        [0; 2]
+    };
+    let _ = WATCHED.remove(cookie);
+    if dir != direction::EGRESS || first[0] != b'*' || !first[1].is_ascii_digit() {
+        return false;
+    }
+    if OUTBOUND.insert(cookie, event.tgid, 0).is_err() {
+        count_drop(Drop::OutboundFull);
+        return false;
+    }
+    if EVENTS.output::<ConnectEvent>(event, 0).is_err() {
+        count_drop(Drop::RingbufFull);
+    }
+    true
 }
 
 /// Parses the IP and TCP headers. The packet starts at the network header;
