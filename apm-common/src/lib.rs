@@ -261,4 +261,6 @@ mod pod {
     unsafe impl aya::Pod for RemoteAddr {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PoolCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::events::ConnectEvent {}
 }

@@ -458,3 +458,73 @@ fn a_client_sending_resp_to_an_unlisted_port_is_recognised_and_nothing_else_is()
     );
     drop((con, http, greeted, listener));
 }
+
+#[test]
+fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
+    require_root();
+    let (listed, unlisted) = (free_port().expect("port"), free_port().expect("port"));
+    let (_a, _b) = (Redis::start(listed), Redis::start(unlisted));
+    let connect = |port: u16| {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .and_then(|c| c.get_connection())
+            .expect("connect")
+    };
+    // Opened (and their handshakes done) before any agent runs.
+    let (mut a, mut b) = (connect(listed), connect(unlisted));
+    let run = |con: &mut redis::Connection, n: usize| {
+        for i in 0..n {
+            let _: () = redis::cmd("SET")
+                .arg(format!("earlykey{i}"))
+                .arg(i)
+                .query(con)
+                .expect("SET");
+        }
+        let _: Option<i64> = redis::cmd("GET").arg("earlykey0").query(con).expect("GET");
+    };
+    let counts =
+        |n: u64| -> BTreeMap<String, u64> { [("SET".to_owned(), n), ("GET".to_owned(), 1)].into() };
+    let watching = |agent: &Agent| {
+        wait_for(WAIT, || {
+            let log = agent.log_text();
+            log.contains("watching connections opened before")
+                .then_some(log)
+        })
+        .unwrap_or_else(|| panic!("no watch logged: {}", agent.log_text()))
+    };
+
+    // Without recognition, only the connection to a listed port.
+    {
+        let (listener, agent) = shop(&["--redis-port", &listed.to_string(), "--no-redis-detect"]);
+        assert!(
+            watching(&agent).contains("\"connections\":1"),
+            "{}",
+            agent.log_text()
+        );
+        run(&mut b, 2);
+        run(&mut a, 3);
+        let m = wait_for_client_counts(&agent, "127.0.0.1", listed, &counts(3));
+        assert_eq!(
+            client_counts(&m, "shop", "127.0.0.1", unlisted),
+            BTreeMap::new(),
+            "{}",
+            m.text
+        );
+        drop(listener);
+    }
+    // With it (the default), both, though neither port is listed now.
+    let (listener, agent) = shop(&[]);
+    // Both, and whatever else this process holds open (the harness's
+    // connections to the agent's API among them).
+    watching(&agent);
+    run(&mut a, 4);
+    run(&mut b, 5);
+    wait_for_client_counts(&agent, "127.0.0.1", listed, &counts(4));
+    let m = wait_for_client_counts(&agent, "127.0.0.1", unlisted, &counts(5));
+    assert_eq!(
+        m.sum("apm_db_operations_unpaired_total", "shop"),
+        0.0,
+        "{}",
+        m.text
+    );
+    drop((a, b, listener));
+}

@@ -96,6 +96,8 @@ pub struct Agent {
     redis_ports: BTreeSet<u16>,
     /// Redis servers by address (--redis-addr), as given.
     redis_addrs: Vec<(String, u16)>,
+    /// Recognise Redis clients on other ports (not --no-redis-detect).
+    redis_detect: bool,
     /// How long a port that stopped listening, with no connection left,
     /// keeps its state and series (--series-ttl).
     port_ttl: std::time::Duration,
@@ -143,6 +145,7 @@ impl Agent {
             port_ttl: config.series_ttl,
             redis_ports: config.redis_ports.iter().copied().collect(),
             redis_addrs: config.redis_addrs.clone(),
+            redis_detect: !config.no_redis_detect,
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),
@@ -370,7 +373,7 @@ impl Agent {
             return Some(cookie);
         }
         let (pid, fd) = holder?;
-        match crate::services::netns::cookie_of(pid, fd) {
+        match crate::services::cookies::netns_cookie_of(pid, fd) {
             Ok(cookie) => {
                 self.netns_cookies.insert(ns, cookie);
                 Some(cookie)

@@ -60,12 +60,56 @@ impl Agent {
             return;
         };
         let tgids: BTreeSet<u32> = self.published.keys().copied().collect();
-        let refused = kernel.outbound().set_clients(&tgids);
+        let (refused, added) = kernel.outbound().set_clients(&tgids);
         if refused > 0 {
             self.metrics
                 .agent_drops
                 .with_label_values(&["clients_map_full"])
                 .inc_by(refused as u64);
+        }
+        if kernel.capture() == Capture::Packets {
+            for tgid in added {
+                self.watch_open_connections(tgid);
+            }
+        }
+    }
+
+    /// Connections a new client process opened before its connect could be
+    /// seen (before the agent, or before it was a monitored service) are
+    /// watched like new ones: each is timed from its next command if that
+    /// is RESP, whatever the port (only listed destinations with
+    /// --no-redis-detect). Needs CAP_SYS_PTRACE over the process to read
+    /// the sockets' cookies; without it they stay untimed (one WARN line).
+    fn watch_open_connections(&mut self, tgid: u32) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        let mut watched = 0;
+        for (fd, addr) in self.discovery.client_fds(tgid) {
+            if !self.redis_detect && !kernel.outbound().listed(addr) {
+                continue;
+            }
+            let cookie = match crate::services::cookies::socket_cookie_of(tgid, fd) {
+                Ok(cookie) => cookie,
+                Err(e) => {
+                    warn!(pid = tgid, error = %e, "cannot read the cookies of this process's open connections; those are not timed");
+                    break;
+                }
+            };
+            match kernel.outbound().watch(cookie, tgid, addr) {
+                Ok(()) => watched += 1,
+                Err(e) => {
+                    warn!(pid = tgid, error = %e, "cannot watch this process's open connections");
+                    break;
+                }
+            }
+        }
+        if watched > 0 {
+            info!(
+                pid = tgid,
+                connections = watched,
+                "watching connections opened before the agent saw them, for Redis commands"
+            );
         }
     }
 

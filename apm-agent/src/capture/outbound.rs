@@ -1,7 +1,8 @@
 //! The kernel maps behind outbound connections: which processes are
 //! clients worth following (`CLIENTS`), which remote ports their
-//! connections are captured to (`REMOTE_PORTS`), and their connection
-//! pools per destination (`POOLS`).
+//! connections are captured to (`REMOTE_PORTS`), which connections are
+//! watched for RESP (`WATCHED`), and their connection pools per
+//! destination (`POOLS`).
 
 use std::{
     collections::BTreeSet,
@@ -10,6 +11,7 @@ use std::{
 
 use apm_common::{
     PoolCounters, PoolKey, RemoteAddr,
+    events::{ConnectEvent, EventKind},
     maps::{self as names, ADDR_ONLY},
 };
 use aya::{
@@ -23,6 +25,8 @@ pub struct Outbound {
     clients: BpfHashMap<MapData, u32, u32>,
     remote_ports: Array<MapData, u32>,
     remote_addrs: BpfHashMap<MapData, RemoteAddr, u32>,
+    watched: BpfHashMap<MapData, u64, ConnectEvent>,
+    watched_ports: Array<MapData, u32>,
     pools: PerCpuHashMap<MapData, PoolKey, PoolCounters>,
     /// What `clients` holds.
     known: BTreeSet<u32>,
@@ -44,27 +48,63 @@ impl Outbound {
             clients: take_map(ebpf, names::CLIENTS)?,
             remote_ports: take_map(ebpf, names::REMOTE_PORTS)?,
             remote_addrs: take_map(ebpf, names::REMOTE_ADDRS)?,
+            watched: take_map(ebpf, names::WATCHED)?,
+            watched_ports: take_map(ebpf, names::WATCHED_PORTS)?,
             pools: take_map(ebpf, names::POOLS)?,
             known: BTreeSet::new(),
         })
     }
 
-    /// Makes `tgids` the client processes; returns how many did not fit.
-    pub fn set_clients(&mut self, tgids: &BTreeSet<u32>) -> usize {
+    /// Makes `tgids` the client processes; returns how many did not fit,
+    /// and the ones that are new.
+    pub fn set_clients(&mut self, tgids: &BTreeSet<u32>) -> (usize, Vec<u32>) {
         for gone in self.known.difference(tgids) {
             let _ = self.clients.remove(gone);
         }
-        let mut refused = 0;
+        let (mut refused, mut added) = (0, Vec::new());
         let mut now = BTreeSet::new();
         for &tgid in tgids {
-            if self.known.contains(&tgid) || self.clients.insert(tgid, 1, 0).is_ok() {
+            if self.known.contains(&tgid) {
                 now.insert(tgid);
+            } else if self.clients.insert(tgid, 1, 0).is_ok() {
+                now.insert(tgid);
+                added.push(tgid);
             } else {
                 refused += 1;
             }
         }
         self.known = now;
-        refused
+        (refused, added)
+    }
+
+    /// Whether the connect hooks capture a connection to `addr` from the
+    /// start (`--redis-port`, `--redis-addr`).
+    pub fn listed(&self, addr: SocketAddr) -> bool {
+        let Ok(value) = self.remote_ports.get(&u32::from(addr.port()), 0) else {
+            return false;
+        };
+        value != 0
+            && (value & ADDR_ONLY == 0 || self.remote_addrs.get(&remote_addr(addr), 0).is_ok())
+    }
+
+    /// Watches connection `cookie` of process `tgid` to `addr`, opened
+    /// before its connect could be seen, as the connect hooks watch a new
+    /// one: captured from its first payload if that is a RESP command.
+    pub fn watch(&mut self, cookie: u64, tgid: u32, addr: SocketAddr) -> Result<(), KernelError> {
+        let event = ConnectEvent {
+            kind: EventKind::Connect as u32,
+            tgid,
+            cookie,
+            addr: remote_addr(addr).addr,
+            port: addr.port(),
+            _pad: [0; 6],
+        };
+        self.watched
+            .insert(cookie, event, 0)
+            .map_err(map_err(names::WATCHED))?;
+        self.watched_ports
+            .set(u32::from(addr.port()), 1, 0)
+            .map_err(map_err(names::WATCHED_PORTS))
     }
 
     /// Captures client connections to remote `port`, `chunks` records per
@@ -88,16 +128,8 @@ impl Outbound {
         addr: SocketAddr,
         chunks: u32,
     ) -> Result<(), KernelError> {
-        let key = RemoteAddr {
-            addr: match addr.ip() {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                IpAddr::V6(v6) => v6.octets(),
-            },
-            port: addr.port(),
-            _pad: [0; 6],
-        };
         self.remote_addrs
-            .insert(key, 1, 0)
+            .insert(remote_addr(addr), 1, 0)
             .map_err(map_err(names::REMOTE_ADDRS))?;
         let whole_port = self
             .remote_ports
@@ -132,5 +164,17 @@ impl Outbound {
     /// Forgets a pool with no open connection whose process is gone.
     pub fn forget(&mut self, pool: &Pool) {
         let _ = self.pools.remove(&pool.key);
+    }
+}
+
+/// `addr` as the kernel side keys it (IPv4 as `::ffff:a.b.c.d`).
+fn remote_addr(addr: SocketAddr) -> RemoteAddr {
+    RemoteAddr {
+        addr: match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        },
+        port: addr.port(),
+        _pad: [0; 6],
     }
 }

@@ -10,6 +10,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -269,6 +270,40 @@ impl Discovery {
             .filter(|(port, _)| ports.contains(port))
             .map(|(port, inode)| (inode, port))
             .collect();
+        self.fds_of(pid, &by_inode)
+    }
+
+    /// Descriptors of `pid` that are established connections it opened
+    /// (their local port is not one its namespace listens on), as (fd,
+    /// remote address): client connections opened before the agent saw
+    /// the process connect.
+    pub fn client_fds(&self, pid: u32) -> Vec<(u32, SocketAddr)> {
+        let entry = pid.to_string();
+        let Ok(process) = Process::new_with_root(self.root.join(&entry)) else {
+            return Vec::new();
+        };
+        let Ok(mut entries) = process.tcp() else {
+            return Vec::new();
+        };
+        entries.extend(process.tcp6().unwrap_or_default());
+        let listening: HashSet<u16> = entries
+            .iter()
+            .filter(|e| e.state == TcpState::Listen)
+            .map(|e| e.local_address.port())
+            .collect();
+        let by_inode: HashMap<u64, SocketAddr> = entries
+            .into_iter()
+            .filter(|e| {
+                e.state == TcpState::Established && !listening.contains(&e.local_address.port())
+            })
+            .map(|e| (e.inode, e.remote_address))
+            .collect();
+        self.fds_of(pid, &by_inode)
+    }
+
+    /// The descriptors of `pid` that are sockets in `by_inode`, with what
+    /// it holds for each.
+    fn fds_of<T: Copy>(&self, pid: u32, by_inode: &HashMap<u64, T>) -> Vec<(u32, T)> {
         if by_inode.is_empty() {
             return Vec::new();
         }
@@ -282,7 +317,7 @@ impl Discovery {
             .filter_map(|fd| match fd.target {
                 FDTarget::Socket(inode) => by_inode
                     .get(&inode)
-                    .and_then(|&port| Some((u32::try_from(fd.fd).ok()?, port))),
+                    .and_then(|&v| Some((u32::try_from(fd.fd).ok()?, v))),
                 _ => None,
             })
             .collect()
@@ -476,6 +511,21 @@ mod tests {
         assert_eq!(d.established_fds(13, &[8080].into()), vec![(7, 8080)]);
         assert!(d.established_fds(13, &[9999].into()).is_empty());
         assert!(d.established_fds(10, &[8080].into()).is_empty());
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn connections_a_process_opened_are_found_and_accepted_ones_are_not() {
+        let root = fake_proc();
+        // Pid 13 also holds 5555, from local port 50001 to 127.0.0.1:6379;
+        // 2222 is on 8080, which its namespace listens on: accepted.
+        let opened = "   3: 0100007F:C351 0100007F:18EB 01 00000000:00000000 00:00000000 00000000     0        0 5555 1 0000000000000000 20 4 30 10 -1\n";
+        std::fs::write(root.join("13/net/tcp"), format!("{TCP}{opened}")).expect("tcp");
+        symlink("socket:[5555]", root.join("13/fd/8")).expect("symlink");
+        let d = Discovery::new(&root);
+        let redis: SocketAddr = "127.0.0.1:6379".parse().expect("addr");
+        assert_eq!(d.client_fds(13), vec![(8, redis)]);
+        assert!(d.client_fds(10).is_empty());
         std::fs::remove_dir_all(root).ok();
     }
 
