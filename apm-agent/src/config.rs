@@ -137,9 +137,10 @@ pub struct Config {
     pub sample_interval: Duration,
 
     /// A dependency whose health /health/detailed reports:
-    /// `redis://host:port` (PING), `postgres://user@host:port/db`
-    /// (`SELECT 1`; the password in the URL, or `?password_file=PATH` or
-    /// `?password_env=VAR`) or `tcp://host:port` (connect) (repeatable).
+    /// `redis://host:port` (PING), `postgres://user@host:port/db` or
+    /// `mysql://user@host:port/db` (`SELECT 1`; the password in the URL, or
+    /// `?password_file=PATH` or `?password_env=VAR`) or `tcp://host:port`
+    /// (connect) (repeatable).
     /// A URL's user and password are used to connect and shown nowhere.
     #[arg(long = "check", env = "APM_CHECK", value_delimiter = ',', value_parser = crate::serve::checks::DependencyParser)]
     pub checks: Vec<crate::serve::checks::Dependency>,

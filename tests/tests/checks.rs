@@ -1,9 +1,10 @@
-//! `--check postgres://` end to end: a real PostgreSQL (Debian's, started
-//! here on loopback with SCRAM passwords) is healthy with its response
-//! time, a wrong password shows the server's own error, and stopping the
-//! server turns the check degraded within one check interval, with the
-//! connection's error. The password never appears anywhere the agent
-//! writes.
+//! `--check postgres://` and `--check mysql://` end to end: a real
+//! PostgreSQL (Debian's, with SCRAM passwords) and a real MariaDB
+//! (Debian's, speaking the MySQL protocol), each started here on loopback,
+//! are healthy with their response times, a wrong password shows the
+//! server's own error, and stopping the server turns the check degraded
+//! within one check interval, with the connection's error. The password
+//! never appears anywhere the agent writes.
 
 use std::{
     net::TcpStream,
@@ -16,15 +17,57 @@ use apm_e2e::{Agent, free_port, get, require_root, wait_for};
 
 const PASSWORD: &str = "pg-Secret-7dQx";
 
-/// A throwaway PostgreSQL cluster on 127.0.0.1:`port`, owned by the
-/// `postgres` user (the server refuses to run as root).
-struct Postgres {
+/// A database server started here: listening on 127.0.0.1:`port`, stopped
+/// with `signal` (its fast, clean shutdown), its directory removed after.
+struct Server {
     child: Option<Child>,
     dir: PathBuf,
+    signal: i32,
 }
 
+impl Server {
+    /// Spawns `cmd` and waits for the port to accept connections.
+    fn spawn(mut cmd: Command, port: u16, dir: PathBuf, signal: i32) -> Self {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let up = wait_for(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "{name} did not start");
+        Self {
+            child: Some(child),
+            dir,
+            signal,
+        }
+    }
+
+    /// Shuts the server down and waits for it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill with the pid of a child we have not reaped.
+            unsafe { libc::kill(child.id() as i32, self.signal) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway PostgreSQL cluster on 127.0.0.1:`port`, owned by the
+/// `postgres` user (the server refuses to run as root).
+struct Postgres;
+
 impl Postgres {
-    fn start(port: u16) -> Self {
+    fn start(port: u16) -> Server {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL (installed by cargo xtask test)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -57,40 +100,14 @@ impl Postgres {
             .status()
             .expect("initdb");
         assert!(initdb.success(), "initdb failed");
-        let child = as_postgres(bin.join("postgres"))
-            .arg("-D")
+        let mut cmd = as_postgres(bin.join("postgres"));
+        cmd.arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(&dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("postgres");
-        let up = wait_for(Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        assert!(up.is_some(), "postgres did not start");
-        Self {
-            child: Some(child),
-            dir,
-        }
-    }
-
-    /// Fast shutdown (SIGINT), waited for.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill with the pid of a child we have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
+        // Fast shutdown.
+        Server::spawn(cmd, port, dir, libc::SIGINT)
     }
 }
 
@@ -123,6 +140,61 @@ fn check_of(agent: &Agent, dependency: &str) -> Option<(String, String, f64)> {
     ))
 }
 
+/// The flow both database tests share: `shown` (the check's name) turns
+/// healthy with a response time, the other check's wrong password shows
+/// the server's `refusal`; after `stop`, `shown` is degraded within one
+/// check interval (1 s) with the connection's error; no `secrets` appear
+/// anywhere the agent writes.
+fn healthy_then_degraded(
+    agent: &Agent,
+    shown: &str,
+    refusal: &str,
+    stop: impl FnOnce(),
+    secrets: &[&str],
+) {
+    let healthy = wait_for(Duration::from_secs(20), || {
+        let c = check_of(agent, shown)?;
+        (c.0 == "healthy").then_some(c)
+    })
+    .unwrap_or_else(|| panic!("never healthy: {:?}", check_of(agent, shown)));
+    assert!(healthy.2 > 0.0 && healthy.2 < 5.0, "{healthy:?}");
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(
+        m.value("apm_dependency_up", &[("dependency", shown)]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    let r = get(agent.addr, "/health/detailed").expect("detailed");
+    assert!(r.body.contains(refusal), "{}", r.body);
+
+    stop();
+    let stopped = Instant::now();
+    let degraded = wait_for(Duration::from_secs(10), || {
+        let c = check_of(agent, shown)?;
+        (c.0 != "healthy").then_some(c)
+    })
+    .expect("never degraded");
+    let after = stopped.elapsed();
+    assert!(
+        after < Duration::from_millis(1500),
+        "degraded after {after:?}"
+    );
+    assert!(degraded.1.contains("connect"), "{degraded:?}");
+    println!("{shown} stopped: degraded after {after:?}: {}", degraded.1);
+
+    for text in [
+        get(agent.addr, "/health/detailed").expect("detailed").body,
+        agent.metrics().expect("metrics").text,
+        get(agent.addr, "/logs/recent").expect("logs").body,
+        agent.log_text(),
+    ] {
+        for secret in secrets {
+            assert!(!text.contains(secret), "password leaked: {text}");
+        }
+    }
+}
+
 #[test]
 fn postgres_check_runs_a_query_and_turns_degraded_when_the_server_stops() {
     require_root();
@@ -139,53 +211,90 @@ fn postgres_check_runs_a_query_and_turns_degraded_when_the_server_stops() {
     let shown = format!("postgres://127.0.0.1:{port}/postgres");
     let agent = Agent::start(&["--check", &good, "--check", &bad, "--check-interval", "1s"])
         .expect("agent");
-
-    // Healthy, with the query's response time; the wrong password is the
-    // server's own refusal.
-    let healthy = wait_for(Duration::from_secs(20), || {
-        let c = check_of(&agent, &shown)?;
-        (c.0 == "healthy").then_some(c)
-    })
-    .unwrap_or_else(|| panic!("never healthy: {:?}", check_of(&agent, &shown)));
-    assert!(healthy.2 > 0.0 && healthy.2 < 5.0, "{healthy:?}");
-    let m = agent.metrics().expect("metrics");
-    assert_eq!(
-        m.value("apm_dependency_up", &[("dependency", &shown)]),
-        Some(1.0),
-        "{}",
-        m.text
+    healthy_then_degraded(
+        &agent,
+        &shown,
+        "password authentication failed",
+        || pg.stop(),
+        &[PASSWORD, "wrong-pw"],
     );
-    let r = get(agent.addr, "/health/detailed").expect("detailed");
-    assert!(
-        r.body.contains("password authentication failed"),
-        "{}",
-        r.body
-    );
-
-    // Stopped: degraded within one check interval (plus the check itself).
-    pg.stop();
-    let stopped = Instant::now();
-    let degraded = wait_for(Duration::from_secs(10), || {
-        let c = check_of(&agent, &shown)?;
-        (c.0 != "healthy").then_some(c)
-    })
-    .expect("never degraded");
-    let after = stopped.elapsed();
-    assert!(
-        after < Duration::from_millis(1500),
-        "degraded after {after:?}"
-    );
-    assert!(degraded.1.contains("connect"), "{degraded:?}");
-    println!("postgres stopped: degraded after {after:?}: {}", degraded.1);
-
-    for text in [
-        get(agent.addr, "/health/detailed").expect("detailed").body,
-        agent.metrics().expect("metrics").text,
-        get(agent.addr, "/logs/recent").expect("logs").body,
-        agent.log_text(),
-    ] {
-        assert!(!text.contains(PASSWORD), "password leaked: {text}");
-        assert!(!text.contains("wrong-pw"), "password leaked: {text}");
-    }
     std::fs::remove_file(pwfile).ok();
+}
+
+/// A throwaway MariaDB on 127.0.0.1:`port`, with a user `apm` identified
+/// by [`PASSWORD`] and a database `shop`. It runs as root (`--user=root`),
+/// so the test needs no `mysql` account, which only the full
+/// mariadb-server package creates.
+struct Mariadb;
+
+impl Mariadb {
+    fn start(port: u16) -> Server {
+        let dir = std::env::temp_dir().join(format!("apm-e2e-mariadb-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let init = dir.join("init.sql");
+        std::fs::write(
+            &init,
+            format!(
+                "CREATE USER IF NOT EXISTS 'apm'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';\n\
+                 CREATE DATABASE IF NOT EXISTS shop;\n\
+                 GRANT ALL ON shop.* TO 'apm'@'127.0.0.1';\n"
+            ),
+        )
+        .expect("init.sql");
+        let data = dir.join("data");
+        let install = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=socket",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db (installed by cargo xtask test)");
+        assert!(install.success(), "mariadb-install-db failed");
+        let mut cmd = Command::new("mariadbd");
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--init-file={}", init.display()))
+            .args([
+                "--user=root",
+                &format!("--port={port}"),
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=16M",
+            ]);
+        // Normal shutdown.
+        Server::spawn(cmd, port, dir, libc::SIGTERM)
+    }
+}
+
+#[test]
+fn mysql_check_runs_a_query_and_turns_degraded_when_the_server_stops() {
+    require_root();
+    let port = free_port().expect("port");
+    let mut db = Mariadb::start(port);
+    // The password from the agent's environment this time.
+    let good = format!("mysql://apm@127.0.0.1:{port}/shop?password_env=APM_E2E_MYSQL_PW");
+    let bad = format!("mysql://apm:wrong-pw@127.0.0.1:{port}/");
+    let shown = format!("mysql://127.0.0.1:{port}/shop");
+    let mut cmd = Command::new(apm_e2e::agent_bin());
+    cmd.env("APM_E2E_MYSQL_PW", PASSWORD);
+    let agent = Agent::start_with(
+        cmd,
+        &["--check", &good, "--check", &bad, "--check-interval", "1s"],
+    )
+    .expect("agent");
+    healthy_then_degraded(
+        &agent,
+        &shown,
+        "Access denied for user",
+        || db.stop(),
+        &[PASSWORD, "wrong-pw"],
+    );
 }

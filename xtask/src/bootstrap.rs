@@ -81,6 +81,17 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/lib/postgresql/15/bin/initdb",
         package: "postgresql-15",
     },
+    // The --check mysql:// test's server (Debian 12's MariaDB): the server
+    // and mariadb-install-db, which calls my_print_defaults. The core
+    // packages start no system service.
+    Need {
+        path: "/usr/sbin/mariadbd",
+        package: "mariadb-server-core",
+    },
+    Need {
+        path: "/usr/bin/my_print_defaults",
+        package: "mariadb-client-core",
+    },
     // Ground truth for the Redis tests: INFO commandstats and load.
     Need {
         path: "/usr/bin/redis-benchmark",

@@ -19,6 +19,8 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+mod db_url;
+mod mysql;
 mod postgres;
 
 /// A dependency given with `--check`.
@@ -37,6 +39,8 @@ enum Target {
     Redis,
     /// `postgres://user@host:port/db`: `SELECT 1` through tokio-postgres.
     Postgres,
+    /// `mysql://user@host:port/db`: `SELECT 1` through mysql_async.
+    Mysql,
     /// `tcp://host:port`: TCP connect time.
     Tcp { addr: String },
 }
@@ -82,17 +86,26 @@ impl Dependency {
                 .map_err(|e| dep.scrub(format!("invalid redis URL {:?}: {e}", dep.name)))?;
             return Ok(dep);
         }
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            let dep = Self {
-                target: Target::Postgres,
-                name,
-                url,
-            };
-            postgres::validate(s).map_err(|e| dep.scrub(format!("{:?}: {e}", dep.name)))?;
+        let database = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Some((
+                Target::Postgres,
+                postgres::validate as fn(&str) -> Result<(), String>,
+            ))
+        } else if s.starts_with("mysql://") {
+            Some((
+                Target::Mysql,
+                mysql::validate as fn(&str) -> Result<(), String>,
+            ))
+        } else {
+            None
+        };
+        if let Some((target, validate)) = database {
+            let dep = Self { target, name, url };
+            validate(s).map_err(|e| dep.scrub(format!("{:?}: {e}", dep.name)))?;
             return Ok(dep);
         }
         Err(format!(
-            "unsupported check {name:?}: use redis://host:port, postgres://user@host:port/db or tcp://host:port"
+            "unsupported check {name:?}: use redis://host:port, postgres://user@host:port/db, mysql://user@host:port/db or tcp://host:port"
         ))
     }
 
@@ -162,6 +175,7 @@ pub async fn check(dep: &Dependency, timeout: Duration) -> DependencyStatus {
                 .map(|_| "connected".to_owned())
                 .map_err(|e| format!("connect: {e}")),
             Target::Postgres => postgres::select_one(dep.url.expose(), timeout).await,
+            Target::Mysql => mysql::select_one(dep.url.expose()).await,
             Target::Redis => {
                 let client = redis::Client::open(dep.url.expose()).map_err(|e| e.to_string())?;
                 let mut con = client
