@@ -352,11 +352,14 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), S
         .map_err(|e| format!("attach: {e}"))
 }
 
-/// log2 of a quarter of the ring (a power of two of at least a page):
-/// the packet programs wake the reader each time that much more has been
-/// written, so a burst is drained long before the ring is full.
+/// log2 of the wake step: WAKE_STEP_BYTES, or a quarter of a smaller ring
+/// (a power of two of at least a page). The packet programs wake the
+/// reader each time that much more has been written, so it drains in short
+/// batches, and long before the ring is full.
 fn wake_shift(ring_bytes: u32) -> u32 {
-    (ring_bytes / 4).max(1).ilog2()
+    (ring_bytes / 4)
+        .clamp(1, apm_common::events::WAKE_STEP_BYTES)
+        .ilog2()
 }
 
 impl Kernel {
@@ -554,6 +557,13 @@ fn sum_pid(per_cpu: &PerCpuValues<PidCounters>) -> PidCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_is_woken_every_64_kib_or_quarter_ring() {
+        assert_eq!(1 << wake_shift(8 << 20), 64 * 1024);
+        assert_eq!(1 << wake_shift(64 * 1024), 16 * 1024);
+        assert_eq!(1 << wake_shift(4096), 1024);
+    }
 
     #[test]
     fn disabling_names_every_probe_and_the_reason() {

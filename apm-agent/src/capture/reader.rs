@@ -54,11 +54,11 @@ pub async fn run<S: RecordSink>(
     } else {
         info!("reading request records");
     }
-    // The kernel wakes us when a quarter of the ring has been written
-    // (packets) or WAKEUP_BYTES are queued (syscalls); the timer picks up
-    // the rest within POLL_INTERVAL_MS. Larger batches keep the pipeline's
-    // tables in cache (draining every 20 ms cost ~8 % more CPU per request
-    // under wrk).
+    // The kernel wakes us each WAKE_STEP_BYTES written (packets) or when
+    // WAKEUP_BYTES are queued (syscalls); the timer picks up the rest
+    // within POLL_INTERVAL_MS. Short batches cost more CPU per request
+    // (the pipeline's tables go cold between them) but keep this thread
+    // from holding a shared CPU for milliseconds (see WAKE_STEP_BYTES).
     let mut tick = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -301,12 +301,12 @@ fn emit(
 
 /// Wakes the reader when this record (`size` bytes, plus the ring's 8-byte
 /// record header, rounded up to 8) takes the producer position across a
-/// multiple of the wake step, a quarter of the ring: the reader drains in
-/// large batches, on its timer while the ring fills slowly and at every
-/// quarter under load. Only the producer position is read (a line every
+/// multiple of the wake step (`CONFIG.wake_shift`, WAKE_STEP_BYTES): the
+/// reader drains on its timer while the ring fills slowly and at every
+/// step under load. Only the producer position is read (a line every
 /// producer writes anyway); asking how much is queued would read the
 /// consumer's line on every segment. A crossing hidden by another CPU's
-/// record in between only delays the drain to the next quarter or tick.
+/// record in between only delays the drain to the next step or tick.
 #[inline(always)]
 fn wakeup_flags(size: usize) -> u64 {
     let shift = CONFIG.get(0).map_or(0, |c| c.wake_shift);
