@@ -16,7 +16,7 @@ use std::{
 };
 
 use procfs::process::{FDTarget, Process};
-use procfs_core::net::TcpState;
+use procfs_core::net::{TcpNetEntry, TcpState};
 
 /// Full process walks happen at least this often (in scans).
 pub const FULL_RESCAN_EVERY: u64 = 10;
@@ -278,14 +278,9 @@ impl Discovery {
     /// remote address): client connections opened before the agent saw
     /// the process connect.
     pub fn client_fds(&self, pid: u32) -> Vec<(u32, SocketAddr)> {
-        let entry = pid.to_string();
-        let Ok(process) = Process::new_with_root(self.root.join(&entry)) else {
+        let Ok(entries) = self.socket_table(&pid.to_string()) else {
             return Vec::new();
         };
-        let Ok(mut entries) = process.tcp() else {
-            return Vec::new();
-        };
-        entries.extend(process.tcp6().unwrap_or_default());
         let listening: HashSet<u16> = entries
             .iter()
             .filter(|e| e.state == TcpState::Listen)
@@ -325,6 +320,17 @@ impl Discovery {
 
     /// TCP sockets in `state` in the network namespace of `<proc>/<entry>`.
     fn sockets_of(&self, entry: &str, state: TcpState) -> Result<Vec<(u16, u64)>, DiscoveryError> {
+        Ok(self
+            .socket_table(entry)?
+            .into_iter()
+            .filter(|e| e.state == state)
+            .map(|e| (e.local_address.port(), e.inode))
+            .collect())
+    }
+
+    /// The IPv4 and IPv6 TCP sockets of the network namespace of
+    /// `<proc>/<entry>`.
+    fn socket_table(&self, entry: &str) -> Result<Vec<TcpNetEntry>, DiscoveryError> {
         let err = |source| DiscoveryError::SocketTable {
             root: self.root.join(entry),
             source,
@@ -333,11 +339,7 @@ impl Discovery {
         let mut entries = process.tcp().map_err(err)?;
         // No IPv6 in this namespace (or kernel) is not an error.
         entries.extend(process.tcp6().unwrap_or_default());
-        Ok(entries
-            .into_iter()
-            .filter(|e| e.state == state)
-            .map(|e| (e.local_address.port(), e.inode))
-            .collect())
+        Ok(entries)
     }
 
     /// The owners of each wanted inode, and one (pid, fd) holding it.

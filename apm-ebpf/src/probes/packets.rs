@@ -92,10 +92,16 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: a read-only lookup; the value is not kept.
         if unsafe { OUTBOUND.get(cookie) }.is_none() {
-            if !watching {
+            // Looked up before the headers are parsed: most packets on a
+            // watched port belong to sockets nobody watches.
+            // SAFETY: the value is copied out at once.
+            let Some(event) = watching
+                .then(|| unsafe { WATCHED.get(cookie) }.copied())
+                .flatten()
+            else {
                 return;
-            }
-            watched = Some(cookie);
+            };
+            watched = Some((cookie, event));
         }
         chunks = if listed != 0 { listed } else { MAX_CHUNKS };
         port = remote;
@@ -105,8 +111,8 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         return;
     };
     let payload = len.saturating_sub(seg.payload_off);
-    if let Some(cookie) = watched
-        && !recognise(ctx, dir, cookie, &seg, payload)
+    if let Some((cookie, event)) = watched
+        && !recognise(ctx, dir, cookie, &event, &seg, payload)
     {
         return;
     }
@@ -141,17 +147,20 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     }
 }
 
-/// Ends the watch of a connection in `WATCHED` at its first payload (or
-/// its end): when the client sends first and that starts a RESP array
-/// (`*` and a digit), the socket moves to `OUTBOUND` and the connect record
-/// stored with it goes to the agent ahead of this segment. Returns whether
-/// the segment is to be captured.
+/// Ends the watch of connection `cookie` (whose `WATCHED` value is `event`)
+/// at its first payload (or its end): when the client sends first and that
+/// starts a RESP array (`*` and a digit), the socket moves to `OUTBOUND`
+/// and `event`, its connect record, goes to the agent ahead of this
+/// segment. Returns whether the segment is to be captured.
 #[inline(always)]
-fn recognise(ctx: &SkBuffContext, dir: u8, cookie: u64, seg: &Segment, payload: u32) -> bool {
-    // SAFETY: the value is copied out at once.
-    let Some(event) = (unsafe { WATCHED.get(cookie) }).copied() else {
-        return false;
-    };
+fn recognise(
+    ctx: &SkBuffContext,
+    dir: u8,
+    cookie: u64,
+    event: &ConnectEvent,
+    seg: &Segment,
+    payload: u32,
+) -> bool {
     if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
         // The handshake and bare ACKs: still watching.
         return false;

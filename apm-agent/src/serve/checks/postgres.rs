@@ -77,5 +77,8 @@ mod tests {
             &[5432]
         );
         assert!(config("postgres://h:5432/db").is_err());
+        // The password is read when connecting, not when validating.
+        assert!(config("postgres://app@h/db?password_env=APM_TEST_UNSET_PW_VAR").is_err());
+        assert!(validate("postgres://app@h/db?password_file=/nonexistent/pw").is_ok());
     }
 }
