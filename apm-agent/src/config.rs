@@ -157,6 +157,12 @@ pub struct Config {
     #[arg(long, env = "APM_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,
 
+    /// How often ports that monitored services' connections no longer use
+    /// stop being watched for Redis (a pass over the kernel's 65 536 port
+    /// flags).
+    #[arg(long, env = "APM_WATCHED_PORTS_PRUNE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watched_ports_prune_interval: Duration,
+
     /// Where procfs is mounted (the host's /proc when running in a container).
     #[arg(long, env = "APM_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,

@@ -528,3 +528,81 @@ fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
     );
     drop((a, b, listener));
 }
+
+/// Whether the kernel's WATCHED_PORTS flag of `port` is set (bpftool).
+fn watched_port(port: u16) -> bool {
+    let key = u32::from(port).to_le_bytes().map(|b| b.to_string());
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "name", "WATCHED_PORTS", "key"])
+        .args(key)
+        .output()
+        .expect("bpftool (installed by cargo xtask test)");
+    assert!(out.status.success(), "bpftool: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .any(|b| b != "0x00")
+}
+
+#[test]
+fn ports_no_connection_uses_stop_being_watched_and_open_ones_stay() {
+    require_root();
+    let rport = free_port().expect("port");
+    let _redis = Redis::start(rport);
+    let (listener, agent) = shop(&["--watched-ports-prune-interval", "1s"]);
+    // An HTTP exchange with another port: watched until its first bytes,
+    // then nothing on that port is watched any more.
+    let other = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let oport = other.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut http, _) = other.accept().expect("accept");
+        http.set_read_timeout(Some(WAIT)).expect("timeout");
+        let _ = http.read(&mut [0u8; 256]).expect("request");
+        http.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .expect("response");
+    });
+    let mut http = TcpStream::connect(("127.0.0.1", oport)).expect("connect");
+    assert!(watched_port(oport), "a new connection's port is watched");
+    http.set_read_timeout(Some(WAIT)).expect("timeout");
+    http.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("request");
+    assert!(http.read(&mut [0u8; 64]).expect("response") > 0);
+    server.join().expect("server thread");
+    drop(http);
+    // A Redis connection that stays open across prunes is still timed.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{rport}/")).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let set = |con: &mut redis::Connection, n: u64| {
+        for i in 0..n {
+            let _: () = redis::cmd("SET").arg("k").arg(i).query(con).expect("SET");
+        }
+    };
+    set(&mut con, 2);
+    let expected = |sets: u64| -> BTreeMap<String, u64> {
+        [("CLIENT SETINFO", 2), ("SET", sets)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    };
+    wait_for_client_counts(&agent, "127.0.0.1", rport, &expected(2));
+    assert!(
+        wait_for(WAIT, || (!watched_port(oport)).then_some(())).is_some(),
+        "port {oport} is still watched after its connection closed"
+    );
+    // Two more prune intervals: the open connection's port stays.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        watched_port(rport),
+        "an open Redis connection's port was pruned"
+    );
+    set(&mut con, 3);
+    wait_for_client_counts(&agent, "127.0.0.1", rport, &expected(5));
+    drop(con);
+    assert!(
+        wait_for(WAIT, || (!watched_port(rport)).then_some(())).is_some(),
+        "port {rport} is still watched after its connection closed"
+    );
+    drop(listener);
+}

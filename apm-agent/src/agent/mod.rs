@@ -98,6 +98,10 @@ pub struct Agent {
     redis_addrs: Vec<(String, u16)>,
     /// Recognise Redis clients on other ports (not --no-redis-detect).
     redis_detect: bool,
+    /// When the kernel's watched-port flags were last pruned, and how
+    /// often (--watched-ports-prune-interval).
+    watched_prune: std::time::Instant,
+    watched_prune_interval: std::time::Duration,
     /// How long a port that stopped listening, with no connection left,
     /// keeps its state and series (--series-ttl).
     port_ttl: std::time::Duration,
@@ -146,6 +150,8 @@ impl Agent {
             redis_ports: config.redis_ports.iter().copied().collect(),
             redis_addrs: config.redis_addrs.clone(),
             redis_detect: !config.no_redis_detect,
+            watched_prune: std::time::Instant::now(),
+            watched_prune_interval: config.watched_ports_prune_interval,
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),

@@ -5,9 +5,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, ToSocketAddrs},
+    time::Instant,
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Agent;
 use crate::capture::Capture;
@@ -121,6 +122,16 @@ impl Agent {
             return;
         };
         let mut by_service: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
+        if self.watched_prune.elapsed() >= self.watched_prune_interval {
+            self.watched_prune = Instant::now();
+            let cleared = kernel.outbound().prune_watched_ports();
+            if cleared > 0 {
+                debug!(
+                    ports = cleared,
+                    "ports no connection uses are no longer watched for Redis"
+                );
+            }
+        }
         for pool in kernel.outbound().pools() {
             match self.published.get(&pool.tgid) {
                 Some((service, _)) => {

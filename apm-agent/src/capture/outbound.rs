@@ -30,6 +30,10 @@ pub struct Outbound {
     pools: PerCpuHashMap<MapData, PoolKey, PoolCounters>,
     /// What `clients` holds.
     known: BTreeSet<u32>,
+    /// Ports of connections opened before the agent saw them, watched by
+    /// [`Outbound::watch`]: no pool counts them and their close is not
+    /// seen, so their port flags are never cleared.
+    pinned: BTreeSet<u16>,
 }
 
 /// One pool: a process's open connections to one destination.
@@ -52,6 +56,7 @@ impl Outbound {
             watched_ports: take_map(ebpf, names::WATCHED_PORTS)?,
             pools: take_map(ebpf, names::POOLS)?,
             known: BTreeSet::new(),
+            pinned: BTreeSet::new(),
         })
     }
 
@@ -102,9 +107,61 @@ impl Outbound {
         self.watched
             .insert(cookie, event, 0)
             .map_err(map_err(names::WATCHED))?;
+        self.pinned.insert(addr.port());
         self.watched_ports
             .set(u32::from(addr.port()), 1, 0)
             .map_err(map_err(names::WATCHED_PORTS))
+    }
+
+    /// Clears the `WATCHED_PORTS` flag of every port that no connection
+    /// uses any more; returns how many were cleared. A connect hook flags
+    /// its port for good, and each packet on a flagged port pays for a
+    /// socket lookup.
+    ///
+    /// A full pass over the 65 536 flags, one lookup each, so the agent
+    /// runs it rarely. A connect hook that races it puts its socket in
+    /// `WATCHED` before it sets the flag, and in a pool (at SYN_SENT)
+    /// before its first payload can move it from `WATCHED` to `OUTBOUND`:
+    /// a cleared port that is in use when the pass ends gets its flag back.
+    pub fn prune_watched_ports(&mut self) -> usize {
+        let in_use = self.ports_in_use();
+        let mut cleared = Vec::new();
+        for port in 0..=u16::MAX {
+            let flagged = self
+                .watched_ports
+                .get(&u32::from(port), 0)
+                .is_ok_and(|v| v != 0);
+            if flagged
+                && !in_use.contains(&port)
+                && self.watched_ports.set(u32::from(port), 0, 0).is_ok()
+            {
+                cleared.push(port);
+            }
+        }
+        if !cleared.is_empty() {
+            let now = self.ports_in_use();
+            for &port in cleared.iter().filter(|p| now.contains(p)) {
+                let _ = self.watched_ports.set(u32::from(port), 1, 0);
+            }
+            cleared.retain(|p| !now.contains(p));
+        }
+        cleared.len()
+    }
+
+    /// Ports a flag must stay on for: those of the connections in
+    /// `WATCHED`, of pools with connections open (recognised connections
+    /// among them), and the pinned ones.
+    fn ports_in_use(&self) -> BTreeSet<u16> {
+        let watched = self.watched.iter().flatten().map(|(_, event)| event.port);
+        let open = self
+            .pools()
+            .into_iter()
+            .filter(|p| p.active > 0)
+            .map(|p| p.port);
+        watched
+            .chain(open)
+            .chain(self.pinned.iter().copied())
+            .collect()
     }
 
     /// Captures client connections to remote `port`, `chunks` records per
