@@ -15,8 +15,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 mod metrics;
 mod net;
+mod redis_server;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, connect_many, python_client};
+pub use redis_server::{Redis, cache, client_counts, pool, shop, wait_for_client_counts};
 
 /// Fails the test unless it runs as root: these tests load eBPF programs.
 pub fn require_root() {
@@ -452,53 +454,4 @@ pub fn always_firing_config(name: &str, receivers: &str) -> PathBuf {
     );
     std::fs::write(&path, text).expect("config");
     path
-}
-
-/// A real redis-server on 127.0.0.1:`port` (or another loopback address;
-/// no persistence), killed when dropped.
-pub struct Redis(Child);
-
-impl Redis {
-    pub fn start(port: u16) -> Self {
-        Self::start_with("127.0.0.1", port, &[])
-    }
-
-    /// On another loopback address (e.g. 127.0.0.2), same port or not.
-    pub fn start_at(addr: &str, port: u16) -> Self {
-        Self::start_with(addr, port, &[])
-    }
-
-    /// With `requirepass`: PING without the password fails (NOAUTH).
-    pub fn with_password(port: u16, password: &str) -> Self {
-        Self::start_with("127.0.0.1", port, &["--requirepass", password])
-    }
-
-    fn start_with(addr: &str, port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", addr])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by cargo xtask test)");
-        let up = wait_for(Duration::from_secs(10), || {
-            TcpStream::connect((addr, port)).ok()
-        });
-        assert!(up.is_some(), "redis-server did not start on {addr}:{port}");
-        Self(child)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -100,7 +100,7 @@ impl Outbound {
             kind: EventKind::Connect as u32,
             tgid,
             cookie,
-            addr: remote_addr(addr).addr,
+            addr: mapped(addr.ip()),
             port: addr.port(),
             _pad: [0; 6],
         };
@@ -224,14 +224,19 @@ impl Outbound {
     }
 }
 
-/// `addr` as the kernel side keys it (IPv4 as `::ffff:a.b.c.d`).
+/// `addr` as the kernel side keys it.
 fn remote_addr(addr: SocketAddr) -> RemoteAddr {
     RemoteAddr {
-        addr: match addr.ip() {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        },
+        addr: mapped(addr.ip()),
         port: addr.port(),
         _pad: [0; 6],
+    }
+}
+
+/// An address as the kernel side stores it: IPv4 as `::ffff:a.b.c.d`.
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }

@@ -1,0 +1,142 @@
+//! A real redis-server for the tests, and what they read about the
+//! monitored client "shop" (this test process) from the agent.
+
+use std::{
+    collections::BTreeMap,
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{Agent, Metrics, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A real redis-server on 127.0.0.1:`port` (or another loopback address;
+/// no persistence), killed when dropped.
+pub struct Redis(Child);
+
+impl Redis {
+    pub fn start(port: u16) -> Self {
+        Self::start_with("127.0.0.1", port, &[])
+    }
+
+    /// On another loopback address (e.g. 127.0.0.2), same port or not.
+    pub fn start_at(addr: &str, port: u16) -> Self {
+        Self::start_with(addr, port, &[])
+    }
+
+    /// With `requirepass`: PING without the password fails (NOAUTH).
+    pub fn with_password(port: u16, password: &str) -> Self {
+        Self::start_with("127.0.0.1", port, &["--requirepass", password])
+    }
+
+    fn start_with(addr: &str, port: u16, extra: &[&str]) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", addr])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by cargo xtask test)");
+        let up = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect((addr, port)).ok()
+        });
+        assert!(up.is_some(), "redis-server did not start on {addr}:{port}");
+        Self(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Client-side operations per command of `service` to the server at
+/// 127.0.0.1:`port`, from the duration histogram.
+pub fn client_counts(m: &Metrics, service: &str, addr: &str, port: u16) -> BTreeMap<String, u64> {
+    let port = port.to_string();
+    let mut out = BTreeMap::new();
+    for s in m.matching(
+        "db_client_operation_duration_seconds_count",
+        &[
+            ("service_name", service),
+            ("db_system_name", "redis"),
+            ("server_address", addr),
+            ("server_port", &port),
+        ],
+    ) {
+        *out.entry(s.labels["db_operation_name"].clone())
+            .or_default() += s.value as u64;
+    }
+    out
+}
+
+/// This test process as the monitored service "shop" (it listens), with
+/// the agent's Redis destination arguments `redis`.
+pub fn shop(redis: &[&str]) -> (TcpListener, Agent) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let lport = listener.local_addr().expect("addr").port();
+    let (port, name) = (lport.to_string(), format!("{lport}=shop"));
+    let mut args = vec!["--port", &port, "--service-name", &name];
+    args.extend_from_slice(redis);
+    let agent = Agent::start(&args).expect("agent");
+    agent.wait_for_service(lport, "shop");
+    agent.wait_for_process("shop");
+    (listener, agent)
+}
+
+/// Waits until shop's client-side counts to `addr:port` are `expected`;
+/// panics with what the agent has otherwise.
+pub fn wait_for_client_counts(
+    agent: &Agent,
+    addr: &str,
+    port: u16,
+    expected: &BTreeMap<String, u64>,
+) -> Metrics {
+    wait_for(WAIT, || {
+        let m = agent.metrics().ok()?;
+        (client_counts(&m, "shop", addr, port) == *expected).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        let m = agent.metrics().expect("metrics");
+        panic!(
+            "agent {:?}\nclient {expected:?}\n{}",
+            client_counts(&m, "shop", addr, port),
+            m.text
+        )
+    })
+}
+
+/// shop's active outbound connections to `addr:port`.
+pub fn pool(agent: &Agent, addr: &str, port: u16) -> Option<f64> {
+    agent.metrics().ok()?.value(
+        "apm_outbound_connections_active",
+        &[
+            ("service_name", "shop"),
+            ("server_address", addr),
+            ("server_port", &port.to_string()),
+        ],
+    )
+}
+
+pub fn cache(m: &Metrics, service: &str, op: &str, result: &str) -> f64 {
+    m.value(
+        "apm_cache_operations_total",
+        &[
+            ("service_name", service),
+            ("operation", op),
+            ("result", result),
+        ],
+    )
+    .unwrap_or(0.0)
+}
