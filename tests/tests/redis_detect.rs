@@ -13,7 +13,7 @@ use std::{
 };
 
 use apm_e2e::{
-    Agent, Redis, cache, client_counts, free_port, require_root, shop, wait_for,
+    Agent, Redis, cache, client_counts, free_port, pool, require_root, shop, wait_for,
     wait_for_client_counts,
 };
 
@@ -118,6 +118,21 @@ fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
     };
     let counts =
         |n: u64| -> BTreeMap<String, u64> { [("SET".to_owned(), n), ("GET".to_owned(), 1)].into() };
+    // shop's active connections to each server.
+    let now = |agent: &Agent| {
+        (
+            pool(agent, "127.0.0.1", listed),
+            pool(agent, "127.0.0.1", unlisted),
+        )
+    };
+    // The same once both are counted (a refresh after the watch).
+    let pools = |agent: &Agent| {
+        wait_for(WAIT, || {
+            let (a, b) = now(agent);
+            (a.is_some() && b.is_some()).then_some((a, b))
+        })
+        .unwrap_or_else(|| now(agent))
+    };
     let watching = |agent: &Agent| {
         wait_for(WAIT, || {
             let log = agent.log_text();
@@ -135,6 +150,8 @@ fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
             "{}",
             agent.log_text()
         );
+        // Counted in the pools whether timed or not: one connection each.
+        assert_eq!(pools(&agent), (Some(1.0), Some(1.0)));
         run(&mut b, 2);
         run(&mut a, 3);
         let m = wait_for_client_counts(&agent, "127.0.0.1", listed, &counts(3));
@@ -161,7 +178,15 @@ fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
         "{}",
         m.text
     );
-    drop((a, b, listener));
+    assert_eq!(pools(&agent), (Some(1.0), Some(1.0)));
+    // Closed: no longer in the pool (its series goes with it).
+    drop(a);
+    let closed = wait_for(WAIT, || {
+        let (a, b) = now(&agent);
+        (a.unwrap_or(0.0) == 0.0 && b == Some(1.0)).then_some(())
+    });
+    assert!(closed.is_some(), "pools after a close: {:?}", now(&agent));
+    drop((b, listener));
 }
 
 /// Whether the kernel's WATCHED_PORTS flag of `port` is set (bpftool).

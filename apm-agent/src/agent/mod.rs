@@ -102,6 +102,9 @@ pub struct Agent {
     /// often (--watched-ports-prune-interval).
     watched_prune: std::time::Instant,
     watched_prune_interval: std::time::Duration,
+    /// (tgid, fd) → (socket inode, server): client connections opened
+    /// before the agent saw their process connect, for the pools.
+    preexisting: std::collections::BTreeMap<(u32, u32), (u64, std::net::SocketAddr)>,
     /// How long a port that stopped listening, with no connection left,
     /// keeps its state and series (--series-ttl).
     port_ttl: std::time::Duration,
@@ -152,6 +155,7 @@ impl Agent {
             redis_detect: !config.no_redis_detect,
             watched_prune: std::time::Instant::now(),
             watched_prune_interval: config.watched_ports_prune_interval,
+            preexisting: std::collections::BTreeMap::new(),
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),

@@ -13,6 +13,10 @@ use tracing::{debug, info, warn};
 use super::Agent;
 use crate::capture::Capture;
 
+/// Connections opened before the agent saw them that are counted in the
+/// pools (a bound on `Agent::preexisting`).
+const MAX_PREEXISTING: usize = 4096;
+
 impl Agent {
     /// Captures monitored clients' connections to the Redis ports, then
     /// to the Redis addresses (a host name resolved now).
@@ -86,7 +90,22 @@ impl Agent {
             return;
         };
         let mut watched = 0;
-        for (fd, addr) in self.discovery.client_fds(tgid) {
+        // A process that was a client before has its connections since
+        // then in the kernel's pools already.
+        let counted = kernel.outbound().pools().iter().any(|p| p.tgid == tgid);
+        for (fd, inode, addr) in self.discovery.client_fds(tgid) {
+            // No pool counted it at its connect: counted here until the
+            // descriptor closes (collect_pools).
+            if !counted {
+                if self.preexisting.len() < MAX_PREEXISTING {
+                    self.preexisting.insert((tgid, fd), (inode, addr));
+                } else {
+                    self.metrics
+                        .agent_drops
+                        .with_label_values(&["preexisting_full"])
+                        .inc();
+                }
+            }
             if !self.redis_detect && !kernel.outbound().listed(addr) {
                 continue;
             }
@@ -141,6 +160,22 @@ impl Agent {
                 }
                 None if pool.active == 0 => kernel.outbound().forget(&pool),
                 None => {}
+            }
+        }
+        // Connections opened before the agent saw their process connect,
+        // while their descriptors still hold them.
+        let discovery = &self.discovery;
+        self.preexisting
+            .retain(|&(tgid, fd), &mut (inode, _)| discovery.fd_is_socket(tgid, fd, inode));
+        for (&(tgid, _), &(_, addr)) in &self.preexisting {
+            if let Some((service, _)) = self.published.get(&tgid) {
+                *by_service
+                    .entry((
+                        service.clone(),
+                        addr.ip().to_canonical().to_string(),
+                        addr.port(),
+                    ))
+                    .or_default() += 1;
             }
         }
         let gauge = &self.metrics.outbound_active;

@@ -275,9 +275,9 @@ impl Discovery {
 
     /// Descriptors of `pid` that are established connections it opened
     /// (their local port is not one its namespace listens on), as (fd,
-    /// remote address): client connections opened before the agent saw
-    /// the process connect.
-    pub fn client_fds(&self, pid: u32) -> Vec<(u32, SocketAddr)> {
+    /// socket inode, remote address): client connections opened before the
+    /// agent saw the process connect.
+    pub fn client_fds(&self, pid: u32) -> Vec<(u32, u64, SocketAddr)> {
         let Ok(entries) = self.socket_table(&pid.to_string()) else {
             return Vec::new();
         };
@@ -286,14 +286,28 @@ impl Discovery {
             .filter(|e| e.state == TcpState::Listen)
             .map(|e| e.local_address.port())
             .collect();
-        let by_inode: HashMap<u64, SocketAddr> = entries
+        let by_inode: HashMap<u64, (u64, SocketAddr)> = entries
             .into_iter()
             .filter(|e| {
                 e.state == TcpState::Established && !listening.contains(&e.local_address.port())
             })
-            .map(|e| (e.inode, e.remote_address))
+            .map(|e| (e.inode, (e.inode, e.remote_address)))
             .collect();
         self.fds_of(pid, &by_inode)
+            .into_iter()
+            .map(|(fd, (inode, addr))| (fd, inode, addr))
+            .collect()
+    }
+
+    /// Whether descriptor `fd` of `pid` is still socket `inode`.
+    pub fn fd_is_socket(&self, pid: u32, fd: u32, inode: u64) -> bool {
+        let link = self
+            .root
+            .join(pid.to_string())
+            .join("fd")
+            .join(fd.to_string());
+        std::fs::read_link(link)
+            .is_ok_and(|t| t.as_os_str() == format!("socket:[{inode}]").as_str())
     }
 
     /// The descriptors of `pid` that are sockets in `by_inode`, with what
@@ -526,8 +540,11 @@ mod tests {
         symlink("socket:[5555]", root.join("13/fd/8")).expect("symlink");
         let d = Discovery::new(&root);
         let redis: SocketAddr = "127.0.0.1:6379".parse().expect("addr");
-        assert_eq!(d.client_fds(13), vec![(8, redis)]);
+        assert_eq!(d.client_fds(13), vec![(8, 5555, redis)]);
         assert!(d.client_fds(10).is_empty());
+        assert!(d.fd_is_socket(13, 8, 5555));
+        assert!(!d.fd_is_socket(13, 8, 2222), "another socket now");
+        assert!(!d.fd_is_socket(13, 9, 5555), "no such descriptor");
         std::fs::remove_dir_all(root).ok();
     }
 
