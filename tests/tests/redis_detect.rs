@@ -163,8 +163,9 @@ fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
         );
         drop(listener);
     }
-    // With it (the default), both, though neither port is listed now.
-    let (listener, agent) = shop(&[]);
+    // With it (the default), both, though neither port is listed now;
+    // their ports stay watched across prunes while they are open.
+    let (listener, agent) = shop(&["--watched-ports-prune-interval", "1s"]);
     // Both, and whatever else this process holds open (the harness's
     // connections to the agent's API among them).
     watching(&agent);
@@ -179,13 +180,34 @@ fn connections_opened_before_the_agent_are_timed_from_their_next_command() {
         m.text
     );
     assert_eq!(pools(&agent), (Some(1.0), Some(1.0)));
-    // Closed: no longer in the pool (its series goes with it).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        watched_port(listed) && watched_port(unlisted),
+        "an open connection's port was pruned"
+    );
+    run(&mut a, 2);
+    wait_for_client_counts(
+        &agent,
+        "127.0.0.1",
+        listed,
+        &[("SET".to_owned(), 6), ("GET".to_owned(), 2)].into(),
+    );
+    // Closed: no longer in the pool (its series goes with it), and its
+    // port no longer watched; the other one's still is.
     drop(a);
     let closed = wait_for(WAIT, || {
         let (a, b) = now(&agent);
         (a.unwrap_or(0.0) == 0.0 && b == Some(1.0)).then_some(())
     });
     assert!(closed.is_some(), "pools after a close: {:?}", now(&agent));
+    assert!(
+        wait_for(WAIT, || (!watched_port(listed)).then_some(())).is_some(),
+        "port {listed} is still watched after its connection closed"
+    );
+    assert!(
+        watched_port(unlisted),
+        "an open connection's port was pruned"
+    );
     drop((b, listener));
 }
 

@@ -95,10 +95,13 @@ impl Agent {
         let counted = kernel.outbound().pools().iter().any(|p| p.tgid == tgid);
         for (fd, inode, addr) in self.discovery.client_fds(tgid) {
             // No pool counted it at its connect: counted here until the
-            // descriptor closes (collect_pools).
+            // descriptor closes (collect_pools), which also keeps its port
+            // watched until then; one not followed keeps it for good.
+            let mut followed = false;
             if !counted {
                 if self.preexisting.len() < MAX_PREEXISTING {
                     self.preexisting.insert((tgid, fd), (inode, addr));
+                    followed = true;
                 } else {
                     self.metrics
                         .agent_drops
@@ -116,7 +119,7 @@ impl Agent {
                     break;
                 }
             };
-            match kernel.outbound().watch(cookie, tgid, addr) {
+            match kernel.outbound().watch(cookie, tgid, addr, !followed) {
                 Ok(()) => watched += 1,
                 Err(e) => {
                     warn!(pid = tgid, error = %e, "cannot watch this process's open connections");
@@ -141,9 +144,15 @@ impl Agent {
             return;
         };
         let mut by_service: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
+        // Connections opened before the agent saw their process connect,
+        // while their descriptors still hold them.
+        let discovery = &self.discovery;
+        self.preexisting
+            .retain(|&(tgid, fd), &mut (inode, _)| discovery.fd_is_socket(tgid, fd, inode));
         if self.watched_prune.elapsed() >= self.watched_prune_interval {
             self.watched_prune = Instant::now();
-            let cleared = kernel.outbound().prune_watched_ports();
+            let open: BTreeSet<u16> = self.preexisting.values().map(|(_, a)| a.port()).collect();
+            let cleared = kernel.outbound().prune_watched_ports(&open);
             if cleared > 0 {
                 debug!(
                     ports = cleared,
@@ -162,11 +171,6 @@ impl Agent {
                 None => {}
             }
         }
-        // Connections opened before the agent saw their process connect,
-        // while their descriptors still hold them.
-        let discovery = &self.discovery;
-        self.preexisting
-            .retain(|&(tgid, fd), &mut (inode, _)| discovery.fd_is_socket(tgid, fd, inode));
         for (&(tgid, _), &(_, addr)) in &self.preexisting {
             if let Some((service, _)) = self.published.get(&tgid) {
                 *by_service

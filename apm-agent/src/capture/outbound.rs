@@ -30,9 +30,9 @@ pub struct Outbound {
     pools: PerCpuHashMap<MapData, PoolKey, PoolCounters>,
     /// What `clients` holds.
     known: BTreeSet<u32>,
-    /// Ports of connections opened before the agent saw them, watched by
-    /// [`Outbound::watch`]: no pool counts them and their close is not
-    /// seen, so their port flags are never cleared.
+    /// Ports of connections opened before the agent saw them that the
+    /// agent could not follow (see [`Outbound::watch`]): no pool counts
+    /// them and their close is not seen, so their flags stay set for good.
     pinned: BTreeSet<u16>,
 }
 
@@ -95,7 +95,16 @@ impl Outbound {
     /// Watches connection `cookie` of process `tgid` to `addr`, opened
     /// before its connect could be seen, as the connect hooks watch a new
     /// one: captured from its first payload if that is a RESP command.
-    pub fn watch(&mut self, cookie: u64, tgid: u32, addr: SocketAddr) -> Result<(), KernelError> {
+    /// Its port's flag is cleared by [`Outbound::prune_watched_ports`]
+    /// once the connection is no longer among the `open` ports passed to
+    /// it, or never when `pin` (the caller does not follow it).
+    pub fn watch(
+        &mut self,
+        cookie: u64,
+        tgid: u32,
+        addr: SocketAddr,
+        pin: bool,
+    ) -> Result<(), KernelError> {
         let event = ConnectEvent {
             kind: EventKind::Connect as u32,
             tgid,
@@ -107,14 +116,18 @@ impl Outbound {
         self.watched
             .insert(cookie, event, 0)
             .map_err(map_err(names::WATCHED))?;
-        self.pinned.insert(addr.port());
+        if pin {
+            self.pinned.insert(addr.port());
+        }
         self.watched_ports
             .set(u32::from(addr.port()), 1, 0)
             .map_err(map_err(names::WATCHED_PORTS))
     }
 
     /// Clears the `WATCHED_PORTS` flag of every port that no connection
-    /// uses any more; returns how many were cleared. A connect hook flags
+    /// uses any more (`open`: the ports of the connections opened before
+    /// the agent that are still open); returns how many were cleared. A
+    /// connect hook flags
     /// its port for good, and each packet on a flagged port pays for a
     /// socket lookup.
     ///
@@ -123,8 +136,8 @@ impl Outbound {
     /// `WATCHED` before it sets the flag, and in a pool (at SYN_SENT)
     /// before its first payload can move it from `WATCHED` to `OUTBOUND`:
     /// a cleared port that is in use when the pass ends gets its flag back.
-    pub fn prune_watched_ports(&mut self) -> usize {
-        let in_use = self.ports_in_use();
+    pub fn prune_watched_ports(&mut self, open: &BTreeSet<u16>) -> usize {
+        let in_use = self.ports_in_use(open);
         let mut cleared = Vec::new();
         for port in 0..=u16::MAX {
             let flagged = self
@@ -139,7 +152,7 @@ impl Outbound {
             }
         }
         if !cleared.is_empty() {
-            let now = self.ports_in_use();
+            let now = self.ports_in_use(open);
             for &port in cleared.iter().filter(|p| now.contains(p)) {
                 let _ = self.watched_ports.set(u32::from(port), 1, 0);
             }
@@ -150,8 +163,8 @@ impl Outbound {
 
     /// Ports a flag must stay on for: those of the connections in
     /// `WATCHED`, of pools with connections open (recognised connections
-    /// among them), and the pinned ones.
-    fn ports_in_use(&self) -> BTreeSet<u16> {
+    /// among them), of `open` and the pinned ones.
+    fn ports_in_use(&self, open_before: &BTreeSet<u16>) -> BTreeSet<u16> {
         let watched = self.watched.iter().flatten().map(|(_, event)| event.port);
         let open = self
             .pools()
@@ -161,6 +174,7 @@ impl Outbound {
         watched
             .chain(open)
             .chain(self.pinned.iter().copied())
+            .chain(open_before.iter().copied())
             .collect()
     }
 
