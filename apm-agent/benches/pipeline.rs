@@ -88,6 +88,56 @@ fn packets() -> Vec<Vec<u8>> {
     records
 }
 
+/// redis-benchmark's traffic as packets, server side: per connection and
+/// round one SET and one GET (16-byte keys, 3-byte values), each one
+/// ingress segment (the command) and one egress segment (the reply).
+fn resp_packets() -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut ts = 0u64;
+    let mut seq = [[0u32; 2]; CONNS as usize];
+    for round in 0..ROUNDS {
+        for conn in 0..CONNS {
+            let key = format!("key:{:012}", round * 64 + u64::from(conn));
+            let set = format!("*3\r\n$3\r\nSET\r\n$16\r\n{key}\r\n$3\r\nxxx\r\n");
+            let get = format!("*2\r\n$3\r\nGET\r\n$16\r\n{key}\r\n");
+            for (command, reply) in [
+                (set.as_bytes(), &b"+OK\r\n"[..]),
+                (get.as_bytes(), b"$3\r\nxxx\r\n"),
+            ] {
+                ts += 1000;
+                let seg = |ts_ns, dir: u8, seq: u32| PacketHeader {
+                    ts_ns,
+                    cookie: u64::from(conn) + 1,
+                    netns: 1,
+                    port: 6379,
+                    direction: dir,
+                    seq,
+                    ..Default::default()
+                };
+                let s = &mut seq[conn as usize];
+                records.push(packet(seg(ts, direction::INGRESS, s[0]), command));
+                records.push(packet(seg(ts + 500, direction::EGRESS, s[1]), reply));
+                s[0] += command.len() as u32;
+                s[1] += reply.len() as u32;
+            }
+        }
+    }
+    for conn in 0..CONNS {
+        let fin = PacketHeader {
+            ts_ns: ts + 1000,
+            cookie: u64::from(conn) + 1,
+            netns: 1,
+            port: 6379,
+            direction: direction::EGRESS,
+            seq: seq[conn as usize][1],
+            flags: tcp_flags::FIN,
+            ..Default::default()
+        };
+        records.push(packet(fin, b""));
+    }
+    records
+}
+
 /// Where the socket cookie sits in a packet record.
 const COOKIE: std::ops::Range<usize> = 16..24;
 
@@ -123,7 +173,9 @@ fn pipeline(c: &mut Criterion) {
         )]
         .into_iter()
         .collect(),
-        by_socket: [((1, 8080), "bench".into())].into_iter().collect(),
+        by_socket: [((1, 8080), "bench".into()), ((1, 6379), "cache".into())]
+            .into_iter()
+            .collect(),
         ..Default::default()
     });
     let metrics = Metrics::new().expect("metrics");
@@ -140,16 +192,11 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("packets_reassemble_pair_parse_template_record", |b| {
         b.iter(|| {
             generation += 1;
-            for r in packets.iter_mut() {
-                let cookie = u64::from_ne_bytes(r[COOKIE].try_into().expect("8 bytes"));
-                let next = (cookie & 0xffff) | (generation << 16);
-                r[COOKIE].copy_from_slice(&next.to_ne_bytes());
-                requests.handle_record(r, &metrics);
-            }
+            renew(&mut packets, generation, &mut requests, &metrics);
         })
     });
     let syscalls = syscalls();
-    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory);
+    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory.clone());
     group.throughput(Throughput::Elements(syscalls.len() as u64));
     group.bench_function("syscalls_decode_pair_parse_template_record", |b| {
         b.iter(|| {
@@ -158,7 +205,27 @@ fn pipeline(c: &mut Criterion) {
             }
         })
     });
+    // Redis server side: commands, not requests, but the same steps.
+    let mut resp = resp_packets();
+    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory);
+    group.throughput(Throughput::Elements(resp.len() as u64));
+    group.bench_function("resp_packets_reassemble_pair_parse_record", |b| {
+        b.iter(|| {
+            generation += 1;
+            renew(&mut resp, generation, &mut requests, &metrics);
+        })
+    });
     group.finish();
+}
+
+/// Replays `records` on new connections (socket cookies of `generation`).
+fn renew(records: &mut [Vec<u8>], generation: u64, requests: &mut Requests, metrics: &Metrics) {
+    for r in records.iter_mut() {
+        let cookie = u64::from_ne_bytes(r[COOKIE].try_into().expect("8 bytes"));
+        let next = (cookie & 0xffff) | (generation << 16);
+        r[COOKIE].copy_from_slice(&next.to_ne_bytes());
+        requests.handle_record(r, metrics);
+    }
 }
 
 criterion_group!(benches, pipeline);

@@ -12,9 +12,10 @@ use std::{
 use anyhow::{Context, Result, ensure};
 
 use super::tools::{RunningAgent, free_port, median, pinned};
+use crate::load::cpu_seconds;
 
 /// Rounds of the two arms (without, with), order alternating.
-pub const REDIS_ROUNDS: usize = 8;
+pub const REDIS_ROUNDS: usize = 12;
 /// Requests per command per run, 32 clients, no pipelining: the per-request
 /// cost is what the ratio shows.
 pub const REDIS_REQUESTS: u64 = 100_000;
@@ -28,6 +29,65 @@ pub struct RedisBench {
     /// Commands the agent timed (server side) / commands redis-benchmark sent.
     pub timed: f64,
     pub sent: f64,
+    /// Per round, busy CPU time per command of CPU 0 (redis-server's) and
+    /// CPU 1 (the client's), without and with the agent, in microseconds.
+    pub cpu_without: Vec<[f64; 2]>,
+    pub cpu_with: Vec<[f64; 2]>,
+    /// The agent's own CPU per command, microseconds (runs with it).
+    pub agent_us: Vec<f64>,
+}
+
+impl RedisBench {
+    /// Median over rounds of CPU `cpu`'s time per command with the agent
+    /// / without it.
+    pub fn cpu_ratio(&self, cpu: usize) -> f64 {
+        let mut r: Vec<f64> = self
+            .cpu_with
+            .iter()
+            .zip(&self.cpu_without)
+            .map(|(w, o)| w[cpu] / o[cpu].max(1e-9))
+            .collect();
+        median(&mut r)
+    }
+
+    /// Median of CPU `cpu`'s time per command in `runs`, microseconds.
+    pub fn cpu_median(runs: &[[f64; 2]], cpu: usize) -> f64 {
+        median(&mut runs.iter().map(|r| r[cpu]).collect::<Vec<_>>())
+    }
+}
+
+/// Busy time of CPUs 0 and 1 so far (everything but idle and iowait),
+/// seconds, from /proc/stat.
+fn cpu_busy() -> Result<[f64; 2]> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut busy = [0.0; 2];
+    for (cpu, slot) in busy.iter_mut().enumerate() {
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with(&format!("cpu{cpu} ")))
+            .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+        let ticks: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        ensure!(ticks.len() >= 7, "short cpu line in /proc/stat: {line}");
+        *slot = (ticks.iter().take(8).sum::<f64>() - ticks[3] - ticks[4]) / hz;
+    }
+    Ok(busy)
+}
+
+/// One redis-benchmark run: its rate, and the busy CPU time per command
+/// of CPUs 0 and 1 over it (microseconds).
+fn measured(port: u16) -> Result<(f64, [f64; 2])> {
+    let before = cpu_busy()?;
+    let rps = run(port)?;
+    let after = cpu_busy()?;
+    let commands = 2.0 * REDIS_REQUESTS as f64;
+    Ok((rps, [0, 1].map(|c| (after[c] - before[c]) / commands * 1e6)))
 }
 
 struct Server(Child);
@@ -87,18 +147,26 @@ pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
     let _ = run(port)?; // warm-up
     let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut timed_total, mut sent) = (0.0, 0.0);
+    let (mut cpu_without, mut cpu_with, mut agent_us) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..REDIS_ROUNDS {
         let mut pair = [0.0f64; 2];
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for arm in order {
             if arm == 0 {
-                pair[0] = run(port)?;
+                let (rps, cpu) = measured(port)?;
+                pair[0] = rps;
+                cpu_without.push(cpu);
                 continue;
             }
             let p = port.to_string();
             let running = RunningAgent::start(agent, port, &["--redis-port", &p], false)?;
             let before = timed(running.admin)?;
-            pair[1] = run(port)?;
+            let agent_before = cpu_seconds(running.pid())?;
+            let (rps, cpu) = measured(port)?;
+            let agent_cpu = cpu_seconds(running.pid())? - agent_before;
+            pair[1] = rps;
+            cpu_with.push(cpu);
+            agent_us.push(agent_cpu / (2.0 * REDIS_REQUESTS as f64) * 1e6);
             std::thread::sleep(Duration::from_millis(500));
             timed_total += timed(running.admin)? - before;
             sent += 2.0 * REDIS_REQUESTS as f64;
@@ -121,5 +189,8 @@ pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
         ratio,
         timed: timed_total,
         sent,
+        cpu_without,
+        cpu_with,
+        agent_us,
     })
 }

@@ -116,11 +116,12 @@ pub fn render(r: &Report) -> String {
             "<= 50 MiB",
         ),
         (
-            "userspace pipeline on one core: packet records (syscall records)".into(),
+            "userspace pipeline on one core: packet records (syscall records; Redis packet records)".into(),
             format!(
-                "{:.2} ({:.2}) M events/s",
+                "{:.2} ({:.2}; {:.2}) M events/s",
                 r.pipeline.packets / 1e6,
-                r.pipeline.syscalls / 1e6
+                r.pipeline.syscalls / 1e6,
+                r.pipeline.resp / 1e6
             ),
             ">= 1 M events/s",
         ),
@@ -139,6 +140,20 @@ pub fn render(r: &Report) -> String {
                 format!("{:.3} (quartiles {q1:.3}-{q3:.3})", r.redis.ratio)
             },
             ">= 0.95",
+        ),
+        (
+            "busy time per Redis command of CPU 0 (redis-server's) and CPU 1 (redis-benchmark's and the agent's), with the agent / without, medians of per-round ratios".into(),
+            format!(
+                "CPU 0: {:.2} / {:.2} µs ({:.3}); CPU 1: {:.2} / {:.2} µs ({:.3}); the agent process alone: {:.2} µs",
+                RedisBench::cpu_median(&r.redis.cpu_with, 0),
+                RedisBench::cpu_median(&r.redis.cpu_without, 0),
+                r.redis.cpu_ratio(0),
+                RedisBench::cpu_median(&r.redis.cpu_with, 1),
+                RedisBench::cpu_median(&r.redis.cpu_without, 1),
+                r.redis.cpu_ratio(1),
+                super::tools::median(&mut r.redis.agent_us.clone()),
+            ),
+            "",
         ),
         (
             "Redis commands the agent timed / commands redis-benchmark sent (runs with the agent)"
@@ -181,6 +196,22 @@ pub fn render(r: &Report) -> String {
         list(&r.redis.with, 0),
         list(&r.redis.ratios, 3)
     );
+    let busy = |cpu: usize| {
+        let mut b: Vec<f64> = r
+            .redis
+            .cpu_without
+            .iter()
+            .zip(&r.redis.without)
+            .map(|(c, rps)| c[cpu] * rps / 1e6 * 100.0)
+            .collect();
+        super::tools::median(&mut b)
+    };
+    let _ = writeln!(
+        s,
+        "- Busy time per Redis command is a CPU's non-idle time in /proc/stat over the run (user, system, irq and softirq: the kernel programs included wherever they run) divided by the commands sent. Without the agent, CPU 0 (redis-server) was {:.0} % busy and CPU 1 (redis-benchmark) {:.0} % (medians): whichever is near 100 % bounds the throughput, and the agent's own CPU, on CPU 1, counts against the throughput only when that is CPU 1.",
+        busy(0),
+        busy(1)
+    );
     let _ = writeln!(
         s,
         "- The programs' run time is the kernel's own accounting (`kernel.bpf_stats_enabled=1` for one extra {RUN_SECS} s packet run, restored afterwards): `run_time_ns` and `run_cnt` of `capture_ingress` and `capture_egress` from `bpftool prog show`, divided by the requests wrk completed; nginx's CPU is utime + stime of its processes over the same run. Both sides of loopback traffic run the programs (client and server sockets), but only the server's port is selected, so most runs stop at the port lookup."
@@ -191,7 +222,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- The pipeline benchmark is `cargo bench -p apm-agent --bench pipeline` (criterion): 64 keep-alive connections with paths that need templating and responses with nginx's eight headers (since 7ff2a3c; before, three), as packet records (one ingress and one egress segment per request, through reassembly) and as syscall records (one read and two writes per request)."
+        "- The pipeline benchmark is `cargo bench -p apm-agent --bench pipeline` (criterion): 64 keep-alive connections with paths that need templating and responses with nginx's eight headers (since 7ff2a3c; before, three), as packet records (one ingress and one egress segment per request, through reassembly) and as syscall records (one read and two writes per request); and redis-benchmark's traffic as the server's packets (a SET and a GET per connection and round, 16-byte keys, each command and reply one segment)."
     );
     let _ = writeln!(s, "\n## Reading the numbers\n");
     let _ = writeln!(

@@ -18,6 +18,8 @@ use crate::load::{cpu_seconds, http_get, memory};
 pub struct Pipeline {
     pub packets: f64,
     pub syscalls: f64,
+    /// RESP records (Redis commands and replies, as packets).
+    pub resp: f64,
 }
 
 pub fn criterion(root: &Path) -> Result<Pipeline> {
@@ -39,10 +41,14 @@ pub fn criterion(root: &Path) -> Result<Pipeline> {
     let text = String::from_utf8_lossy(&out.stdout);
     print!("{text}");
     ensure!(out.status.success(), "cargo bench failed");
-    // The bench prints packets first, then syscalls.
+    // The bench prints packets first, then syscalls, then RESP.
     match parse_criterion_throughputs(&text)[..] {
-        [packets, syscalls, ..] => Ok(Pipeline { packets, syscalls }),
-        _ => bail!("expected two throughput lines in criterion's output"),
+        [packets, syscalls, resp, ..] => Ok(Pipeline {
+            packets,
+            syscalls,
+            resp,
+        }),
+        _ => bail!("expected three throughput lines in criterion's output"),
     }
 }
 
@@ -113,6 +119,10 @@ impl RunningAgent {
         let running = Self { child, admin };
         wait_ready(admin, selected, nginx)?;
         Ok(running)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
