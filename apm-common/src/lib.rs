@@ -206,10 +206,13 @@ pub enum Drop {
     /// [`maps::OUTBOUND`] insert failed: a client connection to a Redis
     /// port is not captured.
     OutboundFull = 6,
+    /// The packet programs ran nested deeper on one CPU than they have
+    /// scratch records for: a segment's record was lost.
+    NestedTooDeep = 7,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 7] = [
+    pub const ALL: [Drop; 8] = [
         Drop::SocketsFull,
         Drop::PortsFull,
         Drop::ConnsFull,
@@ -217,6 +220,7 @@ impl Drop {
         Drop::InflightFull,
         Drop::PoolsFull,
         Drop::OutboundFull,
+        Drop::NestedTooDeep,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -231,6 +235,7 @@ impl Drop {
             Drop::InflightFull => "inflight_map_full",
             Drop::PoolsFull => "pools_map_full",
             Drop::OutboundFull => "outbound_map_full",
+            Drop::NestedTooDeep => "nested_too_deep",
         }
     }
 }

@@ -61,9 +61,21 @@ pub static OUT_SOCKETS: HashMap<u64, PoolKey> = HashMap::with_max_entries(OUT_SO
 pub static POOLS: PerCpuHashMap<PoolKey, PoolCounters> =
     PerCpuHashMap::with_max_entries(POOLS_MAX, 0);
 
-/// One record per CPU where the packet programs assemble what they send.
+/// Records per CPU where the packet programs assemble what they send, one
+/// per nesting level: a program in process context (egress from
+/// sendmsg) can be interrupted by a softirq whose ingress or egress
+/// program runs on the same CPU before the first one is done with its
+/// record. Task and softirq are the only contexts these programs run in;
+/// the third slot is a margin.
+pub const SCRATCH_SLOTS: u32 = 3;
+
 #[map]
-pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// How many packet programs are inside [`SCRATCH`] on this CPU now: the
+/// slot the next one takes.
+#[map]
+pub static NESTING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);

@@ -29,8 +29,8 @@ use apm_common::{
 };
 
 use crate::maps::{
-    CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, SCRATCH, WATCHED, WATCHED_PORTS,
-    count_drop,
+    CAPTURE_PORTS, CONFIG, EVENTS, NESTING, OUTBOUND, REMOTE_PORTS, SCRATCH, WATCHED,
+    WATCHED_PORTS, count_drop,
 };
 
 /// What a cgroup_skb program returns to let the packet through.
@@ -220,10 +220,18 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
 /// Writes one record of exactly the header and the captured bytes: the
 /// `payload` bytes at offset `off` of the segment's payload; `end` is the
 /// packet's length when this record is the segment's last (its flags and
-/// tail), else 0. It is assembled in this CPU's scratch record and copied
-/// out with bpf_ringbuf_output. A fixed 1 KiB reservation per segment,
-/// most of it unused, costs more in cache misses than the second copy of
-/// ~100 bytes.
+/// tail), else 0. It is assembled in a scratch record of this CPU and
+/// copied out with bpf_ringbuf_output. A fixed 1 KiB reservation per
+/// segment, most of it unused, costs more in cache misses than the second
+/// copy of ~100 bytes.
+///
+/// The scratch record is the one of this program's nesting level on the
+/// CPU ([`NESTING`]): an egress program in process context runs with
+/// softirqs enabled, so a NIC interrupt's ingress program can run on the
+/// same CPU in the middle of it, and with one shared record it would
+/// overwrite the bytes the first program is about to send. Nesting is
+/// strictly last-in first-out, so a level read before an interruption is
+/// still free when the interrupted program resumes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn emit(
@@ -236,9 +244,37 @@ fn emit(
     payload: u32,
     end: u32,
 ) {
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    let Some(depth) = NESTING.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's
+    // run; a program that interrupts this one restores it before we resume.
+    let level = unsafe { *depth };
+    let Some(ev) = SCRATCH.get_ptr_mut(level) else {
+        count_drop(Drop::NestedTooDeep);
+        return;
+    };
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    fill_and_send(ctx, ev, dir, port, whose, seg, off, payload, end);
+    // SAFETY: as above.
+    unsafe { *depth = level };
+}
+
+/// [`emit`] once it holds scratch record `ev`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fill_and_send(
+    ctx: &SkBuffContext,
+    ev: *mut PacketEvent,
+    dir: u8,
+    port: u16,
+    whose: u8,
+    seg: &Segment,
+    off: u32,
+    payload: u32,
+    end: u32,
+) {
     let raw = ctx.as_ptr();
     let mut h = PacketHeader {
         kind: EventKind::Packet as u32,
@@ -262,7 +298,7 @@ fn emit(
         // bounds it above, the + 1 below (DATA_CAP is a power of two).
         let cap = DATA_CAP as u32;
         let n = (core::cmp::min(payload - 1, cap - 1) & (cap - 1)) + 1;
-        // SAFETY: `ev` is this CPU's scratch record (a map value of
+        // SAFETY: `ev` is a scratch record of this CPU (a map value of
         // size_of::<PacketEvent>()); 0 < n <= DATA_CAP fits `data`; the
         // helper checks the packet bounds and fails rather than overread.
         let rc = unsafe {
@@ -295,8 +331,8 @@ fn emit(
         }
     }
     let size = size_of::<PacketHeader>() + (h.captured as usize & (DATA_CAP * 2 - 1));
-    // SAFETY: writing the header part of this CPU's scratch record; a
-    // program runs to completion on one CPU, so nothing else uses it now.
+    // SAFETY: writing the header part of the scratch record this program
+    // holds on its CPU (its nesting level's), which nothing else uses now.
     unsafe { core::ptr::addr_of_mut!((*ev).header).write(h) };
     // SAFETY: the scratch record viewed as its bytes (plain integers).
     let bytes: &[u8; size_of::<PacketEvent>()] = unsafe { &*ev.cast() };
