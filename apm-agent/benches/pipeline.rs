@@ -47,91 +47,66 @@ const BODY: &[u8] = b"{\"ok\":true}\r\n";
 /// Keep-alive traffic over CONNS connections as packets: per request one
 /// ingress segment and one egress segment (head and body together).
 fn packets() -> Vec<Vec<u8>> {
-    let mut records = Vec::new();
-    let mut ts = 0u64;
-    let mut seq = [[0u32; 2]; CONNS as usize];
     let response = [HEAD, BODY].concat();
-    for round in 0..ROUNDS {
-        for conn in 0..CONNS {
-            ts += 1000;
-            let req = request(round, conn);
-            let seg = |ts_ns, dir: u8, seq: u32| PacketHeader {
-                ts_ns,
-                cookie: u64::from(conn) + 1,
-                netns: 1,
-                port: 8080,
-                direction: dir,
-                seq,
-                ..Default::default()
-            };
-            let s = &mut seq[conn as usize];
-            records.push(packet(seg(ts, direction::INGRESS, s[0]), req.as_bytes()));
-            records.push(packet(seg(ts + 500, direction::EGRESS, s[1]), &response));
-            s[0] += req.len() as u32;
-            s[1] += response.len() as u32;
-        }
-    }
-    // The server closes every connection at the end.
-    for conn in 0..CONNS {
-        let fin = PacketHeader {
-            ts_ns: ts + 1000,
-            cookie: u64::from(conn) + 1,
-            netns: 1,
-            port: 8080,
-            direction: direction::EGRESS,
-            seq: seq[conn as usize][1],
-            flags: tcp_flags::FIN,
-            ..Default::default()
-        };
-        records.push(packet(fin, b""));
-    }
-    records
+    as_packets(8080, |round, conn| {
+        vec![(request(round, conn).into_bytes(), response.clone())]
+    })
 }
 
 /// redis-benchmark's traffic as packets, server side: per connection and
 /// round one SET and one GET (16-byte keys, 3-byte values), each one
 /// ingress segment (the command) and one egress segment (the reply).
 fn resp_packets() -> Vec<Vec<u8>> {
+    as_packets(6379, |round, conn| {
+        let key = format!("key:{:012}", round * 64 + u64::from(conn));
+        vec![
+            (
+                format!("*3\r\n$3\r\nSET\r\n$16\r\n{key}\r\n$3\r\nxxx\r\n").into_bytes(),
+                b"+OK\r\n".to_vec(),
+            ),
+            (
+                format!("*2\r\n$3\r\nGET\r\n$16\r\n{key}\r\n").into_bytes(),
+                b"$3\r\nxxx\r\n".to_vec(),
+            ),
+        ]
+    })
+}
+
+/// The server's packet records for `exchanges(round, conn)` (request and
+/// response bytes, one segment each) of every connection in every round,
+/// on server port `port`; the server closes every connection at the end.
+fn as_packets(port: u16, exchanges: impl Fn(u64, u32) -> Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     let mut ts = 0u64;
     let mut seq = [[0u32; 2]; CONNS as usize];
+    let seg = |conn: u32, ts_ns, dir: u8, seq: u32| PacketHeader {
+        ts_ns,
+        cookie: u64::from(conn) + 1,
+        netns: 1,
+        port,
+        direction: dir,
+        seq,
+        ..Default::default()
+    };
     for round in 0..ROUNDS {
         for conn in 0..CONNS {
-            let key = format!("key:{:012}", round * 64 + u64::from(conn));
-            let set = format!("*3\r\n$3\r\nSET\r\n$16\r\n{key}\r\n$3\r\nxxx\r\n");
-            let get = format!("*2\r\n$3\r\nGET\r\n$16\r\n{key}\r\n");
-            for (command, reply) in [
-                (set.as_bytes(), &b"+OK\r\n"[..]),
-                (get.as_bytes(), b"$3\r\nxxx\r\n"),
-            ] {
+            for (request, response) in exchanges(round, conn) {
                 ts += 1000;
-                let seg = |ts_ns, dir: u8, seq: u32| PacketHeader {
-                    ts_ns,
-                    cookie: u64::from(conn) + 1,
-                    netns: 1,
-                    port: 6379,
-                    direction: dir,
-                    seq,
-                    ..Default::default()
-                };
                 let s = &mut seq[conn as usize];
-                records.push(packet(seg(ts, direction::INGRESS, s[0]), command));
-                records.push(packet(seg(ts + 500, direction::EGRESS, s[1]), reply));
-                s[0] += command.len() as u32;
-                s[1] += reply.len() as u32;
+                records.push(packet(seg(conn, ts, direction::INGRESS, s[0]), &request));
+                records.push(packet(
+                    seg(conn, ts + 500, direction::EGRESS, s[1]),
+                    &response,
+                ));
+                s[0] += request.len() as u32;
+                s[1] += response.len() as u32;
             }
         }
     }
     for conn in 0..CONNS {
         let fin = PacketHeader {
-            ts_ns: ts + 1000,
-            cookie: u64::from(conn) + 1,
-            netns: 1,
-            port: 6379,
-            direction: direction::EGRESS,
-            seq: seq[conn as usize][1],
             flags: tcp_flags::FIN,
-            ..Default::default()
+            ..seg(conn, ts + 1000, direction::EGRESS, seq[conn as usize][1])
         };
         records.push(packet(fin, b""));
     }
