@@ -8,7 +8,9 @@
 //!    without the agent, with the packet capture (the default), with the
 //!    syscall capture, with the agent attached but nginx not selected, with
 //!    `--no-http`, and with the packet capture's records dropped unparsed
-//!    (the kernel side alone). Medians of per-round throughput ratios, and the
+//!    (the kernel side alone), and a second run without the agent, whose
+//!    ratio to the first (A/A) shows the harness's own noise. Medians of
+//!    per-round throughput ratios with their confidence intervals, and the
 //!    agent's CPU and memory from procfs.
 //! 3. The cost of an unrelated syscall (getppid in a tight loop) without
 //!    the agent and with each capture, in rounds alternating the states.
@@ -34,8 +36,9 @@ use self::{
     },
 };
 
-/// Rounds of the two arms the target is about (without, packets): the
-/// run-to-run noise of this VM is 10-20 %, so the median needs many.
+/// Rounds of the arms the target is about (without, packets, and the
+/// second run without): the run-to-run noise of this VM is 10-20 %, so
+/// the median needs many.
 const ROUNDS: usize = 20;
 /// The other arms run every SECONDARY_EVERY-th round.
 const SECONDARY_EVERY: usize = 2;
@@ -52,22 +55,31 @@ enum Arm {
     /// The packet capture with every record read and dropped unparsed:
     /// the kernel programs and the ring alone.
     Drain,
+    /// A second run without the agent, at the other end of the round: its
+    /// ratio to `Without` is what the harness reads when nothing changed.
+    Again,
 }
 
 impl Arm {
-    const ALL: [Arm; 6] = [
+    const ALL: [Arm; 7] = [
         Arm::Without,
         Arm::Packets,
         Arm::Syscalls,
         Arm::Idle,
         Arm::NoHttp,
         Arm::Drain,
+        Arm::Again,
     ];
+
+    /// Run in every round (the others every SECONDARY_EVERY-th).
+    fn primary(self) -> bool {
+        matches!(self, Arm::Without | Arm::Packets | Arm::Again)
+    }
 
     /// Agent arguments besides --port; None: no agent.
     fn agent_args(self) -> Option<&'static [&'static str]> {
         match self {
-            Arm::Without => None,
+            Arm::Without | Arm::Again => None,
             Arm::Packets | Arm::Idle => Some(&[]),
             Arm::Syscalls => Some(&["--capture", "syscalls"]),
             Arm::NoHttp => Some(&["--no-http"]),
@@ -92,7 +104,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         // Reverse the order every other round to cancel drift.
         let mut order: Vec<Arm> = Arm::ALL
             .into_iter()
-            .filter(|a| round % SECONDARY_EVERY == 0 || matches!(a, Arm::Without | Arm::Packets))
+            .filter(|a| round % SECONDARY_EVERY == 0 || a.primary())
             .collect();
         if round % 2 == 1 {
             order.reverse();
@@ -142,7 +154,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let doc = render(&Report {
         pipeline,
         packets_ratios: per_round_ratios(of(Arm::Packets), without),
-        packets_ratio: ratio(Arm::Packets),
+        again_ratios: per_round_ratios(of(Arm::Again), without),
         syscalls_ratio: ratio(Arm::Syscalls),
         idle_ratio: ratio(Arm::Idle),
         no_http_ratio: ratio(Arm::NoHttp),
@@ -165,9 +177,10 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let path = root.join(crate::docs::BENCHMARKS);
     std::fs::write(&path, doc).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     println!(
-        "throughput with/without agent: packets {:.3}, syscalls {:.3}; getppid {:.0} ns without, {:.0} ns with packets; written to docs/benchmarks.md",
+        "throughput with/without agent: packets {:.3}, syscalls {:.3} (A/A, no agent in either: {:.3}); getppid {:.0} ns without, {:.0} ns with packets; written to docs/benchmarks.md",
         ratio(Arm::Packets),
         ratio(Arm::Syscalls),
+        ratio(Arm::Again),
         syscall_cost.without,
         syscall_cost.packets,
     );

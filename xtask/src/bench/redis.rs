@@ -25,7 +25,6 @@ pub struct RedisBench {
     pub without: Vec<f64>,
     pub with: Vec<f64>,
     pub ratios: Vec<f64>,
-    pub ratio: f64,
     /// Commands the agent timed (server side) / commands redis-benchmark sent.
     pub timed: f64,
     pub sent: f64,
@@ -181,12 +180,10 @@ pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
         ratios.push(pair[1] / pair[0].max(1.0));
     }
     drop(server);
-    let ratio = median(&mut ratios.clone());
     Ok(RedisBench {
         without,
         with,
         ratios,
-        ratio,
         timed: timed_total,
         sent,
         cpu_without,

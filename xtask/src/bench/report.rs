@@ -11,7 +11,8 @@ use super::{
 pub struct Report {
     pub pipeline: Pipeline,
     pub packets_ratios: Vec<f64>,
-    pub packets_ratio: f64,
+    /// A second run without the agent / the first, per round (A/A).
+    pub again_ratios: Vec<f64>,
     pub syscalls_ratio: f64,
     pub idle_ratio: f64,
     pub no_http_ratio: f64,
@@ -27,6 +28,18 @@ pub struct Report {
     pub syscall_cost: SyscallCost,
     pub probe_cost: ProbeCost,
     pub redis: RedisBench,
+}
+
+/// Median of per-round ratios with its 95 % confidence interval and
+/// quartiles.
+fn spread(ratios: &[f64]) -> String {
+    let mut v = ratios.to_vec();
+    let (lo, hi) = super::tools::median_ci95(&mut v);
+    let (q1, q3) = super::tools::quartiles(&mut v);
+    format!(
+        "{:.3} (95 % CI of the median {lo:.3}-{hi:.3}; quartiles {q1:.3}-{q3:.3})",
+        super::tools::median(&mut v)
+    )
 }
 
 pub fn render(r: &Report) -> String {
@@ -64,11 +77,16 @@ pub fn render(r: &Report) -> String {
                 "nginx throughput with the agent (packet capture, the default) / without, median of {} rounds",
                 r.packets_ratios.len()
             ),
-            {
-                let (q1, q3) = super::tools::quartiles(&mut r.packets_ratios.clone());
-                format!("{:.3} (quartiles {q1:.3}-{q3:.3})", r.packets_ratio)
-            },
+            spread(&r.packets_ratios),
             ">= 0.97",
+        ),
+        (
+            format!(
+                "the same harness with no agent in either run (A/A: a second run without the agent / the first, in the same round), median of {} rounds",
+                r.again_ratios.len()
+            ),
+            spread(&r.again_ratios),
+            "1 within its interval: the harness's noise",
         ),
         (
             "the same with `--capture syscalls`".into(),
@@ -135,10 +153,7 @@ pub fn render(r: &Report) -> String {
                 "redis-benchmark throughput (SET and GET) with the agent timing every command / without, median of {} rounds",
                 r.redis.ratios.len()
             ),
-            {
-                let (q1, q3) = super::tools::quartiles(&mut r.redis.ratios.clone());
-                format!("{:.3} (quartiles {q1:.3}-{q3:.3})", r.redis.ratio)
-            },
+            spread(&r.redis.ratios),
             ">= 0.95",
         ),
         (
@@ -175,7 +190,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Method\n");
     let _ = writeln!(
         s,
-        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent runs on CPU 1 too (taskset), beside the client: the ratio shows what the kernel programs cost the server's CPU, and the agent's own CPU is reported on its own row (on a host with spare CPU, that is where it goes; on this saturated 2-CPU machine it would otherwise be taken from nginx or wrk). Every round runs nginx without the agent and with the agent selecting it (`--port`, packet capture); every {SECONDARY_EVERY}nd round also runs the agent with `--capture syscalls`, the agent attached but selecting an unused port, the agent selecting nginx with `--no-http`, and the packet capture with `--test-fault discard-records` (the reader drops every record unparsed: what the kernel programs and the ring cost, without the agent's parsing on the client's CPU). {ROUNDS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent."
+        "- nginx (1 worker, access log off) serves a 23-byte file on loopback, pinned to CPU 0 (taskset); wrk runs {RUN_SECS} s with 1 thread and {WRK_CONNECTIONS} keep-alive connections, pinned to CPU 1. The agent runs on CPU 1 too (taskset), beside the client: the ratio shows what the kernel programs cost the server's CPU, and the agent's own CPU is reported on its own row (on a host with spare CPU, that is where it goes; on this saturated 2-CPU machine it would otherwise be taken from nginx or wrk). Every round runs nginx without the agent and with the agent selecting it (`--port`, packet capture); every {SECONDARY_EVERY}nd round also runs the agent with `--capture syscalls`, the agent attached but selecting an unused port, the agent selecting nginx with `--no-http`, and the packet capture with `--test-fault discard-records` (the reader drops every record unparsed: what the kernel programs and the ring cost, without the agent's parsing on the client's CPU). Every round ends with a second run without the agent (A/A): its ratio to the first is what this harness reads when nothing changed. {ROUNDS} rounds, the order reversed every other round; ratios are medians of per-round ratios against the same round's run without the agent. The 95 % confidence interval of a median is distribution-free: the k-th smallest and k-th largest per-round ratios, k from the binomial distribution (the 6th and 15th of 20)."
     );
     for (arm, rps) in &r.rps {
         let _ = writeln!(s, "- {arm} (req/s): {}", list(rps, 0));
@@ -184,6 +199,11 @@ pub fn render(r: &Report) -> String {
         s,
         "- Per-round ratios, packet capture / without: {}",
         list(&r.packets_ratios, 3)
+    );
+    let _ = writeln!(
+        s,
+        "- Per-round ratios, second run without / first run without (A/A): {}",
+        list(&r.again_ratios, 3)
     );
     let _ = writeln!(
         s,
@@ -227,7 +247,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Reading the numbers\n");
     let _ = writeln!(
         s,
-        "On this shared 2-CPU VM, wrk's throughput varies by 10 to 20 % from one run to the next with nothing changed (see the req/s lists), which is as large as the effect being measured; the medians above carry that noise. The kernel's run-time accounting of the programs is the precise figure for their cost. The packet capture attaches no syscall tracepoint: its programs run per packet of the host, and for an unselected port do one array lookup. The syscall capture puts every syscall of every task (wrk's included) on the kernel's tracing slow path, which the getppid row shows directly. The agent process's own CPU is reported separately. Requests paired below requests completed means records were lost (`apm_ebpf_drops_total{{reason=\"ringbuf_full\"}}`, then `apm_http_requests_unpaired_total{{reason=\"gap\"}}`) or wrk's last in-flight requests were cut off by the end of the run."
+        "On this shared 2-CPU VM, wrk's throughput varies by 10 to 20 % from one run to the next with nothing changed (see the req/s lists), which is as large as the effect being measured; the medians above carry that noise. The A/A row measures it in the same run: a ratio whose confidence interval overlaps the A/A row's cannot be told from no change, and a target of 0.97 asks the median to be known to about ±0.01, which on this machine would take hundreds of rounds. The kernel's run-time accounting of the programs is the precise figure for their cost. The packet capture attaches no syscall tracepoint: its programs run per packet of the host, and for an unselected port do one array lookup. The syscall capture puts every syscall of every task (wrk's included) on the kernel's tracing slow path, which the getppid row shows directly. The agent process's own CPU is reported separately. Requests paired below requests completed means records were lost (`apm_ebpf_drops_total{{reason=\"ringbuf_full\"}}`, then `apm_http_requests_unpaired_total{{reason=\"gap\"}}`) or wrk's last in-flight requests were cut off by the end of the run."
     );
     s
 }

@@ -390,6 +390,34 @@ pub fn quartiles(v: &mut [f64]) -> (f64, f64) {
     (at(0.25), at(0.75))
 }
 
+/// A distribution-free 95 % confidence interval of the median of `v`:
+/// the k-th smallest and k-th largest values, with k the largest rank such
+/// that fewer than k of n values fall below the true median with
+/// probability at most 2.5 % (binomial with p = 1/2). For n = 20 that is
+/// the 6th and 15th values. Below 6 values no such rank exists and the
+/// interval is the whole range (with lower coverage).
+pub fn median_ci95(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    // P(B <= j) for B ~ Binomial(n, 1/2), accumulated term by term.
+    let mut term = 0.5f64.powi(n as i32);
+    let mut cdf = term;
+    let mut k = 1;
+    for j in 0..n {
+        if cdf > 0.025 {
+            break;
+        }
+        k = j + 1;
+        term *= (n - j) as f64 / (j + 1) as f64;
+        cdf += term;
+    }
+    let k = k.min(n.div_ceil(2));
+    (v[k - 1], v[n - k])
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -445,6 +473,17 @@ impl Drop for Nginx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_interval_uses_the_binomial_order_statistics() {
+        let mut twenty: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(median_ci95(&mut twenty), (6.0, 15.0));
+        let mut twelve: Vec<f64> = (1..=12).map(f64::from).collect();
+        assert_eq!(median_ci95(&mut twelve), (3.0, 10.0));
+        let mut few = vec![2.0, 1.0, 3.0];
+        assert_eq!(median_ci95(&mut few), (1.0, 3.0));
+        assert_eq!(median_ci95(&mut []), (0.0, 0.0));
+    }
 
     #[test]
     fn criterion_throughput_line() {
