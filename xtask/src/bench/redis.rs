@@ -1,6 +1,7 @@
 //! redis-benchmark against a redis-server pinned to CPU 0 (the client and
 //! the agent on CPU 1, as for nginx), without the agent and with it
-//! selecting the server, rounds alternating: the throughput ratio, and the
+//! selecting the server, and without it again (A/A), rounds alternating:
+//! the throughput ratio, the harness's own noise, and the
 //! commands the agent timed against those redis-benchmark sent.
 
 use std::{
@@ -15,7 +16,7 @@ use super::tools::{RunningAgent, free_port, median, pinned};
 use crate::load::cpu_seconds;
 
 /// Rounds of the two arms (without, with), order alternating.
-pub const REDIS_ROUNDS: usize = 12;
+pub const REDIS_ROUNDS: usize = 20;
 /// Requests per command per run, 32 clients, no pipelining: the per-request
 /// cost is what the ratio shows.
 pub const REDIS_REQUESTS: u64 = 100_000;
@@ -25,6 +26,8 @@ pub struct RedisBench {
     pub without: Vec<f64>,
     pub with: Vec<f64>,
     pub ratios: Vec<f64>,
+    /// A second run without the agent / the first, per round (A/A).
+    pub again_ratios: Vec<f64>,
     /// Commands the agent timed (server side) / commands redis-benchmark sent.
     pub timed: f64,
     pub sent: f64,
@@ -145,16 +148,21 @@ pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
     std::thread::sleep(Duration::from_millis(500));
     let _ = run(port)?; // warm-up
     let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut again_ratios = Vec::new();
     let (mut timed_total, mut sent) = (0.0, 0.0);
     let (mut cpu_without, mut cpu_with, mut agent_us) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..REDIS_ROUNDS {
-        let mut pair = [0.0f64; 2];
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        // Without, with, and without again (A/A), reversed every other
+        // round; the agent's run sits between the two without it.
+        let mut rates = [0.0f64; 3];
+        let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for arm in order {
-            if arm == 0 {
+            if arm != 1 {
                 let (rps, cpu) = measured(port)?;
-                pair[0] = rps;
-                cpu_without.push(cpu);
+                rates[arm] = rps;
+                if arm == 0 {
+                    cpu_without.push(cpu);
+                }
                 continue;
             }
             let p = port.to_string();
@@ -163,7 +171,7 @@ pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
             let agent_before = cpu_seconds(running.pid())?;
             let (rps, cpu) = measured(port)?;
             let agent_cpu = cpu_seconds(running.pid())? - agent_before;
-            pair[1] = rps;
+            rates[1] = rps;
             cpu_with.push(cpu);
             agent_us.push(agent_cpu / (2.0 * REDIS_REQUESTS as f64) * 1e6);
             std::thread::sleep(Duration::from_millis(500));
@@ -172,18 +180,20 @@ pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
             drop(running);
         }
         eprintln!(
-            "xtask bench: redis round {round}: {:.0} without, {:.0} with the agent",
-            pair[0], pair[1]
+            "xtask bench: redis round {round}: {:.0} without, {:.0} with the agent, {:.0} without again",
+            rates[0], rates[1], rates[2]
         );
-        without.push(pair[0]);
-        with.push(pair[1]);
-        ratios.push(pair[1] / pair[0].max(1.0));
+        without.push(rates[0]);
+        with.push(rates[1]);
+        ratios.push(rates[1] / rates[0].max(1.0));
+        again_ratios.push(rates[2] / rates[0].max(1.0));
     }
     drop(server);
     Ok(RedisBench {
         without,
         with,
         ratios,
+        again_ratios,
         timed: timed_total,
         sent,
         cpu_without,

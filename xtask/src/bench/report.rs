@@ -157,6 +157,14 @@ pub fn render(r: &Report) -> String {
             ">= 0.95",
         ),
         (
+            format!(
+                "the same harness with no agent in either run (A/A: a second redis-benchmark run without the agent / the first, in the same round), median of {} rounds",
+                r.redis.again_ratios.len()
+            ),
+            spread(&r.redis.again_ratios),
+            "1 within its interval: the harness's noise",
+        ),
+        (
             "busy time per Redis command of CPU 0 (redis-server's) and CPU 1 (redis-benchmark's and the agent's), with the agent / without, medians of per-round ratios".into(),
             format!(
                 "CPU 0: {:.2} / {:.2} µs ({:.3}); CPU 1: {:.2} / {:.2} µs ({:.3}); the agent process alone: {:.2} µs",
@@ -211,10 +219,11 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- Redis: redis-server (no persistence) pinned to CPU 0, redis-benchmark pinned to CPU 1 with 32 clients, {REDIS_REQUESTS} SETs then {REDIS_REQUESTS} GETs per run, no pipelining; the agent (on CPU 1) selects the server with `--port` and `--redis-port`. {REDIS_ROUNDS} rounds, without and with the agent, order alternating. Without (req/s): {}; with: {}; per-round ratios: {}.",
+        "- Redis: redis-server (no persistence) pinned to CPU 0, redis-benchmark pinned to CPU 1 with 32 clients, {REDIS_REQUESTS} SETs then {REDIS_REQUESTS} GETs per run, no pipelining; the agent (on CPU 1) selects the server with `--port` and `--redis-port`. {REDIS_ROUNDS} rounds of a run without the agent, one with it and a second one without (A/A), the order reversed every other round. Without (req/s): {}; with: {}; per-round ratios: {}; A/A ratios: {}.",
         list(&r.redis.without, 0),
         list(&r.redis.with, 0),
-        list(&r.redis.ratios, 3)
+        list(&r.redis.ratios, 3),
+        list(&r.redis.again_ratios, 3)
     );
     let busy = |cpu: usize| {
         let mut b: Vec<f64> = r
