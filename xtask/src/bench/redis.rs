@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use super::tools::{RunningAgent, free_port, median, pinned};
+use super::tools::{RunningAgent, free_port, median, output_within, pinned};
 use crate::load::cpu_seconds;
 
 /// Rounds of the two arms (without, with), order alternating.
@@ -101,15 +101,31 @@ impl Drop for Server {
     }
 }
 
-/// redis-benchmark's mean requests/s over SET and GET.
+/// How long one redis-benchmark run may take (a run takes seconds), and
+/// how often a run that hangs is tried again.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+const RUN_ATTEMPTS: usize = 3;
+
+/// redis-benchmark's mean requests/s over SET and GET. redis-benchmark
+/// 7.0 can spin forever in its write path (seen here once in ~50 runs,
+/// with no agent running and no socket open): such a run is killed and
+/// tried again.
 fn run(port: u16) -> Result<f64> {
-    let out = pinned(1, "redis-benchmark")
-        .args(["-p", &port.to_string(), "-c", &REDIS_CLIENTS.to_string()])
-        .args(["-n", &REDIS_REQUESTS.to_string(), "-t", "set,get", "--csv"])
-        .output()
-        .context("running redis-benchmark")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "redis-benchmark failed: {text}");
+    let mut attempt = 1;
+    let (status, text) = loop {
+        let mut cmd = pinned(1, "redis-benchmark");
+        cmd.args(["-p", &port.to_string(), "-c", &REDIS_CLIENTS.to_string()])
+            .args(["-n", &REDIS_REQUESTS.to_string(), "-t", "set,get", "--csv"]);
+        match output_within(&mut cmd, RUN_LIMIT) {
+            Ok(done) => break done,
+            Err(e) if attempt < RUN_ATTEMPTS => {
+                eprintln!("xtask bench: redis-benchmark {e}; trying again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context("running redis-benchmark")),
+        }
+    };
+    ensure!(status.success(), "redis-benchmark failed: {text}");
     // "SET","129870.13",...
     let rps: Vec<f64> = text
         .lines()

@@ -4,7 +4,7 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -369,6 +369,36 @@ pub fn pinned(cpu: usize, program: &str) -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end, or kills it after `limit`; returns its exit
+/// status and standard output (through a file, so a child that writes much
+/// cannot block on a full pipe while nobody reads it).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<(ExitStatus, String)> {
+    let path = std::env::temp_dir().join(format!("apm-bench-out-{}", std::process::id()));
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut child = cmd
+        .stdout(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting a bench client")?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
+            bail!("still running after {} s; killed", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    Ok((status, out))
+}
+
 /// Throughput of each run relative to the baseline run of the same round.
 /// Each run's throughput over the baseline run of the same round.
 pub fn per_round_ratios(runs: &[Run], baseline: &[Run]) -> Vec<f64> {
@@ -473,6 +503,18 @@ impl Drop for Nginx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_hangs_is_killed_at_its_limit() {
+        let (status, out) =
+            output_within(Command::new("echo").arg("done"), Duration::from_secs(5)).expect("echo");
+        assert!(status.success());
+        assert_eq!(out, "done\n");
+        let started = Instant::now();
+        let hung = output_within(Command::new("sleep").arg("30"), Duration::from_millis(300));
+        assert!(hung.is_err(), "sleep 30 was not cut off");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn median_interval_uses_the_binomial_order_statistics() {
