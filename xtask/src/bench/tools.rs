@@ -424,8 +424,8 @@ pub fn quartiles(v: &mut [f64]) -> (f64, f64) {
 /// the k-th smallest and k-th largest values, with k the largest rank such
 /// that fewer than k of n values fall below the true median with
 /// probability at most 2.5 % (binomial with p = 1/2). For n = 20 that is
-/// the 6th and 15th values. Below 6 values no such rank exists and the
-/// interval is the whole range (with lower coverage).
+/// the 6th and 15th values. Up to 8 values k is 1, the whole range; below
+/// 6 values even that covers the median with less than 95 %.
 pub fn median_ci95(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     let n = v.len();
