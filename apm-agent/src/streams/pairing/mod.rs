@@ -81,6 +81,8 @@ pub enum Unpaired {
     QueueFull,
     /// Connection state dropped (idle too long, table full, fd reused).
     Evicted,
+    /// A request on a connection the full table had no room for.
+    TableFull,
     /// Bytes of the connection were never seen (ring-buffer loss, a
     /// segment out of order): the requests waiting on it are dropped and
     /// pairing resyncs; each gap counts at least once.
@@ -91,7 +93,7 @@ pub enum Unpaired {
 }
 
 impl Unpaired {
-    pub const ALL: [Unpaired; 9] = [
+    pub const ALL: [Unpaired; 10] = [
         Unpaired::ClosedMidRequest,
         Unpaired::ClosedMidResponse,
         Unpaired::ResponseWithoutRequest,
@@ -99,6 +101,7 @@ impl Unpaired {
         Unpaired::Truncated,
         Unpaired::QueueFull,
         Unpaired::Evicted,
+        Unpaired::TableFull,
         Unpaired::Gap,
         Unpaired::Malformed,
     ];
@@ -112,6 +115,7 @@ impl Unpaired {
             Self::Truncated => "truncated",
             Self::QueueFull => "queue_full",
             Self::Evicted => "evicted",
+            Self::TableFull => "table_full",
             Self::Gap => "gap",
             Self::Malformed => "malformed",
         }
