@@ -194,6 +194,37 @@ impl NetNs {
         cmd.args(["netns", "exec", &self.0, program]);
         cmd
     }
+
+    /// The name `ip netns` knows it by.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// Runs `f` on a thread of this process that has joined the namespace
+    /// (a network namespace is per thread), so sockets `f` opens are the
+    /// namespace's; a panic in `f` is passed on.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                self.enter();
+                f()
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Moves the calling thread into the namespace; panics if it cannot.
+    pub fn enter(&self) {
+        use std::os::fd::AsRawFd as _;
+        let path = format!("/run/netns/{}", self.0);
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on a namespace file we hold open; it only changes
+        // the calling thread's network namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    }
 }
 
 impl Drop for NetNs {
