@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 mod metrics;
 mod net;
+pub mod prod;
 mod redis_server;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, connect_many, python_client};
