@@ -134,6 +134,21 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/prometheus-alertmanager",
         package: "prometheus-alertmanager",
     },
+    // The production-traffic tests (tests/tests/production.rs): nginx
+    // serving static files in a network namespace whose loopback is made
+    // Ethernet-like (offloads off with ethtool) and lossy (nftables).
+    Need {
+        path: "/usr/sbin/nginx",
+        package: "nginx",
+    },
+    Need {
+        path: "/usr/sbin/nft",
+        package: "nftables",
+    },
+    Need {
+        path: "/sbin/ethtool",
+        package: "ethtool",
+    },
 ];
 
 /// Files of what `cargo xtask bench` drives.
@@ -237,6 +252,59 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
         .context("running pip")?;
     if !status.success() {
         bail!("pip install {} failed ({status})", PY_TOOLS.join(" "));
+    }
+    Ok(bin)
+}
+
+/// PyPI packages of the production-traffic tests' FastAPI application
+/// (tests/servers/app.py), installed into their own virtualenv.
+const PY_APP: &[&str] = &["fastapi>=0.110,<1", "uvicorn>=0.29,<1"];
+
+/// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
+/// directory (holding uvicorn).
+pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/pyapp");
+    let bin = venv.join("bin");
+    let imports = |bin: &Path| {
+        Command::new(bin.join("python"))
+            .args(["-c", "import fastapi, uvicorn, h11"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if bin.join("uvicorn").is_file() && imports(&bin) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "xtask: installing {} from PyPI into {}",
+        PY_APP.join(", "),
+        venv.display()
+    );
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .stdin(Stdio::null())
+        .status()
+        .context("running python3 -m venv")?;
+    if !status.success() {
+        bail!("python3 -m venv failed ({status}); install python3-venv");
+    }
+    let status = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PY_APP)
+        .stdin(Stdio::null())
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed ({status})", PY_APP.join(" "));
+    }
+    if !imports(&bin) {
+        bail!(
+            "{} cannot import fastapi and uvicorn after pip install",
+            venv.display()
+        );
     }
     Ok(bin)
 }

@@ -379,11 +379,13 @@ fn test(root: &Path, no_e2e: bool) -> Result<()> {
     // redis-benchmark) would measure a debug build's ring-buffer overflows.
     let agent = build_agent(root, true)?;
     let py_tools = bootstrap::ensure_py_tools(root)?;
+    let py_app = bootstrap::ensure_py_app(root)?;
     let node_tools = bootstrap::ensure_node_tools(root)?;
     let mut e2e = cargo(root);
     e2e.args(["test", "--package", "apm-e2e", "--", "--test-threads=1"])
         .env("APM_AGENT_BIN", &agent)
         .env("APM_PY_TOOLS", &py_tools)
+        .env("APM_PY_APP", &py_app)
         .env("APM_NODE_TOOLS", &node_tools)
         .env("APM_XTASK_BIN", std::env::current_exe()?);
     run_tests(
