@@ -163,6 +163,8 @@ pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
+    /// [`super::PacketHeader::ack`] is valid.
+    pub const ACK: u8 = 0x10;
 }
 
 /// The header of a [`PacketEvent`]: one TCP segment (or GSO/GRO batch of
@@ -187,6 +189,9 @@ pub struct PacketHeader {
     pub seq: u32,
     /// Payload bytes in the segment.
     pub len: u32,
+    /// TCP acknowledgment number (valid with the ACK flag): how much of the
+    /// other direction the sender has received in order.
+    pub ack: u32,
     /// Local (server) port, host byte order.
     pub port: u16,
     /// A [`direction`] constant.
@@ -197,11 +202,11 @@ pub struct PacketHeader {
     pub tail_len: u8,
     /// A [`side`] constant: whose socket the segment is of.
     pub side: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
     /// The last payload bytes of a segment longer than [`DATA_CAP`].
     pub tail: [u8; TAIL_CAP],
 }
-const _: () = assert!(core::mem::size_of::<PacketHeader>() == 56);
+const _: () = assert!(core::mem::size_of::<PacketHeader>() == 64);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -209,7 +214,7 @@ pub struct PacketEvent {
     pub header: PacketHeader,
     pub data: [u8; DATA_CAP],
 }
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 56 + DATA_CAP);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64 + DATA_CAP);
 
 /// The kind of any ring-buffer record (its first four bytes).
 pub fn record_kind(record: &[u8]) -> Option<EventKind> {

@@ -27,10 +27,19 @@ use rustc_hash::FxHashMap;
 
 use self::{
     pairing::{Event, InFlight, Origin, Sink, Tracker},
-    reassembly::{Reassembly, Verdict},
+    reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
     resp::{CommandSink, Peer},
 };
 use crate::protocols::resp::{starts_like_command, starts_like_reply};
+
+/// A packet's connection as its server sees it ([`Streams::view`]).
+struct View {
+    conn: u64,
+    port: u16,
+    origin: Origin,
+    server: Option<IpAddr>,
+    dir: u8,
+}
 
 /// Both sinks: HTTP requests and RESP commands.
 pub trait Sinks: Sink + CommandSink {}
@@ -108,74 +117,146 @@ impl Streams {
     }
 
     fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
+        self.place(h, data, sink);
+        // Holes open for too long are gaps: what waits behind them goes on.
+        if self.reassembly.holds_any() && self.reassembly.has_expired(h.ts_ns, REORDER_WINDOW_NS) {
+            self.expire_holes(h.ts_ns, sink);
+        }
+    }
+
+    /// Hands on what waits behind holes opened before `now_ns` minus the
+    /// reordering window.
+    fn expire_holes(&mut self, now_ns: u64, sink: &mut impl Sinks) {
+        for (conn, dir) in self.reassembly.expire(now_ns, REORDER_WINDOW_NS) {
+            self.drain_held(conn, dir, sink);
+        }
+    }
+
+    /// How the server sees a segment: its connection, whose it is, the
+    /// server's address for a client's connection, and the direction (a
+    /// client's segment is seen as its server would see it: what the
+    /// client sends is the request direction). `None` for a client's
+    /// connection nobody said whose it is (opened before the agent).
+    fn view(&self, h: &PacketHeader) -> Option<View> {
         let conn = h.cookie;
-        let mut origin = Origin::Socket {
-            netns: h.netns,
+        if h.side != side::CLIENT {
+            return Some(View {
+                conn,
+                port: h.port,
+                origin: Origin::Socket {
+                    netns: h.netns,
+                    port: h.port,
+                },
+                server: None,
+                dir: h.direction,
+            });
+        }
+        let &(tgid, addr) = self.outbound.get(&conn)?;
+        Some(View {
+            conn,
             port: h.port,
-        };
-        // A client's segment is seen as its server would see it: what the
-        // client sends is the request direction.
-        let mut server = None;
-        let mut dir = h.direction;
-        if h.side == side::CLIENT {
-            let Some(&(tgid, addr)) = self.outbound.get(&conn) else {
-                // Opened before the agent, or never told whose: not timed.
-                return;
-            };
-            origin = Origin::Process(tgid);
-            server = Some(addr);
-            dir = if h.direction == direction::INGRESS {
+            origin: Origin::Process(tgid),
+            server: Some(addr),
+            dir: if h.direction == direction::INGRESS {
                 direction::EGRESS
             } else {
                 direction::INGRESS
-            };
-        }
-        if h.len > 0 {
-            match self.reassembly.accept(conn, dir, h.seq, h.len, h.ts_ns) {
-                Verdict::Duplicate => {}
-                Verdict::New { skip, gap } => {
-                    if gap {
-                        self.tracker.gap(conn, sink);
-                        self.resp.gap(conn, sink);
-                    }
-                    let kind = if dir == direction::INGRESS {
-                        EventKind::Read
-                    } else {
-                        EventKind::Write
-                    };
-                    let event = Event {
-                        kind,
-                        ts_ns: h.ts_ns,
-                        conn,
-                        origin,
-                        port: h.port,
-                        ret: i64::from(h.len - skip),
-                        data: data.get(skip as usize..).unwrap_or(&[]),
-                        tail: h.tail(),
-                    };
-                    self.dispatch(&event, server, sink);
-                }
+            },
+        })
+    }
+
+    /// Places a segment by its sequence number and hands on what is in
+    /// order. A reset ends the connection at once, whatever is held.
+    fn place(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
+        let Some(view) = self.view(h) else {
+            return;
+        };
+        if h.len > 0 || h.flags & tcp_flags::FIN != 0 {
+            let piece = Piece { header: h, data };
+            let dir = view.dir;
+            let verdict = self
+                .reassembly
+                .accept(view.conn, dir, &piece, |d| starts_message(dir, d));
+            // Its acknowledgment may have given up a hole the other way:
+            // what the other side received came before this segment.
+            if self.reassembly.holds_any() {
+                self.drain_held(view.conn, dir ^ 1, sink);
+            }
+            if let Verdict::New { skip, gap } = verdict {
+                self.deliver(&view, h, data, skip, gap, sink);
+            }
+            if self.reassembly.holds_any() {
+                self.drain_held(view.conn, dir, sink);
             }
         }
-        // The server closing (FIN out) or either side resetting ends the
-        // connection; a client's FIN only half-closes it.
-        let closes = h.flags & tcp_flags::RST != 0
-            || (dir == direction::EGRESS && h.flags & tcp_flags::FIN != 0);
-        if closes {
-            let event = Event {
-                kind: EventKind::Close,
-                ts_ns: h.ts_ns,
-                conn,
-                origin,
-                port: h.port,
-                ret: 0,
-                data: &[],
-                tail: &[],
-            };
-            self.dispatch(&event, server, sink);
-            self.reassembly.forget(conn);
-            self.outbound.remove(&conn);
+        if h.flags & tcp_flags::RST != 0 {
+            self.close(&view, h.ts_ns, sink);
         }
+    }
+
+    /// Hands on the held segments of `conn`'s direction `dir` that are now
+    /// in order (or behind a hole declared a gap).
+    fn drain_held(&mut self, conn: u64, dir: u8, sink: &mut impl Sinks) {
+        while let Some((held, skip, gap)) = self.reassembly.ready(conn, dir) {
+            if let Some(view) = self.view(&held.header) {
+                self.deliver(&view, &held.header, &held.data, skip, gap, sink);
+            }
+        }
+    }
+
+    /// One in-order segment: its new bytes to the pairing, then the close
+    /// when the server sent a FIN.
+    fn deliver(
+        &mut self,
+        view: &View,
+        h: &PacketHeader,
+        data: &[u8],
+        skip: u32,
+        gap: bool,
+        sink: &mut impl Sinks,
+    ) {
+        if gap {
+            self.tracker.gap(view.conn, sink);
+            self.resp.gap(view.conn, sink);
+        }
+        if h.len > skip {
+            let event = Event {
+                kind: if view.dir == direction::INGRESS {
+                    EventKind::Read
+                } else {
+                    EventKind::Write
+                },
+                ts_ns: h.ts_ns,
+                conn: view.conn,
+                origin: view.origin,
+                port: view.port,
+                ret: i64::from(h.len - skip),
+                data: data.get(skip as usize..).unwrap_or(&[]),
+                tail: h.tail(),
+            };
+            self.dispatch(&event, view.server, sink);
+        }
+        // The server closing (FIN out) ends the connection; a client's FIN
+        // only half-closes it.
+        if view.dir == direction::EGRESS && h.flags & tcp_flags::FIN != 0 {
+            self.close(view, h.ts_ns, sink);
+        }
+    }
+
+    fn close(&mut self, view: &View, ts_ns: u64, sink: &mut impl Sinks) {
+        let event = Event {
+            kind: EventKind::Close,
+            ts_ns,
+            conn: view.conn,
+            origin: view.origin,
+            port: view.port,
+            ret: 0,
+            data: &[],
+            tail: &[],
+        };
+        self.dispatch(&event, view.server, sink);
+        self.reassembly.close(view.conn);
+        self.outbound.remove(&view.conn);
     }
 
     /// Sends an event to its connection's protocol, recognising the
@@ -196,9 +277,13 @@ impl Streams {
                     self.resp.handle(ev, sink);
                     return;
                 }
+                // A server-side connection is taken for RESP by a command
+                // only: one first seen in the middle of an HTTP body may
+                // start with any byte. A reply first is a client's
+                // connection, to a port known to be Redis.
                 let resp = match ev.kind {
                     EventKind::Read => starts_like_command(ev.data),
-                    _ => starts_like_reply(ev.data),
+                    _ => server.is_some() && starts_like_reply(ev.data),
                 };
                 if resp
                     && self.tracker.yield_fresh(ev.conn)
@@ -219,6 +304,7 @@ impl Streams {
 
     /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sinks) {
+        self.expire_holes(now_ns, sink);
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
@@ -229,6 +315,16 @@ impl Streams {
                 .retain(|c, _| resp.has(*c) || reassembly.has(*c));
         }
         self.reassembly.sweep(now_ns, idle_ns);
+    }
+}
+
+/// Whether captured bytes of direction `dir` (as the server sees it) start
+/// a message of a protocol followed here.
+fn starts_message(dir: u8, data: &[u8]) -> bool {
+    if dir == direction::INGRESS {
+        crate::protocols::http::starts_like_request(data) || starts_like_command(data)
+    } else {
+        data.starts_with(b"HTTP/1.") || starts_like_reply(data)
     }
 }
 

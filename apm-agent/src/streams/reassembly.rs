@@ -1,48 +1,130 @@
 //! TCP sequence numbers turned into exact stream offsets, per connection
-//! and direction.
+//! and direction, with a small reordering window.
 //!
-//! The packet programs report every segment with its sequence number. A
-//! segment that only repeats bytes already seen (a retransmission) is
-//! dropped; one that overlaps them is trimmed; one that starts beyond the
-//! next expected byte reveals a gap (a ring-buffer record lost, or a
-//! segment out of order), which the pairing turns into a resync instead of
-//! shifting every later response onto the wrong request.
+//! The packet programs see ingress segments before TCP's out-of-order
+//! queue and egress segments after the netfilter hooks, so a lost segment
+//! shows as a hole that its retransmission fills a moment later. A segment
+//! that starts beyond the next expected byte is held (with its captured
+//! bytes) until the hole fills, then handed on in order; a hole still open
+//! after [`REORDER_WINDOW_NS`], or with more than [`MAX_HELD`] segments
+//! (or [`HELD_BYTES_BUDGET`] captured bytes over all connections) behind
+//! it, is declared a gap, which the pairing turns into a counted resync.
+//! A hole that the other side has acknowledged past (every segment carries
+//! its acknowledgment number) will never be filled: the bytes reached the
+//! peer and only the capture's record of them was lost, so it is a gap at
+//! once. A segment that only repeats bytes already seen is dropped; one
+//! that overlaps them is trimmed.
 //!
-//! State is bounded: at most `max` connections, idle ones swept.
+//! The first segment of a direction starts it if it starts a message, or
+//! where the other side's acknowledgments say it starts; any other is held
+//! like one behind a hole, for an earlier segment that does.
+//!
+//! A closed connection is remembered until it is swept, so a segment
+//! retransmitted after the close is dropped rather than taken for a new
+//! connection's first bytes. State is bounded: at most `max` connections,
+//! idle ones swept.
 
+use std::collections::VecDeque;
+
+use apm_common::events::{PacketHeader, tcp_flags};
 use rustc_hash::FxHashMap;
+
+/// How long a hole may stay open before it is declared a gap. Linux's
+/// minimum retransmission timeout is 200 ms, and a lost fast retransmit
+/// waits for it: a second covers that and the first backoff.
+pub const REORDER_WINDOW_NS: u64 = 1_000_000_000;
+/// Segments held behind one hole, per direction.
+pub const MAX_HELD: usize = 1024;
+/// Captured bytes held over all connections.
+pub const HELD_BYTES_BUDGET: usize = 16 << 20;
 
 /// What to do with a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every byte was seen before.
+    /// Every byte was seen before (or the connection is closed).
     Duplicate,
     /// New bytes, after skipping `skip` already-seen ones at the front.
     /// `gap`: bytes before this segment were never seen.
     New { skip: u32, gap: bool },
+    /// Beyond a hole: kept, and handed out by [`Reassembly::ready`] once
+    /// the hole fills or is declared a gap.
+    Held,
 }
 
+/// One segment as the packet programs reported it: its header and the
+/// captured prefix of its payload.
 #[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    pub header: &'a PacketHeader,
+    pub data: &'a [u8],
+}
+
+/// A held segment, owned.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub header: PacketHeader,
+    pub data: Box<[u8]>,
+}
+
+#[derive(Debug, Default)]
+struct Direction {
+    /// Next expected sequence number.
+    next: Option<u32>,
+    /// The highest acknowledgment the other side sent for this direction:
+    /// bytes it has received in order, which a retransmission will not
+    /// bring again.
+    acked: Option<u32>,
+    /// Segments beyond a hole, in sequence order.
+    held: VecDeque<Held>,
+    /// When the first segment now held arrived.
+    held_since_ns: u64,
+    /// The hole was declared a gap: hand the held segments out anyway.
+    give_up: bool,
+}
+
+impl Direction {
+    /// Whether the other side has received past the hole before the held
+    /// segments: it will not be filled.
+    fn hole_acked(&self) -> bool {
+        let Some(first) = self.held.front() else {
+            return false;
+        };
+        let before = self.next.unwrap_or(first.header.seq);
+        self.acked.is_some_and(|a| ahead(a, before) > 0)
+    }
+}
+
+#[derive(Debug, Default)]
 struct Stream {
-    /// Next expected sequence number per direction (ingress, egress).
-    next: [Option<u32>; 2],
+    dirs: [Direction; 2],
     last_seen_ns: u64,
+    closed: bool,
 }
 
 pub struct Reassembly {
     /// Keyed by socket cookies (kernel-made): a non-keyed hash is safe.
     streams: FxHashMap<u64, Stream>,
     max: usize,
+    /// Connections with held segments, and captured bytes held in all.
+    holding: FxHashMap<(u64, u8), u64>,
+    held_bytes: usize,
 }
 
 /// Streams idle this long may be evicted to make room.
 const EVICTABLE_NS: u64 = 1_000_000_000;
+
+/// Signed distance from `b` to `a` modulo 2^32 (sequence numbers wrap).
+fn ahead(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
 
 impl Reassembly {
     pub fn new(max: usize) -> Self {
         Self {
             streams: FxHashMap::default(),
             max,
+            holding: FxHashMap::default(),
+            held_bytes: 0,
         }
     }
 
@@ -54,64 +136,233 @@ impl Reassembly {
         self.streams.is_empty()
     }
 
-    /// Places `len` payload bytes starting at `seq` in direction `dir`
-    /// (0 ingress, 1 egress) of connection `conn`.
-    pub fn accept(&mut self, conn: u64, dir: u8, seq: u32, len: u32, ts_ns: u64) -> Verdict {
+    /// Captured bytes held behind holes, over all connections.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Places a segment of direction `dir` (0 ingress, 1 egress) of
+    /// connection `conn`. After any verdict, [`Self::ready`] may have held
+    /// segments to hand out.
+    /// `is_start` tells whether captured bytes start a message, for the
+    /// first segment of a direction.
+    pub fn accept(
+        &mut self,
+        conn: u64,
+        dir: u8,
+        p: &Piece<'_>,
+        is_start: impl FnOnce(&[u8]) -> bool,
+    ) -> Verdict {
         let fresh = Verdict::New {
             skip: 0,
             gap: false,
         };
-        if len == 0 {
-            return fresh;
-        }
-        if !self.streams.contains_key(&conn) && !self.make_room(ts_ns) {
+        if !self.streams.contains_key(&conn) && !self.make_room(p.header.ts_ns) {
             // No room to remember it: pass the bytes on unchecked.
             return fresh;
         }
-        let stream = self.streams.entry(conn).or_insert(Stream {
-            next: [None; 2],
-            last_seen_ns: ts_ns,
-        });
-        stream.last_seen_ns = ts_ns;
-        let slot = &mut stream.next[usize::from(dir.min(1))];
-        let end = seq.wrapping_add(len);
-        let Some(next) = *slot else {
-            *slot = Some(end);
-            return fresh;
-        };
-        // Signed distances modulo 2^32: sequence numbers wrap.
-        let start_ahead = seq.wrapping_sub(next) as i32;
-        let end_ahead = end.wrapping_sub(next) as i32;
-        if end_ahead <= 0 {
+        let stream = self.streams.entry(conn).or_default();
+        stream.last_seen_ns = p.header.ts_ns;
+        if stream.closed {
             return Verdict::Duplicate;
         }
-        *slot = Some(end);
-        if start_ahead >= 0 {
-            Verdict::New {
-                skip: 0,
-                gap: start_ahead > 0,
+        let dir = usize::from(dir.min(1));
+        if p.header.flags & tcp_flags::ACK != 0 {
+            // What this segment acknowledges of the other direction: a
+            // hole there that the other side has received past is lost
+            // for good (a ring-buffer record dropped, not a segment).
+            let other = &mut stream.dirs[1 - dir];
+            let ack = p.header.ack;
+            if other.acked.is_none_or(|a| ahead(ack, a) > 0) {
+                other.acked = Some(ack);
             }
-        } else {
-            Verdict::New {
-                skip: start_ahead.unsigned_abs(),
-                gap: false,
+            if other.hole_acked() {
+                other.give_up = true;
             }
         }
+        let d = &mut stream.dirs[dir];
+        let (seq, len) = (p.header.seq, p.header.len);
+        let end = seq.wrapping_add(len);
+        if d.next.is_none() {
+            // Where this direction starts: what the other side says it
+            // has received, else this segment if it starts a message (else
+            // it waits a moment for an earlier one that does).
+            if d.acked.is_some() {
+                d.next = d.acked;
+            } else if d.held.front().is_none_or(|h| ahead(h.header.seq, seq) > 0)
+                && (len == 0 || is_start(p.data))
+            {
+                d.next = Some(end);
+                return fresh;
+            } else {
+                return self.hold(conn, dir as u8, p);
+            }
+        }
+        let Some(next) = d.next else {
+            return fresh;
+        };
+        let start_ahead = ahead(seq, next);
+        if start_ahead > 0 {
+            if d.held.is_empty() && d.acked.is_some_and(|a| ahead(a, next) > 0) {
+                // The other side already has the missing bytes.
+                d.next = Some(end);
+                return Verdict::New { skip: 0, gap: true };
+            }
+            // Beyond a hole (a bare FIN too: it waits for the data).
+            return self.hold(conn, dir as u8, p);
+        }
+        if ahead(end, next) <= 0 && !(len == 0 && start_ahead == 0) {
+            return Verdict::Duplicate;
+        }
+        d.next = Some(end);
+        Verdict::New {
+            skip: start_ahead.unsigned_abs(),
+            gap: false,
+        }
+    }
+
+    fn hold(&mut self, conn: u64, dir: u8, p: &Piece<'_>) -> Verdict {
+        let Some(stream) = self.streams.get_mut(&conn) else {
+            return Verdict::Duplicate;
+        };
+        let d = &mut stream.dirs[usize::from(dir.min(1))];
+        // Sorted by sequence number; a repeat of a held segment is dropped.
+        let (seq, len) = (p.header.seq, p.header.len);
+        let at = d.held.partition_point(|h| ahead(h.header.seq, seq) < 0);
+        if let Some(h) = d.held.get(at)
+            && h.header.seq == seq
+            && h.header.len >= len
+        {
+            return Verdict::Duplicate;
+        }
+        if d.held.is_empty() {
+            d.held_since_ns = p.header.ts_ns;
+        }
+        d.held.insert(
+            at,
+            Held {
+                header: *p.header,
+                data: p.data.into(),
+            },
+        );
+        self.held_bytes += p.data.len();
+        *self.holding.entry((conn, dir)).or_default() = d.held_since_ns;
+        if d.hole_acked() || d.held.len() > MAX_HELD || self.held_bytes > HELD_BYTES_BUDGET {
+            d.give_up = true;
+        }
+        Verdict::Held
+    }
+
+    /// The next held segment of `conn`'s direction `dir` that can be handed
+    /// on, with the bytes to skip at its front and whether a gap precedes
+    /// it; `None` while the hole before the held segments is open.
+    pub fn ready(&mut self, conn: u64, dir: u8) -> Option<(Held, u32, bool)> {
+        let stream = self.streams.get_mut(&conn)?;
+        let d = &mut stream.dirs[usize::from(dir.min(1))];
+        loop {
+            let first = d.held.front()?;
+            // Where the direction starts is still unknown: a gap once given up.
+            let next = match d.next {
+                Some(next) => next,
+                None if d.give_up => first.header.seq.wrapping_sub(1),
+                None => return None,
+            };
+            let start_ahead = ahead(first.header.seq, next);
+            if start_ahead > 0 && !d.give_up {
+                return None;
+            }
+            let held = d.held.pop_front()?;
+            self.held_bytes = self.held_bytes.saturating_sub(held.data.len());
+            if d.held.is_empty() {
+                d.give_up = false;
+                self.holding.remove(&(conn, dir));
+            }
+            let end = held.header.seq.wrapping_add(held.header.len);
+            if start_ahead > 0 {
+                d.next = Some(end);
+                return Some((held, 0, true));
+            }
+            if ahead(end, next) <= 0 && !(held.header.len == 0 && start_ahead == 0) {
+                // Covered by what was handed on since it was held.
+                continue;
+            }
+            d.next = Some(end);
+            return Some((held, start_ahead.unsigned_abs(), false));
+        }
+    }
+
+    /// Declares the holes open since before `now_ns - window_ns` gaps;
+    /// returns the (connection, direction) pairs whose held segments
+    /// [`Self::ready`] now hands out.
+    pub fn expire(&mut self, now_ns: u64, window_ns: u64) -> Vec<(u64, u8)> {
+        if self.holding.is_empty() {
+            return Vec::new();
+        }
+        let due: Vec<(u64, u8)> = self
+            .holding
+            .iter()
+            .filter(|(_, since)| now_ns.saturating_sub(**since) > window_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for (conn, dir) in &due {
+            if let Some(s) = self.streams.get_mut(conn) {
+                s.dirs[usize::from((*dir).min(1))].give_up = true;
+            }
+        }
+        due
+    }
+
+    /// Whether some hole was open before `now_ns - window_ns` (cheap).
+    pub fn has_expired(&self, now_ns: u64, window_ns: u64) -> bool {
+        self.holding
+            .values()
+            .any(|since| now_ns.saturating_sub(*since) > window_ns)
+    }
+
+    /// Whether any segment is held.
+    pub fn holds_any(&self) -> bool {
+        !self.holding.is_empty()
     }
 
     pub fn has(&self, conn: u64) -> bool {
-        self.streams.contains_key(&conn)
+        self.streams.get(&conn).is_some_and(|s| !s.closed)
     }
 
-    /// The connection closed.
-    pub fn forget(&mut self, conn: u64) {
-        self.streams.remove(&conn);
+    /// The connection closed: later segments of it are dropped until it
+    /// is swept.
+    pub fn close(&mut self, conn: u64) {
+        if let Some(s) = self.streams.get_mut(&conn) {
+            s.closed = true;
+            self.release(conn, 0);
+            self.release(conn, 1);
+        }
+    }
+
+    /// Drops the held segments of `conn`'s direction `dir`.
+    fn release(&mut self, conn: u64, dir: u8) {
+        let Some(s) = self.streams.get_mut(&conn) else {
+            return;
+        };
+        let d = &mut s.dirs[usize::from(dir.min(1))];
+        let bytes: usize = d.held.drain(..).map(|h| h.data.len()).sum();
+        d.give_up = false;
+        self.held_bytes = self.held_bytes.saturating_sub(bytes);
+        self.holding.remove(&(conn, dir));
     }
 
     /// Forgets streams idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64) {
-        self.streams
-            .retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) <= idle_ns);
+        let stale: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| now_ns.saturating_sub(s.last_seen_ns) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for conn in stale {
+            self.release(conn, 0);
+            self.release(conn, 1);
+            self.streams.remove(&conn);
+        }
     }
 
     fn make_room(&mut self, now_ns: u64) -> bool {
@@ -123,66 +374,4 @@ impl Reassembly {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NEW: Verdict = Verdict::New {
-        skip: 0,
-        gap: false,
-    };
-
-    #[test]
-    fn in_order_segments_are_new_and_repeats_are_duplicates() {
-        let mut r = Reassembly::new(8);
-        assert_eq!(r.accept(1, 0, 1000, 10, 0), NEW);
-        assert_eq!(r.accept(1, 0, 1010, 5, 1), NEW);
-        // A retransmission of the first segment.
-        assert_eq!(r.accept(1, 0, 1000, 10, 2), Verdict::Duplicate);
-        // The other direction has its own numbering.
-        assert_eq!(r.accept(1, 1, 7, 3, 3), NEW);
-    }
-
-    #[test]
-    fn overlaps_are_trimmed_and_holes_are_gaps() {
-        let mut r = Reassembly::new(8);
-        r.accept(1, 0, 100, 10, 0);
-        assert_eq!(
-            r.accept(1, 0, 105, 10, 1),
-            Verdict::New {
-                skip: 5,
-                gap: false
-            }
-        );
-        assert_eq!(
-            r.accept(1, 0, 200, 4, 2),
-            Verdict::New { skip: 0, gap: true }
-        );
-        // The late segment that filled the hole is older than what was
-        // reported since: dropped.
-        assert_eq!(r.accept(1, 0, 115, 50, 3), Verdict::Duplicate);
-        assert_eq!(r.accept(1, 0, 204, 1, 4), NEW);
-    }
-
-    #[test]
-    fn sequence_numbers_wrap() {
-        let mut r = Reassembly::new(8);
-        r.accept(1, 1, u32::MAX - 4, 10, 0);
-        assert_eq!(r.accept(1, 1, 5, 10, 1), NEW);
-        assert_eq!(r.accept(1, 1, u32::MAX - 4, 10, 2), Verdict::Duplicate);
-    }
-
-    #[test]
-    fn state_is_bounded() {
-        let mut r = Reassembly::new(2);
-        r.accept(1, 0, 0, 1, 0);
-        r.accept(2, 0, 0, 1, 0);
-        // Full of fresh streams: the third is passed on unchecked.
-        assert_eq!(r.accept(3, 0, 0, 1, 10), NEW);
-        assert_eq!(r.len(), 2);
-        // Two seconds later the first two are evictable.
-        r.accept(3, 0, 0, 1, 2_000_000_001);
-        assert_eq!(r.len(), 1);
-        r.forget(3);
-        assert!(r.is_empty());
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! Which pairing a connection goes to, from its first bytes, and client
 //! connections named by their connect records.
 
-use apm_common::events::{ConnectEvent, EventKind, PacketHeader, direction, side};
+use apm_common::events::{ConnectEvent, EventKind, PacketHeader, direction, side, tcp_flags};
 
 use super::{
     Streams,
@@ -18,6 +18,7 @@ struct Both {
     http: Vec<(String, u16)>,
     redis: Vec<(&'static str, Peer)>,
     unpaired: Vec<Unpaired>,
+    resyncs: Vec<Unpaired>,
 }
 
 impl Sink for Both {
@@ -33,6 +34,9 @@ impl Sink for Both {
     }
     fn unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
         self.unpaired.push(reason);
+    }
+    fn resync(&mut self, _: Origin, _: u16, reason: Unpaired) {
+        self.resyncs.push(reason);
     }
 }
 
@@ -123,4 +127,73 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     assert_eq!(peer.origin, Origin::Process(77));
     assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
     assert!(sink.http.is_empty() && sink.unpaired.is_empty());
+}
+
+/// A server-side segment with the ACK flag, acknowledging `ack`.
+fn acked(cookie: u64, dir: u8, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+    let header = PacketHeader {
+        ts_ns: u64::from(seq) + 1,
+        cookie,
+        netns: 9,
+        port: 8080,
+        direction: dir,
+        side: side::SERVER,
+        seq,
+        ack,
+        flags: flags | tcp_flags::ACK,
+        ..Default::default()
+    };
+    synthetic::packet(header, data)
+}
+
+#[test]
+fn a_retransmission_fills_the_hole_and_pairing_stays_exact() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n";
+    let n = head.len() as u32;
+    s.handle_record(&acked(1, i, 0, 0, 0, b"GET /a HTTP/1.1\r\n\r\n"), &mut sink)
+        .expect("record");
+    // The response head and the first half of its body are lost once; the
+    // second half arrives first, then the retransmission.
+    s.handle_record(&acked(1, e, n + 10, 19, 0, b"0123456789"), &mut sink)
+        .expect("record");
+    assert!(sink.http.is_empty() && sink.resyncs.is_empty());
+    let mut first = head.to_vec();
+    first.extend_from_slice(b"abcdefghij");
+    s.handle_record(&acked(1, e, 0, 19, 0, &first), &mut sink)
+        .expect("record");
+    assert_eq!(sink.http, vec![("/a".to_owned(), 200)]);
+    // The server closes; its last segment is retransmitted after the FIN.
+    s.handle_record(&acked(1, e, n + 20, 19, tcp_flags::FIN, b""), &mut sink)
+        .expect("record");
+    s.handle_record(&acked(1, e, n + 10, 19, 0, b"0123456789"), &mut sink)
+        .expect("record");
+    s.handle_record(&acked(1, e, 0, 19, 0, &first), &mut sink)
+        .expect("record");
+    assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+    assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
+    assert_eq!(s.connections(), 0);
+}
+
+#[test]
+fn a_keep_alive_connection_first_seen_mid_body_stays_http() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    // The agent starts in the middle of a response whose body is text
+    // that looks like RESP ("#", "-", "*" lines), then of an upload.
+    let next = b"GET /next HTTP/1.1\r\n\r\n";
+    let after = 12 + next.len() as u32;
+    s.handle_record(&acked(1, e, 0, 0, 0, b"# heading\n- item\n"), &mut sink)
+        .expect("record");
+    s.handle_record(&acked(1, i, 0, 17, 0, b"*3 starred\r\n"), &mut sink)
+        .expect("record");
+    s.handle_record(&acked(1, i, 12, 17, 0, next), &mut sink)
+        .expect("record");
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    s.handle_record(&acked(1, e, 17, after, 0, ok), &mut sink)
+        .expect("record");
+    assert!(sink.redis.is_empty());
+    assert_eq!(sink.http, vec![("/next".to_owned(), 200)]);
+    assert!(sink.unpaired.is_empty());
 }

@@ -55,6 +55,7 @@ pub fn capture_egress(ctx: SkBuffContext) -> i32 {
 struct Segment {
     payload_off: u32,
     seq: u32,
+    ack: u32,
     flags: u8,
 }
 
@@ -202,7 +203,8 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     if u16::from(protocol) != IPPROTO_TCP {
         return None;
     }
-    // seq at 4..8, data offset at 12, flags at 13 of the TCP header.
+    // seq at 4..8, ack at 8..12, data offset at 12, flags at 13 of the TCP
+    // header.
     let tcp: [u8; 14] = if ip_len == 20 {
         let mut t = [0u8; 14];
         t.copy_from_slice(&head[20..34]);
@@ -213,6 +215,7 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     Some(Segment {
         payload_off: ip_len + u32::from(tcp[12] >> 4) * 4,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
     })
 }
@@ -286,10 +289,17 @@ fn fill_and_send(
         netns: unsafe { bpf_get_netns_cookie(raw) },
         seq: seg.seq.wrapping_add(off),
         len: payload,
+        ack: seg.ack,
         port,
         direction: dir,
         side: whose,
-        flags: if end != 0 { seg.flags } else { 0 },
+        // Every record carries the ACK flag (the acknowledgment is the
+        // segment's); FIN and RST only the segment's last.
+        flags: if end != 0 {
+            seg.flags
+        } else {
+            seg.flags & tcp_flags::ACK
+        },
         ..PacketHeader::default()
     };
     if payload > 0 {

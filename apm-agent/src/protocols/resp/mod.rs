@@ -456,7 +456,15 @@ fn number(line: &[u8]) -> Result<i64, Desync> {
 /// client that writes its request line in pieces, is not decided here).
 pub fn starts_like_command(data: &[u8]) -> bool {
     match data.first() {
-        Some(b'*') => data.get(1).is_some_and(u8::is_ascii_digit),
+        Some(b'*') => {
+            // An array of bulk strings: "*<count>\r\n$", or as much of it
+            // as the piece holds.
+            let rest = &data[1..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let after = &rest[digits..];
+            let n = after.len().min(3);
+            digits > 0 && after[..n] == b"\r\n$"[..n]
+        }
         Some(_) => {
             let Some(end) = data.iter().position(|&b| b == b'\n') else {
                 return false;
