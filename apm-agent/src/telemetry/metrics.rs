@@ -56,6 +56,7 @@ pub struct Metrics {
     pub http_seen: IntCounterVec,
     pub http_paired: IntCounterVec,
     pub http_unpaired: IntCounterVec,
+    pub http_resyncs: IntCounterVec,
     pub http_routes: IntGaugeVec,
     pub http_route_overflow: IntCounterVec,
     pub http_series_over_budget: IntCounter,
@@ -327,7 +328,12 @@ impl Metrics {
             )?,
             http_unpaired: counter(
                 "apm_http_requests_unpaired_total",
-                "HTTP requests or responses that could not be paired, by reason.",
+                "HTTP requests seen that could not be paired with their response, by reason.",
+                &[SERVICE, "reason"],
+            )?,
+            http_resyncs: counter(
+                "apm_http_stream_resyncs_total",
+                "Times HTTP framing was lost on a connection and pairing resynced, by reason.",
                 &[SERVICE, "reason"],
             )?,
             http_routes: gauge_vec(

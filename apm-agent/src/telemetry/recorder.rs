@@ -45,6 +45,7 @@ pub(super) struct ServiceStats {
     pub seen: u64,
     pub paired: u64,
     pub unpaired: HashMap<&'static str, u64>,
+    pub resyncs: HashMap<&'static str, u64>,
     pub routes: FxHashMap<(Method, Arc<str>), RouteStats>,
     seen_total: IntCounter,
     paired_total: IntCounter,
@@ -107,9 +108,15 @@ impl Recorder<'_> {
 /// A new service's statistics. Every unpaired reason is exported from
 /// zero, so a rate() over them works before the first one happens.
 fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
-    for reason in Unpaired::ALL {
+    for reason in Unpaired::REQUEST {
         metrics
             .http_unpaired
+            .with_label_values(&[&**name, reason.as_str()])
+            .inc_by(0);
+    }
+    for reason in Unpaired::RESYNC {
+        metrics
+            .http_resyncs
             .with_label_values(&[&**name, reason.as_str()])
             .inc_by(0);
     }
@@ -117,6 +124,7 @@ fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
         seen: 0,
         paired: 0,
         unpaired: HashMap::new(),
+        resyncs: HashMap::new(),
         routes: FxHashMap::default(),
         seen_total: metrics.http_seen.with_label_values(&[&**name]),
         paired_total: metrics.http_paired.with_label_values(&[&**name]),
@@ -229,6 +237,19 @@ impl Sink for Recorder<'_> {
         *self
             .stats(&name)
             .unpaired
+            .entry(reason.as_str())
+            .or_default() += 1;
+    }
+
+    fn resync(&mut self, origin: Origin, port: u16, reason: Unpaired) {
+        let (name, _) = self.service(origin, port);
+        self.metrics
+            .http_resyncs
+            .with_label_values(&[&*name, reason.as_str()])
+            .inc();
+        *self
+            .stats(&name)
+            .resyncs
             .entry(reason.as_str())
             .or_default() += 1;
     }

@@ -164,9 +164,9 @@ impl Requests {
             self.routes.forget_service(&name);
             self.windows.forget_service(&name);
             for reason in Unpaired::ALL {
-                let _ = metrics
-                    .http_unpaired
-                    .remove_label_values(&[&name, reason.as_str()]);
+                for family in [&metrics.http_unpaired, &metrics.http_resyncs] {
+                    let _ = family.remove_label_values(&[&name, reason.as_str()]);
+                }
             }
             for family in [
                 &metrics.http_seen,
@@ -271,6 +271,11 @@ impl Requests {
                         .iter()
                         .map(|(k, v)| ((*k).to_owned(), *v))
                         .collect(),
+                    resyncs: s
+                        .resyncs
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), *v))
+                        .collect(),
                     in_flight: per_service_in_flight.get(&**name).copied().unwrap_or(0),
                     route_count,
                     routes,
@@ -332,7 +337,11 @@ pub struct InFlightRequest {
 pub struct ServiceSummary {
     pub requests_seen: u64,
     pub requests_paired: u64,
+    /// Requests seen and not paired, by reason: `requests_seen` is
+    /// `requests_paired` plus these plus `in_flight`.
     pub unpaired: HashMap<String, u64>,
+    /// Times framing was lost and pairing resynced, by reason.
+    pub resyncs: HashMap<String, u64>,
     pub in_flight: u64,
     pub route_count: usize,
     /// The busiest routes (at most [`MAX_ROUTES_SHOWN`]), with latency
@@ -547,21 +556,35 @@ mod tests {
             |code: u16| format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").into_bytes();
         let (a, b, c) = (req("/a"), req("/b"), req("/c"));
         let (r200, r404, r500) = (resp(200), resp(404), resp(500));
-        let mut seq_in = 0u32;
-        let mut seq_out = 0u32;
-        let send = |r: &mut Requests, dir: u8, seq: &mut u32, bytes: &[u8], lost: bool| {
+        // Each side's next sequence number; every segment acknowledges
+        // all the other side sent (the server did receive /b).
+        let mut seq = [0u32; 2];
+        let mut send = |r: &mut Requests, dir: u8, bytes: &[u8], lost: bool| {
+            let d = usize::from(dir);
+            let header = apm_common::events::PacketHeader {
+                ts_ns: u64::from(seq[0] + seq[1]) + 1,
+                cookie: 9,
+                netns: 42,
+                port: 8080,
+                direction: dir,
+                seq: seq[d],
+                ack: seq[1 - d],
+                flags: tcp_flags::ACK,
+                ..Default::default()
+            };
             if !lost {
-                r.handle_record(&packet(u64::from(*seq) + 1, 9, 42, dir, *seq, 0, bytes), &m);
+                r.handle_record(&crate::telemetry::synthetic::packet(header, bytes), &m);
             }
-            *seq += bytes.len() as u32;
+            seq[d] += bytes.len() as u32;
         };
-        send(&mut r, i, &mut seq_in, &a, false);
-        send(&mut r, e, &mut seq_out, &r200, false);
-        // /b's request record is lost; its 404 must not pair with /c.
-        send(&mut r, i, &mut seq_in, &b, true);
-        send(&mut r, e, &mut seq_out, &r404, false);
-        send(&mut r, i, &mut seq_in, &c, false);
-        send(&mut r, e, &mut seq_out, &r500, false);
+        send(&mut r, i, &a, false);
+        send(&mut r, e, &r200, false);
+        // /b's request record is lost from the ring; its 404 must not pair
+        // with /c, and the 404's acknowledgment says /b will not come.
+        send(&mut r, i, &b, true);
+        send(&mut r, e, &r404, false);
+        send(&mut r, i, &c, false);
+        send(&mut r, e, &r500, false);
         let s = r.snapshot(0);
         let web = &s.services["web"];
         let route = |p: &str| {
@@ -572,7 +595,9 @@ mod tests {
         };
         assert_eq!(route("/a"), Some((1, 0)));
         assert_eq!(route("/c"), Some((1, 1)), "{web:?}");
-        assert_eq!(web.unpaired.get("gap"), Some(&1));
+        assert_eq!(web.resyncs.get("gap"), Some(&1), "{web:?}");
+        assert_eq!(web.resyncs.get("response_without_request"), Some(&1));
+        assert_eq!(web.requests_seen, 2);
     }
 
     #[test]

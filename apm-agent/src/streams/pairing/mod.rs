@@ -6,14 +6,20 @@
 //! keep-alive and pipelined HTTP/1.1 (several requests in one read,
 //! responses in order) pair correctly. A request starts at the read that
 //! brought its first byte and ends at the write that completed its
-//! response: by Content-Length (counting `sendfile` bytes too), by the last
-//! chunk (`0\r\n\r\n` at the end of a write), or, for responses delimited by
-//! the connection, at the last write before the close. Responses whose
-//! framing cannot be seen (a head cut off by the capture) end at their last
-//! write before the next request or response begins.
+//! response: by Content-Length (counting `sendfile` bytes too), by the
+//! chunked framing followed chunk by chunk (`chunked`), or, for responses
+//! delimited by the connection, at the last write before the close.
+//! Responses whose framing cannot be seen (a head or a chunk-size line cut
+//! off by the capture) end at their last write before the next request or
+//! response begins.
 //!
-//! Everything that cannot be paired is reported by reason; no state
-//! outlives its connection, and the table of connections is bounded.
+//! A request head longer than the capture is followed to its blank line
+//! where that is captured, and otherwise given up at the next piece that
+//! starts with a request line; whenever framing is lost the pairing
+//! resyncs at the next request or status line, and says so
+//! ([`Sink::resync`]). Every request parsed ([`Sink::request`]) ends
+//! exactly once: completed, or unpaired with a reason. No state outlives
+//! its connection, and the table of connections is bounded.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -22,12 +28,14 @@ use rustc_hash::FxHashMap;
 
 use crate::protocols::{http::Method, routes::Route};
 
+mod chunked;
 mod request;
 mod response;
 #[cfg(test)]
 mod tests;
 
 use self::{
+    chunked::Chunked,
     request::on_read,
     response::{on_sendfile, on_write},
 };
@@ -106,6 +114,27 @@ impl Unpaired {
         Unpaired::Malformed,
     ];
 
+    /// Why a request seen by [`Sink::request`] was not paired.
+    pub const REQUEST: [Unpaired; 8] = [
+        Unpaired::ClosedMidRequest,
+        Unpaired::ClosedMidResponse,
+        Unpaired::Truncated,
+        Unpaired::QueueFull,
+        Unpaired::Evicted,
+        Unpaired::TableFull,
+        Unpaired::Gap,
+        Unpaired::Malformed,
+    ];
+
+    /// Why pairing resynced ([`Sink::resync`]).
+    pub const RESYNC: [Unpaired; 5] = [
+        Unpaired::Gap,
+        Unpaired::Truncated,
+        Unpaired::NotHttp,
+        Unpaired::ResponseWithoutRequest,
+        Unpaired::Malformed,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::ClosedMidRequest => "closed_mid_request",
@@ -134,12 +163,19 @@ pub struct Completed {
 }
 
 /// Where pairing results go. `route` turns a raw path into a template
-/// (the raw path goes no further).
+/// (the raw path goes no further). Every `request` is followed, once, by
+/// its `completed` or its `unpaired`.
 pub trait Sink {
     fn route(&mut self, origin: Origin, path: &str) -> Route;
     fn request(&mut self, origin: Origin, port: u16);
     fn completed(&mut self, done: Completed);
+    /// A request seen by [`Sink::request`] that will not be paired.
     fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired);
+    /// Framing was lost on the connection and pairing resynced: bytes
+    /// that may have held requests were not parsed (`Gap`, `Truncated`),
+    /// bytes were not HTTP (`NotHttp`, once per connection), or a
+    /// response came with no request (`ResponseWithoutRequest`).
+    fn resync(&mut self, origin: Origin, port: u16, reason: Unpaired);
 }
 
 #[derive(Clone, Debug)]
@@ -161,10 +197,14 @@ enum ReqPhase {
     Start,
     /// Skipping this many request-body bytes.
     Body(u64),
-    /// The head continues beyond what was captured: skip to its end.
+    /// Following a chunked request body.
+    Chunked(Chunked),
+    /// The head continues beyond what was captured: skip to its blank
+    /// line if it is captured, or to the next piece that starts with a
+    /// request line.
     HeadRest,
-    /// Lost track (a chunked body, unseen bytes): wait for a read that
-    /// starts like a request.
+    /// Lost track (unseen bytes): wait for bytes that start with a request
+    /// line.
     Resync,
 }
 
@@ -172,7 +212,7 @@ enum ReqPhase {
 enum RespPhase {
     Start,
     Body(u64),
-    Chunked,
+    Chunked(Chunked),
     /// Ends at close.
     UntilClose,
     /// Framing unknown: ends at the last write before the next message.
@@ -196,7 +236,9 @@ struct Conn {
     last_write_ns: u64,
     last_seen_ns: u64,
     saw_http: bool,
-    /// Not HTTP: ignore the rest of the connection.
+    /// Bytes that are not HTTP were counted (once per connection).
+    not_http_counted: bool,
+    /// Switched protocols: ignore the rest of the connection.
     ignored: bool,
 }
 
@@ -214,6 +256,7 @@ impl Conn {
             last_write_ns: now,
             last_seen_ns: now,
             saw_http: false,
+            not_http_counted: false,
             ignored: false,
         }
     }
@@ -307,25 +350,19 @@ impl Tracker {
         }
     }
 
-    /// Bytes of `conn` were lost before the event at `ts_ns`: drop what
-    /// waits on it (counted as [`Unpaired::Gap`], at least once) and
-    /// resync. Requests resume at the next segment that starts like a
-    /// request; responses at the next status line after that request.
+    /// Bytes of `conn` were lost before the next event: drop what waits
+    /// on it (each request counted as [`Unpaired::Gap`], the gap once as a
+    /// resync) and resync. Requests resume at the next piece that starts
+    /// with a request line; responses at the next status line after that
+    /// request.
     pub fn gap(&mut self, conn: u64, sink: &mut impl Sink) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut dropped = c.pending.len();
-        c.pending.clear();
-        if c.current.take().is_some() {
-            dropped += 1;
-        }
-        for _ in 0..dropped.max(1) {
-            sink.unpaired(c.origin, c.port, Unpaired::Gap);
-        }
+        sink.resync(c.origin, c.port, Unpaired::Gap);
+        drop_waiting(c, sink, Unpaired::Gap);
         c.carry.clear();
         c.req = ReqPhase::Resync;
-        c.resp = RespPhase::Lost;
     }
 
     /// Drops connections idle for longer than `idle_ns`.
@@ -380,6 +417,18 @@ fn process(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     }
 }
 
+/// Drops every request waiting on `c` (counted with `reason`); responses
+/// resume at the next status line after a new request.
+fn drop_waiting(c: &mut Conn, sink: &mut impl Sink, reason: Unpaired) {
+    let dropped = c.pending.len() + usize::from(c.current.is_some());
+    c.pending.clear();
+    c.current = None;
+    for _ in 0..dropped {
+        sink.unpaired(c.origin, c.port, reason);
+    }
+    c.resp = RespPhase::Lost;
+}
+
 /// The connection is gone: a response that ran until close is complete;
 /// anything else still waiting is unpaired.
 fn finish(mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
@@ -389,7 +438,7 @@ fn finish(mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
             RespPhase::UntilClose | RespPhase::Unframed | RespPhase::Start | RespPhase::Lost => {
                 complete_at(origin, conn.port, cur, conn.last_write_ns, sink)
             }
-            RespPhase::Body(_) | RespPhase::Chunked => {
+            RespPhase::Body(_) | RespPhase::Chunked(_) => {
                 let reason = if pending_reason == Unpaired::Evicted {
                     Unpaired::Evicted
                 } else {

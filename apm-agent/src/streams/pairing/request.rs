@@ -2,9 +2,11 @@
 //! requests waiting for their responses.
 
 use super::{
-    Conn, Event, MAX_CARRY, MAX_PIPELINE, Pending, ReqPhase, RespPhase, Sink, Unpaired, complete_at,
+    Conn, Event, MAX_CARRY, MAX_PIPELINE, Pending, ReqPhase, RespPhase, Sink, Unpaired,
+    chunked::{Chunked, Step},
+    complete_at,
 };
-use crate::protocols::http::{self, Framing, ParseError};
+use crate::protocols::http::{self, Framing, ParseError, Request};
 
 pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     // A request line split across reads: parse the carried start with
@@ -22,6 +24,7 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     let captured = data.len() as u64;
     let mut off = 0u64;
     while off < total {
+        let seen = data.get(off as usize..).unwrap_or(&[]);
         match conn.req {
             ReqPhase::Body(rem) => {
                 let n = rem.min(total - off);
@@ -32,19 +35,39 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     ReqPhase::Body(rem - n)
                 };
             }
+            ReqPhase::Chunked(mut body) => match body.advance(data, ev.tail, off, total) {
+                Step::More => {
+                    conn.req = ReqPhase::Chunked(body);
+                    off = total;
+                }
+                Step::Done(end) => {
+                    conn.req = ReqPhase::Start;
+                    off = end;
+                }
+                Step::Lost => {
+                    conn.req = ReqPhase::Resync;
+                    off = total;
+                }
+            },
             ReqPhase::HeadRest => {
-                let seen = data.get(off as usize..).unwrap_or(&[]);
-                match find(seen, b"\r\n\r\n") {
+                // A new piece that starts with a request line: the head
+                // ended with the piece before (a GET's usually does).
+                if off == 0 && starts_request(seen) {
+                    conn.req = ReqPhase::Start;
+                    continue;
+                }
+                match memchr::memmem::find(seen, b"\r\n\r\n") {
                     Some(pos) => {
+                        // The body's framing was in the part not seen: what
+                        // follows is a body or the next request.
                         off += pos as u64 + 4;
-                        conn.req = ReqPhase::Start;
+                        conn.req = ReqPhase::Resync;
                     }
                     None => off = total,
                 }
             }
             ReqPhase::Resync => {
-                let seen = data.get(off as usize..).unwrap_or(&[]);
-                if http::starts_like_request(seen) {
+                if starts_request(seen) {
                     conn.req = ReqPhase::Start;
                 } else {
                     off = total;
@@ -53,52 +76,29 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
             ReqPhase::Start => {
                 if off >= captured {
                     // Bytes we cannot see: possibly more pipelined requests.
-                    sink.unpaired(conn.origin, conn.port, Unpaired::Truncated);
+                    sink.resync(conn.origin, conn.port, Unpaired::Truncated);
                     conn.req = ReqPhase::Resync;
                     off = total;
                     continue;
                 }
-                let seen = &data[off as usize..];
                 match http::parse_request(seen) {
                     Ok(req)
                         if !req.line_complete && captured == total && seen.len() <= MAX_CARRY =>
                     {
                         // The read ended inside the request line: wait for
                         // the rest of it.
-                        conn.carry = seen.to_vec();
-                        conn.carry_ns = start_ns;
+                        carry(conn, seen, start_ns);
                         off = total;
                     }
                     Ok(req) => {
-                        conn.saw_http = true;
-                        // A response whose end we could not see is over
-                        // once the next request arrives on a quiet
-                        // connection.
-                        if conn.pending.is_empty()
-                            && matches!(conn.resp, RespPhase::Unframed | RespPhase::UntilClose)
-                            && let Some(cur) = conn.current.take()
-                        {
-                            complete_at(conn.origin, conn.port, cur, conn.last_write_ns, sink);
-                            conn.resp = RespPhase::Start;
-                        }
-                        let route = sink.route(conn.origin, req.path);
-                        sink.request(conn.origin, conn.port);
-                        if conn.pending.len() >= MAX_PIPELINE {
-                            sink.unpaired(conn.origin, conn.port, Unpaired::QueueFull);
-                        } else {
-                            conn.pending.push_back(Pending {
-                                method: req.method,
-                                route: route.template,
-                                start_ns,
-                            });
-                        }
-                        match req.head_len {
+                        let head = request(conn, &req, start_ns, sink);
+                        match head {
                             Some(head) => {
                                 off += head as u64;
                                 conn.req = match req.body {
                                     Framing::Length(0) | Framing::Close => ReqPhase::Start,
                                     Framing::Length(n) => ReqPhase::Body(n),
-                                    Framing::Chunked => ReqPhase::Resync,
+                                    Framing::Chunked => ReqPhase::Chunked(Chunked::default()),
                                 };
                             }
                             None => {
@@ -110,19 +110,20 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     }
                     Err(ParseError::Incomplete) => {
                         if seen.len() <= MAX_CARRY && captured == total {
-                            conn.carry = seen.to_vec();
-                            conn.carry_ns = start_ns;
+                            carry(conn, seen, start_ns);
                         } else {
-                            sink.unpaired(conn.origin, conn.port, Unpaired::Truncated);
+                            sink.resync(conn.origin, conn.port, Unpaired::Truncated);
                             conn.req = ReqPhase::Resync;
                         }
                         off = total;
                     }
                     Err(ParseError::NotHttp) => {
-                        if !conn.saw_http {
-                            conn.ignored = true;
-                            sink.unpaired(conn.origin, conn.port, Unpaired::NotHttp);
-                            return;
+                        // Not a request where one should start: the rest of
+                        // a body whose start was missed, or another
+                        // protocol. Counted once per connection.
+                        if !conn.not_http_counted && !conn.saw_http {
+                            conn.not_http_counted = true;
+                            sink.resync(conn.origin, conn.port, Unpaired::NotHttp);
                         }
                         conn.req = ReqPhase::Resync;
                         off = total;
@@ -133,6 +134,49 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Whether `seen` starts with a request line (or the start of one, cut by
+/// the capture or the end of the piece): where requests resume.
+fn starts_request(seen: &[u8]) -> bool {
+    http::starts_like_request(seen)
+        && matches!(
+            http::parse_request(seen),
+            Ok(_) | Err(ParseError::Incomplete)
+        )
+}
+
+fn carry(conn: &mut Conn, seen: &[u8], start_ns: u64) {
+    conn.carry = seen.to_vec();
+    conn.carry_ns = start_ns;
+}
+
+/// A parsed request joins the queue; returns its head's length when the
+/// head was captured to its end.
+fn request(
+    conn: &mut Conn,
+    req: &Request<'_>,
+    start_ns: u64,
+    sink: &mut impl Sink,
+) -> Option<usize> {
+    conn.saw_http = true;
+    // A response whose end we could not see is over once the next request
+    // arrives on a quiet connection.
+    if conn.pending.is_empty()
+        && matches!(conn.resp, RespPhase::Unframed | RespPhase::UntilClose)
+        && let Some(cur) = conn.current.take()
+    {
+        complete_at(conn.origin, conn.port, cur, conn.last_write_ns, sink);
+        conn.resp = RespPhase::Start;
+    }
+    let route = sink.route(conn.origin, req.path);
+    sink.request(conn.origin, conn.port);
+    if conn.pending.len() >= MAX_PIPELINE {
+        sink.unpaired(conn.origin, conn.port, Unpaired::QueueFull);
+    } else {
+        conn.pending.push_back(Pending {
+            method: req.method,
+            route: route.template,
+            start_ns,
+        });
+    }
+    req.head_len
 }

@@ -1,8 +1,12 @@
 //! The response side of a connection: status lines popping the FIFO, and
 //! each response's end found by its framing.
 
-use super::{Conn, Current, Event, RespPhase, Sink, Unpaired, complete_at};
-use crate::protocols::http::{self, Framing};
+use super::{
+    Conn, Current, Event, RespPhase, Sink, Unpaired,
+    chunked::{Chunked, Step},
+    complete_at, drop_waiting,
+};
+use crate::protocols::http::{self, Framing, ParseError};
 
 pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     let data = ev.data;
@@ -12,6 +16,7 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     conn.last_write_ns = ev.ts_ns;
     let mut off = 0u64;
     while off < total {
+        let seen = data.get(off as usize..).unwrap_or(&[]);
         match conn.resp {
             RespPhase::Body(rem) => {
                 let n = rem.min(total - off);
@@ -22,15 +27,23 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     conn.resp = RespPhase::Body(rem - n);
                 }
             }
-            RespPhase::Chunked => {
-                let end: &[u8] = if captured == total { data } else { ev.tail };
-                if end.ends_with(b"0\r\n\r\n") {
-                    complete_current(conn, ev, sink);
+            RespPhase::Chunked(mut body) => match body.advance(data, ev.tail, off, total) {
+                Step::More => {
+                    conn.resp = RespPhase::Chunked(body);
+                    off = total;
                 }
-                off = total;
-            }
+                Step::Done(end) => {
+                    complete_current(conn, ev, sink);
+                    off = end;
+                }
+                Step::Lost => {
+                    // A chunk-size line not captured: the response ends at
+                    // its last write before the next request or response.
+                    conn.resp = RespPhase::Unframed;
+                    off = total;
+                }
+            },
             RespPhase::Lost => {
-                let seen = data.get(off as usize..).unwrap_or(&[]);
                 if !conn.pending.is_empty() && seen.starts_with(b"HTTP/1.") {
                     conn.resp = RespPhase::Start;
                 } else {
@@ -38,7 +51,6 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 }
             }
             RespPhase::UntilClose | RespPhase::Unframed => {
-                let seen = data.get(off as usize..).unwrap_or(&[]);
                 if conn.resp == RespPhase::Unframed && seen.starts_with(b"HTTP/1.") {
                     // The next response starts: the previous one ended
                     // with the write before this one.
@@ -52,16 +64,30 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
             }
             RespPhase::Start => {
                 if off >= captured {
+                    // A response may start in bytes we cannot see: which
+                    // request the next status line answers is unknown.
+                    lost(conn, sink, Unpaired::Truncated);
                     off = total;
                     continue;
                 }
-                let seen = &data[off as usize..];
-                let Ok(resp) = http::parse_response(seen) else {
-                    // Not a status line where one should start: we lost
-                    // the framing; wait for one that is.
-                    conn.resp = RespPhase::Unframed;
-                    off = total;
-                    continue;
+                let resp = match http::parse_response(seen) {
+                    Ok(resp) => resp,
+                    Err(ParseError::Incomplete) if conn.pending.is_empty() => {
+                        off = total;
+                        continue;
+                    }
+                    Err(_) if conn.pending.is_empty() && conn.current.is_none() => {
+                        // Not a status line and nothing waits: the rest of a
+                        // response whose start was missed.
+                        conn.resp = RespPhase::Unframed;
+                        off = total;
+                        continue;
+                    }
+                    Err(_) => {
+                        lost(conn, sink, Unpaired::Malformed);
+                        off = total;
+                        continue;
+                    }
                 };
                 let head = resp.head_len.map_or(total - off, |h| h as u64);
                 if (100..200).contains(&resp.status) && resp.status != 101 {
@@ -69,13 +95,16 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     off += head;
                     continue;
                 }
+                off += head;
                 let Some(request) = conn.pending.pop_front() else {
-                    sink.unpaired(conn.origin, conn.port, Unpaired::ResponseWithoutRequest);
+                    sink.resync(conn.origin, conn.port, Unpaired::ResponseWithoutRequest);
                     conn.resp = match (resp.head_len, resp.body) {
-                        (Some(_), Framing::Length(n)) if n > 0 => RespPhase::Body(n),
-                        _ => RespPhase::Unframed,
+                        (None, _) => RespPhase::Unframed,
+                        (Some(_), Framing::Length(0)) => RespPhase::Start,
+                        (Some(_), Framing::Length(n)) => RespPhase::Body(n),
+                        (Some(_), Framing::Chunked) => RespPhase::Chunked(Chunked::default()),
+                        (Some(_), Framing::Close) => RespPhase::UntilClose,
                     };
-                    off += head;
                     continue;
                 };
                 let bodyless = http::bodyless(request.method, resp.status);
@@ -83,7 +112,6 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     request,
                     status: resp.status,
                 });
-                off += head;
                 if resp.status == 101 {
                     // Switching protocols: what follows is not HTTP/1.x.
                     complete_current(conn, ev, sink);
@@ -97,16 +125,27 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                         RespPhase::Start
                     }
                     (Some(_), false, Framing::Length(n)) => RespPhase::Body(n),
-                    (Some(_), false, Framing::Chunked) => RespPhase::Chunked,
+                    (Some(_), false, Framing::Chunked) => RespPhase::Chunked(Chunked::default()),
                     (Some(_), false, Framing::Close) => RespPhase::UntilClose,
                 };
-                if conn.resp == RespPhase::Chunked && off >= total {
+                if matches!(conn.resp, RespPhase::Chunked(_)) && off >= total {
                     // The whole write was the head; the chunks follow.
                     break;
                 }
             }
         }
     }
+}
+
+/// Framing lost where a response should start: the requests waiting can
+/// no longer be told which status line is theirs. They are dropped
+/// (counted with `reason`) and responses resume after the next request.
+fn lost(conn: &mut Conn, sink: &mut impl Sink, reason: Unpaired) {
+    if conn.pending.is_empty() && conn.current.is_none() {
+        return;
+    }
+    sink.resync(conn.origin, conn.port, reason);
+    drop_waiting(conn, sink, reason);
 }
 
 pub(super) fn on_sendfile(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
