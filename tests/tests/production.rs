@@ -11,7 +11,7 @@
 //! the link against its packet counters first: when those checks fail,
 //! the harness is wrong; every later failure is the agent's.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use apm_e2e::{
@@ -77,20 +77,24 @@ impl Scene {
     /// every packet within the MTU, at least `packets` each way), then
     /// the agent's numbers once they settle.
     fn observe(&self, truth: &Truth, packets: u64) -> (Observed, String) {
-        truth
-            .check_server_log(
-                self.nginx.port,
-                "nginx",
-                &self.nginx.log_counts().expect("nginx log"),
-            )
-            .expect("nginx ground truth");
-        truth
-            .check_server_log(
-                self.app.port,
-                "uvicorn",
-                &self.app.log_counts().expect("uvicorn log"),
-            )
-            .expect("uvicorn ground truth");
+        // The servers log a request once its response is written, which
+        // may be just after the client read it: retried for up to 5 s.
+        let logs = || -> Result<()> {
+            truth.check_server_log(self.nginx.port, "nginx", &self.nginx.log_counts()?)?;
+            truth.check_server_log(self.app.port, "uvicorn", &self.app.log_counts()?)?;
+            let timed = self.app.timings()?.len() as u64;
+            let sent = truth.total(self.app.port);
+            ensure!(
+                timed == sent,
+                "harness error: uvicorn timed {timed} requests, the client sent {sent}"
+            );
+            Ok(())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = logs() {
+            assert!(Instant::now() < deadline, "{e:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let counters = self.link.check_link(packets).expect("link");
         eprintln!("link: {counters:?}");
         let obs = Observed::settle(&self.agent, &self.services(), truth).expect("agent");
