@@ -4,6 +4,8 @@
 //! (inputs that once failed) and the seeds run through the same functions
 //! in the unit tests, so a fixed crash stays fixed without the fuzzer.
 
+mod streams;
+
 use std::sync::Arc;
 
 use apm_common::events::{PacketHeader, direction, tcp_flags};
@@ -16,6 +18,8 @@ use crate::{
     services::directory::{Directory, Services},
     telemetry::{metrics::Metrics, requests::Requests, synthetic},
 };
+
+pub use self::streams::streams;
 
 /// The HTTP parsers: never a panic, and what comes out is bounded by what
 /// went in and carries no query string.
@@ -183,6 +187,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("routes", routes),
     ("records", records),
     ("pairing", pairing),
+    ("streams", streams),
 ];
 
 #[cfg(test)]
