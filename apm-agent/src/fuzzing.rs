@@ -4,6 +4,8 @@
 //! (inputs that once failed) and the seeds run through the same functions
 //! in the unit tests, so a fixed crash stays fixed without the fuzzer.
 
+mod streams;
+
 use std::sync::Arc;
 
 use apm_common::events::{PacketHeader, direction, tcp_flags};
@@ -11,11 +13,13 @@ use apm_common::events::{PacketHeader, direction, tcp_flags};
 use crate::{
     protocols::{
         http::{self, Framing},
-        routes::{OVERFLOW_ROUTE, RouteConfig, Routes, is_route_word},
+        routes::{FILE_EXTENSIONS, OVERFLOW_ROUTE, RouteConfig, Routes, is_route_word},
     },
     services::directory::{Directory, Services},
     telemetry::{metrics::Metrics, requests::Requests, synthetic},
 };
+
+pub use self::streams::streams;
 
 /// The HTTP parsers: never a panic, and what comes out is bounded by what
 /// went in and carries no query string.
@@ -39,7 +43,8 @@ pub fn http(data: &[u8]) {
 }
 
 /// The route templater on newline-separated paths: templates stay within
-/// the caps, and every kept segment is a route word or a placeholder.
+/// the caps, and every kept segment is a route word or a placeholder, or a
+/// file name whose name is one of those and whose extension is known.
 pub fn routes(data: &[u8]) {
     let config = RouteConfig {
         max_routes: 20,
@@ -55,12 +60,14 @@ pub fn routes(data: &[u8]) {
             continue;
         }
         assert!(t.starts_with('/'), "{t:?} from {path:?}");
+        let word = |s: &str| {
+            matches!(s, "{id}" | "{uuid}" | "{hex}" | "{var}" | "{rest}") || is_route_word(s)
+        };
         for seg in t.split('/').filter(|s| !s.is_empty()) {
-            let placeholder = seg.starts_with('{') && seg.ends_with('}');
-            assert!(
-                placeholder || is_route_word(seg),
-                "{seg:?} in {t:?} from {path:?}"
-            );
+            let file = seg.rsplit_once('.').is_some_and(|(name, ext)| {
+                word(name) && FILE_EXTENSIONS.binary_search(&ext).is_ok()
+            });
+            assert!(word(seg) || file, "{seg:?} in {t:?} from {path:?}");
         }
         assert!(routes.count("fuzz") <= 20);
     }
@@ -180,6 +187,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("routes", routes),
     ("records", records),
     ("pairing", pairing),
+    ("streams", streams),
 ];
 
 #[cfg(test)]

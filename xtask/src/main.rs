@@ -192,6 +192,7 @@ fn fuzz_table(outcomes: &[fuzz::Outcome], seconds: u64) -> String {
             "http" => "request and status-line parsers",
             "routes" => "route templater (placeholders, caps)",
             "records" => "ring-record decoding, reassembly, pairing, recording",
+            "streams" => "HTTP and RESP conversations cut, lost, repeated, reordered",
             _ => "packet streams with loss, retransmission, FIN/RST",
         };
         s.push_str(&format!(

@@ -8,6 +8,11 @@
 //!    else becomes a placeholder: `{id}` (digits), `{uuid}`, `{hex}` (16+
 //!    hex digits) or `{var}` (emails, keys, tokens, JWTs, `host:port`,
 //!    percent-encoded or mixed-case text, long or random-looking words).
+//!    A file name, a name and a known lower-case extension
+//!    ([`FILE_EXTENSIONS`]: `index.html`, `favicon.ico`, `app.js`), is
+//!    kept whole when the name is a route word; otherwise the name alone
+//!    becomes its placeholder and the extension stays: `app.3f9a2b1c.js`
+//!    is `{var}.js`, `12345.png` is `{id}.png`.
 //! 3. The backstop: a parent with more than `max_children` distinct child
 //!    segments collapses new ones into `{var}`, and a service has at most
 //!    `max_routes` routes; later ones are reported as [`OVERFLOW_ROUTE`]
@@ -31,6 +36,15 @@ const MAX_WORD: usize = 32;
 const MAX_RUN: usize = 20;
 /// Segments kept per route; deeper paths end in `/{rest}`.
 const MAX_DEPTH: usize = 16;
+/// Extensions that make a segment a file name (`name.ext`), sorted for
+/// binary search: static assets, documents and script pages.
+#[rustfmt::skip]
+pub const FILE_EXTENSIONS: &[&str] = &[
+    "asp", "aspx", "atom", "avif", "bmp", "css", "csv", "eot", "gif", "gz", "htm", "html", "ico",
+    "jpeg", "jpg", "js", "json", "jsp", "map", "md", "mjs", "mp3", "mp4", "ogg", "otf", "pdf",
+    "php", "png", "rss", "svg", "ttf", "txt", "wasm", "wav", "webm", "webmanifest", "webp",
+    "woff", "woff2", "xml", "yaml", "yml", "zip",
+];
 /// Templated paths remembered (all services); the memo starts over when
 /// it is full, so a flood of distinct paths costs what it did without it.
 const MEMO_MAX: usize = 4096;
@@ -266,16 +280,33 @@ impl Routes {
 /// The template form of one raw segment (its `;params` already dropped).
 fn classify(seg: &str) -> std::borrow::Cow<'_, str> {
     if is_route_word(seg) {
-        seg.into()
-    } else if seg.bytes().all(|b| b.is_ascii_digit()) {
-        "{id}".into()
-    } else if is_uuid(seg) {
-        "{uuid}".into()
-    } else if seg.len() >= 16 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
-        "{hex}".into()
-    } else {
-        "{var}".into()
+        return seg.into();
     }
+    match file_name(seg) {
+        Some((name, _)) if is_route_word(name) => seg.into(),
+        Some((name, ext)) => format!("{}.{ext}", placeholder(name)).into(),
+        None => placeholder(seg).into(),
+    }
+}
+
+/// The placeholder of a segment (or file name) that is not a route word.
+fn placeholder(seg: &str) -> &'static str {
+    if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+        "{id}"
+    } else if is_uuid(seg) {
+        "{uuid}"
+    } else if seg.len() >= 16 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        "{hex}"
+    } else {
+        "{var}"
+    }
+}
+
+/// `seg` as a file name: a non-empty name and an extension of
+/// [`FILE_EXTENSIONS`], split at the last dot.
+pub fn file_name(seg: &str) -> Option<(&str, &str)> {
+    let (name, ext) = seg.rsplit_once('.')?;
+    (!name.is_empty() && FILE_EXTENSIONS.binary_search(&ext).is_ok()).then_some((name, ext))
 }
 
 /// A segment that reads like a word of a route table: at most MAX_WORD
@@ -372,7 +403,11 @@ mod tests {
                 "/t/{var}",
             ),
             ("/proxy/db.internal:5432/q", "/proxy/{var}/q"),
-            ("/files/report.pdf", "/files/{var}"),
+            ("/files/report.pdf", "/files/report.pdf"),
+            ("/files/alice@example.com.pdf", "/files/{var}.pdf"),
+            ("/files/.pdf", "/files/{var}"),
+            ("/files/report.PDF", "/files/{var}"),
+            ("/files/report.exe", "/files/{var}"),
             ("/u/%61lice", "/u/{var}"),
             ("/u/Alice", "/u/{var}"),
             ("/u/user42", "/u/{var}"),
@@ -385,6 +420,40 @@ mod tests {
         ] {
             assert_eq!(t(&mut r, &s, path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn static_file_names_stay_when_their_name_is_a_route_word() {
+        let (mut r, s) = routes();
+        for (path, want) in [
+            ("/small.txt", "/small.txt"),
+            ("/favicon.ico", "/favicon.ico"),
+            ("/index.html", "/index.html"),
+            ("/static/app.js", "/static/app.js"),
+            ("/fonts/inter-bold.woff2", "/fonts/inter-bold.woff2"),
+            ("/api/v2.json", "/api/v2.json"),
+            ("/robots.txt;jsessionid=1", "/robots.txt"),
+            // The name part still goes through the privacy rules.
+            ("/assets/app.3f9a2b1c.js", "/assets/{var}.js"),
+            ("/assets/app-3f9a2b1c.css", "/assets/{var}.css"),
+            ("/u/12345.png", "/u/{id}.png"),
+            ("/b/deadbeefcafebabe0123.map", "/b/{hex}.map"),
+            (
+                "/d/550e8400-e29b-41d4-a716-446655440000.json",
+                "/d/{uuid}.json",
+            ),
+            ("/k/xqzvbnmtrkwpl.txt", "/k/{var}.txt"),
+            ("/u/Alice.jpg", "/u/{var}.jpg"),
+            ("/t/sk_live_4eC39HqLyjWDarjtT1zdp7dc.json", "/t/{var}.json"),
+            // Not a known extension: a dotted segment stays a placeholder.
+            ("/proxy/example.com", "/proxy/{var}"),
+            ("/.env", "/{var}"),
+        ] {
+            assert_eq!(t(&mut r, &s, path), want, "{path}");
+        }
+        assert!(FILE_EXTENSIONS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(file_name("a.b.js"), Some(("a.b", "js")));
+        assert_eq!(file_name("js"), None);
     }
 
     #[test]

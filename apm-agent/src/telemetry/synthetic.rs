@@ -1,6 +1,6 @@
 //! Synthetic ring-buffer records for tests and benchmarks.
 
-use apm_common::events::{DATA_CAP, EventHeader, EventKind, PacketHeader};
+use apm_common::events::{ConnectEvent, DATA_CAP, EventHeader, EventKind, PacketHeader};
 
 /// The bytes of a plain-integer repr(C) header followed by `data`,
 /// padded to a full record.
@@ -46,4 +46,21 @@ pub fn record(kind: EventKind, ts_ns: u64, tgid: u32, fd: u32, port: u16, data: 
         tail: [0; 8],
     };
     with_payload(&header, data)
+}
+
+/// A connect record: process `tgid` opened socket `cookie` to `addr`
+/// (IPv6 or IPv4-mapped) at `port`.
+pub fn connect(cookie: u64, tgid: u32, addr: [u8; 16], port: u16) -> Vec<u8> {
+    let event = ConnectEvent {
+        kind: EventKind::Connect as u32,
+        tgid,
+        cookie,
+        addr,
+        port,
+        _pad: [0; 6],
+    };
+    let size = std::mem::size_of::<ConnectEvent>();
+    // SAFETY: ConnectEvent is repr(C) plain integers; viewing it as its
+    // bytes is sound.
+    unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size) }.to_vec()
 }

@@ -4,11 +4,12 @@
 //! time: `data` is what the capture saw of a piece of `total` bytes. It
 //! keeps no key or value: a frame comes out as its type, an [`Outcome`]
 //! (nil, empty, zero, error or a value), the outcome of each direct child
-//! of a top-level aggregate (EXEC's replies) and the first bytes of its
-//! first two string children (a command's name and subcommand, or a push
-//! message's kind). Bulk payloads are skipped by their length, so a value
-//! longer than the capture costs nothing; a frame header the capture did
-//! not see is a [`Desync::Truncated`].
+//! of a top-level aggregate (EXEC's replies), how many direct children it
+//! has, the value of its last integer child (a subscription count) and the
+//! first bytes of its first two string children (a command's name and
+//! subcommand, or a push message's kind). Bulk payloads are skipped by
+//! their length, so a value longer than the capture costs nothing; a frame
+//! header the capture did not see is a [`Desync::Truncated`].
 
 pub mod commands;
 #[cfg(test)]
@@ -73,7 +74,11 @@ pub struct Frame {
     pub words: [Word; 2],
     /// Outcomes of the direct children, up to [`MAX_CHILDREN`].
     pub children: Vec<Outcome>,
-    /// Direct children seen (all of them, not only those kept).
+    /// The value of the last integer direct child (a subscription
+    /// confirmation's count).
+    pub int: Option<i64>,
+    /// Direct children seen (all of them, not only those kept), or an
+    /// inline command's words.
     seen: usize,
 }
 
@@ -82,11 +87,17 @@ impl Frame {
         self.words.get(i).and_then(Word::bytes)
     }
 
+    /// Direct children, all counted: a command's name and arguments.
+    pub fn arity(&self) -> usize {
+        self.seen
+    }
+
     fn clear(&mut self) {
         self.kind = 0;
         self.outcome = Outcome::Value;
         self.words = [Word::default(); 2];
         self.children.clear();
+        self.int = None;
         self.seen = 0;
     }
 }
@@ -303,8 +314,10 @@ impl Parser {
                 for slot in 0..2 {
                     if let Some(w) = words.next() {
                         self.frame.words[slot].push(w);
+                        self.frame.seen += 1;
                     }
                 }
+                self.frame.seen += words.count();
                 if self.frame.words[0].set {
                     self.value(Outcome::Value, on_frame);
                 } else {
@@ -317,7 +330,10 @@ impl Parser {
             }
             b'-' => self.value(Outcome::Error, on_frame),
             b':' => {
-                number(line)?;
+                let n = number(line)?;
+                if self.depth == 1 && self.attributes == 0 {
+                    self.frame.int = Some(n);
+                }
                 let outcome = if line == b"0" {
                     Outcome::Zero
                 } else {

@@ -76,6 +76,26 @@ fn nested_aggregates_count_as_one_frame_with_children() {
 }
 
 #[test]
+fn arity_and_integer_children() {
+    let cmds = frames(
+        true,
+        &[
+            b"*4\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n",
+            b"unsubscribe x  y\r\n",
+        ],
+    )
+    .expect("commands");
+    assert_eq!((cmds[0].arity(), cmds[1].arity()), (4, 3));
+    let confirmations =
+        b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:12\r\n";
+    let f = frames(false, &[confirmations, b":5\r\n"]).expect("confirmations");
+    assert_eq!((f[0].int, f[1].int), (Some(0), Some(12)));
+    assert_eq!(f[0].word(1), None);
+    // A top-level integer is not a child.
+    assert_eq!(f[2].int, None);
+}
+
+#[test]
 fn resp3_maps_sets_pushes_and_attributes() {
     let hello = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n";
     let push = b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n";

@@ -3,8 +3,14 @@
 //!
 //! Pipelines pair one reply to one command; MULTI's queued commands are
 //! answered `+QUEUED` and their results come in EXEC's reply, child by
-//! child; pub/sub push messages are not replies, and a subscription
-//! command is answered by its first confirmation. A gap (bytes never seen)
+//! child. Pub/sub is followed only once a subscription command was sent:
+//! it is answered by its first confirmation, and the others it gets (one
+//! per channel named, or per channel subscribed for an UNSUBSCRIBE naming
+//! none) are not replies. An array that starts like a confirmation is one
+//! only when such a command waits for it or, in RESP2, while the connection
+//! is subscribed (then message arrays are pushes too); otherwise it is a
+//! reply (SMEMBERS of a set holding "subscribe"). RESP3 pushes (`>`) are
+//! never replies. A gap (bytes never seen)
 //! drops the commands waiting on it and resyncs: commands at the next
 //! piece that starts like a command, replies once a command after it
 //! arrives. A reply whose framing is lost (a header past the capture)
@@ -87,6 +93,64 @@ pub trait CommandSink {
 struct Pending {
     cmd: Command,
     start_ns: u64,
+    /// Arguments after the name: the channels a subscription command names.
+    args: u32,
+}
+
+/// A connection's subscriptions, as the server's confirmations count them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Subs {
+    channels: u64,
+    patterns: u64,
+    shards: u64,
+    /// The subscription command answered last and how many of its
+    /// confirmations are still to come.
+    more: Option<(Command, u64)>,
+    /// Pushes were seen: confirmations and messages come as `>`, so arrays
+    /// are replies even while subscribed.
+    resp3: bool,
+}
+
+impl Subs {
+    /// RESP2's subscribed mode: arrays are confirmations, messages, or
+    /// PING's `pong`.
+    fn subscribed(&self) -> bool {
+        !self.resp3 && (self.channels > 0 || self.patterns > 0 || self.shards > 0)
+    }
+
+    /// Subscriptions of the kind a confirmation of kind `word` is about.
+    fn of(&self, word: &[u8]) -> u64 {
+        match word {
+            b"subscribe" | b"unsubscribe" => self.channels,
+            b"psubscribe" | b"punsubscribe" => self.patterns,
+            _ => self.shards,
+        }
+    }
+
+    /// A confirmation's count: channels and patterns together, shard
+    /// channels on their own.
+    fn count(&mut self, word: &[u8], count: Option<i64>) {
+        let Some(n) = count.and_then(|n| u64::try_from(n).ok()) else {
+            return;
+        };
+        match word {
+            b"subscribe" | b"unsubscribe" => {
+                self.patterns = self.patterns.min(n);
+                self.channels = n - self.patterns;
+            }
+            b"psubscribe" | b"punsubscribe" => {
+                self.channels = self.channels.min(n);
+                self.patterns = n - self.channels;
+            }
+            _ => self.shards = n,
+        }
+    }
+}
+
+/// Whether a confirmation of kind `word` answers `cmd` (`subscribe`
+/// answers SUBSCRIBE, `punsubscribe` PUNSUBSCRIBE).
+fn confirms(cmd: Command, word: &[u8]) -> bool {
+    cmd.kind == Kind::Subscription && cmd.name.as_bytes().eq_ignore_ascii_case(word)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +171,7 @@ struct Conn {
     /// Commands answered `+QUEUED`, waiting for EXEC.
     queued: Vec<Command>,
     multi: bool,
-    subscribed: bool,
+    subs: Subs,
     /// When the command being parsed began.
     cmd_start_ns: u64,
     /// Commands lost track of: wait for a piece that starts like one.
@@ -157,7 +221,7 @@ impl Tracker {
                 pending: VecDeque::new(),
                 queued: Vec::new(),
                 multi: false,
-                subscribed: false,
+                subs: Subs::default(),
                 cmd_start_ns: ev.ts_ns,
                 commands_lost: false,
                 reply_state: if reply_first {
@@ -207,6 +271,7 @@ impl Tracker {
             sink.unpaired(&c.peer, Unpaired::Gap);
         }
         c.queued.clear();
+        c.subs.more = None;
         c.commands.reset();
         c.commands_lost = true;
         c.reply_state = Replies::Lost;
@@ -286,6 +351,7 @@ fn on_commands(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut imp
                 pending.push_back(Pending {
                     cmd,
                     start_ns: start.get(),
+                    args: u32::try_from(f.arity().saturating_sub(1)).unwrap_or(u32::MAX),
                 });
             }
         },
@@ -312,7 +378,7 @@ fn on_replies(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut impl
         pending,
         queued,
         multi,
-        subscribed,
+        subs,
         ..
     } = c;
     let mut state = ReplyCtx {
@@ -320,7 +386,7 @@ fn on_replies(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut impl
         pending,
         queued,
         multi,
-        subscribed,
+        subs,
         ts_ns,
     };
     let result = replies.feed(data, total, || {}, |f| state.reply(f, sink));
@@ -335,23 +401,30 @@ struct ReplyCtx<'a> {
     pending: &'a mut VecDeque<Pending>,
     queued: &'a mut Vec<Command>,
     multi: &'a mut bool,
-    subscribed: &'a mut bool,
+    subs: &'a mut Subs,
     ts_ns: u64,
 }
 
 impl ReplyCtx<'_> {
     fn reply(&mut self, f: &Frame, sink: &mut impl CommandSink) {
         let first = f.word(0).unwrap_or(&[]);
-        let push = f.kind == b'>' || (*self.subscribed && f.kind == b'*');
-        if push && commands::is_message(first) {
+        if f.kind == b'>' {
+            self.subs.resp3 = true;
+            if commands::is_confirmation(first) {
+                self.confirmation(f, first, sink);
+            }
+            // Messages and other pushes (client-side caching
+            // invalidations) are not replies.
             return;
         }
-        if matches!(f.kind, b'>' | b'*') && commands::is_confirmation(first) {
+        let subscribed = self.subs.subscribed();
+        if f.kind == b'*' && commands::is_confirmation(first) && (subscribed || self.awaits(first))
+        {
             self.confirmation(f, first, sink);
             return;
         }
-        if f.kind == b'>' {
-            // Other pushes (client-side caching invalidations).
+        self.subs.more = None;
+        if subscribed && f.kind == b'*' && commands::is_message(first) {
             return;
         }
         let Some(p) = self.pending.pop_front() else {
@@ -386,7 +459,7 @@ impl ReplyCtx<'_> {
             }
             Kind::Reset => {
                 *self.multi = false;
-                *self.subscribed = false;
+                *self.subs = Subs::default();
                 self.queued.clear();
             }
             _ => {}
@@ -398,21 +471,46 @@ impl ReplyCtx<'_> {
         );
     }
 
-    /// A subscription confirmation answers the subscription command
-    /// waiting first; the confirmations of its other channels are not
-    /// replies.
-    fn confirmation(&mut self, f: &Frame, kind: &[u8], sink: &mut impl CommandSink) {
-        let unsubscribe = kind.ends_with(b"unsubscribe");
-        // The third element is the number of subscriptions left.
-        *self.subscribed = !(unsubscribe && f.children.get(2) == Some(&Outcome::Zero));
-        if self
-            .pending
-            .front()
-            .is_some_and(|p| p.cmd.kind == Kind::Subscription)
-            && let Some(p) = self.pending.pop_front()
+    /// Whether a confirmation of kind `word` is waited for: another of
+    /// the command answered last, or the first of the command waiting.
+    fn awaits(&self, word: &[u8]) -> bool {
+        self.subs.more.is_some_and(|(cmd, _)| confirms(cmd, word))
+            || self.pending.front().is_some_and(|p| confirms(p.cmd, word))
+    }
+
+    /// A subscription confirmation: the rest of the command answered last,
+    /// or the answer of the subscription command waiting first; one that
+    /// nothing waits for (subscribed, or pushed) is not a reply.
+    fn confirmation(&mut self, f: &Frame, word: &[u8], sink: &mut impl CommandSink) {
+        let before = self.subs.of(word);
+        self.subs.count(word, f.int);
+        if let Some((cmd, left)) = &mut self.subs.more
+            && confirms(*cmd, word)
         {
-            sink.completed(self.peer, p.cmd, self.ts_ns.saturating_sub(p.start_ns));
-            sink.result(self.peer, p.cmd, CacheResult::Ok);
+            *left -= 1;
+            if *left == 0 {
+                self.subs.more = None;
+            }
+            return;
+        }
+        self.subs.more = None;
+        if !self.pending.front().is_some_and(|p| confirms(p.cmd, word)) {
+            return;
+        }
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        sink.completed(self.peer, p.cmd, self.ts_ns.saturating_sub(p.start_ns));
+        sink.result(self.peer, p.cmd, CacheResult::Ok);
+        // One confirmation per channel named; an unsubscribe naming none
+        // gets one per channel subscribed, or one if there is none.
+        let expected = match p.args {
+            0 if word.ends_with(b"unsubscribe") => before.max(1),
+            0 => 1,
+            n => u64::from(n),
+        };
+        if expected > 1 {
+            self.subs.more = Some((p.cmd, expected - 1));
         }
     }
 }

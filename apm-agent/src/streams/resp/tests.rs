@@ -239,3 +239,182 @@ fn close_and_errors() {
     assert_eq!(c.r.unpaired, vec![Unpaired::ClosedMidRequest]);
     assert_eq!(c.t.connections(), 0);
 }
+
+/// A RESP2 confirmation (or any three-element array) of `kind`, `channel`
+/// (nil for `None`) and `count`.
+fn confirmation(kind: &str, channel: Option<&str>, count: u64) -> Vec<u8> {
+    let channel = channel.map_or_else(
+        || "$-1\r\n".to_owned(),
+        |c| format!("${}\r\n{c}\r\n", c.len()),
+    );
+    format!("*3\r\n${}\r\n{kind}\r\n{channel}:{count}\r\n", kind.len()).into_bytes()
+}
+
+fn names(c: &Conn1) -> Vec<&'static str> {
+    c.r.done.iter().map(|d| d.0).collect()
+}
+
+#[test]
+fn a_reply_that_looks_like_a_confirmation_answers_its_command() {
+    let mut c = Conn1::new();
+    c.cmd(1, &array(&["SMEMBERS", "topics"]));
+    c.reply(2, &array(&["subscribe", "newsletter"]));
+    c.cmd(3, &array(&["GET", "k"]));
+    c.reply(4, b"$-1\r\n");
+    assert_eq!(c.r.done, vec![("SMEMBERS", 1), ("GET", 1)]);
+    assert_eq!(
+        c.r.results,
+        vec![("SMEMBERS", CacheResult::Hit), ("GET", CacheResult::Miss)]
+    );
+    assert!(c.r.unpaired.is_empty());
+    // Nor does it leave the connection subscribed: a message-like array
+    // is a reply too.
+    c.cmd(5, &array(&["LRANGE", "l", "0", "-1"]));
+    c.reply(6, &array(&["message", "news", "hi"]));
+    assert_eq!(names(&c), vec!["SMEMBERS", "GET", "LRANGE"]);
+}
+
+#[test]
+fn confirmation_like_replies_in_a_pipeline_pair_exactly() {
+    let mut c = Conn1::new();
+    let mut cmds = array(&["GET", "a"]);
+    cmds.extend(array(&["SMEMBERS", "s"]));
+    cmds.extend(array(&["SET", "k", "v"]));
+    cmds.extend(array(&["SMEMBERS", "t"]));
+    cmds.extend(array(&["LRANGE", "l", "0", "-1"]));
+    cmds.extend(array(&["PING"]));
+    c.cmd(10, &cmds);
+    let mut replies = b"$1\r\nx\r\n".to_vec();
+    replies.extend(array(&["subscribe", "newsletter"]));
+    replies.extend_from_slice(b"+OK\r\n");
+    replies.extend(confirmation("unsubscribe", Some("x"), 0));
+    replies.extend(array(&["psubscribe", "p*", "q*"]));
+    replies.extend_from_slice(b"+PONG\r\n");
+    c.reply(20, &replies);
+    assert_eq!(
+        names(&c),
+        vec!["GET", "SMEMBERS", "SET", "SMEMBERS", "LRANGE", "PING"]
+    );
+    assert!(c.r.done.iter().all(|&(_, d)| d == 10));
+    assert_eq!(c.r.results.len(), 6);
+    assert!(c.r.unpaired.is_empty());
+}
+
+#[test]
+fn each_channel_gets_its_confirmation() {
+    let mut c = Conn1::new();
+    c.cmd(1, &array(&["SUBSCRIBE", "a", "b", "c"]));
+    let mut replies = Vec::new();
+    for (i, ch) in ["a", "b", "c"].iter().enumerate() {
+        replies.extend(confirmation("subscribe", Some(ch), i as u64 + 1));
+    }
+    c.reply(2, &replies);
+    // Subscribed (RESP2): messages are pushes, PING's reply is an array.
+    c.reply(3, &array(&["message", "a", "hello"]));
+    c.cmd(4, &array(&["PING"]));
+    c.reply(5, &array(&["pong", ""]));
+    // A pipeline: the second UNSUBSCRIBE's confirmation is not taken for
+    // the first's, which names none and gets one per channel left (a, c).
+    let mut cmds = array(&["UNSUBSCRIBE", "b"]);
+    cmds.extend(array(&["PSUBSCRIBE", "p*"]));
+    cmds.extend(array(&["UNSUBSCRIBE"]));
+    cmds.extend(array(&["UNSUBSCRIBE", "z"]));
+    cmds.extend(array(&["PUNSUBSCRIBE"]));
+    c.cmd(10, &cmds);
+    let mut replies = confirmation("unsubscribe", Some("b"), 2);
+    replies.extend(confirmation("psubscribe", Some("p*"), 3));
+    replies.extend(confirmation("unsubscribe", Some("a"), 2));
+    replies.extend(confirmation("unsubscribe", Some("c"), 1));
+    c.reply(11, &replies);
+    c.reply(12, &array(&["pmessage", "p*", "p1", "hi"]));
+    c.reply(13, &confirmation("unsubscribe", Some("z"), 1));
+    c.reply(14, &confirmation("punsubscribe", Some("p*"), 0));
+    // Not subscribed any more: arrays are replies again.
+    c.cmd(20, &array(&["SMEMBERS", "s"]));
+    c.reply(21, &array(&["subscribe", "newsletter"]));
+    assert_eq!(
+        c.r.done,
+        vec![
+            ("SUBSCRIBE", 1),
+            ("PING", 1),
+            ("UNSUBSCRIBE", 1),
+            ("PSUBSCRIBE", 1),
+            ("UNSUBSCRIBE", 1),
+            ("UNSUBSCRIBE", 3),
+            ("PUNSUBSCRIBE", 4),
+            ("SMEMBERS", 1),
+        ]
+    );
+    assert!(c.r.unpaired.is_empty());
+}
+
+#[test]
+fn unsubscribing_from_nothing_and_subscribing_to_nothing() {
+    let mut c = Conn1::new();
+    // One confirmation with a nil channel.
+    let mut cmds = array(&["UNSUBSCRIBE"]);
+    cmds.extend(array(&["GET", "k"]));
+    c.cmd(1, &cmds);
+    let mut replies = confirmation("unsubscribe", None, 0);
+    replies.extend_from_slice(b"$1\r\nv\r\n");
+    c.reply(2, &replies);
+    // No channel: an error, not a confirmation.
+    let mut cmds = array(&["SUBSCRIBE"]);
+    cmds.extend(array(&["SMEMBERS", "s"]));
+    c.cmd(3, &cmds);
+    let mut replies = b"-ERR wrong number of arguments for 'subscribe' command\r\n".to_vec();
+    replies.extend(array(&["subscribe", "x"]));
+    c.reply(4, &replies);
+    assert_eq!(
+        names(&c),
+        vec!["UNSUBSCRIBE", "GET", "SUBSCRIBE", "SMEMBERS"]
+    );
+    assert_eq!(c.r.results[2], ("SUBSCRIBE", CacheResult::Error));
+    assert_eq!(c.r.results[3], ("SMEMBERS", CacheResult::Hit));
+    assert!(c.r.unpaired.is_empty());
+    // An inline subscription counts its words.
+    let mut c = Conn1::new();
+    c.cmd(1, b"subscribe a b\r\n");
+    let mut replies = confirmation("subscribe", Some("a"), 1);
+    replies.extend(confirmation("subscribe", Some("b"), 2));
+    c.reply(2, &replies);
+    c.cmd(3, b"unsubscribe b\r\n");
+    c.reply(4, &confirmation("unsubscribe", Some("b"), 1));
+    assert_eq!(names(&c), vec!["SUBSCRIBE", "UNSUBSCRIBE"]);
+}
+
+#[test]
+fn resp3_pushes_are_never_replies_and_arrays_always_are() {
+    let mut c = Conn1::new();
+    c.cmd(1, &array(&["SUBSCRIBE", "a", "b"]));
+    c.reply(
+        2,
+        b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+    );
+    // Subscribed, yet commands are answered as usual and arrays that look
+    // like confirmations or messages are their replies.
+    let mut cmds = array(&["SMEMBERS", "s"]);
+    cmds.extend(array(&["LRANGE", "l", "0", "-1"]));
+    cmds.extend(array(&["GET", "k"]));
+    c.cmd(3, &cmds);
+    c.reply(4, &array(&["subscribe", "newsletter"]));
+    c.reply(5, b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n");
+    c.reply(6, &array(&["message", "a", "hi"]));
+    // A confirmation pushed while GET waits answers nothing.
+    c.reply(7, b">3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:1\r\n");
+    c.reply(8, b"_\r\n");
+    c.cmd(9, &array(&["UNSUBSCRIBE"]));
+    c.reply(10, b">3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
+    assert_eq!(
+        c.r.done,
+        vec![
+            ("SUBSCRIBE", 1),
+            ("SMEMBERS", 1),
+            ("LRANGE", 3),
+            ("GET", 5),
+            ("UNSUBSCRIBE", 1),
+        ]
+    );
+    assert_eq!(c.r.results[3], ("GET", CacheResult::Miss));
+    assert!(c.r.unpaired.is_empty());
+}
