@@ -335,11 +335,11 @@ impl Sink for Tally {
     fn completed(&mut self, done: Completed) {
         self.http[id(done.origin)].completed += 1;
     }
-    fn unpaired(&mut self, origin: Origin, _: u16, reason: Unpaired) {
-        if stands_for_a_request(reason) {
-            self.http[id(origin)].lost += 1;
-        }
+    fn unpaired(&mut self, origin: Origin, _: u16, _: Unpaired) {
+        // Each stands for one request seen.
+        self.http[id(origin)].lost += 1;
     }
+    fn resync(&mut self, _: Origin, _: u16, _: Unpaired) {}
 }
 
 impl CommandSink for Tally {
@@ -465,6 +465,8 @@ pub fn streams(data: &[u8]) {
             } else {
                 side::SERVER
             },
+            // Where the server's FIN sits: after its last byte.
+            seq: conn.seq.wrapping_add(conn.streams[1].len() as u32),
             flags,
             ..Default::default()
         };
@@ -478,8 +480,10 @@ pub fn streams(data: &[u8]) {
     let fits = max >= n;
     for (i, conn) in conns.iter().enumerate() {
         let (http, resp) = (tally.http[i + 1], tally.resp[i + 1]);
-        assert!(
-            http.announced <= http.completed + http.lost,
+        // Every request seen ends once: completed or unpaired.
+        assert_eq!(
+            http.announced,
+            http.completed + http.lost,
             "connection {i}: {http:?}"
         );
         if !fits {

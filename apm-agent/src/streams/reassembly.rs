@@ -261,10 +261,12 @@ impl Reassembly {
         let d = &mut stream.dirs[usize::from(dir.min(1))];
         loop {
             let first = d.held.front()?;
-            // Where the direction starts is still unknown: a gap once given up.
+            // Where the direction starts is still unknown: once given up,
+            // it starts here (joined mid-stream: the parsers resync; no
+            // byte that was followed is missing, so no gap).
             let next = match d.next {
                 Some(next) => next,
-                None if d.give_up => first.header.seq.wrapping_sub(1),
+                None if d.give_up => first.header.seq,
                 None => return None,
             };
             let start_ahead = ahead(first.header.seq, next);

@@ -237,14 +237,15 @@ fn a_first_segment_that_starts_no_message_waits_for_an_earlier_one() {
     assert_eq!(first(&mut r, 1, 0, 1010, b"rest of head"), Verdict::Held);
     assert_eq!(first(&mut r, 1, 0, 1000, b"GET /a HTT"), NEW);
     assert_eq!(drain(&mut r, 1, 0), vec![(1010, 0, false)]);
-    // A connection joined mid-stream: its first bytes are given up on
-    // after the window, as a gap.
+    // A connection joined mid-stream: after the window, its first bytes
+    // start the direction (the parsers resync).
     assert_eq!(first(&mut r, 2, 0, 50, b"body"), Verdict::Held);
+    assert_eq!(first(&mut r, 2, 0, 54, b"more"), Verdict::Held);
     assert_eq!(
         r.expire(REORDER_WINDOW_NS + 1, REORDER_WINDOW_NS),
         vec![(2, 0)]
     );
-    assert_eq!(drain(&mut r, 2, 0), vec![(50, 0, true)]);
+    assert_eq!(drain(&mut r, 2, 0), vec![(50, 0, false), (54, 0, false)]);
 }
 
 #[test]
