@@ -14,6 +14,7 @@
 pub mod pairing;
 pub mod reassembly;
 pub mod resp;
+pub mod table;
 #[cfg(test)]
 mod tests;
 
