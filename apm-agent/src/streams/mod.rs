@@ -201,11 +201,13 @@ impl Streams {
                     EventKind::Read => starts_like_command(ev.data),
                     _ => starts_like_reply(ev.data),
                 };
-                if resp
-                    && self.tracker.yield_fresh(ev.conn)
-                    && self.resp.open(ev, peer(ev, server), sink)
-                {
-                    self.resp.handle(ev, sink);
+                if resp && self.tracker.yield_fresh(ev.conn) {
+                    // Not handed to HTTP when the RESP table is full: it
+                    // counted the piece (table_full), and HTTP would only
+                    // find it is not HTTP.
+                    if self.resp.open(ev, peer(ev, server), sink) {
+                        self.resp.handle(ev, sink);
+                    }
                     return;
                 }
                 if server.is_none() {
@@ -241,20 +243,4 @@ fn peer(ev: &Event<'_>, server: Option<IpAddr>) -> Peer {
         port: ev.port,
         server,
     }
-}
-
-/// Removes and returns the connections of `conns` idle for longer than
-/// `idle_ns` (both pairings sweep their tables with it).
-fn take_idle<C>(
-    conns: &mut FxHashMap<u64, C>,
-    now_ns: u64,
-    idle_ns: u64,
-    last_seen_ns: impl Fn(&C) -> u64,
-) -> Vec<C> {
-    let stale: Vec<u64> = conns
-        .iter()
-        .filter(|(_, c)| now_ns.saturating_sub(last_seen_ns(c)) > idle_ns)
-        .map(|(k, _)| *k)
-        .collect();
-    stale.into_iter().filter_map(|k| conns.remove(&k)).collect()
 }

@@ -15,6 +15,9 @@ use std::hash::BuildHasherDefault;
 use lru::LruCache;
 use rustc_hash::FxHasher;
 
+/// Entries idle this long may be evicted to make room for a new one.
+pub const EVICTABLE_NS: u64 = 1_000_000_000;
+
 /// What the table needs of a value: when its connection was last seen.
 pub trait LastSeen {
     fn last_seen_ns(&self) -> u64;

@@ -124,3 +124,21 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
     assert!(sink.http.is_empty() && sink.unpaired.is_empty());
 }
+
+#[test]
+fn a_full_resp_table_counts_commands_once_and_leaves_them_out_of_http() {
+    let (mut s, mut sink) = (Streams::new(2), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    for cookie in 1..=3 {
+        let ping = segment(cookie, i, side::SERVER, 0, b"*1\r\n$4\r\nPING\r\n");
+        s.handle_record(&ping, &mut sink).expect("record");
+    }
+    // The third connection's command: table_full, and not not_http.
+    assert_eq!(sink.unpaired, [Unpaired::TableFull]);
+    assert_eq!(s.connections(), 2);
+    // Its reply carries no command: nothing more is counted.
+    s.handle_record(&segment(3, e, side::SERVER, 0, b"+PONG\r\n"), &mut sink)
+        .expect("record");
+    assert_eq!(sink.unpaired, [Unpaired::TableFull]);
+    assert_eq!(s.connections(), 2);
+}

@@ -19,7 +19,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use apm_common::events::EventKind;
 
-use super::table::{Full, LastSeen, Table};
+use super::table::{EVICTABLE_NS, Full, LastSeen, Table};
 use crate::protocols::{
     http::{self, Method},
     routes::Route,
@@ -231,9 +231,6 @@ pub struct InFlight {
     pub route: Arc<str>,
     pub start_ns: u64,
 }
-
-/// Connections idle this long may be evicted to make room for a new one.
-const EVICTABLE_NS: u64 = 1_000_000_000;
 
 pub struct Tracker {
     /// Keyed by kernel-made ids (socket cookies, tgid and fd).
