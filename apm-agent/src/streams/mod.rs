@@ -24,12 +24,12 @@ use apm_common::events::{
     ConnectEvent, EventHeader, EventKind, PacketHeader, direction, ip_of, record_kind, side,
     tcp_flags,
 };
-use rustc_hash::FxHashMap;
 
 use self::{
     pairing::{Event, InFlight, Origin, Sink, Tracker},
     reassembly::{Reassembly, Verdict},
     resp::{CommandSink, Peer},
+    table::{EVICTABLE_NS, LastSeen, Table},
 };
 use crate::protocols::resp::{starts_like_command, starts_like_reply};
 
@@ -46,10 +46,23 @@ pub struct Streams {
     tracker: Tracker,
     resp: resp::Tracker,
     reassembly: Reassembly,
-    /// Client connections from their connect records: socket cookie →
-    /// (the connecting process, the server's address).
-    outbound: FxHashMap<u64, (u32, IpAddr)>,
-    max_connections: usize,
+    /// Client connections from their connect records, by socket cookie.
+    outbound: Table<Outbound>,
+    /// The latest time of a packet or a sweep: a connect record has none.
+    now_ns: u64,
+}
+
+/// A client connection: the connecting process and the server's address.
+struct Outbound {
+    tgid: u32,
+    server: IpAddr,
+    last_seen_ns: u64,
+}
+
+impl LastSeen for Outbound {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
 }
 
 impl Streams {
@@ -58,8 +71,8 @@ impl Streams {
             tracker: Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
             reassembly: Reassembly::new(max_connections),
-            outbound: FxHashMap::default(),
-            max_connections,
+            outbound: Table::new(max_connections),
+            now_ns: 0,
         }
     }
 
@@ -86,9 +99,15 @@ impl Streams {
             }
             EventKind::Connect => {
                 let c = ConnectEvent::decode(record).ok_or_else(bad)?;
-                if self.outbound.len() < self.max_connections {
-                    self.outbound.insert(c.cookie, (c.tgid, ip_of(c.addr)));
-                }
+                let out = Outbound {
+                    tgid: c.tgid,
+                    server: ip_of(c.addr),
+                    last_seen_ns: self.now_ns,
+                };
+                // Evicted or refused for room, a connection is not timed.
+                let _ = self
+                    .outbound
+                    .insert(c.cookie, out, self.now_ns, EVICTABLE_NS);
             }
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
@@ -110,6 +129,7 @@ impl Streams {
 
     fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
         let conn = h.cookie;
+        self.now_ns = self.now_ns.max(h.ts_ns);
         let mut origin = Origin::Socket {
             netns: h.netns,
             port: h.port,
@@ -119,12 +139,13 @@ impl Streams {
         let mut server = None;
         let mut dir = h.direction;
         if h.side == side::CLIENT {
-            let Some(&(tgid, addr)) = self.outbound.get(&conn) else {
+            let Some(out) = self.outbound.get_mut(conn) else {
                 // Opened before the agent, or never told whose: not timed.
                 return;
             };
-            origin = Origin::Process(tgid);
-            server = Some(addr);
+            out.last_seen_ns = h.ts_ns;
+            origin = Origin::Process(out.tgid);
+            server = Some(out.server);
             dir = if h.direction == direction::INGRESS {
                 direction::EGRESS
             } else {
@@ -175,7 +196,7 @@ impl Streams {
             };
             self.dispatch(&event, server, sink);
             self.reassembly.forget(conn);
-            self.outbound.remove(&conn);
+            self.outbound.remove(conn);
         }
     }
 
@@ -225,12 +246,9 @@ impl Streams {
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
-        // never closed: those no stream follows any more.
-        if self.outbound.len() * 2 > self.max_connections {
-            let (resp, reassembly) = (&self.resp, &self.reassembly);
-            self.outbound
-                .retain(|c, _| resp.has(*c) || reassembly.has(*c));
-        }
+        // never closed.
+        self.now_ns = self.now_ns.max(now_ns);
+        self.outbound.sweep(now_ns, idle_ns).for_each(drop);
         self.reassembly.sweep(now_ns, idle_ns);
     }
 }
