@@ -14,6 +14,7 @@
 pub mod pairing;
 pub mod reassembly;
 pub mod resp;
+pub mod table;
 #[cfg(test)]
 mod tests;
 
@@ -23,12 +24,12 @@ use apm_common::events::{
     ConnectEvent, EventHeader, EventKind, PacketHeader, direction, ip_of, record_kind, side,
     tcp_flags,
 };
-use rustc_hash::FxHashMap;
 
 use self::{
     pairing::{Event, InFlight, Origin, Sink, Tracker},
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
     resp::{CommandSink, Peer},
+    table::{EVICTABLE_NS, LastSeen, Table},
 };
 use crate::protocols::resp::{starts_like_command, starts_like_reply};
 
@@ -54,10 +55,23 @@ pub struct Streams {
     tracker: Tracker,
     resp: resp::Tracker,
     reassembly: Reassembly,
-    /// Client connections from their connect records: socket cookie →
-    /// (the connecting process, the server's address).
-    outbound: FxHashMap<u64, (u32, IpAddr)>,
-    max_connections: usize,
+    /// Client connections from their connect records, by socket cookie.
+    outbound: Table<Outbound>,
+    /// The latest time of a packet or a sweep: a connect record has none.
+    now_ns: u64,
+}
+
+/// A client connection: the connecting process and the server's address.
+struct Outbound {
+    tgid: u32,
+    server: IpAddr,
+    last_seen_ns: u64,
+}
+
+impl LastSeen for Outbound {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
 }
 
 impl Streams {
@@ -65,9 +79,11 @@ impl Streams {
         Self {
             tracker: Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
-            reassembly: Reassembly::new(max_connections),
-            outbound: FxHashMap::default(),
-            max_connections,
+            // Both pairings' connections: one that a full reassembly
+            // table could not place would pass retransmissions unchecked.
+            reassembly: Reassembly::new(max_connections.saturating_mul(2)),
+            outbound: Table::new(max_connections),
+            now_ns: 0,
         }
     }
 
@@ -94,9 +110,15 @@ impl Streams {
             }
             EventKind::Connect => {
                 let c = ConnectEvent::decode(record).ok_or_else(bad)?;
-                if self.outbound.len() < self.max_connections {
-                    self.outbound.insert(c.cookie, (c.tgid, ip_of(c.addr)));
-                }
+                let out = Outbound {
+                    tgid: c.tgid,
+                    server: ip_of(c.addr),
+                    last_seen_ns: self.now_ns,
+                };
+                // Evicted or refused for room, a connection is not timed.
+                let _ = self
+                    .outbound
+                    .insert(c.cookie, out, self.now_ns, EVICTABLE_NS);
             }
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
@@ -117,6 +139,12 @@ impl Streams {
     }
 
     fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
+        self.now_ns = self.now_ns.max(h.ts_ns);
+        if h.side == side::CLIENT
+            && let Some(out) = self.outbound.get_mut(h.cookie)
+        {
+            out.last_seen_ns = h.ts_ns;
+        }
         self.place(h, data, sink);
         // Holes open for too long are gaps: what waits behind them goes on.
         if self.reassembly.holds_any() && self.reassembly.has_expired(h.ts_ns, REORDER_WINDOW_NS) {
@@ -151,12 +179,12 @@ impl Streams {
                 dir: h.direction,
             });
         }
-        let &(tgid, addr) = self.outbound.get(&conn)?;
+        let out = self.outbound.peek(conn)?;
         Some(View {
             conn,
             port: h.port,
-            origin: Origin::Process(tgid),
-            server: Some(addr),
+            origin: Origin::Process(out.tgid),
+            server: Some(out.server),
             dir: if h.direction == direction::INGRESS {
                 direction::EGRESS
             } else {
@@ -256,7 +284,7 @@ impl Streams {
         };
         self.dispatch(&event, view.server, sink);
         self.reassembly.close(view.conn);
-        self.outbound.remove(&view.conn);
+        self.outbound.remove(view.conn);
     }
 
     /// Sends an event to its connection's protocol, recognising the
@@ -285,11 +313,13 @@ impl Streams {
                     EventKind::Read => starts_like_command(ev.data),
                     _ => server.is_some() && starts_like_reply(ev.data),
                 };
-                if resp
-                    && self.tracker.yield_fresh(ev.conn)
-                    && self.resp.open(ev, peer(ev, server), sink)
-                {
-                    self.resp.handle(ev, sink);
+                if resp && self.tracker.yield_fresh(ev.conn) {
+                    // Not handed to HTTP when the RESP table is full: it
+                    // counted the piece (table_full), and HTTP would only
+                    // find it is not HTTP.
+                    if self.resp.open(ev, peer(ev, server), sink) {
+                        self.resp.handle(ev, sink);
+                    }
                     return;
                 }
                 if server.is_none() {
@@ -308,12 +338,9 @@ impl Streams {
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
-        // never closed: those no stream follows any more.
-        if self.outbound.len() * 2 > self.max_connections {
-            let (resp, reassembly) = (&self.resp, &self.reassembly);
-            self.outbound
-                .retain(|c, _| resp.has(*c) || reassembly.has(*c));
-        }
+        // never closed.
+        self.now_ns = self.now_ns.max(now_ns);
+        self.outbound.sweep(now_ns, idle_ns).for_each(drop);
         self.reassembly.sweep(now_ns, idle_ns);
     }
 }
@@ -336,20 +363,4 @@ fn peer(ev: &Event<'_>, server: Option<IpAddr>) -> Peer {
         port: ev.port,
         server,
     }
-}
-
-/// Removes and returns the connections of `conns` idle for longer than
-/// `idle_ns` (both pairings sweep their tables with it).
-fn take_idle<C>(
-    conns: &mut FxHashMap<u64, C>,
-    now_ns: u64,
-    idle_ns: u64,
-    last_seen_ns: impl Fn(&C) -> u64,
-) -> Vec<C> {
-    let stale: Vec<u64> = conns
-        .iter()
-        .filter(|(_, c)| now_ns.saturating_sub(last_seen_ns(c)) > idle_ns)
-        .map(|(k, _)| *k)
-        .collect();
-    stale.into_iter().filter_map(|k| conns.remove(&k)).collect()
 }

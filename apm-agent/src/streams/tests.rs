@@ -64,6 +64,26 @@ fn segment(cookie: u64, dir: u8, whose: u8, seq: u32, data: &[u8]) -> Vec<u8> {
     synthetic::packet(header, data)
 }
 
+/// The connect record of process `tgid`'s socket `cookie` to 10.1.2.3.
+fn connect(tgid: u32, cookie: u64) -> Vec<u8> {
+    let connect = ConnectEvent {
+        kind: EventKind::Connect as u32,
+        tgid,
+        cookie,
+        addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
+        port: 6379,
+        _pad: [0; 6],
+    };
+    // SAFETY: ConnectEvent is repr(C) plain integers; viewed as its bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const connect).cast::<u8>(),
+            std::mem::size_of::<ConnectEvent>(),
+        )
+    };
+    bytes.to_vec()
+}
+
 #[test]
 fn a_request_line_written_in_pieces_stays_http() {
     let (mut s, mut sink) = (Streams::new(16), Both::default());
@@ -101,22 +121,8 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     s.handle_record(&segment(2, e, side::CLIENT, 0, get), &mut sink)
         .expect("record");
     assert_eq!(sink.redis.len(), 1);
-    let connect = ConnectEvent {
-        kind: EventKind::Connect as u32,
-        tgid: 77,
-        cookie: 3,
-        addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        port: 6379,
-        _pad: [0; 6],
-    };
-    // SAFETY: ConnectEvent is repr(C) plain integers; viewed as its bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&raw const connect).cast::<u8>(),
-            std::mem::size_of::<ConnectEvent>(),
-        )
-    };
-    s.handle_record(bytes, &mut sink).expect("connect");
+    s.handle_record(&connect(77, 3), &mut sink)
+        .expect("connect");
     // What the client sends (egress) is the command, what it receives the reply.
     s.handle_record(&segment(3, e, side::CLIENT, 0, get), &mut sink)
         .expect("record");
@@ -196,4 +202,60 @@ fn a_keep_alive_connection_first_seen_mid_body_stays_http() {
     assert!(sink.redis.is_empty());
     assert_eq!(sink.http, vec![("/next".to_owned(), 200)]);
     assert!(sink.unpaired.is_empty());
+}
+
+#[test]
+fn a_full_resp_table_counts_commands_once_and_leaves_them_out_of_http() {
+    let (mut s, mut sink) = (Streams::new(2), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    for cookie in 1..=3 {
+        let ping = segment(cookie, i, side::SERVER, 0, b"*1\r\n$4\r\nPING\r\n");
+        s.handle_record(&ping, &mut sink).expect("record");
+    }
+    // The third connection's command: table_full, and not not_http.
+    assert_eq!(sink.unpaired, [Unpaired::TableFull]);
+    assert_eq!(s.connections(), 2);
+    // Its reply carries no command: nothing more is counted.
+    s.handle_record(&segment(3, e, side::SERVER, 0, b"+PONG\r\n"), &mut sink)
+        .expect("record");
+    assert_eq!(sink.unpaired, [Unpaired::TableFull]);
+    assert_eq!(s.connections(), 2);
+}
+
+#[test]
+fn connect_records_are_bounded_and_the_least_recently_seen_idle_make_room() {
+    let (mut s, mut sink) = (Streams::new(2), Both::default());
+    // A GET from client socket `cookie` and its reply, at `seq` (time
+    // seq + 1).
+    let exchange = |s: &mut Streams, sink: &mut Both, cookie, seq| {
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        for (dir, data) in [
+            (direction::EGRESS, &get[..]),
+            (direction::INGRESS, b"$-1\r\n"),
+        ] {
+            s.handle_record(&segment(cookie, dir, side::CLIENT, seq, data), sink)
+                .expect("record");
+        }
+    };
+    for cookie in 1..=3 {
+        s.handle_record(&connect(70 + cookie as u32, cookie), &mut sink)
+            .expect("connect");
+    }
+    // Full of connections made just now: the third is not named, so its
+    // commands are not timed.
+    exchange(&mut s, &mut sink, 3, 0);
+    assert!(sink.redis.is_empty());
+    // Two seconds on, socket 1 is seen again; a new connect record evicts
+    // socket 2's, seen least recently.
+    exchange(&mut s, &mut sink, 1, 2_000_000_000);
+    s.handle_record(&connect(73, 3), &mut sink)
+        .expect("connect");
+    assert!(s.outbound.contains(1) && !s.outbound.contains(2));
+    exchange(&mut s, &mut sink, 3, 2_000_000_000);
+    exchange(&mut s, &mut sink, 2, 2_000_000_000);
+    let timed: Vec<Origin> = sink.redis.iter().map(|(_, p)| p.origin).collect();
+    assert_eq!(timed, [Origin::Process(71), Origin::Process(73)]);
+    // Idle ones go at the sweep.
+    s.sweep(10_000_000_000, 1_000_000_000, &mut sink);
+    assert_eq!((s.outbound.len(), s.connections()), (0, 0));
 }

@@ -24,9 +24,12 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use apm_common::events::EventKind;
-use rustc_hash::FxHashMap;
 
-use crate::protocols::{http::Method, routes::Route};
+use super::table::{EVICTABLE_NS, Full, LastSeen, Table};
+use crate::protocols::{
+    http::{self, Method},
+    routes::Route,
+};
 
 mod chunked;
 mod request;
@@ -273,17 +276,14 @@ pub struct InFlight {
 }
 
 pub struct Tracker {
-    /// Keyed by kernel-made ids (socket cookies, tgid and fd): a fast,
-    /// non-keyed hash is safe here.
-    conns: FxHashMap<u64, Conn>,
-    max_conns: usize,
+    /// Keyed by kernel-made ids (socket cookies, tgid and fd).
+    conns: Table<Conn>,
 }
 
 impl Tracker {
     pub fn new(max_conns: usize) -> Self {
         Self {
-            conns: FxHashMap::default(),
-            max_conns,
+            conns: Table::new(max_conns),
         }
     }
 
@@ -294,10 +294,10 @@ impl Tracker {
     /// Whether `conn` may be another protocol's: unknown here, or known
     /// (from its accept) but not carrying HTTP yet, and then forgotten.
     pub fn yield_fresh(&mut self, conn: u64) -> bool {
-        match self.conns.get(&conn) {
+        match self.conns.peek(conn) {
             None => true,
             Some(c) if !c.saw_http && c.pending.is_empty() && c.current.is_none() => {
-                self.conns.remove(&conn);
+                self.conns.remove(conn);
                 true
             }
             Some(_) => false,
@@ -310,30 +310,50 @@ impl Tracker {
             EventKind::Accept => {
                 // A reused descriptor whose close we did not see (dup2,
                 // close_range): the old connection is over.
-                if let Some(old) = self.conns.remove(&key) {
+                if let Some(old) = self.conns.remove(key) {
                     finish(old, sink, Unpaired::Evicted);
                 }
-                if self.make_room(ev.ts_ns, sink) {
-                    self.conns
-                        .insert(key, Conn::new(ev.origin, ev.port, ev.ts_ns));
+                // No room: its requests count as table_full when they come.
+                let conn = Conn::new(ev.origin, ev.port, ev.ts_ns);
+                if let Ok(Some(old)) = self.conns.insert(key, conn, ev.ts_ns, EVICTABLE_NS) {
+                    finish(old, sink, Unpaired::Evicted);
                 }
             }
             EventKind::Close => {
-                if let Some(conn) = self.conns.remove(&key) {
+                if let Some(conn) = self.conns.remove(key) {
                     finish(conn, sink, Unpaired::ClosedMidRequest);
                 }
             }
             EventKind::Read | EventKind::Write | EventKind::Sendfile => {
-                if !self.conns.contains_key(&key) && !self.make_room(ev.ts_ns, sink) {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    process(conn, ev, sink);
                     return;
                 }
-                let conn = self
-                    .conns
-                    .entry(key)
-                    .or_insert_with(|| Conn::new(ev.origin, ev.port, ev.ts_ns));
-                process(conn, ev, sink);
+                let conn = Conn::new(ev.origin, ev.port, ev.ts_ns);
+                match self.conns.insert(key, conn, ev.ts_ns, EVICTABLE_NS) {
+                    Ok(evicted) => {
+                        if let Some(old) = evicted {
+                            finish(old, sink, Unpaired::Evicted);
+                        }
+                    }
+                    Err(Full) => return Self::table_full(ev, sink),
+                }
+                if let Some(conn) = self.conns.get_mut(key) {
+                    process(conn, ev, sink);
+                }
             }
             EventKind::Packet | EventKind::Connect => {}
+        }
+    }
+
+    /// A piece of a connection the full table has no room for: a read
+    /// that starts like a request counts as a request seen and unpaired
+    /// ([`Unpaired::TableFull`]). Only its first request is parsed: more
+    /// pipelined in the same read go uncounted.
+    fn table_full(ev: &Event<'_>, sink: &mut impl Sink) {
+        if ev.kind == EventKind::Read && http::parse_request(ev.data).is_ok() {
+            sink.request(ev.origin, ev.port);
+            sink.unpaired(ev.origin, ev.port, Unpaired::TableFull);
         }
     }
 
@@ -341,7 +361,7 @@ impl Tracker {
     /// HTTP (one lookup: the common case); false, with nothing done, for
     /// any other connection.
     pub fn handle_http(&mut self, ev: &Event<'_>, sink: &mut impl Sink) -> bool {
-        match self.conns.get_mut(&ev.conn) {
+        match self.conns.get_mut(ev.conn) {
             Some(conn) if conn.saw_http => {
                 process(conn, ev, sink);
                 true
@@ -356,7 +376,7 @@ impl Tracker {
     /// with a request line; responses at the next status line after that
     /// request.
     pub fn gap(&mut self, conn: u64, sink: &mut impl Sink) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.peek_mut(conn) else {
             return;
         };
         sink.resync(c.origin, c.port, Unpaired::Gap);
@@ -367,19 +387,9 @@ impl Tracker {
 
     /// Drops connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sink) {
-        for conn in super::take_idle(&mut self.conns, now_ns, idle_ns, |c| c.last_seen_ns) {
+        for conn in self.conns.sweep(now_ns, idle_ns) {
             finish(conn, sink, Unpaired::Evicted);
         }
-    }
-
-    /// Whether a new connection fits, evicting idle ones when full.
-    fn make_room(&mut self, now_ns: u64, sink: &mut impl Sink) -> bool {
-        if self.conns.len() < self.max_conns {
-            return true;
-        }
-        // Evict what has been idle for a second or more, then give up.
-        self.sweep(now_ns, 1_000_000_000, sink);
-        self.conns.len() < self.max_conns
     }
 
     /// Requests waiting for or receiving their response.
@@ -397,6 +407,12 @@ impl Tracker {
                     start_ns: p.start_ns,
                 })
         })
+    }
+}
+
+impl LastSeen for Conn {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
     }
 }
 

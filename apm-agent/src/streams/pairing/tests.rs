@@ -280,27 +280,43 @@ fn unframed_response_ends_before_the_next_request() {
 fn state_is_bounded_and_idle_connections_are_evicted() {
     let mut t = Tracker::new(2);
     let mut r = Recorder::default();
-    for fd in 0..3u32 {
-        let ev = Event {
-            kind: EventKind::Read,
-            ts_ns: u64::from(fd),
-            conn: u64::from(fd),
-            origin: Origin::Process(1),
-            port: 80,
-            ret: 18,
-            data: b"GET / HTTP/1.1\r\n\r\n",
-            tail: b"",
-        };
-        t.handle(&ev, &mut r);
+    let ev = |kind, conn, ts_ns| Event {
+        kind,
+        ts_ns,
+        conn,
+        origin: Origin::Process(1),
+        port: 80,
+        ret: 18,
+        data: b"GET / HTTP/1.1\r\n\r\n",
+        tail: b"",
+    };
+    for fd in 0..3 {
+        t.handle(&ev(EventKind::Read, fd, fd), &mut r);
     }
     assert_eq!(
         t.connections(),
         2,
         "third connection refused while others are fresh"
     );
+    // Its request is counted: seen, and unpaired for want of room.
+    assert_eq!(
+        (r.requests, &r.unpaired[..]),
+        (3, &[Unpaired::TableFull][..])
+    );
+    // Bytes that are no request count nothing.
+    t.handle(&ev(EventKind::Write, 2, 3), &mut r);
+    assert_eq!(r.unpaired, [Unpaired::TableFull]);
+    // Two seconds on, fd 0 seen again, a new connection evicts the one
+    // seen least recently (fd 1, its request with it), and only that one.
+    t.handle(&ev(EventKind::Read, 0, 2_000_000_000), &mut r);
+    t.handle(&ev(EventKind::Read, 3, 2_000_000_001), &mut r);
+    assert_eq!(t.connections(), 2);
+    assert_eq!(r.unpaired, [Unpaired::TableFull, Unpaired::Evicted]);
     t.sweep(10_000_000_000, 1_000_000_000, &mut r);
     assert_eq!(t.connections(), 0);
-    assert_eq!(r.unpaired, vec![Unpaired::Evicted, Unpaired::Evicted]);
+    // fd 0 had two requests waiting, fd 3 one.
+    assert_eq!(r.unpaired.len(), 5);
+    assert!(r.unpaired[1..].iter().all(|u| *u == Unpaired::Evicted));
 }
 
 mod traffic;

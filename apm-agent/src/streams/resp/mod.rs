@@ -21,9 +21,11 @@
 use std::{collections::VecDeque, net::IpAddr};
 
 use apm_common::events::EventKind;
-use rustc_hash::FxHashMap;
 
-use super::pairing::{Event, Origin, Unpaired};
+use super::{
+    pairing::{Event, Origin, Unpaired},
+    table::{EVICTABLE_NS, Full, LastSeen, Table},
+};
 use crate::protocols::resp::{
     Desync, Frame, Outcome, Parser,
     commands::{self, Command, Kind},
@@ -182,15 +184,14 @@ struct Conn {
 }
 
 pub struct Tracker {
-    conns: FxHashMap<u64, Conn>,
-    max_conns: usize,
+    /// Keyed by kernel-made ids (socket cookies, tgid and fd).
+    conns: Table<Conn>,
 }
 
 impl Tracker {
     pub fn new(max_conns: usize) -> Self {
         Self {
-            conns: FxHashMap::default(),
-            max_conns,
+            conns: Table::new(max_conns),
         }
     }
 
@@ -199,47 +200,53 @@ impl Tracker {
     }
 
     pub fn has(&self, conn: u64) -> bool {
-        self.conns.contains_key(&conn)
+        self.conns.contains(conn)
     }
 
     /// Starts following `conn` as RESP. A connection first seen by a
-    /// reply starts lost (its commands were before the capture).
+    /// reply starts lost (its commands were before the capture). False
+    /// when the table is full of connections seen in the last second: a
+    /// command piece then counts once as [`Unpaired::TableFull`].
     pub fn open(&mut self, ev: &Event<'_>, peer: Peer, sink: &mut impl CommandSink) -> bool {
-        if self.conns.len() >= self.max_conns {
-            self.sweep(ev.ts_ns, 1_000_000_000, sink);
-            if self.conns.len() >= self.max_conns {
-                return false;
+        let reply_first = ev.kind != EventKind::Read;
+        let conn = Conn {
+            peer,
+            commands: Parser::new(true),
+            replies: Parser::new(false),
+            pending: VecDeque::new(),
+            queued: Vec::new(),
+            multi: false,
+            subs: Subs::default(),
+            cmd_start_ns: ev.ts_ns,
+            commands_lost: false,
+            reply_state: if reply_first {
+                Replies::Lost
+            } else {
+                Replies::Parsing
+            },
+            last_reply_ns: ev.ts_ns,
+            last_seen_ns: ev.ts_ns,
+        };
+        match self.conns.insert(ev.conn, conn, ev.ts_ns, EVICTABLE_NS) {
+            Ok(evicted) => {
+                if let Some(old) = evicted {
+                    finish(old, sink, Unpaired::Evicted);
+                }
+                true
+            }
+            Err(Full) => {
+                if !reply_first {
+                    sink.unpaired(&peer, Unpaired::TableFull);
+                }
+                false
             }
         }
-        let reply_first = ev.kind != EventKind::Read;
-        self.conns.insert(
-            ev.conn,
-            Conn {
-                peer,
-                commands: Parser::new(true),
-                replies: Parser::new(false),
-                pending: VecDeque::new(),
-                queued: Vec::new(),
-                multi: false,
-                subs: Subs::default(),
-                cmd_start_ns: ev.ts_ns,
-                commands_lost: false,
-                reply_state: if reply_first {
-                    Replies::Lost
-                } else {
-                    Replies::Parsing
-                },
-                last_reply_ns: ev.ts_ns,
-                last_seen_ns: ev.ts_ns,
-            },
-        );
-        true
     }
 
     /// A piece of a RESP connection: `Read` carries commands, `Write` and
     /// `Sendfile` replies.
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CommandSink) {
-        let Some(conn) = self.conns.get_mut(&ev.conn) else {
+        let Some(conn) = self.conns.get_mut(ev.conn) else {
             return;
         };
         conn.last_seen_ns = ev.ts_ns;
@@ -255,14 +262,14 @@ impl Tracker {
 
     /// The connection ended.
     pub fn close(&mut self, conn: u64, sink: &mut impl CommandSink) {
-        if let Some(c) = self.conns.remove(&conn) {
+        if let Some(c) = self.conns.remove(conn) {
             finish(c, sink, Unpaired::ClosedMidRequest);
         }
     }
 
     /// Bytes of `conn` were never seen: drop what waits and resync.
     pub fn gap(&mut self, conn: u64, sink: &mut impl CommandSink) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.peek_mut(conn) else {
             return;
         };
         let dropped = c.pending.len().max(1);
@@ -277,10 +284,17 @@ impl Tracker {
         c.reply_state = Replies::Lost;
     }
 
+    /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CommandSink) {
-        for c in super::take_idle(&mut self.conns, now_ns, idle_ns, |c| c.last_seen_ns) {
+        for c in self.conns.sweep(now_ns, idle_ns) {
             finish(c, sink, Unpaired::Evicted);
         }
+    }
+}
+
+impl LastSeen for Conn {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
     }
 }
 
