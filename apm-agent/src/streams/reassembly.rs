@@ -29,6 +29,8 @@ use std::collections::VecDeque;
 use apm_common::events::{PacketHeader, tcp_flags};
 use rustc_hash::FxHashMap;
 
+use super::table::{EVICTABLE_NS, Full, LastSeen, Table};
+
 /// How long a hole may stay open before it is declared a gap. Linux's
 /// minimum retransmission timeout is 200 ms, and a lost fast retransmit
 /// waits for it: a second covers that and the first backoff.
@@ -96,22 +98,26 @@ impl Direction {
 
 #[derive(Debug, Default)]
 struct Stream {
+    /// Its socket cookie.
+    conn: u64,
     dirs: [Direction; 2],
     last_seen_ns: u64,
     closed: bool,
 }
 
+impl LastSeen for Stream {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+}
+
 pub struct Reassembly {
-    /// Keyed by socket cookies (kernel-made): a non-keyed hash is safe.
-    streams: FxHashMap<u64, Stream>,
-    max: usize,
+    /// Keyed by socket cookies, least recently seen first.
+    streams: Table<Stream>,
     /// Connections with held segments, and captured bytes held in all.
     holding: FxHashMap<(u64, u8), u64>,
     held_bytes: usize,
 }
-
-/// Streams idle this long may be evicted to make room.
-const EVICTABLE_NS: u64 = 1_000_000_000;
 
 /// Signed distance from `b` to `a` modulo 2^32 (sequence numbers wrap).
 fn ahead(a: u32, b: u32) -> i32 {
@@ -121,8 +127,7 @@ fn ahead(a: u32, b: u32) -> i32 {
 impl Reassembly {
     pub fn new(max: usize) -> Self {
         Self {
-            streams: FxHashMap::default(),
-            max,
+            streams: Table::new(max),
             holding: FxHashMap::default(),
             held_bytes: 0,
         }
@@ -157,11 +162,27 @@ impl Reassembly {
             skip: 0,
             gap: false,
         };
-        if !self.streams.contains_key(&conn) && !self.make_room(p.header.ts_ns) {
-            // No room to remember it: pass the bytes on unchecked.
-            return fresh;
+        if !self.streams.contains(conn) {
+            let stream = Stream {
+                conn,
+                ..Stream::default()
+            };
+            match self
+                .streams
+                .insert(conn, stream, p.header.ts_ns, EVICTABLE_NS)
+            {
+                Ok(evicted) => {
+                    if let Some(old) = evicted {
+                        self.forget(&old);
+                    }
+                }
+                // No room to remember it: pass the bytes on unchecked.
+                Err(Full) => return fresh,
+            }
         }
-        let stream = self.streams.entry(conn).or_default();
+        let Some(stream) = self.streams.get_mut(conn) else {
+            return fresh;
+        };
         stream.last_seen_ns = p.header.ts_ns;
         if stream.closed {
             return Verdict::Duplicate;
@@ -222,7 +243,7 @@ impl Reassembly {
     }
 
     fn hold(&mut self, conn: u64, dir: u8, p: &Piece<'_>) -> Verdict {
-        let Some(stream) = self.streams.get_mut(&conn) else {
+        let Some(stream) = self.streams.peek_mut(conn) else {
             return Verdict::Duplicate;
         };
         let d = &mut stream.dirs[usize::from(dir.min(1))];
@@ -257,7 +278,7 @@ impl Reassembly {
     /// on, with the bytes to skip at its front and whether a gap precedes
     /// it; `None` while the hole before the held segments is open.
     pub fn ready(&mut self, conn: u64, dir: u8) -> Option<(Held, u32, bool)> {
-        let stream = self.streams.get_mut(&conn)?;
+        let stream = self.streams.peek_mut(conn)?;
         let d = &mut stream.dirs[usize::from(dir.min(1))];
         loop {
             let first = d.held.front()?;
@@ -307,7 +328,7 @@ impl Reassembly {
             .map(|(k, _)| *k)
             .collect();
         for (conn, dir) in &due {
-            if let Some(s) = self.streams.get_mut(conn) {
+            if let Some(s) = self.streams.peek_mut(*conn) {
                 s.dirs[usize::from((*dir).min(1))].give_up = true;
             }
         }
@@ -327,13 +348,13 @@ impl Reassembly {
     }
 
     pub fn has(&self, conn: u64) -> bool {
-        self.streams.get(&conn).is_some_and(|s| !s.closed)
+        self.streams.peek(conn).is_some_and(|s| !s.closed)
     }
 
     /// The connection closed: later segments of it are dropped until it
     /// is swept.
     pub fn close(&mut self, conn: u64) {
-        if let Some(s) = self.streams.get_mut(&conn) {
+        if let Some(s) = self.streams.peek_mut(conn) {
             s.closed = true;
             self.release(conn, 0);
             self.release(conn, 1);
@@ -342,7 +363,7 @@ impl Reassembly {
 
     /// Drops the held segments of `conn`'s direction `dir`.
     fn release(&mut self, conn: u64, dir: u8) {
-        let Some(s) = self.streams.get_mut(&conn) else {
+        let Some(s) = self.streams.peek_mut(conn) else {
             return;
         };
         let d = &mut s.dirs[usize::from(dir.min(1))];
@@ -352,26 +373,21 @@ impl Reassembly {
         self.holding.remove(&(conn, dir));
     }
 
-    /// Forgets streams idle for longer than `idle_ns`.
-    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64) {
-        let stale: Vec<u64> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| now_ns.saturating_sub(s.last_seen_ns) > idle_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        for conn in stale {
-            self.release(conn, 0);
-            self.release(conn, 1);
-            self.streams.remove(&conn);
+    /// Accounts for a stream removed from the table.
+    fn forget(&mut self, old: &Stream) {
+        for (dir, d) in old.dirs.iter().enumerate() {
+            let bytes: usize = d.held.iter().map(|h| h.data.len()).sum();
+            self.held_bytes = self.held_bytes.saturating_sub(bytes);
+            self.holding.remove(&(old.conn, dir as u8));
         }
     }
 
-    fn make_room(&mut self, now_ns: u64) -> bool {
-        if self.streams.len() >= self.max {
-            self.sweep(now_ns, EVICTABLE_NS);
+    /// Forgets streams idle for longer than `idle_ns`.
+    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64) {
+        let stale: Vec<Stream> = self.streams.sweep(now_ns, idle_ns).collect();
+        for old in &stale {
+            self.forget(old);
         }
-        self.streams.len() < self.max
     }
 }
 

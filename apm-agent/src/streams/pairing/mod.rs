@@ -329,6 +329,11 @@ impl Tracker {
                     process(conn, ev, sink);
                     return;
                 }
+                if ev.kind != EventKind::Read && !ev.data.starts_with(b"HTTP/1.") {
+                    // The rest of a response (or another protocol's bytes)
+                    // on a connection not followed: nothing to pair.
+                    return;
+                }
                 let conn = Conn::new(ev.origin, ev.port, ev.ts_ns);
                 match self.conns.insert(key, conn, ev.ts_ns, EVICTABLE_NS) {
                     Ok(evicted) => {
