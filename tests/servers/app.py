@@ -10,6 +10,8 @@ Routes (what a real API serves):
                          chunk's data ends in "0\\r\\n" and each chunk in
                          "0\\r\\n\\r\\n", like the end of a chunked body
   POST /orders           reads a JSON body (tens of KiB), answers 201
+  POST /captures         a body of raw HTTP requests (what a recording tool
+                         uploads), answers 202 with how many it holds
   GET  /download         DOWNLOAD_BYTES bytes with a Content-Length
   GET  /fail             500
   GET  /health           a tiny JSON
@@ -60,6 +62,13 @@ async def export():
 async def orders(request: Request):
     body = await request.json()
     return {"accepted": len(body.get("items", []))}
+
+
+@api.post("/captures", status_code=202)
+async def captures(request: Request):
+    # Raw HTTP requests a recording tool uploads: counted, not parsed.
+    body = await request.body()
+    return {"requests": body.count(b" HTTP/1.1\r\n")}
 
 
 @api.get("/download")

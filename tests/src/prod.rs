@@ -642,13 +642,23 @@ impl Request {
         body: Vec<u8>,
         sending: Sending,
     ) -> Self {
+        Self::post(path, route, body, "application/json", sending)
+    }
+
+    pub fn post(
+        path: impl Into<String>,
+        route: impl Into<String>,
+        body: Vec<u8>,
+        content_type: &str,
+        sending: Sending,
+    ) -> Self {
         Self {
             method: "POST",
             body,
             sending,
             ..Self::get(path, route)
         }
-        .with("Content-Type", "application/json")
+        .with("Content-Type", content_type)
     }
 
     pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {

@@ -218,37 +218,86 @@ fn order_json(rng: &mut Rng, size: usize) -> (Vec<u8>, usize) {
     (body.into_bytes(), items.len())
 }
 
+/// Segment payload on the link: MTU 1500 less the IP and TCP headers
+/// and the timestamp option.
+const MSS: usize = 1448;
+
+/// A body of `n` raw HTTP requests as a request-recording tool uploads
+/// them, each exactly [`MSS`] bytes: sent after its head, every segment
+/// of it starts like a request.
+fn recorded_requests(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| {
+            let start = format!("GET /phantom/{i} HTTP/1.1\r\nHost: shop.example\r\nX-Pad: ");
+            let pad = MSS - start.len() - 4;
+            format!("{start}{}\r\n\r\n", "p".repeat(pad)).into_bytes()
+        })
+        .collect()
+}
+
 /// POST /orders with JSON bodies of 20-50 KiB (14-35 segments): written
 /// with the head, after it, or after `100 Continue`; some heads with a
-/// cookie; a GET between posts.
+/// cookie; every fourth a POST /captures whose head (with a 3 KiB cookie)
+/// spans three segments and whose body's segments each start like a
+/// request; a GET between posts.
 fn post_bodies(app_port: u16, posts: usize, seed: u64) -> Result<Truth> {
     let mut truth = Truth::default();
     let mut rng = Rng(seed);
     let mut conn = Conn::open(app_port)?;
     for i in 0..posts {
-        let size = 20 * 1024 + (i * 30 * 1024 / posts.max(1));
-        let (body, items) = order_json(&mut rng, size);
-        let sending = [
-            Sending::Whole,
-            Sending::HeadThenBody,
-            Sending::ExpectContinue,
-        ][i % 3];
-        let mut req = Request::post_json("/orders", "/orders", body, sending);
-        if i % 2 == 1 {
-            req = req.with("Cookie", cookie(&mut rng, 2048));
+        if i % 4 == 3 {
+            let req = Request::post(
+                "/captures",
+                "/captures",
+                recorded_requests(20),
+                "message/http",
+                Sending::HeadThenBody,
+            )
+            .with("Cookie", cookie(&mut rng, 3000));
+            let reply = conn.send(&req, &mut truth)?;
+            let text = String::from_utf8_lossy(&reply.body);
+            ensure!(
+                reply.status == 202 && text.contains("\"requests\":20"),
+                "POST /captures: {} {text}",
+                reply.status
+            );
+        } else {
+            post_order(&mut conn, &mut rng, i, posts, &mut truth)?;
         }
-        let reply = conn.send(&req, &mut truth)?;
-        ensure!(reply.status == 201, "POST /orders: {}", reply.status);
-        let text = String::from_utf8_lossy(&reply.body);
-        ensure!(
-            text.contains(&format!("\"accepted\":{items}")),
-            "POST /orders answered {text}"
-        );
         let (req, want) = app_request(i % 3);
         let reply = conn.send(&req, &mut truth)?;
         check_reply(&req, want, &reply)?;
     }
     Ok(truth)
+}
+
+/// POST /orders number `i` of `posts`.
+fn post_order(
+    conn: &mut Conn,
+    rng: &mut Rng,
+    i: usize,
+    posts: usize,
+    truth: &mut Truth,
+) -> Result<()> {
+    let size = 20 * 1024 + (i * 30 * 1024 / posts.max(1));
+    let (body, items) = order_json(rng, size);
+    let sending = [
+        Sending::Whole,
+        Sending::HeadThenBody,
+        Sending::ExpectContinue,
+    ][i % 3];
+    let mut req = Request::post_json("/orders", "/orders", body, sending);
+    if i % 2 == 1 {
+        req = req.with("Cookie", cookie(rng, 2048));
+    }
+    let reply = conn.send(&req, truth)?;
+    ensure!(reply.status == 201, "POST /orders: {}", reply.status);
+    let text = String::from_utf8_lossy(&reply.body);
+    ensure!(
+        text.contains(&format!("\"accepted\":{items}")),
+        "POST /orders answered {text}"
+    );
+    Ok(())
 }
 
 /// GET /reports/export (a CSV streamed as one chunk per row, every chunk
