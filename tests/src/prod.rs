@@ -307,7 +307,7 @@ pub const STATIC_FILES: &[(&str, usize)] = &[
     ("/index.html", 700),
     ("/static/app.js", 3000),
     ("/favicon.ico", 1150),
-    ("/large.bin", 4 * 1024 * 1024),
+    ("/media/intro.mp4", 4 * 1024 * 1024),
 ];
 
 /// The size of the static file at `path`, if nginx serves one there.

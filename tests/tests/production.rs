@@ -335,9 +335,12 @@ fn downloads(nginx: u16, app_port: u16, rounds: usize) -> Result<Truth> {
     let mut conn = Conn::open(nginx)?;
     for _ in 0..rounds {
         for (req, want) in [
-            (Request::get("/large.bin", "/large.bin"), 200),
+            (Request::get("/media/intro.mp4", "/media/intro.mp4"), 200),
             (Request::get("/small.txt", "/small.txt"), 200),
-            (Request::head_request("/large.bin", "/large.bin"), 200),
+            (
+                Request::head_request("/media/intro.mp4", "/media/intro.mp4"),
+                200,
+            ),
             (Request::get("/index.html", "/index.html"), 200),
         ] {
             let reply = conn.send(&req, &mut truth)?;
