@@ -1104,6 +1104,9 @@ pub struct ServiceView {
     pub seen: u64,
     pub paired: u64,
     pub unpaired: BTreeMap<String, u64>,
+    /// Where the agent lost a stream's framing, by reason
+    /// (`apm_http_stream_resyncs_total`; reported, not asserted).
+    pub resyncs: BTreeMap<String, u64>,
     pub in_flight: u64,
     /// Median latency in seconds per (method, route), from /stats/requests.
     pub p50: BTreeMap<(String, String), f64>,
@@ -1166,6 +1169,15 @@ impl Observed {
             ) {
                 if s.value > 0.0 {
                     view.unpaired
+                        .insert(s.labels["reason"].clone(), s.value as u64);
+                }
+            }
+            for s in m.matching(
+                "apm_http_stream_resyncs_total",
+                &[("service_name", service)],
+            ) {
+                if s.value > 0.0 {
+                    view.resyncs
                         .insert(s.labels["reason"].clone(), s.value as u64);
                 }
             }
@@ -1244,12 +1256,13 @@ pub fn report(truth: &Truth, obs: &Observed, services: &[(&str, u16)]) -> String
     for &(service, port) in services {
         let v = obs.services.get(service).cloned().unwrap_or_default();
         out.push_str(&format!(
-            "{service} (port {port}): client sent {}, agent seen {}, paired {}, unpaired {:?}, in flight {}\n",
+            "{service} (port {port}): client sent {}, agent seen {}, paired {}, unpaired {:?}, in flight {}, resyncs {:?}\n",
             truth.total(port),
             v.seen,
             v.paired,
             v.unpaired,
-            v.in_flight
+            v.in_flight,
+            v.resyncs
         ));
     }
     out.push_str(&format!("ring buffer records lost: {}\n", obs.ringbuf_full));
