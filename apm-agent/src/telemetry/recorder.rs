@@ -229,28 +229,30 @@ impl Sink for Recorder<'_> {
     }
 
     fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
-        let (name, _) = self.service(origin, port);
-        self.metrics
-            .http_unpaired
-            .with_label_values(&[&*name, reason.as_str()])
-            .inc();
-        *self
-            .stats(&name)
-            .unpaired
-            .entry(reason.as_str())
-            .or_default() += 1;
+        self.count(origin, port, reason, false);
     }
 
     fn resync(&mut self, origin: Origin, port: u16, reason: Unpaired) {
+        self.count(origin, port, reason, true);
+    }
+}
+
+impl Recorder<'_> {
+    /// One unpaired request, or one resync, of `origin`'s service.
+    fn count(&mut self, origin: Origin, port: u16, reason: Unpaired, resync: bool) {
         let (name, _) = self.service(origin, port);
-        self.metrics
-            .http_resyncs
-            .with_label_values(&[&*name, reason.as_str()])
-            .inc();
-        *self
-            .stats(&name)
-            .resyncs
-            .entry(reason.as_str())
-            .or_default() += 1;
+        let family = if resync {
+            &self.metrics.http_resyncs
+        } else {
+            &self.metrics.http_unpaired
+        };
+        family.with_label_values(&[&*name, reason.as_str()]).inc();
+        let stats = self.stats(&name);
+        let counts = if resync {
+            &mut stats.resyncs
+        } else {
+            &mut stats.unpaired
+        };
+        *counts.entry(reason.as_str()).or_default() += 1;
     }
 }

@@ -6,21 +6,42 @@ const NEW: Verdict = Verdict::New {
 };
 
 fn accept(r: &mut Reassembly, conn: u64, dir: u8, seq: u32, len: u32, ts_ns: u64) -> Verdict {
-    let header = PacketHeader {
-        seq,
-        len,
-        ts_ns,
-        ..PacketHeader::default()
-    };
-    r.accept(
+    place(
+        r,
         conn,
         dir,
-        &Piece {
-            header: &header,
-            data: &[],
+        PacketHeader {
+            seq,
+            len,
+            ts_ns,
+            ..PacketHeader::default()
         },
-        |_| true,
     )
+}
+
+/// A segment acknowledging `ack` of the other direction.
+fn acking(r: &mut Reassembly, conn: u64, dir: u8, seq: u32, len: u32, ack: u32) -> Verdict {
+    let flags = tcp_flags::ACK;
+    place(
+        r,
+        conn,
+        dir,
+        PacketHeader {
+            seq,
+            len,
+            ack,
+            flags,
+            ..PacketHeader::default()
+        },
+    )
+}
+
+fn place(r: &mut Reassembly, conn: u64, dir: u8, header: PacketHeader) -> Verdict {
+    let piece = Piece {
+        header: &header,
+        data: &[],
+    };
+    r.accept(conn, dir, &piece, |_| true)
 }
 
 /// Every held segment `ready` hands out now: (seq, skip, gap).
@@ -165,25 +186,6 @@ fn state_is_bounded() {
     accept(&mut r, 3, 0, 0, 1, 2_000_000_001);
     assert_eq!(r.len(), 2);
     assert!(r.has(2) && r.has(3) && !r.has(1));
-}
-
-fn acking(r: &mut Reassembly, conn: u64, dir: u8, seq: u32, len: u32, ack: u32) -> Verdict {
-    let header = PacketHeader {
-        seq,
-        len,
-        ack,
-        flags: tcp_flags::ACK,
-        ..PacketHeader::default()
-    };
-    r.accept(
-        conn,
-        dir,
-        &Piece {
-            header: &header,
-            data: &[],
-        },
-        |_| true,
-    )
 }
 
 #[test]
