@@ -32,6 +32,7 @@ use crate::protocols::{
 };
 
 mod chunked;
+mod cut_head;
 mod request;
 mod response;
 #[cfg(test)]
@@ -39,6 +40,7 @@ mod tests;
 
 use self::{
     chunked::Chunked,
+    cut_head::CutHead,
     request::on_read,
     response::{on_sendfile, on_write},
 };
@@ -203,9 +205,9 @@ enum ReqPhase {
     /// Following a chunked request body.
     Chunked(Chunked),
     /// The head continues beyond what was captured: skip to its blank
-    /// line if it is captured, or to the next piece that starts with a
-    /// request line.
-    HeadRest,
+    /// line if it is captured (then the body by the framing its captured
+    /// lines gave), or to the next piece that starts with a request line.
+    HeadRest(CutHead),
     /// Lost track (unseen bytes): wait for bytes that start with a request
     /// line.
     Resync,

@@ -5,6 +5,7 @@ use super::{
     Conn, Event, MAX_CARRY, MAX_PIPELINE, Pending, ReqPhase, RespPhase, Sink, Unpaired,
     chunked::{Chunked, Step},
     complete_at,
+    cut_head::CutHead,
 };
 use crate::protocols::http::{self, Framing, ParseError, Request};
 
@@ -49,22 +50,20 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     off = total;
                 }
             },
-            ReqPhase::HeadRest => {
+            ReqPhase::HeadRest(mut head) => {
                 // A new piece that starts with a request line: the head
-                // ended with the piece before (a GET's usually does).
+                // ended unseen, before it.
                 if off == 0 && starts_request(seen) {
                     conn.req = ReqPhase::Start;
                     continue;
                 }
-                match memchr::memmem::find(seen, b"\r\n\r\n") {
-                    Some(pos) => {
-                        // The body's framing was in the part not seen: what
-                        // follows is a body or the next request.
-                        off += pos as u64 + 4;
-                        conn.req = ReqPhase::Resync;
+                off = match head.scan(seen, false) {
+                    Some(end) => {
+                        conn.req = after_head(head);
+                        off + end as u64
                     }
-                    None => off = total,
-                }
+                    None => head_end_in_tail(conn, head, ev.tail, captured, total),
+                };
             }
             ReqPhase::Resync => {
                 if starts_request(seen) {
@@ -102,9 +101,15 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                                 };
                             }
                             None => {
-                                // The head goes on past what we saw.
-                                conn.req = ReqPhase::HeadRest;
-                                off = total;
+                                // The head goes on past what we saw: its
+                                // whole header lines may say how the body
+                                // is framed, and the piece's tail where the
+                                // head ends.
+                                let mut head = CutHead::default();
+                                if let Some(line) = memchr::memchr(b'\n', seen) {
+                                    head.scan(&seen[line + 1..], true);
+                                }
+                                off = head_end_in_tail(conn, head, ev.tail, captured, total);
                             }
                         }
                     }
@@ -131,6 +136,40 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 }
             }
         }
+    }
+}
+
+/// Where a cut head goes on after a piece of `total` bytes whose first
+/// `captured` were read: past its blank line when the piece's tail holds
+/// it (the body, if any, starts there), else into the next piece. Returns
+/// the offset to go on from.
+fn head_end_in_tail(
+    conn: &mut Conn,
+    mut head: CutHead,
+    tail: &[u8],
+    captured: u64,
+    total: u64,
+) -> u64 {
+    let tail_start = total.saturating_sub(tail.len() as u64);
+    if captured < total
+        && tail_start >= captured
+        && let Some(end) = head.scan(tail, false)
+    {
+        conn.req = after_head(head);
+        return tail_start + end as u64;
+    }
+    conn.req = ReqPhase::HeadRest(head);
+    total
+}
+
+/// The body after a head whose end was found: by its framing where a
+/// whole line gave it, else wait for the next request line.
+fn after_head(head: CutHead) -> ReqPhase {
+    match (head.chunked, head.length) {
+        (true, _) => ReqPhase::Chunked(Chunked::default()),
+        (false, Some(0)) => ReqPhase::Start,
+        (false, Some(n)) => ReqPhase::Body(n),
+        (false, None) => ReqPhase::Resync,
     }
 }
 

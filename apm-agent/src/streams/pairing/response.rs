@@ -39,7 +39,7 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 Step::Lost => {
                     // A chunk-size line not captured: the response ends at
                     // its last write before the next request or response.
-                    conn.resp = RespPhase::Unframed;
+                    unframed(conn, sink);
                     off = total;
                 }
             },
@@ -73,6 +73,12 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 let resp = match http::parse_response(seen) {
                     Ok(resp) => resp,
                     Err(ParseError::Incomplete) if conn.pending.is_empty() => {
+                        off = total;
+                        continue;
+                    }
+                    Err(ParseError::Incomplete) => {
+                        // A status line cut by the end of the piece.
+                        lost(conn, sink, Unpaired::Truncated);
                         off = total;
                         continue;
                     }
@@ -119,7 +125,11 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     return;
                 }
                 conn.resp = match (resp.head_len, bodyless, resp.body) {
-                    (None, _, _) => RespPhase::Unframed,
+                    (None, _, _) => {
+                        unframed(conn, sink);
+                        off = total;
+                        continue;
+                    }
                     (Some(_), true, _) | (Some(_), false, Framing::Length(0)) => {
                         complete_current(conn, ev, sink);
                         RespPhase::Start
@@ -134,6 +144,18 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 }
             }
         }
+    }
+}
+
+/// The current response's end cannot be seen. Alone on the connection, it
+/// ends at its last write before the next request (exact on keep-alive);
+/// with requests pipelined behind it, where the next response starts is
+/// not known either, and they are all dropped (counted as truncated).
+fn unframed(conn: &mut Conn, sink: &mut impl Sink) {
+    if conn.pending.is_empty() {
+        conn.resp = RespPhase::Unframed;
+    } else {
+        lost(conn, sink, Unpaired::Truncated);
     }
 }
 

@@ -254,3 +254,99 @@ fn a_head_whose_end_is_never_seen_is_counted_and_the_next_request_is_exact() {
     );
     c.assert_balanced();
 }
+
+/// A POST whose head spans three segments and whose body segments each
+/// start like a request: the body is skipped by the Content-Length its
+/// captured lines gave, from the blank line found in a later segment.
+#[test]
+fn body_segments_that_start_like_requests_behind_a_long_head() {
+    let mut c = Conn1::new();
+    let seg = |i: usize| {
+        format!(
+            "GET /phantom/{i} HTTP/1.1\r\nHost: x\r\n\r\n{}",
+            "p".repeat(1400)
+        )
+    };
+    let body: String = (0..8).map(seg).collect::<Vec<_>>().concat();
+    let head = format!(
+        "POST /captures HTTP/1.1\r\nContent-Length: {}\r\nCookie: {}\r\nAccept: */*\r\n\r\n",
+        body.len(),
+        "k".repeat(3000)
+    );
+    // Head and body written separately: the body's segments each start
+    // with a request line.
+    c.segs(EventKind::Read, 0, head.as_bytes(), MSS);
+    for (i, s) in body.as_bytes().chunks(seg(0).len()).enumerate() {
+        c.seg(EventKind::Read, 10 + i as u64, s);
+    }
+    c.seg(
+        EventKind::Write,
+        100,
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+    );
+    c.seg(EventKind::Read, 200, &get_with_cookie("/after", 10));
+    c.seg(EventKind::Write, 210, &ok("ok"));
+    assert_eq!(
+        c.r.done,
+        vec![
+            done(Method::Post, "/captures", 202, 100),
+            done(Method::Get, "/after", 200, 10)
+        ]
+    );
+    assert_eq!(c.r.requests, 2);
+    c.assert_balanced();
+}
+
+/// A head that ends exactly where a long segment ends: the blank line is
+/// in the segment's tail, and the body after it is skipped by count.
+#[test]
+fn a_blank_line_in_the_tail_ends_a_long_head() {
+    let mut c = Conn1::new();
+    let body = format!("GET /phantom HTTP/1.1\r\n\r\n{}", "z".repeat(500));
+    let head = format!(
+        "POST /t HTTP/1.1\r\nContent-Length: {}\r\nCookie: {}\r\n\r\n",
+        body.len(),
+        "k".repeat(1200)
+    );
+    c.seg(EventKind::Read, 0, head.as_bytes());
+    c.seg(EventKind::Read, 1, body.as_bytes());
+    c.seg(
+        EventKind::Write,
+        5,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(c.r.done, vec![done(Method::Post, "/t", 201, 5)]);
+    assert_eq!(c.r.requests, 1);
+    c.assert_balanced();
+}
+
+/// Pipelined responses whose next head is cut by the capture: the
+/// requests behind it are dropped as truncated, never paired with the
+/// wrong response.
+#[test]
+fn a_cut_response_head_with_requests_behind_it() {
+    let mut c = Conn1::new();
+    let batch: Vec<u8> = (0..4)
+        .flat_map(|i| format!("GET /q/{i} HTTP/1.1\r\n\r\n").into_bytes())
+        .collect();
+    c.seg(EventKind::Read, 0, &batch);
+    // The first response fills most of the capture; the second's head
+    // starts in it and is cut.
+    let mut segment = ok(&"a".repeat(900));
+    segment.extend_from_slice(
+        format!(
+            "HTTP/1.1 404 Not Found\r\nX-Pad: {}\r\nContent-Length: 2\r\n\r\nno",
+            "p".repeat(300)
+        )
+        .as_bytes(),
+    );
+    segment.extend_from_slice(&ok("c"));
+    c.seg(EventKind::Write, 10, &segment);
+    c.seg(EventKind::Write, 11, &ok("d"));
+    assert_eq!(c.r.done, vec![done(Method::Get, "/q/0", 200, 10)]);
+    assert_eq!(c.r.unpaired, vec![Unpaired::Truncated; 3]);
+    c.seg(EventKind::Read, 20, &get_with_cookie("/next", 10));
+    c.seg(EventKind::Write, 22, &ok("ok"));
+    assert_eq!(c.r.done.last(), Some(&done(Method::Get, "/next", 200, 2)));
+    c.assert_balanced();
+}
