@@ -225,35 +225,9 @@ pub fn ensure_fuzz_deps() -> Result<()> {
 /// A virtualenv with [`PY_TOOLS`] under `target/pytools`; returns its bin
 /// directory.
 pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/pytools");
-    let bin = venv.join("bin");
-    if PY_TOOLS.iter().all(|t| bin.join(t).is_file()) {
-        return Ok(bin);
-    }
-    eprintln!(
-        "xtask: installing {} from PyPI into {}",
-        PY_TOOLS.join(", "),
-        venv.display()
-    );
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .status()
-        .context("running python3 -m venv")?;
-    if !status.success() {
-        bail!("python3 -m venv failed ({status}); install python3-venv");
-    }
-    let status = Command::new(bin.join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PY_TOOLS)
-        .stdin(Stdio::null())
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!("pip install {} failed ({status})", PY_TOOLS.join(" "));
-    }
-    Ok(bin)
+    ensure_venv(&root.join("target/pytools"), PY_TOOLS, |bin| {
+        PY_TOOLS.iter().all(|t| bin.join(t).is_file())
+    })
 }
 
 /// PyPI packages of the production-traffic tests' FastAPI application
@@ -263,28 +237,33 @@ const PY_APP: &[&str] = &["fastapi>=0.110,<1", "uvicorn>=0.29,<1"];
 /// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
 /// directory (holding uvicorn).
 pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/pyapp");
+    ensure_venv(&root.join("target/pyapp"), PY_APP, |bin| {
+        bin.join("uvicorn").is_file()
+            && Command::new(bin.join("python"))
+                .args(["-c", "import fastapi, uvicorn, h11"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    })
+}
+
+/// A virtualenv at `venv` with `packages` from PyPI, unless `ready` says
+/// its bin directory already has them; returns that bin directory.
+fn ensure_venv(venv: &Path, packages: &[&str], ready: impl Fn(&Path) -> bool) -> Result<PathBuf> {
     let bin = venv.join("bin");
-    let imports = |bin: &Path| {
-        Command::new(bin.join("python"))
-            .args(["-c", "import fastapi, uvicorn, h11"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if bin.join("uvicorn").is_file() && imports(&bin) {
+    if ready(&bin) {
         return Ok(bin);
     }
     eprintln!(
         "xtask: installing {} from PyPI into {}",
-        PY_APP.join(", "),
+        packages.join(", "),
         venv.display()
     );
     let status = Command::new("python3")
         .args(["-m", "venv"])
-        .arg(&venv)
+        .arg(venv)
         .stdin(Stdio::null())
         .status()
         .context("running python3 -m venv")?;
@@ -293,17 +272,18 @@ pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
     }
     let status = Command::new(bin.join("pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PY_APP)
+        .args(packages)
         .stdin(Stdio::null())
         .status()
         .context("running pip")?;
     if !status.success() {
-        bail!("pip install {} failed ({status})", PY_APP.join(" "));
+        bail!("pip install {} failed ({status})", packages.join(" "));
     }
-    if !imports(&bin) {
+    if !ready(&bin) {
         bail!(
-            "{} cannot import fastapi and uvicorn after pip install",
-            venv.display()
+            "{} lacks {} after pip install",
+            venv.display(),
+            packages.join(", ")
         );
     }
     Ok(bin)
