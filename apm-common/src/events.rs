@@ -202,7 +202,9 @@ pub struct PacketHeader {
     pub tail_len: u8,
     /// A [`side`] constant: whose socket the segment is of.
     pub side: u8,
-    pub _pad: [u8; 6],
+    /// The remote end's port, host byte order.
+    pub remote_port: u16,
+    pub _pad: [u8; 4],
     /// The last payload bytes of a segment longer than [`DATA_CAP`].
     pub tail: [u8; TAIL_CAP],
 }
@@ -325,12 +327,14 @@ mod tests {
                 netns: 3,
                 seq: 4,
                 len: 5000,
+                ack: 6,
                 port: 8080,
                 direction: direction::EGRESS,
                 flags: tcp_flags::FIN,
                 tail_len: 5,
                 side: side::SERVER,
-                _pad: [0; 2],
+                remote_port: 40000,
+                _pad: [0; 4],
                 tail: *b"0\r\n\r\n\0\0\0",
             },
             data: [0; DATA_CAP],

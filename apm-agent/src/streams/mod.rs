@@ -205,12 +205,19 @@ impl Streams {
             let verdict = self
                 .reassembly
                 .accept(view.conn, dir, &piece, |d| starts_message(dir, d));
-            // Its acknowledgment may have given up a hole the other way:
+            // A stream evicted for room: where its connection was is lost.
+            while let Some(conn) = self.reassembly.take_evicted() {
+                self.tracker.gap(conn, sink);
+                self.resp.gap(conn, sink);
+            }
+            // Its acknowledgment may have settled a hole the other way:
             // what the other side received came before this segment.
             if self.reassembly.holds_any() {
                 self.drain_held(view.conn, dir ^ 1, sink);
             }
-            if let Verdict::New { skip, gap } = verdict {
+            if let Verdict::New { skip, gap } = verdict
+                && !self.reassembly.is_closed(view.conn)
+            {
                 self.deliver(&view, h, data, skip, gap, sink);
             }
             if self.reassembly.holds_any() {

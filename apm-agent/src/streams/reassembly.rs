@@ -37,7 +37,7 @@ use super::table::{EVICTABLE_NS, Full, LastSeen, Table};
 pub const REORDER_WINDOW_NS: u64 = 1_000_000_000;
 /// Segments held behind one hole, per direction.
 pub const MAX_HELD: usize = 1024;
-/// Captured bytes held over all connections.
+/// Bytes held over all connections (captured bytes and bookkeeping).
 pub const HELD_BYTES_BUDGET: usize = 16 << 20;
 
 /// What to do with a segment.
@@ -76,24 +76,47 @@ struct Direction {
     /// bytes it has received in order, which a retransmission will not
     /// bring again.
     acked: Option<u32>,
+    /// Bytes before `next` were skipped as lost: the next segment handed
+    /// on follows a gap.
+    lost: bool,
     /// Segments beyond a hole, in sequence order.
     held: VecDeque<Held>,
-    /// When the first segment now held arrived.
+    /// When the hole before the first held segment was seen open.
     held_since_ns: u64,
     /// The hole was declared a gap: hand the held segments out anyway.
     give_up: bool,
 }
 
 impl Direction {
-    /// Whether the other side has received past the hole before the held
-    /// segments: it will not be filled.
-    fn hole_acked(&self) -> bool {
-        let Some(first) = self.held.front() else {
-            return false;
+    /// Skips what the other side acknowledged of a hole before the held
+    /// segments: those bytes reached it, only their records were lost, and
+    /// no retransmission will bring them. A hole beyond the acknowledgment
+    /// still waits.
+    fn skip_acked(&mut self) {
+        let (Some(acked), Some(front)) = (self.acked, self.held.front()) else {
+            return;
         };
-        let before = self.next.unwrap_or(first.header.seq);
-        self.acked.is_some_and(|a| ahead(a, before) > 0)
+        let front = front.header.seq;
+        match self.next {
+            Some(next) if ahead(acked, next) > 0 => {
+                self.next = Some(if ahead(acked, front) >= 0 {
+                    front
+                } else {
+                    acked
+                });
+                self.lost = true;
+            }
+            // Where it started was never seen; the other side has what was
+            // before the held segments: joined mid-stream, they go on.
+            None if ahead(acked, front) > 0 => self.next = Some(front),
+            _ => {}
+        }
     }
+}
+
+/// Bytes a held segment costs against [`HELD_BYTES_BUDGET`].
+fn cost(h: &Held) -> usize {
+    std::mem::size_of::<Held>() + h.data.len()
 }
 
 #[derive(Debug, Default)]
@@ -114,9 +137,14 @@ impl LastSeen for Stream {
 pub struct Reassembly {
     /// Keyed by socket cookies, least recently seen first.
     streams: Table<Stream>,
-    /// Connections with held segments, and captured bytes held in all.
+    /// Connections with held segments, and bytes held in all.
     holding: FxHashMap<(u64, u8), u64>,
     held_bytes: usize,
+    /// Holes are checked for expiry at most once a millisecond.
+    next_check_ns: u64,
+    /// Streams evicted for room since the caller last asked: what they
+    /// held, and where they were, is gone.
+    evicted: Vec<u64>,
 }
 
 /// Signed distance from `b` to `a` modulo 2^32 (sequence numbers wrap).
@@ -130,6 +158,8 @@ impl Reassembly {
             streams: Table::new(max),
             holding: FxHashMap::default(),
             held_bytes: 0,
+            next_check_ns: 0,
+            evicted: Vec::new(),
         }
     }
 
@@ -141,14 +171,20 @@ impl Reassembly {
         self.streams.is_empty()
     }
 
-    /// Captured bytes held behind holes, over all connections.
+    /// Bytes held behind holes, over all connections.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }
 
+    /// A connection whose stream was evicted for room since the last call.
+    pub fn take_evicted(&mut self) -> Option<u64> {
+        self.evicted.pop()
+    }
+
     /// Places a segment of direction `dir` (0 ingress, 1 egress) of
     /// connection `conn`. After any verdict, [`Self::ready`] may have held
-    /// segments to hand out.
+    /// segments to hand out, in either direction (the segment's
+    /// acknowledgment may have settled a hole in the other).
     /// `is_start` tells whether captured bytes start a message, for the
     /// first segment of a direction.
     pub fn accept(
@@ -174,6 +210,7 @@ impl Reassembly {
                 Ok(evicted) => {
                     if let Some(old) = evicted {
                         self.forget(&old);
+                        self.evicted.push(old.conn);
                     }
                 }
                 // No room to remember it: pass the bytes on unchecked.
@@ -189,17 +226,12 @@ impl Reassembly {
         }
         let dir = usize::from(dir.min(1));
         if p.header.flags & tcp_flags::ACK != 0 {
-            // What this segment acknowledges of the other direction: a
-            // hole there that the other side has received past is lost
-            // for good (a ring-buffer record dropped, not a segment).
             let other = &mut stream.dirs[1 - dir];
             let ack = p.header.ack;
             if other.acked.is_none_or(|a| ahead(ack, a) > 0) {
                 other.acked = Some(ack);
             }
-            if other.hole_acked() {
-                other.give_up = true;
-            }
+            other.skip_acked();
         }
         let d = &mut stream.dirs[dir];
         let (seq, len) = (p.header.seq, p.header.len);
@@ -224,10 +256,18 @@ impl Reassembly {
         };
         let start_ahead = ahead(seq, next);
         if start_ahead > 0 {
-            if d.held.is_empty() && d.acked.is_some_and(|a| ahead(a, next) > 0) {
-                // The other side already has the missing bytes.
-                d.next = Some(end);
-                return Verdict::New { skip: 0, gap: true };
+            if d.held.is_empty()
+                && let Some(acked) = d.acked
+                && ahead(acked, next) > 0
+            {
+                // The other side has the missing bytes up to `acked`.
+                if ahead(acked, seq) >= 0 {
+                    d.next = Some(end);
+                    d.lost = false;
+                    return Verdict::New { skip: 0, gap: true };
+                }
+                d.next = Some(acked);
+                d.lost = true;
             }
             // Beyond a hole (a bare FIN too: it waits for the data).
             return self.hold(conn, dir as u8, p);
@@ -238,7 +278,7 @@ impl Reassembly {
         d.next = Some(end);
         Verdict::New {
             skip: start_ahead.unsigned_abs(),
-            gap: false,
+            gap: std::mem::take(&mut d.lost),
         }
     }
 
@@ -259,16 +299,15 @@ impl Reassembly {
         if d.held.is_empty() {
             d.held_since_ns = p.header.ts_ns;
         }
-        d.held.insert(
-            at,
-            Held {
-                header: *p.header,
-                data: p.data.into(),
-            },
-        );
-        self.held_bytes += p.data.len();
-        *self.holding.entry((conn, dir)).or_default() = d.held_since_ns;
-        if d.hole_acked() || d.held.len() > MAX_HELD || self.held_bytes > HELD_BYTES_BUDGET {
+        let held = Held {
+            header: *p.header,
+            data: p.data.into(),
+        };
+        self.held_bytes += cost(&held);
+        d.held.insert(at, held);
+        self.holding.insert((conn, dir), d.held_since_ns);
+        d.skip_acked();
+        if d.held.len() > MAX_HELD || self.held_bytes > HELD_BYTES_BUDGET {
             d.give_up = true;
         }
         Verdict::Held
@@ -278,8 +317,9 @@ impl Reassembly {
     /// on, with the bytes to skip at its front and whether a gap precedes
     /// it; `None` while the hole before the held segments is open.
     pub fn ready(&mut self, conn: u64, dir: u8) -> Option<(Held, u32, bool)> {
+        let dir = dir.min(1);
         let stream = self.streams.peek_mut(conn)?;
-        let d = &mut stream.dirs[usize::from(dir.min(1))];
+        let d = &mut stream.dirs[usize::from(dir)];
         loop {
             let first = d.held.front()?;
             // Where the direction starts is still unknown: once given up,
@@ -295,14 +335,24 @@ impl Reassembly {
                 return None;
             }
             let held = d.held.pop_front()?;
-            self.held_bytes = self.held_bytes.saturating_sub(held.data.len());
-            if d.held.is_empty() {
-                d.give_up = false;
-                self.holding.remove(&(conn, dir));
+            self.held_bytes = self.held_bytes.saturating_sub(cost(&held));
+            match d.held.front() {
+                None => {
+                    d.give_up = false;
+                    self.holding.remove(&(conn, dir));
+                }
+                // A hole before the new first one is timed from when that
+                // one arrived.
+                Some(front) if !d.give_up => {
+                    d.held_since_ns = front.header.ts_ns;
+                    self.holding.insert((conn, dir), d.held_since_ns);
+                }
+                Some(_) => {}
             }
             let end = held.header.seq.wrapping_add(held.header.len);
             if start_ahead > 0 {
                 d.next = Some(end);
+                d.lost = false;
                 return Some((held, 0, true));
             }
             if ahead(end, next) <= 0 && !(held.header.len == 0 && start_ahead == 0) {
@@ -310,7 +360,8 @@ impl Reassembly {
                 continue;
             }
             d.next = Some(end);
-            return Some((held, start_ahead.unsigned_abs(), false));
+            let gap = std::mem::take(&mut d.lost);
+            return Some((held, start_ahead.unsigned_abs(), gap));
         }
     }
 
@@ -329,14 +380,20 @@ impl Reassembly {
             .collect();
         for (conn, dir) in &due {
             if let Some(s) = self.streams.peek_mut(*conn) {
-                s.dirs[usize::from((*dir).min(1))].give_up = true;
+                s.dirs[usize::from(*dir)].give_up = true;
             }
         }
         due
     }
 
-    /// Whether some hole was open before `now_ns - window_ns` (cheap).
-    pub fn has_expired(&self, now_ns: u64, window_ns: u64) -> bool {
+    /// Whether some hole was open before `now_ns - window_ns`: looked at
+    /// once a millisecond at most, so a packet costs O(1) however many
+    /// connections hold segments.
+    pub fn has_expired(&mut self, now_ns: u64, window_ns: u64) -> bool {
+        if self.holding.is_empty() || now_ns < self.next_check_ns {
+            return false;
+        }
+        self.next_check_ns = now_ns.saturating_add(1_000_000);
         self.holding
             .values()
             .any(|since| now_ns.saturating_sub(*since) > window_ns)
@@ -349,6 +406,16 @@ impl Reassembly {
 
     pub fn has(&self, conn: u64) -> bool {
         self.streams.peek(conn).is_some_and(|s| !s.closed)
+    }
+
+    /// Whether `conn` was closed (and is remembered as such).
+    pub fn is_closed(&self, conn: u64) -> bool {
+        self.streams.peek(conn).is_some_and(|s| s.closed)
+    }
+
+    /// Whether `conn` has a stream here, open or closed.
+    pub fn knows(&self, conn: u64) -> bool {
+        self.streams.contains(conn)
     }
 
     /// The connection closed: later segments of it are dropped until it
@@ -366,8 +433,8 @@ impl Reassembly {
         let Some(s) = self.streams.peek_mut(conn) else {
             return;
         };
-        let d = &mut s.dirs[usize::from(dir.min(1))];
-        let bytes: usize = d.held.drain(..).map(|h| h.data.len()).sum();
+        let d = &mut s.dirs[usize::from(dir)];
+        let bytes: usize = d.held.drain(..).map(|h| cost(&h)).sum();
         d.give_up = false;
         self.held_bytes = self.held_bytes.saturating_sub(bytes);
         self.holding.remove(&(conn, dir));
@@ -376,7 +443,7 @@ impl Reassembly {
     /// Accounts for a stream removed from the table.
     fn forget(&mut self, old: &Stream) {
         for (dir, d) in old.dirs.iter().enumerate() {
-            let bytes: usize = d.held.iter().map(|h| h.data.len()).sum();
+            let bytes: usize = d.held.iter().map(cost).sum();
             self.held_bytes = self.held_bytes.saturating_sub(bytes);
             self.holding.remove(&(old.conn, dir as u8));
         }

@@ -142,9 +142,12 @@ fn byte_at(data: &[u8], tail: &[u8], off: u64, total: u64) -> Option<u8> {
     if let Some(&b) = data.get(i) {
         return Some(b);
     }
-    let tail_start = total.checked_sub(tail.len() as u64)?;
-    let j = usize::try_from(off.checked_sub(tail_start)?).ok()?;
-    tail.get(j).copied()
+    // The tail is the last bytes of the segment: of a piece trimmed
+    // shorter than it, only its last `total` bytes are the piece's.
+    let back = usize::try_from(total.checked_sub(off)?).ok()?;
+    tail.len()
+        .checked_sub(back)
+        .and_then(|j| tail.get(j).copied())
 }
 
 #[cfg(test)]
@@ -226,6 +229,16 @@ mod tests {
             c.advance(b"1000\r\nxxxx", b"xx0\r\n\r\n", 0, 4109),
             Step::Done(4109)
         );
+    }
+
+    #[test]
+    fn a_tail_longer_than_a_trimmed_piece_is_read_from_its_end() {
+        // A retransmission overlapping what was seen, trimmed to its last
+        // 5 bytes, with its 8-byte tail and nothing else captured.
+        let mut c = Chunked::default();
+        assert_eq!(c.advance(b"", b"xyz\r\n\r\n", 0, 2), Step::Lost);
+        let mut c = Chunked::Trailer { line: 0 };
+        assert_eq!(c.advance(b"", b"abc0\r\n\r\n", 0, 2), Step::Done(2));
     }
 
     #[test]

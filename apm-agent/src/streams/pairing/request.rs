@@ -57,13 +57,16 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     conn.req = ReqPhase::Start;
                     continue;
                 }
-                off = match head.scan(seen, false) {
-                    Some(end) => {
-                        conn.req = after_head(head);
-                        off + end as u64
+                match head.scan(seen, ev.tail, total - captured.max(off)) {
+                    Some((end, body)) => {
+                        conn.req = body;
+                        off += end;
                     }
-                    None => head_end_in_tail(conn, head, ev.tail, captured, total),
-                };
+                    None => {
+                        conn.req = ReqPhase::HeadRest(head);
+                        off = total;
+                    }
+                }
             }
             ReqPhase::Resync => {
                 if starts_request(seen) {
@@ -103,13 +106,20 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                             None => {
                                 // The head goes on past what we saw: its
                                 // whole header lines may say how the body
-                                // is framed, and the piece's tail where the
-                                // head ends.
-                                let mut head = CutHead::default();
-                                if let Some(line) = memchr::memchr(b'\n', seen) {
-                                    head.scan(&seen[line + 1..], true);
+                                // is framed.
+                                let line =
+                                    memchr::memchr(b'\n', seen).map_or(seen.len(), |l| l + 1);
+                                let beyond = total - captured.max(off);
+                                match CutHead::new(&seen[line..], ev.tail, beyond) {
+                                    (_, Some((end, body))) => {
+                                        conn.req = body;
+                                        off += line as u64 + end;
+                                    }
+                                    (head, None) => {
+                                        conn.req = ReqPhase::HeadRest(head);
+                                        off = total;
+                                    }
                                 }
-                                off = head_end_in_tail(conn, head, ev.tail, captured, total);
                             }
                         }
                     }
@@ -136,40 +146,6 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 }
             }
         }
-    }
-}
-
-/// Where a cut head goes on after a piece of `total` bytes whose first
-/// `captured` were read: past its blank line when the piece's tail holds
-/// it (the body, if any, starts there), else into the next piece. Returns
-/// the offset to go on from.
-fn head_end_in_tail(
-    conn: &mut Conn,
-    mut head: CutHead,
-    tail: &[u8],
-    captured: u64,
-    total: u64,
-) -> u64 {
-    let tail_start = total.saturating_sub(tail.len() as u64);
-    if captured < total
-        && tail_start >= captured
-        && let Some(end) = head.scan(tail, false)
-    {
-        conn.req = after_head(head);
-        return tail_start + end as u64;
-    }
-    conn.req = ReqPhase::HeadRest(head);
-    total
-}
-
-/// The body after a head whose end was found: by its framing where a
-/// whole line gave it, else wait for the next request line.
-fn after_head(head: CutHead) -> ReqPhase {
-    match (head.chunked, head.length) {
-        (true, _) => ReqPhase::Chunked(Chunked::default()),
-        (false, Some(0)) => ReqPhase::Start,
-        (false, Some(n)) => ReqPhase::Body(n),
-        (false, None) => ReqPhase::Resync,
     }
 }
 

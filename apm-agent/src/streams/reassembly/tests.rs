@@ -264,3 +264,90 @@ fn the_other_sides_acknowledgment_says_where_a_direction_starts() {
     assert_eq!(first(&mut r, 1, 1, 700, &head), NEW);
     assert_eq!(drain(&mut r, 1, 1), vec![(800, 0, false)]);
 }
+
+const MS: u64 = 1_000_000;
+
+#[test]
+fn a_hole_behind_a_filled_one_is_timed_from_its_own_start() {
+    let mut r = Reassembly::new(8);
+    accept(&mut r, 1, 0, 0, 10, 0);
+    // Hole 10..20 (20 held at 0 ms), hole 30..40 (40 held at 900 ms).
+    assert_eq!(accept(&mut r, 1, 0, 20, 10, 0), Verdict::Held);
+    assert_eq!(accept(&mut r, 1, 0, 40, 10, 900 * MS), Verdict::Held);
+    assert_eq!(accept(&mut r, 1, 0, 10, 10, 950 * MS), NEW);
+    assert_eq!(drain(&mut r, 1, 0), vec![(20, 0, false)]);
+    // At 1 s the second hole has been open 100 ms: not a gap yet.
+    assert!(
+        r.expire(REORDER_WINDOW_NS + 1, REORDER_WINDOW_NS)
+            .is_empty()
+    );
+    assert_eq!(accept(&mut r, 1, 0, 30, 10, REORDER_WINDOW_NS + 2), NEW);
+    assert_eq!(drain(&mut r, 1, 0), vec![(40, 0, false)]);
+}
+
+#[test]
+fn an_acknowledgment_skips_only_what_it_covers() {
+    let mut r = Reassembly::new(8);
+    accept(&mut r, 1, 0, 100, 10, 0);
+    // Holes 110..150 and 160..200.
+    assert_eq!(accept(&mut r, 1, 0, 150, 10, 1), Verdict::Held);
+    assert_eq!(accept(&mut r, 1, 0, 200, 10, 2), Verdict::Held);
+    // The server has 110..160: the first hole is lost for good, the second
+    // is still to be retransmitted.
+    assert_eq!(acking(&mut r, 1, 1, 0, 5, 160), NEW);
+    assert_eq!(drain(&mut r, 1, 0), vec![(150, 0, true)]);
+    assert_eq!(accept(&mut r, 1, 0, 160, 40, 3), NEW);
+    assert_eq!(drain(&mut r, 1, 0), vec![(200, 0, false)]);
+}
+
+#[test]
+fn a_hole_partly_acknowledged_before_it_shows_waits_for_the_rest() {
+    let mut r = Reassembly::new(8);
+    accept(&mut r, 1, 0, 90, 10, 0);
+    assert_eq!(acking(&mut r, 1, 1, 0, 5, 150), NEW);
+    // 100..150 reached the server unrecorded; 150..200 is in flight.
+    assert_eq!(accept(&mut r, 1, 0, 200, 10, 1), Verdict::Held);
+    assert_eq!(
+        accept(&mut r, 1, 0, 150, 50, 2),
+        Verdict::New { skip: 0, gap: true }
+    );
+    assert_eq!(drain(&mut r, 1, 0), vec![(200, 0, false)]);
+}
+
+#[test]
+fn an_evicted_stream_is_reported_and_its_held_bytes_released() {
+    let mut r = Reassembly::new(1);
+    accept(&mut r, 1, 0, 0, 10, 0);
+    assert_eq!(accept(&mut r, 1, 0, 20, 10, 1), Verdict::Held);
+    assert!(r.held_bytes() > 0);
+    accept(&mut r, 2, 0, 0, 10, REORDER_WINDOW_NS + 2);
+    assert_eq!(r.take_evicted(), Some(1));
+    assert_eq!(r.take_evicted(), None);
+    assert!(!r.holds_any());
+    assert_eq!(r.held_bytes(), 0);
+}
+
+#[test]
+fn held_bare_fins_count_against_the_budget() {
+    let mut r = Reassembly::new(8);
+    accept(&mut r, 1, 0, 0, 10, 0);
+    let fin = PacketHeader {
+        seq: 100,
+        flags: tcp_flags::FIN,
+        ..PacketHeader::default()
+    };
+    assert_eq!(place(&mut r, 1, 0, fin), Verdict::Held);
+    assert!(r.held_bytes() >= std::mem::size_of::<Held>());
+}
+
+#[test]
+fn expiry_is_looked_at_once_a_millisecond() {
+    let mut r = Reassembly::new(8);
+    accept(&mut r, 1, 0, 0, 10, 0);
+    assert_eq!(accept(&mut r, 1, 0, 20, 10, 0), Verdict::Held);
+    let late = REORDER_WINDOW_NS + 1;
+    assert!(!r.has_expired(late - 1, REORDER_WINDOW_NS));
+    // Asked again within the millisecond: not looked at.
+    assert!(!r.has_expired(late + 10, REORDER_WINDOW_NS));
+    assert!(r.has_expired(late + MS, REORDER_WINDOW_NS));
+}
