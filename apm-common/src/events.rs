@@ -116,6 +116,10 @@ pub mod side {
     /// A monitored client's connection to a captured remote port: `port`
     /// is that remote port; `direction` is still the socket's own.
     pub const CLIENT: u8 = 1;
+    /// A monitored server's listening socket: the data of a connection
+    /// whose handshake this segment completed (its last ACK was lost), seen
+    /// under the listener's cookie. `remote_port` tells which connection.
+    pub const LISTENER: u8 = 2;
 }
 
 /// A monitored process's connect() to a captured remote port, from the

@@ -11,6 +11,7 @@
 //! A connection is HTTP unless its first bytes are RESP (a command array,
 //! an inline Redis command, or a reply first): then `resp` pairs it.
 
+mod handshake;
 pub mod pairing;
 pub mod reassembly;
 pub mod resp;
@@ -26,7 +27,8 @@ use apm_common::events::{
 };
 
 use self::{
-    pairing::{Event, InFlight, Origin, Sink, Tracker},
+    handshake::Handshakes,
+    pairing::{Event, InFlight, Origin, Sink, Tracker, Unpaired},
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
     resp::{CommandSink, Peer},
     table::{EVICTABLE_NS, LastSeen, Table},
@@ -59,6 +61,7 @@ pub struct Streams {
     outbound: Table<Outbound>,
     /// The latest time of a packet or a sweep: a connect record has none.
     now_ns: u64,
+    handshakes: Handshakes,
 }
 
 /// A client connection: the connecting process and the server's address.
@@ -84,6 +87,7 @@ impl Streams {
             reassembly: Reassembly::new(max_connections.saturating_mul(2)),
             outbound: Table::new(max_connections),
             now_ns: 0,
+            handshakes: Handshakes::default(),
         }
     }
 
@@ -144,6 +148,20 @@ impl Streams {
             && let Some(out) = self.outbound.get_mut(h.cookie)
         {
             out.last_seen_ns = h.ts_ns;
+        }
+        if h.side == side::LISTENER {
+            if h.len > 0 && !self.handshakes.keep(h, data) {
+                sink.resync(listener_origin(h.netns, h.port), h.port, Unpaired::Gap);
+            }
+            return;
+        }
+        if h.side == side::SERVER && !self.handshakes.is_empty() && !self.reassembly.knows(h.cookie)
+        {
+            // A new connection: its first data may have come through its
+            // listener.
+            for (first, bytes) in self.handshakes.take(h) {
+                self.place(&first, &bytes, sink);
+            }
         }
         self.place(h, data, sink);
         // Holes open for too long are gaps: what waits behind them goes on.
@@ -342,6 +360,9 @@ impl Streams {
     /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sinks) {
         self.expire_holes(now_ns, sink);
+        for (netns, port) in self.handshakes.expire(now_ns) {
+            sink.resync(listener_origin(netns, port), port, Unpaired::Gap);
+        }
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
@@ -350,6 +371,11 @@ impl Streams {
         self.outbound.sweep(now_ns, idle_ns).for_each(drop);
         self.reassembly.sweep(now_ns, idle_ns);
     }
+}
+
+/// The service of a listener's records.
+fn listener_origin(netns: u64, port: u16) -> Origin {
+    Origin::Socket { netns, port }
 }
 
 /// Whether captured bytes of direction `dir` (as the server sees it) start

@@ -259,3 +259,56 @@ fn connect_records_are_bounded_and_the_least_recently_seen_idle_make_room() {
     s.sweep(10_000_000_000, 1_000_000_000, &mut sink);
     assert_eq!((s.outbound.len(), s.connections()), (0, 0));
 }
+
+#[test]
+fn a_request_that_completed_its_handshake_joins_its_connection() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    let get = b"GET /first HTTP/1.1\r\n\r\n";
+    // The client's last handshake ACK was lost: its request went through
+    // the listener (cookie 100), from client port 40000.
+    let via_listener = PacketHeader {
+        ts_ns: 1,
+        cookie: 100,
+        netns: 9,
+        port: 8080,
+        remote_port: 40000,
+        direction: i,
+        side: side::LISTENER,
+        seq: 1,
+        ack: 501,
+        flags: tcp_flags::ACK,
+        ..Default::default()
+    };
+    s.handle_record(&synthetic::packet(via_listener, get), &mut sink)
+        .expect("record");
+    assert!(sink.http.is_empty() && sink.resyncs.is_empty());
+    // The new connection's (cookie 7) response, acknowledging the request.
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let response = PacketHeader {
+        ts_ns: 5,
+        cookie: 7,
+        netns: 9,
+        port: 8080,
+        remote_port: 40000,
+        direction: e,
+        side: side::SERVER,
+        seq: 501,
+        ack: 1 + get.len() as u32,
+        flags: tcp_flags::ACK,
+        ..Default::default()
+    };
+    s.handle_record(&synthetic::packet(response, ok), &mut sink)
+        .expect("record");
+    assert_eq!(sink.http, vec![("/first".to_owned(), 200)]);
+    assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+    // One that never finds its connection is counted when it expires.
+    let lone = PacketHeader {
+        remote_port: 40001,
+        ..via_listener
+    };
+    s.handle_record(&synthetic::packet(lone, get), &mut sink)
+        .expect("record");
+    s.sweep(10_000_000_000, 300_000_000_000, &mut sink);
+    assert_eq!(sink.resyncs, vec![Unpaired::Gap]);
+}

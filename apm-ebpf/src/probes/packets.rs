@@ -57,6 +57,42 @@ struct Segment {
     seq: u32,
     ack: u32,
     flags: u8,
+    /// The remote end's port (host order).
+    remote_port: u16,
+}
+
+/// `TCP_LISTEN` in the kernel's socket states.
+const TCP_LISTEN: u32 = 10;
+
+/// The remote end's port of the packet's socket (host order).
+#[inline(always)]
+fn remote_port(ctx: &SkBuffContext) -> u32 {
+    // SAFETY: the context is the kernel's __sk_buff for this program;
+    // remote_port holds the port in network byte order, shifted into the
+    // upper half on little-endian kernels.
+    let remote = unsafe { (*ctx.skb.skb).remote_port };
+    u32::from(u16::from_be(
+        (if remote > 0xffff {
+            remote >> 16
+        } else {
+            remote
+        }) as u16,
+    ))
+}
+
+/// Whether the packet's socket is listening: TCP runs the filter of the
+/// listener (not of the new connection) on the segment that completes a
+/// handshake whose last ACK was lost, so its data is the new connection's
+/// first, under the listener's cookie.
+#[inline(always)]
+fn on_listener(ctx: &SkBuffContext) -> bool {
+    // SAFETY: cgroup_skb programs may read __sk_buff.sk, a socket (common
+    // part) or null, checked before its state is read, which the verifier
+    // allows on the common part.
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        !sk.is_null() && (*sk).state == TCP_LISTEN
+    }
 }
 
 #[inline(always)]
@@ -72,16 +108,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         // A monitored client's connection to a captured remote port, or
         // one being watched for RESP? The port first (array lookups), the
         // socket's cookie only then.
-        // SAFETY: as above; remote_port holds the port in network byte
-        // order, shifted into the upper half on little-endian kernels.
-        let remote = unsafe { (*ctx.skb.skb).remote_port };
-        let remote = u32::from(u16::from_be(
-            (if remote > 0xffff {
-                remote >> 16
-            } else {
-                remote
-            }) as u16,
-        ));
+        let remote = remote_port(ctx);
         // The address-only flag is the connect hook's business: a socket
         // it let through is in OUTBOUND.
         let listed = REMOTE_PORTS.get(remote).copied().unwrap_or(0) & !ADDR_ONLY;
@@ -108,9 +135,15 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         port = remote;
         whose = side::CLIENT;
     }
-    let Some(seg) = segment(ctx) else {
+    let Some(mut seg) = segment(ctx) else {
         return;
     };
+    if whose == side::SERVER {
+        seg.remote_port = remote_port(ctx) as u16;
+        if on_listener(ctx) {
+            whose = side::LISTENER;
+        }
+    }
     let payload = len.saturating_sub(seg.payload_off);
     if let Some((cookie, event)) = watched
         && !recognise(ctx, dir, cookie, &event, &seg, payload)
@@ -217,6 +250,7 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
+        remote_port: 0,
     })
 }
 
@@ -290,6 +324,7 @@ fn fill_and_send(
         seq: seg.seq.wrapping_add(off),
         len: payload,
         ack: seg.ack,
+        remote_port: seg.remote_port,
         port,
         direction: dir,
         side: whose,
