@@ -395,7 +395,8 @@ pub fn streams(data: &[u8]) {
     let mut streams = Streams::new(max);
     let mut tally = Tally::default();
     let mut ts = 0u64;
-    // Furthest stream offset delivered per queue, and holes per connection.
+    // Where what was delivered in order per queue ends, and holes per
+    // connection.
     let mut furthest: Vec<Option<u32>> = vec![None; queues.len()];
     let mut holes = [0u64; CONNS];
     let mut deliver = |mut rec: Rec, ts: u64, streams: &mut Streams, tally: &mut Tally| {
@@ -404,10 +405,15 @@ pub fn streams(data: &[u8]) {
             rec.bytes[8..16].copy_from_slice(&ts.to_ne_bytes());
             let q = 2 * rec.conn + rec.dir;
             let end = rec.off + rec.len;
+            // Each piece that does not continue what came before in order
+            // may open a hole (one the reordering window gives up on once
+            // time jumps past it).
             if furthest[q].map_or(rec.off > 0, |f| rec.off > f) {
                 holes[rec.conn] += 1;
             }
-            furthest[q] = Some(furthest[q].map_or(end, |f| f.max(end)));
+            if furthest[q].is_none_or(|f| rec.off <= f) {
+                furthest[q] = Some(furthest[q].map_or(end, |f| f.max(end)));
+            }
         }
         let decoded = streams.handle_record(&rec.bytes, tally);
         assert!(decoded.is_ok(), "{decoded:?}");
