@@ -399,10 +399,18 @@ pub fn streams(data: &[u8]) {
     // connection.
     let mut furthest: Vec<Option<u32>> = vec![None; queues.len()];
     let mut holes = [0u64; CONNS];
+    // A client connection's records before its connect record are not
+    // followed: the agent does not know whose they are.
+    let mut named: Vec<bool> = conns.iter().map(|c| !c.client).collect();
     let mut deliver = |mut rec: Rec, ts: u64, streams: &mut Streams, tally: &mut Tally| {
+        if rec.len == 0 && rec.dir == 0 {
+            named[rec.conn] = true;
+        }
         if rec.len > 0 {
             // PacketHeader::ts_ns, bytes 8..16: stamped when sent.
             rec.bytes[8..16].copy_from_slice(&ts.to_ne_bytes());
+        }
+        if rec.len > 0 && named[rec.conn] {
             let q = 2 * rec.conn + rec.dir;
             let end = rec.off + rec.len;
             // Each piece that does not continue what came before in order
@@ -460,6 +468,11 @@ pub fn streams(data: &[u8]) {
         let Some(flags) = conn.close else {
             continue;
         };
+        // A FIN after bytes never delivered sits beyond a hole.
+        let sent = conn.streams[1].len() as u32;
+        if furthest[2 * i + 1].is_none_or(|f| f < sent) {
+            holes[i] += 1;
+        }
         ts += 1_000;
         let header = PacketHeader {
             ts_ns: ts,

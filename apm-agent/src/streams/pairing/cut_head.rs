@@ -75,7 +75,7 @@ impl CutHead {
         if beyond == 0 {
             match self.doubt {
                 None => self.edge = edge_after(region, self.edge),
-                Some(_) => self.doubt = Some((len - earliest).max(0) as u64),
+                Some(_) => self.doubt = Some(len.saturating_sub(earliest).max(0) as u64),
             }
             return None;
         }
@@ -89,13 +89,13 @@ impl CutHead {
         let tail = &tail[tail.len() - shown..];
         let shift = len.saturating_add(i64::try_from(beyond).unwrap_or(i64::MAX) - shown as i64);
         // From the tail's start now.
-        earliest -= shift;
+        earliest = earliest.saturating_sub(shift);
         if let Some(end) = self.lines(tail, false, &mut earliest) {
             self.doubt = Some(0);
             let at = (shift as u64).saturating_add(end as u64);
             return Some((at, self.body(end, earliest, false)));
         }
-        self.doubt = Some((shown as i64 - earliest).max(0) as u64);
+        self.doubt = Some((shown as i64).saturating_sub(earliest).max(0) as u64);
         None
     }
 
@@ -128,7 +128,7 @@ impl CutHead {
         let passed = if exact {
             0
         } else {
-            (end as i64 - earliest).max(0) as u64
+            (end as i64).saturating_sub(earliest).max(0) as u64
         };
         match (self.chunked, self.length) {
             (true, _) if passed == 0 => ReqPhase::Chunked(Chunked::default()),

@@ -57,7 +57,7 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     conn.req = ReqPhase::Start;
                     continue;
                 }
-                match head.scan(seen, ev.tail, total - captured.max(off)) {
+                match head.scan(seen, ev.tail, total.saturating_sub(captured.max(off))) {
                     Some((end, body)) => {
                         conn.req = body;
                         off += end;
@@ -109,7 +109,7 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                                 // is framed.
                                 let line =
                                     memchr::memchr(b'\n', seen).map_or(seen.len(), |l| l + 1);
-                                let beyond = total - captured.max(off);
+                                let beyond = total.saturating_sub(captured.max(off));
                                 match CutHead::new(&seen[line..], ev.tail, beyond) {
                                     (_, Some((end, body))) => {
                                         conn.req = body;
