@@ -127,8 +127,10 @@ pub struct Config {
     #[arg(long = "route", env = "APM_ROUTE", value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<crate::protocols::routes::Pattern>,
 
-    /// Connections whose HTTP requests are paired at once; beyond that,
-    /// idle ones are evicted and new ones are not tracked (counted).
+    /// Connections whose HTTP requests (and, as many again, Redis
+    /// commands) are paired at once; beyond that, the least recently seen
+    /// idle one is evicted, else a new one is not tracked (counted as
+    /// table_full).
     #[arg(long, env = "APM_MAX_CONNECTIONS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_connections: u32,
 
