@@ -165,7 +165,7 @@ impl Streams {
         }
         self.place(h, data, sink);
         // Holes open for too long are gaps: what waits behind them goes on.
-        if self.reassembly.holds_any() && self.reassembly.has_expired(h.ts_ns, REORDER_WINDOW_NS) {
+        if self.reassembly.has_expired(h.ts_ns, REORDER_WINDOW_NS) {
             self.expire_holes(h.ts_ns, sink);
         }
     }
@@ -225,8 +225,7 @@ impl Streams {
                 .accept(view.conn, dir, &piece, |d| starts_message(dir, d));
             // A stream evicted for room: where its connection was is lost.
             while let Some(conn) = self.reassembly.take_evicted() {
-                self.tracker.gap(conn, sink);
-                self.resp.gap(conn, sink);
+                self.gap(conn, sink);
             }
             // Its acknowledgment may have settled a hole the other way:
             // what the other side received came before this segment.
@@ -269,8 +268,7 @@ impl Streams {
         sink: &mut impl Sinks,
     ) {
         if gap {
-            self.tracker.gap(view.conn, sink);
-            self.resp.gap(view.conn, sink);
+            self.gap(view.conn, sink);
         }
         if h.len > skip {
             let event = Event {
@@ -294,6 +292,12 @@ impl Streams {
         if view.dir == direction::EGRESS && h.flags & tcp_flags::FIN != 0 {
             self.close(view, h.ts_ns, sink);
         }
+    }
+
+    /// Bytes of `conn` were lost: whichever pairing follows it resyncs.
+    fn gap(&mut self, conn: u64, sink: &mut impl Sinks) {
+        self.tracker.gap(conn, sink);
+        self.resp.gap(conn, sink);
     }
 
     fn close(&mut self, view: &View, ts_ns: u64, sink: &mut impl Sinks) {

@@ -404,10 +404,6 @@ impl Reassembly {
         !self.holding.is_empty()
     }
 
-    pub fn has(&self, conn: u64) -> bool {
-        self.streams.peek(conn).is_some_and(|s| !s.closed)
-    }
-
     /// Whether `conn` was closed (and is remembered as such).
     pub fn is_closed(&self, conn: u64) -> bool {
         self.streams.peek(conn).is_some_and(|s| s.closed)

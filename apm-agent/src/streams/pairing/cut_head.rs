@@ -91,7 +91,6 @@ impl CutHead {
         // From the tail's start now.
         earliest = earliest.saturating_sub(shift);
         if let Some(end) = self.lines(tail, false, &mut earliest) {
-            self.doubt = Some(0);
             let at = (shift as u64).saturating_add(end as u64);
             return Some((at, self.body(end, earliest, false)));
         }
@@ -161,11 +160,14 @@ impl CutHead {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
             self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         }
-        let lower = name.to_ascii_lowercase();
-        !matches!(
-            &lower[..],
-            b"content-disposition" | b"content-type" | b"content-transfer-encoding" | b"content-id"
-        )
+        ![
+            &b"content-disposition"[..],
+            b"content-type",
+            b"content-transfer-encoding",
+            b"content-id",
+        ]
+        .iter()
+        .any(|part| name.eq_ignore_ascii_case(part))
     }
 }
 

@@ -151,7 +151,7 @@ fn after_the_close_retransmissions_are_dropped() {
     assert_eq!(accept(&mut r, 1, 1, 30, 10, 1), Verdict::Held);
     r.close(1);
     assert!(!r.holds_any());
-    assert!(!r.has(1));
+    assert!(r.is_closed(1));
     assert_eq!(accept(&mut r, 1, 1, 0, 10, 2), Verdict::Duplicate);
     assert_eq!(accept(&mut r, 1, 0, 0, 10, 2), Verdict::Duplicate);
     r.sweep(10_000_000_000, 1_000_000_000);
@@ -185,7 +185,7 @@ fn state_is_bounded() {
     accept(&mut r, 2, 0, 1, 1, 2_000_000_000);
     accept(&mut r, 3, 0, 0, 1, 2_000_000_001);
     assert_eq!(r.len(), 2);
-    assert!(r.has(2) && r.has(3) && !r.has(1));
+    assert!(r.knows(2) && r.knows(3) && !r.knows(1));
 }
 
 #[test]
