@@ -11,98 +11,13 @@
 //! the link against its packet counters first: when those checks fail,
 //! the harness is wrong; every later failure is the agent's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use apm_e2e::{
-    Agent, free_port,
-    prod::{
-        App, Conn, LinkNs, Nginx, Observed, Request, Rng, Sending, Truth, app, assert_none, bearer,
-        browser_headers, check_packet_capture, cookie, exactness_failures, median_failure, report,
-        static_size,
-    },
-    require_root,
+use apm_e2e::prod::{
+    Conn, Observed, Request, Rng, Scene, Sending, Truth, app, assert_none, bearer, browser_headers,
+    cookie, exactness_failures, median_failure, static_size,
 };
-
-/// A namespace with its link, both servers and the agent watching them.
-struct Scene {
-    agent: Agent,
-    nginx: Nginx,
-    app: App,
-    link: LinkNs,
-}
-
-impl Scene {
-    fn start(tag: &str, loss_percent: u32) -> Self {
-        require_root();
-        let nginx_port = free_port().expect("port");
-        let app_port = loop {
-            let p = free_port().expect("port");
-            if p != nginx_port {
-                break p;
-            }
-        };
-        let link = LinkNs::create(tag, &[nginx_port, app_port], loss_percent).expect("link");
-        let nginx = Nginx::start(&link.ns, nginx_port).expect("nginx");
-        let app = App::start(&link.ns, app_port).expect("uvicorn");
-        let agent = Agent::start(&[
-            "--port",
-            &nginx_port.to_string(),
-            "--port",
-            &app_port.to_string(),
-        ])
-        .expect("agent");
-        check_packet_capture(&agent).expect("packet capture");
-        agent.wait_for_service(nginx_port, "nginx");
-        agent.wait_for_service(app_port, "uvicorn");
-        Self {
-            agent,
-            nginx,
-            app,
-            link,
-        }
-    }
-
-    fn services(&self) -> [(&'static str, u16); 2] {
-        [("nginx", self.nginx.port), ("uvicorn", self.app.port)]
-    }
-
-    /// Runs `f` on a thread inside the namespace (threads it spawns are
-    /// inside too).
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.link.ns.run(f)
-    }
-
-    /// The harness checks (the clients' counts equal the servers' logs,
-    /// every packet within the MTU, at least `packets` each way), then
-    /// the agent's numbers once they settle.
-    fn observe(&self, truth: &Truth, packets: u64) -> (Observed, String) {
-        // The servers log a request once its response is written, which
-        // may be just after the client read it: retried for up to 5 s.
-        let logs = || -> Result<()> {
-            truth.check_server_log(self.nginx.port, "nginx", &self.nginx.log_counts()?)?;
-            truth.check_server_log(self.app.port, "uvicorn", &self.app.log_counts()?)?;
-            let timed = self.app.timings()?.len() as u64;
-            let sent = truth.total(self.app.port);
-            ensure!(
-                timed == sent,
-                "harness error: uvicorn timed {timed} requests, the client sent {sent}"
-            );
-            Ok(())
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(e) = logs() {
-            assert!(Instant::now() < deadline, "{e:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let counters = self.link.check_link(packets).expect("link");
-        eprintln!("link: {counters:?}");
-        let obs = Observed::settle(&self.agent, &self.services(), truth).expect("agent");
-        let text = report(truth, &obs, &self.services());
-        eprintln!("{text}");
-        (obs, text)
-    }
-}
 
 /// An nginx request of kind `i`: static files (200), a conditional GET
 /// (304), a page that does not exist (404), and a query string.
@@ -471,6 +386,50 @@ fn the_whole_mix_pairs_exactly_on_an_mtu_1500_link() {
         160 + 48 + 30 + 18
     );
     assert_exact(&scene, "the mix at MTU 1500", &truth, 2000);
+}
+
+/// One connection per request pair: a head of 2-4 segments (a 4 KiB
+/// cookie), then a plain request.
+fn fresh_connections(nginx: u16, app_port: u16, conns: usize) -> Result<Truth> {
+    let mut truth = Truth::default();
+    let mut rng = Rng(7);
+    for i in 0..conns {
+        for (port, server) in [(nginx, 0), (app_port, 1)] {
+            let mut conn = Conn::open(port)?;
+            let pick = |k| {
+                if server == 0 {
+                    nginx_request(k)
+                } else {
+                    app_request(k)
+                }
+            };
+            let (req, want) = pick(i);
+            let req = req.with("Cookie", cookie(&mut rng, 4000));
+            check_reply(&req, want, &conn.send(&req, &mut truth)?)?;
+            let (req, want) = pick(i + 1);
+            check_reply(&req, want, &conn.send(&req, &mut truth)?)?;
+        }
+    }
+    Ok(truth)
+}
+
+#[test]
+fn first_requests_whose_handshake_ack_was_lost_pair_exactly() {
+    let scene = Scene::start("handshake", 0);
+    scene.link.lose_handshake_acks().expect("nft rule");
+    let (nginx, app_port) = (scene.nginx.port, scene.app.port);
+    let truth = scene
+        .run(|| fresh_connections(nginx, app_port, 12))
+        .expect("clients");
+    assert_eq!(truth.total(nginx) + truth.total(app_port), 48);
+    let lost = scene.link.counters().expect("counters").lost_handshake_acks;
+    assert!(lost >= 24, "{lost} handshake ACKs dropped, 24 expected");
+    assert_exact(
+        &scene,
+        "first requests after a lost handshake ACK",
+        &truth,
+        100,
+    );
 }
 
 #[test]

@@ -135,14 +135,11 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         port = remote;
         whose = side::CLIENT;
     }
-    let Some(mut seg) = segment(ctx) else {
+    let Some(seg) = segment(ctx, dir) else {
         return;
     };
-    if whose == side::SERVER {
-        seg.remote_port = remote_port(ctx) as u16;
-        if on_listener(ctx) {
-            whose = side::LISTENER;
-        }
+    if whose == side::SERVER && on_listener(ctx) {
+        whose = side::LISTENER;
     }
     let payload = len.saturating_sub(seg.payload_off);
     if let Some((cookie, event)) = watched
@@ -224,7 +221,7 @@ fn recognise(
 /// TCP header without options (any TCP/IPv4 packet has those 40 bytes); a
 /// second one reads the TCP header after IPv4 options or IPv6.
 #[inline(always)]
-fn segment(ctx: &SkBuffContext) -> Option<Segment> {
+fn segment(ctx: &SkBuffContext, dir: u8) -> Option<Segment> {
     let head: [u8; 40] = ctx.load(0).ok()?;
     let (ip_len, protocol) = match head[0] >> 4 {
         4 => (u32::from(head[0] & 0x0f) * 4, head[9]),
@@ -236,8 +233,8 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     if u16::from(protocol) != IPPROTO_TCP {
         return None;
     }
-    // seq at 4..8, ack at 8..12, data offset at 12, flags at 13 of the TCP
-    // header.
+    // Ports at 0..4, seq at 4..8, ack at 8..12, data offset at 12, flags
+    // at 13 of the TCP header.
     let tcp: [u8; 14] = if ip_len == 20 {
         let mut t = [0u8; 14];
         t.copy_from_slice(&head[20..34]);
@@ -250,7 +247,12 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
-        remote_port: 0,
+        // From the header, not the socket: a listener's socket has none.
+        remote_port: if dir == direction::INGRESS {
+            u16::from_be_bytes([tcp[0], tcp[1]])
+        } else {
+            u16::from_be_bytes([tcp[2], tcp[3]])
+        },
     })
 }
 

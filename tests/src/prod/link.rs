@@ -85,6 +85,8 @@ pub struct LinkCounters {
     pub lost_to_server: u64,
     /// Server-to-client packets dropped before the client saw them.
     pub lost_to_client: u64,
+    /// Handshakes whose last ACK was dropped ([`LinkNs::lose_handshake_acks`]).
+    pub lost_handshake_acks: u64,
     /// TCP segments retransmitted in the namespace (/proc/net/snmp).
     pub retransmitted: u64,
 }
@@ -154,6 +156,25 @@ impl LinkNs {
         })
     }
 
+    /// From now on, drops the first payload-less ACK each client sends a
+    /// server (the handshake's last), once per connection (a conntrack
+    /// mark remembers it): the first request's segment then completes the
+    /// handshake, and the kernel filters it on the listening socket.
+    pub fn lose_handshake_acks(&self) -> Result<()> {
+        let set = self
+            .ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rule = format!(
+            "insert rule inet {TABLE} input tcp dport {{ {set} }} \
+             tcp flags & (fin | syn | rst | psh | ack) == ack meta length < 64 \
+             ct mark != 0x41 ct mark set 0x41 counter drop comment \"lost_handshake_ack\"\n"
+        );
+        run_with_input(self.ns.command("nft").args(["-f", "-"]), &rule)
+    }
+
     /// The counters now.
     pub fn counters(&self) -> Result<LinkCounters> {
         let json = run_ok(
@@ -180,6 +201,7 @@ impl LinkNs {
                 "client_out" => c.client_out = packets,
                 "lost_to_server" => c.lost_to_server = packets,
                 "lost_to_client" => c.lost_to_client = packets,
+                "lost_handshake_ack" => c.lost_handshake_acks = packets,
                 _ => {}
             }
         }

@@ -11,12 +11,14 @@
 mod client;
 mod conn;
 mod link;
+mod scene;
 mod servers;
 mod verdict;
 
 pub use client::{Key, Request, Rng, Sending, Truth, bearer, browser_headers, cookie};
 pub use conn::{BODY_KEPT, Conn, Reply};
 pub use link::{LinkCounters, LinkNs, MTU};
+pub use scene::Scene;
 pub use servers::{App, Nginx, STATIC_FILES, app, py_app_bin, static_size};
 pub use verdict::{
     Observed, ServiceView, assert_none, check_packet_capture, exactness_failures, median,
