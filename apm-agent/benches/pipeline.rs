@@ -12,7 +12,7 @@ use apm_agent::{
     services::directory::{Directory, ServiceInfo, Services},
     telemetry::{
         metrics::Metrics,
-        requests::Requests,
+        pipeline::Pipeline,
         synthetic::{packet, record},
     },
 };
@@ -163,7 +163,7 @@ fn pipeline(c: &mut Criterion) {
     // so the pipeline runs in its steady state: services and routes known,
     // connections coming and going.
     let mut packets = packets();
-    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory.clone());
+    let mut requests = Pipeline::new(RouteConfig::default(), 65_536, directory.clone());
     group.throughput(Throughput::Elements(packets.len() as u64));
     let mut generation = 0u64;
     group.bench_function("packets_reassemble_pair_parse_template_record", |b| {
@@ -173,7 +173,7 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     let syscalls = syscalls();
-    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory.clone());
+    let mut requests = Pipeline::new(RouteConfig::default(), 65_536, directory.clone());
     group.throughput(Throughput::Elements(syscalls.len() as u64));
     group.bench_function("syscalls_decode_pair_parse_template_record", |b| {
         b.iter(|| {
@@ -184,7 +184,7 @@ fn pipeline(c: &mut Criterion) {
     });
     // Redis server side: commands, not requests, but the same steps.
     let mut resp = resp_packets();
-    let mut requests = Requests::new(RouteConfig::default(), 65_536, directory);
+    let mut requests = Pipeline::new(RouteConfig::default(), 65_536, directory);
     group.throughput(Throughput::Elements(resp.len() as u64));
     group.bench_function("resp_packets_reassemble_pair_parse_record", |b| {
         b.iter(|| {
@@ -196,7 +196,7 @@ fn pipeline(c: &mut Criterion) {
 }
 
 /// Replays `records` on new connections (socket cookies of `generation`).
-fn renew(records: &mut [Vec<u8>], generation: u64, requests: &mut Requests, metrics: &Metrics) {
+fn renew(records: &mut [Vec<u8>], generation: u64, requests: &mut Pipeline, metrics: &Metrics) {
     for r in records.iter_mut() {
         let cookie = u64::from_ne_bytes(r[COOKIE].try_into().expect("8 bytes"));
         let next = (cookie & 0xffff) | (generation << 16);
@@ -232,7 +232,7 @@ fn table_full(c: &mut Criterion) {
         ("http_syscalls", 8080, http.as_bytes(), &http_response[..]),
         ("resp_syscalls", 6379, &ping[..], &b"+PONG\r\n"[..]),
     ] {
-        let mut requests = Requests::new(RouteConfig::default(), FULL as usize, directory.clone());
+        let mut requests = Pipeline::new(RouteConfig::default(), FULL as usize, directory.clone());
         for fd in 0..FULL {
             let r = record(EventKind::Read, u64::from(fd), 7, fd, port, ask);
             requests.handle_record(&r, &metrics);
@@ -251,7 +251,7 @@ fn table_full(c: &mut Criterion) {
         });
     }
     // Packet records: reassembly's table too.
-    let mut requests = Requests::new(RouteConfig::default(), FULL as usize, directory);
+    let mut requests = Pipeline::new(RouteConfig::default(), FULL as usize, directory);
     let seg = |cookie: u64, ts_ns, dir| PacketHeader {
         ts_ns,
         cookie,

@@ -16,7 +16,7 @@ use crate::{
         routes::{FILE_EXTENSIONS, OVERFLOW_ROUTE, RouteConfig, Routes, is_route_word},
     },
     services::directory::{Directory, Services},
-    telemetry::{metrics::Metrics, requests::Requests, synthetic},
+    telemetry::{metrics::Metrics, pipeline::Pipeline, synthetic},
 };
 
 pub use self::streams::streams;
@@ -165,13 +165,13 @@ pub fn pairing(data: &[u8]) {
     }
 }
 
-fn pipeline() -> (Requests, Metrics) {
+fn pipeline() -> (Pipeline, Metrics) {
     let directory = Arc::new(Directory::default());
     directory.replace(Services {
         by_port: [(8080, "fuzz".into())].into_iter().collect(),
         ..Default::default()
     });
-    let requests = Requests::new(RouteConfig::default(), 64, directory).with_max_series(64);
+    let requests = Pipeline::new(RouteConfig::default(), 64, directory).with_max_series(64);
     // A fresh registry per input: metrics keep no state across inputs.
     let metrics = Metrics::new().unwrap_or_else(|e| panic!("metrics registry: {e}"));
     (requests, metrics)

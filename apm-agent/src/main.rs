@@ -3,7 +3,10 @@
 
 use std::{
     io::IsTerminal as _,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,11 +19,13 @@ use apm_agent::{
     protocols::routes::RouteConfig,
     serve::api::{self, AppState},
     serve::checks,
+    services::directory::Directory,
     tasks::{Beat, Tasks},
     telemetry::logs::{LogRing, RingLayer},
     telemetry::metrics::Metrics,
-    telemetry::requests::{Requests, monotonic_ns},
+    telemetry::pipeline::{Pipeline, monotonic_ns, run},
     telemetry::sampler::Sampler,
+    telemetry::snapshot::{PipelineSnapshot, Published},
     telemetry::{history::History, windows::SampleWindow},
 };
 use clap::Parser as _;
@@ -130,7 +135,10 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     }
 
     let events = kernel.as_mut().and_then(|k| k.take_events());
+    let probes = Arc::new(report.clone());
     let agent = Agent::new(&config, kernel, report, metrics.clone());
+    let directory = agent.directory.clone();
+    let lost_recently = agent.lost_recently.clone();
     let routes = RouteConfig {
         max_routes: config.max_routes as usize,
         patterns: config.routes.clone(),
@@ -140,35 +148,40 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     // minute the dashboard's latency quantiles need.
     let keep =
         apm_agent::alerts::signals::longest_window(&alerts.rules).max(Duration::from_secs(60));
-    let requests = Arc::new(Mutex::new(
-        Requests::new(
-            routes,
-            config.max_connections as usize,
-            agent.directory.clone(),
-        )
-        .with_max_series(config.max_series as usize)
-        .with_windows(keep),
-    ));
+    let pipeline = Pipeline::new(
+        routes,
+        config.max_connections as usize,
+        agent.directory.clone(),
+    )
+    .with_max_series(config.max_series as usize)
+    .with_windows(keep);
+    let published = Arc::new(Published::new(PipelineSnapshot::empty(keep)));
     let agent = Arc::new(Mutex::new(agent));
     let (stop_tx, stop_rx) = watch::channel(false);
-
-    let reader = events.map(|ring| {
-        tokio::spawn(apm_agent::capture::reader::run(
-            ring,
-            requests.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-            tasks.watch("ring reader", Duration::from_secs(5)),
-            config.test_fault == Some(TestFault::DiscardRecords),
-        ))
-    });
-    if config.test_fault == Some(TestFault::PoisonPipeline) {
-        poison_after(requests.clone(), Duration::from_secs(1));
-    }
+    let stop_pipeline = Arc::new(AtomicBool::new(false));
+    let pipeline_thread = run::spawn(
+        pipeline,
+        events,
+        metrics.clone(),
+        published.clone(),
+        stop_pipeline.clone(),
+        tasks.watch("request pipeline", Duration::from_secs(5)),
+        run::Options {
+            housekeeping_every: config.refresh_interval,
+            idle_connection: IDLE_CONNECTION,
+            series_ttl: config.series_ttl,
+            discard: config.test_fault == Some(TestFault::DiscardRecords),
+            panic_after: (config.test_fault == Some(TestFault::PoisonPipeline))
+                .then_some(Duration::from_secs(1)),
+        },
+    )
+    .context("starting the request pipeline's thread")?;
 
     let state = AppState {
         agent: agent.clone(),
-        requests: requests.clone(),
+        probes,
+        lost_recently,
+        pipeline: published.clone(),
         metrics: metrics.clone(),
         system: Arc::new(RwLock::new(None)),
         sample_interval: config.sample_interval,
@@ -191,7 +204,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let evaluator = tokio::spawn(evaluate::run(
         evaluate::Context {
             alerts: state.alerts.clone(),
-            requests: requests.clone(),
+            pipeline: published.clone(),
             samples: state.samples.clone(),
             metrics: metrics.clone(),
             queue,
@@ -215,12 +228,12 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let refresher = tokio::spawn(refresh_loop(
         state.clone(),
         config.refresh_interval,
-        config.series_ttl,
         stop_rx.clone(),
         tasks.watch("refresh", allowed(config.refresh_interval)),
     ));
     let sampler = tokio::spawn(sample_loop(
         state.clone(),
+        directory,
         Sampler::new(&config.proc_root),
         stop_rx.clone(),
         tasks.watch("sampler", allowed(config.sample_interval)),
@@ -264,8 +277,11 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         tasks.watch("admin API", Duration::MAX),
     );
 
+    apm_agent::tasks::spawn_watchdog(tasks.clone(), Duration::from_secs(1))
+        .context("starting the watchdog")?;
     let signal = wait_for_signal().await?;
     info!(signal, "shutting down");
+    tasks.stop();
     let _ = stop_tx.send(true);
     for server in std::iter::once(server).chain(metrics_server) {
         match server.await {
@@ -286,10 +302,9 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             error!(task = name, error = %e, "task failed");
         }
     }
-    if let Some(reader) = reader
-        && let Err(e) = reader.await
-    {
-        error!(error = %e, "ring buffer reader failed");
+    stop_pipeline.store(true, Ordering::Relaxed);
+    if pipeline_thread.join().is_err() {
+        error!("the request pipeline's thread panicked");
     }
     if agent.lock().map(|mut a| a.shutdown()).unwrap_or(false) {
         info!("eBPF programs detached");
@@ -315,23 +330,12 @@ fn serve(
     })
 }
 
-/// `--test-fault poison-pipeline`: a thread panics while holding the
-/// request pipeline's lock, as a bug in the pipeline would.
-fn poison_after(requests: Arc<Mutex<Requests>>, after: Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(after);
-        let _guard = requests.lock();
-        panic!("test fault: poisoning the request pipeline");
-    });
-}
-
 /// Connections silent for this long are forgotten by the request pipeline.
 const IDLE_CONNECTION: Duration = Duration::from_secs(300);
 
 async fn refresh_loop(
     state: AppState,
     every: Duration,
-    series_ttl: Duration,
     mut stop: watch::Receiver<bool>,
     beat: Beat,
 ) {
@@ -349,14 +353,6 @@ async fn refresh_loop(
                 return Err("agent state");
             };
             agent.refresh();
-            drop(agent);
-            let Ok(mut requests) = state.requests.lock() else {
-                return Err("request pipeline state");
-            };
-            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-            let now = monotonic_ns();
-            requests.sweep(now, nanos(IDLE_CONNECTION), &state.metrics);
-            requests.expire(now, nanos(series_ttl), &state.metrics);
             Ok(())
         })
         .await;
@@ -377,6 +373,7 @@ async fn refresh_loop(
 /// serves the latest sample.
 async fn sample_loop(
     state: AppState,
+    directory: Arc<Directory>,
     sampler: Sampler,
     mut stop: watch::Receiver<bool>,
     beat: Beat,
@@ -390,13 +387,9 @@ async fn sample_loop(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let (state, sampler) = (state.clone(), sampler.clone());
+        let (state, sampler, directory) = (state.clone(), sampler.clone(), directory.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let Ok(agent) = state.agent.lock() else {
-                return Err("agent state");
-            };
-            let services = agent.directory.snapshot();
-            drop(agent);
+            let services = directory.snapshot();
             let Ok(mut sampler) = sampler.lock() else {
                 return Err("sampler state");
             };
@@ -436,12 +429,9 @@ async fn history_loop(state: AppState, mut stop: watch::Receiver<bool>, beat: Be
         let now_s = monotonic_ns() / 1_000_000_000;
         let connections = state.metrics.connections_by_service();
         let points = {
-            let Ok(requests) = state.requests.lock() else {
-                error!("request pipeline state poisoned; dashboard history stopped (not ready)");
-                return;
-            };
+            let pipeline = state.pipeline.load();
             let samples = state.samples.lock().unwrap_or_else(|p| p.into_inner());
-            apm_agent::telemetry::history::points(&requests, &samples, &connections, now_s)
+            apm_agent::telemetry::history::points(&pipeline, &samples, &connections, now_s)
         };
         let host = state
             .system

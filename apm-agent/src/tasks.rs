@@ -1,5 +1,7 @@
 //! Which of the agent's long-running tasks are alive: the basis of
-//! readiness (`/health/ready`).
+//! liveness and readiness (`/health`, `/health/ready`), and of the
+//! watchdog that ends the agent when one of them has died, so its
+//! supervisor (the kubelet, systemd) starts a fresh one.
 //!
 //! Each task holds a [`Beat`]: it calls [`Beat::beat`] every loop, and the
 //! beat marks the task stopped when it is dropped, which happens when the
@@ -30,6 +32,8 @@ struct Slot {
 pub struct Tasks {
     start: Instant,
     slots: Mutex<Vec<Arc<Slot>>>,
+    /// Set at shutdown: tasks ending then are not dying.
+    stopping: AtomicBool,
 }
 
 /// A task's handle on its slot; dropping it marks the task stopped.
@@ -54,6 +58,7 @@ impl Default for Tasks {
         Self {
             start: Instant::now(),
             slots: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
         }
     }
 }
@@ -107,7 +112,52 @@ impl Tasks {
     pub fn all_alive(&self) -> bool {
         self.states().iter().all(|s| s.alive)
     }
+
+    /// The tasks that stopped or stalled (none once shutting down).
+    pub fn dead(&self) -> Vec<TaskState> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.states().into_iter().filter(|s| !s.alive).collect()
+    }
+
+    /// The agent is shutting down: tasks may end.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
 }
+
+/// Checks the tasks every `every` on a thread of its own (independent of
+/// the async runtime, which a stuck task could starve); when one has died,
+/// logs one ERROR line naming it and exits the process with status 70
+/// (EX_SOFTWARE). The agent holds nothing that a restart would lose: its
+/// counters are cumulative in the kernel and Prometheus handles restarts.
+pub fn spawn_watchdog(tasks: Arc<Tasks>, every: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("apm-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let dead = tasks.dead();
+                if dead.is_empty() {
+                    continue;
+                }
+                let what: Vec<String> = dead
+                    .iter()
+                    .map(|t| format!("{} ({})", t.name, t.reason.as_deref().unwrap_or("dead")))
+                    .collect();
+                tracing::error!(
+                    tasks = %what.join(", "),
+                    "a critical task died; exiting so the supervisor restarts the agent"
+                );
+                std::process::exit(EXIT_TASK_DIED);
+            }
+        })
+        .map(drop)
+}
+
+/// The exit status when a task died (EX_SOFTWARE).
+pub const EXIT_TASK_DIED: i32 = 70;
 
 impl Beat {
     pub fn beat(&self) {

@@ -112,6 +112,9 @@ pub struct Agent {
     last_drops: [u64; Drop::ALL.len()],
     /// (when, ring-buffer records lost so far), a minute's worth.
     ringbuf_losses: std::collections::VecDeque<(std::time::Instant, u64)>,
+    /// [`Self::lost_last_minute`] as of the last collection, for readers
+    /// that must not wait for the agent's lock (/health/detailed).
+    pub lost_recently: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Agent {
@@ -159,6 +162,7 @@ impl Agent {
             last_pids: HashMap::new(),
             last_drops: [0; Drop::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),
+            lost_recently: Arc::default(),
         };
         // Explicit ports are counted from the start, even before anything
         // listens on them, so a server started later loses no connection.
@@ -497,6 +501,10 @@ impl Agent {
         {
             self.ringbuf_losses.pop_front();
         }
+        self.lost_recently.store(
+            self.lost_last_minute(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Ring-buffer records lost during about the last minute.

@@ -20,9 +20,7 @@ use super::{
 use crate::{
     tasks::Beat,
     telemetry::{
-        metrics::Metrics,
-        requests::{Requests, monotonic_ns},
-        windows::SampleWindow,
+        metrics::Metrics, pipeline::monotonic_ns, snapshot::Published, windows::SampleWindow,
     },
 };
 
@@ -83,7 +81,8 @@ impl Alerts {
 /// What the evaluation task reads and writes.
 pub struct Context {
     pub alerts: Arc<Alerts>,
-    pub requests: Arc<Mutex<Requests>>,
+    /// The request pipeline's latest snapshot.
+    pub pipeline: Arc<Published>,
     pub samples: Arc<Mutex<SampleWindow>>,
     pub metrics: Arc<Metrics>,
     pub queue: mpsc::Sender<Outgoing>,
@@ -132,10 +131,10 @@ pub fn evaluate_once(cx: &Context) -> Result<(), &'static str> {
     let started = Instant::now();
     let now_s = monotonic_ns() / 1_000_000_000;
     let measured: Vec<_> = {
-        let requests = cx.requests.lock().map_err(|_| "request pipeline state")?;
+        let pipeline = cx.pipeline.load();
         let samples = cx.samples.lock().unwrap_or_else(|p| p.into_inner());
         let inputs = Inputs {
-            requests: requests.windows(),
+            requests: &pipeline.windows,
             samples: &samples,
             now_s,
         };

@@ -2,7 +2,10 @@
 //! metrics-only router for `--metrics-listen`.
 
 use std::{
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,14 +22,15 @@ use serde_json::json;
 use crate::{
     agent::Agent,
     alerts::evaluate::Alerts,
+    capture::kernel::ProbeReport,
     redact::Secret,
     serve::{auth, checks::DependencyStatus, dashboard, health},
     tasks::Tasks,
     telemetry::history::History,
     telemetry::logs::LogRing,
     telemetry::metrics::Metrics,
-    telemetry::requests::Requests,
     telemetry::sampler::SystemSample,
+    telemetry::snapshot::Published,
     telemetry::windows::SampleWindow,
 };
 
@@ -39,7 +43,12 @@ pub type Shared = Arc<Mutex<Agent>>;
 #[derive(Clone)]
 pub struct AppState {
     pub agent: Shared,
-    pub requests: Arc<Mutex<Requests>>,
+    /// What the eBPF side could do (fixed at start).
+    pub probes: Arc<ProbeReport>,
+    /// Ring-buffer records lost in about the last minute.
+    pub lost_recently: Arc<AtomicU64>,
+    /// The request pipeline's latest snapshot.
+    pub pipeline: Arc<Published>,
     pub metrics: Arc<Metrics>,
     pub system: LatestSample,
     pub sample_interval: Duration,
@@ -148,10 +157,7 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
 
 /// The /health/detailed report (also the dashboard's health panel).
 pub fn detailed(state: &AppState) -> Result<health::HealthReport, &'static str> {
-    let (probes, lost) = match state.agent.lock() {
-        Ok(a) => (a.report.clone(), a.lost_last_minute()),
-        Err(_) => return Err("agent state poisoned"),
-    };
+    let lost = state.lost_recently.load(Ordering::Relaxed);
     let latest = state.system.read().ok().and_then(|s| s.clone());
     let deps = state
         .dependencies
@@ -161,7 +167,7 @@ pub fn detailed(state: &AppState) -> Result<health::HealthReport, &'static str> 
     let tasks = state.tasks.states();
     Ok(health::evaluate(&health::Inputs {
         tasks: &tasks,
-        probes: &probes,
+        probes: &state.probes,
         lost_last_minute: lost,
         sample: latest.as_ref().map(|(at, s)| (at.elapsed(), s)),
         sample_interval: state.sample_interval,
@@ -197,11 +203,7 @@ async fn logs_recent(State(state): State<AppState>, Query(q): Query<LogQuery>) -
 
 /// Requests in flight and per-service totals (JSON, bounded in size).
 async fn stats_requests(State(state): State<AppState>) -> Response {
-    let now = crate::telemetry::requests::monotonic_ns();
-    match state.requests.lock() {
-        Ok(requests) => Json(requests.snapshot(now)).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "request state poisoned").into_response(),
-    }
+    Json(&state.pipeline.load().stats).into_response()
 }
 
 /// Prometheus text format. Kernel counters are read at scrape time, so a
@@ -216,11 +218,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .inc_by(state.logs.take_uncounted_evictions());
     let agent = state.agent;
     let rendered = tokio::task::spawn_blocking(move || {
-        let mut agent = agent
-            .lock()
-            .map_err(|_| "agent state poisoned".to_owned())?;
-        agent.collect_for_scrape();
-        agent.metrics.encode().map_err(|e| e.to_string())
+        // The kernel's counters are read now, unless a refresh holds the
+        // agent for longer than a scrape should wait: then they are as of
+        // that refresh, which collects them as it ends.
+        match lock_within(&agent, SCRAPE_WAIT) {
+            Some(Ok(mut agent)) => agent.collect_for_scrape(),
+            Some(Err(_)) => return Err("agent state poisoned".to_owned()),
+            None => {}
+        }
+        state.metrics.encode().map_err(|e| e.to_string())
     })
     .await;
     match rendered {
@@ -237,10 +243,40 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Liveness: answers as long as the agent's server runs. It depends on
-/// nothing else (not on eBPF, procfs or any dependency).
-async fn health() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+/// How long a scrape waits for the agent's lock at most.
+const SCRAPE_WAIT: Duration = Duration::from_millis(20);
+
+/// The lock of `m` if it comes free within `wait`.
+fn lock_within<T>(
+    m: &Mutex<T>,
+    wait: Duration,
+) -> Option<Result<std::sync::MutexGuard<'_, T>, ()>> {
+    let until = Instant::now() + wait;
+    loop {
+        match m.try_lock() {
+            Ok(guard) => return Some(Ok(guard)),
+            Err(std::sync::TryLockError::Poisoned(_)) => return Some(Err(())),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// Liveness: 200 while every task the agent runs is alive, whatever the
+/// host gives it (eBPF, procfs, dependencies); 503 naming the dead ones
+/// when one stopped or stalled (the watchdog ends the agent moments later).
+async fn health(State(state): State<AppState>) -> Response {
+    let dead = state.tasks.dead();
+    if dead.is_empty() {
+        return Json(json!({ "status": "ok" })).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "dead", "tasks": dead })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -260,11 +296,14 @@ mod tests {
             disabled_reason: Some("test".into()),
             ..Default::default()
         };
-        let agent = Agent::new(&config, None, report, metrics.clone());
-        let requests = Requests::new(Default::default(), 16, agent.directory.clone());
+        let agent = Agent::new(&config, None, report.clone(), metrics.clone());
         AppState {
+            probes: Arc::new(report),
+            lost_recently: agent.lost_recently.clone(),
             agent: Arc::new(Mutex::new(agent)),
-            requests: Arc::new(Mutex::new(requests)),
+            pipeline: Arc::new(Published::new(
+                crate::telemetry::snapshot::PipelineSnapshot::empty(Duration::from_secs(60)),
+            )),
             metrics,
             system: Arc::new(RwLock::new(None)),
             sample_interval: Duration::from_secs(1),
@@ -391,7 +430,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readiness_follows_the_tasks() {
+    async fn readiness_and_liveness_follow_the_tasks() {
         let state = degraded_agent();
         let beat = state.tasks.watch("ring reader", Duration::from_secs(60));
         let app = router(state);
@@ -401,8 +440,13 @@ mod tests {
         let (status, _, body) = send(app.clone(), "/health/ready", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("ring reader"), "{body}");
-        let (status, _, _) = send(app.clone(), "/health", None).await;
-        assert_eq!(status, StatusCode::OK);
+        // A dead task fails liveness too: the agent must be restarted.
+        let (status, _, body) = send(app.clone(), "/health", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("ring reader") && body.contains("stopped"),
+            "{body}"
+        );
         let (_, _, body) = send(app, "/health/detailed", None).await;
         assert!(body.contains("\"unhealthy\""), "{body}");
     }

@@ -14,7 +14,10 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::api::AppState;
-use crate::telemetry::{history::STEP, requests::monotonic_ns};
+use crate::telemetry::{
+    history::STEP,
+    snapshot::{RequestStats, RouteSummary},
+};
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -106,13 +109,14 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
     let host_series = history.host();
     drop(history);
 
-    let (routes, commands) = match (&selected, state.requests.lock()) {
-        (Some(name), Ok(requests)) => {
-            let stats = requests.snapshot(monotonic_ns());
+    let snapshot = state.pipeline.load();
+    let (routes, commands) = match &selected {
+        Some(name) => {
+            let stats = &snapshot.stats;
             let commands = stats.databases.get(name).cloned().unwrap_or_default();
-            (routes_of(&stats, name), commands)
+            (routes_of(stats, name), commands)
         }
-        _ => (json!({ "slowest": [], "errors": [] }), Vec::new()),
+        None => (json!({ "slowest": [], "errors": [] }), Vec::new()),
     };
     let outbound: Vec<Value> = selected
         .as_deref()
@@ -164,32 +168,24 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
     .into_response()
 }
 
-/// The slowest and the most error-prone routes of `service`.
-fn routes_of(stats: &crate::telemetry::requests::RequestStats, service: &str) -> Value {
+/// The slowest and the most error-prone routes of `service`, ranked over
+/// all its routes in the recent window.
+fn routes_of(stats: &RequestStats, service: &str) -> Value {
     let Some(s) = stats.services.get(service) else {
         return json!({ "slowest": [], "errors": [] });
     };
-    let row = |r: &crate::telemetry::requests::RouteSummary| {
+    let row = |r: &RouteSummary| {
         json!({
             "method": r.method,
             "route": r.route,
-            "count": r.count,
-            "errors_5xx": r.errors_5xx,
+            "count": r.recent_count,
+            "errors_5xx": r.recent_errors_5xx,
             "p50_seconds": r.p50_seconds,
             "p99_seconds": r.p99_seconds,
         })
     };
-    let mut slowest: Vec<_> = s.routes.iter().collect();
-    slowest.sort_by(|a, b| b.p99_seconds.total_cmp(&a.p99_seconds));
-    let mut errors: Vec<_> = s.routes.iter().filter(|r| r.errors_5xx > 0).collect();
-    errors.sort_by(|a, b| {
-        let ratio = |r: &crate::telemetry::requests::RouteSummary| {
-            r.errors_5xx as f64 / r.count.max(1) as f64
-        };
-        ratio(b).total_cmp(&ratio(a))
-    });
     json!({
-        "slowest": slowest.into_iter().take(ROUTES_SHOWN).map(row).collect::<Vec<_>>(),
-        "errors": errors.into_iter().take(ROUTES_SHOWN).map(row).collect::<Vec<_>>(),
+        "slowest": s.slowest.iter().take(ROUTES_SHOWN).map(row).collect::<Vec<_>>(),
+        "errors": s.most_errors.iter().take(ROUTES_SHOWN).map(row).collect::<Vec<_>>(),
     })
 }

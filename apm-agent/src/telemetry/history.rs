@@ -137,13 +137,13 @@ impl History {
 /// This step's point of every service with traffic, processes or
 /// connections, at `now_s` (monotonic seconds).
 pub fn points(
-    requests: &super::requests::Requests,
+    pipeline: &super::snapshot::PipelineSnapshot,
     samples: &super::windows::SampleWindow,
     connections: &std::collections::HashMap<String, f64>,
     now_s: u64,
 ) -> BTreeMap<String, ServicePoint> {
-    let windows = requests.windows();
-    let in_flight = requests.in_flight_by_service();
+    let windows = &pipeline.windows;
+    let in_flight = &pipeline.in_flight_by_service;
     let mut out: BTreeMap<String, ServicePoint> = BTreeMap::new();
     for service in windows.services() {
         let e = windows.error_ratio(service, now_s, STEP);
@@ -162,7 +162,7 @@ pub fn points(
         p.memory_bytes = bytes;
     }
     for (name, n) in in_flight {
-        out.entry(name).or_default().in_flight = n as f64;
+        out.entry(name.clone()).or_default().in_flight = *n as f64;
     }
     for (name, n) in connections {
         out.entry(name.clone()).or_default().connections = *n;

@@ -6,7 +6,6 @@ use std::{collections::HashMap, sync::Arc};
 
 use prometheus::{Histogram, IntCounter};
 use rustc_hash::FxHashMap;
-use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::{
     protocols::{
@@ -15,13 +14,14 @@ use crate::{
     },
     services::directory::Services,
     streams::pairing::{Completed, Origin, Sink, Unpaired},
-    telemetry::{metrics::Metrics, windows::Windows},
+    telemetry::{metrics::Metrics, recent::RecentDurations, windows::Windows},
 };
 
 pub(super) struct RouteStats {
     pub count: u64,
     pub errors: u64,
-    pub sketch: DDSketch,
+    /// Durations over the recent window.
+    pub recent: RecentDurations,
     /// When a request of this route last completed (kernel clock).
     pub last_ns: u64,
 }
@@ -216,8 +216,7 @@ impl Sink for Recorder<'_> {
             .or_insert_with(|| RouteStats {
                 count: 0,
                 errors: 0,
-                // 1% relative accuracy.
-                sketch: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+                recent: RecentDurations::new(now_ns),
                 last_ns: now_ns,
             });
         route.count += 1;
@@ -225,7 +224,7 @@ impl Sink for Recorder<'_> {
         if done.status >= 500 {
             route.errors += 1;
         }
-        route.sketch.add(seconds);
+        route.recent.add(now_ns, seconds, done.status >= 500);
     }
 
     fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {

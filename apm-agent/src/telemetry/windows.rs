@@ -29,11 +29,15 @@ struct Counts {
 
 #[derive(Clone)]
 struct Latencies {
-    /// (10-second bucket, bin counts), oldest first.
-    buckets: VecDeque<(u64, Box<[u32; BINS]>)>,
+    /// (10-second bucket, bin counts), oldest first. Shared with the
+    /// published snapshots: only the newest bucket is ever written, and
+    /// copied first when a snapshot still holds it.
+    buckets: VecDeque<(u64, Arc<[u32; BINS]>)>,
 }
 
 /// What the alert rules read: rolling windows of the request pipeline.
+/// Cloning it (for a snapshot) copies no histogram.
+#[derive(Clone)]
 pub struct Windows {
     keep: Duration,
     /// Keys are service names and route templates (the agent's, bounded),
@@ -113,10 +117,11 @@ impl Windows {
             return;
         };
         if lat.buckets.back().is_none_or(|(b, _)| *b != bucket) {
-            lat.buckets.push_back((bucket, Box::new([0; BINS])));
+            lat.buckets.push_back((bucket, Arc::new([0; BINS])));
         }
         if let Some((_, bins)) = lat.buckets.back_mut() {
             let bin = bin_of(seconds);
+            let bins = Arc::make_mut(bins);
             bins[bin] = bins[bin].saturating_add(1);
         }
         let keep_buckets = keep.div_ceil(LATENCY_BUCKET_SECS) + 1;

@@ -3,7 +3,7 @@ use crate::services::directory::ServiceInfo;
 use crate::telemetry::synthetic::record;
 use apm_common::events::{EventKind, direction, tcp_flags};
 
-fn setup() -> (Requests, Metrics) {
+fn setup() -> (Pipeline, Metrics) {
     let dir = Arc::new(Directory::default());
     dir.replace(Services {
         by_pid: [(
@@ -19,7 +19,7 @@ fn setup() -> (Requests, Metrics) {
         ..Default::default()
     });
     (
-        Requests::new(RouteConfig::default(), 1024, dir),
+        Pipeline::new(RouteConfig::default(), 1024, dir),
         Metrics::new().expect("metrics"),
     )
 }
@@ -193,7 +193,7 @@ fn a_lost_packet_resyncs_instead_of_shifting_responses() {
     // Each side's next sequence number; every segment acknowledges
     // all the other side sent (the server did receive /b).
     let mut seq = [0u32; 2];
-    let mut send = |r: &mut Requests, dir: u8, bytes: &[u8], lost: bool| {
+    let mut send = |r: &mut Pipeline, dir: u8, bytes: &[u8], lost: bool| {
         let d = usize::from(dir);
         let header = apm_common::events::PacketHeader {
             ts_ns: u64::from(seq[0] + seq[1]) + 1,

@@ -6,17 +6,18 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use rustc_hash::FxHashMap;
-use serde::Serialize;
-use sketches_ddsketch::DDSketch;
-
-use super::recorder::{Recorder, SeriesBudget, ServiceStats, service_of};
+use super::{
+    recent::RECENT_WINDOW_NS,
+    recorder::{Recorder, SeriesBudget, ServiceStats, service_of},
+    snapshot::{InFlightRequest, PipelineSnapshot, RequestStats, RouteSummary, ServiceSummary},
+};
 use crate::{
     protocols::routes::{RouteConfig, Routes},
     services::directory::{Directory, Services, UNKNOWN_SERVICE},
     streams::{Streams, pairing::Unpaired},
     telemetry::{metrics::Metrics, windows::Windows},
 };
+use rustc_hash::FxHashMap;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
@@ -37,7 +38,7 @@ pub const MAX_IN_FLIGHT_SHOWN: usize = 100;
 /// Routes listed per service by /stats/requests at most (busiest first).
 pub const MAX_ROUTES_SHOWN: usize = 50;
 
-pub struct Requests {
+pub struct Pipeline {
     streams: Streams,
     routes: Routes,
     /// Per service; names come from the agent, so a non-keyed hash is safe.
@@ -55,7 +56,7 @@ pub struct Requests {
 /// Duration series across all services, by default (`--max-series`).
 pub const DEFAULT_MAX_SERIES: usize = 20_000;
 
-impl Requests {
+impl Pipeline {
     pub fn new(routes: RouteConfig, max_connections: usize, directory: Arc<Directory>) -> Self {
         Self {
             streams: Streams::new(max_connections),
@@ -218,8 +219,18 @@ impl Requests {
             .set(i64::try_from(self.streams.connections()).unwrap_or(i64::MAX));
     }
 
+    /// Everything readers see, as of kernel time `now_ns`.
+    pub fn publish(&mut self, now_ns: u64) -> PipelineSnapshot {
+        PipelineSnapshot {
+            at_ns: now_ns,
+            stats: self.snapshot(now_ns),
+            windows: self.windows.clone(),
+            in_flight_by_service: self.in_flight_by_service(),
+        }
+    }
+
     /// The /stats/requests document at kernel time `now_ns`.
-    pub fn snapshot(&self, now_ns: u64) -> RequestStats {
+    pub fn snapshot(&mut self, now_ns: u64) -> RequestStats {
         let mut in_flight: Vec<InFlightRequest> = self
             .streams
             .in_flight()
@@ -237,32 +248,30 @@ impl Requests {
         let total = in_flight.len();
         in_flight.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
         in_flight.truncate(MAX_IN_FLIGHT_SHOWN);
-        let mut per_service_in_flight: HashMap<&str, u64> = HashMap::new();
-        for f in self.streams.in_flight() {
-            let (service, _) = service_of(&self.services, &self.unknown, f.origin, f.port);
-            *per_service_in_flight.entry(&**service).or_default() += 1;
-        }
+        let per_service_in_flight = self.in_flight_by_service();
         let services = self
             .stats
-            .iter()
+            .iter_mut()
             .map(|(name, s)| {
-                let mut routes: Vec<RouteSummary> = s
+                let routes: Vec<RouteSummary> = s
                     .routes
-                    .iter()
-                    .map(|((method, route), r)| RouteSummary {
-                        method: method.as_str(),
-                        route: route.to_string(),
-                        count: r.count,
-                        errors_5xx: r.errors,
-                        p50_seconds: quantile(&r.sketch, 0.5),
-                        p90_seconds: quantile(&r.sketch, 0.9),
-                        p99_seconds: quantile(&r.sketch, 0.99),
-                        max_seconds: r.sketch.max().unwrap_or(0.0),
+                    .iter_mut()
+                    .map(|((method, route), r)| {
+                        let recent = r.recent.summary(now_ns);
+                        RouteSummary {
+                            method: method.as_str(),
+                            route: route.to_string(),
+                            count: r.count,
+                            errors_5xx: r.errors,
+                            recent_count: recent.count,
+                            recent_errors_5xx: recent.errors,
+                            p50_seconds: recent.p50,
+                            p90_seconds: recent.p90,
+                            p99_seconds: recent.p99,
+                            max_seconds: recent.max,
+                        }
                     })
                     .collect();
-                let route_count = routes.len();
-                routes.sort_by(|a, b| b.count.cmp(&a.count).then(a.route.cmp(&b.route)));
-                routes.truncate(MAX_ROUTES_SHOWN);
                 let summary = ServiceSummary {
                     requests_seen: s.seen,
                     requests_paired: s.paired,
@@ -277,8 +286,16 @@ impl Requests {
                         .map(|(k, v)| ((*k).to_owned(), *v))
                         .collect(),
                     in_flight: per_service_in_flight.get(&**name).copied().unwrap_or(0),
-                    route_count,
-                    routes,
+                    route_count: routes.len(),
+                    recent_window_seconds: RECENT_WINDOW_NS as f64 / 1e9,
+                    slowest: top(&routes, MAX_RANKED, |r| {
+                        (r.recent_count > 0).then_some(r.p99_seconds)
+                    }),
+                    most_errors: top(&routes, MAX_RANKED, |r| {
+                        (r.recent_errors_5xx > 0)
+                            .then(|| r.recent_errors_5xx as f64 / r.recent_count.max(1) as f64)
+                    }),
+                    routes: busiest(routes),
                 };
                 (name.to_string(), summary)
             })
@@ -292,74 +309,41 @@ impl Requests {
     }
 }
 
+/// Routes ranked in the slowest and most-errors lists.
+pub const MAX_RANKED: usize = 10;
+
+/// The `n` routes with the highest `key` (those with one), highest first.
+fn top(
+    routes: &[RouteSummary],
+    n: usize,
+    key: impl Fn(&RouteSummary) -> Option<f64>,
+) -> Vec<RouteSummary> {
+    let mut ranked: Vec<(f64, &RouteSummary)> = routes
+        .iter()
+        .filter_map(|r| key(r).map(|k| (k, r)))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.route.cmp(&b.1.route)));
+    ranked.into_iter().take(n).map(|(_, r)| r.clone()).collect()
+}
+
+/// The busiest [`MAX_ROUTES_SHOWN`] routes: recent requests first, then
+/// all-time ones.
+fn busiest(mut routes: Vec<RouteSummary>) -> Vec<RouteSummary> {
+    routes.sort_by(|a, b| {
+        b.recent_count
+            .cmp(&a.recent_count)
+            .then(b.count.cmp(&a.count))
+            .then(a.route.cmp(&b.route))
+    });
+    routes.truncate(MAX_ROUTES_SHOWN);
+    routes
+}
+
 /// A service whose statistics hold no series and no route any more.
 fn is_idle(stats: &ServiceStats) -> bool {
     stats.durations.is_empty() && stats.routes.is_empty()
 }
 
-fn quantile(sketch: &DDSketch, q: f64) -> f64 {
-    sketch.quantile(q).ok().flatten().unwrap_or(0.0)
-}
-
-impl crate::capture::reader::RecordSink for Requests {
-    type Context = Metrics;
-
-    fn start_batch(&mut self) {
-        self.refresh_services();
-    }
-
-    fn record(&mut self, record: &[u8], metrics: &Metrics) {
-        self.handle_record(record, metrics);
-    }
-}
-
-#[derive(Serialize, Debug)]
-pub struct RequestStats {
-    /// Requests read and not yet answered, across services.
-    pub in_flight_total: usize,
-    /// The oldest of them (at most [`MAX_IN_FLIGHT_SHOWN`]).
-    pub in_flight: Vec<InFlightRequest>,
-    pub services: HashMap<String, ServiceSummary>,
-    /// Redis commands per service (as client or server), busiest first.
-    pub databases: HashMap<String, Vec<super::db::CommandSummary>>,
-}
-
-#[derive(Serialize, Debug)]
-pub struct InFlightRequest {
-    pub service_name: String,
-    pub server_port: u16,
-    pub method: &'static str,
-    pub route: String,
-    pub age_seconds: f64,
-}
-
-#[derive(Serialize, Debug)]
-pub struct ServiceSummary {
-    pub requests_seen: u64,
-    pub requests_paired: u64,
-    /// Requests seen and not paired, by reason: `requests_seen` is
-    /// `requests_paired` plus these plus `in_flight`.
-    pub unpaired: HashMap<String, u64>,
-    /// Times framing was lost and pairing resynced, by reason.
-    pub resyncs: HashMap<String, u64>,
-    pub in_flight: u64,
-    pub route_count: usize,
-    /// The busiest routes (at most [`MAX_ROUTES_SHOWN`]), with latency
-    /// quantiles at 1% relative accuracy.
-    pub routes: Vec<RouteSummary>,
-}
-
-#[derive(Serialize, Debug)]
-pub struct RouteSummary {
-    pub method: &'static str,
-    pub route: String,
-    pub count: u64,
-    pub errors_5xx: u64,
-    pub p50_seconds: f64,
-    pub p90_seconds: f64,
-    pub p99_seconds: f64,
-    pub max_seconds: f64,
-}
-
+pub mod run;
 #[cfg(test)]
 mod tests;

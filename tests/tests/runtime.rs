@@ -1,0 +1,121 @@
+//! The runtime under load: capture runs on the pipeline's own thread and
+//! the API reads its published snapshots, so while pipelined requests with
+//! distinct paths flood capture (every CPU busy with nginx, the clients and
+//! the agent), the endpoints an SRE and the probes hit keep answering
+//! quickly, and capture still accounts for every request.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use apm_e2e::{
+    get,
+    prod::{Conn, Observed, Request, Scene, Truth},
+};
+
+/// How long the flood lasts.
+const FLOOD: Duration = Duration::from_secs(8);
+/// Client connections, each writing batches of [`BATCH`] requests.
+const CONNECTIONS: usize = 4;
+const BATCH: usize = 32;
+/// Requests per connection at most (the loop is bounded in count too).
+const MAX_PER_CONNECTION: usize = 400_000;
+/// The p99 every endpoint must answer within.
+const P99_BOUND: Duration = Duration::from_millis(50);
+
+/// Pipelined GETs of distinct paths on one connection until `stop`.
+fn flood(port: u16, conn_no: usize, stop: &AtomicBool) -> anyhow::Result<Truth> {
+    let mut truth = Truth::default();
+    let mut conn = Conn::open(port)?;
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) && n < MAX_PER_CONNECTION {
+        let reqs: Vec<Request> = (0..BATCH)
+            .map(|i| {
+                let path = format!("/flood/{conn_no}-{}", n + i);
+                Request::get(path, "/flood/{id}")
+            })
+            .collect();
+        for reply in conn.pipeline(&reqs, Duration::ZERO, &mut truth)? {
+            anyhow::ensure!(reply.status == 404, "status {}", reply.status);
+        }
+        n += BATCH;
+    }
+    Ok(truth)
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get((v.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
+}
+
+#[test]
+fn endpoints_answer_within_50_ms_at_p99_while_capture_is_flooded() {
+    let scene = Scene::start("flood", 0);
+    let nginx = scene.nginx.port;
+    let stop = AtomicBool::new(false);
+    let endpoints = ["/metrics", "/api/dashboard", "/health/ready"];
+    let (truth, latencies) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..CONNECTIONS)
+            .map(|c| {
+                let stop = &stop;
+                let scene = &scene;
+                s.spawn(move || scene.run(|| flood(nginx, c, stop)))
+            })
+            .collect();
+        // The probes: each endpoint in turn, every 10 ms, for the flood.
+        let started = Instant::now();
+        let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); endpoints.len()];
+        let mut i = 0;
+        while started.elapsed() < FLOOD {
+            let t = Instant::now();
+            let r = get(scene.agent.addr, endpoints[i % endpoints.len()]).expect("probe");
+            assert_eq!(r.status, 200, "{}: {}", endpoints[i % 3], r.body);
+            latencies[i % endpoints.len()].push(t.elapsed());
+            i += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut truth = Truth::default();
+        for c in clients {
+            truth.merge(c.join().expect("client thread").expect("client"));
+        }
+        (truth, latencies)
+    });
+    let sent = truth.total(nginx);
+    let services = [("nginx", nginx)];
+    // Settles once the agent's per-route counts equal the client's or stop
+    // changing; the totals are what this test compares.
+    let obs = Observed::settle(&scene.agent, &services, &truth).expect("agent");
+    let view = &obs.services["nginx"];
+    let mut failures = Vec::new();
+    for (endpoint, l) in endpoints.iter().zip(latencies) {
+        let (n, p) = (l.len(), p99(l));
+        eprintln!(
+            "{endpoint}: p99 {:.1} ms over {n} probes",
+            p.as_secs_f64() * 1e3
+        );
+        if p > P99_BOUND {
+            failures.push(format!("{endpoint}: p99 {p:?}"));
+        }
+    }
+    eprintln!(
+        "flood: client sent {sent} requests in {FLOOD:?}; agent seen {}, paired {}, unpaired {:?}, in flight {}; ring records lost {}",
+        view.seen, view.paired, view.unpaired, view.in_flight, obs.ringbuf_full
+    );
+    // Books: every request seen is paired, unpaired (counted by reason) or
+    // in flight; with no ring record lost, every request sent is seen.
+    if view.seen != view.paired + view.unpaired_total() + view.in_flight {
+        failures.push(format!("books do not balance: {view:?}"));
+    }
+    if obs.ringbuf_full == 0 && view.seen != sent {
+        failures.push(format!("no record lost, yet seen {} of {sent}", view.seen));
+    }
+    if obs.ringbuf_full > 0 && view.seen >= sent {
+        failures.push("records lost, yet every request seen".to_owned());
+    }
+    assert!(sent > 10_000, "the flood sent only {sent} requests");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
