@@ -189,7 +189,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 12);
 /// `apm_ebpf_drops_total{reason}`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// [`maps::SOCKETS`] was full: a connection was not counted.
     SocketsFull = 0,
     /// [`maps::PORTS`] was full: a new port was not counted.
@@ -211,16 +211,16 @@ pub enum Drop {
     NestedTooDeep = 7,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 8] = [
-        Drop::SocketsFull,
-        Drop::PortsFull,
-        Drop::ConnsFull,
-        Drop::RingbufFull,
-        Drop::InflightFull,
-        Drop::PoolsFull,
-        Drop::OutboundFull,
-        Drop::NestedTooDeep,
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::SocketsFull,
+        DropReason::PortsFull,
+        DropReason::ConnsFull,
+        DropReason::RingbufFull,
+        DropReason::InflightFull,
+        DropReason::PoolsFull,
+        DropReason::OutboundFull,
+        DropReason::NestedTooDeep,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -228,14 +228,14 @@ impl Drop {
     /// The `reason` label value.
     pub const fn reason(self) -> &'static str {
         match self {
-            Drop::SocketsFull => "sockets_map_full",
-            Drop::PortsFull => "ports_map_full",
-            Drop::ConnsFull => "conns_map_full",
-            Drop::RingbufFull => "ringbuf_full",
-            Drop::InflightFull => "inflight_map_full",
-            Drop::PoolsFull => "pools_map_full",
-            Drop::OutboundFull => "outbound_map_full",
-            Drop::NestedTooDeep => "nested_too_deep",
+            DropReason::SocketsFull => "sockets_map_full",
+            DropReason::PortsFull => "ports_map_full",
+            DropReason::ConnsFull => "conns_map_full",
+            DropReason::RingbufFull => "ringbuf_full",
+            DropReason::InflightFull => "inflight_map_full",
+            DropReason::PoolsFull => "pools_map_full",
+            DropReason::OutboundFull => "outbound_map_full",
+            DropReason::NestedTooDeep => "nested_too_deep",
         }
     }
 }

@@ -97,7 +97,7 @@ pub const EVENTS: &str = "EVENTS";
 /// `Array<Config>` with one element.
 pub const CONFIG: &str = "CONFIG";
 
-/// `PerCpuArray<u64>` indexed by [`crate::Drop`].
+/// `PerCpuArray<u64>` indexed by [`crate::DropReason`].
 pub const DROPS: &str = "DROPS";
 
 /// `PerCpuArray<u64>` with one element: TCP sockets that entered or left

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Drop,
+    DropReason,
     events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP, WAKEUP_BYTES},
 };
 
@@ -47,7 +47,7 @@ fn header(kind: EventKind, fd: u32, port: u16, ret: i64) -> EventHeader {
 #[inline(always)]
 pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_drop(Drop::RingbufFull);
+        count_drop(DropReason::RingbufFull);
         return;
     };
     entry.write(header(kind, fd, port, ret));
@@ -61,7 +61,7 @@ pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
 #[inline(always)]
 pub fn emit_data(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64, len: u64, tail: u64) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
-        count_drop(Drop::RingbufFull);
+        count_drop(DropReason::RingbufFull);
         return;
     };
     let ev = entry.as_mut_ptr();

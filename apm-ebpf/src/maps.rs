@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Config, ConnInfo, ConnKey, Drop, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
+    Config, ConnInfo, ConnKey, DropReason, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
     PortCounters, RemoteAddr, SocketInfo,
     events::{ConnectEvent, PacketEvent, RINGBUF_BYTES},
     maps::{
@@ -84,14 +84,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::SLOTS, 0);
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::SLOTS, 0);
 
 #[map]
 pub static LISTEN_CHANGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts one thing the kernel side had to give up on.
 #[inline(always)]
-pub fn count_drop(reason: Drop) {
+pub fn count_drop(reason: DropReason) {
     if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: the pointer is this CPU's slot of a per-CPU array, valid for
         // the program's run; programs do not migrate between CPUs mid-run and

@@ -124,6 +124,15 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// /stats/requests once the request pipeline has published what it
+    /// had processed when this was called (it publishes every 200 ms).
+    pub fn stats_requests(&self) -> Result<serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(450));
+        let r = get(self.addr, "/stats/requests")?;
+        ensure!(r.status == 200, "GET /stats/requests: {}", r.status);
+        Ok(serde_json::from_str(&r.body)?)
+    }
+
     pub fn metrics(&self) -> Result<Metrics> {
         let r = get(self.addr, "/metrics")?;
         ensure!(r.status == 200, "GET /metrics: {}", r.status);

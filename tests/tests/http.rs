@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use apm_e2e::{Agent, Client, NetNs, Server, free_port, get, require_root, wait_for};
+use apm_e2e::{Agent, Client, NetNs, Server, free_port, require_root, wait_for};
 
 const SLEEP_MS: u64 = 200;
 
@@ -118,15 +118,14 @@ fn per_route_counts_and_latency(capture: &str) {
         );
 
         // The sleeping route's median, from /stats/requests (1% sketch).
-        let stats = get(agent.addr, "/stats/requests").expect("stats");
-        assert_eq!(stats.status, 200);
-        let v: serde_json::Value = serde_json::from_str(&stats.body).expect("json");
+        let v = agent.stats_requests().expect("stats");
+        let body = v.to_string();
         let sleep = v["services"][service]["routes"]
             .as_array()
             .expect("routes")
             .iter()
             .find(|r| r["route"] == "/sleep/{id}")
-            .unwrap_or_else(|| panic!("{service}: no sleep route in {}", stats.body))
+            .unwrap_or_else(|| panic!("{service}: no sleep route in {body}"))
             .clone();
         assert_eq!(sleep["count"], 5);
         let p50 = sleep["p50_seconds"].as_f64().expect("p50");
@@ -136,7 +135,7 @@ fn per_route_counts_and_latency(capture: &str) {
             "{service}: sleep median {p50}s, slept {want}s"
         );
         assert!(
-            !stats.body.contains("SECRET"),
+            !body.contains("SECRET"),
             "query leaked into /stats/requests"
         );
     }

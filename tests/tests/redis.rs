@@ -194,9 +194,7 @@ fn a_monitored_clients_commands_hits_misses_and_pool_match_its_own_counts() {
     );
     // /stats/requests and the dashboard's feed show the same, and no key
     // or value the client sent appears anywhere.
-    let stats: serde_json::Value =
-        serde_json::from_str(&get(agent.addr, "/stats/requests").expect("stats").body)
-            .expect("json");
+    let stats = agent.stats_requests().expect("stats");
     let get_row = stats["databases"]["shop"]
         .as_array()
         .expect("shop's commands")

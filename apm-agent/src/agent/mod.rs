@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use apm_common::{Drop, PidCounters, PortCounters};
+use apm_common::{DropReason, PidCounters, PortCounters};
 use tracing::warn;
 
 mod outbound;
@@ -109,7 +109,7 @@ pub struct Agent {
     /// keeps its state and series (--series-ttl).
     port_ttl: std::time::Duration,
     last_pids: HashMap<u32, PidCounters>,
-    last_drops: [u64; Drop::ALL.len()],
+    last_drops: [u64; DropReason::ALL.len()],
     /// (when, ring-buffer records lost so far), a minute's worth.
     ringbuf_losses: std::collections::VecDeque<(std::time::Instant, u64)>,
     /// [`Self::lost_last_minute`] as of the last collection, for readers
@@ -160,7 +160,7 @@ impl Agent {
             watched_prune_interval: config.watched_ports_prune_interval,
             preexisting: std::collections::BTreeMap::new(),
             last_pids: HashMap::new(),
-            last_drops: [0; Drop::ALL.len()],
+            last_drops: [0; DropReason::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),
             lost_recently: Arc::default(),
         };
@@ -430,7 +430,7 @@ impl Agent {
         };
         let ports = kernel.port_counters();
         let pids = kernel.pid_counters();
-        let drops: Vec<u64> = Drop::ALL.iter().map(|&d| kernel.drops(d)).collect();
+        let drops: Vec<u64> = DropReason::ALL.iter().map(|&d| kernel.drops(d)).collect();
 
         for (port, now) in ports {
             let last = self.last_ports.insert(port, now).unwrap_or_default();
@@ -458,13 +458,13 @@ impl Agent {
             self.account_pid(pid, now);
         }
         self.collect_pools();
-        let lost = Drop::ALL
+        let lost = DropReason::ALL
             .iter()
-            .position(|d| *d == Drop::RingbufFull)
+            .position(|d| *d == DropReason::RingbufFull)
             .and_then(|i| drops.get(i).copied())
             .unwrap_or(0);
         self.record_losses(lost);
-        for (i, (reason, now)) in Drop::ALL.iter().zip(drops).enumerate() {
+        for (i, (reason, now)) in DropReason::ALL.iter().zip(drops).enumerate() {
             let inc = increment(self.last_drops[i], now);
             self.last_drops[i] = now;
             self.metrics

@@ -526,8 +526,8 @@ impl Kernel {
             .collect()
     }
 
-    /// Kernel-side drop counters indexed like `apm_common::Drop`.
-    pub fn drops(&self, reason: apm_common::Drop) -> u64 {
+    /// Kernel-side drop counters indexed like `apm_common::DropReason`.
+    pub fn drops(&self, reason: apm_common::DropReason) -> u64 {
         self.drops
             .get(&(reason as u32), 0)
             .map(|v| v.iter().sum())

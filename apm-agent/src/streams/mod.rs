@@ -28,7 +28,7 @@ use apm_common::events::{
 
 use self::{
     handshake::Handshakes,
-    pairing::{Event, InFlight, Origin, Sink, Tracker, Unpaired},
+    pairing::{Event, Flow, InFlight, Origin, Sink, Tracker, Unpaired},
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
     resp::{CommandSink, Peer},
     table::{EVICTABLE_NS, LastSeen, Table},
@@ -127,7 +127,7 @@ impl Streams {
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
                 let event = Event {
-                    kind,
+                    kind: Flow::of_syscall(kind).ok_or_else(bad)?,
                     ts_ns: header.ts_ns,
                     conn: (u64::from(header.tgid) << 32) | u64::from(header.fd),
                     origin: Origin::Process(header.tgid),
@@ -273,9 +273,9 @@ impl Streams {
         if h.len > skip {
             let event = Event {
                 kind: if view.dir == direction::INGRESS {
-                    EventKind::Read
+                    Flow::ToServer
                 } else {
-                    EventKind::Write
+                    Flow::FromServer
                 },
                 ts_ns: h.ts_ns,
                 conn: view.conn,
@@ -302,7 +302,7 @@ impl Streams {
 
     fn close(&mut self, view: &View, ts_ns: u64, sink: &mut impl Sinks) {
         let event = Event {
-            kind: EventKind::Close,
+            kind: Flow::Close,
             ts_ns,
             conn: view.conn,
             origin: view.origin,
@@ -321,11 +321,11 @@ impl Streams {
     /// connection (to `server`) is RESP or nothing.
     fn dispatch(&mut self, ev: &Event<'_>, server: Option<IpAddr>, sink: &mut impl Sinks) {
         match ev.kind {
-            EventKind::Close => {
+            Flow::Close => {
                 self.resp.close(ev.conn, sink);
                 self.tracker.handle(ev, sink);
             }
-            EventKind::Read | EventKind::Write | EventKind::Sendfile => {
+            Flow::ToServer | Flow::FromServer | Flow::Sendfile => {
                 // Most events are of connections already known as HTTP.
                 if server.is_none() && self.tracker.handle_http(ev, sink) {
                     return;
@@ -339,7 +339,7 @@ impl Streams {
                 // start with any byte. A reply first is a client's
                 // connection, to a port known to be Redis.
                 let resp = match ev.kind {
-                    EventKind::Read => starts_like_command(ev.data),
+                    Flow::ToServer => starts_like_command(ev.data),
                     _ => server.is_some() && starts_like_reply(ev.data),
                 };
                 if resp && self.tracker.yield_fresh(ev.conn) {
@@ -355,9 +355,7 @@ impl Streams {
                     self.tracker.handle(ev, sink);
                 }
             }
-            EventKind::Accept | EventKind::Packet | EventKind::Connect => {
-                self.tracker.handle(ev, sink)
-            }
+            Flow::Accept => self.tracker.handle(ev, sink),
         }
     }
 

@@ -499,7 +499,7 @@ impl Metrics {
             .discovery_errors
             .with_label_values(&["scan"])
             .inc_by(0);
-        for reason in apm_common::Drop::ALL {
+        for reason in apm_common::DropReason::ALL {
             metrics
                 .ebpf_drops
                 .with_label_values(&[reason.reason()])

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use apm_common::{ConnInfo, ConnKey, Drop, InFlight, PeerKey, events::EventKind, shape};
+use apm_common::{ConnInfo, ConnKey, DropReason, InFlight, PeerKey, events::EventKind, shape};
 
 use crate::{
     emit::emit_header,
@@ -60,7 +60,7 @@ fn on_accept_enter(ctx: &TracePointContext) -> u32 {
         ..Default::default()
     };
     if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
-        count_drop(Drop::InflightFull);
+        count_drop(DropReason::InflightFull);
     }
     0
 }
@@ -94,7 +94,7 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
         _pad: [0; 6],
     };
     if CONNS.insert(key, info, 0).is_err() {
-        count_drop(Drop::ConnsFull);
+        count_drop(DropReason::ConnsFull);
     }
     // SAFETY: this CPU's copy of a per-CPU value; no other program writes it
     // concurrently.

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Drop, IPPROTO_TCP, RemoteAddr,
+    DropReason, IPPROTO_TCP, RemoteAddr,
     events::{ConnectEvent, EventKind},
     maps::ADDR_ONLY,
 };
@@ -120,10 +120,10 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         return;
     }
     if OUTBOUND.insert(cookie, tgid, 0).is_err() {
-        count_drop(Drop::OutboundFull);
+        count_drop(DropReason::OutboundFull);
         return;
     }
     if EVENTS.output::<ConnectEvent>(event, 0).is_err() {
-        count_drop(Drop::RingbufFull);
+        count_drop(DropReason::RingbufFull);
     }
 }

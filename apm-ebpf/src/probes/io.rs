@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    ConnKey, Drop, InFlight,
+    ConnKey, DropReason, InFlight,
     events::{DATA_CAP, EventKind, TAIL_CAP},
     shape,
 };
@@ -97,7 +97,7 @@ fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
         _pad: 0,
     };
     if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
-        count_drop(Drop::InflightFull);
+        count_drop(DropReason::InflightFull);
     }
     0
 }

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Drop, IPPROTO_TCP,
+    DropReason, IPPROTO_TCP,
     events::{
         ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP,
         direction, side, tcp_flags,
@@ -206,11 +206,11 @@ fn recognise(
         return false;
     }
     if OUTBOUND.insert(cookie, event.tgid, 0).is_err() {
-        count_drop(Drop::OutboundFull);
+        count_drop(DropReason::OutboundFull);
         return false;
     }
     if EVENTS.output::<ConnectEvent>(event, 0).is_err() {
-        count_drop(Drop::RingbufFull);
+        count_drop(DropReason::RingbufFull);
     }
     true
 }
@@ -290,7 +290,7 @@ fn emit(
     // run; a program that interrupts this one restores it before we resume.
     let level = unsafe { *depth };
     let Some(ev) = SCRATCH.get_ptr_mut(level) else {
-        count_drop(Drop::NestedTooDeep);
+        count_drop(DropReason::NestedTooDeep);
         return;
     };
     // SAFETY: as above.
@@ -387,7 +387,7 @@ fn fill_and_send(
         return;
     };
     if EVENTS.output::<[u8]>(record, wakeup_flags(size)).is_err() {
-        count_drop(Drop::RingbufFull);
+        count_drop(DropReason::RingbufFull);
     }
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointCo
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
 use apm_common::{
-    Drop, IPPROTO_TCP, PeerKey, PoolCounters, PoolKey, PortCounters, SocketInfo, tcp_state,
+    DropReason, IPPROTO_TCP, PeerKey, PoolCounters, PoolKey, PortCounters, SocketInfo, tcp_state,
 };
 
 use crate::maps::{
@@ -84,7 +84,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         {
             // Not remembered means its close could not be matched: count
             // neither side so that active stays exact.
-            count_drop(Drop::SocketsFull);
+            count_drop(DropReason::SocketsFull);
             return Ok(());
         }
         // SAFETY: this CPU's copy of a per-CPU value; no other program writes
@@ -136,7 +136,7 @@ fn port_counters(port: u16) -> Option<*mut PortCounters> {
         .is_err()
         && PORTS.get_ptr_mut(port).is_none()
     {
-        count_drop(Drop::PortsFull);
+        count_drop(DropReason::PortsFull);
         return None;
     }
     PORTS.get_ptr_mut(port)
@@ -172,7 +172,7 @@ fn open_pool(ctx: &TracePointContext, skaddr: u64) {
         }
     };
     let Some(counters) = counters else {
-        count_drop(Drop::PoolsFull);
+        count_drop(DropReason::PoolsFull);
         return;
     };
     if OUT_SOCKETS
@@ -180,7 +180,7 @@ fn open_pool(ctx: &TracePointContext, skaddr: u64) {
         .is_err()
     {
         // Its close could not be matched: count neither side.
-        count_drop(Drop::PoolsFull);
+        count_drop(DropReason::PoolsFull);
         return;
     }
     // SAFETY: this CPU's copy of a per-CPU value; no other program writes

@@ -59,11 +59,41 @@ pub enum Origin {
     Socket { netns: u64, port: u16 },
 }
 
-/// One piece of a connection's traffic, decoded. `Read` carries request
-/// bytes, `Write` response bytes, `Sendfile` response bytes not captured.
+/// What an [`Event`] is, seen from the server's end of its connection (a
+/// monitored client's connection is seen as its server would see it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// The server accepted the connection.
+    Accept,
+    /// Bytes toward the server: the request direction.
+    ToServer,
+    /// Bytes from the server: the response direction.
+    FromServer,
+    /// Bytes from the server by sendfile(): a length, no data.
+    Sendfile,
+    /// The connection closed.
+    Close,
+}
+
+impl Flow {
+    /// A syscall record's kind as seen by the server that made the call;
+    /// `None` for the kinds that are not events of a connection's bytes.
+    pub fn of_syscall(kind: EventKind) -> Option<Self> {
+        match kind {
+            EventKind::Accept => Some(Self::Accept),
+            EventKind::Read => Some(Self::ToServer),
+            EventKind::Write => Some(Self::FromServer),
+            EventKind::Sendfile => Some(Self::Sendfile),
+            EventKind::Close => Some(Self::Close),
+            EventKind::Packet | EventKind::Connect => None,
+        }
+    }
+}
+
+/// One piece of a connection's traffic, decoded.
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {
-    pub kind: EventKind,
+    pub kind: Flow,
     pub ts_ns: u64,
     /// The connection: (tgid << 32 | fd) for syscalls, the socket cookie
     /// for packets.
@@ -309,7 +339,7 @@ impl Tracker {
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
         let key = ev.conn;
         match ev.kind {
-            EventKind::Accept => {
+            Flow::Accept => {
                 // A reused descriptor whose close we did not see (dup2,
                 // close_range): the old connection is over.
                 if let Some(old) = self.conns.remove(key) {
@@ -321,17 +351,17 @@ impl Tracker {
                     finish(old, sink, Unpaired::Evicted);
                 }
             }
-            EventKind::Close => {
+            Flow::Close => {
                 if let Some(conn) = self.conns.remove(key) {
                     finish(conn, sink, Unpaired::ClosedMidRequest);
                 }
             }
-            EventKind::Read | EventKind::Write | EventKind::Sendfile => {
+            Flow::ToServer | Flow::FromServer | Flow::Sendfile => {
                 if let Some(conn) = self.conns.get_mut(key) {
                     process(conn, ev, sink);
                     return;
                 }
-                if ev.kind != EventKind::Read && !ev.data.starts_with(b"HTTP/1.") {
+                if ev.kind != Flow::ToServer && !ev.data.starts_with(b"HTTP/1.") {
                     // The rest of a response (or another protocol's bytes)
                     // on a connection not followed: nothing to pair.
                     return;
@@ -349,7 +379,6 @@ impl Tracker {
                     process(conn, ev, sink);
                 }
             }
-            EventKind::Packet | EventKind::Connect => {}
         }
     }
 
@@ -358,7 +387,7 @@ impl Tracker {
     /// ([`Unpaired::TableFull`]). Only its first request is parsed: more
     /// pipelined in the same read go uncounted.
     fn table_full(ev: &Event<'_>, sink: &mut impl Sink) {
-        if ev.kind == EventKind::Read && http::parse_request(ev.data).is_ok() {
+        if ev.kind == Flow::ToServer && http::parse_request(ev.data).is_ok() {
             sink.request(ev.origin, ev.port);
             sink.unpaired(ev.origin, ev.port, Unpaired::TableFull);
         }
@@ -433,9 +462,9 @@ fn process(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
         return;
     }
     match ev.kind {
-        EventKind::Read => on_read(conn, ev, sink),
-        EventKind::Write => on_write(conn, ev, sink),
-        EventKind::Sendfile => on_sendfile(conn, ev, sink),
+        Flow::ToServer => on_read(conn, ev, sink),
+        Flow::FromServer => on_write(conn, ev, sink),
+        Flow::Sendfile => on_sendfile(conn, ev, sink),
         _ => {}
     }
 }

@@ -45,15 +45,15 @@ impl Conn1 {
             t: Tracker::new(16),
             r: Recorder::default(),
         };
-        c.ev(EventKind::Accept, 0, b"", 0);
+        c.ev(Flow::Accept, 0, b"", 0);
         c
     }
 
-    fn ev(&mut self, kind: EventKind, ts: u64, data: &[u8], ret: i64) {
+    fn ev(&mut self, kind: Flow, ts: u64, data: &[u8], ret: i64) {
         self.ev_tail(kind, ts, data, ret, b"");
     }
 
-    fn ev_tail(&mut self, kind: EventKind, ts: u64, data: &[u8], ret: i64, tail: &[u8]) {
+    fn ev_tail(&mut self, kind: Flow, ts: u64, data: &[u8], ret: i64, tail: &[u8]) {
         let ev = Event {
             kind,
             ts_ns: ts,
@@ -68,11 +68,11 @@ impl Conn1 {
     }
 
     fn read(&mut self, ts: u64, data: &[u8]) {
-        self.ev(EventKind::Read, ts, data, data.len() as i64);
+        self.ev(Flow::ToServer, ts, data, data.len() as i64);
     }
 
     fn write(&mut self, ts: u64, data: &[u8]) {
-        self.ev(EventKind::Write, ts, data, data.len() as i64);
+        self.ev(Flow::FromServer, ts, data, data.len() as i64);
     }
 }
 
@@ -156,7 +156,7 @@ fn chunked_response_ends_at_last_chunk_even_beyond_capture() {
     assert!(c.r.done.is_empty());
     // A long write: only a prefix captured, the tail shows the end.
     c.ev_tail(
-        EventKind::Write,
+        Flow::FromServer,
         30,
         b"1000\r\nxxxx",
         6 + 4096 + 2 + 5,
@@ -172,7 +172,7 @@ fn chunked_response_whose_size_line_was_not_captured_ends_before_the_next_reques
     c.write(10, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
     // The next size line sits in bytes neither captured nor in the tail.
     c.ev_tail(
-        EventKind::Write,
+        Flow::FromServer,
         20,
         b"10\r\n0123456789",
         6000,
@@ -192,9 +192,9 @@ fn sendfile_bodies_count_toward_content_length() {
     let mut c = Conn1::new();
     c.read(0, b"GET /f HTTP/1.1\r\n\r\n");
     c.write(5, b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n");
-    c.ev(EventKind::Sendfile, 7, b"", 2000);
+    c.ev(Flow::Sendfile, 7, b"", 2000);
     assert!(c.r.done.is_empty());
-    c.ev(EventKind::Sendfile, 9, b"", 1000);
+    c.ev(Flow::Sendfile, 9, b"", 1000);
     assert_eq!(c.r.done, vec![done(Method::Get, "/f", 200, 9)]);
 }
 
@@ -205,7 +205,7 @@ fn http10_without_length_ends_at_close() {
     c.write(10, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n");
     c.write(30, b"body...");
     assert!(c.r.done.is_empty());
-    c.ev(EventKind::Close, 40, b"", 0);
+    c.ev(Flow::Close, 40, b"", 0);
     assert_eq!(c.r.done, vec![done(Method::Get, "/old", 200, 30)]);
     assert_eq!(c.t.connections(), 0);
 }
@@ -219,7 +219,7 @@ fn connection_close_with_length_completes_before_close() {
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     );
     assert_eq!(c.r.done, vec![done(Method::Get, "/x", 200, 10)]);
-    c.ev(EventKind::Close, 20, b"", 0);
+    c.ev(Flow::Close, 20, b"", 0);
     assert!(c.r.unpaired.is_empty());
 }
 
@@ -228,7 +228,7 @@ fn close_mid_request_and_orphan_responses_are_counted() {
     let mut c = Conn1::new();
     c.write(5, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     c.read(10, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
-    c.ev(EventKind::Close, 20, b"", 0);
+    c.ev(Flow::Close, 20, b"", 0);
     assert_eq!(
         c.r.unpaired,
         vec![Unpaired::ClosedMidRequest, Unpaired::ClosedMidRequest]
@@ -252,7 +252,7 @@ fn garbage_marks_the_connection_not_http_once() {
 fn truncated_capture_of_a_long_pipelined_batch_is_reported() {
     let mut c = Conn1::new();
     // 3000 bytes were read but only the first request was captured.
-    c.ev(EventKind::Read, 0, b"GET /1 HTTP/1.1\r\n\r\n", 3000);
+    c.ev(Flow::ToServer, 0, b"GET /1 HTTP/1.1\r\n\r\n", 3000);
     assert_eq!(c.r.resyncs, vec![Unpaired::Truncated]);
     assert!(c.r.unpaired.is_empty());
     c.write(10, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -265,7 +265,7 @@ fn unframed_response_ends_before_the_next_request() {
     c.read(0, b"GET /big HTTP/1.1\r\n\r\n");
     // The head was cut by the capture: no framing visible.
     c.ev(
-        EventKind::Write,
+        Flow::FromServer,
         10,
         b"HTTP/1.1 200 OK\r\nX-Long: aaaa",
         4000,
@@ -291,7 +291,7 @@ fn state_is_bounded_and_idle_connections_are_evicted() {
         tail: b"",
     };
     for fd in 0..3 {
-        t.handle(&ev(EventKind::Read, fd, fd), &mut r);
+        t.handle(&ev(Flow::ToServer, fd, fd), &mut r);
     }
     assert_eq!(
         t.connections(),
@@ -304,12 +304,12 @@ fn state_is_bounded_and_idle_connections_are_evicted() {
         (3, &[Unpaired::TableFull][..])
     );
     // Bytes that are no request count nothing.
-    t.handle(&ev(EventKind::Write, 2, 3), &mut r);
+    t.handle(&ev(Flow::FromServer, 2, 3), &mut r);
     assert_eq!(r.unpaired, [Unpaired::TableFull]);
     // Two seconds on, fd 0 seen again, a new connection evicts the one
     // seen least recently (fd 1, its request with it), and only that one.
-    t.handle(&ev(EventKind::Read, 0, 2_000_000_000), &mut r);
-    t.handle(&ev(EventKind::Read, 3, 2_000_000_001), &mut r);
+    t.handle(&ev(Flow::ToServer, 0, 2_000_000_000), &mut r);
+    t.handle(&ev(Flow::ToServer, 3, 2_000_000_001), &mut r);
     assert_eq!(t.connections(), 2);
     assert_eq!(r.unpaired, [Unpaired::TableFull, Unpaired::Evicted]);
     t.sweep(10_000_000_000, 1_000_000_000, &mut r);

@@ -20,10 +20,8 @@
 
 use std::{collections::VecDeque, net::IpAddr};
 
-use apm_common::events::EventKind;
-
 use super::{
-    pairing::{Event, Origin, Unpaired},
+    pairing::{Event, Flow, Origin, Unpaired},
     table::{EVICTABLE_NS, Full, LastSeen, Table},
 };
 use crate::protocols::resp::{
@@ -208,7 +206,7 @@ impl Tracker {
     /// when the table is full of connections seen in the last second: a
     /// command piece then counts once as [`Unpaired::TableFull`].
     pub fn open(&mut self, ev: &Event<'_>, peer: Peer, sink: &mut impl CommandSink) -> bool {
-        let reply_first = ev.kind != EventKind::Read;
+        let reply_first = ev.kind != Flow::ToServer;
         let conn = Conn {
             peer,
             commands: Parser::new(true),
@@ -243,7 +241,7 @@ impl Tracker {
         }
     }
 
-    /// A piece of a RESP connection: `Read` carries commands, `Write` and
+    /// A piece of a RESP connection: `ToServer` carries commands, `FromServer` and
     /// `Sendfile` replies.
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CommandSink) {
         let Some(conn) = self.conns.get_mut(ev.conn) else {
@@ -252,10 +250,8 @@ impl Tracker {
         conn.last_seen_ns = ev.ts_ns;
         let total = ev.ret.max(0) as u64;
         match ev.kind {
-            EventKind::Read => on_commands(conn, ev.data, total, ev.ts_ns, sink),
-            EventKind::Write | EventKind::Sendfile => {
-                on_replies(conn, ev.data, total, ev.ts_ns, sink)
-            }
+            Flow::ToServer => on_commands(conn, ev.data, total, ev.ts_ns, sink),
+            Flow::FromServer | Flow::Sendfile => on_replies(conn, ev.data, total, ev.ts_ns, sink),
             _ => {}
         }
     }

@@ -41,7 +41,7 @@ impl Conn1 {
         }
     }
 
-    fn piece(&mut self, kind: EventKind, ts: u64, data: &[u8], total: usize) {
+    fn piece(&mut self, kind: Flow, ts: u64, data: &[u8], total: usize) {
         let ev = Event {
             kind,
             ts_ns: ts,
@@ -59,11 +59,11 @@ impl Conn1 {
     }
 
     fn cmd(&mut self, ts: u64, data: &[u8]) {
-        self.piece(EventKind::Read, ts, data, data.len());
+        self.piece(Flow::ToServer, ts, data, data.len());
     }
 
     fn reply(&mut self, ts: u64, data: &[u8]) {
-        self.piece(EventKind::Write, ts, data, data.len());
+        self.piece(Flow::FromServer, ts, data, data.len());
     }
 }
 
@@ -218,7 +218,7 @@ fn replies_past_the_capture_end_at_the_next_command() {
         reply.extend_from_slice(b"$3\r\nxxx\r\n");
     }
     reply.extend_from_slice(b"$1\r\nv\r\n");
-    c.piece(EventKind::Write, 20, &reply[..1024], reply.len());
+    c.piece(Flow::FromServer, 20, &reply[..1024], reply.len());
     c.reply(30, b"");
     assert!(c.r.done.is_empty());
     c.cmd(50, &array(&["PING"]));

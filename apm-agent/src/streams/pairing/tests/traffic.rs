@@ -11,7 +11,7 @@ use super::*;
 impl Conn1 {
     /// One segment of `bytes` as the packet capture reports it: the first
     /// DATA_CAP bytes, and the last TAIL_CAP of a longer one.
-    fn seg(&mut self, kind: EventKind, ts: u64, bytes: &[u8]) {
+    fn seg(&mut self, kind: Flow, ts: u64, bytes: &[u8]) {
         let data = &bytes[..bytes.len().min(DATA_CAP)];
         let tail = if bytes.len() > DATA_CAP {
             &bytes[bytes.len() - TAIL_CAP..]
@@ -22,7 +22,7 @@ impl Conn1 {
     }
 
     /// `bytes` cut into segments of at most `mss` bytes, `step` ns apart.
-    fn segs(&mut self, kind: EventKind, ts: u64, bytes: &[u8], mss: usize) {
+    fn segs(&mut self, kind: Flow, ts: u64, bytes: &[u8], mss: usize) {
         for (i, s) in bytes.chunks(mss).enumerate() {
             self.seg(kind, ts + i as u64, s);
         }
@@ -61,8 +61,8 @@ fn heads_longer_than_the_capture_in_one_segment_each() {
     let mut c = Conn1::new();
     for (i, path) in ["/a", "/b", "/c"].into_iter().enumerate() {
         let t = 100 * i as u64;
-        c.seg(EventKind::Read, t, &get_with_cookie(path, 1536));
-        c.seg(EventKind::Write, t + 10, &ok("fine"));
+        c.seg(Flow::ToServer, t, &get_with_cookie(path, 1536));
+        c.seg(Flow::FromServer, t + 10, &ok("fine"));
     }
     assert_eq!(
         c.r.done,
@@ -85,8 +85,8 @@ fn heads_of_several_segments_with_a_bearer_token() {
         let head = format!(
             "GET /orders/{i} HTTP/1.1\r\nAuthorization: Bearer {token}\r\nX-Trace: 1\r\n\r\n"
         );
-        c.segs(EventKind::Read, t, head.as_bytes(), MSS);
-        c.seg(EventKind::Write, t + 100, &ok("[]"));
+        c.segs(Flow::ToServer, t, head.as_bytes(), MSS);
+        c.seg(Flow::FromServer, t + 100, &ok("[]"));
     }
     assert_eq!(c.r.done.len(), 3, "{:?} {:?}", c.r.resyncs, c.r.unpaired);
     assert!(c.r.done.iter().all(|d| d.2 == 200));
@@ -103,16 +103,16 @@ fn a_post_with_a_long_head_and_a_body_of_many_segments() {
         "k".repeat(2000),
         body.len()
     );
-    c.segs(EventKind::Read, 0, post.as_bytes(), MSS);
+    c.segs(Flow::ToServer, 0, post.as_bytes(), MSS);
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         100,
         b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
     );
     // A body starting like a request line would be a request: a plain
     // request after it is exact again.
-    c.seg(EventKind::Read, 200, &get_with_cookie("/next", 10));
-    c.seg(EventKind::Write, 230, &ok("ok"));
+    c.seg(Flow::ToServer, 200, &get_with_cookie("/next", 10));
+    c.seg(Flow::FromServer, 230, &ok("ok"));
     assert_eq!(
         c.r.done,
         vec![
@@ -126,9 +126,9 @@ fn a_post_with_a_long_head_and_a_body_of_many_segments() {
 #[test]
 fn a_csv_stream_whose_rows_end_in_zero_crlf() {
     let mut c = Conn1::new();
-    c.seg(EventKind::Read, 0, &get_with_cookie("/report.csv", 10));
+    c.seg(Flow::ToServer, 0, &get_with_cookie("/report.csv", 10));
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         1,
         b"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
@@ -136,12 +136,12 @@ fn a_csv_stream_whose_rows_end_in_zero_crlf() {
         // A row written by Python's csv module: "id,amount\r\n".
         let line = format!("{row},{}0\r\n", row * 10);
         let chunk = format!("{:x}\r\n{line}\r\n", line.len());
-        c.seg(EventKind::Write, 10 + row, chunk.as_bytes());
+        c.seg(Flow::FromServer, 10 + row, chunk.as_bytes());
     }
     assert!(c.r.done.is_empty(), "ended early: {:?}", c.r.done);
-    c.seg(EventKind::Write, 50, b"0\r\n\r\n");
-    c.seg(EventKind::Read, 60, &get_with_cookie("/after", 10));
-    c.seg(EventKind::Write, 70, &ok("ok"));
+    c.seg(Flow::FromServer, 50, b"0\r\n\r\n");
+    c.seg(Flow::ToServer, 60, &get_with_cookie("/after", 10));
+    c.seg(Flow::FromServer, 70, &ok("ok"));
     assert_eq!(
         c.r.done,
         vec![
@@ -155,23 +155,23 @@ fn a_csv_stream_whose_rows_end_in_zero_crlf() {
 #[test]
 fn a_terminator_split_across_segments_and_a_trailer() {
     let mut c = Conn1::new();
-    c.seg(EventKind::Read, 0, &get_with_cookie("/split", 10));
+    c.seg(Flow::ToServer, 0, &get_with_cookie("/split", 10));
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         1,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n",
     );
     assert!(c.r.done.is_empty());
-    c.seg(EventKind::Write, 5, b"\r\n");
-    c.seg(EventKind::Read, 10, &get_with_cookie("/trailer", 10));
+    c.seg(Flow::FromServer, 5, b"\r\n");
+    c.seg(Flow::ToServer, 10, &get_with_cookie("/trailer", 10));
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         11,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nhi\r\n0\r\nX-Sum: 10\r\n",
     );
-    c.seg(EventKind::Write, 15, b"\r\n");
-    c.seg(EventKind::Read, 20, &get_with_cookie("/last", 10));
-    c.seg(EventKind::Write, 22, &ok(""));
+    c.seg(Flow::FromServer, 15, b"\r\n");
+    c.seg(Flow::ToServer, 20, &get_with_cookie("/last", 10));
+    c.seg(Flow::FromServer, 22, &ok(""));
     assert_eq!(
         c.r.done,
         vec![
@@ -186,13 +186,13 @@ fn a_terminator_split_across_segments_and_a_trailer() {
 #[test]
 fn a_multi_megabyte_download_in_segments() {
     let mut c = Conn1::new();
-    c.seg(EventKind::Read, 0, &get_with_cookie("/big.bin", 2000));
+    c.seg(Flow::ToServer, 0, &get_with_cookie("/big.bin", 2000));
     let len = 3 << 20;
     let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
     resp.resize(resp.len() + len, b'z');
-    c.segs(EventKind::Write, 10, &resp, 64 * 1024);
-    c.seg(EventKind::Read, 1000, &get_with_cookie("/small.txt", 2000));
-    c.seg(EventKind::Write, 1001, &ok("x"));
+    c.segs(Flow::FromServer, 10, &resp, 64 * 1024);
+    c.seg(Flow::ToServer, 1000, &get_with_cookie("/small.txt", 2000));
+    c.seg(Flow::FromServer, 1001, &ok("x"));
     assert_eq!(
         c.r.done,
         vec![
@@ -209,19 +209,19 @@ fn pipelined_responses_past_the_capture_are_counted_and_the_next_request_is_exac
     let batch: Vec<u8> = (0..16)
         .flat_map(|i| format!("GET /p/{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes())
         .collect();
-    c.seg(EventKind::Read, 0, &batch);
+    c.seg(Flow::ToServer, 0, &batch);
     assert_eq!(c.r.requests, 16);
     // All 16 responses in one segment: only the first few are captured.
     let body = "y".repeat(200);
     let responses: Vec<u8> = (0..16).flat_map(|_| ok(&body)).collect();
     assert!(responses.len() > DATA_CAP);
-    c.seg(EventKind::Write, 10, &responses);
+    c.seg(Flow::FromServer, 10, &responses);
     let paired = c.r.done.len();
     assert!(paired > 0 && paired < 16, "{paired}");
     assert_eq!(c.r.unpaired, vec![Unpaired::Truncated; 16 - paired]);
     assert_eq!(c.r.resyncs, vec![Unpaired::Truncated]);
-    c.seg(EventKind::Read, 20, &get_with_cookie("/again", 10));
-    c.seg(EventKind::Write, 25, &ok("ok"));
+    c.seg(Flow::ToServer, 20, &get_with_cookie("/again", 10));
+    c.seg(Flow::FromServer, 25, &ok("ok"));
     assert_eq!(c.r.done.last(), Some(&done(Method::Get, "/again", 200, 5)));
     c.assert_balanced();
 }
@@ -237,14 +237,14 @@ fn a_head_whose_end_is_never_seen_is_counted_and_the_next_request_is_exact() {
         "q".repeat(3000),
         body.len()
     );
-    c.seg(EventKind::Read, 0, post.as_bytes());
+    c.seg(Flow::ToServer, 0, post.as_bytes());
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         10,
         b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
     );
-    c.seg(EventKind::Read, 20, &get_with_cookie("/again", 10));
-    c.seg(EventKind::Write, 25, &ok("ok"));
+    c.seg(Flow::ToServer, 20, &get_with_cookie("/again", 10));
+    c.seg(Flow::FromServer, 25, &ok("ok"));
     assert_eq!(
         c.r.done,
         vec![
@@ -275,17 +275,17 @@ fn body_segments_that_start_like_requests_behind_a_long_head() {
     );
     // Head and body written separately: the body's segments each start
     // with a request line.
-    c.segs(EventKind::Read, 0, head.as_bytes(), MSS);
+    c.segs(Flow::ToServer, 0, head.as_bytes(), MSS);
     for (i, s) in body.as_bytes().chunks(seg(0).len()).enumerate() {
-        c.seg(EventKind::Read, 10 + i as u64, s);
+        c.seg(Flow::ToServer, 10 + i as u64, s);
     }
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         100,
         b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
     );
-    c.seg(EventKind::Read, 200, &get_with_cookie("/after", 10));
-    c.seg(EventKind::Write, 210, &ok("ok"));
+    c.seg(Flow::ToServer, 200, &get_with_cookie("/after", 10));
+    c.seg(Flow::FromServer, 210, &ok("ok"));
     assert_eq!(
         c.r.done,
         vec![
@@ -308,10 +308,10 @@ fn a_blank_line_in_the_tail_ends_a_long_head() {
         body.len(),
         "k".repeat(1200)
     );
-    c.seg(EventKind::Read, 0, head.as_bytes());
-    c.seg(EventKind::Read, 1, body.as_bytes());
+    c.seg(Flow::ToServer, 0, head.as_bytes());
+    c.seg(Flow::ToServer, 1, body.as_bytes());
     c.seg(
-        EventKind::Write,
+        Flow::FromServer,
         5,
         b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
     );
@@ -329,7 +329,7 @@ fn a_cut_response_head_with_requests_behind_it() {
     let batch: Vec<u8> = (0..4)
         .flat_map(|i| format!("GET /q/{i} HTTP/1.1\r\n\r\n").into_bytes())
         .collect();
-    c.seg(EventKind::Read, 0, &batch);
+    c.seg(Flow::ToServer, 0, &batch);
     // The first response fills most of the capture; the second's head
     // starts in it and is cut.
     let mut segment = ok(&"a".repeat(900));
@@ -341,12 +341,12 @@ fn a_cut_response_head_with_requests_behind_it() {
         .as_bytes(),
     );
     segment.extend_from_slice(&ok("c"));
-    c.seg(EventKind::Write, 10, &segment);
-    c.seg(EventKind::Write, 11, &ok("d"));
+    c.seg(Flow::FromServer, 10, &segment);
+    c.seg(Flow::FromServer, 11, &ok("d"));
     assert_eq!(c.r.done, vec![done(Method::Get, "/q/0", 200, 10)]);
     assert_eq!(c.r.unpaired, vec![Unpaired::Truncated; 3]);
-    c.seg(EventKind::Read, 20, &get_with_cookie("/next", 10));
-    c.seg(EventKind::Write, 22, &ok("ok"));
+    c.seg(Flow::ToServer, 20, &get_with_cookie("/next", 10));
+    c.seg(Flow::FromServer, 22, &ok("ok"));
     assert_eq!(c.r.done.last(), Some(&done(Method::Get, "/next", 200, 2)));
     c.assert_balanced();
 }
