@@ -176,7 +176,7 @@ impl Request {
         head.into_bytes()
     }
 
-    pub(super) fn bytes(&self) -> Vec<u8> {
+    pub fn bytes(&self) -> Vec<u8> {
         let mut b = self.head();
         b.extend_from_slice(&self.body);
         b
