@@ -161,7 +161,7 @@ async fn accept_loop(
 }
 
 /// The certificate and key of `--tls-cert` and `--tls-key`, re-read when
-/// either file's modification time changes.
+/// either file changes.
 #[derive(Debug)]
 struct Reloading {
     cert: PathBuf,
@@ -173,7 +173,7 @@ struct Reloading {
 #[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    stamps: (Stamp, Stamp),
     checked: Instant,
 }
 
@@ -226,9 +226,18 @@ impl ResolvesServerCert for Reloading {
     }
 }
 
-fn stamps(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (modified(cert), modified(key))
+/// What tells a file was replaced: its modification time, and its inode
+/// (a Secret's update swaps a symlink; a rename keeps the new file's
+/// time, which may equal the old one's to the timer tick).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamps(cert: &Path, key: &Path) -> (Stamp, Stamp) {
+    use std::os::unix::fs::MetadataExt as _;
+    let stamp = |p: &Path| {
+        let meta = std::fs::metadata(p).ok()?;
+        Some((meta.modified().ok()?, meta.ino()))
+    };
+    (stamp(cert), stamp(key))
 }
 
 /// Reads and checks a certificate chain and its key.
