@@ -45,7 +45,8 @@ fn the_agent_works_with_only_the_manifests_capabilities_under_a_syscall_filter()
         "--regid=65534",
         "--clear-groups",
         "--",
-        "python3",
+        // Debian's, which any user may run (not a per-user shim on PATH).
+        "/usr/bin/python3",
     ]);
     let python = Server::python_at(nobody, "127.0.0.1", port).expect("python3 in b");
     assert_eq!(
