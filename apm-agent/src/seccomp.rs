@@ -60,8 +60,8 @@ fn jump_eq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// The classic-BPF program: other ABIs and the denied syscalls get EPERM,
 /// everything else passes on to the runtime's filter.
 pub fn program() -> Vec<libc::sock_filter> {
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let deny = SECCOMP_RET_ERRNO | libc::EPERM as u32;
     let n = DENIED.len();
     let mut p = vec![
@@ -139,13 +139,13 @@ mod tests {
         loop {
             let i = p[pc];
             let code = u32::from(i.code);
-            if code == (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32 {
+            if code == (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) {
                 acc = if i.k == NR { nr } else { arch };
                 pc += 1;
-            } else if code == (libc::BPF_RET | libc::BPF_K) as u32 {
+            } else if code == (libc::BPF_RET | libc::BPF_K) {
                 return i.k;
             } else {
-                let taken = if code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u32 {
+                let taken = if code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) {
                     acc == i.k
                 } else {
                     acc >= i.k
