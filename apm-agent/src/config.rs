@@ -36,6 +36,16 @@ pub struct Config {
     #[arg(long, env = "APM_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// Serve both listeners over TLS with this PEM certificate chain (leaf
+    /// first); plain HTTP is then refused. Needs --tls-key. The files are
+    /// re-read when they change.
+    #[arg(long, env = "APM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "APM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// A TOML file with the `[alerts]` table (rules and receivers; see the
     /// README). Errors in it stop startup and name the line.
     #[arg(long, env = "APM_CONFIG")]
@@ -237,6 +247,16 @@ impl Config {
             return Err(format!("--auth-token-file {} is empty", path.display()));
         }
         Ok(Some(Secret::new(token)))
+    }
+
+    /// The TLS server configuration of --tls-cert and --tls-key, if given.
+    pub fn tls(
+        &self,
+    ) -> Result<Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::serve::tls::server_config(cert, key).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The alert rules and receivers: the built-in defaults, or those of

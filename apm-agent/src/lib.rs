@@ -10,7 +10,8 @@
 //! `alerts` (rules, state machine, evaluation, delivery) → `serve` (admin
 //! API, health). `config` and `agent` at the root wire the stages together;
 //! `redact` (credentials out of URLs) and `tasks` (which tasks are alive)
-//! are leaves any stage may use.
+//! are leaves any stage may use; `seccomp` is the agent's own syscall
+//! filter, installed first.
 //! Everything but `capture::kernel` and `capture::reader` runs without root
 //! and is unit-tested.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod protocols;
 pub mod redact;
+pub mod seccomp;
 pub mod serve;
 pub mod services;
 pub mod streams;

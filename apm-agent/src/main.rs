@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let logs = init_logging(&config)?;
+    apm_agent::seccomp::install_logged();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,6 +80,8 @@ fn init_logging(config: &Config) -> anyhow::Result<Arc<LogRing>> {
 
 async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let auth_token = config.auth_token().map_err(anyhow::Error::msg)?;
+    let tls = config.tls().map_err(anyhow::Error::msg)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let alerts = config.alerts().map_err(anyhow::Error::msg)?;
     info!(
         rules = alerts.rules.len(),
@@ -219,7 +222,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         state.alerts.config.receivers.clone(),
         outgoing,
         metrics.clone(),
-        format!("http://{}/alerts", config.listen),
+        format!("{scheme}://{}/alerts", config.listen),
         stop_rx.clone(),
     ));
     // Allowed silence: a few intervals, and at least what a slow procfs
@@ -250,14 +253,14 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin API to {}", config.listen))?;
     let addr = listener.local_addr().context("admin API address")?;
-    info!(url = %format!("http://{addr}/"), "admin API listening");
+    info!(url = %format!("{scheme}://{addr}/"), "admin API listening");
 
     let metrics_listener = match config.metrics_listen {
         Some(at) => {
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .with_context(|| format!("binding --metrics-listen to {at}"))?;
-            info!(url = %format!("http://{}/metrics", listener.local_addr().context("metrics address")?), "metrics listening");
+            info!(url = %format!("{scheme}://{}/metrics", listener.local_addr().context("metrics address")?), "metrics listening");
             Some(listener)
         }
         None => None,
@@ -266,6 +269,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         serve(
             listener,
             api::metrics_router(state.clone()),
+            tls.clone(),
             stop_rx.clone(),
             tasks.watch("metrics API", Duration::MAX),
         )
@@ -273,6 +277,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let server = serve(
         listener,
         api::router(state),
+        tls,
         stop_rx.clone(),
         tasks.watch("admin API", Duration::MAX),
     );
@@ -313,20 +318,21 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `router` on `listener` until stop; the beat ends with the server.
+/// Serves `router` on `listener` (over TLS with `tls`) until stop; the beat
+/// ends with the server.
 fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
     beat: Beat,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
         let _beat = beat;
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        apm_agent::serve::tls::serve(listener, router, tls, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
     })
 }
 

@@ -3,7 +3,7 @@
 //! bounded in time and every loop in count.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
@@ -13,10 +13,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub mod https;
 mod metrics;
 mod net;
 pub mod prod;
 mod redis_server;
+pub mod seccomp;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, connect_many, python_client};
 pub use redis_server::{Redis, cache, client_counts, pool, shop, wait_for_client_counts};
@@ -77,7 +79,19 @@ impl Agent {
 
     /// Like [`Agent::start`], but `cmd` is a wrapper (such as setpriv) that
     /// will exec the agent: the agent's path and arguments are appended.
-    pub fn start_with(mut cmd: Command, args: &[&str]) -> Result<Self> {
+    pub fn start_with(cmd: Command, args: &[&str]) -> Result<Self> {
+        Self::start_probed(cmd, args, |addr| {
+            get(addr, "/health").ok().map(|r| r.status == 200)
+        })
+    }
+
+    /// Like [`Agent::start_with`], but up is when `up(admin address)` says
+    /// so (an HTTPS probe for a TLS agent).
+    pub fn start_probed(
+        mut cmd: Command,
+        args: &[&str],
+        up: impl Fn(SocketAddr) -> Option<bool>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let log = std::env::temp_dir().join(format!("apm-e2e-agent-{port}.log"));
@@ -97,13 +111,13 @@ impl Agent {
             addr,
             log,
         };
-        let up = wait_for(Duration::from_secs(30), || {
+        let came_up = wait_for(Duration::from_secs(30), || {
             if agent.exited().is_some() {
                 return Some(false);
             }
-            get(addr, "/health").ok().map(|r| r.status == 200)
+            up(addr)
         });
-        if up != Some(true) {
+        if came_up != Some(true) {
             bail!("agent did not come up: {}", agent.log_text());
         }
         Ok(agent)
@@ -400,8 +414,18 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
 
 /// [`get`] with extra request headers.
 pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    get_over(s, addr, path, headers)
+}
+
+/// [`get_with`] over a connected stream (such as a TLS session) to `addr`.
+pub fn get_over(
+    mut s: impl std::io::Read + std::io::Write,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -411,7 +435,12 @@ pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resul
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closed without close_notify, after its response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
     let text = String::from_utf8(raw)?;
     let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
     let mut lines = head.lines();

@@ -113,6 +113,10 @@ fn manifests_validate_offline() {
         "privileged: false",
         "- BPF",
         "- PERFMON",
+        // A syscall filter (validated by kubernetes-validate above with
+        // the rest of the pod spec).
+        "seccompProfile:\n          type: RuntimeDefault",
+        "allowPrivilegeEscalation: false",
         // Only /metrics and the probes face the cluster; the admin API
         // stays on loopback.
         "name: APM_METRICS_LISTEN\n              value: \"0.0.0.0:9464\"",

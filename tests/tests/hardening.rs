@@ -245,3 +245,95 @@ fn a_dead_pipeline_fails_liveness_and_the_agent_exits_to_be_restarted() {
     }
     eprintln!("the agent exited with 70 {took:?} after start");
 }
+
+/// A certificate authority and a server certificate for `localhost` and
+/// 127.0.0.1 signed by it, as PEM files in a directory of their own
+/// (`tag`): (CA, cert, key).
+fn tls_files(tag: &str) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let dir = std::env::temp_dir().join(format!("apm-e2e-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    (ca.pem(), cert_file, key_file)
+}
+
+#[test]
+fn with_a_certificate_the_token_travels_only_over_tls() {
+    use apm_e2e::https::{client, get_tls, plain_attempt};
+    require_root();
+    let token = "e2e-tls-token-7c1d";
+    let (ca, cert, key) = tls_files("agent");
+    let metrics_port = free_port().expect("port");
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    let tls = client(&ca).expect("client");
+    let up = |addr| {
+        get_tls(&tls, addr, "localhost", "/health", &[])
+            .ok()
+            .map(|r| r.status == 200)
+    };
+    let agent = Agent::start_probed(
+        std::process::Command::new(apm_e2e::agent_bin()),
+        &[
+            "--auth-token",
+            token,
+            "--tls-cert",
+            cert.to_str().expect("path"),
+            "--tls-key",
+            key.to_str().expect("path"),
+            "--metrics-listen",
+            &metrics.to_string(),
+            "--no-ebpf",
+        ],
+        up,
+    )
+    .expect("agent over TLS");
+    let bearer = format!("Bearer {token}");
+    for (addr, host) in [(metrics, "localhost"), (agent.addr, "127.0.0.1")] {
+        // Over TLS, the certificate checked against the test's CA: the
+        // token works, and is needed.
+        let r = get_tls(&tls, addr, host, "/metrics", &[("Authorization", &bearer)])
+            .expect("metrics over TLS");
+        assert_eq!(r.status, 200, "{addr}");
+        assert!(r.body.contains("apm_build_info"), "{}", r.body);
+        let r = get_tls(&tls, addr, host, "/metrics", &[]).expect("no token");
+        assert_eq!(r.status, 401, "{addr}");
+        assert_eq!(
+            get_tls(&tls, addr, host, "/health/ready", &[])
+                .expect("ready")
+                .status,
+            200
+        );
+        // Plain HTTP, token and all: never answered. The server closes
+        // the connection, at most after a TLS alert (a record of type 21).
+        let answer =
+            plain_attempt(addr, "/metrics", &[("Authorization", &bearer)]).expect("plain attempt");
+        assert!(
+            answer.is_empty() || answer[0] == 21,
+            "{addr} answered plain HTTP: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(!String::from_utf8_lossy(&answer).contains("HTTP/"));
+        assert!(get(addr, "/health").is_err(), "plain /health answered");
+    }
+    // A client that does not trust the certificate gets nowhere.
+    let (other_ca, other_cert, _) = tls_files("stranger");
+    let stranger = client(&other_ca).expect("other CA");
+    assert!(get_tls(&stranger, metrics, "localhost", "/health", &[]).is_err());
+    let log = agent.log_text();
+    assert!(log.contains("https://"), "{log}");
+    assert!(!log.contains(token), "the token leaked into the log");
+    for file in [cert, other_cert] {
+        std::fs::remove_dir_all(file.parent().expect("dir")).ok();
+    }
+}

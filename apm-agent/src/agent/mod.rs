@@ -11,6 +11,7 @@ use std::{
 use apm_common::{DropReason, PidCounters, PortCounters};
 use tracing::warn;
 
+mod netns;
 mod outbound;
 mod ports;
 
@@ -337,7 +338,8 @@ impl Agent {
             if ns == 0 {
                 continue;
             }
-            let Some(cookie) = self.netns_cookie(ns, listeners.holders.get(&(ns, port)).copied())
+            let Some(cookie) =
+                self.netns_cookie(ns, listeners.holders.get(&(ns, port)).map(|h| h.0))
             else {
                 continue;
             };
@@ -377,27 +379,6 @@ impl Agent {
         if services != self.services {
             self.directory.replace(services.clone());
             self.services = services;
-        }
-    }
-
-    /// The cookie of network namespace `ns` (inode), read through `holder`
-    /// (a pid and a listener fd in it) the first time.
-    fn netns_cookie(&mut self, ns: u64, holder: Option<(u32, u32)>) -> Option<u64> {
-        if let Some(&cookie) = self.netns_cookies.get(&ns) {
-            return Some(cookie);
-        }
-        let (pid, fd) = holder?;
-        match crate::services::cookies::netns_cookie_of(pid, fd) {
-            Ok(cookie) => {
-                self.netns_cookies.insert(ns, cookie);
-                Some(cookie)
-            }
-            Err(e) => {
-                if self.netns_warned.insert(ns) {
-                    warn!(netns = ns, pid, error = %e, "cannot read a network namespace's cookie; its services are named by port alone");
-                }
-                None
-            }
         }
     }
 

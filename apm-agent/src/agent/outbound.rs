@@ -83,8 +83,9 @@ impl Agent {
     /// seen (before the agent, or before it was a monitored service) are
     /// watched like new ones: each is timed from its next command if that
     /// is RESP, whatever the port (only listed destinations with
-    /// --no-redis-detect). Needs CAP_SYS_PTRACE over the process to read
-    /// the sockets' cookies; without it they stay untimed (one WARN line).
+    /// --no-redis-detect). Their cookies come from a sock_diag dump of the
+    /// agent's own network namespace; those of processes in other
+    /// namespaces are not found there and stay untimed (one INFO line).
     fn watch_open_connections(&mut self, tgid: u32) {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
@@ -93,7 +94,17 @@ impl Agent {
         // A process that was a client before has its connections since
         // then in the kernel's pools already.
         let counted = kernel.outbound().pools().iter().any(|p| p.tgid == tgid);
-        for (fd, inode, addr) in self.discovery.client_fds(tgid) {
+        let fds = self.discovery.client_fds(tgid);
+        let inodes = fds.iter().map(|&(_, inode, _)| inode).collect();
+        let (cookies, dumped) = match crate::services::sock_diag::socket_cookies(&inodes) {
+            Ok(cookies) => (cookies, true),
+            Err(e) => {
+                warn!(pid = tgid, error = %e, "cannot read socket cookies (sock_diag); this process's open connections are not timed");
+                (Default::default(), false)
+            }
+        };
+        let mut elsewhere = 0;
+        for (fd, inode, addr) in fds {
             // No pool counted it at its connect: counted here until the
             // descriptor closes (collect_pools), which also keeps its port
             // watched until then; one not followed keeps it for good.
@@ -112,12 +123,9 @@ impl Agent {
             if !self.redis_detect && !kernel.outbound().listed(addr) {
                 continue;
             }
-            let cookie = match crate::services::cookies::socket_cookie_of(tgid, fd) {
-                Ok(cookie) => cookie,
-                Err(e) => {
-                    warn!(pid = tgid, error = %e, "cannot read the cookies of this process's open connections; those are not timed");
-                    break;
-                }
+            let Some(&cookie) = cookies.get(&inode) else {
+                elsewhere += usize::from(dumped);
+                continue;
             };
             match kernel.outbound().watch(cookie, tgid, addr, !followed) {
                 Ok(()) => watched += 1,
@@ -126,6 +134,13 @@ impl Agent {
                     break;
                 }
             }
+        }
+        if elsewhere > 0 {
+            info!(
+                pid = tgid,
+                connections = elsewhere,
+                "connections opened before the agent saw them, in another network namespace, are not timed"
+            );
         }
         if watched > 0 {
             info!(

@@ -5,3 +5,4 @@ pub mod auth;
 pub mod checks;
 pub mod dashboard;
 pub mod health;
+pub mod tls;

@@ -1,55 +1,86 @@
-//! The cookies packet records carry, read from userspace for a socket of
-//! another process: borrow the socket (pidfd_getfd, which needs
-//! CAP_SYS_PTRACE over the process) and ask it for its own cookie
-//! (SO_COOKIE, what `bpf_get_socket_cookie()` reports) or its network
-//! namespace's (SO_NETNS_COOKIE, Linux 5.14; `bpf_get_netns_cookie()`).
+//! The network-namespace cookies packet records carry
+//! (`bpf_get_netns_cookie()`), read without touching another process's
+//! sockets:
+//! - since Linux 6.18 a network namespace's id is its cookie, and
+//!   `NS_GET_ID` on `/proc/PID/ns/net` reads it (opening that link needs
+//!   what reading `/proc/PID/fd` needs, no more);
+//! - the agent's own namespace: `SO_NETNS_COOKIE` on a socket of its own.
+//!
+//! Older kernels learn the others from the socket hooks (see
+//! `capture::netns`). Socket cookies come from `sock_diag`.
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+    sync::OnceLock,
 };
 
-/// `SO_COOKIE` and `SO_NETNS_COOKIE` from asm-generic/socket.h.
-const SO_COOKIE: libc::c_int = 57;
+/// `SO_NETNS_COOKIE` from asm-generic/socket.h (Linux 5.14).
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// A new descriptor from a raw syscall return value.
-fn owned(rc: libc::c_long) -> io::Result<OwnedFd> {
-    if rc < 0 {
+/// `NS_GET_ID`: `_IOR(NSIO, 0xd, __u64)` from linux/nsfs.h (Linux 6.18).
+const NS_GET_ID: libc::c_ulong = (2 << 30) | (8 << 16) | (0xb7 << 8) | 0x0d;
+
+/// The network namespace `<proc_root>/<pid>/ns/net` names, as (inode,
+/// cookie), when this kernel's namespace ids are netns cookies (checked
+/// once on the agent's own namespace).
+pub fn netns_cookie_of(proc_root: &Path, pid: u32) -> io::Result<(u64, u64)> {
+    if !ids_are_cookies() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no NS_GET_ID equal to the netns cookie (Linux 6.18+)",
+        ));
+    }
+    namespace_id(&proc_root.join(pid.to_string()).join("ns/net"))
+}
+
+/// Whether `NS_GET_ID` reports netns cookies here: true when it gives our
+/// own namespace's cookie.
+pub fn ids_are_cookies() -> bool {
+    static SAME: OnceLock<bool> = OnceLock::new();
+    *SAME.get_or_init(|| {
+        let id = namespace_id(Path::new("/proc/self/ns/net"));
+        let cookie = own_netns();
+        matches!((id, cookie), (Ok((_, id)), Ok((_, cookie))) if id == cookie && id != 0)
+    })
+}
+
+/// The agent's own network namespace: (inode, cookie), read once.
+pub fn own_netns() -> io::Result<(u64, u64)> {
+    static OWN: OnceLock<Result<(u64, u64), String>> = OnceLock::new();
+    OWN.get_or_init(|| read_own_netns().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(io::Error::other)
+}
+
+fn read_own_netns() -> io::Result<(u64, u64)> {
+    let inode = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))?;
+    Ok((inode, netns_cookie(&OwnedFd::from(sock))?))
+}
+
+/// The inode and `NS_GET_ID` of the namespace file at `path`, both read
+/// from one open file (so both are of one namespace).
+fn namespace_id(path: &Path) -> io::Result<(u64, u64)> {
+    let ns = std::fs::File::open(path)?;
+    let inode = ns.metadata()?.ino();
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_ID writes one u64 through the pointer, which points
+    // at `id`, ours and that large.
+    let rc = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_ID, &mut id as *mut u64) };
+    if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let fd = libc::c_int::try_from(rc).map_err(io::Error::other)?;
-    // SAFETY: the kernel just returned this descriptor to us; nothing else
-    // owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Descriptor `fd` of process `pid`, duplicated into this process (closing
-/// it leaves the process's own open).
-fn borrow(pid: u32, fd: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: pidfd_getfd takes our pidfd, the target's fd number and flags,
-    // and returns a new descriptor in this process.
-    owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
-}
-
-/// The network-namespace cookie of socket `fd` of process `pid`.
-pub fn netns_cookie_of(pid: u32, fd: u32) -> io::Result<u64> {
-    netns_cookie(&borrow(pid, fd)?)
-}
-
-/// The cookie of socket `fd` of process `pid`.
-pub fn socket_cookie_of(pid: u32, fd: u32) -> io::Result<u64> {
-    cookie(&borrow(pid, fd)?, SO_COOKIE)
+    Ok((inode, id))
 }
 
 /// The network-namespace cookie of one of our own sockets.
 pub fn netns_cookie(sock: &OwnedFd) -> io::Result<u64> {
-    cookie(sock, SO_NETNS_COOKIE)
-}
-
-fn cookie(sock: &OwnedFd, option: libc::c_int) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which we
@@ -58,7 +89,7 @@ fn cookie(sock: &OwnedFd, option: libc::c_int) -> io::Result<u64> {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            option,
+            SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),
             &mut len,
         )
@@ -74,29 +105,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_borrowed_socket_has_the_cookies_of_our_own() {
+    fn our_namespace_has_one_cookie_whichever_way_it_is_read() {
+        let (inode, cookie) = own_netns().expect("own namespace");
+        assert_ne!(inode, 0);
+        assert_ne!(cookie, 0);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let ours = OwnedFd::from(listener.try_clone().expect("clone"));
-        let ns = netns_cookie(&ours).expect("own namespace cookie");
-        let sock = cookie(&ours, SO_COOKIE).expect("own socket cookie");
-        assert_ne!(ns, 0);
-        assert_ne!(sock, 0);
-        let fd = u32::try_from(listener.as_raw_fd()).expect("fd");
-        // Borrowing from ourselves needs no privilege.
         assert_eq!(
-            netns_cookie_of(std::process::id(), fd).expect("borrowed"),
-            ns
+            netns_cookie(&OwnedFd::from(listener)).expect("cookie"),
+            cookie
         );
-        assert_eq!(
-            socket_cookie_of(std::process::id(), fd).expect("borrowed"),
-            sock
-        );
-        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let other_fd = u32::try_from(other.as_raw_fd()).expect("fd");
-        assert_ne!(
-            socket_cookie_of(std::process::id(), other_fd).expect("other"),
-            sock
-        );
-        assert!(netns_cookie_of(std::process::id(), 999_999).is_err());
+        let me = std::process::id();
+        match netns_cookie_of(Path::new("/proc"), me) {
+            Ok(found) => assert_eq!(found, (inode, cookie)),
+            // A kernel before 6.18.
+            Err(e) => assert!(!ids_are_cookies(), "{e}"),
+        }
+        assert!(netns_cookie_of(Path::new("/nonexistent-proc"), me).is_err());
     }
 }

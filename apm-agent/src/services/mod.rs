@@ -6,3 +6,4 @@ pub mod cookies;
 pub mod directory;
 pub mod discovery;
 pub mod identity;
+pub mod sock_diag;

@@ -1,0 +1,222 @@
+//! Socket cookies from the kernel's socket diagnostics (NETLINK_SOCK_DIAG):
+//! a dump of the TCP sockets of the agent's own network namespace carries
+//! each socket's inode and cookie (`idiag_cookie`, what
+//! `bpf_get_socket_cookie()` reports). Dumping one's own namespace needs no
+//! privilege, unlike borrowing the socket from its process.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+/// `SOCK_DIAG_BY_FAMILY` from linux/sock_diag.h.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// Every TCP state but LISTEN (bit 10) in an `idiag_states` mask.
+const ALL_BUT_LISTEN: u32 = !(1 << 10);
+/// `struct nlmsghdr`.
+const NLMSG_HDR: usize = 16;
+/// `struct inet_diag_req_v2`.
+const REQ_LEN: usize = 56;
+/// Offsets in `struct inet_diag_msg`: the socket id's cookie (two u32 in
+/// host order, low word first) and the inode.
+const MSG_COOKIE: usize = 4 + 40;
+const MSG_INODE: usize = 68;
+const MSG_LEN: usize = 72;
+
+/// The cookies of the wanted socket inodes that are TCP sockets (not
+/// listening) of the agent's network namespace; inodes of other
+/// namespaces are not found.
+pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
+    let mut found = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        dump(family as u8, |inode, cookie| {
+            if wanted.contains(&inode) {
+                found.insert(inode, cookie);
+            }
+        })?;
+    }
+    Ok(found)
+}
+
+/// Calls `each(inode, cookie)` for every TCP socket of `family` but
+/// listeners.
+fn dump(family: u8, mut each: impl FnMut(u64, u64)) -> io::Result<()> {
+    let sock = open()?;
+    send_request(&sock, family)?;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: recv writes at most buf.len() bytes into buf, which we own.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let n = usize::try_from(n).map_err(io::Error::other)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if parse(&buf[..n], &mut each)? {
+            return Ok(());
+        }
+    }
+}
+
+fn open() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes plain integers and returns a new descriptor.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One `SOCK_DIAG_BY_FAMILY` dump request for TCP sockets of `family`.
+fn request(family: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
+    let mut msg = [0u8; NLMSG_HDR + REQ_LEN];
+    let len = (NLMSG_HDR + REQ_LEN) as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    msg[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed
+    // socket id (no filter) with INET_DIAG_NOCOOKIE.
+    let req = &mut msg[NLMSG_HDR..];
+    req[0] = family;
+    req[1] = libc::IPPROTO_TCP as u8;
+    req[4..8].copy_from_slice(&ALL_BUT_LISTEN.to_ne_bytes());
+    req[8 + 40..8 + 48].copy_from_slice(&[0xff; 8]);
+    msg
+}
+
+fn send_request(sock: &OwnedFd, family: u8) -> io::Result<()> {
+    let msg = request(family);
+    // SAFETY: a zeroed sockaddr_nl is valid; nl_family names the kernel.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: msg and kernel are valid for the lengths given.
+    let rc = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Parses one datagram of netlink messages; returns whether the dump is
+/// done.
+fn parse(mut data: &[u8], each: &mut impl FnMut(u64, u64)) -> io::Result<bool> {
+    let u32_at = |b: &[u8], at: usize| -> u32 {
+        b.get(at..at + 4)
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, u32::from_ne_bytes)
+    };
+    while data.len() >= NLMSG_HDR {
+        let len = u32_at(data, 0) as usize;
+        if len < NLMSG_HDR || len > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated sock_diag message",
+            ));
+        }
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        let body = &data[NLMSG_HDR..len];
+        match i32::from(kind) {
+            libc::NLMSG_DONE => return Ok(true),
+            libc::NLMSG_ERROR => {
+                let errno = u32_at(body, 0) as i32;
+                return if errno == 0 {
+                    Ok(true)
+                } else {
+                    Err(io::Error::from_raw_os_error(-errno))
+                };
+            }
+            _ if kind == SOCK_DIAG_BY_FAMILY && body.len() >= MSG_LEN => {
+                let cookie = u64::from(u32_at(body, MSG_COOKIE))
+                    | (u64::from(u32_at(body, MSG_COOKIE + 4)) << 32);
+                each(u64::from(u32_at(body, MSG_INODE)), cookie);
+            }
+            _ => {}
+        }
+        // Messages are aligned to 4 bytes.
+        let next = (len + 3) & !3;
+        data = data.get(next..).unwrap_or(&[]);
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    /// SO_COOKIE of one of our own sockets, to compare with.
+    fn own_cookie(fd: &impl std::os::fd::AsRawFd) -> u64 {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        cookie
+    }
+
+    fn inode(fd: &impl std::os::fd::AsRawFd) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .expect("fd")
+            .ino()
+    }
+
+    #[test]
+    fn a_dump_finds_our_connected_sockets_with_their_cookies() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let wanted: HashSet<u64> = [inode(&client), inode(&server), inode(&listener)].into();
+        let found = socket_cookies(&wanted).expect("sock_diag dump");
+        assert_eq!(found.get(&inode(&client)), Some(&own_cookie(&client)));
+        assert_eq!(found.get(&inode(&server)), Some(&own_cookie(&server)));
+        // Listeners are left out.
+        assert_eq!(found.get(&inode(&listener)), None);
+        assert!(socket_cookies(&HashSet::new()).expect("empty").is_empty());
+    }
+
+    #[test]
+    fn a_truncated_message_is_an_error_not_a_panic() {
+        let mut bad = [0u8; 20];
+        bad[0..4].copy_from_slice(&200u32.to_ne_bytes());
+        assert!(parse(&bad, &mut |_, _| {}).is_err());
+        assert!(!parse(&[0u8; 3], &mut |_, _| {}).expect("short"));
+    }
+}
