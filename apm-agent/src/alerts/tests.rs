@@ -120,7 +120,11 @@ fn a_quiet_route_with_one_slow_request_does_not_fire() {
     );
     // With 20 requests in its window, the same route's slow half counts.
     for _ in 0..24 {
-        let seconds = if h.now_s().is_multiple_of(10) { 5.0 } else { 0.01 };
+        let seconds = if h.now_s().is_multiple_of(10) {
+            5.0
+        } else {
+            0.01
+        };
         h.record("shop", "/quiet", 200, seconds, 2);
         h.evaluate();
         h.tick();
