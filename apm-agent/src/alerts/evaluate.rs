@@ -74,10 +74,7 @@ impl Alerts {
                 "keep_firing_for_seconds": r.keep_firing_for.as_secs_f64(),
                 "cooldown_seconds": r.cooldown.as_secs_f64(),
                 "min_requests": r.signal.counts_requests().then_some(r.min_requests),
-                "no_data": (r.signal != super::rules::Signal::ServiceAbsent).then_some(match r.no_data {
-                    super::rules::NoData::KeepFiring => "keep_firing",
-                    super::rules::NoData::Resolve => "resolve",
-                }),
+                "no_data": (r.signal != super::rules::Signal::ServiceAbsent).then_some(r.no_data),
                 "severity": r.severity,
                 "service": r.service,
                 "route": r.route,
