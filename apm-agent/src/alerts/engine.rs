@@ -201,53 +201,18 @@ impl Engine {
 
     /// Advances one alert.
     fn step(&mut self, rule: &Rule, key: Key, reading: Reading, now: Now, out: &mut Vec<Notice>) {
+        match reading {
+            Reading::Breach(value) => self.holds(rule, key, value, now, out),
+            Reading::NoData if rule.no_data == NoData::KeepFiring => {
+                self.no_data(rule, key, now, out)
+            }
+            Reading::Clear(_) | Reading::NoData => self.stopped(rule, key, reading, now, out),
+        }
+    }
+
+    /// The condition holds: pending, firing once held for `for`.
+    fn holds(&mut self, rule: &Rule, key: Key, value: f64, now: Now, out: &mut Vec<Notice>) {
         let labels = &key.1;
-        let holds = match reading {
-            Reading::Breach(v) => Some(v),
-            Reading::Clear(_) => None,
-            Reading::NoData if rule.no_data == NoData::Resolve => None,
-            Reading::NoData => {
-                let Some(alert) = self.active.get_mut(&key) else {
-                    return;
-                };
-                if alert.state == Phase::Pending {
-                    self.active.remove(&key);
-                    tracing::debug!(alertname = %rule.name, labels = ?labels, "pending alert cleared: no data");
-                    return;
-                }
-                if alert.no_data_since.is_none() {
-                    alert.no_data_since = Some(now.wall);
-                    tracing::info!(alertname = %rule.name, labels = ?labels, "alert kept firing without data");
-                }
-                // No data is no evidence that the condition stopped.
-                alert.cleared_mono = None;
-                notify_if_due(rule, &key, alert, &mut self.notified, now, out);
-                return;
-            }
-        };
-        let Some(value) = holds else {
-            let Some(alert) = self.active.get_mut(&key) else {
-                return;
-            };
-            if let Reading::Clear(v) = reading {
-                alert.value = v;
-                alert.no_data_since = None;
-            }
-            if alert.state == Phase::Pending {
-                self.active.remove(&key);
-                tracing::debug!(alertname = %rule.name, labels = ?labels, "pending alert cleared");
-                return;
-            }
-            let cleared = *alert.cleared_mono.get_or_insert(now.mono);
-            if now.mono.saturating_sub(cleared) < rule.keep_firing_for {
-                notify_if_due(rule, &key, alert, &mut self.notified, now, out);
-                return;
-            }
-            let fired_at = alert.fired_at.unwrap_or(alert.since);
-            self.active.remove(&key);
-            self.resolve(rule, key.1, fired_at, now.wall, out);
-            return;
-        };
         let alert = self.active.entry(key.clone()).or_insert_with(|| {
             tracing::info!(alertname = %rule.name, labels = ?labels, value, "alert pending");
             Active {
@@ -278,6 +243,58 @@ impl Engine {
         if alert.state == Phase::Firing {
             notify_if_due(rule, &key, alert, &mut self.notified, now, out);
         }
+    }
+
+    /// No data, kept firing: a pending alert clears (no evidence), a
+    /// firing one stays so, marked since when.
+    fn no_data(&mut self, rule: &Rule, key: Key, now: Now, out: &mut Vec<Notice>) {
+        let Some(alert) = self.active.get_mut(&key) else {
+            return;
+        };
+        if alert.state == Phase::Pending {
+            self.active.remove(&key);
+            tracing::debug!(alertname = %rule.name, labels = ?key.1, "pending alert cleared: no data");
+            return;
+        }
+        if alert.no_data_since.is_none() {
+            alert.no_data_since = Some(now.wall);
+            tracing::info!(alertname = %rule.name, labels = ?key.1, "alert kept firing without data");
+        }
+        // No data is no evidence that the condition stopped.
+        alert.cleared_mono = None;
+        notify_if_due(rule, &key, alert, &mut self.notified, now, out);
+    }
+
+    /// The condition stopped (or no data counts as that): a pending
+    /// alert clears, a firing one resolves after `keep_firing_for`.
+    fn stopped(
+        &mut self,
+        rule: &Rule,
+        key: Key,
+        reading: Reading,
+        now: Now,
+        out: &mut Vec<Notice>,
+    ) {
+        let Some(alert) = self.active.get_mut(&key) else {
+            return;
+        };
+        if let Reading::Clear(v) = reading {
+            alert.value = v;
+            alert.no_data_since = None;
+        }
+        if alert.state == Phase::Pending {
+            self.active.remove(&key);
+            tracing::debug!(alertname = %rule.name, labels = ?key.1, "pending alert cleared");
+            return;
+        }
+        let cleared = *alert.cleared_mono.get_or_insert(now.mono);
+        if now.mono.saturating_sub(cleared) < rule.keep_firing_for {
+            notify_if_due(rule, &key, alert, &mut self.notified, now, out);
+            return;
+        }
+        let fired_at = alert.fired_at.unwrap_or(alert.since);
+        self.active.remove(&key);
+        self.resolve(rule, key.1, fired_at, now.wall, out);
     }
 
     fn resolve(
