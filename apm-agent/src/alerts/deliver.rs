@@ -207,13 +207,14 @@ impl Worker {
             );
             tokio::pin!(sending);
             let result = loop {
-                let far = Instant::now() + DEADLINE;
                 tokio::select! {
                     r = &mut sending => break r,
                     _ = stop.wait_for(|s| *s), if closing.is_none() => {
                         closing = Some(Instant::now() + DRAIN);
                     }
-                    _ = tokio::time::sleep_until(closing.unwrap_or(far)), if closing.is_some() => {
+                    // (Disabled until the stop signal: `deadline` is a
+                    // placeholder never waited on.)
+                    _ = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
                         break Err(Failure::Timeout("the agent is stopping".into()));
                     }
                 }
