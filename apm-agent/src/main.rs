@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use apm_agent::{
     agent::Agent,
-    alerts::{deliver, evaluate, evaluate::Alerts},
+    alerts::{clock::SystemClock, deliver, evaluate, evaluate::Alerts},
     capture::kernel::{self, ProbeReport, StartOptions},
     config::{Config, LogFormat, TestFault},
     protocols::routes::RouteConfig,
@@ -202,7 +202,14 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         stop_rx.clone(),
         tasks.watch("dashboard history", Duration::from_secs(10)),
     ));
-    let (queue, outgoing) = tokio::sync::mpsc::channel(deliver::QUEUE);
+    // One delivery task per receiver; at most deliver::DRAIN after the
+    // stop signal, whatever a dead receiver is doing.
+    let (delivery, deliveries) = deliver::start(
+        state.alerts.config.receivers.clone(),
+        metrics.clone(),
+        format!("{scheme}://{}/alerts", config.listen),
+        stop_rx.clone(),
+    );
     let evaluation_interval = state.alerts.config.evaluation_interval;
     let evaluator = tokio::spawn(evaluate::run(
         evaluate::Context {
@@ -210,20 +217,14 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             pipeline: published.clone(),
             samples: state.samples.clone(),
             metrics: metrics.clone(),
-            queue,
+            delivery,
+            clock: Arc::new(SystemClock),
         },
         stop_rx.clone(),
         tasks.watch(
             "alert evaluation",
             evaluate::allowed_silence(evaluation_interval),
         ),
-    ));
-    let delivery = tokio::spawn(deliver::run(
-        state.alerts.config.receivers.clone(),
-        outgoing,
-        metrics.clone(),
-        format!("{scheme}://{}/alerts", config.listen),
-        stop_rx.clone(),
     ));
     // Allowed silence: a few intervals, and at least what a slow procfs
     // walk on a busy host may take.
@@ -301,7 +302,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         ("dependency checks", checker),
         ("alert evaluation", evaluator),
         ("dashboard history", historian),
-        ("alert delivery", delivery),
+        ("alert delivery", deliveries),
     ] {
         if let Err(e) = task.await {
             error!(task = name, error = %e, "task failed");

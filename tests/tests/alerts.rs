@@ -1,8 +1,10 @@
 //! Alerts against the real agent, a real HTTP server and a real
 //! Alertmanager (Debian's prometheus-alertmanager, started here on
 //! loopback): error-ratio and latency rules fire, are delivered, are not
-//! re-notified inside their cooldown and resolve; a dead receiver leaves
-//! evaluation on schedule; a mistake in the config file stops startup.
+//! re-notified inside their cooldown and resolve; a service that stops
+//! while failing keeps its alert firing and raises ServiceAbsent; a dead
+//! receiver leaves evaluation on schedule, delays no other receiver and
+//! no shutdown; a mistake in the config file stops startup.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -299,7 +301,9 @@ fn a_latency_alert_fires_for_the_slow_route_only() {
     let agent = agent_for(port, &config);
     let mut slow = Client::connect(port).expect("connect");
     let mut fast = Client::connect(port).expect("connect");
-    let fired = wait_for(Duration::from_secs(15), || {
+    // About 3 slow requests a second: the default min_requests (20) is
+    // there after some 7 s, then `for`.
+    let fired = wait_for(Duration::from_secs(25), || {
         slow.get("/sleep/300").ok()?;
         for _ in 0..10 {
             fast.get("/ok").ok()?;
@@ -370,5 +374,158 @@ fn a_dead_receiver_leaves_evaluation_on_schedule_and_is_counted() {
         !agent.log_text().contains("hunter2pw"),
         "the receiver's password was logged"
     );
+    std::fs::remove_file(config).ok();
+}
+
+/// A port that takes connections (the kernel completes the handshake) and
+/// never answers: a receiver that hangs, the worst kind of dead.
+fn silent_receiver() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+#[test]
+fn a_hanging_webhook_first_delays_neither_alertmanager_nor_shutdown() {
+    require_root();
+    let am = Alertmanager::start();
+    let (_hanging, dead) = silent_receiver();
+    let config = apm_e2e::always_firing_config(
+        "HangingFirst",
+        &format!(
+            "[[alerts.receivers]]\nwebhook = \"http://127.0.0.1:{dead}/hook\"\n\n\
+             [[alerts.receivers]]\nalertmanager = \"http://127.0.0.1:{}\"\n",
+            am.port
+        ),
+    );
+    let mut agent =
+        Agent::start(&["--no-ebpf", "--config", config.to_str().expect("path")]).expect("agent");
+    let started = Instant::now();
+    let fired = wait_for(Duration::from_secs(10), || {
+        let doc = alerts_json(&agent);
+        let firing = doc["firing"].as_array()?;
+        (!firing.is_empty()).then(Instant::now)
+    })
+    .unwrap_or_else(|| panic!("not firing: {}", alerts_json(&agent)));
+    let received = wait_for(Duration::from_secs(15), || {
+        (!am.alerts("HangingFirst").is_empty()).then(Instant::now)
+    })
+    .unwrap_or_else(|| panic!("Alertmanager got nothing: {}", agent.log_text()));
+    let after_firing = received.saturating_duration_since(fired);
+    eprintln!(
+        "with a hanging webhook first: firing {:.2} s after start, in Alertmanager {:.2} s after firing",
+        (fired - started).as_secs_f64(),
+        after_firing.as_secs_f64()
+    );
+    assert!(
+        received - started < Duration::from_secs(10),
+        "Alertmanager waited {:?}",
+        received - started
+    );
+    let m = agent.metrics().expect("metrics");
+    // As redact::url shows it.
+    let am_url = format!("http://127.0.0.1:{}/", am.port);
+    assert_eq!(
+        m.value(
+            "apm_alert_notifications_total",
+            &[("receiver", am_url.as_str()), ("result", "sent")]
+        )
+        .map(|n| n >= 1.0),
+        Some(true),
+        "{}",
+        m.text
+    );
+    // The hanging webhook still holds its notice (10 s deadline): SIGTERM
+    // ends delivery within its 3 s drain, well inside the DaemonSet's
+    // 15 s grace period.
+    let hook = format!("http://127.0.0.1:{dead}/hook");
+    assert_eq!(
+        m.value(
+            "apm_alert_notifications_total",
+            &[("receiver", hook.as_str()), ("result", "timeout")]
+        ),
+        Some(0.0),
+        "{}",
+        m.text
+    );
+    let stopping = Instant::now();
+    let status = agent.terminate(Duration::from_secs(15)).expect("exit");
+    let took = stopping.elapsed();
+    eprintln!(
+        "SIGTERM to exit with a hanging receiver: {:.2} s",
+        took.as_secs_f64()
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    std::fs::remove_file(config).ok();
+}
+
+#[test]
+fn a_service_that_stops_while_failing_stays_firing_and_raises_service_absent() {
+    require_root();
+    let am = Alertmanager::start();
+    let port = free_port().expect("port");
+    let server = Server::python(port).expect("server");
+    let config = write_config(
+        "stops",
+        &format!(
+            "[alerts]\nevaluation_interval = \"500ms\"\ndefaults = false\n\n\
+             [[alerts.rules]]\nname = \"ShopErrors\"\nsignal = \"http_error_ratio\"\nabove = 0.1\n\
+             window = \"5s\"\nfor = \"1s\"\n\n\
+             [[alerts.rules]]\nname = \"ServiceAbsent\"\nsignal = \"service_absent\"\n\
+             window = \"5s\"\nfor = \"1s\"\n\n\
+             [[alerts.receivers]]\nalertmanager = \"http://127.0.0.1:{}\"\n",
+            am.port
+        ),
+    );
+    let agent = agent_for(port, &config);
+    let mut client = Client::connect(port).expect("connect");
+    // Half the requests fail until the alert fires.
+    let fired = wait_for(Duration::from_secs(20), || {
+        for path in ["/error", "/ok", "/error", "/ok", "/error"] {
+            client.get(path).ok()?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (!am.alerts("ShopErrors").is_empty()).then_some(())
+    });
+    assert!(fired.is_some(), "not firing: {}", alerts_json(&agent));
+    // The service dies.
+    drop(client);
+    drop(server);
+    let stopped = Instant::now();
+    let absent = wait_for(Duration::from_secs(20), || {
+        (!am.alerts("ServiceAbsent").is_empty()).then_some(())
+    });
+    assert!(
+        absent.is_some(),
+        "no ServiceAbsent: {}",
+        alerts_json(&agent)
+    );
+    eprintln!(
+        "ServiceAbsent in Alertmanager {:.2} s after the service stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    // Three windows on, the error alert is still firing, without data,
+    // here and in Alertmanager.
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(stopped.elapsed()));
+    let doc = alerts_json(&agent);
+    let errors: Vec<&Value> = doc["firing"]
+        .as_array()
+        .expect("firing")
+        .iter()
+        .filter(|a| a["alertname"] == "ShopErrors")
+        .collect();
+    assert_eq!(errors.len(), 1, "{doc}");
+    assert!(errors[0]["no_data_since"].is_string(), "{doc}");
+    assert!(
+        doc["resolved"].as_array().is_some_and(Vec::is_empty),
+        "{doc}"
+    );
+    // No resolve reached Alertmanager either.
+    let in_am = am.alerts("ShopErrors");
+    assert_eq!(in_am.len(), 1, "{in_am:?}");
+    assert_eq!(in_am[0]["status"]["state"], "active", "{in_am:?}");
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(m.value("apm_alerts_without_data", &[]), Some(1.0));
     std::fs::remove_file(config).ok();
 }

@@ -1,94 +1,283 @@
-//! Delivery of alert notices, in its own task behind a bounded queue, so a
-//! slow or dead receiver never holds evaluation up: Alertmanager's v2 API
-//! (`POST /api/v2/alerts`, firing alerts re-sent every RESEND as it
-//! expects, a resolve with `endsAt`) and webhooks in Alertmanager's
-//! webhook JSON. Each send is retried with backoff, then counted as
-//! failed. Receiver URLs appear in labels and logs without credentials.
+//! Delivery of alert notices: one task per receiver, each behind its own
+//! bounded queue, so a slow or dead receiver never holds evaluation or
+//! another receiver up. Alertmanager's v2 API (`POST /api/v2/alerts`:
+//! firing alerts re-sent every RESEND as it expects, with `endsAt` a few
+//! resends ahead as Prometheus sets it; a resolve with `endsAt` now;
+//! whatever queued while a send was under way goes in one batch) and
+//! webhooks in Alertmanager's webhook JSON. Each notice has a deadline for
+//! all its attempts; at shutdown what is under way or queued gets DRAIN
+//! more, then is dropped, so stopping stays well inside a pod's grace
+//! period. Every outcome is counted per receiver; receiver URLs appear in
+//! labels and logs without credentials.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{
-    engine::{Active, Labels, Notice, Phase, format_time},
+    clock::format_time,
+    engine::{Active, Labels, Notice, Phase},
     rules::Receiver,
 };
 use crate::{redact, telemetry::metrics::Metrics};
 
-/// Notices waiting for delivery at most; more are dropped and counted.
+/// Notices waiting for one receiver at most; more are dropped and counted.
 pub const QUEUE: usize = 256;
 /// Firing alerts are re-sent to Alertmanager this often.
 pub const RESEND: Duration = Duration::from_secs(60);
-/// Attempts per send, and the wait before the first retry (doubling).
+/// A firing alert sent to Alertmanager ends this long after it was sent,
+/// unless re-sent (Prometheus: four resends), so an agent that died does
+/// not leave its alerts firing for ever.
+const VALID_FOR: Duration = Duration::from_secs(4 * 60);
+/// Attempts per notice, and the wait before the first retry (doubling).
 const ATTEMPTS: u32 = 4;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// One attempt's limit, and all of a notice's attempts' limit.
 const TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// After the stop signal, what is under way or queued has this long.
+pub const DRAIN: Duration = Duration::from_secs(3);
 
-/// What the delivery task is asked to send.
+/// What a receiver's task is asked to send.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
     Notice(Notice),
     /// Every firing alert, for Alertmanager only (it forgets alerts not
-    /// re-sent within its resolve timeout).
+    /// re-sent within their `endsAt`).
     Resend(Vec<Active>),
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-pub async fn run(
+/// The evaluation task's side: offers each message to every receiver's
+/// queue without waiting.
+#[derive(Clone)]
+pub struct Dispatch {
+    queues: Vec<Queue>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+#[derive(Clone)]
+struct Queue {
+    shown: String,
+    alertmanager: bool,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+impl Dispatch {
+    /// True when some receiver is an Alertmanager (it wants resends).
+    pub fn wants_resend(&self) -> bool {
+        self.queues.iter().any(|q| q.alertmanager)
+    }
+
+    /// Queues `message` for every receiver it concerns; a full queue
+    /// drops it for that receiver alone, counted.
+    pub fn offer(&self, message: &Outgoing) {
+        for q in &self.queues {
+            if matches!(message, Outgoing::Resend(_)) && !q.alertmanager {
+                continue;
+            }
+            let reason = match q.tx.try_send(message.clone()) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(_)) => "queue_full",
+                Err(mpsc::error::TrySendError::Closed(_)) => "shutdown",
+            };
+            tracing::warn!(receiver = %q.shown, reason, "alert notice dropped");
+            self.metrics
+                .alert_notifications_dropped
+                .with_label_values(&[&q.shown, reason])
+                .inc();
+        }
+    }
+}
+
+/// Starts one delivery task per receiver. The handle ends when all have:
+/// once the queues are closed, or at most DRAIN after `stop`.
+pub fn start(
     receivers: Vec<Receiver>,
-    mut queue: mpsc::Receiver<Outgoing>,
     metrics: std::sync::Arc<Metrics>,
     generator_url: String,
-    mut stop: watch::Receiver<bool>,
-) {
+    stop: watch::Receiver<bool>,
+) -> (Dispatch, tokio::task::JoinHandle<()>) {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    loop {
-        let message = tokio::select! {
-            m = queue.recv() => match m {
-                Some(m) => m,
-                None => return,
-            },
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        for receiver in &receivers {
-            let (url, body) = match (receiver, &message) {
-                (Receiver::Alertmanager(base), Outgoing::Notice(n)) => (
-                    alertmanager_url(base),
-                    json!([alertmanager_alert(n, &generator_url)]),
-                ),
-                (Receiver::Alertmanager(base), Outgoing::Resend(active)) if !active.is_empty() => (
-                    alertmanager_url(base),
-                    Value::Array(
-                        active
-                            .iter()
-                            .filter(|a| a.state == Phase::Firing)
-                            .map(|a| alertmanager_alert(&resend_notice(a), &generator_url))
-                            .collect(),
-                    ),
-                ),
-                (Receiver::Webhook(url), Outgoing::Notice(n)) => {
-                    (url.clone(), webhook_body(n, &generator_url))
-                }
-                _ => continue,
-            };
-            let shown = redact::url(match receiver {
-                Receiver::Alertmanager(u) | Receiver::Webhook(u) => u,
-            });
-            let result = send(&client, &url, &body).await;
-            let outcome = if result.is_ok() { "sent" } else { "failed" };
+    let mut queues = Vec::new();
+    let mut tasks = Vec::new();
+    for receiver in receivers {
+        let shown = redact::url(match &receiver {
+            Receiver::Alertmanager(u) | Receiver::Webhook(u) => u,
+        });
+        // Exported from the start at 0, as counters should be.
+        for result in ["sent", "failed", "timeout"] {
             metrics
                 .alert_notifications
-                .with_label_values(&[&shown, outcome])
-                .inc();
-            if let Err(e) = result {
-                tracing::warn!(receiver = %shown, error = %e, "alert notification failed");
+                .with_label_values(&[&shown, result]);
+        }
+        for reason in ["queue_full", "shutdown"] {
+            metrics
+                .alert_notifications_dropped
+                .with_label_values(&[&shown, reason]);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        queues.push(Queue {
+            shown: shown.clone(),
+            alertmanager: matches!(receiver, Receiver::Alertmanager(_)),
+            tx,
+        });
+        let worker = Worker {
+            receiver,
+            shown,
+            client: client.clone(),
+            metrics: metrics.clone(),
+            generator_url: generator_url.clone(),
+        };
+        tasks.push(tokio::spawn(worker.run(rx, stop.clone())));
+    }
+    let joined = tokio::spawn(async move {
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "alert delivery task failed");
             }
         }
+    });
+    (Dispatch { queues, metrics }, joined)
+}
+
+/// One receiver's task.
+struct Worker {
+    receiver: Receiver,
+    shown: String,
+    client: HttpClient,
+    metrics: std::sync::Arc<Metrics>,
+    generator_url: String,
+}
+
+/// Why a notice was not delivered.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// Every attempt failed (or the receiver refused the notice).
+    Failed(String),
+    /// Its deadline, or the end of the shutdown drain, came first.
+    Timeout(String),
+}
+
+impl Worker {
+    async fn run(self, mut queue: mpsc::Receiver<Outgoing>, mut stop: watch::Receiver<bool>) {
+        // Set by the stop signal: when what is left is abandoned.
+        let mut closing: Option<Instant> = None;
+        loop {
+            let first = match closing {
+                None => tokio::select! {
+                    m = queue.recv() => match m {
+                        Some(m) => m,
+                        None => return,
+                    },
+                    _ = stop.wait_for(|s| *s) => {
+                        closing = Some(Instant::now() + DRAIN);
+                        continue;
+                    }
+                },
+                Some(at) if Instant::now() >= at => break,
+                Some(_) => match queue.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+            };
+            let mut batch = vec![first];
+            if matches!(self.receiver, Receiver::Alertmanager(_)) {
+                while let Ok(m) = queue.try_recv() {
+                    batch.push(m);
+                }
+            }
+            let Some((url, body)) = self.request(&batch) else {
+                continue;
+            };
+            let deadline = Instant::now() + DEADLINE;
+            let sending = send(
+                &self.client,
+                &url,
+                &body,
+                closing.map_or(deadline, |c| c.min(deadline)),
+            );
+            tokio::pin!(sending);
+            let result = loop {
+                tokio::select! {
+                    r = &mut sending => break r,
+                    _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                        closing = Some(Instant::now() + DRAIN);
+                    }
+                    // (Disabled until the stop signal: `deadline` is a
+                    // placeholder never waited on.)
+                    _ = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
+                        break Err(Failure::Timeout("the agent is stopping".into()));
+                    }
+                }
+            };
+            let outcome = match &result {
+                Ok(()) => "sent",
+                Err(Failure::Failed(_)) => "failed",
+                Err(Failure::Timeout(_)) => "timeout",
+            };
+            self.metrics
+                .alert_notifications
+                .with_label_values(&[&self.shown, outcome])
+                .inc_by(batch.len() as u64);
+            if let Err(Failure::Failed(e) | Failure::Timeout(e)) = result {
+                tracing::warn!(receiver = %self.shown, error = %e, notices = batch.len(), "alert notification {outcome}");
+            }
+        }
+        // The drain is over: what is still queued is dropped.
+        let mut left = 0;
+        while queue.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            tracing::warn!(receiver = %self.shown, notices = left, "alert notices dropped at shutdown");
+            self.metrics
+                .alert_notifications_dropped
+                .with_label_values(&[&self.shown, "shutdown"])
+                .inc_by(left);
+        }
+    }
+
+    /// The URL and body for `batch` (None: nothing for this receiver).
+    fn request(&self, batch: &[Outgoing]) -> Option<(String, Bytes)> {
+        let now = SystemTime::now();
+        let body = match &self.receiver {
+            Receiver::Alertmanager(base) => {
+                let alerts: Vec<Value> = batch
+                    .iter()
+                    .flat_map(|m| match m {
+                        Outgoing::Notice(n) => {
+                            vec![alertmanager_alert(n, &self.generator_url, now)]
+                        }
+                        Outgoing::Resend(active) => active
+                            .iter()
+                            .filter(|a| a.state == Phase::Firing)
+                            .map(|a| {
+                                alertmanager_alert(&resend_notice(a), &self.generator_url, now)
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                if alerts.is_empty() {
+                    return None;
+                }
+                (alertmanager_url(base), Value::Array(alerts))
+            }
+            Receiver::Webhook(url) => match batch {
+                [Outgoing::Notice(n)] => (url.clone(), webhook_body(n, &self.generator_url)),
+                _ => return None,
+            },
+        };
+        let bytes = serde_json::to_vec(&body.1).ok()?;
+        Some((body.0, Bytes::from(bytes)))
     }
 }
 
@@ -104,32 +293,55 @@ fn resend_notice(a: &Active) -> Notice {
         value: a.value,
         threshold: a.threshold,
         starts_at: a.fired_at.unwrap_or(a.since),
+        no_data_since: a.no_data_since,
         repeat: true,
     }
 }
 
-/// POSTs `body` as JSON, with retries and backoff.
-async fn send(client: &HttpClient, url: &str, body: &Value) -> Result<(), String> {
-    let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?);
+/// POSTs `body` as JSON, retrying with backoff until `deadline`. A 4xx
+/// answer is final: the receiver refused this notice.
+async fn send(
+    client: &HttpClient,
+    url: &str,
+    body: &Bytes,
+    deadline: Instant,
+) -> Result<(), Failure> {
     let mut wait = FIRST_RETRY;
-    let mut last = String::new();
+    let mut last = String::from("no attempt");
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
+            if Instant::now() + wait >= deadline {
+                break;
+            }
             tokio::time::sleep(wait).await;
             wait *= 2;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
         let request = hyper::Request::post(url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes.clone()))
-            .map_err(|e| redact_error(&e.to_string(), url))?;
-        match tokio::time::timeout(TIMEOUT, client.request(request)).await {
+            .body(Full::new(body.clone()))
+            .map_err(|e| Failure::Failed(redact_error(&e.to_string(), url)))?;
+        match tokio::time::timeout(TIMEOUT.min(left), client.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => return Ok(()),
+            Ok(Ok(response)) if response.status().is_client_error() => {
+                return Err(Failure::Failed(format!("HTTP {}", response.status())));
+            }
             Ok(Ok(response)) => last = format!("HTTP {}", response.status()),
             Ok(Err(e)) => last = redact_error(&format!("{e:?}"), url),
-            Err(_) => last = format!("no answer within {TIMEOUT:?}"),
+            Err(_) => last = format!("no answer within {:?}", TIMEOUT.min(left)),
+        }
+        if attempt + 1 == ATTEMPTS {
+            return Err(Failure::Failed(format!(
+                "{last} (after {ATTEMPTS} attempts)"
+            )));
         }
     }
-    Err(format!("{last} (after {ATTEMPTS} attempts)"))
+    Err(Failure::Timeout(format!(
+        "{last}; no success within {DEADLINE:?}"
+    )))
 }
 
 /// An error text without the URL's credentials.
@@ -155,8 +367,9 @@ fn all_labels(alertname: &str, severity: &str, labels: &Labels) -> Labels {
     all
 }
 
-/// One alert in Alertmanager's v2 format.
-fn alertmanager_alert(n: &Notice, generator_url: &str) -> Value {
+/// One alert as both formats carry it: labels, annotations, `startsAt`,
+/// and `endsAt` for a resolve.
+fn alert_json(n: &Notice, generator_url: &str) -> Value {
     match n {
         Notice::Firing {
             alertname,
@@ -165,17 +378,28 @@ fn alertmanager_alert(n: &Notice, generator_url: &str) -> Value {
             value,
             threshold,
             starts_at,
+            no_data_since,
             ..
-        } => json!({
-            "labels": all_labels(alertname, severity, labels),
-            "annotations": {
+        } => {
+            let mut annotations = json!({
                 "summary": format!("{alertname}: {value:.4} against a threshold of {threshold}"),
                 "value": value.to_string(),
                 "threshold": threshold.to_string(),
-            },
-            "startsAt": format_time(*starts_at),
-            "generatorURL": generator_url,
-        }),
+            });
+            if let Some(t) = no_data_since {
+                annotations["summary"] = json!(format!(
+                    "{alertname}: no data since {} (last {value:.4} against a threshold of {threshold})",
+                    format_time(*t)
+                ));
+                annotations["no_data_since"] = json!(format_time(*t));
+            }
+            json!({
+                "labels": all_labels(alertname, severity, labels),
+                "annotations": annotations,
+                "startsAt": format_time(*starts_at),
+                "generatorURL": generator_url,
+            })
+        }
         Notice::Resolved {
             alertname,
             severity,
@@ -192,13 +416,23 @@ fn alertmanager_alert(n: &Notice, generator_url: &str) -> Value {
     }
 }
 
+/// One alert in Alertmanager's v2 format, sent at `now`: a firing one
+/// ends VALID_FOR later unless re-sent.
+fn alertmanager_alert(n: &Notice, generator_url: &str, now: SystemTime) -> Value {
+    let mut alert = alert_json(n, generator_url);
+    if alert.get("endsAt").is_none() {
+        alert["endsAt"] = json!(format_time(now + VALID_FOR));
+    }
+    alert
+}
+
 /// Alertmanager's webhook JSON (version 4) for one notice.
 fn webhook_body(n: &Notice, generator_url: &str) -> Value {
     let (alertname, status) = match n {
         Notice::Firing { alertname, .. } => (alertname, "firing"),
         Notice::Resolved { alertname, .. } => (alertname, "resolved"),
     };
-    let mut alert = alertmanager_alert(n, generator_url);
+    let mut alert = alert_json(n, generator_url);
     alert["status"] = json!(status);
     if alert.get("endsAt").is_none() {
         alert["endsAt"] = json!("0001-01-01T00:00:00Z");
@@ -219,62 +453,4 @@ fn webhook_body(n: &Notice, generator_url: &str) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use super::*;
-
-    fn firing() -> Notice {
-        Notice::Firing {
-            alertname: "Errors".into(),
-            severity: "critical".into(),
-            labels: [("service_name".to_owned(), "shop".to_owned())].into(),
-            value: 0.2,
-            threshold: 0.05,
-            starts_at: SystemTime::UNIX_EPOCH,
-            repeat: false,
-        }
-    }
-
-    #[test]
-    fn alertmanager_and_webhook_formats() {
-        let a = alertmanager_alert(&firing(), "http://agent/alerts");
-        assert_eq!(a["labels"]["alertname"], "Errors");
-        assert_eq!(a["labels"]["severity"], "critical");
-        assert_eq!(a["labels"]["service_name"], "shop");
-        assert_eq!(a["startsAt"], "1970-01-01T00:00:00.000Z");
-        assert!(a.get("endsAt").is_none());
-        let w = webhook_body(&firing(), "http://agent/alerts");
-        assert_eq!(w["version"], "4");
-        assert_eq!(w["status"], "firing");
-        assert_eq!(w["alerts"][0]["status"], "firing");
-        let resolved = Notice::Resolved {
-            alertname: "Errors".into(),
-            severity: "critical".into(),
-            labels: Labels::new(),
-            starts_at: SystemTime::UNIX_EPOCH,
-            ends_at: SystemTime::UNIX_EPOCH + Duration::from_secs(60),
-        };
-        assert_eq!(
-            alertmanager_alert(&resolved, "x")["endsAt"],
-            "1970-01-01T00:01:00.000Z"
-        );
-        assert_eq!(
-            alertmanager_url("http://am:9093/"),
-            "http://am:9093/api/v2/alerts"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_dead_receiver_fails_after_its_retries_without_leaking_credentials() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-        let url = format!("http://bob:s3cretpw@127.0.0.1:{port}/hook");
-        let err = send(&client, &url, &json!({})).await.expect_err("refused");
-        assert!(err.contains("after 4 attempts"), "{err}");
-        assert!(!err.contains("s3cretpw"), "{err}");
-    }
-}
+mod tests;

@@ -1,7 +1,14 @@
-//! The alert state machine, on a clock the caller passes in (so tests use
-//! a fake one): each (rule, labels) moves inactive → pending → firing →
-//! resolved. Evaluation says which notifications to send; delivery is
-//! elsewhere and never holds evaluation up.
+//! The alert state machine, on the time the caller passes in (so tests
+//! use a fake clock): each (rule, labels) moves inactive → pending →
+//! firing → resolved. Every interval (`for`, `keep_firing_for`, cooldown)
+//! is monotonic; wall time only stamps what is shown and sent. A window
+//! without data (no measurement, or fewer than `min_requests` requests)
+//! is its own reading: it clears a pending alert and, by default, keeps a
+//! firing one firing until data returns. Evaluation says which
+//! notifications to send; delivery is elsewhere and never holds
+//! evaluation up. Its state is bounded: what outlives an alert (the last
+//! notification, for the cooldown across flaps; the services an absent
+//! rule has seen) is pruned and capped.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -10,14 +17,17 @@ use std::{
 
 use serde::Serialize;
 
-use super::rules::{Rule, Signal};
+use super::{
+    clock::{Now, rfc3339, rfc3339_opt},
+    rules::{NoData, Rule, Signal},
+};
 
 /// The labels that tell one alert of a rule from another (service, route,
 /// mountpoint), plus the rule's own labels.
 pub type Labels = BTreeMap<String, String>;
 
 /// One measured value of a rule's signal for one label set. `samples` is
-/// how many requests the value comes from (error ratio), else 0.
+/// how many requests the value comes from (request signals), else 0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measurement {
     pub labels: Labels,
@@ -39,6 +49,7 @@ pub struct Active {
     pub severity: String,
     pub labels: Labels,
     pub state: Phase,
+    /// The last value measured with data.
     pub value: f64,
     pub threshold: f64,
     /// When the condition started to hold.
@@ -47,8 +58,17 @@ pub struct Active {
     /// When it fired (firing only).
     #[serde(with = "rfc3339_opt")]
     pub fired_at: Option<SystemTime>,
+    /// Firing while its window has had no data since then.
+    #[serde(with = "rfc3339_opt")]
+    pub no_data_since: Option<SystemTime>,
+    /// Monotonic: when the condition started to hold, when it stopped
+    /// (a firing alert within `keep_firing_for`), the last notification.
     #[serde(skip)]
-    last_notified: Option<SystemTime>,
+    since_mono: Duration,
+    #[serde(skip)]
+    cleared_mono: Option<Duration>,
+    #[serde(skip)]
+    last_notified: Option<Duration>,
 }
 
 /// An alert that fired and resolved.
@@ -74,6 +94,8 @@ pub enum Notice {
         value: f64,
         threshold: f64,
         starts_at: SystemTime,
+        /// Kept firing without data since then.
+        no_data_since: Option<SystemTime>,
         repeat: bool,
     },
     Resolved {
@@ -87,14 +109,33 @@ pub enum Notice {
 
 /// Resolved alerts kept for /alerts.
 pub const HISTORY: usize = 100;
+/// Last notifications kept past a resolve (each for at most its rule's
+/// cooldown), at most.
+pub const NOTIFIED_MAX: usize = 10_000;
+/// Services remembered by absent rules without a `service`, at most (the
+/// least recently seen is forgotten first).
+pub const SEEN_MAX: usize = 4_096;
+
+/// One label set's reading at one evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Reading {
+    Breach(f64),
+    Clear(f64),
+    NoData,
+}
+
+type Key = (usize, Labels);
 
 pub struct Engine {
     rules: Vec<Rule>,
-    /// (rule index, labels) → state.
-    active: HashMap<(usize, Labels), Active>,
-    /// Last notification per (rule, labels), kept past a resolve so that
-    /// a flapping alert is not re-notified within its cooldown.
-    notified: HashMap<(usize, Labels), SystemTime>,
+    active: HashMap<Key, Active>,
+    /// Last notification (monotonic) per (rule, labels), kept past a
+    /// resolve for the rule's cooldown, so that a flapping alert is not
+    /// re-notified within it; then pruned.
+    notified: HashMap<Key, Duration>,
+    /// Absent rules without a service: the services that sent requests,
+    /// and when last (monotonic).
+    seen: HashMap<Key, Duration>,
     history: VecDeque<Resolved>,
 }
 
@@ -104,6 +145,7 @@ impl Engine {
             rules,
             active: HashMap::new(),
             notified: HashMap::new(),
+            seen: HashMap::new(),
             history: VecDeque::new(),
         }
     }
@@ -112,109 +154,187 @@ impl Engine {
         &self.rules
     }
 
-    /// One evaluation of rule `index` at `now` over its measurements (label
-    /// sets not measured are treated as not breaching). Returns what to
+    /// One evaluation of rule `index` at `now` over its measurements. A
+    /// label set with an alert (or, for an absent rule, one seen before)
+    /// that is not measured has no data, or is absent. Returns what to
     /// send; transitions are logged once each.
-    pub fn evaluate(
-        &mut self,
-        index: usize,
-        now: SystemTime,
-        measured: &[Measurement],
-    ) -> Vec<Notice> {
+    pub fn evaluate(&mut self, index: usize, now: Now, measured: &[Measurement]) -> Vec<Notice> {
         let Some(rule) = self.rules.get(index).cloned() else {
             return Vec::new();
         };
-        let mut notices = Vec::new();
-        let mut breaching: HashMap<Labels, f64> = HashMap::new();
+        let absent = rule.signal == Signal::ServiceAbsent;
+        let mut readings: HashMap<Labels, Reading> = HashMap::new();
         for m in measured {
-            let enough = rule.signal != Signal::HttpErrorRatio || m.samples >= rule.min_requests;
-            if enough && rule.threshold.breached(m.value) {
-                let mut labels = m.labels.clone();
-                labels.extend(rule.labels.clone());
-                breaching.insert(labels, m.value);
-            }
-        }
-        // Alerts whose condition stopped: pending ones vanish, firing ones
-        // resolve.
-        let stopped: Vec<Labels> = self
-            .active
-            .keys()
-            .filter(|(i, labels)| *i == index && !breaching.contains_key(labels))
-            .map(|(_, l)| l.clone())
-            .collect();
-        for labels in stopped {
-            let Some(alert) = self.active.remove(&(index, labels.clone())) else {
-                continue;
-            };
-            if let Some(fired_at) = alert.fired_at {
-                tracing::info!(alertname = %rule.name, labels = ?labels, "alert resolved");
-                notices.push(Notice::Resolved {
-                    alertname: rule.name.clone(),
-                    severity: rule.severity.clone(),
-                    labels: labels.clone(),
-                    starts_at: fired_at,
-                    ends_at: now,
-                });
-                if self.history.len() == HISTORY {
-                    self.history.pop_front();
-                }
-                self.history.push_back(Resolved {
-                    alertname: rule.name.clone(),
-                    severity: rule.severity.clone(),
-                    labels,
-                    fired_at,
-                    resolved_at: now,
-                });
+            let mut labels = m.labels.clone();
+            labels.extend(rule.labels.clone());
+            let reading = if rule.signal.counts_requests() && m.samples < rule.min_requests.max(1) {
+                Reading::NoData
+            } else if rule.threshold.breached(m.value) {
+                Reading::Breach(m.value)
             } else {
-                tracing::debug!(alertname = %rule.name, labels = ?labels, "pending alert cleared");
+                Reading::Clear(m.value)
+            };
+            if absent && rule.service.is_none() && m.samples > 0 {
+                self.seen.insert((index, labels.clone()), now.mono);
+            }
+            readings.insert(labels, reading);
+        }
+        // What is no longer measured: absent for an absent rule, else no
+        // data.
+        let missing = if absent {
+            Reading::Breach(0.0)
+        } else {
+            Reading::NoData
+        };
+        for (i, labels) in self.active.keys().chain(self.seen.keys()) {
+            if *i == index && !readings.contains_key(labels) {
+                readings.insert(labels.clone(), missing);
             }
         }
-        for (labels, value) in breaching {
-            let key = (index, labels.clone());
-            let alert = self.active.entry(key.clone()).or_insert_with(|| {
-                tracing::info!(alertname = %rule.name, labels = ?labels, value, "alert pending");
-                Active {
-                    alertname: rule.name.clone(),
-                    severity: rule.severity.clone(),
-                    labels: labels.clone(),
-                    state: Phase::Pending,
-                    value,
-                    threshold: rule.threshold.value(),
-                    since: now,
-                    fired_at: None,
-                    last_notified: None,
-                }
-            });
-            alert.value = value;
-            let held = now.duration_since(alert.since).unwrap_or(Duration::ZERO);
-            if alert.state == Phase::Pending && held >= rule.hold {
-                alert.state = Phase::Firing;
-                alert.fired_at = Some(now);
-                tracing::warn!(alertname = %rule.name, labels = ?labels, value, threshold = rule.threshold.value(), severity = %rule.severity, "alert firing");
-            }
-            if alert.state != Phase::Firing {
-                continue;
-            }
-            let last = alert
-                .last_notified
-                .or_else(|| self.notified.get(&key).copied());
-            let due = last
-                .is_none_or(|t| now.duration_since(t).unwrap_or(Duration::ZERO) >= rule.cooldown);
-            if due {
-                notices.push(Notice::Firing {
-                    alertname: rule.name.clone(),
-                    severity: rule.severity.clone(),
-                    labels: labels.clone(),
-                    value,
-                    threshold: rule.threshold.value(),
-                    starts_at: alert.fired_at.unwrap_or(now),
-                    repeat: alert.last_notified.is_some(),
-                });
-                alert.last_notified = Some(now);
-                self.notified.insert(key, now);
-            }
+        let mut notices = Vec::new();
+        for (labels, reading) in readings {
+            self.step(&rule, (index, labels), reading, now, &mut notices);
         }
+        self.prune(index, &rule, now.mono);
         notices
+    }
+
+    /// Advances one alert.
+    fn step(&mut self, rule: &Rule, key: Key, reading: Reading, now: Now, out: &mut Vec<Notice>) {
+        match reading {
+            Reading::Breach(value) => self.holds(rule, key, value, now, out),
+            Reading::NoData if rule.no_data == NoData::KeepFiring => {
+                self.no_data(rule, key, now, out)
+            }
+            Reading::Clear(_) | Reading::NoData => self.stopped(rule, key, reading, now, out),
+        }
+    }
+
+    /// The condition holds: pending, firing once held for `for`.
+    fn holds(&mut self, rule: &Rule, key: Key, value: f64, now: Now, out: &mut Vec<Notice>) {
+        let labels = &key.1;
+        let alert = self.active.entry(key.clone()).or_insert_with(|| {
+            tracing::info!(alertname = %rule.name, labels = ?labels, value, "alert pending");
+            Active {
+                alertname: rule.name.clone(),
+                severity: rule.severity.clone(),
+                labels: labels.clone(),
+                state: Phase::Pending,
+                value,
+                threshold: rule.threshold.value(),
+                since: now.wall,
+                fired_at: None,
+                no_data_since: None,
+                since_mono: now.mono,
+                cleared_mono: None,
+                last_notified: None,
+            }
+        });
+        alert.value = value;
+        alert.cleared_mono = None;
+        if alert.no_data_since.take().is_some() {
+            tracing::info!(alertname = %rule.name, labels = ?labels, value, "alert has data again");
+        }
+        if alert.state == Phase::Pending && now.mono.saturating_sub(alert.since_mono) >= rule.hold {
+            alert.state = Phase::Firing;
+            alert.fired_at = Some(now.wall);
+            tracing::warn!(alertname = %rule.name, labels = ?labels, value, threshold = rule.threshold.value(), severity = %rule.severity, "alert firing");
+        }
+        if alert.state == Phase::Firing {
+            notify_if_due(rule, &key, alert, &mut self.notified, now, out);
+        }
+    }
+
+    /// No data, kept firing: a pending alert clears (no evidence), a
+    /// firing one stays so, marked since when.
+    fn no_data(&mut self, rule: &Rule, key: Key, now: Now, out: &mut Vec<Notice>) {
+        let Some(alert) = self.active.get_mut(&key) else {
+            return;
+        };
+        if alert.state == Phase::Pending {
+            self.active.remove(&key);
+            tracing::debug!(alertname = %rule.name, labels = ?key.1, "pending alert cleared: no data");
+            return;
+        }
+        if alert.no_data_since.is_none() {
+            alert.no_data_since = Some(now.wall);
+            tracing::info!(alertname = %rule.name, labels = ?key.1, "alert kept firing without data");
+        }
+        // No data is no evidence that the condition stopped.
+        alert.cleared_mono = None;
+        notify_if_due(rule, &key, alert, &mut self.notified, now, out);
+    }
+
+    /// The condition stopped (or no data counts as that): a pending
+    /// alert clears, a firing one resolves after `keep_firing_for`.
+    fn stopped(
+        &mut self,
+        rule: &Rule,
+        key: Key,
+        reading: Reading,
+        now: Now,
+        out: &mut Vec<Notice>,
+    ) {
+        let Some(alert) = self.active.get_mut(&key) else {
+            return;
+        };
+        if let Reading::Clear(v) = reading {
+            alert.value = v;
+            alert.no_data_since = None;
+        }
+        if alert.state == Phase::Pending {
+            self.active.remove(&key);
+            tracing::debug!(alertname = %rule.name, labels = ?key.1, "pending alert cleared");
+            return;
+        }
+        let cleared = *alert.cleared_mono.get_or_insert(now.mono);
+        if now.mono.saturating_sub(cleared) < rule.keep_firing_for {
+            notify_if_due(rule, &key, alert, &mut self.notified, now, out);
+            return;
+        }
+        let fired_at = alert.fired_at.unwrap_or(alert.since);
+        self.active.remove(&key);
+        self.resolve(rule, key.1, fired_at, now.wall, out);
+    }
+
+    fn resolve(
+        &mut self,
+        rule: &Rule,
+        labels: Labels,
+        fired_at: SystemTime,
+        wall: SystemTime,
+        out: &mut Vec<Notice>,
+    ) {
+        // Alertmanager refuses an end before the start: a wall clock set
+        // back while the alert fired must not lose the resolve.
+        let ends_at = wall.max(fired_at);
+        tracing::info!(alertname = %rule.name, labels = ?labels, "alert resolved");
+        out.push(Notice::Resolved {
+            alertname: rule.name.clone(),
+            severity: rule.severity.clone(),
+            labels: labels.clone(),
+            starts_at: fired_at,
+            ends_at,
+        });
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(Resolved {
+            alertname: rule.name.clone(),
+            severity: rule.severity.clone(),
+            labels,
+            fired_at,
+            resolved_at: ends_at,
+        });
+    }
+
+    /// Forgets last notifications past their rule's cooldown (they can no
+    /// longer hold a notice back) and caps what stays.
+    fn prune(&mut self, index: usize, rule: &Rule, mono: Duration) {
+        self.notified
+            .retain(|(i, _), t| *i != index || mono.saturating_sub(*t) < rule.cooldown);
+        evict_oldest(&mut self.notified, NOTIFIED_MAX);
+        evict_oldest(&mut self.seen, SEEN_MAX);
     }
 
     /// Pending and firing alerts, firing first.
@@ -233,199 +353,60 @@ impl Engine {
     pub fn history(&self) -> Vec<Resolved> {
         self.history.iter().rev().cloned().collect()
     }
-}
 
-/// RFC 3339 in UTC, as Alertmanager's API wants.
-pub fn format_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let days = secs.as_secs() / 86_400;
-    let rem = secs.as_secs() % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        secs.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-mod rfc3339 {
-    use std::time::SystemTime;
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_time(*t))
+    /// Entries of the bounded state (last notifications and services seen).
+    pub fn tracked(&self) -> usize {
+        self.notified.len() + self.seen.len()
     }
 }
 
-mod rfc3339_opt {
-    use std::time::SystemTime;
+/// Sends a firing alert's notice when none went out within the cooldown
+/// (its own, or the last one of the same labels before a resolve).
+fn notify_if_due(
+    rule: &Rule,
+    key: &Key,
+    alert: &mut Active,
+    notified: &mut HashMap<Key, Duration>,
+    now: Now,
+    out: &mut Vec<Notice>,
+) {
+    let last = alert.last_notified.or_else(|| notified.get(key).copied());
+    if last.is_some_and(|t| now.mono.saturating_sub(t) < rule.cooldown) {
+        return;
+    }
+    out.push(Notice::Firing {
+        alertname: rule.name.clone(),
+        severity: rule.severity.clone(),
+        labels: key.1.clone(),
+        value: alert.value,
+        threshold: rule.threshold.value(),
+        starts_at: alert.fired_at.unwrap_or(now.wall),
+        no_data_since: alert.no_data_since,
+        repeat: alert.last_notified.is_some(),
+    });
+    alert.last_notified = Some(now.mono);
+    notified.insert(key.clone(), now.mono);
+}
 
-    pub fn serialize<S: serde::Serializer>(
-        t: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_str(&super::format_time(*t)),
-            None => s.serialize_none(),
+/// Drops the entries with the oldest times until at most `max` are left.
+fn evict_oldest(map: &mut HashMap<Key, Duration>, max: usize) {
+    if map.len() <= max {
+        return;
+    }
+    let mut times: Vec<Duration> = map.values().copied().collect();
+    let cut = map.len() - max;
+    times.select_nth_unstable(cut - 1);
+    let oldest = times[cut - 1];
+    let mut excess = cut;
+    map.retain(|_, t| {
+        if excess > 0 && *t <= oldest {
+            excess -= 1;
+            false
+        } else {
+            true
         }
-    }
+    });
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::alerts::rules::{Threshold, defaults};
-
-    fn rule(hold: u64, cooldown: u64) -> Rule {
-        Rule {
-            name: "Errors".into(),
-            signal: Signal::HttpErrorRatio,
-            threshold: Threshold::Above(0.05),
-            window: Duration::from_secs(10),
-            hold: Duration::from_secs(hold),
-            cooldown: Duration::from_secs(cooldown),
-            ..defaults().remove(3)
-        }
-    }
-
-    fn at(s: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
-    }
-
-    fn svc(value: f64, samples: u64) -> Vec<Measurement> {
-        vec![Measurement {
-            labels: [("service_name".to_owned(), "shop".to_owned())].into(),
-            value,
-            samples,
-        }]
-    }
-
-    fn firing(n: &[Notice]) -> usize {
-        n.iter()
-            .filter(|n| matches!(n, Notice::Firing { .. }))
-            .count()
-    }
-
-    fn resolved(n: &[Notice]) -> usize {
-        n.iter()
-            .filter(|n| matches!(n, Notice::Resolved { .. }))
-            .count()
-    }
-
-    #[test]
-    fn pending_until_for_has_elapsed_then_firing_once() {
-        let mut e = Engine::new(vec![rule(2, 300)]);
-        assert!(e.evaluate(0, at(0), &svc(0.2, 100)).is_empty());
-        assert_eq!(e.active()[0].state, Phase::Pending);
-        assert!(e.evaluate(0, at(1), &svc(0.2, 100)).is_empty());
-        let n = e.evaluate(0, at(2), &svc(0.2, 100));
-        assert_eq!(firing(&n), 1);
-        assert_eq!(e.active()[0].state, Phase::Firing);
-        // Within the cooldown: no repeat.
-        for s in 3..300 {
-            assert!(e.evaluate(0, at(s), &svc(0.2, 100)).is_empty(), "{s}");
-        }
-        // Past it: one repeat.
-        let n = e.evaluate(0, at(302), &svc(0.2, 100));
-        assert!(
-            matches!(n[..], [Notice::Firing { repeat: true, .. }]),
-            "{n:?}"
-        );
-    }
-
-    #[test]
-    fn a_short_breach_never_fires_and_clears_silently() {
-        let mut e = Engine::new(vec![rule(5, 300)]);
-        e.evaluate(0, at(0), &svc(0.2, 100));
-        let n = e.evaluate(0, at(3), &svc(0.0, 100));
-        assert!(n.is_empty());
-        assert!(e.active().is_empty());
-        assert!(e.history().is_empty());
-    }
-
-    #[test]
-    fn resolve_sends_ends_at_and_keeps_history() {
-        let mut e = Engine::new(vec![rule(0, 300)]);
-        assert_eq!(firing(&e.evaluate(0, at(0), &svc(0.5, 100))), 1);
-        let n = e.evaluate(0, at(10), &svc(0.01, 100));
-        assert_eq!(resolved(&n), 1);
-        match &n[0] {
-            Notice::Resolved {
-                starts_at, ends_at, ..
-            } => {
-                assert_eq!((*starts_at, *ends_at), (at(0), at(10)));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(e.history().len(), 1);
-        assert!(e.active().is_empty());
-    }
-
-    #[test]
-    fn flapping_is_not_renotified_within_the_cooldown() {
-        let mut e = Engine::new(vec![rule(0, 300)]);
-        assert_eq!(firing(&e.evaluate(0, at(0), &svc(0.5, 100))), 1);
-        for round in 0..10 {
-            let t = 10 + round * 20;
-            assert_eq!(resolved(&e.evaluate(0, at(t), &svc(0.0, 100))), 1);
-            // Fires again: shown as firing, not notified as new.
-            assert_eq!(firing(&e.evaluate(0, at(t + 10), &svc(0.5, 100))), 0);
-            assert_eq!(e.active()[0].state, Phase::Firing);
-        }
-        // After the cooldown it is notified again.
-        e.evaluate(0, at(400), &svc(0.0, 100));
-        assert_eq!(firing(&e.evaluate(0, at(401), &svc(0.5, 100))), 1);
-    }
-
-    #[test]
-    fn windows_with_too_few_requests_do_not_fire() {
-        let mut e = Engine::new(vec![rule(0, 300)]);
-        // 1 error in 2 requests is 50 %, but 2 < 20 requests.
-        assert!(e.evaluate(0, at(0), &svc(0.5, 2)).is_empty());
-        assert!(e.active().is_empty());
-        assert_eq!(firing(&e.evaluate(0, at(1), &svc(0.5, 20))), 1);
-    }
-
-    #[test]
-    fn history_is_bounded_and_labels_carry_the_rules_own() {
-        let mut r = rule(0, 0);
-        r.labels.insert("team".into(), "payments".into());
-        let mut e = Engine::new(vec![r]);
-        for i in 0..(HISTORY as u64 + 20) {
-            e.evaluate(0, at(2 * i), &svc(0.5, 100));
-            e.evaluate(0, at(2 * i + 1), &svc(0.0, 100));
-        }
-        assert_eq!(e.history().len(), HISTORY);
-        assert_eq!(e.history()[0].labels["team"], "payments");
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(
-            format_time(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_time(SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_996_800_250)),
-            "2026-11-30T00:00:00.250Z"
-        );
-    }
-}
+mod tests;

@@ -1,6 +1,7 @@
 //! The evaluation task: every `evaluation_interval`, every rule's signal is
-//! measured on the rolling windows, the state machine advances, the
-//! gauges follow, and notices go to the delivery queue without waiting.
+//! measured on the rolling windows, the state machine advances on the
+//! context's clock, the gauges follow, and notices go to the receivers'
+//! queues without waiting.
 
 use std::{
     collections::VecDeque,
@@ -9,11 +10,12 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::{
-    deliver::{Outgoing, RESEND},
-    engine::{Engine, Phase, format_time},
+    clock::{Clock, format_time},
+    deliver::{Dispatch, Outgoing, RESEND},
+    engine::{Engine, Phase},
     rules::AlertConfig,
     signals::{Inputs, measure},
 };
@@ -67,7 +69,10 @@ impl Alerts {
                 "above": matches!(r.threshold, super::rules::Threshold::Above(_)),
                 "window_seconds": r.window.as_secs_f64(),
                 "for_seconds": r.hold.as_secs_f64(),
+                "keep_firing_for_seconds": r.keep_firing_for.as_secs_f64(),
                 "cooldown_seconds": r.cooldown.as_secs_f64(),
+                "min_requests": r.signal.counts_requests().then_some(r.min_requests),
+                "no_data": (r.signal != super::rules::Signal::ServiceAbsent).then_some(r.no_data),
                 "severity": r.severity,
                 "service": r.service,
                 "route": r.route,
@@ -85,19 +90,17 @@ pub struct Context {
     pub pipeline: Arc<Published>,
     pub samples: Arc<Mutex<SampleWindow>>,
     pub metrics: Arc<Metrics>,
-    pub queue: mpsc::Sender<Outgoing>,
+    pub delivery: Dispatch,
+    /// Monotonic time for `for`, cooldowns and resends; wall time for
+    /// the timestamps shown and sent.
+    pub clock: Arc<dyn Clock>,
 }
 
 pub async fn run(cx: Context, mut stop: watch::Receiver<bool>, beat: Beat) {
     let mut tick = tokio::time::interval(cx.alerts.config.evaluation_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let wants_resend = cx
-        .alerts
-        .config
-        .receivers
-        .iter()
-        .any(|r| matches!(r, super::rules::Receiver::Alertmanager(_)));
-    let mut last_resend = Instant::now();
+    let wants_resend = cx.delivery.wants_resend();
+    let mut last_resend = cx.clock.now().mono;
     loop {
         beat.beat();
         tokio::select! {
@@ -111,17 +114,16 @@ pub async fn run(cx: Context, mut stop: watch::Receiver<bool>, beat: Beat) {
             );
             return;
         }
-        if wants_resend && last_resend.elapsed() >= RESEND {
-            last_resend = Instant::now();
+        let mono = cx.clock.now().mono;
+        if wants_resend && mono.saturating_sub(last_resend) >= RESEND {
+            last_resend = mono;
             let firing = cx
                 .alerts
                 .engine
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .active();
-            if cx.queue.try_send(Outgoing::Resend(firing)).is_err() {
-                cx.metrics.alert_notices_dropped.inc();
-            }
+            cx.delivery.offer(&Outgoing::Resend(firing));
         }
     }
 }
@@ -145,14 +147,19 @@ pub fn evaluate_once(cx: &Context) -> Result<(), &'static str> {
             .map(|r| measure(r, &inputs))
             .collect()
     };
-    let now = SystemTime::now();
+    let now = cx.clock.now();
     let mut engine = cx.alerts.engine.lock().unwrap_or_else(|p| p.into_inner());
     let mut notices = Vec::new();
     for (i, m) in measured.iter().enumerate() {
         notices.extend(engine.evaluate(i, now, m));
     }
     cx.metrics.alerts_active.reset();
-    for a in engine.active() {
+    let active = engine.active();
+    let without_data = active.iter().filter(|a| a.no_data_since.is_some()).count();
+    cx.metrics
+        .alerts_without_data
+        .set(i64::try_from(without_data).unwrap_or(i64::MAX));
+    for a in active {
         let state = match a.state {
             Phase::Pending => "pending",
             Phase::Firing => "firing",
@@ -164,9 +171,7 @@ pub fn evaluate_once(cx: &Context) -> Result<(), &'static str> {
     }
     drop(engine);
     for n in notices {
-        if cx.queue.try_send(Outgoing::Notice(n)).is_err() {
-            cx.metrics.alert_notices_dropped.inc();
-        }
+        cx.delivery.offer(&Outgoing::Notice(n));
     }
     cx.metrics.alert_evaluations.inc();
     cx.metrics
@@ -180,7 +185,7 @@ pub fn evaluate_once(cx: &Context) -> Result<(), &'static str> {
     if evaluations.len() == EVALUATIONS_SHOWN {
         evaluations.pop_front();
     }
-    evaluations.push_back(now);
+    evaluations.push_back(now.wall);
     Ok(())
 }
 

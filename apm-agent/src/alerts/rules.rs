@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// What a rule measures.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +25,10 @@ pub enum Signal {
     ProcessCpuCores,
     /// Resident memory of a service's processes.
     ProcessMemoryBytes,
+    /// A service that sent no request in the window (Prometheus'
+    /// `absent()`): the named one, or every one seen since the agent
+    /// started.
+    ServiceAbsent,
 }
 
 impl Signal {
@@ -37,6 +41,24 @@ impl Signal {
             Signal::FilesystemUsedRatio => "filesystem_used_ratio",
             Signal::ProcessCpuCores => "process_cpu_cores",
             Signal::ProcessMemoryBytes => "process_memory_bytes",
+            Signal::ServiceAbsent => "service_absent",
+        }
+    }
+
+    /// Measured on requests: a window needs `min_requests` of them to say
+    /// anything, else it has no data.
+    pub fn counts_requests(self) -> bool {
+        matches!(self, Signal::HttpErrorRatio | Signal::HttpLatencyP95Seconds)
+    }
+
+    /// What a firing alert does while its window has no data, unless the
+    /// rule says: an unmounted filesystem resolves; everything else
+    /// (a service that stopped answering, a sampler that stopped) keeps
+    /// firing until data returns.
+    pub fn default_no_data(self) -> NoData {
+        match self {
+            Signal::FilesystemUsedRatio => NoData::Resolve,
+            _ => NoData::KeepFiring,
         }
     }
 
@@ -48,8 +70,24 @@ impl Signal {
                 | Signal::HttpLatencyP95Seconds
                 | Signal::ProcessCpuCores
                 | Signal::ProcessMemoryBytes
+                | Signal::ServiceAbsent
         )
     }
+}
+
+/// What a firing alert does while its window has no data: no measurement
+/// at all (the service stopped, its windows were forgotten), or fewer
+/// than `min_requests` requests. A pending alert is always cleared (no
+/// data is no evidence), as Prometheus resets one whose series vanished.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoData {
+    /// Stays firing (and is re-sent) until the window has data again;
+    /// `no_data_since` says since when.
+    KeepFiring,
+    /// Counts as the condition no longer holding: resolves once
+    /// `keep_firing_for` has passed (Prometheus' behaviour).
+    Resolve,
 }
 
 /// Fires above or below a threshold.
@@ -84,19 +122,26 @@ pub struct Rule {
     pub window: Duration,
     /// How long the condition must hold before the alert fires.
     pub hold: Duration,
+    /// How long a firing alert stays firing after the condition stopped
+    /// holding (Prometheus' `keep_firing_for`).
+    pub keep_firing_for: Duration,
+    pub no_data: NoData,
     /// Repeat notifications of one alert are at least this far apart.
     pub cooldown: Duration,
     pub severity: String,
     pub service: Option<String>,
     pub route: Option<String>,
     pub labels: BTreeMap<String, String>,
-    /// Error-ratio windows with fewer requests do not fire.
+    /// Request-based windows (error ratio, latency) with fewer requests
+    /// have no data: they neither fire nor resolve.
     pub min_requests: u64,
 }
 
 /// The cooldown between repeats of one alert, by default.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
-/// Error-ratio windows need this many requests, by default.
+/// Error-ratio and latency windows need this many requests, by default:
+/// below 20 the 95th percentile is the slowest request itself, so one
+/// slow request would be the p95.
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 /// The longest window a rule may ask for (the agent keeps this much).
 pub const MAX_WINDOW: Duration = Duration::from_secs(900);
@@ -109,6 +154,8 @@ pub fn defaults() -> Vec<Rule> {
         threshold: Threshold::Above(above),
         window: Duration::from_secs(60),
         hold: Duration::from_secs(hold),
+        keep_firing_for: Duration::ZERO,
+        no_data: signal.default_no_data(),
         cooldown: DEFAULT_COOLDOWN,
         severity: "warning".into(),
         service: None,
@@ -198,6 +245,9 @@ struct RuleSpec {
     window: Option<Duration>,
     #[serde(default, rename = "for", deserialize_with = "duration")]
     hold: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    keep_firing_for: Option<Duration>,
+    no_data: Option<NoData>,
     #[serde(default, deserialize_with = "duration")]
     cooldown: Option<Duration>,
     severity: Option<String>,
@@ -299,9 +349,17 @@ pub fn receiver_url(url: &str) -> Result<String, String> {
 }
 
 fn resolve(r: RuleSpec) -> Result<Rule, String> {
-    let threshold = match (r.above, r.below) {
-        (Some(t), None) => Threshold::Above(t),
-        (None, Some(t)) => Threshold::Below(t),
+    let threshold = match (r.signal, r.above, r.below) {
+        // Absent: fewer than one request in the window.
+        (Signal::ServiceAbsent, None, None) => Threshold::Below(1.0),
+        (Signal::ServiceAbsent, _, _) => {
+            return Err(format!(
+                "rule {:?}: service_absent takes no above or below (it fires on no request in the window)",
+                r.name
+            ));
+        }
+        (_, Some(t), None) => Threshold::Above(t),
+        (_, None, Some(t)) => Threshold::Below(t),
         _ => {
             return Err(format!(
                 "rule {:?} needs exactly one of above or below",
@@ -309,6 +367,18 @@ fn resolve(r: RuleSpec) -> Result<Rule, String> {
             ));
         }
     };
+    if r.min_requests.is_some() && !r.signal.counts_requests() {
+        return Err(format!(
+            "rule {:?}: min_requests applies to http_error_ratio and http_latency_p95_seconds only",
+            r.name
+        ));
+    }
+    if r.no_data.is_some() && r.signal == Signal::ServiceAbsent {
+        return Err(format!(
+            "rule {:?}: service_absent has no no_data (no data is what it fires on)",
+            r.name
+        ));
+    }
     if r.route.is_some() && r.signal != Signal::HttpLatencyP95Seconds {
         return Err(format!(
             "rule {:?}: route applies to http_latency_p95_seconds only",
@@ -347,6 +417,8 @@ fn resolve(r: RuleSpec) -> Result<Rule, String> {
         threshold,
         window,
         hold: r.hold.unwrap_or(Duration::ZERO),
+        keep_firing_for: r.keep_firing_for.unwrap_or(Duration::ZERO),
+        no_data: r.no_data.unwrap_or(r.signal.default_no_data()),
         cooldown: r.cooldown.unwrap_or(DEFAULT_COOLDOWN),
         severity: r.severity.unwrap_or_else(|| "warning".into()),
         service: r.service,
@@ -362,122 +434,4 @@ fn line_of(text: &str, at: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The example of the README (and of the issue that asked for it).
-    pub const EXAMPLE: &str = r#"
-[alerts]
-evaluation_interval = "1s"
-defaults = true              # keep the built-in rules
-
-[[alerts.rules]]
-name = "CheckoutErrors"
-signal = "http_error_ratio"
-above = 0.05
-window = "30s"
-for = "10s"
-cooldown = "5m"
-severity = "critical"
-service = "checkout"
-labels = { team = "payments" }
-
-[[alerts.rules]]
-name = "SlowPayments"
-signal = "http_latency_p95_seconds"
-above = 0.5
-service = "checkout"
-route = "/pay/{id}"
-
-[[alerts.receivers]]
-alertmanager = "http://127.0.0.1:9093"
-"#;
-
-    #[test]
-    fn the_documented_example_parses() {
-        let c = parse(EXAMPLE, "apm.toml").expect("example");
-        assert_eq!(c.evaluation_interval, Duration::from_secs(1));
-        assert_eq!(c.rules.len(), defaults().len() + 2);
-        let r = c
-            .rules
-            .iter()
-            .find(|r| r.name == "CheckoutErrors")
-            .expect("rule");
-        assert_eq!(r.threshold, Threshold::Above(0.05));
-        assert_eq!(
-            (r.window, r.hold),
-            (Duration::from_secs(30), Duration::from_secs(10))
-        );
-        assert_eq!(r.labels["team"], "payments");
-        assert_eq!(r.min_requests, DEFAULT_MIN_REQUESTS);
-        assert_eq!(
-            c.receivers,
-            vec![Receiver::Alertmanager("http://127.0.0.1:9093".into())]
-        );
-        // The README carries the same example.
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-            .expect("README");
-        assert!(readme.contains(EXAMPLE.trim()), "README's example differs");
-    }
-
-    #[test]
-    fn mistakes_name_their_line() {
-        let cases = [
-            (
-                "[alerts]\nevaluation_interval = \"1s\"\nspeed = 3\n",
-                "line 3",
-                "unknown field",
-            ),
-            (
-                "[alerts]\n\n[[alerts.rules]]\nname = \"A\"\nsignal = \"cpu_joy\"\nabove = 1\n",
-                "line 5",
-                "unknown variant",
-            ),
-            (
-                "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\nabove = 1\nwindow = \"soon\"\n",
-                "line 6",
-                "invalid duration",
-            ),
-            (
-                "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\n",
-                "line 2",
-                "exactly one of above or below",
-            ),
-            (
-                "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\nabove = 1\nroute = \"/x\"\n",
-                "line 2",
-                "route applies",
-            ),
-            (
-                "[alerts]\n[[alerts.receivers]]\nwebhook = \"ftp://u:pw@x\"\n",
-                "line 2",
-                "not an http(s) URL",
-            ),
-            ("[alert]\n", "line 1", "unknown field"),
-        ];
-        for (text, line, what) in cases {
-            let err = parse(text, "apm.toml").expect_err(text);
-            assert!(err.contains(line) && err.contains(what), "{text:?}: {err}");
-            assert!(!err.contains("pw@"), "{err}");
-        }
-    }
-
-    #[test]
-    fn defaults_can_be_dropped_or_replaced() {
-        let none = parse("[alerts]\ndefaults = false\n", "f").expect("parse");
-        assert!(none.rules.is_empty());
-        let replaced = parse(
-            "[alerts]\n[[alerts.rules]]\nname = \"HostCpuHigh\"\nsignal = \"host_cpu_ratio\"\nabove = 0.95\n",
-            "f",
-        )
-        .expect("parse");
-        let cpu: Vec<_> = replaced
-            .rules
-            .iter()
-            .filter(|r| r.name == "HostCpuHigh")
-            .collect();
-        assert_eq!(cpu.len(), 1);
-        assert_eq!(cpu[0].threshold, Threshold::Above(0.95));
-        assert_eq!(parse("", "f").expect("empty"), AlertConfig::default());
-    }
-}
+mod tests;

@@ -1,5 +1,7 @@
 //! A rule's signal, measured on the agent's own rolling windows (never by
-//! scraping itself): one value per label set the rule applies to.
+//! scraping itself): one value per label set the rule applies to. Request
+//! signals carry how many requests the value comes from, so the engine
+//! can tell a window without enough data from a healthy one.
 
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
             .collect(),
         Signal::HttpLatencyP95Seconds => i
             .requests
-            .route_quantiles(i.now_s, window, 0.95)
+            .route_quantiles_covering(i.now_s, window, 0.95)
             .into_iter()
             .filter(|(s, r, _, _)| {
                 wants_service(s) && rule.route.as_deref().is_none_or(|want| want == &**r)
@@ -54,6 +56,22 @@ pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
                 samples: n,
             })
             .collect(),
+        Signal::ServiceAbsent => {
+            let count = |s: &str| i.requests.error_ratio(s, i.now_s, window).requests;
+            let measure = |s: &str| {
+                let n = count(s);
+                Measurement {
+                    labels: labels(&[("service_name", s)]),
+                    value: n as f64,
+                    samples: n,
+                }
+            };
+            match &rule.service {
+                // Measured even when never seen, as absent() does.
+                Some(s) => vec![measure(s)],
+                None => i.requests.services().map(|s| measure(s)).collect(),
+            }
+        }
         Signal::HostCpuRatio => host(i.samples.host_cpu(i.now_s, window)),
         Signal::HostMemoryRatio => host(i.samples.host_memory(i.now_s, window)),
         Signal::FilesystemUsedRatio => i

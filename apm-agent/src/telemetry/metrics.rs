@@ -63,7 +63,8 @@ pub struct Metrics {
     pub ports_expired: IntCounter,
     pub alerts_active: IntGaugeVec,
     pub alert_notifications: IntCounterVec,
-    pub alert_notices_dropped: IntCounter,
+    pub alert_notifications_dropped: IntCounterVec,
+    pub alerts_without_data: IntGauge,
     pub alert_evaluations: IntCounter,
     pub alert_evaluation_seconds: Histogram,
     pub http_series_expired: IntCounter,
@@ -357,12 +358,17 @@ impl Metrics {
             )?,
             alert_notifications: counter(
                 "apm_alert_notifications_total",
-                "Alert notifications by receiver (its URL without credentials) and result (sent, failed after retries).",
+                "Alert notices by receiver (its URL without credentials) and result: sent, failed (every attempt failed), timeout (its deadline or shutdown came first).",
                 &["receiver", "result"],
             )?,
-            alert_notices_dropped: plain_counter(
+            alert_notifications_dropped: counter(
                 "apm_alert_notifications_dropped_total",
-                "Alert notices dropped because the delivery queue was full (a receiver too slow for too long).",
+                "Alert notices never attempted, by receiver and reason: queue_full (the receiver too slow for too long), shutdown (still queued when the agent stopped).",
+                &["receiver", "reason"],
+            )?,
+            alerts_without_data: gauge(
+                "apm_alerts_without_data",
+                "Firing alerts kept firing while their window has no data (a service that stopped sending).",
             )?,
             alert_evaluations: plain_counter(
                 "apm_alert_evaluations_total",

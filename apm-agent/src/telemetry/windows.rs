@@ -206,6 +206,20 @@ impl Windows {
             .collect()
     }
 
+    /// Like [`Self::route_quantiles`], over whole buckets covering at
+    /// least the last `window` (one more bucket than `route_quantiles`
+    /// reads, which `keep` holds): a count that does not fall to the
+    /// current bucket's few requests each time a bucket starts, for a
+    /// minimum request count to be checked against.
+    pub fn route_quantiles_covering(
+        &self,
+        now_s: u64,
+        window: Duration,
+        q: f64,
+    ) -> Vec<(Arc<str>, Arc<str>, f64, u64)> {
+        self.route_quantiles(now_s, window + Duration::from_secs(LATENCY_BUCKET_SECS), q)
+    }
+
     /// Drops the window of a route whose series was removed, and of a
     /// service that is gone.
     pub fn forget_route(&mut self, service: &str, route: &str) {

@@ -134,7 +134,8 @@ function renderSide(d) {
     const li = document.createElement("li");
     li.className = a.state;
     const labels = Object.entries(a.labels).map(([k, v]) => `${k}=${v}`).join(", ");
-    text(li, `${a.alertname} (${a.state}, ${a.severity}) ${labels}: ${fmt(a.value, 3)} vs ${a.threshold}`);
+    const quiet = a.no_data_since ? `, no data since ${a.no_data_since}` : "";
+    text(li, `${a.alertname} (${a.state}, ${a.severity}) ${labels}: ${fmt(a.value, 3)} vs ${a.threshold}${quiet}`);
     alerts.appendChild(li);
   }
   const host = d.host.series;
