@@ -20,7 +20,7 @@ pub mod prod;
 mod redis_server;
 pub mod seccomp;
 pub use metrics::{Metrics, Sample};
-pub use net::{Client, NetNs, Server, connect_many, python_client};
+pub use net::{Client, NetNs, Server, assert_two_namespaces_apart, connect_many, python_client};
 pub use redis_server::{Redis, cache, client_counts, pool, shop, wait_for_client_counts};
 
 /// Fails the test unless it runs as root: these tests load eBPF programs.

@@ -269,3 +269,26 @@ pub fn python_client(
     }
     Ok(counts)
 }
+
+/// Two servers on `port`, `apm-httpd` in namespace `a` and `python3` in
+/// `b`: waits until the agent names both, sends 30 requests to the first
+/// and 25 (5 of them 404s) to the second, and asserts each one's route
+/// counts are exactly its own client's.
+pub fn assert_two_namespaces_apart(agent: &crate::Agent, a: &NetNs, b: &NetNs, port: u16) {
+    let wait = Duration::from_secs(20);
+    let names = crate::wait_for(wait, || {
+        let m = agent.metrics().ok()?;
+        let named =
+            |service| m.value("apm_service_info", &[("service_name", service)]) == Some(1.0);
+        (named("apm-httpd") && named("python3")).then_some(())
+    });
+    assert!(names.is_some(), "{}", agent.log_text());
+    let in_a = python_client(Some(a), "127.0.0.1", port, &["/ok"; 30]).expect("client a");
+    let mut paths = vec!["/ok"; 20];
+    paths.extend(["/missing"; 5]);
+    let in_b = python_client(Some(b), "127.0.0.1", port, &paths).expect("client b");
+    let m = agent.wait_for_paired("apm-httpd", 30, wait);
+    let m2 = agent.wait_for_paired("python3", 25, wait);
+    assert_eq!(m.route_counts("apm-httpd"), in_a, "{}", m.text);
+    assert_eq!(m2.route_counts("python3"), in_b, "{}", m2.text);
+}

@@ -4,15 +4,13 @@
 //! two network namespaces on one port (one of them another user's): each
 //! is found, named after itself and timed exactly.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use apm_e2e::{
-    Agent, NetNs, Server, free_port, get, python_client, require_root,
+    Agent, NetNs, Server, free_port, get, require_root,
     seccomp::{self, capability_bit, confined, manifest_capabilities, status_field},
 };
 use serde_json::Value;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn daemonset() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml")
@@ -70,21 +68,7 @@ fn the_agent_works_with_only_the_manifests_capabilities_under_a_syscall_filter()
     // The test's filter and the agent's own.
     assert_eq!(status_field(pid, "Seccomp_filters").as_deref(), Some("2"));
 
-    let names = apm_e2e::wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        let named =
-            |service| m.value("apm_service_info", &[("service_name", service)]) == Some(1.0);
-        (named("apm-httpd") && named("python3")).then_some(())
-    });
-    assert!(names.is_some(), "{}", agent.log_text());
-    let in_a = python_client(Some(&a), "127.0.0.1", port, &["/ok"; 30]).expect("client a");
-    let mut paths = vec!["/ok"; 20];
-    paths.extend(["/missing"; 5]);
-    let in_b = python_client(Some(&b), "127.0.0.1", port, &paths).expect("client b");
-    let m = agent.wait_for_paired("apm-httpd", 30, WAIT);
-    let m2 = agent.wait_for_paired("python3", 25, WAIT);
-    assert_eq!(m.route_counts("apm-httpd"), in_a, "{}", m.text);
-    assert_eq!(m2.route_counts("python3"), in_b, "{}", m2.text);
+    apm_e2e::assert_two_namespaces_apart(&agent, &a, &b, port);
 
     // Packets, not the syscall fallback; nothing degraded for want of a
     // privilege.

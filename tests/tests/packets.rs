@@ -127,22 +127,7 @@ fn two_servers_on_one_port_in_two_namespaces_have_separate_counts() {
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
     // Both processes found, each named after itself (not after the other
     // namespace's listener on the same port).
-    let names = apm_e2e::wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        let named =
-            |service| m.value("apm_service_info", &[("service_name", service)]) == Some(1.0);
-        (named("apm-httpd") && named("python3")).then_some(())
-    });
-    assert!(names.is_some(), "{}", agent.log_text());
-
-    let in_a = python_client(Some(&a), "127.0.0.1", port, &["/ok"; 30]).expect("client a");
-    let mut paths = vec!["/ok"; 20];
-    paths.extend(["/missing"; 5]);
-    let in_b = python_client(Some(&b), "127.0.0.1", port, &paths).expect("client b");
-    let m = agent.wait_for_paired("apm-httpd", 30, WAIT);
-    let m2 = agent.wait_for_paired("python3", 25, WAIT);
-    assert_eq!(m.route_counts("apm-httpd"), in_a, "{}", m.text);
-    assert_eq!(m2.route_counts("python3"), in_b, "{}", m2.text);
+    apm_e2e::assert_two_namespaces_apart(&agent, &a, &b, port);
     drop((rust, python));
 }
 
