@@ -1,0 +1,217 @@
+//! Raw paths to bounded route templates that cannot carry identifiers.
+//!
+//! 1. User patterns (`--route /users/{id}/orders`) win: `{name}` matches
+//!    one segment, a final `{*name}` the rest of the path.
+//! 2. `;params` are dropped. A segment is then kept verbatim only if it
+//!    reads like a word from a route table (see [`is_route_word`]): short,
+//!    lower-case letters with `-` or `_`, or a version like `v2`. Anything
+//!    else becomes a placeholder: `{id}` (digits), `{uuid}`, `{hex}` (16+
+//!    hex digits) or `{var}` (emails, keys, tokens, JWTs, `host:port`,
+//!    percent-encoded or mixed-case text, long or random-looking words).
+//!    A file name, a name and a known lower-case extension
+//!    ([`FILE_EXTENSIONS`]: `index.html`, `favicon.ico`, `app.js`), is
+//!    kept whole when the name is a route word; otherwise the name alone
+//!    becomes its placeholder and the extension stays: `app.3f9a2b1c.js`
+//!    is `{var}.js`, `12345.png` is `{id}.png`.
+//! 3. The backstop: a parent with more than `max_children` distinct child
+//!    segments collapses new ones into `{var}`, and a service has at most
+//!    `max_routes` routes; later ones are reported as [`OVERFLOW_ROUTE`]
+//!    and counted.
+//!
+//! The raw path is only read here; nothing keeps it. Paths already
+//! templated are remembered by a keyed 64-bit hash (never the path), so a
+//! repeated path costs one hash and one lookup.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+mod pattern;
+mod segments;
+
+use self::segments::classify;
+pub use self::{
+    pattern::Pattern,
+    segments::{FILE_EXTENSIONS, file_name, is_route_word},
+};
+
+pub const OVERFLOW_ROUTE: &str = "{overflow}";
+/// Segments kept per route; deeper paths end in `/{rest}`.
+const MAX_DEPTH: usize = 16;
+/// Templated paths remembered (all services); the memo starts over when
+/// it is full, so a flood of distinct paths costs what it did without it.
+const MEMO_MAX: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub max_routes: usize,
+    pub max_children: usize,
+    pub patterns: Vec<Pattern>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            max_routes: 1000,
+            max_children: 100,
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// A user-supplied route pattern.
+/// The route a request was filed under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub template: Arc<str>,
+    pub overflow: bool,
+}
+
+#[derive(Default)]
+struct ServiceRoutes {
+    routes: FxHashSet<Arc<str>>,
+    /// Distinct child segments seen under each parent template.
+    children: FxHashMap<String, FxHashSet<String>>,
+}
+
+pub struct Routes {
+    config: RouteConfig,
+    services: FxHashMap<Arc<str>, ServiceRoutes>,
+    overflow: Arc<str>,
+    /// (service, path) hashed with a per-process random key (SipHash), so
+    /// nobody can craft a path that lands on another path's route, to the
+    /// admitted template. Cleared whenever a route is forgotten.
+    memo: FxHashMap<u64, Arc<str>>,
+    keys: RandomState,
+}
+
+impl Routes {
+    pub fn new(config: RouteConfig) -> Self {
+        Self {
+            config,
+            services: FxHashMap::default(),
+            overflow: OVERFLOW_ROUTE.into(),
+            memo: FxHashMap::default(),
+            keys: RandomState::new(),
+        }
+    }
+
+    /// Frees `template` of `service` (no traffic for a while): it no longer
+    /// counts against --max-routes.
+    pub fn forget(&mut self, service: &str, template: &str) {
+        if let Some(state) = self.services.get_mut(service) {
+            state.routes.remove(template);
+        }
+        self.memo.clear();
+    }
+
+    /// Frees everything known about `service`.
+    pub fn forget_service(&mut self, service: &str) {
+        self.services.remove(service);
+        self.memo.clear();
+    }
+
+    /// Number of routes known for `service`.
+    pub fn count(&self, service: &str) -> usize {
+        self.services.get(service).map_or(0, |s| s.routes.len())
+    }
+
+    pub fn template(&mut self, service: &Arc<str>, path: &str) -> Route {
+        let key = self.keys.hash_one((&**service, path));
+        if let Some(template) = self.memo.get(&key) {
+            return Route {
+                template: template.clone(),
+                overflow: false,
+            };
+        }
+        let route = self.template_new(service, path);
+        if !route.overflow {
+            if self.memo.len() >= MEMO_MAX {
+                self.memo.clear();
+            }
+            self.memo.insert(key, route.template.clone());
+        }
+        route
+    }
+
+    fn template_new(&mut self, service: &Arc<str>, path: &str) -> Route {
+        // `;params` (jsessionid and friends) are dropped from every segment.
+        let segments: Vec<&str> = path
+            .split('/')
+            .map(|s| s.split_once(';').map_or(s, |(seg, _)| seg))
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(p) = self.config.patterns.iter().find(|p| p.matches(&segments)) {
+            let template = p.text.clone();
+            return self.admit(service, template);
+        }
+        let max_children = self.config.max_children;
+        // Parents tracked per service, so a flood of distinct paths cannot
+        // grow the children maps without bound.
+        let max_parents = self.config.max_routes.saturating_mul(4).max(16);
+        let state = self.services.entry(service.clone()).or_default();
+        let mut template = String::with_capacity(path.len().min(256));
+        for (depth, raw) in segments.iter().enumerate() {
+            if depth == MAX_DEPTH {
+                template.push_str("/{rest}");
+                break;
+            }
+            let mut seg = classify(raw);
+            // The parent's key is cloned only when it is new.
+            let parent_known = state.children.contains_key(&template);
+            if parent_known || state.children.len() < max_parents {
+                let children = match state.children.get_mut(&template) {
+                    Some(children) => children,
+                    None => state.children.entry(template.clone()).or_default(),
+                };
+                if !children.contains(seg.as_ref()) {
+                    if children.len() < max_children {
+                        children.insert(seg.to_string());
+                    } else {
+                        seg = "{var}".into();
+                    }
+                }
+            } else {
+                seg = "{var}".into();
+            }
+            template.push('/');
+            template.push_str(&seg);
+        }
+        if template.is_empty() {
+            template.push('/');
+        }
+        let template: Arc<str> = match state.routes.get(template.as_str()) {
+            Some(known) => known.clone(),
+            None => template.into(),
+        };
+        self.admit(service, template)
+    }
+
+    fn admit(&mut self, service: &Arc<str>, template: Arc<str>) -> Route {
+        let max = self.config.max_routes;
+        let state = self.services.entry(service.clone()).or_default();
+        if state.routes.contains(&template) {
+            return Route {
+                template,
+                overflow: false,
+            };
+        }
+        if state.routes.len() < max {
+            state.routes.insert(template.clone());
+            return Route {
+                template,
+                overflow: false,
+            };
+        }
+        Route {
+            template: self.overflow.clone(),
+            overflow: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
