@@ -13,10 +13,20 @@
 //!    kept whole when the name is a route word; otherwise the name alone
 //!    becomes its placeholder and the extension stays: `app.3f9a2b1c.js`
 //!    is `{var}.js`, `12345.png` is `{id}.png`.
-//! 3. The backstop: a parent with more than `max_children` distinct child
-//!    segments collapses new ones into `{var}`, and a service has at most
-//!    `max_routes` routes; later ones are reported as [`OVERFLOW_ROUTE`]
-//!    and counted.
+//! 3. Positions: in `/users/alice/orders`, `alice` is at the position
+//!    after the parent template `/users`. A position below the root keeps
+//!    at most `max_words` (10) distinct words verbatim; the next distinct
+//!    word collapses it while the service is known: every word there is
+//!    `{var}` from then on, and the routes its words made (`/users/alice/orders`
+//!    and all beneath it) leave the table at once, so the route count
+//!    drops back. Their series are not merged (a counter moved to another
+//!    series would be counted twice by rate()): they get no more requests
+//!    and expire like any idle route. Versions, file names, and words at
+//!    the root never collapse a position: at most `max_children` (100)
+//!    distinct ones are kept per position, later ones become `{var}`
+//!    (`{var}.js`).
+//! 4. The backstop: a service has at most `max_routes` routes; later ones
+//!    are reported as [`OVERFLOW_ROUTE`] and counted.
 //!
 //! The raw path is only read here; nothing keeps it. Paths already
 //! templated are remembered by a keyed 64-bit hash (never the path), so a
@@ -27,18 +37,22 @@ use std::{
     sync::Arc,
 };
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 mod pattern;
 mod segments;
+mod tree;
 
-use self::segments::classify;
+use self::tree::ServiceRoutes;
 pub use self::{
     pattern::Pattern,
-    segments::{FILE_EXTENSIONS, file_name, is_route_word},
+    segments::{FILE_EXTENSIONS, file_name, is_route_word, is_version},
 };
 
 pub const OVERFLOW_ROUTE: &str = "{overflow}";
+/// Distinct words a position below the root keeps verbatim, by default
+/// (`--max-route-words`).
+pub const DEFAULT_MAX_WORDS: usize = 10;
 /// Segments kept per route; deeper paths end in `/{rest}`.
 const MAX_DEPTH: usize = 16;
 /// Templated paths remembered (all services); the memo starts over when
@@ -47,7 +61,12 @@ const MEMO_MAX: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
+    /// Routes per service; later ones are [`OVERFLOW_ROUTE`].
     pub max_routes: usize,
+    /// Distinct words a position below the root keeps verbatim; one more
+    /// collapses it to `{var}`.
+    pub max_words: usize,
+    /// Distinct versions, file names, and root words, per position.
     pub max_children: usize,
     pub patterns: Vec<Pattern>,
 }
@@ -56,25 +75,18 @@ impl Default for RouteConfig {
     fn default() -> Self {
         Self {
             max_routes: 1000,
+            max_words: DEFAULT_MAX_WORDS,
             max_children: 100,
             patterns: Vec::new(),
         }
     }
 }
 
-/// A user-supplied route pattern.
 /// The route a request was filed under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub template: Arc<str>,
     pub overflow: bool,
-}
-
-#[derive(Default)]
-struct ServiceRoutes {
-    routes: FxHashSet<Arc<str>>,
-    /// Distinct child segments seen under each parent template.
-    children: FxHashMap<String, FxHashSet<String>>,
 }
 
 pub struct Routes {
@@ -86,6 +98,8 @@ pub struct Routes {
     /// admitted template. Cleared whenever a route is forgotten.
     memo: FxHashMap<u64, Arc<str>>,
     keys: RandomState,
+    /// Positions collapsed since [`Routes::take_collapses`] last ran.
+    collapses: u64,
 }
 
 impl Routes {
@@ -96,6 +110,7 @@ impl Routes {
             overflow: OVERFLOW_ROUTE.into(),
             memo: FxHashMap::default(),
             keys: RandomState::new(),
+            collapses: 0,
         }
     }
 
@@ -117,6 +132,19 @@ impl Routes {
     /// Number of routes known for `service`.
     pub fn count(&self, service: &str) -> usize {
         self.services.get(service).map_or(0, |s| s.routes.len())
+    }
+
+    /// The routes of `service`, in no order.
+    pub fn templates<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a str> {
+        self.services
+            .get(service)
+            .into_iter()
+            .flat_map(|s| s.routes.iter().map(|r| &**r))
+    }
+
+    /// Positions collapsed to `{var}` since the last call.
+    pub fn take_collapses(&mut self) -> u64 {
+        std::mem::take(&mut self.collapses)
     }
 
     pub fn template(&mut self, service: &Arc<str>, path: &str) -> Route {
@@ -148,40 +176,12 @@ impl Routes {
             let template = p.text.clone();
             return self.admit(service, template);
         }
-        let max_children = self.config.max_children;
-        // Parents tracked per service, so a flood of distinct paths cannot
-        // grow the children maps without bound.
-        let max_parents = self.config.max_routes.saturating_mul(4).max(16);
         let state = self.services.entry(service.clone()).or_default();
-        let mut template = String::with_capacity(path.len().min(256));
-        for (depth, raw) in segments.iter().enumerate() {
-            if depth == MAX_DEPTH {
-                template.push_str("/{rest}");
-                break;
-            }
-            let mut seg = classify(raw);
-            // The parent's key is cloned only when it is new.
-            let parent_known = state.children.contains_key(&template);
-            if parent_known || state.children.len() < max_parents {
-                let children = match state.children.get_mut(&template) {
-                    Some(children) => children,
-                    None => state.children.entry(template.clone()).or_default(),
-                };
-                if !children.contains(seg.as_ref()) {
-                    if children.len() < max_children {
-                        children.insert(seg.to_string());
-                    } else {
-                        seg = "{var}".into();
-                    }
-                }
-            } else {
-                seg = "{var}".into();
-            }
-            template.push('/');
-            template.push_str(&seg);
-        }
-        if template.is_empty() {
-            template.push('/');
+        let (template, collapsed) = state.template(&segments, &self.config);
+        if collapsed > 0 {
+            // Paths remembered under the retired routes file under `{var}`.
+            self.memo.clear();
+            self.collapses += u64::from(collapsed);
         }
         let template: Arc<str> = match state.routes.get(template.as_str()) {
             Some(known) => known.clone(),

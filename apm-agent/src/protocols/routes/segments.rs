@@ -1,6 +1,10 @@
 //! One raw path segment in a template: a route word, a file name, or a
 //! placeholder.
 
+use std::borrow::Cow;
+
+/// The placeholder of a segment that may not be kept verbatim.
+pub(super) const VAR: &str = "{var}";
 /// Longest segment kept verbatim.
 const MAX_WORD: usize = 32;
 /// Longest letter run between separators in a kept segment.
@@ -15,15 +19,45 @@ pub const FILE_EXTENSIONS: &[&str] = &[
     "woff", "woff2", "xml", "yaml", "yml", "zip",
 ];
 
-/// The template form of one raw segment (its `;params` already dropped).
-pub(super) fn classify(seg: &str) -> std::borrow::Cow<'_, str> {
-    if is_route_word(seg) {
-        return seg.into();
+/// What one raw segment (its `;params` already dropped) is in a template.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Segment<'a> {
+    /// A route word that is not a version: a fixed vocabulary's word or a
+    /// lower-case identifier (`users`, `alice`), told apart by how many
+    /// distinct ones share its position.
+    Word(&'a str),
+    /// A version (`v2`): never an identifier.
+    Version(&'a str),
+    /// A file name whose name is a route word (`app.js`), and its extension.
+    File(&'a str, &'a str),
+    /// Bounded by construction: `{id}`, `{uuid}`, `{hex}`, `{var}`, alone
+    /// or with a known extension (`{var}.js`).
+    Placeholder(Cow<'static, str>),
+}
+
+impl<'a> Segment<'a> {
+    pub(super) fn of(seg: &'a str) -> Self {
+        if is_version(seg) {
+            return Self::Version(seg);
+        }
+        if is_route_word(seg) {
+            return Self::Word(seg);
+        }
+        match file_name(seg) {
+            Some((name, ext)) if is_route_word(name) => Self::File(seg, ext),
+            Some((name, ext)) => Self::Placeholder(format!("{}.{ext}", placeholder(name)).into()),
+            None => Self::Placeholder(placeholder(seg).into()),
+        }
     }
-    match file_name(seg) {
-        Some((name, _)) if is_route_word(name) => seg.into(),
-        Some((name, ext)) => format!("{}.{ext}", placeholder(name)).into(),
-        None => placeholder(seg).into(),
+
+    /// What the segment becomes where it may not be kept verbatim: `{var}`,
+    /// with a file name's extension (`{var}.js`).
+    pub(super) fn fallback(&self) -> Cow<'static, str> {
+        match self {
+            Self::File(_, ext) => format!("{{var}}.{ext}").into(),
+            Self::Placeholder(p) => p.clone(),
+            Self::Word(_) | Self::Version(_) => VAR.into(),
+        }
     }
 }
 
@@ -52,13 +86,13 @@ pub fn file_name(seg: &str) -> Option<(&str, &str)> {
 /// no `@ : ; = . ~ %`, no upper case), each letter run at most MAX_RUN
 /// long and pronounceable (a vowel, no five consonants in a row); or a
 /// version (`v1`, `v22`). Random lower-case tokens mostly fail the run
-/// rules; the per-parent cap catches the rest.
+/// rules; the per-position word limit catches the rest.
 pub fn is_route_word(seg: &str) -> bool {
     let b = seg.as_bytes();
     if b.is_empty() || b.len() > MAX_WORD {
         return false;
     }
-    if b.len() <= 4 && b[0] == b'v' && b.len() > 1 && b[1..].iter().all(u8::is_ascii_digit) {
+    if is_version(seg) {
         return true;
     }
     if !b
@@ -84,6 +118,12 @@ fn pronounceable(run: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// `v` and one to three digits: `v1`, `v22`.
+pub fn is_version(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    (2..=4).contains(&b.len()) && b[0] == b'v' && b[1..].iter().all(u8::is_ascii_digit)
 }
 
 fn is_uuid(s: &str) -> bool {

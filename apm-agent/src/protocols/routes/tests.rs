@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use super::*;
 
 fn routes() -> (Routes, Arc<str>) {
@@ -126,28 +128,217 @@ fn hostile_paths_stay_bounded() {
     assert_eq!(t(&mut r, &s, "//a///b"), "/a/b");
 }
 
+/// The `i`th of 1000 distinct lower-case names that read like words
+/// (`kalomi`, `resuta`): what a route table cannot tell from `users`.
+fn name(i: usize) -> String {
+    const SYLLABLES: [&str; 10] = ["ka", "lo", "mi", "re", "su", "ta", "ne", "vi", "do", "pa"];
+    let s = |n: usize| SYLLABLES[n % 10];
+    format!("{}{}{}", s(i / 100), s(i / 10), s(i))
+}
+
 #[test]
-fn many_children_collapse_under_their_parent() {
+fn a_thousand_user_names_give_at_most_max_words_routes_then_var() {
     let (mut r, s) = routes();
-    let word = |i: u8| {
-        format!(
-            "name-{}{}",
-            (b'a' + i / 26) as char,
-            (b'a' + i % 26) as char
-        )
-    };
-    for i in 0..100 {
+    let mut templates = BTreeSet::new();
+    for i in 0..1000 {
+        let n = name(i);
+        assert!(is_route_word(&n) && !is_version(&n), "{n}");
+        let want = if i < DEFAULT_MAX_WORDS {
+            format!("/users/{n}/orders")
+        } else {
+            "/users/{var}/orders".to_owned()
+        };
+        assert_eq!(t(&mut r, &s, &format!("/users/{n}/orders")), want);
+        assert!(r.count("svc") <= DEFAULT_MAX_WORDS, "at {i}");
+        templates.insert(want);
+    }
+    assert_eq!(templates.len(), DEFAULT_MAX_WORDS + 1);
+    assert_eq!(r.take_collapses(), 1);
+    assert_eq!(r.take_collapses(), 0);
+    // The ten literal routes left the table with the collapse; their
+    // names, remembered paths included, now file under `{var}` too.
+    assert_eq!(r.count("svc"), 1);
+    assert_eq!(
+        t(&mut r, &s, &format!("/users/{}/orders", name(0))),
+        "/users/{var}/orders"
+    );
+    assert_eq!(
+        t(&mut r, &s, &format!("/users/{}", name(3))),
+        "/users/{var}"
+    );
+    // Placeholders keep their kind; versions and file names their rules.
+    assert_eq!(t(&mut r, &s, "/users/42/orders"), "/users/{id}/orders");
+    assert_eq!(t(&mut r, &s, "/users/v2/orders"), "/users/v2/orders");
+    assert_eq!(t(&mut r, &s, "/users/avatar.png"), "/users/avatar.png");
+    assert_eq!(r.take_collapses(), 0);
+}
+
+#[test]
+fn a_production_api_keeps_its_vocabulary_and_folds_its_identifiers() {
+    let (mut r, s) = routes();
+    // Ten resources: exactly the word limit, never a collapse.
+    let resources = [
+        "orders",
+        "carts",
+        "items",
+        "payments",
+        "invoices",
+        "customers",
+        "search",
+        "health",
+        "reviews",
+        "shipping",
+    ];
+    assert_eq!(resources.len(), DEFAULT_MAX_WORDS);
+    let mut templates = BTreeSet::new();
+    for i in 0..6000usize {
+        let v = i / 6 % 3 + 1;
+        let (path, want) = match i % 6 {
+            0 => {
+                let res = resources[i / 18 % 10];
+                (format!("/api/v{v}/{res}"), format!("/api/v{v}/{res}"))
+            }
+            1 => (
+                format!("/api/v{v}/orders/{i}"),
+                format!("/api/v{v}/orders/{{id}}"),
+            ),
+            2 => (format!("/users/{}", name(i % 1000)), String::new()),
+            3 => (
+                format!("/users/{}/orders", name(i * 7 % 1000)),
+                String::new(),
+            ),
+            4 => (
+                format!(
+                    "/static/app.{:08x}.js",
+                    i.wrapping_mul(2_654_435_761) as u32
+                ),
+                "/static/{var}.js".to_owned(),
+            ),
+            _ => ("/static/app.js".to_owned(), "/static/app.js".to_owned()),
+        };
+        let got = t(&mut r, &s, &path);
+        if !want.is_empty() {
+            assert_eq!(got, want, "{path}");
+        }
+        templates.insert(got);
+    }
+    let users: Vec<&String> = templates
+        .iter()
+        .filter(|t| t.starts_with("/users/"))
+        .collect();
+    // At most ten names ever, each as `/users/NAME` and/or
+    // `/users/NAME/orders`, and the two `{var}` routes.
+    assert!(users.len() <= 2 * DEFAULT_MAX_WORDS + 2, "{users:?}");
+    assert!(templates.contains("/users/{var}") && templates.contains("/users/{var}/orders"));
+    assert_eq!(r.take_collapses(), 1);
+    // In the table now: 3 versions x (10 resources + orders/{id}), the two
+    // static routes and the two user routes.
+    assert_eq!(r.count("svc"), 3 * 11 + 2 + 2);
+}
+
+#[test]
+fn versions_stay_when_their_position_collapses() {
+    let (mut r, s) = routes();
+    for v in ["v1", "v2", "v3"] {
         assert_eq!(
-            t(&mut r, &s, &format!("/p/{}", word(i))),
-            format!("/p/{}", word(i))
+            t(&mut r, &s, &format!("/api/{v}/health")),
+            format!("/api/{v}/health")
         );
     }
-    assert_eq!(t(&mut r, &s, "/p/another"), "/p/{var}");
-    // Known children stay as they were.
+    // A scanner's words under /api collapse it, but not the versions.
+    for i in 0..=DEFAULT_MAX_WORDS {
+        t(&mut r, &s, &format!("/api/{}", name(i)));
+    }
+    assert_eq!(r.take_collapses(), 1);
+    assert_eq!(t(&mut r, &s, "/api/v2/health"), "/api/v2/health");
+    assert_eq!(t(&mut r, &s, "/api/v2/orders/7"), "/api/v2/orders/{id}");
+    assert_eq!(t(&mut r, &s, &format!("/api/{}", name(0))), "/api/{var}");
+    assert_eq!(r.count("svc"), 3 + 2);
+}
+
+#[test]
+fn root_words_and_file_names_are_kept_up_to_the_child_cap_and_never_folded() {
+    let (mut r, s) = routes();
+    let max = RouteConfig::default().max_children;
     assert_eq!(
-        t(&mut r, &s, &format!("/p/{}", word(3))),
-        format!("/p/{}", word(3))
+        t(&mut r, &s, "/static/css/site.css"),
+        "/static/css/site.css"
     );
+    // The root is a service's sections, and what scanners probe: its words
+    // never collapse it. Past the cap (`static` is one), new ones are
+    // `{var}`.
+    for i in 0..max - 1 {
+        let n = name(i);
+        assert_eq!(t(&mut r, &s, &format!("/{n}")), format!("/{n}"));
+    }
+    assert_eq!(t(&mut r, &s, &format!("/{}", name(max))), "/{var}");
+    assert_eq!(
+        t(&mut r, &s, &format!("/{}", name(5))),
+        format!("/{}", name(5))
+    );
+    // File names neither count as words nor collapse their position.
+    for i in 0..max {
+        let n = name(i);
+        assert_eq!(
+            t(&mut r, &s, &format!("/static/{n}.js")),
+            format!("/static/{n}.js")
+        );
+    }
+    assert_eq!(
+        t(&mut r, &s, &format!("/static/{}.js", name(max))),
+        "/static/{var}.js"
+    );
+    assert_eq!(
+        t(&mut r, &s, "/static/css/site.css"),
+        "/static/css/site.css"
+    );
+    assert_eq!(r.take_collapses(), 0);
+    // Root words and `/{var}`, the file names and `{var}.js`, site.css.
+    assert_eq!(r.count("svc"), (max - 1 + 1) + (max + 1) + 1);
+}
+
+#[test]
+fn a_collapse_retires_every_route_beneath_the_folded_words() {
+    let mut r = Routes::new(RouteConfig {
+        max_words: 2,
+        patterns: vec![Pattern::parse("/u/alice/special").expect("pattern")],
+        ..Default::default()
+    });
+    let s: Arc<str> = "svc".into();
+    for path in [
+        "/u/alice/orders",
+        "/u/alice/orders/7",
+        "/u/alice/profile",
+        "/u/alice/special",
+        "/u/bob/orders",
+        "/other/x",
+    ] {
+        r.template(&s, path);
+    }
+    assert_eq!(r.count("svc"), 6);
+    assert_eq!(t(&mut r, &s, "/u/carol/orders"), "/u/{var}/orders");
+    // The pattern's route stays; everything under alice and bob is gone.
+    assert_eq!(r.count("svc"), 3);
+    assert_eq!(t(&mut r, &s, "/u/alice/special"), "/u/alice/special");
+    assert_eq!(t(&mut r, &s, "/u/alice/orders/7"), "/u/{var}/orders/{id}");
+    assert_eq!(r.count("svc"), 4);
+    // Below `{var}`, positions start over (`orders` is one word there):
+    // a collapse there is another, and retires `/u/{var}/orders/...`.
+    let n = name(0);
+    assert_eq!(
+        t(&mut r, &s, &format!("/u/x/{n}")),
+        format!("/u/{{var}}/{n}")
+    );
+    assert_eq!(t(&mut r, &s, "/u/x/y-z"), "/u/{var}/{var}");
+    assert_eq!(r.take_collapses(), 2);
+    assert_eq!(r.count("svc"), 3);
+    assert_eq!(t(&mut r, &s, "/u/bob/orders"), "/u/{var}/{var}");
+    // The expiry of a retired route frees nothing twice; a forgotten
+    // service starts over.
+    r.forget("svc", "/u/alice/orders");
+    assert_eq!(r.count("svc"), 3);
+    r.forget_service("svc");
+    assert_eq!(t(&mut r, &s, "/u/alice/orders"), "/u/alice/orders");
 }
 
 #[test]
