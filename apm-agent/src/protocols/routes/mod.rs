@@ -118,7 +118,7 @@ impl Routes {
     /// counts against --max-routes.
     pub fn forget(&mut self, service: &str, template: &str) {
         if let Some(state) = self.services.get_mut(service) {
-            state.routes.remove(template);
+            state.remove(template);
         }
         self.memo.clear();
     }
@@ -174,7 +174,7 @@ impl Routes {
             .collect();
         if let Some(p) = self.config.patterns.iter().find(|p| p.matches(&segments)) {
             let template = p.text.clone();
-            return self.admit(service, template);
+            return self.admit(service, template, false);
         }
         let state = self.services.entry(service.clone()).or_default();
         let (template, collapsed) = state.template(&segments, &self.config);
@@ -187,10 +187,13 @@ impl Routes {
             Some(known) => known.clone(),
             None => template.into(),
         };
-        self.admit(service, template)
+        self.admit(service, template, true)
     }
 
-    fn admit(&mut self, service: &Arc<str>, template: Arc<str>) -> Route {
+    /// Files a request under `template` if it is known or there is room
+    /// for it; a templated route (not a pattern's) is placed in the tree
+    /// so that a collapse above it retires it.
+    fn admit(&mut self, service: &Arc<str>, template: Arc<str>, templated: bool) -> Route {
         let max = self.config.max_routes;
         let state = self.services.entry(service.clone()).or_default();
         if state.routes.contains(&template) {
@@ -200,7 +203,11 @@ impl Routes {
             };
         }
         if state.routes.len() < max {
-            state.routes.insert(template.clone());
+            if templated {
+                state.insert(template.clone());
+            } else {
+                state.routes.insert(template.clone());
+            }
             return Route {
                 template,
                 overflow: false,

@@ -409,3 +409,51 @@ fn user_patterns_take_precedence() {
     assert!(Pattern::parse("users").is_err());
     assert!(Pattern::parse("/{*a}/b").is_err());
 }
+
+#[test]
+fn the_tree_stays_consistent_through_collapses_expiry_and_full_tables() {
+    let config = RouteConfig {
+        max_routes: 20,
+        max_words: 3,
+        max_children: 4,
+        patterns: vec![Pattern::parse("/a/b/{x}").expect("pattern")],
+    };
+    let mut r = Routes::new(config.clone());
+    let s: Arc<str> = "svc".into();
+    let pieces = [
+        "a", "b", "c", "d", "e", "f", "go", "v1", "v2", "7", "x.js", "y.js", "Z", "b;p=1",
+    ];
+    // A fixed linear congruential sequence: the same walk on every run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        (state >> 33) as usize % n
+    };
+    let mut collapses = 0;
+    for step in 0..20_000 {
+        match next(50) {
+            0 => {
+                let known: Vec<String> = r.templates("svc").map(str::to_owned).collect();
+                if !known.is_empty() {
+                    r.forget("svc", &known[next(known.len())]);
+                }
+            }
+            1 if step % 7 == 0 => r.forget_service("svc"),
+            _ => {
+                let depth = 1 + next(4);
+                let path: String = (0..depth)
+                    .map(|_| format!("/{}", pieces[next(pieces.len())]))
+                    .collect();
+                r.template(&s, &path);
+            }
+        }
+        collapses += r.take_collapses();
+        if let Some(state) = r.services.get("svc") {
+            state.check(&config);
+        }
+        assert!(r.count("svc") <= 20);
+    }
+    assert!(collapses > 100, "{collapses} collapses");
+}

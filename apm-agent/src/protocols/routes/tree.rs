@@ -1,6 +1,6 @@
-//! One service's routes and what each position of its paths has held:
-//! where a position that takes many distinct words becomes `{var}`, and
-//! the routes its words made are retired.
+//! One service's routes, and the tree of what each position of its paths
+//! has held: where a position that takes many distinct words becomes
+//! `{var}`, and the routes its words made are retired.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -14,56 +14,104 @@ use super::{
 #[derive(Default)]
 pub(super) struct ServiceRoutes {
     pub routes: FxHashSet<Arc<str>>,
-    /// What the segment after each parent template (`""` is the root) has
-    /// held.
-    positions: FxHashMap<String, Position>,
+    /// The position of a path's first segment.
+    root: Node,
+    /// Nodes below the root.
+    nodes: usize,
 }
 
-/// The segments seen at one position of a service's paths.
+/// A position of the service's paths: the segment after one parent
+/// template, and the template forms it has taken.
 #[derive(Default)]
-struct Position {
-    /// Distinct words (not versions, not at the root), at most
-    /// `max_words`; emptied when the position collapses.
-    words: FxHashSet<Box<str>>,
-    /// Distinct versions, file names and root words, at most
+struct Node {
+    /// By template segment (`orders`, `{id}`, `app.js`, `{var}.js`), the
+    /// position after it.
+    children: FxHashMap<Box<str>, Node>,
+    /// Children that are words (not versions, not at the root), at most
+    /// `max_words`.
+    words: usize,
+    /// Children that are versions, file names or root words, at most
     /// `max_children`.
-    kept: FxHashSet<Box<str>>,
-    /// More than `max_words` distinct words came: every word is `{var}`.
+    kept: usize,
+    /// One word more than `max_words` came: every word here is `{var}`.
     collapsed: bool,
+    /// Routes whose template ends here or leaves the tree here.
+    routes: Vec<Arc<str>>,
 }
 
-/// What becomes of a segment at its position.
-enum Fate<'a> {
-    Keep(&'a str),
-    Fallback,
-    /// The word is one too many: the position collapses.
-    Collapse,
-}
-
-impl Position {
-    fn fate<'a>(&mut self, seg: &Segment<'a>, root: bool, config: &RouteConfig) -> Fate<'a> {
-        let (set, max, text) = match *seg {
-            Segment::Word(w) if !root => {
-                if self.collapsed {
-                    return Fate::Fallback;
-                }
-                (&mut self.words, config.max_words, w)
-            }
-            Segment::Word(s) | Segment::Version(s) | Segment::File(s, _) => {
-                (&mut self.kept, config.max_children, s)
-            }
-            Segment::Placeholder(_) => return Fate::Fallback,
+impl Node {
+    /// The template form of `seg` here, counted if it is new; `None` when
+    /// it is one word too many, so the position must collapse.
+    fn place<'a>(
+        &mut self,
+        seg: &Segment<'a>,
+        root: bool,
+        grow: bool,
+        config: &RouteConfig,
+    ) -> Option<Cow<'a, str>> {
+        let text = match *seg {
+            Segment::Word(s) | Segment::Version(s) | Segment::File(s, _) => s,
+            Segment::Placeholder(_) => return Some(seg.fallback()),
         };
-        if set.contains(text) {
-            Fate::Keep(text)
-        } else if set.len() < max {
-            set.insert(text.into());
-            Fate::Keep(text)
-        } else if matches!(seg, Segment::Word(_)) && !root {
-            Fate::Collapse
-        } else {
-            Fate::Fallback
+        let word = matches!(seg, Segment::Word(_)) && !root;
+        if word && self.collapsed {
+            return Some(VAR.into());
         }
+        if self.children.contains_key(text) {
+            return Some(text.into());
+        }
+        let (count, max) = if word {
+            (&mut self.words, config.max_words)
+        } else {
+            (&mut self.kept, config.max_children)
+        };
+        if word && *count >= max {
+            return None;
+        }
+        if !grow || *count >= max {
+            return Some(seg.fallback());
+        }
+        *count += 1;
+        Some(text.into())
+    }
+
+    /// The position after `key`, made if it is new and `grow`.
+    fn child(&mut self, key: &str, grow: bool) -> Option<(&mut Node, bool)> {
+        let new = !self.children.contains_key(key);
+        if new {
+            if !grow {
+                return None;
+            }
+            self.children.insert(key.into(), Node::default());
+        }
+        self.children.get_mut(key).map(|n| (n, new))
+    }
+
+    /// Makes every word here `{var}` from now on: the word children go,
+    /// with everything beneath them, and their routes leave `routes` (a
+    /// pattern's stays). Returns the number of nodes removed.
+    fn collapse(&mut self, routes: &mut FxHashSet<Arc<str>>, config: &RouteConfig) -> usize {
+        self.collapsed = true;
+        self.words = 0;
+        let mut folded = Vec::new();
+        self.children.retain(|key, child| {
+            let word = matches!(Segment::of(key), Segment::Word(_));
+            if word {
+                folded.push(std::mem::take(child));
+            }
+            !word
+        });
+        let mut removed = 0;
+        while let Some(node) = folded.pop() {
+            removed += 1;
+            for route in &node.routes {
+                if !config.patterns.iter().any(|p| p.text == *route) {
+                    routes.remove(route);
+                }
+            }
+            folded.extend(node.children.into_values());
+        }
+        removed
     }
 }
 
@@ -72,42 +120,44 @@ impl ServiceRoutes {
     /// learning what each position holds, and how many positions it
     /// collapsed.
     pub fn template(&mut self, segments: &[&str], config: &RouteConfig) -> (String, u32) {
-        // Parents tracked per service, so a flood of distinct paths cannot
-        // grow the position map without bound.
-        let max_parents = config.max_routes.saturating_mul(4).max(16);
+        // Nodes per service, so a flood of distinct paths cannot grow the
+        // tree without bound.
+        let max_nodes = config.max_routes.saturating_mul(4).max(16);
+        let Self {
+            routes,
+            root,
+            nodes,
+        } = self;
         let mut collapsed = 0;
         let mut template = String::with_capacity(64);
+        // None once the path leaves the tree (no room for a new node):
+        // from there on, only placeholders.
+        let mut node = Some(root);
         for (depth, raw) in segments.iter().enumerate() {
             if depth == MAX_DEPTH {
                 template.push_str("/{rest}");
                 break;
             }
             let seg = Segment::of(raw);
-            let text: Cow<'_, str> = if let Segment::Placeholder(p) = seg {
-                p
-            } else if !self.positions.contains_key(&template) && self.positions.len() >= max_parents
-            {
-                seg.fallback()
-            } else {
-                // The parent's key is cloned only when it is new.
-                let position = match self.positions.get_mut(&template) {
-                    Some(position) => position,
-                    None => self.positions.entry(template.clone()).or_default(),
-                };
-                match position.fate(&seg, depth == 0, config) {
-                    Fate::Keep(text) => text.into(),
-                    Fate::Fallback => seg.fallback(),
-                    Fate::Collapse => {
-                        position.collapsed = true;
-                        let words = std::mem::take(&mut position.words);
-                        self.retire(&template, &words, config);
+            let grow = *nodes < max_nodes;
+            let text = match node.as_deref_mut() {
+                None => seg.fallback(),
+                Some(n) => match n.place(&seg, depth == 0, grow, config) {
+                    Some(text) => text,
+                    None => {
+                        *nodes = nodes.saturating_sub(n.collapse(routes, config));
                         collapsed += 1;
                         VAR.into()
                     }
-                }
+                },
             };
             template.push('/');
             template.push_str(&text);
+            let grow = *nodes < max_nodes;
+            node = node.and_then(|n| n.child(&text, grow)).map(|(n, new)| {
+                *nodes += usize::from(new);
+                n
+            });
         }
         if template.is_empty() {
             template.push('/');
@@ -115,20 +165,84 @@ impl ServiceRoutes {
         (template, collapsed)
     }
 
-    /// Removes every route and position under `parent`/`word` for the
-    /// `words` of a collapsed position (a pattern's route stays): they no
-    /// longer count against --max-routes, and those paths now file under
-    /// `parent/{var}`.
-    fn retire(&mut self, parent: &str, words: &FxHashSet<Box<str>>, config: &RouteConfig) {
-        let under = |template: &str| {
-            template
-                .strip_prefix(parent)
-                .and_then(|rest| rest.strip_prefix('/'))
-                .map(|rest| rest.split_once('/').map_or(rest, |(first, _)| first))
-                .is_some_and(|first| words.contains(first))
-        };
-        let pattern = |template: &str| config.patterns.iter().any(|p| *p.text == *template);
-        self.routes.retain(|r| !under(r) || pattern(r));
-        self.positions.retain(|key, _| !under(key));
+    /// Adds a route, known where its template leaves the tree so that a
+    /// collapse above it retires it.
+    pub fn insert(&mut self, template: Arc<str>) {
+        self.walk(&template, |node, last| {
+            if last {
+                node.routes.push(template.clone());
+            }
+        });
+        self.routes.insert(template);
+    }
+
+    /// Removes a route.
+    pub fn remove(&mut self, template: &str) {
+        self.routes.remove(template);
+        // On every node of its path: it was registered where the tree
+        // ended then, and the tree may have grown since.
+        self.walk(template, |node, _| {
+            node.routes.retain(|r| **r != *template);
+        });
+    }
+
+    /// Follows `template` down the tree as far as it goes, running `f` on
+    /// each node and whether it is the last.
+    fn walk(&mut self, template: &str, mut f: impl FnMut(&mut Node, bool)) {
+        let mut node = &mut self.root;
+        let mut pieces = template.split('/').filter(|p| !p.is_empty());
+        loop {
+            let Some(piece) = pieces.next().filter(|p| node.children.contains_key(*p)) else {
+                f(node, true);
+                return;
+            };
+            f(node, false);
+            match node.children.get_mut(piece) {
+                Some(next) => node = next,
+                None => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl ServiceRoutes {
+    /// Panics unless the tree agrees with itself and with `routes`: each
+    /// templated route registered once, the node count right, and no
+    /// position below the root over `max_words` words.
+    pub fn check(&self, config: &RouteConfig) {
+        fn visit(
+            node: &Node,
+            depth: usize,
+            config: &RouteConfig,
+            seen: &mut Vec<Arc<str>>,
+        ) -> usize {
+            let words = node
+                .children
+                .keys()
+                .filter(|k| depth > 0 && matches!(Segment::of(k), Segment::Word(_)))
+                .count();
+            assert_eq!(words, node.words, "words counted");
+            assert!(words <= config.max_words);
+            assert!(!node.collapsed || words == 0);
+            seen.extend(node.routes.iter().cloned());
+            let below: usize = node
+                .children
+                .values()
+                .map(|c| visit(c, depth + 1, config, seen))
+                .sum();
+            node.children.len() + below
+        }
+        let mut seen = Vec::new();
+        assert_eq!(visit(&self.root, 0, config, &mut seen), self.nodes);
+        seen.sort();
+        let mut want: Vec<Arc<str>> = self
+            .routes
+            .iter()
+            .filter(|r| !config.patterns.iter().any(|p| p.text == **r))
+            .cloned()
+            .collect();
+        want.sort();
+        assert_eq!(seen, want);
     }
 }
