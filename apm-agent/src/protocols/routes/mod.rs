@@ -95,7 +95,8 @@ pub struct Routes {
     overflow: Arc<str>,
     /// (service, path) hashed with a per-process random key (SipHash), so
     /// nobody can craft a path that lands on another path's route, to the
-    /// admitted template. Cleared whenever a route is forgotten.
+    /// admitted template. Cleared whenever a route is forgotten or a
+    /// position collapses.
     memo: FxHashMap<u64, Arc<str>>,
     keys: RandomState,
     /// Positions collapsed since [`Routes::take_collapses`] last ran.
