@@ -121,6 +121,12 @@ pub struct Config {
     #[arg(long, env = "APM_MAX_ROUTES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_routes: u32,
 
+    /// Distinct lower-case words a path position below the root keeps
+    /// verbatim (`/users/alice`); one more makes every word there `{var}`
+    /// and retires the routes they made.
+    #[arg(long, env = "APM_MAX_ROUTE_WORDS", default_value_t = crate::protocols::routes::DEFAULT_MAX_WORDS as u32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_route_words: u32,
+
     /// Duration-histogram series across all services; requests of a new
     /// series beyond it are counted (apm_http_series_over_budget_total)
     /// but not recorded in the histogram.
@@ -362,6 +368,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9464".parse().expect("addr"));
         assert!(c.monitors_all_ports());
         assert_eq!(c.refresh_interval, Duration::from_secs(1));
+        assert_eq!(c.max_route_words, 10);
     }
 
     #[test]

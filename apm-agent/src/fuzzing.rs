@@ -13,7 +13,7 @@ use apm_common::events::{PacketHeader, direction, tcp_flags};
 use crate::{
     protocols::{
         http::{self, Framing},
-        routes::{FILE_EXTENSIONS, OVERFLOW_ROUTE, RouteConfig, Routes, is_route_word},
+        routes::{FILE_EXTENSIONS, OVERFLOW_ROUTE, RouteConfig, Routes, is_route_word, is_version},
     },
     services::directory::{Directory, Services},
     telemetry::{metrics::Metrics, pipeline::Pipeline, synthetic},
@@ -43,11 +43,13 @@ pub fn http(data: &[u8]) {
 }
 
 /// The route templater on newline-separated paths: templates stay within
-/// the caps, and every kept segment is a route word or a placeholder, or a
-/// file name whose name is one of those and whose extension is known.
+/// the caps, every kept segment is a route word or a placeholder, or a
+/// file name whose name is one of those and whose extension is known, and
+/// no position below the root holds more than `max_words` words.
 pub fn routes(data: &[u8]) {
     let config = RouteConfig {
         max_routes: 20,
+        max_words: 3,
         max_children: 4,
         patterns: Vec::new(),
     };
@@ -70,6 +72,26 @@ pub fn routes(data: &[u8]) {
             assert!(word(seg) || file, "{seg:?} in {t:?} from {path:?}");
         }
         assert!(routes.count("fuzz") <= 20);
+        assert_words_per_position(&routes, "fuzz", 3);
+    }
+}
+
+/// Panics if a position below the root holds more than `max` words in
+/// the routes of `service`.
+fn assert_words_per_position(routes: &Routes, service: &str, max: usize) {
+    let mut words = std::collections::HashMap::<&str, std::collections::HashSet<&str>>::new();
+    for t in routes.templates(service) {
+        let mut end = 0;
+        for seg in t.split('/').skip(1) {
+            let parent = &t[..end];
+            end += 1 + seg.len();
+            if !parent.is_empty() && is_route_word(seg) && !is_version(seg) {
+                words.entry(parent).or_default().insert(seg);
+            }
+        }
+    }
+    for (parent, w) in words {
+        assert!(w.len() <= max, "{parent}: {w:?}");
     }
 }
 

@@ -144,6 +144,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let lost_recently = agent.lost_recently.clone();
     let routes = RouteConfig {
         max_routes: config.max_routes as usize,
+        max_words: config.max_route_words as usize,
         patterns: config.routes.clone(),
         ..Default::default()
     };

@@ -164,15 +164,17 @@ fn fifty_thousand_distinct_paths_stay_under_the_route_cap() {
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
     agent.wait_for_service(port, "apm-httpd");
 
-    // 50 x 50 x 20 distinct paths; no parent has enough children to
-    // collapse, so only the route cap (1000) bounds them. Pipelined in
-    // batches of 10 to keep the test quick.
+    // 50 x 10 x 10 x 10 distinct paths; no position collapses (the root
+    // keeps up to 100 words, the others 10), so only the route cap (1000)
+    // bounds them. Pipelined in batches of 10 to keep the test quick.
     // Words, not numbers: a segment with digits would be a placeholder.
     let w = |n: u8| format!("{}{}", (b'a' + n / 26) as char, (b'a' + n % 26) as char);
     let paths: Vec<String> = (0..50u8)
         .flat_map(|a| {
-            (0..50u8).flat_map(move |b| {
-                (0..20u8).map(move |c| format!("/s-{}/t-{}/u-{}", w(a), w(b), w(c)))
+            (0..10u8).flat_map(move |b| {
+                (0..10u8).flat_map(move |c| {
+                    (0..10u8).map(move |d| format!("/s-{}/t-{}/u-{}/x-{}", w(a), w(b), w(c), w(d)))
+                })
             })
         })
         .collect();

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub http_resyncs: IntCounterVec,
     pub http_routes: IntGaugeVec,
     pub http_route_overflow: IntCounterVec,
+    pub http_route_collapses: IntCounterVec,
     pub http_series_over_budget: IntCounter,
     pub ports_expired: IntCounter,
     pub alerts_active: IntGaugeVec,
@@ -345,6 +346,11 @@ impl Metrics {
             http_route_overflow: counter(
                 "apm_http_route_overflow_total",
                 "Requests filed under the {overflow} route because the service reached --max-routes.",
+                &[SERVICE],
+            )?,
+            http_route_collapses: counter(
+                "apm_http_route_collapses_total",
+                "Path positions that took more than --max-route-words distinct words and became {var}, their word routes retired.",
                 &[SERVICE],
             )?,
             http_series_over_budget: plain_counter(

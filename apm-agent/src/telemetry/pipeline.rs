@@ -173,6 +173,7 @@ impl Pipeline {
                 &metrics.http_seen,
                 &metrics.http_paired,
                 &metrics.http_route_overflow,
+                &metrics.http_route_collapses,
             ] {
                 let _ = family.remove_label_values(&[&name]);
             }

@@ -137,17 +137,27 @@ impl Sink for Recorder<'_> {
         let (name, _) = self.service(origin, 0);
         let before = self.routes.count(&name);
         let route = self.routes.template(&name, path);
+        let collapses = self.routes.take_collapses();
+        if before == 0 {
+            // A new service: export its counters from zero.
+            for family in [
+                &self.metrics.http_route_overflow,
+                &self.metrics.http_route_collapses,
+            ] {
+                family.with_label_values(&[&*name]).inc_by(0);
+            }
+        }
         if route.overflow {
             self.metrics
                 .http_route_overflow
                 .with_label_values(&[&*name])
                 .inc();
-        } else if before == 0 {
-            // A new service: export its overflow counter from zero.
+        }
+        if collapses > 0 {
             self.metrics
-                .http_route_overflow
+                .http_route_collapses
                 .with_label_values(&[&*name])
-                .inc_by(0);
+                .inc_by(collapses);
         }
         let after = self.routes.count(&name);
         if after != before {

@@ -243,3 +243,61 @@ fn garbage_records_are_counted_not_fatal() {
     r.handle_record(&bad, &m);
     assert_eq!(m.ringbuf_decode_errors.get(), 2);
 }
+
+#[test]
+fn a_collapsed_position_drops_the_route_count_and_its_word_series_expire() {
+    let (mut r, m) = setup();
+    let sec = 1_000_000_000u64;
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let mut ts = 0;
+    let mut send = |r: &mut Requests, path: &str| {
+        let get = format!("GET {path} HTTP/1.1\r\n\r\n");
+        ts += 1_000_000;
+        r.handle_record(&record(EventKind::Read, ts, 7, 4, 8080, get.as_bytes()), &m);
+        r.handle_record(&record(EventKind::Write, ts + 1000, 7, 4, 8080, ok), &m);
+    };
+    let name = |i: usize| {
+        format!(
+            "{}{}",
+            ["ka", "lo", "mi", "re"][i / 4],
+            ["su", "ta", "ne", "vi"][i % 4]
+        )
+    };
+    r.handle_record(&record(EventKind::Accept, 0, 7, 4, 8080, b""), &m);
+    r.now_ns = 100 * sec;
+    for i in 0..11 {
+        send(&mut r, &format!("/users/{}/orders", name(i)));
+    }
+    let routes = |m: &Metrics| {
+        let text = m.encode().expect("encode");
+        let mut found: Vec<(String, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("http_server_request_duration_seconds_count{"))
+            .filter_map(|l| {
+                let route = l.split("http_route=\"").nth(1)?.split('"').next()?;
+                let n = l.rsplit(' ').next()?.parse().ok()?;
+                Some((route.to_owned(), n))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    // Ten word routes, then the eleventh name collapses the position: one
+    // route left in the table, eleven series with every request in them.
+    let found = routes(&m);
+    assert_eq!(found.len(), 11, "{found:?}");
+    assert_eq!(found.iter().map(|(_, n)| n).sum::<u64>(), 11);
+    assert!(found.contains(&("/users/{var}/orders".to_owned(), 1)));
+    assert_eq!(m.http_routes.with_label_values(&["api"]).get(), 1);
+    assert_eq!(m.http_route_collapses.with_label_values(&["api"]).get(), 1);
+    // The first name files under `{var}` now; its series gets nothing.
+    r.now_ns = 700 * sec;
+    send(&mut r, &format!("/users/{}/orders", name(0)));
+    r.expire(701 * sec, 600 * sec, &m);
+    assert_eq!(routes(&m), vec![("/users/{var}/orders".to_owned(), 2)]);
+    assert_eq!(m.http_series_expired.get(), 10);
+    assert_eq!(m.http_routes.with_label_values(&["api"]).get(), 1);
+    let s = r.snapshot(0);
+    let api = &s.services["api"];
+    assert_eq!((api.route_count, api.requests_paired), (1, 12));
+}
