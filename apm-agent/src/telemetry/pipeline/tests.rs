@@ -250,7 +250,7 @@ fn a_collapsed_position_drops_the_route_count_and_its_word_series_expire() {
     let sec = 1_000_000_000u64;
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let mut ts = 0;
-    let mut send = |r: &mut Requests, path: &str| {
+    let mut send = |r: &mut Pipeline, path: &str| {
         let get = format!("GET {path} HTTP/1.1\r\n\r\n");
         ts += 1_000_000;
         r.handle_record(&record(EventKind::Read, ts, 7, 4, 8080, get.as_bytes()), &m);
