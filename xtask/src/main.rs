@@ -57,7 +57,12 @@ enum Cmd {
     },
     /// Measure the agent's overhead (wrk + nginx, criterion) and write
     /// docs/benchmarks.md. Needs root.
-    Bench,
+    Bench {
+        /// Only the paired nginx bench (about 3 minutes), printed, not
+        /// written.
+        #[arg(long)]
+        paired_only: bool,
+    },
     /// Steady mixed load for N minutes with the agent's RSS and CPU sampled
     /// every minute; fails if RSS grows 5 % or more after warm-up. Needs root.
     Soak {
@@ -126,7 +131,7 @@ fn main() -> Result<()> {
             drop(demo);
             result
         }
-        Cmd::Bench => {
+        Cmd::Bench { paired_only } => {
             bootstrap::ensure_build_deps()?;
             bootstrap::ensure_bench_deps()?;
             if !bootstrap::is_root() {
@@ -135,6 +140,9 @@ fn main() -> Result<()> {
                 );
             }
             let agent = build_agent(&root, true)?;
+            if paired_only {
+                return bench::paired_only(&agent);
+            }
             bench::bench(&root, &agent)
         }
         Cmd::Soak { minutes, record } => {

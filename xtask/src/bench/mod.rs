@@ -1,6 +1,10 @@
 //! `cargo xtask bench`: the agent's cost, measured, written to
 //! docs/benchmarks.md as ratios against a baseline from the same run.
 //!
+//! The headline is `paired`: one nginx with a captured and an uncaptured
+//! port, 1-second runs alternating inside one run, so this VM's drift
+//! between runs cancels. Then:
+//!
 //! 1. criterion: the userspace pipeline on synthetic packet and syscall
 //!    records (events/s).
 //! 2. wrk against nginx serving a small file over keep-alive, nginx pinned
@@ -20,6 +24,7 @@
 //! 5. redis-benchmark against redis-server, without and with the agent
 //!    timing every command (`redis`).
 
+mod paired;
 mod redis;
 mod report;
 pub mod tools;
@@ -88,12 +93,34 @@ impl Arm {
     }
 }
 
+/// `cargo xtask bench --paired-only`: the headline alone, printed.
+pub fn paired_only(agent: &Path) -> Result<()> {
+    let work = std::env::temp_dir().join("apm-bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("www"))?;
+    std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
+    let p = paired::nginx_paired(agent, &work)?;
+    let ((lo, hi), (aa_lo, aa_hi)) = (p.ci95(), p.aa_ci95());
+    println!(
+        "paired, captured/uncaptured port of one nginx: {:.3} (95 % CI {lo:.3}-{hi:.3}), A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); {:.0} ns in the packet programs + {:.0} ns in the agent per request (nginx {:.0} ns); paired {:.0} of {:.0}",
+        p.median(),
+        p.aa_median(),
+        p.bpf_ns,
+        p.agent_ns,
+        p.nginx_ns,
+        p.paired,
+        p.sent
+    );
+    Ok(())
+}
+
 pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let pipeline = criterion(root)?;
     let work = std::env::temp_dir().join("apm-bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
+    let paired = paired::nginx_paired(agent, &work)?;
     let port = free_port()?;
     let nginx = Nginx::start(&work, port)?;
     // Warm up nginx and the page cache.
@@ -151,6 +178,13 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
                 .collect::<Vec<_>>(),
         )
     };
+    let paired_line = (
+        paired.median(),
+        paired.ci95(),
+        paired.aa_median(),
+        paired.bpf_ns,
+        paired.agent_ns,
+    );
     let doc = render(&Report {
         pipeline,
         packets_ratios: per_round_ratios(of(Arm::Packets), without),
@@ -172,10 +206,20 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         syscall_cost,
         probe_cost,
         redis,
+        paired,
     });
     let doc = crate::docs::with_sections(root, &doc);
     let path = root.join(crate::docs::BENCHMARKS);
     std::fs::write(&path, doc).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    println!(
+        "paired, captured/uncaptured port of one nginx: {:.3} (95 % CI {:.3}-{:.3}), A/A {:.3}; {:.0} ns in the packet programs + {:.0} ns in the agent per request",
+        paired_line.0,
+        paired_line.1.0,
+        paired_line.1.1,
+        paired_line.2,
+        paired_line.3,
+        paired_line.4,
+    );
     println!(
         "throughput with/without agent: packets {:.3}, syscalls {:.3} (A/A, no agent in either: {:.3}); getppid {:.0} ns without, {:.0} ns with packets; written to docs/benchmarks.md",
         ratio(Arm::Packets),

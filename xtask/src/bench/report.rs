@@ -28,6 +28,7 @@ pub struct Report {
     pub syscall_cost: SyscallCost,
     pub probe_cost: ProbeCost,
     pub redis: RedisBench,
+    pub paired: super::paired::Paired,
 }
 
 /// Median of per-round ratios with its 95 % confidence interval and
@@ -59,7 +60,38 @@ pub fn render(r: &Report) -> String {
     };
     let c = &r.syscall_cost;
     let p = &r.probe_cost;
+    let pr = &r.paired;
+    let ((lo, hi), (aa_lo, aa_hi)) = (pr.ci95(), pr.aa_ci95());
     let rows = [
+        (
+            format!(
+                "**paired**: one nginx, a captured and an uncaptured port, 1-second wrk runs alternating (order flipped every pair): captured / uncaptured, median of {} pairs",
+                pr.ratios.len()
+            ),
+            format!("{:.3} (95 % CI {lo:.3}-{hi:.3})", pr.median()),
+            ">= 0.98, lower bound within 0.02",
+        ),
+        (
+            format!(
+                "**paired A/A**: the same nginx, two uncaptured ports, pairs interleaved with the above, median of {} pairs",
+                pr.aa.len()
+            ),
+            format!("{:.3} (95 % CI {aa_lo:.3}-{aa_hi:.3})", pr.aa_median()),
+            "0.99-1.01",
+        ),
+        (
+            "**paired**: CPU added per captured request: packet programs (kernel BPF statistics around each captured run) + agent process (its CPU over the bench / requests on the captured port); nginx's own CPU per request for scale".into(),
+            format!(
+                "{:.0} ns + {:.0} ns = {:.2} µs (nginx {:.0} ns); paired {:.0} of {:.0} sent",
+                pr.bpf_ns,
+                pr.agent_ns,
+                (pr.bpf_ns + pr.agent_ns) / 1000.0,
+                pr.nginx_ns,
+                pr.paired,
+                pr.sent
+            ),
+            "<= 0.75 µs",
+        ),
         (
             "packet programs' run time per request (kernel BPF statistics) / nginx CPU per request"
                 .into(),

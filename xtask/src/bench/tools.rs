@@ -188,10 +188,18 @@ pub struct ProbeCost {
 
 const STATS_SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-pub fn probe_cost(agent: &Path, port: u16) -> Result<ProbeCost> {
+/// Runs `f` with the kernel's BPF run-time statistics on, restoring the
+/// switch after.
+pub fn with_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     let before = std::fs::read_to_string(STATS_SWITCH).context("reading bpf_stats_enabled")?;
     std::fs::write(STATS_SWITCH, "1").context("enabling BPF run-time statistics")?;
-    let result = (|| {
+    let result = f();
+    let _ = std::fs::write(STATS_SWITCH, before.trim());
+    result
+}
+
+pub fn probe_cost(agent: &Path, port: u16) -> Result<ProbeCost> {
+    with_bpf_stats(|| {
         let _agent = RunningAgent::start(agent, port, &[], true)?;
         let programs = ["capture_ingress", "capture_egress"];
         let (time0, runs0) = bpf_run_time(&programs)?;
@@ -205,14 +213,12 @@ pub fn probe_cost(agent: &Path, port: u16) -> Result<ProbeCost> {
             runs_per_request: (runs1 - runs0) as f64 / requests,
             nginx_ns_per_request: nginx * 1e9 / requests,
         })
-    })();
-    let _ = std::fs::write(STATS_SWITCH, before.trim());
-    result
+    })
 }
 
 /// (run_time_ns, run_cnt) summed over the loaded programs named `names`,
 /// from `bpftool prog show --json`.
-fn bpf_run_time(names: &[&str]) -> Result<(u64, u64)> {
+pub fn bpf_run_time(names: &[&str]) -> Result<(u64, u64)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -230,7 +236,7 @@ fn bpf_run_time(names: &[&str]) -> Result<(u64, u64)> {
 }
 
 /// CPU seconds of every nginx process (ours is the only one).
-fn nginx_cpu_seconds() -> Result<f64> {
+pub fn nginx_cpu_seconds() -> Result<f64> {
     let mut total = 0.0;
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
@@ -325,7 +331,7 @@ fn wait_ready(admin: u16, port: u16, nginx: bool) -> Result<()> {
     bail!("the agent did not start monitoring port {port} within 20 s")
 }
 
-fn paired(admin: u16) -> Result<f64> {
+pub fn paired(admin: u16) -> Result<f64> {
     crate::load::metric_sum(admin, "apm_http_requests_paired_total{")
 }
 
@@ -467,6 +473,15 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(work: &Path, port: u16) -> Result<Self> {
+        Self::start_ports(work, &[port])
+    }
+
+    /// One nginx process (one worker) serving the same files on `ports`.
+    pub fn start_ports(work: &Path, ports: &[u16]) -> Result<Self> {
+        let listen: String = ports
+            .iter()
+            .map(|p| format!("listen 127.0.0.1:{p}; "))
+            .collect();
         let conf: PathBuf = work.join("nginx.conf");
         std::fs::write(
             &conf,
@@ -474,7 +489,7 @@ impl Nginx {
                 "worker_processes 1;\ndaemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
                  events {{ worker_connections 1024; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {w};\n  proxy_temp_path {w};\n  fastcgi_temp_path {w};\n  uwsgi_temp_path {w};\n  scgi_temp_path {w};\n\
-                 server {{ listen 127.0.0.1:{port}; root {w}/www; }}\n}}\n",
+                 server {{ {listen}root {w}/www; }}\n}}\n",
                 w = work.display()
             ),
         )?;
@@ -484,9 +499,11 @@ impl Nginx {
             .spawn()
             .context("starting nginx")?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        for &port in ports {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                ensure!(Instant::now() < deadline, "nginx did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Ok(Self { child })
     }
