@@ -65,7 +65,7 @@ pub struct Config {
     pub alert_webhooks: Vec<String>,
 
     /// Break the agent on purpose, for tests of its own health reporting:
-    /// `poison-pipeline` panics while holding the request pipeline's lock;
+    /// `poison-pipeline` panics the request pipeline's thread after a second;
     /// `discard-records` reads the ring buffer and drops every record
     /// unparsed (`cargo xtask bench` measures the kernel side alone so).
     #[arg(long, hide = true, value_enum)]

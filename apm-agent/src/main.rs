@@ -81,6 +81,16 @@ fn init_logging(config: &Config) -> anyhow::Result<Arc<LogRing>> {
 async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let auth_token = config.auth_token().map_err(anyhow::Error::msg)?;
     let tls = config.tls().map_err(anyhow::Error::msg)?;
+    if auth_token.is_some() && tls.is_none() {
+        for at in std::iter::once(config.listen).chain(config.metrics_listen) {
+            if !at.ip().is_loopback() {
+                warn!(
+                    listen = %at,
+                    "a bearer token is required on a non-loopback listener served without TLS: it crosses the network in clear; give --tls-cert and --tls-key"
+                );
+            }
+        }
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let alerts = config.alerts().map_err(anyhow::Error::msg)?;
     info!(
@@ -227,9 +237,10 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             evaluate::allowed_silence(evaluation_interval),
         ),
     ));
-    // Allowed silence: a few intervals, and at least what a slow procfs
-    // walk on a busy host may take.
-    let allowed = |every: Duration| (every * 3).max(Duration::from_secs(10));
+    // Allowed silence: a few intervals, and at least a minute: /proc reads
+    // can block for seconds behind a process in D state, and a restart
+    // would not unblock them.
+    let allowed = |every: Duration| (every * 3).max(Duration::from_secs(60));
     let refresher = tokio::spawn(refresh_loop(
         state.clone(),
         config.refresh_interval,

@@ -128,18 +128,27 @@ impl Tasks {
 }
 
 /// Checks the tasks every `every` on a thread of its own (independent of
-/// the async runtime, which a stuck task could starve); when one has died,
-/// logs one ERROR line naming it and exits the process with status 70
-/// (EX_SOFTWARE). The agent holds nothing that a restart would lose: its
-/// counters are cumulative in the kernel and Prometheus handles restarts.
+/// the async runtime, which a stuck task could starve); when one has been
+/// dead at two checks in a row (so /health answers 503 for at least
+/// `every` first), logs one ERROR line naming it and exits the process
+/// with status 70 (EX_SOFTWARE). A restart loses no counter (the kernel's
+/// are cumulative; Prometheus treats the agent's as reset) but does lose
+/// alert state: firing alerts fire again after their `for`, and those kept
+/// firing without data are re-sent only once data returns.
 pub fn spawn_watchdog(tasks: Arc<Tasks>, every: Duration) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("apm-watchdog".into())
         .spawn(move || {
+            let mut dead_before = false;
             loop {
                 std::thread::sleep(every);
                 let dead = tasks.dead();
                 if dead.is_empty() {
+                    dead_before = false;
+                    continue;
+                }
+                if !dead_before {
+                    dead_before = true;
                     continue;
                 }
                 let what: Vec<String> = dead

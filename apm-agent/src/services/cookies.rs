@@ -6,8 +6,9 @@
 //!   what reading `/proc/PID/fd` needs, no more);
 //! - the agent's own namespace: `SO_NETNS_COOKIE` on a socket of its own.
 //!
-//! Older kernels learn the others from the socket hooks (see
-//! `capture::netns`). Socket cookies come from `sock_diag`.
+//! On older kernels the other namespaces' services are named by port
+//! alone (one WARN line per namespace). Socket cookies come from
+//! `sock_diag`.
 
 use std::{
     io,

@@ -1,8 +1,9 @@
 //! From ring-buffer records to HTTP metrics and /stats/requests: decode and
 //! pair (`streams`), template (`routes`), record (`metrics`).
 //!
-//! Nothing here touches aya or tokio, so the whole pipeline runs in unit
-//! tests and benchmarks on synthetic records.
+//! Nothing here but `run` (the thread that reads the ring) touches aya,
+//! and nothing touches tokio, so the whole pipeline runs in unit tests and
+//! benchmarks on synthetic records.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -14,7 +15,10 @@ use super::{
 use crate::{
     protocols::routes::{RouteConfig, Routes},
     services::directory::{Directory, Services, UNKNOWN_SERVICE},
-    streams::{Streams, pairing::Unpaired},
+    streams::{
+        Streams,
+        pairing::{InFlight, Unpaired},
+    },
     telemetry::{metrics::Metrics, windows::Windows},
 };
 use rustc_hash::FxHashMap;
@@ -88,12 +92,15 @@ impl Pipeline {
 
     /// Requests read and not yet answered, per service.
     pub fn in_flight_by_service(&self) -> HashMap<String, u64> {
-        let mut out: HashMap<String, u64> = HashMap::new();
+        let mut counts: FxHashMap<&Arc<str>, u64> = FxHashMap::default();
         for f in self.streams.in_flight() {
             let (service, _) = service_of(&self.services, &self.unknown, f.origin, f.port);
-            *out.entry(service.to_string()).or_default() += 1;
+            *counts.entry(service).or_default() += 1;
         }
-        out
+        counts
+            .into_iter()
+            .map(|(name, n)| (name.to_string(), n))
+            .collect()
     }
 
     /// At most `max` duration series across services.
@@ -222,19 +229,34 @@ impl Pipeline {
 
     /// Everything readers see, as of kernel time `now_ns`.
     pub fn publish(&mut self, now_ns: u64) -> PipelineSnapshot {
+        let stats = self.snapshot(now_ns);
+        let in_flight_by_service = stats
+            .services
+            .iter()
+            .filter(|(_, s)| s.in_flight > 0)
+            .map(|(name, s)| (name.clone(), s.in_flight))
+            .collect();
         PipelineSnapshot {
             at_ns: now_ns,
-            stats: self.snapshot(now_ns),
+            stats,
             windows: self.windows.clone(),
-            in_flight_by_service: self.in_flight_by_service(),
+            in_flight_by_service,
         }
     }
 
     /// The /stats/requests document at kernel time `now_ns`.
     pub fn snapshot(&mut self, now_ns: u64) -> RequestStats {
-        let mut in_flight: Vec<InFlightRequest> = self
-            .streams
-            .in_flight()
+        // The oldest MAX_IN_FLIGHT_SHOWN, chosen before anything is
+        // allocated for them: there may be one per tracked connection.
+        let mut oldest: Vec<InFlight> = self.streams.in_flight().collect();
+        let total = oldest.len();
+        if oldest.len() > MAX_IN_FLIGHT_SHOWN {
+            oldest.select_nth_unstable_by_key(MAX_IN_FLIGHT_SHOWN, |f| f.start_ns);
+            oldest.truncate(MAX_IN_FLIGHT_SHOWN);
+        }
+        oldest.sort_by_key(|f| f.start_ns);
+        let in_flight: Vec<InFlightRequest> = oldest
+            .into_iter()
             .map(|f| {
                 let (service, port) = service_of(&self.services, &self.unknown, f.origin, f.port);
                 InFlightRequest {
@@ -246,9 +268,6 @@ impl Pipeline {
                 }
             })
             .collect();
-        let total = in_flight.len();
-        in_flight.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
-        in_flight.truncate(MAX_IN_FLIGHT_SHOWN);
         let per_service_in_flight = self.in_flight_by_service();
         let services = self
             .stats

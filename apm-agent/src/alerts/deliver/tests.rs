@@ -133,7 +133,7 @@ fn live() -> (String, std::sync::mpsc::Receiver<std::time::Instant>) {
             }
             let _ = r
                 .get_mut()
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     (url, rx)
