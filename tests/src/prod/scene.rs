@@ -18,6 +18,11 @@ pub struct Scene {
 
 impl Scene {
     pub fn start(tag: &str, loss_percent: u32) -> Self {
+        Self::start_with(tag, loss_percent, &[])
+    }
+
+    /// [`Scene::start`] with more agent arguments.
+    pub fn start_with(tag: &str, loss_percent: u32, extra: &[&str]) -> Self {
         require_root();
         let nginx_port = free_port().expect("port");
         let app_port = loop {
@@ -29,13 +34,10 @@ impl Scene {
         let link = LinkNs::create(tag, &[nginx_port, app_port], loss_percent).expect("link");
         let nginx = Nginx::start(&link.ns, nginx_port).expect("nginx");
         let app = App::start(&link.ns, app_port).expect("uvicorn");
-        let agent = Agent::start(&[
-            "--port",
-            &nginx_port.to_string(),
-            "--port",
-            &app_port.to_string(),
-        ])
-        .expect("agent");
+        let (nginx_arg, app_arg) = (nginx_port.to_string(), app_port.to_string());
+        let mut args = vec!["--port", &nginx_arg, "--port", &app_arg];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(&args).expect("agent");
         check_packet_capture(&agent).expect("packet capture");
         agent.wait_for_service(nginx_port, "nginx");
         agent.wait_for_service(app_port, "uvicorn");

@@ -32,6 +32,8 @@ pub struct Options {
     pub discard: bool,
     /// Panic after this long (`--test-fault poison-pipeline`).
     pub panic_after: Option<Duration>,
+    /// Spend this long more on every record (`--test-fault slow-pipeline`).
+    pub slow_by: Option<Duration>,
 }
 
 struct Driver {
@@ -55,6 +57,12 @@ impl RecordSink for Driver {
 
     fn record(&mut self, record: &[u8]) {
         self.pipeline.handle_record(record, &self.metrics);
+        if let Some(slow) = self.options.slow_by {
+            let until = Instant::now() + slow;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     fn tick(&mut self) {
