@@ -66,7 +66,7 @@ pub struct Config {
 
     /// Break the agent on purpose, for tests of its own health reporting:
     /// `poison-pipeline` panics the request pipeline's thread after a second;
-    /// `slow-pipeline` makes every record cost the pipeline 20 µs more, so
+    /// `slow-pipeline` makes every record cost the pipeline 100 µs more, so
     /// a few thousand requests a second saturate it;
     /// `discard-records` reads the ring buffer and drops every record
     /// unparsed (`cargo xtask bench` measures the kernel side alone so).

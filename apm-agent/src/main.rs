@@ -188,7 +188,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             panic_after: (config.test_fault == Some(TestFault::PoisonPipeline))
                 .then_some(Duration::from_secs(1)),
             slow_by: (config.test_fault == Some(TestFault::SlowPipeline))
-                .then_some(Duration::from_micros(20)),
+                .then_some(Duration::from_micros(100)),
         },
     )
     .context("starting the request pipeline's thread")?;

@@ -157,7 +157,7 @@ fn endpoints_answer_within_50_ms_at_p99_while_capture_is_flooded() {
     verdict(&Scene::start("flood", 0), "flood", false);
 }
 
-/// Every record costs the pipeline 20 µs more (`--test-fault
+/// Every record costs the pipeline 100 µs more (`--test-fault
 /// slow-pipeline`): the flood outruns it, the ring fills and the kernel
 /// drops records (counted), and the endpoints still answer from the last
 /// snapshot without waiting for the busy pipeline.
