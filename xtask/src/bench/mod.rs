@@ -26,6 +26,7 @@
 
 mod paired;
 mod redis;
+mod redis_paired;
 mod report;
 pub mod tools;
 
@@ -99,18 +100,18 @@ pub fn paired_only(agent: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
-    let p = paired::nginx_paired(agent, &work)?;
-    let ((lo, hi), (aa_lo, aa_hi)) = (p.ci95(), p.aa_ci95());
+    let nginx = paired::nginx_paired(agent, &work)?;
     println!(
-        "paired, captured/uncaptured port of one nginx: {:.3} (95 % CI {lo:.3}-{hi:.3}), A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); {:.0} ns in the packet programs + {:.0} ns in the agent per request (nginx {:.0} ns); paired {:.0} of {:.0}",
-        p.median(),
-        p.aa_median(),
-        p.bpf_ns,
-        p.agent_ns,
-        p.nginx_ns,
-        p.paired,
-        p.sent
+        "{}",
+        nginx.line("nginx, captured/uncaptured port", "request")
     );
+    for p in [1, 16] {
+        let r = redis_paired::redis_paired(agent, p)?;
+        println!(
+            "{}",
+            r.line(&format!("redis -P {p}, timed/untimed server"), "command")
+        );
+    }
     Ok(())
 }
 
@@ -121,6 +122,10 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
     let paired = paired::nginx_paired(agent, &work)?;
+    let redis_paired = [
+        redis_paired::redis_paired(agent, 1)?,
+        redis_paired::redis_paired(agent, 16)?,
+    ];
     let port = free_port()?;
     let nginx = Nginx::start(&work, port)?;
     // Warm up nginx and the page cache.
@@ -207,6 +212,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
         probe_cost,
         redis,
         paired,
+        redis_paired,
     });
     let doc = crate::docs::with_sections(root, &doc);
     let path = root.join(crate::docs::BENCHMARKS);

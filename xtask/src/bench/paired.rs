@@ -26,6 +26,7 @@ pub const PAIRS: usize = 40;
 /// Seconds per wrk run.
 const RUN_SECS: u64 = 1;
 
+#[derive(Default)]
 pub struct Paired {
     /// Captured / uncaptured throughput, per pair.
     pub ratios: Vec<f64>,
@@ -37,8 +38,8 @@ pub struct Paired {
     pub bpf_ns: f64,
     /// Nanoseconds of agent CPU per captured request.
     pub agent_ns: f64,
-    /// Nanoseconds of nginx CPU per request (all ports).
-    pub nginx_ns: f64,
+    /// Nanoseconds of the server's CPU per request (all ports).
+    pub server_ns: f64,
     /// Requests the agent paired / requests wrk completed on A.
     pub paired: f64,
     pub sent: f64,
@@ -60,6 +61,22 @@ impl Paired {
     pub fn aa_ci95(&self) -> (f64, f64) {
         median_ci95(&mut self.aa.clone())
     }
+
+    /// One line of figures, for `what`, per `unit` (request, command).
+    pub fn line(&self, what: &str, unit: &str) -> String {
+        let ((lo, hi), (aa_lo, aa_hi)) = (self.ci95(), self.aa_ci95());
+        format!(
+            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} pairs, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns in the packet programs + {:.0} ns in the agent (server {:.0} ns); timed {:.0} of {:.0}",
+            self.median(),
+            self.ratios.len(),
+            self.aa_median(),
+            self.bpf_ns,
+            self.agent_ns,
+            self.server_ns,
+            self.paired,
+            self.sent
+        )
+    }
 }
 
 pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
@@ -76,16 +93,7 @@ pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
         let paired0 = super::tools::paired(running.admin)?;
         let agent0 = cpu_seconds(running.pid())?;
         let nginx0 = nginx_cpu_seconds()?;
-        let mut out = Paired {
-            ratios: Vec::new(),
-            aa: Vec::new(),
-            captured_rps: Vec::new(),
-            bpf_ns: 0.0,
-            agent_ns: 0.0,
-            nginx_ns: 0.0,
-            paired: 0.0,
-            sent: 0.0,
-        };
+        let mut out = Paired::default();
         let (mut bpf_time, mut all_requests) = (0u64, 0.0);
         for pair in 0..PAIRS {
             let flip = pair % 2 == 1;
@@ -132,7 +140,7 @@ pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
         out.paired = super::tools::paired(running.admin)? - paired0;
         out.bpf_ns = bpf_time as f64 / sent;
         out.agent_ns = (cpu_seconds(running.pid())? - agent0) * 1e9 / sent;
-        out.nginx_ns = (nginx_cpu_seconds()? - nginx0) * 1e9 / all_requests.max(1.0);
+        out.server_ns = (nginx_cpu_seconds()? - nginx0) * 1e9 / all_requests.max(1.0);
         Ok(out)
     })
 }

@@ -60,7 +60,7 @@ impl RedisBench {
 
 /// Busy time of CPUs 0 and 1 so far (everything but idle and iowait),
 /// seconds, from /proc/stat.
-fn cpu_busy() -> Result<[f64; 2]> {
+pub(super) fn cpu_busy() -> Result<[f64; 2]> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -92,7 +92,7 @@ fn measured(port: u16) -> Result<(f64, [f64; 2])> {
     Ok((rps, [0, 1].map(|c| (after[c] - before[c]) / commands * 1e6)))
 }
 
-struct Server(Child);
+pub(super) struct Server(pub Child);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -29,6 +29,8 @@ pub struct Report {
     pub probe_cost: ProbeCost,
     pub redis: RedisBench,
     pub paired: super::paired::Paired,
+    /// Redis, timed / untimed server, without pipelining and with -P 16.
+    pub redis_paired: [super::paired::Paired; 2],
 }
 
 /// Median of per-round ratios with its 95 % confidence interval and
@@ -86,11 +88,21 @@ pub fn render(r: &Report) -> String {
                 pr.bpf_ns,
                 pr.agent_ns,
                 (pr.bpf_ns + pr.agent_ns) / 1000.0,
-                pr.nginx_ns,
+                pr.server_ns,
                 pr.paired,
                 pr.sent
             ),
             "<= 0.75 µs",
+        ),
+        (
+            "**paired** Redis: three redis-servers on one CPU, the agent timing one; redis-benchmark GET runs of ~1 s alternating timed / untimed (A/A: two untimed), without pipelining".into(),
+            r.redis_paired[0].line("-P 1", "command"),
+            ">= 0.98; A/A 0.99-1.01",
+        ),
+        (
+            "**paired** Redis, the same with `-P 16` (every command of a ~1 M commands/s stream captured)".into(),
+            r.redis_paired[1].line("-P 16", "command"),
+            ">= 0.95; A/A 0.99-1.01",
         ),
         (
             "packet programs' run time per request (kernel BPF statistics) / nginx CPU per request"
