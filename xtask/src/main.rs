@@ -58,8 +58,9 @@ enum Cmd {
     /// Measure the agent's overhead (wrk + nginx, criterion) and write
     /// docs/benchmarks.md. Needs root.
     Bench {
-        /// Only the paired nginx bench (about 3 minutes), printed, not
-        /// written.
+        /// Only the paired benches (nginx, Redis -P 1 and -P 16; about 10
+        /// minutes), printed and written to their docs/benchmarks.md
+        /// section.
         #[arg(long)]
         paired_only: bool,
     },
@@ -141,7 +142,7 @@ fn main() -> Result<()> {
             }
             let agent = build_agent(&root, true)?;
             if paired_only {
-                return bench::paired_only(&agent);
+                return bench::paired_only(&root, &agent);
             }
             bench::bench(&root, &agent)
         }

@@ -94,25 +94,31 @@ impl Arm {
     }
 }
 
-/// `cargo xtask bench --paired-only`: the headline alone, printed.
-pub fn paired_only(agent: &Path) -> Result<()> {
+/// `cargo xtask bench --paired-only`: the headline alone, printed and
+/// written to the `paired` section of docs/benchmarks.md.
+pub fn paired_only(root: &Path, agent: &Path) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
     let nginx = paired::nginx_paired(agent, &work)?;
-    println!(
-        "{}",
-        nginx.line("nginx, captured/uncaptured port", "request")
-    );
+    let mut lines = vec![nginx.line("nginx, captured/uncaptured port", "request")];
+    println!("{}", lines[0]);
     for p in [1, 16] {
         let r = redis_paired::redis_paired(agent, p)?;
-        println!(
-            "{}",
-            r.line(&format!("redis -P {p}, timed/untimed server"), "command")
-        );
+        lines.push(r.line(&format!("redis -P {p}, timed/untimed server"), "command"));
+        println!("{}", lines[lines.len() - 1]);
     }
-    Ok(())
+    let body = format!(
+        "## Paired (`cargo xtask bench --paired-only`, {})\n\nCost measured inside one run: 1-second runs alternating between a captured and an uncaptured port of one nginx (one worker on CPU 0, wrk on CPU 1), or a timed and an untimed redis-server (both on CPU 0, redis-benchmark GET on CPU 1), order flipped every pair, A/A pairs of two uncaptured ones interleaved. Medians of per-pair ratios with their 95 % intervals; CPU per request from the kernel's BPF statistics around each captured run and the agent's CPU over the bench.\n\n{}\n",
+        crate::load::utc_now(),
+        lines
+            .iter()
+            .map(|l| format!("- {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    crate::docs::write_section(root, "paired", &body)
 }
 
 pub fn bench(root: &Path, agent: &Path) -> Result<()> {
