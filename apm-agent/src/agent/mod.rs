@@ -198,21 +198,12 @@ impl Agent {
         self.collect();
     }
 
-    /// Collect for a scrape. Ports the kernel started counting since the
-    /// last scan (every-port mode) are named first, so their first
-    /// connections are not filed under "unknown".
+    /// Collect for a scrape, which never walks /proc: the connections of a
+    /// port the kernel started counting since the last scan (every-port
+    /// mode) wait, uncounted, for the refresh that names it, so they are
+    /// filed under its service rather than "unknown".
     pub fn collect_for_scrape(&mut self) {
-        if let Some(kernel) = &self.kernel {
-            let counted = kernel.port_counters();
-            if counted
-                .keys()
-                .any(|p| !self.port_names.contains_key(p) && !self.nameless.contains(p))
-            {
-                self.refresh();
-                return;
-            }
-        }
-        self.collect();
+        self.collect_ports(true);
     }
 
     /// Follow the listeners procfs shows: name ports, track their processes.
@@ -406,10 +397,19 @@ impl Agent {
 
     /// Turn the kernel's cumulative counters into metric increments.
     pub fn collect(&mut self) {
+        self.collect_ports(false);
+    }
+
+    /// [`Self::collect`]; `named_only`: ports not named yet are left for
+    /// the next collection.
+    fn collect_ports(&mut self, named_only: bool) {
         let Some(kernel) = self.kernel.as_ref() else {
             return;
         };
-        let ports = kernel.port_counters();
+        let mut ports = kernel.port_counters();
+        if named_only {
+            ports.retain(|p, _| self.port_names.contains_key(p) || self.nameless.contains(p));
+        }
         let pids = kernel.pid_counters();
         let drops: Vec<u64> = DropReason::ALL.iter().map(|&d| kernel.drops(d)).collect();
 
