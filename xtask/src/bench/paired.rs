@@ -79,6 +79,57 @@ impl Paired {
     }
 }
 
+/// Runs `pairs` pairs of `a` (captured) against `b`, order flipped every
+/// pair, each followed by an A/A pair of `c` against `b`; `run(port)` is
+/// one timed run: (rate, requests or commands done). Fills `out`'s ratios,
+/// A/A ratios, captured rates and units sent to `a`; returns the packet
+/// programs' run time over the captured runs (ns) and the units of all.
+pub fn run_pairs(
+    out: &mut Paired,
+    pairs: usize,
+    [a, b, c]: [u16; 3],
+    what: &str,
+    mut run: impl FnMut(u16) -> Result<(f64, f64)>,
+) -> Result<(u64, f64)> {
+    let programs = ["capture_ingress", "capture_egress"];
+    let (mut bpf_time, mut all) = (0u64, 0.0);
+    for pair in 0..pairs {
+        let flip = pair % 2 == 1;
+        let mut rates = [0.0f64; 4];
+        let order = if flip { [b, a, b, c] } else { [a, b, c, b] };
+        for (k, port) in order.into_iter().enumerate() {
+            let t0 = if port == a {
+                bpf_run_time(&programs)?.0
+            } else {
+                0
+            };
+            let (rate, n) = run(port)?;
+            all += n;
+            if port == a {
+                bpf_time += bpf_run_time(&programs)?.0 - t0;
+                out.sent += n;
+            }
+            // Slots: a, b (first pair); c, b (A/A pair).
+            let slot = match (k < 2, port == b) {
+                (true, false) => 0,
+                (true, true) => 1,
+                (false, false) => 2,
+                (false, true) => 3,
+            };
+            rates[slot] = rate;
+        }
+        out.ratios.push(rates[0] / rates[1]);
+        out.captured_rps.push(rates[0]);
+        out.aa.push(rates[2] / rates[3]);
+        eprintln!(
+            "xtask bench: {what} pair {pair}: captured/uncaptured {:.3}, A/A {:.3}",
+            rates[0] / rates[1],
+            rates[2] / rates[3]
+        );
+    }
+    Ok((bpf_time, all))
+}
+
 pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
     let (a, b, c) = (free_port()?, free_port()?, free_port()?);
     ensure!(a != b && b != c && a != c, "ports collided");
@@ -89,51 +140,13 @@ pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
         let _ = wrk(port, 1)?;
     }
     with_bpf_stats(|| {
-        let programs = ["capture_ingress", "capture_egress"];
         let paired0 = super::tools::paired(running.admin)?;
         let agent0 = cpu_seconds(running.pid())?;
         let nginx0 = nginx_cpu_seconds()?;
         let mut out = Paired::default();
-        let (mut bpf_time, mut all_requests) = (0u64, 0.0);
-        for pair in 0..PAIRS {
-            let flip = pair % 2 == 1;
-            // Captured against uncaptured.
-            let (mut rps_a, mut rps_b) = (0.0, 0.0);
-            for port in if flip { [b, a] } else { [a, b] } {
-                if port == a {
-                    let (t0, _) = bpf_run_time(&programs)?;
-                    let (rps, n) = wrk(port, RUN_SECS)?;
-                    let (t1, _) = bpf_run_time(&programs)?;
-                    bpf_time += t1 - t0;
-                    out.sent += n;
-                    all_requests += n;
-                    rps_a = rps;
-                } else {
-                    let (rps, n) = wrk(port, RUN_SECS)?;
-                    all_requests += n;
-                    rps_b = rps;
-                }
-            }
-            out.ratios.push(rps_a / rps_b);
-            out.captured_rps.push(rps_a);
-            // Uncaptured against uncaptured.
-            let (mut rps_c, mut rps_b2) = (0.0, 0.0);
-            for port in if flip { [b, c] } else { [c, b] } {
-                let (rps, n) = wrk(port, RUN_SECS)?;
-                all_requests += n;
-                if port == c {
-                    rps_c = rps;
-                } else {
-                    rps_b2 = rps;
-                }
-            }
-            out.aa.push(rps_c / rps_b2);
-            eprintln!(
-                "xtask bench: pair {pair}: captured/uncaptured {:.3}, A/A {:.3}",
-                rps_a / rps_b,
-                rps_c / rps_b2
-            );
-        }
+        let (bpf_time, all_requests) = run_pairs(&mut out, PAIRS, [a, b, c], "nginx", |port| {
+            wrk(port, RUN_SECS)
+        })?;
         // Let the agent drain what the last runs queued.
         std::thread::sleep(Duration::from_millis(500));
         let sent = out.sent.max(1.0);

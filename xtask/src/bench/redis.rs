@@ -92,7 +92,19 @@ fn measured(port: u16) -> Result<(f64, [f64; 2])> {
     Ok((rps, [0, 1].map(|c| (after[c] - before[c]) / commands * 1e6)))
 }
 
-pub(super) struct Server(pub Child);
+pub(super) struct Server(Child);
+
+/// A redis-server on `port`, pinned to CPU 0, persisting nothing.
+pub(super) fn server(port: u16) -> Result<Server> {
+    Ok(Server(
+        pinned(0, "redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?,
+    ))
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -153,14 +165,7 @@ fn timed(admin: u16) -> Result<f64> {
 
 pub fn redis_bench(agent: &Path) -> Result<RedisBench> {
     let port = free_port()?;
-    let server = Server(
-        pinned(0, "redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server")?,
-    );
+    let server = server(port)?;
     std::thread::sleep(Duration::from_millis(500));
     let _ = run(port)?; // warm-up
     let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());

@@ -5,31 +5,20 @@
 //! with pairs of the two untimed ones (A/A). Without pipelining and with
 //! `-P 16`, where every command of a ~1 M commands/s stream is captured.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 
 use super::{
-    paired::Paired,
-    redis::{Server, cpu_busy},
-    tools::{RunningAgent, bpf_run_time, free_port, output_within, pinned, with_bpf_stats},
+    paired::{Paired, run_pairs},
+    redis::{cpu_busy, server},
+    tools::{RunningAgent, free_port, output_within, pinned, with_bpf_stats},
 };
 use crate::load::cpu_seconds;
 
 /// Pairs of each kind.
 pub const REDIS_PAIRS: usize = 24;
 const CLIENTS: u32 = 32;
-
-fn server(port: u16) -> Result<Server> {
-    Ok(Server(
-        pinned(0, "redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server")?,
-    ))
-}
 
 /// One redis-benchmark run of `n` GETs with pipelining `p`: commands/s.
 fn run(port: u16, n: u64, p: u32) -> Result<f64> {
@@ -74,44 +63,17 @@ pub fn redis_paired(agent: &Path, pipeline: u32) -> Result<Paired> {
         let _ = run(port, n / 4, pipeline)?;
     }
     with_bpf_stats(|| {
-        let programs = ["capture_ingress", "capture_egress"];
         let timed0 = timed(running.admin)?;
         let agent0 = cpu_seconds(running.pid())?;
         let busy0 = cpu_busy()?;
         let mut out = Paired::default();
-        let mut bpf_time = 0u64;
-        for pair in 0..REDIS_PAIRS {
-            let flip = pair % 2 == 1;
-            let (mut rps_a, mut rps_b) = (0.0, 0.0);
-            for port in if flip { [b, a] } else { [a, b] } {
-                if port == a {
-                    let (t0, _) = bpf_run_time(&programs)?;
-                    rps_a = run(a, n, pipeline)?;
-                    let (t1, _) = bpf_run_time(&programs)?;
-                    bpf_time += t1 - t0;
-                    out.sent += n as f64;
-                } else {
-                    rps_b = run(b, n, pipeline)?;
-                }
-            }
-            out.ratios.push(rps_a / rps_b);
-            out.captured_rps.push(rps_a);
-            let (mut rps_c, mut rps_b2) = (0.0, 0.0);
-            for port in if flip { [b, c] } else { [c, b] } {
-                let rps = run(port, n, pipeline)?;
-                if port == c {
-                    rps_c = rps;
-                } else {
-                    rps_b2 = rps;
-                }
-            }
-            out.aa.push(rps_c / rps_b2);
-            eprintln!(
-                "xtask bench: redis -P {pipeline} pair {pair}: timed/untimed {:.3}, A/A {:.3}",
-                rps_a / rps_b,
-                rps_c / rps_b2
-            );
-        }
+        let (bpf_time, _) = run_pairs(
+            &mut out,
+            REDIS_PAIRS,
+            [a, b, c],
+            &format!("redis -P {pipeline}"),
+            |port| Ok((run(port, n, pipeline)?, n as f64)),
+        )?;
         std::thread::sleep(Duration::from_millis(500));
         let sent = out.sent.max(1.0);
         out.paired = timed(running.admin)? - timed0;
