@@ -216,13 +216,18 @@ fn a_dead_pipeline_fails_liveness_and_the_agent_exits_to_be_restarted() {
     // The pipeline's thread panics one second after start. Liveness turns
     // 503 naming it, and the watchdog (checking every second) ends the
     // agent with EX_SOFTWARE so the kubelet or systemd restarts it.
+    // Once liveness fails, readiness and /health/detailed say so too.
     let mut dead_seen = None;
     let status = wait_for(Duration::from_secs(10), || {
         if dead_seen.is_none()
             && let Ok(r) = get(agent.addr, "/health")
             && r.status == 503
+            && let (Ok(ready), Ok(detailed)) = (
+                get(agent.addr, "/health/ready"),
+                get(agent.addr, "/health/detailed"),
+            )
         {
-            dead_seen = Some(r.body);
+            dead_seen = Some((r.body, ready, detailed));
         }
         std::thread::sleep(Duration::from_millis(20));
         agent.exited()
@@ -240,10 +245,27 @@ fn a_dead_pipeline_fails_liveness_and_the_agent_exits_to_be_restarted() {
     );
     // The watchdog exits at the second check that finds it dead, so
     // liveness answered 503 for at least a second before.
-    let body = dead_seen.unwrap_or_else(|| panic!("/health never answered 503: {log}"));
+    let (body, ready, detailed) =
+        dead_seen.unwrap_or_else(|| panic!("/health never answered 503: {log}"));
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["status"], "dead", "{v}");
     assert!(body.contains("request pipeline"), "{body}");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let v: Value = serde_json::from_str(&ready.body).expect("json");
+    let pipeline = v["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["name"] == "request pipeline")
+        .cloned()
+        .expect("request pipeline task");
+    assert_eq!(pipeline["alive"], false, "{v}");
+    assert_eq!(detailed.status, 503, "{}", detailed.body);
+    assert!(
+        detailed.body.contains("task request pipeline"),
+        "{}",
+        detailed.body
+    );
     eprintln!("the agent exited with 70 {took:?} after start");
 }
 
