@@ -148,8 +148,8 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     }
 
     let events = kernel.as_mut().and_then(|k| k.take_events());
-    let probes = Arc::new(report.clone());
-    let agent = Agent::new(&config, kernel, report, metrics.clone());
+    let agent = Agent::new(&config, kernel, &report, metrics.clone());
+    let probes = Arc::new(report);
     let directory = agent.directory.clone();
     let lost_recently = agent.lost_recently.clone();
     let routes = RouteConfig {

@@ -67,7 +67,6 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     /// tgid → service, shared with the request pipeline.
     pub directory: Arc<Directory>,
-    pub report: ProbeReport,
     kernel: Option<Kernel>,
     discovery: Discovery,
     proc_root: std::path::PathBuf,
@@ -122,7 +121,7 @@ impl Agent {
     pub fn new(
         config: &Config,
         kernel: Option<Kernel>,
-        report: ProbeReport,
+        report: &ProbeReport,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.ebpf_up.set(i64::from(kernel.is_some()));
@@ -138,7 +137,6 @@ impl Agent {
         let mut agent = Self {
             metrics,
             directory: Arc::new(Directory::default()),
-            report,
             kernel,
             discovery: Discovery::new(&config.proc_root),
             proc_root: config.proc_root.clone(),

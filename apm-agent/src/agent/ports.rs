@@ -174,7 +174,7 @@ mod tests {
         let config = Config::try_parse_from(["apm-agent", "--port", "9000", "--comm", "api"])
             .expect("config");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let mut agent = Agent::new(&config, None, ProbeReport::default(), metrics.clone());
+        let mut agent = Agent::new(&config, None, &ProbeReport::default(), metrics.clone());
         agent.apply(&listening(&[8080, 9000]));
         let t0 = Instant::now();
         agent.expire_ports(t0);

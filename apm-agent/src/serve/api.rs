@@ -296,7 +296,7 @@ mod tests {
             disabled_reason: Some("test".into()),
             ..Default::default()
         };
-        let agent = Agent::new(&config, None, report.clone(), metrics.clone());
+        let agent = Agent::new(&config, None, &report, metrics.clone());
         AppState {
             probes: Arc::new(report),
             lost_recently: agent.lost_recently.clone(),
