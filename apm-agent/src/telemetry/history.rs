@@ -143,7 +143,12 @@ pub fn points(
     now_s: u64,
 ) -> BTreeMap<String, ServicePoint> {
     let windows = &pipeline.windows;
-    let in_flight = &pipeline.in_flight_by_service;
+    let in_flight = pipeline
+        .stats
+        .services
+        .iter()
+        .filter(|(_, s)| s.in_flight > 0)
+        .map(|(name, s)| (name, s.in_flight));
     let mut out: BTreeMap<String, ServicePoint> = BTreeMap::new();
     for service in windows.services() {
         let e = windows.error_ratio(service, now_s, STEP);
@@ -162,7 +167,7 @@ pub fn points(
         p.memory_bytes = bytes;
     }
     for (name, n) in in_flight {
-        out.entry(name.clone()).or_default().in_flight = *n as f64;
+        out.entry(name.clone()).or_default().in_flight = n as f64;
     }
     for (name, n) in connections {
         out.entry(name.clone()).or_default().connections = *n;

@@ -91,7 +91,7 @@ impl Pipeline {
     }
 
     /// Requests read and not yet answered, per service.
-    pub fn in_flight_by_service(&self) -> HashMap<String, u64> {
+    fn in_flight_by_service(&self) -> HashMap<String, u64> {
         let mut counts: FxHashMap<&Arc<str>, u64> = FxHashMap::default();
         for f in self.streams.in_flight() {
             let (service, _) = service_of(&self.services, &self.unknown, f.origin, f.port);
@@ -229,18 +229,10 @@ impl Pipeline {
 
     /// Everything readers see, as of kernel time `now_ns`.
     pub fn publish(&mut self, now_ns: u64) -> PipelineSnapshot {
-        let stats = self.snapshot(now_ns);
-        let in_flight_by_service = stats
-            .services
-            .iter()
-            .filter(|(_, s)| s.in_flight > 0)
-            .map(|(name, s)| (name.clone(), s.in_flight))
-            .collect();
         PipelineSnapshot {
             at_ns: now_ns,
-            stats,
+            stats: self.snapshot(now_ns),
             windows: self.windows.clone(),
-            in_flight_by_service,
         }
     }
 

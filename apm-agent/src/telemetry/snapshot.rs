@@ -22,8 +22,6 @@ pub struct PipelineSnapshot {
     pub stats: RequestStats,
     /// The rolling windows the alert rules and the dashboard read.
     pub windows: Windows,
-    /// Requests read and not yet answered, per service.
-    pub in_flight_by_service: HashMap<String, u64>,
 }
 
 impl PipelineSnapshot {
@@ -33,7 +31,6 @@ impl PipelineSnapshot {
             at_ns: 0,
             stats: RequestStats::default(),
             windows: Windows::new(keep),
-            in_flight_by_service: HashMap::new(),
         }
     }
 }
