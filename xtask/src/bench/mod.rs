@@ -110,7 +110,7 @@ pub fn paired_only(root: &Path, agent: &Path) -> Result<()> {
         println!("{}", lines[lines.len() - 1]);
     }
     let body = format!(
-        "## Paired (`cargo xtask bench --paired-only`, {})\n\nCost measured inside one run: 1-second runs alternating between a captured and an uncaptured port of one nginx (one worker on CPU 0, wrk on CPU 1), or a timed and an untimed redis-server (both on CPU 0, redis-benchmark GET on CPU 1), order flipped every pair, A/A pairs of two uncaptured ones interleaved. Medians of per-pair ratios with their 95 % intervals; CPU per request from the kernel's BPF statistics around each captured run and the agent's CPU over the bench.\n\n{}\n",
+        "## Paired (`cargo xtask bench --paired-only`, {})\n\nCost measured as the servers feel it, in the same second for the captured and the uncaptured one: three identical servers (nginx with one worker serving a 23-byte file, or redis-server) share CPU 0, one closed-loop client each (wrk -c32, or redis-benchmark GET -c32) runs on CPU 1 with the agent, all loaded at once; the agent captures the first only. The scheduler gives each server the same CPU time, so each second's throughput ratio is the inverse ratio of their costs per request. The servers' own counters (stub_status, INFO total_commands_processed) are read every second; medians of the per-second ratios with their 95 % intervals, A/A the two uncaptured servers. Packet-program time per request from the kernel's BPF statistics in a window after the slices (they slow every program run, so they are off while the ratio is read); agent CPU over the slices per captured request.\n\n{}\n",
         crate::load::utc_now(),
         lines
             .iter()

@@ -1,46 +1,63 @@
-//! The paired bench: the capture's cost measured inside one run, where
-//! this VM's drift (10-20 % between runs minutes apart) cancels.
+//! The paired bench: the capture's cost as the servers feel it, measured
+//! in the same second for the captured and the uncaptured server, so that
+//! whatever slows this VM in that second slows both.
 //!
-//! One nginx process (one worker, CPU 0) listens on three ports: A is
-//! captured by the agent (running throughout, on CPU 1 with wrk), B and C
-//! are not. wrk alternates 1-second runs: an A/B pair (order flipped every
-//! pair), then a C/B pair, the A/A check that reads what the harness
-//! measures when nothing differs. The headline is the median of A/B with
-//! its 95 % interval, next to the median of C/B; the added CPU per
-//! request is split into the packet programs (the kernel's own BPF run-time
-//! statistics, read around each A run) and the agent process (its CPU over
-//! the bench per request it paired).
+//! Three identical servers (one worker each) share CPU 0; one closed-loop
+//! client per server runs on CPU 1, all three loaded at once for the whole
+//! bench, and the agent (also on CPU 1) captures server A only. The
+//! scheduler gives the three servers the same CPU time, so within any
+//! second each one's throughput is that time over its own cost per request
+//! (its user time, its syscalls and the packet programs that run in them):
+//! A/B is B's cost over A's. Every second the servers' own counters
+//! (nginx's stub_status, Redis's `total_commands_processed`) are read, the
+//! order flipped every second; the figure is the median of the per-second
+//! A/B with its 95 % interval, and C/B of the two uncaptured ones is the
+//! A/A check. Sequential 1-second runs against one server (the first
+//! design) read A/A per second anywhere from 0.70 to 1.45 here: the VM's
+//! speed changes within seconds, not only between runs.
+//!
+//! The kernel's BPF run-time statistics cost each program run two clock
+//! reads, so they are switched on only for a window after the slices: the
+//! packet programs' time per captured request comes from there.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use super::tools::{
-    Nginx, RunningAgent, bpf_run_time, free_port, median, median_ci95, nginx_cpu_seconds,
-    with_bpf_stats, wrk,
+    Nginx, RunningAgent, bpf_run_time, free_port, median, median_ci95, nginx_cpu_seconds, pinned,
+    with_bpf_stats,
 };
 use crate::load::cpu_seconds;
 
-/// Pairs of each kind.
-pub const PAIRS: usize = 40;
-/// Seconds per wrk run.
-const RUN_SECS: u64 = 1;
+/// One-second slices of the ratio.
+pub const SLICES: usize = 60;
+/// Seconds of load before the first slice, and of the BPF statistics
+/// window after the last.
+pub const WARM_UP_SECS: u64 = 3;
+const BPF_WINDOW_SECS: u64 = 5;
+/// The clients run this long: every phase, and a margin.
+pub const LOAD_SECS: u64 = WARM_UP_SECS + SLICES as u64 + BPF_WINDOW_SECS + 5;
 
 #[derive(Default)]
 pub struct Paired {
-    /// Captured / uncaptured throughput, per pair.
+    /// Captured / uncaptured throughput, per second.
     pub ratios: Vec<f64>,
-    /// Uncaptured / uncaptured, per pair (A/A).
+    /// Uncaptured / uncaptured, per second (A/A).
     pub aa: Vec<f64>,
-    /// Requests/s on the captured port, per run.
+    /// Requests (or commands) per second of the captured server.
     pub captured_rps: Vec<f64>,
     /// Nanoseconds the packet programs ran per captured request.
     pub bpf_ns: f64,
     /// Nanoseconds of agent CPU per captured request.
     pub agent_ns: f64,
-    /// Nanoseconds of the server's CPU per request (all ports).
+    /// Nanoseconds of CPU 0 (the servers') per request of all three.
     pub server_ns: f64,
-    /// Requests the agent paired / requests wrk completed on A.
+    /// Requests the agent paired / requests the captured server counted.
     pub paired: f64,
     pub sent: f64,
 }
@@ -62,98 +79,191 @@ impl Paired {
         median_ci95(&mut self.aa.clone())
     }
 
+    /// CPU-0 time each captured request adds, from the ratio: B's cost per
+    /// request times (1/ratio - 1).
+    pub fn added_ns(&self) -> f64 {
+        self.server_ns * (1.0 / self.median().max(1e-9) - 1.0)
+    }
+
     /// One line of figures, for `what`, per `unit` (request, command).
     pub fn line(&self, what: &str, unit: &str) -> String {
         let ((lo, hi), (aa_lo, aa_hi)) = (self.ci95(), self.aa_ci95());
         format!(
-            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} pairs, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns in the packet programs + {:.0} ns in the agent (server {:.0} ns); timed {:.0} of {:.0}",
+            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs, {:.0} ns in the agent; timed {:.0} of {:.0}",
             self.median(),
             self.ratios.len(),
             self.aa_median(),
+            self.added_ns(),
+            self.server_ns,
             self.bpf_ns,
             self.agent_ns,
-            self.server_ns,
             self.paired,
             self.sent
         )
     }
 }
 
-/// Runs `pairs` pairs of `a` (captured) against `b`, order flipped every
-/// pair, each followed by an A/A pair of `c` against `b`; `run(port)` is
-/// one timed run: (rate, requests or commands done). Fills `out`'s ratios,
-/// A/A ratios, captured rates and units sent to `a`; returns the packet
-/// programs' run time over the captured runs (ns) and the units of all.
-pub fn run_pairs(
-    out: &mut Paired,
-    pairs: usize,
-    [a, b, c]: [u16; 3],
-    what: &str,
-    mut run: impl FnMut(u16) -> Result<(f64, f64)>,
-) -> Result<(u64, f64)> {
-    let programs = ["capture_ingress", "capture_egress"];
-    let (mut bpf_time, mut all) = (0u64, 0.0);
-    for pair in 0..pairs {
-        let flip = pair % 2 == 1;
-        let mut rates = [0.0f64; 4];
-        let order = if flip { [b, a, b, c] } else { [a, b, c, b] };
-        for (k, port) in order.into_iter().enumerate() {
-            let t0 = if port == a {
-                bpf_run_time(&programs)?.0
-            } else {
-                0
-            };
-            let (rate, n) = run(port)?;
-            all += n;
-            if port == a {
-                bpf_time += bpf_run_time(&programs)?.0 - t0;
-                out.sent += n;
+/// The clients of one bench, killed when dropped.
+pub struct Clients(pub Vec<Child>);
+
+impl Clients {
+    /// Kills the clients at `which`.
+    fn stop(&mut self, which: &[usize]) {
+        for &i in which {
+            if let Some(c) = self.0.get_mut(i) {
+                let _ = c.kill();
+                let _ = c.wait();
             }
-            // Slots: a, b (first pair); c, b (A/A pair).
-            let slot = match (k < 2, port == b) {
-                (true, false) => 0,
-                (true, true) => 1,
-                (false, false) => 2,
-                (false, true) => 3,
-            };
-            rates[slot] = rate;
         }
-        out.ratios.push(rates[0] / rates[1]);
-        out.captured_rps.push(rates[0]);
-        out.aa.push(rates[2] / rates[3]);
-        eprintln!(
-            "xtask bench: {what} pair {pair}: captured/uncaptured {:.3}, A/A {:.3}",
-            rates[0] / rates[1],
-            rates[2] / rates[3]
-        );
     }
-    Ok((bpf_time, all))
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.stop(&(0..self.0.len()).collect::<Vec<_>>());
+    }
+}
+
+/// What a bench gives the sampler: the three servers' own counters of the
+/// requests (or commands) the clients sent them so far, the captured
+/// server's count as the agent sees it (paired or timed), the servers' CPU
+/// seconds so far, and the agent's pid.
+pub struct Subject<'a> {
+    pub counters: &'a mut dyn FnMut(usize) -> Result<f64>,
+    pub timed: &'a mut dyn FnMut() -> Result<f64>,
+    pub server_cpu: &'a mut dyn FnMut() -> Result<f64>,
+    pub agent_pid: u32,
+    pub what: &'a str,
+}
+
+/// Samples a bench: `start` starts the three clients (loading all three
+/// servers until dropped); warm-up, SLICES one-second slices, then the
+/// BPF statistics window with the captured server's client alone.
+pub fn sample(s: Subject, start: impl FnOnce() -> Result<Clients>) -> Result<Paired> {
+    let mut out = Paired::default();
+    let read_all = |counters: &mut dyn FnMut(usize) -> Result<f64>, flip: bool| {
+        let mut v = [0.0; 3];
+        let order = if flip { [2, 1, 0] } else { [0, 1, 2] };
+        for i in order {
+            v[i] = counters(i)?;
+        }
+        Ok::<_, anyhow::Error>(v)
+    };
+    // At rest, so that what the agent timed compares exactly with what
+    // the captured server counted.
+    let (rest_timed, rest_served) = ((s.timed)()?, (s.counters)(0)?);
+    let mut clients = start()?;
+    std::thread::sleep(Duration::from_secs(WARM_UP_SECS));
+    let agent0 = cpu_seconds(s.agent_pid)?;
+    let cpu0 = (s.server_cpu)()?;
+    let mut prev = read_all(s.counters, false)?;
+    let first = prev;
+    let start = Instant::now();
+    for slice in 1..=SLICES {
+        let due = start + Duration::from_secs(slice as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let now = read_all(s.counters, slice % 2 == 1)?;
+        let d: Vec<f64> = now.iter().zip(prev).map(|(n, p)| n - p).collect();
+        ensure!(
+            d.iter().all(|&x| x > 0.0),
+            "{}: a server served nothing in slice {slice}: {d:?}",
+            s.what
+        );
+        out.ratios.push(d[0] / d[1]);
+        out.aa.push(d[2] / d[1]);
+        out.captured_rps.push(d[0]);
+        eprintln!(
+            "xtask bench: {} second {slice}: captured/uncaptured {:.3}, A/A {:.3}",
+            s.what,
+            d[0] / d[1],
+            d[2] / d[1]
+        );
+        prev = now;
+    }
+    let all: f64 = prev.iter().zip(first).map(|(n, f)| n - f).sum();
+    let captured = (prev[0] - first[0]).max(1.0);
+    out.agent_ns = (cpu_seconds(s.agent_pid)? - agent0) * 1e9 / captured;
+    out.server_ns = ((s.server_cpu)()? - cpu0) * 1e9 / all.max(1.0);
+    // The packet programs run on every packet of the host: with the
+    // uncaptured servers' clients stopped, their time is the captured
+    // server's (and its client's).
+    clients.stop(&[1, 2]);
+    out.bpf_ns = with_bpf_stats(|| {
+        let programs = ["capture_ingress", "capture_egress"];
+        std::thread::sleep(Duration::from_millis(500));
+        let (t0, n0) = (bpf_run_time(&programs)?.0, (s.counters)(0)?);
+        std::thread::sleep(Duration::from_secs(BPF_WINDOW_SECS));
+        let (t1, n1) = (bpf_run_time(&programs)?.0, (s.counters)(0)?);
+        Ok((t1 - t0) as f64 / (n1 - n0).max(1.0))
+    })?;
+    drop(clients);
+    std::thread::sleep(Duration::from_secs(1));
+    out.paired = (s.timed)()? - rest_timed;
+    out.sent = (s.counters)(0)? - rest_served;
+    Ok(out)
+}
+
+/// Six distinct free ports.
+pub fn six_ports() -> Result<[u16; 6]> {
+    let mut ports = [0u16; 6];
+    for i in 0..ports.len() {
+        let mut p = free_port()?;
+        while ports[..i].contains(&p) {
+            p = free_port()?;
+        }
+        ports[i] = p;
+    }
+    Ok(ports)
+}
+
+/// Requests nginx has served so far from its clients: its stub_status on
+/// `port` (the third number of "server accepts handled requests") less
+/// the status requests, `reads` of them before this one.
+fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
+    let text = crate::load::http_get(port, "/")?;
+    *reads += 1.0;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok())
+        .map(|n| n - *reads)
+        .with_context(|| format!("no request count in stub_status: {text}"))
 }
 
 pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
-    let (a, b, c) = (free_port()?, free_port()?, free_port()?);
-    ensure!(a != b && b != c && a != c, "ports collided");
-    let _nginx = Nginx::start_ports(work, &[a, b, c])?;
-    let running = RunningAgent::start(agent, a, &[], true)?;
-    // Warm up every port and the page cache.
-    for port in [a, b, c] {
-        let _ = wrk(port, 1)?;
+    let ports = six_ports()?;
+    let (served, status) = (
+        [ports[0], ports[1], ports[2]],
+        [ports[3], ports[4], ports[5]],
+    );
+    let page = std::fs::read(work.join("www/index.html"))?;
+    let mut servers = Vec::new();
+    for (i, (&port, &status)) in served.iter().zip(&status).enumerate() {
+        let dir = work.join(format!("paired-{i}"));
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::write(dir.join("www/index.html"), &page)?;
+        servers.push(Nginx::start_ports(&dir, &[port], Some(status))?);
     }
-    with_bpf_stats(|| {
-        let paired0 = super::tools::paired(running.admin)?;
-        let agent0 = cpu_seconds(running.pid())?;
-        let nginx0 = nginx_cpu_seconds()?;
-        let mut out = Paired::default();
-        let (bpf_time, all_requests) = run_pairs(&mut out, PAIRS, [a, b, c], "nginx", |port| {
-            wrk(port, RUN_SECS)
-        })?;
-        // Let the agent drain what the last runs queued.
-        std::thread::sleep(Duration::from_millis(500));
-        let sent = out.sent.max(1.0);
-        out.paired = super::tools::paired(running.admin)? - paired0;
-        out.bpf_ns = bpf_time as f64 / sent;
-        out.agent_ns = (cpu_seconds(running.pid())? - agent0) * 1e9 / sent;
-        out.server_ns = (nginx_cpu_seconds()? - nginx0) * 1e9 / all_requests.max(1.0);
-        Ok(out)
-    })
+    let running = RunningAgent::start(agent, served[0], &[], true)?;
+    let mut reads = [0.0; 3];
+    sample(
+        Subject {
+            counters: &mut |i| nginx_requests(status[i], &mut reads[i]),
+            timed: &mut || super::tools::paired(running.admin),
+            server_cpu: &mut nginx_cpu_seconds,
+            agent_pid: running.pid(),
+            what: "nginx",
+        },
+        || {
+            let clients = served.iter().map(|port| {
+                pinned(1, "wrk")
+                    .args(["-t1", "-c32", &format!("-d{LOAD_SECS}s")])
+                    .arg(format!("http://127.0.0.1:{port}/index.html"))
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting wrk")
+            });
+            Ok(Clients(clients.collect::<Result<_>>()?))
+        },
+    )
 }

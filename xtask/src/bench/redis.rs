@@ -106,6 +106,12 @@ pub(super) fn server(port: u16) -> Result<Server> {
     ))
 }
 
+impl Server {
+    pub(super) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();

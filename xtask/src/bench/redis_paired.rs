@@ -1,44 +1,57 @@
-//! The paired bench for Redis: three redis-servers pinned to CPU 0, the
-//! agent (running throughout) timing the commands of the first only, and
-//! redis-benchmark (CPU 1) alternating runs of about a second between the
-//! timed and an untimed server (order flipped every pair), interleaved
-//! with pairs of the two untimed ones (A/A). Without pipelining and with
-//! `-P 16`, where every command of a ~1 M commands/s stream is captured.
+//! The paired bench for Redis (see `paired`): three redis-servers on CPU
+//! 0, the agent timing the commands of the first only, one looping
+//! redis-benchmark GET client per server on CPU 1, all at once; the
+//! servers' own `total_commands_processed` read every second. Without
+//! pipelining and with `-P 16`, where every command of a stream of about
+//! a million commands a second is captured.
 
-use std::{path::Path, time::Duration};
-
-use anyhow::{Context, Result, ensure};
-
-use super::{
-    paired::{Paired, run_pairs},
-    redis::{cpu_busy, server},
-    tools::{RunningAgent, free_port, output_within, pinned, with_bpf_stats},
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::Stdio,
+    time::Duration,
 };
+
+use anyhow::{Context, Result, bail};
+
 use crate::load::cpu_seconds;
 
-/// Pairs of each kind.
-pub const REDIS_PAIRS: usize = 24;
+use super::{
+    paired::{Clients, Paired, Subject, sample, six_ports},
+    redis::server,
+    tools::{RunningAgent, pinned},
+};
+
 const CLIENTS: u32 = 32;
 
-/// One redis-benchmark run of `n` GETs with pipelining `p`: commands/s.
-fn run(port: u16, n: u64, p: u32) -> Result<f64> {
-    let mut cmd = pinned(1, "redis-benchmark");
-    cmd.args(["-p", &port.to_string(), "-c", &CLIENTS.to_string()])
-        .args([
-            "-n",
-            &n.to_string(),
-            "-P",
-            &p.to_string(),
-            "-t",
-            "get",
-            "--csv",
-        ]);
-    let (status, text) = output_within(&mut cmd, Duration::from_secs(60))?;
-    ensure!(status.success(), "redis-benchmark failed: {text}");
-    text.lines()
-        .find(|l| l.starts_with("\"GET\""))
-        .and_then(|l| l.split(',').nth(1)?.trim_matches('"').parse().ok())
-        .with_context(|| format!("no GET rate in redis-benchmark output: {text}"))
+/// GETs redis-server on `port` has processed so far (INFO commandstats).
+fn gets(port: u16) -> Result<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"INFO commandstats\r\n")?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    // A bulk string: "$<len>\r\n", the text, "\r\n".
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("redis on {port} closed before its INFO reply ended");
+        }
+        text.extend_from_slice(&buf[..n]);
+        let t = String::from_utf8_lossy(&text);
+        if let Some((head, rest)) = t.split_once("\r\n")
+            && let Some(len) = head.strip_prefix('$').and_then(|l| l.parse::<usize>().ok())
+            && rest.len() >= len
+        {
+            // "cmdstat_get:calls=N,usec=…", absent before the first GET.
+            return Ok(rest
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+                .and_then(|v| v.split(',').next()?.parse().ok())
+                .unwrap_or(0.0));
+        }
+    }
 }
 
 /// GETs the agent timed.
@@ -50,38 +63,34 @@ fn timed(admin: u16) -> Result<f64> {
 }
 
 pub fn redis_paired(agent: &Path, pipeline: u32) -> Result<Paired> {
-    let (a, b, c) = (free_port()?, free_port()?, free_port()?);
-    ensure!(a != b && b != c && a != c, "ports collided");
-    let _servers = [server(a)?, server(b)?, server(c)?];
+    let ports = six_ports()?;
+    let served = [ports[0], ports[1], ports[2]];
+    let _servers = [server(served[0])?, server(served[1])?, server(served[2])?];
     std::thread::sleep(Duration::from_millis(500));
-    let pa = a.to_string();
-    let running = RunningAgent::start(agent, a, &["--redis-port", &pa], false)?;
-    // About a second per run, from a warm-up run's rate.
-    let rate = run(b, 100_000, pipeline)?;
-    let n = (rate as u64).max(10_000);
-    for port in [a, b, c] {
-        let _ = run(port, n / 4, pipeline)?;
-    }
-    with_bpf_stats(|| {
-        let timed0 = timed(running.admin)?;
-        let agent0 = cpu_seconds(running.pid())?;
-        let busy0 = cpu_busy()?;
-        let mut out = Paired::default();
-        let (bpf_time, _) = run_pairs(
-            &mut out,
-            REDIS_PAIRS,
-            [a, b, c],
-            &format!("redis -P {pipeline}"),
-            |port| Ok((run(port, n, pipeline)?, n as f64)),
-        )?;
-        std::thread::sleep(Duration::from_millis(500));
-        let sent = out.sent.max(1.0);
-        out.paired = timed(running.admin)? - timed0;
-        out.bpf_ns = bpf_time as f64 / sent;
-        out.agent_ns = (cpu_seconds(running.pid())? - agent0) * 1e9 / sent;
-        // CPU 0 runs the three servers: its busy time per command of all.
-        let all = sent * 4.0;
-        out.server_ns = (cpu_busy()?[0] - busy0[0]) * 1e9 / all;
-        Ok(out)
-    })
+    let pa = served[0].to_string();
+    let running = RunningAgent::start(agent, served[0], &["--redis-port", &pa], false)?;
+    let pids = _servers.each_ref().map(|s| s.pid());
+    let what = format!("redis -P {pipeline}");
+    sample(
+        Subject {
+            counters: &mut |i| gets(served[i]),
+            timed: &mut || timed(running.admin),
+            server_cpu: &mut || pids.iter().map(|&p| cpu_seconds(p)).sum(),
+            agent_pid: running.pid(),
+            what: &what,
+        },
+        || {
+            let clients = served.iter().map(|port| {
+                pinned(1, "redis-benchmark")
+                    .args(["-p", &port.to_string(), "-c", &CLIENTS.to_string()])
+                    .args(["-n", "100000000", "-P", &pipeline.to_string()])
+                    .args(["-t", "get", "-q", "-l"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting redis-benchmark")
+            });
+            Ok(Clients(clients.collect::<Result<_>>()?))
+        },
+    )
 }

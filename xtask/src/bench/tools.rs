@@ -473,15 +473,19 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(work: &Path, port: u16) -> Result<Self> {
-        Self::start_ports(work, &[port])
+        Self::start_ports(work, &[port], None)
     }
 
-    /// One nginx process (one worker) serving the same files on `ports`.
-    pub fn start_ports(work: &Path, ports: &[u16]) -> Result<Self> {
+    /// One nginx process (one worker) serving the same files on `ports`,
+    /// and its stub_status on `status` if given.
+    pub fn start_ports(work: &Path, ports: &[u16], status: Option<u16>) -> Result<Self> {
         let listen: String = ports
             .iter()
             .map(|p| format!("listen 127.0.0.1:{p}; "))
             .collect();
+        let status_server = status.map_or(String::new(), |p| {
+            format!("server {{ listen 127.0.0.1:{p}; location / {{ stub_status; }} }}\n")
+        });
         let conf: PathBuf = work.join("nginx.conf");
         std::fs::write(
             &conf,
@@ -489,7 +493,7 @@ impl Nginx {
                 "worker_processes 1;\ndaemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
                  events {{ worker_connections 1024; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {w};\n  proxy_temp_path {w};\n  fastcgi_temp_path {w};\n  uwsgi_temp_path {w};\n  scgi_temp_path {w};\n\
-                 server {{ {listen}root {w}/www; }}\n}}\n",
+                 server {{ {listen}root {w}/www; }}\n{status_server}}}\n",
                 w = work.display()
             ),
         )?;
