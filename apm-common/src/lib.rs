@@ -206,13 +206,10 @@ pub enum DropReason {
     /// [`maps::OUTBOUND`] insert failed: a client connection to a Redis
     /// port is not captured.
     OutboundFull = 6,
-    /// The packet programs ran nested deeper on one CPU than they have
-    /// scratch records for: a segment's record was lost.
-    NestedTooDeep = 7,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::SocketsFull,
         DropReason::PortsFull,
         DropReason::ConnsFull,
@@ -220,7 +217,6 @@ impl DropReason {
         DropReason::InflightFull,
         DropReason::PoolsFull,
         DropReason::OutboundFull,
-        DropReason::NestedTooDeep,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -235,8 +231,149 @@ impl DropReason {
             DropReason::InflightFull => "inflight_map_full",
             DropReason::PoolsFull => "pools_map_full",
             DropReason::OutboundFull => "outbound_map_full",
-            DropReason::NestedTooDeep => "nested_too_deep",
         }
+    }
+}
+
+/// What the packet programs decided a server connection carries, from
+/// its first payload bytes: indexes into [`maps::VERDICTS`]. Only the
+/// connections of a protocol a parser reads are copied into the ring; the
+/// others cost one socket-storage lookup per segment after the first.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No in-order first byte seen yet (or the connection predates the
+    /// programs, or its socket has no storage): copied as before.
+    Undecided = 0,
+    /// The client spoke first with an HTTP/1.x method token and a space.
+    Http = 1,
+    /// A RESP array (`*` and a digit), or any bytes on a Redis port.
+    Resp = 2,
+    /// The HTTP/2 client preface (`PRI * HTTP/2.0`): not decoded yet.
+    Http2 = 3,
+    /// A TLS handshake record (0x16 0x03): not decoded from packets.
+    Tls = 4,
+    /// The server spoke first (SSH, MySQL, SMTP banners).
+    ServerFirst = 5,
+    /// Anything else the client sent first (PostgreSQL, etcd, …).
+    Other = 6,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 7] = [
+        Verdict::Undecided,
+        Verdict::Http,
+        Verdict::Resp,
+        Verdict::Http2,
+        Verdict::Tls,
+        Verdict::ServerFirst,
+        Verdict::Other,
+    ];
+    /// Counters per verdict in [`maps::VERDICTS`]: connections decided at
+    /// `v`, payload segments not copied at `SLOTS + v`.
+    pub const SLOTS: u32 = 8;
+
+    /// Whether a parser reads this connection's bytes.
+    pub const fn captured(self) -> bool {
+        matches!(self, Verdict::Undecided | Verdict::Http | Verdict::Resp)
+    }
+
+    /// The `verdict` label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Verdict::Undecided => "undecided",
+            Verdict::Http => "http",
+            Verdict::Resp => "resp",
+            Verdict::Http2 => "http2",
+            Verdict::Tls => "tls",
+            Verdict::ServerFirst => "server_first",
+            Verdict::Other => "other",
+        }
+    }
+
+    /// The verdict on the first bytes a client sent on a server
+    /// connection, `first[..n]` (n ≤ 16), on a port known to be Redis or
+    /// not; `Undecided` when those bytes do not settle it (a method token
+    /// cut short).
+    pub fn of_request(first: &[u8; 16], n: usize, redis_port: bool) -> Verdict {
+        let n = if n < first.len() { n } else { first.len() };
+        if n >= 2 && first[0] == 0x16 && first[1] == 0x03 {
+            return Verdict::Tls;
+        }
+        if redis_port || (n >= 2 && first[0] == b'*' && first[1].is_ascii_digit()) {
+            return Verdict::Resp;
+        }
+        if n < 2 && (n == 0 || first[0] == b'*' || first[0] == 0x16) {
+            return Verdict::Undecided;
+        }
+        if n == first.len() && first.starts_with(b"PRI * HTTP/2.0") {
+            return Verdict::Http2;
+        }
+        // A method token (as the agent's parser takes it) and a space.
+        let mut i = 0;
+        while i < n {
+            let b = first[i];
+            if b == b' ' {
+                return if i > 0 { Verdict::Http } else { Verdict::Other };
+            }
+            if !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+                return Verdict::Other;
+            }
+            i += 1;
+        }
+        if n < first.len() {
+            Verdict::Undecided
+        } else {
+            Verdict::Other
+        }
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::Verdict;
+
+    fn of(bytes: &[u8], redis: bool) -> Verdict {
+        let mut first = [0u8; 16];
+        let n = bytes.len().min(16);
+        first[..n].copy_from_slice(&bytes[..n]);
+        Verdict::of_request(&first, n, redis)
+    }
+
+    #[test]
+    fn first_bytes_decide_the_protocol() {
+        assert_eq!(of(b"GET / HTTP/1.1\r\nHost: x\r\n", false), Verdict::Http);
+        assert_eq!(of(b"M-SEARCH * HTTP/1.1\r\n", false), Verdict::Http);
+        assert_eq!(of(b"*3\r\n$3\r\nSET\r\n", false), Verdict::Resp);
+        assert_eq!(of(b"PING\r\n", true), Verdict::Resp);
+        assert_eq!(
+            of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false),
+            Verdict::Http2
+        );
+        assert_eq!(of(&[0x16, 0x03, 0x01, 0x02, 0x00], false), Verdict::Tls);
+        assert_eq!(of(&[0x16, 0x03, 0x01], true), Verdict::Tls);
+        assert_eq!(of(b"SSH-2.0-OpenSSH_9.2\r\n", false), Verdict::Other);
+        assert_eq!(
+            of(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f], false),
+            Verdict::Other
+        );
+        assert_eq!(of(b" GET / HTTP/1.1\r\n", false), Verdict::Other);
+        assert_eq!(of(b"ABCDEFGHIJKLMNOPQRS", false), Verdict::Other);
+    }
+
+    #[test]
+    fn a_method_cut_short_stays_undecided() {
+        assert_eq!(of(b"GE", false), Verdict::Undecided);
+        assert_eq!(of(b"POST", false), Verdict::Undecided);
+        assert_eq!(of(b"GET ", false), Verdict::Http);
+        assert_eq!(of(b"*", false), Verdict::Undecided);
+        assert_eq!(of(b"", false), Verdict::Undecided);
+    }
+
+    #[test]
+    fn only_http_and_resp_are_copied() {
+        let copied = Verdict::ALL.map(Verdict::captured);
+        assert_eq!(copied, [true, true, true, false, false, false, false]);
     }
 }
 

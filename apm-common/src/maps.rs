@@ -37,6 +37,14 @@ pub const INFLIGHT_MAX: u32 = 16_384;
 pub const CAPTURE_PORTS: &str = "CAPTURE_PORTS";
 pub const CAPTURE_PORTS_MAX: u32 = 65_536;
 
+/// `PerCpuArray<u64>` of 2 × [`crate::Verdict::SLOTS`]: server connections
+/// per protocol verdict, then payload segments not copied per verdict.
+pub const VERDICTS: &str = "VERDICTS";
+
+/// `SkStorage<SockState>` (socket-local storage, a BTF map): the packet
+/// programs' state per server socket, its verdict first.
+pub const SOCK_STATE: &str = "SOCK_STATE";
+
 /// `HashMap<u32 tgid, u32>`: the processes of monitored services, whose
 /// outbound connections are counted in `POOLS` and, to `REMOTE_PORTS`,
 /// captured.

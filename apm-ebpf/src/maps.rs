@@ -7,8 +7,8 @@ use aya_ebpf::{
 
 use apm_common::{
     Config, ConnInfo, ConnKey, DropReason, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
-    PortCounters, RemoteAddr, SocketInfo,
-    events::{ConnectEvent, PacketEvent, RINGBUF_BYTES},
+    PortCounters, RemoteAddr, SocketInfo, Verdict,
+    events::{ConnectEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, INFLIGHT_MAX, OUT_SOCKETS_MAX, OUTBOUND_MAX,
         PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX, WATCHED_MAX,
@@ -61,22 +61,6 @@ pub static OUT_SOCKETS: HashMap<u64, PoolKey> = HashMap::with_max_entries(OUT_SO
 pub static POOLS: PerCpuHashMap<PoolKey, PoolCounters> =
     PerCpuHashMap::with_max_entries(POOLS_MAX, 0);
 
-/// Records per CPU where the packet programs assemble what they send, one
-/// per nesting level: a program in process context (egress from
-/// sendmsg) can be interrupted by a softirq whose ingress or egress
-/// program runs on the same CPU before the first one is done with its
-/// record. Task and softirq are the only contexts these programs run in;
-/// the third slot is a margin.
-pub const SCRATCH_SLOTS: u32 = 3;
-
-#[map]
-pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
-
-/// How many packet programs are inside [`SCRATCH`] on this CPU now: the
-/// slot the next one takes.
-#[map]
-pub static NESTING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
@@ -85,6 +69,11 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::SLOTS, 0);
+
+/// Server connections per verdict, then segments not copied per verdict
+/// (`apm_common::Verdict`).
+#[map]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * Verdict::SLOTS, 0);
 
 #[map]
 pub static LISTEN_CHANGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

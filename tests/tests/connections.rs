@@ -306,7 +306,15 @@ fn without_privileges_the_agent_degrades_and_keeps_serving() {
 fn metrics_endpoint_speaks_prometheus_text_format() {
     require_root();
     let agent = Agent::start(&[]).expect("agent");
-    let r = get(agent.addr, "/metrics").expect("metrics");
+    // The connection families have series (and so a TYPE line) once the
+    // first refresh has counted a port: the admin port's own connections.
+    let counted = wait_for(Duration::from_secs(10), || {
+        let r = get(agent.addr, "/metrics").ok()?;
+        r.body
+            .contains("apm_tcp_connections_accepted_total{")
+            .then_some(r)
+    });
+    let r = counted.expect("no connection counted within 10 s");
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("content-type"),

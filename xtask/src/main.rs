@@ -63,6 +63,14 @@ enum Cmd {
         /// section.
         #[arg(long)]
         paired_only: bool,
+        /// With --paired-only: only these cases (nginx, redis1, redis16),
+        /// printed and not written to docs/benchmarks.md.
+        #[arg(long, value_delimiter = ',')]
+        case: Vec<String>,
+        /// With --paired-only: an extra agent argument (repeatable), to
+        /// compare settings such as --ring-buffer-bytes.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// Steady mixed load for N minutes with the agent's RSS and CPU sampled
     /// every minute; fails if RSS grows 5 % or more after warm-up. Needs root.
@@ -132,7 +140,11 @@ fn main() -> Result<()> {
             drop(demo);
             result
         }
-        Cmd::Bench { paired_only } => {
+        Cmd::Bench {
+            paired_only,
+            case,
+            agent_args,
+        } => {
             bootstrap::ensure_build_deps()?;
             bootstrap::ensure_bench_deps()?;
             if !bootstrap::is_root() {
@@ -142,7 +154,7 @@ fn main() -> Result<()> {
             }
             let agent = build_agent(&root, true)?;
             if paired_only {
-                return bench::paired_only(&root, &agent);
+                return bench::paired_only(&root, &agent, &case, &agent_args);
             }
             bench::bench(&root, &agent)
         }

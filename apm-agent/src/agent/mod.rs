@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use apm_common::{DropReason, PidCounters, PortCounters};
+use apm_common::{DropReason, PidCounters, PortCounters, Verdict};
 use tracing::warn;
 
 mod netns;
@@ -110,6 +110,8 @@ pub struct Agent {
     port_ttl: std::time::Duration,
     last_pids: HashMap<u32, PidCounters>,
     last_drops: [u64; DropReason::ALL.len()],
+    /// Per verdict: (connections, segments not copied) at the last read.
+    last_verdicts: [(u64, u64); Verdict::ALL.len()],
     /// (when, ring-buffer records lost so far), a minute's worth.
     ringbuf_losses: std::collections::VecDeque<(std::time::Instant, u64)>,
     /// [`Self::lost_last_minute`] as of the last collection, for readers
@@ -160,6 +162,7 @@ impl Agent {
             preexisting: std::collections::BTreeMap::new(),
             last_pids: HashMap::new(),
             last_drops: [0; DropReason::ALL.len()],
+            last_verdicts: [(0, 0); Verdict::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),
             lost_recently: Arc::default(),
         };
@@ -410,6 +413,7 @@ impl Agent {
         }
         let pids = kernel.pid_counters();
         let drops: Vec<u64> = DropReason::ALL.iter().map(|&d| kernel.drops(d)).collect();
+        let verdicts = Verdict::ALL.map(|v| kernel.verdicts(v));
 
         for (port, now) in ports {
             let last = self.last_ports.insert(port, now).unwrap_or_default();
@@ -450,6 +454,23 @@ impl Agent {
                 .ebpf_drops
                 .with_label_values(&[reason.reason()])
                 .inc_by(inc);
+        }
+        for ((verdict, now), last) in Verdict::ALL
+            .iter()
+            .zip(verdicts)
+            .zip(&mut self.last_verdicts)
+        {
+            let label = [verdict.label()];
+            let m = &self.metrics;
+            if *verdict != Verdict::Undecided {
+                let inc = increment(last.0, now.0);
+                m.capture_connections.with_label_values(&label).inc_by(inc);
+            }
+            if !verdict.captured() {
+                let inc = increment(last.1, now.1);
+                m.capture_skipped.with_label_values(&label).inc_by(inc);
+            }
+            *last = now;
         }
     }
 

@@ -116,6 +116,7 @@ pub struct Kernel {
     ports: PerCpuHashMap<MapData, u16, PortCounters>,
     pids: PerCpuHashMap<MapData, u32, PidCounters>,
     drops: PerCpuArray<MapData, u64>,
+    verdicts: PerCpuArray<MapData, u64>,
     listen_changes: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     capture_ports: Array<MapData, u32>,
@@ -373,6 +374,7 @@ impl Kernel {
         let ports = take_map(e, names::PORTS)?;
         let pids = take_map(e, names::PIDS)?;
         let drops = take_map(e, names::DROPS)?;
+        let verdicts = take_map(e, names::VERDICTS)?;
         let listen_changes = take_map(e, names::LISTEN_CHANGES)?;
         let conns = take_map(e, names::CONNS)?;
         let events = take_map(e, names::EVENTS)?;
@@ -387,6 +389,7 @@ impl Kernel {
             ports,
             pids,
             drops,
+            verdicts,
             listen_changes,
             conns,
             capture_ports,
@@ -532,6 +535,19 @@ impl Kernel {
             .get(&(reason as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Server connections the packet programs gave `verdict`, and the
+    /// payload segments of such connections they did not copy.
+    pub fn verdicts(&self, verdict: apm_common::Verdict) -> (u64, u64) {
+        let read = |slot: u32| {
+            self.verdicts
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        let v = verdict as u32;
+        (read(v), read(apm_common::Verdict::SLOTS + v))
     }
 
     /// How many TCP sockets entered or left LISTEN since the programs were

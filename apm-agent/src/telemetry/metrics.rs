@@ -43,6 +43,8 @@ pub struct Metrics {
     pub accepted_sockets: IntCounterVec,
     pub accepted_sockets_closed: IntCounterVec,
     pub ebpf_drops: IntCounterVec,
+    pub capture_connections: IntCounterVec,
+    pub capture_skipped: IntCounterVec,
     pub agent_drops: IntCounterVec,
     pub monitored_ports: IntGauge,
     pub tracked_processes: IntGauge,
@@ -257,6 +259,16 @@ impl Metrics {
                 "apm_ebpf_drops_total",
                 "Events the kernel side could not record, by reason (a full BPF map, a lost ring-buffer record).",
                 &["reason"],
+            )?,
+            capture_connections: counter(
+                "apm_capture_connections_total",
+                "Server connections by the protocol the packet programs saw in their first bytes; only http and resp are copied to the agent.",
+                &["verdict"],
+            )?,
+            capture_skipped: counter(
+                "apm_capture_skipped_segments_total",
+                "Payload segments of server connections not copied to the agent because no parser reads their protocol.",
+                &["verdict"],
             )?,
             agent_drops: counter(
                 "apm_agent_drops_total",
@@ -516,6 +528,18 @@ impl Metrics {
                 .ebpf_drops
                 .with_label_values(&[reason.reason()])
                 .inc_by(0);
+        }
+        for verdict in apm_common::Verdict::ALL {
+            let label = [verdict.label()];
+            if verdict != apm_common::Verdict::Undecided {
+                metrics
+                    .capture_connections
+                    .with_label_values(&label)
+                    .inc_by(0);
+            }
+            if !verdict.captured() {
+                metrics.capture_skipped.with_label_values(&label).inc_by(0);
+            }
         }
         Ok(metrics)
     }

@@ -6,3 +6,4 @@ pub mod connect;
 pub mod io;
 pub mod packets;
 pub mod tcp_state;
+pub mod verdict;

@@ -22,15 +22,15 @@ use aya_ebpf::{
 use apm_common::{
     DropReason, IPPROTO_TCP,
     events::{
-        ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketEvent, PacketHeader, TAIL_CAP,
-        direction, side, tcp_flags,
+        ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketHeader, TAIL_CAP, direction, side,
+        tcp_flags,
     },
     maps::ADDR_ONLY,
 };
 
+use super::verdict;
 use crate::maps::{
-    CAPTURE_PORTS, CONFIG, EVENTS, NESTING, OUTBOUND, REMOTE_PORTS, SCRATCH, WATCHED,
-    WATCHED_PORTS, count_drop,
+    CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop,
 };
 
 /// What a cgroup_skb program returns to let the packet through.
@@ -138,10 +138,25 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     let Some(seg) = segment(ctx, dir) else {
         return;
     };
-    if whose == side::SERVER && on_listener(ctx) {
-        whose = side::LISTENER;
-    }
     let payload = len.saturating_sub(seg.payload_off);
+    // A bare ACK (or the handshake): nothing to record or decide.
+    if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return;
+    }
+    if whose == side::SERVER {
+        if on_listener(ctx) {
+            whose = side::LISTENER;
+        } else if !verdict::admit(
+            ctx,
+            dir,
+            seg.seq,
+            seg.payload_off,
+            payload,
+            chunks == MAX_CHUNKS,
+        ) {
+            return;
+        }
+    }
     if let Some((cookie, event)) = watched
         && !recognise(ctx, dir, cookie, &event, &seg, payload)
     {
@@ -256,56 +271,26 @@ fn segment(ctx: &SkBuffContext, dir: u8) -> Option<Segment> {
     })
 }
 
-/// Writes one record of exactly the header and the captured bytes: the
-/// `payload` bytes at offset `off` of the segment's payload; `end` is the
-/// packet's length when this record is the segment's last (its flags and
-/// tail), else 0. It is assembled in a scratch record of this CPU and
-/// copied out with bpf_ringbuf_output. A fixed 1 KiB reservation per
-/// segment, most of it unused, costs more in cache misses than the second
-/// copy of ~100 bytes.
-///
-/// The scratch record is the one of this program's nesting level on the
-/// CPU ([`NESTING`]): an egress program in process context runs with
-/// softirqs enabled, so a NIC interrupt's ingress program can run on the
-/// same CPU in the middle of it, and with one shared record it would
-/// overwrite the bytes the first program is about to send. Nesting is
-/// strictly last-in first-out, so a level read before an interruption is
-/// still free when the interrupted program resumes.
+/// A record as reserved in the ring: the header and room for `N` payload
+/// bytes, of which the header's `captured` are valid.
+#[repr(C)]
+struct Record<const N: usize> {
+    header: PacketHeader,
+    data: [u8; N],
+}
+
+/// Writes one record: the `payload` bytes at offset `off` of the segment's
+/// payload (the first DATA_CAP of them captured); `end` is the packet's
+/// length when this record is the segment's last (its flags and tail),
+/// else 0. The bytes are loaded straight into a reservation of the
+/// smallest of three sizes that holds them: no second copy, no per-CPU
+/// scratch record, and (the ring serialising reservations) nothing a
+/// program nested on this CPU can overwrite. The agent reads `captured`
+/// bytes and ignores the rest of the room.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn emit(
     ctx: &SkBuffContext,
-    dir: u8,
-    port: u16,
-    whose: u8,
-    seg: &Segment,
-    off: u32,
-    payload: u32,
-    end: u32,
-) {
-    let Some(depth) = NESTING.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's
-    // run; a program that interrupts this one restores it before we resume.
-    let level = unsafe { *depth };
-    let Some(ev) = SCRATCH.get_ptr_mut(level) else {
-        count_drop(DropReason::NestedTooDeep);
-        return;
-    };
-    // SAFETY: as above.
-    unsafe { *depth = level + 1 };
-    fill_and_send(ctx, ev, dir, port, whose, seg, off, payload, end);
-    // SAFETY: as above.
-    unsafe { *depth = level };
-}
-
-/// [`emit`] once it holds scratch record `ev`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn fill_and_send(
-    ctx: &SkBuffContext,
-    ev: *mut PacketEvent,
     dir: u8,
     port: u16,
     whose: u8,
@@ -339,27 +324,6 @@ fn fill_and_send(
         },
         ..PacketHeader::default()
     };
-    if payload > 0 {
-        // min(payload, DATA_CAP) written so that the verifier sees the
-        // range [1, DATA_CAP] whatever the compiler reorders: the mask
-        // bounds it above, the + 1 below (DATA_CAP is a power of two).
-        let cap = DATA_CAP as u32;
-        let n = (core::cmp::min(payload - 1, cap - 1) & (cap - 1)) + 1;
-        // SAFETY: `ev` is a scratch record of this CPU (a map value of
-        // size_of::<PacketEvent>()); 0 < n <= DATA_CAP fits `data`; the
-        // helper checks the packet bounds and fails rather than overread.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                raw,
-                seg.payload_off + off,
-                core::ptr::addr_of_mut!((*ev).data).cast(),
-                n,
-            )
-        };
-        if rc == 0 {
-            h.captured = n;
-        }
-    }
     if end != 0 && payload > DATA_CAP as u32 {
         let mut tail = [0u8; TAIL_CAP];
         // SAFETY: a stack array of exactly TAIL_CAP bytes; the helper checks
@@ -377,18 +341,58 @@ fn fill_and_send(
             h.tail_len = TAIL_CAP as u8;
         }
     }
-    let size = size_of::<PacketHeader>() + (h.captured as usize & (DATA_CAP * 2 - 1));
-    // SAFETY: writing the header part of the scratch record this program
-    // holds on its CPU (its nesting level's), which nothing else uses now.
-    unsafe { core::ptr::addr_of_mut!((*ev).header).write(h) };
-    // SAFETY: the scratch record viewed as its bytes (plain integers).
-    let bytes: &[u8; size_of::<PacketEvent>()] = unsafe { &*ev.cast() };
-    let Some(record) = bytes.get(..size) else {
+    let from = seg.payload_off + off;
+    if payload == 0 {
+        send::<0>(ctx, h, from, 0);
+    } else if payload <= SMALL as u32 {
+        send::<SMALL>(ctx, h, from, payload);
+    } else if payload <= MEDIUM as u32 {
+        send::<MEDIUM>(ctx, h, from, payload);
+    } else {
+        send::<DATA_CAP>(ctx, h, from, payload);
+    }
+}
+
+/// Record sizes below DATA_CAP: a request head, a response head.
+const SMALL: usize = 128;
+const MEDIUM: usize = 512;
+
+/// Reserves a `Record<N>`, loads min(`payload`, N) bytes from packet
+/// offset `from` into it, and submits it with header `h`.
+#[inline(always)]
+fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, payload: u32) {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count_drop(DropReason::RingbufFull);
         return;
     };
-    if EVENTS.output::<[u8]>(record, wakeup_flags(size)).is_err() {
-        count_drop(DropReason::RingbufFull);
+    let rec = entry.as_mut_ptr();
+    if N > 0 && payload > 0 {
+        // min(payload, N) in [1, N] as the verifier sees it: the mask
+        // bounds it above, the + 1 below (N is a power of two). The
+        // volatile read hides the range the caller's branch implies, so
+        // the compiler keeps the mask.
+        // SAFETY: a read of a local.
+        let payload = unsafe { core::ptr::read_volatile(&payload) };
+        let cap = N as u32;
+        let n = (core::cmp::min(payload - 1, cap - 1) & (cap - 1)) + 1;
+        // SAFETY: `rec` is a reservation of size_of::<Record<N>>() bytes;
+        // 0 < n <= N fits `data`; the helper checks the packet bounds and
+        // fails rather than overread.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                from,
+                core::ptr::addr_of_mut!((*rec).data).cast(),
+                n,
+            )
+        };
+        if rc == 0 {
+            h.captured = n;
+        }
     }
+    // SAFETY: writing the header part of the reservation.
+    unsafe { core::ptr::addr_of_mut!((*rec).header).write(h) };
+    entry.submit(wakeup_flags(size_of::<Record<N>>()));
 }
 
 /// Wakes the reader when this record (`size` bytes, plus the ring's 8-byte

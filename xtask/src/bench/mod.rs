@@ -95,19 +95,31 @@ impl Arm {
 }
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
-/// written to the `paired` section of docs/benchmarks.md.
-pub fn paired_only(root: &Path, agent: &Path) -> Result<()> {
+/// written to the `paired` section of docs/benchmarks.md; with `cases`
+/// (nginx, redis1, redis16) or `extra` agent arguments, only printed.
+pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
-    let nginx = paired::nginx_paired(agent, &work)?;
-    let mut lines = vec![nginx.line("nginx, captured/uncaptured port", "request")];
-    println!("{}", lines[0]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let wanted = |c: &str| cases.is_empty() || cases.iter().any(|w| w == c);
+    let mut lines = Vec::new();
+    if wanted("nginx") {
+        let nginx = paired::nginx_paired(agent, &work, &extra)?;
+        lines.push(nginx.line("nginx, captured/uncaptured server", "request"));
+        println!("{}", lines[lines.len() - 1]);
+    }
     for p in [1, 16] {
-        let r = redis_paired::redis_paired(agent, p)?;
+        if !wanted(&format!("redis{p}")) {
+            continue;
+        }
+        let r = redis_paired::redis_paired(agent, p, &extra)?;
         lines.push(r.line(&format!("redis -P {p}, timed/untimed server"), "command"));
         println!("{}", lines[lines.len() - 1]);
+    }
+    if !cases.is_empty() || !extra.is_empty() {
+        return Ok(());
     }
     let body = format!(
         "## Paired (`cargo xtask bench --paired-only`, {})\n\nCost measured as the servers feel it, in the same second for the captured and the uncaptured one: three identical servers (nginx with one worker serving a 23-byte file, or redis-server) share CPU 0, one closed-loop client each (wrk -c32, or redis-benchmark GET -c32) runs on CPU 1 with the agent, all loaded at once; the agent captures the first only. The scheduler gives each server the same CPU time, so each second's throughput ratio is the inverse ratio of their costs per request. The servers' own counters (stub_status, INFO total_commands_processed) are read every second; medians of the per-second ratios with their 95 % intervals, A/A the two uncaptured servers. Packet-program time per request from the kernel's BPF statistics in a window after the slices (they slow every program run, so they are off while the ratio is read); agent CPU over the slices per captured request.\n\n{}\n",
@@ -127,10 +139,10 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
-    let paired = paired::nginx_paired(agent, &work)?;
+    let paired = paired::nginx_paired(agent, &work, &[])?;
     let redis_paired = [
-        redis_paired::redis_paired(agent, 1)?,
-        redis_paired::redis_paired(agent, 16)?,
+        redis_paired::redis_paired(agent, 1, &[])?,
+        redis_paired::redis_paired(agent, 16, &[])?,
     ];
     let port = free_port()?;
     let nginx = Nginx::start(&work, port)?;

@@ -230,7 +230,7 @@ fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
         .with_context(|| format!("no request count in stub_status: {text}"))
 }
 
-pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
+pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
     let ports = six_ports()?;
     let (served, status) = (
         [ports[0], ports[1], ports[2]],
@@ -244,7 +244,7 @@ pub fn nginx_paired(agent: &Path, work: &Path) -> Result<Paired> {
         std::fs::write(dir.join("www/index.html"), &page)?;
         servers.push(Nginx::start_ports(&dir, &[port], Some(status))?);
     }
-    let running = RunningAgent::start(agent, served[0], &[], true)?;
+    let running = RunningAgent::start(agent, served[0], extra, true)?;
     let mut reads = [0.0; 3];
     sample(
         Subject {

@@ -62,13 +62,17 @@ fn timed(admin: u16) -> Result<f64> {
     )
 }
 
-pub fn redis_paired(agent: &Path, pipeline: u32) -> Result<Paired> {
+pub fn redis_paired(agent: &Path, pipeline: u32, extra: &[&str]) -> Result<Paired> {
     let ports = six_ports()?;
     let served = [ports[0], ports[1], ports[2]];
     let _servers = [server(served[0])?, server(served[1])?, server(served[2])?];
     std::thread::sleep(Duration::from_millis(500));
     let pa = served[0].to_string();
-    let running = RunningAgent::start(agent, served[0], &["--redis-port", &pa], false)?;
+    let args: Vec<&str> = ["--redis-port", &pa]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let running = RunningAgent::start(agent, served[0], &args, false)?;
     let pids = _servers.each_ref().map(|s| s.pid());
     let what = format!("redis -P {pipeline}");
     sample(

@@ -1,0 +1,133 @@
+//! A protocol verdict per server connection, decided in the kernel from
+//! its first in-order payload bytes and kept in the socket's own storage:
+//! a connection no parser reads (TLS, SSH, a database the agent does not
+//! decode) puts nothing in the ring after that, and its bytes never reach
+//! the agent. Connections per verdict and segments not copied are counted
+//! in `VERDICTS`.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    btf_maps::SkStorage,
+    helpers::generated::{bpf_sk_storage_get, bpf_skb_load_bytes, bpf_tcp_sock},
+    macros::btf_map,
+    programs::SkBuffContext,
+};
+
+use apm_common::{Verdict, events::direction};
+
+use crate::maps::VERDICTS;
+
+/// The packet programs' state of one server socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockState {
+    /// A [`Verdict`] (0: undecided).
+    pub verdict: u32,
+}
+
+#[btf_map]
+static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// Whether a segment of a server socket (not a listener) with `payload`
+/// bytes at `payload_off` and sequence number `seq` is to be copied.
+/// Undecided connections are copied; the verdict is taken on the first
+/// in-order payload: the client's (its first bytes), or the server's when
+/// it speaks first. `redis_port`: the port is one of Redis.
+#[inline(always)]
+pub fn admit(
+    ctx: &SkBuffContext,
+    dir: u8,
+    seq: u32,
+    payload_off: u32,
+    payload: u32,
+    redis_port: bool,
+) -> bool {
+    // SAFETY: cgroup_skb programs may read __sk_buff.sk, a socket or null.
+    let sk: *mut bpf_sock = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return true;
+    }
+    // SAFETY: a non-null socket of this packet and our map's address; the
+    // helper creates zeroed storage on a full socket and returns null on
+    // any other (request and time-wait sockets), which is copied as before.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCK_STATE).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<SockState>();
+    if state.is_null() {
+        return true;
+    }
+    // SAFETY: the storage is this socket's, valid for the program's run.
+    let verdict = unsafe { (*state).verdict };
+    if verdict != Verdict::Undecided as u32 {
+        let copy = captured(verdict);
+        if !copy && payload > 0 {
+            count(Verdict::SLOTS + verdict);
+        }
+        return copy;
+    }
+    if payload == 0 {
+        return true;
+    }
+    // SAFETY: as above; the helper returns null for a non-TCP socket.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return true;
+    }
+    // SAFETY: a TCP socket's fields, readable by cgroup_skb programs.
+    let (received, rcv_nxt) = unsafe { ((*tp).bytes_received, (*tp).rcv_nxt) };
+    // A connection older than the programs, or one whose first bytes went
+    // by on its listener: its start was not seen, so it stays undecided.
+    if received != 0 {
+        return true;
+    }
+    let decided = if dir == direction::EGRESS {
+        Verdict::ServerFirst
+    } else if seq != rcv_nxt {
+        // Out of order, ahead of the first bytes: wait for them.
+        return true;
+    } else {
+        let mut first = [0u8; 16];
+        // min(payload, 16) in [1, 16] whatever the compiler reorders.
+        let n = (core::cmp::min(payload - 1, 15) & 15) + 1;
+        // SAFETY: a stack array of 16 bytes and 0 < n <= 16; the helper
+        // checks the packet bounds.
+        let rc =
+            unsafe { bpf_skb_load_bytes(ctx.as_ptr(), payload_off, first.as_mut_ptr().cast(), n) };
+        if rc != 0 {
+            return true;
+        }
+        match Verdict::of_request(&first, n as usize, redis_port) {
+            Verdict::Undecided => return true,
+            v => v,
+        }
+    };
+    // SAFETY: as above.
+    unsafe { (*state).verdict = decided as u32 };
+    count(decided as u32);
+    if !decided.captured() {
+        count(Verdict::SLOTS + decided as u32);
+    }
+    decided.captured()
+}
+
+#[inline(always)]
+fn captured(verdict: u32) -> bool {
+    verdict == Verdict::Http as u32 || verdict == Verdict::Resp as u32
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(c) = VERDICTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the run; a
+        // program nested on this CPU (softirq over process context) may
+        // lose one increment, which a counter of this kind can afford.
+        unsafe { *c += 1 };
+    }
+}
