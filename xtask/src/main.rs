@@ -152,7 +152,11 @@ fn main() -> Result<()> {
                     "the benchmark loads eBPF programs and needs root: run `sudo cargo xtask bench`"
                 );
             }
-            let agent = build_agent(&root, true)?;
+            // APM_AGENT_BIN: measure that binary (an earlier build) instead.
+            let agent = match std::env::var_os("APM_AGENT_BIN") {
+                Some(bin) => PathBuf::from(bin),
+                None => build_agent(&root, true)?,
+            };
             if paired_only {
                 return bench::paired_only(&root, &agent, &case, &agent_args);
             }

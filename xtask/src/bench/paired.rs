@@ -1,20 +1,23 @@
 //! The paired bench: the capture's cost as the servers feel it, measured
-//! in the same second for the captured and the uncaptured server, so that
-//! whatever slows this VM in that second slows both.
+//! in the same second for the captured and the uncaptured servers, so that
+//! whatever slows this VM in that second slows all of them.
 //!
 //! Three identical servers (one worker each) share CPU 0; one closed-loop
-//! client per server runs on CPU 1, all three loaded at once for the whole
-//! bench, and the agent (also on CPU 1) captures server A only. The
-//! scheduler gives the three servers the same CPU time, so within any
-//! second each one's throughput is that time over its own cost per request
-//! (its user time, its syscalls and the packet programs that run in them):
-//! A/B is B's cost over A's. Every second the servers' own counters
-//! (nginx's stub_status, Redis's `total_commands_processed`) are read, the
-//! order flipped every second; the figure is the median of the per-second
-//! A/B with its 95 % interval, and C/B of the two uncaptured ones is the
-//! A/A check. Sequential 1-second runs against one server (the first
-//! design) read A/A per second anywhere from 0.70 to 1.45 here: the VM's
-//! speed changes within seconds, not only between runs.
+//! client per server runs on CPU 1, all three loaded at once, and the
+//! agent (also on CPU 1) captures one of them. The scheduler gives the
+//! three servers the same CPU time, so within any second each one's
+//! throughput is that time over its own cost per request (its user time,
+//! its syscalls and the packet programs that run in them): captured over
+//! uncaptured is the inverse ratio of their costs. Every second the
+//! servers' own counters (nginx's stub_status, Redis's INFO commandstats)
+//! are read, the order flipped every second; the figure is the median of
+//! the per-second ratios with its 95 % interval, and the two uncaptured
+//! servers' ratio is the A/A check. The captured server rotates over three
+//! blocks (a fresh agent each, started at rest, so that what it timed
+//! compares exactly with what its server counted). Sequential 1-second
+//! runs against one server (the first design) read A/A per second
+//! anywhere from 0.70 to 1.45 here: the VM's speed changes within
+//! seconds, not only between runs.
 //!
 //! The kernel's BPF run-time statistics cost each program run two clock
 //! reads, so they are switched on only for a window after the slices: the
@@ -34,14 +37,14 @@ use super::tools::{
 };
 use crate::load::cpu_seconds;
 
-/// One-second slices of the ratio.
-pub const SLICES: usize = 60;
-/// Seconds of load before the first slice, and of the BPF statistics
-/// window after the last.
+/// One-second slices of the ratio, over all blocks.
+pub const SLICES: usize = 90;
+/// Seconds of load before a block's first slice, and of the BPF
+/// statistics window after the last block's last.
 pub const WARM_UP_SECS: u64 = 3;
 const BPF_WINDOW_SECS: u64 = 5;
-/// The clients run this long: every phase, and a margin.
-pub const LOAD_SECS: u64 = WARM_UP_SECS + SLICES as u64 + BPF_WINDOW_SECS + 5;
+/// A block's clients run at most this long: every phase, and a margin.
+pub const LOAD_SECS: u64 = WARM_UP_SECS + (SLICES / BLOCKS) as u64 + BPF_WINDOW_SECS + 5;
 
 #[derive(Default)]
 pub struct Paired {
@@ -125,82 +128,109 @@ impl Drop for Clients {
 }
 
 /// What a bench gives the sampler: the three servers' own counters of the
-/// requests (or commands) the clients sent them so far, the captured
-/// server's count as the agent sees it (paired or timed), the servers' CPU
-/// seconds so far, and the agent's pid.
+/// requests (or commands) their clients sent so far, an agent capturing
+/// server `k` (started at rest), what an agent (by its admin port) has
+/// timed so far (paired requests or timed commands), the servers' CPU
+/// seconds so far, and the clients (loading all three servers until
+/// dropped).
 pub struct Subject<'a> {
     pub counters: &'a mut dyn FnMut(usize) -> Result<f64>,
-    pub timed: &'a mut dyn FnMut() -> Result<f64>,
+    pub agent: &'a mut dyn FnMut(usize) -> Result<RunningAgent>,
+    pub timed: &'a dyn Fn(u16) -> Result<f64>,
     pub server_cpu: &'a mut dyn FnMut() -> Result<f64>,
-    pub agent_pid: u32,
+    pub clients: &'a mut dyn FnMut() -> Result<Clients>,
     pub what: &'a str,
 }
 
-/// Samples a bench: `start` starts the three clients (loading all three
-/// servers until dropped); warm-up, SLICES one-second slices, then the
-/// BPF statistics window with the captured server's client alone.
-pub fn sample(s: Subject, start: impl FnOnce() -> Result<Clients>) -> Result<Paired> {
+/// Blocks of slices; the captured server rotates between blocks, so that
+/// whatever differs between the three servers (where their memory landed,
+/// which client the scheduler favours) weighs on every side alike.
+const BLOCKS: usize = 3;
+
+/// Samples a bench in BLOCKS blocks: each starts an agent capturing the
+/// next server at rest, starts the clients, warms up, reads SLICES /
+/// BLOCKS one-second slices, stops the clients and compares at rest what
+/// the agent timed with what its server counted. The last block ends with
+/// the BPF statistics window, the captured server's client alone.
+pub fn sample(s: Subject) -> Result<Paired> {
     let mut out = Paired::default();
-    let read_all = |counters: &mut dyn FnMut(usize) -> Result<f64>, flip: bool| {
-        let mut v = [0.0; 3];
-        let order = if flip { [2, 1, 0] } else { [0, 1, 2] };
-        for i in order {
-            v[i] = counters(i)?;
+    let (mut agent_cpu, mut server_cpu, mut all, mut captured) = (0.0, 0.0, 0.0, 0.0);
+    for block in 0..BLOCKS {
+        let k = block % 3;
+        // The other two: one the denominator, one the A/A numerator,
+        // swapped every second.
+        let others = [(k + 1) % 3, (k + 2) % 3];
+        let agent = (s.agent)(k)?;
+        let (rest_timed, rest_served) = ((s.timed)(agent.admin)?, (s.counters)(k)?);
+        let mut clients = (s.clients)()?;
+        std::thread::sleep(Duration::from_secs(WARM_UP_SECS));
+        let agent0 = cpu_seconds(agent.pid())?;
+        let cpu0 = (s.server_cpu)()?;
+        let mut prev = read_all(s.counters, false)?;
+        let first = prev;
+        let start = Instant::now();
+        for slice in 1..=SLICES / BLOCKS {
+            let due = start + Duration::from_secs(slice as u64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let now = read_all(s.counters, slice % 2 == 1)?;
+            let d: Vec<f64> = now.iter().zip(prev).map(|(n, p)| n - p).collect();
+            ensure!(
+                d.iter().all(|&x| x > 0.0),
+                "{}: a server served nothing in slice {slice}: {d:?}",
+                s.what
+            );
+            let [u, v] = if slice % 2 == 0 {
+                others
+            } else {
+                [others[1], others[0]]
+            };
+            out.ratios.push(d[k] / d[u]);
+            out.aa.push(d[v] / d[u]);
+            out.captured_rps.push(d[k]);
+            eprintln!(
+                "xtask bench: {} block {block} second {slice}: captured/uncaptured {:.3}, A/A {:.3}",
+                s.what,
+                d[k] / d[u],
+                d[v] / d[u]
+            );
+            prev = now;
         }
-        Ok::<_, anyhow::Error>(v)
-    };
-    // At rest, so that what the agent timed compares exactly with what
-    // the captured server counted.
-    let (rest_timed, rest_served) = ((s.timed)()?, (s.counters)(0)?);
-    let mut clients = start()?;
-    std::thread::sleep(Duration::from_secs(WARM_UP_SECS));
-    let agent0 = cpu_seconds(s.agent_pid)?;
-    let cpu0 = (s.server_cpu)()?;
-    let mut prev = read_all(s.counters, false)?;
-    let first = prev;
-    let start = Instant::now();
-    for slice in 1..=SLICES {
-        let due = start + Duration::from_secs(slice as u64);
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let now = read_all(s.counters, slice % 2 == 1)?;
-        let d: Vec<f64> = now.iter().zip(prev).map(|(n, p)| n - p).collect();
-        ensure!(
-            d.iter().all(|&x| x > 0.0),
-            "{}: a server served nothing in slice {slice}: {d:?}",
-            s.what
-        );
-        out.ratios.push(d[0] / d[1]);
-        out.aa.push(d[2] / d[1]);
-        out.captured_rps.push(d[0]);
-        eprintln!(
-            "xtask bench: {} second {slice}: captured/uncaptured {:.3}, A/A {:.3}",
-            s.what,
-            d[0] / d[1],
-            d[2] / d[1]
-        );
-        prev = now;
+        all += prev.iter().zip(first).map(|(n, f)| n - f).sum::<f64>();
+        captured += prev[k] - first[k];
+        agent_cpu += cpu_seconds(agent.pid())? - agent0;
+        server_cpu += (s.server_cpu)()? - cpu0;
+        if block + 1 == BLOCKS {
+            // The packet programs run on every packet of the host: with
+            // the uncaptured servers' clients stopped, their time is the
+            // captured server's (and its client's).
+            clients.stop(&others);
+            out.bpf_ns = with_bpf_stats(|| {
+                let programs = ["capture_ingress", "capture_egress"];
+                std::thread::sleep(Duration::from_millis(500));
+                let (t0, n0) = (bpf_run_time(&programs)?.0, (s.counters)(k)?);
+                std::thread::sleep(Duration::from_secs(BPF_WINDOW_SECS));
+                let (t1, n1) = (bpf_run_time(&programs)?.0, (s.counters)(k)?);
+                Ok((t1 - t0) as f64 / (n1 - n0).max(1.0))
+            })?;
+        }
+        drop(clients);
+        std::thread::sleep(Duration::from_secs(1));
+        out.paired += (s.timed)(agent.admin)? - rest_timed;
+        out.sent += (s.counters)(k)? - rest_served;
     }
-    let all: f64 = prev.iter().zip(first).map(|(n, f)| n - f).sum();
-    let captured = (prev[0] - first[0]).max(1.0);
-    out.agent_ns = (cpu_seconds(s.agent_pid)? - agent0) * 1e9 / captured;
-    out.server_ns = ((s.server_cpu)()? - cpu0) * 1e9 / all.max(1.0);
-    // The packet programs run on every packet of the host: with the
-    // uncaptured servers' clients stopped, their time is the captured
-    // server's (and its client's).
-    clients.stop(&[1, 2]);
-    out.bpf_ns = with_bpf_stats(|| {
-        let programs = ["capture_ingress", "capture_egress"];
-        std::thread::sleep(Duration::from_millis(500));
-        let (t0, n0) = (bpf_run_time(&programs)?.0, (s.counters)(0)?);
-        std::thread::sleep(Duration::from_secs(BPF_WINDOW_SECS));
-        let (t1, n1) = (bpf_run_time(&programs)?.0, (s.counters)(0)?);
-        Ok((t1 - t0) as f64 / (n1 - n0).max(1.0))
-    })?;
-    drop(clients);
-    std::thread::sleep(Duration::from_secs(1));
-    out.paired = (s.timed)()? - rest_timed;
-    out.sent = (s.counters)(0)? - rest_served;
+    out.agent_ns = agent_cpu * 1e9 / captured.max(1.0);
+    out.server_ns = server_cpu * 1e9 / all.max(1.0);
     Ok(out)
+}
+
+/// The three counters, read in turn (backwards when `flip`).
+fn read_all(counters: &mut dyn FnMut(usize) -> Result<f64>, flip: bool) -> Result<[f64; 3]> {
+    let mut v = [0.0; 3];
+    let order = if flip { [2, 1, 0] } else { [0, 1, 2] };
+    for i in order {
+        v[i] = counters(i)?;
+    }
+    Ok(v)
 }
 
 /// Six distinct free ports.
@@ -244,17 +274,13 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired>
         std::fs::write(dir.join("www/index.html"), &page)?;
         servers.push(Nginx::start_ports(&dir, &[port], Some(status))?);
     }
-    let running = RunningAgent::start(agent, served[0], extra, true)?;
     let mut reads = [0.0; 3];
-    sample(
-        Subject {
-            counters: &mut |i| nginx_requests(status[i], &mut reads[i]),
-            timed: &mut || super::tools::paired(running.admin),
-            server_cpu: &mut nginx_cpu_seconds,
-            agent_pid: running.pid(),
-            what: "nginx",
-        },
-        || {
+    sample(Subject {
+        counters: &mut |i| nginx_requests(status[i], &mut reads[i]),
+        agent: &mut |k| RunningAgent::start(agent, served[k], extra, true),
+        timed: &super::tools::paired,
+        server_cpu: &mut nginx_cpu_seconds,
+        clients: &mut || {
             let clients = served.iter().map(|port| {
                 pinned(1, "wrk")
                     .args(["-t1", "-c32", &format!("-d{LOAD_SECS}s")])
@@ -265,5 +291,6 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired>
             });
             Ok(Clients(clients.collect::<Result<_>>()?))
         },
-    )
+        what: "nginx",
+    })
 }

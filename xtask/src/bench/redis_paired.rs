@@ -67,23 +67,21 @@ pub fn redis_paired(agent: &Path, pipeline: u32, extra: &[&str]) -> Result<Paire
     let served = [ports[0], ports[1], ports[2]];
     let _servers = [server(served[0])?, server(served[1])?, server(served[2])?];
     std::thread::sleep(Duration::from_millis(500));
-    let pa = served[0].to_string();
-    let args: Vec<&str> = ["--redis-port", &pa]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect();
-    let running = RunningAgent::start(agent, served[0], &args, false)?;
     let pids = _servers.each_ref().map(|s| s.pid());
     let what = format!("redis -P {pipeline}");
-    sample(
-        Subject {
-            counters: &mut |i| gets(served[i]),
-            timed: &mut || timed(running.admin),
-            server_cpu: &mut || pids.iter().map(|&p| cpu_seconds(p)).sum(),
-            agent_pid: running.pid(),
-            what: &what,
+    sample(Subject {
+        counters: &mut |i| gets(served[i]),
+        agent: &mut |k| {
+            let port = served[k].to_string();
+            let args: Vec<&str> = ["--redis-port", &port]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
+            RunningAgent::start(agent, served[k], &args, false)
         },
-        || {
+        timed: &timed,
+        server_cpu: &mut || pids.iter().map(|&p| cpu_seconds(p)).sum(),
+        clients: &mut || {
             let clients = served.iter().map(|port| {
                 pinned(1, "redis-benchmark")
                     .args(["-p", &port.to_string(), "-c", &CLIENTS.to_string()])
@@ -96,5 +94,6 @@ pub fn redis_paired(agent: &Path, pipeline: u32, extra: &[&str]) -> Result<Paire
             });
             Ok(Clients(clients.collect::<Result<_>>()?))
         },
-    )
+        what: &what,
+    })
 }
