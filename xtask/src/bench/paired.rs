@@ -60,6 +60,9 @@ pub struct Paired {
     pub agent_ns: f64,
     /// Nanoseconds of CPU 0 (the servers') per request of all three.
     pub server_ns: f64,
+    /// How busy CPU 1 (the clients', the agent's) was over the slices:
+    /// below 1, a client waiting for CPU is not what limits its server.
+    pub clients_busy: f64,
     /// Requests the agent paired / requests the captured server counted.
     pub paired: f64,
     pub sent: f64,
@@ -92,7 +95,7 @@ impl Paired {
     pub fn line(&self, what: &str, unit: &str) -> String {
         let ((lo, hi), (aa_lo, aa_hi)) = (self.ci95(), self.aa_ci95());
         format!(
-            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs, {:.0} ns in the agent; timed {:.0} of {:.0}",
+            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs, {:.0} ns in the agent; timed {:.0} of {:.0}; clients' CPU {:.0} % busy",
             self.median(),
             self.ratios.len(),
             self.aa_median(),
@@ -101,7 +104,8 @@ impl Paired {
             self.bpf_ns,
             self.agent_ns,
             self.paired,
-            self.sent
+            self.sent,
+            self.clients_busy * 100.0
         )
     }
 }
@@ -155,6 +159,7 @@ const BLOCKS: usize = 3;
 pub fn sample(s: Subject) -> Result<Paired> {
     let mut out = Paired::default();
     let (mut agent_cpu, mut server_cpu, mut all, mut captured) = (0.0, 0.0, 0.0, 0.0);
+    let (mut busy, mut secs) = (0.0, 0.0);
     for block in 0..BLOCKS {
         let k = block % 3;
         // The other two: one the denominator, one the A/A numerator,
@@ -166,6 +171,7 @@ pub fn sample(s: Subject) -> Result<Paired> {
         std::thread::sleep(Duration::from_secs(WARM_UP_SECS));
         let agent0 = cpu_seconds(agent.pid())?;
         let cpu0 = (s.server_cpu)()?;
+        let busy0 = super::redis::cpu_busy()?[1];
         let mut prev = read_all(s.counters, false)?;
         let first = prev;
         let start = Instant::now();
@@ -199,6 +205,8 @@ pub fn sample(s: Subject) -> Result<Paired> {
         captured += prev[k] - first[k];
         agent_cpu += cpu_seconds(agent.pid())? - agent0;
         server_cpu += (s.server_cpu)()? - cpu0;
+        busy += super::redis::cpu_busy()?[1] - busy0;
+        secs += start.elapsed().as_secs_f64();
         if block + 1 == BLOCKS {
             // The packet programs run on every packet of the host: with
             // the uncaptured servers' clients stopped, their time is the
@@ -220,6 +228,7 @@ pub fn sample(s: Subject) -> Result<Paired> {
     }
     out.agent_ns = agent_cpu * 1e9 / captured.max(1.0);
     out.server_ns = server_cpu * 1e9 / all.max(1.0);
+    out.clients_busy = busy / secs.max(1e-9);
     Ok(out)
 }
 
