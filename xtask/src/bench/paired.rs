@@ -56,6 +56,8 @@ pub struct Paired {
     pub captured_rps: Vec<f64>,
     /// Nanoseconds the packet programs ran per captured request.
     pub bpf_ns: f64,
+    /// Packet-program runs per captured request.
+    pub bpf_runs: f64,
     /// Nanoseconds of agent CPU per captured request.
     pub agent_ns: f64,
     /// Nanoseconds of CPU 0 (the servers') per request of all three.
@@ -95,13 +97,14 @@ impl Paired {
     pub fn line(&self, what: &str, unit: &str) -> String {
         let ((lo, hi), (aa_lo, aa_hi)) = (self.ci95(), self.aa_ci95());
         format!(
-            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs, {:.0} ns in the agent; timed {:.0} of {:.0}; clients' CPU {:.0} % busy",
+            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs ({:.1} runs), {:.0} ns in the agent; timed {:.0} of {:.0}; clients' CPU {:.0} % busy",
             self.median(),
             self.ratios.len(),
             self.aa_median(),
             self.added_ns(),
             self.server_ns,
             self.bpf_ns,
+            self.bpf_runs,
             self.agent_ns,
             self.paired,
             self.sent,
@@ -212,13 +215,14 @@ pub fn sample(s: Subject) -> Result<Paired> {
             // the uncaptured servers' clients stopped, their time is the
             // captured server's (and its client's).
             clients.stop(&others);
-            out.bpf_ns = with_bpf_stats(|| {
+            (out.bpf_ns, out.bpf_runs) = with_bpf_stats(|| {
                 let programs = ["capture_ingress", "capture_egress"];
                 std::thread::sleep(Duration::from_millis(500));
-                let (t0, n0) = (bpf_run_time(&programs)?.0, (s.counters)(k)?);
+                let (t0, n0) = (bpf_run_time(&programs)?, (s.counters)(k)?);
                 std::thread::sleep(Duration::from_secs(BPF_WINDOW_SECS));
-                let (t1, n1) = (bpf_run_time(&programs)?.0, (s.counters)(k)?);
-                Ok((t1 - t0) as f64 / (n1 - n0).max(1.0))
+                let (t1, n1) = (bpf_run_time(&programs)?, (s.counters)(k)?);
+                let served = (n1 - n0).max(1.0);
+                Ok(((t1.0 - t0.0) as f64 / served, (t1.1 - t0.1) as f64 / served))
             })?;
         }
         drop(clients);
