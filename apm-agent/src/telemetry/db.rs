@@ -23,7 +23,26 @@ use crate::{
 pub const REDIS: &str = "redis";
 
 /// (service, operation, server address for a client, server port).
-type DbKey = (Arc<str>, &'static str, Option<IpAddr>, u16);
+type DbKey = (Arc<str>, Op, Option<IpAddr>, u16);
+
+/// An operation name as a key: equal by content, as the name itself, but
+/// compared by address first. Every name comes from the command table, so
+/// a lookup costs one comparison instead of a memcmp call (a command looks
+/// up four keys holding one).
+#[derive(Clone, Copy, Debug, Eq)]
+struct Op(&'static str);
+
+impl PartialEq for Op {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for Op {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 struct Tracked<T> {
     handle: T,
@@ -71,9 +90,9 @@ pub const MAX_COMMANDS_SHOWN: usize = 50;
 #[derive(Default)]
 pub struct DbStats {
     series: FxHashMap<DbKey, Tracked<Histogram>>,
-    cache: FxHashMap<(Arc<str>, &'static str, CacheResult), Tracked<IntCounter>>,
+    cache: FxHashMap<(Arc<str>, Op, CacheResult), Tracked<IntCounter>>,
     /// Per service, per command (bounded by the command table).
-    pub totals: FxHashMap<Arc<str>, FxHashMap<&'static str, DbTotals>>,
+    totals: FxHashMap<Arc<str>, FxHashMap<Op, DbTotals>>,
 }
 
 impl DbStats {
@@ -81,7 +100,7 @@ impl DbStats {
         self.totals
             .entry(service.clone())
             .or_default()
-            .entry(operation)
+            .entry(Op(operation))
             .or_default()
     }
     /// Each service's commands, busiest first.
@@ -92,7 +111,7 @@ impl DbStats {
             .map(|(service, commands)| {
                 let mut list: Vec<CommandSummary> = commands
                     .iter()
-                    .map(|(&operation, t)| CommandSummary {
+                    .map(|(&Op(operation), t)| CommandSummary {
                         operation,
                         count: t.operations,
                         hits: t.hits,
@@ -118,7 +137,7 @@ impl DbStats {
         metrics: &Metrics,
     ) -> usize {
         let before = self.series.len();
-        self.series.retain(|(service, op, server, port), s| {
+        self.series.retain(|(service, Op(op), server, port), s| {
             let keep = s.last_ns >= cutoff;
             if !keep {
                 let port = port.to_string();
@@ -139,7 +158,7 @@ impl DbStats {
         });
         let removed = before - self.series.len();
         budget.used = budget.used.saturating_sub(removed);
-        self.cache.retain(|(service, op, result), c| {
+        self.cache.retain(|(service, Op(op), result), c| {
             let keep = c.last_ns >= cutoff;
             if !keep {
                 let _ = metrics.cache_operations.remove_label_values(&[
@@ -174,7 +193,7 @@ impl CommandSink for Recorder<'_> {
         let totals = self.db.totals_of(name, cmd.name);
         totals.operations += 1;
         totals.sketch.add(seconds);
-        let key = (name.clone(), cmd.name, peer.server, port);
+        let key = (name.clone(), Op(cmd.name), peer.server, port);
         if let Some(s) = self.db.series.get_mut(&key) {
             s.handle.observe(seconds);
             s.last_ns = now_ns;
@@ -223,7 +242,7 @@ impl CommandSink for Recorder<'_> {
         let counter = self
             .db
             .cache
-            .entry((name.clone(), cmd.name, result))
+            .entry((name.clone(), Op(cmd.name), result))
             .or_insert_with(|| Tracked {
                 handle: metrics.cache_operations.with_label_values(&[
                     name,

@@ -455,6 +455,12 @@ pub struct Command {
 
 /// Upper-cases a word of at most 32 bytes.
 fn upper<'a>(word: &[u8], buf: &'a mut [u8; 40]) -> Option<&'a str> {
+    std::str::from_utf8(upper_bytes(word, buf)?).ok()
+}
+
+/// [`upper`] without the UTF-8 check, for the table (whose names are
+/// ASCII, so no other bytes can match one).
+fn upper_bytes<'a>(word: &[u8], buf: &'a mut [u8; 40]) -> Option<&'a [u8]> {
     if word.is_empty() || word.len() > 32 {
         return None;
     }
@@ -462,7 +468,7 @@ fn upper<'a>(word: &[u8], buf: &'a mut [u8; 40]) -> Option<&'a str> {
     for (o, b) in out.iter_mut().zip(word) {
         *o = b.to_ascii_uppercase();
     }
-    std::str::from_utf8(out).ok()
+    Some(out)
 }
 
 /// A top-level command as the table lookup returns it.
@@ -475,7 +481,7 @@ struct Entry {
 /// Every top-level command by its upper-case name, with its kind worked
 /// out once: a binary search of the name lists per command cost more than
 /// the rest of the RESP parsing under redis-benchmark.
-static TABLE: LazyLock<FxHashMap<&'static str, Entry>> = LazyLock::new(|| {
+static TABLE: LazyLock<FxHashMap<&'static [u8], Entry>> = LazyLock::new(|| {
     COMMANDS
         .iter()
         .map(|&name| {
@@ -486,7 +492,7 @@ static TABLE: LazyLock<FxHashMap<&'static str, Entry>> = LazyLock::new(|| {
                 },
                 container: CONTAINERS.binary_search(&name).is_ok(),
             };
-            (name, entry)
+            (name.as_bytes(), entry)
         })
         .collect()
 });
@@ -498,7 +504,7 @@ pub fn lookup(word: &[u8]) -> Option<&'static str> {
 
 fn entry(word: &[u8]) -> Option<&'static Entry> {
     let mut buf = [0u8; 40];
-    TABLE.get(upper(word, &mut buf)?)
+    TABLE.get(upper_bytes(word, &mut buf)?)
 }
 
 /// The command of a frame whose first two words are `first` and `second`.

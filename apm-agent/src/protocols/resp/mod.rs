@@ -461,9 +461,31 @@ fn is_type(b: u8) -> bool {
     )
 }
 
+/// A header's or an integer's decimal value, as `str::parse::<i64>` reads
+/// it (an optional sign, then digits; overflow is an error), straight from
+/// the bytes: it runs for every header of every frame.
 fn number(line: &[u8]) -> Result<i64, Desync> {
-    let s = std::str::from_utf8(line).map_err(|_| Desync::Invalid)?;
-    s.parse::<i64>().map_err(|_| Desync::Invalid)
+    let (negative, digits) = match line {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() {
+        return Err(Desync::Invalid);
+    }
+    digits.iter().try_fold(0i64, |n, &b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(Desync::Invalid);
+        }
+        let n = n.checked_mul(10).ok_or(Desync::Invalid)?;
+        if negative {
+            n.checked_sub(i64::from(d))
+        } else {
+            n.checked_add(i64::from(d))
+        }
+        .ok_or(Desync::Invalid)
+    })
 }
 
 /// Whether bytes a client sent first look like RESP: a command array, or

@@ -192,3 +192,54 @@ fn command_detection() {
     assert!(starts_like_reply(b"+OK\r\n"));
     assert!(!starts_like_reply(b"HTTP/1.1 200 OK\r\n"));
 }
+
+#[test]
+fn numbers_read_as_str_parse_reads_them() {
+    let std = |line: &[u8]| {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+    };
+    let mut cases: Vec<Vec<u8>> = [
+        "",
+        "+",
+        "-",
+        "0",
+        "-0",
+        "+0",
+        "42",
+        "+42",
+        "-42",
+        "007",
+        "1 2",
+        " 1",
+        "1 ",
+        "+-1",
+        "--1",
+        "1-",
+        "0x10",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "99999999999999999999",
+        "١",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    cases.extend([
+        vec![b'1', 0xff],
+        vec![b'-', 0xc3, 0xa9],
+        vec![b'/'],
+        vec![b':'],
+    ]);
+    for line in &cases {
+        assert_eq!(
+            number(line).ok(),
+            std(line),
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}
