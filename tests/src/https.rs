@@ -13,6 +13,21 @@ use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 
 use crate::{Response, get_over};
 
+/// A new certificate authority and a server certificate for 127.0.0.1
+/// and localhost signed by it, as PEM: (CA, certificate, key).
+pub fn certificate() -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+}
+
 /// A client that trusts the PEM certificate `ca` (and nothing else).
 pub fn client(ca: &str) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();

@@ -71,8 +71,9 @@ fn exported(capture: &str) -> BTreeSet<String> {
     for _ in 0..3 {
         assert_eq!(client.get("/ok").expect("request"), 200);
     }
-    let m = wait_for(Duration::from_secs(15), || {
-        let m = agent.metrics().ok()?;
+    // What is still missing from a scrape (empty: every family is there).
+    let missing = |m: &apm_e2e::Metrics| {
+        let mut missing = Vec::new();
         let paired = m.value(
             "apm_http_requests_paired_total",
             &[("service_name", "apm-httpd")],
@@ -89,9 +90,35 @@ fn exported(capture: &str) -> BTreeSet<String> {
             || m.text
                 .contains("db_client_operation_duration_seconds_count{");
         let pooled = m.text.contains("apm_outbound_connections_active{");
-        (paired && sampled && checked && alerted && served && client && pooled).then_some(m)
+        for (ok, what) in [
+            (paired, "3 requests paired"),
+            (sampled, "the service sampled"),
+            (checked, "the dependency checked"),
+            (alerted, "an alert sent"),
+            (served, "Redis timed server side"),
+            (client, "Redis timed client side"),
+            (pooled, "the pool counted"),
+        ] {
+            if !ok {
+                missing.push(what);
+            }
+        }
+        missing
+    };
+    // Every condition is one that only time completes on a loaded CI
+    // machine (a sampler period, a check, an evaluation): a generous bound.
+    let m = wait_for(Duration::from_secs(30), || {
+        let m = agent.metrics().ok()?;
+        missing(&m).is_empty().then_some(m)
     })
-    .expect("requests paired, the service sampled, the dependency checked, an alert sent");
+    .unwrap_or_else(|| {
+        let m = agent.metrics().expect("metrics");
+        panic!(
+            "still missing after 30 s: {:?}\n{}",
+            missing(&m),
+            agent.log_text()
+        )
+    });
     std::fs::remove_file(config).ok();
     drop((server, redis, listener));
     m.text

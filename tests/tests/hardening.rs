@@ -273,22 +273,13 @@ fn a_dead_pipeline_fails_liveness_and_the_agent_exits_to_be_restarted() {
 /// 127.0.0.1 signed by it, as PEM files in a directory of their own
 /// (`tag`): (CA, cert, key).
 fn tls_files(tag: &str) -> (String, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let (ca, cert, key) = apm_e2e::https::certificate().expect("certificate");
     let dir = std::env::temp_dir().join(format!("apm-e2e-tls-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert_file, cert.pem()).expect("cert");
-    std::fs::write(&key_file, key.serialize_pem()).expect("key");
-    (ca.pem(), cert_file, key_file)
+    std::fs::write(&cert_file, cert).expect("cert");
+    std::fs::write(&key_file, key).expect("key");
+    (ca, cert_file, key_file)
 }
 
 #[test]

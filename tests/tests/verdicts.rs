@@ -22,19 +22,14 @@ const ASK: usize = 512;
 const ANSWER: usize = 2048;
 const BANNER: &[u8] = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n";
 
-/// A CA and a certificate for 127.0.0.1 signed by it: (CA PEM, cert, key).
+/// A CA and a certificate for 127.0.0.1 signed by it: (CA PEM, chain, key).
 fn certificate() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("cert");
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key PEM");
-    (ca.pem(), vec![cert.der().clone()], key)
+    let (ca, cert, key) = apm_e2e::https::certificate().expect("certificate");
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key PEM");
+    (ca, chain, key)
 }
 
 /// Serves `CONNS` connections on `listener` with `serve`, one thread each.

@@ -58,6 +58,8 @@ pub struct Paired {
     pub bpf_ns: f64,
     /// Packet-program runs per captured request.
     pub bpf_runs: f64,
+    /// The agents' largest peak RSS (VmHWM), KiB.
+    pub agent_hwm_kib: u64,
     /// Nanoseconds of agent CPU per captured request.
     pub agent_ns: f64,
     /// Nanoseconds of CPU 0 (the servers') per request of all three.
@@ -97,7 +99,7 @@ impl Paired {
     pub fn line(&self, what: &str, unit: &str) -> String {
         let ((lo, hi), (aa_lo, aa_hi)) = (self.ci95(), self.aa_ci95());
         format!(
-            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs ({:.1} runs), {:.0} ns in the agent; timed {:.0} of {:.0}; clients' CPU {:.0} % busy",
+            "{what}: {:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, A/A {:.3} ({aa_lo:.3}-{aa_hi:.3}); per {unit}: {:.0} ns added to the server's CPU (of {:.0} ns), {:.0} ns in the packet programs ({:.1} runs), {:.0} ns in the agent (peak RSS {:.1} MiB); timed {:.0} of {:.0}; clients' CPU {:.0} % busy",
             self.median(),
             self.ratios.len(),
             self.aa_median(),
@@ -106,6 +108,7 @@ impl Paired {
             self.bpf_ns,
             self.bpf_runs,
             self.agent_ns,
+            self.agent_hwm_kib as f64 / 1024.0,
             self.paired,
             self.sent,
             self.clients_busy * 100.0
@@ -207,6 +210,7 @@ pub fn sample(s: Subject) -> Result<Paired> {
         all += prev.iter().zip(first).map(|(n, f)| n - f).sum::<f64>();
         captured += prev[k] - first[k];
         agent_cpu += cpu_seconds(agent.pid())? - agent0;
+        out.agent_hwm_kib = out.agent_hwm_kib.max(crate::load::memory(agent.pid())?.1);
         server_cpu += (s.server_cpu)()? - cpu0;
         busy += super::redis::cpu_busy()?[1] - busy0;
         secs += start.elapsed().as_secs_f64();
