@@ -247,7 +247,9 @@ pub enum Verdict {
     Undecided = 0,
     /// The client spoke first with an HTTP/1.x method token and a space.
     Http = 1,
-    /// A RESP array (`*` and a digit), or any bytes on a Redis port.
+    /// A RESP array (`*` and a digit), an inline command line (a word
+    /// ended by the line, or one with lower case and a space), or any
+    /// bytes on a Redis port.
     Resp = 2,
     /// The HTTP/2 client preface (`PRI * HTTP/2.0`): not decoded yet.
     Http2 = 3,
@@ -309,14 +311,25 @@ impl Verdict {
         if n == first.len() && first.starts_with(b"PRI * HTTP/2.0") {
             return Verdict::Http2;
         }
-        // A method token (as the agent's parser takes it) and a space.
+        // A word: a method token (upper case, '-', '_' as the agent's
+        // parser takes it) and a space is HTTP; a word ended by the line
+        // (or with lower case and a space) is a Redis inline command
+        // ("PING\r\n", a load balancer's health check), which the agent
+        // checks against Redis's command table.
         let mut i = 0;
+        let mut method = true;
         while i < n {
             let b = first[i];
-            if b == b' ' {
-                return if i > 0 { Verdict::Http } else { Verdict::Other };
+            if i > 0 && (b == b' ' || b == b'\r' || b == b'\n') {
+                return if b == b' ' && method {
+                    Verdict::Http
+                } else {
+                    Verdict::Resp
+                };
             }
-            if !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            if b.is_ascii_lowercase() {
+                method = false;
+            } else if !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
                 return Verdict::Other;
             }
             i += 1;
@@ -358,6 +371,11 @@ mod verdict_tests {
             Verdict::Other
         );
         assert_eq!(of(b" GET / HTTP/1.1\r\n", false), Verdict::Other);
+        // Redis inline commands: the agent looks the word up.
+        assert_eq!(of(b"PING\r\n", false), Verdict::Resp);
+        assert_eq!(of(b"get key\r\n", false), Verdict::Resp);
+        assert_eq!(of(b"ping\n", false), Verdict::Resp);
+        assert_eq!(of(b"SSH-2.0-x\r\n", false), Verdict::Other);
         assert_eq!(of(b"ABCDEFGHIJKLMNOPQRS", false), Verdict::Other);
     }
 

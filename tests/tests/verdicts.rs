@@ -215,3 +215,45 @@ fn tls_and_server_first_listeners_put_nothing_in_the_ring() {
     );
     drop(http);
 }
+
+/// Redis inline commands (a load balancer's `PING\r\n` health check) start
+/// with a word, not a RESP array: the kernel copies such connections and
+/// the agent times them, on a Redis port nobody declared.
+#[test]
+fn inline_redis_commands_on_an_undeclared_port_are_timed() {
+    require_root();
+    let agent = Agent::start(&[]).expect("agent");
+    let port = free_port().expect("port");
+    let _redis = apm_e2e::Redis::start(port);
+    let found = wait_for(Duration::from_secs(20), || {
+        agent
+            .log_text()
+            .contains(&format!("\"monitoring port\",\"port\":{port},"))
+            .then_some(())
+    });
+    assert!(found.is_some(), "redis not monitored: {}", agent.log_text());
+    const CHECKS: usize = 5;
+    for _ in 0..CHECKS {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"PING\r\n").expect("inline PING");
+        let mut reply = [0u8; 7];
+        s.read_exact(&mut reply).expect("reply");
+        assert_eq!(&reply, b"+PONG\r\n");
+    }
+    let timed = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        let n = m.value(
+            "apm_db_server_operation_duration_seconds_count",
+            &[("db_operation_name", "PING")],
+        )?;
+        (n >= CHECKS as f64).then_some(n)
+    });
+    assert_eq!(
+        timed,
+        Some(CHECKS as f64),
+        "{}",
+        agent.metrics().expect("metrics").text
+    );
+}
