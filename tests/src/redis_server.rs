@@ -31,8 +31,29 @@ impl Redis {
         Self::start_with("127.0.0.1", port, &["--requirepass", password])
     }
 
+    /// A copy of redis-server running under another name (`name`), so
+    /// that nothing knows it for Redis by its process name.
+    pub fn start_renamed(port: u16, name: &str) -> Self {
+        let original = std::env::var_os("PATH")
+            .and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("redis-server"))
+                    .find(|p| p.is_file())
+            })
+            .expect("redis-server on PATH (installed by cargo xtask test)");
+        let dir = std::env::temp_dir().join(format!("apm-e2e-renamed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let copy = dir.join(name);
+        std::fs::copy(&original, &copy).expect("copy of redis-server");
+        Self::spawn(Command::new(copy), "127.0.0.1", port, &[])
+    }
+
     fn start_with(addr: &str, port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
+        Self::spawn(Command::new("redis-server"), addr, port, extra)
+    }
+
+    fn spawn(mut cmd: Command, addr: &str, port: u16, extra: &[&str]) -> Self {
+        let child = cmd
             .args(["--port", &port.to_string(), "--bind", addr])
             .args([
                 "--save",

@@ -218,13 +218,14 @@ fn tls_and_server_first_listeners_put_nothing_in_the_ring() {
 
 /// Redis inline commands (a load balancer's `PING\r\n` health check) start
 /// with a word, not a RESP array: the kernel copies such connections and
-/// the agent times them, on a Redis port nobody declared.
+/// the agent times them, on a Redis-protocol server nobody declared and
+/// whose process name does not say Redis (a fork, a proxy, a copy).
 #[test]
 fn inline_redis_commands_on_an_undeclared_port_are_timed() {
     require_root();
     let agent = Agent::start(&[]).expect("agent");
     let port = free_port().expect("port");
-    let _redis = apm_e2e::Redis::start(port);
+    let _redis = apm_e2e::Redis::start_renamed(port, "kvstore");
     let found = wait_for(Duration::from_secs(20), || {
         agent
             .log_text()
