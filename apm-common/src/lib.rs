@@ -277,7 +277,14 @@ impl Verdict {
 
     /// Whether a parser reads this connection's bytes.
     pub const fn captured(self) -> bool {
-        matches!(self, Verdict::Undecided | Verdict::Http | Verdict::Resp)
+        Self::captured_raw(self as u32)
+    }
+
+    /// [`Self::captured`] of a verdict as the socket storage holds it.
+    pub const fn captured_raw(verdict: u32) -> bool {
+        verdict == Verdict::Undecided as u32
+            || verdict == Verdict::Http as u32
+            || verdict == Verdict::Resp as u32
     }
 
     /// The `verdict` label value.

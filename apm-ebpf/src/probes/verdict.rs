@@ -66,7 +66,7 @@ pub fn admit(
     // SAFETY: the storage is this socket's, valid for the program's run.
     let verdict = unsafe { (*state).verdict };
     if verdict != Verdict::Undecided as u32 {
-        let copy = captured(verdict);
+        let copy = Verdict::captured_raw(verdict);
         if !copy && payload > 0 {
             count(Verdict::SLOTS + verdict);
         }
@@ -115,11 +115,6 @@ pub fn admit(
         count(Verdict::SLOTS + decided as u32);
     }
     decided.captured()
-}
-
-#[inline(always)]
-fn captured(verdict: u32) -> bool {
-    verdict == Verdict::Http as u32 || verdict == Verdict::Resp as u32
 }
 
 #[inline(always)]
