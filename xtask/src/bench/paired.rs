@@ -32,8 +32,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use super::tools::{
-    Nginx, RunningAgent, bpf_run_time, free_port, median, median_ci95, nginx_cpu_seconds, pinned,
-    with_bpf_stats,
+    Nginx, RunningAgent, bpf_run_time, cpu_busy, free_port, median, median_ci95, nginx_cpu_seconds,
+    pinned, with_bpf_stats,
 };
 use crate::load::cpu_seconds;
 
@@ -52,8 +52,6 @@ pub struct Paired {
     pub ratios: Vec<f64>,
     /// Uncaptured / uncaptured, per second (A/A).
     pub aa: Vec<f64>,
-    /// Requests (or commands) per second of the captured server.
-    pub captured_rps: Vec<f64>,
     /// Nanoseconds the packet programs ran per captured request.
     pub bpf_ns: f64,
     /// Packet-program runs per captured request.
@@ -177,7 +175,7 @@ pub fn sample(s: Subject) -> Result<Paired> {
         std::thread::sleep(Duration::from_secs(WARM_UP_SECS));
         let agent0 = cpu_seconds(agent.pid())?;
         let cpu0 = (s.server_cpu)()?;
-        let busy0 = super::redis::cpu_busy()?[1];
+        let busy0 = cpu_busy()?[1];
         let mut prev = read_all(s.counters, false)?;
         let first = prev;
         let start = Instant::now();
@@ -198,7 +196,6 @@ pub fn sample(s: Subject) -> Result<Paired> {
             };
             out.ratios.push(d[k] / d[u]);
             out.aa.push(d[v] / d[u]);
-            out.captured_rps.push(d[k]);
             eprintln!(
                 "xtask bench: {} block {block} second {slice}: captured/uncaptured {:.3}, A/A {:.3}",
                 s.what,
@@ -212,7 +209,7 @@ pub fn sample(s: Subject) -> Result<Paired> {
         agent_cpu += cpu_seconds(agent.pid())? - agent0;
         out.agent_hwm_kib = out.agent_hwm_kib.max(crate::load::memory(agent.pid())?.1);
         server_cpu += (s.server_cpu)()? - cpu0;
-        busy += super::redis::cpu_busy()?[1] - busy0;
+        busy += cpu_busy()?[1] - busy0;
         secs += start.elapsed().as_secs_f64();
         if block + 1 == BLOCKS {
             // The packet programs run on every packet of the host: with

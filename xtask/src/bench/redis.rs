@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use super::tools::{RunningAgent, free_port, median, output_within, pinned};
+use super::tools::{RunningAgent, cpu_busy, free_port, median, output_within, pinned};
 use crate::load::cpu_seconds;
 
 /// Rounds of the two arms (without, with), order alternating.
@@ -56,30 +56,6 @@ impl RedisBench {
     pub fn cpu_median(runs: &[[f64; 2]], cpu: usize) -> f64 {
         median(&mut runs.iter().map(|r| r[cpu]).collect::<Vec<_>>())
     }
-}
-
-/// Busy time of CPUs 0 and 1 so far (everything but idle and iowait),
-/// seconds, from /proc/stat.
-pub(super) fn cpu_busy() -> Result<[f64; 2]> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut busy = [0.0; 2];
-    for (cpu, slot) in busy.iter_mut().enumerate() {
-        let line = stat
-            .lines()
-            .find(|l| l.starts_with(&format!("cpu{cpu} ")))
-            .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
-        let ticks: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal
-        ensure!(ticks.len() >= 7, "short cpu line in /proc/stat: {line}");
-        *slot = (ticks.iter().take(8).sum::<f64>() - ticks[3] - ticks[4]) / hz;
-    }
-    Ok(busy)
 }
 
 /// One redis-benchmark run: its rate, and the busy CPU time per command

@@ -67,7 +67,7 @@ pub fn render(r: &Report) -> String {
     let rows = [
         (
             format!(
-                "**paired**: one nginx, a captured and an uncaptured port, 1-second wrk runs alternating (order flipped every pair): captured / uncaptured, median of {} pairs",
+                "**paired**: three nginx on one CPU loaded at once by wrk, one captured (rotating over three blocks): captured / uncaptured, median of {} one-second slices",
                 pr.ratios.len()
             ),
             format!("{:.3} (95 % CI {lo:.3}-{hi:.3})", pr.median()),
@@ -75,14 +75,14 @@ pub fn render(r: &Report) -> String {
         ),
         (
             format!(
-                "**paired A/A**: the same nginx, two uncaptured ports, pairs interleaved with the above, median of {} pairs",
+                "**paired A/A**: the same seconds, the two uncaptured nginx, median of {} slices",
                 pr.aa.len()
             ),
             format!("{:.3} (95 % CI {aa_lo:.3}-{aa_hi:.3})", pr.aa_median()),
             "0.99-1.01",
         ),
         (
-            "**paired**: CPU added per captured request: packet programs (kernel BPF statistics around each captured run) + agent process (its CPU over the bench / requests on the captured port); nginx's own CPU per request for scale".into(),
+            "**paired**: CPU added per captured request: packet programs (kernel BPF statistics in a window after the slices, the captured server's client alone) + agent process (its CPU over the slices / requests of the captured server); nginx's own CPU per request for scale".into(),
             format!(
                 "{:.0} ns + {:.0} ns = {:.2} µs (nginx {:.0} ns); paired {:.0} of {:.0} sent",
                 pr.bpf_ns,
@@ -95,7 +95,7 @@ pub fn render(r: &Report) -> String {
             "<= 0.75 µs",
         ),
         (
-            "**paired** Redis: three redis-servers on one CPU, the agent timing one; redis-benchmark GET runs of ~1 s alternating timed / untimed (A/A: two untimed), without pipelining".into(),
+            "**paired** Redis: three redis-servers on one CPU loaded at once by redis-benchmark GET, the agent timing one (rotating); per-second ratios of timed / untimed (A/A: two untimed), without pipelining".into(),
             r.redis_paired[0].line("-P 1", "command"),
             ">= 0.98; A/A 0.99-1.01",
         ),

@@ -235,6 +235,30 @@ pub fn bpf_run_time(names: &[&str]) -> Result<(u64, u64)> {
     Ok(total)
 }
 
+/// Busy time of CPUs 0 and 1 so far (everything but idle and iowait),
+/// seconds, from /proc/stat.
+pub fn cpu_busy() -> Result<[f64; 2]> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut busy = [0.0; 2];
+    for (cpu, slot) in busy.iter_mut().enumerate() {
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with(&format!("cpu{cpu} ")))
+            .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+        let ticks: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        ensure!(ticks.len() >= 7, "short cpu line in /proc/stat: {line}");
+        *slot = (ticks.iter().take(8).sum::<f64>() - ticks[3] - ticks[4]) / hz;
+    }
+    Ok(busy)
+}
+
 /// CPU seconds of every nginx process (ours is the only one).
 pub fn nginx_cpu_seconds() -> Result<f64> {
     let mut total = 0.0;
