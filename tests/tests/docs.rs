@@ -122,7 +122,7 @@ fn exported(capture: &str) -> BTreeSet<String> {
             missing(&m),
             m.text
                 .lines()
-                .filter(|l| l.contains("apm-httpd") || l.starts_with("apm_http_requests_"))
+                .filter(|l| !l.starts_with('#') && !l.contains("_bucket") && !l.ends_with(" 0"))
                 .collect::<Vec<_>>()
                 .join("\n"),
             agent.log_text()

@@ -75,6 +75,8 @@ pub struct Agent {
     port_names: HashMap<u16, String>,
     /// Ports the kernel counts but no scan could name: "unknown" for now.
     nameless: HashSet<u16>,
+    /// Ports named by this scan, whose series appear once it is published.
+    newly_named: Vec<(u16, String)>,
     /// Each tracked process: pid → (service, ports), as last published to
     /// the directory.
     published: HashMap<u32, (String, Vec<u16>)>,
@@ -151,6 +153,7 @@ impl Agent {
             netns_warned: HashSet::new(),
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
+            newly_named: Vec::new(),
             last_ports: HashMap::new(),
             port_seen: HashMap::new(),
             port_ttl: config.series_ttl,
@@ -248,6 +251,7 @@ impl Agent {
         }
         self.track_pids(owners_now);
         self.publish_directory(listeners, &named_sockets);
+        self.adopt_newly_named();
         self.metrics
             .monitored_ports
             .set(i64::try_from(self.port_names.len() + self.nameless.len()).unwrap_or(i64::MAX));
@@ -368,7 +372,7 @@ impl Agent {
         let live: HashSet<u64> = listeners.by_socket.keys().map(|&(ns, _)| ns).collect();
         self.netns_cookies.retain(|ns, _| live.contains(ns));
         self.netns_warned.retain(|ns| live.contains(ns));
-        if services != self.services {
+        if services != self.services || !self.directory.published() {
             self.directory.replace(services.clone());
             self.services = services;
         }

@@ -20,7 +20,7 @@ impl Agent {
             match previous {
                 None => {
                     info!(port, service = %name, "monitoring port");
-                    self.adopt_unknown_series(port, &name);
+                    self.newly_named.push((port, name));
                 }
                 Some(old) if old != name => {
                     info!(port, service = %name, previous = %old, "port changed owner");
@@ -64,6 +64,16 @@ impl Agent {
             apm_common::events::MAX_CHUNKS
         } else {
             1
+        }
+    }
+
+    /// Names the series of the ports this scan named. Only now: a scrape
+    /// that does not wait for a scan shows a port's named series only once
+    /// the request pipeline's directory and the kernel's tracked processes
+    /// know its owner too (the end-to-end tests wait for that series).
+    pub(super) fn adopt_newly_named(&mut self) {
+        for (port, name) in std::mem::take(&mut self.newly_named) {
+            self.adopt_unknown_series(port, &name);
         }
     }
 
@@ -188,5 +198,22 @@ mod tests {
         assert!(!agent.port_names.contains_key(&8080));
         assert!(agent.port_names.contains_key(&9000));
         assert_eq!(metrics.ports_expired.get(), 1);
+    }
+
+    #[test]
+    fn a_ports_series_is_named_only_once_the_directory_names_its_owner() {
+        let config = Config::try_parse_from(["apm-agent", "--comm", "api"]).expect("config");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let mut agent = Agent::new(&config, None, &ProbeReport::default(), metrics.clone());
+        let named = |m: &Metrics| m.encode().expect("encode").contains("service_name=\"api\"");
+        // Named mid-scan: a scrape that does not wait for the scan must
+        // not see the series before the pipeline can file requests.
+        agent.monitor_port(8080, Some("api".into()));
+        assert!(!named(&metrics));
+        assert!(!agent.directory.published());
+        agent.apply(&listening(&[8080]));
+        assert!(named(&metrics));
+        assert!(agent.directory.published());
+        assert!(agent.directory.snapshot().names("api"));
     }
 }

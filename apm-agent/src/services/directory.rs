@@ -2,7 +2,10 @@
 //! replaces it wholesale whenever discovery changes something; the request
 //! pipeline and the sampler read snapshots of it.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use rustc_hash::FxHashMap;
 
@@ -49,18 +52,32 @@ impl Services {
 }
 
 #[derive(Default)]
-pub struct Directory(RwLock<Arc<Services>>);
+pub struct Directory {
+    services: RwLock<Arc<Services>>,
+    /// Whether the agent's first scan has been published.
+    published: AtomicBool,
+}
 
 impl Directory {
     /// The current directory. The lock only guards an Arc swap, which a
     /// panic cannot leave half done, so a poisoned lock is recovered (an
     /// empty directory would silently file everything under "unknown").
     pub fn snapshot(&self) -> Arc<Services> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn replace(&self, services: Services) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
+        *self.services.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
+        self.published.store(true, Ordering::Release);
+    }
+
+    /// Whether a scan has published the services yet (before it, every
+    /// record would be filed under "unknown").
+    pub fn published(&self) -> bool {
+        self.published.load(Ordering::Acquire)
     }
 }
 

@@ -109,6 +109,11 @@ impl Pipeline {
         self
     }
 
+    /// Whether the agent has published its first scan's services.
+    pub fn services_known(&self) -> bool {
+        self.directory.published()
+    }
+
     /// Picks up the agent's latest service directory and the time; call
     /// once per batch.
     pub fn refresh_services(&mut self) {

@@ -46,6 +46,11 @@ struct Driver {
     panic_at: Option<Instant>,
 }
 
+/// How long the thread leaves records in the ring, at start, for the
+/// agent's first scan: read before it, they would all be filed under
+/// "unknown". A slower scan (a host with a huge /proc) lets them go on.
+const FIRST_SCAN_WAIT: Duration = Duration::from_secs(5);
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -110,6 +115,14 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("apm-pipeline".into())
         .spawn(move || {
+            let waiting = Instant::now();
+            while !driver.pipeline.services_known()
+                && waiting.elapsed() < FIRST_SCAN_WAIT
+                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                beat.beat();
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let discard = driver.options.discard;
             reader::run(ring, &mut driver, &stop, &beat, discard);
         })
