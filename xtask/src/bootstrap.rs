@@ -169,6 +169,11 @@ const BENCH_NEEDS: &[Need] = &[
         path: "/usr/bin/wrk",
         package: "wrk",
     },
+    // Instructions per request of the agent's pipeline (callgrind).
+    Need {
+        path: "/usr/bin/valgrind",
+        package: "valgrind",
+    },
     // The Redis arm: redis-benchmark against redis-server.
     Need {
         path: "/usr/bin/redis-server",

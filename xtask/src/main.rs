@@ -63,6 +63,11 @@ enum Cmd {
         /// section.
         #[arg(long)]
         paired_only: bool,
+        /// Only the pipeline's instructions per request (callgrind; about
+        /// a minute), printed and written to their docs/benchmarks.md
+        /// section. Needs no root.
+        #[arg(long)]
+        instructions_only: bool,
         /// With --paired-only: only these cases (nginx, redis1, redis16),
         /// printed and not written to docs/benchmarks.md.
         #[arg(long, value_delimiter = ',')]
@@ -142,11 +147,15 @@ fn main() -> Result<()> {
         }
         Cmd::Bench {
             paired_only,
+            instructions_only,
             case,
             agent_args,
         } => {
             bootstrap::ensure_build_deps()?;
             bootstrap::ensure_bench_deps()?;
+            if instructions_only {
+                return bench::instructions_only(&root);
+            }
             if !bootstrap::is_root() {
                 bail!(
                     "the benchmark loads eBPF programs and needs root: run `sudo cargo xtask bench`"

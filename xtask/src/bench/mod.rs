@@ -24,6 +24,7 @@
 //! 5. redis-benchmark against redis-server, without and with the agent
 //!    timing every command (`redis`).
 
+mod instructions;
 mod paired;
 mod redis;
 mod redis_paired;
@@ -133,8 +134,24 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
     crate::docs::write_section(root, "paired", &body)
 }
 
+/// `cargo xtask bench --instructions-only`: the pipeline's instructions
+/// per request, printed and written to their docs/benchmarks.md section.
+pub fn instructions_only(root: &Path) -> Result<()> {
+    let counted = instructions::instructions(root)?;
+    println!("{}", counted.line());
+    let body = format!(
+        "## Instructions per request (`cargo xtask bench --instructions-only`, {})\n\nThe agent's userspace work per request, counted by callgrind on the criterion bench's traffic (`apm-agent/benches/instructions.rs`): a run with {} replays and one with {} after a warm-up, the difference over the requests between them. Exact to the instruction, so it shows a cut that criterion's timings on this VM cannot.\n\n- {}\n",
+        crate::load::utc_now(),
+        instructions::SHORT,
+        instructions::LONG,
+        counted.line()
+    );
+    crate::docs::write_section(root, "instructions", &body)
+}
+
 pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let pipeline = criterion(root)?;
+    instructions_only(root)?;
     let work = std::env::temp_dir().join("apm-bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
