@@ -135,8 +135,11 @@ fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
 impl Sink for Recorder<'_> {
     fn route(&mut self, origin: Origin, path: &str) -> Route {
         let (name, _) = self.service(origin, 0);
-        let before = self.routes.count(&name);
-        let route = self.routes.template(&name, path);
+        let (route, counts) = self.routes.template_counted(&name, path);
+        let Some((before, after)) = counts else {
+            // Remembered: a known route of a known service.
+            return route;
+        };
         let collapses = self.routes.take_collapses();
         if before == 0 {
             // A new service: export its counters from zero.
@@ -159,7 +162,6 @@ impl Sink for Recorder<'_> {
                 .with_label_values(&[&*name])
                 .inc_by(collapses);
         }
-        let after = self.routes.count(&name);
         if after != before {
             self.metrics
                 .http_routes

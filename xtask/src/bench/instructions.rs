@@ -65,7 +65,10 @@ fn build(root: &Path) -> Result<PathBuf> {
         .stderr(Stdio::inherit())
         .output()
         .context("building the instructions bench")?;
-    ensure!(out.status.success(), "building the instructions bench failed");
+    ensure!(
+        out.status.success(),
+        "building the instructions bench failed"
+    );
     executable(&String::from_utf8_lossy(&out.stdout))
         .context("cargo named no executable for the instructions bench")
 }
@@ -91,7 +94,8 @@ fn collected(bin: &Path, workload: &str, passes: u64) -> Result<u64> {
     if !out.status.success() {
         bail!("valgrind {workload} {passes} failed: {stderr}");
     }
-    parse_collected(&stderr).with_context(|| format!("no `Collected :` line from callgrind: {stderr}"))
+    parse_collected(&stderr)
+        .with_context(|| format!("no `Collected :` line from callgrind: {stderr}"))
 }
 
 /// The count of callgrind's `==PID== Collected : N` summary line.

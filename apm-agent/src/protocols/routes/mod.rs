@@ -149,13 +149,26 @@ impl Routes {
     }
 
     pub fn template(&mut self, service: &Arc<str>, path: &str) -> Route {
+        self.template_counted(service, path).0
+    }
+
+    /// [`Self::template`], with the service's route counts before and
+    /// after when the path was not remembered (a remembered path is a
+    /// known route of a known service: nothing changed).
+    pub fn template_counted(
+        &mut self,
+        service: &Arc<str>,
+        path: &str,
+    ) -> (Route, Option<(usize, usize)>) {
         let key = self.keys.hash_one((&**service, path));
         if let Some(template) = self.memo.get(&key) {
-            return Route {
+            let route = Route {
                 template: template.clone(),
                 overflow: false,
             };
+            return (route, None);
         }
+        let before = self.count(service);
         let route = self.template_new(service, path);
         if !route.overflow {
             if self.memo.len() >= MEMO_MAX {
@@ -163,7 +176,8 @@ impl Routes {
             }
             self.memo.insert(key, route.template.clone());
         }
-        route
+        let after = self.count(service);
+        (route, Some((before, after)))
     }
 
     fn template_new(&mut self, service: &Arc<str>, path: &str) -> Route {

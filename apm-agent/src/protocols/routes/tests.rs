@@ -457,3 +457,17 @@ fn the_tree_stays_consistent_through_collapses_expiry_and_full_tables() {
     }
     assert!(collapses > 100, "{collapses} collapses");
 }
+
+#[test]
+fn route_counts_are_reported_only_when_a_path_is_not_remembered() {
+    let (mut r, svc) = routes();
+    let (first, counts) = r.template_counted(&svc, "/users/12345");
+    assert_eq!((&*first.template, counts), ("/users/{id}", Some((0, 1))));
+    // Remembered: nothing to count again.
+    assert_eq!(r.template_counted(&svc, "/users/12345").1, None);
+    // Another id of the same route: templated again, counts unchanged.
+    assert_eq!(r.template_counted(&svc, "/users/777").1, Some((1, 1)));
+    assert_eq!(r.template_counted(&svc, "/health").1, Some((1, 2)));
+    r.forget(&svc, "/health");
+    assert_eq!(r.template_counted(&svc, "/users/12345").1, Some((1, 1)));
+}
