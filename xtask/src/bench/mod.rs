@@ -140,7 +140,7 @@ pub fn instructions_only(root: &Path) -> Result<()> {
     let counted = instructions::instructions(root)?;
     println!("{}", counted.line());
     let body = format!(
-        "## Instructions per request (`cargo xtask bench --instructions-only`, {})\n\nThe agent's userspace work per request, counted by callgrind on the criterion bench's traffic (`apm-agent/benches/instructions.rs`): a run with {} replays and one with {} after a warm-up, the difference over the requests between them. Exact to the instruction, so it shows a cut that criterion's timings on this VM cannot.\n\n- {}\n",
+        "## Instructions per request (`cargo xtask bench --instructions-only`, {})\n\nThe agent's userspace work per request, counted by callgrind on the criterion bench's traffic (`apm-agent/benches/instructions.rs`): runs of {} and {} replays after a warm-up, the difference over the requests between them. Exact to the instruction, so it shows a cut that criterion's timings on this VM cannot.\n\n- {}\n",
         crate::load::utc_now(),
         instructions::SHORT,
         instructions::LONG,
