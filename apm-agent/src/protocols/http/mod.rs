@@ -5,6 +5,7 @@
 //! and the framing of the message (header length, Content-Length, chunked,
 //! Connection: close). Headers and bodies are never returned or stored.
 
+mod first_line;
 mod head;
 
 use head::Head;
@@ -107,15 +108,24 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     if !starts_like_request(buf) {
         return Err(ParseError::NotHttp);
     }
-    // httparse reads the request line alone (it then wants more bytes and
-    // says Partial); `head::scan` reads the header lines after it.
+    // The common line in one pass, else httparse reads the request line
+    // alone (it then wants more bytes and says Partial); `head::scan`
+    // reads the header lines after it.
     let line = line_end(buf);
-    let mut req = httparse::Request::new(&mut []);
-    if req.parse(&buf[..line.unwrap_or(buf.len())]).is_err() {
-        return Err(ParseError::NotHttp);
-    }
-    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return partial_request_line(buf);
+    let fast = line.and_then(|l| first_line::request_line(&buf[..l]));
+    let (method, target, version) = match fast {
+        Some(f) => (f.method, f.target, f.minor),
+        None => {
+            let mut req = httparse::Request::new(&mut []);
+            if req.parse(&buf[..line.unwrap_or(buf.len())]).is_err() {
+                return Err(ParseError::NotHttp);
+            }
+            let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
+            else {
+                return partial_request_line(buf);
+            };
+            (method, target, version)
+        }
     };
     let head = head::scan_after(buf, line)?;
     let body = match head {
@@ -222,18 +232,24 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ParseError> {
     // As for requests: httparse for the status line, head::scan for the
     // header lines.
     let line = line_end(buf);
-    let mut resp = httparse::Response::new(&mut []);
-    if resp.parse(&buf[..line.unwrap_or(buf.len())]).is_err() {
-        return Err(ParseError::NotHttp);
-    }
-    let status = match resp.code {
+    let (version, code) = match line.and_then(|l| first_line::status_line(&buf[..l])) {
+        Some((minor, code)) => (Some(minor), Some(code)),
+        None => {
+            let mut resp = httparse::Response::new(&mut []);
+            if resp.parse(&buf[..line.unwrap_or(buf.len())]).is_err() {
+                return Err(ParseError::NotHttp);
+            }
+            (resp.version, resp.code)
+        }
+    };
+    let status = match code {
         // httparse takes any three digits; HTTP has 100 to 599.
         Some(code) if (100..=599).contains(&code) => code,
         Some(_) => return Err(ParseError::NotHttp),
         None => status_from_line(buf)?,
     };
     let head = head::scan_after(buf, line)?;
-    let http10 = resp.version == Some(0);
+    let http10 = version == Some(0);
     let (body, connection_close) = match head {
         Head { len: None, .. } => (Framing::Close, http10),
         Head {
