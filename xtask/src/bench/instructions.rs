@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -51,20 +51,11 @@ pub fn instructions(root: &Path) -> Result<Instructions> {
 
 /// Builds the bench target and returns its executable.
 fn build(root: &Path) -> Result<PathBuf> {
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "bench",
-            "-p",
-            "apm-agent",
-            "--bench",
-            "instructions",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("building the instructions bench")?;
+    let out = super::tools::cargo_bench(
+        root,
+        "instructions",
+        &["--no-run", "--message-format=json-render-diagnostics"],
+    )?;
     ensure!(
         out.status.success(),
         "building the instructions bench failed"

@@ -24,20 +24,7 @@ pub struct Pipeline {
 
 pub fn criterion(root: &Path) -> Result<Pipeline> {
     eprintln!("xtask bench: criterion pipeline benchmark");
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "bench",
-            "-p",
-            "apm-agent",
-            "--bench",
-            "pipeline",
-            "--",
-            "--noplot",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo bench")?;
+    let out = cargo_bench(root, "pipeline", &["--", "--noplot"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     print!("{text}");
     ensure!(out.status.success(), "cargo bench failed");
@@ -50,6 +37,17 @@ pub fn criterion(root: &Path) -> Result<Pipeline> {
         }),
         _ => bail!("expected three throughput lines in criterion's output"),
     }
+}
+
+/// `cargo bench -p apm-agent --bench BENCH ARGS…`, its stdout captured.
+pub fn cargo_bench(root: &Path, bench: &str, args: &[&str]) -> Result<std::process::Output> {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["bench", "-p", "apm-agent", "--bench", bench])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo bench --bench {bench}"))
 }
 
 /// The middle estimates of criterion's `thrpt: [low mid high]` lines, per
