@@ -65,7 +65,8 @@ pub struct Config {
     pub alert_webhooks: Vec<String>,
 
     /// Break the agent on purpose, for tests of its own health reporting:
-    /// `poison-pipeline` panics the request pipeline's thread after a second;
+    /// `poison-pipeline` panics the request pipeline's thread a second
+    /// after start (or once the first scan is in, if that is later);
     /// `slow-pipeline` makes every record cost the pipeline 100 µs more, so
     /// a few thousand requests a second saturate it;
     /// `discard-records` reads the ring buffer and drops every record

@@ -249,8 +249,13 @@ impl Agent {
                 }
             }
         }
-        self.track_pids(owners_now);
+        let changed = self.track_pids(owners_now);
         self.publish_directory(listeners, &named_sockets);
+        // Services appear in /metrics only once the pipeline can file
+        // their requests (a scrape may not wait for this scan).
+        if changed {
+            self.publish_identities();
+        }
         self.adopt_newly_named();
         self.metrics
             .monitored_ports
@@ -260,9 +265,10 @@ impl Agent {
             .set(i64::try_from(self.published.len()).unwrap_or(i64::MAX));
     }
 
-    fn track_pids(&mut self, owners_now: HashMap<u32, (String, Vec<u16>)>) {
+    /// Traces the new owners and forgets the gone; whether any changed.
+    fn track_pids(&mut self, owners_now: HashMap<u32, (String, Vec<u16>)>) -> bool {
         if owners_now == self.published {
-            return;
+            return false;
         }
         let gone: Vec<u32> = self
             .published
@@ -317,14 +323,15 @@ impl Agent {
                 }
             }
         }
-        self.publish_identities(&owners_now);
         self.published = owners_now;
         self.publish_clients();
+        true
     }
 
-    /// Hands the request pipeline and the sampler a new directory when
-    /// anything in it changed: processes, ports, and (for packet records)
-    /// each (network-namespace cookie, port) listener.
+    /// Hands the request pipeline and the sampler a new directory after
+    /// the first scan and whenever anything in it changed: processes,
+    /// ports, and (for packet records) each (network-namespace cookie,
+    /// port) listener.
     /// `named` holds the selected (namespace inode, port) listeners and
     /// their service names, as `apply` computed them.
     fn publish_directory(&mut self, listeners: &Listeners, named: &[((u64, u16), String)]) {
@@ -380,9 +387,9 @@ impl Agent {
 
     /// `apm_service_info`: the container and pod of each service, from the
     /// cgroup of its lowest pid.
-    fn publish_identities(&self, owners: &HashMap<u32, (String, Vec<u16>)>) {
+    fn publish_identities(&self) {
         let mut first: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
-        for (&pid, (name, _)) in owners {
+        for (&pid, (name, _)) in &self.published {
             let slot = first.entry(name.as_str()).or_insert(pid);
             *slot = (*slot).min(pid);
         }

@@ -67,10 +67,11 @@ impl Agent {
         }
     }
 
-    /// Names the series of the ports this scan named. Only now: a scrape
-    /// that does not wait for a scan shows a port's named series only once
-    /// the request pipeline's directory and the kernel's tracked processes
-    /// know its owner too (the end-to-end tests wait for that series).
+    /// Names the series of the ports this scan named. Only now, after the
+    /// scan traced the owners it found and published the directory: a
+    /// scrape that does not wait for a scan never shows a port named
+    /// before the request pipeline can file its requests (the end-to-end
+    /// tests wait for that series).
     pub(super) fn adopt_newly_named(&mut self) {
         for (port, name) in std::mem::take(&mut self.newly_named) {
             self.adopt_unknown_series(port, &name);
@@ -205,7 +206,11 @@ mod tests {
         let config = Config::try_parse_from(["apm-agent", "--comm", "api"]).expect("config");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let mut agent = Agent::new(&config, None, &ProbeReport::default(), metrics.clone());
-        let named = |m: &Metrics| m.encode().expect("encode").contains("service_name=\"api\"");
+        let named = |m: &Metrics| {
+            m.encode().expect("encode").contains(
+                "apm_tcp_connections_accepted_total{server_port=\"8080\",service_name=\"api\"}",
+            )
+        };
         // Named mid-scan: a scrape that does not wait for the scan must
         // not see the series before the pipeline can file requests.
         agent.monitor_port(8080, Some("api".into()));

@@ -1,6 +1,7 @@
 //! The service directory: which service a record belongs to. The agent
-//! replaces it wholesale whenever discovery changes something; the request
-//! pipeline and the sampler read snapshots of it.
+//! publishes it after its first scan and replaces it wholesale whenever
+//! discovery changes something; the request pipeline and the sampler read
+//! snapshots of it.
 
 use std::sync::{
     Arc, RwLock,

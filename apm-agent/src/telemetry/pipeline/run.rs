@@ -1,6 +1,7 @@
 //! The pipeline's own OS thread: it owns the [`Pipeline`] outright, feeds
-//! it the ring's records, sweeps it, and publishes a snapshot every
-//! [`PUBLISH_EVERY`]. Nothing else ever touches the pipeline's state.
+//! it the ring's records (once the agent's first scan named the services),
+//! sweeps it, and publishes a snapshot every [`PUBLISH_EVERY`]. Nothing
+//! else ever touches the pipeline's state.
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -49,6 +50,8 @@ struct Driver {
 /// How long the thread leaves records in the ring, at start, for the
 /// agent's first scan: read before it, they would all be filed under
 /// "unknown". A slower scan (a host with a huge /proc) lets them go on.
+/// Nothing is published meanwhile, and a ring that fills drops records,
+/// counted like any ring loss.
 const FIRST_SCAN_WAIT: Duration = Duration::from_secs(5);
 
 fn nanos(d: Duration) -> u64 {
@@ -116,7 +119,8 @@ pub fn spawn(
         .name("apm-pipeline".into())
         .spawn(move || {
             let waiting = Instant::now();
-            while !driver.pipeline.services_known()
+            while ring.is_some()
+                && !driver.pipeline.services_known()
                 && waiting.elapsed() < FIRST_SCAN_WAIT
                 && !stop.load(std::sync::atomic::Ordering::Relaxed)
             {
