@@ -164,13 +164,15 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     }
     if payload == 0 {
         if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-            emit(ctx, dir, port as u16, whose, &seg, 0, 0, len);
+            emit(ctx, &Ids::of(ctx), dir, port as u16, whose, &seg, 0, 0, len);
         }
         return;
     }
     // Consecutive records of DATA_CAP bytes, the last one carrying the
     // rest of the segment's length (and its FIN/RST): the agent places
     // them by sequence number like separate segments.
+    // Read once for every record of the segment.
+    let ids = Ids::of(ctx);
     let mut off = 0u32;
     for i in 0..MAX_CHUNKS {
         let rest = payload - off;
@@ -178,6 +180,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         let piece = if last { rest } else { DATA_CAP as u32 };
         emit(
             ctx,
+            &ids,
             dir,
             port as u16,
             whose,
@@ -279,6 +282,29 @@ struct Record<const N: usize> {
     data: [u8; N],
 }
 
+/// The time and the socket's and namespace's cookies of a segment: one
+/// set of helper calls however many records it becomes.
+struct Ids {
+    ts_ns: u64,
+    cookie: u64,
+    netns: u64,
+}
+
+impl Ids {
+    #[inline(always)]
+    fn of(ctx: &SkBuffContext) -> Self {
+        let raw = ctx.as_ptr();
+        Self {
+            // SAFETY: plain helper calls on this program's own context.
+            ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+            // SAFETY: as above.
+            cookie: unsafe { bpf_get_socket_cookie(raw) },
+            // SAFETY: as above.
+            netns: unsafe { bpf_get_netns_cookie(raw) },
+        }
+    }
+}
+
 /// Writes one record: the `payload` bytes at offset `off` of the segment's
 /// payload (the first DATA_CAP of them captured); `end` is the packet's
 /// length when this record is the segment's last (its flags and tail),
@@ -291,6 +317,7 @@ struct Record<const N: usize> {
 #[allow(clippy::too_many_arguments)]
 fn emit(
     ctx: &SkBuffContext,
+    ids: &Ids,
     dir: u8,
     port: u16,
     whose: u8,
@@ -302,12 +329,9 @@ fn emit(
     let raw = ctx.as_ptr();
     let mut h = PacketHeader {
         kind: EventKind::Packet as u32,
-        // SAFETY: plain helper calls on this program's own context.
-        ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
-        // SAFETY: as above.
-        cookie: unsafe { bpf_get_socket_cookie(raw) },
-        // SAFETY: as above.
-        netns: unsafe { bpf_get_netns_cookie(raw) },
+        ts_ns: ids.ts_ns,
+        cookie: ids.cookie,
+        netns: ids.netns,
         seq: seg.seq.wrapping_add(off),
         len: payload,
         ack: seg.ack,
