@@ -12,6 +12,7 @@
 //! header the capture did not see is a [`Desync::Truncated`].
 
 pub mod commands;
+mod names;
 #[cfg(test)]
 mod tests;
 
