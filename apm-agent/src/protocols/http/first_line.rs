@@ -7,6 +7,8 @@
 //! reads the same way (the tests hold them to it), at a fifth of its
 //! instructions.
 
+use super::head::{Stop, find};
+
 /// A request line: method, target and minor version.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct RequestLine<'a> {
@@ -30,7 +32,7 @@ pub(super) fn request_line(line: &[u8]) -> Option<RequestLine<'_>> {
         b" HTTP/1.0\r\n" => 0,
         _ => return None,
     };
-    if target.is_empty() || !visible_ascii(target) {
+    if target.is_empty() || find(target, 0, Stop::Invisible).is_some() {
         return None;
     }
     // SAFETY: every byte of `target` is ASCII (checked just above), and
@@ -41,37 +43,6 @@ pub(super) fn request_line(line: &[u8]) -> Option<RequestLine<'_>> {
         target,
         minor,
     })
-}
-
-/// Every byte is visible ASCII (0x21 to 0x7e), 16 at a time: one SSE2
-/// comparison set per block on x86_64 (part of its baseline), a byte loop
-/// for the rest and on other targets.
-fn visible_ascii(bytes: &[u8]) -> bool {
-    let (blocks, rest) = bytes.as_chunks::<16>();
-    blocks.iter().all(visible_block) && rest.iter().all(|b| (0x21..=0x7e).contains(b))
-}
-
-#[cfg(target_arch = "x86_64")]
-fn visible_block(block: &[u8; 16]) -> bool {
-    use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
-    // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics may
-    // run here; the only memory access is an unaligned load of exactly
-    // `block`'s 16 bytes.
-    unsafe {
-        let v = _mm_loadu_si128(block.as_ptr().cast());
-        // Signed: bytes from 0x80 are negative, so "< 0x21" catches them.
-        let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x21));
-        let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
-        _mm_movemask_epi8(_mm_or_si128(low, del)) == 0
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn visible_block(block: &[u8; 16]) -> bool {
-    block.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// A status line's minor version and code.
@@ -143,23 +114,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn visible_ascii_holds_for_every_byte_in_every_position() {
-        for len in [1, 15, 16, 17, 33] {
-            for at in 0..len {
-                for b in 0..=255u8 {
-                    let mut v = vec![b'a'; len];
-                    v[at] = b;
-                    assert_eq!(
-                        visible_ascii(&v),
-                        (0x21..=0x7e).contains(&b),
-                        "{len} {at} {b}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]

@@ -75,11 +75,13 @@ pub(super) fn scan(buf: &[u8], start: usize) -> Result<Head, ParseError> {
 
 /// What [`find`] looks for.
 #[derive(Clone, Copy)]
-enum Stop {
+pub(super) enum Stop {
     Newline,
     /// The end of a header name: a colon, or a byte no name holds
     /// (space, a control byte, DEL or beyond ASCII).
     NameEnd,
+    /// A byte that is not visible ASCII (as in a request target).
+    Invisible,
 }
 
 impl Stop {
@@ -87,7 +89,8 @@ impl Stop {
     fn at(self, b: u8) -> bool {
         match self {
             Stop::Newline => b == b'\n',
-            Stop::NameEnd => b == b':' || !(0x21..0x7f).contains(&b),
+            Stop::NameEnd => b == b':' || Stop::Invisible.at(b),
+            Stop::Invisible => !(0x21..0x7f).contains(&b),
         }
     }
 }
@@ -96,7 +99,7 @@ impl Stop {
 /// time: one SSE2 comparison per block on x86_64 (part of its baseline),
 /// a byte loop elsewhere; the last partial block goes through a
 /// zero-padded copy.
-fn find(buf: &[u8], from: usize, stop: Stop) -> Option<usize> {
+pub(super) fn find(buf: &[u8], from: usize, stop: Stop) -> Option<usize> {
     let mut at = from;
     while let Some(rest) = buf.get(at..).filter(|r| !r.is_empty()) {
         let (mask, len) = match <&[u8; 16]>::try_from(rest.get(..16).unwrap_or_default()) {
@@ -130,16 +133,18 @@ fn block_mask(block: &[u8; 16], stop: Stop) -> u32 {
     // only memory access is an unaligned load of exactly `block`'s 16 bytes.
     unsafe {
         let v = _mm_loadu_si128(block.as_ptr().cast());
+        // A signed compare: bytes from 0x80 are negative, so "< 0x21"
+        // also catches everything beyond ASCII.
+        let invisible = || {
+            let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x21));
+            _mm_or_si128(low, _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)))
+        };
         let hits = match stop {
             Stop::Newline => _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)),
             Stop::NameEnd => {
-                // A signed compare: bytes from 0x80 are negative, so
-                // "< 0x21" also catches everything beyond ASCII.
-                let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x21));
-                let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
-                let colon = _mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8));
-                _mm_or_si128(low, _mm_or_si128(del, colon))
+                _mm_or_si128(invisible(), _mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8)))
             }
+            Stop::Invisible => invisible(),
         };
         _mm_movemask_epi8(hits) as u32
     }
@@ -277,7 +282,7 @@ mod tests {
 
     #[test]
     fn block_masks_follow_the_byte_rule_for_every_byte() {
-        for stop in [Stop::Newline, Stop::NameEnd] {
+        for stop in [Stop::Newline, Stop::NameEnd, Stop::Invisible] {
             for first in (0..=255u8).step_by(16) {
                 let block: [u8; 16] = std::array::from_fn(|i| first + i as u8);
                 assert_eq!(
@@ -291,20 +296,28 @@ mod tests {
 
     #[test]
     fn find_crosses_blocks_and_stops_at_the_end() {
+        let stops = [
+            (b'\n', Stop::Newline),
+            (b':', Stop::NameEnd),
+            (b' ', Stop::Invisible),
+            (0x7f, Stop::Invisible),
+            (0x80, Stop::Invisible),
+            (0, Stop::Invisible),
+        ];
         for len in 0..40 {
             let mut buf = vec![b'a'; len];
-            assert_eq!(find(&buf, 0, Stop::Newline), None, "{len}");
+            for (_, stop) in stops {
+                assert_eq!(find(&buf, 0, stop), None, "{len}");
+            }
             for at in 0..len {
-                buf[at] = b'\n';
-                for from in 0..=at {
-                    assert_eq!(
-                        find(&buf, from, Stop::Newline),
-                        Some(at),
-                        "{len} {at} {from}"
-                    );
+                for (byte, stop) in stops {
+                    buf[at] = byte;
+                    for from in 0..=at {
+                        assert_eq!(find(&buf, from, stop), Some(at), "{len} {at} {from} {byte}");
+                    }
+                    assert_eq!(find(&buf, at + 1, stop), None);
+                    buf[at] = b'a';
                 }
-                assert_eq!(find(&buf, at + 1, Stop::Newline), None);
-                buf[at] = b'a';
             }
         }
     }
