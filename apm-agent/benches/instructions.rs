@@ -42,5 +42,6 @@ fn main() {
             }
         }
     }
+    // What `cargo xtask bench` divides by (commands, for RESP).
     println!("requests per pass: {requests}");
 }

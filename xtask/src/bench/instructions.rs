@@ -35,17 +35,16 @@ impl Instructions {
 pub fn instructions(root: &Path) -> Result<Instructions> {
     eprintln!("xtask bench: callgrind instruction counts of the pipeline");
     let bin = build(root)?;
-    let per = |workload: &str, per_pass: u64| -> Result<f64> {
-        let short = collected(&bin, workload, SHORT)?;
-        let long = collected(&bin, workload, LONG)?;
+    let per = |workload: &str| -> Result<f64> {
+        let (short, per_pass) = collected(&bin, workload, SHORT)?;
+        let (long, _) = collected(&bin, workload, LONG)?;
         ensure!(long > short, "callgrind counted no more for more passes");
         Ok((long - short) as f64 / ((LONG - SHORT) * per_pass) as f64)
     };
-    let requests = 64 * 64;
     Ok(Instructions {
-        packets: per("packets", requests)?,
-        syscalls: per("syscalls", requests)?,
-        resp: per("resp", 2 * requests)?,
+        packets: per("packets")?,
+        syscalls: per("syscalls")?,
+        resp: per("resp")?,
     })
 }
 
@@ -73,8 +72,10 @@ fn executable(messages: &str) -> Option<PathBuf> {
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
-/// Instructions callgrind counted over a whole run of `bin workload passes`.
-fn collected(bin: &Path, workload: &str, passes: u64) -> Result<u64> {
+/// Instructions callgrind counted over a whole run of `bin workload
+/// passes`, and the requests (or commands) per pass the bench says its
+/// workload holds.
+fn collected(bin: &Path, workload: &str, passes: u64) -> Result<(u64, u64)> {
     let out = Command::new("valgrind")
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(bin)
@@ -85,8 +86,21 @@ fn collected(bin: &Path, workload: &str, passes: u64) -> Result<u64> {
     if !out.status.success() {
         bail!("valgrind {workload} {passes} failed: {stderr}");
     }
-    parse_collected(&stderr)
-        .with_context(|| format!("no `Collected :` line from callgrind: {stderr}"))
+    let count = parse_collected(&stderr)
+        .with_context(|| format!("no `Collected :` line from callgrind: {stderr}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let per_pass = parse_per_pass(&stdout)
+        .with_context(|| format!("no `requests per pass:` line from the bench: {stdout}"))?;
+    Ok((count, per_pass))
+}
+
+/// The bench's `requests per pass: N` line.
+fn parse_per_pass(stdout: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("requests per pass:"))
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
 }
 
 /// The count of callgrind's `==PID== Collected : N` summary line.
@@ -106,6 +120,8 @@ mod tests {
         let stderr = "==12== Events    : Ir\n==12== Collected : 123456789\n==12==\n";
         assert_eq!(parse_collected(stderr), Some(123_456_789));
         assert_eq!(parse_collected("nothing"), None);
+        assert_eq!(parse_per_pass("requests per pass: 8192\n"), Some(8192));
+        assert_eq!(parse_per_pass("requests per pass: 0\n"), None);
         let messages = r#"{"reason":"compiler-artifact","target":{"name":"pipeline"},"executable":"/t/pipeline-1"}
 {"reason":"compiler-artifact","target":{"name":"instructions"},"executable":"/t/instructions-2"}"#;
         assert_eq!(
