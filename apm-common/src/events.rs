@@ -234,19 +234,21 @@ pub fn record_kind(record: &[u8]) -> Option<EventKind> {
 pub const WAKEUP_BYTES: u64 = 256 * 1024;
 
 /// The longest the reader waits between drains without a wakeup. Under
-/// load the packet programs wake it sooner, every [`WAKE_STEP_BYTES`].
+/// load it drains every [`BUSY_POLL_MS`] on its own timer instead.
 pub const POLL_INTERVAL_MS: u64 = 100;
 
+/// While records keep coming, the reader sleeps this long between drains
+/// rather than waiting to be woken: batches stay short (a few hundred
+/// requests at 50 000 per second) and no producer pays for a wakeup.
+pub const BUSY_POLL_MS: u64 = 4;
+
 /// How much the packet programs write between two wakeups of the reader
-/// (a quarter of the ring when that is smaller): a few hundred requests.
-/// The reader shares a CPU with the services it watches; a batch this
-/// size takes it a fraction of a millisecond, where a 2 MiB one (the
-/// quarter of the default ring, used before) kept it busy for several, and
-/// a client on that CPU stalled meanwhile: nginx kept a median 0.94 and
-/// 0.92 of its throughput with 64 KiB steps against 0.84 with 2 MiB ones
-/// (two A/B runs of 20 and 16 rounds), for about 1.5x the agent's CPU per
-/// request. 16 and 256 KiB did no better than 64.
-pub const WAKE_STEP_BYTES: u32 = 64 * 1024;
+/// (a quarter of the ring when that is smaller): a safety net for a burst
+/// that starts while the reader waits out [`POLL_INTERVAL_MS`]. A wakeup is
+/// an inter-processor interrupt raised on the producer's CPU, inside the
+/// service's send: on this project's VM about 20 µs each, which at the
+/// former 64 KiB step cost nginx 0.9 % of its CPU (perf, 2026-12-06).
+pub const WAKE_STEP_BYTES: u32 = 1024 * 1024;
 
 /// The two record headers: plain-integer repr(C) types with a count of
 /// captured payload bytes after them and a tail.

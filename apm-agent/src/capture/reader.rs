@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use apm_common::events::POLL_INTERVAL_MS;
+use apm_common::events::{BUSY_POLL_MS, POLL_INTERVAL_MS};
 use aya::maps::{MapData, RingBuf};
 use tracing::{info, warn};
 
@@ -46,6 +46,8 @@ pub fn run(
         (Some(_), false) => info!("reading request records"),
     }
     let interval = Duration::from_millis(POLL_INTERVAL_MS);
+    let busy = Duration::from_millis(BUSY_POLL_MS);
+    let mut busy_mode = false;
     while !stop.load(Ordering::Relaxed) {
         beat.beat();
         let Some(ring) = ring.as_mut() else {
@@ -53,19 +55,27 @@ pub fn run(
             sink.tick();
             continue;
         };
-        // The kernel wakes us each WAKE_STEP_BYTES written (packets) or
-        // when WAKEUP_BYTES are queued (syscalls); the timeout picks up
-        // the rest within POLL_INTERVAL_MS.
-        wait_readable(ring, interval);
+        // Under load, a short sleep: poll(2) would return at once while
+        // anything is queued. At rest, a wait that the kernel ends when
+        // a burst has written WAKE_STEP_BYTES (packets) or WAKEUP_BYTES
+        // are queued (syscalls), else after POLL_INTERVAL_MS.
+        if busy_mode {
+            std::thread::sleep(busy);
+        } else {
+            wait_readable(ring, interval);
+        }
         // Everything queued, a batch at a time with a tick in between.
+        let mut read = 0;
         loop {
-            let emptied = drain(ring, sink, discard);
+            let (n, emptied) = drain(ring, sink, discard);
+            read += n;
             sink.tick();
             beat.beat();
             if emptied || stop.load(Ordering::Relaxed) {
                 break;
             }
         }
+        busy_mode = read > 0;
     }
 }
 
@@ -82,15 +92,16 @@ fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
     let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
-/// Handles up to [`BATCH`] records; returns whether the ring is now empty.
-fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl RecordSink, discard: bool) -> bool {
+/// Handles up to [`BATCH`] records; returns how many it read and whether
+/// the ring is now empty.
+fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl RecordSink, discard: bool) -> (usize, bool) {
     sink.start_batch();
-    for _ in 0..BATCH {
+    for n in 0..BATCH {
         match ring.next() {
             Some(record) if !discard => sink.record(&record),
             Some(_) => {}
-            None => return true,
+            None => return (n, true),
         }
     }
-    false
+    (BATCH, false)
 }

@@ -143,18 +143,23 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
         return;
     }
+    let mut known = None;
     if whose == side::SERVER {
         if on_listener(ctx) {
             whose = side::LISTENER;
-        } else if !verdict::admit(
-            ctx,
-            dir,
-            seg.seq,
-            seg.payload_off,
-            payload,
-            chunks == MAX_CHUNKS,
-        ) {
-            return;
+        } else {
+            let admission = verdict::admit(
+                ctx,
+                dir,
+                seg.seq,
+                seg.payload_off,
+                payload,
+                chunks == MAX_CHUNKS,
+            );
+            if !admission.copy {
+                return;
+            }
+            known = admission.ids;
         }
     }
     if let Some((cookie, event)) = watched
@@ -164,7 +169,17 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     }
     if payload == 0 {
         if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-            emit(ctx, &Ids::of(ctx), dir, port as u16, whose, &seg, 0, 0, len);
+            emit(
+                ctx,
+                &Ids::of(ctx, known),
+                dir,
+                port as u16,
+                whose,
+                &seg,
+                0,
+                0,
+                len,
+            );
         }
         return;
     }
@@ -172,7 +187,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     // rest of the segment's length (and its FIN/RST): the agent places
     // them by sequence number like separate segments.
     // Read once for every record of the segment.
-    let ids = Ids::of(ctx);
+    let ids = Ids::of(ctx, known);
     let mut off = 0u32;
     for i in 0..MAX_CHUNKS {
         let rest = payload - off;
@@ -283,7 +298,8 @@ struct Record<const N: usize> {
 }
 
 /// The time and the socket's and namespace's cookies of a segment: one
-/// set of helper calls however many records it becomes.
+/// set of helper calls however many records it becomes, and none for the
+/// cookies when the socket's storage holds them (`known`).
 struct Ids {
     ts_ns: u64,
     cookie: u64,
@@ -292,15 +308,16 @@ struct Ids {
 
 impl Ids {
     #[inline(always)]
-    fn of(ctx: &SkBuffContext) -> Self {
+    fn of(ctx: &SkBuffContext, known: Option<(u64, u64)>) -> Self {
         let raw = ctx.as_ptr();
+        // SAFETY: plain helper calls on this program's own context.
+        let (cookie, netns) = known
+            .unwrap_or_else(|| unsafe { (bpf_get_socket_cookie(raw), bpf_get_netns_cookie(raw)) });
         Self {
-            // SAFETY: plain helper calls on this program's own context.
+            // SAFETY: as above.
             ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
-            // SAFETY: as above.
-            cookie: unsafe { bpf_get_socket_cookie(raw) },
-            // SAFETY: as above.
-            netns: unsafe { bpf_get_netns_cookie(raw) },
+            cookie,
+            netns,
         }
     }
 }
@@ -421,9 +438,9 @@ fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, pay
 
 /// Wakes the reader when this record (`size` bytes, plus the ring's 8-byte
 /// record header, rounded up to 8) takes the producer position across a
-/// multiple of the wake step (`CONFIG.wake_shift`, WAKE_STEP_BYTES): the
-/// reader drains on its timer while the ring fills slowly and at every
-/// step under load. Only the producer position is read (a line every
+/// multiple of the wake step (`CONFIG.wake_shift`, WAKE_STEP_BYTES): under
+/// load the reader drains on its own short timer, so this only ends its
+/// rest when a burst starts. Only the producer position is read (a line every
 /// producer writes anyway); asking how much is queued would read the
 /// consumer's line on every segment. A crossing hidden by another CPU's
 /// record in between only delays the drain to the next step or tick.

@@ -9,7 +9,10 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     btf_maps::SkStorage,
-    helpers::generated::{bpf_sk_storage_get, bpf_skb_load_bytes, bpf_tcp_sock},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skb_load_bytes,
+        bpf_tcp_sock,
+    },
     macros::btf_map,
     programs::SkBuffContext,
 };
@@ -24,13 +27,37 @@ use crate::maps::VERDICTS;
 pub struct SockState {
     /// A [`Verdict`] (0: undecided).
     pub verdict: u32,
+    pub _pad: u32,
+    /// The socket's and its namespace's cookies, fetched on its first
+    /// segment (0: not yet): one line read instead of two helper calls
+    /// per segment.
+    pub cookie: u64,
+    pub netns: u64,
+}
+
+/// What [`admit`] decided about a segment.
+pub struct Admission {
+    pub copy: bool,
+    /// The socket's (cookie, namespace cookie) when its storage has them.
+    pub ids: Option<(u64, u64)>,
+}
+
+impl Admission {
+    #[inline(always)]
+    fn copy() -> Self {
+        Self {
+            copy: true,
+            ids: None,
+        }
+    }
 }
 
 #[btf_map]
 static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 
 /// Whether a segment of a server socket (not a listener) with `payload`
-/// bytes at `payload_off` and sequence number `seq` is to be copied.
+/// bytes at `payload_off` and sequence number `seq` is to be copied, and
+/// the socket's cookies.
 /// Undecided connections are copied; the verdict is taken on the first
 /// in-order payload: the client's (its first bytes), or the server's when
 /// it speaks first. `redis_port`: the port is one of Redis.
@@ -42,11 +69,11 @@ pub fn admit(
     payload_off: u32,
     payload: u32,
     redis_port: bool,
-) -> bool {
+) -> Admission {
     // SAFETY: cgroup_skb programs may read __sk_buff.sk, a socket or null.
     let sk: *mut bpf_sock = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return true;
+        return Admission::copy();
     }
     // SAFETY: a non-null socket of this packet and our map's address; the
     // helper creates zeroed storage on a full socket and returns null on
@@ -61,37 +88,55 @@ pub fn admit(
     }
     .cast::<SockState>();
     if state.is_null() {
-        return true;
+        return Admission::copy();
     }
     // SAFETY: the storage is this socket's, valid for the program's run.
-    let verdict = unsafe { (*state).verdict };
+    let (verdict, cookie) = unsafe { ((*state).verdict, (*state).cookie) };
+    let ids = if cookie != 0 {
+        // SAFETY: as above.
+        (cookie, unsafe { (*state).netns })
+    } else {
+        let raw = ctx.as_ptr();
+        // SAFETY: plain helper calls on this program's own context.
+        let ids = unsafe { (bpf_get_socket_cookie(raw), bpf_get_netns_cookie(raw)) };
+        // SAFETY: as above.
+        unsafe {
+            (*state).cookie = ids.0;
+            (*state).netns = ids.1;
+        }
+        ids
+    };
+    let admit = |copy| Admission {
+        copy,
+        ids: Some(ids),
+    };
     if verdict != Verdict::Undecided as u32 {
         let copy = Verdict::captured_raw(verdict);
         if !copy && payload > 0 {
             count(Verdict::SLOTS + verdict);
         }
-        return copy;
+        return admit(copy);
     }
     if payload == 0 {
-        return true;
+        return admit(true);
     }
     // SAFETY: as above; the helper returns null for a non-TCP socket.
     let tp = unsafe { bpf_tcp_sock(sk) };
     if tp.is_null() {
-        return true;
+        return admit(true);
     }
     // SAFETY: a TCP socket's fields, readable by cgroup_skb programs.
     let (received, rcv_nxt) = unsafe { ((*tp).bytes_received, (*tp).rcv_nxt) };
     // A connection older than the programs, or one whose first bytes went
     // by on its listener: its start was not seen, so it stays undecided.
     if received != 0 {
-        return true;
+        return admit(true);
     }
     let decided = if dir == direction::EGRESS {
         Verdict::ServerFirst
     } else if seq != rcv_nxt {
         // Out of order, ahead of the first bytes: wait for them.
-        return true;
+        return admit(true);
     } else {
         let mut first = [0u8; 16];
         // min(payload, 16) in [1, 16] whatever the compiler reorders.
@@ -101,10 +146,10 @@ pub fn admit(
         let rc =
             unsafe { bpf_skb_load_bytes(ctx.as_ptr(), payload_off, first.as_mut_ptr().cast(), n) };
         if rc != 0 {
-            return true;
+            return admit(true);
         }
         match Verdict::of_request(&first, n as usize, redis_port) {
-            Verdict::Undecided => return true,
+            Verdict::Undecided => return admit(true),
             v => v,
         }
     };
@@ -114,7 +159,7 @@ pub fn admit(
     if !decided.captured() {
         count(Verdict::SLOTS + decided as u32);
     }
-    decided.captured()
+    admit(decided.captured())
 }
 
 #[inline(always)]
