@@ -530,18 +530,26 @@ impl Metrics {
                 .inc_by(0);
         }
         for verdict in apm_common::Verdict::ALL {
-            let label = [verdict.label()];
-            if verdict != apm_common::Verdict::Undecided {
-                metrics
-                    .capture_connections
-                    .with_label_values(&label)
-                    .inc_by(0);
-            }
-            if !verdict.captured() {
-                metrics.capture_skipped.with_label_values(&label).inc_by(0);
-            }
+            metrics.count_verdict(verdict, 0, 0);
         }
         Ok(metrics)
+    }
+
+    /// Adds `connections` decided as `verdict` and `skipped` segments not
+    /// copied for it. Undecided is no verdict to count connections under;
+    /// only a verdict whose bytes are not copied skips segments.
+    pub fn count_verdict(&self, verdict: apm_common::Verdict, connections: u64, skipped: u64) {
+        let label = [verdict.label()];
+        if verdict != apm_common::Verdict::Undecided {
+            self.capture_connections
+                .with_label_values(&label)
+                .inc_by(connections);
+        }
+        if !verdict.captured() {
+            self.capture_skipped
+                .with_label_values(&label)
+                .inc_by(skipped);
+        }
     }
 
     /// The registry in Prometheus text exposition format 0.0.4.
