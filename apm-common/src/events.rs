@@ -94,10 +94,11 @@ const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + DATA_CAP);
 
 /// Size of the ring buffer in bytes (a power of two, page aligned). Packet
 /// records are as long as what they captured (typically 100 to 400 bytes),
-/// so it holds tens of thousands of them; the reader drains it at least
-/// every [`POLL_INTERVAL_MS`], and each time [`WAKE_STEP_BYTES`] (or a
-/// quarter of a smaller ring) have been written. Syscall records are fixed [`DataEvent`]s (about
-/// 7 500 fit). The agent may set another size at load time
+/// so it holds tens of thousands of them; the reader drains it every
+/// [`BUSY_POLL_MS`] under load, every [`POLL_INTERVAL_MS`] at rest, and
+/// whenever the producers cross a wake step ([`WAKE_STEP_BYTES`], or a
+/// quarter of a smaller ring). Syscall records are fixed [`DataEvent`]s
+/// (about 7 500 fit). The agent may set another size at load time
 /// (`--ring-buffer-bytes`).
 pub const RINGBUF_BYTES: u32 = 8 * 1024 * 1024;
 
@@ -228,11 +229,6 @@ pub fn record_kind(record: &[u8]) -> Option<EventKind> {
     EventKind::from_u32(u32::from_ne_bytes(bytes))
 }
 
-/// Queued bytes at which the kernel wakes the reader (about 240 data
-/// records); below it the reader finds records on its poll timer
-/// ([`POLL_INTERVAL_MS`]).
-pub const WAKEUP_BYTES: u64 = 256 * 1024;
-
 /// The longest the reader waits between drains without a wakeup. Under
 /// load it drains every [`BUSY_POLL_MS`] on its own timer instead.
 pub const POLL_INTERVAL_MS: u64 = 100;
@@ -242,9 +238,10 @@ pub const POLL_INTERVAL_MS: u64 = 100;
 /// requests at 50 000 per second) and no producer pays for a wakeup.
 pub const BUSY_POLL_MS: u64 = 4;
 
-/// How much the packet programs write between two wakeups of the reader
-/// (a quarter of the ring when that is smaller): a safety net for a burst
-/// that starts while the reader waits out [`POLL_INTERVAL_MS`]. A wakeup is
+/// How much the programs write between two wakeups of the reader (a
+/// quarter of the ring when that is smaller): a safety net for a burst
+/// that starts while the reader waits out [`POLL_INTERVAL_MS`], or that
+/// fills a small ring within [`BUSY_POLL_MS`]. A wakeup is
 /// an inter-processor interrupt raised on the producer's CPU, inside the
 /// service's send: on this project's VM about 20 µs each, which at the
 /// former 64 KiB step cost nginx 0.9 % of its CPU (perf, 2026-12-06).

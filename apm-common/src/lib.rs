@@ -171,10 +171,10 @@ pub struct Config {
     /// [`maps::PORTS`] by the kernel on first connection); 0: count only
     /// ports the agent put there.
     pub all_ports: u32,
-    /// The packet programs wake the ring's reader each time the producer
-    /// position crosses a multiple of 2^wake_shift bytes
-    /// ([`events::WAKE_STEP_BYTES`], or a quarter of a smaller ring); 0:
-    /// never (the reader drains on its timer alone).
+    /// The programs wake the ring's reader each time a record takes the
+    /// producer position across a multiple of 2^wake_shift bytes
+    /// ([`events::WAKE_STEP_BYTES`], or a quarter of a smaller ring): it
+    /// otherwise drains on its own timer. 0: never.
     pub wake_shift: u32,
     /// 1: a monitored process's connection to a port not captured is
     /// watched until its first payload, and captured as a Redis client's

@@ -1,23 +1,41 @@
 //! Writing records into the EVENTS ring buffer.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user},
 };
 
 use apm_common::{
     DropReason,
-    events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP, WAKEUP_BYTES},
+    events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP},
 };
 
-use crate::maps::{EVENTS, count_drop};
+use crate::maps::{CONFIG, EVENTS, count_drop};
 
-/// Submit flags: wake the reader only once a batch has piled up; it also
-/// polls on a short timer, so nothing waits long. One wakeup per record
-/// would cost a context switch per syscall.
+/// Submit flags for a record of `size` bytes just reserved: wake the
+/// reader only when it took the producer position across a multiple of
+/// the wake step (`CONFIG.wake_shift`: WAKE_STEP_BYTES, or a quarter of a
+/// smaller ring). A wakeup is an inter-processor interrupt raised inside
+/// the traced task's syscall or send; under load the reader drains on its
+/// own short timer, so this only ends its rest when a burst starts, or
+/// its short wait when a small ring fills fast. Only the producer position
+/// is read (a line every producer writes anyway); asking how much is
+/// queued would read the consumer's line on every record. The position
+/// already counts this record (and perhaps another CPU's after it; for
+/// `output`, which reserves after this is asked, the record before it): a
+/// crossing missed that way only delays the drain to the next step or
+/// timer.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+pub fn wakeup_flags(size: usize) -> u64 {
+    let shift = CONFIG.get(0).map_or(0, |c| c.wake_shift);
+    if shift == 0 || shift >= 32 {
+        return u64::from(BPF_RB_NO_WAKEUP);
+    }
+    let step = 1u64 << shift;
+    let end = EVENTS.query(u64::from(BPF_RB_PROD_POS));
+    // The ring's 8-byte record header, then the record rounded up to 8.
+    let record = (size as u64 + 8 + 7) & !7;
+    if end & (step - 1) < record {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -51,7 +69,7 @@ pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
         return;
     };
     entry.write(header(kind, fd, port, ret));
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(core::mem::size_of::<EventHeader>()));
 }
 
 /// A read or write record: `ret` bytes moved through `buf` (a user pointer
@@ -94,5 +112,5 @@ pub fn emit_data(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64, len: u
     }
     // SAFETY: writing the header part of the reserved record.
     unsafe { core::ptr::addr_of_mut!((*ev).header).write(h) };
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(core::mem::size_of::<DataEvent>()));
 }

@@ -354,9 +354,10 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), S
 }
 
 /// log2 of the wake step: WAKE_STEP_BYTES, or a quarter of a smaller ring
-/// (a power of two of at least a page). The packet programs wake the
-/// reader each time that much more has been written, so it drains in short
-/// batches, and long before the ring is full.
+/// (a power of two of at least a page). The programs wake the reader each
+/// time that much more has been written, so a burst is drained long
+/// before the ring is full, however small the ring and short the reader's
+/// timer.
 fn wake_shift(ring_bytes: u32) -> u32 {
     (ring_bytes / 4)
         .clamp(1, apm_common::events::WAKE_STEP_BYTES)
@@ -575,7 +576,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_reader_is_woken_every_64_kib_or_quarter_ring() {
+    fn the_reader_is_woken_every_mib_or_quarter_ring() {
         assert_eq!(1 << wake_shift(8 << 20), 1024 * 1024);
         assert_eq!(1 << wake_shift(64 * 1024), 16 * 1024);
         assert_eq!(1 << wake_shift(4096), 1024);

@@ -23,6 +23,7 @@ use apm_common::{
 };
 
 use crate::{
+    emit::wakeup_flags,
     maps::{
         CLIENTS, CONFIG, EVENTS, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, WATCHED, WATCHED_PORTS,
         count_drop,
@@ -123,7 +124,10 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         count_drop(DropReason::OutboundFull);
         return;
     }
-    if EVENTS.output::<ConnectEvent>(event, 0).is_err() {
+    if EVENTS
+        .output::<ConnectEvent>(event, wakeup_flags(core::mem::size_of::<ConnectEvent>()))
+        .is_err()
+    {
         count_drop(DropReason::RingbufFull);
     }
 }

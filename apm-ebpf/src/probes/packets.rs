@@ -13,7 +13,6 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
@@ -29,8 +28,9 @@ use apm_common::{
 };
 
 use super::verdict;
-use crate::maps::{
-    CAPTURE_PORTS, CONFIG, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop,
+use crate::{
+    emit::wakeup_flags,
+    maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop},
 };
 
 /// What a cgroup_skb program returns to let the packet through.
@@ -242,7 +242,10 @@ fn recognise(
         count_drop(DropReason::OutboundFull);
         return false;
     }
-    if EVENTS.output::<ConnectEvent>(event, 0).is_err() {
+    if EVENTS
+        .output::<ConnectEvent>(event, wakeup_flags(size_of::<ConnectEvent>()))
+        .is_err()
+    {
         count_drop(DropReason::RingbufFull);
     }
     true
@@ -434,28 +437,4 @@ fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, pay
     // SAFETY: writing the header part of the reservation.
     unsafe { core::ptr::addr_of_mut!((*rec).header).write(h) };
     entry.submit(wakeup_flags(size_of::<Record<N>>()));
-}
-
-/// Wakes the reader when this record (`size` bytes, plus the ring's 8-byte
-/// record header, rounded up to 8) takes the producer position across a
-/// multiple of the wake step (`CONFIG.wake_shift`, WAKE_STEP_BYTES): under
-/// load the reader drains on its own short timer, so this only ends its
-/// rest when a burst starts. Only the producer position is read (a line every
-/// producer writes anyway); asking how much is queued would read the
-/// consumer's line on every segment. A crossing hidden by another CPU's
-/// record in between only delays the drain to the next step or tick.
-#[inline(always)]
-fn wakeup_flags(size: usize) -> u64 {
-    let shift = CONFIG.get(0).map_or(0, |c| c.wake_shift);
-    if shift == 0 || shift >= 32 {
-        return u64::from(BPF_RB_NO_WAKEUP);
-    }
-    let step = 1u64 << shift;
-    let pos = EVENTS.query(u64::from(BPF_RB_PROD_POS));
-    let record = (size as u64 + 8 + 7) & !7;
-    if (pos & (step - 1)) + record >= step {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    }
 }

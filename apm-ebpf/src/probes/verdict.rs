@@ -91,10 +91,11 @@ pub fn admit(
         return Admission::copy();
     }
     // SAFETY: the storage is this socket's, valid for the program's run.
-    let (verdict, cookie) = unsafe { ((*state).verdict, (*state).cookie) };
-    let ids = if cookie != 0 {
-        // SAFETY: as above.
-        (cookie, unsafe { (*state).netns })
+    let (verdict, cookie, netns) = unsafe { ((*state).verdict, (*state).cookie, (*state).netns) };
+    // Neither cookie is ever 0. A pair half written by the other
+    // direction's program on another CPU is fetched afresh.
+    let ids = if cookie != 0 && netns != 0 {
+        (cookie, netns)
     } else {
         let raw = ctx.as_ptr();
         // SAFETY: plain helper calls on this program's own context.
