@@ -233,9 +233,10 @@ pub fn record_kind(record: &[u8]) -> Option<EventKind> {
 /// load it drains every [`BUSY_POLL_MS`] on its own timer instead.
 pub const POLL_INTERVAL_MS: u64 = 100;
 
-/// While records keep coming, the reader sleeps this long between drains
-/// rather than waiting to be woken: batches stay short (a few hundred
-/// requests at 50 000 per second) and no producer pays for a wakeup.
+/// While records keep coming, the reader waits this long between drains
+/// (or less, when the kernel wakes it at a wake step) rather than for the
+/// kernel's wakeup: batches stay short (a few hundred requests at 50 000
+/// per second) and no producer pays for a wakeup.
 pub const BUSY_POLL_MS: u64 = 4;
 
 /// How much the programs write between two wakeups of the reader (a

@@ -20,22 +20,35 @@ use crate::maps::{CONFIG, EVENTS, count_drop};
 /// own short timer, so this only ends its rest when a burst starts, or
 /// its short wait when a small ring fills fast. Only the producer position
 /// is read (a line every producer writes anyway); asking how much is
-/// queued would read the consumer's line on every record. The position
-/// already counts this record (and perhaps another CPU's after it; for
-/// `output`, which reserves after this is asked, the record before it): a
-/// crossing missed that way only delays the drain to the next step or
-/// timer.
+/// queued would read the consumer's line on every record. A crossing
+/// hidden by another CPU's record in between only delays the drain to the
+/// next step or timer.
 #[inline(always)]
 pub fn wakeup_flags(size: usize) -> u64 {
+    // The position already counts this record: it crossed if the
+    // position is less than the record past a multiple of the step.
+    crossing(size, |end, step, record| end & (step - 1) < record)
+}
+
+/// [`wakeup_flags`] for `output`, asked before it reserves: the record
+/// will cross if it does not fit before the next multiple of the step.
+#[inline(always)]
+pub fn wakeup_flags_ahead(size: usize) -> u64 {
+    crossing(size, |start, step, record| {
+        (start & (step - 1)) + record >= step
+    })
+}
+
+#[inline(always)]
+fn crossing(size: usize, crosses: impl Fn(u64, u64, u64) -> bool) -> u64 {
     let shift = CONFIG.get(0).map_or(0, |c| c.wake_shift);
     if shift == 0 || shift >= 32 {
         return u64::from(BPF_RB_NO_WAKEUP);
     }
-    let step = 1u64 << shift;
-    let end = EVENTS.query(u64::from(BPF_RB_PROD_POS));
+    let pos = EVENTS.query(u64::from(BPF_RB_PROD_POS));
     // The ring's 8-byte record header, then the record rounded up to 8.
     let record = (size as u64 + 8 + 7) & !7;
-    if end & (step - 1) < record {
+    if crosses(pos, 1u64 << shift, record) {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)

@@ -23,7 +23,7 @@ use apm_common::{
 };
 
 use crate::{
-    emit::wakeup_flags,
+    emit::wakeup_flags_ahead,
     maps::{
         CLIENTS, CONFIG, EVENTS, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, WATCHED, WATCHED_PORTS,
         count_drop,
@@ -125,7 +125,10 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         return;
     }
     if EVENTS
-        .output::<ConnectEvent>(event, wakeup_flags(core::mem::size_of::<ConnectEvent>()))
+        .output::<ConnectEvent>(
+            event,
+            wakeup_flags_ahead(core::mem::size_of::<ConnectEvent>()),
+        )
         .is_err()
     {
         count_drop(DropReason::RingbufFull);

@@ -29,7 +29,7 @@ use apm_common::{
 
 use super::verdict;
 use crate::{
-    emit::wakeup_flags,
+    emit::{wakeup_flags, wakeup_flags_ahead},
     maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop},
 };
 
@@ -243,7 +243,7 @@ fn recognise(
         return false;
     }
     if EVENTS
-        .output::<ConnectEvent>(event, wakeup_flags(size_of::<ConnectEvent>()))
+        .output::<ConnectEvent>(event, wakeup_flags_ahead(size_of::<ConnectEvent>()))
         .is_err()
     {
         count_drop(DropReason::RingbufFull);
