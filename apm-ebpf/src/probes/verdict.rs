@@ -91,25 +91,12 @@ pub fn admit(
         return Admission::copy();
     }
     // SAFETY: the storage is this socket's, valid for the program's run.
-    let (verdict, cookie, netns) = unsafe { ((*state).verdict, (*state).cookie, (*state).netns) };
-    // Neither cookie is ever 0. A pair half written by the other
-    // direction's program on another CPU is fetched afresh.
-    let ids = if cookie != 0 && netns != 0 {
-        (cookie, netns)
-    } else {
-        let raw = ctx.as_ptr();
-        // SAFETY: plain helper calls on this program's own context.
-        let ids = unsafe { (bpf_get_socket_cookie(raw), bpf_get_netns_cookie(raw)) };
-        // SAFETY: as above.
-        unsafe {
-            (*state).cookie = ids.0;
-            (*state).netns = ids.1;
-        }
-        ids
-    };
-    let admit = |copy| Admission {
+    let verdict = unsafe { (*state).verdict };
+    // The cookies only for a segment that is copied: a connection never
+    // copied (TLS, SSH) costs no more than its verdict.
+    let admit = move |copy: bool| Admission {
         copy,
-        ids: Some(ids),
+        ids: copy.then(|| cookies(ctx, state)),
     };
     if verdict != Verdict::Undecided as u32 {
         let copy = Verdict::captured_raw(verdict);
@@ -161,6 +148,28 @@ pub fn admit(
         count(Verdict::SLOTS + decided as u32);
     }
     admit(decided.captured())
+}
+
+/// The socket's and its namespace's cookies, from `state` or, the first
+/// time, from the helpers (then kept there). Neither cookie is ever 0: a
+/// pair half written by the other direction's program on another CPU is
+/// fetched afresh.
+#[inline(always)]
+fn cookies(ctx: &SkBuffContext, state: *mut SockState) -> (u64, u64) {
+    // SAFETY: the socket's storage, valid for the program's run.
+    let (cookie, netns) = unsafe { ((*state).cookie, (*state).netns) };
+    if cookie != 0 && netns != 0 {
+        return (cookie, netns);
+    }
+    let raw = ctx.as_ptr();
+    // SAFETY: plain helper calls on this program's own context.
+    let ids = unsafe { (bpf_get_socket_cookie(raw), bpf_get_netns_cookie(raw)) };
+    // SAFETY: as above.
+    unsafe {
+        (*state).cookie = ids.0;
+        (*state).netns = ids.1;
+    }
+    ids
 }
 
 #[inline(always)]
