@@ -1,9 +1,10 @@
 // Drives the agent's dashboard in headless Chromium (playwright-core,
-// Debian's chromium). Usage: node dashboard.mjs URL SERVICE SCREENSHOT
+// Debian's chromium). Usage: node dashboard.mjs URL SERVICE SCREENSHOT [FAILING]
+// FAILING: text the health panel's failing list must come to contain.
 // Prints one JSON line: what the page showed, and every URL it requested.
 import { chromium } from "playwright-core";
 
-const [url, service, screenshot] = process.argv.slice(2);
+const [url, service, screenshot, failing = ""] = process.argv.slice(2);
 const origin = new URL(url).origin;
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -42,8 +43,16 @@ try {
   result.first = await read();
   await page.waitForTimeout(4000);
   result.second = await read();
-  // Wait for a failing check to show, if the test stops one.
-  await page.waitForFunction(() => document.getElementById("failing").textContent.length > 0, null, { timeout: 20000 }).catch(() => {});
+  // Wait for the failing check the test stops to show: another may already
+  // be failing on this host (a nearly full disk), so wait for its text.
+  await page.waitForFunction(
+    (text) => {
+      const shown = document.getElementById("failing").textContent;
+      return shown.length > 0 && shown.includes(text);
+    },
+    failing,
+    { timeout: 20000 },
+  ).catch(() => {});
   result.third = await read();
   await page.screenshot({ path: screenshot, fullPage: true });
 } finally {

@@ -87,11 +87,13 @@ fn the_dashboard_shows_live_data_health_and_alerts_from_the_agent_only() {
     let browser = {
         let url = format!("http://{}/", agent.addr);
         let screenshot = screenshot.clone();
+        let failing = format!("dependency {check}");
         std::thread::spawn(move || {
             Command::new("node")
                 .arg(&script)
                 .args([url.as_str(), "python3"])
                 .arg(&screenshot)
+                .arg(&failing)
                 .output()
                 .expect("node (installed by cargo xtask test)")
         })
