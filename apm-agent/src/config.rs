@@ -114,6 +114,11 @@ pub struct Config {
     #[arg(long, env = "APM_NO_REDIS_DETECT")]
     pub no_redis_detect: bool,
 
+    /// Do not read TLS plaintext: no uprobes on the OpenSSL libraries of
+    /// monitored processes (HTTPS and TLS Redis then show connections only).
+    #[arg(long, env = "APM_NO_TLS")]
+    pub no_tls: bool,
+
     /// Name the service on a port, PORT=NAME (repeatable). Default: the name
     /// of the process that owns the listener.
     #[arg(long = "service-name", env = "APM_SERVICE_NAME", value_delimiter = ',', value_parser = parse_service_name)]

@@ -119,9 +119,63 @@ pub struct ConnInfo {
     pub accepted_ns: u64,
     /// Local port, host byte order; 0 when unknown.
     pub port: u16,
-    pub _pad: [u8; 6],
+    /// [`conn_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 16);
+
+/// Bits of [`ConnInfo::flags`].
+pub mod conn_flags {
+    /// A TLS library reads and writes this descriptor: its plaintext comes
+    /// from the library's probes, so the syscall capture skips its bytes.
+    pub const TLS: u8 = 1;
+}
+
+/// A TLS library call in flight on one thread, between its entry and
+/// return probes (value of [`maps::TLS_CALLS`], keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The caller's plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte
+    /// count (the return value is 1 or 0); 0 for `SSL_read`/`SSL_write`.
+    pub count_at: u64,
+    /// The socket descriptor behind the call's BIO.
+    pub fd: u32,
+    /// The connection's local port ([`ConnInfo::port`]).
+    pub port: u16,
+    /// [`events::EventKind::Read`] or [`events::EventKind::Write`].
+    pub kind: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 24);
+
+/// How to find a TLS call's descriptor in a TLS library's structures: the
+/// uprobe's attach cookie. The offsets are those of OpenSSL's `ssl_st`
+/// (`rbio`, `wbio`) and `bio_st` (`method`, `num`), stable within a
+/// release series and checked against the library's version string.
+pub mod tls_layout {
+    /// `ssl_st.rbio` in OpenSSL 1.1.1 and 3.0/3.1 (`wbio` follows it).
+    pub const SSL_RBIO: u64 = 16;
+    /// OpenSSL 1.1.1: `bio_st.method` at 0, `bio_st.num` at 48.
+    pub const OPENSSL_1_1: u64 = 1;
+    /// OpenSSL 3.0 and 3.1: `bio_st.method` at 8 (after `libctx`), `num` at 56.
+    pub const OPENSSL_3_0: u64 = 3;
+    /// `BIO_TYPE_DESCRIPTOR`: the BIO's `num` is a file descriptor
+    /// (socket, fd and connect BIOs).
+    pub const BIO_TYPE_DESCRIPTOR: u32 = 0x0100;
+
+    /// `(method offset, num offset)` in `bio_st` for a layout cookie.
+    pub const fn bio_offsets(layout: u64) -> Option<(u64, u64)> {
+        match layout {
+            OPENSSL_1_1 => Some((0, 48)),
+            OPENSSL_3_0 => Some((8, 56)),
+            _ => None,
+        }
+    }
+}
 
 /// The remote end of a server-side connection, as both
 /// `inet_sock_set_state` and accept's sockaddr show it: IPv4 addresses are
@@ -181,8 +235,13 @@ pub struct Config {
     /// when that is a RESP command (see [`maps::WATCHED`]); 0: only the
     /// ports and addresses the agent lists are.
     pub detect_resp: u32,
+    /// 1: accept and close records for every tracked descriptor (the
+    /// syscall capture); 0: close records only for descriptors a TLS
+    /// library uses (the packet capture, whose TLS plaintext is keyed by
+    /// descriptor).
+    pub descriptor_records: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 12);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 /// Indexes into [`maps::DROPS`], a per-CPU array of `u64` counters of
 /// everything the kernel side had to give up on. Each is exported as
@@ -206,10 +265,15 @@ pub enum DropReason {
     /// [`maps::OUTBOUND`] insert failed: a client connection to a Redis
     /// port is not captured.
     OutboundFull = 6,
+    /// [`maps::TLS_CALLS`] insert failed: a TLS call's plaintext was lost.
+    TlsCallsFull = 7,
+    /// A TLS call on a BIO that is not a descriptor (a memory BIO pair):
+    /// its connection is unknown, so its plaintext is not read.
+    TlsNoDescriptor = 8,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::SocketsFull,
         DropReason::PortsFull,
         DropReason::ConnsFull,
@@ -217,6 +281,8 @@ impl DropReason {
         DropReason::InflightFull,
         DropReason::PoolsFull,
         DropReason::OutboundFull,
+        DropReason::TlsCallsFull,
+        DropReason::TlsNoDescriptor,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -231,6 +297,8 @@ impl DropReason {
             DropReason::InflightFull => "inflight_map_full",
             DropReason::PoolsFull => "pools_map_full",
             DropReason::OutboundFull => "outbound_map_full",
+            DropReason::TlsCallsFull => "tls_calls_map_full",
+            DropReason::TlsNoDescriptor => "tls_without_descriptor",
         }
     }
 }

@@ -30,6 +30,11 @@ pub const PEERS_MAX: u32 = 16_384;
 pub const INFLIGHT: &str = "INFLIGHT";
 pub const INFLIGHT_MAX: u32 = 16_384;
 
+/// `HashMap<u64 pid_tgid, TlsCall>`: TLS library calls of monitored
+/// processes between entry and return (one per thread at most).
+pub const TLS_CALLS: &str = "TLS_CALLS";
+pub const TLS_CALLS_MAX: u32 = 16_384;
+
 /// `Array<u32>` indexed by local port: non-zero when the cgroup_skb
 /// programs capture that port's segments, and then the number of records
 /// (of `events::DATA_CAP` bytes) a segment may become, at most

@@ -7,11 +7,12 @@ use aya_ebpf::{
 
 use apm_common::{
     Config, ConnInfo, ConnKey, DropReason, InFlight, PeerKey, PidCounters, PoolCounters, PoolKey,
-    PortCounters, RemoteAddr, SocketInfo, Verdict,
+    PortCounters, RemoteAddr, SocketInfo, TlsCall, Verdict,
     events::{ConnectEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, INFLIGHT_MAX, OUT_SOCKETS_MAX, OUTBOUND_MAX,
-        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX, WATCHED_MAX,
+        PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX, TLS_CALLS_MAX,
+        WATCHED_MAX,
     },
 };
 
@@ -32,6 +33,9 @@ pub static PEERS: LruHashMap<PeerKey, u16> = LruHashMap::with_max_entries(PEERS_
 
 #[map]
 pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(TLS_CALLS_MAX, 0);
 
 #[map]
 pub static CAPTURE_PORTS: Array<u32> = Array::with_max_entries(CAPTURE_PORTS_MAX, 0);

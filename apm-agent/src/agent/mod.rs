@@ -9,7 +9,7 @@ use std::{
 };
 
 use apm_common::{DropReason, PidCounters, PortCounters, Verdict};
-use tracing::warn;
+use tracing::{info, warn};
 
 mod counters;
 mod netns;
@@ -17,7 +17,6 @@ mod outbound;
 mod ports;
 
 use crate::{
-    capture::Capture,
     capture::kernel::{Kernel, ProbeReport},
     config::Config,
     services::directory::{Directory, ServiceInfo, Services, UNKNOWN_SERVICE},
@@ -291,12 +290,9 @@ impl Agent {
             if self.published.contains_key(&pid) {
                 continue;
             }
-            // Only the syscall capture traces processes; packets need none.
-            let Some(kernel) = self
-                .kernel
-                .as_mut()
-                .filter(|k| k.capture() == Capture::Syscalls)
-            else {
+            // The syscall capture and TLS trace processes; packets alone
+            // need none.
+            let Some(kernel) = self.kernel.as_mut().filter(|k| k.traces_pids()) else {
                 continue;
             };
             if self.refused_pids.contains(&pid) {
@@ -325,8 +321,38 @@ impl Agent {
             }
         }
         self.published = owners_now;
+        self.update_tls();
         self.publish_clients();
         true
+    }
+
+    /// Probes the TLS libraries of the traced processes (new ones, and
+    /// detaches those no traced process maps), and says what changed.
+    fn update_tls(&mut self) {
+        let traced: HashSet<u32> = self
+            .published
+            .keys()
+            .filter(|pid| !self.refused_pids.contains(pid))
+            .copied()
+            .collect();
+        let Some(checks) = self.kernel.as_mut().and_then(|k| k.update_tls(&traced)) else {
+            return;
+        };
+        for check in checks {
+            let attached = self
+                .metrics
+                .probe_attached
+                .with_label_values(&[check.name.as_str()]);
+            if attached.get() == i64::from(check.ok) && check.ok {
+                continue;
+            }
+            attached.set(i64::from(check.ok));
+            if check.ok {
+                info!(library = %check.name, detail = %check.detail, "TLS library probed");
+            } else {
+                warn!(library = %check.name, detail = %check.detail, "TLS library not probed");
+            }
+        }
     }
 
     /// Hands the request pipeline and the sampler a new directory after

@@ -5,7 +5,11 @@
 //! describes (the packet capture falls back to the syscall capture), and
 //! the rest of the agent keeps serving procfs-based data.
 
-use std::{collections::HashMap, fs::File, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    path::Path,
+};
 
 use apm_common::{
     Config as KernelConfig, ConnInfo, ConnKey, PidCounters, PortCounters,
@@ -25,6 +29,7 @@ use super::{
     Capture, cgroup,
     outbound::Outbound,
     preflight::{DEBUGFS_TRACING, TRACEFS, preflight},
+    tls::TlsProbes,
 };
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP).
@@ -45,6 +50,8 @@ pub struct StartOptions {
     pub ring_bytes: u32,
     /// Recognise Redis clients on any port (false: `--no-redis-detect`).
     pub detect_resp: bool,
+    /// Read TLS plaintext at the OpenSSL libraries of monitored processes.
+    pub tls: bool,
     /// The cgroup-v2 root to attach to; None: find it under `proc_root`.
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Where procfs is (the host's, in a container).
@@ -124,11 +131,16 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
     capture: Capture,
+    /// The TLS libraries probed (None: `--no-tls`).
+    tls: Option<TlsProbes>,
     // Last so that the maps above are released after the programs using them.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// The cgroup-v2 root the packet programs are linked to.
     _cgroup_root: Option<File>,
 }
+
+/// The name the TLS library probes are reported under.
+const TLS_PROBES: &str = "uprobe:openssl";
 
 /// The name a probe is reported under.
 pub fn probe_name(probe: &Probe) -> String {
@@ -230,11 +242,14 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     }
     // Syscall tracepoints slow every syscall on the host: only for the
     // syscall capture (descriptor state always, data when timing HTTP).
-    if capture == Capture::Syscalls {
+    // TLS plaintext is keyed by descriptor, so it needs the descriptor
+    // state (accept and close, rare syscalls) with packets too.
+    let tls = options.tls && options.http;
+    if capture == Capture::Syscalls || tls {
         attach_role(&mut ebpf, Role::SyscallState, None);
-        if options.http {
-            attach_role(&mut ebpf, Role::SyscallData, None);
-        }
+    }
+    if capture == Capture::Syscalls && options.http {
+        attach_role(&mut ebpf, Role::SyscallData, None);
     }
     report.capture = if !options.http {
         "off"
@@ -277,8 +292,24 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         all_ports: u32::from(options.all_ports),
         wake_shift: wake_shift(options.ring_bytes),
         detect_resp: u32::from(options.detect_resp),
+        descriptor_records: u32::from(capture == Capture::Syscalls),
     };
-    match Kernel::new(ebpf, config, capture, cgroup_root) {
+    let tls = if tls {
+        let loaded = TlsProbes::load(&mut ebpf, &options.proc_root);
+        report.probes.push(Check {
+            name: TLS_PROBES.into(),
+            ok: loaded.is_ok(),
+            detail: match &loaded {
+                Ok(_) => "loaded; attached to each OpenSSL library monitored processes map".into(),
+                Err(e) => e.clone(),
+            },
+        });
+        loaded.ok()
+    } else {
+        report.off.push(TLS_PROBES.into());
+        None
+    };
+    match Kernel::new(ebpf, config, capture, cgroup_root, tls) {
         Ok(kernel) => (Some(kernel), report),
         Err(e) => (None, disable(report, e.to_string())),
     }
@@ -370,6 +401,7 @@ impl Kernel {
         kernel_config: KernelConfig,
         capture: Capture,
         cgroup_root: Option<File>,
+        tls: Option<TlsProbes>,
     ) -> Result<Self, KernelError> {
         let e = &mut ebpf;
         let ports = take_map(e, names::PORTS)?;
@@ -398,7 +430,8 @@ impl Kernel {
             events: Some(events),
             nr_cpus,
             capture,
-            _ebpf: ebpf,
+            tls,
+            ebpf,
             _cgroup_root: cgroup_root,
         })
     }
@@ -406,6 +439,19 @@ impl Kernel {
     /// Where HTTP bytes come from.
     pub fn capture(&self) -> Capture {
         self.capture
+    }
+
+    /// Whether monitored processes go in PIDS: their descriptors are
+    /// tracked for the syscall capture or for TLS plaintext.
+    pub fn traces_pids(&self) -> bool {
+        self.capture == Capture::Syscalls || self.tls.is_some()
+    }
+
+    /// Probes the TLS libraries of the traced processes `pids`; the
+    /// libraries' checks when the list changed.
+    pub fn update_tls(&mut self, pids: &HashSet<u32>) -> Option<Vec<Check>> {
+        let tls = self.tls.as_mut()?;
+        tls.update(&mut self.ebpf, pids).then(|| tls.checks())
     }
 
     /// Starts capturing the packets of local `port` (packet capture), each
@@ -464,7 +510,7 @@ impl Kernel {
         let info = ConnInfo {
             accepted_ns: 0,
             port,
-            _pad: [0; 6],
+            ..Default::default()
         };
         self.conns
             .insert(ConnKey { tgid, fd }, info, BPF_NOEXIST)

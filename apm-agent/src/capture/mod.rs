@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod outbound;
 pub mod preflight;
 pub mod reader;
+pub mod tls;
 
 /// Where HTTP request and response bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,7 @@ use apm_common::{ConnInfo, ConnKey, DropReason, InFlight, PeerKey, events::Event
 
 use crate::{
     emit::emit_header,
-    maps::{CONNS, INFLIGHT, PEERS, PIDS, count_drop},
+    maps::{CONFIG, CONNS, INFLIGHT, PEERS, PIDS, count_drop},
     probes::tcp_state::mapped_v4,
 };
 
@@ -91,7 +91,7 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
         // SAFETY: plain helper call without arguments.
         accepted_ns: unsafe { bpf_ktime_get_ns() },
         port,
-        _pad: [0; 6],
+        ..Default::default()
     };
     if CONNS.insert(key, info, 0).is_err() {
         count_drop(DropReason::ConnsFull);
@@ -99,7 +99,9 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     // SAFETY: this CPU's copy of a per-CPU value; no other program writes it
     // concurrently.
     unsafe { (*counters).accepts += 1 };
-    emit_header(EventKind::Accept, ret as u32, port, 0);
+    if CONFIG.get(0).is_some_and(|c| c.descriptor_records != 0) {
+        emit_header(EventKind::Accept, ret as u32, port, 0);
+    }
     0
 }
 

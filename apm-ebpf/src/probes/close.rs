@@ -1,5 +1,5 @@
 //! `syscalls:sys_enter_close`: forget an accepted descriptor of a tracked
-//! process and tell the agent. Counted at entry: close releases the
+//! process and tell the agent (the syscall capture, or a TLS connection). Counted at entry: close releases the
 //! descriptor even when it returns an error (other than EBADF, which cannot
 //! match a tracked fd).
 
@@ -7,12 +7,12 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
-use apm_common::{ConnKey, events::EventKind};
+use apm_common::{ConnKey, conn_flags, events::EventKind};
 
 use crate::{
     ctx::field_u64,
     emit::emit_header,
-    maps::{CONNS, PIDS},
+    maps::{CONFIG, CONNS, PIDS},
 };
 
 /// Offset of `unsigned int fd` in sys_enter_close's format file.
@@ -31,13 +31,16 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         fd: fd as u32,
     };
     // SAFETY: read-only copy of the entry before removing it.
-    let Some(port) = (unsafe { CONNS.get(key) }).map(|c| c.port) else {
+    let Some(conn) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;
     };
     if CONNS.remove(key).is_ok() {
         // SAFETY: this CPU's copy of a per-CPU value.
         unsafe { (*counters).closes += 1 };
-        emit_header(EventKind::Close, fd as u32, port, 0);
+        let records = CONFIG.get(0).is_some_and(|c| c.descriptor_records != 0);
+        if records || conn.flags & conn_flags::TLS != 0 {
+            emit_header(EventKind::Close, fd as u32, conn.port, 0);
+        }
     }
     0
 }

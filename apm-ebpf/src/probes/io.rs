@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    ConnKey, DropReason, InFlight,
+    ConnKey, DropReason, InFlight, conn_flags,
     events::{DATA_CAP, EventKind, TAIL_CAP},
     shape,
 };
@@ -83,8 +83,12 @@ fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: fd as u32,
     };
-    // SAFETY: read-only copy of a plain value.
-    let Some(port) = (unsafe { CONNS.get(key) }).map(|c| c.port) else {
+    // SAFETY: read-only copy of a plain value. A descriptor a TLS library
+    // reads and writes has its plaintext from the library's probes.
+    let Some(port) = (unsafe { CONNS.get(key) })
+        .filter(|c| c.flags & conn_flags::TLS == 0)
+        .map(|c| c.port)
+    else {
         return 0;
     };
     let (ptr, vlen) = (field_u64(ctx, PTR), field_u64(ctx, VLEN));

@@ -6,4 +6,5 @@ pub mod connect;
 pub mod io;
 pub mod packets;
 pub mod tcp_state;
+pub mod tls;
 pub mod verdict;

@@ -1,0 +1,168 @@
+//! Uprobes on OpenSSL's `SSL_read`, `SSL_write`, `SSL_read_ex` and
+//! `SSL_write_ex`: the plaintext of monitored processes' TLS connections,
+//! as read and write records of the descriptor under the call's BIO, so
+//! the agent pairs them like the syscall capture's.
+//!
+//! The agent attaches them once per library file for every process; a
+//! process that is not monitored costs one PIDS lookup per call. The
+//! attach cookie (`apm_common::tls_layout`) says where the library keeps
+//! the BIO and its descriptor. A call on a BIO without a descriptor (a
+//! memory BIO pair, as in Node.js or Python's asyncio) is counted and not
+//! read: its connection is unknown, and a guessed one could be wrong.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use apm_common::{
+    ConnKey, DropReason, TlsCall, conn_flags,
+    events::{DATA_CAP, EventKind, TAIL_CAP},
+    tls_layout,
+};
+
+use crate::{
+    emit::emit_data,
+    maps::{CONNS, PIDS, TLS_CALLS, count_drop},
+};
+
+#[uprobe]
+pub fn ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, EventKind::Read, false)
+}
+
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, EventKind::Read, true)
+}
+
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, EventKind::Write, false)
+}
+
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, EventKind::Write, true)
+}
+
+/// The return of any of the four: the call's record, if it moved bytes.
+#[uretprobe]
+pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy of the entry this thread's entry probe wrote.
+    let Some(call) = (unsafe { TLS_CALLS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = TLS_CALLS.remove(pid_tgid);
+    // SSL_read/SSL_write return the byte count; the _ex forms 1 on success
+    // and the count through their last argument.
+    let ret: i64 = ctx.ret::<i32>().into();
+    let moved = if call.count_at == 0 {
+        ret
+    } else if ret == 1 {
+        // SAFETY: user memory read through bpf_probe_read_user (faults
+        // safely); the library wrote a size_t there before returning.
+        unsafe { bpf_probe_read_user(call.count_at as *const u64) }.map_or(0, |n| n as i64)
+    } else {
+        0
+    };
+    if moved <= 0 {
+        return 0;
+    }
+    let kind = if call.kind == EventKind::Write as u8 {
+        EventKind::Write
+    } else {
+        EventKind::Read
+    };
+    let tail = if kind == EventKind::Write && moved as u64 > DATA_CAP as u64 {
+        call.buf + moved as u64 - TAIL_CAP as u64
+    } else {
+        0
+    };
+    emit_data(
+        kind,
+        call.fd,
+        call.port,
+        moved,
+        call.buf,
+        moved as u64,
+        tail,
+    );
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if PIDS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    let count_at = if ex {
+        ctx.arg::<u64>(3).unwrap_or(0)
+    } else {
+        0
+    };
+    // SAFETY: a plain helper call on this program's own context.
+    let layout = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(fd) = descriptor(ssl, layout, kind == EventKind::Write) else {
+        count_drop(DropReason::TlsNoDescriptor);
+        return 0;
+    };
+    let key = ConnKey { tgid, fd };
+    // A connection the process accepted on a monitored port; the syscall
+    // capture then leaves its (encrypted) bytes alone.
+    let Some(conn) = CONNS.get_ptr_mut(key) else {
+        return 0;
+    };
+    // SAFETY: a pointer to this connection's CONNS value, valid for the
+    // program's run; a flag bit set by any writer means the same.
+    let port = unsafe {
+        (*conn).flags |= conn_flags::TLS;
+        (*conn).port
+    };
+    let call = TlsCall {
+        buf,
+        count_at,
+        fd,
+        port,
+        kind: kind as u8,
+        _pad: 0,
+    };
+    if TLS_CALLS.insert(pid_tgid, call, 0).is_err() {
+        count_drop(DropReason::TlsCallsFull);
+    }
+    0
+}
+
+/// The descriptor under `ssl`'s read (or write) BIO, if that BIO has one.
+#[inline(always)]
+fn descriptor(ssl: u64, layout: u64, write: bool) -> Option<u32> {
+    let (method_at, num_at) = tls_layout::bio_offsets(layout)?;
+    let field = tls_layout::SSL_RBIO + if write { 8 } else { 0 };
+    // SAFETY: user memory read through bpf_probe_read_user, which faults
+    // safely; the offsets come from the library's checked version.
+    let bio = unsafe { bpf_probe_read_user((ssl + field) as *const u64) }.ok()?;
+    if bio == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let method = unsafe { bpf_probe_read_user((bio + method_at) as *const u64) }.ok()?;
+    if method == 0 {
+        return None;
+    }
+    // SAFETY: as above: `type` is the first field of bio_method_st.
+    let kind = unsafe { bpf_probe_read_user(method as *const u32) }.ok()?;
+    if kind & tls_layout::BIO_TYPE_DESCRIPTOR == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let fd = unsafe { bpf_probe_read_user((bio + num_at) as *const i32) }.ok()?;
+    u32::try_from(fd).ok()
+}
