@@ -152,6 +152,16 @@ const TEST_NEEDS: &[Need] = &[
         path: "/sbin/ethtool",
         package: "ethtool",
     },
+    // HTTPS read at the TLS library (tests/tests/tls.rs): nginx with ssl
+    // under curl and wrk.
+    Need {
+        path: "/usr/bin/curl",
+        package: "curl",
+    },
+    Need {
+        path: "/usr/bin/wrk",
+        package: "wrk",
+    },
 ];
 
 /// Files of what `cargo xtask bench` drives.

@@ -1,0 +1,274 @@
+//! HTTPS read at the TLS library: Debian's nginx with `ssl`, driven by
+//! curl (a connection per request) and wrk (keep-alive), counted per
+//! route and status against nginx's own access log, and timed like the
+//! same requests on a plaintext port of the same nginx.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apm_e2e::{Agent, free_port, https, require_root, wait_for};
+
+/// (port, route, status) → requests.
+type Counts = BTreeMap<(u16, String, u16), u64>;
+
+/// nginx with one TLS and one plaintext server, the same locations on
+/// both, logging `port status uri` per request.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    tls: u16,
+    plain: u16,
+}
+
+impl Nginx {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("apm-e2e-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("www")).expect("scratch");
+        let (_, cert, key) = https::certificate().expect("certificate");
+        std::fs::write(dir.join("cert.pem"), cert).expect("cert");
+        std::fs::write(dir.join("key.pem"), key).expect("key");
+        // A body of many TLS records and TCP segments.
+        let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(dir.join("www/big"), big).expect("file");
+        let (tls, plain) = (free_port().expect("port"), free_port().expect("port"));
+        let d = dir.display();
+        let locations = "location = /ok { return 200 \"ok\\n\"; }\n\
+             location = /missing { return 404 \"no\\n\"; }\n\
+             location = /big { }";
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  log_format apm '$server_port $status $uri $request_completion';\n  access_log {d}/access.log apm;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             uwsgi_temp_path {d}; scgi_temp_path {d};\n  root {d}/www;\n\
+             server {{ listen 127.0.0.1:{tls} ssl; ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem;\n{locations} }}\n\
+             server {{ listen 127.0.0.1:{plain};\n{locations} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (installed by cargo xtask test)");
+        let up = wait_for(Duration::from_secs(10), || {
+            [tls, plain]
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                .then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "nginx did not listen: {}",
+            log(&dir, "error.log")
+        );
+        Self {
+            child,
+            dir,
+            tls,
+            plain,
+        }
+    }
+
+    fn url(&self, port: u16, path: &str) -> String {
+        let scheme = if port == self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}{path}")
+    }
+
+    /// The responses nginx logged as sent in full, per (port, uri,
+    /// status). wrk stops with requests in flight: their responses are
+    /// cut short, and the agent counts them as unpaired, not as timed.
+    fn logged(&self) -> Counts {
+        let mut counts = Counts::new();
+        for line in log(&self.dir, "access.log").lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if let [port, status, uri, "OK"] = f[..] {
+                *counts
+                    .entry((
+                        port.parse().expect("port"),
+                        uri.to_owned(),
+                        status.parse().expect("status"),
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, so the master stops its worker too (SIGKILL would
+        // orphan it).
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let gone = wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten().map(|_| ())
+        });
+        if gone.is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+/// curl, a connection per request; returns the status codes it got.
+fn curl(url: &str, times: usize) -> Vec<u16> {
+    (0..times)
+        .map(|_| {
+            let out = Command::new("curl")
+                .args([
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "10",
+                ])
+                .arg(url)
+                .output()
+                .expect("curl (installed by cargo xtask test)");
+            String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+        })
+        .collect()
+}
+
+/// wrk for `seconds` on 4 keep-alive connections.
+fn wrk(url: &str, seconds: u32) {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c4", &format!("-d{seconds}s"), "--timeout", "5s"])
+        .arg(url)
+        .output()
+        .expect("wrk (installed by cargo xtask test)");
+    assert!(out.status.success(), "wrk: {out:?}");
+}
+
+/// The agent's counts of `port`'s requests, per (port, route, status).
+fn counted(agent: &Agent, port: u16) -> Counts {
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    m.matching(
+        "http_server_request_duration_seconds_count",
+        &[("server_port", p.as_str())],
+    )
+    .map(|s| {
+        (
+            (
+                port,
+                s.labels["http_route"].clone(),
+                s.labels["http_response_status_code"]
+                    .parse()
+                    .expect("status"),
+            ),
+            s.value as u64,
+        )
+    })
+    .collect()
+}
+
+fn only(counts: &Counts, port: u16) -> Counts {
+    counts
+        .iter()
+        .filter(|((p, _, _), _)| *p == port)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// The agent's mean duration of `route` on `port`, in seconds.
+fn mean(agent: &Agent, port: u16, route: &str) -> f64 {
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    let labels = [
+        ("server_port", p.as_str()),
+        ("http_route", route),
+        ("http_response_status_code", "200"),
+    ];
+    let sum = m
+        .value("http_server_request_duration_seconds_sum", &labels)
+        .unwrap_or(0.0);
+    let count = m
+        .value("http_server_request_duration_seconds_count", &labels)
+        .unwrap_or(0.0);
+    sum / count.max(1.0)
+}
+
+#[test]
+fn nginx_over_https_is_counted_exactly_per_route_and_status() {
+    require_root();
+    let nginx = Nginx::start();
+    let (tls, plain) = (nginx.tls, nginx.plain);
+    let mut agent =
+        Agent::start(&["--port", &tls.to_string(), "--port", &plain.to_string()]).expect("agent");
+    agent.wait_for_service(tls, "nginx");
+    let probed = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        m.matching("apm_ebpf_probe_attached", &[])
+            .any(|s| s.labels["probe"].contains("libssl") && s.value == 1.0)
+            .then_some(())
+    });
+    assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
+
+    for port in [tls, plain] {
+        for (path, times, status) in [("/ok", 12, 200), ("/missing", 5, 404), ("/big", 3, 200)] {
+            let got = curl(&nginx.url(port, path), times);
+            assert!(got.iter().all(|&s| s == status), "{path}: {got:?}");
+        }
+        wrk(&nginx.url(port, "/ok"), 2);
+        wrk(&nginx.url(port, "/big"), 1);
+    }
+
+    let logged = nginx.logged();
+    let total: u64 = only(&logged, tls).values().sum();
+    assert!(total > 100, "too few requests over TLS: {logged:?}");
+    let settled = wait_for(Duration::from_secs(20), || {
+        (counted(&agent, tls) == only(&logged, tls)).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "over TLS, the agent counted {:?}\nnginx logged {:?}\n{}",
+        counted(&agent, tls),
+        only(&logged, tls),
+        agent.log_text()
+    );
+    let settled = wait_for(Duration::from_secs(20), || {
+        (counted(&agent, plain) == only(&logged, plain)).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "in plaintext, the agent counted {:?}\nnginx logged {:?}",
+        counted(&agent, plain),
+        only(&logged, plain)
+    );
+    let m = agent.metrics().expect("metrics");
+    for reason in [
+        "tls_without_descriptor",
+        "tls_calls_map_full",
+        "ringbuf_full",
+    ] {
+        assert_eq!(
+            m.value("apm_ebpf_drops_total", &[("reason", reason)]),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+    let (secure, clear) = (mean(&agent, tls, "/big"), mean(&agent, plain, "/big"));
+    eprintln!("mean /big: {secure:.6} s over TLS, {clear:.6} s in plaintext");
+    let (secure_ok, clear_ok) = (mean(&agent, tls, "/ok"), mean(&agent, plain, "/ok"));
+    eprintln!("mean /ok: {secure_ok:.6} s over TLS, {clear_ok:.6} s in plaintext");
+    agent.terminate(Duration::from_secs(10)).expect("terminate");
+}
