@@ -37,9 +37,12 @@ impl Nginx {
         std::fs::write(dir.join("www/big"), big).expect("file");
         let (tls, plain) = (free_port().expect("port"), free_port().expect("port"));
         let d = dir.display();
-        let locations = "location = /ok { return 200 \"ok\\n\"; }\n\
-             location = /missing { return 404 \"no\\n\"; }\n\
-             location = /big { }";
+        let locations = format!(
+            "location = /ok {{ return 200 \"ok\\n\"; }}\n\
+             location = /missing {{ return 404 \"no\\n\"; }}\n\
+             location = /big {{ }}\n\
+             location = /slow {{ alias {d}/www/big; limit_rate 2m; }}"
+        );
         let conf = format!(
             "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 256; }}\n\
@@ -224,7 +227,13 @@ fn nginx_over_https_is_counted_exactly_per_route_and_status() {
     assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
 
     for port in [tls, plain] {
-        for (path, times, status) in [("/ok", 12, 200), ("/missing", 5, 404), ("/big", 3, 200)] {
+        let paths = [
+            ("/ok", 12, 200),
+            ("/missing", 5, 404),
+            ("/big", 3, 200),
+            ("/slow", 3, 200),
+        ];
+        for (path, times, status) in paths {
             let got = curl(&nginx.url(port, path), times);
             assert!(got.iter().all(|&s| s == status), "{path}: {got:?}");
         }
@@ -266,9 +275,17 @@ fn nginx_over_https_is_counted_exactly_per_route_and_status() {
             "{reason}"
         );
     }
-    let (secure, clear) = (mean(&agent, tls, "/big"), mean(&agent, plain, "/big"));
-    eprintln!("mean /big: {secure:.6} s over TLS, {clear:.6} s in plaintext");
-    let (secure_ok, clear_ok) = (mean(&agent, tls, "/ok"), mean(&agent, plain, "/ok"));
-    eprintln!("mean /ok: {secure_ok:.6} s over TLS, {clear_ok:.6} s in plaintext");
+    // A response nginx paces (300 kB at 2 MB/s) takes as long to leave
+    // either way: timed from the request to its last byte over TLS too.
+    let (secure, clear) = (mean(&agent, tls, "/slow"), mean(&agent, plain, "/slow"));
+    let (tiny, tiny_clear) = (mean(&agent, tls, "/ok"), mean(&agent, plain, "/ok"));
+    eprintln!(
+        "mean /slow: {secure:.4} s over TLS, {clear:.4} s in plaintext; \
+         /ok: {tiny:.6} s, {tiny_clear:.6} s"
+    );
+    assert!(
+        (secure / clear - 1.0).abs() <= 0.10,
+        "/slow: {secure} s over TLS against {clear} s in plaintext"
+    );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
 }
