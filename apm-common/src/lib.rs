@@ -130,6 +130,9 @@ pub mod conn_flags {
     /// A TLS library reads and writes this descriptor: its plaintext comes
     /// from the library's probes, so the syscall capture skips its bytes.
     pub const TLS: u8 = 1;
+    /// The syscall capture looked at the first bytes read (a TLS
+    /// handshake record sets [`TLS`]: the ciphertext is no parser's).
+    pub const DECIDED: u8 = 2;
 }
 
 /// A TLS library call in flight on one thread, between its entry and
@@ -204,7 +207,9 @@ pub struct InFlight {
     pub port: u16,
     /// iovec count for writev.
     pub vlen: u32,
-    pub _pad: u32,
+    /// 1: the descriptor's first read is still to be looked at
+    /// ([`conn_flags::DECIDED`]).
+    pub undecided: u32,
 }
 const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
 

@@ -212,11 +212,30 @@ fn mean(agent: &Agent, port: u16, route: &str) -> f64 {
 
 #[test]
 fn nginx_over_https_is_counted_exactly_per_route_and_status() {
+    nginx_over_https("packets");
+}
+
+#[test]
+fn with_the_syscall_capture_too() {
+    nginx_over_https("syscalls");
+}
+
+/// The agent with `--capture capture` against nginx's TLS and plaintext
+/// servers under the same traffic.
+fn nginx_over_https(capture: &str) {
     require_root();
     let nginx = Nginx::start();
     let (tls, plain) = (nginx.tls, nginx.plain);
-    let mut agent =
-        Agent::start(&["--port", &tls.to_string(), "--port", &plain.to_string()]).expect("agent");
+    let (tls_port, plain_port) = (tls.to_string(), plain.to_string());
+    let mut agent = Agent::start(&[
+        "--capture",
+        capture,
+        "--port",
+        &tls_port,
+        "--port",
+        &plain_port,
+    ])
+    .expect("agent");
     agent.wait_for_service(tls, "nginx");
     let probed = wait_for(Duration::from_secs(15), || {
         let m = agent.metrics().ok()?;
@@ -264,6 +283,15 @@ fn nginx_over_https_is_counted_exactly_per_route_and_status() {
         only(&logged, plain)
     );
     let m = agent.metrics().expect("metrics");
+    // No TLS byte reached a parser: the packet capture's verdict and the
+    // syscall capture's first-read check leave the ciphertext alone.
+    let not_http = m
+        .value(
+            "apm_http_stream_resyncs_total",
+            &[("service_name", "nginx"), ("reason", "not_http")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(not_http, 0.0, "ciphertext parsed as HTTP ({capture})");
     for reason in [
         "tls_without_descriptor",
         "tls_calls_map_full",

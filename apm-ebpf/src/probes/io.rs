@@ -83,22 +83,22 @@ fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd: fd as u32,
     };
-    // SAFETY: read-only copy of a plain value. A descriptor a TLS library
-    // reads and writes has its plaintext from the library's probes.
-    let Some(port) = (unsafe { CONNS.get(key) })
-        .filter(|c| c.flags & conn_flags::TLS == 0)
-        .map(|c| c.port)
-    else {
+    // SAFETY: read-only copy of a plain value. A TLS connection's
+    // plaintext comes from the TLS library's probes, if at all.
+    let Some(conn) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;
     };
+    if conn.flags & conn_flags::TLS != 0 {
+        return 0;
+    }
     let (ptr, vlen) = (field_u64(ctx, PTR), field_u64(ctx, VLEN));
     let pending = InFlight {
         ptr,
         fd: fd as u32,
         shape,
-        port,
+        port: conn.port,
         vlen: vlen as u32,
-        _pad: 0,
+        undecided: u32::from(conn.flags & conn_flags::DECIDED == 0),
     };
     if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
         count_drop(DropReason::InflightFull);
@@ -120,6 +120,9 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         return 0;
     }
     let write = kind == EventKind::Write;
+    if p.undecided != 0 && !write && handshake_read(&p, (pid_tgid >> 32) as u32, ret) {
+        return 0;
+    }
     match p.shape {
         shape::BUF => {
             let tail = if write && ret as u64 > DATA_CAP as u64 {
@@ -143,6 +146,38 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     }
     0
 }
+
+/// Looks at a connection's first reads until one has 3 bytes: a TLS
+/// handshake record there makes it a TLS connection, whose bytes this
+/// capture leaves alone; anything else decides it as before. Returns
+/// whether the read is to be left out: a TLS record, or a shorter read
+/// starting like one (nginx peeks at 1 byte first). Only a plain buffer
+/// is looked at: TLS libraries read their records with read(2).
+#[inline(always)]
+fn handshake_read(p: &InFlight, tgid: u32, ret: i64) -> bool {
+    if p.shape != shape::BUF {
+        return false;
+    }
+    // SAFETY: user memory through bpf_probe_read_user (faults safely);
+    // beyond `ret` only the caller's own buffer is read, and not used.
+    let Ok(first) = (unsafe { bpf_probe_read_user(p.ptr as *const [u8; 3]) }) else {
+        return false;
+    };
+    if ret < 3 {
+        return first[0] == TLS_HANDSHAKE;
+    }
+    let tls = matches!(first, [TLS_HANDSHAKE, 3, minor] if minor <= 4);
+    if let Some(conn) = CONNS.get_ptr_mut(ConnKey { tgid, fd: p.fd }) {
+        let flags = conn_flags::DECIDED | if tls { conn_flags::TLS } else { 0 };
+        // SAFETY: this connection's CONNS value, valid for the program's
+        // run; setting a flag bit twice means the same.
+        unsafe { (*conn).flags |= flags };
+    }
+    tls
+}
+
+/// The content type of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Data from the first iovec; for long writes, the tail of the last one.
 #[inline(always)]
