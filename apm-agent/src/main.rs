@@ -153,6 +153,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let probes = Arc::new(report);
     let directory = agent.directory.clone();
     let lost_recently = agent.lost_recently.clone();
+    let tls_libraries = agent.tls_libraries.clone();
     let routes = RouteConfig {
         max_routes: config.max_routes as usize,
         max_words: config.max_route_words as usize,
@@ -197,6 +198,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     let state = AppState {
         agent: agent.clone(),
         probes,
+        tls_libraries,
         lost_recently,
         pipeline: published.clone(),
         metrics: metrics.clone(),

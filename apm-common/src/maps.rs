@@ -160,6 +160,17 @@ pub struct Probe {
     pub role: Role,
 }
 
+/// The TLS uprobe programs and the OpenSSL functions they probe; the
+/// agent attaches them per monitored process, not through [`PROBES`].
+pub const TLS_ENTRIES: [(&str, &str); 4] = [
+    ("ssl_read", "SSL_read"),
+    ("ssl_read_ex", "SSL_read_ex"),
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+];
+/// The return probe attached to every function of [`TLS_ENTRIES`].
+pub const TLS_RETURN: &str = "ssl_return";
+
 /// Every program in the object, in attach order.
 pub const PROBES: &[Probe] = &[
     Probe {

@@ -60,15 +60,19 @@ fn wait_until_named(agent: &Agent, port: u16, service: &str) {
 #[test]
 fn accepted_closed_and_active_match_what_the_listener_did() {
     require_root();
-    counts_match("packets");
-    counts_match("syscalls");
+    counts_match("packets", &["--no-tls"]);
+    counts_match("packets", &[]);
+    counts_match("syscalls", &[]);
 }
 
-fn counts_match(capture: &str) {
+/// With `--capture capture` and `extra` arguments.
+fn counts_match(capture: &str, extra: &[&str]) {
     let (selected, other) = (free_port().expect("port"), free_port().expect("port"));
     assert_ne!(selected, other);
-    let agent =
-        Agent::start(&["--capture", capture, "--port", &selected.to_string()]).expect("agent");
+    let port = selected.to_string();
+    let mut args = vec!["--capture", capture, "--port", &port];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args).expect("agent");
     let m = agent.metrics().expect("metrics");
     assert_eq!(
         m.value("apm_ebpf_up", &[]),
@@ -112,7 +116,7 @@ fn counts_match(capture: &str) {
         "{}",
         m.text
     );
-    if capture == "packets" {
+    if extra.contains(&"--no-tls") {
         // No syscall is traced, so there are no per-process accept counts.
         assert!(
             !m.text.contains("apm_accepted_sockets_total{"),
@@ -203,16 +207,27 @@ fn apm_programs_loaded() -> usize {
             apm_common::maps::PROBES
                 .iter()
                 .any(|probe| probe.program == name)
+                || apm_common::maps::TLS_ENTRIES
+                    .iter()
+                    .any(|(program, _)| *program == name)
+                || apm_common::maps::TLS_RETURN == name
         })
         .count()
 }
 
-/// Programs of a role in the object.
-fn programs(roles: &[Role]) -> usize {
+/// Programs of a role in the object, and the TLS uprobes (loaded at
+/// start unless `--no-tls`) when `tls`.
+fn programs(roles: &[Role], tls: bool) -> usize {
+    let tls = if tls {
+        apm_common::maps::TLS_ENTRIES.len() + 1
+    } else {
+        0
+    };
     apm_common::maps::PROBES
         .iter()
         .filter(|p| roles.contains(&p.role))
         .count()
+        + tls
 }
 
 /// cgroup programs attached anywhere, from `bpftool cgroup tree`.
@@ -232,9 +247,15 @@ fn sigterm_detaches_every_program() {
     require_root();
     let cgroup_hooks = ["capture_ingress", "capture_egress", "connect4", "connect6"];
     for (capture, roles) in [
+        // TLS reading tracks descriptors with packets too.
         (
             "packets",
-            &[Role::Connections, Role::PacketData, Role::Outbound][..],
+            &[
+                Role::Connections,
+                Role::PacketData,
+                Role::Outbound,
+                Role::SyscallState,
+            ][..],
         ),
         (
             "syscalls",
@@ -249,7 +270,7 @@ fn sigterm_detaches_every_program() {
         let mut agent = Agent::start(&["--capture", capture]).expect("agent");
         assert_eq!(
             apm_programs_loaded(),
-            programs(roles),
+            programs(roles, true),
             "{}",
             agent.log_text()
         );
@@ -334,7 +355,7 @@ fn no_http_attaches_only_the_connection_probes_and_still_counts_exactly() {
     // Only the TCP state tracepoint: no syscall and no packet program.
     assert_eq!(
         apm_programs_loaded(),
-        programs(&[Role::Connections]),
+        programs(&[Role::Connections], false),
         "{}",
         agent.log_text()
     );

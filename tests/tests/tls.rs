@@ -244,6 +244,18 @@ fn nginx_over_https(capture: &str) {
             .then_some(())
     });
     assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
+    let health = apm_e2e::get(agent.addr, "/health/detailed").expect("health");
+    let report: serde_json::Value = serde_json::from_str(&health.body).expect("JSON");
+    let listed = report["checks"].as_array().is_some_and(|checks| {
+        checks.iter().any(|c| {
+            c["name"].as_str().is_some_and(|n| n.contains("libssl"))
+                && c["status"] == "healthy"
+                && c["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("OpenSSL 3"))
+        })
+    });
+    assert!(listed, "libssl not in /health/detailed: {report}");
 
     for port in [tls, plain] {
         let paths = [

@@ -119,7 +119,12 @@ pub struct Agent {
     /// [`Self::lost_last_minute`] as of the last collection, for readers
     /// that must not wait for the agent's lock (/health/detailed).
     pub lost_recently: Arc<std::sync::atomic::AtomicU64>,
+    /// The TLS libraries probed or skipped, for /health/detailed.
+    pub tls_libraries: TlsLibraries,
 }
+
+/// The TLS libraries' checks, shared with the admin API.
+pub type TlsLibraries = Arc<std::sync::RwLock<Vec<crate::capture::kernel::Check>>>;
 
 impl Agent {
     pub fn new(
@@ -168,6 +173,7 @@ impl Agent {
             last_verdicts: [(0, 0); Verdict::ALL.len()],
             ringbuf_losses: std::collections::VecDeque::new(),
             lost_recently: Arc::default(),
+            tls_libraries: Arc::default(),
         };
         // Explicit ports are counted from the start, even before anything
         // listens on them, so a server started later loses no connection.
@@ -338,6 +344,19 @@ impl Agent {
         let Some(checks) = self.kernel.as_mut().and_then(|k| k.update_tls(&traced)) else {
             return;
         };
+        if let Ok(mut shown) = self.tls_libraries.write() {
+            // A library no traced process maps any more leaves the list.
+            for gone in shown
+                .iter()
+                .filter(|old| checks.iter().all(|c| c.name != old.name))
+            {
+                let _ = self
+                    .metrics
+                    .probe_attached
+                    .remove_label_values(&[gone.name.as_str()]);
+            }
+            shown.clone_from(&checks);
+        }
         for check in checks {
             let attached = self
                 .metrics

@@ -8,12 +8,11 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    path::Path,
 };
 
 use apm_common::{
     Config as KernelConfig, ConnInfo, ConnKey, PidCounters, PortCounters,
-    maps::{self as names, Hook, PROBES, Probe, Role},
+    maps::{self as names, PROBES, Role},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -21,14 +20,16 @@ use aya::{
         Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
         RingBuf,
     },
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
+    programs::CgroupSkb,
 };
 use serde::Serialize;
 
 use super::{
-    Capture, cgroup,
+    Capture,
+    attach::{attach, probe_name},
+    cgroup,
     outbound::Outbound,
-    preflight::{DEBUGFS_TRACING, TRACEFS, preflight},
+    preflight::preflight,
     tls::TlsProbes,
 };
 
@@ -141,17 +142,6 @@ pub struct Kernel {
 
 /// The name the TLS library probes are reported under.
 const TLS_PROBES: &str = "uprobe:openssl";
-
-/// The name a probe is reported under.
-pub fn probe_name(probe: &Probe) -> String {
-    match probe.hook {
-        Hook::Tracepoint { category, name } => format!("{category}:{name}"),
-        Hook::CgroupSkbIngress => "cgroup_skb:ingress".into(),
-        Hook::CgroupSkbEgress => "cgroup_skb:egress".into(),
-        Hook::CgroupConnect4 => "cgroup_sock_addr:connect4".into(),
-        Hook::CgroupConnect6 => "cgroup_sock_addr:connect6".into(),
-    }
-}
 
 /// Preflight, load and attach. Returns the kernel handle when at least the
 /// connection-counting probe is attached, and a report either way.
@@ -326,62 +316,6 @@ fn disable(mut report: ProbeReport, reason: String) -> ProbeReport {
     report.capture = "off";
     report.disabled_reason = Some(reason);
     report
-}
-
-fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), String> {
-    let program = probe.program;
-    let found = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?;
-    let (category, name) = match probe.hook {
-        Hook::Tracepoint { category, name } => (category, name),
-        Hook::CgroupSkbIngress | Hook::CgroupSkbEgress => {
-            let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
-            let skb: &mut CgroupSkb = found
-                .try_into()
-                .map_err(|e| format!("program {program} is not cgroup_skb: {e}"))?;
-            skb.load().map_err(|e| format!("verifier/load: {e}"))?;
-            let direction = if probe.hook == Hook::CgroupSkbIngress {
-                CgroupSkbAttachType::Ingress
-            } else {
-                CgroupSkbAttachType::Egress
-            };
-            // A bpf_link (kernel >= 5.7): coexists with other programs on
-            // the root and goes away with us.
-            return skb
-                .attach(cgroup, direction, CgroupAttachMode::Single)
-                .map(|_link| ())
-                .map_err(|e| format!("attach: {e}"));
-        }
-        Hook::CgroupConnect4 | Hook::CgroupConnect6 => {
-            let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
-            let hook: &mut CgroupSockAddr = found
-                .try_into()
-                .map_err(|e| format!("program {program} is not cgroup_sock_addr: {e}"))?;
-            hook.load().map_err(|e| format!("verifier/load: {e}"))?;
-            return hook
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map(|_link| ())
-                .map_err(|e| format!("attach: {e}"));
-        }
-    };
-    let format = Path::new(TRACEFS).join("events").join(category).join(name);
-    if !format.exists()
-        && !Path::new(DEBUGFS_TRACING)
-            .join("events")
-            .join(category)
-            .join(name)
-            .exists()
-    {
-        return Err(format!("this kernel has no tracepoint {category}:{name}"));
-    }
-    let tp: &mut TracePoint = found
-        .try_into()
-        .map_err(|e| format!("program {program} is not a tracepoint: {e}"))?;
-    tp.load().map_err(|e| format!("verifier/load: {e}"))?;
-    tp.attach(category, name)
-        .map(|_link| ())
-        .map_err(|e| format!("attach: {e}"))
 }
 
 /// log2 of the wake step: WAKE_STEP_BYTES, or a quarter of a smaller ring

@@ -1,9 +1,12 @@
 //! Getting bytes out of the kernel: checking what the host allows
-//! (`preflight`), loading and attaching the eBPF programs (`kernel`),
-//! finding the cgroup-v2 root the packet programs attach to (`cgroup`),
-//! the outbound-connection maps (`outbound`) and reading the ring buffer
+//! (`preflight`), loading the eBPF programs and owning their maps
+//! (`kernel`), attaching them to their static hooks (`attach`), finding
+//! the cgroup-v2 root the packet programs attach to (`cgroup`), probing
+//! the TLS libraries of monitored processes (`tls`), the
+//! outbound-connection maps (`outbound`) and reading the ring buffer
 //! (`reader`).
 
+pub mod attach;
 pub mod cgroup;
 pub mod kernel;
 pub mod outbound;

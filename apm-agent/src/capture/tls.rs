@@ -1,7 +1,10 @@
 //! The OpenSSL libraries of monitored processes: found in their
-//! /proc/PID/maps, probed once per library file (`SSL_read`, `SSL_write`
-//! and their `_ex` forms, entry and return), and detached when no
-//! monitored process maps them any more. The kernel side
+//! /proc/PID/maps and probed in those processes only (`SSL_read`,
+//! `SSL_write` and their `_ex` forms, entry and return), and detached
+//! when the process goes. A uprobe scoped to one process puts its
+//! breakpoint in that process's memory alone: a process that is not
+//! monitored pays nothing for its TLS calls, where a probe on the file
+//! would make each of them trap into the kernel. The kernel side
 //! (`apm-ebpf/src/probes/tls.rs`) reads the plaintext of the calls made
 //! on descriptors the process accepted.
 //!
@@ -11,6 +14,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    num::NonZeroU32,
     path::{Path, PathBuf},
 };
 
@@ -25,36 +29,38 @@ use aya::{
 
 use super::kernel::Check;
 
-/// Entry programs and the functions they probe; the return program
-/// (`RETURN`) is attached to every one of them.
-const ENTRIES: [(&str, &str); 4] = [
-    ("ssl_read", "SSL_read"),
-    ("ssl_read_ex", "SSL_read_ex"),
-    ("ssl_write", "SSL_write"),
-    ("ssl_write_ex", "SSL_write_ex"),
-];
-const RETURN: &str = "ssl_return";
+use apm_common::maps::{TLS_ENTRIES as ENTRIES, TLS_RETURN as RETURN};
 
 /// A library file, by device and inode as /proc/PID/maps shows them.
 type FileId = (String, u64);
 
+/// A library file as the processes mapping it show it.
 struct Library {
-    check: Check,
-    links: Vec<(&'static str, UProbeLinkId)>,
-    users: HashSet<u32>,
+    /// Its path inside the first process's mount namespace.
+    path: String,
+    /// Its layout cookie and name, or why it is skipped.
+    layout: Result<(u64, String), String>,
+    /// The last attach error, if any.
+    error: Option<String>,
 }
 
-/// The probed libraries and which monitored processes map them.
+/// One process's probes on one library (none when it is skipped).
+struct Attachment {
+    file: FileId,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// The probed libraries and the processes probed in each.
 pub struct TlsProbes {
     proc_root: PathBuf,
     libraries: HashMap<FileId, Library>,
-    /// Each monitored process's libraries, as read from its maps.
-    mapped: HashMap<u32, Vec<FileId>>,
+    /// Each traced process's attachments, as read from its maps once.
+    attached: HashMap<u32, Vec<Attachment>>,
 }
 
 impl TlsProbes {
     /// Loads the programs (before the agent takes the maps they use out
-    /// of the object); they are attached per library later.
+    /// of the object); they are attached per process later.
     pub fn load(ebpf: &mut Ebpf, proc_root: &Path) -> Result<Self, String> {
         for program in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
             let p: &mut UProbe = ebpf
@@ -67,61 +73,100 @@ impl TlsProbes {
         Ok(Self {
             proc_root: proc_root.to_owned(),
             libraries: HashMap::new(),
-            mapped: HashMap::new(),
+            attached: HashMap::new(),
         })
     }
 
-    /// Probes the libraries of processes in `pids` not seen before and
-    /// detaches those no process in `pids` maps any more. Returns whether
-    /// the list of libraries changed.
+    /// Probes the libraries of the processes in `pids` not seen before,
+    /// in those processes only, and takes the probes of processes gone
+    /// from `pids` away. Returns whether anything changed.
     pub fn update(&mut self, ebpf: &mut Ebpf, pids: &HashSet<u32>) -> bool {
-        let mut changed = false;
         let gone: Vec<u32> = self
-            .mapped
+            .attached
             .keys()
             .filter(|p| !pids.contains(p))
             .copied()
             .collect();
+        let mut changed = !gone.is_empty();
         for pid in gone {
-            for file in self.mapped.remove(&pid).unwrap_or_default() {
-                let Some(lib) = self.libraries.get_mut(&file) else {
-                    continue;
-                };
-                lib.users.remove(&pid);
-                if lib.users.is_empty()
-                    && let Some(lib) = self.libraries.remove(&file)
-                {
-                    detach(ebpf, lib.links);
-                    changed = true;
-                }
+            for attachment in self.attached.remove(&pid).unwrap_or_default() {
+                detach(ebpf, attachment.links);
             }
         }
+        let mapped: HashSet<&FileId> = self.attached.values().flatten().map(|a| &a.file).collect();
+        let unused: Vec<FileId> = self
+            .libraries
+            .keys()
+            .filter(|f| !mapped.contains(f))
+            .cloned()
+            .collect();
+        for file in unused {
+            self.libraries.remove(&file);
+        }
         for &pid in pids {
-            if self.mapped.contains_key(&pid) {
+            if self.attached.contains_key(&pid) {
                 continue;
             }
-            let files = ssl_libraries(&self.proc_root, pid);
-            for (file, path) in &files {
-                let lib = self.libraries.entry(file.clone()).or_insert_with(|| {
-                    changed = true;
-                    let target = self
-                        .proc_root
-                        .join(pid.to_string())
-                        .join("root")
-                        .join(path.strip_prefix("/").unwrap_or(path));
-                    probe(ebpf, &target, path)
-                });
-                lib.users.insert(pid);
+            let mut attachments = Vec::new();
+            for (file, path) in ssl_libraries(&self.proc_root, pid) {
+                changed = true;
+                let target = self
+                    .proc_root
+                    .join(pid.to_string())
+                    .join("root")
+                    .join(path.strip_prefix("/").unwrap_or(&path));
+                let lib = self
+                    .libraries
+                    .entry(file.clone())
+                    .or_insert_with(|| Library {
+                        layout: std::fs::read(&target)
+                            .map_err(|e| format!("reading {}: {e}", target.display()))
+                            .and_then(|bytes| layout_of(&bytes)),
+                        path,
+                        error: None,
+                    });
+                // A skipped or failed library stays listed while mapped.
+                let links = match &lib.layout {
+                    Err(_) => Vec::new(),
+                    Ok((layout, name)) => probe(ebpf, &target, *layout, pid).unwrap_or_else(|e| {
+                        lib.error = Some(format!("{name}: {e}"));
+                        Vec::new()
+                    }),
+                };
+                attachments.push(Attachment { file, links });
             }
-            self.mapped
-                .insert(pid, files.into_iter().map(|(f, _)| f).collect());
+            self.attached.insert(pid, attachments);
         }
         changed
     }
 
-    /// One check per library: attached, or why not.
+    /// One check per library: how many processes are probed in it, or
+    /// why it is not.
     pub fn checks(&self) -> Vec<Check> {
-        let mut checks: Vec<Check> = self.libraries.values().map(|l| l.check.clone()).collect();
+        let mut checks: Vec<Check> = self
+            .libraries
+            .iter()
+            .map(|(file, lib)| {
+                let processes = self
+                    .attached
+                    .values()
+                    .filter(|a| a.iter().any(|a| a.file == *file && !a.links.is_empty()))
+                    .count();
+                let (ok, detail) = match (&lib.layout, &lib.error) {
+                    (Err(why), _) => (false, format!("skipped: {why}")),
+                    (Ok(_), Some(e)) => (false, e.clone()),
+                    (Ok((_, name)), None) => (
+                        true,
+                        format!("attached in {processes} monitored processes ({name})"),
+                    ),
+                };
+                Check {
+                    name: format!("uprobe:{}", lib.path),
+                    ok,
+                    detail,
+                }
+            })
+            .collect();
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         checks
     }
@@ -198,45 +243,31 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Attaches every program to the library at `target` (shown as `path`).
-fn probe(ebpf: &mut Ebpf, target: &Path, path: &str) -> Library {
-    let name = format!("uprobe:{path}");
-    let mut lib = Library {
-        check: Check {
-            name,
-            ok: false,
-            detail: String::new(),
-        },
-        links: Vec::new(),
-        users: HashSet::new(),
-    };
-    let layout = match std::fs::read(target)
-        .map_err(|e| format!("reading {}: {e}", target.display()))
-        .and_then(|bytes| layout_of(&bytes))
-    {
-        Ok(layout) => layout,
-        Err(why) => {
-            lib.check.detail = format!("skipped: {why}");
-            return lib;
-        }
-    };
+/// Attaches every program to the library at `target`, for process `pid`
+/// only: the kernel puts the breakpoints in that process's memory alone,
+/// so other processes' TLS calls cost nothing at all.
+fn probe(
+    ebpf: &mut Ebpf,
+    target: &Path,
+    layout: u64,
+    pid: u32,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+    let pid = NonZeroU32::new(pid).ok_or("pid 0")?;
     let programs = ENTRIES
         .iter()
-        .map(|&(program, symbol)| (program, symbol))
+        .copied()
         .chain(ENTRIES.iter().map(|&(_, symbol)| (RETURN, symbol)));
+    let mut links = Vec::new();
     for (program, symbol) in programs {
-        match attach(ebpf, program, symbol, target, layout.0) {
-            Ok(link) => lib.links.push((program, link)),
+        match attach(ebpf, program, symbol, target, layout, pid) {
+            Ok(link) => links.push((program, link)),
             Err(e) => {
-                detach(ebpf, std::mem::take(&mut lib.links));
-                lib.check.detail = format!("{} {symbol}: {e}", layout.1);
-                return lib;
+                detach(ebpf, links);
+                return Err(format!("{symbol}: {e}"));
             }
         }
     }
-    lib.check.ok = true;
-    lib.check.detail = format!("attached ({})", layout.1);
-    lib
+    Ok(links)
 }
 
 fn attach(
@@ -245,6 +276,7 @@ fn attach(
     symbol: &str,
     target: &Path,
     layout: u64,
+    pid: NonZeroU32,
 ) -> Result<UProbeLinkId, String> {
     let p: &mut UProbe = ebpf
         .program_mut(program)
@@ -255,7 +287,7 @@ fn attach(
         location: UProbeAttachLocation::Symbol(symbol),
         cookie: Some(layout),
     };
-    p.attach(point, target, UProbeScope::AllProcesses)
+    p.attach(point, target, UProbeScope::OneProcess(pid))
         .map_err(|e| format!("{e}"))
 }
 

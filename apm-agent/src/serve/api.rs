@@ -20,7 +20,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    agent::Agent,
+    agent::{Agent, TlsLibraries},
     alerts::evaluate::Alerts,
     capture::kernel::ProbeReport,
     redact::Secret,
@@ -45,6 +45,8 @@ pub struct AppState {
     pub agent: Shared,
     /// What the eBPF side could do (fixed at start).
     pub probes: Arc<ProbeReport>,
+    /// The TLS libraries probed or skipped (as processes come and go).
+    pub tls_libraries: TlsLibraries,
     /// Ring-buffer records lost in about the last minute.
     pub lost_recently: Arc<AtomicU64>,
     /// The request pipeline's latest snapshot.
@@ -165,9 +167,15 @@ pub fn detailed(state: &AppState) -> Result<health::HealthReport, &'static str> 
         .map(|d| d.clone())
         .unwrap_or_default();
     let tasks = state.tasks.states();
+    let tls = state
+        .tls_libraries
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_default();
     Ok(health::evaluate(&health::Inputs {
         tasks: &tasks,
         probes: &state.probes,
+        tls_libraries: &tls,
         lost_last_minute: lost,
         sample: latest.as_ref().map(|(at, s)| (at.elapsed(), s)),
         sample_interval: state.sample_interval,
@@ -300,6 +308,7 @@ mod tests {
         AppState {
             probes: Arc::new(report),
             lost_recently: agent.lost_recently.clone(),
+            tls_libraries: agent.tls_libraries.clone(),
             agent: Arc::new(Mutex::new(agent)),
             pipeline: Arc::new(Published::new(
                 crate::telemetry::snapshot::PipelineSnapshot::empty(Duration::from_secs(60)),

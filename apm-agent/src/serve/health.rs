@@ -10,7 +10,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::checks::DependencyStatus;
-use crate::{capture::kernel::ProbeReport, tasks::TaskState, telemetry::sampler::SystemSample};
+use crate::{
+    capture::kernel::{Check, ProbeReport},
+    tasks::TaskState,
+    telemetry::sampler::SystemSample,
+};
 
 /// Memory or disk use above this is `degraded`.
 pub const USAGE_LIMIT: f64 = 0.90;
@@ -43,6 +47,8 @@ pub struct Inputs<'a> {
     /// The agent's own tasks: one stopped makes the report unhealthy.
     pub tasks: &'a [TaskState],
     pub probes: &'a ProbeReport,
+    /// The TLS libraries probed, or skipped and why.
+    pub tls_libraries: &'a [Check],
     /// Ring-buffer records lost in the last minute.
     pub lost_last_minute: u64,
     /// Age of the latest sample and the sampling interval.
@@ -100,7 +106,7 @@ pub fn evaluate(i: &Inputs<'_>) -> HealthReport {
             });
         }
     }
-    for p in &i.probes.probes {
+    for p in i.probes.probes.iter().chain(i.tls_libraries) {
         checks.push(entry(
             format!("probe {}", p.name),
             p.ok,
@@ -205,6 +211,7 @@ mod tests {
         Inputs {
             tasks: &[],
             probes,
+            tls_libraries: &[],
             lost_last_minute: 0,
             sample: s,
             sample_interval: Duration::from_secs(1),

@@ -3,8 +3,8 @@
 //! as read and write records of the descriptor under the call's BIO, so
 //! the agent pairs them like the syscall capture's.
 //!
-//! The agent attaches them once per library file for every process; a
-//! process that is not monitored costs one PIDS lookup per call. The
+//! The agent attaches them in each monitored process that maps the
+//! library (other processes do not hit them; PIDS is checked anyway). The
 //! attach cookie (`apm_common::tls_layout`) says where the library keeps
 //! the BIO and its descriptor. A call on a BIO without a descriptor (a
 //! memory BIO pair, as in Node.js or Python's asyncio) is counted and not

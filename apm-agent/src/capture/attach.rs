@@ -1,0 +1,81 @@
+//! Attaching the programs of `apm_common::maps::PROBES` to their static
+//! hooks (tracepoints, and cgroup programs on the cgroup-v2 root), and the
+//! names they are reported under.
+
+use std::{fs::File, path::Path};
+
+use apm_common::maps::{Hook, Probe};
+use aya::{
+    Ebpf,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
+};
+
+use super::preflight::{DEBUGFS_TRACING, TRACEFS};
+
+/// The name a probe is reported under.
+pub fn probe_name(probe: &Probe) -> String {
+    match probe.hook {
+        Hook::Tracepoint { category, name } => format!("{category}:{name}"),
+        Hook::CgroupSkbIngress => "cgroup_skb:ingress".into(),
+        Hook::CgroupSkbEgress => "cgroup_skb:egress".into(),
+        Hook::CgroupConnect4 => "cgroup_sock_addr:connect4".into(),
+        Hook::CgroupConnect6 => "cgroup_sock_addr:connect6".into(),
+    }
+}
+
+/// Loads `probe`'s program and attaches it to its hook.
+pub(super) fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), String> {
+    let program = probe.program;
+    let found = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?;
+    let (category, name) = match probe.hook {
+        Hook::Tracepoint { category, name } => (category, name),
+        Hook::CgroupSkbIngress | Hook::CgroupSkbEgress => {
+            let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
+            let skb: &mut CgroupSkb = found
+                .try_into()
+                .map_err(|e| format!("program {program} is not cgroup_skb: {e}"))?;
+            skb.load().map_err(|e| format!("verifier/load: {e}"))?;
+            let direction = if probe.hook == Hook::CgroupSkbIngress {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            // A bpf_link (kernel >= 5.7): coexists with other programs on
+            // the root and goes away with us.
+            return skb
+                .attach(cgroup, direction, CgroupAttachMode::Single)
+                .map(|_link| ())
+                .map_err(|e| format!("attach: {e}"));
+        }
+        Hook::CgroupConnect4 | Hook::CgroupConnect6 => {
+            let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
+            let hook: &mut CgroupSockAddr = found
+                .try_into()
+                .map_err(|e| format!("program {program} is not cgroup_sock_addr: {e}"))?;
+            hook.load().map_err(|e| format!("verifier/load: {e}"))?;
+            return hook
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map(|_link| ())
+                .map_err(|e| format!("attach: {e}"));
+        }
+    };
+    let format = Path::new(TRACEFS).join("events").join(category).join(name);
+    if !format.exists()
+        && !Path::new(DEBUGFS_TRACING)
+            .join("events")
+            .join(category)
+            .join(name)
+            .exists()
+    {
+        return Err(format!("this kernel has no tracepoint {category}:{name}"));
+    }
+    let tp: &mut TracePoint = found
+        .try_into()
+        .map_err(|e| format!("program {program} is not a tracepoint: {e}"))?;
+    tp.load().map_err(|e| format!("verifier/load: {e}"))?;
+    tp.attach(category, name)
+        .map(|_link| ())
+        .map_err(|e| format!("attach: {e}"))
+}
