@@ -179,6 +179,11 @@ const BENCH_NEEDS: &[Need] = &[
         path: "/usr/bin/wrk",
         package: "wrk",
     },
+    // The certificate of the TLS arm.
+    Need {
+        path: "/usr/bin/openssl",
+        package: "openssl",
+    },
     // Instructions per request of the agent's pipeline (callgrind).
     Need {
         path: "/usr/bin/valgrind",

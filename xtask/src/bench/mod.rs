@@ -97,7 +97,8 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, redis1, redis16) or `extra` agent arguments, only printed.
+/// (nginx, nginx-tls, redis1, redis16) or `extra` agent arguments, only
+/// printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
     let _ = std::fs::remove_dir_all(&work);
@@ -107,8 +108,17 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
     let wanted = |c: &str| cases.is_empty() || cases.iter().any(|w| w == c);
     let mut lines = Vec::new();
     if wanted("nginx") {
-        let nginx = paired::nginx_paired(agent, &work, &extra)?;
+        let nginx = paired::nginx_paired(agent, &work, &extra, false)?;
         lines.push(nginx.line("nginx, captured/uncaptured server", "request"));
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("nginx-tls") {
+        paired::certificate(&work)?;
+        let nginx = paired::nginx_paired(agent, &work, &extra, true)?;
+        lines.push(nginx.line(
+            "nginx over TLS (wrk over HTTPS, keep-alive), captured/uncaptured server",
+            "request",
+        ));
         println!("{}", lines[lines.len() - 1]);
     }
     for p in [1, 16] {
@@ -156,7 +166,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
-    let paired = paired::nginx_paired(agent, &work, &[])?;
+    let paired = paired::nginx_paired(agent, &work, &[], false)?;
     let redis_paired = [
         redis_paired::redis_paired(agent, 1, &[])?,
         redis_paired::redis_paired(agent, 16, &[])?,

@@ -148,6 +148,8 @@ pub struct Subject<'a> {
     pub server_cpu: &'a mut dyn FnMut() -> Result<f64>,
     pub clients: &'a mut dyn FnMut() -> Result<Clients>,
     pub what: &'a str,
+    /// The programs whose run time per request the BPF window reads.
+    pub programs: &'a [&'a str],
 }
 
 /// Blocks of slices; the captured server rotates between blocks, so that
@@ -217,11 +219,10 @@ pub fn sample(s: Subject) -> Result<Paired> {
             // captured server's (and its client's).
             clients.stop(&others);
             (out.bpf_ns, out.bpf_runs) = with_bpf_stats(|| {
-                let programs = ["capture_ingress", "capture_egress"];
                 std::thread::sleep(Duration::from_millis(500));
-                let (t0, n0) = (bpf_run_time(&programs)?, (s.counters)(k)?);
+                let (t0, n0) = (bpf_run_time(s.programs)?, (s.counters)(k)?);
                 std::thread::sleep(Duration::from_secs(BPF_WINDOW_SECS));
-                let (t1, n1) = (bpf_run_time(&programs)?, (s.counters)(k)?);
+                let (t1, n1) = (bpf_run_time(s.programs)?, (s.counters)(k)?);
                 let served = (n1 - n0).max(1.0);
                 Ok(((t1.0 - t0.0) as f64 / served, (t1.1 - t0.1) as f64 / served))
             })?;
@@ -274,7 +275,9 @@ fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
         .with_context(|| format!("no request count in stub_status: {text}"))
 }
 
-pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
+/// nginx serving a 23-byte file, over TLS with `tls` (the certificate in
+/// `work`, made by [`certificate`]).
+pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Result<Paired> {
     let ports = six_ports()?;
     let (served, status) = (
         [ports[0], ports[1], ports[2]],
@@ -286,9 +289,15 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired>
         let dir = work.join(format!("paired-{i}"));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/index.html"), &page)?;
-        servers.push(Nginx::start_ports(&dir, &[port], Some(status))?);
+        if tls {
+            for file in ["cert.pem", "key.pem"] {
+                std::fs::copy(work.join(file), dir.join(file))?;
+            }
+        }
+        servers.push(Nginx::start_ports(&dir, &[port], Some(status), tls)?);
     }
     let mut reads = [0.0; 3];
+    let scheme = if tls { "https" } else { "http" };
     sample(Subject {
         counters: &mut |i| nginx_requests(status[i], &mut reads[i]),
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, true),
@@ -298,13 +307,46 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired>
             let clients = served.iter().map(|port| {
                 pinned(1, "wrk")
                     .args(["-t1", "-c32", &format!("-d{LOAD_SECS}s")])
-                    .arg(format!("http://127.0.0.1:{port}/index.html"))
+                    .arg(format!("{scheme}://127.0.0.1:{port}/index.html"))
                     .stdout(Stdio::null())
                     .spawn()
                     .context("starting wrk")
             });
             Ok(Clients(clients.collect::<Result<_>>()?))
         },
-        what: "nginx",
+        what: if tls { "nginx over TLS" } else { "nginx" },
+        programs: if tls { &PROGRAMS_TLS } else { &PROGRAMS },
     })
+}
+
+/// The packet programs, whose run time per request the BPF window reads.
+const PROGRAMS: [&str; 2] = ["capture_ingress", "capture_egress"];
+/// The same and the TLS probes.
+const PROGRAMS_TLS: [&str; 7] = [
+    "capture_ingress",
+    "capture_egress",
+    "ssl_read",
+    "ssl_read_ex",
+    "ssl_write",
+    "ssl_write_ex",
+    "ssl_return",
+];
+
+/// A self-signed certificate for nginx over TLS: `cert.pem` and `key.pem`
+/// in `work`.
+pub fn certificate(work: &Path) -> Result<()> {
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(work.join("key.pem"))
+        .arg("-out")
+        .arg(work.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?;
+    ensure!(status.success(), "openssl req failed: {status}");
+    Ok(())
 }

@@ -95,5 +95,6 @@ pub fn redis_paired(agent: &Path, pipeline: u32, extra: &[&str]) -> Result<Paire
             Ok(Clients(clients.collect::<Result<_>>()?))
         },
         what: &what,
+        programs: &["capture_ingress", "capture_egress"],
     })
 }

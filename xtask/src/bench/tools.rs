@@ -495,16 +495,24 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(work: &Path, port: u16) -> Result<Self> {
-        Self::start_ports(work, &[port], None)
+        Self::start_ports(work, &[port], None, false)
     }
 
-    /// One nginx process (one worker) serving the same files on `ports`,
-    /// and its stub_status on `status` if given.
-    pub fn start_ports(work: &Path, ports: &[u16], status: Option<u16>) -> Result<Self> {
-        let listen: String = ports
+    /// One nginx process (one worker) serving the same files on `ports`
+    /// (over TLS with `tls`: `cert.pem` and `key.pem` in `work`), and its
+    /// stub_status on `status` if given.
+    pub fn start_ports(work: &Path, ports: &[u16], status: Option<u16>, tls: bool) -> Result<Self> {
+        let ssl = if tls { " ssl" } else { "" };
+        let mut listen: String = ports
             .iter()
-            .map(|p| format!("listen 127.0.0.1:{p}; "))
+            .map(|p| format!("listen 127.0.0.1:{p}{ssl}; "))
             .collect();
+        if tls {
+            let w = work.display();
+            listen.push_str(&format!(
+                "ssl_certificate {w}/cert.pem; ssl_certificate_key {w}/key.pem; "
+            ));
+        }
         let status_server = status.map_or(String::new(), |p| {
             format!("server {{ listen 127.0.0.1:{p}; location / {{ stub_status; }} }}\n")
         });
