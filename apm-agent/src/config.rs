@@ -114,10 +114,13 @@ pub struct Config {
     #[arg(long, env = "APM_NO_REDIS_DETECT")]
     pub no_redis_detect: bool,
 
-    /// Do not read TLS plaintext: no uprobes on the OpenSSL libraries of
-    /// monitored processes (HTTPS and TLS Redis then show connections only).
-    #[arg(long, env = "APM_NO_TLS")]
-    pub no_tls: bool,
+    /// Read TLS plaintext: uprobes on the OpenSSL libraries of monitored
+    /// processes, so their HTTPS and TLS Redis are timed. Costs each of
+    /// their SSL calls a uprobe trap, and with packets adds the accept and
+    /// close tracepoints (every syscall on the host then takes the tracing
+    /// path): off by default.
+    #[arg(long, env = "APM_TLS")]
+    pub tls: bool,
 
     /// Name the service on a port, PORT=NAME (repeatable). Default: the name
     /// of the process that owns the listener.

@@ -60,8 +60,8 @@ fn wait_until_named(agent: &Agent, port: u16, service: &str) {
 #[test]
 fn accepted_closed_and_active_match_what_the_listener_did() {
     require_root();
-    counts_match("packets", &["--no-tls"]);
     counts_match("packets", &[]);
+    counts_match("packets", &["--tls"]);
     counts_match("syscalls", &[]);
 }
 
@@ -116,7 +116,7 @@ fn counts_match(capture: &str, extra: &[&str]) {
         "{}",
         m.text
     );
-    if extra.contains(&"--no-tls") {
+    if capture == "packets" && !extra.contains(&"--tls") {
         // No syscall is traced, so there are no per-process accept counts.
         assert!(
             !m.text.contains("apm_accepted_sockets_total{"),
@@ -216,7 +216,7 @@ fn apm_programs_loaded() -> usize {
 }
 
 /// Programs of a role in the object, and the TLS uprobes (loaded at
-/// start unless `--no-tls`) when `tls`.
+/// start with `--tls`) when `tls`.
 fn programs(roles: &[Role], tls: bool) -> usize {
     let tls = if tls {
         apm_common::maps::TLS_ENTRIES.len() + 1
@@ -246,31 +246,33 @@ fn cgroup_programs_named(names: &[&str]) -> usize {
 fn sigterm_detaches_every_program() {
     require_root();
     let cgroup_hooks = ["capture_ingress", "capture_egress", "connect4", "connect6"];
-    for (capture, roles) in [
-        // TLS reading tracks descriptors with packets too.
-        (
-            "packets",
-            &[
-                Role::Connections,
-                Role::PacketData,
-                Role::Outbound,
-                Role::SyscallState,
-            ][..],
-        ),
-        (
-            "syscalls",
-            &[Role::Connections, Role::SyscallState, Role::SyscallData][..],
-        ),
+    let packets = [Role::Connections, Role::PacketData, Role::Outbound];
+    // TLS reading tracks descriptors with packets too.
+    let packets_tls = [
+        Role::Connections,
+        Role::PacketData,
+        Role::Outbound,
+        Role::SyscallState,
+    ];
+    let syscalls = [Role::Connections, Role::SyscallState, Role::SyscallData];
+    for (capture, tls, roles) in [
+        ("packets", false, &packets[..]),
+        ("packets", true, &packets_tls[..]),
+        ("syscalls", false, &syscalls[..]),
     ] {
         assert_eq!(
             apm_programs_loaded(),
             0,
             "programs left over before the test"
         );
-        let mut agent = Agent::start(&["--capture", capture]).expect("agent");
+        let mut args = vec!["--capture", capture];
+        if tls {
+            args.push("--tls");
+        }
+        let mut agent = Agent::start(&args).expect("agent");
         assert_eq!(
             apm_programs_loaded(),
-            programs(roles, true),
+            programs(roles, tls),
             "{}",
             agent.log_text()
         );

@@ -143,8 +143,8 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
 #[test]
 fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     require_root();
-    // Packets without TLS reading track no descriptor.
-    let packets = exported("packets", &["--no-tls"]);
+    // Packets without TLS reading (the default) track no descriptor.
+    let packets = exported("packets", &[]);
     let syscalls = exported("syscalls", &[]);
     let (mut documented, descriptor_only) = documented();
     if !std::path::Path::new("/proc/pressure").exists() {

@@ -228,6 +228,7 @@ fn nginx_over_https(capture: &str) {
     let (tls, plain) = (nginx.tls, nginx.plain);
     let (tls_port, plain_port) = (tls.to_string(), plain.to_string());
     let mut agent = Agent::start(&[
+        "--tls",
         "--capture",
         capture,
         "--port",

@@ -132,7 +132,7 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
     capture: Capture,
-    /// The TLS libraries probed (None: `--no-tls`).
+    /// The TLS libraries probed (None without `--tls`).
     tls: Option<TlsProbes>,
     // Last so that the maps above are released after the programs using them.
     ebpf: Ebpf,
