@@ -31,6 +31,29 @@ impl Redis {
         Self::start_with("127.0.0.1", port, &["--requirepass", password])
     }
 
+    /// Serving TLS only, on `port`, with the PEM files `cert` and `key`
+    /// (clients need no certificate).
+    pub fn with_tls(port: u16, cert: &str, key: &str) -> Self {
+        let tls_port = port.to_string();
+        // The later --port 0 overrides the plaintext port spawn gives.
+        Self::start_with(
+            "127.0.0.1",
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &tls_port,
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
+    }
+
     /// A copy of redis-server running under another name (`name`), so
     /// that nothing knows it for Redis by its process name.
     pub fn start_renamed(port: u16, name: &str) -> Self {

@@ -1,7 +1,8 @@
-//! HTTPS read at the TLS library: Debian's nginx with `ssl`, driven by
-//! curl (a connection per request) and wrk (keep-alive), counted per
-//! route and status against nginx's own access log, and timed like the
-//! same requests on a plaintext port of the same nginx.
+//! TLS read at the TLS library (`--tls`): Debian's nginx with `ssl`,
+//! driven by curl (a connection per request) and wrk (keep-alive),
+//! counted per route and status against nginx's own access log and timed
+//! like the same requests on a plaintext port of the same nginx; and a
+//! redis-server serving TLS only, counted against INFO commandstats.
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use apm_e2e::{Agent, free_port, https, require_root, wait_for};
+use apm_e2e::{Agent, Redis, free_port, https, require_root, wait_for};
 
 /// (port, route, status) → requests.
 type Counts = BTreeMap<(u16, String, u16), u64>;
@@ -238,13 +239,7 @@ fn nginx_over_https(capture: &str) {
     ])
     .expect("agent");
     agent.wait_for_service(tls, "nginx");
-    let probed = wait_for(Duration::from_secs(15), || {
-        let m = agent.metrics().ok()?;
-        m.matching("apm_ebpf_probe_attached", &[])
-            .any(|s| s.labels["probe"].contains("libssl") && s.value == 1.0)
-            .then_some(())
-    });
-    assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
+    wait_probed(&agent);
     let health = apm_e2e::get(agent.addr, "/health/detailed").expect("health");
     let report: serde_json::Value = serde_json::from_str(&health.body).expect("JSON");
     let listed = report["checks"].as_array().is_some_and(|checks| {
@@ -276,25 +271,18 @@ fn nginx_over_https(capture: &str) {
     let logged = nginx.logged();
     let total: u64 = only(&logged, tls).values().sum();
     assert!(total > 100, "too few requests over TLS: {logged:?}");
-    let settled = wait_for(Duration::from_secs(20), || {
-        (counted(&agent, tls) == only(&logged, tls)).then_some(())
-    });
-    assert!(
-        settled.is_some(),
-        "over TLS, the agent counted {:?}\nnginx logged {:?}\n{}",
-        counted(&agent, tls),
-        only(&logged, tls),
-        agent.log_text()
-    );
-    let settled = wait_for(Duration::from_secs(20), || {
-        (counted(&agent, plain) == only(&logged, plain)).then_some(())
-    });
-    assert!(
-        settled.is_some(),
-        "in plaintext, the agent counted {:?}\nnginx logged {:?}",
-        counted(&agent, plain),
-        only(&logged, plain)
-    );
+    for (port, how) in [(tls, "over TLS"), (plain, "in plaintext")] {
+        let settled = wait_for(Duration::from_secs(20), || {
+            (counted(&agent, port) == only(&logged, port)).then_some(())
+        });
+        assert!(
+            settled.is_some(),
+            "{how} ({capture}), the agent counted {:?}\nnginx logged {:?}\n{}",
+            counted(&agent, port),
+            only(&logged, port),
+            agent.log_text()
+        );
+    }
     let m = agent.metrics().expect("metrics");
     // No TLS byte reached a parser: the packet capture's verdict and the
     // syscall capture's first-read check leave the ciphertext alone.
@@ -329,4 +317,102 @@ fn nginx_over_https(capture: &str) {
         "/slow: {secure} s over TLS against {clear} s in plaintext"
     );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
+}
+
+/// Waits until the agent has probed a libssl.
+fn wait_probed(agent: &Agent) {
+    let probed = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics().ok()?;
+        m.matching("apm_ebpf_probe_attached", &[])
+            .any(|s| s.labels["probe"].contains("libssl") && s.value == 1.0)
+            .then_some(())
+    });
+    assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
+}
+
+/// `cmdstat_*` calls of `commands` on the TLS redis-server at `port`.
+fn commandstats(port: u16, commands: &[&str]) -> BTreeMap<String, u64> {
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--insecure", "-p", &port.to_string()])
+        .args(["INFO", "commandstats"])
+        .output()
+        .expect("redis-cli (installed by cargo xtask test)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_uppercase(), calls.parse().ok()?))
+        })
+        .filter(|(name, _)| commands.contains(&name.as_str()))
+        .collect()
+}
+
+#[test]
+fn redis_over_tls_is_counted_exactly_against_commandstats() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("apm-e2e-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let (_, cert, key) = https::certificate().expect("certificate");
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert).expect("cert");
+    std::fs::write(&key_file, key).expect("key");
+    let port = free_port().expect("port");
+    let _redis = Redis::with_tls(
+        port,
+        cert_file.to_str().expect("path"),
+        key_file.to_str().expect("path"),
+    );
+    let p = port.to_string();
+    let mut agent = Agent::start(&["--tls", "--redis-port", &p, "--port", &p]).expect("agent");
+    agent.wait_for_service(port, "redis-server");
+    wait_probed(&agent);
+
+    // Three connections of 60 commands each, then ten of one command.
+    let batch: String = (0..20)
+        .map(|i| format!("SET k{i} v{i}\nGET k{i}\nINCR n\n"))
+        .collect();
+    for _ in 0..3 {
+        let mut cli = Command::new("redis-cli")
+            .args(["--tls", "--insecure", "-p", &p])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli");
+        if let Some(mut stdin) = cli.stdin.take() {
+            std::io::Write::write_all(&mut stdin, batch.as_bytes()).expect("commands");
+        }
+        assert!(cli.wait().expect("redis-cli").success());
+    }
+    for i in 0..10 {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--insecure", "-p", &p, "GET", &format!("k{i}")])
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let commands = ["SET", "GET", "INCR"];
+    let truth = commandstats(port, &commands);
+    assert_eq!(truth.values().sum::<u64>(), 190, "{truth:?}");
+    let counted = || -> BTreeMap<String, u64> {
+        let m = agent.metrics().expect("metrics");
+        m.matching(
+            "apm_db_server_operation_duration_seconds_count",
+            &[("server_port", p.as_str())],
+        )
+        .map(|s| (s.labels["db_operation_name"].clone(), s.value as u64))
+        .filter(|(name, _)| commands.contains(&name.as_str()))
+        .collect()
+    };
+    let settled = wait_for(Duration::from_secs(20), || {
+        (counted() == truth).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the agent counted {:?}, redis {truth:?}\n{}",
+        counted(),
+        agent.log_text()
+    );
+    agent.terminate(Duration::from_secs(10)).expect("terminate");
+    let _ = std::fs::remove_dir_all(&dir);
 }
