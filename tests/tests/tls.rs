@@ -240,6 +240,26 @@ fn nginx_over_https(capture: &str) {
     .expect("agent");
     agent.wait_for_service(tls, "nginx");
     wait_probed(&agent);
+    // The probes live in the monitored processes only: the nginx worker's
+    // libssl has a breakpoint per probed function, and a process that is
+    // not monitored (a Python with ssl loaded) has none, so its TLS calls
+    // cost it nothing.
+    let worker = workers(nginx.child.id())[0];
+    assert_eq!(breakpoints_in_libssl(worker), 4, "nginx worker {worker}");
+    let mut bystander = Command::new("python3")
+        .args(["-c", "import ssl, sys; sys.stdin.read()"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mapped = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/maps", bystander.id()))
+            .ok()
+            .filter(|m| m.contains("libssl.so"))
+    });
+    assert!(mapped.is_some(), "python3 did not load libssl");
+    assert_eq!(breakpoints_in_libssl(bystander.id()), 0, "a bystander");
+    drop(bystander.stdin.take());
+    let _ = bystander.wait();
     let health = apm_e2e::get(agent.addr, "/health/detailed").expect("health");
     let report: serde_json::Value = serde_json::from_str(&health.body).expect("JSON");
     let listed = report["checks"].as_array().is_some_and(|checks| {
@@ -317,6 +337,51 @@ fn nginx_over_https(capture: &str) {
         "/slow: {secure} s over TLS against {clear} s in plaintext"
     );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
+    assert_eq!(breakpoints_in_libssl(worker), 0, "probes left in nginx");
+}
+
+/// Breakpoints the kernel wrote into process `pid`'s copy of libssl's
+/// code: bytes of its executable libssl mappings that read `int3` (0xcc)
+/// in its memory but not in the file.
+fn breakpoints_in_libssl(pid: u32) -> usize {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let mut found = 0;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        let [range, "r-xp", offset, _, _, path] = f[..] else {
+            continue;
+        };
+        if !path.contains("libssl.so") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').expect("range");
+        let start = u64::from_str_radix(start, 16).expect("start");
+        let len = (u64::from_str_radix(end, 16).expect("end") - start) as usize;
+        let offset = u64::from_str_radix(offset, 16).expect("offset");
+        let mut file = std::fs::File::open(format!("/proc/{pid}/root{path}")).expect("libssl");
+        let (mut on_disk, mut in_memory) = (vec![0u8; len], vec![0u8; len]);
+        file.seek(SeekFrom::Start(offset)).expect("seek");
+        let n = file.read(&mut on_disk).expect("read libssl");
+        mem.seek(SeekFrom::Start(start)).expect("seek");
+        mem.read_exact(&mut in_memory).expect("read memory");
+        found += on_disk[..n]
+            .iter()
+            .zip(&in_memory)
+            .filter(|(d, m)| **m == 0xcc && **d != 0xcc)
+            .count();
+    }
+    found
+}
+
+/// The pids of nginx `master`'s workers.
+fn workers(master: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Waits until the agent has probed a libssl.
