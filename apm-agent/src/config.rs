@@ -119,8 +119,8 @@ pub struct Config {
     /// their SSL calls a uprobe trap, and with packets adds the accept and
     /// close tracepoints (every syscall on the host then takes the tracing
     /// path): off by default.
-    #[arg(long, env = "APM_TLS")]
-    pub tls: bool,
+    #[arg(long = "capture-tls", env = "APM_CAPTURE_TLS")]
+    pub capture_tls: bool,
 
     /// Name the service on a port, PORT=NAME (repeatable). Default: the name
     /// of the process that owns the listener.

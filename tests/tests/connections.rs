@@ -61,7 +61,7 @@ fn wait_until_named(agent: &Agent, port: u16, service: &str) {
 fn accepted_closed_and_active_match_what_the_listener_did() {
     require_root();
     counts_match("packets", &[]);
-    counts_match("packets", &["--tls"]);
+    counts_match("packets", &["--capture-tls"]);
     counts_match("syscalls", &[]);
 }
 
@@ -116,7 +116,7 @@ fn counts_match(capture: &str, extra: &[&str]) {
         "{}",
         m.text
     );
-    if capture == "packets" && !extra.contains(&"--tls") {
+    if capture == "packets" && !extra.contains(&"--capture-tls") {
         // No syscall is traced, so there are no per-process accept counts.
         assert!(
             !m.text.contains("apm_accepted_sockets_total{"),
@@ -216,7 +216,7 @@ fn apm_programs_loaded() -> usize {
 }
 
 /// Programs of a role in the object, and the TLS uprobes (loaded at
-/// start with `--tls`) when `tls`.
+/// start with `--capture-tls`) when `tls`.
 fn programs(roles: &[Role], tls: bool) -> usize {
     let tls = if tls {
         apm_common::maps::TLS_ENTRIES.len() + 1
@@ -267,7 +267,7 @@ fn sigterm_detaches_every_program() {
         );
         let mut args = vec!["--capture", capture];
         if tls {
-            args.push("--tls");
+            args.push("--capture-tls");
         }
         let mut agent = Agent::start(&args).expect("agent");
         assert_eq!(

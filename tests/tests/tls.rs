@@ -1,4 +1,4 @@
-//! TLS read at the TLS library (`--tls`): Debian's nginx with `ssl`,
+//! TLS read at the TLS library (`--capture-tls`): Debian's nginx with `ssl`,
 //! driven by curl (a connection per request) and wrk (keep-alive),
 //! counted per route and status against nginx's own access log and timed
 //! like the same requests on a plaintext port of the same nginx; and a
@@ -229,7 +229,7 @@ fn nginx_over_https(capture: &str) {
     let (tls, plain) = (nginx.tls, nginx.plain);
     let (tls_port, plain_port) = (tls.to_string(), plain.to_string());
     let mut agent = Agent::start(&[
-        "--tls",
+        "--capture-tls",
         "--capture",
         capture,
         "--port",
@@ -429,7 +429,8 @@ fn redis_over_tls_is_counted_exactly_against_commandstats() {
         key_file.to_str().expect("path"),
     );
     let p = port.to_string();
-    let mut agent = Agent::start(&["--tls", "--redis-port", &p, "--port", &p]).expect("agent");
+    let mut agent =
+        Agent::start(&["--capture-tls", "--redis-port", &p, "--port", &p]).expect("agent");
     agent.wait_for_service(port, "redis-server");
     wait_probed(&agent);
 

@@ -132,7 +132,7 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
     capture: Capture,
-    /// The TLS libraries probed (None without `--tls`).
+    /// The TLS libraries probed (None without `--capture-tls`).
     tls: Option<TlsProbes>,
     // Last so that the maps above are released after the programs using them.
     ebpf: Ebpf,
