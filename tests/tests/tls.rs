@@ -386,7 +386,7 @@ fn workers(master: u32) -> Vec<u32> {
 
 /// Waits until the agent has probed a libssl.
 fn wait_probed(agent: &Agent) {
-    let probed = wait_for(Duration::from_secs(15), || {
+    let probed = wait_for(Duration::from_secs(25), || {
         let m = agent.metrics().ok()?;
         m.matching("apm_ebpf_probe_attached", &[])
             .any(|s| s.labels["probe"].contains("libssl") && s.value == 1.0)
@@ -481,4 +481,58 @@ fn redis_over_tls_is_counted_exactly_against_commandstats() {
     );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_process_that_loads_openssl_late_is_probed_then() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("apm-e2e-late-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let (_, cert, key) = https::certificate().expect("certificate");
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert).expect("cert");
+    std::fs::write(&key_file, key).expect("key");
+    let port = free_port().expect("port");
+    let p = port.to_string();
+    let mut agent = Agent::start(&["--capture-tls", "--port", &p]).expect("agent");
+    // Listening at once; `import ssl` 3 s later, after the agent has
+    // traced the process without a libssl.
+    let _server = KillOnDrop(
+        Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/late_tls.py"))
+            .args([p.as_str(), cert_file.to_str().expect("path")])
+            .args([key_file.to_str().expect("path"), "3"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    agent.wait_for_service(port, "python3");
+    wait_probed(&agent);
+    let mut expected = Counts::new();
+    for (path, times, status) in [("/ok", 5, 200), ("/missing", 3, 404)] {
+        let got = curl(&format!("https://127.0.0.1:{port}{path}"), times);
+        assert!(got.iter().all(|&s| s == status), "{path}: {got:?}");
+        expected.insert((port, path.to_owned(), status), times as u64);
+    }
+    let settled = wait_for(Duration::from_secs(20), || {
+        (counted(&agent, port) == expected).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the agent counted {:?}\n{}",
+        counted(&agent, port),
+        agent.log_text()
+    );
+    agent.terminate(Duration::from_secs(10)).expect("terminate");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed when dropped, a failed assertion included.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

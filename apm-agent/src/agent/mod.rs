@@ -195,6 +195,7 @@ impl Agent {
         match self.discovery.scan_with(listen_changes) {
             Ok(listeners) => {
                 self.apply(&listeners);
+                self.update_tls();
                 self.expire_ports(std::time::Instant::now());
             }
             Err(e) => {
@@ -327,13 +328,13 @@ impl Agent {
             }
         }
         self.published = owners_now;
-        self.update_tls();
         self.publish_clients();
         true
     }
 
-    /// Probes the TLS libraries of the traced processes (new ones, and
-    /// detaches those no traced process maps), and says what changed.
+    /// Probes the TLS libraries of the traced processes (new processes at
+    /// once, libraries loaded later within RECHECK), takes the probes of
+    /// processes gone away, and says what changed.
     fn update_tls(&mut self) {
         let traced: HashSet<u32> = self
             .published

@@ -16,6 +16,7 @@ use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use apm_common::tls_layout;
@@ -54,9 +55,15 @@ struct Attachment {
 pub struct TlsProbes {
     proc_root: PathBuf,
     libraries: HashMap<FileId, Library>,
-    /// Each traced process's attachments, as read from its maps once.
+    /// Each traced process's attachments, from its maps.
     attached: HashMap<u32, Vec<Attachment>>,
+    /// When the maps of processes already probed were last read again.
+    rechecked: Instant,
 }
+
+/// How often the maps of processes already probed are read again, for a
+/// libssl loaded after the process was first seen (a lazy `import ssl`).
+const RECHECK: Duration = Duration::from_secs(10);
 
 impl TlsProbes {
     /// Loads the programs (before the agent takes the maps they use out
@@ -74,6 +81,7 @@ impl TlsProbes {
             proc_root: proc_root.to_owned(),
             libraries: HashMap::new(),
             attached: HashMap::new(),
+            rechecked: Instant::now(),
         })
     }
 
@@ -103,12 +111,23 @@ impl TlsProbes {
         for file in unused {
             self.libraries.remove(&file);
         }
+        let recheck = self.rechecked.elapsed() >= RECHECK;
+        if recheck {
+            self.rechecked = Instant::now();
+        }
         for &pid in pids {
-            if self.attached.contains_key(&pid) {
+            let known = self.attached.get(&pid);
+            if known.is_some() && !recheck {
                 continue;
             }
+            let seen: Vec<FileId> = known
+                .map(|a| a.iter().map(|a| a.file.clone()).collect())
+                .unwrap_or_default();
             let mut attachments = Vec::new();
             for (file, path) in ssl_libraries(&self.proc_root, pid) {
+                if seen.contains(&file) {
+                    continue;
+                }
                 changed = true;
                 let target = self
                     .proc_root
@@ -135,7 +154,7 @@ impl TlsProbes {
                 };
                 attachments.push(Attachment { file, links });
             }
-            self.attached.insert(pid, attachments);
+            self.attached.entry(pid).or_default().extend(attachments);
         }
         changed
     }
