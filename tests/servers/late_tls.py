@@ -1,6 +1,7 @@
-"""An HTTPS server that loads OpenSSL late: it listens at once, imports ssl
-only after DELAY seconds, then serves GET /ok (200) and anything else (404),
-one request per connection. Usage: late_tls.py PORT CERT KEY DELAY"""
+"""An HTTPS server that loads OpenSSL late: it listens at once (and says
+`listening`), imports ssl only after DELAY seconds, then serves GET /ok
+(200) and anything else (404), one request per connection.
+Usage: late_tls.py PORT CERT KEY DELAY"""
 import socket
 import sys
 import time
@@ -10,13 +11,13 @@ listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("127.0.0.1", port))
 listener.listen(64)
+print("listening", flush=True)
 time.sleep(delay)
 
 import ssl  # noqa: E402  (late on purpose: the agent saw this process without libssl)
 
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
-print("tls", flush=True)
 while True:
     conn, _ = listener.accept()
     try:

@@ -16,12 +16,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 pub mod https;
 mod metrics;
 mod net;
+pub mod process;
 pub mod prod;
 mod redis_server;
 pub mod seccomp;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, assert_two_namespaces_apart, connect_many, python_client};
-pub use redis_server::{Redis, cache, client_counts, pool, shop, wait_for_client_counts};
+pub use redis_server::{
+    Redis, cache, client_counts, commandstats, pool, server_counts, shop, wait_for_client_counts,
+};
 
 /// Fails the test unless it runs as root: these tests load eBPF programs.
 pub fn require_root() {

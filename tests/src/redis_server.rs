@@ -105,6 +105,43 @@ impl Drop for Redis {
     }
 }
 
+/// `INFO commandstats` of the redis-server on `port` (over TLS with `tls`)
+/// as command → calls, with names as the agent labels them
+/// (`cmdstat_config|get` → `CONFIG GET`).
+pub fn commandstats(port: u16, tls: bool) -> BTreeMap<String, u64> {
+    let mut cli = Command::new("redis-cli");
+    if tls {
+        cli.args(["--tls", "--insecure"]);
+    }
+    let out = cli
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli (installed by cargo xtask test)");
+    assert!(out.status.success(), "redis-cli: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_uppercase().replace('|', " "), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Server-side operations per command of `service`, from the duration
+/// histogram.
+pub fn server_counts(m: &Metrics, service: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for s in m.matching(
+        "apm_db_server_operation_duration_seconds_count",
+        &[("service_name", service), ("db_system_name", "redis")],
+    ) {
+        *out.entry(s.labels["db_operation_name"].clone())
+            .or_default() += s.value as u64;
+    }
+    out
+}
+
 /// Client-side operations per command of `service` to the server at
 /// 127.0.0.1:`port`, from the duration histogram.
 pub fn client_counts(m: &Metrics, service: &str, addr: &str, port: u16) -> BTreeMap<String, u64> {

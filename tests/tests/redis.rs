@@ -8,42 +8,11 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use apm_e2e::{
-    Agent, Metrics, Redis, cache, client_counts, free_port, get, pool, require_root, shop,
-    wait_for, wait_for_client_counts,
+    Agent, Redis, cache, client_counts, commandstats, free_port, get, pool, require_root,
+    server_counts, shop, wait_for, wait_for_client_counts,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `INFO commandstats` as command → calls, with names as the agent labels
-/// them (`cmdstat_config|get` → `CONFIG GET`).
-fn commandstats(port: u16) -> BTreeMap<String, u64> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "commandstats"])
-        .output()
-        .expect("redis-cli");
-    assert!(out.status.success(), "redis-cli: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name.to_uppercase().replace('|', " "), calls.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Server-side operations per command, from the duration histogram.
-fn server_counts(m: &Metrics, service: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for s in m.matching(
-        "apm_db_server_operation_duration_seconds_count",
-        &[("service_name", service), ("db_system_name", "redis")],
-    ) {
-        *out.entry(s.labels["db_operation_name"].clone())
-            .or_default() += s.value as u64;
-    }
-    out
-}
 
 fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
@@ -60,7 +29,7 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
     let _redis = Redis::start(port);
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
     agent.wait_for_service(port, "redis-server");
-    let before = commandstats(port);
+    let before = commandstats(port, false);
     for pipeline in ["1", "16"] {
         // A fixed number of requests per test: bounded in count; the
         // LRANGE tests' replies are longer than the capture.
@@ -75,7 +44,7 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
             .expect("redis-benchmark");
         assert!(out.status.success(), "redis-benchmark: {out:?}");
     }
-    let after = commandstats(port);
+    let after = commandstats(port, false);
     let mut expected = delta(&after, &before);
     // The agent also saw the INFO that read `after` (not in its own count).
     *expected.entry("INFO".into()).or_default() += 1;

@@ -6,12 +6,16 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use apm_e2e::{Agent, Redis, free_port, https, require_root, wait_for};
+use apm_e2e::{
+    Agent, Redis, Server, commandstats, free_port, https,
+    process::{Scratch, stop},
+    require_root, server_counts, wait_for,
+};
 
 /// (port, route, status) → requests.
 type Counts = BTreeMap<(u16, String, u16), u64>;
@@ -20,24 +24,33 @@ type Counts = BTreeMap<(u16, String, u16), u64>;
 /// both, logging `port status uri` per request.
 struct Nginx {
     child: Child,
-    dir: PathBuf,
     tls: u16,
     plain: u16,
+    // Last: removed after nginx has stopped.
+    dir: Scratch,
+}
+
+/// A scratch directory named after `what` and `port` holding a new
+/// certificate and its key: the directory and the two files' paths.
+fn certified(what: &str, port: u16) -> (Scratch, String, String) {
+    let dir = Scratch::new(what, port).expect("scratch");
+    let (_, cert, key) = https::certificate().expect("certificate");
+    let (cert_file, key_file) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert_file, cert).expect("cert");
+    std::fs::write(&key_file, key).expect("key");
+    let path = |p: &Path| p.to_str().expect("UTF-8 temp dir").to_owned();
+    (dir, path(&cert_file), path(&key_file))
 }
 
 impl Nginx {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("apm-e2e-tls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("www")).expect("scratch");
-        let (_, cert, key) = https::certificate().expect("certificate");
-        std::fs::write(dir.join("cert.pem"), cert).expect("cert");
-        std::fs::write(dir.join("key.pem"), key).expect("key");
+        let (tls, plain) = (free_port().expect("port"), free_port().expect("port"));
+        let (dir, cert, key) = certified("tls-nginx", tls);
+        std::fs::create_dir_all(dir.0.join("www")).expect("scratch");
         // A body of many TLS records and TCP segments.
         let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        std::fs::write(dir.join("www/big"), big).expect("file");
-        let (tls, plain) = (free_port().expect("port"), free_port().expect("port"));
-        let d = dir.display();
+        std::fs::write(dir.0.join("www/big"), big).expect("file");
+        let d = dir.0.display();
         let locations = format!(
             "location = /ok {{ return 200 \"ok\\n\"; }}\n\
              location = /missing {{ return 404 \"no\\n\"; }}\n\
@@ -50,14 +63,14 @@ impl Nginx {
              http {{\n  log_format apm '$server_port $status $uri $request_completion';\n  access_log {d}/access.log apm;\n\
              client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
              uwsgi_temp_path {d}; scgi_temp_path {d};\n  root {d}/www;\n\
-             server {{ listen 127.0.0.1:{tls} ssl; ssl_certificate {d}/cert.pem;\n\
-             ssl_certificate_key {d}/key.pem;\n{locations} }}\n\
+             server {{ listen 127.0.0.1:{tls} ssl; ssl_certificate {cert};\n\
+             ssl_certificate_key {key};\n{locations} }}\n\
              server {{ listen 127.0.0.1:{plain};\n{locations} }}\n}}\n"
         );
-        std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
+        std::fs::write(dir.0.join("nginx.conf"), conf).expect("conf");
         let child = Command::new("nginx")
             .arg("-c")
-            .arg(dir.join("nginx.conf"))
+            .arg(dir.0.join("nginx.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -71,13 +84,13 @@ impl Nginx {
         assert!(
             up.is_some(),
             "nginx did not listen: {}",
-            log(&dir, "error.log")
+            log(&dir.0, "error.log")
         );
         Self {
             child,
-            dir,
             tls,
             plain,
+            dir,
         }
     }
 
@@ -91,7 +104,7 @@ impl Nginx {
     /// cut short, and the agent counts them as unpaired, not as timed.
     fn logged(&self) -> Counts {
         let mut counts = Counts::new();
-        for line in log(&self.dir, "access.log").lines() {
+        for line in log(&self.dir.0, "access.log").lines() {
             let f: Vec<&str> = line.split(' ').collect();
             if let [port, status, uri, "OK"] = f[..] {
                 *counts
@@ -111,18 +124,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM, so the master stops its worker too (SIGKILL would
         // orphan it).
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let gone = wait_for(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten().map(|_| ())
-        });
-        if gone.is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop(&mut self.child, libc::SIGTERM);
     }
 }
 
@@ -395,39 +397,12 @@ fn wait_probed(agent: &Agent) {
     assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
 }
 
-/// `cmdstat_*` calls of `commands` on the TLS redis-server at `port`.
-fn commandstats(port: u16, commands: &[&str]) -> BTreeMap<String, u64> {
-    let out = Command::new("redis-cli")
-        .args(["--tls", "--insecure", "-p", &port.to_string()])
-        .args(["INFO", "commandstats"])
-        .output()
-        .expect("redis-cli (installed by cargo xtask test)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name.to_uppercase(), calls.parse().ok()?))
-        })
-        .filter(|(name, _)| commands.contains(&name.as_str()))
-        .collect()
-}
-
 #[test]
 fn redis_over_tls_is_counted_exactly_against_commandstats() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("apm-e2e-redis-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch");
-    let (_, cert, key) = https::certificate().expect("certificate");
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert).expect("cert");
-    std::fs::write(&key_file, key).expect("key");
     let port = free_port().expect("port");
-    let _redis = Redis::with_tls(
-        port,
-        cert_file.to_str().expect("path"),
-        key_file.to_str().expect("path"),
-    );
+    let (_dir, cert, key) = certified("tls-redis", port);
+    let _redis = Redis::with_tls(port, &cert, &key);
     let p = port.to_string();
     let mut agent =
         Agent::start(&["--capture-tls", "--redis-port", &p, "--port", &p]).expect("agent");
@@ -457,18 +432,20 @@ fn redis_over_tls_is_counted_exactly_against_commandstats() {
             .expect("redis-cli");
         assert!(out.status.success(), "{out:?}");
     }
-    let commands = ["SET", "GET", "INCR"];
-    let truth = commandstats(port, &commands);
+    // The load's commands: INFO and redis-cli's own are not in it.
+    let load = |counts: BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        counts
+            .into_iter()
+            .filter(|(name, _)| ["SET", "GET", "INCR"].contains(&name.as_str()))
+            .collect()
+    };
+    let truth = load(commandstats(port, true));
     assert_eq!(truth.values().sum::<u64>(), 190, "{truth:?}");
-    let counted = || -> BTreeMap<String, u64> {
-        let m = agent.metrics().expect("metrics");
-        m.matching(
-            "apm_db_server_operation_duration_seconds_count",
-            &[("server_port", p.as_str())],
-        )
-        .map(|s| (s.labels["db_operation_name"].clone(), s.value as u64))
-        .filter(|(name, _)| commands.contains(&name.as_str()))
-        .collect()
+    let counted = || {
+        load(server_counts(
+            &agent.metrics().expect("metrics"),
+            "redis-server",
+        ))
     };
     let settled = wait_for(Duration::from_secs(20), || {
         (counted() == truth).then_some(())
@@ -480,32 +457,22 @@ fn redis_over_tls_is_counted_exactly_against_commandstats() {
         agent.log_text()
     );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_process_that_loads_openssl_late_is_probed_then() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("apm-e2e-late-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch");
-    let (_, cert, key) = https::certificate().expect("certificate");
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert).expect("cert");
-    std::fs::write(&key_file, key).expect("key");
     let port = free_port().expect("port");
+    let (_dir, cert, key) = certified("tls-late", port);
     let p = port.to_string();
     let mut agent = Agent::start(&["--capture-tls", "--port", &p]).expect("agent");
     // Listening at once; `import ssl` 3 s later, after the agent has
     // traced the process without a libssl.
-    let _server = KillOnDrop(
-        Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/late_tls.py"))
-            .args([p.as_str(), cert_file.to_str().expect("path")])
-            .args([key_file.to_str().expect("path"), "3"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
+    let mut python3 = Command::new("python3");
+    python3
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/servers/late_tls.py"))
+        .args([p.as_str(), &cert, &key, "3"]);
+    let _server = Server::start(python3, port).expect("late_tls.py");
     agent.wait_for_service(port, "python3");
     wait_probed(&agent);
     let mut expected = Counts::new();
@@ -524,15 +491,4 @@ fn a_process_that_loads_openssl_late_is_probed_then() {
         agent.log_text()
     );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A child process killed when dropped, a failed assertion included.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
