@@ -116,7 +116,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             capture: config.capture,
             ring_bytes: config.ring_buffer_bytes,
             detect_resp: !config.no_redis_detect,
-            tls: config.capture_tls && !config.no_http,
+            tls: config.capture_tls,
             cgroup_root: config.cgroup_root.clone(),
             proc_root: config.proc_root.clone(),
         })

@@ -336,6 +336,9 @@ impl Agent {
     /// once, libraries loaded later within RECHECK), takes the probes of
     /// processes gone away, and says what changed.
     fn update_tls(&mut self) {
+        if !self.kernel.as_ref().is_some_and(Kernel::reads_tls) {
+            return;
+        }
         let traced: HashSet<u32> = self
             .published
             .keys()

@@ -51,7 +51,8 @@ pub struct StartOptions {
     pub ring_bytes: u32,
     /// Recognise Redis clients on any port (false: `--no-redis-detect`).
     pub detect_resp: bool,
-    /// Read TLS plaintext at the OpenSSL libraries of monitored processes.
+    /// Read TLS plaintext at the OpenSSL libraries of monitored processes
+    /// (with `http` only).
     pub tls: bool,
     /// The cgroup-v2 root to attach to; None: find it under `proc_root`.
     pub cgroup_root: Option<std::path::PathBuf>,
@@ -378,7 +379,12 @@ impl Kernel {
     /// Whether monitored processes go in PIDS: their descriptors are
     /// tracked for the syscall capture or for TLS plaintext.
     pub fn traces_pids(&self) -> bool {
-        self.capture == Capture::Syscalls || self.tls.is_some()
+        self.capture == Capture::Syscalls || self.reads_tls()
+    }
+
+    /// Whether TLS libraries are probed (`--capture-tls`).
+    pub fn reads_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Probes the TLS libraries of the traced processes `pids`; the

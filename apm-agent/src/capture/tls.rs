@@ -70,12 +70,9 @@ impl TlsProbes {
     /// of the object); they are attached per process later.
     pub fn load(ebpf: &mut Ebpf, proc_root: &Path) -> Result<Self, String> {
         for program in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
-            let p: &mut UProbe = ebpf
-                .program_mut(program)
-                .ok_or_else(|| format!("program {program} is missing from the object"))?
-                .try_into()
-                .map_err(|e| format!("{program}: {e}"))?;
-            p.load().map_err(|e| format!("loading {program}: {e}"))?;
+            uprobe(ebpf, program)?
+                .load()
+                .map_err(|e| format!("loading {program}: {e}"))?;
         }
         Ok(Self {
             proc_root: proc_root.to_owned(),
@@ -297,26 +294,29 @@ fn attach(
     layout: u64,
     pid: NonZeroU32,
 ) -> Result<UProbeLinkId, String> {
-    let p: &mut UProbe = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} is missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
     let point = UProbeAttachPoint {
         location: UProbeAttachLocation::Symbol(symbol),
         cookie: Some(layout),
     };
-    p.attach(point, target, UProbeScope::OneProcess(pid))
+    uprobe(ebpf, program)?
+        .attach(point, target, UProbeScope::OneProcess(pid))
         .map_err(|e| format!("{e}"))
 }
 
 fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     for (program, link) in links {
-        let p: Option<&mut UProbe> = ebpf.program_mut(program).and_then(|p| p.try_into().ok());
-        if let Some(p) = p {
+        if let Ok(p) = uprobe(ebpf, program) {
             let _ = p.detach(link);
         }
     }
+}
+
+/// The object's uprobe program `program`.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut UProbe, String> {
+    ebpf.program_mut(program)
+        .ok_or_else(|| format!("program {program} is missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))
 }
 
 #[cfg(test)]
