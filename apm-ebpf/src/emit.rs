@@ -85,6 +85,18 @@ pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
     entry.submit(wakeup_flags(core::mem::size_of::<EventHeader>()));
 }
 
+/// A read or write record of `ret` bytes moved through the one user
+/// buffer `buf`: its first DATA_CAP bytes, and a write's last TAIL_CAP.
+#[inline(always)]
+pub fn emit_buf(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64) {
+    let tail = if kind == EventKind::Write && ret as u64 > DATA_CAP as u64 {
+        buf + ret as u64 - TAIL_CAP as u64
+    } else {
+        0
+    };
+    emit_data(kind, fd, port, ret, buf, ret as u64, tail);
+}
+
 /// A read or write record: `ret` bytes moved through `buf` (a user pointer
 /// to at least `len` valid bytes); the first DATA_CAP of them are copied.
 /// `tail` is the user address of the last TAIL_CAP bytes of the whole

@@ -82,6 +82,13 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * Verdic
 #[map]
 pub static LISTEN_CHANGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Whether every tracked descriptor's accept and close go to the agent
+/// (the syscall capture), not only a TLS descriptor's close.
+#[inline(always)]
+pub fn descriptor_records() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.descriptor_records != 0)
+}
+
 /// Counts one thing the kernel side had to give up on.
 #[inline(always)]
 pub fn count_drop(reason: DropReason) {

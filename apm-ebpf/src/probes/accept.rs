@@ -15,7 +15,7 @@ use apm_common::{ConnInfo, ConnKey, DropReason, InFlight, PeerKey, events::Event
 
 use crate::{
     emit::emit_header,
-    maps::{CONFIG, CONNS, INFLIGHT, PEERS, PIDS, count_drop},
+    maps::{CONNS, INFLIGHT, PEERS, PIDS, count_drop, descriptor_records},
     probes::tcp_state::mapped_v4,
 };
 
@@ -99,7 +99,7 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     // SAFETY: this CPU's copy of a per-CPU value; no other program writes it
     // concurrently.
     unsafe { (*counters).accepts += 1 };
-    if CONFIG.get(0).is_some_and(|c| c.descriptor_records != 0) {
+    if descriptor_records() {
         emit_header(EventKind::Accept, ret as u32, port, 0);
     }
     0

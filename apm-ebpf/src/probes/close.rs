@@ -1,7 +1,7 @@
 //! `syscalls:sys_enter_close`: forget an accepted descriptor of a tracked
-//! process and tell the agent (the syscall capture, or a TLS connection). Counted at entry: close releases the
-//! descriptor even when it returns an error (other than EBADF, which cannot
-//! match a tracked fd).
+//! process and tell the agent (the syscall capture, or a TLS connection).
+//! Counted at entry: close releases the descriptor even when it returns an
+//! error (other than EBADF, which cannot match a tracked fd).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
@@ -12,7 +12,7 @@ use apm_common::{ConnKey, conn_flags, events::EventKind};
 use crate::{
     ctx::field_u64,
     emit::emit_header,
-    maps::{CONFIG, CONNS, PIDS},
+    maps::{CONNS, PIDS, descriptor_records},
 };
 
 /// Offset of `unsigned int fd` in sys_enter_close's format file.
@@ -37,8 +37,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if CONNS.remove(key).is_ok() {
         // SAFETY: this CPU's copy of a per-CPU value.
         unsafe { (*counters).closes += 1 };
-        let records = CONFIG.get(0).is_some_and(|c| c.descriptor_records != 0);
-        if records || conn.flags & conn_flags::TLS != 0 {
+        if descriptor_records() || conn.flags & conn_flags::TLS != 0 {
             emit_header(EventKind::Close, fd as u32, conn.port, 0);
         }
     }

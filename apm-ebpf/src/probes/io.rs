@@ -20,7 +20,7 @@ use apm_common::{
 
 use crate::{
     ctx::field_u64,
-    emit::{emit_data, emit_header},
+    emit::{emit_buf, emit_data, emit_header},
     maps::{CONNS, INFLIGHT, count_drop},
 };
 
@@ -124,14 +124,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         return 0;
     }
     match p.shape {
-        shape::BUF => {
-            let tail = if write && ret as u64 > DATA_CAP as u64 {
-                p.ptr + ret as u64 - TAIL_CAP as u64
-            } else {
-                0
-            };
-            emit_data(kind, p.fd, p.port, ret, p.ptr, ret as u64, tail);
-        }
+        shape::BUF => emit_buf(kind, p.fd, p.port, ret, p.ptr),
         shape::IOVEC => emit_iov(kind, &p, p.ptr, u64::from(p.vlen), ret, write),
         shape::MSGHDR => {
             let msg = p.ptr as *const u8;

@@ -17,14 +17,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use apm_common::{
-    ConnKey, DropReason, TlsCall, conn_flags,
-    events::{DATA_CAP, EventKind, TAIL_CAP},
-    tls_layout,
-};
+use apm_common::{ConnKey, DropReason, TlsCall, conn_flags, events::EventKind, tls_layout};
 
 use crate::{
-    emit::emit_data,
+    emit::emit_buf,
     maps::{CONNS, PIDS, TLS_CALLS, count_drop},
 };
 
@@ -77,20 +73,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     } else {
         EventKind::Read
     };
-    let tail = if kind == EventKind::Write && moved as u64 > DATA_CAP as u64 {
-        call.buf + moved as u64 - TAIL_CAP as u64
-    } else {
-        0
-    };
-    emit_data(
-        kind,
-        call.fd,
-        call.port,
-        moved,
-        call.buf,
-        moved as u64,
-        tail,
-    );
+    emit_buf(kind, call.fd, call.port, moved, call.buf);
     0
 }
 
