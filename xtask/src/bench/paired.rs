@@ -320,7 +320,7 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Res
 }
 
 /// The packet programs, whose run time per request the BPF window reads.
-const PROGRAMS: [&str; 2] = ["capture_ingress", "capture_egress"];
+pub const PROGRAMS: [&str; 2] = ["capture_ingress", "capture_egress"];
 /// The same and the TLS probes.
 const PROGRAMS_TLS: [&str; 7] = [
     "capture_ingress",

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use crate::load::cpu_seconds;
 
 use super::{
-    paired::{Clients, Paired, Subject, sample, six_ports},
+    paired::{Clients, PROGRAMS, Paired, Subject, sample, six_ports},
     redis::server,
     tools::{RunningAgent, pinned},
 };
@@ -95,6 +95,6 @@ pub fn redis_paired(agent: &Path, pipeline: u32, extra: &[&str]) -> Result<Paire
             Ok(Clients(clients.collect::<Result<_>>()?))
         },
         what: &what,
-        programs: &["capture_ingress", "capture_egress"],
+        programs: &PROGRAMS,
     })
 }
