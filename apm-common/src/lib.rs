@@ -122,8 +122,11 @@ pub struct ConnInfo {
     /// [`conn_flags`].
     pub flags: u8,
     pub _pad: [u8; 5],
+    /// The TLS library object (`SSL *`) tied to this descriptor through
+    /// a memory BIO ([`maps::TLS_LINKS`]); 0 when none is.
+    pub ssl: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 24);
 
 /// Bits of [`ConnInfo::flags`].
 pub mod conn_flags {
@@ -145,7 +148,11 @@ pub struct TlsCall {
     /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte
     /// count (the return value is 1 or 0); 0 for `SSL_read`/`SSL_write`.
     pub count_at: u64,
-    /// The socket descriptor behind the call's BIO.
+    /// The `SSL *` to tie to `fd` if the call moves bytes (a memory BIO's
+    /// first read, see [`maps::TLS_LINKS`]); 0 when there is none.
+    pub link: u64,
+    /// The socket descriptor behind the call's BIO; [`TlsCall::UNLINKED`]
+    /// when it is not known.
     pub fd: u32,
     /// The connection's local port ([`ConnInfo::port`]).
     pub port: u16,
@@ -153,7 +160,34 @@ pub struct TlsCall {
     pub kind: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<TlsCall>() == 24);
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 32);
+
+impl TlsCall {
+    /// [`TlsCall::fd`] of a call whose connection is unknown.
+    pub const UNLINKED: u32 = u32::MAX;
+}
+
+/// A TLS library object of one process (key of [`maps::TLS_LINKS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
+
+/// The last read a thread started on a tracked descriptor (value of
+/// [`maps::LAST_READS`], keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastRead {
+    /// `bpf_ktime_get_ns()` at the read's entry.
+    pub at_ns: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LastRead>() == 16);
 
 /// How to find a TLS call's descriptor in a TLS library's structures: the
 /// uprobe's attach cookie. The offsets are those of OpenSSL's `ssl_st`
@@ -272,13 +306,17 @@ pub enum DropReason {
     OutboundFull = 6,
     /// [`maps::TLS_CALLS`] insert failed: a TLS call's plaintext was lost.
     TlsCallsFull = 7,
-    /// A TLS call on a BIO that is not a descriptor (a memory BIO pair):
-    /// its connection is unknown, so its plaintext is not read.
-    TlsNoDescriptor = 8,
+    /// A TLS call that moved bytes on a connection not known: a memory
+    /// BIO not (yet) tied to its socket, or a descriptor BIO on a socket
+    /// not tracked. Its plaintext is not read, never guessed.
+    TlsUnlinked = 8,
+    /// [`maps::TLS_LINKS`] was full: a memory BIO was not tied to its
+    /// socket, so its calls count as [`DropReason::TlsUnlinked`].
+    TlsLinksFull = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::SocketsFull,
         DropReason::PortsFull,
         DropReason::ConnsFull,
@@ -287,7 +325,8 @@ impl DropReason {
         DropReason::PoolsFull,
         DropReason::OutboundFull,
         DropReason::TlsCallsFull,
-        DropReason::TlsNoDescriptor,
+        DropReason::TlsUnlinked,
+        DropReason::TlsLinksFull,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -303,7 +342,8 @@ impl DropReason {
             DropReason::PoolsFull => "pools_map_full",
             DropReason::OutboundFull => "outbound_map_full",
             DropReason::TlsCallsFull => "tls_calls_map_full",
-            DropReason::TlsNoDescriptor => "tls_without_descriptor",
+            DropReason::TlsUnlinked => "tls_unlinked",
+            DropReason::TlsLinksFull => "tls_links_map_full",
         }
     }
 }

@@ -35,6 +35,19 @@ pub const INFLIGHT_MAX: u32 = 16_384;
 pub const TLS_CALLS: &str = "TLS_CALLS";
 pub const TLS_CALLS_MAX: u32 = 16_384;
 
+/// `LruHashMap<SslKey, u32 fd>`: TLS objects on memory BIOs (Python's
+/// asyncio, Node.js) tied to the socket their process reads them from:
+/// the descriptor that the calling thread started reading last before the
+/// object's first read that returned plaintext, if no other object holds
+/// it (`ConnInfo::ssl` says which one does). Removed at `SSL_free`.
+pub const TLS_LINKS: &str = "TLS_LINKS";
+pub const TLS_LINKS_MAX: u32 = 65_536;
+
+/// `LruHashMap<u64 pid_tgid, LastRead>`: the tracked descriptor each
+/// thread of a monitored process started reading last.
+pub const LAST_READS: &str = "LAST_READS";
+pub const LAST_READS_MAX: u32 = 16_384;
+
 /// `Array<u32>` indexed by local port: non-zero when the cgroup_skb
 /// programs capture that port's segments, and then the number of records
 /// (of `events::DATA_CAP` bytes) a segment may become, at most
@@ -150,6 +163,11 @@ pub enum Role {
     /// connect() of monitored processes: which client connections to
     /// capture, and whose they are (packet capture; optional).
     Outbound,
+    /// Read entries on tracked descriptors, noting which socket each
+    /// thread reads, to tie memory-BIO TLS objects to it (the packet
+    /// capture with TLS; the syscall capture's read programs note it
+    /// themselves).
+    TlsReads,
 }
 
 /// One kernel program: its name in the object, its hook and its role.
@@ -170,6 +188,17 @@ pub const TLS_ENTRIES: [(&str, &str); 4] = [
 ];
 /// The return probe attached to every function of [`TLS_ENTRIES`].
 pub const TLS_RETURN: &str = "ssl_return";
+/// The probe on `SSL_free`, which unties an object from its socket.
+pub const TLS_FREE: (&str, &str) = ("ssl_free", "SSL_free");
+/// Every TLS uprobe program.
+pub const TLS_PROGRAMS: [&str; 6] = [
+    TLS_ENTRIES[0].0,
+    TLS_ENTRIES[1].0,
+    TLS_ENTRIES[2].0,
+    TLS_ENTRIES[3].0,
+    TLS_RETURN,
+    TLS_FREE.0,
+];
 
 /// Every program in the object, in attach order.
 pub const PROBES: &[Probe] = &[
@@ -224,7 +253,23 @@ pub const PROBES: &[Probe] = &[
     syscall("sys_exit_sendmsg", Role::SyscallData),
     syscall("sys_enter_sendfile64", Role::SyscallData),
     syscall("sys_exit_sendfile64", Role::SyscallData),
+    tls_reads("tls_note_read", "sys_enter_read"),
+    tls_reads("tls_note_readv", "sys_enter_readv"),
+    tls_reads("tls_note_recvfrom", "sys_enter_recvfrom"),
+    tls_reads("tls_note_recvmsg", "sys_enter_recvmsg"),
 ];
+
+/// A program of [`Role::TlsReads`] on a `syscalls:` tracepoint.
+const fn tls_reads(program: &'static str, name: &'static str) -> Probe {
+    Probe {
+        program,
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            name,
+        },
+        role: Role::TlsReads,
+    }
+}
 
 /// A `syscalls:` tracepoint whose program has the tracepoint's name.
 const fn syscall(name: &'static str, role: Role) -> Probe {

@@ -20,6 +20,7 @@ pub mod process;
 pub mod prod;
 mod redis_server;
 pub mod seccomp;
+pub mod tls;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, assert_two_namespaces_apart, connect_many, python_client};
 pub use redis_server::{

@@ -207,10 +207,7 @@ fn apm_programs_loaded() -> usize {
             apm_common::maps::PROBES
                 .iter()
                 .any(|probe| probe.program == name)
-                || apm_common::maps::TLS_ENTRIES
-                    .iter()
-                    .any(|(program, _)| *program == name)
-                || apm_common::maps::TLS_RETURN == name
+                || apm_common::maps::TLS_PROGRAMS.contains(&name)
         })
         .count()
 }
@@ -219,7 +216,7 @@ fn apm_programs_loaded() -> usize {
 /// start with `--capture-tls`) when `tls`.
 fn programs(roles: &[Role], tls: bool) -> usize {
     let tls = if tls {
-        apm_common::maps::TLS_ENTRIES.len() + 1
+        apm_common::maps::TLS_PROGRAMS.len()
     } else {
         0
     };
@@ -247,12 +244,14 @@ fn sigterm_detaches_every_program() {
     require_root();
     let cgroup_hooks = ["capture_ingress", "capture_egress", "connect4", "connect6"];
     let packets = [Role::Connections, Role::PacketData, Role::Outbound];
-    // TLS reading tracks descriptors with packets too.
+    // TLS reading tracks descriptors, and the sockets threads read,
+    // with packets too.
     let packets_tls = [
         Role::Connections,
         Role::PacketData,
         Role::Outbound,
         Role::SyscallState,
+        Role::TlsReads,
     ];
     let syscalls = [Role::Connections, Role::SyscallState, Role::SyscallData];
     for (capture, tls, roles) in [

@@ -12,13 +12,12 @@ use std::{
 };
 
 use apm_e2e::{
-    Agent, Redis, Server, commandstats, free_port, https,
+    Agent, Redis, Server, commandstats, free_port,
     process::{Scratch, stop},
-    require_root, server_counts, wait_for,
+    require_root, server_counts,
+    tls::{Counts, breakpoints, certified, counted, wait_probed},
+    wait_for,
 };
-
-/// (port, route, status) → requests.
-type Counts = BTreeMap<(u16, String, u16), u64>;
 
 /// nginx with one TLS and one plaintext server, the same locations on
 /// both, logging `port status uri` per request.
@@ -28,18 +27,6 @@ struct Nginx {
     plain: u16,
     // Last: removed after nginx has stopped.
     dir: Scratch,
-}
-
-/// A scratch directory named after `what` and `port` holding a new
-/// certificate and its key: the directory and the two files' paths.
-fn certified(what: &str, port: u16) -> (Scratch, String, String) {
-    let dir = Scratch::new(what, port).expect("scratch");
-    let (_, cert, key) = https::certificate().expect("certificate");
-    let (cert_file, key_file) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    std::fs::write(&cert_file, cert).expect("cert");
-    std::fs::write(&key_file, key).expect("key");
-    let path = |p: &Path| p.to_str().expect("UTF-8 temp dir").to_owned();
-    (dir, path(&cert_file), path(&key_file))
 }
 
 impl Nginx {
@@ -164,29 +151,6 @@ fn wrk(url: &str, seconds: u32) {
     assert!(out.status.success(), "wrk: {out:?}");
 }
 
-/// The agent's counts of `port`'s requests, per (port, route, status).
-fn counted(agent: &Agent, port: u16) -> Counts {
-    let m = agent.metrics().expect("metrics");
-    let p = port.to_string();
-    m.matching(
-        "http_server_request_duration_seconds_count",
-        &[("server_port", p.as_str())],
-    )
-    .map(|s| {
-        (
-            (
-                port,
-                s.labels["http_route"].clone(),
-                s.labels["http_response_status_code"]
-                    .parse()
-                    .expect("status"),
-            ),
-            s.value as u64,
-        )
-    })
-    .collect()
-}
-
 fn only(counts: &Counts, port: u16) -> Counts {
     counts
         .iter()
@@ -241,13 +205,13 @@ fn nginx_over_https(capture: &str) {
     ])
     .expect("agent");
     agent.wait_for_service(tls, "nginx");
-    wait_probed(&agent);
+    wait_probed(&agent, "libssl");
     // The probes live in the monitored processes only: the nginx worker's
     // libssl has a breakpoint per probed function, and a process that is
     // not monitored (a Python with ssl loaded) has none, so its TLS calls
     // cost it nothing.
     let worker = workers(nginx.child.id())[0];
-    assert_eq!(breakpoints_in_libssl(worker), 4, "nginx worker {worker}");
+    assert_eq!(breakpoints(worker, "libssl.so"), 5, "nginx worker {worker}");
     let mut bystander = Command::new("python3")
         .args(["-c", "import ssl, sys; sys.stdin.read()"])
         .stdin(Stdio::piped())
@@ -259,7 +223,7 @@ fn nginx_over_https(capture: &str) {
             .filter(|m| m.contains("libssl.so"))
     });
     assert!(mapped.is_some(), "python3 did not load libssl");
-    assert_eq!(breakpoints_in_libssl(bystander.id()), 0, "a bystander");
+    assert_eq!(breakpoints(bystander.id(), "libssl.so"), 0, "a bystander");
     drop(bystander.stdin.take());
     let _ = bystander.wait();
     let health = apm_e2e::get(agent.addr, "/health/detailed").expect("health");
@@ -316,7 +280,8 @@ fn nginx_over_https(capture: &str) {
         .unwrap_or(0.0);
     assert_eq!(not_http, 0.0, "ciphertext parsed as HTTP ({capture})");
     for reason in [
-        "tls_without_descriptor",
+        "tls_unlinked",
+        "tls_links_map_full",
         "tls_calls_map_full",
         "ringbuf_full",
     ] {
@@ -339,44 +304,12 @@ fn nginx_over_https(capture: &str) {
         "/slow: {secure} s over TLS against {clear} s in plaintext"
     );
     agent.terminate(Duration::from_secs(10)).expect("terminate");
-    assert_eq!(breakpoints_in_libssl(worker), 0, "probes left in nginx");
+    assert_eq!(breakpoints(worker, "libssl.so"), 0, "probes left in nginx");
 }
 
 /// Breakpoints the kernel wrote into process `pid`'s copy of libssl's
 /// code: bytes of its executable libssl mappings that read `int3` (0xcc)
 /// in its memory but not in the file.
-fn breakpoints_in_libssl(pid: u32) -> usize {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
-    let mut found = 0;
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        let [range, "r-xp", offset, _, _, path] = f[..] else {
-            continue;
-        };
-        if !path.contains("libssl.so") {
-            continue;
-        }
-        let (start, end) = range.split_once('-').expect("range");
-        let start = u64::from_str_radix(start, 16).expect("start");
-        let len = (u64::from_str_radix(end, 16).expect("end") - start) as usize;
-        let offset = u64::from_str_radix(offset, 16).expect("offset");
-        let mut file = std::fs::File::open(format!("/proc/{pid}/root{path}")).expect("libssl");
-        let (mut on_disk, mut in_memory) = (vec![0u8; len], vec![0u8; len]);
-        file.seek(SeekFrom::Start(offset)).expect("seek");
-        let n = file.read(&mut on_disk).expect("read libssl");
-        mem.seek(SeekFrom::Start(start)).expect("seek");
-        mem.read_exact(&mut in_memory).expect("read memory");
-        found += on_disk[..n]
-            .iter()
-            .zip(&in_memory)
-            .filter(|(d, m)| **m == 0xcc && **d != 0xcc)
-            .count();
-    }
-    found
-}
-
 /// The pids of nginx `master`'s workers.
 fn workers(master: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
@@ -384,17 +317,6 @@ fn workers(master: u32) -> Vec<u32> {
         .split_ascii_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
-}
-
-/// Waits until the agent has probed a libssl.
-fn wait_probed(agent: &Agent) {
-    let probed = wait_for(Duration::from_secs(25), || {
-        let m = agent.metrics().ok()?;
-        m.matching("apm_ebpf_probe_attached", &[])
-            .any(|s| s.labels["probe"].contains("libssl") && s.value == 1.0)
-            .then_some(())
-    });
-    assert!(probed.is_some(), "libssl not probed: {}", agent.log_text());
 }
 
 #[test]
@@ -407,7 +329,7 @@ fn redis_over_tls_is_counted_exactly_against_commandstats() {
     let mut agent =
         Agent::start(&["--capture-tls", "--redis-port", &p, "--port", &p]).expect("agent");
     agent.wait_for_service(port, "redis-server");
-    wait_probed(&agent);
+    wait_probed(&agent, "libssl");
 
     // Three connections of 60 commands each, then ten of one command.
     let batch: String = (0..20)
@@ -474,7 +396,7 @@ fn a_process_that_loads_openssl_late_is_probed_then() {
         .args([p.as_str(), &cert, &key, "3"]);
     let _server = Server::start(python3, port).expect("late_tls.py");
     agent.wait_for_service(port, "python3");
-    wait_probed(&agent);
+    wait_probed(&agent, "libssl");
     let mut expected = Counts::new();
     for (path, times, status) in [("/ok", 5, 200), ("/missing", 3, 404)] {
         let got = curl(&format!("https://127.0.0.1:{port}{path}"), times);

@@ -15,7 +15,10 @@ use super::preflight::{DEBUGFS_TRACING, TRACEFS};
 /// The name a probe is reported under.
 pub fn probe_name(probe: &Probe) -> String {
     match probe.hook {
-        Hook::Tracepoint { category, name } => format!("{category}:{name}"),
+        Hook::Tracepoint { category, name } if probe.program == name => {
+            format!("{category}:{name}")
+        }
+        Hook::Tracepoint { category, name } => format!("{category}:{name} ({})", probe.program),
         Hook::CgroupSkbIngress => "cgroup_skb:ingress".into(),
         Hook::CgroupSkbEgress => "cgroup_skb:egress".into(),
         Hook::CgroupConnect4 => "cgroup_sock_addr:connect4".into(),

@@ -241,6 +241,10 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     }
     if capture == Capture::Syscalls && options.http {
         attach_role(&mut ebpf, Role::SyscallData, None);
+    } else if tls {
+        // Which socket each thread reads, for memory-BIO TLS objects (the
+        // syscall capture's read programs note it themselves).
+        attach_role(&mut ebpf, Role::TlsReads, None);
     }
     report.capture = if !options.http {
         "off"
@@ -258,6 +262,8 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
             None => {
                 let why = if !options.http && probe.role != Role::SyscallState {
                     "off (--no-http)".to_owned()
+                } else if probe.role == Role::TlsReads && !tls {
+                    "off (no --capture-tls)".to_owned()
                 } else {
                     format!("off ({} capture)", capture.as_str())
                 };

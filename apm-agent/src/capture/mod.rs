@@ -2,7 +2,8 @@
 //! (`preflight`), loading the eBPF programs and owning their maps
 //! (`kernel`), attaching them to their static hooks (`attach`), finding
 //! the cgroup-v2 root the packet programs attach to (`cgroup`), probing
-//! the TLS libraries of monitored processes (`tls`), the
+//! the TLS libraries of monitored processes (`tls`, with what a file
+//! offers them in `tls_library`), the
 //! outbound-connection maps (`outbound`) and reading the ring buffer
 //! (`reader`).
 
@@ -13,6 +14,7 @@ pub mod outbound;
 pub mod preflight;
 pub mod reader;
 pub mod tls;
+pub mod tls_library;
 
 /// Where HTTP request and response bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,16 +1,17 @@
 //! The OpenSSL libraries of monitored processes: found in their
-//! /proc/PID/maps and probed in those processes only (`SSL_read`,
-//! `SSL_write` and their `_ex` forms, entry and return), and detached
-//! when the process goes. A uprobe scoped to one process puts its
+//! /proc/PID/maps (a `libssl.so*`, or the program itself when it exports
+//! OpenSSL's functions, as Node.js does) and probed in those processes
+//! only (`SSL_read`, `SSL_write` and their `_ex` forms, entry and return;
+//! `SSL_free`), and detached when the process goes. A uprobe scoped to one process puts its
 //! breakpoint in that process's memory alone: a process that is not
 //! monitored pays nothing for its TLS calls, where a probe on the file
 //! would make each of them trap into the kernel. The kernel side
 //! (`apm-ebpf/src/probes/tls.rs`) reads the plaintext of the calls made
 //! on descriptors the process accepted.
 //!
-//! A library's structure layout is chosen from the symbol versions it
-//! defines (`OPENSSL_1_1_1`, `OPENSSL_3.0.0`, …): 1.1.1 and 3.0/3.1 are
-//! known; a later series is skipped and reported, never guessed.
+//! A library's structure layout is chosen from its OpenSSL version
+//! (`tls_library`): 1.1.1 and 3.0/3.1 are known; a later series is
+//! skipped and reported, never guessed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apm_common::tls_layout;
 use aya::{
     Ebpf,
     programs::{
@@ -28,9 +28,12 @@ use aya::{
     },
 };
 
-use super::kernel::Check;
+use super::{
+    kernel::Check,
+    tls_library::{self, Inspection, TlsLibrary},
+};
 
-use apm_common::maps::{TLS_ENTRIES as ENTRIES, TLS_RETURN as RETURN};
+use apm_common::maps::{TLS_ENTRIES as ENTRIES, TLS_FREE, TLS_PROGRAMS, TLS_RETURN as RETURN};
 
 /// A library file, by device and inode as /proc/PID/maps shows them.
 type FileId = (String, u64);
@@ -39,8 +42,8 @@ type FileId = (String, u64);
 struct Library {
     /// Its path inside the first process's mount namespace.
     path: String,
-    /// Its layout cookie and name, or why it is skipped.
-    layout: Result<(u64, String), String>,
+    /// What the probes need of it, or why it is skipped.
+    layout: Result<TlsLibrary, String>,
     /// The last attach error, if any.
     error: Option<String>,
 }
@@ -55,11 +58,18 @@ struct Attachment {
 pub struct TlsProbes {
     proc_root: PathBuf,
     libraries: HashMap<FileId, Library>,
+    /// Programs of monitored processes that export no OpenSSL, looked at
+    /// once each (at most [`PLAIN_MAX`]).
+    plain: HashSet<FileId>,
     /// Each traced process's attachments, from its maps.
     attached: HashMap<u32, Vec<Attachment>>,
     /// When the maps of processes already probed were last read again.
     rechecked: Instant,
 }
+
+/// At most this many programs are remembered as holding no OpenSSL;
+/// past it the memory starts again (and programs are looked at again).
+const PLAIN_MAX: usize = 1024;
 
 /// How often the maps of processes already probed are read again, for a
 /// libssl loaded after the process was first seen (a lazy `import ssl`).
@@ -69,7 +79,7 @@ impl TlsProbes {
     /// Loads the programs (before the agent takes the maps they use out
     /// of the object); they are attached per process later.
     pub fn load(ebpf: &mut Ebpf, proc_root: &Path) -> Result<Self, String> {
-        for program in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
+        for program in TLS_PROGRAMS {
             uprobe(ebpf, program)?
                 .load()
                 .map_err(|e| format!("loading {program}: {e}"))?;
@@ -77,6 +87,7 @@ impl TlsProbes {
         Ok(Self {
             proc_root: proc_root.to_owned(),
             libraries: HashMap::new(),
+            plain: HashSet::new(),
             attached: HashMap::new(),
             rechecked: Instant::now(),
         })
@@ -121,31 +132,43 @@ impl TlsProbes {
                 .map(|a| a.iter().map(|a| a.file.clone()).collect())
                 .unwrap_or_default();
             let mut attachments = Vec::new();
-            for (file, path) in ssl_libraries(&self.proc_root, pid) {
-                if seen.contains(&file) {
+            for (file, path) in candidates(&self.proc_root, pid) {
+                if seen.contains(&file) || self.plain.contains(&file) {
                     continue;
                 }
-                changed = true;
                 let target = self
                     .proc_root
                     .join(pid.to_string())
                     .join("root")
                     .join(path.strip_prefix("/").unwrap_or(&path));
-                let lib = self
-                    .libraries
-                    .entry(file.clone())
-                    .or_insert_with(|| Library {
-                        layout: std::fs::read(&target)
-                            .map_err(|e| format!("reading {}: {e}", target.display()))
-                            .and_then(|bytes| layout_of(&bytes)),
+                if !self.libraries.contains_key(&file) {
+                    let layout = match tls_library::inspect(&target) {
+                        Ok(Inspection::NotTls) => {
+                            if self.plain.len() >= PLAIN_MAX {
+                                self.plain.clear();
+                            }
+                            self.plain.insert(file);
+                            continue;
+                        }
+                        Ok(Inspection::Probe(lib)) => Ok(lib),
+                        Ok(Inspection::Skipped(why)) | Err(why) => Err(why),
+                    };
+                    let lib = Library {
+                        layout,
                         path,
                         error: None,
-                    });
+                    };
+                    self.libraries.insert(file.clone(), lib);
+                }
+                changed = true;
+                let Some(lib) = self.libraries.get_mut(&file) else {
+                    continue;
+                };
                 // A skipped or failed library stays listed while mapped.
                 let links = match &lib.layout {
                     Err(_) => Vec::new(),
-                    Ok((layout, name)) => probe(ebpf, &target, *layout, pid).unwrap_or_else(|e| {
-                        lib.error = Some(format!("{name}: {e}"));
+                    Ok(found) => probe(ebpf, &target, found, pid).unwrap_or_else(|e| {
+                        lib.error = Some(format!("{}: {e}", found.name));
                         Vec::new()
                     }),
                 };
@@ -171,9 +194,12 @@ impl TlsProbes {
                 let (ok, detail) = match (&lib.layout, &lib.error) {
                     (Err(why), _) => (false, format!("skipped: {why}")),
                     (Ok(_), Some(e)) => (false, e.clone()),
-                    (Ok((_, name)), None) => (
+                    (Ok(found), None) => (
                         true,
-                        format!("attached in {processes} monitored processes ({name})"),
+                        format!(
+                            "attached in {processes} monitored processes ({})",
+                            found.name
+                        ),
                     ),
                 };
                 Check {
@@ -188,9 +214,29 @@ impl TlsProbes {
     }
 }
 
-/// The OpenSSL libraries (`libssl.so*`) process `pid` maps: file id and
-/// path inside the process's mount namespace.
-fn ssl_libraries(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
+/// The files of process `pid` that may hold OpenSSL: the `libssl.so*`
+/// it maps and its program, as file id and path inside the process's
+/// mount namespace.
+fn candidates(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
+    let mut found = mapped(proc_root, pid, |path| {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        name.starts_with("libssl.so")
+    });
+    found.extend(executable(proc_root, pid));
+    found
+}
+
+/// Process `pid`'s program, as its maps show it.
+fn executable(proc_root: &Path, pid: u32) -> Option<(FileId, String)> {
+    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    let exe = exe.to_str()?.to_owned();
+    mapped(proc_root, pid, |path| path == exe)
+        .into_iter()
+        .next()
+}
+
+/// The files process `pid` maps whose path `wanted` accepts, once each.
+fn mapped(proc_root: &Path, pid: u32, wanted: impl Fn(&str) -> bool) -> Vec<(FileId, String)> {
     let maps =
         std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")).unwrap_or_default();
     let mut found: Vec<(FileId, String)> = Vec::new();
@@ -201,13 +247,12 @@ fn ssl_libraries(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
         else {
             continue;
         };
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if !name.starts_with("libssl.so") {
-            continue;
-        }
         let Ok(inode) = inode.parse::<u64>() else {
             continue;
         };
+        if inode == 0 || !wanted(path) {
+            continue;
+        }
         let id = (dev.to_owned(), inode);
         if !found.iter().any(|(f, _)| *f == id) {
             found.push((id, path.to_owned()));
@@ -216,66 +261,28 @@ fn ssl_libraries(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
     found
 }
 
-/// The structure layout of a libssl file (its bytes), from the newest
-/// symbol version it defines, and the library's name for reports.
-pub fn layout_of(bytes: &[u8]) -> Result<(u64, String), String> {
-    let mut newest: Option<(Vec<u32>, String)> = None;
-    let marker = b"OPENSSL_";
-    let mut at = 0;
-    while let Some(i) = find(&bytes[at..], marker) {
-        let start = at + i;
-        let rest = &bytes[start + marker.len()..];
-        let end = rest
-            .iter()
-            .position(|b| !(b.is_ascii_digit() || *b == b'.' || *b == b'_'))
-            .unwrap_or(rest.len());
-        let version = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let parts: Vec<u32> = version
-            .split(['.', '_'])
-            .filter_map(|p| p.parse::<u32>().ok())
-            .collect();
-        if parts.len() >= 2
-            && rest.get(end) == Some(&0)
-            && newest.as_ref().is_none_or(|(newer, _)| parts > *newer)
-        {
-            newest = Some((parts, version));
-        }
-        at = start + marker.len();
-    }
-    let Some((parts, version)) = newest else {
-        return Err("no OpenSSL symbol versions: not an OpenSSL libssl".into());
-    };
-    let name = format!("OpenSSL {}", version.replace('_', "."));
-    match parts[..2] {
-        [1, 1] => Ok((tls_layout::OPENSSL_1_1, name)),
-        [3, 0 | 1] => Ok((tls_layout::OPENSSL_3_0, name)),
-        _ => Err(format!(
-            "{name}: its structure layout is not known to this agent"
-        )),
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Attaches every program to the library at `target`, for process `pid`
 /// only: the kernel puts the breakpoints in that process's memory alone,
 /// so other processes' TLS calls cost nothing at all.
 fn probe(
     ebpf: &mut Ebpf,
     target: &Path,
-    layout: u64,
+    lib: &TlsLibrary,
     pid: u32,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let pid = NonZeroU32::new(pid).ok_or("pid 0")?;
     let programs = ENTRIES
         .iter()
         .copied()
-        .chain(ENTRIES.iter().map(|&(_, symbol)| (RETURN, symbol)));
+        .chain(ENTRIES.iter().map(|&(_, symbol)| (RETURN, symbol)))
+        .chain([TLS_FREE]);
     let mut links = Vec::new();
     for (program, symbol) in programs {
-        match attach(ebpf, program, symbol, target, layout, pid) {
+        let Some(offset) = lib.offset(symbol) else {
+            detach(ebpf, links);
+            return Err(format!("{symbol} not found"));
+        };
+        match attach(ebpf, program, offset, target, lib.layout, pid) {
             Ok(link) => links.push((program, link)),
             Err(e) => {
                 detach(ebpf, links);
@@ -289,13 +296,13 @@ fn probe(
 fn attach(
     ebpf: &mut Ebpf,
     program: &str,
-    symbol: &str,
+    offset: u64,
     target: &Path,
     layout: u64,
     pid: NonZeroU32,
 ) -> Result<UProbeLinkId, String> {
     let point = UProbeAttachPoint {
-        location: UProbeAttachLocation::Symbol(symbol),
+        location: UProbeAttachLocation::AbsoluteOffset(offset),
         cookie: Some(layout),
     };
     uprobe(ebpf, program)?
@@ -317,34 +324,4 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut UProbe, Strin
         .ok_or_else(|| format!("program {program} is missing from the object"))?
         .try_into()
         .map_err(|e| format!("{program}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_layout_follows_the_newest_symbol_version() {
-        let three = b"\0OPENSSL_3.0.0\0SSL_read\0OPENSSL_3.0.3\0";
-        assert_eq!(layout_of(three).map(|l| l.0), Ok(tls_layout::OPENSSL_3_0));
-        let one = b"\0OPENSSL_1_1_0\0OPENSSL_1_1_1\0";
-        assert_eq!(layout_of(one).map(|l| l.0), Ok(tls_layout::OPENSSL_1_1));
-        let later = b"\0OPENSSL_3.0.0\0OPENSSL_3.2.0\0";
-        assert!(
-            layout_of(later).is_err_and(|e| e.contains("OpenSSL 3.2.0")),
-            "{:?}",
-            layout_of(later)
-        );
-        assert_eq!(layout_of(three).map(|l| l.1), Ok("OpenSSL 3.0.3".into()));
-        // A version named in running text is not a symbol version.
-        assert!(layout_of(b"OPENSSL_3.4.0 is nice").is_err());
-    }
-
-    #[test]
-    fn the_system_libssl_has_a_known_layout_when_present() {
-        let Ok(bytes) = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3") else {
-            return;
-        };
-        assert!(layout_of(&bytes).is_ok(), "{:?}", layout_of(&bytes));
-    }
 }

@@ -22,6 +22,7 @@ use crate::{
     ctx::field_u64,
     emit::{emit_buf, emit_data, emit_header},
     maps::{CONNS, INFLIGHT, count_drop},
+    probes::tls_link,
 };
 
 // Offsets shared by every format file involved: fd (or out_fd) at 16, the
@@ -38,10 +39,10 @@ const MSG_IOVLEN: usize = 24;
 const MAX_IOV: u64 = 1024;
 
 macro_rules! enter {
-    ($name:ident, $shape:expr) => {
+    ($name:ident, $shape:expr, $read:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $shape)
+            on_enter(&ctx, $shape, $read)
         }
     };
 }
@@ -55,15 +56,15 @@ macro_rules! exit {
     };
 }
 
-enter!(sys_enter_read, shape::BUF);
-enter!(sys_enter_recvfrom, shape::BUF);
-enter!(sys_enter_readv, shape::IOVEC);
-enter!(sys_enter_recvmsg, shape::MSGHDR);
-enter!(sys_enter_write, shape::BUF);
-enter!(sys_enter_sendto, shape::BUF);
-enter!(sys_enter_writev, shape::IOVEC);
-enter!(sys_enter_sendmsg, shape::MSGHDR);
-enter!(sys_enter_sendfile64, shape::SENDFILE);
+enter!(sys_enter_read, shape::BUF, true);
+enter!(sys_enter_recvfrom, shape::BUF, true);
+enter!(sys_enter_readv, shape::IOVEC, true);
+enter!(sys_enter_recvmsg, shape::MSGHDR, true);
+enter!(sys_enter_write, shape::BUF, false);
+enter!(sys_enter_sendto, shape::BUF, false);
+enter!(sys_enter_writev, shape::IOVEC, false);
+enter!(sys_enter_sendmsg, shape::MSGHDR, false);
+enter!(sys_enter_sendfile64, shape::SENDFILE, false);
 
 exit!(sys_exit_read, EventKind::Read);
 exit!(sys_exit_recvfrom, EventKind::Read);
@@ -76,7 +77,7 @@ exit!(sys_exit_sendmsg, EventKind::Write);
 exit!(sys_exit_sendfile64, EventKind::Sendfile);
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
+fn on_enter(ctx: &TracePointContext, shape: u16, read: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = field_u64(ctx, FD);
     let key = ConnKey {
@@ -88,6 +89,11 @@ fn on_enter(ctx: &TracePointContext, shape: u16) -> u32 {
     let Some(conn) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;
     };
+    // A TLS connection's socket reads may tie its library object to it;
+    // a plaintext one's (decided, no TLS) need not be noted.
+    if read && conn.flags & (conn_flags::TLS | conn_flags::DECIDED) != conn_flags::DECIDED {
+        tls_link::note_read(pid_tgid, key.fd);
+    }
     if conn.flags & conn_flags::TLS != 0 {
         return 0;
     }

@@ -7,4 +7,5 @@ pub mod io;
 pub mod packets;
 pub mod tcp_state;
 pub mod tls;
+pub mod tls_link;
 pub mod verdict;

@@ -1,14 +1,16 @@
 //! Uprobes on OpenSSL's `SSL_read`, `SSL_write`, `SSL_read_ex` and
 //! `SSL_write_ex`: the plaintext of monitored processes' TLS connections,
-//! as read and write records of the descriptor under the call's BIO, so
-//! the agent pairs them like the syscall capture's.
+//! as read and write records of the descriptor the connection is, so the
+//! agent pairs them like the syscall capture's; and on `SSL_free`.
 //!
 //! The agent attaches them in each monitored process that maps the
 //! library (other processes do not hit them; PIDS is checked anyway). The
 //! attach cookie (`apm_common::tls_layout`) says where the library keeps
-//! the BIO and its descriptor. A call on a BIO without a descriptor (a
-//! memory BIO pair, as in Node.js or Python's asyncio) is counted and not
-//! read: its connection is unknown, and a guessed one could be wrong.
+//! the BIO and its descriptor. A call on a socket BIO names its
+//! descriptor; a call on any other BIO (a memory BIO pair, as in Node.js
+//! or Python's asyncio) takes the socket its object is tied to
+//! (`tls_link`). A call that moved bytes on a connection not tracked is
+//! counted and not read: a guessed connection could be wrong.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -22,6 +24,7 @@ use apm_common::{ConnKey, DropReason, TlsCall, conn_flags, events::EventKind, tl
 use crate::{
     emit::emit_buf,
     maps::{CONNS, PIDS, TLS_CALLS, count_drop},
+    probes::tls_link,
 };
 
 #[uprobe]
@@ -68,12 +71,31 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     if moved <= 0 {
         return 0;
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.fd);
+    if call.fd == TlsCall::UNLINKED || !linked {
+        count_drop(DropReason::TlsUnlinked);
+        return 0;
+    }
     let kind = if call.kind == EventKind::Write as u8 {
         EventKind::Write
     } else {
         EventKind::Read
     };
     emit_buf(kind, call.fd, call.port, moved, call.buf);
+    0
+}
+
+/// `SSL_free`: the object no longer stands for its socket.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if PIDS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        tls_link::untie(tgid, ssl);
+    }
     0
 }
 
@@ -94,25 +116,31 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
     };
     // SAFETY: a plain helper call on this program's own context.
     let layout = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let Some(fd) = descriptor(ssl, layout, kind == EventKind::Write) else {
-        count_drop(DropReason::TlsNoDescriptor);
-        return 0;
-    };
-    let key = ConnKey { tgid, fd };
-    // A connection the process accepted on a monitored port; the syscall
-    // capture then leaves its (encrypted) bytes alone.
-    let Some(conn) = CONNS.get_ptr_mut(key) else {
-        return 0;
-    };
-    // SAFETY: a pointer to this connection's CONNS value, valid for the
-    // program's run; a flag bit set by any writer means the same.
-    let port = unsafe {
-        (*conn).flags |= conn_flags::TLS;
-        (*conn).port
+    let (fd, port, link) = match descriptor(ssl, layout, kind == EventKind::Write) {
+        // A connection the process accepted on a monitored port; the
+        // syscall capture then leaves its (encrypted) bytes alone.
+        Some(fd) => match CONNS.get_ptr_mut(ConnKey { tgid, fd }) {
+            // SAFETY: a pointer to this connection's CONNS value, valid
+            // for the program's run; a flag bit set by any writer means
+            // the same.
+            Some(conn) => unsafe {
+                (*conn).flags |= conn_flags::TLS;
+                (fd, (*conn).port, 0)
+            },
+            None => (TlsCall::UNLINKED, 0, 0),
+        },
+        None => match tls_link::tied(tgid, ssl) {
+            Some((fd, port)) => (fd, port, 0),
+            None => match tls_link::candidate(pid_tgid) {
+                Some((fd, port)) if kind == EventKind::Read => (fd, port, ssl),
+                _ => (TlsCall::UNLINKED, 0, 0),
+            },
+        },
     };
     let call = TlsCall {
         buf,
         count_at,
+        link,
         fd,
         port,
         kind: kind as u8,
