@@ -125,7 +125,8 @@ pub mod side {
 
 /// A monitored process's connect() to a captured remote port, from the
 /// cgroup connect4/connect6 hooks (process context): which process the
-/// connection's packet records belong to.
+/// connection's packet records belong to; or from `sys_enter_connect`,
+/// for its descriptor's records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
@@ -138,7 +139,10 @@ pub struct ConnectEvent {
     pub addr: [u8; 16],
     /// Destination port, host byte order.
     pub port: u16,
-    pub _pad: [u8; 6],
+    /// 1: `cookie` is `tgid << 32 | fd`, the descriptor whose records
+    /// (TLS plaintext) are this connection's (`sys_enter_connect`).
+    pub descriptor: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 40);
 

@@ -110,14 +110,16 @@ pub struct ConnKey {
 }
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 
-/// State of one accepted connection (value of [`maps::CONNS`]).
+/// State of one tracked connection, accepted or (a client's) connected
+/// (value of [`maps::CONNS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     /// `bpf_ktime_get_ns()` at accept exit (0 for connections the agent
     /// seeded from procfs).
     pub accepted_ns: u64,
-    /// Local port, host byte order; 0 when unknown.
+    /// Local port (a client's: the remote port), host byte order; 0
+    /// when unknown.
     pub port: u16,
     /// [`conn_flags`].
     pub flags: u8,
@@ -136,6 +138,10 @@ pub mod conn_flags {
     /// The syscall capture looked at the first bytes read (a TLS
     /// handshake record sets [`TLS`]: the ciphertext is no parser's).
     pub const DECIDED: u8 = 2;
+    /// The process connected this descriptor (to a captured remote
+    /// port): `ConnInfo::port` is the remote port, and its reads are the
+    /// responses.
+    pub const CLIENT: u8 = 4;
 }
 
 /// A TLS library call in flight on one thread, between its entry and
@@ -279,8 +285,12 @@ pub struct Config {
     /// library uses (the packet capture, whose TLS plaintext is keyed by
     /// descriptor).
     pub descriptor_records: u32,
+    /// 1: a monitored process's connect() to a captured remote port is
+    /// tracked by descriptor too (`CONNS`, a [`conn_flags::CLIENT`] entry,
+    /// and a connect record keyed by descriptor), for its TLS plaintext.
+    pub client_descriptors: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 20);
 
 /// Indexes into [`maps::DROPS`], a per-CPU array of `u64` counters of
 /// everything the kernel side had to give up on. Each is exported as

@@ -235,6 +235,7 @@ pub const PROBES: &[Probe] = &[
     syscall("sys_enter_accept", Role::SyscallState),
     syscall("sys_exit_accept", Role::SyscallState),
     syscall("sys_enter_close", Role::SyscallState),
+    syscall("sys_enter_connect", Role::SyscallState),
     syscall("sys_enter_read", Role::SyscallData),
     syscall("sys_exit_read", Role::SyscallData),
     syscall("sys_enter_readv", Role::SyscallData),

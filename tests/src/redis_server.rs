@@ -167,13 +167,21 @@ pub fn client_counts(m: &Metrics, service: &str, addr: &str, port: u16) -> BTree
 pub fn shop(redis: &[&str]) -> (TcpListener, Agent) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let lport = listener.local_addr().expect("addr").port();
-    let (port, name) = (lport.to_string(), format!("{lport}=shop"));
-    let mut args = vec!["--port", &port, "--service-name", &name];
-    args.extend_from_slice(redis);
+    let port = lport.to_string();
+    let mut args = shop_args(&port);
+    args.extend(redis.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(&args).expect("agent");
     agent.wait_for_service(lport, "shop");
     agent.wait_for_process("shop");
     (listener, agent)
+}
+
+/// The agent's arguments that monitor port `port` as the service "shop".
+pub fn shop_args(port: &str) -> Vec<String> {
+    ["--port", port, "--service-name", &format!("{port}=shop")]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 /// Waits until shop's client-side counts to `addr:port` are `expected`;

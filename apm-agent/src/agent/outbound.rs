@@ -24,7 +24,9 @@ impl Agent {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
         };
-        if kernel.capture() != Capture::Packets {
+        // The syscall capture follows clients' connections only for their
+        // TLS plaintext (by descriptor).
+        if kernel.capture() != Capture::Packets && !kernel.reads_tls() {
             return;
         }
         for &port in &self.redis_ports {

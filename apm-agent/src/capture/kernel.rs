@@ -290,6 +290,7 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         wake_shift: wake_shift(options.ring_bytes),
         detect_resp: u32::from(options.detect_resp),
         descriptor_records: u32::from(capture == Capture::Syscalls),
+        client_descriptors: u32::from(tls),
     };
     let tls = if tls {
         let loaded = TlsProbes::load(&mut ebpf, &options.proc_root);

@@ -111,7 +111,8 @@ impl Outbound {
             cookie,
             addr: mapped(addr.ip()),
             port: addr.port(),
-            _pad: [0; 6],
+            descriptor: 0,
+            _pad: [0; 5],
         };
         self.watched
             .insert(cookie, event, 0)

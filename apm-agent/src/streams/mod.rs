@@ -69,6 +69,9 @@ struct Outbound {
     tgid: u32,
     server: IpAddr,
     last_seen_ns: u64,
+    /// Keyed by `tgid << 32 | fd` (its syscall-kind records, TLS
+    /// plaintext), not by socket cookie (its packets).
+    descriptor: bool,
 }
 
 impl LastSeen for Outbound {
@@ -118,6 +121,7 @@ impl Streams {
                     tgid: c.tgid,
                     server: ip_of(c.addr),
                     last_seen_ns: self.now_ns,
+                    descriptor: c.descriptor != 0,
                 };
                 // Evicted or refused for room, a connection is not timed.
                 let _ = self
@@ -126,17 +130,31 @@ impl Streams {
             }
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
+                let conn = (u64::from(header.tgid) << 32) | u64::from(header.fd);
+                let mut flow = Flow::of_syscall(kind).ok_or_else(bad)?;
+                // A client's descriptor: its port is the server's.
+                let server = match self.outbound.get_mut(conn) {
+                    Some(out) if out.descriptor => {
+                        out.last_seen_ns = header.ts_ns;
+                        flow = flow.of_client();
+                        Some(out.server)
+                    }
+                    _ => None,
+                };
                 let event = Event {
-                    kind: Flow::of_syscall(kind).ok_or_else(bad)?,
+                    kind: flow,
                     ts_ns: header.ts_ns,
-                    conn: (u64::from(header.tgid) << 32) | u64::from(header.fd),
+                    conn,
                     origin: Origin::Process(header.tgid),
                     port: header.port,
                     ret: header.ret,
                     data: header.payload(record),
                     tail: header.tail(),
                 };
-                self.dispatch(&event, None, sink);
+                self.dispatch(&event, server, sink);
+                if flow == Flow::Close && server.is_some() {
+                    self.outbound.remove(conn);
+                }
             }
         }
         Ok(())
@@ -146,6 +164,7 @@ impl Streams {
         self.now_ns = self.now_ns.max(h.ts_ns);
         if h.side == side::CLIENT
             && let Some(out) = self.outbound.get_mut(h.cookie)
+            && !out.descriptor
         {
             out.last_seen_ns = h.ts_ns;
         }
@@ -197,7 +216,7 @@ impl Streams {
                 dir: h.direction,
             });
         }
-        let out = self.outbound.peek(conn)?;
+        let out = self.outbound.peek(conn).filter(|o| !o.descriptor)?;
         Some(View {
             conn,
             port: h.port,

@@ -64,15 +64,17 @@ fn segment(cookie: u64, dir: u8, whose: u8, seq: u32, data: &[u8]) -> Vec<u8> {
     synthetic::packet(header, data)
 }
 
-/// The connect record of process `tgid`'s socket `cookie` to 10.1.2.3.
-fn connect(tgid: u32, cookie: u64) -> Vec<u8> {
+/// The connect record of process `tgid`'s socket `cookie` (or, with
+/// `descriptor`, its descriptor's stream `cookie`) to 10.1.2.3.
+fn connect(tgid: u32, cookie: u64, descriptor: bool) -> Vec<u8> {
     let connect = ConnectEvent {
         kind: EventKind::Connect as u32,
         tgid,
         cookie,
         addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
         port: 6379,
-        _pad: [0; 6],
+        descriptor: u8::from(descriptor),
+        _pad: [0; 5],
     };
     // SAFETY: ConnectEvent is repr(C) plain integers; viewed as its bytes.
     let bytes = unsafe {
@@ -121,7 +123,7 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     s.handle_record(&segment(2, e, side::CLIENT, 0, get), &mut sink)
         .expect("record");
     assert_eq!(sink.redis.len(), 1);
-    s.handle_record(&connect(77, 3), &mut sink)
+    s.handle_record(&connect(77, 3, false), &mut sink)
         .expect("connect");
     // What the client sends (egress) is the command, what it receives the reply.
     s.handle_record(&segment(3, e, side::CLIENT, 0, get), &mut sink)
@@ -132,6 +134,39 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     assert_eq!(name, "GET");
     assert_eq!(peer.origin, Origin::Process(77));
     assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
+    assert!(sink.http.is_empty() && sink.unpaired.is_empty());
+}
+
+#[test]
+fn a_client_descriptor_pairs_its_writes_as_commands_until_it_closes() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (tgid, fd) = (77, 9);
+    let conn = (u64::from(tgid) << 32) | u64::from(fd);
+    s.handle_record(&connect(tgid, conn, true), &mut sink)
+        .expect("connect");
+    // Its TLS plaintext: what it writes is the command, what it reads
+    // the reply.
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let record = |kind, ts, data: &[u8]| synthetic::record(kind, ts, tgid, fd, 6379, data);
+    for (kind, ts, data) in [
+        (EventKind::Write, 1, &get[..]),
+        (EventKind::Read, 2, b"$1\r\nv\r\n"),
+        (EventKind::Close, 3, b""),
+    ] {
+        s.handle_record(&record(kind, ts, data), &mut sink)
+            .expect("record");
+    }
+    let (name, peer) = sink.redis[0];
+    assert_eq!((name, peer.origin), ("GET", Origin::Process(77)));
+    assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
+    // Closed: the same descriptor number is a server's connection again
+    // (a request read), not the client's.
+    s.handle_record(&record(EventKind::Read, 4, get), &mut sink)
+        .expect("record");
+    s.handle_record(&record(EventKind::Write, 5, b"$-1\r\n"), &mut sink)
+        .expect("record");
+    assert_eq!(sink.redis.len(), 2);
+    assert_eq!(sink.redis[1].1.server, None);
     assert!(sink.http.is_empty() && sink.unpaired.is_empty());
 }
 
@@ -238,7 +273,7 @@ fn connect_records_are_bounded_and_the_least_recently_seen_idle_make_room() {
         }
     };
     for cookie in 1..=3 {
-        s.handle_record(&connect(70 + cookie as u32, cookie), &mut sink)
+        s.handle_record(&connect(70 + cookie as u32, cookie, false), &mut sink)
             .expect("connect");
     }
     // Full of connections made just now: the third is not named, so its
@@ -248,7 +283,7 @@ fn connect_records_are_bounded_and_the_least_recently_seen_idle_make_room() {
     // Two seconds on, socket 1 is seen again; a new connect record evicts
     // socket 2's, seen least recently.
     exchange(&mut s, &mut sink, 1, 2_000_000_000);
-    s.handle_record(&connect(73, 3), &mut sink)
+    s.handle_record(&connect(73, 3, false), &mut sink)
         .expect("connect");
     assert!(s.outbound.contains(1) && !s.outbound.contains(2));
     exchange(&mut s, &mut sink, 3, 2_000_000_000);

@@ -57,7 +57,8 @@ pub fn connect(cookie: u64, tgid: u32, addr: [u8; 16], port: u16) -> Vec<u8> {
         cookie,
         addr,
         port,
-        _pad: [0; 6],
+        descriptor: 0,
+        _pad: [0; 5],
     };
     let size = std::mem::size_of::<ConnectEvent>();
     // SAFETY: ConnectEvent is repr(C) plain integers; viewing it as its

@@ -109,34 +109,39 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
 /// `sockaddr` (filled in by accept), or 0.
 #[inline(always)]
 fn local_port(sockaddr: u64) -> u16 {
-    if sockaddr == 0 {
+    let Some((addr, port)) = read_sockaddr(sockaddr) else {
         return 0;
-    }
-    let base = sockaddr as *const u8;
-    // SAFETY: user memory read through bpf_probe_read_user, which faults
-    // safely; offsets are those of sockaddr_in / sockaddr_in6.
-    let family = unsafe { bpf_probe_read_user(base.cast::<u16>()) }.unwrap_or(0);
-    // SAFETY: as above.
-    let port_be = unsafe { bpf_probe_read_user(base.add(2).cast::<u16>()) }.unwrap_or(0);
-    let mut key = PeerKey {
-        port: u16::from_be(port_be),
-        ..Default::default()
     };
-    key.addr = match family {
-        // SAFETY: as above; sin_addr at offset 4.
-        AF_INET => match unsafe { bpf_probe_read_user(base.add(4).cast::<[u8; 4]>()) } {
-            Ok(v4) => mapped_v4(v4),
-            Err(_) => return 0,
-        },
-        // SAFETY: as above; sin6_addr at offset 8.
-        AF_INET6 => match unsafe { bpf_probe_read_user(base.add(8).cast::<[u8; 16]>()) } {
-            Ok(v6) => v6,
-            Err(_) => return 0,
-        },
-        _ => return 0,
+    let key = PeerKey {
+        addr,
+        port,
+        ..Default::default()
     };
     // SAFETY: read-only copy of a u16 value.
     let port = unsafe { PEERS.get(key) }.copied().unwrap_or(0);
     let _ = PEERS.remove(key);
     port
+}
+
+/// The address (IPv4 mapped) and port (host order) of the IPv4 or IPv6
+/// sockaddr at user address `sockaddr`.
+#[inline(always)]
+pub fn read_sockaddr(sockaddr: u64) -> Option<([u8; 16], u16)> {
+    if sockaddr == 0 {
+        return None;
+    }
+    let base = sockaddr as *const u8;
+    // SAFETY: user memory read through bpf_probe_read_user, which faults
+    // safely; offsets are those of sockaddr_in / sockaddr_in6.
+    let family = unsafe { bpf_probe_read_user(base.cast::<u16>()) }.ok()?;
+    // SAFETY: as above.
+    let port_be = unsafe { bpf_probe_read_user(base.add(2).cast::<u16>()) }.ok()?;
+    let addr = match family {
+        // SAFETY: as above; sin_addr at offset 4.
+        AF_INET => mapped_v4(unsafe { bpf_probe_read_user(base.add(4).cast::<[u8; 4]>()) }.ok()?),
+        // SAFETY: as above; sin6_addr at offset 8.
+        AF_INET6 => unsafe { bpf_probe_read_user(base.add(8).cast::<[u8; 16]>()) }.ok()?,
+        _ => return None,
+    };
+    Some((addr, u16::from_be(port_be)))
 }

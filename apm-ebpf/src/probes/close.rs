@@ -1,5 +1,6 @@
-//! `syscalls:sys_enter_close`: forget an accepted descriptor of a tracked
-//! process and tell the agent (the syscall capture, or a TLS connection).
+//! `syscalls:sys_enter_close`: forget a tracked descriptor of a tracked
+//! process and tell the agent (the syscall capture, a TLS connection, or a
+//! client's connection).
 //! Counted at entry: close releases the descriptor even when it returns an
 //! error (other than EBADF, which cannot match a tracked fd).
 
@@ -35,9 +36,11 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if CONNS.remove(key).is_ok() {
-        // SAFETY: this CPU's copy of a per-CPU value.
-        unsafe { (*counters).closes += 1 };
-        if descriptor_records() || conn.flags & conn_flags::TLS != 0 {
+        if conn.flags & conn_flags::CLIENT == 0 {
+            // SAFETY: this CPU's copy of a per-CPU value.
+            unsafe { (*counters).closes += 1 };
+        }
+        if descriptor_records() || conn.flags & (conn_flags::TLS | conn_flags::CLIENT) != 0 {
             emit_header(EventKind::Close, fd as u32, conn.port, 0);
         }
     }

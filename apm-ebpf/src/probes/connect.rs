@@ -85,16 +85,7 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         // SAFETY: as above (connect4).
         mapped_v4(unsafe { (*sa).user_ip4 }.to_ne_bytes())
     };
-    let listed = captured != 0
-        && (captured & ADDR_ONLY == 0 || {
-            let key = RemoteAddr {
-                addr,
-                port,
-                _pad: [0; 6],
-            };
-            // SAFETY: a read-only lookup; the value is not kept.
-            unsafe { REMOTE_ADDRS.get(key) }.is_some()
-        });
+    let listed = listed(captured, addr, port);
     if !listed && !detect {
         return;
     }
@@ -106,7 +97,8 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         cookie,
         addr,
         port,
-        _pad: [0; 6],
+        descriptor: 0,
+        _pad: [0; 5],
     };
     if !listed {
         // Watched until its first payload (packets.rs). The socket first,
@@ -133,4 +125,20 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     {
         count_drop(DropReason::RingbufFull);
     }
+}
+
+/// Whether connections to `addr`:`port` are captured, `captured` being
+/// the port's `REMOTE_PORTS` value.
+#[inline(always)]
+pub fn listed(captured: u32, addr: [u8; 16], port: u16) -> bool {
+    captured != 0
+        && (captured & ADDR_ONLY == 0 || {
+            let key = RemoteAddr {
+                addr,
+                port,
+                _pad: [0; 6],
+            };
+            // SAFETY: a read-only lookup; the value is not kept.
+            unsafe { REMOTE_ADDRS.get(key) }.is_some()
+        })
 }

@@ -88,6 +88,16 @@ impl Flow {
             EventKind::Packet | EventKind::Connect => None,
         }
     }
+
+    /// The same event made by the client end: what it reads comes from
+    /// the server, what it writes goes to it.
+    pub fn of_client(self) -> Self {
+        match self {
+            Self::ToServer => Self::FromServer,
+            Self::FromServer => Self::ToServer,
+            other => other,
+        }
+    }
 }
 
 /// One piece of a connection's traffic, decoded.
