@@ -173,7 +173,8 @@ impl TlsCall {
     pub const UNLINKED: u32 = u32::MAX;
 }
 
-/// A TLS library object of one process (key of [`maps::TLS_LINKS`]).
+/// A TLS library object (`SSL *`), or a goroutine (`g`), of one process
+/// (key of [`maps::TLS_LINKS`] and [`maps::GO_CALLS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SslKey {

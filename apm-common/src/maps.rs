@@ -35,6 +35,13 @@ pub const INFLIGHT_MAX: u32 = 16_384;
 pub const TLS_CALLS: &str = "TLS_CALLS";
 pub const TLS_CALLS_MAX: u32 = 16_384;
 
+/// `LruHashMap<SslKey, TlsCall>`: Go `crypto/tls` calls of monitored
+/// processes between entry and a `RET`, keyed by goroutine (`g`): one
+/// per goroutine at most. LRU: a goroutine that never returns is
+/// forgotten.
+pub const GO_CALLS: &str = "GO_CALLS";
+pub const GO_CALLS_MAX: u32 = 16_384;
+
 /// `LruHashMap<SslKey, u32 fd>`: TLS objects on memory BIOs (Python's
 /// asyncio, Node.js) tied to the socket their process reads them from:
 /// the descriptor that the calling thread started reading last before the
@@ -190,14 +197,24 @@ pub const TLS_ENTRIES: [(&str, &str); 4] = [
 pub const TLS_RETURN: &str = "ssl_return";
 /// The probe on `SSL_free`, which unties an object from its socket.
 pub const TLS_FREE: (&str, &str) = ("ssl_free", "SSL_free");
+/// The Go `crypto/tls` entry programs and the functions they probe.
+pub const GO_TLS_ENTRIES: [(&str, &str); 2] = [
+    ("go_tls_read", "crypto/tls.(*Conn).Read"),
+    ("go_tls_write", "crypto/tls.(*Conn).Write"),
+];
+/// The program attached at every `RET` of the [`GO_TLS_ENTRIES`].
+pub const GO_TLS_RETURN: &str = "go_tls_return";
 /// Every TLS uprobe program.
-pub const TLS_PROGRAMS: [&str; 6] = [
+pub const TLS_PROGRAMS: [&str; 9] = [
     TLS_ENTRIES[0].0,
     TLS_ENTRIES[1].0,
     TLS_ENTRIES[2].0,
     TLS_ENTRIES[3].0,
     TLS_RETURN,
     TLS_FREE.0,
+    GO_TLS_ENTRIES[0].0,
+    GO_TLS_ENTRIES[1].0,
+    GO_TLS_RETURN,
 ];
 
 /// Every program in the object, in attach order.

@@ -10,9 +10,9 @@ use apm_common::{
     PoolKey, PortCounters, RemoteAddr, SocketInfo, SslKey, TlsCall, Verdict,
     events::{ConnectEvent, RINGBUF_BYTES},
     maps::{
-        CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, INFLIGHT_MAX, LAST_READS_MAX, OUT_SOCKETS_MAX,
-        OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX, SOCKETS_MAX,
-        TLS_CALLS_MAX, TLS_LINKS_MAX, WATCHED_MAX,
+        CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, GO_CALLS_MAX, INFLIGHT_MAX, LAST_READS_MAX,
+        OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX,
+        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, WATCHED_MAX,
     },
 };
 
@@ -36,6 +36,9 @@ pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(INFLIGHT
 
 #[map]
 pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(TLS_CALLS_MAX, 0);
+
+#[map]
+pub static GO_CALLS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(GO_CALLS_MAX, 0);
 
 #[map]
 pub static TLS_LINKS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);

@@ -5,7 +5,8 @@
 //! OpenSSL node carries). The agent ties each library object to the socket
 //! its thread read last; the requests are counted per route and status
 //! against the client's own counts (httpx), in both captures, with nothing
-//! lost and nothing guessed.
+//! lost and nothing guessed. And a Go HTTPS server built here with
+//! Debian's Go (crypto/tls, probed at the functions' RET instructions).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -77,6 +78,34 @@ impl Tls {
             let _ = BufReader::new(out).read_line(&mut line);
         }
         assert_eq!(line.trim(), "listening", "node did not start");
+        Self::listening(child, port, dir)
+    }
+
+    /// servers/https_server.go, built with Debian's Go (its build cache
+    /// kept under target/ between runs).
+    fn go() -> Self {
+        let port = free_port().expect("port");
+        let (dir, cert, key) = certified("tls-go", port);
+        let bin = dir.0.join("https_server");
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gocache");
+        let built = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(Path::new(SERVERS).join("https_server.go"))
+            .env("GOCACHE", &cache)
+            .env("GOPATH", dir.0.join("gopath"))
+            .env("GO111MODULE", "off")
+            .env("CGO_ENABLED", "0")
+            .output()
+            .expect("go (installed by cargo xtask test)");
+        assert!(built.status.success(), "go build: {built:?}");
+        let child = Command::new(&bin)
+            .args([port.to_string(), cert, key])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the Go server");
         Self::listening(child, port, dir)
     }
 
@@ -182,12 +211,25 @@ fn uvicorn_over_https(capture: &str) {
     assert_exact(&agent, &server, &sent, &format!("uvicorn ({capture})"));
 }
 
+/// Node's and Go's routes.
 const NODE: [&str; 4] = [
     "GET /items/{n} /items/{id}",
     "GET /big /big",
     "POST /echo /echo",
     "GET /missing /missing",
 ];
+
+#[test]
+fn a_go_https_server_is_counted_exactly() {
+    require_root();
+    let server = Tls::go();
+    let agent = agent_on(&server, "packets", "https_server");
+    // Entries and a probe at each RET of crypto/tls.(*Conn).Read and
+    // Write, in this process only.
+    assert!(breakpoints(server.child.id(), "https_server") > 4);
+    let sent = server.drive(15, &NODE);
+    assert_exact(&agent, &server, &sent, "go");
+}
 
 #[test]
 fn node_https_is_counted_exactly() {

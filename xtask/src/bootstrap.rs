@@ -162,6 +162,11 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/wrk",
         package: "wrk",
     },
+    // A Go HTTPS server built by tests/tests/tls_apps.rs (crypto/tls).
+    Need {
+        path: "/usr/bin/go",
+        package: "golang-go",
+    },
 ];
 
 /// Files of what `cargo xtask bench` drives.

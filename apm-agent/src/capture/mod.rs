@@ -3,7 +3,7 @@
 //! (`kernel`), attaching them to their static hooks (`attach`), finding
 //! the cgroup-v2 root the packet programs attach to (`cgroup`), probing
 //! the TLS libraries of monitored processes (`tls`, with what a file
-//! offers them in `tls_library`), the
+//! offers them in `tls_library` and `tls_go`), the
 //! outbound-connection maps (`outbound`) and reading the ring buffer
 //! (`reader`).
 
@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod preflight;
 pub mod reader;
 pub mod tls;
+pub mod tls_go;
 pub mod tls_library;
 
 /// Where HTTP request and response bytes come from.

@@ -33,7 +33,7 @@ use super::{
     tls_library::{self, Inspection, TlsLibrary},
 };
 
-use apm_common::maps::{TLS_ENTRIES as ENTRIES, TLS_FREE, TLS_PROGRAMS, TLS_RETURN as RETURN};
+use apm_common::maps::TLS_PROGRAMS;
 
 /// A library file, by device and inode as /proc/PID/maps shows them.
 type FileId = (String, u64);
@@ -271,22 +271,13 @@ fn probe(
     pid: u32,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let pid = NonZeroU32::new(pid).ok_or("pid 0")?;
-    let programs = ENTRIES
-        .iter()
-        .copied()
-        .chain(ENTRIES.iter().map(|&(_, symbol)| (RETURN, symbol)))
-        .chain([TLS_FREE]);
     let mut links = Vec::new();
-    for (program, symbol) in programs {
-        let Some(offset) = lib.offset(symbol) else {
-            detach(ebpf, links);
-            return Err(format!("{symbol} not found"));
-        };
-        match attach(ebpf, program, offset, target, lib.layout, pid) {
+    for &(program, offset) in &lib.probes {
+        match attach(ebpf, program, offset, target, lib.cookie, pid) {
             Ok(link) => links.push((program, link)),
             Err(e) => {
                 detach(ebpf, links);
-                return Err(format!("{symbol}: {e}"));
+                return Err(format!("{program} at {offset:#x}: {e}"));
             }
         }
     }
@@ -298,12 +289,12 @@ fn attach(
     program: &str,
     offset: u64,
     target: &Path,
-    layout: u64,
+    cookie: u64,
     pid: NonZeroU32,
 ) -> Result<UProbeLinkId, String> {
     let point = UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(offset),
-        cookie: Some(layout),
+        cookie: Some(cookie),
     };
     uprobe(ebpf, program)?
         .attach(point, target, UProbeScope::OneProcess(pid))

@@ -1,37 +1,31 @@
 //! What a mapped file offers the TLS probes: whether it defines OpenSSL's
 //! SSL functions (libssl, or a program with OpenSSL linked in that exports
-//! them, as Node.js does), where each probed function is in the file, and
-//! which structure layout its OpenSSL version has. Read once per file
-//! through a cache of the parts looked at (headers, symbol tables, a few
-//! code bytes), never the whole of it (node is 100 MB).
+//! them, as Node.js does) or is a Go program with `crypto/tls`
+//! (`tls_go`), where each probe goes in the file, and which structure
+//! layout its version has. Read once per file through a cache of the
+//! parts looked at (headers, symbol tables, a few code bytes), never the
+//! whole of it (node is 100 MB).
 
 use std::{fs::File, path::Path};
 
 use apm_common::{
-    maps::{TLS_ENTRIES, TLS_FREE},
+    maps::{TLS_ENTRIES, TLS_FREE, TLS_RETURN},
     tls_layout,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, ReadRef as _};
 
-/// An OpenSSL the probes can read.
+use super::tls_go;
+
+/// A TLS library (or Go program) the probes can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsLibrary {
-    /// The layout cookie (`apm_common::tls_layout`).
-    pub layout: u64,
-    /// "OpenSSL 3.0.19", for reports.
+    /// The attach cookie: the OpenSSL layout (`apm_common::tls_layout`),
+    /// or the address of Go's `*net.TCPConn` itab.
+    pub cookie: u64,
+    /// "OpenSSL 3.0.19", "Go 1.19.8 crypto/tls": for reports.
     pub name: String,
-    /// The file offset of each probed function, by symbol name.
-    pub offsets: Vec<(&'static str, u64)>,
-}
-
-impl TlsLibrary {
-    /// The file offset of `symbol`.
-    pub fn offset(&self, symbol: &str) -> Option<u64> {
-        self.offsets
-            .iter()
-            .find(|(s, _)| *s == symbol)
-            .map(|&(_, o)| o)
-    }
+    /// Each probe: its program and the file offset it goes at.
+    pub probes: Vec<(&'static str, u64)>,
 }
 
 /// What a file is to the TLS probes.
@@ -54,6 +48,9 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
     let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let cache = ReadCache::new(file);
     let elf = object::File::parse(&cache).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(go) = tls_go::inspect(&elf, &cache) {
+        return Ok(go);
+    }
     let mut offsets = Vec::new();
     let mut version_num_at = None;
     // What a library or program exports: a full symbol table is large
@@ -109,18 +106,29 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
             ));
         }
     };
+    let offset = |symbol: &str| {
+        offsets
+            .iter()
+            .find(|(s, _)| *s == symbol)
+            .map_or(0, |&(_, o)| o)
+    };
+    let probes = TLS_ENTRIES
+        .iter()
+        .flat_map(|&(program, symbol)| [(program, offset(symbol)), (TLS_RETURN, offset(symbol))])
+        .chain([(TLS_FREE.0, offset(TLS_FREE.1))])
+        .collect();
     Ok(match layout_of(&version) {
-        Ok((layout, name)) => Inspection::Probe(TlsLibrary {
-            layout,
+        Ok((cookie, name)) => Inspection::Probe(TlsLibrary {
+            cookie,
             name,
-            offsets,
+            probes,
         }),
         Err(why) => Inspection::Skipped(why),
     })
 }
 
 /// Where `symbol`'s code is in the file.
-fn file_offset<'a, R: object::ReadRef<'a>>(
+pub fn file_offset<'a, R: object::ReadRef<'a>>(
     elf: &object::File<'a, R>,
     symbol: &object::Symbol<'a, '_, R>,
 ) -> Option<u64> {
@@ -237,8 +245,10 @@ mod tests {
                 assert_eq!(found, Inspection::NotTls, "{path}");
                 continue;
             };
-            assert!(lib.offset("SSL_read").is_some_and(|o| o > 0), "{lib:?}");
-            assert_eq!(lib.offsets.len(), 5, "{lib:?}");
+            // Four entries, their returns, SSL_free: at distinct
+            // offsets but for the returns.
+            assert_eq!(lib.probes.len(), 9, "{lib:?}");
+            assert!(lib.probes.iter().all(|&(_, o)| o > 0), "{lib:?}");
         }
         assert_eq!(inspect(Path::new("/bin/sh")).ok(), Some(Inspection::NotTls));
     }

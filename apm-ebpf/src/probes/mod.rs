@@ -4,6 +4,7 @@ pub mod accept;
 pub mod close;
 pub mod connect;
 pub mod connect_fd;
+pub mod go_tls;
 pub mod io;
 pub mod packets;
 pub mod tcp_state;

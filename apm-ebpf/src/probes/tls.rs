@@ -10,7 +10,8 @@
 //! descriptor; a call on any other BIO (a memory BIO pair, as in Node.js
 //! or Python's asyncio) takes the socket its object is tied to
 //! (`tls_link`). A call that moved bytes on a connection not tracked is
-//! counted and not read: a guessed connection could be wrong.
+//! counted and not read: a guessed connection could be wrong. Go's
+//! crypto/tls ends the same way (`go_tls`).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -68,14 +69,21 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
+    finish((pid_tgid >> 32) as u32, &call, moved);
+    0
+}
+
+/// The record of a finished call of process `tgid` that moved `moved`
+/// bytes, or its count as unlinked (a tie refused counts as one too).
+#[inline(always)]
+pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
     if moved <= 0 {
-        return 0;
+        return;
     }
-    let tgid = (pid_tgid >> 32) as u32;
     let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.fd);
     if call.fd == TlsCall::UNLINKED || !linked {
         count_drop(DropReason::TlsUnlinked);
-        return 0;
+        return;
     }
     let kind = if call.kind == EventKind::Write as u8 {
         EventKind::Write
@@ -83,7 +91,6 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         EventKind::Read
     };
     emit_buf(kind, call.fd, call.port, moved, call.buf);
-    0
 }
 
 /// `SSL_free`: the object no longer stands for its socket.
@@ -117,18 +124,10 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
     // SAFETY: a plain helper call on this program's own context.
     let layout = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let (fd, port, link) = match descriptor(ssl, layout, kind == EventKind::Write) {
-        // A connection the process accepted on a monitored port; the
-        // syscall capture then leaves its (encrypted) bytes alone.
-        Some(fd) => match CONNS.get_ptr_mut(ConnKey { tgid, fd }) {
-            // SAFETY: a pointer to this connection's CONNS value, valid
-            // for the program's run; a flag bit set by any writer means
-            // the same.
-            Some(conn) => unsafe {
-                (*conn).flags |= conn_flags::TLS;
-                (fd, (*conn).port, 0)
-            },
-            None => (TlsCall::UNLINKED, 0, 0),
-        },
+        Some(fd) => {
+            let (fd, port) = tracked(tgid, fd);
+            (fd, port, 0)
+        }
         None => match tls_link::tied(tgid, ssl) {
             Some((fd, port)) => (fd, port, 0),
             None => match tls_link::candidate(pid_tgid) {
@@ -150,6 +149,23 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
         count_drop(DropReason::TlsCallsFull);
     }
     0
+}
+
+/// Descriptor `fd` of process `tgid` as a TLS call's connection, and its
+/// port, if it is a tracked one (accepted on a monitored port, or a
+/// client's): flagged TLS, so the syscall capture leaves its (encrypted)
+/// bytes alone. Otherwise [`TlsCall::UNLINKED`].
+#[inline(always)]
+pub fn tracked(tgid: u32, fd: u32) -> (u32, u16) {
+    match CONNS.get_ptr_mut(ConnKey { tgid, fd }) {
+        // SAFETY: a pointer to this connection's CONNS value, valid for
+        // the program's run; a flag bit set by any writer means the same.
+        Some(conn) => unsafe {
+            (*conn).flags |= conn_flags::TLS;
+            (fd, (*conn).port)
+        },
+        None => (TlsCall::UNLINKED, 0),
+    }
 }
 
 /// The descriptor under `ssl`'s read (or write) BIO, if that BIO has one.
