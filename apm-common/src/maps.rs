@@ -15,6 +15,14 @@ pub const SOCKETS_MAX: u32 = 65_536;
 pub const PIDS: &str = "PIDS";
 pub const PIDS_MAX: u32 = 4096;
 
+/// `Array<u32>` of [`TRACED_SLOTS`], indexed by `tgid % TRACED_SLOTS`: how
+/// many processes of `PIDS` fall in that slot. The syscall programs, which
+/// run for every process on the host, look here first: an array lookup
+/// the verifier inlines, where a hash lookup costs a bystander's syscall
+/// about a hundred nanoseconds more.
+pub const TRACED: &str = "TRACED";
+pub const TRACED_SLOTS: u32 = 65_536;
+
 /// `LruHashMap<ConnKey, ConnInfo>`: descriptors returned by accept in
 /// tracked processes. LRU because a process that exits never calls close.
 pub const CONNS: &str = "CONNS";

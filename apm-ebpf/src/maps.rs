@@ -12,7 +12,7 @@ use apm_common::{
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, GO_CALLS_MAX, INFLIGHT_MAX, LAST_READS_MAX,
         OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX,
-        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, WATCHED_MAX,
+        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TRACED_SLOTS, WATCHED_MAX,
     },
 };
 
@@ -24,6 +24,9 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKETS
 
 #[map]
 pub static PIDS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entries(PIDS_MAX, 0);
+
+#[map]
+pub static TRACED: Array<u32> = Array::with_max_entries(TRACED_SLOTS, 0);
 
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(CONNS_MAX, 0);
@@ -96,6 +99,13 @@ pub static LISTEN_CHANGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 #[inline(always)]
 pub fn descriptor_records() -> bool {
     CONFIG.get(0).is_some_and(|c| c.descriptor_records != 0)
+}
+
+/// Whether process `tgid` may be traced (in `PIDS`): false for nearly
+/// every other process, for the price of an inlined array lookup.
+#[inline(always)]
+pub fn maybe_traced(tgid: u32) -> bool {
+    TRACED.get(tgid % TRACED_SLOTS).is_some_and(|&n| n != 0)
 }
 
 /// Counts one thing the kernel side had to give up on.

@@ -31,6 +31,7 @@ use super::{
     outbound::Outbound,
     preflight::preflight,
     tls::TlsProbes,
+    traced::Traced,
 };
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP).
@@ -124,6 +125,7 @@ where
 pub struct Kernel {
     ports: PerCpuHashMap<MapData, u16, PortCounters>,
     pids: PerCpuHashMap<MapData, u32, PidCounters>,
+    traced: Traced,
     drops: PerCpuArray<MapData, u64>,
     verdicts: PerCpuArray<MapData, u64>,
     listen_changes: PerCpuArray<MapData, u64>,
@@ -348,6 +350,7 @@ impl Kernel {
         let e = &mut ebpf;
         let ports = take_map(e, names::PORTS)?;
         let pids = take_map(e, names::PIDS)?;
+        let traced = Traced::new(take_map(e, names::TRACED)?);
         let drops = take_map(e, names::DROPS)?;
         let verdicts = take_map(e, names::VERDICTS)?;
         let listen_changes = take_map(e, names::LISTEN_CHANGES)?;
@@ -363,6 +366,7 @@ impl Kernel {
         Ok(Self {
             ports,
             pids,
+            traced,
             drops,
             verdicts,
             listen_changes,
@@ -491,22 +495,21 @@ impl Kernel {
     /// Starts tracing the syscalls of `tgid`.
     pub fn track_pid(&mut self, tgid: u32) -> Result<(), KernelError> {
         let zero = self.zeroes::<PidCounters>()?;
-        self.pids
-            .insert(tgid, zero, BPF_NOEXIST)
-            .or_else(|e| {
-                if self.pids.get(&tgid, 0).is_ok() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(map_err(names::PIDS))
+        match self.pids.insert(tgid, zero, BPF_NOEXIST) {
+            Ok(()) => self.traced.add(tgid).inspect_err(|_| {
+                let _ = self.pids.remove(&tgid);
+            }),
+            Err(_) if self.pids.get(&tgid, 0).is_ok() => Ok(()),
+            Err(e) => Err(map_err(names::PIDS)(e)),
+        }
     }
 
     /// Stops tracing `tgid`, returning its final counters.
     pub fn untrack_pid(&mut self, tgid: u32) -> Option<PidCounters> {
         let last = self.pid_counters_of(tgid);
-        let _ = self.pids.remove(&tgid);
+        if self.pids.remove(&tgid).is_ok() {
+            self.traced.remove(tgid);
+        }
         last
     }
 

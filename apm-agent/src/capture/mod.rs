@@ -3,7 +3,8 @@
 //! (`kernel`), attaching them to their static hooks (`attach`), finding
 //! the cgroup-v2 root the packet programs attach to (`cgroup`), probing
 //! the TLS libraries of monitored processes (`tls`, with what a file
-//! offers them in `tls_library` and `tls_go`), the
+//! offers them in `tls_library` and `tls_go`), the syscall programs'
+//! process filter (`traced`), the
 //! outbound-connection maps (`outbound`) and reading the ring buffer
 //! (`reader`).
 
@@ -16,6 +17,7 @@ pub mod reader;
 pub mod tls;
 pub mod tls_go;
 pub mod tls_library;
+pub mod traced;
 
 /// Where HTTP request and response bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -17,7 +17,7 @@ use apm_common::{
 use crate::{
     ctx::field_u64,
     emit::wakeup_flags_ahead,
-    maps::{CLIENTS, CONFIG, CONNS, EVENTS, REMOTE_PORTS, count_drop},
+    maps::{CLIENTS, CONFIG, CONNS, EVENTS, REMOTE_PORTS, count_drop, maybe_traced},
     probes::{accept::read_sockaddr, connect::listed},
 };
 
@@ -29,7 +29,7 @@ const USERVADDR: usize = 24;
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a read-only lookup; the value is not kept.
-    if unsafe { CLIENTS.get(tgid) }.is_none() {
+    if !maybe_traced(tgid) || unsafe { CLIENTS.get(tgid) }.is_none() {
         return 0;
     }
     if CONFIG.get(0).is_none_or(|c| c.client_descriptors == 0) {

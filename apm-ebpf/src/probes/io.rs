@@ -21,7 +21,7 @@ use apm_common::{
 use crate::{
     ctx::field_u64,
     emit::{emit_buf, emit_data, emit_header},
-    maps::{CONNS, INFLIGHT, count_drop},
+    maps::{CONNS, INFLIGHT, count_drop, maybe_traced},
     probes::tls_link,
 };
 
@@ -79,6 +79,9 @@ exit!(sys_exit_sendfile64, EventKind::Sendfile);
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, shape: u16, read: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if !maybe_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     let fd = field_u64(ctx, FD);
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
@@ -115,6 +118,9 @@ fn on_enter(ctx: &TracePointContext, shape: u16, read: bool) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if !maybe_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     // SAFETY: read-only copy of an entry this thread's enter program wrote.
     let Some(p) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
         return 0;

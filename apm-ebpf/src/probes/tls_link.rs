@@ -22,7 +22,7 @@ use apm_common::{ConnKey, DropReason, LastRead, SslKey, conn_flags};
 
 use crate::{
     ctx::field_u64,
-    maps::{CONNS, LAST_READS, TLS_LINKS, count_drop},
+    maps::{CONNS, LAST_READS, TLS_LINKS, count_drop, maybe_traced},
 };
 
 /// How long after a thread starts reading a socket the plaintext of an
@@ -38,11 +38,12 @@ macro_rules! note {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
             let pid_tgid = bpf_get_current_pid_tgid();
+            let tgid = (pid_tgid >> 32) as u32;
+            if !maybe_traced(tgid) {
+                return 0;
+            }
             let fd = field_u64(&ctx, FD) as u32;
-            let key = ConnKey {
-                tgid: (pid_tgid >> 32) as u32,
-                fd,
-            };
+            let key = ConnKey { tgid, fd };
             if CONNS.get_ptr(key).is_some() {
                 note_read(pid_tgid, fd);
             }

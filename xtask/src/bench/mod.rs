@@ -24,6 +24,7 @@
 //! 5. redis-benchmark against redis-server, without and with the agent
 //!    timing every command (`redis`).
 
+mod bystander;
 mod instructions;
 mod paired;
 mod redis;
@@ -97,8 +98,8 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, nginx-tls, redis1, redis16) or `extra` agent arguments, only
-/// printed.
+/// (nginx, nginx-tls, tls-bystander, redis1, redis16) or `extra` agent
+/// arguments, only printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
     let _ = std::fs::remove_dir_all(&work);
@@ -119,6 +120,12 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
             "nginx over TLS (wrk over HTTPS, keep-alive), captured/uncaptured server",
             "request",
         ));
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("tls-bystander") {
+        paired::certificate(&work)?;
+        let b = bystander::bystander(agent, &work, &extra)?;
+        lines.push(b.line());
         println!("{}", lines[lines.len() - 1]);
     }
     for p in [1, 16] {
