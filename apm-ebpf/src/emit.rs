@@ -7,7 +7,7 @@ use aya_ebpf::{
 
 use apm_common::{
     DropReason,
-    events::{DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP},
+    events::{ConnectEvent, DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP},
 };
 
 use crate::maps::{CONFIG, EVENTS, count_drop};
@@ -138,4 +138,13 @@ pub fn emit_data(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64, len: u
     // SAFETY: writing the header part of the reserved record.
     unsafe { core::ptr::addr_of_mut!((*ev).header).write(h) };
     entry.submit(wakeup_flags(core::mem::size_of::<DataEvent>()));
+}
+
+/// A connect record, or its count as lost.
+#[inline(always)]
+pub fn emit_connect(event: ConnectEvent) {
+    let flags = wakeup_flags_ahead(core::mem::size_of::<ConnectEvent>());
+    if EVENTS.output::<ConnectEvent>(event, flags).is_err() {
+        count_drop(DropReason::RingbufFull);
+    }
 }

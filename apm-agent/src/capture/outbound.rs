@@ -133,32 +133,38 @@ impl Outbound {
     /// socket lookup.
     ///
     /// A full pass over the 65 536 flags, one lookup each, so the agent
-    /// runs it rarely. A connect hook that races it puts its socket in
-    /// `WATCHED` before it sets the flag, and in a pool (at SYN_SENT)
-    /// before its first payload can move it from `WATCHED` to `OUTBOUND`:
-    /// a cleared port that is in use when the pass ends gets its flag back.
+    /// runs it rarely; it only reads. The few ports it finds unused are
+    /// then checked again and cleared, and a connect hook that races the
+    /// clearing (it puts its socket in `WATCHED` before it sets the flag,
+    /// and in a pool at SYN_SENT before its first payload can move it from
+    /// `WATCHED` to `OUTBOUND`) has its port flagged again at once: the
+    /// flag is off for the few map operations in between, not for the
+    /// whole pass.
     pub fn prune_watched_ports(&mut self, open: &BTreeSet<u16>) -> usize {
         let in_use = self.ports_in_use(open);
-        let mut cleared = Vec::new();
-        for port in 0..=u16::MAX {
-            let flagged = self
-                .watched_ports
-                .get(&u32::from(port), 0)
-                .is_ok_and(|v| v != 0);
-            if flagged
-                && !in_use.contains(&port)
-                && self.watched_ports.set(u32::from(port), 0, 0).is_ok()
-            {
-                cleared.push(port);
-            }
+        let unused: Vec<u16> = (0..=u16::MAX)
+            .filter(|&port| {
+                !in_use.contains(&port)
+                    && self
+                        .watched_ports
+                        .get(&u32::from(port), 0)
+                        .is_ok_and(|v| v != 0)
+            })
+            .collect();
+        if unused.is_empty() {
+            return 0;
         }
-        if !cleared.is_empty() {
-            let now = self.ports_in_use(open);
-            for &port in cleared.iter().filter(|p| now.contains(p)) {
-                let _ = self.watched_ports.set(u32::from(port), 1, 0);
-            }
-            cleared.retain(|p| !now.contains(p));
+        let in_use = self.ports_in_use(open);
+        let mut cleared: Vec<u16> = unused
+            .into_iter()
+            .filter(|p| !in_use.contains(p))
+            .filter(|&p| self.watched_ports.set(u32::from(p), 0, 0).is_ok())
+            .collect();
+        let now = self.ports_in_use(open);
+        for &port in cleared.iter().filter(|p| now.contains(p)) {
+            let _ = self.watched_ports.set(u32::from(port), 1, 0);
         }
+        cleared.retain(|p| !now.contains(p));
         cleared.len()
     }
 

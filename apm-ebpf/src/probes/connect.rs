@@ -23,10 +23,9 @@ use apm_common::{
 };
 
 use crate::{
-    emit::wakeup_flags_ahead,
+    emit::emit_connect,
     maps::{
-        CLIENTS, CONFIG, EVENTS, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, WATCHED, WATCHED_PORTS,
-        count_drop,
+        CLIENTS, CONFIG, OUTBOUND, REMOTE_ADDRS, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop,
     },
     probes::tcp_state::mapped_v4,
 };
@@ -116,15 +115,7 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         count_drop(DropReason::OutboundFull);
         return;
     }
-    if EVENTS
-        .output::<ConnectEvent>(
-            event,
-            wakeup_flags_ahead(core::mem::size_of::<ConnectEvent>()),
-        )
-        .is_err()
-    {
-        count_drop(DropReason::RingbufFull);
-    }
+    emit_connect(event);
 }
 
 /// Whether connections to `addr`:`port` are captured, `captured` being

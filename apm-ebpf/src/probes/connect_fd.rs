@@ -16,8 +16,8 @@ use apm_common::{
 
 use crate::{
     ctx::field_u64,
-    emit::wakeup_flags_ahead,
-    maps::{CLIENTS, CONFIG, CONNS, EVENTS, REMOTE_PORTS, count_drop, maybe_traced},
+    emit::emit_connect,
+    maps::{CLIENTS, CONFIG, CONNS, REMOTE_PORTS, count_drop, maybe_traced},
     probes::{accept::read_sockaddr, connect::listed},
 };
 
@@ -61,14 +61,6 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         descriptor: 1,
         _pad: [0; 5],
     };
-    if EVENTS
-        .output::<ConnectEvent>(
-            event,
-            wakeup_flags_ahead(core::mem::size_of::<ConnectEvent>()),
-        )
-        .is_err()
-    {
-        count_drop(DropReason::RingbufFull);
-    }
+    emit_connect(event);
     0
 }
