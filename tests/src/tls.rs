@@ -76,26 +76,31 @@ pub fn wait_probed(agent: &Agent, file: &str) {
 }
 
 /// The agent's counts of `port`'s requests, per (port, route, status).
+/// Each route has one method in these tests: a second one (`_OTHER`, a
+/// request line read wrong) fails the test.
 pub fn counted(agent: &Agent, port: u16) -> Counts {
     let m = agent.metrics().expect("metrics");
     let p = port.to_string();
-    m.matching(
+    let mut counts = Counts::new();
+    for s in m.matching(
         "http_server_request_duration_seconds_count",
         &[("server_port", p.as_str())],
-    )
-    .map(|s| {
-        (
-            (
-                port,
-                s.labels["http_route"].clone(),
-                s.labels["http_response_status_code"]
-                    .parse()
-                    .expect("status"),
-            ),
-            s.value as u64,
-        )
-    })
-    .collect()
+    ) {
+        let key = (
+            port,
+            s.labels["http_route"].clone(),
+            s.labels["http_response_status_code"]
+                .parse()
+                .expect("status"),
+        );
+        let method = &s.labels["http_request_method"];
+        assert!(
+            counts.insert(key.clone(), s.value as u64).is_none(),
+            "{key:?} counted under a second method, {method}: {}",
+            m.text
+        );
+    }
+    counts
 }
 
 /// The kernel side's drops for `reason`.

@@ -16,6 +16,7 @@ use crate::{
 #[derive(Default)]
 struct Both {
     http: Vec<(String, u16)>,
+    methods: Vec<&'static str>,
     redis: Vec<(&'static str, Peer)>,
     unpaired: Vec<Unpaired>,
     resyncs: Vec<Unpaired>,
@@ -31,6 +32,7 @@ impl Sink for Both {
     fn request(&mut self, _: Origin, _: u16) {}
     fn completed(&mut self, done: Completed) {
         self.http.push((done.route.to_string(), done.status));
+        self.methods.push(done.method.as_str());
     }
     fn unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
         self.unpaired.push(reason);
@@ -135,6 +137,38 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     assert_eq!(peer.origin, Origin::Process(77));
     assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
     assert!(sink.http.is_empty() && sink.unpaired.is_empty());
+}
+
+#[test]
+fn a_request_whose_first_byte_is_read_alone_keeps_its_method() {
+    // Go's HTTP server reads the next request's first byte by itself while
+    // the previous handler runs, then the rest.
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let record = |kind, ts, data: &[u8]| synthetic::record(kind, ts, 5, 7, 443, data);
+    for (kind, ts, data) in [
+        (EventKind::Read, 1, &b"GET /a HTTP/1.1\r\n\r\n"[..]),
+        (
+            EventKind::Write,
+            2,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (EventKind::Read, 3, b"G"),
+        (EventKind::Read, 4, b"ET /b HTTP/1.1\r\n\r\n"),
+        (
+            EventKind::Write,
+            5,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ] {
+        s.handle_record(&record(kind, ts, data), &mut sink)
+            .expect("record");
+    }
+    assert_eq!(
+        sink.http,
+        vec![("/a".to_owned(), 200), ("/b".to_owned(), 404)]
+    );
+    assert_eq!(sink.methods, vec!["GET", "GET"]);
+    assert!(sink.unpaired.is_empty() && sink.resyncs.is_empty());
 }
 
 #[test]

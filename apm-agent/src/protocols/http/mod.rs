@@ -106,7 +106,13 @@ pub enum ParseError {
 /// Parses a request head at the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     if !starts_like_request(buf) {
-        return Err(ParseError::NotHttp);
+        // A read can end inside the method: Go's HTTP server reads the
+        // next request's first byte alone while a handler runs.
+        return Err(if method_so_far(buf) {
+            ParseError::Incomplete
+        } else {
+            ParseError::NotHttp
+        });
     }
     // The common line in one pass, else httparse reads the request line
     // alone (it then wants more bytes and says Partial); `head::scan`
@@ -184,6 +190,16 @@ fn partial_request_line(buf: &[u8]) -> Result<Request<'_>, ParseError> {
         head_len: None,
         body: Framing::Length(0),
     })
+}
+
+/// Whether `buf` could be the start of a method token, cut before its
+/// space (the longest registered method has 17 letters).
+fn method_so_far(buf: &[u8]) -> bool {
+    !buf.is_empty()
+        && buf.len() < 17
+        && buf
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
 }
 
 /// Cheap check that `buf` starts with a method token and a space: a

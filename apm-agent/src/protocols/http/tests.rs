@@ -64,8 +64,15 @@ fn unknown_methods_become_other() {
 
 #[test]
 fn split_request_line_is_incomplete_or_partial() {
-    // Cut inside the method: not recognisable yet.
-    assert_eq!(parse_request(b"GE"), Err(ParseError::NotHttp));
+    // Cut inside the method: the rest may follow (Go reads one byte
+    // alone); a token that runs on too long, or another byte, is not HTTP.
+    assert_eq!(parse_request(b"G"), Err(ParseError::Incomplete));
+    assert_eq!(parse_request(b"GE"), Err(ParseError::Incomplete));
+    assert_eq!(
+        parse_request(b"GETGETGETGETGETGET"),
+        Err(ParseError::NotHttp)
+    );
+    assert_eq!(parse_request(b"Ge"), Err(ParseError::NotHttp));
     // Cut inside the path: method and visible path.
     let r = parse_request(b"GET /very/long/pa").expect("partial");
     assert_eq!(
