@@ -114,10 +114,11 @@ pub struct Config {
     #[arg(long, env = "APM_NO_REDIS_DETECT")]
     pub no_redis_detect: bool,
 
-    /// Read TLS plaintext: uprobes on the OpenSSL libraries of monitored
-    /// processes, so their HTTPS and TLS Redis are timed. Costs each of
-    /// their SSL calls a uprobe trap, and with packets adds the accept and
-    /// close tracepoints (every syscall on the host then takes the tracing
+    /// Read TLS plaintext: uprobes on the OpenSSL libraries and Go
+    /// crypto/tls of monitored processes, so their HTTPS and TLS Redis
+    /// are timed. Costs each of their SSL calls a uprobe trap, and with
+    /// packets adds the accept, close and connect tracepoints and the read
+    /// family's entries (every syscall on the host then takes the tracing
     /// path): off by default.
     #[arg(long = "capture-tls", env = "APM_CAPTURE_TLS")]
     pub capture_tls: bool,

@@ -108,6 +108,16 @@ pub fn maybe_traced(tgid: u32) -> bool {
     TRACED.get(tgid % TRACED_SLOTS).is_some_and(|&n| n != 0)
 }
 
+/// The counters of process `tgid` if it is traced; other processes are
+/// turned away by [`maybe_traced`] before the hash lookup.
+#[inline(always)]
+pub fn traced(tgid: u32) -> Option<*mut PidCounters> {
+    if !maybe_traced(tgid) {
+        return None;
+    }
+    PIDS.get_ptr_mut(tgid)
+}
+
 /// Counts one thing the kernel side had to give up on.
 #[inline(always)]
 pub fn count_drop(reason: DropReason) {

@@ -24,8 +24,8 @@ pub mod tls;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, assert_two_namespaces_apart, connect_many, python_client};
 pub use redis_server::{
-    Redis, cache, client_counts, commandstats, pool, server_counts, shop, shop_args,
-    wait_for_client_counts,
+    Redis, cache, client_counts, commandstats, commandstats_delta, pool, server_counts, shop,
+    shop_args, wait_for_client_counts,
 };
 
 /// Fails the test unless it runs as root: these tests load eBPF programs.

@@ -128,6 +128,19 @@ pub fn commandstats(port: u16, tls: bool) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// What `after` counted past `before` (both from [`commandstats`]), per
+/// command that grew.
+pub fn commandstats_delta(
+    after: &BTreeMap<String, u64>,
+    before: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
 /// Server-side operations per command of `service`, from the duration
 /// histogram.
 pub fn server_counts(m: &Metrics, service: &str) -> BTreeMap<String, u64> {

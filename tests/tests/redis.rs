@@ -8,19 +8,11 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use apm_e2e::{
-    Agent, Redis, cache, client_counts, commandstats, free_port, get, pool, require_root,
-    server_counts, shop, wait_for, wait_for_client_counts,
+    Agent, Redis, cache, client_counts, commandstats, commandstats_delta, free_port, get, pool,
+    require_root, server_counts, shop, wait_for, wait_for_client_counts,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
 
 #[test]
 fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
@@ -45,7 +37,7 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
         assert!(out.status.success(), "redis-benchmark: {out:?}");
     }
     let after = commandstats(port, false);
-    let mut expected = delta(&after, &before);
+    let mut expected = commandstats_delta(&after, &before);
     // The agent also saw the INFO that read `after` (not in its own count).
     *expected.entry("INFO".into()).or_default() += 1;
     assert!(expected["SET"] >= 4000, "{expected:?}");

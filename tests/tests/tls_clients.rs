@@ -13,7 +13,7 @@ use std::{
 };
 
 use apm_e2e::{
-    Agent, Redis, commandstats, free_port,
+    Agent, Redis, commandstats, commandstats_delta, free_port,
     process::stop,
     prod::py_app_bin,
     require_root, shop_args,
@@ -70,12 +70,8 @@ fn python_client_over_tls(capture: &str) {
     let sent: BTreeMap<String, u64> = serde_json::from_str(&line(&mut output)).expect("counts");
     let after = commandstats(rport, true);
     // The server's own counts, less the INFO calls that read them.
-    let served: BTreeMap<String, u64> = after
-        .iter()
-        .filter(|(c, _)| c.as_str() != "INFO")
-        .map(|(c, n)| (c.clone(), n - before.get(c).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let mut served = commandstats_delta(&after, &before);
+    served.remove("INFO");
     assert_eq!(
         served, sent,
         "harness: redis served other than the client sent"

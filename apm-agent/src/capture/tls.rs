@@ -218,21 +218,12 @@ impl TlsProbes {
 /// it maps and its program, as file id and path inside the process's
 /// mount namespace.
 fn candidates(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
-    let mut found = mapped(proc_root, pid, |path| {
+    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
+    let exe = exe.as_deref().and_then(Path::to_str);
+    mapped(proc_root, pid, |path| {
         let name = path.rsplit('/').next().unwrap_or(path);
-        name.starts_with("libssl.so")
-    });
-    found.extend(executable(proc_root, pid));
-    found
-}
-
-/// Process `pid`'s program, as its maps show it.
-fn executable(proc_root: &Path, pid: u32) -> Option<(FileId, String)> {
-    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok()?;
-    let exe = exe.to_str()?.to_owned();
-    mapped(proc_root, pid, |path| path == exe)
-        .into_iter()
-        .next()
+        name.starts_with("libssl.so") || Some(path) == exe
+    })
 }
 
 /// The files process `pid` maps whose path `wanted` accepts, once each.

@@ -380,7 +380,7 @@ pub fn streams(data: &[u8]) {
             .filter(|r| r.len as usize > DATA_CAP)
             .count() as u64;
         if conn.client {
-            let bytes = synthetic::connect(i as u64 + 1, i as u32 + 1, [0; 16], 6379);
+            let bytes = synthetic::connect(i as u64 + 1, i as u32 + 1, [0; 16], 6379, false);
             requests.push_front(Rec {
                 bytes,
                 conn: i,

@@ -1,7 +1,7 @@
 //! Which pairing a connection goes to, from its first bytes, and client
 //! connections named by their connect records.
 
-use apm_common::events::{ConnectEvent, EventKind, PacketHeader, direction, side, tcp_flags};
+use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
 
 use super::{
     Streams,
@@ -69,23 +69,8 @@ fn segment(cookie: u64, dir: u8, whose: u8, seq: u32, data: &[u8]) -> Vec<u8> {
 /// The connect record of process `tgid`'s socket `cookie` (or, with
 /// `descriptor`, its descriptor's stream `cookie`) to 10.1.2.3.
 fn connect(tgid: u32, cookie: u64, descriptor: bool) -> Vec<u8> {
-    let connect = ConnectEvent {
-        kind: EventKind::Connect as u32,
-        tgid,
-        cookie,
-        addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        port: 6379,
-        descriptor: u8::from(descriptor),
-        _pad: [0; 5],
-    };
-    // SAFETY: ConnectEvent is repr(C) plain integers; viewed as its bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&raw const connect).cast::<u8>(),
-            std::mem::size_of::<ConnectEvent>(),
-        )
-    };
-    bytes.to_vec()
+    let addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3];
+    synthetic::connect(cookie, tgid, addr, 6379, descriptor)
 }
 
 #[test]

@@ -48,16 +48,17 @@ pub fn record(kind: EventKind, ts_ns: u64, tgid: u32, fd: u32, port: u16, data: 
     with_payload(&header, data)
 }
 
-/// A connect record: process `tgid` opened socket `cookie` to `addr`
-/// (IPv6 or IPv4-mapped) at `port`.
-pub fn connect(cookie: u64, tgid: u32, addr: [u8; 16], port: u16) -> Vec<u8> {
+/// A connect record: process `tgid` opened socket `cookie` (with
+/// `descriptor`, the descriptor stream `tgid << 32 | fd`) to `addr` (IPv6
+/// or IPv4-mapped) at `port`.
+pub fn connect(cookie: u64, tgid: u32, addr: [u8; 16], port: u16, descriptor: bool) -> Vec<u8> {
     let event = ConnectEvent {
         kind: EventKind::Connect as u32,
         tgid,
         cookie,
         addr,
         port,
-        descriptor: 0,
+        descriptor: u8::from(descriptor),
         _pad: [0; 5],
     };
     let size = std::mem::size_of::<ConnectEvent>();

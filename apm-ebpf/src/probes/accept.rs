@@ -15,7 +15,7 @@ use apm_common::{ConnInfo, ConnKey, DropReason, InFlight, PeerKey, events::Event
 
 use crate::{
     emit::emit_header,
-    maps::{CONNS, INFLIGHT, PEERS, PIDS, count_drop, descriptor_records, maybe_traced},
+    maps::{CONNS, INFLIGHT, PEERS, count_drop, descriptor_records, traced},
     probes::tcp_state::mapped_v4,
 };
 
@@ -49,8 +49,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_accept_enter(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !maybe_traced(tgid) || PIDS.get_ptr(tgid).is_none() {
+    if traced((pid_tgid >> 32) as u32).is_none() {
         return 0;
     }
     // SAFETY: a user pointer at this offset (format file); may be null.
@@ -70,10 +69,7 @@ fn on_accept_enter(ctx: &TracePointContext) -> u32 {
 fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    let Some(counters) = PIDS.get_ptr_mut(tgid) else {
+    let Some(counters) = traced(tgid) else {
         return 0;
     };
     // SAFETY: read-only copy of an entry this thread's enter program wrote.

@@ -13,7 +13,7 @@ use apm_common::{ConnKey, conn_flags, events::EventKind};
 use crate::{
     ctx::field_u64,
     emit::emit_header,
-    maps::{CONNS, PIDS, descriptor_records, maybe_traced},
+    maps::{CONNS, descriptor_records, traced},
 };
 
 /// Offset of `unsigned int fd` in sys_enter_close's format file.
@@ -22,10 +22,7 @@ const FD: usize = 16;
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    let Some(counters) = PIDS.get_ptr_mut(tgid) else {
+    let Some(counters) = traced(tgid) else {
         return 0;
     };
     // The fd field is 8 bytes wide at this offset (format file).

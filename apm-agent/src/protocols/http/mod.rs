@@ -192,24 +192,29 @@ fn partial_request_line(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     })
 }
 
-/// Whether `buf` could be the start of a method token, cut before its
-/// space (the longest registered method has 17 letters).
-fn method_so_far(buf: &[u8]) -> bool {
-    !buf.is_empty()
-        && buf.len() < 17
-        && buf
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+/// The longest method token looked for (the longest registered method
+/// has 17 letters).
+const METHOD_MAX: usize = 17;
+
+/// A byte of a method token: upper-case letters here, as every
+/// registered method is, and `-` and `_`.
+fn method_byte(b: &u8) -> bool {
+    b.is_ascii_uppercase() || *b == b'-' || *b == b'_'
 }
 
-/// Cheap check that `buf` starts with a method token and a space: a
-/// request, not the middle of a body. Tokens are upper-case letters here,
-/// as every registered method is.
+/// Whether `buf` could be the start of a method token, cut before its
+/// space.
+fn method_so_far(buf: &[u8]) -> bool {
+    !buf.is_empty() && buf.len() < METHOD_MAX && buf.iter().all(method_byte)
+}
+
+/// Cheap check that `buf` starts with a method token ([`method_byte`]s)
+/// and a space: a request, not the middle of a body.
 pub fn starts_like_request(buf: &[u8]) -> bool {
     let token_len = buf
         .iter()
-        .take(17)
-        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
+        .take(METHOD_MAX)
+        .take_while(|b| method_byte(b))
         .count();
     token_len > 0 && buf.get(token_len) == Some(&b' ')
 }
