@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use apm_common::events::RINGBUF_BYTES;
 use clap::{Parser, ValueEnum};
 
-use crate::{capture::Capture, redact::Secret};
+use crate::{
+    capture::{Capture, kernel_layout::VMLINUX_BTF},
+    redact::Secret,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -214,6 +217,13 @@ pub struct Config {
     /// in mountinfo, or one the agent mounts on /run/apm/cgroup2.
     #[arg(long, env = "APM_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
+
+    /// The kernel's BTF: where the TLS probes learn how to find a
+    /// descriptor's socket, so that with packets they key plaintext by
+    /// socket and need no syscall tracepoint. Unreadable: TLS is keyed by
+    /// descriptor, through the accept, close and connect tracepoints.
+    #[arg(long, env = "APM_KERNEL_BTF", default_value = VMLINUX_BTF)]
+    pub kernel_btf: PathBuf,
 
     /// Size of the kernel's ring buffer of records, in bytes: a power of
     /// two, at least a page (4096). Records that do not fit are lost and

@@ -118,6 +118,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
             detect_resp: !config.no_redis_detect,
             tls: config.capture_tls,
             cgroup_root: config.cgroup_root.clone(),
+            kernel_btf: config.kernel_btf.clone(),
             proc_root: config.proc_root.clone(),
         })
     };

@@ -69,20 +69,28 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns()` at syscall exit (entry for close).
     pub ts_ns: u64,
     pub tgid: u32,
-    /// Thread id.
-    pub pid: u32,
-    pub fd: u32,
     /// Local port of the connection, 0 when unknown.
     pub port: u16,
     /// Valid bytes in `tail`.
     pub tail_len: u8,
-    pub _pad: u8,
+    /// [`record_flags`].
+    pub flags: u8,
+    /// The descriptor, or with [`record_flags::SOCKET`] the socket's
+    /// cookie.
+    pub conn: u64,
     /// Bytes transferred (the syscall's return value).
     pub ret: i64,
     /// The last bytes of a write longer than [`DATA_CAP`].
     pub tail: [u8; TAIL_CAP],
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
+
+/// Bits of [`EventHeader::flags`].
+pub mod record_flags {
+    /// Keyed by socket cookie, as packets are (TLS plaintext with
+    /// `Config::tls_sockets`), not by descriptor.
+    pub const SOCKET: u8 = 1;
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -299,11 +307,10 @@ mod tests {
                 captured: 5,
                 ts_ns: 42,
                 tgid: 7,
-                pid: 8,
-                fd: 9,
                 port: 8080,
                 tail_len: 2,
-                _pad: 0,
+                flags: record_flags::SOCKET,
+                conn: 9,
                 ret: 500,
                 tail: *b"\r\n\0\0\0\0\0\0",
             },

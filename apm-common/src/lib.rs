@@ -154,24 +154,50 @@ pub struct TlsCall {
     /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte
     /// count (the return value is 1 or 0); 0 for `SSL_read`/`SSL_write`.
     pub count_at: u64,
-    /// The `SSL *` to tie to `fd` if the call moves bytes (a memory BIO's
-    /// first read, see [`maps::TLS_LINKS`]); 0 when there is none.
+    /// The `SSL *` to tie to `target` if the call moves bytes (a memory
+    /// BIO's first read, see [`maps::TLS_LINKS`]); 0 when there is none.
     pub link: u64,
-    /// The socket descriptor behind the call's BIO; [`TlsCall::UNLINKED`]
-    /// when it is not known.
-    pub fd: u32,
-    /// The connection's local port ([`ConnInfo::port`]).
+    /// The connection behind the call: its descriptor, or with
+    /// [`Config::tls_sockets`] its kernel socket's address;
+    /// [`TlsCall::UNLINKED`] when it is not known.
+    pub target: u64,
+    /// The socket's cookie, the key of the call's record, with
+    /// [`Config::tls_sockets`]; 0 when records are keyed by descriptor.
+    pub cookie: u64,
+    /// The connection's port ([`ConnInfo::port`]).
     pub port: u16,
     /// [`events::EventKind::Read`] or [`events::EventKind::Write`].
     pub kind: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<TlsCall>() == 32);
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
 
 impl TlsCall {
-    /// [`TlsCall::fd`] of a call whose connection is unknown.
-    pub const UNLINKED: u32 = u32::MAX;
+    /// [`TlsCall::target`] of a call whose connection is unknown.
+    pub const UNLINKED: u64 = u64::MAX;
+    /// [`TlsCall::target`] of a call on a connection apm does not follow
+    /// (not monitored): neither read nor counted.
+    pub const OTHER: u64 = u64::MAX - 1;
 }
+
+/// A socket whose plaintext a TLS library hands over, with
+/// [`Config::tls_sockets`] (value of [`maps::TLS_SOCKS`], keyed by the
+/// kernel socket's address until its connection ends).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsSock {
+    /// The socket's cookie: its records' key, as its packets'.
+    pub cookie: u64,
+    /// The TLS library object tied to it through a memory BIO; 0 when
+    /// none is.
+    pub ssl: u64,
+    /// Local port, or a client's remote port (host byte order).
+    pub port: u16,
+    /// [`conn_flags::CLIENT`] for a monitored client's connection.
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<TlsSock>() == 24);
 
 /// A TLS library object (`SSL *`), or a goroutine (`g`), of one process
 /// (key of [`maps::TLS_LINKS`] and [`maps::GO_CALLS`]).
@@ -184,15 +210,16 @@ pub struct SslKey {
 }
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 
-/// The last read a thread started on a tracked descriptor (value of
-/// [`maps::LAST_READS`], keyed by pid_tgid).
+/// The last read a thread of a traced process made on a connection
+/// (value of [`maps::LAST_READS`], keyed by pid_tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LastRead {
-    /// `bpf_ktime_get_ns()` at the read's entry.
+    /// `bpf_ktime_get_ns()` at the read.
     pub at_ns: u64,
-    pub fd: u32,
-    pub _pad: u32,
+    /// The tracked descriptor read, or with [`Config::tls_sockets`] the
+    /// kernel socket's address.
+    pub target: u64,
 }
 const _: () = assert!(core::mem::size_of::<LastRead>() == 16);
 
@@ -290,8 +317,41 @@ pub struct Config {
     /// tracked by descriptor too (`CONNS`, a [`conn_flags::CLIENT`] entry,
     /// and a connect record keyed by descriptor), for its TLS plaintext.
     pub client_descriptors: u32,
+    /// 1: TLS plaintext is keyed by socket cookie, as packets are: the
+    /// probes find a descriptor's socket through the task's file table
+    /// (`layout`), so no syscall tracepoint is attached for TLS.
+    pub tls_sockets: u32,
+    pub layout: KernelLayout,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 20);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
+
+/// Byte offsets of the kernel fields between a task and a descriptor's
+/// socket, read by the agent from the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `file.private_data` (a socket file's `struct socket`)
+    pub file_private: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock_common.skc_cookie`
+    pub sk_cookie: u32,
+    /// `sock.sk_protocol` (a u16)
+    pub sk_protocol: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 40);
 
 /// Indexes into [`maps::DROPS`], a per-CPU array of `u64` counters of
 /// everything the kernel side had to give up on. Each is exported as
@@ -324,10 +384,13 @@ pub enum DropReason {
     /// [`maps::TLS_LINKS`] was full: a memory BIO was not tied to its
     /// socket, so its calls count as [`DropReason::TlsUnlinked`].
     TlsLinksFull = 9,
+    /// [`maps::TLS_SOCKS`] insert failed: a TLS socket's plaintext is not
+    /// read (its calls count as [`DropReason::TlsUnlinked`] too).
+    TlsSocketsFull = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::SocketsFull,
         DropReason::PortsFull,
         DropReason::ConnsFull,
@@ -338,6 +401,7 @@ impl DropReason {
         DropReason::TlsCallsFull,
         DropReason::TlsUnlinked,
         DropReason::TlsLinksFull,
+        DropReason::TlsSocketsFull,
     ];
     /// Length of the [`maps::DROPS`] array (room for later reasons).
     pub const SLOTS: u32 = 16;
@@ -355,6 +419,7 @@ impl DropReason {
             DropReason::TlsCallsFull => "tls_calls_map_full",
             DropReason::TlsUnlinked => "tls_unlinked",
             DropReason::TlsLinksFull => "tls_links_map_full",
+            DropReason::TlsSocketsFull => "tls_sockets_map_full",
         }
     }
 }

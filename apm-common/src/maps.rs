@@ -50,18 +50,27 @@ pub const TLS_CALLS_MAX: u32 = 16_384;
 pub const GO_CALLS: &str = "GO_CALLS";
 pub const GO_CALLS_MAX: u32 = 16_384;
 
-/// `LruHashMap<SslKey, u32 fd>`: TLS objects on memory BIOs (Python's
-/// asyncio, Node.js) tied to the socket their process reads them from:
-/// the descriptor that the calling thread started reading last before the
-/// object's first read that returned plaintext, if no other object holds
-/// it (`ConnInfo::ssl` says which one does). Removed at `SSL_free`.
+/// `LruHashMap<SslKey, u64>`: TLS objects on memory BIOs (Python's
+/// asyncio, Node.js) tied to the connection their process reads them
+/// from: the one the calling thread read last before the object's first
+/// read that returned plaintext, if no other object holds it
+/// (`ConnInfo::ssl` or `TlsSock::ssl` says which one does). The value is
+/// a descriptor, or with `Config::tls_sockets` a socket's address.
+/// Removed at `SSL_free`.
 pub const TLS_LINKS: &str = "TLS_LINKS";
 pub const TLS_LINKS_MAX: u32 = 65_536;
 
-/// `LruHashMap<u64 pid_tgid, LastRead>`: the tracked descriptor each
-/// thread of a monitored process started reading last.
+/// `LruHashMap<u64 pid_tgid, LastRead>`: the connection each thread of a
+/// monitored process read last.
 pub const LAST_READS: &str = "LAST_READS";
 pub const LAST_READS_MAX: u32 = 16_384;
+
+/// `LruHashMap<u64 socket address, TlsSock>`: with `Config::tls_sockets`,
+/// the sockets of monitored connections that a TLS library reads and
+/// writes, from the first call that moved bytes to the connection's end
+/// (`inet_sock_set_state`), which closes their plaintext stream.
+pub const TLS_SOCKS: &str = "TLS_SOCKS";
+pub const TLS_SOCKS_MAX: u32 = 65_536;
 
 /// `Array<u32>` indexed by local port: non-zero when the cgroup_skb
 /// programs capture that port's segments, and then the number of records
@@ -101,9 +110,14 @@ pub const REMOTE_ADDRS_MAX: u32 = 256;
 
 /// `LruHashMap<u64 socket cookie, u32 tgid>`: client connections to a
 /// `REMOTE_PORTS` port, opened by a monitored process; their segments are
-/// captured. LRU: a socket's end is not hooked here.
+/// captured, unless the value has [`OUTBOUND_TLS`]. LRU: a socket's end
+/// is not hooked here.
 pub const OUTBOUND: &str = "OUTBOUND";
 pub const OUTBOUND_MAX: u32 = 65_536;
+/// Set in an `OUTBOUND` value by the TLS probes (`Config::tls_sockets`):
+/// the connection's plaintext comes from its TLS library, so none of its
+/// segments (ciphertext) is copied.
+pub const OUTBOUND_TLS: u32 = 1 << 31;
 
 /// `Array<u32>` indexed by remote port: nonzero once a monitored process
 /// has opened a connection to that port that `REMOTE_PORTS` does not
@@ -153,6 +167,10 @@ pub enum Hook {
         category: &'static str,
         name: &'static str,
     },
+    /// The raw tracepoint `name`: the program gets the tracepoint's
+    /// arguments, not a formatted record (no perf buffer to fill: the
+    /// cheapest hook for one that fires often).
+    RawTracepoint { name: &'static str },
     /// cgroup_skb ingress on the cgroup-v2 root.
     CgroupSkbIngress,
     /// cgroup_skb egress on the cgroup-v2 root.
@@ -180,9 +198,13 @@ pub enum Role {
     Outbound,
     /// Read entries on tracked descriptors, noting which socket each
     /// thread reads, to tie memory-BIO TLS objects to it (the packet
-    /// capture with TLS; the syscall capture's read programs note it
-    /// themselves).
+    /// capture with TLS keyed by descriptor; the syscall capture's read
+    /// programs note it themselves).
     TlsReads,
+    /// The raw `sock_recv_length` and nothing else on the syscall path: the
+    /// socket each thread of a monitored process read last, for TLS
+    /// keyed by socket (`Config::tls_sockets`).
+    TlsSockets,
 }
 
 /// One kernel program: its name in the object, its hook and its role.
@@ -283,6 +305,13 @@ pub const PROBES: &[Probe] = &[
     tls_reads("tls_note_readv", "sys_enter_readv"),
     tls_reads("tls_note_recvfrom", "sys_enter_recvfrom"),
     tls_reads("tls_note_recvmsg", "sys_enter_recvmsg"),
+    Probe {
+        program: "tls_note_recv",
+        hook: Hook::RawTracepoint {
+            name: "sock_recv_length",
+        },
+        role: Role::TlsSockets,
+    },
 ];
 
 /// A program of [`Role::TlsReads`] on a `syscalls:` tracepoint.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 
 use apm_common::{
     DropReason,
-    events::{ConnectEvent, DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP},
+    events::{ConnectEvent, DATA_CAP, DataEvent, EventHeader, EventKind, TAIL_CAP, record_flags},
 };
 
 use crate::maps::{CONFIG, EVENTS, count_drop};
@@ -55,20 +55,45 @@ fn crossing(size: usize, crosses: impl Fn(u64, u64, u64) -> bool) -> u64 {
     }
 }
 
+/// What a record's connection is known by.
+#[derive(Clone, Copy)]
+pub struct Key {
+    conn: u64,
+    flags: u8,
+}
+
+impl Key {
+    /// A descriptor of the current process.
+    #[inline(always)]
+    pub fn fd(fd: u32) -> Self {
+        Self {
+            conn: u64::from(fd),
+            flags: 0,
+        }
+    }
+
+    /// A socket, by its cookie.
+    #[inline(always)]
+    pub fn socket(cookie: u64) -> Self {
+        Self {
+            conn: cookie,
+            flags: record_flags::SOCKET,
+        }
+    }
+}
+
 #[inline(always)]
-fn header(kind: EventKind, fd: u32, port: u16, ret: i64) -> EventHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
+fn header(kind: EventKind, key: Key, port: u16, ret: i64) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         captured: 0,
         // SAFETY: plain helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        fd,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         port,
         tail_len: 0,
-        _pad: 0,
+        flags: key.flags,
+        conn: key.conn,
         ret,
         tail: [0; TAIL_CAP],
     }
@@ -76,25 +101,25 @@ fn header(kind: EventKind, fd: u32, port: u16, ret: i64) -> EventHeader {
 
 /// A record without data (accept, close, sendfile).
 #[inline(always)]
-pub fn emit_header(kind: EventKind, fd: u32, port: u16, ret: i64) {
+pub fn emit_header(kind: EventKind, key: Key, port: u16, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count_drop(DropReason::RingbufFull);
         return;
     };
-    entry.write(header(kind, fd, port, ret));
+    entry.write(header(kind, key, port, ret));
     entry.submit(wakeup_flags(core::mem::size_of::<EventHeader>()));
 }
 
 /// A read or write record of `ret` bytes moved through the one user
 /// buffer `buf`: its first DATA_CAP bytes, and a write's last TAIL_CAP.
 #[inline(always)]
-pub fn emit_buf(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64) {
+pub fn emit_buf(kind: EventKind, key: Key, port: u16, ret: i64, buf: u64) {
     let tail = if kind == EventKind::Write && ret as u64 > DATA_CAP as u64 {
         buf + ret as u64 - TAIL_CAP as u64
     } else {
         0
     };
-    emit_data(kind, fd, port, ret, buf, ret as u64, tail);
+    emit_data(kind, key, port, ret, buf, ret as u64, tail);
 }
 
 /// A read or write record: `ret` bytes moved through `buf` (a user pointer
@@ -102,13 +127,13 @@ pub fn emit_buf(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64) {
 /// `tail` is the user address of the last TAIL_CAP bytes of the whole
 /// transfer when it is longer than DATA_CAP (0: none).
 #[inline(always)]
-pub fn emit_data(kind: EventKind, fd: u32, port: u16, ret: i64, buf: u64, len: u64, tail: u64) {
+pub fn emit_data(kind: EventKind, key: Key, port: u16, ret: i64, buf: u64, len: u64, tail: u64) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count_drop(DropReason::RingbufFull);
         return;
     };
     let ev = entry.as_mut_ptr();
-    let mut h = header(kind, fd, port, ret);
+    let mut h = header(kind, key, port, ret);
     let want = core::cmp::min(len, ret as u64);
     let n = core::cmp::min(want, DATA_CAP as u64) as u32;
     // SAFETY: `ev` points at a reserved record of size_of::<DataEvent>();

@@ -7,12 +7,12 @@ use aya_ebpf::{
 
 use apm_common::{
     Config, ConnInfo, ConnKey, DropReason, InFlight, LastRead, PeerKey, PidCounters, PoolCounters,
-    PoolKey, PortCounters, RemoteAddr, SocketInfo, SslKey, TlsCall, Verdict,
+    PoolKey, PortCounters, RemoteAddr, SocketInfo, SslKey, TlsCall, TlsSock, Verdict,
     events::{ConnectEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, GO_CALLS_MAX, INFLIGHT_MAX, LAST_READS_MAX,
         OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX,
-        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TRACED_SLOTS, WATCHED_MAX,
+        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_SOCKS_MAX, TRACED_SLOTS, WATCHED_MAX,
     },
 };
 
@@ -44,7 +44,10 @@ pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(TLS_CALL
 pub static GO_CALLS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(GO_CALLS_MAX, 0);
 
 #[map]
-pub static TLS_LINKS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);
+pub static TLS_LINKS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);
+
+#[map]
+pub static TLS_SOCKS: LruHashMap<u64, TlsSock> = LruHashMap::with_max_entries(TLS_SOCKS_MAX, 0);
 
 #[map]
 pub static LAST_READS: LruHashMap<u64, LastRead> = LruHashMap::with_max_entries(LAST_READS_MAX, 0);

@@ -75,6 +75,15 @@ pub fn wait_probed(agent: &Agent, file: &str) {
     assert!(probed.is_some(), "{file} not probed: {}", agent.log_text());
 }
 
+/// The probes the agent reports attached whose name starts with `prefix`.
+pub fn attached(agent: &Agent, prefix: &str) -> Vec<String> {
+    let m = agent.metrics().expect("metrics");
+    m.matching("apm_ebpf_probe_attached", &[])
+        .filter(|s| s.labels["probe"].starts_with(prefix) && s.value == 1.0)
+        .map(|s| s.labels["probe"].clone())
+        .collect()
+}
+
 /// The agent's counts of `port`'s requests, per (port, route, status).
 /// Each route has one method in these tests: a second one (`_OTHER`, a
 /// request line read wrong) fails the test.

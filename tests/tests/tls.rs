@@ -15,7 +15,7 @@ use apm_e2e::{
     Agent, Redis, Server, commandstats, free_port,
     process::{Scratch, stop},
     require_root, server_counts,
-    tls::{Counts, breakpoints, certified, counted, wait_probed},
+    tls::{Counts, attached, breakpoints, certified, counted, wait_probed},
     wait_for,
 };
 
@@ -230,6 +230,12 @@ fn nginx_over_https(capture: &str) {
     .expect("agent");
     agent.wait_for_service(tls, "nginx");
     wait_probed(&agent, "libssl");
+    if capture == "packets" {
+        // With packets, TLS costs the rest of the host no syscall
+        // tracepoint: the plaintext is keyed by socket.
+        assert_eq!(attached(&agent, "syscalls:"), Vec::<String>::new());
+        assert_eq!(attached(&agent, "raw_tracepoint:sock_recv_length").len(), 1);
+    }
     // The probes live in the monitored processes only: the nginx worker's
     // libssl has a breakpoint per probed function, and a process that is
     // not monitored (a Python with ssl loaded) has none, so its TLS calls

@@ -22,14 +22,15 @@ use aya::{
     },
     programs::CgroupSkb,
 };
-use serde::Serialize;
 
+pub use super::report::{Check, ProbeReport};
 use super::{
     Capture,
     attach::{attach, probe_name},
-    cgroup,
+    cgroup, kernel_layout,
     outbound::Outbound,
     preflight::preflight,
+    report::disable,
     tls::TlsProbes,
     traced::Traced,
 };
@@ -57,40 +58,10 @@ pub struct StartOptions {
     pub tls: bool,
     /// The cgroup-v2 root to attach to; None: find it under `proc_root`.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// The kernel's BTF (`kernel_layout`).
+    pub kernel_btf: std::path::PathBuf,
     /// Where procfs is (the host's, in a container).
     pub proc_root: std::path::PathBuf,
-}
-
-/// The outcome of one preflight check or probe.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// What the eBPF side could and could not do, for /health/detailed and logs.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ProbeReport {
-    /// Privileges, tracefs, BTF.
-    pub preflight: Vec<Check>,
-    /// One entry per program in `apm_common::maps::PROBES`.
-    pub probes: Vec<Check>,
-    /// Why eBPF is off altogether, when it is.
-    pub disabled_reason: Option<String>,
-    /// Probes left out on purpose (`--no-http`, the other capture):
-    /// healthy, not attached.
-    pub off: Vec<String>,
-    /// Where HTTP bytes come from: "packets", "syscalls", or "off".
-    pub capture: &'static str,
-    /// Why the packet capture was not used although asked for.
-    pub capture_fallback: Option<String>,
-}
-
-impl ProbeReport {
-    pub fn ebpf_up(&self) -> bool {
-        self.disabled_reason.is_none()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +106,9 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     nr_cpus: usize,
     capture: Capture,
+    /// Whether accept and close are traced (descriptor state): the
+    /// per-process counts exist only then.
+    counts_accepts: bool,
     /// The TLS libraries probed (None without `--capture-tls`).
     tls: Option<TlsProbes>,
     // Last so that the maps above are released after the programs using them.
@@ -235,17 +209,24 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     }
     // Syscall tracepoints slow every syscall on the host: only for the
     // syscall capture (descriptor state always, data when timing HTTP).
-    // TLS plaintext is keyed by descriptor, so it needs the descriptor
-    // state (accept and close, rare syscalls) with packets too.
+    // With packets, TLS plaintext is keyed by socket (the kernel's BTF
+    // says how to find a descriptor's socket) or else by descriptor,
+    // which needs the descriptor state (accept, close and connect).
     let tls = options.tls && options.http;
-    if capture == Capture::Syscalls || tls {
+    let sockets =
+        (tls && capture == Capture::Packets).then(|| kernel_layout::read(&options.kernel_btf));
+    let layout = sockets.clone().and_then(Result::ok);
+    if capture == Capture::Syscalls || (tls && layout.is_none()) {
         attach_role(&mut ebpf, Role::SyscallState, None);
     }
     if capture == Capture::Syscalls && options.http {
         attach_role(&mut ebpf, Role::SyscallData, None);
+    } else if layout.is_some() {
+        // Which socket each thread reads, for memory-BIO TLS objects.
+        attach_role(&mut ebpf, Role::TlsSockets, None);
     } else if tls {
-        // Which socket each thread reads, for memory-BIO TLS objects (the
-        // syscall capture's read programs note it themselves).
+        // The same by descriptor (the syscall capture's read programs
+        // note it themselves).
         attach_role(&mut ebpf, Role::TlsReads, None);
     }
     report.capture = if !options.http {
@@ -264,8 +245,12 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
             None => {
                 let why = if !options.http && probe.role != Role::SyscallState {
                     "off (--no-http)".to_owned()
-                } else if probe.role == Role::TlsReads && !tls {
+                } else if matches!(probe.role, Role::TlsReads | Role::TlsSockets) && !tls {
                     "off (no --capture-tls)".to_owned()
+                } else if probe.role == Role::TlsReads && layout.is_some() {
+                    "off (TLS keyed by socket)".to_owned()
+                } else if probe.role == Role::TlsSockets {
+                    "off (TLS keyed by descriptor)".to_owned()
                 } else {
                     format!("off ({} capture)", capture.as_str())
                 };
@@ -292,16 +277,30 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         wake_shift: wake_shift(options.ring_bytes),
         detect_resp: u32::from(options.detect_resp),
         descriptor_records: u32::from(capture == Capture::Syscalls),
-        client_descriptors: u32::from(tls),
+        client_descriptors: u32::from(tls && layout.is_none()),
+        tls_sockets: u32::from(layout.is_some()),
+        layout: layout.unwrap_or_default(),
     };
     let tls = if tls {
         let loaded = TlsProbes::load(&mut ebpf, &options.proc_root);
         report.probes.push(Check {
             name: TLS_PROBES.into(),
             ok: loaded.is_ok(),
-            detail: match &loaded {
-                Ok(_) => "loaded; attached to each OpenSSL library monitored processes map".into(),
-                Err(e) => e.clone(),
+            detail: match (&loaded, &sockets) {
+                (Err(e), _) => e.clone(),
+                (Ok(_), Some(Ok(_))) => {
+                    "loaded; attached to each TLS library monitored processes map; \
+                     plaintext keyed by socket"
+                        .into()
+                }
+                (Ok(_), keyed) => format!(
+                    "loaded; attached to each TLS library monitored processes map; \
+                     plaintext keyed by descriptor{}",
+                    match keyed {
+                        Some(Err(why)) => format!(" (no socket layout: {why})"),
+                        _ => String::new(),
+                    }
+                ),
             },
         });
         loaded.ok()
@@ -313,19 +312,6 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         Ok(kernel) => (Some(kernel), report),
         Err(e) => (None, disable(report, e.to_string())),
     }
-}
-
-fn disable(mut report: ProbeReport, reason: String) -> ProbeReport {
-    for probe in PROBES.iter().skip(report.probes.len()) {
-        report.probes.push(Check {
-            name: probe_name(probe),
-            ok: false,
-            detail: "not attempted: eBPF is disabled".into(),
-        });
-    }
-    report.capture = "off";
-    report.disabled_reason = Some(reason);
-    report
 }
 
 /// log2 of the wake step: WAKE_STEP_BYTES, or a quarter of a smaller ring
@@ -363,6 +349,8 @@ impl Kernel {
             .map_err(map_err(names::CONFIG))?;
         let outbound = Outbound::new(&mut ebpf)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| KernelError::Cpus(e))?;
+        let counts_accepts =
+            kernel_config.descriptor_records != 0 || kernel_config.client_descriptors != 0;
         Ok(Self {
             ports,
             pids,
@@ -376,6 +364,7 @@ impl Kernel {
             events: Some(events),
             nr_cpus,
             capture,
+            counts_accepts,
             tls,
             ebpf,
             _cgroup_root: cgroup_root,
@@ -514,11 +503,18 @@ impl Kernel {
     }
 
     fn pid_counters_of(&self, tgid: u32) -> Option<PidCounters> {
+        if !self.counts_accepts {
+            return None;
+        }
         self.pids.get(&tgid, 0).ok().map(|v| sum_pid(&v))
     }
 
-    /// Counters of every tracked process, summed over CPUs.
+    /// Counters of every tracked process, summed over CPUs (none when
+    /// accept and close are not traced).
     pub fn pid_counters(&self) -> HashMap<u32, PidCounters> {
+        if !self.counts_accepts {
+            return HashMap::new();
+        }
         self.pids
             .iter()
             .flatten()

@@ -11,9 +11,11 @@
 pub mod attach;
 pub mod cgroup;
 pub mod kernel;
+pub mod kernel_layout;
 pub mod outbound;
 pub mod preflight;
 pub mod reader;
+pub mod report;
 pub mod tls;
 pub mod tls_go;
 pub mod tls_library;

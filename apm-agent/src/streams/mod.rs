@@ -6,7 +6,10 @@
 //! stream, in order, keyed by (tgid, fd). A packet record is keyed by its
 //! socket cookie and placed by its sequence number: retransmissions are
 //! dropped, gaps make the pairing resync, and a FIN sent by the server (or
-//! an RST either way) closes the connection.
+//! an RST either way) closes the connection. TLS plaintext comes as
+//! syscall-like records, keyed by descriptor, or by socket cookie like
+//! the connection's packets: then the packets of that connection
+//! (ciphertext) are ignored, and its close comes as a record.
 //!
 //! A connection is HTTP unless its first bytes are RESP (a command array,
 //! an inline Redis command, or a reply first): then `resp` pairs it.
@@ -22,8 +25,8 @@ mod tests;
 use std::net::IpAddr;
 
 use apm_common::events::{
-    ConnectEvent, EventHeader, EventKind, PacketHeader, direction, ip_of, record_kind, side,
-    tcp_flags,
+    ConnectEvent, EventHeader, EventKind, PacketHeader, direction, ip_of, record_flags,
+    record_kind, side, tcp_flags,
 };
 
 use self::{
@@ -59,9 +62,23 @@ pub struct Streams {
     reassembly: Reassembly,
     /// Client connections from their connect records, by socket cookie.
     outbound: Table<Outbound>,
+    /// Connections whose TLS plaintext is keyed by socket cookie: their
+    /// packets carry ciphertext.
+    tls: Table<Plaintext>,
     /// The latest time of a packet or a sweep: a connect record has none.
     now_ns: u64,
     handshakes: Handshakes,
+}
+
+/// A connection whose plaintext comes from its TLS library.
+struct Plaintext {
+    last_seen_ns: u64,
+}
+
+impl LastSeen for Plaintext {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
 }
 
 /// A client connection: the connecting process and the server's address.
@@ -89,6 +106,7 @@ impl Streams {
             // table could not place would pass retransmissions unchecked.
             reassembly: Reassembly::new(max_connections.saturating_mul(2)),
             outbound: Table::new(max_connections),
+            tls: Table::new(max_connections),
             now_ns: 0,
             handshakes: Handshakes::default(),
         }
@@ -130,38 +148,82 @@ impl Streams {
             }
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
-                let conn = (u64::from(header.tgid) << 32) | u64::from(header.fd);
-                let mut flow = Flow::of_syscall(kind).ok_or_else(bad)?;
-                // A client's descriptor: its port is the server's.
-                let server = match self.outbound.get_mut(conn) {
-                    Some(out) if out.descriptor => {
-                        out.last_seen_ns = header.ts_ns;
-                        flow = flow.of_client();
-                        Some(out.server)
-                    }
-                    _ => None,
-                };
-                let event = Event {
-                    kind: flow,
-                    ts_ns: header.ts_ns,
-                    conn,
-                    origin: Origin::Process(header.tgid),
-                    port: header.port,
-                    ret: header.ret,
-                    data: header.payload(record),
-                    tail: header.tail(),
-                };
-                self.dispatch(&event, server, sink);
-                if flow == Flow::Close && server.is_some() {
-                    self.outbound.remove(conn);
-                }
+                let flow = Flow::of_syscall(kind).ok_or_else(bad)?;
+                self.handle_call(&header, flow, header.payload(record), sink);
             }
         }
         Ok(())
     }
 
+    /// A syscall's record, or a TLS library call's.
+    fn handle_call(
+        &mut self,
+        header: &EventHeader,
+        mut flow: Flow,
+        data: &[u8],
+        sink: &mut impl Sinks,
+    ) {
+        let socket = header.flags & record_flags::SOCKET != 0;
+        let conn = if socket {
+            self.mark_plaintext(header.conn, header.ts_ns);
+            header.conn
+        } else {
+            (u64::from(header.tgid) << 32) | (header.conn & u64::from(u32::MAX))
+        };
+        // A client's connection: its port is the server's.
+        let server = match self.outbound.get_mut(conn) {
+            Some(out) if out.descriptor || socket => {
+                out.last_seen_ns = header.ts_ns;
+                flow = flow.of_client();
+                Some(out.server)
+            }
+            _ => None,
+        };
+        let event = Event {
+            kind: flow,
+            ts_ns: header.ts_ns,
+            conn,
+            origin: Origin::Process(header.tgid),
+            port: header.port,
+            ret: header.ret,
+            data,
+            tail: header.tail(),
+        };
+        self.dispatch(&event, server, sink);
+        if flow == Flow::Close {
+            if server.is_some() {
+                self.outbound.remove(conn);
+            }
+            if socket {
+                self.tls.remove(conn);
+                self.reassembly.close(conn);
+            }
+        }
+    }
+
+    /// Connection `cookie`'s plaintext comes from its TLS library.
+    fn mark_plaintext(&mut self, cookie: u64, ts_ns: u64) {
+        match self.tls.get_mut(cookie) {
+            Some(p) => p.last_seen_ns = ts_ns,
+            // No room: its ciphertext, if captured, would only resync.
+            None => {
+                let _ = self.tls.insert(
+                    cookie,
+                    Plaintext {
+                        last_seen_ns: ts_ns,
+                    },
+                    self.now_ns,
+                    EVICTABLE_NS,
+                );
+            }
+        }
+    }
+
     fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
         self.now_ns = self.now_ns.max(h.ts_ns);
+        if !self.tls.is_empty() && self.tls.contains(h.cookie) {
+            return;
+        }
         if h.side == side::CLIENT
             && let Some(out) = self.outbound.get_mut(h.cookie)
             && !out.descriptor
@@ -390,6 +452,7 @@ impl Streams {
         // never closed.
         self.now_ns = self.now_ns.max(now_ns);
         self.outbound.sweep(now_ns, idle_ns).for_each(drop);
+        self.tls.sweep(now_ns, idle_ns).for_each(drop);
         self.reassembly.sweep(now_ns, idle_ns);
     }
 }

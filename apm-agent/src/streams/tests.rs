@@ -189,6 +189,77 @@ fn a_client_descriptor_pairs_its_writes_as_commands_until_it_closes() {
     assert!(sink.http.is_empty() && sink.unpaired.is_empty());
 }
 
+#[test]
+fn plaintext_keyed_by_socket_pairs_and_its_ciphertext_is_ignored() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (tgid, server_cookie, client_cookie) = (77, 501, 502);
+    let plain = |kind, ts, cookie, data: &[u8]| {
+        synthetic::socket_record(kind, ts, tgid, cookie, 8443, data)
+    };
+    // A server's connection: its request read, a ciphertext segment of
+    // the same socket (an old connection's, copied) in between, then the
+    // response written.
+    s.handle_record(
+        &plain(
+            EventKind::Read,
+            1,
+            server_cookie,
+            b"GET /a HTTP/1.1\r\n\r\n",
+        ),
+        &mut sink,
+    )
+    .expect("read");
+    let tls_record = [0x17, 0x03, 0x03, 0x00, 0x20, 0xde, 0xad, 0xbe, 0xef];
+    s.handle_record(
+        &segment(
+            server_cookie,
+            direction::INGRESS,
+            side::SERVER,
+            1,
+            &tls_record,
+        ),
+        &mut sink,
+    )
+    .expect("ciphertext");
+    s.handle_record(
+        &plain(
+            EventKind::Write,
+            3,
+            server_cookie,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        &mut sink,
+    )
+    .expect("write");
+    assert_eq!(sink.http, vec![("/a".to_owned(), 200)]);
+    // A monitored client's socket, known from its connect record: its
+    // writes are the commands, and its close record ends it.
+    s.handle_record(&connect(tgid, client_cookie, false), &mut sink)
+        .expect("connect");
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    for (kind, ts, data) in [
+        (EventKind::Write, 4, &get[..]),
+        (EventKind::Read, 5, b"$1\r\nv\r\n"),
+        (EventKind::Close, 6, b""),
+    ] {
+        s.handle_record(&plain(kind, ts, client_cookie, data), &mut sink)
+            .expect("record");
+    }
+    let (name, peer) = sink.redis[0];
+    assert_eq!(
+        (name, peer.server),
+        ("GET", Some("10.1.2.3".parse().expect("ip")))
+    );
+    s.handle_record(&plain(EventKind::Close, 7, server_cookie, b""), &mut sink)
+        .expect("close");
+    assert_eq!(s.connections(), 0);
+    assert!(
+        sink.unpaired.is_empty() && sink.resyncs.is_empty(),
+        "{:?}",
+        sink.resyncs
+    );
+}
+
 /// A server-side segment with the ACK flag, acknowledging `ack`.
 fn acked(cookie: u64, dir: u8, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
     let header = PacketHeader {

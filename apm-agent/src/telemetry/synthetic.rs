@@ -1,6 +1,8 @@
 //! Synthetic ring-buffer records for tests and benchmarks.
 
-use apm_common::events::{ConnectEvent, DATA_CAP, EventHeader, EventKind, PacketHeader};
+use apm_common::events::{
+    ConnectEvent, DATA_CAP, EventHeader, EventKind, PacketHeader, record_flags,
+};
 
 /// The bytes of a plain-integer repr(C) header followed by `data`,
 /// padded to a full record.
@@ -31,17 +33,46 @@ pub fn packet(header: PacketHeader, data: &[u8]) -> Vec<u8> {
 
 /// One ring-buffer record as the kernel would write it.
 pub fn record(kind: EventKind, ts_ns: u64, tgid: u32, fd: u32, port: u16, data: &[u8]) -> Vec<u8> {
+    keyed(kind, ts_ns, tgid, (u64::from(fd), 0), port, data)
+}
+
+/// [`record`] of TLS plaintext keyed by socket `cookie`.
+pub fn socket_record(
+    kind: EventKind,
+    ts_ns: u64,
+    tgid: u32,
+    cookie: u64,
+    port: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    keyed(
+        kind,
+        ts_ns,
+        tgid,
+        (cookie, record_flags::SOCKET),
+        port,
+        data,
+    )
+}
+
+fn keyed(
+    kind: EventKind,
+    ts_ns: u64,
+    tgid: u32,
+    (conn, flags): (u64, u8),
+    port: u16,
+    data: &[u8],
+) -> Vec<u8> {
     let captured = data.len().min(DATA_CAP);
     let header = EventHeader {
         kind: kind as u32,
         captured: captured as u32,
         ts_ns,
         tgid,
-        pid: tgid,
-        fd,
         port,
         tail_len: 0,
-        _pad: 0,
+        flags,
+        conn,
         ret: data.len() as i64,
         tail: [0; 8],
     };

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use apm_common::{ConnInfo, ConnKey, DropReason, InFlight, PeerKey, events::EventKind, shape};
 
 use crate::{
-    emit::emit_header,
+    emit::{Key, emit_header},
     maps::{CONNS, INFLIGHT, PEERS, count_drop, descriptor_records, traced},
     probes::tcp_state::mapped_v4,
 };
@@ -100,7 +100,7 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     // concurrently.
     unsafe { (*counters).accepts += 1 };
     if descriptor_records() {
-        emit_header(EventKind::Accept, ret as u32, port, 0);
+        emit_header(EventKind::Accept, Key::fd(ret as u32), port, 0);
     }
     0
 }

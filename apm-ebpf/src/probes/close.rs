@@ -12,7 +12,7 @@ use apm_common::{ConnKey, conn_flags, events::EventKind};
 
 use crate::{
     ctx::field_u64,
-    emit::emit_header,
+    emit::{Key, emit_header},
     maps::{CONNS, descriptor_records, traced},
 };
 
@@ -41,7 +41,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             unsafe { (*counters).closes += 1 };
         }
         if descriptor_records() || conn.flags & (conn_flags::TLS | conn_flags::CLIENT) != 0 {
-            emit_header(EventKind::Close, fd as u32, conn.port, 0);
+            emit_header(EventKind::Close, Key::fd(fd as u32), conn.port, 0);
         }
     }
     0

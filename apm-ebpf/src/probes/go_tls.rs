@@ -19,11 +19,11 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use apm_common::{DropReason, SslKey, TlsCall, events::EventKind};
+use apm_common::{DropReason, SslKey, events::EventKind};
 
 use crate::{
     maps::{GO_CALLS, PIDS, count_drop},
-    probes::tls::{finish, tracked},
+    probes::tls::{Conn, by_descriptor, finish},
 };
 
 /// `netFD.pfd.Sysfd`: after poll.FD's 16-byte fdMutex.
@@ -71,19 +71,9 @@ fn enter(ctx: &ProbeContext, kind: EventKind) -> u32 {
     let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
     // SAFETY: a plain helper call on this program's own context.
     let tcp_itab = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let (fd, port) = match descriptor(conn, tcp_itab) {
-        Some(fd) => tracked(tgid, fd),
-        None => (TlsCall::UNLINKED, 0),
-    };
-    let call = TlsCall {
-        buf,
-        count_at: 0,
-        link: 0,
-        fd,
-        port,
-        kind: kind as u8,
-        _pad: 0,
-    };
+    let call = descriptor(conn, tcp_itab)
+        .map_or(Conn::UNLINKED, |fd| by_descriptor(tgid, fd))
+        .call(kind, buf, 0, 0);
     let key = SslKey {
         ssl: g,
         tgid,

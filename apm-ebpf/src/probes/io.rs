@@ -20,7 +20,7 @@ use apm_common::{
 
 use crate::{
     ctx::field_u64,
-    emit::{emit_buf, emit_data, emit_header},
+    emit::{Key, emit_buf, emit_data, emit_header},
     maps::{CONNS, INFLIGHT, count_drop, maybe_traced},
     probes::tls_link,
 };
@@ -95,7 +95,7 @@ fn on_enter(ctx: &TracePointContext, shape: u16, read: bool) -> u32 {
     // A TLS connection's socket reads may tie its library object to it;
     // a plaintext one's (decided, no TLS) need not be noted.
     if read && conn.flags & (conn_flags::TLS | conn_flags::DECIDED) != conn_flags::DECIDED {
-        tls_link::note_read(pid_tgid, key.fd);
+        tls_link::note_read(pid_tgid, u64::from(key.fd));
     }
     if conn.flags & conn_flags::TLS != 0 {
         return 0;
@@ -136,7 +136,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         return 0;
     }
     match p.shape {
-        shape::BUF => emit_buf(kind, p.fd, p.port, ret, p.ptr),
+        shape::BUF => emit_buf(kind, Key::fd(p.fd), p.port, ret, p.ptr),
         shape::IOVEC => emit_iov(kind, &p, p.ptr, u64::from(p.vlen), ret, write),
         shape::MSGHDR => {
             let msg = p.ptr as *const u8;
@@ -146,7 +146,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
             let n = unsafe { bpf_probe_read_user(msg.add(MSG_IOVLEN).cast::<u64>()) }.unwrap_or(0);
             emit_iov(kind, &p, iov, n, ret, write);
         }
-        shape::SENDFILE => emit_header(EventKind::Sendfile, p.fd, p.port, ret),
+        shape::SENDFILE => emit_header(EventKind::Sendfile, Key::fd(p.fd), p.port, ret),
         _ => {}
     }
     0
@@ -207,5 +207,13 @@ fn emit_iov(kind: EventKind, p: &InFlight, iov: u64, vlen: u64, ret: i64, write:
             tail = last_base + last_len - TAIL_CAP as u64;
         }
     }
-    emit_data(kind, p.fd, p.port, ret, first_base, first_len, tail);
+    emit_data(
+        kind,
+        Key::fd(p.fd),
+        p.port,
+        ret,
+        first_base,
+        first_len,
+        tail,
+    );
 }

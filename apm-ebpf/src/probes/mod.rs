@@ -7,6 +7,7 @@ pub mod connect_fd;
 pub mod go_tls;
 pub mod io;
 pub mod packets;
+pub mod sockets;
 pub mod tcp_state;
 pub mod tls;
 pub mod tls_link;

@@ -24,7 +24,7 @@ use apm_common::{
         ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketHeader, TAIL_CAP, direction, side,
         tcp_flags,
     },
-    maps::ADDR_ONLY,
+    maps::{ADDR_ONLY, OUTBOUND_TLS},
 };
 
 use super::verdict;
@@ -118,8 +118,14 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         }
         // SAFETY: a plain helper call on this program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // SAFETY: a read-only lookup; the value is not kept.
-        if unsafe { OUTBOUND.get(cookie) }.is_none() {
+        // SAFETY: a read-only copy of a plain value.
+        let outbound = unsafe { OUTBOUND.get(cookie) }.copied();
+        if outbound.is_some_and(|v| v & OUTBOUND_TLS != 0) {
+            // Ciphertext: its plaintext comes from the TLS library, and
+            // its end from inet_sock_set_state.
+            return;
+        }
+        if outbound.is_none() {
             // Looked up before the headers are parsed: most packets on a
             // watched port belong to sockets nobody watches.
             // SAFETY: the value is copied out at once.

@@ -14,8 +14,11 @@ use apm_common::{
     DropReason, IPPROTO_TCP, PeerKey, PoolCounters, PoolKey, PortCounters, SocketInfo, tcp_state,
 };
 
-use crate::maps::{
-    CLIENTS, CONFIG, LISTEN_CHANGES, OUT_SOCKETS, PEERS, POOLS, PORTS, SOCKETS, count_drop,
+use crate::{
+    maps::{
+        CLIENTS, CONFIG, LISTEN_CHANGES, OUT_SOCKETS, PEERS, POOLS, PORTS, SOCKETS, count_drop,
+    },
+    probes::sockets,
 };
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
@@ -92,6 +95,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe { (*counters).accepted += 1 };
         remember_peer(ctx, port);
     } else if newstate != tcp_state::ESTABLISHED && newstate != tcp_state::CLOSE_WAIT {
+        // The end of a TLS socket's connection ends its plaintext stream.
+        sockets::closed(skaddr);
         // SAFETY: read-only copy of a value this program wrote.
         let Some(info) = (unsafe { SOCKETS.get(skaddr) }).copied() else {
             close_pool(skaddr);

@@ -8,10 +8,13 @@
 //! attach cookie (`apm_common::tls_layout`) says where the library keeps
 //! the BIO and its descriptor. A call on a socket BIO names its
 //! descriptor; a call on any other BIO (a memory BIO pair, as in Node.js
-//! or Python's asyncio) takes the socket its object is tied to
-//! (`tls_link`). A call that moved bytes on a connection not tracked is
-//! counted and not read: a guessed connection could be wrong. Go's
-//! crypto/tls ends the same way (`go_tls`).
+//! or Python's asyncio) takes the connection its object is tied to
+//! (`tls_link`). With `Config::tls_sockets` a descriptor stands for its
+//! kernel socket (`sockets`) and records are keyed by the socket's
+//! cookie, as its packets are; otherwise by descriptor, as the syscall
+//! capture's. A call that moved bytes on a monitored connection not
+//! tracked is counted and not read: a guessed connection could be wrong.
+//! Go's crypto/tls ends the same way (`go_tls`).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -23,10 +26,63 @@ use aya_ebpf::{
 use apm_common::{ConnKey, DropReason, TlsCall, conn_flags, events::EventKind, tls_layout};
 
 use crate::{
-    emit::emit_buf,
+    emit::{Key, emit_buf},
     maps::{CONNS, PIDS, TLS_CALLS, count_drop},
-    probes::tls_link,
+    probes::{
+        sockets::{self, Found},
+        tls_link,
+    },
 };
+
+/// A TLS call's connection: a descriptor, or a socket's address and
+/// cookie (`TlsCall::target`, `TlsCall::cookie`).
+#[derive(Clone, Copy)]
+pub struct Conn {
+    pub target: u64,
+    pub cookie: u64,
+    pub port: u16,
+}
+
+impl Conn {
+    /// A call on a connection that is not known.
+    pub const UNLINKED: Self = Self {
+        target: TlsCall::UNLINKED,
+        cookie: 0,
+        port: 0,
+    };
+
+    /// A call on a connection apm does not follow (not a loss).
+    pub const OTHER: Self = Self {
+        target: TlsCall::OTHER,
+        cookie: 0,
+        port: 0,
+    };
+
+    /// What the record of `call` is keyed by.
+    #[inline(always)]
+    fn record(call: &TlsCall) -> Key {
+        if call.cookie != 0 {
+            Key::socket(call.cookie)
+        } else {
+            Key::fd(call.target as u32)
+        }
+    }
+
+    /// The entry of a call of `kind` on this connection.
+    #[inline(always)]
+    pub fn call(self, kind: EventKind, buf: u64, count_at: u64, link: u64) -> TlsCall {
+        TlsCall {
+            buf,
+            count_at,
+            link,
+            target: self.target,
+            cookie: self.cookie,
+            port: self.port,
+            kind: kind as u8,
+            _pad: [0; 5],
+        }
+    }
+}
 
 #[uprobe]
 pub fn ssl_read(ctx: ProbeContext) -> u32 {
@@ -77,11 +133,11 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 /// bytes, or its count as unlinked (a tie refused counts as one too).
 #[inline(always)]
 pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
-    if moved <= 0 {
+    if moved <= 0 || call.target == TlsCall::OTHER {
         return;
     }
-    let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.fd);
-    if call.fd == TlsCall::UNLINKED || !linked {
+    let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.target);
+    if call.target == TlsCall::UNLINKED || !linked {
         count_drop(DropReason::TlsUnlinked);
         return;
     }
@@ -90,7 +146,7 @@ pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
     } else {
         EventKind::Read
     };
-    emit_buf(kind, call.fd, call.port, moved, call.buf);
+    emit_buf(kind, Conn::record(call), call.port, moved, call.buf);
 }
 
 /// `SSL_free`: the object no longer stands for its socket.
@@ -123,48 +179,58 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
     };
     // SAFETY: a plain helper call on this program's own context.
     let layout = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let (fd, port, link) = match descriptor(ssl, layout, kind == EventKind::Write) {
-        Some(fd) => {
-            let (fd, port) = tracked(tgid, fd);
-            (fd, port, 0)
-        }
+    let (conn, link) = match descriptor(ssl, layout, kind == EventKind::Write) {
+        Some(fd) => (by_descriptor(tgid, fd), 0),
         None => match tls_link::tied(tgid, ssl) {
-            Some((fd, port)) => (fd, port, 0),
+            Some(conn) => (conn, 0),
             None => match tls_link::candidate(pid_tgid) {
-                Some((fd, port)) if kind == EventKind::Read => (fd, port, ssl),
-                _ => (TlsCall::UNLINKED, 0, 0),
+                Some(conn) if kind == EventKind::Read => (conn, ssl),
+                _ => (Conn::UNLINKED, 0),
             },
         },
     };
-    let call = TlsCall {
-        buf,
-        count_at,
-        link,
-        fd,
-        port,
-        kind: kind as u8,
-        _pad: 0,
-    };
-    if TLS_CALLS.insert(pid_tgid, call, 0).is_err() {
+    if TLS_CALLS
+        .insert(pid_tgid, conn.call(kind, buf, count_at, link), 0)
+        .is_err()
+    {
         count_drop(DropReason::TlsCallsFull);
     }
     0
 }
 
-/// Descriptor `fd` of process `tgid` as a TLS call's connection, and its
-/// port, if it is a tracked one (accepted on a monitored port, or a
-/// client's): flagged TLS, so the syscall capture leaves its (encrypted)
-/// bytes alone. Otherwise [`TlsCall::UNLINKED`].
+/// Descriptor `fd` of process `tgid` as a TLS call's connection. By
+/// socket: its socket, if that is a monitored connection's. By
+/// descriptor: a tracked one (accepted on a monitored port, or a
+/// client's), flagged TLS so the syscall capture leaves its (encrypted)
+/// bytes alone.
 #[inline(always)]
-pub fn tracked(tgid: u32, fd: u32) -> (u32, u16) {
+pub fn by_descriptor(tgid: u32, fd: u32) -> Conn {
+    if sockets::enabled() {
+        let Some(sk) = sockets::socket_of(fd) else {
+            return Conn::OTHER;
+        };
+        return match sockets::tls_socket(sk) {
+            Found::Monitored(sock) => Conn {
+                target: sk,
+                cookie: sock.cookie,
+                port: sock.port,
+            },
+            Found::Other => Conn::OTHER,
+            Found::Unknown => Conn::UNLINKED,
+        };
+    }
     match CONNS.get_ptr_mut(ConnKey { tgid, fd }) {
         // SAFETY: a pointer to this connection's CONNS value, valid for
         // the program's run; a flag bit set by any writer means the same.
         Some(conn) => unsafe {
             (*conn).flags |= conn_flags::TLS;
-            (fd, (*conn).port)
+            Conn {
+                target: u64::from(fd),
+                cookie: 0,
+                port: (*conn).port,
+            }
         },
-        None => (TlsCall::UNLINKED, 0),
+        None => Conn::UNLINKED,
     }
 }
 

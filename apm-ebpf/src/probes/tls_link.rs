@@ -1,16 +1,18 @@
-//! Tying TLS objects on memory BIOs to their sockets.
+//! Tying TLS objects on memory BIOs to their connections.
 //!
 //! An object whose BIO is a memory buffer (Python's asyncio `SSLObject`,
 //! Node.js's TLS sockets) never touches a descriptor: the process reads
-//! the ciphertext from the socket itself and hands it over. So the socket
-//! is found from the thread. The read entries note which tracked
-//! descriptor each thread of a monitored process starts reading
-//! (`LAST_READS`); an object's first read that returns plaintext is tied
-//! to the descriptor its thread started reading last, within
-//! [`LINK_WINDOW_NS`], if no other object is tied to it. One object per
-//! socket and one socket per object: a tie lasts until `SSL_free`, or
-//! until the descriptor is closed (a new connection on the same number
-//! holds no object). A call with no tie is counted, never guessed.
+//! the ciphertext from the socket itself and hands it over. So the
+//! connection is found from the thread. Each read of a traced process
+//! notes, per thread, the connection it read (`LAST_READS`: a tracked
+//! descriptor at the syscall's entry, or with `Config::tls_sockets` the
+//! socket at the raw tracepoint `sock_recv_length`); an object's first read that
+//! returns plaintext is tied to the connection its thread read last,
+//! within [`LINK_WINDOW_NS`], if no other object is tied to it. One
+//! object per connection and one connection per object: a tie lasts until
+//! `SSL_free`, or until the connection ends (a new one on the same
+//! descriptor or socket address holds no object). A call with no tie is
+//! counted, never guessed.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -22,11 +24,15 @@ use apm_common::{ConnKey, DropReason, LastRead, SslKey, conn_flags};
 
 use crate::{
     ctx::field_u64,
-    maps::{CONNS, LAST_READS, TLS_LINKS, count_drop, maybe_traced},
+    maps::{CONNS, LAST_READS, TLS_LINKS, TLS_SOCKS, count_drop, maybe_traced},
+    probes::{
+        sockets::{self, Found},
+        tls::Conn,
+    },
 };
 
-/// How long after a thread starts reading a socket the plaintext of an
-/// untied object may be tied to it. The libraries' callers decrypt in the
+/// How long after a thread reads a connection the plaintext of an untied
+/// object may be tied to it. The libraries' callers decrypt in the
 /// callback of the read itself, microseconds later.
 const LINK_WINDOW_NS: u64 = 1_000_000_000;
 
@@ -45,7 +51,7 @@ macro_rules! note {
             let fd = field_u64(&ctx, FD) as u32;
             let key = ConnKey { tgid, fd };
             if CONNS.get_ptr(key).is_some() {
-                note_read(pid_tgid, fd);
+                note_read(pid_tgid, u64::from(fd));
             }
             0
         }
@@ -57,14 +63,13 @@ note!(tls_note_readv);
 note!(tls_note_recvfrom);
 note!(tls_note_recvmsg);
 
-/// Notes that thread `pid_tgid` starts reading tracked descriptor `fd`.
+/// Notes that thread `pid_tgid` reads connection `target`.
 #[inline(always)]
-pub fn note_read(pid_tgid: u64, fd: u32) {
+pub fn note_read(pid_tgid: u64, target: u64) {
     let last = LastRead {
         // SAFETY: plain helper call without arguments.
         at_ns: unsafe { bpf_ktime_get_ns() },
-        fd,
-        _pad: 0,
+        target,
     };
     // An LRU map: a full one forgets its oldest thread.
     let _ = LAST_READS.insert(pid_tgid, last, 0);
@@ -74,20 +79,55 @@ fn key(tgid: u32, ssl: u64) -> SslKey {
     SslKey { ssl, tgid, _pad: 0 }
 }
 
-/// The socket `ssl` is tied to, as (descriptor, local port).
+/// Where connection `target` of process `tgid` keeps the object tied to
+/// it, if it is tracked: its `TlsSock` or its `ConnInfo`.
 #[inline(always)]
-pub fn tied(tgid: u32, ssl: u64) -> Option<(u32, u16)> {
-    // SAFETY: read-only copies of plain values.
-    let fd = unsafe { TLS_LINKS.get(key(tgid, ssl)) }.copied()?;
-    // SAFETY: as above.
-    let conn = unsafe { CONNS.get(ConnKey { tgid, fd }) }?;
-    (conn.ssl == ssl).then_some((fd, conn.port))
+fn holder(tgid: u32, target: u64) -> Option<(*mut u64, Conn)> {
+    if sockets::enabled() {
+        let sock = TLS_SOCKS.get_ptr_mut(target)?;
+        // SAFETY: this socket's TLS_SOCKS value, valid for the run.
+        return Some(unsafe {
+            (
+                core::ptr::addr_of_mut!((*sock).ssl),
+                Conn {
+                    target,
+                    cookie: (*sock).cookie,
+                    port: (*sock).port,
+                },
+            )
+        });
+    }
+    let conn = CONNS.get_ptr_mut(ConnKey {
+        tgid,
+        fd: target as u32,
+    })?;
+    // SAFETY: this connection's CONNS value, valid for the run.
+    Some(unsafe {
+        (
+            core::ptr::addr_of_mut!((*conn).ssl),
+            Conn {
+                target,
+                cookie: 0,
+                port: (*conn).port,
+            },
+        )
+    })
 }
 
-/// The socket an untied object's read would be tied to: the one thread
-/// `pid_tgid` started reading last, recently, if no object holds it.
+/// The connection `ssl` is tied to.
 #[inline(always)]
-pub fn candidate(pid_tgid: u64) -> Option<(u32, u16)> {
+pub fn tied(tgid: u32, ssl: u64) -> Option<Conn> {
+    // SAFETY: read-only copies of plain values.
+    let target = unsafe { TLS_LINKS.get(key(tgid, ssl)) }.copied()?;
+    let (holds, conn) = holder(tgid, target)?;
+    // SAFETY: a pointer into a map value, valid for the run.
+    (unsafe { *holds } == ssl).then_some(conn)
+}
+
+/// The connection an untied object's read would be tied to: the one
+/// thread `pid_tgid` read last, recently, if no object holds it.
+#[inline(always)]
+pub fn candidate(pid_tgid: u64) -> Option<Conn> {
     // SAFETY: read-only copies of plain values.
     let last = unsafe { LAST_READS.get(pid_tgid) }.copied()?;
     // SAFETY: plain helper call without arguments.
@@ -95,35 +135,42 @@ pub fn candidate(pid_tgid: u64) -> Option<(u32, u16)> {
     if now.wrapping_sub(last.at_ns) > LINK_WINDOW_NS {
         return None;
     }
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: as above.
-    let conn = unsafe { CONNS.get(ConnKey { tgid, fd: last.fd }) }?;
-    (conn.ssl == 0).then_some((last.fd, conn.port))
+    // A socket becomes tracked at its first TLS call.
+    if sockets::enabled() && !matches!(sockets::tls_socket(last.target), Found::Monitored(_)) {
+        return None;
+    }
+    let (holds, conn) = holder((pid_tgid >> 32) as u32, last.target)?;
+    // SAFETY: as in `tied`.
+    (unsafe { *holds } == 0).then_some(conn)
 }
 
-/// Ties `ssl` to descriptor `fd` unless another object holds it; returns
-/// whether they are tied.
+/// Ties `ssl` to connection `target` unless another object holds it;
+/// returns whether they are tied.
 #[inline(always)]
-pub fn tie(tgid: u32, ssl: u64, fd: u32) -> bool {
-    let Some(conn) = CONNS.get_ptr_mut(ConnKey { tgid, fd }) else {
+pub fn tie(tgid: u32, ssl: u64, target: u64) -> bool {
+    let Some((holds, _)) = holder(tgid, target) else {
         return false;
     };
-    // SAFETY: this connection's CONNS value, valid for the program's run.
-    // Only a thread of this process ties objects to its descriptors, and
-    // its event loop reads one socket at a time.
-    unsafe {
-        if (*conn).ssl != 0 && (*conn).ssl != ssl {
-            return false;
-        }
+    // SAFETY: a pointer into a map value, valid for the run. Only a
+    // thread of this process ties objects to its connections, and its
+    // event loop reads one socket at a time.
+    if unsafe { *holds != 0 && *holds != ssl } {
+        return false;
     }
-    if TLS_LINKS.insert(key(tgid, ssl), fd, 0).is_err() {
+    if TLS_LINKS.insert(key(tgid, ssl), target, 0).is_err() {
         count_drop(DropReason::TlsLinksFull);
         return false;
     }
     // SAFETY: as above.
-    unsafe {
-        (*conn).ssl = ssl;
-        (*conn).flags |= conn_flags::TLS;
+    unsafe { *holds = ssl };
+    if !sockets::enabled()
+        && let Some(conn) = CONNS.get_ptr_mut(ConnKey {
+            tgid,
+            fd: target as u32,
+        })
+    {
+        // SAFETY: this connection's CONNS value, valid for the run.
+        unsafe { (*conn).flags |= conn_flags::TLS };
     }
     true
 }
@@ -133,15 +180,15 @@ pub fn tie(tgid: u32, ssl: u64, fd: u32) -> bool {
 pub fn untie(tgid: u32, ssl: u64) {
     let key = key(tgid, ssl);
     // SAFETY: read-only copy of a plain value.
-    let Some(fd) = (unsafe { TLS_LINKS.get(key) }).copied() else {
+    let Some(target) = (unsafe { TLS_LINKS.get(key) }).copied() else {
         return;
     };
     let _ = TLS_LINKS.remove(key);
-    if let Some(conn) = CONNS.get_ptr_mut(ConnKey { tgid, fd }) {
+    if let Some((holds, _)) = holder(tgid, target) {
         // SAFETY: as in `tie`.
         unsafe {
-            if (*conn).ssl == ssl {
-                (*conn).ssl = 0;
+            if *holds == ssl {
+                *holds = 0;
             }
         }
     }

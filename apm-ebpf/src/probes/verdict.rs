@@ -146,6 +146,9 @@ pub fn admit(
     count(decided as u32);
     if !decided.captured() {
         count(Verdict::SLOTS + decided as u32);
+        // Its cookie all the same, once: a TLS library's probes key the
+        // connection's plaintext by it (`sockets`).
+        cookies(ctx, state);
     }
     admit(decided.captured())
 }
