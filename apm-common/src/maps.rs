@@ -65,6 +65,23 @@ pub const TLS_LINKS_MAX: u32 = 65_536;
 pub const LAST_READS: &str = "LAST_READS";
 pub const LAST_READS_MAX: u32 = 16_384;
 
+/// `Array<u64>` of [`TLS_SEEN_SLOTS`]: kernel addresses of server sockets
+/// whose bytes may be TLS (the verdict read a handshake, or the connection
+/// is older than the programs), each at slot [`tls_seen_slot`]. The raw
+/// `sock_recv_length` program notes only reads of these, so every other
+/// read on the host costs it two loads and no helper call. A slot taken
+/// over by another socket loses nothing but that note.
+pub const TLS_SEEN: &str = "TLS_SEEN";
+pub const TLS_SEEN_SLOTS: u32 = 65_536;
+
+/// The [`TLS_SEEN`] slot of the socket at kernel address `sk` (sockets
+/// are slab objects of a few hundred bytes or more: the low bits carry
+/// little).
+#[inline(always)]
+pub fn tls_seen_slot(sk: u64) -> u32 {
+    (((sk >> 8) ^ (sk >> 24)) as u32) & (TLS_SEEN_SLOTS - 1)
+}
+
 /// `LruHashMap<u64 socket address, TlsSock>`: with `Config::tls_sockets`,
 /// the sockets of monitored connections that a TLS library reads and
 /// writes, from the first call that moved bytes to the connection's end

@@ -12,7 +12,8 @@ use apm_common::{
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, GO_CALLS_MAX, INFLIGHT_MAX, LAST_READS_MAX,
         OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX,
-        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_SOCKS_MAX, TRACED_SLOTS, WATCHED_MAX,
+        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_SEEN_SLOTS, TLS_SOCKS_MAX, TRACED_SLOTS,
+        WATCHED_MAX,
     },
 };
 
@@ -45,6 +46,9 @@ pub static GO_CALLS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(
 
 #[map]
 pub static TLS_LINKS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);
+
+#[map]
+pub static TLS_SEEN: Array<u64> = Array::with_max_entries(TLS_SEEN_SLOTS, 0);
 
 #[map]
 pub static TLS_SOCKS: LruHashMap<u64, TlsSock> = LruHashMap::with_max_entries(TLS_SOCKS_MAX, 0);

@@ -20,7 +20,7 @@ use apm_e2e::{
     process::{Scratch, stop},
     prod::py_app_bin,
     require_root,
-    tls::{Counts, breakpoints, certified, counted, drops, wait_probed},
+    tls::{Counts, attached, breakpoints, certified, counted, drops, wait_probed},
     wait_for,
 };
 
@@ -158,6 +158,10 @@ fn agent_on(server: &Tls, capture: &str, service: &str) -> Agent {
     agent.wait_for_service(server.port, service);
     // A probed file, not the programs' own check.
     wait_probed(&agent, "uprobe:/");
+    if capture == "packets" {
+        // Really the packet capture, keyed by socket: no fallback.
+        assert_eq!(attached(&agent, "syscalls:"), Vec::<String>::new());
+    }
     agent
 }
 

@@ -13,12 +13,14 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    DropReason, IPPROTO_TCP, TlsSock, conn_flags, events::EventKind, maps::OUTBOUND_TLS,
+    DropReason, IPPROTO_TCP, TlsSock, conn_flags,
+    events::EventKind,
+    maps::{OUTBOUND_TLS, tls_seen_slot},
 };
 
 use crate::{
     emit::{Key, emit_header},
-    maps::{CAPTURE_PORTS, CONFIG, OUTBOUND, TLS_SOCKS, count_drop, maybe_traced},
+    maps::{CAPTURE_PORTS, CONFIG, OUTBOUND, TLS_SEEN, TLS_SOCKS, count_drop, maybe_traced},
     probes::tls_link,
 };
 
@@ -142,15 +144,24 @@ pub fn tls_socket(sk: u64) -> Found {
 }
 
 /// A TCP socket read by a thread of a traced process: noted for memory
-/// BIOs. Every other process costs one array lookup, in a raw tracepoint
-/// (`sock_recv_length(sk, ret, flags)`): no record is formatted for it.
+/// BIOs. Only sockets the packet programs saw start TLS (`TLS_SEEN`) go
+/// past the first check, two loads with no helper call, in a raw
+/// tracepoint (`sock_recv_length(sk, ret, flags)`): no record is
+/// formatted, and every other read on the host costs nothing more.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn tls_note_recv(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    if TLS_SEEN
+        .get(tls_seen_slot(sk))
+        .is_none_or(|&seen| seen != sk)
+    {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if !maybe_traced((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let (sk, ret) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1) as i32);
+    let ret = ctx.arg::<u64>(1) as i32;
     if ret > 0 && is_tcp(sk) {
         tls_link::note_read(pid_tgid, sk);
     }

@@ -17,9 +17,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use apm_common::{Verdict, events::direction};
+use apm_common::{Verdict, events::direction, maps::tls_seen_slot};
 
-use crate::maps::VERDICTS;
+use crate::maps::{TLS_SEEN, VERDICTS};
 
 /// The packet programs' state of one server socket.
 #[repr(C)]
@@ -33,6 +33,9 @@ pub struct SockState {
     /// per segment.
     pub cookie: u64,
     pub netns: u64,
+    /// The socket's kernel address, once it may carry TLS: stored and
+    /// loaded back, which makes it a number the verifier lets us hash.
+    pub addr: u64,
 }
 
 /// What [`admit`] decided about a segment.
@@ -118,6 +121,7 @@ pub fn admit(
     // A connection older than the programs, or one whose first bytes went
     // by on its listener: its start was not seen, so it stays undecided.
     if received != 0 {
+        seen_as_tls(state, sk);
         return admit(true);
     }
     let decided = if dir == direction::EGRESS {
@@ -149,6 +153,9 @@ pub fn admit(
         // Its cookie all the same, once: a TLS library's probes key the
         // connection's plaintext by it (`sockets`).
         cookies(ctx, state);
+        if decided == Verdict::Tls {
+            seen_as_tls(state, sk);
+        }
     }
     admit(decided.captured())
 }
@@ -173,6 +180,26 @@ fn cookies(ctx: &SkBuffContext, state: *mut SockState) -> (u64, u64) {
         (*state).netns = ids.1;
     }
     ids
+}
+
+/// The socket `sk` (whose storage is `state`) may carry TLS: its reads
+/// are noted for memory BIOs (`sockets::tls_note_recv`).
+#[inline(always)]
+fn seen_as_tls(state: *mut SockState, sk: *mut bpf_sock) {
+    // SAFETY: the socket's storage, valid for the program's run. The
+    // address goes through memory (volatile, so it is really loaded
+    // back): the verifier forbids arithmetic on a socket pointer, not on
+    // a number read from a map (privileged programs may store one).
+    let addr = unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*state).addr), sk as u64);
+        core::ptr::read_volatile(core::ptr::addr_of!((*state).addr))
+    };
+    if let Some(slot) = TLS_SEEN.get_ptr_mut(tls_seen_slot(addr)) {
+        // SAFETY: an element of an array map, valid for the program's
+        // run; a racing writer leaves one address or the other, either a
+        // socket's.
+        unsafe { *slot = addr };
+    }
 }
 
 #[inline(always)]

@@ -2,16 +2,19 @@
 //! (`--case tls-bystander`).
 //!
 //! The probes live in monitored processes only, so a bystander's SSL
-//! calls hit no breakpoint; what reaches it is the syscall tracepoints the
-//! TLS capture attaches, in the syscalls its SSL calls make. bystander.py
-//! (one process on CPU 0) times SSL calls on a socket BIO (one syscall
-//! each) against SSL calls on a memory BIO (none), in alternating 20 ms
-//! turns, and prints both every second: their ratio cancels the VM's speed
-//! of that second. Blocks of seconds alternate: no agent, the agent (on
-//! CPU 1, `--capture-tls`), no agent, a sham block with no agent either,
-//! the agent's and the sham's places swapped every cycle. Each agent (or
-//! sham) second's ratio over the mean of its neighbouring no-agent blocks'
-//! medians is the cost; the sham's is the A/A.
+//! calls hit no breakpoint; what can reach it is what the TLS capture
+//! attaches for every process (with packets: the raw `sock_recv_length`
+//! tracepoint; keyed by descriptor: syscall tracepoints). bystander.py
+//! (one process on CPU 0) times SSL calls on a socket BIO (syscalls)
+//! against SSL calls on a memory BIO (none), in alternating 20 ms turns,
+//! and prints both every second: their ratio cancels the VM's speed of
+//! that second. Blocks of seconds alternate with blocks of none: the
+//! agent with `--capture-tls` (on CPU 1), the default agent, and a sham
+//! with no agent either, in every order in turn. Each second's ratio over
+//! the mean of its neighbouring no-agent blocks' medians is its cost; the
+//! sham's is the A/A. What reading TLS costs the bystander is the TLS
+//! agent's median over the default agent's, paired within each cycle
+//! (the two ran within half a minute of each other).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -27,63 +30,93 @@ use super::tools::{RunningAgent, free_port, median, median_ci95, pinned};
 /// agent starting or stopping).
 const BLOCK: usize = 6;
 const SETTLE: usize = 2;
-/// Cycles of (off, agent, off, sham), the last two swapped every other.
-const CYCLES: usize = 6;
+/// Cycles of (off, x, off, y, off, z), (x, y, z) an order of the three:
+/// 24 (about 15 minutes) resolve the TLS agent from the default one to
+/// ±100 ns per call on the reference VM; 12 do not.
+const CYCLES: usize = 24;
 
 const SCRIPT: &str = include_str!("bystander.py");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Block {
     Off,
-    Agent,
+    /// The agent with `--capture-tls`.
+    Tls,
+    /// The default agent.
+    Plain,
     Sham,
 }
 
+/// Blocks per cycle.
+const PER_CYCLE: usize = 6;
+
 /// The schedule: blocks in order, ending with an off block.
 fn schedule() -> Vec<Block> {
+    use Block::{Plain, Sham, Tls};
+    const ORDERS: [[Block; 3]; 6] = [
+        [Tls, Plain, Sham],
+        [Plain, Sham, Tls],
+        [Sham, Tls, Plain],
+        [Tls, Sham, Plain],
+        [Plain, Tls, Sham],
+        [Sham, Plain, Tls],
+    ];
     let mut blocks = Vec::new();
     for cycle in 0..CYCLES {
-        let (x, y) = if cycle % 2 == 0 {
-            (Block::Agent, Block::Sham)
-        } else {
-            (Block::Sham, Block::Agent)
-        };
-        blocks.extend([Block::Off, x, Block::Off, y]);
+        for b in ORDERS[cycle % ORDERS.len()] {
+            blocks.extend([Block::Off, b]);
+        }
     }
     blocks.push(Block::Off);
     blocks
 }
 
-/// The result: per-second ratios and what a socket-BIO call costs.
+/// The result: per-second and per-cycle ratios, and what a call costs.
 pub struct Bystander {
-    /// Agent seconds: (socket / memory) over the neighbouring no-agent
-    /// blocks' median of the same.
-    pub agent: Vec<f64>,
+    /// Seconds with the TLS agent: (socket / memory) over the neighbouring
+    /// no-agent blocks' median of the same.
+    tls: Vec<f64>,
+    /// The same with the default agent.
+    plain: Vec<f64>,
     /// The same for the sham blocks (A/A).
-    pub sham: Vec<f64>,
-    /// Median nanoseconds per socket-BIO SSL call without the agent.
-    pub socket_ns: f64,
+    sham: Vec<f64>,
+    /// Per cycle: the TLS agent's median over the default agent's.
+    own: Vec<f64>,
+    /// Median nanoseconds per socket-BIO SSL call without an agent.
+    socket_ns: f64,
     /// The same for a memory-BIO SSL call.
-    pub memory_ns: f64,
+    memory_ns: f64,
+}
+
+/// "q (95 % CI lo–hi)" of a sample.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    let q = median(&mut v);
+    let (lo, hi) = median_ci95(&mut v);
+    (q, lo, hi)
 }
 
 impl Bystander {
     pub fn line(&self) -> String {
-        let (mut agent, mut sham) = (self.agent.clone(), self.sham.clone());
-        let (q, (lo, hi)) = (median(&mut agent), median_ci95(&mut agent));
-        let (aa, (aa_lo, aa_hi)) = (median(&mut sham), median_ci95(&mut sham));
-        let added = |q: f64| (q - 1.0) * self.socket_ns;
+        let (q, lo, hi) = summary(&self.own);
+        let ns = |q: f64| (q - 1.0) * self.socket_ns;
+        let (t, t_lo, t_hi) = summary(&self.tls);
+        let (p, p_lo, p_hi) = summary(&self.plain);
+        let (a, a_lo, a_hi) = summary(&self.sham);
         format!(
-            "TLS in a process not monitored (Python ssl, `--capture-tls` agent on the other CPU): \
-             an SSL call on a socket BIO (one syscall) with/without the agent {q:.3} \
-             (95 % CI {lo:.3}–{hi:.3}), A/A {aa:.3} ({aa_lo:.3}–{aa_hi:.3}), over {} seconds: \
-             {:.0} ns added per call ({:.0} to {:.0}) of {:.0} ns; an SSL call on a memory BIO \
-             ({:.0} ns, no syscall) hits no probe and no tracepoint",
-            agent.len(),
-            added(q),
-            added(lo),
-            added(hi),
+            "TLS in a process not monitored (Python ssl on CPU 0, agents on CPU 1): a socket-BIO \
+             SSL call with the `--capture-tls` agent over with the default agent {q:.3} \
+             (95 % CI {lo:.3}–{hi:.3}) over {} cycles: {:.0} ns per call ({:.0} to {:.0}) of \
+             {:.0} ns is what reading TLS costs it. Against no agent, over {} seconds each: \
+             `--capture-tls` {t:.3} ({t_lo:.3}–{t_hi:.3}), default {p:.3} ({p_lo:.3}–{p_hi:.3}), \
+             A/A {a:.3} ({a_lo:.3}–{a_hi:.3}). A memory-BIO call ({:.0} ns, no syscall) hits no \
+             probe and no tracepoint",
+            self.own.len(),
+            ns(q),
+            ns(lo),
+            ns(hi),
             self.socket_ns,
+            self.tls.len(),
             self.memory_ns
         )
     }
@@ -102,15 +135,16 @@ pub fn bystander(agent: &Path, work: &Path, extra: &[&str]) -> Result<Bystander>
         .context("starting bystander.py")?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let port = free_port()?;
-    let mut args = vec!["--capture-tls"];
-    args.extend_from_slice(extra);
+    let mut tls_args = vec!["--capture-tls"];
+    tls_args.extend_from_slice(extra);
     // (block, socket ns, memory ns) per second.
     let mut seconds: Vec<(usize, f64, f64)> = Vec::new();
     // Warm-up: a second thrown away.
     lines.next().context("bystander.py ended")??;
     for (i, block) in schedule().into_iter().enumerate() {
         let running = match block {
-            Block::Agent => Some(RunningAgent::start(agent, port, &args, false)?),
+            Block::Tls => Some(RunningAgent::start(agent, port, &tls_args, false)?),
+            Block::Plain => Some(RunningAgent::start(agent, port, extra, false)?),
             Block::Off | Block::Sham => None,
         };
         for s in 0..BLOCK {
@@ -141,18 +175,30 @@ fn summarise(blocks: &[Block], seconds: &[(usize, f64, f64)]) -> Bystander {
             .collect();
         median(&mut r)
     };
-    let (mut agent, mut sham) = (Vec::new(), Vec::new());
+    // (block index, ratio over its neighbours) of every measured second.
+    let mut measured: Vec<(usize, f64)> = Vec::new();
     for &(i, socket, memory) in seconds {
-        let out = match blocks[i] {
-            Block::Agent => &mut agent,
-            Block::Sham => &mut sham,
-            Block::Off => continue,
-        };
-        // Blocks alternate, so an agent or sham block has an off block on
-        // each side.
+        if blocks[i] == Block::Off {
+            continue;
+        }
+        // Blocks alternate, so a measured block has an off block on each
+        // side.
         let baseline = (ratio_median(i - 1) + ratio_median(i + 1)) / 2.0;
-        out.push(socket / memory / baseline);
+        measured.push((i, socket / memory / baseline));
     }
+    let of = |kind: Block, cycle: Option<usize>| -> Vec<f64> {
+        measured
+            .iter()
+            .filter(|(i, _)| blocks[*i] == kind && cycle.is_none_or(|c| i / PER_CYCLE == c))
+            .map(|&(_, r)| r)
+            .collect()
+    };
+    let own = (0..CYCLES)
+        .filter_map(|c| {
+            let (mut t, mut p) = (of(Block::Tls, Some(c)), of(Block::Plain, Some(c)));
+            (!t.is_empty() && !p.is_empty()).then(|| median(&mut t) / median(&mut p))
+        })
+        .collect();
     let off = |f: fn(&(usize, f64, f64)) -> f64| {
         let mut v: Vec<f64> = seconds
             .iter()
@@ -162,8 +208,10 @@ fn summarise(blocks: &[Block], seconds: &[(usize, f64, f64)]) -> Bystander {
         median(&mut v)
     };
     Bystander {
-        agent,
-        sham,
+        tls: of(Block::Tls, None),
+        plain: of(Block::Plain, None),
+        sham: of(Block::Sham, None),
+        own,
         socket_ns: off(|s| s.1),
         memory_ns: off(|s| s.2),
     }
