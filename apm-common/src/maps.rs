@@ -65,9 +65,9 @@ pub const TLS_LINKS_MAX: u32 = 65_536;
 pub const LAST_READS: &str = "LAST_READS";
 pub const LAST_READS_MAX: u32 = 16_384;
 
-/// `Array<u64>` of [`TLS_SEEN_SLOTS`]: kernel addresses of server sockets
-/// whose bytes may be TLS (the verdict read a handshake, or the connection
-/// is older than the programs), each at slot [`tls_seen_slot`]. The raw
+/// `Array<u64>` of [`TLS_SEEN_SLOTS`]: kernel addresses of sockets whose
+/// bytes may be TLS (a server's whose verdict read a handshake, or older
+/// than the programs; a monitored client's), each at [`tls_seen_slot`]. The raw
 /// `sock_recv_length` program notes only reads of these, so every other
 /// read on the host costs it two loads and no helper call. A slot taken
 /// over by another socket loses nothing but that note.

@@ -215,16 +215,21 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     let tls = options.tls && options.http;
     let sockets =
         (tls && capture == Capture::Packets).then(|| kernel_layout::read(&options.kernel_btf));
+    // Which socket each thread reads, for memory-BIO TLS objects: without
+    // it (an older kernel), by descriptor.
+    let mut sockets = sockets;
+    if matches!(sockets, Some(Ok(_))) && !attach_role(&mut ebpf, Role::TlsSockets, None) {
+        sockets = Some(Err(
+            "the sock_recv_length raw tracepoint did not attach".into()
+        ));
+    }
     let layout = sockets.clone().and_then(Result::ok);
     if capture == Capture::Syscalls || (tls && layout.is_none()) {
         attach_role(&mut ebpf, Role::SyscallState, None);
     }
     if capture == Capture::Syscalls && options.http {
         attach_role(&mut ebpf, Role::SyscallData, None);
-    } else if layout.is_some() {
-        // Which socket each thread reads, for memory-BIO TLS objects.
-        attach_role(&mut ebpf, Role::TlsSockets, None);
-    } else if tls {
+    } else if tls && layout.is_none() {
         // The same by descriptor (the syscall capture's read programs
         // note it themselves).
         attach_role(&mut ebpf, Role::TlsReads, None);

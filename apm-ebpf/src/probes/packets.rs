@@ -27,7 +27,7 @@ use apm_common::{
     maps::{ADDR_ONLY, OUTBOUND_TLS},
 };
 
-use super::verdict;
+use super::{sockets, verdict};
 use crate::{
     emit::{wakeup_flags, wakeup_flags_ahead},
     maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop},
@@ -124,6 +124,9 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             // Ciphertext: its plaintext comes from the TLS library, and
             // its end from inet_sock_set_state.
             return;
+        }
+        if outbound.is_some() && sockets::enabled() {
+            verdict::seen_client(ctx);
         }
         if outbound.is_none() {
             // Looked up before the headers are parsed: most packets on a

@@ -182,6 +182,33 @@ fn cookies(ctx: &SkBuffContext, state: *mut SockState) -> (u64, u64) {
     ids
 }
 
+/// A monitored client's socket (in `OUTBOUND`) whose plaintext may come
+/// from a TLS library: its reads are noted too, so a memory-BIO client
+/// object ties to it and never to a server socket its thread read before.
+/// Once per socket.
+#[inline(always)]
+pub fn seen_client(ctx: &SkBuffContext) {
+    // SAFETY: cgroup_skb programs may read __sk_buff.sk, a socket or null.
+    let sk: *mut bpf_sock = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: as in `admit`.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCK_STATE).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<SockState>();
+    // SAFETY: the socket's storage, valid for the program's run.
+    if !state.is_null() && unsafe { (*state).addr } == 0 {
+        seen_as_tls(state, sk);
+    }
+}
+
 /// The socket `sk` (whose storage is `state`) may carry TLS: its reads
 /// are noted for memory BIOs (`sockets::tls_note_recv`).
 #[inline(always)]
