@@ -213,11 +213,10 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     // says how to find a descriptor's socket) or else by descriptor,
     // which needs the descriptor state (accept, close and connect).
     let tls = options.tls && options.http;
-    let sockets =
+    let mut sockets =
         (tls && capture == Capture::Packets).then(|| kernel_layout::read(&options.kernel_btf));
     // Which socket each thread reads, for memory-BIO TLS objects: without
     // it (an older kernel), by descriptor.
-    let mut sockets = sockets;
     if matches!(sockets, Some(Ok(_))) && !attach_role(&mut ebpf, Role::TlsSockets, None) {
         sockets = Some(Err(
             "the sock_recv_length raw tracepoint did not attach".into()

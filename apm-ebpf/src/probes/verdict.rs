@@ -73,26 +73,10 @@ pub fn admit(
     payload: u32,
     redis_port: bool,
 ) -> Admission {
-    // SAFETY: cgroup_skb programs may read __sk_buff.sk, a socket or null.
-    let sk: *mut bpf_sock = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
+    // A request or time-wait socket (no storage) is copied as before.
+    let Some((sk, state)) = socket_state(ctx) else {
         return Admission::copy();
-    }
-    // SAFETY: a non-null socket of this packet and our map's address; the
-    // helper creates zeroed storage on a full socket and returns null on
-    // any other (request and time-wait sockets), which is copied as before.
-    let state = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::addr_of!(SOCK_STATE).cast_mut().cast(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-    }
-    .cast::<SockState>();
-    if state.is_null() {
-        return Admission::copy();
-    }
+    };
     // SAFETY: the storage is this socket's, valid for the program's run.
     let verdict = unsafe { (*state).verdict };
     // The cookies only for a segment that is copied: a connection never
@@ -188,12 +172,26 @@ fn cookies(ctx: &SkBuffContext, state: *mut SockState) -> (u64, u64) {
 /// Once per socket.
 #[inline(always)]
 pub fn seen_client(ctx: &SkBuffContext) {
+    if let Some((sk, state)) = socket_state(ctx)
+        // SAFETY: the socket's storage, valid for the program's run.
+        && unsafe { (*state).addr } == 0
+    {
+        seen_as_tls(state, sk);
+    }
+}
+
+/// The packet's full socket and its storage (created zeroed on first
+/// use); `None` for a packet with no socket or a request or time-wait
+/// socket, which has no storage.
+#[inline(always)]
+fn socket_state(ctx: &SkBuffContext) -> Option<(*mut bpf_sock, *mut SockState)> {
     // SAFETY: cgroup_skb programs may read __sk_buff.sk, a socket or null.
     let sk: *mut bpf_sock = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return;
+        return None;
     }
-    // SAFETY: as in `admit`.
+    // SAFETY: a non-null socket of this packet and our map's address; the
+    // helper returns null on anything but a full socket.
     let state = unsafe {
         bpf_sk_storage_get(
             core::ptr::addr_of!(SOCK_STATE).cast_mut().cast(),
@@ -203,10 +201,7 @@ pub fn seen_client(ctx: &SkBuffContext) {
         )
     }
     .cast::<SockState>();
-    // SAFETY: the socket's storage, valid for the program's run.
-    if !state.is_null() && unsafe { (*state).addr } == 0 {
-        seen_as_tls(state, sk);
-    }
+    (!state.is_null()).then_some((sk, state))
 }
 
 /// The socket `sk` (whose storage is `state`) may carry TLS: its reads
