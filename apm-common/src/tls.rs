@@ -53,7 +53,10 @@ pub struct TlsSock {
     pub port: u16,
     /// [`crate::conn_flags::CLIENT`] for a monitored client's connection.
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// The process whose library call first tied it: its close record
+    /// names that process, not whoever ran when the state changed.
+    pub tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<TlsSock>() == 24);
 

@@ -84,12 +84,22 @@ impl Key {
 
 #[inline(always)]
 fn header(kind: EventKind, key: Key, port: u16, ret: i64) -> EventHeader {
+    header_of(current_tgid(), kind, key, port, ret)
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn header_of(tgid: u32, kind: EventKind, key: Key, port: u16, ret: i64) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         captured: 0,
         // SAFETY: plain helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid,
         port,
         tail_len: 0,
         flags: key.flags,
@@ -102,11 +112,17 @@ fn header(kind: EventKind, key: Key, port: u16, ret: i64) -> EventHeader {
 /// A record without data (accept, close, sendfile).
 #[inline(always)]
 pub fn emit_header(kind: EventKind, key: Key, port: u16, ret: i64) {
+    emit_header_of(current_tgid(), kind, key, port, ret);
+}
+
+/// [`emit_header`] in the name of process `tgid`.
+#[inline(always)]
+pub fn emit_header_of(tgid: u32, kind: EventKind, key: Key, port: u16, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count_drop(DropReason::RingbufFull);
         return;
     };
-    entry.write(header(kind, key, port, ret));
+    entry.write(header_of(tgid, kind, key, port, ret));
     entry.submit(wakeup_flags(core::mem::size_of::<EventHeader>()));
 }
 

@@ -9,11 +9,13 @@
 //! an RST either way) closes the connection. TLS plaintext comes as
 //! syscall-like records, keyed by descriptor, or by socket cookie like
 //! the connection's packets: then the packets of that connection
-//! (ciphertext) are ignored, and its close comes as a record.
+//! (ciphertext) are ignored, and its close comes as a record, held back
+//! for a moment (`closing`).
 //!
 //! A connection is HTTP unless its first bytes are RESP (a command array,
 //! an inline Redis command, or a reply first): then `resp` pairs it.
 
+mod closing;
 mod handshake;
 pub mod pairing;
 pub mod reassembly;
@@ -30,6 +32,7 @@ use apm_common::events::{
 };
 
 use self::{
+    closing::{CLOSE_DELAY_NS, Close, Closing},
     handshake::Handshakes,
     pairing::{Event, Flow, InFlight, Origin, Sink, Tracker, Unpaired},
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
@@ -65,6 +68,8 @@ pub struct Streams {
     /// Connections whose TLS plaintext is keyed by socket cookie: their
     /// packets carry ciphertext.
     tls: Table<Plaintext>,
+    /// Their closes, waiting for the owner's last records.
+    closing: Closing,
     /// The latest time of a packet or a sweep: a connect record has none.
     now_ns: u64,
     handshakes: Handshakes,
@@ -107,6 +112,7 @@ impl Streams {
             reassembly: Reassembly::new(max_connections.saturating_mul(2)),
             outbound: Table::new(max_connections),
             tls: Table::new(max_connections),
+            closing: Closing::new(max_connections),
             now_ns: 0,
             handshakes: Handshakes::default(),
         }
@@ -149,10 +155,50 @@ impl Streams {
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
                 let flow = Flow::of_syscall(kind).ok_or_else(bad)?;
-                self.handle_call(&header, flow, header.payload(record), sink);
+                self.close_due(header.ts_ns, sink);
+                if flow == Flow::Close && header.flags & record_flags::SOCKET != 0 {
+                    self.hold_close(&header, sink);
+                } else {
+                    self.handle_call(&header, flow, header.payload(record), sink);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Holds a socket-keyed close ([`closing`]); a full queue hands on its
+    /// oldest one now.
+    fn hold_close(&mut self, header: &EventHeader, sink: &mut impl Sinks) {
+        let close = Close {
+            due_ns: header.ts_ns.saturating_add(CLOSE_DELAY_NS),
+            ts_ns: header.ts_ns,
+            conn: header.conn,
+            tgid: header.tgid,
+            port: header.port,
+        };
+        if let Some(early) = self.closing.hold(close) {
+            self.close_socket(early, sink);
+        }
+    }
+
+    /// Hands on the held closes due at `now_ns`.
+    fn close_due(&mut self, now_ns: u64, sink: &mut impl Sinks) {
+        while let Some(close) = self.closing.due(now_ns) {
+            self.close_socket(close, sink);
+        }
+    }
+
+    /// The end of a connection whose plaintext is keyed by socket.
+    fn close_socket(&mut self, close: Close, sink: &mut impl Sinks) {
+        let header = EventHeader {
+            ts_ns: close.ts_ns,
+            tgid: close.tgid,
+            port: close.port,
+            flags: record_flags::SOCKET,
+            conn: close.conn,
+            ..EventHeader::default()
+        };
+        self.handle_call(&header, Flow::Close, &[], sink);
     }
 
     /// A syscall's record, or a TLS library call's.
@@ -221,6 +267,9 @@ impl Streams {
 
     fn handle_packet(&mut self, h: &PacketHeader, data: &[u8], sink: &mut impl Sinks) {
         self.now_ns = self.now_ns.max(h.ts_ns);
+        if !self.closing.is_empty() {
+            self.close_due(h.ts_ns, sink);
+        }
         if !self.tls.is_empty() && self.tls.contains(h.cookie) {
             return;
         }
@@ -442,6 +491,7 @@ impl Streams {
 
     /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sinks) {
+        self.close_due(now_ns, sink);
         self.expire_holes(now_ns, sink);
         for (netns, port) in self.handshakes.expire(now_ns) {
             sink.resync(listener_origin(netns, port), port, Unpaired::Gap);

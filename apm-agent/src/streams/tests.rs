@@ -5,6 +5,7 @@ use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
 
 use super::{
     Streams,
+    closing::CLOSE_DELAY_NS,
     pairing::{Completed, Origin, Sink, Unpaired},
     resp::{CacheResult, CommandSink, Peer},
 };
@@ -252,12 +253,45 @@ fn plaintext_keyed_by_socket_pairs_and_its_ciphertext_is_ignored() {
     );
     s.handle_record(&plain(EventKind::Close, 7, server_cookie, b""), &mut sink)
         .expect("close");
+    s.sweep(7 + CLOSE_DELAY_NS, u64::MAX, &mut sink);
     assert_eq!(s.connections(), 0);
     assert!(
         sink.unpaired.is_empty() && sink.resyncs.is_empty(),
         "{:?}",
         sink.resyncs
     );
+}
+
+#[test]
+fn a_socket_close_ahead_of_the_owners_last_write_waits_for_it() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let record = |kind, ts, data: &[u8]| synthetic::socket_record(kind, ts, 77, 501, 8443, data);
+    s.handle_record(
+        &record(EventKind::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"),
+        &mut sink,
+    )
+    .expect("read");
+    // The peer's reset ends the socket (softirq) before the return probe
+    // of the server's SSL_write has run.
+    s.handle_record(&record(EventKind::Close, 2, b""), &mut sink)
+        .expect("close");
+    assert_eq!(s.connections(), 1);
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    s.handle_record(&record(EventKind::Write, 3, ok), &mut sink)
+        .expect("write");
+    assert_eq!(sink.http, vec![("/a".to_owned(), 200)]);
+    // Due once a later record (or a sweep) passes its delay.
+    let other = synthetic::socket_record(
+        EventKind::Read,
+        2 + CLOSE_DELAY_NS,
+        77,
+        502,
+        8443,
+        b"GET /b HTTP/1.1\r\n\r\n",
+    );
+    s.handle_record(&other, &mut sink).expect("later");
+    assert_eq!(s.connections(), 1);
+    assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
 }
 
 /// A server-side segment with the ACK flag, acknowledging `ack`.

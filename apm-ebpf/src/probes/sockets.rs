@@ -19,7 +19,7 @@ use apm_common::{
 };
 
 use crate::{
-    emit::{Key, emit_header},
+    emit::{Key, emit_header_of},
     maps::{CAPTURE_PORTS, CONFIG, OUTBOUND, TLS_SEEN, TLS_SOCKS, count_drop, maybe_traced},
     probes::tls_link,
 };
@@ -134,7 +134,8 @@ pub fn tls_socket(sk: u64) -> Found {
         ssl: 0,
         port,
         flags,
-        _pad: [0; 5],
+        _pad: 0,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     if TLS_SOCKS.insert(sk, sock, 0).is_err() {
         count_drop(DropReason::TlsSocketsFull);
@@ -189,6 +190,12 @@ pub fn closed(skaddr: u64) {
         return;
     };
     if TLS_SOCKS.remove(skaddr).is_ok() {
-        emit_header(EventKind::Close, Key::socket(sock.cookie), sock.port, 0);
+        emit_header_of(
+            sock.tgid,
+            EventKind::Close,
+            Key::socket(sock.cookie),
+            sock.port,
+            0,
+        );
     }
 }
