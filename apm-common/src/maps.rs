@@ -82,6 +82,14 @@ pub fn tls_seen_slot(sk: u64) -> u32 {
     (((sk >> 8) ^ (sk >> 24)) as u32) & (TLS_SEEN_SLOTS - 1)
 }
 
+/// `LruHashMap<u32 tgid, u64>`: monitored processes with a TLS object
+/// that holds no descriptor (a memory or custom BIO) and had no
+/// connection to tie to, the last time seen. The agent attaches the
+/// `sock_recv_length` note, which ties such objects, only while one of
+/// them (or a program known to use memory BIOs) is monitored.
+pub const TLS_BIO_USERS: &str = "TLS_BIO_USERS";
+pub const TLS_BIO_USERS_MAX: u32 = 1024;
+
 /// `LruHashMap<u64 socket address, TlsSock>`: with `Config::tls_sockets`,
 /// the sockets of monitored connections that a TLS library reads and
 /// writes, from the first call that moved bytes to the connection's end

@@ -63,9 +63,24 @@ impl Tls {
 
     /// servers/https_server.js under node.
     fn node() -> Self {
+        Self::node_as(None)
+    }
+
+    /// The same under a copy of node named `name`: a program nobody
+    /// expects to use memory BIOs.
+    fn node_as(name: Option<&str>) -> Self {
         let port = free_port().expect("port");
         let (dir, cert, key) = certified("tls-node", port);
-        let mut child = Command::new("node")
+        let program = match name {
+            None => "node".into(),
+            Some(name) => {
+                let node = which("node").expect("node on PATH");
+                let copy = dir.0.join(name);
+                std::fs::copy(node, &copy).expect("a copy of node");
+                copy
+            }
+        };
+        let mut child = Command::new(program)
             .arg(Path::new(SERVERS).join("https_server.js"))
             .args([port.to_string(), cert, key])
             .stdin(Stdio::null())
@@ -150,8 +165,10 @@ impl Tls {
 }
 
 /// The agent with `--capture capture` and TLS reading on `server`'s port,
-/// once the server's TLS library is probed.
-fn agent_on(server: &Tls, capture: &str, service: &str) -> Agent {
+/// once the server's TLS library is probed. `memory_bio`: the server does
+/// its TLS on memory BIOs (Node.js, asyncio), so with packets the read
+/// note that ties them is attached, from the start; else it is not.
+fn agent_on(server: &Tls, capture: &str, service: &str, memory_bio: bool) -> Agent {
     let port = server.port.to_string();
     let agent =
         Agent::start(&["--capture-tls", "--capture", capture, "--port", &port]).expect("agent");
@@ -161,6 +178,8 @@ fn agent_on(server: &Tls, capture: &str, service: &str) -> Agent {
     if capture == "packets" {
         // Really the packet capture, keyed by socket: no fallback.
         assert_eq!(attached(&agent, "syscalls:"), Vec::<String>::new());
+        let note = attached(&agent, "raw_tracepoint:sock_recv_length");
+        assert_eq!(note.len(), usize::from(memory_bio), "{}", agent.log_text());
     }
     agent
 }
@@ -210,7 +229,7 @@ fn uvicorn_over_https_is_counted_exactly_with_syscalls() {
 fn uvicorn_over_https(capture: &str) {
     require_root();
     let server = Tls::uvicorn();
-    let agent = agent_on(&server, capture, "uvicorn");
+    let agent = agent_on(&server, capture, "uvicorn", true);
     let sent = server.drive(12, &APP);
     assert_exact(&agent, &server, &sent, &format!("uvicorn ({capture})"));
 }
@@ -227,7 +246,7 @@ const NODE: [&str; 4] = [
 fn a_go_https_server_is_counted_exactly() {
     require_root();
     let server = Tls::go();
-    let agent = agent_on(&server, "packets", "https_server");
+    let agent = agent_on(&server, "packets", "https_server", false);
     // Entries and a probe at each RET of crypto/tls.(*Conn).Read and
     // Write, in this process only.
     assert!(breakpoints(server.child.id(), "https_server") > 4);
@@ -240,7 +259,7 @@ fn node_https_is_counted_exactly() {
     require_root();
     let server = Tls::node();
     let pid = server.child.id();
-    let agent = agent_on(&server, "packets", "node");
+    let agent = agent_on(&server, "packets", "node", true);
     // OpenSSL linked into node (NodeSource) or Debian's libssl: the
     // probes are in this process's copy of it, and in no other node's.
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
@@ -262,4 +281,50 @@ fn node_https_is_counted_exactly() {
 
     let sent = server.drive(15, &NODE);
     assert_exact(&agent, &server, &sent, "node");
+}
+
+/// The full path of `program` on PATH.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn a_memory_bio_program_not_known_as_one_gets_the_read_note_from_its_first_call() {
+    require_root();
+    // Node under another name: its TLS is on memory BIOs, which the
+    // agent does not expect of it, so the read note is not attached.
+    let server = Tls::node_as(Some("jsrt"));
+    let agent = agent_on(&server, "packets", "jsrt", false);
+    // Its first calls find no connection: counted, and they flag it.
+    server.drive(1, &NODE);
+    let note = wait_for(Duration::from_secs(10), || {
+        (attached(&agent, "raw_tracepoint:sock_recv_length").len() == 1).then_some(())
+    });
+    assert!(
+        note.is_some(),
+        "the note was not attached: {}",
+        agent.log_text()
+    );
+    assert!(drops(&agent, "tls_unlinked").is_some_and(|n| n > 0.0));
+    // Every request from then on is counted exactly.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = counted(&agent, server.port);
+    let sent = server.drive(15, &NODE);
+    let settled = wait_for(Duration::from_secs(20), || {
+        let mut now = counted(&agent, server.port);
+        for (key, n) in &before {
+            if let Some(m) = now.get_mut(key) {
+                *m -= n;
+            }
+        }
+        now.retain(|_, n| *n > 0);
+        (now == sent).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "before {before:?}, now {:?}, sent {sent:?}",
+        counted(&agent, server.port)
+    );
 }

@@ -32,6 +32,7 @@ use super::{
     preflight::preflight,
     report::disable,
     tls::TlsProbes,
+    tls_note,
     traced::Traced,
 };
 
@@ -217,10 +218,10 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         (tls && capture == Capture::Packets).then(|| kernel_layout::read(&options.kernel_btf));
     // Which socket each thread reads, for memory-BIO TLS objects: without
     // it (an older kernel), by descriptor.
-    if matches!(sockets, Some(Ok(_))) && !attach_role(&mut ebpf, Role::TlsSockets, None) {
-        sockets = Some(Err(
-            "the sock_recv_length raw tracepoint did not attach".into()
-        ));
+    // It is attached on demand later (`tls_note`): proved here.
+    let note = matches!(sockets, Some(Ok(_))).then(|| tls_note::prove(&mut ebpf));
+    if let Some(Err(why)) = &note {
+        sockets = Some(Err(format!("the sock_recv_length raw tracepoint: {why}")));
     }
     let layout = sockets.clone().and_then(Result::ok);
     if capture == Capture::Syscalls || (tls && layout.is_none()) {
@@ -233,6 +234,9 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         // note it themselves).
         attach_role(&mut ebpf, Role::TlsReads, None);
     }
+    if let Some(i) = PROBES.iter().position(|p| p.role == Role::TlsSockets) {
+        results[i] = note;
+    }
     report.capture = if !options.http {
         "off"
     } else {
@@ -241,6 +245,14 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     for (probe, result) in PROBES.iter().zip(results) {
         let name = probe_name(probe);
         let check = match result {
+            Some(Ok(())) if probe.role == Role::TlsSockets => {
+                report.off.push(name.clone());
+                Check {
+                    name,
+                    ok: true,
+                    detail: "loaded; attached on demand".into(),
+                }
+            }
             Some(result) => Check {
                 name,
                 ok: result.is_ok(),
@@ -286,7 +298,7 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         layout: layout.unwrap_or_default(),
     };
     let tls = if tls {
-        let loaded = TlsProbes::load(&mut ebpf, &options.proc_root);
+        let loaded = TlsProbes::load(&mut ebpf, &options.proc_root, config.tls_sockets != 0);
         report.probes.push(Check {
             name: TLS_PROBES.into(),
             ok: loaded.is_ok(),
@@ -396,6 +408,11 @@ impl Kernel {
     pub fn update_tls(&mut self, pids: &HashSet<u32>) -> Option<Vec<Check>> {
         let tls = self.tls.as_mut()?;
         tls.update(&mut self.ebpf, pids).then(|| tls.checks())
+    }
+
+    /// Whether the TLS read note is attached (None: not used).
+    pub fn tls_note_attached(&self) -> Option<bool> {
+        self.tls.as_ref()?.note_attached()
     }
 
     /// Starts capturing the packets of local `port` (packet capture), each

@@ -19,6 +19,7 @@ pub mod report;
 pub mod tls;
 pub mod tls_go;
 pub mod tls_library;
+pub mod tls_note;
 pub mod traced;
 
 /// Where HTTP request and response bytes come from.

@@ -31,6 +31,7 @@ use aya::{
 use super::{
     kernel::Check,
     tls_library::{self, Inspection, TlsLibrary},
+    tls_note::ReadNote,
 };
 
 use apm_common::maps::TLS_PROGRAMS;
@@ -65,6 +66,10 @@ pub struct TlsProbes {
     attached: HashMap<u32, Vec<Attachment>>,
     /// When the maps of processes already probed were last read again.
     rechecked: Instant,
+    /// Processes expected to use memory BIOs ([`memory_bio`]).
+    expected: HashSet<u32>,
+    /// The read note, with plaintext keyed by socket.
+    note: Option<ReadNote>,
 }
 
 /// At most this many programs are remembered as holding no OpenSSL;
@@ -78,18 +83,22 @@ const RECHECK: Duration = Duration::from_secs(10);
 impl TlsProbes {
     /// Loads the programs (before the agent takes the maps they use out
     /// of the object); they are attached per process later.
-    pub fn load(ebpf: &mut Ebpf, proc_root: &Path) -> Result<Self, String> {
+    /// With `by_socket`, the read note is attached on demand.
+    pub fn load(ebpf: &mut Ebpf, proc_root: &Path, by_socket: bool) -> Result<Self, String> {
         for program in TLS_PROGRAMS {
             uprobe(ebpf, program)?
                 .load()
                 .map_err(|e| format!("loading {program}: {e}"))?;
         }
+        let note = by_socket.then(|| ReadNote::new(ebpf)).transpose()?;
         Ok(Self {
             proc_root: proc_root.to_owned(),
             libraries: HashMap::new(),
             plain: HashSet::new(),
             attached: HashMap::new(),
             rechecked: Instant::now(),
+            expected: HashSet::new(),
+            note,
         })
     }
 
@@ -104,6 +113,7 @@ impl TlsProbes {
             .copied()
             .collect();
         let mut changed = !gone.is_empty();
+        self.expected.retain(|pid| pids.contains(pid));
         for pid in gone {
             for attachment in self.attached.remove(&pid).unwrap_or_default() {
                 detach(ebpf, attachment.links);
@@ -132,7 +142,11 @@ impl TlsProbes {
                 .map(|a| a.iter().map(|a| a.file.clone()).collect())
                 .unwrap_or_default();
             let mut attachments = Vec::new();
-            for (file, path) in candidates(&self.proc_root, pid) {
+            let (files, expected) = candidates(&self.proc_root, pid);
+            if expected {
+                self.expected.insert(pid);
+            }
+            for (file, path) in files {
                 if seen.contains(&file) || self.plain.contains(&file) {
                     continue;
                 }
@@ -176,7 +190,15 @@ impl TlsProbes {
             }
             self.attached.entry(pid).or_default().extend(attachments);
         }
+        if let Some(note) = &mut self.note {
+            changed |= note.update(ebpf, pids, &self.expected);
+        }
         changed
+    }
+
+    /// Whether the read note is attached (None: not used).
+    pub fn note_attached(&self) -> Option<bool> {
+        self.note.as_ref().map(ReadNote::attached)
     }
 
     /// One check per library: how many processes are probed in it, or
@@ -209,6 +231,7 @@ impl TlsProbes {
                 }
             })
             .collect();
+        checks.extend(self.note.as_ref().map(ReadNote::check));
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         checks
     }
@@ -216,18 +239,35 @@ impl TlsProbes {
 
 /// The files of process `pid` that may hold OpenSSL: the `libssl.so*`
 /// it maps and its program, as file id and path inside the process's
-/// mount namespace.
-fn candidates(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
+/// mount namespace; and whether it is expected to use memory BIOs.
+fn candidates(proc_root: &Path, pid: u32) -> (Vec<(FileId, String)>, bool) {
     let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
     let exe = exe.as_deref().and_then(Path::to_str);
-    mapped(proc_root, pid, |path| {
+    let (mut ssl, mut asyncio) = (false, false);
+    let files = mapped(proc_root, pid, |path| {
         let name = path.rsplit('/').next().unwrap_or(path);
+        ssl |= name.starts_with("_ssl.");
+        asyncio |= name.starts_with("_asyncio.");
         name.starts_with("libssl.so") || Some(path) == exe
-    })
+    });
+    // Python's asyncio wraps its sockets' TLS in memory BIOs; its
+    // blocking ssl module does not.
+    (files, (ssl && asyncio) || exe.is_some_and(memory_bio))
+}
+
+/// Whether a program is known to do its TLS on memory BIOs: Node.js (its
+/// TLS sockets feed OpenSSL from libuv's reads), by name.
+fn memory_bio(exe: &str) -> bool {
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    matches!(name, "node" | "nodejs")
 }
 
 /// The files process `pid` maps whose path `wanted` accepts, once each.
-fn mapped(proc_root: &Path, pid: u32, wanted: impl Fn(&str) -> bool) -> Vec<(FileId, String)> {
+fn mapped(
+    proc_root: &Path,
+    pid: u32,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> Vec<(FileId, String)> {
     let maps =
         std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")).unwrap_or_default();
     let mut found: Vec<(FileId, String)> = Vec::new();

@@ -106,7 +106,10 @@ pub fn evaluate(i: &Inputs<'_>) -> HealthReport {
             });
         }
     }
-    for p in i.probes.probes.iter().chain(i.tls_libraries) {
+    // A probe attached on demand is listed with the libraries, as it is now.
+    let at_start = i.probes.probes.iter();
+    let at_start = at_start.filter(|p| i.tls_libraries.iter().all(|t| t.name != p.name));
+    for p in at_start.chain(i.tls_libraries) {
         checks.push(entry(
             format!("probe {}", p.name),
             p.ok,

@@ -185,7 +185,10 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
             Some(conn) => (conn, 0),
             None => match tls_link::candidate(pid_tgid) {
                 Some(conn) if kind == EventKind::Read => (conn, ssl),
-                _ => (Conn::UNLINKED, 0),
+                _ => {
+                    tls_link::wants_note(tgid);
+                    (Conn::UNLINKED, 0)
+                }
             },
         },
     };

@@ -24,7 +24,7 @@ use apm_common::{ConnKey, DropReason, LastRead, SslKey, conn_flags};
 
 use crate::{
     ctx::field_u64,
-    maps::{CONNS, LAST_READS, TLS_LINKS, TLS_SOCKS, count_drop, maybe_traced},
+    maps::{CONNS, LAST_READS, TLS_BIO_USERS, TLS_LINKS, TLS_SOCKS, count_drop, maybe_traced},
     probes::{
         sockets::{self, Found},
         tls::Conn,
@@ -73,6 +73,18 @@ pub fn note_read(pid_tgid: u64, target: u64) {
     };
     // An LRU map: a full one forgets its oldest thread.
     let _ = LAST_READS.insert(pid_tgid, last, 0);
+}
+
+/// Process `tgid` has an object with no descriptor and nothing to tie it
+/// to: the agent attaches the read note while such processes are
+/// monitored (with packets it is attached on demand).
+#[inline(always)]
+pub fn wants_note(tgid: u32) {
+    if sockets::enabled() {
+        // SAFETY: plain helper call without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = TLS_BIO_USERS.insert(tgid, now, 0);
+    }
 }
 
 fn key(tgid: u32, ssl: u64) -> SslKey {

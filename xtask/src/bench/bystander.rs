@@ -4,22 +4,24 @@
 //! The probes live in monitored processes only, so a bystander's SSL
 //! calls hit no breakpoint; what can reach it is what the TLS capture
 //! attaches for every process (with packets: the raw `sock_recv_length`
-//! tracepoint; keyed by descriptor: syscall tracepoints). bystander.py
-//! (one process on CPU 0) times SSL calls on a socket BIO (syscalls)
-//! against SSL calls on a memory BIO (none), in alternating 20 ms turns,
-//! and prints both every second: their ratio cancels the VM's speed of
-//! that second. Blocks of seconds alternate with blocks of none: the
-//! agent with `--capture-tls` (on CPU 1), the default agent, and a sham
-//! with no agent either, in every order in turn. Each second's ratio over
-//! the mean of its neighbouring no-agent blocks' medians is its cost; the
-//! sham's is the A/A. What reading TLS costs the bystander is the TLS
-//! agent's median over the default agent's, paired within each cycle
-//! (the two ran within half a minute of each other).
+//! tracepoint, while a monitored process uses memory BIOs; keyed by
+//! descriptor: syscall tracepoints). bystander.py (one process on CPU 0)
+//! times SSL calls on a socket BIO (syscalls) against SSL calls on a
+//! memory BIO (none), in alternating 20 ms turns, and prints both every
+//! second: their ratio cancels the VM's speed of that second. Blocks of
+//! seconds alternate with blocks of none: the agent with `--capture-tls`
+//! (on CPU 1) monitoring a TLS server on socket BIOs, the same monitoring
+//! one on memory BIOs (tls_server.py, idle: there to be probed), the
+//! default agent, and a sham with no agent either, in turn. Each second's
+//! ratio over the mean of its neighbouring no-agent blocks' medians is its
+//! cost; the sham's is the A/A. What reading TLS costs the bystander is a
+//! TLS agent's median over the default agent's, paired within each cycle
+//! (they ran within a minute of each other).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::Stdio,
+    process::{Child, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -30,36 +32,41 @@ use super::tools::{RunningAgent, free_port, median, median_ci95, pinned};
 /// agent starting or stopping).
 const BLOCK: usize = 6;
 const SETTLE: usize = 2;
-/// Cycles of (off, x, off, y, off, z), (x, y, z) an order of the three:
-/// 24 (about 15 minutes) resolve the TLS agent from the default one to
-/// ±100 ns per call on the reference VM; 12 do not.
+/// Cycles of (off, w, off, x, off, y, off, z), (w, x, y, z) an order of
+/// the four: 24 (about 20 minutes) resolve a TLS agent from the default
+/// one to ±100 ns per call on the reference VM; 12 do not.
 const CYCLES: usize = 24;
 
 const SCRIPT: &str = include_str!("bystander.py");
+const SERVER: &str = include_str!("tls_server.py");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Block {
     Off,
-    /// The agent with `--capture-tls`.
+    /// The agent with `--capture-tls`, monitoring a socket-BIO server.
     Tls,
+    /// The same, monitoring a memory-BIO server: the read note attached.
+    Memory,
     /// The default agent.
     Plain,
     Sham,
 }
 
 /// Blocks per cycle.
-const PER_CYCLE: usize = 6;
+const PER_CYCLE: usize = 8;
 
 /// The schedule: blocks in order, ending with an off block.
 fn schedule() -> Vec<Block> {
-    use Block::{Plain, Sham, Tls};
-    const ORDERS: [[Block; 3]; 6] = [
-        [Tls, Plain, Sham],
-        [Plain, Sham, Tls],
-        [Sham, Tls, Plain],
-        [Tls, Sham, Plain],
-        [Plain, Tls, Sham],
-        [Sham, Plain, Tls],
+    use Block::{Memory, Plain, Sham, Tls};
+    const ORDERS: [[Block; 4]; 8] = [
+        [Tls, Memory, Plain, Sham],
+        [Memory, Plain, Sham, Tls],
+        [Plain, Sham, Tls, Memory],
+        [Sham, Tls, Memory, Plain],
+        [Sham, Plain, Memory, Tls],
+        [Tls, Sham, Plain, Memory],
+        [Memory, Tls, Sham, Plain],
+        [Plain, Memory, Tls, Sham],
     ];
     let mut blocks = Vec::new();
     for cycle in 0..CYCLES {
@@ -76,12 +83,16 @@ pub struct Bystander {
     /// Seconds with the TLS agent: (socket / memory) over the neighbouring
     /// no-agent blocks' median of the same.
     tls: Vec<f64>,
+    /// The same with the read note attached.
+    memory: Vec<f64>,
     /// The same with the default agent.
     plain: Vec<f64>,
     /// The same for the sham blocks (A/A).
     sham: Vec<f64>,
     /// Per cycle: the TLS agent's median over the default agent's.
     own: Vec<f64>,
+    /// The same with the read note attached.
+    own_memory: Vec<f64>,
     /// Median nanoseconds per socket-BIO SSL call without an agent.
     socket_ns: f64,
     /// The same for a memory-BIO SSL call.
@@ -98,25 +109,36 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
 
 impl Bystander {
     pub fn line(&self) -> String {
-        let (q, lo, hi) = summary(&self.own);
         let ns = |q: f64| (q - 1.0) * self.socket_ns;
-        let (t, t_lo, t_hi) = summary(&self.tls);
-        let (p, p_lo, p_hi) = summary(&self.plain);
-        let (a, a_lo, a_hi) = summary(&self.sham);
+        let paired = |own: &[f64]| {
+            let (q, lo, hi) = summary(own);
+            format!(
+                "{q:.3} (95 % CI {lo:.3}–{hi:.3}): {:.0} ns per call ({:.0} to {:.0})",
+                ns(q),
+                ns(lo),
+                ns(hi)
+            )
+        };
+        let alone = |v: &[f64]| {
+            let (q, lo, hi) = summary(v);
+            format!("{q:.3} ({lo:.3}–{hi:.3})")
+        };
         format!(
-            "TLS in a process not monitored (Python ssl on CPU 0, agents on CPU 1): a socket-BIO \
-             SSL call with the `--capture-tls` agent over with the default agent {q:.3} \
-             (95 % CI {lo:.3}–{hi:.3}) over {} cycles: {:.0} ns per call ({:.0} to {:.0}) of \
-             {:.0} ns is what reading TLS costs it. Against no agent, over {} seconds each: \
-             `--capture-tls` {t:.3} ({t_lo:.3}–{t_hi:.3}), default {p:.3} ({p_lo:.3}–{p_hi:.3}), \
-             A/A {a:.3} ({a_lo:.3}–{a_hi:.3}). A memory-BIO call ({:.0} ns, no syscall) hits no \
-             probe and no tracepoint",
-            self.own.len(),
-            ns(q),
-            ns(lo),
-            ns(hi),
+            "TLS in a process not monitored (Python ssl on CPU 0, agents on CPU 1), a \
+             socket-BIO SSL call of {:.0} ns: with the `--capture-tls` agent over with the \
+             default agent, over {} cycles, monitoring a socket-BIO TLS server {}; monitoring \
+             a memory-BIO one (asyncio: the read note attached) {}. Against no agent, over {} \
+             seconds each: `--capture-tls` {}, with the note {}, default {}, A/A {}. A \
+             memory-BIO call ({:.0} ns, no syscall) hits no probe and no tracepoint",
             self.socket_ns,
+            self.own.len(),
+            paired(&self.own),
+            paired(&self.own_memory),
             self.tls.len(),
+            alone(&self.tls),
+            alone(&self.memory),
+            alone(&self.plain),
+            alone(&self.sham),
             self.memory_ns
         )
     }
@@ -134,7 +156,7 @@ pub fn bystander(agent: &Path, work: &Path, extra: &[&str]) -> Result<Bystander>
         .spawn()
         .context("starting bystander.py")?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let port = free_port()?;
+    let (socket, memory) = (server(work, "socket")?, server(work, "asyncio")?);
     let mut tls_args = vec!["--capture-tls"];
     tls_args.extend_from_slice(extra);
     // (block, socket ns, memory ns) per second.
@@ -143,8 +165,9 @@ pub fn bystander(agent: &Path, work: &Path, extra: &[&str]) -> Result<Bystander>
     lines.next().context("bystander.py ended")??;
     for (i, block) in schedule().into_iter().enumerate() {
         let running = match block {
-            Block::Tls => Some(RunningAgent::start(agent, port, &tls_args, false)?),
-            Block::Plain => Some(RunningAgent::start(agent, port, extra, false)?),
+            Block::Tls => Some(RunningAgent::start(agent, socket.port, &tls_args, false)?),
+            Block::Memory => Some(RunningAgent::start(agent, memory.port, &tls_args, false)?),
+            Block::Plain => Some(RunningAgent::start(agent, socket.port, extra, false)?),
             Block::Off | Block::Sham => None,
         };
         for s in 0..BLOCK {
@@ -155,6 +178,11 @@ pub fn bystander(agent: &Path, work: &Path, extra: &[&str]) -> Result<Bystander>
             };
             if s >= SETTLE {
                 seconds.push((i, socket, memory));
+            }
+            if s + 1 == SETTLE
+                && let Some(running) = &running
+            {
+                note_is(running, block == Block::Memory)?;
             }
         }
         drop(running);
@@ -193,12 +221,14 @@ fn summarise(blocks: &[Block], seconds: &[(usize, f64, f64)]) -> Bystander {
             .map(|&(_, r)| r)
             .collect()
     };
-    let own = (0..CYCLES)
-        .filter_map(|c| {
-            let (mut t, mut p) = (of(Block::Tls, Some(c)), of(Block::Plain, Some(c)));
-            (!t.is_empty() && !p.is_empty()).then(|| median(&mut t) / median(&mut p))
-        })
-        .collect();
+    let own = |kind: Block| {
+        (0..CYCLES)
+            .filter_map(|c| {
+                let (mut t, mut p) = (of(kind, Some(c)), of(Block::Plain, Some(c)));
+                (!t.is_empty() && !p.is_empty()).then(|| median(&mut t) / median(&mut p))
+            })
+            .collect()
+    };
     let off = |f: fn(&(usize, f64, f64)) -> f64| {
         let mut v: Vec<f64> = seconds
             .iter()
@@ -209,10 +239,63 @@ fn summarise(blocks: &[Block], seconds: &[(usize, f64, f64)]) -> Bystander {
     };
     Bystander {
         tls: of(Block::Tls, None),
+        memory: of(Block::Memory, None),
         plain: of(Block::Plain, None),
         sham: of(Block::Sham, None),
-        own,
+        own: own(Block::Tls),
+        own_memory: own(Block::Memory),
         socket_ns: off(|s| s.1),
         memory_ns: off(|s| s.2),
     }
+}
+
+/// A monitored TLS server (tls_server.py), stopped when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tls_server.py in `mode` (socket, asyncio), listening, on CPU 1.
+fn server(work: &Path, mode: &str) -> Result<Server> {
+    let script = work.join("tls_server.py");
+    std::fs::write(&script, SERVER)?;
+    let port = free_port()?;
+    let mut child = pinned(1, "python3")
+        .arg(&script)
+        .args([mode, &port.to_string()])
+        .arg(work.join("cert.pem"))
+        .arg(work.join("key.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting tls_server.py")?;
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let server = Server { child, port };
+    if line.trim() != "listening" {
+        bail!("tls_server.py {mode} printed {line:?}");
+    }
+    Ok(server)
+}
+
+/// Fails unless the agent's read note is attached exactly when `wanted`:
+/// the blocks measure what they say.
+fn note_is(agent: &RunningAgent, wanted: bool) -> Result<()> {
+    let body = crate::load::http_get(agent.admin, "/metrics")?;
+    let attached = body.lines().any(|l| {
+        l.starts_with("apm_ebpf_probe_attached{probe=\"raw_tracepoint:sock_recv_length\"} 1")
+    });
+    if attached != wanted {
+        bail!("the read note is attached: {attached}, wanted {wanted}");
+    }
+    Ok(())
 }
