@@ -1,7 +1,7 @@
 //! The read note (`raw_tracepoint:sock_recv_length`, with plaintext keyed
 //! by socket), attached only while it is needed. It ties TLS objects on
 //! memory BIOs to the socket their thread read last, and it runs on every
-//! socket receive on the host while attached (about 150 ns each on the
+//! socket receive on the host while attached (about 100 ns each on the
 //! reference VM, docs/benchmarks.md), so a host whose monitored TLS
 //! processes all hold descriptors (nginx, Go, curl, redis) pays nothing.
 //!
