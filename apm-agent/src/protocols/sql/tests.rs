@@ -1,0 +1,163 @@
+use super::*;
+
+fn text(sql: &str) -> String {
+    normalise(sql.as_bytes(), false).text
+}
+
+#[test]
+fn pgbench_statements_normalise_as_pg_stat_statements_shows_them() {
+    assert_eq!(
+        text("UPDATE pgbench_accounts SET abalance = abalance + -4077 WHERE aid = 83712;"),
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+    );
+    assert_eq!(
+        text("SELECT abalance FROM pgbench_accounts WHERE aid = 83712;"),
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+    );
+    assert_eq!(
+        text(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES (7, 1, 83712, -4077, CURRENT_TIMESTAMP);"
+        ),
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+         VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)"
+    );
+    // The extended protocol's own parameters stay; literals go after them.
+    assert_eq!(
+        text("UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2"),
+        "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2"
+    );
+    assert_eq!(
+        text("SELECT $1, 5 FROM t WHERE a = 'x'"),
+        "SELECT $1, $2 FROM t WHERE a = $3"
+    );
+    assert_eq!(text("BEGIN;"), "BEGIN");
+    assert_eq!(text("END;"), "END");
+}
+
+#[test]
+fn no_literal_survives() {
+    let sql = "SELECT * FROM users WHERE email = 'alice@example.com' AND card = \
+               E'4111\\'1111' AND token = $tok$s3cr3t$tok$ AND n = 1e-7 AND h = 0xFF \
+               AND b = B'1010' AND x = X'1F' AND price > 19.99 -- 'comment 12345'\n\
+               /* secret 999 /* nested */ */ AND note = 'it''s'";
+    let s = normalise(sql.as_bytes(), false);
+    for secret in [
+        "alice", "4111", "1111", "s3cr3t", "1e", "FF", "1010", "1F", "19", "comment", "12345",
+        "secret", "999", "it",
+    ] {
+        assert!(!s.text.contains(secret), "{secret} in {}", s.text);
+    }
+    assert_eq!(
+        s.text,
+        "SELECT * FROM users WHERE email = $1 AND card = $2 AND token = $3 AND n = $4 AND \
+         h = $5 AND b = $6 AND x = $7 AND price > $8 AND note = $9"
+    );
+}
+
+#[test]
+fn in_lists_of_literals_fold() {
+    assert_eq!(
+        text("SELECT * FROM t WHERE id IN (1, 2, 3)"),
+        text("SELECT * FROM t WHERE id IN (4,5,6,7,8)")
+    );
+    assert_eq!(
+        text("SELECT * FROM t WHERE id IN (1, 2, 3) AND k = 'a'"),
+        "SELECT * FROM t WHERE id IN ($1, ...) AND k = $2"
+    );
+    // Not only literals: kept as written.
+    assert_eq!(
+        text("SELECT * FROM t WHERE id IN (a, 2)"),
+        "SELECT * FROM t WHERE id IN (a, $1)"
+    );
+}
+
+#[test]
+fn a_minus_after_an_operand_is_a_subtraction() {
+    assert_eq!(text("SELECT a - 1 FROM t"), "SELECT a - $1 FROM t");
+    // The text around a placeholder is kept as written.
+    assert_eq!(text("SELECT (a) -1 FROM t"), "SELECT (a) -$1 FROM t");
+    assert_eq!(text("SELECT -1"), "SELECT $1");
+    assert_eq!(text("SELECT f(-1, -2)"), "SELECT f($1, $2)");
+}
+
+#[test]
+fn operation_and_table() {
+    let id = |sql: &str| {
+        let s = normalise(sql.as_bytes(), false);
+        (s.operation, s.collection)
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        id("select * from Users u"),
+        ("SELECT".into(), some("Users"))
+    );
+    assert_eq!(
+        id("SELECT a FROM public.\"Order Items\" WHERE b IN (SELECT c FROM x)"),
+        ("SELECT".into(), some("public.Order Items"))
+    );
+    assert_eq!(
+        id("insert into orders (a) values (1)"),
+        ("INSERT".into(), some("orders"))
+    );
+    assert_eq!(id("UPDATE ONLY t SET a = 1"), ("UPDATE".into(), some("t")));
+    assert_eq!(id("DELETE FROM s.t"), ("DELETE".into(), some("s.t")));
+    assert_eq!(
+        id("WITH x AS (SELECT * FROM a) INSERT INTO b SELECT * FROM x"),
+        ("INSERT".into(), some("b"))
+    );
+    assert_eq!(
+        id("SELECT (SELECT 1 FROM a) FROM b"),
+        ("SELECT".into(), some("b"))
+    );
+    assert_eq!(id("SELECT 1"), ("SELECT".into(), None));
+    assert_eq!(id("BEGIN"), ("BEGIN".into(), None));
+    assert_eq!(id(""), (String::new(), None));
+    assert_eq!(
+        normalise(b"select * from Users", false).summary(),
+        "SELECT Users"
+    );
+}
+
+#[test]
+fn simple_queries_split_on_semicolons_outside_literals() {
+    let parts = statements(b"SELECT ';'; UPDATE t SET a = $$;$$ ; -- c;\n; BEGIN");
+    assert_eq!(
+        parts,
+        vec![
+            &b"SELECT ';'"[..],
+            &b" UPDATE t SET a = $$;$$ "[..],
+            &b" BEGIN"[..]
+        ]
+    );
+    assert!(statements(b" ; ;").is_empty());
+}
+
+#[test]
+fn cut_and_hostile_input_is_normalised_safely() {
+    // An open literal, comment or quote runs to the end: nothing leaks.
+    let s = normalise(b"SELECT * FROM t WHERE a = 'secret-never-clo", true);
+    assert!(s.truncated);
+    assert_eq!(s.text, "SELECT * FROM t WHERE a = $1");
+    assert_eq!(
+        normalise(b"SELECT 1 /* open comment secret", false).text,
+        "SELECT $1"
+    );
+    for bytes in [
+        &b"\xff\xfe\x00'"[..],
+        b"$",
+        b"$a",
+        b"$$",
+        b"E'\\",
+        b"0x",
+        b"1e+",
+        b"\"",
+        b"-",
+    ] {
+        let _ = normalise(bytes, false);
+        let _ = statements(bytes);
+    }
+    let long = format!("SELECT {} FROM t", "a, ".repeat(1000));
+    let s = normalise(long.as_bytes(), false);
+    assert!(s.truncated && s.text.chars().count() <= MAX_TEXT + 1);
+}
