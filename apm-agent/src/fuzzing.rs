@@ -4,6 +4,7 @@
 //! (inputs that once failed) and the seeds run through the same functions
 //! in the unit tests, so a fixed crash stays fixed without the fuzzer.
 
+mod postgres;
 mod streams;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::{
     telemetry::{metrics::Metrics, pipeline::Pipeline, synthetic},
 };
 
-pub use self::streams::streams;
+pub use self::{postgres::postgres, streams::streams};
 
 /// The HTTP parsers: never a panic, and what comes out is bounded by what
 /// went in and carries no query string.
@@ -210,6 +211,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("records", records),
     ("pairing", pairing),
     ("streams", streams),
+    ("postgres", postgres),
 ];
 
 #[cfg(test)]

@@ -345,12 +345,16 @@ pub enum Verdict {
     Tls = 4,
     /// The server spoke first (SSH, MySQL, SMTP banners).
     ServerFirst = 5,
-    /// Anything else the client sent first (PostgreSQL, etcd, …).
+    /// Anything else the client sent first (etcd, …).
     Other = 6,
+    /// A PostgreSQL startup message (or an SSLRequest, GSSENCRequest or
+    /// CancelRequest): a length of 8 to 10 000 and a protocol 3.x or
+    /// request code.
+    Postgres = 7,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 7] = [
+    pub const ALL: [Verdict; 8] = [
         Verdict::Undecided,
         Verdict::Http,
         Verdict::Resp,
@@ -358,6 +362,7 @@ impl Verdict {
         Verdict::Tls,
         Verdict::ServerFirst,
         Verdict::Other,
+        Verdict::Postgres,
     ];
     /// Counters per verdict in [`maps::VERDICTS`]: connections decided at
     /// `v`, payload segments not copied at `SLOTS + v`.
@@ -373,6 +378,7 @@ impl Verdict {
         verdict == Verdict::Undecided as u32
             || verdict == Verdict::Http as u32
             || verdict == Verdict::Resp as u32
+            || verdict == Verdict::Postgres as u32
     }
 
     /// The `verdict` label value.
@@ -385,6 +391,7 @@ impl Verdict {
             Verdict::Tls => "tls",
             Verdict::ServerFirst => "server_first",
             Verdict::Other => "other",
+            Verdict::Postgres => "postgres",
         }
     }
 
@@ -399,6 +406,21 @@ impl Verdict {
         }
         if redis_port || (n >= 2 && first[0] == b'*' && first[1].is_ascii_digit()) {
             return Verdict::Resp;
+        }
+        // A big-endian length under 16 MiB starts with a zero byte, which
+        // no text protocol sends first.
+        if n >= 1 && first[0] == 0 {
+            if n < 8 {
+                return Verdict::Undecided;
+            }
+            let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
+            let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+            let request = code == 80_877_103 || code == 80_877_104 || code == 80_877_102;
+            return if (8..=10_000).contains(&len) && (code >> 16 == 3 || request) {
+                Verdict::Postgres
+            } else {
+                Verdict::Other
+            };
         }
         if n < 2 && (n == 0 || first[0] == b'*' || first[0] == 0x16) {
             return Verdict::Undecided;
@@ -461,9 +483,10 @@ mod verdict_tests {
         assert_eq!(of(&[0x16, 0x03, 0x01, 0x02, 0x00], false), Verdict::Tls);
         assert_eq!(of(&[0x16, 0x03, 0x01], true), Verdict::Tls);
         assert_eq!(of(b"SSH-2.0-OpenSSH_9.2\r\n", false), Verdict::Other);
+        // A PostgreSQL SSLRequest.
         assert_eq!(
             of(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f], false),
-            Verdict::Other
+            Verdict::Postgres
         );
         assert_eq!(of(b" GET / HTTP/1.1\r\n", false), Verdict::Other);
         // Redis inline commands: the agent looks the word up.
@@ -472,6 +495,13 @@ mod verdict_tests {
         assert_eq!(of(b"ping\n", false), Verdict::Resp);
         assert_eq!(of(b"SSH-2.0-x\r\n", false), Verdict::Other);
         assert_eq!(of(b"ABCDEFGHIJKLMNOPQRS", false), Verdict::Other);
+        // PostgreSQL: a startup message, an SSLRequest.
+        assert_eq!(
+            of(b"\0\0\0\x29\0\x03\0\0user\0bench\0", false),
+            Verdict::Postgres
+        );
+        assert_eq!(of(b"\0\0\0\x08\0\0\0\0", false), Verdict::Other);
+        assert_eq!(of(b"\0\0\0", false), Verdict::Undecided);
     }
 
     #[test]
@@ -484,9 +514,9 @@ mod verdict_tests {
     }
 
     #[test]
-    fn only_http_and_resp_are_copied() {
+    fn only_http_resp_and_postgres_are_copied() {
         let copied = Verdict::ALL.map(Verdict::captured);
-        assert_eq!(copied, [true, true, true, false, false, false, false]);
+        assert_eq!(copied, [true, true, true, false, false, false, false, true]);
     }
 }
 

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub mod databases;
 pub mod https;
 mod metrics;
 mod net;

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use std::io::{Read as _, Write as _};
 
-use apm_e2e::{Agent, Client, Redis, Server, free_port, require_root, wait_for};
+use apm_e2e::{Agent, Client, Redis, Server, databases, free_port, require_root, wait_for};
 
 /// Metric names in docs/metrics.md, and those documented as existing only
 /// while descriptors are tracked (`--capture syscalls`, or TLS reading).
@@ -35,6 +35,8 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
     let server = Server::rust(port).expect("apm-httpd");
     let rport = free_port().expect("port");
     let _redis = Redis::start(rport);
+    let pgport = free_port().expect("port");
+    let _pg = databases::postgres(pgport, "unused", "trust", &[]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let check = format!("tcp://127.0.0.1:{port}");
     let dead = free_port().expect("port");
@@ -59,6 +61,8 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
     let agent = Agent::start(&args).expect("agent");
     agent.wait_for_service(port, "apm-httpd");
     agent.wait_for_service(rport, "redis-server");
+    agent.wait_for_service(pgport, "postgres");
+    assert!(databases::psql(pgport, &["SELECT 1"]).0);
     let lport = listener.local_addr().expect("addr").port();
     let me = std::fs::read_to_string("/proc/self/comm").expect("comm");
     agent.wait_for_service(lport, me.trim());
@@ -97,6 +101,9 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
             || m.text
                 .contains("db_client_operation_duration_seconds_count{");
         let pooled = m.text.contains("apm_outbound_connections_active{");
+        // The syscall capture follows a descriptor in the process that
+        // accepted it: PostgreSQL's forked backends are not followed.
+        let sql = capture != "packets" || m.text.contains("db_system_name=\"postgresql\"");
         for (ok, what) in [
             (paired, "3 requests paired"),
             (sampled, "the service sampled"),
@@ -105,6 +112,7 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
             (served, "Redis timed server side"),
             (client, "Redis timed client side"),
             (pooled, "the pool counted"),
+            (sql, "a SQL statement timed server side"),
         ] {
             if !ok {
                 missing.push(what);

@@ -79,10 +79,20 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/redis-server",
         package: "redis-server",
     },
-    // The --check postgres:// test's server (Debian 12's PostgreSQL).
+    // The --check postgres:// test's server (Debian 12's PostgreSQL), and
+    // the wire tests' pgbench, psql and pg_stat_statements (the same
+    // package and its client).
     Need {
         path: "/usr/lib/postgresql/15/bin/initdb",
         package: "postgresql-15",
+    },
+    Need {
+        path: "/usr/lib/postgresql/15/lib/pg_stat_statements.so",
+        package: "postgresql-15",
+    },
+    Need {
+        path: "/usr/lib/postgresql/15/bin/psql",
+        package: "postgresql-client-15",
     },
     // The --check mysql:// test's server (Debian 12's MariaDB): the server
     // and mariadb-install-db, which calls my_print_defaults. The core

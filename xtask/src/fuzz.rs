@@ -14,7 +14,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The targets (apm_agent::fuzzing::TARGETS, by name).
-pub const TARGETS: &[&str] = &["http", "routes", "records", "pairing", "streams"];
+pub const TARGETS: &[&str] = &[
+    "http", "routes", "records", "pairing", "streams", "postgres",
+];
 
 /// What one target's run did.
 pub struct Outcome {

@@ -227,6 +227,7 @@ fn fuzz_table(outcomes: &[fuzz::Outcome], seconds: u64) -> String {
             "routes" => "route templater (placeholders, caps)",
             "records" => "ring-record decoding, reassembly, pairing, recording",
             "streams" => "HTTP and RESP conversations cut, lost, repeated, reordered",
+            "postgres" => "SQL normalising, PostgreSQL framing and pairing of any pieces",
             _ => "packet streams with loss, retransmission, FIN/RST",
         };
         s.push_str(&format!(

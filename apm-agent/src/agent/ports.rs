@@ -55,12 +55,14 @@ impl Agent {
         }
     }
 
-    /// Records per segment for `port`: Redis servers get the deepest
-    /// capture (pipelined commands run past one record), HTTP one.
+    /// Records per segment for `port`: Redis and PostgreSQL servers get
+    /// the deepest capture (pipelined commands and batches, and long
+    /// statements, run past one record), HTTP one.
     fn capture_depth(&self, port: u16, name: Option<&str>) -> u32 {
-        let redis = self.redis_ports.contains(&port)
-            || name.is_some_and(|n| ["redis", "valkey", "keydb"].iter().any(|r| n.contains(r)));
-        if redis {
+        const DEEP: [&str; 5] = ["redis", "valkey", "keydb", "postgres", "postmaster"];
+        let deep = self.redis_ports.contains(&port)
+            || name.is_some_and(|n| DEEP.iter().any(|r| n.contains(r)));
+        if deep {
             apm_common::events::MAX_CHUNKS
         } else {
             1

@@ -137,6 +137,7 @@ pub fn evaluate_once(cx: &Context) -> Result<(), &'static str> {
         let samples = cx.samples.lock().unwrap_or_else(|p| p.into_inner());
         let inputs = Inputs {
             requests: &pipeline.windows,
+            statements: &pipeline.statements,
             samples: &samples,
             now_s,
         };

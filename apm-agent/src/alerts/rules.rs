@@ -25,6 +25,11 @@ pub enum Signal {
     ProcessCpuCores,
     /// Resident memory of a service's processes.
     ProcessMemoryBytes,
+    /// Failed SQL statements over all statements a service ran or served.
+    DbErrorRatio,
+    /// The 95th percentile of the duration of a service's SQL statement
+    /// (normalised).
+    DbStatementP95Seconds,
     /// A service that sent no request in the window (Prometheus'
     /// `absent()`): the named one, or every one seen since the agent
     /// started.
@@ -42,13 +47,21 @@ impl Signal {
             Signal::ProcessCpuCores => "process_cpu_cores",
             Signal::ProcessMemoryBytes => "process_memory_bytes",
             Signal::ServiceAbsent => "service_absent",
+            Signal::DbErrorRatio => "db_error_ratio",
+            Signal::DbStatementP95Seconds => "db_statement_p95_seconds",
         }
     }
 
     /// Measured on requests: a window needs `min_requests` of them to say
     /// anything, else it has no data.
     pub fn counts_requests(self) -> bool {
-        matches!(self, Signal::HttpErrorRatio | Signal::HttpLatencyP95Seconds)
+        matches!(
+            self,
+            Signal::HttpErrorRatio
+                | Signal::HttpLatencyP95Seconds
+                | Signal::DbErrorRatio
+                | Signal::DbStatementP95Seconds
+        )
     }
 
     /// What a firing alert does while its window has no data, unless the
@@ -71,6 +84,8 @@ impl Signal {
                 | Signal::ProcessCpuCores
                 | Signal::ProcessMemoryBytes
                 | Signal::ServiceAbsent
+                | Signal::DbErrorRatio
+                | Signal::DbStatementP95Seconds
         )
     }
 }
@@ -369,7 +384,7 @@ fn resolve(r: RuleSpec) -> Result<Rule, String> {
     };
     if r.min_requests.is_some() && !r.signal.counts_requests() {
         return Err(format!(
-            "rule {:?}: min_requests applies to http_error_ratio and http_latency_p95_seconds only",
+            "rule {:?}: min_requests applies to the http_ and db_ signals only",
             r.name
         ));
     }

@@ -14,6 +14,8 @@ use crate::telemetry::windows::{SampleWindow, Windows};
 /// The windows a measurement reads, at `now_s` (monotonic seconds).
 pub struct Inputs<'a> {
     pub requests: &'a Windows,
+    /// SQL statements, an error counting as a 5xx.
+    pub statements: &'a Windows,
     pub samples: &'a SampleWindow,
     pub now_s: u64,
 }
@@ -29,18 +31,32 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
     let window = rule.window;
     let wants_service = |s: &str| rule.service.as_deref().is_none_or(|want| want == s);
-    match rule.signal {
-        Signal::HttpErrorRatio => i
-            .requests
+    let error_ratio = |windows: &Windows| -> Vec<Measurement> {
+        windows
             .services()
             .filter(|s| wants_service(s))
             .map(|s| {
-                let e = i.requests.error_ratio(s, i.now_s, window);
+                let e = windows.error_ratio(s, i.now_s, window);
                 Measurement {
                     labels: labels(&[("service_name", s)]),
                     value: e.ratio,
                     samples: e.requests,
                 }
+            })
+            .collect()
+    };
+    match rule.signal {
+        Signal::HttpErrorRatio => error_ratio(i.requests),
+        Signal::DbErrorRatio => error_ratio(i.statements),
+        Signal::DbStatementP95Seconds => i
+            .statements
+            .route_quantiles_covering(i.now_s, window, 0.95)
+            .into_iter()
+            .filter(|(s, ..)| wants_service(s))
+            .map(|(s, statement, value, n)| Measurement {
+                labels: labels(&[("service_name", &s), ("db_statement", &statement)]),
+                value,
+                samples: n,
             })
             .collect(),
         Signal::HttpLatencyP95Seconds => i
@@ -145,8 +161,10 @@ mod tests {
             w.record(100 + t / 10, &shop, &list, 200, 0.01);
         }
         let samples = SampleWindow::new(Duration::from_secs(60));
+        let none = Windows::new(Duration::ZERO);
         let inputs = Inputs {
             requests: &w,
+            statements: &none,
             samples: &samples,
             now_s: 101,
         };
@@ -174,5 +192,46 @@ mod tests {
             ..latency
         };
         assert_eq!(measure(&only_list, &inputs).len(), 1);
+    }
+
+    #[test]
+    fn database_rules_measure_statements_per_service() {
+        let mut statements = Windows::new(Duration::from_secs(60));
+        let (db, fast, slow): (Arc<str>, Arc<str>, Arc<str>) = (
+            "postgres".into(),
+            "SELECT a FROM t WHERE id = $1".into(),
+            "SELECT pg_sleep($1)".into(),
+        );
+        for t in 0..30 {
+            let failed = if t % 10 == 0 { 500 } else { 200 };
+            statements.record(100 + t / 15, &db, &fast, failed, 0.001);
+            statements.record(100 + t / 15, &db, &slow, 200, 0.5);
+        }
+        let none = Windows::new(Duration::ZERO);
+        let samples = SampleWindow::new(Duration::from_secs(60));
+        let inputs = Inputs {
+            requests: &none,
+            statements: &statements,
+            samples: &samples,
+            now_s: 101,
+        };
+        let rule = |signal, above| Rule {
+            name: "db".into(),
+            signal,
+            threshold: Threshold::Above(above),
+            window: Duration::from_secs(30),
+            ..defaults().remove(3)
+        };
+        let errors = measure(&rule(Signal::DbErrorRatio, 0.01), &inputs);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].samples, 60);
+        assert!((errors[0].value - 3.0 / 60.0).abs() < 1e-9, "{errors:?}");
+        let mut p95 = measure(&rule(Signal::DbStatementP95Seconds, 0.1), &inputs);
+        p95.sort_by(|a, b| a.value.total_cmp(&b.value));
+        assert_eq!(p95.len(), 2);
+        assert_eq!(p95[1].labels["db_statement"], "SELECT pg_sleep($1)");
+        assert!(p95[1].value > 0.4 && p95[0].value < 0.01, "{p95:?}");
+        // The HTTP signals see none of it.
+        assert!(measure(&rule(Signal::HttpErrorRatio, 0.01), &inputs).is_empty());
     }
 }

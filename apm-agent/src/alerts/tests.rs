@@ -46,8 +46,10 @@ impl Harness {
     /// One evaluation of every rule, as the evaluation task does it.
     fn evaluate(&mut self) -> Vec<Notice> {
         let now = self.clock.now();
+        let no_statements = Windows::new(Duration::ZERO);
         let inputs = Inputs {
             requests: &self.windows,
+            statements: &no_statements,
             samples: &self.samples,
             now_s: now.mono.as_secs(),
         };

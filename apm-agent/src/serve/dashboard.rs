@@ -29,6 +29,8 @@ const UPLOT_CSS: &str = include_str!("dashboard/vendor/uPlot.min.css");
 const ROUTES_SHOWN: usize = 10;
 /// Warnings shown.
 const WARNINGS_SHOWN: usize = 10;
+/// Slowest SQL statements of the selected service shown.
+const STATEMENTS_SHOWN: usize = 10;
 
 pub async fn index() -> Response {
     (
@@ -110,13 +112,20 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
     drop(history);
 
     let snapshot = state.pipeline.load();
-    let (routes, commands) = match &selected {
+    let (routes, commands, statements) = match &selected {
         Some(name) => {
             let stats = &snapshot.stats;
             let commands = stats.databases.get(name).cloned().unwrap_or_default();
-            (routes_of(stats, name), commands)
+            let mut statements = stats.statements.get(name).cloned().unwrap_or_default();
+            statements.sort_by(|a, b| b.p99_seconds.total_cmp(&a.p99_seconds));
+            statements.truncate(STATEMENTS_SHOWN);
+            (routes_of(stats, name), commands, statements)
         }
-        None => (json!({ "slowest": [], "errors": [] }), Vec::new()),
+        None => (
+            json!({ "slowest": [], "errors": [] }),
+            Vec::new(),
+            Vec::new(),
+        ),
     };
     let outbound: Vec<Value> = selected
         .as_deref()
@@ -159,6 +168,7 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
         "series": series,
         "routes": routes,
         "commands": commands,
+        "statements": statements,
         "outbound": outbound,
         "host": { "now": host, "series": host_series },
         "health": health.ok(),

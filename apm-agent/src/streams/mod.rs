@@ -13,11 +13,13 @@
 //! for a moment (`closing`).
 //!
 //! A connection is HTTP unless its first bytes are RESP (a command array,
-//! an inline Redis command, or a reply first): then `resp` pairs it.
+//! an inline Redis command, or a reply first): then `resp` pairs it; or a
+//! PostgreSQL startup message: then `postgres` does.
 
 mod closing;
 mod handshake;
 pub mod pairing;
+pub mod postgres;
 pub mod reassembly;
 pub mod resp;
 pub mod table;
@@ -35,11 +37,15 @@ use self::{
     closing::{CLOSE_DELAY_NS, Close, Closing},
     handshake::Handshakes,
     pairing::{Event, Flow, InFlight, Origin, Sink, Tracker, Unpaired},
+    postgres::StatementSink,
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
     resp::{CommandSink, Peer},
     table::{EVICTABLE_NS, LastSeen, Table},
 };
-use crate::protocols::resp::{starts_like_command, starts_like_reply};
+use crate::protocols::{
+    postgres::{self as pg, starts_like_startup},
+    resp::{starts_like_command, starts_like_reply},
+};
 
 /// A packet's connection as its server sees it ([`Streams::view`]).
 struct View {
@@ -50,9 +56,9 @@ struct View {
     dir: u8,
 }
 
-/// Both sinks: HTTP requests and RESP commands.
-pub trait Sinks: Sink + CommandSink {}
-impl<T: Sink + CommandSink> Sinks for T {}
+/// Every pairing's sink: HTTP requests, RESP commands, SQL statements.
+pub trait Sinks: Sink + CommandSink + StatementSink {}
+impl<T: Sink + CommandSink + StatementSink> Sinks for T {}
 
 /// A ring-buffer record that could not be decoded.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +68,7 @@ pub struct DecodeError(pub usize);
 pub struct Streams {
     tracker: Tracker,
     resp: resp::Tracker,
+    postgres: postgres::Tracker,
     reassembly: Reassembly,
     /// Client connections from their connect records, by socket cookie.
     outbound: Table<Outbound>,
@@ -107,9 +114,10 @@ impl Streams {
         Self {
             tracker: Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
-            // Both pairings' connections: one that a full reassembly
+            postgres: postgres::Tracker::new(max_connections),
+            // The pairings' connections: one that a full reassembly
             // table could not place would pass retransmissions unchecked.
-            reassembly: Reassembly::new(max_connections.saturating_mul(2)),
+            reassembly: Reassembly::new(max_connections.saturating_mul(3)),
             outbound: Table::new(max_connections),
             tls: Table::new(max_connections),
             closing: Closing::new(max_connections),
@@ -120,7 +128,7 @@ impl Streams {
 
     /// Connections whose requests are being paired.
     pub fn connections(&self) -> usize {
-        self.tracker.connections() + self.resp.connections()
+        self.tracker.connections() + self.resp.connections() + self.postgres.connections()
     }
 
     pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
@@ -428,6 +436,7 @@ impl Streams {
     fn gap(&mut self, conn: u64, sink: &mut impl Sinks) {
         self.tracker.gap(conn, sink);
         self.resp.gap(conn, sink);
+        self.postgres.gap(conn, sink);
     }
 
     fn close(&mut self, view: &View, ts_ns: u64, sink: &mut impl Sinks) {
@@ -453,6 +462,7 @@ impl Streams {
         match ev.kind {
             Flow::Close => {
                 self.resp.close(ev.conn, sink);
+                self.postgres.close(ev.conn, sink);
                 self.tracker.handle(ev, sink);
             }
             Flow::ToServer | Flow::FromServer | Flow::Sendfile => {
@@ -462,6 +472,19 @@ impl Streams {
                 }
                 if self.resp.has(ev.conn) {
                     self.resp.handle(ev, sink);
+                    return;
+                }
+                if self.postgres.has(ev.conn) {
+                    self.postgres.handle(ev, sink);
+                    return;
+                }
+                if ev.kind == Flow::ToServer
+                    && starts_like_startup(ev.data)
+                    && self.tracker.yield_fresh(ev.conn)
+                {
+                    if self.postgres.open(ev, peer(ev, server), sink) {
+                        self.postgres.handle(ev, sink);
+                    }
                     return;
                 }
                 // A server-side connection is taken for RESP by a command
@@ -498,6 +521,7 @@ impl Streams {
         }
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
+        self.postgres.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
         // never closed.
         self.now_ns = self.now_ns.max(now_ns);
@@ -516,9 +540,13 @@ fn listener_origin(netns: u64, port: u16) -> Origin {
 /// a message of a protocol followed here.
 fn starts_message(dir: u8, data: &[u8]) -> bool {
     if dir == direction::INGRESS {
-        crate::protocols::http::starts_like_request(data) || starts_like_command(data)
+        crate::protocols::http::starts_like_request(data)
+            || starts_like_command(data)
+            || pg::starts_like_message(pg::Side::Front, data)
     } else {
-        data.starts_with(b"HTTP/1.") || starts_like_reply(data)
+        data.starts_with(b"HTTP/1.")
+            || starts_like_reply(data)
+            || pg::starts_like_message(pg::Side::Back, data)
     }
 }
 

@@ -1,16 +1,19 @@
 //! Which pairing a connection goes to, from its first bytes, and client
 //! connections named by their connect records.
 
+use std::sync::Arc;
+
 use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
 
 use super::{
     Streams,
     closing::CLOSE_DELAY_NS,
     pairing::{Completed, Origin, Sink, Unpaired},
+    postgres::{Outcome, StatementSink},
     resp::{CacheResult, CommandSink, Peer},
 };
 use crate::{
-    protocols::{resp::commands::Command, routes::Route},
+    protocols::{resp::commands::Command, routes::Route, sql::Statement},
     telemetry::synthetic,
 };
 
@@ -21,6 +24,7 @@ struct Both {
     redis: Vec<(&'static str, Peer)>,
     unpaired: Vec<Unpaired>,
     resyncs: Vec<Unpaired>,
+    sql: Vec<String>,
 }
 
 impl Sink for Both {
@@ -49,6 +53,15 @@ impl CommandSink for Both {
     }
     fn result(&mut self, _: &Peer, _: Command, _: CacheResult) {}
     fn unpaired(&mut self, _: &Peer, reason: Unpaired) {
+        self.unpaired.push(reason);
+    }
+}
+
+impl StatementSink for Both {
+    fn statement(&mut self, _: &Peer, stmt: &Arc<Statement>, _: Outcome, _: u64) {
+        self.sql.push(stmt.text.clone());
+    }
+    fn statement_unpaired(&mut self, _: &Peer, reason: Unpaired) {
         self.unpaired.push(reason);
     }
 }

@@ -145,13 +145,15 @@ impl DbStats {
                     Some(addr) => metrics.db_client_duration.remove_label_values(&[
                         REDIS,
                         op,
+                        "",
+                        "",
                         &addr.to_string(),
                         &port,
                         service,
                     ]),
                     None => metrics
                         .db_server_duration
-                        .remove_label_values(&[REDIS, op, service, &port]),
+                        .remove_label_values(&[REDIS, op, "", "", service, &port]),
                 };
             }
             keep
@@ -208,15 +210,20 @@ impl CommandSink for Recorder<'_> {
             Some(addr) => metrics.db_client_duration.with_label_values(&[
                 REDIS,
                 cmd.name,
+                "",
+                "",
                 &addr.to_string(),
                 &port_label,
                 name,
             ]),
-            None => {
-                metrics
-                    .db_server_duration
-                    .with_label_values(&[REDIS, cmd.name, name, &port_label])
-            }
+            None => metrics.db_server_duration.with_label_values(&[
+                REDIS,
+                cmd.name,
+                "",
+                "",
+                name,
+                &port_label,
+            ]),
         };
         handle.observe(seconds);
         self.budget.used += 1;

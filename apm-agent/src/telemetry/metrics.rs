@@ -54,6 +54,7 @@ pub struct Metrics {
     pub db_server_duration: HistogramVec,
     pub cache_operations: IntCounterVec,
     pub db_unpaired: IntCounterVec,
+    pub db_statement_overflow: IntCounterVec,
     pub outbound_active: IntGaugeVec,
     pub http_seen: IntCounterVec,
     pub http_paired: IntCounterVec,
@@ -305,6 +306,8 @@ impl Metrics {
                 &[
                     "db_system_name",
                     "db_operation_name",
+                    "db_collection_name",
+                    "db_response_status_code",
                     "server_address",
                     PORT,
                     SERVICE,
@@ -313,12 +316,24 @@ impl Metrics {
             db_server_duration: db_histogram(
                 "apm_db_server_operation_duration_seconds",
                 "Duration of operations served by a monitored database server, from the first byte of the command received to the last byte of its reply sent.",
-                &["db_system_name", "db_operation_name", SERVICE, PORT],
+                &[
+                    "db_system_name",
+                    "db_operation_name",
+                    "db_collection_name",
+                    "db_response_status_code",
+                    SERVICE,
+                    PORT,
+                ],
             )?,
             cache_operations: counter(
                 "apm_cache_operations_total",
                 "Cache (Redis) operations by command and result: hit or miss for reads (a nil or empty reply is a miss), ok or error for the rest; counted on both sides of a monitored connection.",
                 &[SERVICE, "operation", "result"],
+            )?,
+            db_statement_overflow: counter(
+                "apm_db_statement_overflow_total",
+                "SQL statements counted under `(other statements)` in /stats/requests: their service already had the most distinct statements kept (500).",
+                &[SERVICE, "db_system_name"],
             )?,
             db_unpaired: counter(
                 "apm_db_operations_unpaired_total",

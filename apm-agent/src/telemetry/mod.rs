@@ -11,5 +11,6 @@ pub mod recent;
 mod recorder;
 pub mod sampler;
 pub mod snapshot;
+pub mod sql;
 pub mod synthetic;
 pub mod windows;

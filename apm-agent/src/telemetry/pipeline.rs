@@ -52,7 +52,9 @@ pub struct Pipeline {
     unknown: Arc<str>,
     budget: SeriesBudget,
     windows: Windows,
+    statement_windows: Windows,
     db: super::db::DbStats,
+    sql: super::sql::SqlStats,
     /// The current batch's time (kernel clock), for series' last use.
     now_ns: u64,
 }
@@ -74,7 +76,9 @@ impl Pipeline {
                 used: 0,
             },
             windows: Windows::new(Duration::ZERO),
+            statement_windows: Windows::new(Duration::ZERO),
             db: Default::default(),
+            sql: Default::default(),
             now_ns: 0,
         }
     }
@@ -83,6 +87,7 @@ impl Pipeline {
     /// default).
     pub fn with_windows(mut self, keep: Duration) -> Self {
         self.windows = Windows::new(keep);
+        self.statement_windows = Windows::new(keep);
         self
     }
 
@@ -126,7 +131,13 @@ impl Pipeline {
     /// sets do not outlive their traffic, and their budget is freed.
     pub fn expire(&mut self, now_ns: u64, ttl_ns: u64, metrics: &Metrics) {
         let cutoff = now_ns.saturating_sub(ttl_ns);
-        let removed = self.db.expire(cutoff, &mut self.budget, metrics);
+        let removed = self.db.expire(cutoff, &mut self.budget, metrics)
+            + self.sql.expire(
+                cutoff,
+                &mut self.budget,
+                &mut self.statement_windows,
+                metrics,
+            );
         metrics.http_series_expired.inc_by(removed as u64);
         let mut gone = Vec::new();
         for (name, stats) in &mut self.stats {
@@ -223,7 +234,9 @@ impl Pipeline {
             metrics,
             budget: &mut self.budget,
             windows: &mut self.windows,
+            statement_windows: &mut self.statement_windows,
             db: &mut self.db,
+            sql: &mut self.sql,
             now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);
@@ -238,6 +251,7 @@ impl Pipeline {
             at_ns: now_ns,
             stats: self.snapshot(now_ns),
             windows: self.windows.clone(),
+            statements: self.statement_windows.clone(),
         }
     }
 
@@ -322,6 +336,7 @@ impl Pipeline {
             in_flight,
             services,
             databases: self.db.summaries(),
+            statements: self.sql.summaries(),
         }
     }
 }

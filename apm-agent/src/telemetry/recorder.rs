@@ -86,7 +86,9 @@ pub(super) struct Recorder<'a> {
     pub metrics: &'a Metrics,
     pub budget: &'a mut SeriesBudget,
     pub windows: &'a mut Windows,
+    pub statement_windows: &'a mut Windows,
     pub db: &'a mut super::db::DbStats,
+    pub sql: &'a mut super::sql::SqlStats,
     /// The time of the batch being recorded (kernel clock).
     pub now_ns: u64,
 }

@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use super::{db::CommandSummary, windows::Windows};
+use super::{db::CommandSummary, sql::StatementSummary, windows::Windows};
 
 /// How often the pipeline publishes a snapshot.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
@@ -22,6 +22,9 @@ pub struct PipelineSnapshot {
     pub stats: RequestStats,
     /// The rolling windows the alert rules and the dashboard read.
     pub windows: Windows,
+    /// The same for SQL statements: per service and normalised statement,
+    /// an error counting as a 5xx.
+    pub statements: Windows,
 }
 
 impl PipelineSnapshot {
@@ -31,6 +34,7 @@ impl PipelineSnapshot {
             at_ns: 0,
             stats: RequestStats::default(),
             windows: Windows::new(keep),
+            statements: Windows::new(keep),
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct RequestStats {
     pub services: HashMap<String, ServiceSummary>,
     /// Redis commands per service (as client or server), busiest first.
     pub databases: HashMap<String, Vec<CommandSummary>>,
+    /// SQL statements per service (as client or server), normalised,
+    /// busiest first.
+    pub statements: HashMap<String, Vec<StatementSummary>>,
 }
 
 #[derive(Serialize, Debug)]

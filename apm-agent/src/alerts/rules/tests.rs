@@ -128,7 +128,7 @@ fn mistakes_name_their_line() {
         (
             "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"host_cpu_ratio\"\nabove = 1\nmin_requests = 5\n",
             "line 2",
-            "min_requests applies to http_error_ratio and http_latency_p95_seconds only",
+            "min_requests applies to the http_ and db_ signals only",
         ),
         (
             "[alerts]\n[[alerts.rules]]\nname = \"A\"\nsignal = \"http_error_ratio\"\nabove = 1\nno_data = \"ok\"\n",

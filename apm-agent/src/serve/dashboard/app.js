@@ -113,6 +113,13 @@ function renderService(d) {
     ),
   );
   table(
+    $("statements"),
+    ["statement", "count", "errors", "p50 s", "p99 s"],
+    d.statements.map((st) =>
+      row([[st.statement.length > 90 ? st.statement.slice(0, 89) + "…" : st.statement], [st.count, true], [st.errors, true], [fmt(st.p50_seconds, 4), true], [fmt(st.p99_seconds, 4), true]]),
+    ),
+  );
+  table(
     $("outbound"),
     ["destination", "open"],
     d.outbound.map((o) => row([[o.destination], [o.active, true]])),

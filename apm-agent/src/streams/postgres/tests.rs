@@ -1,0 +1,296 @@
+use super::*;
+use crate::{
+    protocols::postgres::tests::{msg, startup},
+    streams::pairing::Origin,
+};
+
+#[derive(Default)]
+struct Rec {
+    done: Vec<(String, Outcome, u64)>,
+    unpaired: Vec<Unpaired>,
+}
+
+impl StatementSink for Rec {
+    fn statement(&mut self, _: &Peer, stmt: &Arc<Statement>, outcome: Outcome, d: u64) {
+        self.done.push((stmt.text.clone(), outcome, d));
+    }
+    fn statement_unpaired(&mut self, _: &Peer, reason: Unpaired) {
+        self.unpaired.push(reason);
+    }
+}
+
+const PEER: Peer = Peer {
+    origin: Origin::Socket {
+        netns: 1,
+        port: 5432,
+    },
+    port: 5432,
+    server: None,
+};
+
+struct Conn1 {
+    t: Tracker,
+    r: Rec,
+}
+
+impl Conn1 {
+    /// A connection past its startup.
+    fn new() -> Self {
+        let mut c = Self {
+            t: Tracker::new(16),
+            r: Rec::default(),
+        };
+        c.front(0, &startup("bench"));
+        let mut auth = msg(b'R', &[0, 0, 0, 0]);
+        auth.extend(msg(b'S', b"server_version\x0016\0"));
+        auth.extend(msg(b'K', &[0; 8]));
+        auth.extend(ready());
+        c.back(1, &auth);
+        c
+    }
+
+    fn piece(&mut self, kind: Flow, ts: u64, data: &[u8], total: usize, tail: &[u8]) {
+        let ev = Event {
+            kind,
+            ts_ns: ts,
+            conn: 7,
+            origin: PEER.origin,
+            port: 5432,
+            ret: total as i64,
+            data,
+            tail,
+        };
+        if !self.t.has(7) {
+            assert!(self.t.open(&ev, PEER, &mut self.r));
+        }
+        self.t.handle(&ev, &mut self.r);
+    }
+
+    fn front(&mut self, ts: u64, data: &[u8]) {
+        self.piece(Flow::ToServer, ts, data, data.len(), &[]);
+    }
+
+    fn back(&mut self, ts: u64, data: &[u8]) {
+        self.piece(Flow::FromServer, ts, data, data.len(), &[]);
+    }
+
+    fn texts(&self) -> Vec<&str> {
+        self.r.done.iter().map(|d| d.0.as_str()).collect()
+    }
+}
+
+fn ready() -> Vec<u8> {
+    msg(b'Z', b"I")
+}
+
+fn complete(tag: &str) -> Vec<u8> {
+    msg(b'C', format!("{tag}\0").as_bytes())
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    msg(b'Q', format!("{sql}\0").as_bytes())
+}
+
+fn error(state: &str) -> Vec<u8> {
+    msg(b'E', format!("SERROR\0C{state}\0Mno\0\0").as_bytes())
+}
+
+#[test]
+fn simple_queries_time_each_statement() {
+    let mut c = Conn1::new();
+    c.front(
+        10,
+        &query("BEGIN; UPDATE t SET a = a + 5 WHERE id = 7; SELECT 1"),
+    );
+    let mut answer = complete("BEGIN");
+    answer.extend(complete("UPDATE 1"));
+    c.back(30, &answer);
+    let mut rest = msg(b'T', &[0; 20]);
+    rest.extend(msg(b'D', &[0; 10]));
+    rest.extend(complete("SELECT 1"));
+    rest.extend(ready());
+    c.back(45, &rest);
+    assert_eq!(
+        c.texts(),
+        [
+            "BEGIN",
+            "UPDATE t SET a = a + $1 WHERE id = $2",
+            "SELECT $1"
+        ]
+    );
+    let took: Vec<u64> = c.r.done.iter().map(|d| d.2).collect();
+    // The second statement starts when the first ends.
+    assert_eq!(took, [20, 0, 15]);
+    assert!(c.r.unpaired.is_empty());
+}
+
+#[test]
+fn the_extended_protocol_pairs_executes_of_named_and_unnamed_statements() {
+    let mut c = Conn1::new();
+    // pgbench -M prepared: Parse once by name, then Bind/Execute/Sync.
+    let mut batch = msg(b'P', b"P0_1\0UPDATE a SET b = b + $1 WHERE aid = $2\0\0\0");
+    batch.extend(msg(b'B', b"\0P0_1\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    // And an unnamed one in the same pipeline.
+    batch.extend(msg(b'P', b"\0SELECT x FROM y WHERE z = 'lit'\0\0\0"));
+    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(msg(b'S', b""));
+    c.front(100, &batch);
+    let mut answer = msg(b'1', b"");
+    answer.extend(msg(b'2', b""));
+    answer.extend(complete("UPDATE 1"));
+    c.back(140, &answer);
+    let mut answer = msg(b'1', b"");
+    answer.extend(msg(b'2', b""));
+    answer.extend(msg(b'D', &[1; 30]));
+    answer.extend(complete("SELECT 1"));
+    answer.extend(ready());
+    c.back(150, &answer);
+    // Executed again by name: Bind/Execute/Sync only.
+    let mut again = msg(b'B', b"\0P0_1\0\0\0\0\0\0\0");
+    again.extend(msg(b'E', b"\0\0\0\0\0"));
+    again.extend(msg(b'S', b""));
+    c.front(200, &again);
+    let mut answer = msg(b'2', b"");
+    answer.extend(complete("UPDATE 1"));
+    answer.extend(ready());
+    c.back(230, &answer);
+    assert_eq!(
+        c.texts(),
+        [
+            "UPDATE a SET b = b + $1 WHERE aid = $2",
+            "SELECT x FROM y WHERE z = $1",
+            "UPDATE a SET b = b + $1 WHERE aid = $2",
+        ]
+    );
+    let took: Vec<u64> = c.r.done.iter().map(|d| d.2).collect();
+    assert_eq!(took, [40, 10, 30]);
+}
+
+#[test]
+fn an_error_carries_its_sqlstate_and_skips_to_the_sync() {
+    let mut c = Conn1::new();
+    let mut batch = Vec::new();
+    for sql in ["INSERT INTO u VALUES (1)", "SELECT 2"] {
+        batch.extend(msg(b'P', format!("\0{sql}\0\0\0").as_bytes()));
+        batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(msg(b'S', b""));
+    c.front(10, &batch);
+    let mut answer = msg(b'1', b"");
+    answer.extend(msg(b'2', b""));
+    answer.extend(error("23505"));
+    answer.extend(ready());
+    c.back(20, &answer);
+    assert_eq!(c.r.done.len(), 1);
+    assert_eq!(c.r.done[0].1, Outcome::Error(Some(*b"23505")));
+    // The next query pairs as usual.
+    c.front(30, &query("SELECT 3"));
+    let mut answer = complete("SELECT 1");
+    answer.extend(ready());
+    c.back(35, &answer);
+    assert_eq!(c.texts()[1], "SELECT $1");
+    assert!(c.r.unpaired.is_empty(), "{:?}", c.r.unpaired);
+}
+
+#[test]
+fn a_long_result_past_the_capture_ends_at_the_ready_in_its_tail() {
+    let mut c = Conn1::new();
+    c.front(10, &query("SELECT * FROM big"));
+    let mut answer = msg(b'T', &[0; 20]);
+    for _ in 0..100 {
+        answer.extend(msg(b'D', &[7; 500]));
+    }
+    answer.extend(complete("SELECT 100"));
+    answer.extend(ready());
+    // 1 KiB captured, the last 8 bytes as the tail.
+    let tail = &answer[answer.len() - 8..];
+    c.piece(Flow::FromServer, 90, &answer[..1024], answer.len(), tail);
+    assert_eq!(c.r.done.len(), 1);
+    assert_eq!(c.r.done[0].1, Outcome::Unknown);
+    assert_eq!(c.r.done[0].2, 80);
+    // Framing resumes with the next answer.
+    c.front(100, &query("SELECT 1"));
+    let mut answer = complete("SELECT 1");
+    answer.extend(ready());
+    c.back(110, &answer);
+    assert_eq!(c.r.done[1].1, Outcome::Ok);
+}
+
+#[test]
+fn an_ssl_request_refused_is_followed_and_one_accepted_is_left_alone() {
+    let mut refused = Conn1 {
+        t: Tracker::new(4),
+        r: Rec::default(),
+    };
+    let mut req = 8u32.to_be_bytes().to_vec();
+    req.extend_from_slice(&postgres::SSL_REQUEST.to_be_bytes());
+    refused.front(1, &req);
+    refused.back(2, b"N");
+    refused.front(3, &startup("u"));
+    refused.back(4, &ready());
+    refused.front(5, &query("SELECT 1"));
+    let mut answer = complete("SELECT 1");
+    answer.extend(ready());
+    refused.back(6, &answer);
+    assert_eq!(refused.texts(), ["SELECT $1"]);
+
+    let mut accepted = Conn1 {
+        t: Tracker::new(4),
+        r: Rec::default(),
+    };
+    accepted.front(1, &req);
+    accepted.back(2, b"S");
+    // Ciphertext: neither parsed nor counted.
+    accepted.front(3, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]);
+    accepted.back(4, &[0x16, 0x03, 0x03, 0x00, 0x7a]);
+    assert!(accepted.r.done.is_empty() && accepted.r.unpaired.is_empty());
+    // The TLS capture's plaintext, under the same key, from its startup.
+    accepted.front(5, &startup("u"));
+    accepted.back(6, &ready());
+    accepted.front(7, &query("SELECT 1"));
+    accepted.back(8, &answer);
+    assert_eq!(accepted.texts(), ["SELECT $1"]);
+}
+
+#[test]
+fn messages_split_anywhere_pair_the_same() {
+    let mut front = query("UPDATE t SET a = 1");
+    front.extend(query("SELECT 2"));
+    let mut back = complete("UPDATE 1");
+    back.extend(ready());
+    back.extend(complete("SELECT 1"));
+    back.extend(ready());
+    for cut in 1..front.len() {
+        for back_cut in [1, 7, back.len() - 1] {
+            let mut c = Conn1::new();
+            c.front(10, &front[..cut]);
+            c.front(11, &front[cut..]);
+            c.back(20, &back[..back_cut]);
+            c.back(21, &back[back_cut..]);
+            assert_eq!(
+                c.texts(),
+                ["UPDATE t SET a = $1", "SELECT $1"],
+                "{cut} {back_cut}"
+            );
+            assert!(c.r.unpaired.is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_gap_drops_what_waits_and_pairing_resumes() {
+    let mut c = Conn1::new();
+    c.front(10, &query("SELECT 1"));
+    c.t.gap(7, &mut c.r);
+    assert_eq!(c.r.unpaired, [Unpaired::Gap]);
+    // The rest of the lost answer is not a message start: ignored.
+    c.back(12, b"ECT 1\0");
+    c.front(20, &query("SELECT 2"));
+    let mut answer = complete("SELECT 1");
+    answer.extend(ready());
+    c.back(25, &answer);
+    assert_eq!(c.texts(), ["SELECT $1"]);
+}
