@@ -110,6 +110,25 @@ pub struct Config {
     #[arg(long = "redis-addr", env = "APM_REDIS_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
     pub redis_addrs: Vec<(String, u16)>,
 
+    /// PostgreSQL server ports (repeatable): a monitored service's
+    /// connections to these are timed as PostgreSQL clients from their
+    /// first byte, and a server listening on one gets the deep capture.
+    /// Connections to other ports are timed too when their first bytes are
+    /// a startup message (unless --no-redis-detect, which turns off all
+    /// recognition by first bytes).
+    #[arg(
+        long = "postgres-port",
+        env = "APM_POSTGRES_PORT",
+        value_delimiter = ',',
+        default_value = "5432"
+    )]
+    pub postgres_ports: Vec<u16>,
+
+    /// A PostgreSQL server by address, HOST:PORT (repeatable), as
+    /// --redis-addr.
+    #[arg(long = "postgres-addr", env = "APM_POSTGRES_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
+    pub postgres_addrs: Vec<(String, u16)>,
+
     /// Do not look for Redis clients on other ports. By default a monitored
     /// service's connection to a port not listed above is watched until
     /// its first bytes, and timed as a Redis client's when the client

@@ -413,10 +413,10 @@ impl Verdict {
             if n < 8 {
                 return Verdict::Undecided;
             }
-            let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
-            let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
-            let request = code == 80_877_103 || code == 80_877_104 || code == 80_877_102;
-            return if (8..=10_000).contains(&len) && (code >> 16 == 3 || request) {
+            let head = [
+                first[0], first[1], first[2], first[3], first[4], first[5], first[6], first[7],
+            ];
+            return if postgres_startup(&head) {
                 Verdict::Postgres
             } else {
                 Verdict::Other
@@ -457,6 +457,27 @@ impl Verdict {
             Verdict::Other
         }
     }
+}
+
+/// Whether the first 8 bytes a client sent are a PostgreSQL startup
+/// message, SSLRequest, GSSENCRequest or CancelRequest: a big-endian length
+/// of 8 to 10 000 (PostgreSQL's MAX_STARTUP_PACKET_LENGTH) and a protocol
+/// 3.x or request code.
+#[inline(always)]
+pub fn postgres_startup(first: &[u8; 8]) -> bool {
+    let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
+    let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+    let request = code == 80_877_103 || code == 80_877_104 || code == 80_877_102;
+    (8..=10_000).contains(&len) && (code >> 16 == 3 || request)
+}
+
+/// Whether the first 5 bytes a client sent on a connection already open are
+/// a PostgreSQL request: a Query, Parse or Bind and a length under 16 MiB
+/// (a zero byte after the type, which no text protocol sends there).
+#[inline(always)]
+pub fn postgres_request(first: &[u8; 5]) -> bool {
+    let len = u32::from_be_bytes([first[1], first[2], first[3], first[4]]);
+    (first[0] == b'Q' || first[0] == b'P' || first[0] == b'B') && (4..1 << 24).contains(&len)
 }
 
 #[cfg(test)]

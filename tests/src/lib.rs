@@ -19,6 +19,7 @@ mod metrics;
 mod net;
 pub mod process;
 pub mod prod;
+pub mod prometheus;
 mod redis_server;
 pub mod seccomp;
 pub mod tls;

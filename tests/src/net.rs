@@ -111,6 +111,14 @@ impl Client {
         Ok(self.pipeline(&[path])?[0])
     }
 
+    /// One request of `method` with an empty body; returns the status.
+    pub fn send(&mut self, method: &str, path: &str) -> Result<u16> {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+        self.stream.write_all(request.as_bytes())?;
+        self.read_response()
+    }
+
     /// Several requests in a single write, then their responses in order.
     pub fn pipeline(&mut self, paths: &[&str]) -> Result<Vec<u16>> {
         let mut batch = String::new();

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use apm_e2e::{Agent, Client, Redis, Server, Worker, free_port, get, require_root, wait_for};
+use apm_e2e::{
+    Agent, Client, Redis, Server, Worker, free_port, get, prometheus::Prometheus, require_root,
+    wait_for,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -133,72 +136,6 @@ fn manifests_validate_offline() {
     );
 }
 
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Prometheus {
-    /// The shipped prometheus.yml with its target pointed at `agent`.
-    fn start(agent: std::net::SocketAddr) -> Self {
-        let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml"))
-            .expect("prometheus.yml");
-        assert!(shipped.contains("127.0.0.1:9464"));
-        let config = shipped
-            .replace("127.0.0.1:9464", &agent.to_string())
-            .replace("scrape_interval: 15s", "scrape_interval: 1s");
-        let port = free_port().expect("port");
-        let dir = std::env::temp_dir().join(format!("apm-prometheus-{port}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("prometheus.yml");
-        std::fs::File::create(&file)
-            .and_then(|mut f| f.write_all(config.as_bytes()))
-            .expect("config");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (installed by cargo xtask test)");
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let ready = wait_for(Duration::from_secs(30), || {
-            get(addr, "/-/ready").ok().filter(|r| r.status == 200)
-        });
-        assert!(ready.is_some(), "prometheus did not become ready");
-        Self { child, port, dir }
-    }
-
-    fn query(&self, promql: &str) -> serde_json::Value {
-        let encoded: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let r = get(addr, &format!("/api/v1/query?query={encoded}")).expect("query");
-        assert_eq!(r.status, 200, "{}", r.body);
-        serde_json::from_str(&r.body).expect("json")
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn prometheus_scrapes_the_same_counts_the_client_sent() {
     require_root();
@@ -254,6 +191,8 @@ fn prometheus_scrapes_the_same_counts_the_client_sent() {
 fn panel_service(title: &str) -> &'static str {
     if title.starts_with("Redis server") {
         "redis-server"
+    } else if title.starts_with("SQL") {
+        "postgres"
     } else if ["Redis", "Cache", "Outbound"]
         .iter()
         .any(|p| title.starts_with(p))
@@ -277,6 +216,8 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     let _redis = Redis::start(rport);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let lport = listener.local_addr().expect("addr").port();
+    let pgport = free_port().expect("port");
+    let _pg = apm_e2e::databases::postgres(pgport, "unused", "trust", &[]);
     let config = apm_e2e::always_firing_config("GrafanaShowsAlerts", "");
     let check = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::start(&[
@@ -286,6 +227,8 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         &rport.to_string(),
         "--port",
         &lport.to_string(),
+        "--port",
+        &pgport.to_string(),
         "--service-name",
         &format!("{lport}=shop"),
         "--redis-port",
@@ -301,6 +244,7 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     agent.wait_for_service(port, "apm-httpd");
     agent.wait_for_service(rport, "redis-server");
     agent.wait_for_service(lport, "shop");
+    agent.wait_for_service(pgport, "postgres");
     agent.wait_for_process("shop");
     let prometheus = Prometheus::start(agent.addr);
     let dash: serde_json::Value = serde_json::from_str(
@@ -349,6 +293,8 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         for key in ["k", "absent"] {
             let _: Option<String> = redis::cmd("GET").arg(key).query(&mut con).expect("GET");
         }
+        // Statements on a table, and one that fails (SQLSTATE 22012).
+        apm_e2e::databases::psql(pgport, &["SELECT count(*) FROM pg_class", "SELECT 1 / 0"]);
         std::thread::sleep(Duration::from_millis(200));
         empty.retain(|e| {
             prometheus.query(e)["data"]["result"]

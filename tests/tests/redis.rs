@@ -242,7 +242,7 @@ fn a_redis_addr_times_that_server_and_not_another_host_on_its_port() {
     assert!(
         agent
             .log_text()
-            .contains("capturing client connections to this Redis server"),
+            .contains("capturing client connections to this database server"),
         "{}",
         agent.log_text()
     );

@@ -97,10 +97,11 @@ pub struct Agent {
     last_ports: HashMap<u16, PortCounters>,
     /// When each monitored port last listened or had a connection open.
     port_seen: HashMap<u16, std::time::Instant>,
-    /// Ports of Redis servers (--redis-port).
-    redis_ports: BTreeSet<u16>,
-    /// Redis servers by address (--redis-addr), as given.
-    redis_addrs: Vec<(String, u16)>,
+    /// Ports of Redis and PostgreSQL servers (--redis-port,
+    /// --postgres-port).
+    db_ports: BTreeSet<u16>,
+    /// Those servers by address (--redis-addr, --postgres-addr), as given.
+    db_addrs: Vec<(String, u16)>,
     /// Recognise Redis clients on other ports (not --no-redis-detect).
     redis_detect: bool,
     /// When the kernel's watched-port flags were last pruned, and how
@@ -165,8 +166,18 @@ impl Agent {
             last_ports: HashMap::new(),
             port_seen: HashMap::new(),
             port_ttl: config.series_ttl,
-            redis_ports: config.redis_ports.iter().copied().collect(),
-            redis_addrs: config.redis_addrs.clone(),
+            db_ports: config
+                .redis_ports
+                .iter()
+                .chain(&config.postgres_ports)
+                .copied()
+                .collect(),
+            db_addrs: config
+                .redis_addrs
+                .iter()
+                .chain(&config.postgres_addrs)
+                .cloned()
+                .collect(),
             redis_detect: !config.no_redis_detect,
             watched_prune: std::time::Instant::now(),
             watched_prune_interval: config.watched_ports_prune_interval,
@@ -184,7 +195,7 @@ impl Agent {
         for port in explicit {
             agent.monitor_port(port, None);
         }
-        agent.capture_redis_destinations();
+        agent.capture_db_destinations();
         agent
     }
 

@@ -18,9 +18,9 @@ use crate::capture::Capture;
 const MAX_PREEXISTING: usize = 4096;
 
 impl Agent {
-    /// Captures monitored clients' connections to the Redis ports, then
-    /// to the Redis addresses (a host name resolved now).
-    pub(super) fn capture_redis_destinations(&mut self) {
+    /// Captures monitored clients' connections to the Redis and
+    /// PostgreSQL ports, then to their addresses (a host name resolved now).
+    pub(super) fn capture_db_destinations(&mut self) {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
         };
@@ -29,7 +29,7 @@ impl Agent {
         if kernel.capture() != Capture::Packets && !kernel.reads_tls() {
             return;
         }
-        for &port in &self.redis_ports {
+        for &port in &self.db_ports {
             if let Err(e) = kernel
                 .outbound()
                 .capture_remote_port(port, apm_common::events::MAX_CHUNKS)
@@ -37,11 +37,11 @@ impl Agent {
                 warn!(port, error = %e, "cannot capture client connections to this port");
             }
         }
-        for (host, port) in &self.redis_addrs {
+        for (host, port) in &self.db_addrs {
             let addrs = match (host.as_str(), *port).to_socket_addrs() {
                 Ok(addrs) => addrs.collect::<BTreeSet<SocketAddr>>(),
                 Err(e) => {
-                    warn!(host, port, error = %e, "cannot resolve --redis-addr; its connections are not timed");
+                    warn!(host, port, error = %e, "cannot resolve a --redis-addr or --postgres-addr; its connections are not timed");
                     continue;
                 }
             };
@@ -51,7 +51,7 @@ impl Agent {
                     .capture_remote_addr(addr, apm_common::events::MAX_CHUNKS)
                 {
                     Ok(()) => {
-                        info!(%addr, host, "capturing client connections to this Redis server")
+                        info!(%addr, host, "capturing client connections to this database server")
                     }
                     Err(e) => {
                         warn!(%addr, error = %e, "cannot capture client connections to this address")

@@ -60,7 +60,7 @@ impl Agent {
     /// statements, run past one record), HTTP one.
     fn capture_depth(&self, port: u16, name: Option<&str>) -> u32 {
         const DEEP: [&str; 5] = ["redis", "valkey", "keydb", "postgres", "postmaster"];
-        let deep = self.redis_ports.contains(&port)
+        let deep = self.db_ports.contains(&port)
             || name.is_some_and(|n| DEEP.iter().any(|r| n.contains(r)));
         if deep {
             apm_common::events::MAX_CHUNKS

@@ -299,25 +299,14 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     };
     let tls = if tls {
         let loaded = TlsProbes::load(&mut ebpf, &options.proc_root, config.tls_sockets != 0);
+        let unkeyed = match &sockets {
+            Some(Err(why)) => Some(why.as_str()),
+            _ => None,
+        };
         report.probes.push(Check {
             name: TLS_PROBES.into(),
             ok: loaded.is_ok(),
-            detail: match (&loaded, &sockets) {
-                (Err(e), _) => e.clone(),
-                (Ok(_), Some(Ok(_))) => {
-                    "loaded; attached to each TLS library monitored processes map; \
-                     plaintext keyed by socket"
-                        .into()
-                }
-                (Ok(_), keyed) => format!(
-                    "loaded; attached to each TLS library monitored processes map; \
-                     plaintext keyed by descriptor{}",
-                    match keyed {
-                        Some(Err(why)) => format!(" (no socket layout: {why})"),
-                        _ => String::new(),
-                    }
-                ),
-            },
+            detail: super::tls::load_detail(&loaded, config.tls_sockets != 0, unkeyed),
         });
         loaded.ok()
     } else {

@@ -237,6 +237,26 @@ impl TlsProbes {
     }
 }
 
+/// The TLS probes' check at start: loaded (plaintext keyed by socket, or
+/// by descriptor and why), or why not.
+pub fn load_detail(
+    loaded: &Result<TlsProbes, String>,
+    by_socket: bool,
+    why: Option<&str>,
+) -> String {
+    match loaded {
+        Err(e) => e.clone(),
+        Ok(_) => format!(
+            "loaded; attached to each TLS library monitored processes map; plaintext keyed by {}",
+            match (by_socket, why) {
+                (true, _) => "socket".to_owned(),
+                (false, Some(why)) => format!("descriptor (no socket layout: {why})"),
+                (false, None) => "descriptor".to_owned(),
+            }
+        ),
+    }
+}
+
 /// The files of process `pid` that may hold OpenSSL: the `libssl.so*`
 /// it maps and its program, as file id and path inside the process's
 /// mount namespace; and whether it is expected to use memory BIOs.

@@ -79,7 +79,7 @@ pub fn postgres(data: &[u8]) {
             tail: &[],
         };
         if !tracker.has(1) {
-            tracker.open(&ev, PEER, &mut count);
+            tracker.open(&ev, PEER, ts % 2 == 0, &mut count);
         }
         tracker.handle(&ev, &mut count);
         assert!(count.statements <= carried + MAX_PENDING);

@@ -478,11 +478,14 @@ impl Streams {
                     self.postgres.handle(ev, sink);
                     return;
                 }
+                // PostgreSQL: a startup message first, or a request of a
+                // connection older than the capture.
+                let joined = || pg::starts_like_request(ev.data);
                 if ev.kind == Flow::ToServer
-                    && starts_like_startup(ev.data)
+                    && (starts_like_startup(ev.data) || joined())
                     && self.tracker.yield_fresh(ev.conn)
                 {
-                    if self.postgres.open(ev, peer(ev, server), sink) {
+                    if self.postgres.open(ev, peer(ev, server), joined(), sink) {
                         self.postgres.handle(ev, sink);
                     }
                     return;

@@ -222,9 +222,11 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
 
 /// Ends the watch of connection `cookie` (whose `WATCHED` value is `event`)
 /// at its first payload (or its end): when the client sends first and that
-/// starts a RESP array (`*` and a digit), the socket moves to `OUTBOUND`
-/// and `event`, its connect record, goes to the agent ahead of this
-/// segment. Returns whether the segment is to be captured.
+/// starts a RESP array (`*` and a digit) or a PostgreSQL startup message
+/// (or SSLRequest, or a request of a connection opened earlier), the
+/// socket moves to `OUTBOUND` and `event`, its
+/// connect record, goes to the agent ahead of this segment. Returns
+/// whether the segment is to be captured.
 #[inline(always)]
 fn recognise(
     ctx: &SkBuffContext,
@@ -238,13 +240,22 @@ fn recognise(
         // The handshake and bare ACKs: still watching.
         return false;
     }
-    let first: [u8; 2] = if payload >= 2 {
-        ctx.load(seg.payload_off as usize).unwrap_or([0; 2])
+    let first: [u8; 8] = if payload >= 8 {
+        ctx.load(seg.payload_off as usize).unwrap_or([0; 8])
+    } else if payload >= 2 {
+        let two: [u8; 2] = ctx.load(seg.payload_off as usize).unwrap_or([0; 2]);
+        [two[0], two[1], 0, 0, 0, 0, 0, 0]
     } else {
-        [0; 2]
+        [0; 8]
     };
     let _ = WATCHED.remove(cookie);
-    if dir != direction::EGRESS || first[0] != b'*' || !first[1].is_ascii_digit() {
+    let resp = first[0] == b'*' && first[1].is_ascii_digit();
+    // A connection opened before the agent (put here by the agent) joins
+    // in the middle: its next request, not a startup.
+    let head = [first[0], first[1], first[2], first[3], first[4]];
+    let postgres = apm_common::postgres_startup(&first)
+        || (payload >= 5 && apm_common::postgres_request(&head));
+    if dir != direction::EGRESS || !(resp || postgres) {
         return false;
     }
     if OUTBOUND.insert(cookie, event.tgid, 0).is_err() {

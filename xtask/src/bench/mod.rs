@@ -27,6 +27,7 @@
 mod bystander;
 mod instructions;
 mod paired;
+mod pg_paired;
 mod redis;
 mod redis_paired;
 mod report;
@@ -98,7 +99,7 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, nginx-tls, tls-bystander, redis1, redis16) or `extra` agent
+/// (nginx, nginx-tls, tls-bystander, postgres, redis1, redis16) or `extra` agent
 /// arguments, only printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
@@ -126,6 +127,14 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
         paired::certificate(&work)?;
         let b = bystander::bystander(agent, &work, &extra)?;
         lines.push(b.line());
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("postgres") {
+        let pg = pg_paired::pg_paired(agent, &work, &extra)?;
+        lines.push(pg.line(
+            "postgres (pgbench -S -M prepared -c 4), timed/untimed server",
+            "statement",
+        ));
         println!("{}", lines[lines.len() - 1]);
     }
     for p in [1, 16] {

@@ -21,14 +21,18 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
     })
 }
 
-/// PyPI packages of the production-traffic tests' FastAPI application
-/// (tests/servers/app.py) and of the TLS tests' clients (httpx, redis-py),
-/// installed into their own virtualenv.
+/// PyPI packages of the production-traffic tests' FastAPI applications
+/// (tests/servers/app.py, and db_app.py with SQLAlchemy over asyncpg and
+/// psycopg) and of the TLS tests' clients (httpx, redis-py), installed
+/// into their own virtualenv.
 const PY_APP: &[&str] = &[
     "fastapi>=0.110,<1",
     "uvicorn>=0.29,<1",
     "httpx>=0.27,<1",
     "redis>=5,<7",
+    "sqlalchemy[asyncio]>=2,<3",
+    "asyncpg>=0.29,<1",
+    "psycopg[binary]>=3.1,<4",
 ];
 
 /// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
@@ -37,7 +41,10 @@ pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
     ensure_venv(&root.join("target/pyapp"), PY_APP, |bin| {
         bin.join("uvicorn").is_file()
             && Command::new(bin.join("python"))
-                .args(["-c", "import fastapi, uvicorn, h11, httpx, redis"])
+                .args([
+                    "-c",
+                    "import fastapi, uvicorn, h11, httpx, redis, sqlalchemy, greenlet, asyncpg, psycopg",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -22,8 +22,6 @@ pub const KEEP: usize = 4096;
 /// A message longer than this is not one (PostgreSQL's own limit for a
 /// client's message is 1 GiB; a length past it is garbage).
 const MAX_LEN: u32 = 1 << 30;
-/// The startup packet is at most this long (PostgreSQL's MAX_STARTUP_PACKET_LENGTH).
-const MAX_STARTUP: u32 = 10_000;
 
 /// Version and request codes of the untyped first message.
 pub const PROTOCOL_3: u32 = 0x0003_0000;
@@ -238,7 +236,7 @@ impl Framer {
                 self.header[6],
                 self.header[7],
             ]);
-            if !(8..=MAX_STARTUP).contains(&len) || !known_code(code) {
+            if !apm_common::postgres_startup(&self.header) {
                 return self.lose(Desync::Garbage);
             }
             self.startup = false;
@@ -317,18 +315,18 @@ const FRONT: &[u8] = b"QPBEDCSHXFdcfp";
 /// Backend message types.
 const BACK: &[u8] = b"RSKZTDCEINsnt123GHWdcAVv";
 
-fn known_code(code: u32) -> bool {
-    code >> 16 == 3 || matches!(code, SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST)
+/// Whether a client's bytes on a connection first seen in its middle (one
+/// older than the capture) start a Query, Parse or Bind.
+pub fn starts_like_request(data: &[u8]) -> bool {
+    data.first_chunk::<5>()
+        .is_some_and(apm_common::postgres_request)
 }
 
 /// Whether a client's first bytes are a StartupMessage, an SSLRequest, a
 /// GSSENCRequest or a CancelRequest.
 pub fn starts_like_startup(data: &[u8]) -> bool {
-    let [a, b, c, d, e, f, g, h, ..] = *data else {
-        return false;
-    };
-    let len = u32::from_be_bytes([a, b, c, d]);
-    (8..=MAX_STARTUP).contains(&len) && known_code(u32::from_be_bytes([e, f, g, h]))
+    data.first_chunk::<8>()
+        .is_some_and(apm_common::postgres_startup)
 }
 
 /// The NUL-terminated strings that open `body`, up to `n` of them (the

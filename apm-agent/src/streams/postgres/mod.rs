@@ -146,14 +146,24 @@ impl Tracker {
         self.conns.contains(conn)
     }
 
-    /// Starts following `conn` as PostgreSQL from its first client piece
-    /// (a startup message). False when the table is full of connections
+    /// Starts following `conn` as PostgreSQL from its first client piece:
+    /// a startup message, or (`joined`, a connection older than the
+    /// capture) a request; then the server's answers are followed from
+    /// the first piece that starts like one, and statements prepared
+    /// before are unknown. False when the table is full of connections
     /// seen in the last second.
-    pub fn open(&mut self, ev: &Event<'_>, peer: Peer, sink: &mut impl StatementSink) -> bool {
+    pub fn open(
+        &mut self,
+        ev: &Event<'_>,
+        peer: Peer,
+        joined: bool,
+        sink: &mut impl StatementSink,
+    ) -> bool {
+        let framer = if joined { Framer::joined } else { Framer::new };
         let conn = Conn {
             peer,
-            front: Framer::new(Side::Front),
-            back: Framer::new(Side::Back),
+            front: framer(Side::Front),
+            back: framer(Side::Back),
             prepared: Names::default(),
             portals: Names::default(),
             pending: VecDeque::new(),

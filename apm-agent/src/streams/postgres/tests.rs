@@ -61,7 +61,7 @@ impl Conn1 {
             tail,
         };
         if !self.t.has(7) {
-            assert!(self.t.open(&ev, PEER, &mut self.r));
+            assert!(self.t.open(&ev, PEER, false, &mut self.r));
         }
         self.t.handle(&ev, &mut self.r);
     }
@@ -293,4 +293,50 @@ fn a_gap_drops_what_waits_and_pairing_resumes() {
     answer.extend(ready());
     c.back(25, &answer);
     assert_eq!(c.texts(), ["SELECT $1"]);
+}
+
+#[test]
+fn a_connection_older_than_the_capture_joins_at_its_next_request() {
+    let mut c = Conn1 {
+        t: Tracker::new(4),
+        r: Rec::default(),
+    };
+    // The tail of an answer from before: ignored, not counted.
+    let mut stale = complete("SELECT 1");
+    stale.extend(ready());
+    // A named statement prepared before the capture, executed now, then
+    // a statement parsed now.
+    let mut batch = msg(b'B', b"\0old\0\0\0\0\0\0\0");
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(msg(b'P', b"\0SELECT 7\0\0\0"));
+    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(msg(b'S', b""));
+    let first = ev(Flow::ToServer, 10, &batch);
+    assert!(c.t.open(&first, PEER, true, &mut c.r));
+    c.t.handle(&ev(Flow::FromServer, 5, &stale[2..]), &mut c.r);
+    c.t.handle(&first, &mut c.r);
+    let mut answer = msg(b'2', b"");
+    answer.extend(complete("UPDATE 1"));
+    answer.extend(msg(b'1', b""));
+    answer.extend(msg(b'2', b""));
+    answer.extend(complete("SELECT 1"));
+    answer.extend(ready());
+    c.t.handle(&ev(Flow::FromServer, 20, &answer), &mut c.r);
+    assert_eq!(c.texts(), ["(unknown prepared statement)", "SELECT $1"]);
+    assert!(c.r.unpaired.is_empty(), "{:?}", c.r.unpaired);
+}
+
+/// A whole piece of connection 7.
+fn ev(kind: Flow, ts: u64, data: &[u8]) -> Event<'_> {
+    Event {
+        kind,
+        ts_ns: ts,
+        conn: 7,
+        origin: PEER.origin,
+        port: 5432,
+        ret: data.len() as i64,
+        data,
+        tail: &[],
+    }
 }
