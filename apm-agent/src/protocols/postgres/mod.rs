@@ -249,7 +249,7 @@ impl Framer {
                 self.header[4],
             ]);
             let kind = self.header[0];
-            if !(4..=MAX_LEN).contains(&len) || !self.known_kind(kind) {
+            if !plausible(self.side, kind, len) {
                 return self.lose(Desync::Garbage);
             }
             (kind, len - 4, 0)
@@ -274,14 +274,7 @@ impl Framer {
     fn reads(&self, kind: u8) -> bool {
         match self.side {
             Side::Front => matches!(kind, b'Q' | b'P' | b'B' | b'E' | b'C'),
-            Side::Back => matches!(kind, b'C' | b'E'),
-        }
-    }
-
-    fn known_kind(&self, kind: u8) -> bool {
-        match self.side {
-            Side::Front => FRONT.contains(&kind),
-            Side::Back => BACK.contains(&kind),
+            Side::Back => matches!(kind, b'C' | b'E' | b'Z'),
         }
     }
 
@@ -303,17 +296,35 @@ pub fn starts_like_message(side: Side, data: &[u8]) -> bool {
     let [kind, a, b, c, d, ..] = *data else {
         return false;
     };
-    let kinds = match side {
-        Side::Front => FRONT,
-        Side::Back => BACK,
-    };
-    kinds.contains(&kind) && (4..=MAX_LEN).contains(&u32::from_be_bytes([a, b, c, d]))
+    // Bytes that happen to start with a type byte (a CSV line "d,12,")
+    // read as a length in the hundreds of MiB: no message to resume at.
+    let len = u32::from_be_bytes([a, b, c, d]);
+    len < RESUME_LEN && plausible(side, kind, len)
 }
 
-/// Frontend message types (PostgreSQL 16's protocol).
-const FRONT: &[u8] = b"QPBEDCSHXFdcfp";
-/// Backend message types.
-const BACK: &[u8] = b"RSKZTDCEINsnt123GHWdcAVv";
+/// The longest message a stream resumes at after a loss.
+const RESUME_LEN: u32 = 1 << 24;
+
+/// Whether a message of type `kind` from `side` may have length `len`
+/// (its own four bytes included): the fixed sizes, PostgreSQL's limit of
+/// 10 000 for a client's small messages, 1 MiB for a server's (an error's
+/// text included), and 1 GiB for rows, data and statements.
+fn plausible(side: Side, kind: u8, len: u32) -> bool {
+    let max = match (side, kind) {
+        (Side::Front, b'S' | b'H' | b'c' | b'X') => return len == 4,
+        (Side::Front, b'C' | b'D' | b'E') => 10_000,
+        (Side::Front, b'Q' | b'P' | b'B' | b'F' | b'd' | b'f' | b'p') => MAX_LEN,
+        (Side::Back, b'1' | b'2' | b'3' | b'n' | b's' | b'I' | b'c') => return len == 4,
+        (Side::Back, b'Z') => return len == 5,
+        (Side::Back, b'K') => return len == 12,
+        (Side::Back, b'R' | b'S' | b'C' | b'E' | b'N' | b'A' | b'G' | b'H' | b'W' | b't') => {
+            1 << 20
+        }
+        (Side::Back, b'T' | b'D' | b'd' | b'V' | b'v') => MAX_LEN,
+        _ => return false,
+    };
+    (4..=max).contains(&len)
+}
 
 /// Whether a client's bytes on a connection first seen in its middle (one
 /// older than the capture) start a Query, Parse or Bind.

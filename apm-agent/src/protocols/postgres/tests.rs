@@ -83,7 +83,10 @@ fn a_header_past_the_capture_loses_the_place_until_a_message_starts() {
     // Garbage does not bring it back; a message does.
     assert_eq!(f.feed(b"\xff\x00", 2, |_| {}), Err(Desync::Garbage));
     let z = msg(b'Z', b"I");
-    assert_eq!(frame(&mut f, &[(&z, z.len())]), vec![(b'Z', vec![], false)]);
+    assert_eq!(
+        frame(&mut f, &[(&z, z.len())]),
+        vec![(b'Z', b"I".to_vec(), false)]
+    );
 }
 
 #[test]
@@ -146,4 +149,16 @@ fn a_long_query_is_kept_to_its_first_bytes() {
     let got = frame(&mut Framer::joined(Side::Front), &[(&q, q.len())]);
     assert_eq!(got[0].1.len(), KEEP);
     assert!(got[0].2);
+}
+
+#[test]
+fn lengths_past_what_the_server_sends_or_takes_are_no_message() {
+    // A Sync is 4 bytes, a ReadyForQuery 5; a CSV line starting "d," is
+    // not a CopyData of 741 MB.
+    assert!(starts_like_message(Side::Front, b"S\0\0\0\x04"));
+    assert!(!starts_like_message(Side::Front, b"S\0\0\0\x05"));
+    assert!(!starts_like_message(Side::Front, b"d,12,x"));
+    assert!(starts_like_message(Side::Back, b"Z\0\0\0\x05I"));
+    assert!(!starts_like_message(Side::Back, b"Z\0\0\0\x06I"));
+    assert!(!starts_like_message(Side::Back, b"C\0\x20\0\0"));
 }

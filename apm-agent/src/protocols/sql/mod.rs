@@ -77,21 +77,18 @@ fn spanned(sql: &[u8]) -> Vec<(Token<'_>, usize, usize)> {
         if c.is_ascii_whitespace() {
             i += 1;
         } else if rest.starts_with(b"--") {
-            i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            i += line_comment(rest);
         } else if rest.starts_with(b"/*") {
             i += block_comment(rest);
         } else if c == b'\'' {
-            i += quoted(rest, b'\'', false);
+            i += string(rest);
             out.push((Token::Literal, 0, 0));
-        } else if matches!(c, b'E' | b'e') && rest.get(1) == Some(&b'\'') {
-            i += 1 + quoted(&rest[1..], b'\'', true);
-            out.push((Token::Literal, 0, 0));
-        } else if matches!(c, b'B' | b'b' | b'X' | b'x' | b'N' | b'n')
+        } else if matches!(c, b'E' | b'e' | b'B' | b'b' | b'X' | b'x' | b'N' | b'n')
             && rest.get(1) == Some(&b'\'')
         {
-            i += 1 + quoted(&rest[1..], b'\'', false);
+            i += 1 + string(&rest[1..]);
             out.push((Token::Literal, 0, 0));
-        } else if c == b'"' || c == b'`' {
+        } else if c == b'"' {
             let n = quoted(rest, c, false);
             out.push((Token::Quoted(&rest[..n]), 0, 0));
             i += n;
@@ -178,6 +175,33 @@ fn is_keyword(w: &[u8]) -> bool {
     WORDS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(w))
 }
 
+/// Length of a `--` comment: to the end of its line (`\n` or `\r`).
+fn line_comment(s: &[u8]) -> usize {
+    s.iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .unwrap_or(s.len())
+}
+
+/// Length of a string literal opening `s`, with its continuations (another
+/// quoted part after whitespace holding a newline). A backslash escapes
+/// the next byte whatever the literal's prefix: with
+/// `standard_conforming_strings` off it does in plain strings too, and
+/// reading too much as literal hides more, never less.
+fn string(s: &[u8]) -> usize {
+    let mut end = quoted(s, b'\'', true);
+    loop {
+        let gap = s[end..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+        let newline = s[end..end + gap].iter().any(|&b| b == b'\n' || b == b'\r');
+        if !newline || s.get(end + gap) != Some(&b'\'') {
+            return end;
+        }
+        end += gap + quoted(&s[end + gap..], b'\'', true);
+    }
+}
+
 /// Length of a `/* */` comment (they nest), or all of `s` when open.
 fn block_comment(s: &[u8]) -> usize {
     let (mut depth, mut i) = (0usize, 0);
@@ -221,10 +245,11 @@ fn quoted(s: &[u8], q: u8, backslash: bool) -> usize {
 /// Length of a dollar-quoted string opening `s` (`$tag$…$tag$`), all of
 /// `s` when it never closes; None when `s` does not open one.
 fn dollar_quoted(s: &[u8]) -> Option<usize> {
+    // A tag is an identifier without `$` (letters of any script).
     let tag_len = s[1..].iter().position(|&b| b == b'$').filter(|&n| {
         s[1..=n]
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b >= 0x80)
     })?;
     let tag = &s[..tag_len + 2];
     let body = &s[tag.len()..];
@@ -273,13 +298,17 @@ pub fn normalise(sql: &[u8], cut: bool) -> Statement {
         })
         .max()
         .unwrap_or(0);
+    let body_end = tokens
+        .iter()
+        .rposition(|t| *t != Token::Punct(b";"))
+        .map_or(0, |p| p + 1);
     let mut text = String::new();
     let mut prev_end: Option<usize> = None;
     let mut i = 0;
     while i < tokens.len() {
         let t = tokens[i];
         // A trailing `;` (or several) is not part of the statement.
-        if t == Token::Punct(b";") && tokens[i..].iter().all(|t| *t == Token::Punct(b";")) {
+        if i >= body_end {
             break;
         }
         // What lay between tokens (spaces, comments) becomes one space.
@@ -320,6 +349,7 @@ pub fn normalise(sql: &[u8], cut: bool) -> Statement {
         text.truncate(end);
         text.push('…');
     }
+    text.shrink_to_fit();
     let (operation, collection) = identity(&tokens);
     Statement {
         text,
@@ -374,7 +404,7 @@ fn identity(tokens: &[Token<'_>]) -> (String, Option<String>) {
             }
         }
     }
-    let operation = String::from_utf8_lossy(op).to_ascii_uppercase();
+    let operation = operation_name(op);
     let after = |keyword: &[u8]| -> Option<usize> {
         let mut depth = 0i32;
         for (i, t) in tokens.iter().enumerate().skip(at + 1) {
@@ -396,6 +426,75 @@ fn identity(tokens: &[Token<'_>]) -> (String, Option<String>) {
         _ => None,
     };
     (operation, name_at.and_then(|i| table_name(&tokens[i..])))
+}
+
+/// Statement keywords an operation is named by; any other first word (a
+/// typo, garbage, a dialect's own) is `OTHER`: the name is a label.
+const OPERATIONS: [&str; 56] = [
+    "ABORT",
+    "ALTER",
+    "ANALYZE",
+    "BEGIN",
+    "CALL",
+    "CHECKPOINT",
+    "CLOSE",
+    "CLUSTER",
+    "COMMENT",
+    "COMMIT",
+    "COPY",
+    "CREATE",
+    "DEALLOCATE",
+    "DECLARE",
+    "DELETE",
+    "DESCRIBE",
+    "DISCARD",
+    "DO",
+    "DROP",
+    "END",
+    "EXECUTE",
+    "EXPLAIN",
+    "FETCH",
+    "GRANT",
+    "IMPORT",
+    "INSERT",
+    "LISTEN",
+    "LOAD",
+    "LOCK",
+    "MERGE",
+    "MOVE",
+    "NOTIFY",
+    "PREPARE",
+    "REFRESH",
+    "REINDEX",
+    "RELEASE",
+    "RENAME",
+    "REPLACE",
+    "RESET",
+    "REVOKE",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "SECURITY",
+    "SELECT",
+    "SET",
+    "SHOW",
+    "START",
+    "TABLE",
+    "TRUNCATE",
+    "UNLISTEN",
+    "UPDATE",
+    "USE",
+    "VACUUM",
+    "VALUES",
+    "WITH",
+    "UNKNOWN",
+];
+
+/// The label of a statement's first keyword.
+fn operation_name(word: &[u8]) -> String {
+    OPERATIONS
+        .iter()
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(word))
+        .map_or_else(|| "OTHER".to_owned(), |k| (*k).to_owned())
 }
 
 fn is_dml(w: &[u8]) -> bool {
@@ -451,18 +550,25 @@ fn table_name(tokens: &[Token<'_>]) -> Option<String> {
 /// literals, identifiers and comments); empty ones are dropped.
 pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let (mut start, mut i) = (0, 0);
+    let (mut start, mut i, mut depth) = (0, 0, 0usize);
     while i < sql.len() {
         let rest = &sql[i..];
         let step = match sql[i] {
-            b'\'' => quoted(rest, b'\'', i > 0 && matches!(sql[i - 1], b'E' | b'e')),
-            b'"' | b'`' => quoted(rest, sql[i], false),
-            b'-' if rest.starts_with(b"--") => {
-                rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())
-            }
+            b'\'' => string(rest),
+            b'"' => quoted(rest, b'"', false),
+            b'-' if rest.starts_with(b"--") => line_comment(rest),
             b'/' if rest.starts_with(b"/*") => block_comment(rest),
             b'$' => dollar_quoted(rest).unwrap_or(1),
-            b';' => {
+            b'(' => {
+                depth += 1;
+                1
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                1
+            }
+            // A `;` inside parentheses (a rule's actions) ends nothing.
+            b';' if depth == 0 => {
                 out.push(&sql[start..i]);
                 start = i + 1;
                 1

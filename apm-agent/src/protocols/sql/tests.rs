@@ -161,3 +161,35 @@ fn cut_and_hostile_input_is_normalised_safely() {
     let s = normalise(long.as_bytes(), false);
     assert!(s.truncated && s.text.chars().count() <= MAX_TEXT + 1);
 }
+
+#[test]
+fn literals_in_every_quoting_the_server_accepts_stay_inside() {
+    for (sql, want) in [
+        // A dollar quote tagged in another script.
+        ("SELECT $é$hunter2$é$", "SELECT $1"),
+        // An escape string continued on the next line.
+        ("SELECT E'a'\n'\\'hunter2 x'", "SELECT $1"),
+        // standard_conforming_strings off: a backslash escapes the quote.
+        ("SELECT 'it\\'s hunter2'", "SELECT $1"),
+        // A comment ends at a carriage return too.
+        ("SELECT 1 -- c\r, 'l1\nhunter2'", "SELECT $1 , $2"),
+        // A backtick is an operator character, not a quote.
+        ("SELECT 1 ` 'hunter2' ` 2", "SELECT $1 ` $2 ` $3"),
+    ] {
+        assert_eq!(text(sql), want, "{sql:?}");
+    }
+}
+
+#[test]
+fn a_rule_with_several_actions_is_one_statement() {
+    let sql = b"CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1";
+    assert_eq!(statements(sql).len(), 2);
+}
+
+#[test]
+fn an_unknown_first_word_is_other() {
+    assert_eq!(normalise(b"SELEC 1", false).operation, "OTHER");
+    let long = "x".repeat(4000);
+    assert_eq!(normalise(long.as_bytes(), false).operation, "OTHER");
+    assert_eq!(normalise(b"vacuum t", false).operation, "VACUUM");
+}

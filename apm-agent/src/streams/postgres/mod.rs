@@ -20,13 +20,14 @@
 //! at the next ReadyForQuery the capture shows at a piece's end; their
 //! outcomes are not known, and they count as completed.
 
+mod answers;
+mod names;
 #[cfg(test)]
 mod tests;
 
 use std::{collections::VecDeque, sync::Arc};
 
-use rustc_hash::FxHashMap;
-
+use self::names::{Names, Portals, Suspended};
 use super::{
     pairing::{Event, Flow, Unpaired},
     resp::Peer,
@@ -37,11 +38,9 @@ use crate::protocols::{
     sql::{self, Statement},
 };
 
-/// Operations that may wait for their ends on one connection.
+/// Operations that may wait for their ends on one connection; past it
+/// they are counted (`queue_full`) and their answers absorbed.
 pub const MAX_PENDING: usize = 1024;
-/// Prepared statements and portals remembered per connection; past it
-/// the oldest is forgotten (an Execute of it is of an unknown statement).
-pub const MAX_NAMES: usize = 256;
 
 /// How an operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,9 +63,15 @@ enum Op {
     Run {
         stmt: Arc<Statement>,
         start_ns: u64,
+        /// An Execute's portal.
+        portal: Option<Vec<u8>>,
     },
-    /// A Sync, or a simple query's end: answered by ReadyForQuery.
-    Sync,
+    /// Operations not queued for want of room: their answers are
+    /// absorbed, never paired with the wrong statement.
+    Skip(u32),
+    /// Answered by ReadyForQuery: a Sync (`explicit`), or the end of a
+    /// simple query or a function call.
+    Sync { explicit: bool },
 }
 
 struct Conn {
@@ -75,7 +80,10 @@ struct Conn {
     back: Framer,
     prepared: Names,
     portals: Names,
+    suspended: Portals,
     pending: VecDeque<Op>,
+    /// The server reads COPY data: it ignores Syncs until CopyDone/Fail.
+    copy_in: bool,
     /// The session went encrypted: nothing more is read.
     encrypted: bool,
     last_seen_ns: u64,
@@ -84,38 +92,6 @@ struct Conn {
 impl LastSeen for Conn {
     fn last_seen_ns(&self) -> u64 {
         self.last_seen_ns
-    }
-}
-
-/// Name → statement, at most [`MAX_NAMES`], the oldest forgotten first.
-#[derive(Default)]
-struct Names {
-    map: FxHashMap<Vec<u8>, (Arc<Statement>, u64)>,
-    next: u64,
-}
-
-impl Names {
-    fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
-        if self.map.len() >= MAX_NAMES && !self.map.contains_key(name) {
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, n))| *n)
-                .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                self.map.remove(&oldest);
-            }
-        }
-        self.next += 1;
-        self.map.insert(name.to_vec(), (stmt, self.next));
-    }
-
-    fn get(&self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.map.get(name).map(|(s, _)| Arc::clone(s))
-    }
-
-    fn remove(&mut self, name: &[u8]) {
-        self.map.remove(name);
     }
 }
 
@@ -166,7 +142,9 @@ impl Tracker {
             back: framer(Side::Back),
             prepared: Names::default(),
             portals: Names::default(),
+            suspended: Portals::default(),
             pending: VecDeque::new(),
+            copy_in: false,
             encrypted: false,
             last_seen_ns: ev.ts_ns,
         };
@@ -203,7 +181,7 @@ impl Tracker {
         let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
         match ev.kind {
             Flow::ToServer => on_front(c, ev, total, unknown, sink),
-            Flow::FromServer | Flow::Sendfile => on_back(c, ev, total, sink),
+            Flow::FromServer | Flow::Sendfile => answers::on_back(c, ev, total, sink),
             _ => {}
         }
     }
@@ -217,16 +195,9 @@ impl Tracker {
 
     /// Bytes of `conn` were never seen: drop what waits and resync.
     pub fn gap(&mut self, conn: u64, sink: &mut impl StatementSink) {
-        let Some(c) = self.conns.peek_mut(conn) else {
-            return;
-        };
-        let dropped = runs(&c.pending).max(1);
-        c.pending.clear();
-        for _ in 0..dropped {
-            sink.statement_unpaired(&c.peer, Unpaired::Gap);
+        if let Some(c) = self.conns.peek_mut(conn) {
+            reset(c, sink, Unpaired::Gap);
         }
-        c.front = Framer::joined(Side::Front);
-        c.back = Framer::joined(Side::Back);
     }
 
     /// Forgets connections idle for longer than `idle_ns`.
@@ -250,15 +221,46 @@ fn finish(c: Conn, sink: &mut impl StatementSink, reason: Unpaired) {
     }
 }
 
-/// Queues `op`; a full queue counts it and drops it.
+/// Drops what waits (at least one counted as `reason`) and follows both
+/// directions again from a piece that starts like a message.
+fn reset(c: &mut Conn, sink: &mut impl StatementSink, reason: Unpaired) {
+    for _ in 0..runs(&c.pending).max(1) {
+        sink.statement_unpaired(&c.peer, reason);
+    }
+    c.pending.clear();
+    c.copy_in = false;
+    c.front = Framer::joined(Side::Front);
+    c.back = Framer::joined(Side::Back);
+}
+
+/// Queues `op`. Past [`MAX_PENDING`] an operation is counted and queued
+/// as a placeholder that absorbs its answer; Syncs are kept (to twice the
+/// bound: a client that never reads its answers starts over).
 fn push(c: &mut Conn, op: Op, sink: &mut impl StatementSink) {
-    if c.pending.len() >= MAX_PENDING {
-        if matches!(op, Op::Run { .. }) {
-            sink.statement_unpaired(&c.peer, Unpaired::QueueFull);
-        }
+    if c.pending.len() < MAX_PENDING {
+        c.pending.push_back(op);
         return;
     }
-    c.pending.push_back(op);
+    match op {
+        Op::Sync { .. } if c.pending.len() >= 2 * MAX_PENDING => {
+            reset(c, sink, Unpaired::QueueFull);
+        }
+        Op::Sync { .. } => c.pending.push_back(op),
+        Op::Run { .. } | Op::Skip(_) => {
+            sink.statement_unpaired(&c.peer, Unpaired::QueueFull);
+            match c.pending.back_mut() {
+                Some(Op::Skip(n)) => *n += 1,
+                _ => c.pending.push_back(Op::Skip(1)),
+            }
+        }
+    }
+}
+
+/// A suspended portal that will not run again counts now, as run until
+/// its last answer.
+fn dropped(c: &Conn, s: &Suspended, sink: &mut impl StatementSink) {
+    let took = s.answered_ns.saturating_sub(s.start_ns);
+    sink.statement(&c.peer, &s.stmt, Outcome::Ok, took);
 }
 
 fn on_front(
@@ -312,16 +314,19 @@ fn on_request(
             let cut = m.cut || !m.body.contains(&0);
             for part in sql::statements(sql) {
                 let stmt = Arc::new(sql::normalise(part, cut));
+                let portal = None;
+                let start_ns = ts_ns;
                 push(
                     c,
                     Op::Run {
                         stmt,
-                        start_ns: ts_ns,
+                        start_ns,
+                        portal,
                     },
                     sink,
                 );
             }
-            push(c, Op::Sync, sink);
+            push(c, Op::Sync { explicit: false }, sink);
         }
         b'P' => {
             let name = fields.next().unwrap_or(&[]);
@@ -332,127 +337,50 @@ fn on_request(
         b'B' => {
             let portal = fields.next().unwrap_or(&[]);
             let stmt = fields.next().unwrap_or(&[]);
+            // Bound again: a suspended portal of that name is over.
+            if let Some(s) = c.suspended.resume(portal) {
+                dropped(c, &s, sink);
+            }
             let bound = c.prepared.get(stmt).unwrap_or_else(|| Arc::clone(unknown));
             c.portals.insert(portal, bound);
         }
         b'E' => {
             let portal = fields.next().unwrap_or(&[]);
-            let stmt = c.portals.get(portal).unwrap_or_else(|| Arc::clone(unknown));
+            let (stmt, start_ns) = match c.suspended.resume(portal) {
+                Some(s) => (s.stmt, s.start_ns),
+                None => (
+                    c.portals.get(portal).unwrap_or_else(|| Arc::clone(unknown)),
+                    ts_ns,
+                ),
+            };
+            let portal = Some(names::name(portal).to_vec());
             push(
                 c,
                 Op::Run {
                     stmt,
-                    start_ns: ts_ns,
+                    start_ns,
+                    portal,
                 },
                 sink,
             );
         }
-        b'S' => push(c, Op::Sync, sink),
+        // Syncs the server reads while it copies in are ignored by it.
+        b'S' if !c.copy_in => push(c, Op::Sync { explicit: true }, sink),
+        b'c' | b'f' => c.copy_in = false,
+        // A function call is answered by its result and ReadyForQuery.
+        b'F' => push(c, Op::Sync { explicit: false }, sink),
         b'C' => {
             let (what, name) = m.body.split_first().unwrap_or((&0, &[][..]));
             let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
             match what {
                 b'S' => c.prepared.remove(name),
-                b'P' => c.portals.remove(name),
+                b'P' => {
+                    c.portals.remove(name);
+                    if let Some(s) = c.suspended.resume(name) {
+                        dropped(c, &s, sink);
+                    }
+                }
                 _ => {}
-            }
-        }
-        _ => {}
-    }
-}
-
-fn on_back(c: &mut Conn, ev: &Event<'_>, total: usize, sink: &mut impl StatementSink) {
-    if !c.back.lost() {
-        let mut msgs: Vec<(u8, u32, Option<[u8; 5]>)> = Vec::new();
-        let framed = c.back.feed(ev.data, total, |m| {
-            let state = (m.kind == b'E')
-                .then(|| postgres::sqlstate(m.body))
-                .flatten();
-            msgs.push((m.kind, m.code, state));
-        });
-        for (kind, code, state) in msgs {
-            on_answer(c, kind, code, state, ev.ts_ns, sink);
-        }
-        if framed.is_ok() {
-            return;
-        }
-    }
-    // Lost in a long answer: it ends with a piece whose last bytes are a
-    // ReadyForQuery (this one's, maybe), and the next piece starts anew.
-    let end = if ev.data.len() >= total {
-        ev.data
-    } else {
-        ev.tail
-    };
-    if end.len() >= 6 && postgres::is_ready(&end[end.len() - 6..]) {
-        while let Some(op) = c.pending.pop_front() {
-            match op {
-                Op::Sync => break,
-                Op::Run { stmt, start_ns } => {
-                    let took = ev.ts_ns.saturating_sub(start_ns);
-                    sink.statement(&c.peer, &stmt, Outcome::Unknown, took);
-                }
-            }
-        }
-        c.back = Framer::new(Side::Back);
-    }
-}
-
-/// The operation at the head of the queue ended at `ts_ns`; recorded
-/// unless it was empty. The next one cannot have started before.
-fn complete(
-    c: &mut Conn,
-    outcome: Outcome,
-    ts_ns: u64,
-    record: bool,
-    sink: &mut impl StatementSink,
-) {
-    if !matches!(c.pending.front(), Some(Op::Run { .. })) {
-        return;
-    }
-    if let Some(Op::Run { stmt, start_ns }) = c.pending.pop_front()
-        && record
-    {
-        sink.statement(&c.peer, &stmt, outcome, ts_ns.saturating_sub(start_ns));
-    }
-    if let Some(Op::Run { start_ns, .. }) = c.pending.front_mut() {
-        *start_ns = (*start_ns).max(ts_ns);
-    }
-}
-
-fn on_answer(
-    c: &mut Conn,
-    kind: u8,
-    code: u32,
-    state: Option<[u8; 5]>,
-    ts_ns: u64,
-    sink: &mut impl StatementSink,
-) {
-    match kind {
-        // The one-byte answer to an encryption request.
-        0 if code == u32::from(b'N') => c.front.expect_startup(),
-        0 => c.encrypted = true,
-        b'C' => complete(c, Outcome::Ok, ts_ns, true, sink),
-        b'I' => complete(c, Outcome::Ok, ts_ns, false, sink),
-        b'E' => {
-            complete(c, Outcome::Error(state), ts_ns, true, sink);
-            // The server skips what follows, to the next Sync.
-            while matches!(c.pending.front(), Some(Op::Run { .. })) {
-                c.pending.pop_front();
-            }
-        }
-        // A suspended portal: the Execute that runs it to its end counts.
-        b's' => {
-            if matches!(c.pending.front(), Some(Op::Run { .. })) {
-                c.pending.pop_front();
-            }
-        }
-        b'Z' => {
-            while let Some(op) = c.pending.pop_front() {
-                match op {
-                    Op::Sync => break,
-                    Op::Run { .. } => sink.statement_unpaired(&c.peer, Unpaired::Malformed),
-                }
             }
         }
         _ => {}

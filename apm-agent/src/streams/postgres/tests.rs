@@ -340,3 +340,126 @@ fn ev(kind: Flow, ts: u64, data: &[u8]) -> Event<'_> {
         tail: &[],
     }
 }
+
+#[test]
+fn a_portal_run_to_a_row_limit_counts_once_when_it_ends() {
+    let mut c = Conn1::new();
+    // asyncpg's fetchrow: Execute with a limit of 1, answered by a row and
+    // PortalSuspended; the implicit transaction ends at the Sync.
+    let mut batch = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
+    batch.extend(msg(b'E', b"\0\0\0\0\x01"));
+    batch.extend(msg(b'S', b""));
+    c.front(1, &msg(b'P', b"s1\0SELECT a FROM t WHERE id = $1\0\0\0"));
+    c.front(10, &batch);
+    let mut answer = msg(b'2', b"");
+    answer.extend(msg(b'D', &[0; 10]));
+    answer.extend(msg(b's', b""));
+    answer.extend(ready());
+    c.back(14, &answer);
+    assert_eq!(c.texts(), ["SELECT a FROM t WHERE id = $1"]);
+    assert_eq!(c.r.done[0].2, 4);
+    // A cursor in a transaction: two Executes of a named portal, then
+    // its end; one operation, from its first Execute.
+    c.front(20, &query("BEGIN"));
+    let mut answer = complete("BEGIN");
+    answer.extend(msg(b'Z', b"T"));
+    c.back(21, &answer);
+    let mut first = msg(b'B', b"cur\0s1\0\0\0\0\0\0\0");
+    first.extend(msg(b'E', b"cur\0\0\0\0\x05"));
+    first.extend(msg(b'S', b""));
+    c.front(30, &first);
+    let mut answer = msg(b'2', b"");
+    answer.extend(msg(b's', b""));
+    answer.extend(msg(b'Z', b"T"));
+    c.back(31, &answer);
+    let mut rest = msg(b'E', b"cur\0\0\0\0\x05");
+    rest.extend(msg(b'S', b""));
+    c.front(40, &rest);
+    let mut answer = complete("SELECT 7");
+    answer.extend(msg(b'Z', b"T"));
+    c.back(45, &answer);
+    assert_eq!(c.texts().len(), 3);
+    assert_eq!(c.r.done[2].0, "SELECT a FROM t WHERE id = $1");
+    assert_eq!(c.r.done[2].2, 15);
+    assert!(c.r.unpaired.is_empty(), "{:?}", c.r.unpaired);
+}
+
+#[test]
+fn copy_from_stdin_over_the_extended_protocol_keeps_the_order() {
+    let mut c = Conn1::new();
+    let mut batch = msg(b'P', b"\0COPY t FROM STDIN\0\0\0");
+    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(msg(b'S', b""));
+    c.front(10, &batch);
+    let mut answer = msg(b'1', b"");
+    answer.extend(msg(b'2', b""));
+    answer.extend(msg(b'G', &[0, 0, 0]));
+    c.back(11, &answer);
+    // The data, its end and a Sync; the server ignored the first Sync.
+    let mut data = msg(b'd', b"1\tx\n");
+    data.extend(msg(b'c', b""));
+    data.extend(msg(b'S', b""));
+    c.front(12, &data);
+    let mut answer = complete("COPY 1");
+    answer.extend(ready());
+    c.back(13, &answer);
+    // The next statement pairs with its own answer.
+    c.front(20, &query("SELECT 1"));
+    let mut answer = complete("SELECT 1");
+    answer.extend(ready());
+    c.back(26, &answer);
+    assert_eq!(c.texts(), ["COPY t FROM STDIN", "SELECT $1"]);
+    assert_eq!(c.r.done[1].2, 6);
+    assert!(c.r.unpaired.is_empty(), "{:?}", c.r.unpaired);
+}
+
+#[test]
+fn a_pipeline_longer_than_the_queue_pairs_what_it_queued() {
+    let mut c = Conn1::new();
+    let n = MAX_PENDING + 10;
+    let mut batch = Vec::new();
+    for _ in 0..n {
+        batch.extend(msg(b'P', b"\0SELECT 1\0\0\0"));
+        batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(msg(b'S', b""));
+    c.front(10, &batch);
+    let mut answer = Vec::new();
+    for _ in 0..n {
+        answer.extend(complete("SELECT 1"));
+    }
+    answer.extend(ready());
+    c.back(20, &answer);
+    assert_eq!(c.r.done.len(), MAX_PENDING);
+    assert_eq!(c.r.unpaired.len(), 10);
+    // And the next query is its own.
+    c.front(30, &query("SELECT 2"));
+    let mut answer = complete("SELECT 1");
+    answer.extend(ready());
+    c.back(31, &answer);
+    assert_eq!(c.r.done.len(), MAX_PENDING + 1);
+    assert_eq!(c.r.done[MAX_PENDING].2, 1);
+}
+
+#[test]
+fn pipelined_syncs_start_each_batch_when_the_one_before_is_answered() {
+    let mut c = Conn1::new();
+    let mut batch = Vec::new();
+    for sql in ["SELECT 1", "SELECT 2"] {
+        batch.extend(msg(b'P', format!("\0{sql}\0\0\0").as_bytes()));
+        batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(msg(b'E', b"\0\0\0\0\0"));
+        batch.extend(msg(b'S', b""));
+    }
+    c.front(0, &batch);
+    let mut first = complete("SELECT 1");
+    first.extend(ready());
+    c.back(10, &first);
+    let mut second = complete("SELECT 1");
+    second.extend(ready());
+    c.back(15, &second);
+    let took: Vec<u64> = c.r.done.iter().map(|d| d.2).collect();
+    assert_eq!(took, [10, 5]);
+}
