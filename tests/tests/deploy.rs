@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
