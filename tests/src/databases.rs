@@ -173,21 +173,20 @@ pub fn mariadb(port: u16, password: &str) -> Server {
     Server::spawn(cmd, port, dir, libc::SIGTERM)
 }
 
-/// `psql -At -c SQL…` as the superuser `apm` of the cluster on `port`
-/// (trusted): whether it succeeded, and its output.
-pub fn psql(port: u16, sqls: &[&str]) -> (bool, String) {
+/// psql connected as the superuser `apm` (trusted) to the cluster on
+/// `port`, reading no ~/.psqlrc.
+pub fn psql_command(port: u16) -> Command {
     let mut cmd = Command::new(postgres_bin("psql"));
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "apm",
-        "-d",
-        "postgres",
-    ])
-    .args(["-At", "-X", "-q"]);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "apm", "-d", "postgres", "-X", "-q"]);
+    cmd
+}
+
+/// `psql -At -c SQL…` (see [`psql_command`]): whether it succeeded, and
+/// its output.
+pub fn psql(port: u16, sqls: &[&str]) -> (bool, String) {
+    let mut cmd = psql_command(port);
+    cmd.arg("-At");
     for sql in sqls {
         cmd.args(["-c", sql]);
     }

@@ -237,18 +237,8 @@ fn a_hundred_thousand_distinct_statements_stay_bounded() {
         .map(|i| format!("SELECT 1 AS c{i};\n"))
         .collect();
     std::fs::write(&file, text).expect("flood.sql");
-    let out = Command::new(databases::postgres_bin("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "apm",
-            "-d",
-            "postgres",
-        ])
-        .args(["-X", "-q", "-o", "/dev/null", "-f"])
+    let out = databases::psql_command(port)
+        .args(["-o", "/dev/null", "-f"])
         .arg(&file)
         .output()
         .expect("psql");

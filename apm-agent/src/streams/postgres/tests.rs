@@ -79,6 +79,14 @@ impl Conn1 {
     }
 }
 
+/// Parse, Bind and Execute of an unnamed statement.
+fn unnamed(sql: &str) -> Vec<u8> {
+    let mut m = msg(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    m.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    m.extend(msg(b'E', b"\0\0\0\0\0"));
+    m
+}
+
 fn ready() -> Vec<u8> {
     msg(b'Z', b"I")
 }
@@ -132,9 +140,7 @@ fn the_extended_protocol_pairs_executes_of_named_and_unnamed_statements() {
     batch.extend(msg(b'B', b"\0P0_1\0\0\0\0\0\0\0"));
     batch.extend(msg(b'E', b"\0\0\0\0\0"));
     // And an unnamed one in the same pipeline.
-    batch.extend(msg(b'P', b"\0SELECT x FROM y WHERE z = 'lit'\0\0\0"));
-    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(unnamed("SELECT x FROM y WHERE z = 'lit'"));
     batch.extend(msg(b'S', b""));
     c.front(100, &batch);
     let mut answer = msg(b'1', b"");
@@ -173,9 +179,7 @@ fn an_error_carries_its_sqlstate_and_skips_to_the_sync() {
     let mut c = Conn1::new();
     let mut batch = Vec::new();
     for sql in ["INSERT INTO u VALUES (1)", "SELECT 2"] {
-        batch.extend(msg(b'P', format!("\0{sql}\0\0\0").as_bytes()));
-        batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-        batch.extend(msg(b'E', b"\0\0\0\0\0"));
+        batch.extend(unnamed(sql));
     }
     batch.extend(msg(b'S', b""));
     c.front(10, &batch);
@@ -308,9 +312,7 @@ fn a_connection_older_than_the_capture_joins_at_its_next_request() {
     // a statement parsed now.
     let mut batch = msg(b'B', b"\0old\0\0\0\0\0\0\0");
     batch.extend(msg(b'E', b"\0\0\0\0\0"));
-    batch.extend(msg(b'P', b"\0SELECT 7\0\0\0"));
-    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(unnamed("SELECT 7"));
     batch.extend(msg(b'S', b""));
     let first = ev(Flow::ToServer, 10, &batch);
     assert!(c.t.open(&first, PEER, true, &mut c.r));
@@ -387,9 +389,7 @@ fn a_portal_run_to_a_row_limit_counts_once_when_it_ends() {
 #[test]
 fn copy_from_stdin_over_the_extended_protocol_keeps_the_order() {
     let mut c = Conn1::new();
-    let mut batch = msg(b'P', b"\0COPY t FROM STDIN\0\0\0");
-    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    let mut batch = unnamed("COPY t FROM STDIN");
     batch.extend(msg(b'S', b""));
     c.front(10, &batch);
     let mut answer = msg(b'1', b"");
@@ -448,9 +448,7 @@ fn pipelined_syncs_start_each_batch_when_the_one_before_is_answered() {
     let mut c = Conn1::new();
     let mut batch = Vec::new();
     for sql in ["SELECT 1", "SELECT 2"] {
-        batch.extend(msg(b'P', format!("\0{sql}\0\0\0").as_bytes()));
-        batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-        batch.extend(msg(b'E', b"\0\0\0\0\0"));
+        batch.extend(unnamed(sql));
         batch.extend(msg(b'S', b""));
     }
     c.front(0, &batch);
