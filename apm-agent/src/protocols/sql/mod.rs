@@ -11,8 +11,11 @@
 //! normalised as far as it goes, and a literal cut in the middle still
 //! becomes a placeholder (nothing of it is kept).
 
+mod split;
 #[cfg(test)]
 mod tests;
+
+pub use self::split::statements;
 
 /// Longest normalised text kept; longer ones end in `…` (truncated).
 pub const MAX_TEXT: usize = 1024;
@@ -347,6 +350,10 @@ pub fn normalise(sql: &[u8], cut: bool) -> Statement {
             end -= 1;
         }
         text.truncate(end);
+    }
+    // What was not seen is marked, so a cut text is never taken for a
+    // whole statement.
+    if truncated {
         text.push('…');
     }
     text.shrink_to_fit();
@@ -544,40 +551,4 @@ fn table_name(tokens: &[Token<'_>]) -> Option<String> {
         return None;
     }
     Some(name)
-}
-
-/// Splits a simple query's text into its statements (on `;` outside
-/// literals, identifiers and comments); empty ones are dropped.
-pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let (mut start, mut i, mut depth) = (0, 0, 0usize);
-    while i < sql.len() {
-        let rest = &sql[i..];
-        let step = match sql[i] {
-            b'\'' => string(rest),
-            b'"' => quoted(rest, b'"', false),
-            b'-' if rest.starts_with(b"--") => line_comment(rest),
-            b'/' if rest.starts_with(b"/*") => block_comment(rest),
-            b'$' => dollar_quoted(rest).unwrap_or(1),
-            b'(' => {
-                depth += 1;
-                1
-            }
-            b')' => {
-                depth = depth.saturating_sub(1);
-                1
-            }
-            // A `;` inside parentheses (a rule's actions) ends nothing.
-            b';' if depth == 0 => {
-                out.push(&sql[start..i]);
-                start = i + 1;
-                1
-            }
-            _ => 1,
-        };
-        i += step.max(1);
-    }
-    out.push(&sql[start.min(sql.len())..]);
-    out.retain(|s| !tokens(s).is_empty());
-    out
 }

@@ -138,7 +138,7 @@ fn cut_and_hostile_input_is_normalised_safely() {
     // An open literal, comment or quote runs to the end: nothing leaks.
     let s = normalise(b"SELECT * FROM t WHERE a = 'secret-never-clo", true);
     assert!(s.truncated);
-    assert_eq!(s.text, "SELECT * FROM t WHERE a = $1");
+    assert_eq!(s.text, "SELECT * FROM t WHERE a = $1…");
     assert_eq!(
         normalise(b"SELECT 1 /* open comment secret", false).text,
         "SELECT $1"
@@ -192,4 +192,21 @@ fn an_unknown_first_word_is_other() {
     let long = "x".repeat(4000);
     assert_eq!(normalise(long.as_bytes(), false).operation, "OTHER");
     assert_eq!(normalise(b"vacuum t", false).operation, "VACUUM");
+}
+
+#[test]
+fn a_function_body_begin_atomic_is_one_statement() {
+    let sql = b"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN true THEN 1 END; SELECT 2; END; SELECT 3";
+    let parts = statements(sql);
+    assert_eq!(
+        parts.len(),
+        2,
+        "{:?}",
+        parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p))
+            .collect::<Vec<_>>()
+    );
+    // An ordinary END (a transaction's) splits as usual.
+    assert_eq!(statements(b"BEGIN; SELECT 1; END; SELECT 2").len(), 4);
 }

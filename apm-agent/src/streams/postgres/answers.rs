@@ -94,6 +94,12 @@ fn complete(
                 sink.statement(&c.peer, &stmt, outcome, ts_ns.saturating_sub(start_ns));
             }
         }
+        // A statement of a simple query past what the capture saw of it:
+        // counted, not timed.
+        Some(Op::Sync { cut: true, .. }) if record => {
+            sink.statement_unpaired(&c.peer, Unpaired::Truncated);
+            return;
+        }
         Some(Op::Sync { .. }) | None => return,
     }
     started_by(c, ts_ns);
@@ -148,7 +154,7 @@ fn on_answer(c: &mut Conn, a: Answer, ts_ns: u64, sink: &mut impl StatementSink)
         // read, and ignored, while the server copies in.
         b'G' => {
             if matches!(c.pending.front(), Some(Op::Run { .. })) {
-                while matches!(c.pending.get(1), Some(Op::Sync { explicit: true })) {
+                while matches!(c.pending.get(1), Some(Op::Sync { explicit: true, .. })) {
                     c.pending.remove(1);
                 }
             }

@@ -70,8 +70,9 @@ enum Op {
     /// absorbed, never paired with the wrong statement.
     Skip(u32),
     /// Answered by ReadyForQuery: a Sync (`explicit`), or the end of a
-    /// simple query or a function call.
-    Sync { explicit: bool },
+    /// simple query or a function call. `cut`: a simple query whose text
+    /// the capture cut, so statements past what it saw may end before it.
+    Sync { explicit: bool, cut: bool },
 }
 
 struct Conn {
@@ -312,8 +313,11 @@ fn on_request(
         b'Q' => {
             let sql = fields.next().unwrap_or(&[]);
             let cut = m.cut || !m.body.contains(&0);
-            for part in sql::statements(sql) {
-                let stmt = Arc::new(sql::normalise(part, cut));
+            let parts = sql::statements(sql);
+            let last = parts.len().saturating_sub(1);
+            for (i, part) in parts.into_iter().enumerate() {
+                // Only the last statement seen can have been cut.
+                let stmt = Arc::new(sql::normalise(part, cut && i == last));
                 let portal = None;
                 let start_ns = ts_ns;
                 push(
@@ -326,7 +330,14 @@ fn on_request(
                     sink,
                 );
             }
-            push(c, Op::Sync { explicit: false }, sink);
+            push(
+                c,
+                Op::Sync {
+                    explicit: false,
+                    cut,
+                },
+                sink,
+            );
         }
         b'P' => {
             let name = fields.next().unwrap_or(&[]);
@@ -365,10 +376,22 @@ fn on_request(
             );
         }
         // Syncs the server reads while it copies in are ignored by it.
-        b'S' if !c.copy_in => push(c, Op::Sync { explicit: true }, sink),
+        b'S' if !c.copy_in => {
+            let sync = Op::Sync {
+                explicit: true,
+                cut: false,
+            };
+            push(c, sync, sink);
+        }
         b'c' | b'f' => c.copy_in = false,
         // A function call is answered by its result and ReadyForQuery.
-        b'F' => push(c, Op::Sync { explicit: false }, sink),
+        b'F' => {
+            let sync = Op::Sync {
+                explicit: false,
+                cut: false,
+            };
+            push(c, sync, sink);
+        }
         b'C' => {
             let (what, name) = m.body.split_first().unwrap_or((&0, &[][..]));
             let name = name.split(|&b| b == 0).next().unwrap_or(&[]);

@@ -461,3 +461,21 @@ fn pipelined_syncs_start_each_batch_when_the_one_before_is_answered() {
     let took: Vec<u64> = c.r.done.iter().map(|d| d.2).collect();
     assert_eq!(took, [10, 5]);
 }
+
+#[test]
+fn statements_past_what_the_capture_saw_of_a_query_are_counted() {
+    let mut c = Conn1::new();
+    // A script of many statements, its text cut by the capture after the
+    // second.
+    let q = query("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3)");
+    c.piece(Flow::ToServer, 10, &q[..40], q.len(), &[]);
+    let mut answer = Vec::new();
+    for _ in 0..3 {
+        answer.extend(complete("INSERT 0 1"));
+    }
+    answer.extend(ready());
+    c.back(20, &answer);
+    // The second is timed as far as it was seen; the third is counted.
+    assert_eq!(c.texts(), ["INSERT INTO t VALUES ($1)", "INSERT IN…"]);
+    assert_eq!(c.r.unpaired, [Unpaired::Truncated]);
+}

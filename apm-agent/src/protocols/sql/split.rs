@@ -1,0 +1,80 @@
+//! Splitting a simple query's text into its statements, as the server
+//! does: on `;` outside literals, comments, parentheses (a rule's actions)
+//! and `BEGIN ATOMIC … END` bodies.
+
+use super::{block_comment, dollar_quoted, line_comment, quoted, string, tokens};
+
+/// Splits a simple query's text into its statements (on `;` outside
+/// literals, identifiers and comments); empty ones are dropped.
+pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut i, mut depth, mut atomic) = (0, 0, 0usize, 0usize);
+    while i < sql.len() {
+        let rest = &sql[i..];
+        let step = match sql[i] {
+            b'\'' => string(rest),
+            b'"' => quoted(rest, b'"', false),
+            b'-' if rest.starts_with(b"--") => line_comment(rest),
+            b'/' if rest.starts_with(b"/*") => block_comment(rest),
+            b'$' => dollar_quoted(rest).unwrap_or(1),
+            b'(' => {
+                depth += 1;
+                1
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                1
+            }
+            // A body `BEGIN ATOMIC … END` (its CASE … END within) holds
+            // statements of its own.
+            c if c.is_ascii_alphabetic() && !word_before(sql, i) => {
+                let word = &rest[..rest.iter().take_while(|b| is_word_byte(**b)).count()];
+                let is = |k: &str| word.eq_ignore_ascii_case(k.as_bytes());
+                let opens = is("ATOMIC") && last_word(&sql[..i]).eq_ignore_ascii_case(b"BEGIN");
+                if opens || (atomic > 0 && is("CASE")) {
+                    atomic += 1;
+                } else if atomic > 0 && is("END") {
+                    atomic -= 1;
+                }
+                word.len()
+            }
+            // A `;` inside parentheses (a rule's actions) ends nothing.
+            b';' if depth == 0 && atomic == 0 => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+                1
+            }
+            _ => 1,
+        };
+        i += step.max(1);
+    }
+    out.push(&sql[start.min(sql.len())..]);
+    out.retain(|s| !tokens(s).is_empty());
+    out
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Whether the byte before `i` continues a word (so `i` starts none).
+fn word_before(sql: &[u8], i: usize) -> bool {
+    i > 0 && is_word_byte(sql[i - 1])
+}
+
+/// The last word of `sql`, after any whitespace.
+fn last_word(sql: &[u8]) -> &[u8] {
+    let end = sql.len()
+        - sql
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    let start = end
+        - sql[..end]
+            .iter()
+            .rev()
+            .take_while(|b| is_word_byte(**b))
+            .count();
+    &sql[start..end]
+}
