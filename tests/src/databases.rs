@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::wait_for;
+use crate::{NetNs, wait_for};
 
 /// A database server started here: listening on 127.0.0.1:`port`, stopped
 /// with `signal` (its fast, clean shutdown), its directory removed after.
@@ -19,16 +19,28 @@ pub struct Server {
 }
 
 impl Server {
-    /// Spawns `cmd` and waits for the port to accept connections.
-    pub fn spawn(mut cmd: Command, port: u16, dir: PathBuf, signal: i32) -> Self {
+    /// Spawns `cmd` and waits for the port to accept connections (in
+    /// `ns`, or the test's own namespace).
+    pub fn spawn_in(
+        ns: Option<&NetNs>,
+        mut cmd: Command,
+        port: u16,
+        dir: PathBuf,
+        signal: i32,
+    ) -> Self {
         let name = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let listening = || TcpStream::connect(("127.0.0.1", port)).is_ok();
         let up = wait_for(Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
+            match ns {
+                Some(ns) => ns.run(listening),
+                None => listening(),
+            }
+            .then_some(())
         });
         assert!(up.is_some(), "{name} did not start");
         Self {
@@ -36,6 +48,11 @@ impl Server {
             dir,
             signal,
         }
+    }
+
+    /// [`Server::spawn_in`] the test's own namespace.
+    pub fn spawn(cmd: Command, port: u16, dir: PathBuf, signal: i32) -> Self {
+        Self::spawn_in(None, cmd, port, dir, signal)
     }
 
     /// Shuts the server down and waits for it.
@@ -71,6 +88,17 @@ pub fn postgres_bin(name: &str) -> PathBuf {
 /// with `password`, TCP clients authenticated by `host_auth` (`trust`,
 /// `scram-sha-256`), and `settings` as `-c name=value`.
 pub fn postgres(port: u16, password: &str, host_auth: &str, settings: &[&str]) -> Server {
+    postgres_in(None, port, password, host_auth, settings)
+}
+
+/// [`postgres`], listening in network namespace `ns`.
+pub fn postgres_in(
+    ns: Option<&NetNs>,
+    port: u16,
+    password: &str,
+    host_auth: &str,
+    settings: &[&str],
+) -> Server {
     let dir = std::env::temp_dir().join(format!("apm-e2e-pg-{port}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -97,7 +125,7 @@ pub fn postgres(port: u16, password: &str, host_auth: &str, settings: &[&str]) -
         .status()
         .expect("initdb");
     assert!(initdb.success(), "initdb failed");
-    let mut cmd = as_postgres(postgres_bin("postgres"));
+    let mut cmd = as_postgres_in(ns, postgres_bin("postgres"));
     cmd.arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-k"])
@@ -107,13 +135,18 @@ pub fn postgres(port: u16, password: &str, host_auth: &str, settings: &[&str]) -
         cmd.args(["-c", setting]);
     }
     // Fast shutdown.
-    Server::spawn(cmd, port, dir, libc::SIGINT)
+    Server::spawn_in(ns, cmd, port, dir, libc::SIGINT)
 }
 
 /// `program` run as the postgres user (setpriv execs, so the child is the
 /// server itself).
 pub fn as_postgres(program: PathBuf) -> Command {
-    let mut cmd = Command::new("setpriv");
+    as_postgres_in(None, program)
+}
+
+/// [`as_postgres`] in network namespace `ns`.
+pub fn as_postgres_in(ns: Option<&NetNs>, program: PathBuf) -> Command {
+    let mut cmd = in_ns(ns, "setpriv");
     cmd.args([
         "--reuid=postgres",
         "--regid=postgres",
@@ -176,7 +209,12 @@ pub fn mariadb(port: u16, password: &str) -> Server {
 /// psql connected as the superuser `apm` (trusted) to the cluster on
 /// `port`, reading no ~/.psqlrc.
 pub fn psql_command(port: u16) -> Command {
-    let mut cmd = Command::new(postgres_bin("psql"));
+    psql_command_in(None, port)
+}
+
+/// [`psql_command`] in network namespace `ns`.
+pub fn psql_command_in(ns: Option<&NetNs>, port: u16) -> Command {
+    let mut cmd = in_ns(ns, &postgres_bin("psql").to_string_lossy());
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-U", "apm", "-d", "postgres", "-X", "-q"]);
     cmd
@@ -185,7 +223,12 @@ pub fn psql_command(port: u16) -> Command {
 /// `psql -At -c SQL…` (see [`psql_command`]): whether it succeeded, and
 /// its output.
 pub fn psql(port: u16, sqls: &[&str]) -> (bool, String) {
-    let mut cmd = psql_command(port);
+    psql_in(None, port, sqls)
+}
+
+/// [`psql`] in network namespace `ns`.
+pub fn psql_in(ns: Option<&NetNs>, port: u16, sqls: &[&str]) -> (bool, String) {
+    let mut cmd = psql_command_in(ns, port);
     cmd.arg("-At");
     for sql in sqls {
         cmd.args(["-c", sql]);
@@ -195,4 +238,12 @@ pub fn psql(port: u16, sqls: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// `program`, in network namespace `ns` when there is one.
+pub fn in_ns(ns: Option<&NetNs>, program: &str) -> Command {
+    match ns {
+        Some(ns) => ns.command(program),
+        None => Command::new(program),
+    }
 }

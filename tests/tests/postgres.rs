@@ -3,20 +3,29 @@
 //! script in each of its query modes (simple, extended, prepared), bounded
 //! by transaction count. The agent's count of each normalised statement
 //! equals the delta of `pg_stat_statements.calls` for the same text,
-//! exactly. An error carries its SQLSTATE, a statement's time is the
-//! server's, and a literal never leaves the parser.
+//! exactly, also over an MTU-1500 link that drops 2 % of the packets each
+//! way (TCP retransmits them). An error carries its SQLSTATE, a
+//! statement's time is the server's, and a literal never leaves the
+//! parser.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use apm_e2e::{
-    Agent,
+    Agent, NetNs,
     databases::{self, psql},
-    free_port, get, require_root, wait_for,
+    free_port, get,
+    prod::LinkNs,
+    require_root, wait_for,
 };
 
 /// Runs pgbench; returns the transactions it says it processed.
 fn pgbench(port: u16, args: &[&str]) -> u64 {
-    let out = Command::new(databases::postgres_bin("pgbench"))
+    pgbench_in(None, port, args)
+}
+
+/// [`pgbench`] in network namespace `ns`.
+fn pgbench_in(ns: Option<&NetNs>, port: u16, args: &[&str]) -> u64 {
+    let out = databases::in_ns(ns, &databases::postgres_bin("pgbench").to_string_lossy())
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "apm"])
         .args(args)
         .arg("postgres")
@@ -32,7 +41,12 @@ fn pgbench(port: u16, args: &[&str]) -> u64 {
 
 /// pg_stat_statements' calls of pgbench's statements, by text.
 fn pg_calls(port: u16) -> BTreeMap<String, u64> {
-    let (ok, out) = psql(
+    pg_calls_in(None, port)
+}
+
+fn pg_calls_in(ns: Option<&NetNs>, port: u16) -> BTreeMap<String, u64> {
+    let (ok, out) = databases::psql_in(
+        ns,
         port,
         &["SELECT calls, query FROM pg_stat_statements \
            WHERE query LIKE '%pgbench_%' OR query IN ('BEGIN', 'END')"],
@@ -286,4 +300,55 @@ fn a_hundred_thousand_distinct_statements_stay_bounded() {
     let grown = rss_after.saturating_sub(rss_before);
     println!("agent RSS {rss_before} -> {rss_after} bytes");
     assert!(grown < 32 << 20, "the agent grew by {grown} bytes");
+}
+
+#[test]
+fn pgbench_over_an_mtu_1500_link_losing_2_percent_each_way_is_exact() {
+    require_root();
+    let port = free_port().expect("port");
+    let link = LinkNs::create("pg-lossy", &[port], 2).expect("link");
+    let ns = Some(&link.ns);
+    let _pg = databases::postgres_in(
+        ns,
+        port,
+        "unused",
+        "trust",
+        &["shared_preload_libraries=pg_stat_statements"],
+    );
+    assert!(databases::psql_in(ns, port, &["CREATE EXTENSION pg_stat_statements"]).0);
+    pgbench_in(ns, port, &["-i", "-s", "1", "-q"]);
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, "postgres");
+    assert!(databases::psql_in(ns, port, &["SELECT pg_stat_statements_reset()"]).0);
+    // Batches of several segments each way (TPC-B over the extended
+    // protocol), and results of ~100 KiB in 1448-byte segments.
+    let done = pgbench_in(ns, port, &["-M", "extended", "-c", "2", "-t", "100", "-n"]);
+    assert_eq!(done, 200);
+    let big = "SELECT g, repeat('x', 40) FROM generate_series(1, 2000) g";
+    assert!(databases::psql_in(ns, port, &[big, big, big]).0);
+    let want = pg_calls_in(ns, port);
+    assert_eq!(want.len(), 8, "{want:?}");
+    let lost = link.check_loss().expect("loss");
+    eprintln!("lossy link: {lost:?}");
+    let delta = || {
+        let now = agent_statements(&agent, "postgres");
+        let mut got: BTreeMap<String, u64> = want
+            .keys()
+            .map(|q| (q.clone(), now.get(q).map_or(0, |s| s.0)))
+            .collect();
+        let big_text = "SELECT g, repeat($1, $2) FROM generate_series($3, $4) g";
+        got.insert("big".into(), now.get(big_text).map_or(0, |s| s.0));
+        got
+    };
+    let mut expected = want.clone();
+    expected.insert("big".into(), 3);
+    let settled = wait_for(Duration::from_secs(30), || {
+        (delta() == expected).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the agent counted {:?}\nthe server {expected:?}\nlink {lost:?}",
+        delta()
+    );
+    link.check_link(1000).expect("an MTU-1500 link");
 }
