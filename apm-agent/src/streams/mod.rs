@@ -480,12 +480,11 @@ impl Streams {
                 }
                 // PostgreSQL: a startup message first, or a request of a
                 // connection older than the capture.
-                let joined = || pg::starts_like_request(ev.data);
-                if ev.kind == Flow::ToServer
-                    && (starts_like_startup(ev.data) || joined())
-                    && self.tracker.yield_fresh(ev.conn)
-                {
-                    if self.postgres.open(ev, peer(ev, server), joined(), sink) {
+                let to_server = ev.kind == Flow::ToServer;
+                let startup = to_server && starts_like_startup(ev.data);
+                let joined = to_server && !startup && pg::starts_like_request(ev.data);
+                if (startup || joined) && self.tracker.yield_fresh(ev.conn) {
+                    if self.postgres.open(ev, peer(ev, server), joined, sink) {
                         self.postgres.handle(ev, sink);
                     }
                     return;

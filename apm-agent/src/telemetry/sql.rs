@@ -38,7 +38,14 @@ const OTHER_STATEMENTS: &str = "(other statements)";
 
 /// (service, operation, table, SQLSTATE, server address for a client,
 /// server port).
-type SeriesKey = (Arc<str>, Arc<str>, Arc<str>, [u8; 5], Option<IpAddr>, u16);
+type SeriesKey = (
+    Arc<str>,
+    &'static str,
+    Arc<str>,
+    [u8; 5],
+    Option<IpAddr>,
+    u16,
+);
 
 struct Tracked {
     handle: Histogram,
@@ -47,7 +54,7 @@ struct Tracked {
 
 /// One statement of one service, both sides together.
 struct Totals {
-    operation: Arc<str>,
+    operation: &'static str,
     collection: Arc<str>,
     count: u64,
     errors: u64,
@@ -56,7 +63,7 @@ struct Totals {
 }
 
 impl Totals {
-    fn new(operation: Arc<str>, collection: Arc<str>) -> Self {
+    fn new(operation: &'static str, collection: Arc<str>) -> Self {
         Self {
             operation,
             collection,
@@ -75,7 +82,7 @@ pub struct StatementSummary {
     pub db_system_name: &'static str,
     /// The normalised text: literals are placeholders.
     pub statement: String,
-    pub operation: String,
+    pub operation: &'static str,
     pub collection: String,
     pub count: u64,
     pub errors: u64,
@@ -88,6 +95,8 @@ pub struct SqlStats {
     series: FxHashMap<SeriesKey, Tracked>,
     collections: FxHashMap<Arc<str>, FxHashSet<Arc<str>>>,
     statements: FxHashMap<Arc<str>, FxHashMap<Arc<str>, Totals>>,
+    /// The label of a statement with no table, shared.
+    no_table: Arc<str>,
 }
 
 /// The SQLSTATE label of an outcome: empty for success (or not known).
@@ -112,7 +121,7 @@ impl SqlStats {
     /// The table's label for `service`: its own while under the cap.
     fn collection(&mut self, service: &Arc<str>, table: Option<&str>) -> Arc<str> {
         let Some(table) = table else {
-            return Arc::from("");
+            return self.no_table.clone();
         };
         let known = self.collections.entry(service.clone()).or_default();
         if let Some(t) = known.get(table) {
@@ -146,9 +155,9 @@ impl SqlStats {
             .map_or_else(|| Arc::from(text), |(k, _)| k.clone());
         let totals = per.entry(key.clone()).or_insert_with(|| {
             if own {
-                Totals::new(Arc::from(stmt.operation.as_str()), collection.clone())
+                Totals::new(stmt.operation, collection.clone())
             } else {
-                Totals::new(Arc::from(""), Arc::from(""))
+                Totals::new("", Arc::from(""))
             }
         });
         (key, totals)
@@ -165,7 +174,7 @@ impl SqlStats {
                     .map(|(text, t)| StatementSummary {
                         db_system_name: POSTGRES,
                         statement: text.to_string(),
-                        operation: t.operation.to_string(),
+                        operation: t.operation,
                         collection: t.collection.to_string(),
                         count: t.count,
                         errors: t.errors,
@@ -271,8 +280,14 @@ impl StatementSink for Recorder<'_> {
         self.statement_windows
             .record(now_ns / 1_000_000_000, name, &text, http_like, seconds);
         let code = status(outcome);
-        let op: Arc<str> = Arc::from(stmt.operation.as_str());
-        let key = (name.clone(), op, collection, code, peer.server, port);
+        let key = (
+            name.clone(),
+            stmt.operation,
+            collection,
+            code,
+            peer.server,
+            port,
+        );
         if let Some(s) = self.sql.series.get_mut(&key) {
             s.handle.observe(seconds);
             s.last_ns = now_ns;
@@ -286,7 +301,7 @@ impl StatementSink for Recorder<'_> {
         let handle = match peer.server {
             Some(addr) => metrics.db_client_duration.with_label_values(&[
                 POSTGRES,
-                &key.1,
+                key.1,
                 &key.2,
                 code_label,
                 &addr.to_string(),
@@ -295,7 +310,7 @@ impl StatementSink for Recorder<'_> {
             ]),
             None => metrics.db_server_duration.with_label_values(&[
                 POSTGRES,
-                &key.1,
+                key.1,
                 &key.2,
                 code_label,
                 name,

@@ -29,7 +29,7 @@ pub struct Statement {
     pub text: String,
     /// Its first keyword (upper case), or for `WITH` the statement the
     /// common table expressions feed; `""` for an empty statement.
-    pub operation: String,
+    pub operation: &'static str,
     /// The main table: `FROM` of a SELECT or DELETE, `INTO` of an INSERT,
     /// the target of an UPDATE (schema-qualified as written, unquoted).
     pub collection: Option<String>,
@@ -43,7 +43,7 @@ impl Statement {
     pub fn summary(&self) -> String {
         match &self.collection {
             Some(c) => format!("{} {c}", self.operation),
-            None => self.operation.clone(),
+            None => self.operation.to_owned(),
         }
     }
 }
@@ -385,12 +385,12 @@ fn literal_list(tokens: &[Token<'_>], at: usize) -> Option<usize> {
 }
 
 /// The operation and the main table of a statement's tokens.
-fn identity(tokens: &[Token<'_>]) -> (String, Option<String>) {
+fn identity(tokens: &[Token<'_>]) -> (&'static str, Option<String>) {
     let Some(first) = tokens.iter().position(|t| !matches!(t, Token::Punct(b"("))) else {
-        return (String::new(), None);
+        return ("", None);
     };
     let Token::Word(word) = tokens[first] else {
-        return (String::new(), None);
+        return ("", None);
     };
     let mut op = word;
     let mut at = first;
@@ -426,7 +426,7 @@ fn identity(tokens: &[Token<'_>]) -> (String, Option<String>) {
         }
         None
     };
-    let name_at = match operation.as_str() {
+    let name_at = match operation {
         "SELECT" | "DELETE" => after(b"FROM"),
         "INSERT" | "REPLACE" => after(b"INTO"),
         "UPDATE" => Some(at + 1),
@@ -497,11 +497,12 @@ const OPERATIONS: [&str; 56] = [
 ];
 
 /// The label of a statement's first keyword.
-fn operation_name(word: &[u8]) -> String {
+fn operation_name(word: &[u8]) -> &'static str {
     OPERATIONS
         .iter()
         .find(|k| k.as_bytes().eq_ignore_ascii_case(word))
-        .map_or_else(|| "OTHER".to_owned(), |k| (*k).to_owned())
+        .copied()
+        .unwrap_or("OTHER")
 }
 
 fn is_dml(w: &[u8]) -> bool {

@@ -88,31 +88,25 @@ fn operation_and_table() {
         (s.operation, s.collection)
     };
     let some = |s: &str| Some(s.to_owned());
-    assert_eq!(
-        id("select * from Users u"),
-        ("SELECT".into(), some("Users"))
-    );
+    assert_eq!(id("select * from Users u"), ("SELECT", some("Users")));
     assert_eq!(
         id("SELECT a FROM public.\"Order Items\" WHERE b IN (SELECT c FROM x)"),
-        ("SELECT".into(), some("public.Order Items"))
+        ("SELECT", some("public.Order Items"))
     );
     assert_eq!(
         id("insert into orders (a) values (1)"),
-        ("INSERT".into(), some("orders"))
+        ("INSERT", some("orders"))
     );
-    assert_eq!(id("UPDATE ONLY t SET a = 1"), ("UPDATE".into(), some("t")));
-    assert_eq!(id("DELETE FROM s.t"), ("DELETE".into(), some("s.t")));
+    assert_eq!(id("UPDATE ONLY t SET a = 1"), ("UPDATE", some("t")));
+    assert_eq!(id("DELETE FROM s.t"), ("DELETE", some("s.t")));
     assert_eq!(
         id("WITH x AS (SELECT * FROM a) INSERT INTO b SELECT * FROM x"),
-        ("INSERT".into(), some("b"))
+        ("INSERT", some("b"))
     );
-    assert_eq!(
-        id("SELECT (SELECT 1 FROM a) FROM b"),
-        ("SELECT".into(), some("b"))
-    );
-    assert_eq!(id("SELECT 1"), ("SELECT".into(), None));
-    assert_eq!(id("BEGIN"), ("BEGIN".into(), None));
-    assert_eq!(id(""), (String::new(), None));
+    assert_eq!(id("SELECT (SELECT 1 FROM a) FROM b"), ("SELECT", some("b")));
+    assert_eq!(id("SELECT 1"), ("SELECT", None));
+    assert_eq!(id("BEGIN"), ("BEGIN", None));
+    assert_eq!(id(""), ("", None));
     assert_eq!(
         normalise(b"select * from Users", false).summary(),
         "SELECT Users"

@@ -21,9 +21,11 @@ struct Answer {
 
 pub(super) fn on_back(c: &mut Conn, ev: &Event<'_>, total: usize, sink: &mut impl StatementSink) {
     if !c.back.lost() {
-        let mut answers: Vec<Answer> = Vec::new();
-        let framed = c.back.feed(ev.data, total, |m| {
-            answers.push(Answer {
+        // Each answer goes straight to the pairing, which never touches
+        // the server's framer: lent out meanwhile.
+        let mut back = std::mem::replace(&mut c.back, Framer::new(Side::Back));
+        let framed = back.feed(ev.data, total, |m| {
+            let a = Answer {
                 kind: m.kind,
                 code: m.code,
                 state: (m.kind == b'E')
@@ -34,11 +36,10 @@ pub(super) fn on_back(c: &mut Conn, ev: &Event<'_>, total: usize, sink: &mut imp
                 } else {
                     0
                 },
-            });
-        });
-        for a in answers {
+            };
             on_answer(c, a, ev.ts_ns, sink);
-        }
+        });
+        c.back = back;
         if framed.is_ok() {
             return;
         }

@@ -75,6 +75,12 @@ enum Op {
     Sync { explicit: bool, cut: bool },
 }
 
+impl Op {
+    fn sync(explicit: bool, cut: bool) -> Self {
+        Op::Sync { explicit, cut }
+    }
+}
+
 struct Conn {
     peer: Peer,
     front: Framer,
@@ -109,7 +115,7 @@ impl Tracker {
             conns: Table::new(max_conns),
             unknown: Arc::new(Statement {
                 text: "(unknown prepared statement)".into(),
-                operation: "UNKNOWN".into(),
+                operation: "UNKNOWN",
                 ..Statement::default()
             }),
         }
@@ -272,18 +278,16 @@ fn on_front(
     sink: &mut impl StatementSink,
 ) {
     let was_lost = c.front.lost();
-    let mut msgs: Vec<(u8, u32, Vec<u8>, bool)> = Vec::new();
-    let framed = c.front.feed(ev.data, total, |m| {
-        msgs.push((m.kind, m.code, m.body.to_vec(), m.cut))
+    // The framer hands each message straight to the pairing, which never
+    // touches the client's framer: lent out meanwhile, no body is copied.
+    let mut front = std::mem::replace(&mut c.front, Framer::new(Side::Front));
+    let framed = front.feed(ev.data, total, |m| {
+        on_request(c, &m, ev.ts_ns, unknown, sink)
     });
-    for (kind, code, body, cut) in msgs {
-        let m = Message {
-            kind,
-            code,
-            body: &body,
-            cut,
-        };
-        on_request(c, &m, ev.ts_ns, unknown, sink);
+    // Unless the pairing started over meanwhile (`reset`: the stand-in is
+    // lost, waiting for a piece that starts like a message).
+    if !c.front.lost() {
+        c.front = front;
     }
     // Once per loss: requests past the capture, or bytes that are no
     // message; the stream resumes at a piece that starts like one.
@@ -330,14 +334,7 @@ fn on_request(
                     sink,
                 );
             }
-            push(
-                c,
-                Op::Sync {
-                    explicit: false,
-                    cut,
-                },
-                sink,
-            );
+            push(c, Op::sync(false, cut), sink);
         }
         b'P' => {
             let name = fields.next().unwrap_or(&[]);
@@ -376,22 +373,10 @@ fn on_request(
             );
         }
         // Syncs the server reads while it copies in are ignored by it.
-        b'S' if !c.copy_in => {
-            let sync = Op::Sync {
-                explicit: true,
-                cut: false,
-            };
-            push(c, sync, sink);
-        }
+        b'S' if !c.copy_in => push(c, Op::sync(true, false), sink),
         b'c' | b'f' => c.copy_in = false,
         // A function call is answered by its result and ReadyForQuery.
-        b'F' => {
-            let sync = Op::Sync {
-                explicit: false,
-                cut: false,
-            };
-            push(c, sync, sink);
-        }
+        b'F' => push(c, Op::sync(false, false), sink),
         b'C' => {
             let (what, name) = m.body.split_first().unwrap_or((&0, &[][..]));
             let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
