@@ -160,6 +160,22 @@ impl Agent {
         Ok(Metrics::parse(&r.body))
     }
 
+    /// Polls /metrics until `done` holds, then returns the next scrape.
+    /// One scrape is not a snapshot: a family read early in it can lag
+    /// one read later by whatever the pipeline recorded in between. The
+    /// next scrape starts after everything the satisfying one counted.
+    pub fn wait_for_metrics(
+        &self,
+        within: Duration,
+        done: impl Fn(&Metrics) -> bool,
+    ) -> Option<Metrics> {
+        wait_for(within, || {
+            let m = self.metrics().ok()?;
+            done(&m).then_some(())
+        })?;
+        self.metrics().ok()
+    }
+
     /// Waits until the agent has named `port` after `service` (its
     /// connection series exists); panics with the agent's log otherwise.
     pub fn wait_for_service(&self, port: u16, service: &str) {
@@ -199,11 +215,10 @@ impl Agent {
     /// scrape is not atomic across families, and the pipeline keeps
     /// running while it is encoded); panics with what it has otherwise.
     pub fn wait_for_paired(&self, service: &str, total: u64, within: Duration) -> Metrics {
-        let done = wait_for(within, || {
-            let m = self.metrics().ok()?;
+        let done = self.wait_for_metrics(within, |m| {
             let paired = m.sum("apm_http_requests_paired_total", service) >= total as f64;
             let timed = m.route_counts(service).values().sum::<u64>() >= total;
-            (paired && timed).then_some(m)
+            paired && timed
         });
         match done {
             Some(m) => m,

@@ -205,18 +205,16 @@ pub fn wait_for_client_counts(
     port: u16,
     expected: &BTreeMap<String, u64>,
 ) -> Metrics {
-    wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        (client_counts(&m, "shop", addr, port) == *expected).then_some(m)
-    })
-    .unwrap_or_else(|| {
-        let m = agent.metrics().expect("metrics");
-        panic!(
-            "agent {:?}\nclient {expected:?}\n{}",
-            client_counts(&m, "shop", addr, port),
-            m.text
-        )
-    })
+    agent
+        .wait_for_metrics(WAIT, |m| client_counts(m, "shop", addr, port) == *expected)
+        .unwrap_or_else(|| {
+            let m = agent.metrics().expect("metrics");
+            panic!(
+                "agent {:?}\nclient {expected:?}\n{}",
+                client_counts(&m, "shop", addr, port),
+                m.text
+            )
+        })
 }
 
 /// shop's active outbound connections to `addr:port`.

@@ -264,12 +264,12 @@ fn a_hundred_thousand_distinct_statements_stay_bounded() {
         ("db_collection_name", ""),
         ("db_response_status_code", ""),
     ];
-    let m = wait_for(Duration::from_secs(60), || {
-        let m = agent.metrics().ok()?;
-        let n = m.value("apm_db_server_operation_duration_seconds_count", &selects)?;
-        (n >= 100_000.0).then_some(m)
-    })
-    .unwrap_or_else(|| panic!("{}", agent.metrics().expect("metrics").text));
+    let m = agent
+        .wait_for_metrics(Duration::from_secs(60), |m| {
+            m.value("apm_db_server_operation_duration_seconds_count", &selects)
+                .is_some_and(|n| n >= 100_000.0)
+        })
+        .unwrap_or_else(|| panic!("{}", agent.metrics().expect("metrics").text));
     // Every statement counted, once: psql sends nothing else.
     assert_eq!(
         m.value("apm_db_server_operation_duration_seconds_count", &selects),

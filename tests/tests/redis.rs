@@ -42,11 +42,7 @@ fn server_side_counts_equal_redis_commandstats_with_and_without_pipelining() {
     *expected.entry("INFO".into()).or_default() += 1;
     assert!(expected["SET"] >= 4000, "{expected:?}");
 
-    let got = wait_for(WAIT, || {
-        let m = agent.metrics().ok()?;
-        let got = server_counts(&m, "redis-server");
-        (got == expected).then_some(m)
-    });
+    let got = agent.wait_for_metrics(WAIT, |m| server_counts(m, "redis-server") == expected);
     let m = match got {
         Some(m) => m,
         None => {
