@@ -129,6 +129,23 @@ pub struct Config {
     #[arg(long = "postgres-addr", env = "APM_POSTGRES_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
     pub postgres_addrs: Vec<(String, u16)>,
 
+    /// MySQL and MariaDB server ports (repeatable): a monitored service's
+    /// connections to these are timed as MySQL clients, and a server
+    /// listening on one gets the deep capture. Connections to other ports
+    /// are timed too when the server's first bytes are a MySQL greeting.
+    #[arg(
+        long = "mysql-port",
+        env = "APM_MYSQL_PORT",
+        value_delimiter = ',',
+        default_value = "3306"
+    )]
+    pub mysql_ports: Vec<u16>,
+
+    /// A MySQL or MariaDB server by address, HOST:PORT (repeatable), as
+    /// --redis-addr.
+    #[arg(long = "mysql-addr", env = "APM_MYSQL_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
+    pub mysql_addrs: Vec<(String, u16)>,
+
     /// Do not look for Redis clients on other ports. By default a monitored
     /// service's connection to a port not listed above is watched until
     /// its first bytes, and timed as a Redis client's when the client

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// The targets (apm_agent::fuzzing::TARGETS, by name).
 pub const TARGETS: &[&str] = &[
-    "http", "routes", "records", "pairing", "streams", "postgres",
+    "http", "routes", "records", "pairing", "streams", "postgres", "mysql",
 ];
 
 /// What one target's run did.

@@ -97,10 +97,11 @@ pub struct Agent {
     last_ports: HashMap<u16, PortCounters>,
     /// When each monitored port last listened or had a connection open.
     port_seen: HashMap<u16, std::time::Instant>,
-    /// Ports of Redis and PostgreSQL servers (--redis-port,
-    /// --postgres-port).
+    /// Ports of Redis, PostgreSQL and MySQL servers (--redis-port,
+    /// --postgres-port, --mysql-port).
     db_ports: BTreeSet<u16>,
-    /// Those servers by address (--redis-addr, --postgres-addr), as given.
+    /// Those servers by address (--redis-addr, --postgres-addr,
+    /// --mysql-addr), as given.
     db_addrs: Vec<(String, u16)>,
     /// Recognise Redis clients on other ports (not --no-redis-detect).
     redis_detect: bool,
@@ -170,12 +171,14 @@ impl Agent {
                 .redis_ports
                 .iter()
                 .chain(&config.postgres_ports)
+                .chain(&config.mysql_ports)
                 .copied()
                 .collect(),
             db_addrs: config
                 .redis_addrs
                 .iter()
                 .chain(&config.postgres_addrs)
+                .chain(&config.mysql_addrs)
                 .cloned()
                 .collect(),
             redis_detect: !config.no_redis_detect,

@@ -18,8 +18,8 @@ use crate::capture::Capture;
 const MAX_PREEXISTING: usize = 4096;
 
 impl Agent {
-    /// Captures monitored clients' connections to the Redis and
-    /// PostgreSQL ports, then to their addresses (a host name resolved now).
+    /// Captures monitored clients' connections to the Redis, PostgreSQL
+    /// and MySQL ports, then to their addresses (a host name resolved now).
     pub(super) fn capture_db_destinations(&mut self) {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
@@ -41,7 +41,7 @@ impl Agent {
             let addrs = match (host.as_str(), *port).to_socket_addrs() {
                 Ok(addrs) => addrs.collect::<BTreeSet<SocketAddr>>(),
                 Err(e) => {
-                    warn!(host, port, error = %e, "cannot resolve a --redis-addr or --postgres-addr; its connections are not timed");
+                    warn!(host, port, error = %e, "cannot resolve a database server address (--redis-addr, --postgres-addr, --mysql-addr); its connections are not timed");
                     continue;
                 }
             };

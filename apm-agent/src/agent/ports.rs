@@ -55,11 +55,19 @@ impl Agent {
         }
     }
 
-    /// Records per segment for `port`: Redis and PostgreSQL servers get
+    /// Records per segment for `port`: Redis, PostgreSQL and MySQL servers get
     /// the deepest capture (pipelined commands and batches, and long
     /// statements, run past one record), HTTP one.
     fn capture_depth(&self, port: u16, name: Option<&str>) -> u32 {
-        const DEEP: [&str; 5] = ["redis", "valkey", "keydb", "postgres", "postmaster"];
+        const DEEP: [&str; 7] = [
+            "redis",
+            "valkey",
+            "keydb",
+            "postgres",
+            "postmaster",
+            "mysqld",
+            "mariadbd",
+        ];
         let deep = self.db_ports.contains(&port)
             || name.is_some_and(|n| DEEP.iter().any(|r| n.contains(r)));
         if deep {

@@ -9,6 +9,7 @@ use crate::{
         pairing::{Event, Flow, Origin, Unpaired},
         postgres::{MAX_PENDING, Outcome, StatementSink, Tracker},
         resp::Peer,
+        sql::System,
     },
 };
 
@@ -19,11 +20,11 @@ struct Count {
 }
 
 impl StatementSink for Count {
-    fn statement(&mut self, _: &Peer, stmt: &Arc<Statement>, _: Outcome, _: u64) {
+    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, _: Outcome, _: u64) {
         assert!(stmt.text.len() <= MAX_TEXT + '…'.len_utf8());
         self.statements += 1;
     }
-    fn statement_unpaired(&mut self, _: &Peer, _: Unpaired) {
+    fn statement_unpaired(&mut self, _: &Peer, _: System, _: Unpaired) {
         self.unpaired += 1;
     }
 }
@@ -98,7 +99,7 @@ fn startup() -> Vec<u8> {
 
 /// Every digit of a normalised text is a placeholder's or a word's (an
 /// identifier such as `t1`): no number of the input is left.
-fn assert_no_number(text: &str) {
+pub(super) fn assert_no_number(text: &str) {
     let mut owned = false;
     for &b in text.as_bytes() {
         if b.is_ascii_digit() {

@@ -28,6 +28,7 @@ use crate::{
         pairing::{Completed, MAX_PIPELINE, Origin, Sink, Unpaired},
         postgres::{Outcome, StatementSink},
         resp::{CacheResult, CommandSink, Peer},
+        sql::System,
     },
     telemetry::synthetic,
 };
@@ -358,8 +359,8 @@ impl CommandSink for Tally {
 /// SQL statements are counted by no invariant here (a simple query holds
 /// any number): the postgres fuzz target checks their framing.
 impl StatementSink for Tally {
-    fn statement(&mut self, _: &Peer, _: &Arc<Statement>, _: Outcome, _: u64) {}
-    fn statement_unpaired(&mut self, _: &Peer, _: Unpaired) {}
+    fn statement(&mut self, _: &Peer, _: System, _: &Arc<Statement>, _: Outcome, _: u64) {}
+    fn statement_unpaired(&mut self, _: &Peer, _: System, _: Unpaired) {}
 }
 
 /// Whole conversations through [`Streams`]. Whatever the bytes: no panic;

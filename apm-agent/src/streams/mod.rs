@@ -18,10 +18,12 @@
 
 mod closing;
 mod handshake;
+pub mod mysql;
 pub mod pairing;
 pub mod postgres;
 pub mod reassembly;
 pub mod resp;
+pub mod sql;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -43,6 +45,7 @@ use self::{
     table::{EVICTABLE_NS, LastSeen, Table},
 };
 use crate::protocols::{
+    mysql as my,
     postgres::{self as pg, starts_like_startup},
     resp::{starts_like_command, starts_like_reply},
 };
@@ -69,6 +72,7 @@ pub struct Streams {
     tracker: Tracker,
     resp: resp::Tracker,
     postgres: postgres::Tracker,
+    mysql: mysql::Tracker,
     reassembly: Reassembly,
     /// Client connections from their connect records, by socket cookie.
     outbound: Table<Outbound>,
@@ -115,6 +119,7 @@ impl Streams {
             tracker: Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
             postgres: postgres::Tracker::new(max_connections),
+            mysql: mysql::Tracker::new(max_connections),
             // The pairings' connections: one that a full reassembly
             // table could not place would pass retransmissions unchecked.
             reassembly: Reassembly::new(max_connections.saturating_mul(3)),
@@ -128,7 +133,10 @@ impl Streams {
 
     /// Connections whose requests are being paired.
     pub fn connections(&self) -> usize {
-        self.tracker.connections() + self.resp.connections() + self.postgres.connections()
+        self.tracker.connections()
+            + self.resp.connections()
+            + self.postgres.connections()
+            + self.mysql.connections()
     }
 
     pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
@@ -437,6 +445,7 @@ impl Streams {
         self.tracker.gap(conn, sink);
         self.resp.gap(conn, sink);
         self.postgres.gap(conn, sink);
+        self.mysql.gap(conn, sink);
     }
 
     fn close(&mut self, view: &View, ts_ns: u64, sink: &mut impl Sinks) {
@@ -463,6 +472,7 @@ impl Streams {
             Flow::Close => {
                 self.resp.close(ev.conn, sink);
                 self.postgres.close(ev.conn, sink);
+                self.mysql.close(ev.conn, sink);
                 self.tracker.handle(ev, sink);
             }
             Flow::ToServer | Flow::FromServer | Flow::Sendfile => {
@@ -478,6 +488,10 @@ impl Streams {
                     self.postgres.handle(ev, sink);
                     return;
                 }
+                if self.mysql.has(ev.conn) {
+                    self.mysql.handle(ev, sink);
+                    return;
+                }
                 // PostgreSQL: a startup message first, or a request of a
                 // connection older than the capture.
                 let to_server = ev.kind == Flow::ToServer;
@@ -486,6 +500,17 @@ impl Streams {
                 if (startup || joined) && self.tracker.yield_fresh(ev.conn) {
                     if self.postgres.open(ev, peer(ev, server), joined, sink) {
                         self.postgres.handle(ev, sink);
+                    }
+                    return;
+                }
+                // MySQL: the server's greeting first, or a command of a
+                // connection older than the capture.
+                let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
+                let greeting = !to_server && my::starts_like_greeting(ev.data);
+                let joined = to_server && my::starts_like_joined(ev.data, total);
+                if (greeting || joined) && self.tracker.yield_fresh(ev.conn) {
+                    if self.mysql.open(ev, peer(ev, server), joined, sink) {
+                        self.mysql.handle(ev, sink);
                     }
                     return;
                 }
@@ -524,6 +549,7 @@ impl Streams {
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         self.postgres.sweep(now_ns, idle_ns, sink);
+        self.mysql.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
         // never closed.
         self.now_ns = self.now_ns.max(now_ns);
@@ -545,10 +571,12 @@ fn starts_message(dir: u8, data: &[u8]) -> bool {
         crate::protocols::http::starts_like_request(data)
             || starts_like_command(data)
             || pg::starts_like_message(pg::Side::Front, data)
+            || my::starts_like_command(data, data.len())
     } else {
         data.starts_with(b"HTTP/1.")
             || starts_like_reply(data)
             || pg::starts_like_message(pg::Side::Back, data)
+            || my::starts_like_answer(data, data.len())
     }
 }
 

@@ -11,6 +11,7 @@ use super::{
     pairing::{Completed, Origin, Sink, Unpaired},
     postgres::{Outcome, StatementSink},
     resp::{CacheResult, CommandSink, Peer},
+    sql::System,
 };
 use crate::{
     protocols::{resp::commands::Command, routes::Route, sql::Statement},
@@ -58,10 +59,10 @@ impl CommandSink for Both {
 }
 
 impl StatementSink for Both {
-    fn statement(&mut self, _: &Peer, stmt: &Arc<Statement>, _: Outcome, _: u64) {
+    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, _: Outcome, _: u64) {
         self.sql.push(stmt.text.clone());
     }
-    fn statement_unpaired(&mut self, _: &Peer, reason: Unpaired) {
+    fn statement_unpaired(&mut self, _: &Peer, _: System, reason: Unpaired) {
         self.unpaired.push(reason);
     }
 }

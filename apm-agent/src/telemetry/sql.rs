@@ -18,14 +18,12 @@ use crate::{
     protocols::sql::Statement,
     streams::{
         pairing::Unpaired,
-        postgres::{Outcome, StatementSink},
         resp::Peer,
+        sql::{Outcome, StatementSink, System},
     },
     telemetry::{metrics::Metrics, windows::Windows},
 };
 
-/// `db_system_name` of PostgreSQL's series.
-pub const POSTGRES: &str = "postgresql";
 /// Tables per service with their own `db_collection_name`.
 pub const MAX_COLLECTIONS: usize = 100;
 /// Statements per service with their own totals.
@@ -36,10 +34,11 @@ pub const MAX_STATEMENTS_SHOWN: usize = 50;
 const OTHER_TABLE: &str = "_OTHER";
 const OTHER_STATEMENTS: &str = "(other statements)";
 
-/// (service, operation, table, SQLSTATE, server address for a client,
-/// server port).
+/// (service, database, operation, table, error code, server address for
+/// a client, server port).
 type SeriesKey = (
     Arc<str>,
+    System,
     &'static str,
     Arc<str>,
     [u8; 5],
@@ -94,7 +93,8 @@ pub struct StatementSummary {
 pub struct SqlStats {
     series: FxHashMap<SeriesKey, Tracked>,
     collections: FxHashMap<Arc<str>, FxHashSet<Arc<str>>>,
-    statements: FxHashMap<Arc<str>, FxHashMap<Arc<str>, Totals>>,
+    /// Per (service, database), per normalised text.
+    statements: FxHashMap<(Arc<str>, System), FxHashMap<Arc<str>, Totals>>,
     /// The label of a statement with no table, shared.
     no_table: Arc<str>,
 }
@@ -109,12 +109,10 @@ fn status(outcome: Outcome) -> [u8; 5] {
     }
 }
 
+/// A SQLSTATE, or a MySQL error number (NUL-padded): its text.
 fn status_label(code: &[u8; 5]) -> &str {
-    if code[0] == 0 {
-        ""
-    } else {
-        std::str::from_utf8(code).unwrap_or("")
-    }
+    let len = code.iter().position(|&b| b == 0).unwrap_or(code.len());
+    std::str::from_utf8(&code[..len]).unwrap_or("")
 }
 
 impl SqlStats {
@@ -135,15 +133,19 @@ impl SqlStats {
         t
     }
 
-    /// The totals of `stmt` for `service` (or of the statements past the
-    /// cap), and the text they are kept under.
+    /// The totals of `stmt` of `system` for `service` (or of the
+    /// statements past the cap), and the text they are kept under.
     fn totals(
         &mut self,
         service: &Arc<str>,
+        system: System,
         stmt: &Statement,
         collection: &Arc<str>,
     ) -> (Arc<str>, &mut Totals) {
-        let per = self.statements.entry(service.clone()).or_default();
+        let per = self
+            .statements
+            .entry((service.clone(), system))
+            .or_default();
         let own = per.contains_key(stmt.text.as_str()) || per.len() < MAX_STATEMENTS;
         let text = if own {
             stmt.text.as_str()
@@ -166,27 +168,27 @@ impl SqlStats {
     /// Each service's statements, busiest first.
     pub fn summaries(&self) -> std::collections::HashMap<String, Vec<StatementSummary>> {
         let q = |s: &DDSketch, q| s.quantile(q).ok().flatten().unwrap_or(0.0);
-        self.statements
-            .iter()
-            .map(|(service, statements)| {
-                let mut list: Vec<StatementSummary> = statements
-                    .iter()
-                    .map(|(text, t)| StatementSummary {
-                        db_system_name: POSTGRES,
-                        statement: text.to_string(),
-                        operation: t.operation,
-                        collection: t.collection.to_string(),
-                        count: t.count,
-                        errors: t.errors,
-                        p50_seconds: q(&t.sketch, 0.5),
-                        p99_seconds: q(&t.sketch, 0.99),
-                    })
-                    .collect();
-                list.sort_by(|a, b| b.count.cmp(&a.count).then(a.statement.cmp(&b.statement)));
-                list.truncate(MAX_STATEMENTS_SHOWN);
-                (service.to_string(), list)
-            })
-            .collect()
+        let mut out: std::collections::HashMap<String, Vec<StatementSummary>> =
+            std::collections::HashMap::new();
+        for ((service, system), statements) in &self.statements {
+            out.entry(service.to_string())
+                .or_default()
+                .extend(statements.iter().map(|(text, t)| StatementSummary {
+                    db_system_name: system.label(),
+                    statement: text.to_string(),
+                    operation: t.operation,
+                    collection: t.collection.to_string(),
+                    count: t.count,
+                    errors: t.errors,
+                    p50_seconds: q(&t.sketch, 0.5),
+                    p99_seconds: q(&t.sketch, 0.99),
+                }));
+        }
+        for list in out.values_mut() {
+            list.sort_by(|a, b| b.count.cmp(&a.count).then(a.statement.cmp(&b.statement)));
+            list.truncate(MAX_STATEMENTS_SHOWN);
+        }
+        out
     }
 
     /// Removes series and statements unused since `cutoff` (kernel
@@ -200,13 +202,14 @@ impl SqlStats {
     ) -> usize {
         let before = self.series.len();
         self.series
-            .retain(|(service, op, table, code, server, port), s| {
+            .retain(|(service, system, op, table, code, server, port), s| {
                 let keep = s.last_ns >= cutoff;
                 if !keep {
                     let (port, code) = (port.to_string(), status_label(code));
+                    let system = system.label();
                     let _ = match server {
                         Some(addr) => metrics.db_client_duration.remove_label_values(&[
-                            POSTGRES,
+                            system,
                             op,
                             table,
                             code,
@@ -216,14 +219,14 @@ impl SqlStats {
                         ]),
                         None => metrics
                             .db_server_duration
-                            .remove_label_values(&[POSTGRES, op, table, code, service, &port]),
+                            .remove_label_values(&[system, op, table, code, service, &port]),
                     };
                 }
                 keep
             });
         let removed = before - self.series.len();
         budget.used = budget.used.saturating_sub(removed);
-        for (service, per) in &mut self.statements {
+        for ((service, _), per) in &mut self.statements {
             per.retain(|text, t| {
                 let keep = t.last_ns >= cutoff;
                 if !keep {
@@ -233,7 +236,7 @@ impl SqlStats {
             });
         }
         self.statements.retain(|_, per| !per.is_empty());
-        let live: FxHashSet<&Arc<str>> = self.statements.keys().collect();
+        let live: FxHashSet<&Arc<str>> = self.statements.keys().map(|(s, _)| s).collect();
         self.collections.retain(|s, _| live.contains(s));
         removed
     }
@@ -243,6 +246,7 @@ impl StatementSink for Recorder<'_> {
     fn statement(
         &mut self,
         peer: &Peer,
+        system: System,
         stmt: &Arc<Statement>,
         outcome: Outcome,
         duration_ns: u64,
@@ -250,26 +254,27 @@ impl StatementSink for Recorder<'_> {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
         let seconds = duration_ns as f64 / 1e9;
-        if !self.sql.statements.contains_key(name) {
+        let db = system.label();
+        if !self.sql.statements.contains_key(&(name.clone(), system)) {
             // A new service: export every unpaired reason from zero.
             for reason in Unpaired::ALL {
                 metrics
                     .db_unpaired
-                    .with_label_values(&[name, POSTGRES, reason.as_str()])
+                    .with_label_values(&[name, db, reason.as_str()])
                     .inc_by(0);
             }
             metrics
                 .db_statement_overflow
-                .with_label_values(&[name, POSTGRES])
+                .with_label_values(&[name, db])
                 .inc_by(0);
         }
         let collection = self.sql.collection(name, stmt.collection.as_deref());
         let failed = matches!(outcome, Outcome::Error(_));
-        let (text, totals) = self.sql.totals(name, stmt, &collection);
+        let (text, totals) = self.sql.totals(name, system, stmt, &collection);
         if &*text == OTHER_STATEMENTS {
             metrics
                 .db_statement_overflow
-                .with_label_values(&[name, POSTGRES])
+                .with_label_values(&[name, db])
                 .inc();
         }
         totals.count += 1;
@@ -282,6 +287,7 @@ impl StatementSink for Recorder<'_> {
         let code = status(outcome);
         let key = (
             name.clone(),
+            system,
             stmt.operation,
             collection,
             code,
@@ -300,18 +306,18 @@ impl StatementSink for Recorder<'_> {
         let (port_label, code_label) = (port.to_string(), status_label(&code));
         let handle = match peer.server {
             Some(addr) => metrics.db_client_duration.with_label_values(&[
-                POSTGRES,
-                key.1,
-                &key.2,
+                db,
+                key.2,
+                &key.3,
                 code_label,
                 &addr.to_string(),
                 &port_label,
                 name,
             ]),
             None => metrics.db_server_duration.with_label_values(&[
-                POSTGRES,
-                key.1,
-                &key.2,
+                db,
+                key.2,
+                &key.3,
                 code_label,
                 name,
                 &port_label,
@@ -328,11 +334,11 @@ impl StatementSink for Recorder<'_> {
         );
     }
 
-    fn statement_unpaired(&mut self, peer: &Peer, reason: Unpaired) {
+    fn statement_unpaired(&mut self, peer: &Peer, system: System, reason: Unpaired) {
         let (name, _) = service_of(self.services, self.unknown, peer.origin, peer.port);
         self.metrics
             .db_unpaired
-            .with_label_values(&[name, POSTGRES, reason.as_str()])
+            .with_label_values(&[name, system.label(), reason.as_str()])
             .inc();
     }
 }

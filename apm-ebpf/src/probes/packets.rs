@@ -223,7 +223,8 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
 /// Ends the watch of connection `cookie` (whose `WATCHED` value is `event`)
 /// at its first payload (or its end): when the client sends first and that
 /// starts a RESP array (`*` and a digit) or a PostgreSQL startup message
-/// (or SSLRequest, or a request of a connection opened earlier), the
+/// (or SSLRequest, or a PostgreSQL or MySQL request of a connection opened
+/// earlier), or the server sends a MySQL greeting first, the
 /// socket moves to `OUTBOUND` and `event`, its
 /// connect record, goes to the agent ahead of this segment. Returns
 /// whether the segment is to be captured.
@@ -255,7 +256,10 @@ fn recognise(
     let head = [first[0], first[1], first[2], first[3], first[4]];
     let postgres = apm_common::postgres_startup(&first)
         || (payload >= 5 && apm_common::postgres_request(&head));
-    if dir != direction::EGRESS || !(resp || postgres) {
+    let mysql = payload >= 5 && apm_common::mysql_command(&head);
+    // MySQL's server speaks first: its greeting comes in.
+    let greeting = dir == direction::INGRESS && apm_common::mysql_greeting(&first);
+    if !greeting && (dir != direction::EGRESS || !(resp || postgres || mysql)) {
         return false;
     }
     if OUTBOUND.insert(cookie, event.tgid, 0).is_err() {

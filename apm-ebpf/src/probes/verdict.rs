@@ -63,7 +63,7 @@ static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 /// the socket's cookies.
 /// Undecided connections are copied; the verdict is taken on the first
 /// in-order payload: the client's (its first bytes), or the server's when
-/// it speaks first. `redis_port`: the port is one of Redis.
+/// it speaks first (a MySQL greeting is copied, other banners are not). `redis_port`: the port is one of Redis.
 #[inline(always)]
 pub fn admit(
     ctx: &SkBuffContext,
@@ -109,7 +109,18 @@ pub fn admit(
         return admit(true);
     }
     let decided = if dir == direction::EGRESS {
-        Verdict::ServerFirst
+        // The server spoke first: a MySQL greeting is read, anything
+        // else (SSH, SMTP banners) is not.
+        let mut first = [0u8; 8];
+        // SAFETY: a stack array of 8 bytes; the helper checks the packet
+        // bounds (a shorter payload fails and is no greeting).
+        let rc =
+            unsafe { bpf_skb_load_bytes(ctx.as_ptr(), payload_off, first.as_mut_ptr().cast(), 8) };
+        if rc == 0 && apm_common::mysql_greeting(&first) {
+            Verdict::Mysql
+        } else {
+            Verdict::ServerFirst
+        }
     } else if seq != rcv_nxt {
         // Out of order, ahead of the first bytes: wait for them.
         return admit(true);

@@ -1,22 +1,34 @@
 //! Splitting a simple query's text into its statements, as the server
 //! does: on `;` outside literals, comments, parentheses (a rule's actions)
-//! and `BEGIN ATOMIC … END` bodies.
+//! and `BEGIN ATOMIC … END` bodies (PostgreSQL) or compound statements'
+//! `BEGIN … END` (MySQL's stored programs).
 
-use super::{block_comment, dollar_quoted, line_comment, quoted, string, tokens};
+use super::{
+    Dialect,
+    lex::{block_comment, dollar_quoted, line_comment, quoted, string, tokens},
+};
 
-/// Splits a simple query's text into its statements (on `;` outside
-/// literals, identifiers and comments); empty ones are dropped.
+/// Splits a PostgreSQL simple query's text into its statements (on `;`
+/// outside literals, identifiers and comments); empty ones are dropped.
 pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
+    statements_in(Dialect::Postgres, sql)
+}
+
+/// [`statements`] of `dialect`.
+pub fn statements_in(dialect: Dialect, sql: &[u8]) -> Vec<&[u8]> {
+    let mysql = dialect == Dialect::Mysql;
     let mut out = Vec::new();
     let (mut start, mut i, mut depth, mut atomic) = (0, 0, 0usize, 0usize);
     while i < sql.len() {
         let rest = &sql[i..];
         let step = match sql[i] {
             b'\'' => string(rest),
-            b'"' => quoted(rest, b'"', false),
+            b'"' => quoted(rest, b'"', mysql),
+            b'`' if mysql => quoted(rest, b'`', false),
+            b'#' if mysql => line_comment(rest),
             b'-' if rest.starts_with(b"--") => line_comment(rest),
             b'/' if rest.starts_with(b"/*") => block_comment(rest),
-            b'$' => dollar_quoted(rest).unwrap_or(1),
+            b'$' if !mysql => dollar_quoted(rest).unwrap_or(1),
             b'(' => {
                 depth += 1;
                 1
@@ -30,8 +42,27 @@ pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
             c if c.is_ascii_alphabetic() && !word_before(sql, i) => {
                 let word = &rest[..rest.iter().take_while(|b| is_word_byte(**b)).count()];
                 let is = |k: &str| word.eq_ignore_ascii_case(k.as_bytes());
-                let opens = is("ATOMIC") && last_word(&sql[..i]).eq_ignore_ascii_case(b"BEGIN");
-                if opens || (atomic > 0 && is("CASE")) {
+                let before = last_word(&sql[..i]);
+                let opens = if mysql {
+                    // A BEGIN that does not start a statement opens a
+                    // compound statement; within one, so do the flow
+                    // controls (not IF(...), the function, nor the word
+                    // after END).
+                    let starts = sql[start..i].iter().all(u8::is_ascii_whitespace);
+                    let after_end = before.eq_ignore_ascii_case(b"END");
+                    let call = sql[i + word.len()..]
+                        .iter()
+                        .find(|b| !b.is_ascii_whitespace())
+                        == Some(&b'(');
+                    (is("BEGIN") && !starts)
+                        || (atomic > 0
+                            && !after_end
+                            && !call
+                            && ["IF", "LOOP", "WHILE", "REPEAT"].iter().any(|k| is(k)))
+                } else {
+                    is("ATOMIC") && before.eq_ignore_ascii_case(b"BEGIN")
+                };
+                if opens || (atomic > 0 && is("CASE") && !before.eq_ignore_ascii_case(b"END")) {
                     atomic += 1;
                 } else if atomic > 0 && is("END") {
                     atomic -= 1;
@@ -49,7 +80,7 @@ pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
         i += step.max(1);
     }
     out.push(&sql[start.min(sql.len())..]);
-    out.retain(|s| !tokens(s).is_empty());
+    out.retain(|s| !tokens(s, dialect).is_empty());
     out
 }
 

@@ -204,3 +204,53 @@ fn a_function_body_begin_atomic_is_one_statement() {
     // An ordinary END (a transaction's) splits as usual.
     assert_eq!(statements(b"BEGIN; SELECT 1; END; SELECT 2").len(), 4);
 }
+
+fn my(sql: &str) -> Statement {
+    normalise_in(Dialect::Mysql, sql.as_bytes(), false)
+}
+
+#[test]
+fn mysql_literals_become_question_marks_and_its_quotes_are_read() {
+    assert_eq!(
+        my("SELECT `name` FROM `shop`.`users` WHERE id = 42 AND email = \"a@b.c\"").text,
+        "SELECT `name` FROM `shop`.`users` WHERE id = ? AND email = ?"
+    );
+    assert_eq!(
+        my("SELECT `name` FROM `shop`.`users` WHERE id = 42")
+            .collection
+            .as_deref(),
+        Some("shop.users")
+    );
+    // A backslash escapes a quote: nothing of the literal is left.
+    let s = my(r#"INSERT INTO t (a, b) VALUES ('it\'s hunter2', "x\"y secret") # note"#);
+    assert_eq!(s.text, "INSERT INTO t (a, b) VALUES (?, ?)");
+    assert_eq!(s.operation, "INSERT");
+    assert_eq!(
+        my("SELECT * FROM t WHERE id IN (1, 2, 3) AND x = ?").text,
+        "SELECT * FROM t WHERE id IN (?, ...) AND x = ?"
+    );
+    assert_eq!(
+        my("UPDATE t SET n = n - 1 WHERE id = -7 -- cmt").text,
+        "UPDATE t SET n = n - ? WHERE id = ?"
+    );
+    assert_eq!(
+        my("SELECT 0x1F, X'AB', _utf8mb4'pw'").text,
+        "SELECT ?, ?, _utf8mb4?"
+    );
+}
+
+#[test]
+fn mysql_queries_split_outside_compound_statements() {
+    let split = |s: &str| -> Vec<String> {
+        statements_in(Dialect::Mysql, s.as_bytes())
+            .into_iter()
+            .map(|p| String::from_utf8_lossy(p).trim().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        split("SELECT 1; SELECT ';' # ;\n; BEGIN; COMMIT"),
+        ["SELECT 1", "SELECT ';' # ;", "BEGIN", "COMMIT"]
+    );
+    let proc = "CREATE PROCEDURE p() BEGIN IF 1 THEN SELECT 1; END IF; SELECT IF(1, 2, 3); END";
+    assert_eq!(split(&format!("{proc}; CALL p()")), [proc, "CALL p()"]);
+}

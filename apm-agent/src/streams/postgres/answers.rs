@@ -1,7 +1,7 @@
 //! The server's side of a PostgreSQL connection: its answers end the
 //! operations waiting, in order.
 
-use super::{Conn, Op, Outcome, StatementSink, dropped, names::Suspended};
+use super::{Conn, Op, Outcome, StatementSink, System, dropped, names::Suspended};
 use crate::{
     protocols::postgres::{self, Framer, Side},
     streams::pairing::{Event, Unpaired},
@@ -62,12 +62,12 @@ pub(super) fn on_back(c: &mut Conn, ev: &Event<'_>, total: usize, sink: &mut imp
             Op::Skip(_) => {}
             Op::Run { stmt, start_ns, .. } => {
                 let took = ev.ts_ns.saturating_sub(start_ns);
-                sink.statement(&c.peer, &stmt, Outcome::Unknown, took);
+                sink.statement(&c.peer, System::Postgres, &stmt, Outcome::Unknown, took);
             }
         }
     }
     for _ in 0..super::runs(&c.pending) {
-        sink.statement_unpaired(&c.peer, Unpaired::Truncated);
+        sink.statement_unpaired(&c.peer, System::Postgres, Unpaired::Truncated);
     }
     c.pending.clear();
     c.back = Framer::new(Side::Back);
@@ -92,13 +92,19 @@ fn complete(
             if let Some(Op::Run { stmt, start_ns, .. }) = c.pending.pop_front()
                 && record
             {
-                sink.statement(&c.peer, &stmt, outcome, ts_ns.saturating_sub(start_ns));
+                sink.statement(
+                    &c.peer,
+                    System::Postgres,
+                    &stmt,
+                    outcome,
+                    ts_ns.saturating_sub(start_ns),
+                );
             }
         }
         // A statement of a simple query past what the capture saw of it:
         // counted, not timed.
         Some(Op::Sync { cut: true, .. }) if record => {
-            sink.statement_unpaired(&c.peer, Unpaired::Truncated);
+            sink.statement_unpaired(&c.peer, System::Postgres, Unpaired::Truncated);
             return;
         }
         Some(Op::Sync { .. }) | None => return,
@@ -166,7 +172,9 @@ fn on_answer(c: &mut Conn, a: Answer, ts_ns: u64, sink: &mut impl StatementSink)
                 match op {
                     Op::Sync { .. } => break,
                     Op::Skip(_) => {}
-                    Op::Run { .. } => sink.statement_unpaired(&c.peer, Unpaired::Malformed),
+                    Op::Run { .. } => {
+                        sink.statement_unpaired(&c.peer, System::Postgres, Unpaired::Malformed)
+                    }
                 }
             }
             // Out of any transaction: its portals are gone.

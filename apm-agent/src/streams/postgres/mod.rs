@@ -28,10 +28,12 @@ mod tests;
 use std::{collections::VecDeque, sync::Arc};
 
 use self::names::{Names, Portals, Suspended};
+pub use super::sql::{Outcome, StatementSink};
 use super::{
     pairing::{Event, Flow, Unpaired},
     resp::Peer,
-    table::{EVICTABLE_NS, Full, LastSeen, Table},
+    sql::{self as sql_shared, Conns, System, Waiting},
+    table::LastSeen,
 };
 use crate::protocols::{
     postgres::{self, Desync, Framer, Message, Side},
@@ -41,22 +43,6 @@ use crate::protocols::{
 /// Operations that may wait for their ends on one connection; past it
 /// they are counted (`queue_full`) and their answers absorbed.
 pub const MAX_PENDING: usize = 1024;
-
-/// How an operation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// An ErrorResponse, with its SQLSTATE when it carried one.
-    Error(Option<[u8; 5]>),
-    /// Ended while the answer's framing was lost: not known.
-    Unknown,
-}
-
-/// Where PostgreSQL pairing results go.
-pub trait StatementSink {
-    fn statement(&mut self, peer: &Peer, stmt: &Arc<Statement>, outcome: Outcome, duration_ns: u64);
-    fn statement_unpaired(&mut self, peer: &Peer, reason: Unpaired);
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -103,7 +89,7 @@ impl LastSeen for Conn {
 }
 
 pub struct Tracker {
-    conns: Table<Conn>,
+    conns: Conns<Conn>,
     /// The statement of an Execute whose portal or statement is unknown
     /// (prepared before the capture saw the connection).
     unknown: Arc<Statement>,
@@ -112,12 +98,8 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(max_conns: usize) -> Self {
         Self {
-            conns: Table::new(max_conns),
-            unknown: Arc::new(Statement {
-                text: "(unknown prepared statement)".into(),
-                operation: "UNKNOWN",
-                ..Statement::default()
-            }),
+            conns: Conns::new(max_conns),
+            unknown: sql_shared::unknown_statement(),
         }
     }
 
@@ -155,18 +137,7 @@ impl Tracker {
             encrypted: false,
             last_seen_ns: ev.ts_ns,
         };
-        match self.conns.insert(ev.conn, conn, ev.ts_ns, EVICTABLE_NS) {
-            Ok(evicted) => {
-                if let Some(old) = evicted {
-                    finish(old, sink, Unpaired::Evicted);
-                }
-                true
-            }
-            Err(Full) => {
-                sink.statement_unpaired(&peer, Unpaired::TableFull);
-                false
-            }
-        }
+        self.conns.open(ev.conn, conn, ev.ts_ns, sink)
     }
 
     /// A piece of a PostgreSQL connection.
@@ -195,9 +166,7 @@ impl Tracker {
 
     /// The connection ended.
     pub fn close(&mut self, conn: u64, sink: &mut impl StatementSink) {
-        if let Some(c) = self.conns.remove(conn) {
-            finish(c, sink, Unpaired::ClosedMidRequest);
-        }
+        self.conns.close(conn, sink);
     }
 
     /// Bytes of `conn` were never seen: drop what waits and resync.
@@ -209,9 +178,7 @@ impl Tracker {
 
     /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl StatementSink) {
-        for c in self.conns.sweep(now_ns, idle_ns) {
-            finish(c, sink, Unpaired::Evicted);
-        }
+        self.conns.sweep(now_ns, idle_ns, sink);
     }
 }
 
@@ -222,9 +189,15 @@ fn runs(pending: &VecDeque<Op>) -> usize {
         .count()
 }
 
-fn finish(c: Conn, sink: &mut impl StatementSink, reason: Unpaired) {
-    for _ in 0..runs(&c.pending) {
-        sink.statement_unpaired(&c.peer, reason);
+impl Waiting for Conn {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+    fn system(&self) -> System {
+        System::Postgres
+    }
+    fn waiting(&self) -> usize {
+        runs(&self.pending)
     }
 }
 
@@ -232,7 +205,7 @@ fn finish(c: Conn, sink: &mut impl StatementSink, reason: Unpaired) {
 /// directions again from a piece that starts like a message.
 fn reset(c: &mut Conn, sink: &mut impl StatementSink, reason: Unpaired) {
     for _ in 0..runs(&c.pending).max(1) {
-        sink.statement_unpaired(&c.peer, reason);
+        sink.statement_unpaired(&c.peer, System::Postgres, reason);
     }
     c.pending.clear();
     c.copy_in = false;
@@ -254,7 +227,7 @@ fn push(c: &mut Conn, op: Op, sink: &mut impl StatementSink) {
         }
         Op::Sync { .. } => c.pending.push_back(op),
         Op::Run { .. } | Op::Skip(_) => {
-            sink.statement_unpaired(&c.peer, Unpaired::QueueFull);
+            sink.statement_unpaired(&c.peer, System::Postgres, Unpaired::QueueFull);
             match c.pending.back_mut() {
                 Some(Op::Skip(n)) => *n += 1,
                 _ => c.pending.push_back(Op::Skip(1)),
@@ -267,7 +240,7 @@ fn push(c: &mut Conn, op: Op, sink: &mut impl StatementSink) {
 /// its last answer.
 fn dropped(c: &Conn, s: &Suspended, sink: &mut impl StatementSink) {
     let took = s.answered_ns.saturating_sub(s.start_ns);
-    sink.statement(&c.peer, &s.stmt, Outcome::Ok, took);
+    sink.statement(&c.peer, System::Postgres, &s.stmt, Outcome::Ok, took);
 }
 
 fn on_front(
@@ -293,10 +266,10 @@ fn on_front(
     // message; the stream resumes at a piece that starts like one.
     match framed {
         Err(Desync::Truncated) if !was_lost => {
-            sink.statement_unpaired(&c.peer, Unpaired::Truncated);
+            sink.statement_unpaired(&c.peer, System::Postgres, Unpaired::Truncated);
         }
         Err(Desync::Garbage) if !was_lost => {
-            sink.statement_unpaired(&c.peer, Unpaired::Malformed);
+            sink.statement_unpaired(&c.peer, System::Postgres, Unpaired::Malformed);
         }
         _ => {}
     }

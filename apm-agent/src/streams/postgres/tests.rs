@@ -11,10 +11,10 @@ struct Rec {
 }
 
 impl StatementSink for Rec {
-    fn statement(&mut self, _: &Peer, stmt: &Arc<Statement>, outcome: Outcome, d: u64) {
+    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, outcome: Outcome, d: u64) {
         self.done.push((stmt.text.clone(), outcome, d));
     }
-    fn statement_unpaired(&mut self, _: &Peer, reason: Unpaired) {
+    fn statement_unpaired(&mut self, _: &Peer, _: System, reason: Unpaired) {
         self.unpaired.push(reason);
     }
 }

@@ -36,7 +36,7 @@ const MAX_QUEUED: usize = 1024;
 
 /// Whose connection: the server side (a monitored redis-server), or a
 /// monitored client's connection to `server` at `port`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
     pub origin: Origin,
     /// The server's port.
