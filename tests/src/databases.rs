@@ -2,13 +2,14 @@
 //! each a throwaway instance on loopback, removed when dropped.
 
 use std::{
+    collections::BTreeMap,
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use crate::{NetNs, wait_for};
+use crate::{NetNs, Scripted, wait_for};
 
 /// A database server started here: listening on 127.0.0.1:`port`, stopped
 /// with `signal` (its fast, clean shutdown), its directory removed after.
@@ -162,7 +163,35 @@ pub fn as_postgres_in(ns: Option<&NetNs>, program: PathBuf) -> Command {
 /// so the test needs no `mysql` account, which only the full
 /// mariadb-server package creates.
 pub fn mariadb(port: u16, password: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("apm-e2e-mariadb-{port}"));
+    mariadb_in(None, port, password, &[])
+}
+
+/// Server options that make MariaDB keep its own record of every
+/// statement: performance_schema with the statement history (the
+/// history_long consumer records nothing unless the current one is on).
+/// Each statement of a COM_QUERY is one row of
+/// `events_statements_history_long` (`statement/sql/<command>`, a
+/// syntax error's `statement/sql/error`; `SQL_TEXT` from that statement
+/// to the end of the query; `MYSQL_ERRNO`), and each command that is no
+/// statement one `statement/com/<command>` row (Ping, Init DB, Quit,
+/// Prepare, Reset stmt, Close stmt, and Execute: an executed prepared
+/// statement is only that, with no SQL text).
+pub const MARIADB_STATEMENT_HISTORY: [&str; 4] = [
+    "--performance-schema=ON",
+    "--performance-schema-consumer-events-statements-current=ON",
+    "--performance-schema-consumer-events-statements-history-long=ON",
+    "--performance-schema-events-statements-history-long-size=10000",
+];
+
+/// The rows `events_statements_history_long` keeps (see
+/// [`MARIADB_STATEMENT_HISTORY`]).
+const MARIADB_HISTORY_ROWS: u64 = 10_000;
+
+/// [`mariadb`] with more server `options` (such as
+/// [`MARIADB_STATEMENT_HISTORY`]), listening in network namespace `ns`.
+/// Its unix socket ([`mariadb_root`]) is reachable from any namespace.
+pub fn mariadb_in(ns: Option<&NetNs>, port: u16, password: &str, options: &[&str]) -> Server {
+    let dir = mariadb_dir(port);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let init = dir.join("init.sql");
@@ -189,7 +218,7 @@ pub fn mariadb(port: u16, password: &str) -> Server {
         .status()
         .expect("mariadb-install-db (installed by cargo xtask test)");
     assert!(install.success(), "mariadb-install-db failed");
-    let mut cmd = Command::new("mariadbd");
+    let mut cmd = in_ns(ns, "mariadbd");
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--socket={}", dir.join("sock").display()))
@@ -201,9 +230,332 @@ pub fn mariadb(port: u16, password: &str) -> Server {
             "--bind-address=127.0.0.1",
             "--skip-name-resolve",
             "--innodb-buffer-pool-size=16M",
-        ]);
+        ])
+        .args(options);
     // Normal shutdown.
-    Server::spawn(cmd, port, dir, libc::SIGTERM)
+    Server::spawn_in(ns, cmd, port, dir, libc::SIGTERM)
+}
+
+fn mariadb_dir(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("apm-e2e-mariadb-{port}"))
+}
+
+/// The `mariadb` client as root over the unix socket of the server on
+/// `port` (never TCP: the agent does not see it), with no default
+/// database, in batch mode without column names: whether `sql`
+/// succeeded, and its output (tab-separated rows; its errors if not).
+pub fn mariadb_root(port: u16, sql: &str) -> (bool, String) {
+    let out = Command::new("mariadb")
+        .arg("--no-defaults")
+        .arg(format!(
+            "--socket={}",
+            mariadb_dir(port).join("sock").display()
+        ))
+        .args(["-u", "root", "--batch", "--skip-column-names", "-e", sql])
+        .stdin(Stdio::null())
+        .output()
+        .expect("mariadb (installed by cargo xtask test)");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), text)
+}
+
+/// [`mariadb_root`] that must succeed: its rows, split into fields.
+pub fn mariadb_rows(port: u16, sql: &str) -> Vec<Vec<String>> {
+    let (ok, out) = mariadb_root(port, sql);
+    assert!(ok, "{sql}: {out}");
+    out.lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+/// The tables of [`crate::databases::MysqlClient`]'s workloads in `shop`:
+/// `items (id, name, qty)`, empty, and `wide (id, pad)`, 2000 rows of a
+/// 200-byte pad (created over the socket, unseen by the agent).
+pub fn mariadb_shop_tables(port: u16) {
+    mariadb_rows(
+        port,
+        "CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100), qty INT); \
+         CREATE TABLE shop.wide (id INT PRIMARY KEY, pad VARCHAR(250)); \
+         INSERT INTO shop.wide SELECT seq, REPEAT('w', 200) FROM shop.seq_1_to_2000",
+    );
+}
+
+/// Empties MariaDB's record of statements (see
+/// [`MARIADB_STATEMENT_HISTORY`]): what [`mariadb_statements`] counts
+/// starts here.
+pub fn mariadb_forget_statements(port: u16) {
+    mariadb_rows(
+        port,
+        "TRUNCATE performance_schema.events_statements_history_long; \
+         TRUNCATE performance_schema.events_statements_summary_by_user_by_event_name",
+    );
+}
+
+/// MariaDB's own count of the statements run in database `shop` (by the
+/// user `apm`: root's here never use it) since
+/// [`mariadb_forget_statements`], by (first keyword upper case, error
+/// number, "" for none), from `events_statements_history_long`: one row
+/// per statement, prepared statements' executes not included (they are
+/// `statement/com/Execute`). Panics unless the history holds them all:
+/// the per-user summary counts the same statements, and the history has
+/// not wrapped.
+pub fn mariadb_statements(port: u16) -> BTreeMap<(String, String), u64> {
+    let rows = mariadb_rows(
+        port,
+        "SELECT UPPER(SUBSTRING_INDEX(TRIM(SQL_TEXT), ' ', 1)), MYSQL_ERRNO, COUNT(*) \
+         FROM performance_schema.events_statements_history_long \
+         WHERE CURRENT_SCHEMA = 'shop' AND EVENT_NAME LIKE 'statement/sql/%' \
+         GROUP BY 1, 2",
+    );
+    let counts: BTreeMap<(String, String), u64> = rows
+        .iter()
+        .map(|r| {
+            let code = if r[1] == "0" { "" } else { &r[1] };
+            let n = r[2].parse().expect("count");
+            ((r[0].clone(), code.to_owned()), n)
+        })
+        .collect();
+    let summary = mariadb_rows(
+        port,
+        "SELECT COALESCE(SUM(COUNT_STAR), 0) \
+         FROM performance_schema.events_statements_summary_by_user_by_event_name \
+         WHERE USER = 'apm' AND EVENT_NAME LIKE 'statement/sql/%'",
+    );
+    let kept = mariadb_rows(
+        port,
+        "SELECT COUNT(*) FROM performance_schema.events_statements_history_long",
+    );
+    let summed: u64 = summary[0][0].parse().expect("summary");
+    let kept: u64 = kept[0][0].parse().expect("history rows");
+    assert!(
+        kept < MARIADB_HISTORY_ROWS && counts.values().sum::<u64>() == summed,
+        "the statement history is incomplete: {counts:?} of {summed}, {kept} rows kept"
+    );
+    counts
+}
+
+/// MariaDB's count of the prepared statements' executes in `shop` since
+/// [`mariadb_forget_statements`] (their `statement/com/Execute` rows),
+/// by error number ("" for none).
+pub fn mariadb_executes(port: u16) -> BTreeMap<String, u64> {
+    mariadb_rows(
+        port,
+        "SELECT MYSQL_ERRNO, COUNT(*) FROM performance_schema.events_statements_history_long \
+         WHERE CURRENT_SCHEMA = 'shop' AND EVENT_NAME = 'statement/com/Execute' GROUP BY 1",
+    )
+    .into_iter()
+    .map(|r| {
+        let code = if r[0] == "0" {
+            String::new()
+        } else {
+            r[0].clone()
+        };
+        (code, r[1].parse().expect("count"))
+    })
+    .collect()
+}
+
+/// The statements prepared on the server and not yet closed
+/// (`performance_schema.prepared_statements_instances`, whose row goes
+/// with COM_STMT_CLOSE): (executes, failed executes) by text.
+pub fn mariadb_prepared(port: u16) -> BTreeMap<String, (u64, u64)> {
+    mariadb_rows(
+        port,
+        "SELECT SQL_TEXT, COUNT_EXECUTE, SUM_ERRORS \
+         FROM performance_schema.prepared_statements_instances",
+    )
+    .into_iter()
+    .map(|r| {
+        let n = |i: usize| r[i].parse::<u64>().expect("count");
+        (r[0].clone(), (n(1), n(2)))
+    })
+    .collect()
+}
+
+/// Fails unless the server ran what [`MysqlClient::prepared`] says it
+/// did (`ran`; its kept statements still open): executes and failures
+/// by statement text, executes by error number, `Com_stmt_execute`
+/// grown from `executes_before` by all of them, and its text statements
+/// (the connection's SETs).
+pub fn assert_server_ran_prepared(port: u16, ran: &Ran, executes_before: u64) {
+    let prepared = mariadb_prepared(port);
+    assert_eq!(
+        prepared, ran.prepared,
+        "harness: prepared_statements_instances differs from the client"
+    );
+    let mut by_code = BTreeMap::new();
+    let mut text = ran.counts.clone();
+    for ((op, table, code), n) in &ran.counts {
+        if op != "SET" {
+            *by_code.entry(code.clone()).or_default() += n;
+            text.remove(&(op.clone(), table.clone(), code.clone()));
+        }
+    }
+    assert_eq!(
+        mariadb_status(port, "Com_stmt_execute") - executes_before,
+        by_code.values().sum::<u64>(),
+        "harness: Com_stmt_execute"
+    );
+    assert_eq!(
+        mariadb_executes(port),
+        by_code,
+        "harness: executes by errno"
+    );
+    assert_eq!(
+        mariadb_statements(port),
+        by_operation(&text),
+        "harness: text"
+    );
+}
+
+/// A global status counter of the server on `port` (`Com_stmt_execute`).
+pub fn mariadb_status(port: u16, name: &str) -> u64 {
+    let rows = mariadb_rows(port, &format!("SHOW GLOBAL STATUS LIKE '{name}'"));
+    rows.first()
+        .and_then(|r| r.get(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: {rows:?}"))
+}
+
+/// Statements by (operation, table, error number or ""), as a MySQL
+/// client or the agent counts them.
+pub type SqlCounts = BTreeMap<(String, String, String), u64>;
+
+/// [`SqlCounts`] summed over tables: by (operation, error number).
+pub fn by_operation(counts: &SqlCounts) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for ((op, _, code), n) in counts {
+        *out.entry((op.clone(), code.clone())).or_default() += n;
+    }
+    out.retain(|_, n| *n > 0);
+    out
+}
+
+/// What a [`MysqlClient`] command ran.
+#[derive(Debug, Default)]
+pub struct Ran {
+    /// Its statements (executes of prepared ones included).
+    pub counts: SqlCounts,
+    /// `sql`: the wall time of its statements, in seconds.
+    pub seconds: f64,
+    /// `prepared`: executes and failed executes by statement text.
+    pub prepared: BTreeMap<String, (u64, u64)>,
+}
+
+/// The SQL operations of histogram `family` (its `_count`) in the series
+/// matching `labels`, by (operation, table, error code).
+pub fn sql_counts(m: &crate::Metrics, family: &str, labels: &[(&str, &str)]) -> SqlCounts {
+    let mut out = SqlCounts::new();
+    for s in m.matching(&format!("{family}_count"), labels) {
+        let key = (
+            s.labels["db_operation_name"].clone(),
+            s.labels["db_collection_name"].clone(),
+            s.labels["db_response_status_code"].clone(),
+        );
+        *out.entry(key).or_default() += s.value as u64;
+    }
+    out
+}
+
+/// tests/servers/mysql_client.py: PyMySQL and mysql-connector-python
+/// (pure Python) as user `apm` against the server on `port`, keeping
+/// their own counts; a monitored service when it listens too.
+pub struct MysqlClient(Scripted);
+
+impl MysqlClient {
+    /// The client, run in `ns` (or here), listening on `listen` if
+    /// given; waits until it is ready.
+    pub fn start(ns: Option<&NetNs>, port: u16, password: &str, listen: Option<u16>) -> Self {
+        let python = crate::prod::py_app_bin().join("python");
+        let mut cmd = in_ns(ns, &python.to_string_lossy());
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/servers/mysql_client.py"
+        ))
+        .args(["127.0.0.1", &port.to_string(), password])
+        .args(listen.map(|p| p.to_string()))
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+        let client = Scripted::spawn(cmd)
+            .expect("python with PyMySQL and mysql-connector-python (cargo xtask test)");
+        client.expect_line("ready").expect("mysql_client.py");
+        Self(client)
+    }
+
+    fn run(&mut self, command: &str, arg: serde_json::Value) -> Ran {
+        let line = self
+            .0
+            .command(&format!("{command} {arg}"), "counts ")
+            .unwrap_or_else(|e| panic!("mysql_client.py {command}: {e}"));
+        let mut v: serde_json::Value =
+            serde_json::from_str(&line["counts ".len()..]).expect("counts");
+        let mut ran = Ran {
+            seconds: v["_seconds"].as_f64().unwrap_or(0.0),
+            ..Ran::default()
+        };
+        for (text, n) in v["_prepared"].as_object().into_iter().flatten() {
+            let (runs, errors) = (n[0].as_u64(), n[1].as_u64());
+            ran.prepared
+                .insert(text.clone(), (runs.expect("runs"), errors.expect("errors")));
+        }
+        let map = v.as_object_mut().expect("counts object");
+        map.retain(|k, _| !k.starts_with('_'));
+        for (key, n) in map.iter() {
+            let mut parts = key.splitn(3, '|').map(str::to_owned);
+            let mut part = || parts.next().expect("OP|TABLE|ERRNO");
+            let key = (part(), part(), part());
+            ran.counts.insert(key, n.as_u64().expect("count"));
+        }
+        ran
+    }
+
+    /// The text-protocol workload (see mysql_client.py): about 4 `rounds`
+    /// statements, ids from `base`, `bigs` results of `big_rows` rows.
+    pub fn text(&mut self, rounds: u32, big_rows: u32, bigs: u32, base: u32) -> Ran {
+        self.run(
+            "text",
+            serde_json::json!({"rounds": rounds, "big_rows": big_rows, "bigs": bigs, "base": base}),
+        )
+    }
+
+    /// The prepared-statement workload: 3.3 `rounds` executes (`rounds`
+    /// / 10 failing), ids from `base`; its three kept statements stay
+    /// open until [`MysqlClient::close`].
+    pub fn prepared(&mut self, rounds: u32, base: u32) -> Ran {
+        self.run(
+            "prepared",
+            serde_json::json!({"rounds": rounds, "base": base}),
+        )
+    }
+
+    /// Opens a text and a prepared-statement connection and uses each
+    /// once (mysql_client.py `open`).
+    pub fn open(&mut self) -> Ran {
+        self.run("open", serde_json::json!({}))
+    }
+
+    /// `n` SELECTs, `n` UPDATEs, a failing SELECT and `n` executes of
+    /// the statement prepared before, on [`MysqlClient::open`]'s
+    /// connections.
+    pub fn reuse(&mut self, n: u32, base: u32) -> Ran {
+        self.run("reuse", serde_json::json!({"n": n, "base": base}))
+    }
+
+    /// Closes the prepared statements and their connection.
+    pub fn close(&mut self) {
+        self.0.command("close", "closed").expect("close");
+    }
+
+    /// `sql` `n` times on one new connection, each expected to end with
+    /// error number `code` (0: success), counted as `op` on `table`.
+    pub fn sql(&mut self, n: u32, sql: &str, op: &str, table: &str, code: u32) -> Ran {
+        self.run(
+            "sql",
+            serde_json::json!({"n": n, "sql": sql, "op": op, "table": table, "code": code}),
+        )
+    }
 }
 
 /// psql connected as the superuser `apm` (trusted) to the cluster on

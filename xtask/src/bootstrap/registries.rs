@@ -23,8 +23,10 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
 
 /// PyPI packages of the production-traffic tests' FastAPI applications
 /// (tests/servers/app.py, and db_app.py with SQLAlchemy over asyncpg and
-/// psycopg) and of the TLS tests' clients (httpx, redis-py), installed
-/// into their own virtualenv.
+/// psycopg), of the TLS tests' clients (httpx, redis-py) and of the
+/// MySQL tests' client (mysql_client.py: PyMySQL, which sends its
+/// `SET NAMES` at every connect from 1.1 on, and mysql-connector-python,
+/// used in pure Python), installed into their own virtualenv.
 const PY_APP: &[&str] = &[
     "fastapi>=0.110,<1",
     "uvicorn>=0.29,<1",
@@ -33,6 +35,8 @@ const PY_APP: &[&str] = &[
     "sqlalchemy[asyncio]>=2,<3",
     "asyncpg>=0.29,<1",
     "psycopg[binary]>=3.1,<4",
+    "PyMySQL>=1.1,<2",
+    "mysql-connector-python>=8.3,<27",
 ];
 
 /// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
@@ -43,7 +47,8 @@ pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
             && Command::new(bin.join("python"))
                 .args([
                     "-c",
-                    "import fastapi, uvicorn, h11, httpx, redis, sqlalchemy, greenlet, asyncpg, psycopg",
+                    "import fastapi, uvicorn, h11, httpx, redis, sqlalchemy, greenlet, asyncpg, psycopg, \
+                     pymysql, mysql.connector",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
