@@ -150,7 +150,11 @@ pub struct ConnectEvent {
     /// 1: `cookie` is `tgid << 32 | fd`, the descriptor whose records
     /// (TLS plaintext) are this connection's (`sys_enter_connect`).
     pub descriptor: u8,
-    pub _pad: [u8; 5],
+    /// 1: a connection opened before the agent watched it (put in
+    /// `WATCHED` by the agent): it may start with a request, not a
+    /// protocol's first message.
+    pub joined: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 40);
 

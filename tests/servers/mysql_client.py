@@ -35,20 +35,23 @@ ran, as {"OPERATION|TABLE|ERRNO": n} (ERRNO empty on success), plus
         prepares `SELECT name, qty FROM items WHERE id = ?`, and uses
         each once: connections older than an agent started after
   reuse {"n": N, "base": ID}
-        on `open`'s connections: N SELECTs and N UPDATEs by id and one
+        on `open`'s connections: a ping, N SELECTs and N UPDATEs by id and one
         failing SELECT (1146), and N executes of the statement prepared
         before, counted as UNKNOWN on no table (its text was never seen
         by an agent started after the prepare)
   sql {"n": N, "sql": S, "op": O, "table": T, "code": C}
         S N times on one new connection, each expected to end with C
 
+With APM_MYSQL_TLS set in its environment, PyMySQL's connections use TLS.
 Each new PyMySQL (>= 1.1) connection sends `SET NAMES utf8mb4` itself,
 and each mysql-connector one `SET NAMES ... COLLATE ...` and
 `SET @@session.autocommit = ON`, all over COM_QUERY: they are counted
 here as the SET statements they are. Exits when stdin closes.
 """
 import json
+import os
 import socket
+import ssl
 import sys
 import time
 
@@ -71,8 +74,20 @@ def count(op, table, code, n=1):
     counts[key] = counts.get(key, 0) + n
 
 
+def tls():
+    """With APM_MYSQL_TLS set: TLS, the server's certificate unchecked
+    (the test made it)."""
+    if not os.environ.get("APM_MYSQL_TLS"):
+        return None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def connect(multi=False):
     c = pymysql.connect(
+        ssl=tls(),
         host=host,
         port=port,
         user="apm",
@@ -257,6 +272,8 @@ def open_():
 
 
 def reuse(n, base):
+    # A pool's pre-ping first (COM_PING, no statement).
+    kept["text"].ping(reconnect=False)
     cur = kept["text"].cursor()
     for i in range(base, base + n):
         run(cur, f"SELECT name FROM items WHERE id = {i}", "SELECT", "items")

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 pub mod databases;
 pub mod https;
 mod metrics;
+mod mysql_client;
 mod net;
 pub mod process;
 pub mod prod;

@@ -348,3 +348,37 @@ fn connections_older_than_the_agent_are_joined_at_their_next_command() {
     assert_eq!(succeeded(&served(&m, port)), succeeded(&ran.counts));
     assert_eq!(unpaired(&m), 0.0, "{}", m.text);
 }
+
+/// TLS sessions: the packets carry ciphertext after the client's
+/// SSLRequest, and stop being copied then; mariadbd's libssl gives the
+/// plaintext, counted as exactly as in the clear.
+#[test]
+fn tls_sessions_are_read_from_the_servers_libssl_exactly() {
+    require_root();
+    let port = free_port().expect("port");
+    let (_dir, cert, key) = apm_e2e::tls::certified("mysql-tls", port);
+    let mut options = databases::MARIADB_STATEMENT_HISTORY.to_vec();
+    let (cert, key) = (format!("--ssl-cert={cert}"), format!("--ssl-key={key}"));
+    options.extend([cert.as_str(), key.as_str()]);
+    let _db = databases::mariadb_in(None, port, PASSWORD, &options);
+    databases::mariadb_shop_tables(port);
+    let p = port.to_string();
+    let agent = Agent::start(&["--capture-tls", "--port", &p, "--mysql-port", &p]).expect("agent");
+    agent.wait_for_service(port, "mariadbd");
+    apm_e2e::tls::wait_probed(&agent, "libssl");
+    databases::mariadb_forget_statements(port);
+    let mut client = MysqlClient::start_tls(port, PASSWORD);
+    let ran = client.text(200, 2000, 3, 1000);
+    let truth = databases::mariadb_statements(port);
+    assert_eq!(truth, by_operation(&ran.counts), "harness");
+    let ssl = databases::mariadb_status(port, "Ssl_accepts");
+    assert!(ssl >= 2, "{ssl} TLS sessions");
+    let m = wait_served(&agent, port, &truth);
+    assert_eq!(succeeded(&served(&m, port)), succeeded(&ran.counts));
+    assert_eq!(unpaired(&m), 0.0, "{}", m.text);
+    // The ciphertext after the SSLRequest was not copied.
+    let skipped = m
+        .value("apm_capture_skipped_segments_total", &[("verdict", "tls")])
+        .unwrap_or(0.0);
+    assert!(skipped > 0.0, "{}", m.text);
+}

@@ -112,7 +112,8 @@ impl Outbound {
             addr: mapped(addr.ip()),
             port: addr.port(),
             descriptor: 0,
-            _pad: [0; 5],
+            joined: 1,
+            _pad: [0; 4],
         };
         self.watched
             .insert(cookie, event, 0)

@@ -492,25 +492,26 @@ impl Streams {
                     self.mysql.handle(ev, sink);
                     return;
                 }
-                // PostgreSQL: a startup message first, or a request of a
-                // connection older than the capture.
+                // MySQL: the server's greeting first, or one whole command
+                // of a connection older than the capture (before
+                // PostgreSQL's request, which some commands also look like).
                 let to_server = ev.kind == Flow::ToServer;
-                let startup = to_server && starts_like_startup(ev.data);
-                let joined = to_server && !startup && pg::starts_like_request(ev.data);
-                if (startup || joined) && self.tracker.yield_fresh(ev.conn) {
-                    if self.postgres.open(ev, peer(ev, server), joined, sink) {
-                        self.postgres.handle(ev, sink);
-                    }
-                    return;
-                }
-                // MySQL: the server's greeting first, or a command of a
-                // connection older than the capture.
                 let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
                 let greeting = !to_server && my::starts_like_greeting(ev.data);
                 let joined = to_server && my::starts_like_joined(ev.data, total);
                 if (greeting || joined) && self.tracker.yield_fresh(ev.conn) {
                     if self.mysql.open(ev, peer(ev, server), joined, sink) {
                         self.mysql.handle(ev, sink);
+                    }
+                    return;
+                }
+                // PostgreSQL: a startup message first, or a request of a
+                // connection older than the capture.
+                let startup = to_server && starts_like_startup(ev.data);
+                let joined = to_server && !startup && pg::starts_like_request(ev.data);
+                if (startup || joined) && self.tracker.yield_fresh(ev.conn) {
+                    if self.postgres.open(ev, peer(ev, server), joined, sink) {
+                        self.postgres.handle(ev, sink);
                     }
                     return;
                 }

@@ -2,10 +2,11 @@
 //! monitored database server's) per operation, table and outcome, and
 //! per-statement totals for /stats/requests. Labels stay bounded: a
 //! service's tables past its first [`MAX_COLLECTIONS`] are `_OTHER`, the
-//! SQLSTATE is one of PostgreSQL's few hundred, and a statement's text is
-//! never a label. A service keeps at most [`MAX_STATEMENTS`] statements;
-//! later ones count under one `(other statements)` entry. Series count
-//! against the same `--max-series` budget as HTTP's and expire with them.
+//! SQLSTATE is one of PostgreSQL's few hundred (MySQL's error numbers a
+//! few thousand), and a statement's text is never a label. A service keeps
+//! at most [`MAX_STATEMENTS`] statements per database; later ones count
+//! under one `(other statements)` entry. Series count against the same
+//! `--max-series` budget as HTTP's and expire with them.
 
 use std::{net::IpAddr, sync::Arc};
 

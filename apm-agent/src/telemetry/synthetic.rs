@@ -90,7 +90,8 @@ pub fn connect(cookie: u64, tgid: u32, addr: [u8; 16], port: u16, descriptor: bo
         addr,
         port,
         descriptor: u8::from(descriptor),
-        _pad: [0; 5],
+        joined: 0,
+        _pad: [0; 4],
     };
     let size = std::mem::size_of::<ConnectEvent>();
     // SAFETY: ConnectEvent is repr(C) plain integers; viewing it as its

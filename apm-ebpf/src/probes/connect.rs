@@ -97,7 +97,8 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         addr,
         port,
         descriptor: 0,
-        _pad: [0; 5],
+        joined: 0,
+        _pad: [0; 4],
     };
     if !listed {
         // Watched until its first payload (packets.rs). The socket first,

@@ -59,7 +59,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         addr,
         port,
         descriptor: 1,
-        _pad: [0; 5],
+        joined: 0,
+        _pad: [0; 4],
     };
     emit_connect(event);
     0

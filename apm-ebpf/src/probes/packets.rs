@@ -243,6 +243,10 @@ fn recognise(
     }
     let first: [u8; 8] = if payload >= 8 {
         ctx.load(seg.payload_off as usize).unwrap_or([0; 8])
+    } else if payload >= 5 {
+        // A MySQL COM_PING, or a statement id's command.
+        let five: [u8; 5] = ctx.load(seg.payload_off as usize).unwrap_or([0; 5]);
+        [five[0], five[1], five[2], five[3], five[4], 0, 0, 0]
     } else if payload >= 2 {
         let two: [u8; 2] = ctx.load(seg.payload_off as usize).unwrap_or([0; 2]);
         [two[0], two[1], 0, 0, 0, 0, 0, 0]
@@ -252,11 +256,13 @@ fn recognise(
     let _ = WATCHED.remove(cookie);
     let resp = first[0] == b'*' && first[1].is_ascii_digit();
     // A connection opened before the agent (put here by the agent) joins
-    // in the middle: its next request, not a startup.
+    // in the middle: its next request, not a startup (a new connection
+    // never starts with one).
     let head = [first[0], first[1], first[2], first[3], first[4]];
-    let postgres = apm_common::postgres_startup(&first)
-        || (payload >= 5 && apm_common::postgres_request(&head));
-    let mysql = payload >= 5 && apm_common::mysql_command(&head);
+    let joined = event.joined != 0 && payload >= 5;
+    let postgres =
+        apm_common::postgres_startup(&first) || (joined && apm_common::postgres_request(&head));
+    let mysql = joined && apm_common::mysql_command(&head);
     // MySQL's server speaks first: its greeting comes in.
     let greeting = dir == direction::INGRESS && apm_common::mysql_greeting(&first);
     if !greeting && (dir != direction::EGRESS || !(resp || postgres || mysql)) {

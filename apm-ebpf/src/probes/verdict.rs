@@ -27,7 +27,8 @@ use crate::maps::{TLS_SEEN, VERDICTS};
 pub struct SockState {
     /// A [`Verdict`] (0: undecided).
     pub verdict: u32,
-    pub _pad: u32,
+    /// A MySQL connection's client has sent its first packet (1).
+    pub client_seen: u32,
     /// The socket's and its namespace's cookies, fetched on its first
     /// segment (0: not yet): one line read instead of two helper calls
     /// per segment.
@@ -78,13 +79,18 @@ pub fn admit(
         return Admission::copy();
     };
     // SAFETY: the storage is this socket's, valid for the program's run.
-    let verdict = unsafe { (*state).verdict };
+    let mut verdict = unsafe { (*state).verdict };
     // The cookies only for a segment that is copied: a connection never
     // copied (TLS, SSH) costs no more than its verdict.
     let admit = move |copy: bool| Admission {
         copy,
         ids: copy.then(|| cookies(ctx, state)),
     };
+    if verdict == Verdict::Mysql as u32 && dir == direction::INGRESS && payload > 0 {
+        mysql_client_first(ctx, sk, state, payload_off, payload);
+        // SAFETY: as above; TLS now, maybe.
+        verdict = unsafe { (*state).verdict };
+    }
     if verdict != Verdict::Undecided as u32 {
         let copy = Verdict::captured_raw(verdict);
         if !copy && payload > 0 {
@@ -153,6 +159,40 @@ pub fn admit(
         }
     }
     admit(decided.captured())
+}
+
+/// A MySQL client's first packet after the greeting: an SSLRequest (36
+/// bytes, sequence 1, `CLIENT_SSL`) makes the connection TLS, no longer
+/// copied (its plaintext comes from the TLS library's probes). Once per
+/// connection.
+#[inline(always)]
+fn mysql_client_first(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    state: *mut SockState,
+    payload_off: u32,
+    payload: u32,
+) {
+    // SAFETY: the socket's storage, valid for the program's run.
+    if unsafe { (*state).client_seen } != 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*state).client_seen = 1 };
+    if payload != 36 {
+        return;
+    }
+    let mut head = [0u8; 8];
+    // SAFETY: a stack array of 8 bytes; the helper checks the packet
+    // bounds.
+    let rc = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), payload_off, head.as_mut_ptr().cast(), 8) };
+    let caps = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if rc == 0 && head[0] == 32 && head[1] == 0 && head[2] == 0 && head[3] == 1 && caps & 0x800 != 0
+    {
+        // SAFETY: as above.
+        unsafe { (*state).verdict = Verdict::Tls as u32 };
+        seen_as_tls(state, sk);
+    }
 }
 
 /// The socket's and its namespace's cookies, from `state` or, the first

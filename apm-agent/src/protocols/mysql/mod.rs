@@ -28,6 +28,7 @@ const SPLIT: u32 = 0xff_ffff;
 /// Commands (the first payload byte of a client's packet of sequence 0).
 pub const COM_QUIT: u8 = 0x01;
 pub const COM_QUERY: u8 = 0x03;
+pub const COM_FIELD_LIST: u8 = 0x04;
 pub const COM_STATISTICS: u8 = 0x09;
 pub const COM_CHANGE_USER: u8 = 0x11;
 pub const COM_BINLOG_DUMP: u8 = 0x12;
@@ -43,6 +44,10 @@ pub const CLIENT_COMPRESS: u32 = 0x20;
 pub const CLIENT_PROTOCOL_41: u32 = 0x200;
 pub const CLIENT_SSL: u32 = 0x800;
 pub const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
+/// zstd compression (MySQL 8.0.18 and later).
+pub const CLIENT_ZSTD: u32 = 1 << 26;
+/// COM_QUERY carries query attributes (MySQL 8.0.23 and later).
+pub const CLIENT_QUERY_ATTRIBUTES: u32 = 1 << 27;
 /// A server status flag: another result of the same command follows.
 pub const MORE_RESULTS: u16 = 0x0008;
 /// A server status flag: an Execute opened a cursor (rows come by Fetch).
@@ -89,6 +94,12 @@ impl Packet<'_> {
             (Some(&lo), Some(&hi)) => u16::from_le_bytes([lo, hi]),
             _ => 0,
         }
+    }
+
+    /// MariaDB's progress report: an ERR of number 0xffff that ends
+    /// nothing.
+    pub fn is_progress(&self) -> bool {
+        self.first() == Some(0xff) && self.body.get(1..3) == Some(&[0xff, 0xff][..])
     }
 
     /// An ERR packet's error number, as its decimal digits (`1064`).
@@ -320,12 +331,72 @@ pub fn starts_like_answer(data: &[u8], total: usize) -> bool {
 }
 
 /// Whether a client's piece on a connection first seen in its middle (one
-/// older than the capture) starts with a whole query, prepare, execute or
-/// ping ([`apm_common::mysql_command`]).
+/// older than the capture) is one whole query, prepare, execute,
+/// statement reset or close, or ping ([`apm_common::mysql_command`]).
 pub fn starts_like_joined(data: &[u8], total: usize) -> bool {
-    data.first_chunk::<5>()
-        .is_some_and(apm_common::mysql_command)
-        && starts_like_command(data, total)
+    let Some(head) = data.first_chunk::<5>() else {
+        return false;
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
+    apm_common::mysql_command(head) && len + 4 == total
+}
+
+/// The statement text of a COM_QUERY's payload (after the command byte):
+/// MySQL 8's query attributes, when the client sends them, come first
+/// (a count, a set count of 1, then the attributes' null bitmap, types,
+/// names and values) and are skipped, values unread. SQL never starts
+/// with a byte under a tab, which tells the prefix without the
+/// capabilities of a connection joined mid-way (`attributes`: whether
+/// the handshake agreed on them, None when not seen). None when the
+/// prefix does not parse (or was cut).
+pub fn query_text(body: &[u8], attributes: Option<bool>) -> Option<&[u8]> {
+    let prefixed = attributes.unwrap_or_else(|| body.first().is_some_and(|&b| b < 0x09));
+    if !prefixed {
+        return Some(body);
+    }
+    let (count, n) = lenenc(body)?;
+    let mut at = n;
+    let (sets, n) = lenenc(body.get(at..)?)?;
+    at += n;
+    if sets != 1 {
+        return None;
+    }
+    if count == 0 {
+        return body.get(at..);
+    }
+    let count = usize::try_from(count).ok().filter(|&c| c <= 1024)?;
+    let nulls = body.get(at..at + count.div_ceil(8))?;
+    at += count.div_ceil(8);
+    // The new-parameters flag: types and names follow.
+    if body.get(at) != Some(&1) {
+        return None;
+    }
+    at += 1;
+    let mut types = Vec::with_capacity(count);
+    for _ in 0..count {
+        types.push(*body.get(at)?);
+        at += 2;
+        let (name, n) = lenenc(body.get(at..)?)?;
+        at += n + usize::try_from(name).ok()?;
+    }
+    for (i, ty) in types.into_iter().enumerate() {
+        if nulls[i / 8] & (1 << (i % 8)) != 0 {
+            continue;
+        }
+        at += match ty {
+            0x06 => 0,
+            0x01 => 1,
+            0x02 | 0x0d => 2,
+            0x03 | 0x04 | 0x09 => 4,
+            0x05 | 0x08 => 8,
+            0x07 | 0x0a | 0x0b | 0x0c => 1 + usize::from(*body.get(at)?),
+            _ => {
+                let (len, n) = lenenc(body.get(at..)?)?;
+                n + usize::try_from(len).ok()?
+            }
+        };
+    }
+    body.get(at..)
 }
 
 /// Whether a server's first bytes are a greeting ([`apm_common::mysql_greeting`]).

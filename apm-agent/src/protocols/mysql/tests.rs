@@ -137,3 +137,25 @@ fn commands_and_answers_are_recognised_at_a_piece_start() {
     assert!(!starts_like_answer(&packet(2, &[3]), 5));
     assert!(!starts_like_answer(b"HTTP/1.1 200 OK\r\n", 17));
 }
+
+#[test]
+fn query_attributes_are_skipped_unread() {
+    assert_eq!(query_text(b"SELECT 1", None), Some(&b"SELECT 1"[..]));
+    assert_eq!(query_text(b"\0\x01SELECT 1", None), Some(&b"SELECT 1"[..]));
+    assert_eq!(
+        query_text(b"\0\x01SELECT 1", Some(true)),
+        Some(&b"SELECT 1"[..])
+    );
+    // One string attribute: its value never reaches the text.
+    let mut q = vec![1, 1, 0, 1, 0xfe, 0, 11];
+    q.extend_from_slice(b"traceparent");
+    q.push(7);
+    q.extend_from_slice(b"00-abcd");
+    q.extend_from_slice(b"SELECT 2");
+    assert_eq!(query_text(&q, None), Some(&b"SELECT 2"[..]));
+    // Nine attributes start with a tab's byte: the handshake tells.
+    q[0] = 9;
+    assert_eq!(query_text(&q, Some(false)), Some(&q[..]));
+    // Cut short: not read.
+    assert_eq!(query_text(&[1, 1, 0, 1, 0xfe, 0, 11, b't'], None), None);
+}

@@ -35,6 +35,8 @@ pub(super) fn tokens(sql: &[u8], dialect: Dialect) -> Vec<Token<'_>> {
 /// [`tokens`] with where each starts and ends.
 pub(super) fn spanned(sql: &[u8], dialect: Dialect) -> Vec<(Token<'_>, usize, usize)> {
     let mysql = dialect == Dialect::Mysql;
+    // Where an open `/*!` comment's `*/` is.
+    let mut executable: Option<usize> = None;
     let mut out: Vec<(Token<'_>, usize, usize)> = Vec::new();
     let mut i = 0;
     while i < sql.len() {
@@ -44,17 +46,32 @@ pub(super) fn spanned(sql: &[u8], dialect: Dialect) -> Vec<(Token<'_>, usize, us
         let rest = &sql[i..];
         if c.is_ascii_whitespace() {
             i += 1;
-        } else if rest.starts_with(b"--") || (mysql && c == b'#') {
+        } else if dash_comment(rest, dialect) || (mysql && c == b'#') {
             i += line_comment(rest);
+        } else if mysql && executable.is_some_and(|end| rest.starts_with(b"*/") && i == end) {
+            // The end of an executable comment's code.
+            executable = None;
+            i += 2;
+        } else if mysql && rest.starts_with(b"/*!") {
+            // `/*!50100 code */`: MySQL runs the code.
+            let digits = rest[3..]
+                .iter()
+                .take(6)
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            executable = Some(i + block_comment(rest) - 2);
+            i += 3 + digits;
         } else if rest.starts_with(b"/*") {
             i += block_comment(rest);
         } else if c == b'\'' {
-            i += string(rest);
+            i += string(rest, mysql);
             out.push((Token::Literal, 0, 0));
         } else if matches!(c, b'E' | b'e' | b'B' | b'b' | b'X' | b'x' | b'N' | b'n')
             && rest.get(1) == Some(&b'\'')
         {
-            i += 1 + string(&rest[1..]);
+            // E'' (PostgreSQL) reads backslash escapes.
+            let escapes = mysql || matches!(c, b'E' | b'e');
+            i += 1 + string(&rest[1..], escapes);
             out.push((Token::Literal, 0, 0));
         } else if mysql && c == b'"' {
             // A string in MySQL (unless ANSI_QUOTES: hiding an
@@ -109,7 +126,7 @@ pub(super) fn spanned(sql: &[u8], dialect: Dialect) -> Vec<(Token<'_>, usize, us
             };
             // `--` and `/*` start comments even inside an operator run.
             let n = (1..n)
-                .find(|&k| rest[k..].starts_with(b"--") || rest[k..].starts_with(b"/*"))
+                .find(|&k| dash_comment(&rest[k..], dialect) || rest[k..].starts_with(b"/*"))
                 .unwrap_or(n);
             out.push((Token::Punct(&rest[..n]), 0, 0));
             i += n;
@@ -163,12 +180,22 @@ pub(super) fn line_comment(s: &[u8]) -> usize {
 }
 
 /// Length of a string literal opening `s`, with its continuations (another
-/// quoted part after whitespace holding a newline). A backslash escapes
-/// the next byte whatever the literal's prefix: with
-/// `standard_conforming_strings` off it does in plain strings too, and
-/// reading too much as literal hides more, never less.
-pub(super) fn string(s: &[u8]) -> usize {
-    let mut end = quoted(s, b'\'', true);
+/// quoted part after whitespace holding a newline). With `escapes` a
+/// backslash escapes the next byte (MySQL, PostgreSQL's `E''`). Without,
+/// a backslash is itself (PostgreSQL's `standard_conforming_strings`);
+/// when the other reading would end the literal elsewhere (the setting
+/// off), the rest of the statement counts as literal: both readings hide
+/// what either takes for a value.
+pub(super) fn string(s: &[u8], escapes: bool) -> usize {
+    let part = |s: &[u8]| {
+        let plain = quoted(s, b'\'', escapes);
+        if escapes || quoted(s, b'\'', true) == plain {
+            plain
+        } else {
+            s.len()
+        }
+    };
+    let mut end = part(s);
     loop {
         let gap = s[end..]
             .iter()
@@ -178,8 +205,14 @@ pub(super) fn string(s: &[u8]) -> usize {
         if !newline || s.get(end + gap) != Some(&b'\'') {
             return end;
         }
-        end += gap + quoted(&s[end + gap..], b'\'', true);
+        end += gap + part(&s[end + gap..]);
     }
+}
+
+/// Whether `s` opens a `--` comment: in MySQL only when whitespace or a
+/// control character (or the end) follows, else it is two minus signs.
+pub(super) fn dash_comment(s: &[u8], dialect: Dialect) -> bool {
+    s.starts_with(b"--") && (dialect == Dialect::Postgres || s.get(2).is_none_or(|b| *b <= b' '))
 }
 
 /// Length of a `/* */` comment (they nest), or all of `s` when open.

@@ -5,7 +5,7 @@
 
 use super::{
     Dialect,
-    lex::{block_comment, dollar_quoted, line_comment, quoted, string, tokens},
+    lex::{block_comment, dash_comment, dollar_quoted, line_comment, quoted, string, tokens},
 };
 
 /// Splits a PostgreSQL simple query's text into its statements (on `;`
@@ -22,11 +22,15 @@ pub fn statements_in(dialect: Dialect, sql: &[u8]) -> Vec<&[u8]> {
     while i < sql.len() {
         let rest = &sql[i..];
         let step = match sql[i] {
-            b'\'' => string(rest),
+            b'\'' => string(rest, mysql),
+            b'E' | b'e' if !mysql && rest.get(1) == Some(&b'\'') => 1 + string(&rest[1..], true),
             b'"' => quoted(rest, b'"', mysql),
             b'`' if mysql => quoted(rest, b'`', false),
             b'#' if mysql => line_comment(rest),
-            b'-' if rest.starts_with(b"--") => line_comment(rest),
+            b'-' if dash_comment(rest, dialect) => line_comment(rest),
+            // MySQL runs an executable comment's code: its `;` split.
+            b'/' if mysql && rest.starts_with(b"/*!") => 3,
+            b'*' if mysql && rest.starts_with(b"*/") => 2,
             b'/' if rest.starts_with(b"/*") => block_comment(rest),
             b'$' if !mysql => dollar_quoted(rest).unwrap_or(1),
             b'(' => {
@@ -54,11 +58,18 @@ pub fn statements_in(dialect: Dialect, sql: &[u8]) -> Vec<&[u8]> {
                         .iter()
                         .find(|b| !b.is_ascii_whitespace())
                         == Some(&b'(');
-                    (is("BEGIN") && !starts)
-                        || (atomic > 0
-                            && !after_end
-                            && !call
-                            && ["IF", "LOOP", "WHILE", "REPEAT"].iter().any(|k| is(k)))
+                    // Stored programs' bodies: a CREATE's or an ALTER's.
+                    let first = first_word(&sql[start..i]);
+                    let program = first.eq_ignore_ascii_case(b"CREATE")
+                        || first.eq_ignore_ascii_case(b"ALTER");
+                    // IF EXISTS, IF NOT EXISTS: no block.
+                    let next = first_word(&sql[i + word.len()..]);
+                    let clause =
+                        next.eq_ignore_ascii_case(b"EXISTS") || next.eq_ignore_ascii_case(b"NOT");
+                    let flow = ["IF", "LOOP", "WHILE", "REPEAT"].iter().any(|k| is(k))
+                        && !(is("IF") && clause);
+                    (is("BEGIN") && !starts && program)
+                        || (atomic > 0 && !after_end && !call && flow)
                 } else {
                     is("ATOMIC") && before.eq_ignore_ascii_case(b"BEGIN")
                 };
@@ -91,6 +102,16 @@ fn is_word_byte(b: u8) -> bool {
 /// Whether the byte before `i` continues a word (so `i` starts none).
 fn word_before(sql: &[u8], i: usize) -> bool {
     i > 0 && is_word_byte(sql[i - 1])
+}
+
+/// The first word of `sql`, after any whitespace.
+fn first_word(sql: &[u8]) -> &[u8] {
+    let start = sql.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    let len = sql[start..]
+        .iter()
+        .take_while(|b| is_word_byte(**b))
+        .count();
+    &sql[start..start + len]
 }
 
 /// The last word of `sql`, after any whitespace.

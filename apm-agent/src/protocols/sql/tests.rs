@@ -254,3 +254,34 @@ fn mysql_queries_split_outside_compound_statements() {
     let proc = "CREATE PROCEDURE p() BEGIN IF 1 THEN SELECT 1; END IF; SELECT IF(1, 2, 3); END";
     assert_eq!(split(&format!("{proc}; CALL p()")), [proc, "CALL p()"]);
 }
+
+#[test]
+fn an_ambiguous_backslash_hides_the_rest_and_mysql_dashes_need_a_space() {
+    // With standard_conforming_strings on, 'C:\' ends at its quote; off,
+    // it does not: either way nothing after it is shown.
+    let s = text(r"SELECT * FROM f WHERE dir = 'C:\' AND email = 'alice@example.com'");
+    assert!(!s.contains("alice"), "{s}");
+    assert_eq!(text(r"SELECT E'it\'s', 'x'"), "SELECT $1, $2");
+    // MySQL: `--` with no space is two minus signs.
+    let s = my("SELECT x--'\n' WHERE e = 'alice@example.com'").text;
+    assert!(!s.contains("alice"), "{s}");
+    // An executable comment's code runs: it is the statement.
+    assert_eq!(my("/*!40101 SET NAMES utf8 */").text, "SET NAMES utf8");
+    assert_eq!(my("/*!40101 SET NAMES utf8 */").operation, "SET");
+}
+
+#[test]
+fn mysql_splits_on_what_the_server_splits_on() {
+    let n = |s: &str| statements_in(Dialect::Mysql, s.as_bytes()).len();
+    assert_eq!(n("SELECT 1--1; SELECT 2"), 2);
+    assert_eq!(n("SELECT begin FROM t; SELECT 2"), 2);
+    assert_eq!(n("XA BEGIN 'x'; SELECT 2"), 2);
+    assert_eq!(
+        n("CREATE PROCEDURE p() BEGIN DROP TABLE IF EXISTS t; SELECT 1; END; SELECT 2"),
+        2
+    );
+    assert_eq!(
+        n("/*!40101 SET NAMES utf8 */; /*!40103 SET TIME_ZONE='+00:00' */;"),
+        2
+    );
+}

@@ -155,6 +155,10 @@ fn greeting(c: &mut Conn, p: &Packet<'_>) {
 }
 
 fn answer(c: &mut Conn, p: &Packet<'_>, ts_ns: u64, sink: &mut impl StatementSink) {
+    // The pairing lost the place earlier in this piece: the rest waits.
+    if c.back.is_lost() {
+        return;
+    }
     let first = p.first().unwrap_or(0);
     // The EOF a prepare's answer may still have had.
     if let Some(seq) = c.maybe_eof.take()
@@ -165,15 +169,21 @@ fn answer(c: &mut Conn, p: &Packet<'_>, ts_ns: u64, sink: &mut impl StatementSin
         c.eof_after_defs = Some(true);
         return;
     }
+    // MariaDB's progress reports come before the answer.
+    if p.is_progress() {
+        return;
+    }
     let Some(head) = c.pending.front() else {
-        // Nothing waits: an answer to a command the capture did not see.
+        // Nothing waits: an answer to a command the capture did not see,
+        // counted once; framed again at the next answer's start.
         sink.statement_unpaired(&c.peer, c.system, Unpaired::ResponseWithoutRequest);
+        c.back.lose();
         return;
     };
     match c.reading {
         Reading::Start => match head {
             Cmd::Raw => command_end(c, Outcome::Ok, ts_ns, sink),
-            Cmd::Fetch => {
+            Cmd::Rows => {
                 c.reading = Reading::Rows;
                 row(c, p, first, ts_ns, sink);
             }
@@ -211,7 +221,7 @@ fn answer(c: &mut Conn, p: &Packet<'_>, ts_ns: u64, sink: &mut impl StatementSin
         Reading::Lost => {}
         Reading::Infile => match first {
             0xff => command_end(c, error(p), ts_ns, sink),
-            _ => result_end(c, p.status(), ts_ns, sink),
+            _ => result_end(c, p.status(), true, ts_ns, sink),
         },
         Reading::Prepared { left, next, eof } => prepared_def(c, p, (left, next, eof), ts_ns, sink),
     }
@@ -226,15 +236,19 @@ fn first_packet(
     sink: &mut impl StatementSink,
 ) {
     match first {
-        0x00 if p.len >= 7 => result_end(c, p.status(), ts_ns, sink),
+        0x00 if p.len >= 7 => result_end(c, p.status(), true, ts_ns, sink),
         0xff => command_end(c, error(p), ts_ns, sink),
         // An EOF answers COM_SET_OPTION and COM_DEBUG.
-        0xfe if p.len < 9 => result_end(c, p.status(), ts_ns, sink),
-        0xfb => c.reading = Reading::Infile,
+        0xfe if p.len < 9 => result_end(c, p.status(), false, ts_ns, sink),
+        0xfb => {
+            c.reading = Reading::Infile;
+            c.infile = true;
+        }
         _ => match lenenc(p.body) {
             // MariaDB's cached metadata: a flag 0 after the count, and
-            // no definitions.
-            Some((_, n)) if p.body.get(n) == Some(&0) => c.reading = Reading::Rows,
+            // no definitions (their EOF all the same, in the classic
+            // convention).
+            Some((_, n)) if p.body.get(n) == Some(&0) => c.reading = Reading::AfterDefs,
             Some((count, _)) if count > 0 => c.reading = Reading::Defs { left: count },
             _ => {
                 sink.statement_unpaired(&c.peer, c.system, Unpaired::Malformed);
@@ -250,7 +264,7 @@ fn row(c: &mut Conn, p: &Packet<'_>, first: u8, ts_ns: u64, sink: &mut impl Stat
     if first == 0xff {
         command_end(c, error(p), ts_ns, sink);
     } else if p.is_eof() {
-        result_end(c, p.status(), ts_ns, sink);
+        result_end(c, p.status(), false, ts_ns, sink);
     }
 }
 
@@ -346,19 +360,32 @@ fn prepared_def(
     }
 }
 
-/// A result ended with `status`: another may follow (multi-statements, a
-/// procedure's results), else the command is over.
-fn result_end(c: &mut Conn, status: u16, ts_ns: u64, sink: &mut impl StatementSink) {
+/// A result ended with `status` (`plain_ok`: by an OK, not the end of
+/// rows): another may follow (multi-statements, a procedure's results),
+/// else the command is over.
+fn result_end(
+    c: &mut Conn,
+    status: u16,
+    plain_ok: bool,
+    ts_ns: u64,
+    sink: &mut impl StatementSink,
+) {
     if status & MORE_RESULTS == 0 {
         command_end(c, Outcome::Ok, ts_ns, sink);
         return;
     }
     c.reading = Reading::Start;
-    // Each result but a procedure's extra ones ends a statement.
+    // Each result ends a statement, but a CALL's result sets: its own OK
+    // ends it.
     let ended = match c.pending.front_mut() {
-        Some(Cmd::Query { stmts, start_ns }) if stmts.len() > 1 => stmts
-            .pop_front()
-            .map(|stmt| (stmt, std::mem::replace(start_ns, ts_ns))),
+        Some(Cmd::Query { stmts, start_ns })
+            if stmts.len() > 1
+                && (plain_ok || stmts.front().is_none_or(|s| s.operation != "CALL")) =>
+        {
+            stmts
+                .pop_front()
+                .map(|stmt| (stmt, std::mem::replace(start_ns, ts_ns)))
+        }
         _ => None,
     };
     if let Some((stmt, start_ns)) = ended {

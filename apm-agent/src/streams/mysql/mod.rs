@@ -36,8 +36,8 @@ use super::{
 };
 use crate::protocols::{
     mysql::{
-        self, CLIENT_COMPRESS, CLIENT_DEPRECATE_EOF, CLIENT_PROTOCOL_41, CLIENT_SSL, Framer,
-        KEEP_BACK, KEEP_FRONT, KEEP_GREETING, Packet,
+        self, CLIENT_COMPRESS, CLIENT_DEPRECATE_EOF, CLIENT_PROTOCOL_41, CLIENT_QUERY_ATTRIBUTES,
+        CLIENT_SSL, CLIENT_ZSTD, Framer, KEEP_BACK, KEEP_FRONT, KEEP_GREETING, Packet,
     },
     sql::{self, Dialect, Statement},
 };
@@ -79,8 +79,9 @@ enum Cmd {
     Prepare {
         stmt: Arc<Statement>,
     },
-    /// COM_STMT_FETCH: rows and their end.
-    Fetch,
+    /// Answered by rows and their end, no column count: COM_STMT_FETCH,
+    /// COM_FIELD_LIST (column definitions as rows).
+    Rows,
     /// COM_STATISTICS: one packet, whatever it starts with.
     Raw,
     /// Any other command: an OK, ERR, EOF or result set, not counted.
@@ -99,6 +100,11 @@ struct Conn {
     front: Framer,
     back: Framer,
     server_caps: Option<u32>,
+    /// Whether COM_QUERY carries query attributes (None: not seen).
+    attributes: Option<bool>,
+    /// The client is sending a LOCAL INFILE's contents (to an empty
+    /// packet): no commands.
+    infile: bool,
     /// Whether result sets end their column definitions with an EOF
     /// (None: not known yet).
     eof_after_defs: Option<bool>,
@@ -176,6 +182,8 @@ impl Tracker {
                 Framer::new(KEEP_GREETING)
             },
             server_caps: None,
+            attributes: None,
+            infile: false,
             eof_after_defs: None,
             prepared: Names::default(),
             pending: VecDeque::new(),
@@ -243,7 +251,7 @@ impl Tracker {
 }
 
 /// Operations (statements) waiting in `pending`.
-fn operations(pending: &VecDeque<Cmd>) -> usize {
+fn operations(pending: &[Cmd]) -> usize {
     pending
         .iter()
         .map(|c| match c {
@@ -262,20 +270,25 @@ impl Waiting for Conn {
         self.system
     }
     fn waiting(&self) -> usize {
-        operations(&self.pending)
+        let (a, b) = self.pending.as_slices();
+        operations(a) + operations(b)
     }
 }
 
 /// Drops what waits (at least one counted as `reason`) and follows both
 /// directions again from pieces that start like a command and an answer.
 fn reset(c: &mut Conn, sink: &mut impl StatementSink, reason: Unpaired) {
-    for _ in 0..operations(&c.pending).max(1) {
+    for _ in 0..c.waiting().max(1) {
         sink.statement_unpaired(&c.peer, c.system, reason);
     }
     c.pending.clear();
     c.reading = Reading::Start;
     c.maybe_eof = None;
-    if c.phase == Phase::Command {
+    c.infile = false;
+    // A handshake whose bytes went missing: followed from the next
+    // command, as a connection joined mid-way.
+    if matches!(c.phase, Phase::Handshake | Phase::Auth | Phase::Command) {
+        c.phase = Phase::Command;
         c.front = Framer::lost(KEEP_FRONT);
         c.back = Framer::lost(KEEP_BACK);
     }
@@ -284,11 +297,13 @@ fn reset(c: &mut Conn, sink: &mut impl StatementSink, reason: Unpaired) {
 /// Queues `cmd`; past [`MAX_PENDING`] it is counted and queued as a
 /// placeholder that absorbs its answer.
 fn push(c: &mut Conn, cmd: Cmd, sink: &mut impl StatementSink) {
-    if c.pending.len() < MAX_PENDING {
+    let ops = operations(std::slice::from_ref(&cmd));
+    // Statements too: a query of thousands of `;` is as many.
+    if c.pending.len() < MAX_PENDING && operations(c.pending.make_contiguous()) + ops <= MAX_PENDING
+    {
         c.pending.push_back(cmd);
         return;
     }
-    let ops = operations(&VecDeque::from([cmd]));
     for _ in 0..ops {
         sink.statement_unpaired(&c.peer, c.system, Unpaired::QueueFull);
     }
@@ -349,6 +364,8 @@ fn on_packet(
 ) {
     match c.phase {
         Phase::Handshake => handshake_response(c, p, sink),
+        // A file's packets, whatever their sequence numbers wrap to.
+        Phase::Command if c.infile => c.infile = p.len > 0,
         Phase::Command if p.seq == 0 => on_command(c, p, ts_ns, unknown, sink),
         // Authentication data, LOCAL INFILE contents.
         _ => {}
@@ -366,7 +383,8 @@ fn handshake_response(c: &mut Conn, p: &Packet<'_>, sink: &mut impl StatementSin
         return;
     }
     let agreed = caps & c.server_caps.unwrap_or(caps);
-    if agreed & CLIENT_COMPRESS != 0 {
+    c.attributes = Some(agreed & CLIENT_QUERY_ATTRIBUTES != 0);
+    if agreed & (CLIENT_COMPRESS | CLIENT_ZSTD) != 0 {
         // Counted once: its statements are not seen.
         sink.statement_unpaired(&c.peer, c.system, Unpaired::Malformed);
         c.phase = Phase::Ignored;
@@ -390,9 +408,14 @@ fn on_command(
     };
     match command {
         mysql::COM_QUERY => {
-            // A MariaDB client with query attributes would prefix them;
-            // plain COM_QUERY is the statement's text.
-            let parts = sql::statements_in(Dialect::Mysql, body);
+            let Some(text) = mysql::query_text(body, c.attributes) else {
+                // Attributes that do not parse: the statement is not
+                // read (nor lexed as binary), its answer absorbed.
+                sink.statement_unpaired(&c.peer, c.system, Unpaired::Malformed);
+                push(c, Cmd::Other, sink);
+                return;
+            };
+            let parts = sql::statements_in(Dialect::Mysql, text);
             let last = parts.len().saturating_sub(1);
             let stmts = parts
                 .into_iter()
@@ -441,7 +464,7 @@ fn on_command(
         }
         // No answer.
         mysql::COM_QUIT | mysql::COM_STMT_SEND_LONG_DATA => {}
-        mysql::COM_STMT_FETCH => push(c, Cmd::Fetch, sink),
+        mysql::COM_STMT_FETCH | mysql::COM_FIELD_LIST => push(c, Cmd::Rows, sink),
         mysql::COM_STATISTICS => push(c, Cmd::Raw, sink),
         mysql::COM_CHANGE_USER => c.phase = Phase::Auth,
         mysql::COM_BINLOG_DUMP | mysql::COM_BINLOG_DUMP_GTID => c.phase = Phase::Ignored,

@@ -434,3 +434,96 @@ fn a_joined_connection_takes_the_database_its_server_greeted_another_with() {
     c.t.handle(&ev(8, Flow::FromServer, answer), &mut c.r);
     assert_eq!(c.r.done[0].0, System::Mariadb);
 }
+
+#[test]
+fn a_local_infile_of_many_packets_is_no_command() {
+    let mut c = Conn1::new(DEPRECATE);
+    c.query(10, "LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE t");
+    c.back(11, &packet(1, b"\xfb/tmp/x"));
+    // 300 packets of the file: the 255th has sequence 0 again.
+    for i in 0..300u32 {
+        let seq = (2 + i) as u8;
+        c.front(12, &packet(seq, b"\x11some,line\n"));
+    }
+    c.front(13, &packet(46, b""));
+    c.back(20, &ok(47, 2));
+    c.query(30, "SELECT 1");
+    c.back(31, &ok(1, 2));
+    assert_eq!(
+        c.texts(),
+        ["LOAD DATA LOCAL INFILE ? INTO TABLE t", "SELECT ?"]
+    );
+    assert_eq!(c.r.done[1].3, 1);
+}
+
+#[test]
+fn a_call_before_other_statements_ends_at_its_own_ok() {
+    let mut c = Conn1::new(DEPRECATE);
+    c.query(10, "CALL p(); SELECT a FROM t; SELECT b FROM t");
+    c.back(20, &result_set(1, 1, false, MORE_RESULTS | 2));
+    c.back(25, &ok(1, MORE_RESULTS | 2));
+    c.back(30, &result_set(1, 1, false, MORE_RESULTS | 2));
+    c.back(40, &err(1, 1054));
+    let got: Vec<(&str, Outcome, u64)> =
+        c.r.done.iter().map(|d| (d.1.as_str(), d.2, d.3)).collect();
+    assert_eq!(
+        got,
+        [
+            ("CALL p()", Outcome::Ok, 15),
+            ("SELECT a FROM t", Outcome::Ok, 5),
+            ("SELECT b FROM t", Outcome::Error(Some(*b"1054\0")), 10)
+        ]
+    );
+}
+
+#[test]
+fn field_lists_progress_reports_and_skipped_metadata_keep_the_order() {
+    let mut c = Conn1::new(CLASSIC);
+    // COM_FIELD_LIST: definitions and an EOF, no count.
+    c.front(1, &packet(0, b"\x04t\0"));
+    let mut defs = def(1);
+    defs.extend(def(2));
+    defs.extend(eof(3, 2));
+    c.back(2, &defs);
+    // A progress report, then the answer.
+    c.query(10, "ALTER TABLE t ADD c INT");
+    c.back(11, &packet(1, b"\xff\xff\xff\x01\x01\x00\x00\x10\x00stage"));
+    c.back(20, &ok(2, 2));
+    // Metadata skipped (MariaDB's cache), its EOF still sent.
+    c.front(30, &execute(1));
+    let mut rows = packet(1, &[1, 0]);
+    rows.extend(eof(2, 2));
+    rows.extend(packet(3, b"\x00\x00\x01\x02"));
+    rows.extend(eof(4, 2));
+    c.back(35, &rows);
+    c.query(40, "SELECT 1");
+    c.back(41, &ok(1, 2));
+    let got: Vec<(&str, Outcome, u64)> =
+        c.r.done.iter().map(|d| (d.1.as_str(), d.2, d.3)).collect();
+    assert_eq!(
+        got,
+        [
+            ("ALTER TABLE t ADD c INT", Outcome::Ok, 10),
+            ("(unknown prepared statement)", Outcome::Ok, 5),
+            ("SELECT ?", Outcome::Ok, 1)
+        ]
+    );
+    assert!(c.r.unpaired.is_empty(), "{:?}", c.r.unpaired);
+}
+
+#[test]
+fn answers_with_nothing_waiting_count_once_and_statements_are_bounded() {
+    let mut c = Conn1::new(DEPRECATE);
+    c.back(1, &result_set(1, 50, false, 2));
+    assert_eq!(c.r.unpaired, [Unpaired::ResponseWithoutRequest]);
+    c.query(2, "SELECT 1");
+    c.back(3, &ok(1, 2));
+    assert_eq!(c.texts(), ["SELECT ?"]);
+    // Three queries of 400 statements: the third does not fit.
+    let many = vec!["DO 1"; 400].join(";");
+    for ts in 10..13 {
+        c.query(ts, &many);
+    }
+    assert_eq!(c.r.unpaired.len(), 1 + 400);
+    assert!(c.r.unpaired[1..].iter().all(|&u| u == Unpaired::QueueFull));
+}
