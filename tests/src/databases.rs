@@ -306,7 +306,9 @@ pub fn mariadb_forget_statements(port: u16) {
 pub fn mariadb_statements(port: u16) -> BTreeMap<(String, String), u64> {
     let rows = mariadb_rows(
         port,
-        "SELECT UPPER(SUBSTRING_INDEX(TRIM(SQL_TEXT), ' ', 1)), MYSQL_ERRNO, COUNT(*) \
+        // An executable comment's code is the statement: its marker goes.
+        "SELECT UPPER(SUBSTRING_INDEX(TRIM(REGEXP_REPLACE(SQL_TEXT, '^/[*]![0-9]* *', '')), ' ', 1)), \
+         MYSQL_ERRNO, COUNT(*) \
          FROM performance_schema.events_statements_history_long \
          WHERE CURRENT_SCHEMA = 'shop' AND EVENT_NAME LIKE 'statement/sql/%' \
          GROUP BY 1, 2",

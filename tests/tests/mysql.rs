@@ -229,6 +229,27 @@ fn literals_stay_inside_even_when_the_server_quotes_them_in_errors() {
             "SELECT",
             1064,
         ),
+        // A string in double quotes, a card number in a # comment.
+        (
+            1,
+            "SELECT id FROM items WHERE name = \"alice@example.com\" # 4111111111111111",
+            "SELECT",
+            0,
+        ),
+        // An escaped quote, a token in a -- comment.
+        (
+            1,
+            r"SELECT id FROM items WHERE name = 'it\'s tok_live_SECRET' -- tok_live_SECRET",
+            "SELECT",
+            0,
+        ),
+        // An executable comment's code, and its literal.
+        (
+            1,
+            "/*!40101 SELECT id FROM items WHERE name = 'exec-SECRET' */",
+            "SELECT",
+            0,
+        ),
     ];
     let mut ran = SqlCounts::new();
     for (n, sql, op, code) in runs {
@@ -240,16 +261,28 @@ fn literals_stay_inside_even_when_the_server_quotes_them_in_errors() {
     assert_eq!(truth, by_operation(&ran), "harness");
     let m = wait_served(&agent, port, &truth);
     assert_eq!(unpaired(&m), 0.0, "{}", m.text);
-    wait_statement(&agent, "SELECT id FROM items WHERE name = ?", 3);
+    wait_statement(&agent, "SELECT id FROM items WHERE name = ?", 6);
     wait_statement(&agent, "UPDATE items SET qty = ? WHERE name = ?", 2);
-    let (stats, _) = agent_statements(&agent, "mariadbd");
-    for text in [
-        agent.metrics().expect("metrics").text,
-        stats,
-        get(agent.addr, "/logs/recent").expect("logs").body,
-        agent.log_text(),
+    let mut seen = vec![agent.metrics().expect("metrics").text, agent.log_text()];
+    for path in [
+        "/stats/requests",
+        "/stats/system",
+        "/logs/recent",
+        "/alerts",
+        "/api/dashboard",
+        "/health/detailed",
     ] {
-        for secret in ["hunter2", "987654321"] {
+        seen.push(get(agent.addr, path).expect(path).body);
+    }
+    for text in seen {
+        for secret in [
+            "hunter2",
+            "987654321",
+            "alice",
+            "4111111111111111",
+            "tok_live",
+            "exec-SECRET",
+        ] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
     }
