@@ -213,6 +213,15 @@ const BENCH_NEEDS: &[Need] = &[
         path: "/usr/bin/redis-benchmark",
         package: "redis-tools",
     },
+    // The MariaDB arm: mariadb-slap against mariadbd.
+    Need {
+        path: "/usr/sbin/mariadbd",
+        package: "mariadb-server-core",
+    },
+    Need {
+        path: "/usr/bin/mariadb-slap",
+        package: "mariadb-client",
+    },
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -68,7 +68,8 @@ enum Cmd {
         /// section. Needs no root.
         #[arg(long)]
         instructions_only: bool,
-        /// With --paired-only: only these cases (nginx, nginx-tls, tls-bystander, redis1, redis16),
+        /// With --paired-only: only these cases (nginx, nginx-tls, tls-bystander, postgres,
+        /// mariadb, redis1, redis16),
         /// printed and not written to docs/benchmarks.md.
         #[arg(long, value_delimiter = ',')]
         case: Vec<String>,
@@ -228,6 +229,9 @@ fn fuzz_table(outcomes: &[fuzz::Outcome], seconds: u64) -> String {
             "records" => "ring-record decoding, reassembly, pairing, recording",
             "streams" => "HTTP and RESP conversations cut, lost, repeated, reordered",
             "postgres" => "SQL normalising, PostgreSQL framing and pairing of any pieces",
+            "mysql" => {
+                "MySQL's SQL dialect, MySQL framing and pairing of any pieces, joined or not"
+            }
             _ => "packet streams with loss, retransmission, FIN/RST",
         };
         s.push_str(&format!(

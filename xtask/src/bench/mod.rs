@@ -26,6 +26,7 @@
 
 mod bystander;
 mod instructions;
+mod my_paired;
 mod paired;
 mod pg_paired;
 mod redis;
@@ -99,7 +100,7 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, nginx-tls, tls-bystander, postgres, redis1, redis16) or `extra` agent
+/// (nginx, nginx-tls, tls-bystander, postgres, mariadb, redis1, redis16) or `extra` agent
 /// arguments, only printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
@@ -133,6 +134,14 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
         let pg = pg_paired::pg_paired(agent, &work, &extra)?;
         lines.push(pg.line(
             "postgres (pgbench -S -M prepared -c 4), timed/untimed server",
+            "statement",
+        ));
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("mariadb") {
+        let my = my_paired::my_paired(agent, &work, &extra)?;
+        lines.push(my.line(
+            "mariadb (mariadb-slap, a point SELECT, -c 4), timed/untimed server",
             "statement",
         ));
         println!("{}", lines[lines.len() - 1]);
