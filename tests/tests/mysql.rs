@@ -27,10 +27,16 @@ const WAIT: Duration = Duration::from_secs(20);
 /// workloads' tables, and the agent monitoring it; the history starts
 /// empty.
 fn monitored(ns: Option<&NetNs>, port: u16) -> (databases::Server, Agent) {
+    monitored_by(ns, port, "packets")
+}
+
+/// [`monitored`] with the agent's `capture` (packets or syscalls).
+fn monitored_by(ns: Option<&NetNs>, port: u16, capture: &str) -> (databases::Server, Agent) {
     let db = databases::mariadb_in(ns, port, PASSWORD, &databases::MARIADB_STATEMENT_HISTORY);
     databases::mariadb_shop_tables(port);
     let p = port.to_string();
-    let agent = Agent::start(&["--port", &p, "--mysql-port", &p]).expect("agent");
+    let agent =
+        Agent::start(&["--capture", capture, "--port", &p, "--mysql-port", &p]).expect("agent");
     agent.wait_for_service(port, "mariadbd");
     databases::mariadb_forget_statements(port);
     (db, agent)
@@ -117,9 +123,19 @@ fn key(op: &str, code: &str) -> (String, String) {
 
 #[test]
 fn text_protocol_statements_are_counted_exactly_against_performance_schema() {
+    text_protocol("packets");
+}
+
+/// The fallback: mariadbd's reads and writes, by descriptor.
+#[test]
+fn with_the_syscall_capture_too() {
+    text_protocol("syscalls");
+}
+
+fn text_protocol(capture: &str) {
     require_root();
     let port = free_port().expect("port");
-    let (_db, agent) = monitored(None, port);
+    let (_db, agent) = monitored_by(None, port, capture);
     let mut client = MysqlClient::start(None, port, PASSWORD, None);
     let ran = client.text(600, 2000, 5, 1000);
     let truth = databases::mariadb_statements(port);

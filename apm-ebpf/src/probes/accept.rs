@@ -23,6 +23,7 @@ use crate::{
 const UPEER_SOCKADDR: usize = 24;
 const RET: usize = 16;
 
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -79,7 +80,9 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 1;
     };
-    if ret < 0 {
+    if ret < 0 || unix(sockaddr) {
+        // A Unix socket (mariadbd's, postgres's local clients): no TCP
+        // segments, no port; not followed.
         return 0;
     }
     let port = local_port(sockaddr);
@@ -103,6 +106,19 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
         emit_header(EventKind::Accept, Key::fd(ret as u32), port, 0);
     }
     0
+}
+
+/// Whether the peer sockaddr at user address `sockaddr` is a Unix
+/// socket's (unknown when the caller passed none).
+#[inline(always)]
+fn unix(sockaddr: u64) -> bool {
+    if sockaddr == 0 {
+        return false;
+    }
+    // SAFETY: user memory read through bpf_probe_read_user, which faults
+    // safely; sa_family is the first field of every sockaddr.
+    unsafe { bpf_probe_read_user((sockaddr as *const u8).cast::<u16>()) }
+        .is_ok_and(|family| family == AF_UNIX)
 }
 
 /// The local port of the connection whose peer is at user address
