@@ -408,6 +408,8 @@ pub fn streams(data: &[u8]) {
     // Where what was delivered in order per queue ends, and holes per
     // connection.
     let mut furthest: Vec<Option<u32>> = vec![None; queues.len()];
+    // Every piece delivered per queue (a few hundred at most).
+    let mut delivered: Vec<Vec<(u32, u32)>> = vec![Vec::new(); queues.len()];
     let mut holes = [0u64; CONNS];
     // A client connection's records before its connect record are not
     // followed: the agent does not know whose they are.
@@ -423,12 +425,18 @@ pub fn streams(data: &[u8]) {
         if rec.len > 0 && named[rec.conn] {
             let q = 2 * rec.conn + rec.dir;
             let end = rec.off + rec.len;
-            // Each piece that does not continue what came before in order
-            // may open a hole (one the reordering window gives up on once
-            // time jumps past it).
-            if furthest[q].map_or(rec.off > 0, |f| rec.off > f) {
+            // Each piece that touches no bytes delivered before may open
+            // a hole (one the reordering window gives up on once time
+            // jumps past it): past them, or before them while the stream's
+            // first byte is not settled (a piece older than the first one
+            // seen, arriving within the window).
+            let touches = delivered[q]
+                .iter()
+                .any(|&(start, stop)| rec.off <= stop && end >= start);
+            if !touches && (rec.off > 0 || !delivered[q].is_empty()) {
                 holes[rec.conn] += 1;
             }
+            delivered[q].push((rec.off, end));
             if furthest[q].is_none_or(|f| rec.off <= f) {
                 furthest[q] = Some(furthest[q].map_or(end, |f| f.max(end)));
             }
