@@ -76,7 +76,7 @@ pub(super) fn spanned(sql: &[u8], dialect: Dialect) -> Vec<(Token<'_>, usize, us
         } else if mysql && c == b'"' {
             // A string in MySQL (unless ANSI_QUOTES: hiding an
             // identifier is the safe mistake).
-            i += quoted(rest, c, true);
+            i += escaped(rest, c);
             out.push((Token::Literal, 0, 0));
         } else if mysql && c == b'?' {
             out.push((Token::Param(0), 0, 0));
@@ -188,8 +188,11 @@ pub(super) fn line_comment(s: &[u8]) -> usize {
 /// what either takes for a value.
 pub(super) fn string(s: &[u8], escapes: bool) -> usize {
     let part = |s: &[u8]| {
-        let plain = quoted(s, b'\'', escapes);
-        if escapes || quoted(s, b'\'', true) == plain {
+        if escapes {
+            return escaped(s, b'\'');
+        }
+        let plain = quoted(s, b'\'', false);
+        if quoted(s, b'\'', true) == plain {
             plain
         } else {
             s.len()
@@ -207,6 +210,16 @@ pub(super) fn string(s: &[u8], escapes: bool) -> usize {
         }
         end += gap + part(&s[end + gap..]);
     }
+}
+
+/// Length of a literal opening `s` with quote `q` whose backslashes
+/// escape. A backslash after a byte of a multi-byte character may be that
+/// character's second byte (sjis, gbk, big5 and their kin), escaping
+/// nothing: then the rest of the statement counts as literal.
+pub(super) fn escaped(s: &[u8], q: u8) -> usize {
+    let end = quoted(s, q, true);
+    let ambiguous = s[..end].windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\');
+    if ambiguous { s.len() } else { end }
 }
 
 /// Whether `s` opens a `--` comment: in MySQL only when whitespace or a

@@ -5,7 +5,9 @@
 
 use super::{
     Dialect,
-    lex::{block_comment, dash_comment, dollar_quoted, line_comment, quoted, string, tokens},
+    lex::{
+        block_comment, dash_comment, dollar_quoted, escaped, line_comment, quoted, string, tokens,
+    },
 };
 
 /// Splits a PostgreSQL simple query's text into its statements (on `;`
@@ -24,7 +26,8 @@ pub fn statements_in(dialect: Dialect, sql: &[u8]) -> Vec<&[u8]> {
         let step = match sql[i] {
             b'\'' => string(rest, mysql),
             b'E' | b'e' if !mysql && rest.get(1) == Some(&b'\'') => 1 + string(&rest[1..], true),
-            b'"' => quoted(rest, b'"', mysql),
+            b'"' if mysql => escaped(rest, b'"'),
+            b'"' => quoted(rest, b'"', false),
             b'`' if mysql => quoted(rest, b'`', false),
             b'#' if mysql => line_comment(rest),
             b'-' if dash_comment(rest, dialect) => line_comment(rest),

@@ -285,3 +285,18 @@ fn mysql_splits_on_what_the_server_splits_on() {
         2
     );
 }
+
+#[test]
+fn a_backslash_that_may_end_a_multibyte_character_hides_the_rest() {
+    // sjis 0x83 0x5c is one character: the quote after it ends the
+    // string, and what follows is code the server runs. Either reading
+    // hides the email.
+    let mut sql = b"SELECT * FROM t WHERE a = '".to_vec();
+    sql.extend_from_slice(&[0x83, 0x5c]);
+    sql.extend_from_slice(b"' AND e = 'alice@example.com'");
+    let s = normalise_in(Dialect::Mysql, &sql, false).text;
+    assert!(!s.contains("alice"), "{s}");
+    assert!(s.starts_with("SELECT * FROM t WHERE a = ?"), "{s}");
+    // A plain escaped quote still reads as one.
+    assert_eq!(my(r"SELECT 'it\'s', 2").text, "SELECT ?, ?");
+}
