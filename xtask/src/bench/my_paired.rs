@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
     paired::{Clients, PROGRAMS, Paired, Subject, sample, six_ports},
-    tools::{RunningAgent, pinned},
+    tools::{RunningAgent, cpu_seconds_of, pinned},
 };
 
 /// The table the load reads, as the agent names it.
@@ -159,25 +159,6 @@ fn timed(admin: u16) -> Result<f64> {
     )
 }
 
-/// The CPU seconds of every mariadbd so far (the bench's three servers).
-fn servers_cpu() -> Result<f64> {
-    let mut total = 0.0;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "mariadbd" {
-            total += crate::load::cpu_seconds(pid).unwrap_or(0.0);
-        }
-    }
-    Ok(total)
-}
-
 pub fn my_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
     let ports = six_ports()?;
     let served = [ports[0], ports[1], ports[2]];
@@ -198,7 +179,7 @@ pub fn my_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
         // mariadbd gets the deep capture by its name.
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, false),
         timed: &timed,
-        server_cpu: &mut servers_cpu,
+        server_cpu: &mut || cpu_seconds_of("mariadbd"),
         clients: &mut || {
             let clients = served.iter().map(|port| {
                 pinned(1, "mariadb-slap")

@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
     paired::{Clients, LOAD_SECS, PROGRAMS, Paired, Subject, sample, six_ports},
-    tools::{RunningAgent, pinned},
+    tools::{RunningAgent, cpu_seconds_of, pinned},
 };
 
 /// The statements pgbench runs, as the agent and pg_stat_statements name
@@ -183,27 +183,6 @@ fn timed(admin: u16) -> Result<f64> {
     )
 }
 
-/// The CPU seconds of every PostgreSQL process so far (the bench's three
-/// clusters: postmasters and their backends, which pgbench keeps for the
-/// whole run).
-fn clusters_cpu() -> Result<f64> {
-    let mut total = 0.0;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "postgres" {
-            total += crate::load::cpu_seconds(pid).unwrap_or(0.0);
-        }
-    }
-    Ok(total)
-}
-
 pub fn pg_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
     let ports = six_ports()?;
     let served = [ports[0], ports[1], ports[2]];
@@ -222,7 +201,7 @@ pub fn pg_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
         counters: &mut |i| counters[i].read(),
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, false),
         timed: &timed,
-        server_cpu: &mut clusters_cpu,
+        server_cpu: &mut || cpu_seconds_of("postgres"),
         clients: &mut || {
             let clients = served.iter().map(|port| {
                 pinned(1, &pgbench.to_string_lossy())

@@ -259,6 +259,12 @@ pub fn cpu_busy() -> Result<[f64; 2]> {
 
 /// CPU seconds of every nginx process (ours is the only one).
 pub fn nginx_cpu_seconds() -> Result<f64> {
+    cpu_seconds_of("nginx")
+}
+
+/// CPU seconds so far of every process named `comm` (the bench's servers:
+/// their workers and backends too).
+pub fn cpu_seconds_of(comm: &str) -> Result<f64> {
     let mut total = 0.0;
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
@@ -268,8 +274,8 @@ pub fn nginx_cpu_seconds() -> Result<f64> {
         else {
             continue;
         };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "nginx" {
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if name.trim() == comm {
             total += cpu_seconds(pid).unwrap_or(0.0);
         }
     }
