@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
-    paired::{Clients, PROGRAMS, Paired, Subject, sample, six_ports},
+    paired::{Clients, PROGRAMS, Paired, Subject, sample, six_ports, sql_timed},
     tools::{RunningAgent, cpu_seconds_of, pinned},
 };
 
@@ -151,14 +151,6 @@ impl Drop for Counter {
     }
 }
 
-/// The load's statements the agent timed.
-fn timed(admin: u16) -> Result<f64> {
-    crate::load::metric_sum(
-        admin,
-        &format!("apm_db_server_operation_duration_seconds_count{{db_collection_name=\"{TABLE}\""),
-    )
-}
-
 pub fn my_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
     let ports = six_ports()?;
     let served = [ports[0], ports[1], ports[2]];
@@ -178,7 +170,7 @@ pub fn my_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
         counters: &mut |i| counters[i].read(),
         // mariadbd gets the deep capture by its name.
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, false),
-        timed: &timed,
+        timed: &|admin| sql_timed(admin, TABLE),
         server_cpu: &mut || cpu_seconds_of("mariadbd"),
         clients: &mut || {
             let clients = served.iter().map(|port| {

@@ -249,6 +249,15 @@ fn read_all(counters: &mut dyn FnMut(usize) -> Result<f64>, flip: bool) -> Resul
 }
 
 /// Six distinct free ports.
+/// The SQL statements on `table` that the agent on `admin` timed, server
+/// side (the PostgreSQL and MariaDB cases).
+pub fn sql_timed(admin: u16, table: &str) -> Result<f64> {
+    crate::load::metric_sum(
+        admin,
+        &format!("apm_db_server_operation_duration_seconds_count{{db_collection_name=\"{table}\""),
+    )
+}
+
 pub fn six_ports() -> Result<[u16; 6]> {
     let mut ports = [0u16; 6];
     for i in 0..ports.len() {

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
-    paired::{Clients, LOAD_SECS, PROGRAMS, Paired, Subject, sample, six_ports},
+    paired::{Clients, LOAD_SECS, PROGRAMS, Paired, Subject, sample, six_ports, sql_timed},
     tools::{RunningAgent, cpu_seconds_of, pinned},
 };
 
@@ -175,14 +175,6 @@ impl Drop for Counter {
     }
 }
 
-/// pgbench's statements the agent timed.
-fn timed(admin: u16) -> Result<f64> {
-    crate::load::metric_sum(
-        admin,
-        &format!("apm_db_server_operation_duration_seconds_count{{db_collection_name=\"{TABLE}\""),
-    )
-}
-
 pub fn pg_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
     let ports = six_ports()?;
     let served = [ports[0], ports[1], ports[2]];
@@ -200,7 +192,7 @@ pub fn pg_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Paired> {
     sample(Subject {
         counters: &mut |i| counters[i].read(),
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, false),
-        timed: &timed,
+        timed: &|admin| sql_timed(admin, TABLE),
         server_cpu: &mut || cpu_seconds_of("postgres"),
         clients: &mut || {
             let clients = served.iter().map(|port| {
