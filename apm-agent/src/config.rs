@@ -146,10 +146,11 @@ pub struct Config {
     #[arg(long = "mysql-addr", env = "APM_MYSQL_ADDR", value_delimiter = ',', value_parser = parse_host_port)]
     pub mysql_addrs: Vec<(String, u16)>,
 
-    /// Do not look for Redis clients on other ports. By default a monitored
+    /// Do not look for clients on other ports. By default a monitored
     /// service's connection to a port not listed above is watched until
-    /// its first bytes, and timed as a Redis client's when the client
-    /// sends first and that is a RESP command.
+    /// its first bytes, and timed as an HTTP client's call or a Redis
+    /// client's when the client sends first and that is an HTTP/1.x
+    /// request line or a RESP command (and as PostgreSQL's or MySQL's).
     #[arg(long, env = "APM_NO_REDIS_DETECT")]
     pub no_redis_detect: bool,
 

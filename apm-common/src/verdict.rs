@@ -189,6 +189,31 @@ pub fn mysql_command(first: &[u8; 5]) -> bool {
     first[3] == 0 && (query || execute || statement || ping)
 }
 
+/// Whether the first 8 bytes a client sent are an HTTP/1.x request line's
+/// start: a standard method a client library sends (not CONNECT, which
+/// tunnels) and a space.
+#[inline(always)]
+pub fn http_request(first: &[u8; 8]) -> bool {
+    let word = |w: &[u8]| {
+        let mut i = 0;
+        while i < w.len() {
+            if first[i] != w[i] {
+                return false;
+            }
+            i += 1;
+        }
+        first[w.len()] == b' '
+    };
+    match first[0] {
+        b'G' => word(b"GET"),
+        b'P' => word(b"POST") || word(b"PUT") || word(b"PATCH"),
+        b'H' => word(b"HEAD"),
+        b'D' => word(b"DELETE"),
+        b'O' => word(b"OPTIONS"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod verdict_tests {
     use super::Verdict;
@@ -232,6 +257,34 @@ mod verdict_tests {
         );
         assert_eq!(of(b"\0\0\0\x08\0\0\0\0", false), Verdict::Other);
         assert_eq!(of(b"\0\0\0", false), Verdict::Undecided);
+    }
+
+    #[test]
+    fn a_client_request_line_is_known() {
+        for yes in [
+            &b"GET /a HT"[..8],
+            b"POST /x ",
+            b"PUT /p H",
+            b"PATCH /q",
+            b"HEAD / H",
+            b"DELETE /",
+            b"OPTIONS ",
+        ] {
+            assert!(
+                super::http_request(yes.try_into().expect("8 bytes")),
+                "{yes:?}"
+            );
+        }
+        for no in [
+            b"GETX / H",
+            b"CONNECT ",
+            b"get / HT",
+            b"POSTING ",
+            b"*1\r\n$4\r\n",
+            b"\0\0\0\x08\x04\xd2\x16/",
+        ] {
+            assert!(!super::http_request(no), "{no:?}");
+        }
     }
 
     #[test]

@@ -91,6 +91,30 @@ fn a_client_sending_resp_to_an_unlisted_port_is_recognised_and_nothing_else_is()
         "{}",
         m.text
     );
+    // The HTTP request is a call of shop's, timed as its client.
+    let oport = oport.to_string();
+    let calls = |m: &apm_e2e::Metrics| {
+        m.value(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("service_name", "shop"),
+                ("http_request_method", "GET"),
+                ("http_response_status_code", "204"),
+                ("server_address", "127.0.0.1"),
+                ("server_port", &oport),
+            ],
+        )
+    };
+    let m = agent
+        .wait_for_metrics(WAIT, |m| calls(m).is_some())
+        .unwrap_or_else(|| agent.metrics().expect("metrics"));
+    assert_eq!(calls(&m), Some(1.0), "{}", m.text);
+    assert_eq!(
+        m.sum("apm_http_client_requests_unpaired_total", "shop"),
+        0.0,
+        "{}",
+        m.text
+    );
     drop((con, http, greeted, listener));
 }
 

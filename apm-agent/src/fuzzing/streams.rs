@@ -306,7 +306,7 @@ struct Tally {
 fn id(origin: Origin) -> usize {
     let n = match origin {
         Origin::Socket { netns, .. } => netns as usize,
-        Origin::Process(tgid) => tgid as usize,
+        Origin::Process(tgid) | Origin::Client { tgid, .. } => tgid as usize,
     };
     n.min(CONNS)
 }

@@ -14,7 +14,8 @@
 //!
 //! A connection is HTTP unless its first bytes are RESP (a command array,
 //! an inline Redis command, or a reply first): then `resp` pairs it; or a
-//! PostgreSQL startup message: then `postgres` does.
+//! PostgreSQL startup message: then `postgres` does. A monitored client's
+//! connection is the same, its HTTP paired by a tracker of its own.
 
 mod closing;
 mod handshake;
@@ -70,6 +71,8 @@ pub struct DecodeError(pub usize);
 
 pub struct Streams {
     tracker: Tracker,
+    /// Monitored clients' HTTP calls.
+    clients: Tracker,
     resp: resp::Tracker,
     postgres: postgres::Tracker,
     mysql: mysql::Tracker,
@@ -117,6 +120,7 @@ impl Streams {
     pub fn new(max_connections: usize) -> Self {
         Self {
             tracker: Tracker::new(max_connections),
+            clients: Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
             postgres: postgres::Tracker::new(max_connections),
             mysql: mysql::Tracker::new(max_connections),
@@ -134,6 +138,7 @@ impl Streams {
     /// Connections whose requests are being paired.
     pub fn connections(&self) -> usize {
         self.tracker.connections()
+            + self.clients.connections()
             + self.resp.connections()
             + self.postgres.connections()
             + self.mysql.connections()
@@ -443,6 +448,7 @@ impl Streams {
     /// Bytes of `conn` were lost: whichever pairing follows it resyncs.
     fn gap(&mut self, conn: u64, sink: &mut impl Sinks) {
         self.tracker.gap(conn, sink);
+        self.clients.gap(conn, sink);
         self.resp.gap(conn, sink);
         self.postgres.gap(conn, sink);
         self.mysql.gap(conn, sink);
@@ -466,18 +472,26 @@ impl Streams {
 
     /// Sends an event to its connection's protocol, recognising the
     /// protocol of a new connection from its first bytes. A client's
-    /// connection (to `server`) is RESP or nothing.
+    /// connection (to `server`) is HTTP, RESP, SQL or nothing.
     fn dispatch(&mut self, ev: &Event<'_>, server: Option<IpAddr>, sink: &mut impl Sinks) {
+        let call = client_call(ev, server);
         match ev.kind {
             Flow::Close => {
                 self.resp.close(ev.conn, sink);
                 self.postgres.close(ev.conn, sink);
                 self.mysql.close(ev.conn, sink);
-                self.tracker.handle(ev, sink);
+                match &call {
+                    Some(call) => self.clients.handle(call, sink),
+                    None => self.tracker.handle(ev, sink),
+                }
             }
             Flow::ToServer | Flow::FromServer | Flow::Sendfile => {
                 // Most events are of connections already known as HTTP.
-                if server.is_none() && self.tracker.handle_http(ev, sink) {
+                let http = match &call {
+                    Some(call) => self.clients.handle_http(call, sink),
+                    None => self.tracker.handle_http(ev, sink),
+                };
+                if http {
                     return;
                 }
                 if self.resp.has(ev.conn) {
@@ -532,8 +546,17 @@ impl Streams {
                     }
                     return;
                 }
-                if server.is_none() {
-                    self.tracker.handle(ev, sink);
+                match &call {
+                    // A call's connection is recognised by its request
+                    // line only: the kernel moved it here on one.
+                    Some(call) => {
+                        if ev.kind == Flow::ToServer
+                            && crate::protocols::http::starts_like_request(ev.data)
+                        {
+                            self.clients.handle(call, sink);
+                        }
+                    }
+                    None => self.tracker.handle(ev, sink),
                 }
             }
             Flow::Accept => self.tracker.handle(ev, sink),
@@ -548,6 +571,7 @@ impl Streams {
             sink.resync(listener_origin(netns, port), port, Unpaired::Gap);
         }
         self.tracker.sweep(now_ns, idle_ns, sink);
+        self.clients.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         self.postgres.sweep(now_ns, idle_ns, sink);
         self.mysql.sweep(now_ns, idle_ns, sink);
@@ -579,6 +603,18 @@ fn starts_message(dir: u8, data: &[u8]) -> bool {
             || pg::starts_like_message(pg::Side::Back, data)
             || my::starts_like_answer(data, data.len())
     }
+}
+
+/// A monitored client's event (its connection to `server`) as an HTTP
+/// call of its process.
+fn client_call<'a>(ev: &Event<'a>, server: Option<IpAddr>) -> Option<Event<'a>> {
+    let (server, Origin::Process(tgid)) = (server?, ev.origin) else {
+        return None;
+    };
+    Some(Event {
+        origin: Origin::Client { tgid, server },
+        ..*ev
+    })
 }
 
 /// Who a RESP connection belongs to: the server socket's service, or the

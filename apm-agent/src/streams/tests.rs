@@ -21,6 +21,7 @@ use crate::{
 #[derive(Default)]
 struct Both {
     http: Vec<(String, u16)>,
+    origins: Vec<Origin>,
     methods: Vec<&'static str>,
     redis: Vec<(&'static str, Peer)>,
     unpaired: Vec<Unpaired>,
@@ -38,6 +39,7 @@ impl Sink for Both {
     fn request(&mut self, _: Origin, _: u16) {}
     fn completed(&mut self, done: Completed) {
         self.http.push((done.route.to_string(), done.status));
+        self.origins.push(done.origin);
         self.methods.push(done.method.as_str());
     }
     fn unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
@@ -137,6 +139,48 @@ fn resp_connections_and_client_connections_pair_as_redis() {
     assert_eq!(peer.origin, Origin::Process(77));
     assert_eq!(peer.server, Some("10.1.2.3".parse().expect("ip")));
     assert!(sink.http.is_empty() && sink.unpaired.is_empty());
+}
+
+#[test]
+fn a_client_call_pairs_as_http_of_its_process_and_to_its_server() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (i, e) = (direction::INGRESS, direction::EGRESS);
+    s.handle_record(&connect(77, 3, false), &mut sink)
+        .expect("connect");
+    // Two calls on one keep-alive connection; the second's response is
+    // chunked over two segments.
+    let get = b"GET /back/1?token=secret HTTP/1.1\r\nHost: b\r\n\r\n";
+    s.handle_record(&segment(3, e, side::CLIENT, 0, get), &mut sink)
+        .expect("record");
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    s.handle_record(&segment(3, i, side::CLIENT, 0, ok), &mut sink)
+        .expect("record");
+    let post = b"POST /back HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+    let at = get.len() as u32;
+    s.handle_record(&segment(3, e, side::CLIENT, at, post), &mut sink)
+        .expect("record");
+    let head = b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n";
+    let at = ok.len() as u32;
+    s.handle_record(&segment(3, i, side::CLIENT, at, head), &mut sink)
+        .expect("record");
+    assert_eq!(sink.http.len(), 1, "the chunked response has not ended");
+    let at = at + head.len() as u32;
+    s.handle_record(&segment(3, i, side::CLIENT, at, b"0\r\n\r\n"), &mut sink)
+        .expect("record");
+    let server = "10.1.2.3".parse().expect("ip");
+    assert_eq!(sink.methods, ["GET", "POST"]);
+    assert_eq!(
+        sink.http.iter().map(|h| h.1).collect::<Vec<_>>(),
+        [200, 503]
+    );
+    assert_eq!(
+        sink.origins,
+        [
+            Origin::Client { tgid: 77, server },
+            Origin::Client { tgid: 77, server }
+        ]
+    );
+    assert!(sink.redis.is_empty() && sink.unpaired.is_empty());
 }
 
 #[test]

@@ -97,6 +97,7 @@ pub struct Metrics {
     pub dependency_seconds: GaugeVec,
     pub log_records_evicted: IntCounter,
     pub service_info: IntGaugeVec,
+    pub http_client: super::http_client::ClientMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -525,6 +526,7 @@ impl Metrics {
                 "Always 1: the container and Kubernetes pod of each service (from its lowest pid's cgroup), empty when on the host. Join on service_name.",
                 &[SERVICE, "container_id", "pod_uid"],
             )?,
+            http_client: super::http_client::ClientMetrics::register(&registry)?,
             registry,
         };
         metrics

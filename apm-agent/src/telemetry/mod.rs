@@ -4,6 +4,7 @@
 pub mod db;
 pub mod history;
 pub mod hostfs;
+pub mod http_client;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline;

@@ -54,6 +54,7 @@ pub struct Pipeline {
     windows: Windows,
     statement_windows: Windows,
     db: super::db::DbStats,
+    http_client: super::http_client::ClientStats,
     sql: super::sql::SqlStats,
     /// The current batch's time (kernel clock), for series' last use.
     now_ns: u64,
@@ -78,6 +79,7 @@ impl Pipeline {
             windows: Windows::new(Duration::ZERO),
             statement_windows: Windows::new(Duration::ZERO),
             db: Default::default(),
+            http_client: Default::default(),
             sql: Default::default(),
             now_ns: 0,
         }
@@ -132,6 +134,9 @@ impl Pipeline {
     pub fn expire(&mut self, now_ns: u64, ttl_ns: u64, metrics: &Metrics) {
         let cutoff = now_ns.saturating_sub(ttl_ns);
         let removed = self.db.expire(cutoff, &mut self.budget, metrics)
+            + self
+                .http_client
+                .expire(cutoff, &mut self.budget, &metrics.http_client)
             + self.sql.expire(
                 cutoff,
                 &mut self.budget,
@@ -236,6 +241,7 @@ impl Pipeline {
             windows: &mut self.windows,
             statement_windows: &mut self.statement_windows,
             db: &mut self.db,
+            http_client: &mut self.http_client,
             sql: &mut self.sql,
             now_ns: self.now_ns,
         };

@@ -61,7 +61,7 @@ pub(super) fn service_of<'a>(
     port: u16,
 ) -> (&'a Arc<str>, u16) {
     match origin {
-        Origin::Process(tgid) => match services.by_pid.get(&tgid) {
+        Origin::Process(tgid) | Origin::Client { tgid, .. } => match services.by_pid.get(&tgid) {
             Some(info) => {
                 let port = if port == 0 && info.ports.len() == 1 {
                     info.ports[0]
@@ -89,6 +89,7 @@ pub(super) struct Recorder<'a> {
     pub statement_windows: &'a mut Windows,
     pub db: &'a mut super::db::DbStats,
     pub sql: &'a mut super::sql::SqlStats,
+    pub http_client: &'a mut super::http_client::ClientStats,
     /// The time of the batch being recorded (kernel clock).
     pub now_ns: u64,
 }
@@ -136,6 +137,9 @@ fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
 
 impl Sink for Recorder<'_> {
     fn route(&mut self, origin: Origin, path: &str) -> Route {
+        if origin.is_client() {
+            return self.http_client.route();
+        }
         let (name, _) = self.service(origin, 0);
         let (route, counts) = self.routes.template_counted(&name, path);
         let Some((before, after)) = counts else {
@@ -174,6 +178,9 @@ impl Sink for Recorder<'_> {
     }
 
     fn request(&mut self, origin: Origin, port: u16) {
+        if origin.is_client() {
+            return;
+        }
         let (name, _) = self.service(origin, port);
         let stats = self.stats(&name);
         stats.seen_total.inc();
@@ -182,6 +189,12 @@ impl Sink for Recorder<'_> {
 
     fn completed(&mut self, done: Completed) {
         let (name, port) = self.service(done.origin, done.port);
+        if let Origin::Client { server, .. } = done.origin {
+            let (metrics, now_ns) = (self.metrics, self.now_ns);
+            self.http_client
+                .completed(metrics, self.budget, &name, server, &done, now_ns);
+            return;
+        }
         let seconds = done.duration_ns as f64 / 1e9;
         let (metrics, now_ns) = (self.metrics, self.now_ns);
         let budget = &mut *self.budget;
@@ -254,6 +267,10 @@ impl Recorder<'_> {
     /// One unpaired request, or one resync, of `origin`'s service.
     fn count(&mut self, origin: Origin, port: u16, reason: Unpaired, resync: bool) {
         let (name, _) = self.service(origin, port);
+        if origin.is_client() {
+            super::http_client::ClientStats::unpaired(&self.metrics.http_client, &name, reason);
+            return;
+        }
         let family = if resync {
             &self.metrics.http_resyncs
         } else {

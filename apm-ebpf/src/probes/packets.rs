@@ -222,7 +222,8 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
 
 /// Ends the watch of connection `cookie` (whose `WATCHED` value is `event`)
 /// at its first payload (or its end): when the client sends first and that
-/// starts a RESP array (`*` and a digit) or a PostgreSQL startup message
+/// starts a RESP array (`*` and a digit), an HTTP/1.x request line, or a
+/// PostgreSQL startup message
 /// (or SSLRequest, or a PostgreSQL or MySQL request of a connection opened
 /// earlier), or the server sends a MySQL greeting first, the
 /// socket moves to `OUTBOUND` and `event`, its
@@ -263,9 +264,12 @@ fn recognise(
     let postgres =
         apm_common::postgres_startup(&first) || (joined && apm_common::postgres_request(&head));
     let mysql = joined && apm_common::mysql_command(&head);
+    // An HTTP/1.x request line: a client's call (`first` is zero-padded
+    // when the payload is shorter, which no request line is).
+    let http = apm_common::http_request(&first);
     // MySQL's server speaks first: its greeting comes in.
     let greeting = dir == direction::INGRESS && apm_common::mysql_greeting(&first);
-    if !greeting && (dir != direction::EGRESS || !(resp || postgres || mysql)) {
+    if !greeting && (dir != direction::EGRESS || !(resp || postgres || mysql || http)) {
         return false;
     }
     if OUTBOUND.insert(cookie, event.tgid, 0).is_err() {

@@ -21,7 +21,7 @@
 //! exactly once: completed, or unpaired with a reason. No state outlives
 //! its connection, and the table of connections is bounded.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, net::IpAddr, sync::Arc};
 
 use apm_common::events::EventKind;
 
@@ -52,11 +52,20 @@ pub const MAX_PIPELINE: usize = 64;
 const MAX_CARRY: usize = 1024;
 
 /// Whose connection it is, for naming its service: the process (syscall
-/// capture) or the server socket's namespace and port (packet capture).
+/// capture) or the server socket's namespace and port (packet capture);
+/// or a monitored process's call to the server at `server`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Origin {
     Process(u32),
     Socket { netns: u64, port: u16 },
+    Client { tgid: u32, server: IpAddr },
+}
+
+impl Origin {
+    /// Whether it is a client's call rather than a server's request.
+    pub const fn is_client(self) -> bool {
+        matches!(self, Self::Client { .. })
+    }
 }
 
 /// What an [`Event`] is, seen from the server's end of its connection (a

@@ -1,0 +1,152 @@
+//! Monitored clients' HTTP calls: `http_client_request_duration_seconds`
+//! per (service, method, status, destination), and the calls that could
+//! not be paired. The series count against `--max-series` like the
+//! server's and expire with them.
+
+use std::{net::IpAddr, sync::Arc};
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use rustc_hash::FxHashMap;
+
+use super::{
+    metrics::{HTTP_DURATION_BUCKETS, Metrics, MetricsError, PORT, SERVICE},
+    recorder::SeriesBudget,
+};
+use crate::{
+    protocols::{http::Method, routes::Route},
+    streams::pairing::{Completed, Unpaired},
+};
+
+/// The client families, registered with the agent's registry.
+pub struct ClientMetrics {
+    pub duration: HistogramVec,
+    pub unpaired: IntCounterVec,
+}
+
+impl ClientMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_client_request_duration_seconds",
+                "Duration of monitored clients' HTTP/1.x calls, from the first byte of the request sent to the last byte of the response received (OpenTelemetry http.client.request.duration).",
+            )
+            .buckets(HTTP_DURATION_BUCKETS.to_vec()),
+            &[
+                "http_request_method",
+                "http_response_status_code",
+                "server_address",
+                PORT,
+                SERVICE,
+            ],
+        )?;
+        let unpaired = IntCounterVec::new(
+            Opts::new(
+                "apm_http_client_requests_unpaired_total",
+                "Monitored clients' HTTP calls that could not be paired with a response, and resyncs of their connections, by reason (as apm_http_requests_unpaired_total and apm_http_stream_resyncs_total for servers).",
+            ),
+            &[SERVICE, "reason"],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(unpaired.clone()))?;
+        Ok(Self { duration, unpaired })
+    }
+}
+
+/// (service, method, status, server address, server port).
+type Key = (Arc<str>, Method, u16, IpAddr, u16);
+
+struct Series {
+    histogram: Histogram,
+    last_ns: u64,
+}
+
+#[derive(Default)]
+pub struct ClientStats {
+    series: FxHashMap<Key, Series>,
+    /// Every call's route: clients' paths are not templated.
+    route: Arc<str>,
+}
+
+impl ClientStats {
+    /// The route of a call: none (the path goes no further).
+    pub(super) fn route(&self) -> Route {
+        Route {
+            template: self.route.clone(),
+            overflow: false,
+        }
+    }
+
+    /// Records a completed call of `service` to `server`.
+    pub(super) fn completed(
+        &mut self,
+        all: &Metrics,
+        budget: &mut SeriesBudget,
+        service: &Arc<str>,
+        server: IpAddr,
+        done: &Completed,
+        now_ns: u64,
+    ) {
+        let seconds = done.duration_ns as f64 / 1e9;
+        let key = (service.clone(), done.method, done.status, server, done.port);
+        if let Some(s) = self.series.get_mut(&key) {
+            s.histogram.observe(seconds);
+            s.last_ns = now_ns;
+            return;
+        }
+        if budget.used >= budget.max {
+            all.http_series_over_budget.inc();
+            return;
+        }
+        let histogram = all.http_client.duration.with_label_values(&[
+            done.method.as_str(),
+            &done.status.to_string(),
+            &server.to_string(),
+            &done.port.to_string(),
+            service,
+        ]);
+        histogram.observe(seconds);
+        budget.used += 1;
+        self.series.insert(
+            key,
+            Series {
+                histogram,
+                last_ns: now_ns,
+            },
+        );
+    }
+
+    /// One call unpaired, or one resync, of `service`'s connections.
+    pub(super) fn unpaired(metrics: &ClientMetrics, service: &str, reason: Unpaired) {
+        metrics
+            .unpaired
+            .with_label_values(&[service, reason.as_str()])
+            .inc();
+    }
+
+    /// Removes series unused since `cutoff`; returns how many went.
+    pub(super) fn expire(
+        &mut self,
+        cutoff: u64,
+        budget: &mut SeriesBudget,
+        metrics: &ClientMetrics,
+    ) -> usize {
+        let before = self.series.len();
+        self.series
+            .retain(|(service, method, status, server, port), s| {
+                let keep = s.last_ns >= cutoff;
+                if !keep {
+                    let _ = metrics.duration.remove_label_values(&[
+                        method.as_str(),
+                        &status.to_string(),
+                        &server.to_string(),
+                        &port.to_string(),
+                        service,
+                    ]);
+                }
+                keep
+            });
+        let removed = before - self.series.len();
+        budget.used = budget.used.saturating_sub(removed);
+        removed
+    }
+}
