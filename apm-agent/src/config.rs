@@ -190,6 +190,33 @@ pub struct Config {
     #[arg(long, env = "APM_SERIES_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub series_ttl: Duration,
 
+    /// An OTLP/HTTP collector's base URL, e.g. http://otel-collector:4318:
+    /// kept traces go to URL/v1/traces as protobuf. Else
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; with none, traces are only listed at
+    /// /traces/recent.
+    #[arg(long, env = "APM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Keep every trace with a span at least this slow (and every trace
+    /// with an error).
+    #[arg(long, env = "APM_TRACE_SLOW", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub trace_slow: Duration,
+
+    /// The share of the other traces kept, 0 to 1, chosen by trace id;
+    /// a trace whose caller sampled it (traceparent) is kept too.
+    #[arg(long, env = "APM_TRACE_SAMPLE_RATIO", default_value_t = 0.05, value_parser = parse_ratio)]
+    pub trace_sample_ratio: f64,
+
+    /// Spans per second that the ratio and callers' sampling keep, at most
+    /// (slow and failed traces are always kept).
+    #[arg(long, env = "APM_TRACE_MAX_SPANS_PER_SECOND", default_value_t = 1000)]
+    pub trace_max_spans_per_second: u32,
+
+    /// Make no spans (no traces at /traces/recent or to a collector).
+    #[arg(long, env = "APM_NO_TRACES")]
+    pub no_traces: bool,
+
     /// A route pattern that takes precedence over automatic templating,
     /// e.g. `/users/{name}/profile` or `/static/{*path}` (repeatable).
     #[arg(long = "route", env = "APM_ROUTE", value_delimiter = ',', value_parser = parse_route)]
@@ -348,10 +375,45 @@ impl Config {
         Ok(alerts)
     }
 
+    /// Where kept traces are POSTed, if anywhere: --otlp-endpoint, or the
+    /// OpenTelemetry SDK's variables.
+    pub fn traces_url(&self) -> Result<Option<String>, String> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = match (
+            &self.otlp_endpoint,
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ) {
+            (Some(base), _) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            (None, Some(url)) => url,
+            (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some(base) => format!("{}/v1/traces", base.trim_end_matches('/')),
+                None => return Ok(None),
+            },
+        };
+        match url::Url::parse(&url) {
+            Ok(u) if u.scheme() == "http" && u.has_host() => Ok(Some(url)),
+            Ok(u) if u.scheme() == "https" => Err(format!(
+                "the OTLP endpoint {} is https, which the exporter does not speak yet: use an http:// collector (a local one, or a sidecar)",
+                crate::redact::url(&url)
+            )),
+            _ => Err(format!(
+                "the OTLP endpoint {} is not an http:// URL",
+                crate::redact::url(&url)
+            )),
+        }
+    }
+
     /// True when the user named no service: count every listener on the host.
     pub fn monitors_all_ports(&self) -> bool {
         self.ports.is_empty() && self.pids.is_empty() && self.comms.is_empty()
     }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("{s:?} is not a ratio from 0 to 1"))
 }
 
 fn parse_secret(s: &str) -> Result<Secret, String> {

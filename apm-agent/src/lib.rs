@@ -9,7 +9,7 @@
 //! (metrics, request statistics, rolling windows, sampling, logs) →
 //! `alerts` (rules, state machine, evaluation, delivery) → `serve` (admin
 //! API, health). `config` and `agent` at the root wire the stages together;
-//! `redact` (credentials out of URLs) and `tasks` (which tasks are alive)
+//! `redact` (credentials out of URLs), `post` (POSTs with retries) and `tasks` (which tasks are alive)
 //! are leaves any stage may use; `seccomp` is the agent's own syscall
 //! filter, installed first.
 //! Everything but `capture::kernel` and `capture::reader` runs without root
@@ -21,6 +21,7 @@ pub mod capture;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod post;
 pub mod protocols;
 pub mod redact;
 pub mod seccomp;

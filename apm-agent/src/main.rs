@@ -26,6 +26,7 @@ use apm_agent::{
     telemetry::pipeline::{Pipeline, monotonic_ns, run},
     telemetry::sampler::Sampler,
     telemetry::snapshot::{PipelineSnapshot, Published},
+    telemetry::traces::{self, sample::SampleConfig, tracer::TraceConfig},
     telemetry::{history::History, windows::SampleWindow},
 };
 use clap::Parser as _;
@@ -165,13 +166,31 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
     // minute the dashboard's latency quantiles need.
     let keep =
         apm_agent::alerts::signals::longest_window(&alerts.rules).max(Duration::from_secs(60));
+    let traces_url = config.traces_url().map_err(anyhow::Error::msg)?;
+    let (export_queue, export_rx) = match &traces_url {
+        Some(_) => {
+            let (queue, rx) = traces::export::Queue::new();
+            (Some(queue), Some(rx))
+        }
+        None => (None, None),
+    };
+    let trace_config = TraceConfig {
+        enabled: !config.no_traces,
+        sample: SampleConfig {
+            slow_ns: u64::try_from(config.trace_slow.as_nanos()).unwrap_or(u64::MAX),
+            ratio: config.trace_sample_ratio,
+            max_spans_per_second: config.trace_max_spans_per_second,
+        },
+        ..TraceConfig::default()
+    };
     let pipeline = Pipeline::new(
         routes,
         config.max_connections as usize,
         agent.directory.clone(),
     )
     .with_max_series(config.max_series as usize)
-    .with_windows(keep);
+    .with_windows(keep)
+    .with_traces(trace_config, export_queue);
     let published = Arc::new(Published::new(PipelineSnapshot::empty(keep)));
     let agent = Arc::new(Mutex::new(agent));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -260,6 +279,19 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         stop_rx.clone(),
         tasks.watch("sampler", allowed(config.sample_interval)),
     ));
+    let exporter = match (traces_url, export_rx) {
+        (Some(url), Some(rx)) => {
+            info!(collector = %apm_agent::redact::url(&url), "exporting kept traces over OTLP/HTTP");
+            tokio::spawn(traces::export::run(
+                rx,
+                url,
+                metrics.clone(),
+                stop_rx.clone(),
+                tasks.watch("span export", Duration::from_secs(60)),
+            ))
+        }
+        _ => tokio::spawn(async {}),
+    };
     let checker = tokio::spawn(checks::run_checks(
         config.checks.clone(),
         config.check_interval,
@@ -321,6 +353,7 @@ async fn run(config: Config, logs: Arc<LogRing>) -> anyhow::Result<()> {
         ("alert evaluation", evaluator),
         ("dashboard history", historian),
         ("alert delivery", deliveries),
+        ("span export", exporter),
     ] {
         if let Err(e) = task.await {
             error!(task = name, error = %e, "task failed");

@@ -13,8 +13,6 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
 use tokio::{
     sync::{mpsc, watch},
@@ -26,7 +24,13 @@ use super::{
     engine::{Active, Labels, Notice, Phase},
     rules::Receiver,
 };
-use crate::{redact, telemetry::metrics::Metrics};
+use crate::{
+    post::{self, Failure, HttpClient, Retry},
+    redact,
+    telemetry::metrics::Metrics,
+};
+
+const JSON: &str = "application/json";
 
 /// Notices waiting for one receiver at most; more are dropped and counted.
 pub const QUEUE: usize = 256;
@@ -36,11 +40,14 @@ pub const RESEND: Duration = Duration::from_secs(60);
 /// unless re-sent (Prometheus: four resends), so an agent that died does
 /// not leave its alerts firing for ever.
 const VALID_FOR: Duration = Duration::from_secs(4 * 60);
-/// Attempts per notice, and the wait before the first retry (doubling).
-const ATTEMPTS: u32 = 4;
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-/// One attempt's limit, and all of a notice's attempts' limit.
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per notice, the wait before the first retry (doubling), and
+/// one attempt's limit.
+const RETRY: Retry = Retry {
+    attempts: 4,
+    first_wait: Duration::from_millis(500),
+    timeout: Duration::from_secs(5),
+};
+/// All of a notice's attempts' limit.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 /// After the stop signal, what is under way or queued has this long.
 pub const DRAIN: Duration = Duration::from_secs(3);
@@ -53,8 +60,6 @@ pub enum Outgoing {
     /// re-sent within their `endsAt`).
     Resend(Vec<Active>),
 }
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// The evaluation task's side: offers each message to every receiver's
 /// queue without waiting.
@@ -106,7 +111,7 @@ pub fn start(
     generator_url: String,
     stop: watch::Receiver<bool>,
 ) -> (Dispatch, tokio::task::JoinHandle<()>) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = post::client();
     let mut queues = Vec::new();
     let mut tasks = Vec::new();
     for receiver in receivers {
@@ -158,15 +163,6 @@ struct Worker {
     generator_url: String,
 }
 
-/// Why a notice was not delivered.
-#[derive(Debug, PartialEq)]
-enum Failure {
-    /// Every attempt failed (or the receiver refused the notice).
-    Failed(String),
-    /// Its deadline, or the end of the shutdown drain, came first.
-    Timeout(String),
-}
-
 impl Worker {
     async fn run(self, mut queue: mpsc::Receiver<Outgoing>, mut stop: watch::Receiver<bool>) {
         // Set by the stop signal: when what is left is abandoned.
@@ -199,11 +195,13 @@ impl Worker {
                 continue;
             };
             let deadline = Instant::now() + DEADLINE;
-            let sending = send(
+            let sending = post::send(
                 &self.client,
                 &url,
+                JSON,
                 &body,
                 closing.map_or(deadline, |c| c.min(deadline)),
+                RETRY,
             );
             tokio::pin!(sending);
             let result = loop {
@@ -295,68 +293,6 @@ fn resend_notice(a: &Active) -> Notice {
         starts_at: a.fired_at.unwrap_or(a.since),
         no_data_since: a.no_data_since,
         repeat: true,
-    }
-}
-
-/// POSTs `body` as JSON, retrying with backoff until `deadline`. A 4xx
-/// answer is final: the receiver refused this notice.
-async fn send(
-    client: &HttpClient,
-    url: &str,
-    body: &Bytes,
-    deadline: Instant,
-) -> Result<(), Failure> {
-    let mut wait = FIRST_RETRY;
-    let mut last = String::from("no attempt");
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            if Instant::now() + wait >= deadline {
-                break;
-            }
-            tokio::time::sleep(wait).await;
-            wait *= 2;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let request = hyper::Request::post(url)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body.clone()))
-            .map_err(|e| Failure::Failed(redact_error(&e.to_string(), url)))?;
-        match tokio::time::timeout(TIMEOUT.min(left), client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => return Ok(()),
-            Ok(Ok(response)) if response.status().is_client_error() => {
-                return Err(Failure::Failed(format!("HTTP {}", response.status())));
-            }
-            Ok(Ok(response)) => last = format!("HTTP {}", response.status()),
-            Ok(Err(e)) => last = redact_error(&format!("{e:?}"), url),
-            Err(_) => last = format!("no answer within {:?}", TIMEOUT.min(left)),
-        }
-        if attempt + 1 == ATTEMPTS {
-            return Err(Failure::Failed(format!(
-                "{last} (after {ATTEMPTS} attempts)"
-            )));
-        }
-    }
-    Err(Failure::Timeout(format!(
-        "{last}; no success within {DEADLINE:?}"
-    )))
-}
-
-/// An error text without the URL's credentials.
-fn redact_error(text: &str, url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => {
-            let mut text = text.to_owned();
-            for secret in [u.password().unwrap_or_default(), u.username()] {
-                if secret.len() >= 3 {
-                    text = text.replace(secret, "<redacted>");
-                }
-            }
-            text
-        }
-        Err(_) => text.to_owned(),
     }
 }
 

@@ -79,6 +79,7 @@ pub fn mysql(data: &[u8]) {
             ret: (bytes.len() + if ts % 4 == 0 { 3000 } else { 0 }) as i64,
             data: bytes,
             tail: bytes.get(bytes.len().saturating_sub(8)..).unwrap_or(&[]),
+            seq: None,
         };
         if !tracker.has(1) {
             tracker.open(&ev, PEER, joined, &mut count);

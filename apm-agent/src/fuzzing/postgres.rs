@@ -78,6 +78,7 @@ pub fn postgres(data: &[u8]) {
             ret: (bytes.len() + if ts % 4 == 0 { 3000 } else { 0 }) as i64,
             data: bytes,
             tail: &[],
+            seq: None,
         };
         if !tracker.has(1) {
             tracker.open(&ev, PEER, ts % 2 == 0, &mut count);

@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats/system", get(stats_system))
         .route("/health/detailed", get(health_detailed))
         .route("/logs/recent", get(logs_recent))
+        .route("/traces/recent", get(traces_recent))
         .route("/alerts", get(alerts))
         .route("/api/dashboard", get(dashboard::data));
     with_probes(protected, state)
@@ -207,6 +208,31 @@ async fn logs_recent(State(state): State<AppState>, Query(q): Query<LogQuery>) -
     };
     let limit = q.limit.unwrap_or(100).min(state.logs.capacity());
     Json(state.logs.recent(limit, level)).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TraceQuery {
+    service: Option<String>,
+    /// A root span's name, e.g. `GET /orders/{id}`.
+    operation: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Traces listed at most by one /traces/recent.
+const MAX_TRACES_SHOWN: usize = 100;
+
+/// The failed and the slowest traces of the last five minutes, whole
+/// (JSON, bounded).
+async fn traces_recent(State(state): State<AppState>, Query(q): Query<TraceQuery>) -> Response {
+    let limit = q.limit.unwrap_or(20).min(MAX_TRACES_SHOWN);
+    let traces = state.pipeline.load().traces.clone();
+    Json(traces.to_json(
+        q.service.as_deref(),
+        q.operation.as_deref(),
+        limit,
+        crate::telemetry::traces::export::unix_offset_ns(),
+    ))
+    .into_response()
 }
 
 /// Requests in flight and per-service totals (JSON, bounded in size).

@@ -255,6 +255,7 @@ impl Streams {
             ret: header.ret,
             data,
             tail: header.tail(),
+            seq: None,
         };
         self.dispatch(&event, server, sink);
         if flow == Flow::Close {
@@ -435,6 +436,7 @@ impl Streams {
                 ret: i64::from(h.len - skip),
                 data: data.get(skip as usize..).unwrap_or(&[]),
                 tail: h.tail(),
+                seq: Some(h.seq.wrapping_add(skip)),
             };
             self.dispatch(&event, view.server, sink);
         }
@@ -464,6 +466,7 @@ impl Streams {
             ret: 0,
             data: &[],
             tail: &[],
+            seq: None,
         };
         self.dispatch(&event, view.server, sink);
         self.reassembly.close(view.conn);

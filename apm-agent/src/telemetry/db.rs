@@ -16,7 +16,7 @@ use crate::{
         pairing::Unpaired,
         resp::{CacheResult, CommandSink, Peer},
     },
-    telemetry::metrics::Metrics,
+    telemetry::{metrics::Metrics, traces::make},
 };
 
 /// `db_system_name` of every RESP series.
@@ -179,9 +179,15 @@ impl DbStats {
 }
 
 impl CommandSink for Recorder<'_> {
-    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64) {
+    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64) {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
+        if peer.server.is_some() && self.tracer.enabled() {
+            let start = end_ns.saturating_sub(duration_ns);
+            let span = make::redis(peer, cmd, name.clone(), start, end_ns);
+            let in_flight = self.in_flight(name);
+            self.tracer.call(span, in_flight, metrics);
+        }
         let seconds = duration_ns as f64 / 1e9;
         if !self.db.totals.contains_key(name) {
             // A new service: export every unpaired reason from zero.
@@ -238,6 +244,9 @@ impl CommandSink for Recorder<'_> {
 
     fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult) {
         let (name, _) = service_of(self.services, self.unknown, peer.origin, peer.port);
+        if result == CacheResult::Error && peer.server.is_some() {
+            self.tracer.last_call_failed(cmd.name);
+        }
         let totals = self.db.totals_of(name, cmd.name);
         match result {
             CacheResult::Hit => totals.hits += 1,

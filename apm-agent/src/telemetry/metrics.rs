@@ -98,6 +98,7 @@ pub struct Metrics {
     pub log_records_evicted: IntCounter,
     pub service_info: IntGaugeVec,
     pub http_client: super::http_client::ClientMetrics,
+    pub traces: super::traces::metrics::TraceMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -527,6 +528,7 @@ impl Metrics {
                 &[SERVICE, "container_id", "pod_uid"],
             )?,
             http_client: super::http_client::ClientMetrics::register(&registry)?,
+            traces: super::traces::metrics::TraceMetrics::register(&registry)?,
             registry,
         };
         metrics

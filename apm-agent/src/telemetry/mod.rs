@@ -14,4 +14,5 @@ pub mod sampler;
 pub mod snapshot;
 pub mod sql;
 pub mod synthetic;
+pub mod traces;
 pub mod windows;

@@ -19,7 +19,15 @@ use crate::{
         Streams,
         pairing::{InFlight, Unpaired},
     },
-    telemetry::{metrics::Metrics, windows::Windows},
+    telemetry::{
+        metrics::Metrics,
+        traces::{
+            export::Queue,
+            recent::RecentTraces,
+            tracer::{TraceConfig, Tracer},
+        },
+        windows::Windows,
+    },
 };
 use rustc_hash::FxHashMap;
 
@@ -56,6 +64,9 @@ pub struct Pipeline {
     db: super::db::DbStats,
     http_client: super::http_client::ClientStats,
     sql: super::sql::SqlStats,
+    tracer: Tracer,
+    /// The last /traces/recent list published.
+    recent_traces: Arc<RecentTraces>,
     /// The current batch's time (kernel clock), for series' last use.
     now_ns: u64,
 }
@@ -81,6 +92,8 @@ impl Pipeline {
             db: Default::default(),
             http_client: Default::default(),
             sql: Default::default(),
+            tracer: Tracer::new(TraceConfig::default(), None),
+            recent_traces: Arc::default(),
             now_ns: 0,
         }
     }
@@ -108,6 +121,17 @@ impl Pipeline {
             .into_iter()
             .map(|(name, n)| (name.to_string(), n))
             .collect()
+    }
+
+    /// Makes spans as `config` says and exports kept traces to `export`.
+    pub fn with_traces(mut self, config: TraceConfig, export: Option<Queue>) -> Self {
+        self.tracer = Tracer::new(config, export);
+        self
+    }
+
+    /// Decides the traces whose roots have ended (kernel time `now_ns`).
+    pub fn finish_traces(&mut self, now_ns: u64, metrics: &Metrics) {
+        self.tracer.finish(now_ns, metrics);
     }
 
     /// At most `max` duration series across services.
@@ -243,6 +267,7 @@ impl Pipeline {
             db: &mut self.db,
             http_client: &mut self.http_client,
             sql: &mut self.sql,
+            tracer: &mut self.tracer,
             now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);
@@ -258,6 +283,13 @@ impl Pipeline {
             stats: self.snapshot(now_ns),
             windows: self.windows.clone(),
             statements: self.statement_windows.clone(),
+            traces: match self.tracer.take_recent() {
+                Some(recent) => {
+                    self.recent_traces = recent.clone();
+                    recent
+                }
+                None => self.recent_traces.clone(),
+            },
         }
     }
 

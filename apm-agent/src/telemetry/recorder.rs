@@ -14,7 +14,12 @@ use crate::{
     },
     services::directory::Services,
     streams::pairing::{Completed, Origin, Sink, Unpaired},
-    telemetry::{metrics::Metrics, recent::RecentDurations, windows::Windows},
+    telemetry::{
+        metrics::Metrics,
+        recent::RecentDurations,
+        traces::{make, tracer::Tracer},
+        windows::Windows,
+    },
 };
 
 pub(super) struct RouteStats {
@@ -44,6 +49,8 @@ pub(super) struct SeriesBudget {
 pub(super) struct ServiceStats {
     pub seen: u64,
     pub paired: u64,
+    /// Requests seen that will not be paired.
+    pub lost: u64,
     pub unpaired: HashMap<&'static str, u64>,
     pub resyncs: HashMap<&'static str, u64>,
     pub routes: FxHashMap<(Method, Arc<str>), RouteStats>,
@@ -90,11 +97,19 @@ pub(super) struct Recorder<'a> {
     pub db: &'a mut super::db::DbStats,
     pub sql: &'a mut super::sql::SqlStats,
     pub http_client: &'a mut super::http_client::ClientStats,
+    pub tracer: &'a mut Tracer,
     /// The time of the batch being recorded (kernel clock).
     pub now_ns: u64,
 }
 
 impl Recorder<'_> {
+    /// Requests of service `name` in flight now.
+    pub(super) fn in_flight(&self, name: &str) -> u64 {
+        self.stats.get(name).map_or(0, |s| {
+            s.seen.saturating_sub(s.paired).saturating_sub(s.lost)
+        })
+    }
+
     fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
         let (name, port) = service_of(self.services, self.unknown, origin, port);
         (name.clone(), port)
@@ -126,6 +141,7 @@ fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
     ServiceStats {
         seen: 0,
         paired: 0,
+        lost: 0,
         unpaired: HashMap::new(),
         resyncs: HashMap::new(),
         routes: FxHashMap::default(),
@@ -193,7 +209,16 @@ impl Sink for Recorder<'_> {
             let (metrics, now_ns) = (self.metrics, self.now_ns);
             self.http_client
                 .completed(metrics, self.budget, &name, server, &done, now_ns);
+            if self.tracer.enabled() {
+                let in_flight = self.in_flight(&name);
+                let span = make::http(&done, name, port);
+                self.tracer.call(span, in_flight, metrics);
+            }
             return;
+        }
+        if self.tracer.enabled() {
+            let span = make::http(&done, name.clone(), port);
+            self.tracer.server(span, self.metrics);
         }
         let seconds = done.duration_ns as f64 / 1e9;
         let (metrics, now_ns) = (self.metrics, self.now_ns);
@@ -281,6 +306,7 @@ impl Recorder<'_> {
         let counts = if resync {
             &mut stats.resyncs
         } else {
+            stats.lost += 1;
             &mut stats.unpaired
         };
         *counts.entry(reason.as_str()).or_default() += 1;

@@ -9,7 +9,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use super::{db::CommandSummary, sql::StatementSummary, windows::Windows};
+use super::{
+    db::CommandSummary, sql::StatementSummary, traces::recent::RecentTraces, windows::Windows,
+};
 
 /// How often the pipeline publishes a snapshot.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
@@ -25,6 +27,8 @@ pub struct PipelineSnapshot {
     /// The same for SQL statements: per service and normalised statement,
     /// an error counting as a 5xx.
     pub statements: Windows,
+    /// /traces/recent's list (shared until it changes).
+    pub traces: Arc<RecentTraces>,
 }
 
 impl PipelineSnapshot {
@@ -35,6 +39,7 @@ impl PipelineSnapshot {
             stats: RequestStats::default(),
             windows: Windows::new(keep),
             statements: Windows::new(keep),
+            traces: Arc::default(),
         }
     }
 }

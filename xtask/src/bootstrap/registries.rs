@@ -26,7 +26,9 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
 /// psycopg), of the TLS tests' clients (httpx, redis-py) and of the
 /// MySQL tests' client (mysql_client.py: PyMySQL, which sends its
 /// `SET NAMES` at every connect from 1.1 on, and mysql-connector-python,
-/// used in pure Python), installed into their own virtualenv.
+/// used in pure Python) and of the distributed-trace tests (the OTLP
+/// receiver and trace_front.py's OpenTelemetry SDK), installed into their
+/// own virtualenv.
 const PY_APP: &[&str] = &[
     "fastapi>=0.110,<1",
     "uvicorn>=0.29,<1",
@@ -37,6 +39,10 @@ const PY_APP: &[&str] = &[
     "psycopg[binary]>=3.1,<4",
     "PyMySQL>=1.1,<2",
     "mysql-connector-python>=8.3,<27",
+    "opentelemetry-proto>=1.28,<2",
+    "opentelemetry-sdk>=1.28,<2",
+    "opentelemetry-exporter-otlp-proto-http>=1.28,<2",
+    "opentelemetry-instrumentation-fastapi>=0.49b0,<1",
 ];
 
 /// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
@@ -48,7 +54,8 @@ pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
                 .args([
                     "-c",
                     "import fastapi, uvicorn, h11, httpx, redis, sqlalchemy, greenlet, asyncpg, psycopg, \
-                     pymysql, mysql.connector",
+                     pymysql, mysql.connector, opentelemetry.proto, opentelemetry.sdk, \
+                     opentelemetry.instrumentation.fastapi, opentelemetry.exporter.otlp.proto.http",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

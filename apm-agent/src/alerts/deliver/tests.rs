@@ -66,8 +66,13 @@ fn alertmanager_and_webhook_formats() {
     );
 }
 
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+fn send(
+    client: &HttpClient,
+    url: &str,
+    body: &Bytes,
+    deadline: Instant,
+) -> impl Future<Output = Result<(), Failure>> {
+    post::send(client, url, JSON, body, deadline, RETRY)
 }
 
 #[tokio::test]
@@ -78,7 +83,7 @@ async fn a_dead_receiver_fails_after_its_retries_without_leaking_credentials() {
         .expect("port");
     let url = format!("http://bob:s3cretpw@127.0.0.1:{port}/hook");
     let deadline = Instant::now() + DEADLINE;
-    match send(&client(), &url, &Bytes::from_static(b"{}"), deadline).await {
+    match send(&post::client(), &url, &Bytes::from_static(b"{}"), deadline).await {
         Err(Failure::Failed(e)) => {
             assert!(e.contains("after 4 attempts"), "{e}");
             assert!(!e.contains("s3cretpw"), "{e}");
@@ -103,7 +108,7 @@ async fn a_silent_receiver_stops_at_the_deadline() {
     let (_listener, url) = silent();
     let started = Instant::now();
     let deadline = started + Duration::from_millis(1500);
-    let r = send(&client(), &url, &Bytes::from_static(b"{}"), deadline).await;
+    let r = send(&post::client(), &url, &Bytes::from_static(b"{}"), deadline).await;
     assert!(matches!(r, Err(Failure::Timeout(_))), "{r:?}");
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1700), "{took:?}");

@@ -1,7 +1,7 @@
 //! The framing of an HTTP/1.x head, read from its header lines without
-//! keeping any of them: where the head ends, and the values of the three
+//! keeping any of them: where the head ends, the values of the three
 //! headers that frame a message (Content-Length, Transfer-Encoding,
-//! Connection).
+//! Connection), and a request's W3C `traceparent`.
 //!
 //! httparse reads the request or status line. Validating every byte of
 //! every header value as well cost a fifth of the agent's CPU under load,
@@ -15,7 +15,7 @@
 //! loop and a memchr call per line had cost ~1 800 instructions per
 //! nginx-shaped head.
 
-use super::ParseError;
+use super::{ParseError, trace_context::TraceParent};
 
 /// What the header lines say about framing.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub(super) struct Head {
     /// The last Connection header's verdict: `Some(true)` for `close`,
     /// `Some(false)` for `keep-alive`.
     pub close: Option<bool>,
+    /// A valid `traceparent` header.
+    pub trace: Option<TraceParent>,
 }
 
 /// The head after a first line that ends at `line` (`None`: the first
@@ -175,6 +177,9 @@ fn read_header(head: &mut Head, name: &[u8], value: &[u8]) {
         17 if eq_lower(name, b"transfer-encoding") => {
             head.chunked |= contains_token(value, b"chunked");
         }
+        11 if eq_lower(name, b"traceparent") => {
+            head.trace = super::trace_context::parse(value);
+        }
         10 if eq_lower(name, b"connection") => {
             let value = value.trim_ascii();
             if eq_lower(value, b"keep-alive") {
@@ -235,7 +240,8 @@ mod tests {
                 len: Some(57),
                 chunked: false,
                 length: Some(13),
-                close: Some(false)
+                close: Some(false),
+                trace: None,
             }
         );
         let h = scan_all("transfer-encoding: gzip, Chunked\nconnection: close\n\n").expect("head");

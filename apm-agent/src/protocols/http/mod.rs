@@ -7,8 +7,10 @@
 
 mod first_line;
 mod head;
+pub mod trace_context;
 
 use head::Head;
+pub use trace_context::TraceParent;
 
 /// Request methods; anything else is `_OTHER` (OpenTelemetry convention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +84,8 @@ pub struct Request<'a> {
     pub head_len: Option<usize>,
     /// Body framing, when the head was complete.
     pub body: Framing,
+    /// The caller's span, from a `traceparent` header.
+    pub trace: Option<TraceParent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +150,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
         line_complete: true,
         head_len: head.len,
         body,
+        trace: head.trace,
     })
 }
 
@@ -189,6 +194,7 @@ fn partial_request_line(buf: &[u8]) -> Result<Request<'_>, ParseError> {
         line_complete: false,
         head_len: None,
         body: Framing::Length(0),
+        trace: None,
     })
 }
 

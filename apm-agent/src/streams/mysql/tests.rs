@@ -70,6 +70,7 @@ impl Conn1 {
             ret: total as i64,
             data,
             tail,
+            seq: None,
         };
         if !self.t.has(7) {
             assert!(self.t.open(&ev, PEER, joined, &mut self.r));
@@ -419,6 +420,7 @@ fn a_joined_connection_takes_the_database_its_server_greeted_another_with() {
         ret: data.len() as i64,
         data,
         tail: &[],
+        seq: None,
     };
     let q: &'static [u8] = Box::leak(q.into_boxed_slice());
     let answer: &'static [u8] = Box::leak(ok(1, 2).into_boxed_slice());

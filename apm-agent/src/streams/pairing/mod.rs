@@ -27,7 +27,7 @@ use apm_common::events::EventKind;
 
 use super::table::{EVICTABLE_NS, Full, LastSeen, Table};
 use crate::protocols::{
-    http::{self, Method},
+    http::{self, Method, TraceParent},
     routes::Route,
 };
 
@@ -125,6 +125,9 @@ pub struct Event<'a> {
     pub data: &'a [u8],
     /// The last bytes of a long write (empty otherwise).
     pub tail: &'a [u8],
+    /// The TCP sequence number of `data`'s first byte (packets only): the
+    /// same bytes carry it at both ends of a connection.
+    pub seq: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -214,6 +217,14 @@ pub struct Completed {
     pub route: Arc<str>,
     pub status: u16,
     pub duration_ns: u64,
+    /// When its first byte was seen (kernel clock).
+    pub start_ns: u64,
+    /// Its connection's key.
+    pub conn: u64,
+    /// The TCP sequence number of its first byte, if seen on packets.
+    pub seq: Option<u32>,
+    /// The caller's span, from its `traceparent` header.
+    pub trace: Option<TraceParent>,
 }
 
 /// Where pairing results go. `route` turns a raw path into a template
@@ -237,6 +248,8 @@ struct Pending {
     method: Method,
     route: Arc<str>,
     start_ns: u64,
+    seq: Option<u32>,
+    trace: Option<TraceParent>,
 }
 
 #[derive(Clone, Debug)]
@@ -278,6 +291,7 @@ enum RespPhase {
 
 #[derive(Debug)]
 struct Conn {
+    key: u64,
     origin: Origin,
     port: u16,
     pending: VecDeque<Pending>,
@@ -297,8 +311,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(origin: Origin, port: u16, now: u64) -> Self {
+    fn new(key: u64, origin: Origin, port: u16, now: u64) -> Self {
         Self {
+            key,
             origin,
             port,
             pending: VecDeque::new(),
@@ -365,7 +380,7 @@ impl Tracker {
                     finish(old, sink, Unpaired::Evicted);
                 }
                 // No room: its requests count as table_full when they come.
-                let conn = Conn::new(ev.origin, ev.port, ev.ts_ns);
+                let conn = Conn::new(key, ev.origin, ev.port, ev.ts_ns);
                 if let Ok(Some(old)) = self.conns.insert(key, conn, ev.ts_ns, EVICTABLE_NS) {
                     finish(old, sink, Unpaired::Evicted);
                 }
@@ -385,7 +400,7 @@ impl Tracker {
                     // on a connection not followed: nothing to pair.
                     return;
                 }
-                let conn = Conn::new(ev.origin, ev.port, ev.ts_ns);
+                let conn = Conn::new(key, ev.origin, ev.port, ev.ts_ns);
                 match self.conns.insert(key, conn, ev.ts_ns, EVICTABLE_NS) {
                     Ok(evicted) => {
                         if let Some(old) = evicted {
@@ -507,7 +522,7 @@ fn finish(mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
     if let Some(cur) = conn.current.take() {
         match conn.resp {
             RespPhase::UntilClose | RespPhase::Unframed | RespPhase::Start | RespPhase::Lost => {
-                complete_at(origin, conn.port, cur, conn.last_write_ns, sink)
+                complete_at(&conn, cur, conn.last_write_ns, sink)
             }
             RespPhase::Body(_) | RespPhase::Chunked(_) => {
                 let reason = if pending_reason == Unpaired::Evicted {
@@ -524,13 +539,17 @@ fn finish(mut conn: Conn, sink: &mut impl Sink, pending_reason: Unpaired) {
     }
 }
 
-fn complete_at(origin: Origin, port: u16, cur: Current, end_ns: u64, sink: &mut impl Sink) {
+fn complete_at(conn: &Conn, cur: Current, end_ns: u64, sink: &mut impl Sink) {
     sink.completed(Completed {
-        origin,
-        port,
+        origin: conn.origin,
+        port: conn.port,
         method: cur.request.method,
         route: cur.request.route,
         status: cur.status,
         duration_ns: end_ns.saturating_sub(cur.request.start_ns),
+        start_ns: cur.request.start_ns,
+        conn: conn.key,
+        seq: cur.request.seq,
+        trace: cur.request.trace,
     });
 }

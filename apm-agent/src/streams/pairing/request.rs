@@ -13,15 +13,22 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     // A request line split across reads: parse the carried start with
     // these bytes, from the time its first byte arrived.
     let joined;
-    let (data, total, start_ns) = if conn.carry.is_empty() {
-        (ev.data, ev.ret.max(0) as u64, ev.ts_ns)
+    let (data, total, start_ns, carried) = if conn.carry.is_empty() {
+        (ev.data, ev.ret.max(0) as u64, ev.ts_ns, 0)
     } else {
         let mut buf = std::mem::take(&mut conn.carry);
         let carried = buf.len() as u64;
         buf.extend_from_slice(ev.data);
         joined = buf;
-        (&joined[..], carried + ev.ret.max(0) as u64, conn.carry_ns)
+        (
+            &joined[..],
+            carried + ev.ret.max(0) as u64,
+            conn.carry_ns,
+            carried,
+        )
     };
+    // The sequence number of `data[0]`: carried bytes came just before.
+    let seq = ev.seq.map(|s| s.wrapping_sub(carried as u32));
     let captured = data.len() as u64;
     let mut off = 0u64;
     while off < total {
@@ -93,7 +100,8 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                         off = total;
                     }
                     Ok(req) => {
-                        let head = request(conn, &req, start_ns, sink);
+                        let at = seq.map(|s| s.wrapping_add(off as u32));
+                        let head = request(conn, &req, (start_ns, at), sink);
                         match head {
                             Some(head) => {
                                 off += head as u64;
@@ -167,10 +175,11 @@ fn carry(conn: &mut Conn, seen: &[u8], start_ns: u64) {
 
 /// A parsed request joins the queue; returns its head's length when the
 /// head was captured to its end.
+/// `start` is when its first byte came and that byte's sequence number.
 fn request(
     conn: &mut Conn,
     req: &Request<'_>,
-    start_ns: u64,
+    (start_ns, seq): (u64, Option<u32>),
     sink: &mut impl Sink,
 ) -> Option<usize> {
     conn.saw_http = true;
@@ -180,7 +189,7 @@ fn request(
         && matches!(conn.resp, RespPhase::Unframed | RespPhase::UntilClose)
         && let Some(cur) = conn.current.take()
     {
-        complete_at(conn.origin, conn.port, cur, conn.last_write_ns, sink);
+        complete_at(conn, cur, conn.last_write_ns, sink);
         conn.resp = RespPhase::Start;
     }
     let route = sink.route(conn.origin, req.path);
@@ -192,6 +201,8 @@ fn request(
             method: req.method,
             route: route.template,
             start_ns,
+            seq,
+            trace: req.trace,
         });
     }
     req.head_len

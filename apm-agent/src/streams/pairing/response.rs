@@ -55,7 +55,7 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     // The next response starts: the previous one ended
                     // with the write before this one.
                     if let Some(cur) = conn.current.take() {
-                        complete_at(conn.origin, conn.port, cur, previous_write_ns, sink);
+                        complete_at(conn, cur, previous_write_ns, sink);
                     }
                     conn.resp = RespPhase::Start;
                 } else {
@@ -185,6 +185,6 @@ pub(super) fn on_sendfile(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink)
 fn complete_current(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
     conn.resp = RespPhase::Start;
     if let Some(cur) = conn.current.take() {
-        complete_at(conn.origin, conn.port, cur, ev.ts_ns, sink);
+        complete_at(conn, cur, ev.ts_ns, sink);
     }
 }

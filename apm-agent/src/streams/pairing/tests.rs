@@ -63,6 +63,7 @@ impl Conn1 {
             ret,
             data,
             tail,
+            seq: None,
         };
         self.t.handle(&ev, &mut self.r);
     }
@@ -289,6 +290,7 @@ fn state_is_bounded_and_idle_connections_are_evicted() {
         ret: 18,
         data: b"GET / HTTP/1.1\r\n\r\n",
         tail: b"",
+        seq: None,
     };
     for fd in 0..3 {
         t.handle(&ev(Flow::ToServer, fd, fd), &mut r);

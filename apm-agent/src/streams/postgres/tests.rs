@@ -59,6 +59,7 @@ impl Conn1 {
             ret: total as i64,
             data,
             tail,
+            seq: None,
         };
         if !self.t.has(7) {
             assert!(self.t.open(&ev, PEER, false, &mut self.r));
@@ -340,6 +341,7 @@ fn ev(kind: Flow, ts: u64, data: &[u8]) -> Event<'_> {
         ret: data.len() as i64,
         data,
         tail: &[],
+        seq: None,
     }
 }
 

@@ -82,7 +82,9 @@ impl CacheResult {
 
 /// Where RESP pairing results go.
 pub trait CommandSink {
-    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64);
+    /// A command answered: its duration and when its answer ended
+    /// (kernel clock).
+    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64);
     /// The command's result, when its reply was seen (for a queued
     /// command, in EXEC's reply).
     fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult);
@@ -307,7 +309,8 @@ fn finish(mut c: Conn, sink: &mut impl CommandSink, reason: Unpaired) {
 /// reply piece.
 fn end_unframed(c: &mut Conn, sink: &mut impl CommandSink) {
     for p in c.pending.drain(..) {
-        sink.completed(&c.peer, p.cmd, c.last_reply_ns.saturating_sub(p.start_ns));
+        let end = c.last_reply_ns;
+        sink.completed(&c.peer, p.cmd, end.saturating_sub(p.start_ns), end);
     }
     c.queued.clear();
     c.multi = false;
@@ -442,7 +445,7 @@ impl ReplyCtx<'_> {
             return;
         };
         let duration = self.ts_ns.saturating_sub(p.start_ns);
-        sink.completed(self.peer, p.cmd, duration);
+        sink.completed(self.peer, p.cmd, duration, self.ts_ns);
         let queued = *self.multi && f.kind == b'+' && first == b"QUEUED";
         match p.cmd.kind {
             _ if queued => {
@@ -510,7 +513,12 @@ impl ReplyCtx<'_> {
         let Some(p) = self.pending.pop_front() else {
             return;
         };
-        sink.completed(self.peer, p.cmd, self.ts_ns.saturating_sub(p.start_ns));
+        sink.completed(
+            self.peer,
+            p.cmd,
+            self.ts_ns.saturating_sub(p.start_ns),
+            self.ts_ns,
+        );
         sink.result(self.peer, p.cmd, CacheResult::Ok);
         // One confirmation per channel named; an unsubscribe naming none
         // gets one per channel subscribed, or one if there is none.

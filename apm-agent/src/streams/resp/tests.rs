@@ -8,7 +8,7 @@ struct Rec {
 }
 
 impl CommandSink for Rec {
-    fn completed(&mut self, _: &Peer, cmd: Command, d: u64) {
+    fn completed(&mut self, _: &Peer, cmd: Command, d: u64, _: u64) {
         self.done.push((cmd.name, d));
     }
     fn result(&mut self, _: &Peer, cmd: Command, r: CacheResult) {
@@ -51,6 +51,7 @@ impl Conn1 {
             ret: total as i64,
             data,
             tail: &[],
+            seq: None,
         };
         if !self.t.has(7) {
             assert!(self.t.open(&ev, PEER, &mut self.r));

@@ -89,6 +89,7 @@ impl RecordSink for Driver {
         if now >= self.next_publish {
             self.next_publish = now + PUBLISH_EVERY;
             self.pipeline.refresh_services();
+            self.pipeline.finish_traces(monotonic_ns(), &self.metrics);
             self.published.store(self.pipeline.publish(monotonic_ns()));
         }
     }

@@ -1,0 +1,105 @@
+//! POSTs to receivers (Alertmanager and webhooks, OTLP collectors) with
+//! retries and doubling backoff under one deadline; errors are shown
+//! without the URL's credentials. A leaf any stage may use.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tokio::time::Instant;
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A plain-HTTP client.
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// How often and how long to try.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    /// The wait before the first retry; it doubles.
+    pub first_wait: Duration,
+    /// One attempt's limit.
+    pub timeout: Duration,
+}
+
+/// Why a body was not delivered.
+#[derive(Debug, PartialEq)]
+pub enum Failure {
+    /// Every attempt failed (or the receiver refused the body).
+    Failed(String),
+    /// The deadline came first.
+    Timeout(String),
+}
+
+/// POSTs `body` as `content_type`, retrying with backoff until `deadline`. A 4xx
+/// answer is final: the receiver refused it.
+pub async fn send(
+    client: &HttpClient,
+    url: &str,
+    content_type: &str,
+    body: &Bytes,
+    deadline: Instant,
+    retry: Retry,
+) -> Result<(), Failure> {
+    let Retry {
+        attempts,
+        first_wait,
+        timeout,
+    } = retry;
+    let mut wait = first_wait;
+    let mut last = String::from("no attempt");
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            if Instant::now() + wait >= deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let request = hyper::Request::post(url)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body.clone()))
+            .map_err(|e| Failure::Failed(redact_error(&e.to_string(), url)))?;
+        match tokio::time::timeout(timeout.min(left), client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => return Ok(()),
+            Ok(Ok(response)) if response.status().is_client_error() => {
+                return Err(Failure::Failed(format!("HTTP {}", response.status())));
+            }
+            Ok(Ok(response)) => last = format!("HTTP {}", response.status()),
+            Ok(Err(e)) => last = redact_error(&format!("{e:?}"), url),
+            Err(_) => last = format!("no answer within {:?}", timeout.min(left)),
+        }
+        if attempt + 1 == attempts {
+            return Err(Failure::Failed(format!(
+                "{last} (after {attempts} attempts)"
+            )));
+        }
+    }
+    Err(Failure::Timeout(format!(
+        "{last}; no success by the deadline"
+    )))
+}
+
+/// An error text without the URL's credentials.
+fn redact_error(text: &str, url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let mut text = text.to_owned();
+            for secret in [u.password().unwrap_or_default(), u.username()] {
+                if secret.len() >= 3 {
+                    text = text.replace(secret, "<redacted>");
+                }
+            }
+            text
+        }
+        Err(_) => text.to_owned(),
+    }
+}

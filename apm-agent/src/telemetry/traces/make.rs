@@ -1,0 +1,79 @@
+//! Spans made from what pairing lets out, with OpenTelemetry's attribute
+//! names: a server request, a client's HTTP call, a Redis command.
+
+use std::sync::Arc;
+
+use super::{Kind, Span, Value, random_id};
+use crate::{
+    protocols::resp::commands::Command,
+    streams::{
+        pairing::{Completed, Origin},
+        resp::Peer,
+    },
+};
+
+/// The span of a paired HTTP request or call of `service`.
+pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
+    let status = i64::from(done.status);
+    let mut attributes = vec![
+        ("http.request.method", Value::Static(done.method.as_str())),
+        ("http.response.status_code", Value::Int(status)),
+    ];
+    let (kind, pid, error) = match done.origin {
+        Origin::Client { tgid, server } => {
+            attributes.push(("server.address", Value::Addr(server)));
+            attributes.push(("server.port", Value::Int(port.into())));
+            // A client's call failed on any 4xx or 5xx.
+            (Kind::Client, Some(tgid), done.status >= 400)
+        }
+        origin => {
+            attributes.push(("http.route", Value::Str(done.route.clone())));
+            attributes.push(("server.port", Value::Int(port.into())));
+            let pid = match origin {
+                Origin::Process(tgid) => Some(tgid),
+                _ => None,
+            };
+            (Kind::Server, pid, done.status >= 500)
+        }
+    };
+    Span {
+        id: random_id(),
+        kind,
+        service,
+        pid,
+        start_ns: done.start_ns,
+        end_ns: done.start_ns.saturating_add(done.duration_ns),
+        attributes,
+        error,
+        remote: done.trace,
+        wire: done.seq.map(|seq| (done.port, seq)),
+    }
+}
+
+/// The span of a monitored client's Redis command to `peer`'s server.
+pub fn redis(peer: &Peer, cmd: Command, service: Arc<str>, start_ns: u64, end_ns: u64) -> Span {
+    let mut attributes = vec![
+        ("db.system.name", Value::Static("redis")),
+        ("db.operation.name", Value::Static(cmd.name)),
+    ];
+    if let Some(server) = peer.server {
+        attributes.push(("server.address", Value::Addr(server)));
+    }
+    attributes.push(("server.port", Value::Int(peer.port.into())));
+    let pid = match peer.origin {
+        Origin::Process(tgid) | Origin::Client { tgid, .. } => Some(tgid),
+        Origin::Socket { .. } => None,
+    };
+    Span {
+        id: random_id(),
+        kind: Kind::Client,
+        service,
+        pid,
+        start_ns,
+        end_ns,
+        attributes,
+        error: false,
+        remote: None,
+        wire: None,
+    }
+}

@@ -1,0 +1,258 @@
+//! Joining, deciding, listing and encoding traces, on spans made by hand.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+
+use super::{
+    Join, Kind, Span, Trace, Value,
+    assemble::{Assembler, Limits, Unplaced},
+    otlp,
+    recent::RecentTraces,
+    sample::{Decision, SampleConfig, Sampler},
+};
+use crate::protocols::http::TraceParent;
+
+const MS: u64 = 1_000_000;
+
+fn span(id: u64, kind: Kind, service: &str, start_ms: u64, end_ms: u64) -> Span {
+    Span {
+        id,
+        kind,
+        service: service.into(),
+        pid: None,
+        start_ns: start_ms * MS,
+        end_ns: end_ms * MS,
+        attributes: vec![
+            ("http.request.method", Value::Static("GET")),
+            ("http.route", Value::Str(format!("/r{id}").into())),
+        ],
+        error: false,
+        remote: None,
+        wire: None,
+    }
+}
+
+fn wired(mut s: Span, port: u16, seq: u32) -> Span {
+    s.wire = Some((port, seq));
+    s
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_pending: 100,
+        grace_ns: 500 * MS,
+        max_wait_ns: 10_000 * MS,
+    }
+}
+
+fn finish(a: &mut Assembler, at_ms: u64) -> Vec<Trace> {
+    let mut out = Vec::new();
+    a.finish(at_ms * MS, |t| out.push(t));
+    out
+}
+
+/// (span, parent, join) of a trace, in its order.
+fn shape(t: &Trace) -> Vec<(u64, Option<u64>, Join)> {
+    t.spans
+        .iter()
+        .map(|p| (p.span.id, p.parent, p.join))
+        .collect()
+}
+
+#[test]
+fn a_request_its_calls_and_the_next_services_request_form_one_trace() {
+    let mut a = Assembler::new(limits());
+    // back's request ends first, then front's call to it (the same
+    // bytes: port 8001, sequence 1000), a Redis call, then front's request.
+    a.server(wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000));
+    a.call(wired(span(2, Kind::Client, "front", 11, 61), 8001, 1000), 1);
+    a.call(span(4, Kind::Client, "front", 62, 63), 1);
+    assert!(finish(&mut a, 70).is_empty(), "nothing has ended its trace");
+    a.server(span(1, Kind::Server, "front", 10, 64));
+    // The root waits its grace period.
+    assert!(finish(&mut a, 500).is_empty());
+    let traces = finish(&mut a, 565);
+    assert_eq!(traces.len(), 1);
+    assert_eq!(
+        shape(&traces[0]),
+        [
+            (1, None, Join::Root),
+            (2, Some(1), Join::Nesting),
+            (3, Some(2), Join::Connection),
+            (4, Some(1), Join::Nesting),
+        ]
+    );
+    assert_eq!(a.pending(), 0);
+    assert!(a.take_losses().unplaced.is_empty());
+}
+
+#[test]
+fn a_traceparent_names_the_trace_and_the_roots_parent() {
+    let mut a = Assembler::new(limits());
+    let mut s = span(1, Kind::Server, "front", 10, 20);
+    let remote = TraceParent {
+        trace_id: [7; 16],
+        parent_id: [0, 0, 0, 0, 0, 0, 0, 9],
+        sampled: true,
+    };
+    s.remote = Some(remote);
+    a.server(s);
+    let t = finish(&mut a, 600).pop().expect("trace");
+    assert_eq!(t.trace_id, [7; 16]);
+    assert_eq!(shape(&t), [(1, Some(9), Join::Traceparent)]);
+}
+
+#[test]
+fn calls_that_cannot_be_placed_start_their_own_traces_and_are_counted() {
+    let mut a = Assembler::new(limits());
+    // Two requests in flight: which one made the call is unknown.
+    a.call(span(1, Kind::Client, "front", 10, 12), 2);
+    // None in flight: a background call.
+    a.call(span(2, Kind::Client, "front", 20, 22), 0);
+    // One in flight, but another one ended during the call.
+    a.server(span(3, Kind::Server, "front", 25, 31));
+    a.call(span(4, Kind::Client, "front", 30, 33), 1);
+    a.server(span(5, Kind::Server, "front", 29, 40));
+    // One in flight that never ends.
+    a.call(span(6, Kind::Client, "front", 50, 51), 1);
+    let traces = finish(&mut a, 20_000);
+    let mut roots: Vec<u64> = traces.iter().map(|t| t.root().id).collect();
+    roots.sort_unstable();
+    assert_eq!(roots, [1, 2, 3, 4, 5, 6]);
+    assert!(traces.iter().all(|t| t.spans.len() == 1));
+    let losses = a.take_losses();
+    let count = |why| losses.unplaced.get(&(Arc::from("front"), why)).copied();
+    assert_eq!(count(Unplaced::Ambiguous), Some(2));
+    assert_eq!(count(Unplaced::NoRequest), Some(1));
+    assert_eq!(count(Unplaced::Timeout), Some(1));
+}
+
+#[test]
+fn a_full_assembler_drops_and_counts() {
+    let mut a = Assembler::new(Limits {
+        max_pending: 2,
+        ..limits()
+    });
+    for id in 1..=3 {
+        a.server(span(id, Kind::Server, "s", 10, 20));
+    }
+    assert_eq!(a.take_losses().full, 1);
+    assert_eq!(finish(&mut a, 1000).len(), 2);
+}
+
+fn trace(ms: u64, error: bool, low: u8) -> Trace {
+    let mut s = span(1, Kind::Server, "s", 0, ms);
+    s.error = error;
+    let mut trace_id = [0u8; 16];
+    trace_id[8] = low;
+    Trace {
+        trace_id,
+        spans: vec![super::Placed {
+            span: s,
+            parent: None,
+            join: Join::Root,
+        }],
+    }
+}
+
+#[test]
+fn the_tail_decision_keeps_slow_and_failed_traces_and_a_bounded_share() {
+    let mut s = Sampler::new(SampleConfig {
+        slow_ns: 40 * MS,
+        ratio: 0.0,
+        max_spans_per_second: 2,
+    });
+    assert_eq!(s.decide(&trace(50, false, 0), 0), Decision::Slow);
+    assert_eq!(s.decide(&trace(5, true, 0), 0), Decision::Error);
+    assert_eq!(s.decide(&trace(5, false, 0), 0), Decision::SampledOut);
+    let mut s = Sampler::new(SampleConfig {
+        slow_ns: 40 * MS,
+        ratio: 0.5,
+        max_spans_per_second: 2,
+    });
+    // The low half of the id space is in the share, the high half not.
+    assert_eq!(s.decide(&trace(5, false, 0x7f), 0), Decision::Sampled);
+    assert_eq!(s.decide(&trace(5, false, 0x80), 0), Decision::SampledOut);
+    assert_eq!(s.decide(&trace(5, false, 0x10), 0), Decision::Sampled);
+    // Two spans a second: the third within the second is over.
+    assert_eq!(s.decide(&trace(5, false, 0x10), 1), Decision::RateLimited);
+    assert_eq!(
+        s.decide(&trace(5, false, 0x10), 1_000 * MS),
+        Decision::Sampled
+    );
+}
+
+#[test]
+fn recent_traces_keep_the_slowest_per_operation_and_the_failed_ones() {
+    let mut r = RecentTraces::default();
+    for ms in [5, 50, 7, 30, 1] {
+        r.add(&Arc::new(trace(ms, false, 0)), 100 * MS);
+    }
+    r.add(&Arc::new(trace(2, true, 0)), 100 * MS);
+    let doc = r.to_json(Some("s"), None, 10, 0);
+    let listed: Vec<(bool, f64)> = doc["traces"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| {
+            (
+                t["error"].as_bool().unwrap_or(false),
+                t["duration_seconds"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [(true, 0.002), (false, 0.05), (false, 0.03), (false, 0.007)]
+    );
+    assert_eq!(
+        r.to_json(Some("other"), None, 10, 0)["traces"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(doc["traces"][0]["spans"][0]["name"], "GET /r1");
+}
+
+#[test]
+fn otlp_export_carries_ids_parents_kinds_and_attributes() {
+    let mut a = Assembler::new(limits());
+    a.server(wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000));
+    let mut call = wired(span(2, Kind::Client, "front", 11, 61), 8001, 1000);
+    call.pid = Some(42);
+    call.error = true;
+    a.call(call, 0);
+    let t = finish(&mut a, 1000).pop().expect("trace");
+    let body = otlp::encode([&t], "host-a", 1_000).encode_to_vec();
+    let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+        &body[..],
+    )
+    .expect("decodes");
+    assert_eq!(req.resource_spans.len(), 2);
+    let front = req
+        .resource_spans
+        .iter()
+        .find(|r| {
+            r.resource
+                .as_ref()
+                .is_some_and(|res| res.attributes.iter().any(|kv| kv.key == "process.pid"))
+        })
+        .expect("front's resource");
+    let span = &front.scope_spans[0].spans[0];
+    assert_eq!(span.span_id, 2u64.to_be_bytes());
+    assert_eq!(span.trace_id, t.trace_id);
+    assert!(span.parent_span_id.is_empty());
+    assert_eq!(span.kind, 3, "client");
+    assert_eq!(span.start_time_unix_nano, 11 * MS + 1_000);
+    assert_eq!(span.status.as_ref().map(|s| s.code), Some(2), "error");
+    let back = req
+        .resource_spans
+        .iter()
+        .find(|r| !std::ptr::eq(*r, front))
+        .expect("back's resource");
+    let child = &back.scope_spans[0].spans[0];
+    assert_eq!(child.parent_span_id, 2u64.to_be_bytes());
+    assert_eq!(child.name, "GET /r3");
+    assert!(child.attributes.iter().any(|kv| kv.key == "apm.trace.join"));
+}
