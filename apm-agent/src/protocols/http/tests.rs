@@ -186,3 +186,13 @@ fn a_bad_header_line_after_a_good_first_line_is_not_http() {
         Err(ParseError::NotHttp)
     );
 }
+
+#[test]
+fn a_traceparent_header_is_read_and_nothing_else_is() {
+    let req = b"GET /order/1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\ntraceparent: 00-000000000000000000000000abc00001-0000000000005001-01\r\nConnection: close\r\n\r\n";
+    let r = parse_request(req).expect("request");
+    let t = r.trace.expect("traceparent");
+    assert_eq!(t.trace_id[12..], [0xab, 0xc0, 0x00, 0x01]);
+    assert_eq!(t.parent_id[6..], [0x50, 0x01]);
+    assert!(t.sampled);
+}

@@ -11,6 +11,7 @@
 //! on at least to there.
 
 use super::{ReqPhase, chunked::Chunked};
+use crate::protocols::http::{TraceParent, trace_context};
 
 /// Where the last piece read to its end stopped, within the head's lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +35,10 @@ pub struct CutHead {
     /// before the next byte to read the head may have ended.
     doubt: Option<u64>,
     edge: Edge,
+    /// A `traceparent` line read whole, not yet handed on.
+    trace: Option<TraceParent>,
+    /// Whether its request was queued (else a traceparent has no owner).
+    queued: bool,
 }
 
 /// Where a head ended: its offset past the blank line (from the start of
@@ -44,13 +49,20 @@ impl CutHead {
     /// Starts with a piece whose captured bytes after the request line are
     /// `after_line`, followed by `beyond` bytes not captured but for the
     /// piece's last bytes in `tail`.
-    pub fn new(after_line: &[u8], tail: &[u8], beyond: u64) -> (Self, Option<Ended>) {
+    /// `queued`: whether its request waits in the connection's queue.
+    pub fn new(after_line: &[u8], tail: &[u8], beyond: u64, queued: bool) -> (Self, Option<Ended>) {
         let mut head = Self {
             edge: Edge::LineStart,
+            queued,
             ..Self::default()
         };
         let found = head.read(after_line, tail, beyond);
         (head, found)
+    }
+
+    /// The `traceparent` of a line read whole since the last call.
+    pub fn take_trace(&mut self) -> Option<TraceParent> {
+        self.trace.take()
     }
 
     /// Reads a later piece from the offset reached: `region` is what was
@@ -155,6 +167,8 @@ impl CutHead {
             if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
                 self.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             }
+        } else if self.queued && name.eq_ignore_ascii_case(b"traceparent") {
+            self.trace = trace_context::parse(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // The last coding is the one that frames the body.
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
