@@ -225,7 +225,11 @@ pub struct PacketHeader {
     pub side: u8,
     /// The remote end's port, host byte order.
     pub remote_port: u16,
-    pub _pad: [u8; 4],
+    /// For a segment going out: the thread that sent it, when it belongs
+    /// to the socket's process (a client's) or to a monitored process (a
+    /// server's); else 0 (sent from softirq context, on another task's
+    /// time).
+    pub tid: u32,
     /// The last payload bytes of a segment longer than [`DATA_CAP`].
     pub tail: [u8; TAIL_CAP],
 }
@@ -353,7 +357,7 @@ mod tests {
                 tail_len: 5,
                 side: side::SERVER,
                 remote_port: 40000,
-                _pad: [0; 4],
+                tid: 77,
                 tail: *b"0\r\n\r\n\0\0\0",
             },
             data: [0; DATA_CAP],

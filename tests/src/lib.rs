@@ -24,6 +24,7 @@ pub mod prometheus;
 mod redis_server;
 pub mod seccomp;
 pub mod tls;
+pub mod traces;
 pub use metrics::{Metrics, Sample};
 pub use net::{Client, NetNs, Server, assert_two_namespaces_apart, connect_many, python_client};
 pub use redis_server::{
@@ -453,9 +454,10 @@ pub fn get_over(
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    // The head in one write, as clients send it.
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
     )?;
     let mut raw = Vec::new();
     match s.read_to_end(&mut raw) {

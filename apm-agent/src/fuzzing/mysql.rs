@@ -80,6 +80,7 @@ pub fn mysql(data: &[u8]) {
             data: bytes,
             tail: bytes.get(bytes.len().saturating_sub(8)..).unwrap_or(&[]),
             seq: None,
+            tid: 0,
         };
         if !tracker.has(1) {
             tracker.open(&ev, PEER, joined, &mut count);

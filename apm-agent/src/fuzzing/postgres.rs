@@ -79,6 +79,7 @@ pub fn postgres(data: &[u8]) {
             data: bytes,
             tail: &[],
             seq: None,
+            tid: 0,
         };
         if !tracker.has(1) {
             tracker.open(&ev, PEER, ts % 2 == 0, &mut count);

@@ -345,7 +345,7 @@ impl Sink for Tally {
 }
 
 impl CommandSink for Tally {
-    fn completed(&mut self, peer: &Peer, _: Command, _: u64, _: u64) {
+    fn completed(&mut self, peer: &Peer, _: Command, _: u64, _: u64, _: u32) {
         self.resp[id(peer.origin)].completed += 1;
     }
     fn result(&mut self, _: &Peer, _: Command, _: CacheResult) {}

@@ -256,6 +256,7 @@ impl Streams {
             data,
             tail: header.tail(),
             seq: None,
+            tid: 0,
         };
         self.dispatch(&event, server, sink);
         if flow == Flow::Close {
@@ -437,6 +438,7 @@ impl Streams {
                 data: data.get(skip as usize..).unwrap_or(&[]),
                 tail: h.tail(),
                 seq: Some(h.seq.wrapping_add(skip)),
+                tid: h.tid,
             };
             self.dispatch(&event, view.server, sink);
         }
@@ -467,6 +469,7 @@ impl Streams {
             data: &[],
             tail: &[],
             seq: None,
+            tid: 0,
         };
         self.dispatch(&event, view.server, sink);
         self.reassembly.close(view.conn);

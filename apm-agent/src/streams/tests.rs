@@ -51,7 +51,7 @@ impl Sink for Both {
 }
 
 impl CommandSink for Both {
-    fn completed(&mut self, peer: &Peer, cmd: Command, _: u64, _: u64) {
+    fn completed(&mut self, peer: &Peer, cmd: Command, _: u64, _: u64, _: u32) {
         self.redis.push((cmd.name, *peer));
     }
     fn result(&mut self, _: &Peer, _: Command, _: CacheResult) {}

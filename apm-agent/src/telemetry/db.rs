@@ -179,12 +179,12 @@ impl DbStats {
 }
 
 impl CommandSink for Recorder<'_> {
-    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64) {
+    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64, tid: u32) {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
         if peer.server.is_some() && self.tracer.enabled() {
             let start = end_ns.saturating_sub(duration_ns);
-            let span = make::redis(peer, cmd, name.clone(), start, end_ns);
+            let span = make::redis(peer, cmd, name.clone(), (start, end_ns), tid);
             let in_flight = self.in_flight(name);
             self.tracer.call(span, in_flight, metrics);
         }

@@ -13,7 +13,10 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
+    },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -30,7 +33,9 @@ use apm_common::{
 use super::{sockets, verdict};
 use crate::{
     emit::{wakeup_flags, wakeup_flags_ahead},
-    maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop},
+    maps::{
+        CAPTURE_PORTS, CLIENTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop,
+    },
 };
 
 /// What a cgroup_skb program returns to let the packet through.
@@ -104,6 +109,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     let mut port = local;
     let mut whose = side::SERVER;
     let mut watched = None;
+
     if chunks == 0 {
         // A monitored client's connection to a captured remote port, or
         // one being watched for RESP? The port first (array lookups), the
@@ -128,6 +134,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         if outbound.is_some() && sockets::enabled() {
             verdict::seen_client(ctx);
         }
+
         if outbound.is_none() {
             // Looked up before the headers are parsed: most packets on a
             // watched port belong to sockets nobody watches.
@@ -180,7 +187,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
             emit(
                 ctx,
-                &Ids::of(ctx, known),
+                &Ids::of(ctx, known, dir, whose),
                 dir,
                 port as u16,
                 whose,
@@ -196,7 +203,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     // rest of the segment's length (and its FIN/RST): the agent places
     // them by sequence number like separate segments.
     // Read once for every record of the segment.
-    let ids = Ids::of(ctx, known);
+    let ids = Ids::of(ctx, known, dir, whose);
     let mut off = 0u32;
     for i in 0..MAX_CHUNKS {
         let rest = payload - off;
@@ -341,11 +348,13 @@ struct Ids {
     ts_ns: u64,
     cookie: u64,
     netns: u64,
+    tid: u32,
 }
 
 impl Ids {
+    /// `whose`: the segment's [`side`].
     #[inline(always)]
-    fn of(ctx: &SkBuffContext, known: Option<(u64, u64)>) -> Self {
+    fn of(ctx: &SkBuffContext, known: Option<(u64, u64)>, dir: u8, whose: u8) -> Self {
         let raw = ctx.as_ptr();
         // SAFETY: plain helper calls on this program's own context.
         let (cookie, netns) = known
@@ -355,8 +364,32 @@ impl Ids {
             ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
             cookie,
             netns,
+            tid: if dir == direction::EGRESS {
+                sender(cookie, whose)
+            } else {
+                0
+            },
         }
     }
+}
+
+/// The thread sending a segment of socket `cookie`, when the task running
+/// is the socket's process (a client's, in `OUTBOUND`), or for a server's
+/// socket any monitored process: a segment sent from softirq context
+/// (after an ACK opened the window, a retransmission) runs on whatever
+/// task was interrupted, and gives 0.
+#[inline(always)]
+fn sender(cookie: u64, whose: u8) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let ours = if whose == side::CLIENT {
+        // SAFETY: a read-only copy of a plain value.
+        unsafe { OUTBOUND.get(cookie) }.is_some_and(|&v| v & !OUTBOUND_TLS == tgid)
+    } else {
+        // SAFETY: a read-only lookup; the value is not kept.
+        unsafe { CLIENTS.get(tgid) }.is_some()
+    };
+    if ours { tid } else { 0 }
 }
 
 /// Writes one record: the `payload` bytes at offset `off` of the segment's
@@ -386,6 +419,7 @@ fn emit(
         ts_ns: ids.ts_ns,
         cookie: ids.cookie,
         netns: ids.netns,
+        tid: ids.tid,
         seq: seg.seq.wrapping_add(off),
         len: payload,
         ack: seg.ack,

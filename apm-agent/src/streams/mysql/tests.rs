@@ -71,6 +71,7 @@ impl Conn1 {
             data,
             tail,
             seq: None,
+            tid: 0,
         };
         if !self.t.has(7) {
             assert!(self.t.open(&ev, PEER, joined, &mut self.r));
@@ -421,6 +422,7 @@ fn a_joined_connection_takes_the_database_its_server_greeted_another_with() {
         data,
         tail: &[],
         seq: None,
+        tid: 0,
     };
     let q: &'static [u8] = Box::leak(q.into_boxed_slice());
     let answer: &'static [u8] = Box::leak(ok(1, 2).into_boxed_slice());

@@ -128,6 +128,9 @@ pub struct Event<'a> {
     /// The TCP sequence number of `data`'s first byte (packets only): the
     /// same bytes carry it at both ends of a connection.
     pub seq: Option<u32>,
+    /// The thread that sent these bytes, when known (packets going out
+    /// in their process's own time); else 0.
+    pub tid: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,6 +228,9 @@ pub struct Completed {
     pub seq: Option<u32>,
     /// The caller's span, from its `traceparent` header.
     pub trace: Option<TraceParent>,
+    /// The thread that sent the call's request (a client's), or the
+    /// request's response (a server's); 0 when not known.
+    pub thread: u32,
 }
 
 /// Where pairing results go. `route` turns a raw path into a template
@@ -250,12 +256,16 @@ struct Pending {
     start_ns: u64,
     seq: Option<u32>,
     trace: Option<TraceParent>,
+    /// The thread that sent its first byte.
+    tid: u32,
 }
 
 #[derive(Clone, Debug)]
 struct Current {
     request: Pending,
     status: u16,
+    /// The thread that sent the response's first byte.
+    tid: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -551,5 +561,10 @@ fn complete_at(conn: &Conn, cur: Current, end_ns: u64, sink: &mut impl Sink) {
         conn: conn.key,
         seq: cur.request.seq,
         trace: cur.request.trace,
+        thread: if conn.origin.is_client() {
+            cur.request.tid
+        } else {
+            cur.tid
+        },
     });
 }

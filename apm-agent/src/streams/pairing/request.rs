@@ -64,7 +64,9 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     conn.req = ReqPhase::Start;
                     continue;
                 }
-                match head.scan(seen, ev.tail, total.saturating_sub(captured.max(off))) {
+                let ended = head.scan(seen, ev.tail, total.saturating_sub(captured.max(off)));
+                note_trace(conn, &mut head);
+                match ended {
                     Some((end, body)) => {
                         conn.req = body;
                         off += end;
@@ -101,7 +103,9 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     }
                     Ok(req) => {
                         let at = seq.map(|s| s.wrapping_add(off as u32));
-                        let head = request(conn, &req, (start_ns, at), sink);
+                        let before = conn.pending.len();
+                        let head = request(conn, &req, (start_ns, at, ev.tid), sink);
+                        let queued = conn.pending.len() > before;
                         match head {
                             Some(head) => {
                                 off += head as u64;
@@ -118,7 +122,10 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                                 let line =
                                     memchr::memchr(b'\n', seen).map_or(seen.len(), |l| l + 1);
                                 let beyond = total.saturating_sub(captured.max(off));
-                                match CutHead::new(&seen[line..], ev.tail, beyond) {
+                                let (mut head, ended) =
+                                    CutHead::new(&seen[line..], ev.tail, beyond, queued);
+                                note_trace(conn, &mut head);
+                                match (head, ended) {
                                     (_, Some((end, body))) => {
                                         conn.req = body;
                                         off += line as u64 + end;
@@ -168,6 +175,17 @@ fn starts_request(seen: &[u8]) -> bool {
     )
 }
 
+/// A `traceparent` line of a cut head belongs to the request it cut (the
+/// last one queued: a head whose request was not queued reads none),
+/// unless that had one already.
+fn note_trace(conn: &mut Conn, head: &mut CutHead) {
+    if let Some(trace) = head.take_trace()
+        && let Some(p) = conn.pending.back_mut()
+    {
+        p.trace.get_or_insert(trace);
+    }
+}
+
 fn carry(conn: &mut Conn, seen: &[u8], start_ns: u64) {
     conn.carry = seen.to_vec();
     conn.carry_ns = start_ns;
@@ -175,11 +193,12 @@ fn carry(conn: &mut Conn, seen: &[u8], start_ns: u64) {
 
 /// A parsed request joins the queue; returns its head's length when the
 /// head was captured to its end.
-/// `start` is when its first byte came and that byte's sequence number.
+/// `start` is when its first byte came, that byte's sequence number and
+/// the thread that sent it.
 fn request(
     conn: &mut Conn,
     req: &Request<'_>,
-    (start_ns, seq): (u64, Option<u32>),
+    (start_ns, seq, tid): (u64, Option<u32>, u32),
     sink: &mut impl Sink,
 ) -> Option<usize> {
     conn.saw_http = true;
@@ -203,6 +222,7 @@ fn request(
             start_ns,
             seq,
             trace: req.trace,
+            tid,
         });
     }
     req.head_len

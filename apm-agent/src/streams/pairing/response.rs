@@ -117,6 +117,7 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                 conn.current = Some(Current {
                     request,
                     status: resp.status,
+                    tid: ev.tid,
                 });
                 if resp.status == 101 {
                     // Switching protocols: what follows is not HTTP/1.x.

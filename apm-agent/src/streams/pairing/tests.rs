@@ -9,6 +9,8 @@ struct Recorder {
     unpaired: Vec<Unpaired>,
     resyncs: Vec<Unpaired>,
     requests: usize,
+    /// Each completed request's (first-byte sequence number, traceparent).
+    wire: Vec<(Option<u32>, Option<TraceParent>)>,
 }
 
 impl Sink for Recorder {
@@ -24,6 +26,7 @@ impl Sink for Recorder {
     fn completed(&mut self, d: Completed) {
         self.done
             .push((d.method, d.route.to_string(), d.status, d.duration_ns));
+        self.wire.push((d.seq, d.trace));
     }
     fn unpaired(&mut self, _origin: Origin, _port: u16, reason: Unpaired) {
         self.unpaired.push(reason);
@@ -64,12 +67,30 @@ impl Conn1 {
             data,
             tail,
             seq: None,
+            tid: 0,
         };
         self.t.handle(&ev, &mut self.r);
     }
 
     fn read(&mut self, ts: u64, data: &[u8]) {
         self.ev(Flow::ToServer, ts, data, data.len() as i64);
+    }
+
+    /// A segment whose first byte has sequence number `seq`.
+    fn segment(&mut self, ts: u64, seq: u32, data: &[u8]) {
+        let ev = Event {
+            kind: Flow::ToServer,
+            ts_ns: ts,
+            conn: 5,
+            origin: Origin::Process(1),
+            port: 80,
+            ret: data.len() as i64,
+            data,
+            tail: b"",
+            seq: Some(seq),
+            tid: 0,
+        };
+        self.t.handle(&ev, &mut self.r);
     }
 
     fn write(&mut self, ts: u64, data: &[u8]) {
@@ -291,6 +312,7 @@ fn state_is_bounded_and_idle_connections_are_evicted() {
         data: b"GET / HTTP/1.1\r\n\r\n",
         tail: b"",
         seq: None,
+        tid: 0,
     };
     for fd in 0..3 {
         t.handle(&ev(Flow::ToServer, fd, fd), &mut r);
@@ -322,3 +344,36 @@ fn state_is_bounded_and_idle_connections_are_evicted() {
 }
 
 mod traffic;
+
+#[test]
+fn each_request_carries_its_first_bytes_sequence_number_and_traceparent() {
+    let mut c = Conn1::new();
+    let tp = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
+    // Two pipelined requests in one segment, the second with a traceparent;
+    // then a head cut after its request line, whose traceparent line
+    // comes whole in the next segment.
+    let two = format!("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n{tp}\r\n");
+    c.segment(10, 1000, two.as_bytes());
+    let first = "GET /a HTTP/1.1\r\n\r\n".len() as u32;
+    // The split request line: its start is carried.
+    c.segment(11, 1000 + two.len() as u32, b"GET /c HT");
+    let rest = "TP/1.1\r\nHost: x\r\nX-Pad: ";
+    c.segment(12, 1009 + two.len() as u32, rest.as_bytes());
+    let end = format!("1\r\n{tp}\r\n");
+    c.segment(13, 1009 + (two.len() + rest.len()) as u32, end.as_bytes());
+    for ts in 20..23 {
+        c.write(ts, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+    let trace = crate::protocols::http::trace_context::parse(
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    assert!(trace.is_some());
+    assert_eq!(
+        c.r.wire,
+        [
+            (Some(1000), None),
+            (Some(1000 + first), trace),
+            (Some(1000 + two.len() as u32), trace),
+        ]
+    );
+}

@@ -60,6 +60,7 @@ impl Conn1 {
             data,
             tail,
             seq: None,
+            tid: 0,
         };
         if !self.t.has(7) {
             assert!(self.t.open(&ev, PEER, false, &mut self.r));
@@ -342,6 +343,7 @@ fn ev(kind: Flow, ts: u64, data: &[u8]) -> Event<'_> {
         data,
         tail: &[],
         seq: None,
+        tid: 0,
     }
 }
 

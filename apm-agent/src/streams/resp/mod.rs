@@ -82,9 +82,9 @@ impl CacheResult {
 
 /// Where RESP pairing results go.
 pub trait CommandSink {
-    /// A command answered: its duration and when its answer ended
-    /// (kernel clock).
-    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64);
+    /// A command answered: its duration, when its answer ended (kernel
+    /// clock) and the thread that sent it (0: not known).
+    fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64, tid: u32);
     /// The command's result, when its reply was seen (for a queued
     /// command, in EXEC's reply).
     fn result(&mut self, peer: &Peer, cmd: Command, result: CacheResult);
@@ -95,6 +95,8 @@ pub trait CommandSink {
 struct Pending {
     cmd: Command,
     start_ns: u64,
+    /// The thread that sent its first byte.
+    tid: u32,
     /// Arguments after the name: the channels a subscription command names.
     args: u32,
 }
@@ -174,8 +176,8 @@ struct Conn {
     queued: Vec<Command>,
     multi: bool,
     subs: Subs,
-    /// When the command being parsed began.
-    cmd_start_ns: u64,
+    /// When the command being parsed began, and the thread that sent it.
+    cmd_start: (u64, u32),
     /// Commands lost track of: wait for a piece that starts like one.
     commands_lost: bool,
     reply_state: Replies,
@@ -217,7 +219,7 @@ impl Tracker {
             queued: Vec::new(),
             multi: false,
             subs: Subs::default(),
-            cmd_start_ns: ev.ts_ns,
+            cmd_start: (ev.ts_ns, ev.tid),
             commands_lost: false,
             reply_state: if reply_first {
                 Replies::Lost
@@ -252,7 +254,7 @@ impl Tracker {
         conn.last_seen_ns = ev.ts_ns;
         let total = ev.ret.max(0) as u64;
         match ev.kind {
-            Flow::ToServer => on_commands(conn, ev.data, total, ev.ts_ns, sink),
+            Flow::ToServer => on_commands(conn, ev.data, total, (ev.ts_ns, ev.tid), sink),
             Flow::FromServer | Flow::Sendfile => on_replies(conn, ev.data, total, ev.ts_ns, sink),
             _ => {}
         }
@@ -310,13 +312,14 @@ fn finish(mut c: Conn, sink: &mut impl CommandSink, reason: Unpaired) {
 fn end_unframed(c: &mut Conn, sink: &mut impl CommandSink) {
     for p in c.pending.drain(..) {
         let end = c.last_reply_ns;
-        sink.completed(&c.peer, p.cmd, end.saturating_sub(p.start_ns), end);
+        sink.completed(&c.peer, p.cmd, end.saturating_sub(p.start_ns), end, p.tid);
     }
     c.queued.clear();
     c.multi = false;
 }
 
-fn on_commands(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut impl CommandSink) {
+/// `at`: when these bytes came and the thread that sent them.
+fn on_commands(c: &mut Conn, data: &[u8], total: u64, at: (u64, u32), sink: &mut impl CommandSink) {
     match c.reply_state {
         Replies::Parsing => {}
         Replies::Unframed => {
@@ -337,9 +340,9 @@ fn on_commands(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut imp
         c.commands_lost = false;
     }
     if c.commands.idle() {
-        c.cmd_start_ns = ts_ns;
+        c.cmd_start = at;
     }
-    let start = std::cell::Cell::new(c.cmd_start_ns);
+    let start = std::cell::Cell::new(c.cmd_start);
     let Conn {
         peer,
         commands,
@@ -349,7 +352,7 @@ fn on_commands(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut imp
     let result = commands.feed(
         data,
         total,
-        || start.set(ts_ns),
+        || start.set(at),
         |f| {
             if !matches!(f.kind, b'*' | b'i') {
                 return;
@@ -361,15 +364,17 @@ fn on_commands(c: &mut Conn, data: &[u8], total: u64, ts_ns: u64, sink: &mut imp
             if pending.len() >= MAX_PENDING {
                 sink.unpaired(peer, Unpaired::QueueFull);
             } else {
+                let (start_ns, tid) = start.get();
                 pending.push_back(Pending {
                     cmd,
-                    start_ns: start.get(),
+                    start_ns,
+                    tid,
                     args: u32::try_from(f.arity().saturating_sub(1)).unwrap_or(u32::MAX),
                 });
             }
         },
     );
-    c.cmd_start_ns = start.get();
+    c.cmd_start = start.get();
     if let Err(e) = result {
         let reason = match e {
             Desync::Truncated => Unpaired::Truncated,
@@ -445,7 +450,7 @@ impl ReplyCtx<'_> {
             return;
         };
         let duration = self.ts_ns.saturating_sub(p.start_ns);
-        sink.completed(self.peer, p.cmd, duration, self.ts_ns);
+        sink.completed(self.peer, p.cmd, duration, self.ts_ns, p.tid);
         let queued = *self.multi && f.kind == b'+' && first == b"QUEUED";
         match p.cmd.kind {
             _ if queued => {
@@ -518,6 +523,7 @@ impl ReplyCtx<'_> {
             p.cmd,
             self.ts_ns.saturating_sub(p.start_ns),
             self.ts_ns,
+            p.tid,
         );
         sink.result(self.peer, p.cmd, CacheResult::Ok);
         // One confirmation per channel named; an unsubscribe naming none

@@ -8,7 +8,7 @@ struct Rec {
 }
 
 impl CommandSink for Rec {
-    fn completed(&mut self, _: &Peer, cmd: Command, d: u64, _: u64) {
+    fn completed(&mut self, _: &Peer, cmd: Command, d: u64, _: u64, _: u32) {
         self.done.push((cmd.name, d));
     }
     fn result(&mut self, _: &Peer, cmd: Command, r: CacheResult) {
@@ -52,6 +52,7 @@ impl Conn1 {
             data,
             tail: &[],
             seq: None,
+            tid: 0,
         };
         if !self.t.has(7) {
             assert!(self.t.open(&ev, PEER, &mut self.r));

@@ -9,9 +9,12 @@
 //!    server span becomes the call's child.
 //! 3. Nesting: a call made while exactly one server request of its service
 //!    was in flight, ending inside it, with no other request of the service
-//!    overlapping it, is that request's child. Anything else (several
-//!    requests in flight, none, a call that outlives every request) is
-//!    counted as unplaced and starts a trace of its own: never guessed.
+//!    overlapping it, is that request's child, unless the call was sent by
+//!    another thread than the one that sent the request's response (both
+//!    known: a background thread's call, such as an exporter's). Anything
+//!    else (several requests in flight, none, a call that outlives every
+//!    request, another thread) is counted as unplaced and starts a trace of
+//!    its own: never guessed.
 //!
 //! A span with no local parent is a root; its trace is handed on `grace`
 //! after it ends (children end before their parents, and the pipeline
@@ -37,16 +40,17 @@ pub enum Unplaced {
     Ambiguous,
     /// The request it was made in never completed in time.
     Timeout,
+    /// Another thread than the request's sent it.
+    OtherThread,
 }
 
 impl Unplaced {
-    pub const ALL: [Unplaced; 3] = [Self::NoRequest, Self::Ambiguous, Self::Timeout];
-
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NoRequest => "no_request",
             Self::Ambiguous => "ambiguous",
             Self::Timeout => "timeout",
+            Self::OtherThread => "other_thread",
         }
     }
 }
@@ -170,7 +174,9 @@ impl Assembler {
 
     /// A server request ended.
     pub fn server(&mut self, span: Span) {
-        let (id, service, start, end) = (span.id, span.service.clone(), span.start_ns, span.end_ns);
+        let (id, service) = (span.id, span.service.clone());
+        let request = (span.start_ns, span.end_ns, span.thread);
+        let (start, end, _) = request;
         let (remote, wire) = (span.remote.is_some(), span.wire);
         if !self.hold(span) {
             return;
@@ -189,7 +195,7 @@ impl Assembler {
                 }
             }
         }
-        self.claim_calls(&service, id, start, end);
+        self.claim_calls(&service, id, request);
         let requests = self.requests.entry(service).or_default();
         if requests.spans.len() >= MAX_RECENT_REQUESTS
             && let Some((_, e)) = requests.spans.pop_front()
@@ -202,9 +208,10 @@ impl Assembler {
     }
 
     /// The calls of `service` waiting for a request that end inside
-    /// request `id` ([start, end]) are its children, unless another
-    /// request overlapped them.
-    fn claim_calls(&mut self, service: &Arc<str>, id: u64, start: u64, end: u64) {
+    /// request `id` ([start, end], its response sent by `thread`) are its
+    /// children, unless another request overlapped them or another thread
+    /// sent them.
+    fn claim_calls(&mut self, service: &Arc<str>, id: u64, (start, end, thread): (u64, u64, u32)) {
         let Some(waiting) = self.nesting.get_mut(service) else {
             return;
         };
@@ -223,10 +230,13 @@ impl Assembler {
             let overlapped = self.requests.get(service).is_some_and(|r| {
                 c_start < r.forgotten_end || r.spans.iter().any(|&(s, e)| s < c_end && e > c_start)
             });
-            if inside && !overlapped {
-                placed.push(call);
+            let other_thread = c.span.thread != 0 && thread != 0 && c.span.thread != thread;
+            if !inside || overlapped {
+                refused.push((call, Unplaced::Ambiguous));
+            } else if other_thread {
+                refused.push((call, Unplaced::OtherThread));
             } else {
-                refused.push(call);
+                placed.push(call);
             }
             false
         });
@@ -236,8 +246,8 @@ impl Assembler {
         for call in placed {
             self.adopt(id, call, Join::Nesting);
         }
-        for call in refused {
-            self.unplace(service, call, Unplaced::Ambiguous);
+        for (call, why) in refused {
+            self.unplace(service, call, why);
         }
     }
 

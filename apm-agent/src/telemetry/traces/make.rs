@@ -47,11 +47,19 @@ pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
         error,
         remote: done.trace,
         wire: done.seq.map(|seq| (done.port, seq)),
+        thread: done.thread,
     }
 }
 
 /// The span of a monitored client's Redis command to `peer`'s server.
-pub fn redis(peer: &Peer, cmd: Command, service: Arc<str>, start_ns: u64, end_ns: u64) -> Span {
+/// `at`: when it started and ended; `thread`: the thread that sent it.
+pub fn redis(
+    peer: &Peer,
+    cmd: Command,
+    service: Arc<str>,
+    (start_ns, end_ns): (u64, u64),
+    thread: u32,
+) -> Span {
     let mut attributes = vec![
         ("db.system.name", Value::Static("redis")),
         ("db.operation.name", Value::Static(cmd.name)),
@@ -75,5 +83,6 @@ pub fn redis(peer: &Peer, cmd: Command, service: Arc<str>, start_ns: u64, end_ns
         error: false,
         remote: None,
         wire: None,
+        thread,
     }
 }

@@ -63,7 +63,7 @@ impl TraceMetrics {
             )?,
             unplaced: counter(
                 "apm_trace_calls_unplaced_total",
-                "Calls of a service that could not be placed under one of its requests, so they start traces of their own: no_request (none in flight), ambiguous (several in flight or overlapping), timeout (the request never ended in time).",
+                "Calls of a service that could not be placed under one of its requests, so they start traces of their own: no_request (none in flight), ambiguous (several in flight or overlapping), timeout (the request never ended in time), other_thread (a thread other than the one that answered the request sent it, such as a background exporter).",
                 &[SERVICE, "reason"],
             )?,
             pending: gauge(

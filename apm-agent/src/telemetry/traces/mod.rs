@@ -106,6 +106,9 @@ pub struct Span {
     /// For an HTTP call or request seen on packets: (server port, TCP
     /// sequence number of its first byte), the same at both ends.
     pub wire: Option<(u16, u32)>,
+    /// The thread that sent a call, or a request's response; 0 when not
+    /// known.
+    pub thread: u32,
 }
 
 impl Span {

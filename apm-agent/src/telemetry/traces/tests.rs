@@ -30,6 +30,7 @@ fn span(id: u64, kind: Kind, service: &str, start_ms: u64, end_ms: u64) -> Span 
         error: false,
         remote: None,
         wire: None,
+        thread: 0,
     }
 }
 
@@ -126,6 +127,33 @@ fn calls_that_cannot_be_placed_start_their_own_traces_and_are_counted() {
     assert_eq!(count(Unplaced::Ambiguous), Some(2));
     assert_eq!(count(Unplaced::NoRequest), Some(1));
     assert_eq!(count(Unplaced::Timeout), Some(1));
+}
+
+#[test]
+fn a_call_from_another_thread_than_the_requests_is_not_its_child() {
+    let mut a = Assembler::new(limits());
+    let threaded = |mut s: Span, t| {
+        s.thread = t;
+        s
+    };
+    // An exporter thread's call and the request thread's own.
+    a.call(threaded(span(2, Kind::Client, "front", 11, 12), 77), 1);
+    a.call(threaded(span(3, Kind::Client, "front", 13, 14), 70), 1);
+    a.server(threaded(span(1, Kind::Server, "front", 10, 20), 70));
+    let mut traces = finish(&mut a, 1000);
+    traces.sort_by_key(|t| t.root().id);
+    assert_eq!(
+        shape(&traces[0]),
+        [(1, None, Join::Root), (3, Some(1), Join::Nesting)]
+    );
+    assert_eq!(shape(&traces[1]), [(2, None, Join::Root)]);
+    let losses = a.take_losses();
+    assert_eq!(
+        losses
+            .unplaced
+            .get(&(Arc::from("front"), Unplaced::OtherThread)),
+        Some(&1)
+    );
 }
 
 #[test]
