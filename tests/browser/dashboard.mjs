@@ -54,6 +54,28 @@ try {
     { timeout: 20000 },
   ).catch(() => {});
   result.third = await read();
+  // The slowest route's recent traces, then the first one as a waterfall.
+  await page.click("#slowest tr.clickable");
+  await page.waitForFunction(
+    () => {
+      const shown = document.getElementById("trace-filter").textContent;
+      return document.querySelector("#traces tr.clickable") && !shown.includes("all operations");
+    },
+    null,
+    { timeout: 10000 },
+  ).catch(() => {});
+  result.route = await page.evaluate(() => document.querySelector("#slowest tr.clickable").dataset.operation);
+  await page.click("#traces tr.clickable").catch(() => {});
+  await page.waitForSelector("#waterfall .span-row", { timeout: 10000 }).catch(() => {});
+  result.waterfall = await page.evaluate(() => ({
+    filter: document.getElementById("trace-filter").textContent,
+    trace: document.getElementById("waterfall").dataset.trace || "",
+    rows: [...document.querySelectorAll("#waterfall .span-row")].map((r) => ({
+      label: r.querySelector(".span-label").textContent,
+      width: r.querySelector(".span-bar").style.width,
+      ms: Number(r.querySelector(".span-ms").textContent),
+    })),
+  }));
   await page.screenshot({ path: screenshot, fullPage: true });
 } finally {
   await browser.close();

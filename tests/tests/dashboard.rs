@@ -153,6 +153,27 @@ fn the_dashboard_shows_live_data_health_and_alerts_from_the_agent_only() {
             .is_some_and(|a| a.contains("DashboardShowsAlerts")),
         "firing alert not shown: {r}"
     );
+    // A slow route's trace opened as a waterfall: the route clicked is the
+    // slowest (the 40 ms sleeps), and its trace's spans are drawn.
+    let route = r["route"].as_str().unwrap_or_default();
+    assert!(route.contains("/sleep/"), "slowest route: {r}");
+    let w = &r["waterfall"];
+    assert!(
+        w["filter"].as_str().is_some_and(|f| f.contains(route)),
+        "trace list not narrowed to {route}: {r}"
+    );
+    assert_eq!(
+        w["trace"].as_str().map(str::len),
+        Some(32),
+        "no trace opened: {r}"
+    );
+    let rows = w["rows"].as_array().cloned().unwrap_or_default();
+    assert!(!rows.is_empty(), "no waterfall: {r}");
+    assert!(
+        rows[0]["label"].as_str().is_some_and(|l| l.contains(route)),
+        "{r}"
+    );
+    assert!(rows[0]["ms"].as_f64().unwrap_or(0.0) >= 40.0, "{r}");
     assert!(screenshot.exists());
     eprintln!(
         "dashboard checked with {sent} requests; screenshot at {}",

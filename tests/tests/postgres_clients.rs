@@ -199,9 +199,50 @@ fn one_driver(driver: &str, listed: bool) {
         (p50 - 0.05).abs() < 0.005,
         "{driver}: pg_sleep(0.05)'s median: {p50} s"
     );
+    // Each statement is a span of the request that ran it: the slowest
+    // GETs' traces hold their SELECT, and the failed INSERT's trace its
+    // unique violation, normalised.
+    let traces = get(agent.addr, "/traces/recent?service=uvicorn&limit=100").expect("traces");
+    let doc: serde_json::Value = serde_json::from_str(&traces.body).expect("json");
+    let of = |name: &str| -> Vec<serde_json::Value> {
+        doc["traces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["name"] == name)
+            .cloned()
+            .collect()
+    };
+    let child = |t: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        let root = t["spans"][0]["span_id"].clone();
+        t["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name && s["parent_span_id"] == root && s["join"] == "nesting")
+            .cloned()
+    };
+    let selects = of("GET /items/{id}");
+    assert!(!selects.is_empty(), "{driver}: {doc}");
+    for t in &selects {
+        let sql = child(t, "SELECT items").unwrap_or_else(|| panic!("{driver}: {t}"));
+        assert_eq!(sql["attributes"]["db.system.name"], "postgresql");
+        assert_eq!(
+            sql["attributes"]["db.query.text"],
+            "SELECT name FROM items WHERE id = $1"
+        );
+    }
+    let failed = of("POST /items/{id}");
+    let violation = failed
+        .iter()
+        .filter(|t| t["error"] == true)
+        .find_map(|t| child(t, "INSERT items"))
+        .unwrap_or_else(|| panic!("{driver}: no failed INSERT span: {doc}"));
+    assert_eq!(violation["attributes"]["db.response.status_code"], "23505");
+    assert_eq!(violation["error"], true);
     for text in [
         agent.metrics().expect("metrics").text,
         body,
+        traces.body.clone(),
         get(agent.addr, "/logs/recent").expect("logs").body,
         agent.log_text(),
     ] {

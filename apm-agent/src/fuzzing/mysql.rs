@@ -19,7 +19,7 @@ struct Count {
 }
 
 impl StatementSink for Count {
-    fn statement(&mut self, _: &Peer, s: System, stmt: &Arc<Statement>, _: Outcome, _: u64) {
+    fn statement(&mut self, _: &Peer, s: System, stmt: &Arc<Statement>, _: Outcome, _: (u64, u64)) {
         assert_ne!(s, System::Postgres);
         assert!(stmt.text.len() <= MAX_TEXT + '…'.len_utf8());
         self.statements += 1;

@@ -359,7 +359,7 @@ impl CommandSink for Tally {
 /// SQL statements are counted by no invariant here (a simple query holds
 /// any number): the postgres fuzz target checks their framing.
 impl StatementSink for Tally {
-    fn statement(&mut self, _: &Peer, _: System, _: &Arc<Statement>, _: Outcome, _: u64) {}
+    fn statement(&mut self, _: &Peer, _: System, _: &Arc<Statement>, _: Outcome, _: (u64, u64)) {}
     fn statement_unpaired(&mut self, _: &Peer, _: System, _: Unpaired) {}
 }
 

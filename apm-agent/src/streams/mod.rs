@@ -105,6 +105,8 @@ struct Outbound {
     tgid: u32,
     server: IpAddr,
     last_seen_ns: u64,
+    /// The thread that last sent on it (0: not known).
+    tid: u32,
     /// Keyed by `tgid << 32 | fd` (its syscall-kind records, TLS
     /// plaintext), not by socket cookie (its packets).
     descriptor: bool,
@@ -166,6 +168,7 @@ impl Streams {
                     tgid: c.tgid,
                     server: ip_of(c.addr),
                     last_seen_ns: self.now_ns,
+                    tid: 0,
                     descriptor: c.descriptor != 0,
                 };
                 // Evicted or refused for room, a connection is not timed.
@@ -481,6 +484,15 @@ impl Streams {
     /// connection (to `server`) is HTTP, RESP, SQL or nothing.
     fn dispatch(&mut self, ev: &Event<'_>, server: Option<IpAddr>, sink: &mut impl Sinks) {
         let call = client_call(ev, server);
+        if call.is_some()
+            && let Some(out) = self.outbound.peek_mut(ev.conn)
+        {
+            // The calls its answers complete were sent by this thread.
+            if ev.kind == Flow::ToServer && ev.tid != 0 {
+                out.tid = ev.tid;
+            }
+            sink.calling_thread(out.tid);
+        }
         match ev.kind {
             Flow::Close => {
                 self.resp.close(ev.conn, sink);

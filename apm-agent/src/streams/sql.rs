@@ -47,15 +47,20 @@ pub enum Outcome {
 
 /// Where SQL pairing results go.
 pub trait StatementSink {
+    /// A statement answered: when its first byte went and its answer
+    /// ended (kernel clock).
     fn statement(
         &mut self,
         peer: &Peer,
         system: System,
         stmt: &Arc<Statement>,
         outcome: Outcome,
-        duration_ns: u64,
+        at: (u64, u64),
     );
     fn statement_unpaired(&mut self, peer: &Peer, system: System, reason: Unpaired);
+    /// The thread that last sent on the client connection whose event
+    /// comes next (0: not known), for the calls that event completes.
+    fn calling_thread(&mut self, _tid: u32) {}
 }
 
 /// A SQL connection whose waiting operations count as unpaired when it

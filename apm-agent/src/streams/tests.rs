@@ -61,7 +61,7 @@ impl CommandSink for Both {
 }
 
 impl StatementSink for Both {
-    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, _: Outcome, _: u64) {
+    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, _: Outcome, _: (u64, u64)) {
         self.sql.push(stmt.text.clone());
     }
     fn statement_unpaired(&mut self, _: &Peer, _: System, reason: Unpaired) {

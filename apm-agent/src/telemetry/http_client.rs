@@ -6,7 +6,7 @@
 use std::{net::IpAddr, sync::Arc};
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     metrics::{HTTP_DURATION_BUCKETS, Metrics, MetricsError, PORT, SERVICE},
@@ -63,6 +63,8 @@ struct Series {
 #[derive(Default)]
 pub struct ClientStats {
     series: FxHashMap<Key, Series>,
+    /// Services whose unpaired counters are exported (from zero).
+    services: FxHashSet<Arc<str>>,
     /// Every call's route: clients' paths are not templated.
     route: Arc<str>,
 }
@@ -87,6 +89,16 @@ impl ClientStats {
         now_ns: u64,
     ) {
         let seconds = done.duration_ns as f64 / 1e9;
+        if !self.services.contains(service) {
+            // A new client: every reason from zero, so rate() works.
+            for reason in Unpaired::ALL {
+                all.http_client
+                    .unpaired
+                    .with_label_values(&[service, reason.as_str()])
+                    .inc_by(0);
+            }
+            self.services.insert(service.clone());
+        }
         let key = (service.clone(), done.method, done.status, server, done.port);
         if let Some(s) = self.series.get_mut(&key) {
             s.histogram.observe(seconds);
@@ -147,6 +159,16 @@ impl ClientStats {
             });
         let removed = before - self.series.len();
         budget.used = budget.used.saturating_sub(removed);
+        let live: FxHashSet<&Arc<str>> = self.series.keys().map(|(s, ..)| s).collect();
+        self.services.retain(|s| {
+            let keep = live.contains(s);
+            if !keep {
+                for reason in Unpaired::ALL {
+                    let _ = metrics.unpaired.remove_label_values(&[s, reason.as_str()]);
+                }
+            }
+            keep
+        });
         removed
     }
 }

@@ -268,6 +268,7 @@ impl Pipeline {
             http_client: &mut self.http_client,
             sql: &mut self.sql,
             tracer: &mut self.tracer,
+            thread: 0,
             now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);

@@ -98,6 +98,9 @@ pub(super) struct Recorder<'a> {
     pub sql: &'a mut super::sql::SqlStats,
     pub http_client: &'a mut super::http_client::ClientStats,
     pub tracer: &'a mut Tracer,
+    /// The thread that last sent on the client connection being handled
+    /// ([`StatementSink::calling_thread`]).
+    pub thread: u32,
     /// The time of the batch being recorded (kernel clock).
     pub now_ns: u64,
 }

@@ -22,7 +22,7 @@ use crate::{
         resp::Peer,
         sql::{Outcome, StatementSink, System},
     },
-    telemetry::{metrics::Metrics, windows::Windows},
+    telemetry::{metrics::Metrics, traces::make, windows::Windows},
 };
 
 /// Tables per service with their own `db_collection_name`.
@@ -250,10 +250,17 @@ impl StatementSink for Recorder<'_> {
         system: System,
         stmt: &Arc<Statement>,
         outcome: Outcome,
-        duration_ns: u64,
+        (start_ns, end_ns): (u64, u64),
     ) {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
+        let duration_ns = end_ns.saturating_sub(start_ns);
+        if peer.server.is_some() && self.tracer.enabled() {
+            let at = (end_ns.saturating_sub(duration_ns), end_ns);
+            let span = make::sql(peer, system, stmt, outcome, name.clone(), at, self.thread);
+            let in_flight = self.in_flight(name);
+            self.tracer.call(span, in_flight, metrics);
+        }
         let seconds = duration_ns as f64 / 1e9;
         let db = system.label();
         if !self.sql.statements.contains_key(&(name.clone(), system)) {
@@ -333,6 +340,10 @@ impl StatementSink for Recorder<'_> {
                 last_ns: now_ns,
             },
         );
+    }
+
+    fn calling_thread(&mut self, tid: u32) {
+        self.thread = tid;
     }
 
     fn statement_unpaired(&mut self, peer: &Peer, system: System, reason: Unpaired) {

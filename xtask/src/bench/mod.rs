@@ -33,6 +33,7 @@ mod redis;
 mod redis_paired;
 mod report;
 pub mod tools;
+mod traces_paired;
 
 use std::path::Path;
 
@@ -100,7 +101,7 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, nginx-tls, tls-bystander, postgres, mariadb, redis1, redis16) or `extra` agent
+/// (nginx, nginx-tls, tls-bystander, traces, postgres, mariadb, redis1, redis16) or `extra` agent
 /// arguments, only printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
@@ -128,6 +129,11 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
         paired::certificate(&work)?;
         let b = bystander::bystander(agent, &work, &extra)?;
         lines.push(b.line());
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("traces") {
+        let t = traces_paired::traces_paired(agent, &work, &extra)?;
+        lines.push(t.line());
         println!("{}", lines[lines.len() - 1]);
     }
     if wanted("postgres") {

@@ -273,7 +273,7 @@ pub fn six_ports() -> Result<[u16; 6]> {
 /// Requests nginx has served so far from its clients: its stub_status on
 /// `port` (the third number of "server accepts handled requests") less
 /// the status requests, `reads` of them before this one.
-fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
+pub(super) fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
     let text = crate::load::http_get(port, "/")?;
     *reads += 1.0;
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();

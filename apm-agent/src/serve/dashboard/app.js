@@ -1,5 +1,6 @@
-// apm's built-in dashboard: polls /api/dashboard every 2 s and draws it
-// with uPlot. Everything comes from this agent; nothing else is fetched.
+// apm's built-in dashboard: polls /api/dashboard and /traces/recent every
+// 2 s and draws them with uPlot; a trace opens as a waterfall of its spans.
+// Everything comes from this agent; nothing else is fetched.
 "use strict";
 
 const POLL_MS = 2000;
@@ -8,6 +9,9 @@ const state = {
   token: sessionStorage.getItem("apm-token"),
   charts: {},
   last: null,
+  // The root operation the trace list is narrowed to (a route clicked).
+  operation: null,
+  traces: [],
 };
 // Read by the browser test: the data each chart was last given.
 window.apmDashboard = { state, polls: 0 };
@@ -79,6 +83,7 @@ function renderServices(d) {
     li.appendChild(small);
     li.onclick = () => {
       state.service = s.name;
+      state.operation = null;
       poll();
     };
     list.appendChild(li);
@@ -98,7 +103,17 @@ function renderService(d) {
   table(
     $("slowest"),
     ["route", "p50 s", "p99 s", "count"],
-    d.routes.slowest.map((r) => row([[`${r.method} ${r.route}`], [fmt(r.p50_seconds, 3), true], [fmt(r.p99_seconds, 3), true], [r.count, true]])),
+    d.routes.slowest.map((r) => {
+      const tr = row([[`${r.method} ${r.route}`], [fmt(r.p50_seconds, 3), true], [fmt(r.p99_seconds, 3), true], [r.count, true]]);
+      // A slow route: its recent slow traces.
+      tr.className = "clickable";
+      tr.dataset.operation = `${r.method} ${r.route}`;
+      tr.onclick = () => {
+        state.operation = tr.dataset.operation;
+        loadTraces();
+      };
+      return tr;
+    }),
   );
   table(
     $("errors"),
@@ -170,12 +185,92 @@ function renderSide(d) {
   }
 }
 
+function headers() {
+  return state.token ? { Authorization: "Bearer " + state.token } : {};
+}
+
+// The selected service's failed and slowest recent traces (of one
+// operation once a route was clicked).
+async function loadTraces() {
+  if (!state.service) return;
+  let url = "/traces/recent?limit=10&service=" + encodeURIComponent(state.service);
+  if (state.operation) url += "&operation=" + encodeURIComponent(state.operation);
+  let d;
+  try {
+    const response = await fetch(url, { headers: headers() });
+    if (!response.ok) return;
+    d = await response.json();
+  } catch (e) {
+    return;
+  }
+  state.traces = d.traces;
+  window.apmDashboard.traces = d.traces;
+  text($("trace-filter"), state.operation ? `· ${state.operation}` : "· all operations");
+  table(
+    $("traces"),
+    ["trace", "duration ms", "spans", "error"],
+    d.traces.map((t) => {
+      const tr = row([[t.name], [fmt(1000 * t.duration_seconds, 1), true], [t.spans.length, true], [t.error ? "yes" : "", false]]);
+      tr.className = "clickable" + (t.error ? " error" : "");
+      tr.dataset.trace = t.trace_id;
+      tr.onclick = () => showTrace(t);
+      return tr;
+    }),
+  );
+}
+
+// A trace as a waterfall: one bar per span, placed by its start and
+// length within the root, indented by depth, across services.
+function showTrace(t) {
+  const box = $("waterfall");
+  box.replaceChildren();
+  box.dataset.trace = t.trace_id;
+  const head = document.createElement("h3");
+  text(head, `trace ${t.trace_id} · ${fmt(1000 * t.duration_seconds, 1)} ms`);
+  box.appendChild(head);
+  const t0 = Math.min(...t.spans.map((s) => s.start_unix_nano));
+  const t1 = Math.max(...t.spans.map((s) => s.end_unix_nano));
+  const total = Math.max(1, t1 - t0);
+  const ids = new Set(t.spans.map((s) => s.span_id));
+  const children = new Map();
+  for (const s of t.spans) {
+    const parent = ids.has(s.parent_span_id) ? s.parent_span_id : "";
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(s);
+  }
+  const walk = (parent, depth) => {
+    const list = (children.get(parent) || []).sort((a, b) => a.start_unix_nano - b.start_unix_nano);
+    for (const s of list) {
+      const line = document.createElement("div");
+      line.className = "span-row";
+      const label = document.createElement("div");
+      label.className = "span-label";
+      label.style.paddingLeft = `${depth}em`;
+      text(label, `${s.service}: ${s.name} (${s.kind}, ${s.join})`);
+      const track = document.createElement("div");
+      track.className = "span-track";
+      const bar = document.createElement("div");
+      bar.className = "span-bar" + (s.error ? " error" : "");
+      bar.style.left = `${(100 * (s.start_unix_nano - t0)) / total}%`;
+      bar.style.width = `${Math.max(0.3, (100 * (s.end_unix_nano - s.start_unix_nano)) / total)}%`;
+      bar.title = `${fmt(1000 * s.duration_seconds, 3)} ms`;
+      track.appendChild(bar);
+      const ms = document.createElement("div");
+      ms.className = "span-ms";
+      text(ms, fmt(1000 * s.duration_seconds, 2));
+      line.append(label, track, ms);
+      box.appendChild(line);
+      walk(s.span_id, depth + 1);
+    }
+  };
+  walk("", 0);
+}
+
 async function poll() {
   const url = "/api/dashboard" + (state.service ? "?service=" + encodeURIComponent(state.service) : "");
-  const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
   let response;
   try {
-    response = await fetch(url, { headers });
+    response = await fetch(url, { headers: headers() });
   } catch (e) {
     text($("updated"), "agent unreachable");
     return;
@@ -192,6 +287,7 @@ async function poll() {
   renderServices(d);
   renderService(d);
   renderSide(d);
+  loadTraces();
   text($("updated"), "updated " + new Date().toLocaleTimeString());
 }
 

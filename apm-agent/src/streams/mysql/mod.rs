@@ -491,11 +491,5 @@ fn record(
     ts_ns: u64,
     sink: &mut impl StatementSink,
 ) {
-    sink.statement(
-        &c.peer,
-        c.system,
-        stmt,
-        outcome,
-        ts_ns.saturating_sub(start_ns),
-    );
+    sink.statement(&c.peer, c.system, stmt, outcome, (start_ns, ts_ns));
 }

@@ -14,8 +14,9 @@ struct Rec {
 }
 
 impl StatementSink for Rec {
-    fn statement(&mut self, _: &Peer, s: System, stmt: &Arc<Statement>, o: Outcome, d: u64) {
-        self.done.push((s, stmt.text.clone(), o, d));
+    fn statement(&mut self, _: &Peer, s: System, stmt: &Arc<Statement>, o: Outcome, d: (u64, u64)) {
+        self.done
+            .push((s, stmt.text.clone(), o, d.1.saturating_sub(d.0)));
     }
     fn statement_unpaired(&mut self, _: &Peer, _: System, reason: Unpaired) {
         self.unpaired.push(reason);

@@ -61,8 +61,8 @@ pub(super) fn on_back(c: &mut Conn, ev: &Event<'_>, total: usize, sink: &mut imp
             Op::Sync { .. } => break,
             Op::Skip(_) => {}
             Op::Run { stmt, start_ns, .. } => {
-                let took = ev.ts_ns.saturating_sub(start_ns);
-                sink.statement(&c.peer, System::Postgres, &stmt, Outcome::Unknown, took);
+                let at = (start_ns, ev.ts_ns);
+                sink.statement(&c.peer, System::Postgres, &stmt, Outcome::Unknown, at);
             }
         }
     }
@@ -92,13 +92,7 @@ fn complete(
             if let Some(Op::Run { stmt, start_ns, .. }) = c.pending.pop_front()
                 && record
             {
-                sink.statement(
-                    &c.peer,
-                    System::Postgres,
-                    &stmt,
-                    outcome,
-                    ts_ns.saturating_sub(start_ns),
-                );
+                sink.statement(&c.peer, System::Postgres, &stmt, outcome, (start_ns, ts_ns));
             }
         }
         // A statement of a simple query past what the capture saw of it:

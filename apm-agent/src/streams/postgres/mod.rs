@@ -239,8 +239,8 @@ fn push(c: &mut Conn, op: Op, sink: &mut impl StatementSink) {
 /// A suspended portal that will not run again counts now, as run until
 /// its last answer.
 fn dropped(c: &Conn, s: &Suspended, sink: &mut impl StatementSink) {
-    let took = s.answered_ns.saturating_sub(s.start_ns);
-    sink.statement(&c.peer, System::Postgres, &s.stmt, Outcome::Ok, took);
+    let at = (s.start_ns, s.answered_ns);
+    sink.statement(&c.peer, System::Postgres, &s.stmt, Outcome::Ok, at);
 }
 
 fn on_front(

@@ -11,8 +11,16 @@ struct Rec {
 }
 
 impl StatementSink for Rec {
-    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, outcome: Outcome, d: u64) {
-        self.done.push((stmt.text.clone(), outcome, d));
+    fn statement(
+        &mut self,
+        _: &Peer,
+        _: System,
+        stmt: &Arc<Statement>,
+        outcome: Outcome,
+        d: (u64, u64),
+    ) {
+        self.done
+            .push((stmt.text.clone(), outcome, d.1.saturating_sub(d.0)));
     }
     fn statement_unpaired(&mut self, _: &Peer, _: System, reason: Unpaired) {
         self.unpaired.push(reason);

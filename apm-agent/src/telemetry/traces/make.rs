@@ -1,14 +1,16 @@
 //! Spans made from what pairing lets out, with OpenTelemetry's attribute
-//! names: a server request, a client's HTTP call, a Redis command.
+//! names: a server request, a client's HTTP call, a Redis command, a SQL
+//! statement (normalised: every literal a placeholder).
 
 use std::sync::Arc;
 
 use super::{Kind, Span, Value, random_id};
 use crate::{
-    protocols::resp::commands::Command,
+    protocols::{resp::commands::Command, sql::Statement},
     streams::{
         pairing::{Completed, Origin},
         resp::Peer,
+        sql::{Outcome, System},
     },
 };
 
@@ -81,6 +83,56 @@ pub fn redis(
         end_ns,
         attributes,
         error: false,
+        remote: None,
+        wire: None,
+        thread,
+    }
+}
+
+/// The span of a monitored client's SQL statement to `peer`'s server;
+/// `at`: when it started and ended; `thread`: the thread that sent it.
+pub fn sql(
+    peer: &Peer,
+    system: System,
+    stmt: &Statement,
+    outcome: Outcome,
+    service: Arc<str>,
+    (start_ns, end_ns): (u64, u64),
+    thread: u32,
+) -> Span {
+    let mut attributes = vec![
+        ("db.system.name", Value::Static(system.label())),
+        ("db.operation.name", Value::Static(stmt.operation)),
+    ];
+    if let Some(table) = &stmt.collection {
+        attributes.push(("db.collection.name", Value::Str(table.as_str().into())));
+    }
+    attributes.push(("db.query.text", Value::Str(stmt.text.as_str().into())));
+    if let Outcome::Error(code) = outcome {
+        let code = code.map_or_else(String::new, |c| {
+            String::from_utf8_lossy(&c)
+                .trim_end_matches('\0')
+                .to_owned()
+        });
+        attributes.push(("db.response.status_code", Value::Str(code.into())));
+    }
+    if let Some(server) = peer.server {
+        attributes.push(("server.address", Value::Addr(server)));
+    }
+    attributes.push(("server.port", Value::Int(peer.port.into())));
+    let pid = match peer.origin {
+        Origin::Process(tgid) | Origin::Client { tgid, .. } => Some(tgid),
+        Origin::Socket { .. } => None,
+    };
+    Span {
+        id: random_id(),
+        kind: Kind::Client,
+        service,
+        pid,
+        start_ns,
+        end_ns,
+        attributes,
+        error: matches!(outcome, Outcome::Error(_)),
         remote: None,
         wire: None,
         thread,

@@ -45,7 +45,7 @@ impl TraceMetrics {
         let m = Self {
             spans: plain(
                 "apm_trace_spans_total",
-                "Spans made: HTTP server requests, monitored clients' HTTP and Redis calls.",
+                "Spans made: HTTP server requests, monitored clients' HTTP calls, Redis commands and SQL statements.",
             )?,
             spans_dropped: counter(
                 "apm_trace_spans_dropped_total",

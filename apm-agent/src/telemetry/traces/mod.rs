@@ -57,7 +57,7 @@ impl Join {
 }
 
 /// An attribute value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
     Static(&'static str),
     Str(Arc<str>),
@@ -123,15 +123,21 @@ impl Span {
     }
 
     /// The OpenTelemetry span name: `{method} {route}` for a request,
-    /// `{method}` for an HTTP call, the operation for a database call.
+    /// `{method}` for an HTTP call, the operation (and table) for a
+    /// database call.
     pub fn name(&self) -> String {
         let method = self.attribute("http.request.method");
         match (method, self.attribute("http.route")) {
             (Some(m), Some(r)) => format!("{m} {r}"),
             (Some(m), None) => m.to_string(),
-            _ => self
-                .attribute("db.operation.name")
-                .map_or_else(|| "call".to_owned(), ToString::to_string),
+            _ => match (
+                self.attribute("db.operation.name"),
+                self.attribute("db.collection.name"),
+            ) {
+                (Some(op), Some(table)) => format!("{op} {table}"),
+                (Some(op), None) => op.to_string(),
+                _ => "call".to_owned(),
+            },
         }
     }
 }

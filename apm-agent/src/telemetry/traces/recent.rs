@@ -2,12 +2,12 @@
 //! the slowest few of each root operation and the latest failed ones of
 //! the last five minutes, bounded.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 
 use rustc_hash::FxHashMap;
 use serde_json::{Value as Json, json};
 
-use super::{Trace, hex};
+use super::{Trace, Value, hex};
 
 /// How long a trace stays listed.
 pub const WINDOW_NS: u64 = 300_000_000_000;
@@ -20,105 +20,131 @@ const MAX_PER_SERVICE: usize = 200;
 /// Services listed at most (the directory bounds them; this is a backstop).
 const MAX_SERVICES: usize = 1024;
 
+#[derive(Clone)]
 struct Entry {
     trace: Arc<Trace>,
-    operation: String,
-    error: bool,
     duration_ns: u64,
     end_ns: u64,
 }
 
-#[derive(Default)]
+/// A root operation, cheaply: (method or operation, route).
+type Operation = (Value, Value);
+
+#[derive(Clone, Default)]
+struct Service {
+    /// The slowest few per root operation.
+    slowest: FxHashMap<Operation, Vec<Entry>>,
+    /// The latest failed ones, oldest first.
+    failed: VecDeque<Entry>,
+    kept: usize,
+}
+
+#[derive(Clone, Default)]
 pub struct RecentTraces {
-    by_service: FxHashMap<Arc<str>, Vec<Entry>>,
+    by_service: FxHashMap<Arc<str>, Service>,
+}
+
+/// The key of a root span's operation.
+fn operation(root: &super::Span) -> Operation {
+    let first = root
+        .attribute("http.request.method")
+        .or_else(|| root.attribute("db.operation.name"))
+        .cloned()
+        .unwrap_or(Value::Static(""));
+    let route = root
+        .attribute("http.route")
+        .cloned()
+        .unwrap_or(Value::Static(""));
+    (first, route)
 }
 
 impl RecentTraces {
-    /// Considers `trace` (its root ended by `now_ns`); true when listed.
+    /// Considers `trace` (its root ended by `now_ns`): O(1) unless it is
+    /// listed; true when it is.
     pub fn add(&mut self, trace: &Arc<Trace>, now_ns: u64) -> bool {
         let root = trace.root();
         if !self.by_service.contains_key(&root.service) && self.by_service.len() >= MAX_SERVICES {
             return false;
         }
-        let list = self.by_service.entry(root.service.clone()).or_default();
+        let service = self.by_service.entry(root.service.clone()).or_default();
         let since = now_ns.saturating_sub(WINDOW_NS);
-        list.retain(|e| e.end_ns >= since);
         let entry = Entry {
             trace: trace.clone(),
-            operation: root.name(),
-            error: trace.error(),
             duration_ns: root.duration_ns(),
             end_ns: root.end_ns,
         };
-        if entry.error {
-            list.push(entry);
-            let failed = list.iter().filter(|e| e.error).count();
-            if failed > FAILED_PER_SERVICE
-                && let Some(oldest) = list
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.error)
-                    .min_by_key(|(_, e)| e.end_ns)
-                    .map(|(i, _)| i)
-            {
-                list.swap_remove(oldest);
+        if trace.error() {
+            service.failed.push_back(entry);
+            if service.failed.len() > FAILED_PER_SERVICE {
+                service.failed.pop_front();
             }
-        } else {
-            let same: Vec<usize> = (0..list.len())
-                .filter(|&i| !list[i].error && list[i].operation == entry.operation)
-                .collect();
-            if same.len() < SLOWEST_PER_OPERATION {
-                list.push(entry);
-            } else {
-                let Some(fastest) = same.into_iter().min_by_key(|&i| list[i].duration_ns) else {
-                    return false;
-                };
-                if list[fastest].duration_ns >= entry.duration_ns {
-                    return false;
-                }
-                list[fastest] = entry;
-            }
+            return true;
         }
-        if list.len() > MAX_PER_SERVICE
-            && let Some(fastest) = (0..list.len())
-                .filter(|&i| !list[i].error)
-                .min_by_key(|&i| list[i].duration_ns)
-        {
-            list.swap_remove(fastest);
+        let list = service.slowest.entry(operation(root)).or_default();
+        let before = list.len();
+        list.retain(|e| e.end_ns >= since);
+        service.kept -= before - list.len();
+        if list.len() < SLOWEST_PER_OPERATION {
+            list.push(entry);
+            service.kept += 1;
+        } else {
+            let Some(fastest) = (0..list.len()).min_by_key(|&i| list[i].duration_ns) else {
+                return false;
+            };
+            if list[fastest].duration_ns >= entry.duration_ns {
+                return false;
+            }
+            list[fastest] = entry;
+        }
+        if service.kept > MAX_PER_SERVICE {
+            // The fastest listed trace of the service goes.
+            let fastest = service
+                .slowest
+                .iter()
+                .flat_map(|(op, list)| {
+                    list.iter()
+                        .enumerate()
+                        .map(move |(i, e)| (e.duration_ns, op, i))
+                })
+                .min_by_key(|&(d, ..)| d)
+                .map(|(_, op, i)| (op.clone(), i));
+            if let Some((op, i)) = fastest
+                && let Some(list) = service.slowest.get_mut(&op)
+            {
+                list.swap_remove(i);
+                service.kept -= 1;
+                if list.is_empty() {
+                    service.slowest.remove(&op);
+                }
+            }
         }
         true
     }
 
-    /// Forgets traces older than the window and services with none.
-    pub fn expire(&mut self, now_ns: u64) {
+    /// Forgets traces older than the window and services with none;
+    /// whether any went.
+    pub fn expire(&mut self, now_ns: u64) -> bool {
         let since = now_ns.saturating_sub(WINDOW_NS);
-        self.by_service.retain(|_, list| {
-            list.retain(|e| e.end_ns >= since);
-            !list.is_empty()
+        let mut gone = false;
+        self.by_service.retain(|_, s| {
+            let failed_before = s.failed.len();
+            s.failed.retain(|e| e.end_ns >= since);
+            let mut kept = 0;
+            s.slowest.retain(|_, list| {
+                list.retain(|e| e.end_ns >= since);
+                kept += list.len();
+                !list.is_empty()
+            });
+            gone |= s.failed.len() < failed_before || kept < s.kept;
+            s.kept = kept;
+            kept > 0 || !s.failed.is_empty()
         });
+        gone
     }
 
     /// A copy to publish (the traces themselves are shared).
     pub fn snapshot(&self) -> RecentTraces {
-        RecentTraces {
-            by_service: self
-                .by_service
-                .iter()
-                .map(|(s, list)| {
-                    let copy = list
-                        .iter()
-                        .map(|e| Entry {
-                            trace: e.trace.clone(),
-                            operation: e.operation.clone(),
-                            error: e.error,
-                            duration_ns: e.duration_ns,
-                            end_ns: e.end_ns,
-                        })
-                        .collect();
-                    (s.clone(), copy)
-                })
-                .collect(),
-        }
+        self.clone()
     }
 
     /// The /traces/recent document: traces of `service` (all when
@@ -132,23 +158,27 @@ impl RecentTraces {
         limit: usize,
         unix_offset_ns: i128,
     ) -> Json {
-        let mut entries: Vec<&Entry> = self
+        // (failed, entry), named.
+        let mut entries: Vec<(bool, &Entry, String)> = self
             .by_service
             .iter()
             .filter(|(s, _)| service.is_none_or(|want| &***s == want))
-            .flat_map(|(_, list)| list.iter())
-            .filter(|e| operation.is_none_or(|want| e.operation == want))
+            .flat_map(|(_, s)| {
+                let failed = s.failed.iter().map(|e| (true, e));
+                failed.chain(s.slowest.values().flatten().map(|e| (false, e)))
+            })
+            .map(|(failed, e)| (failed, e, e.trace.root().name()))
+            .filter(|(.., name)| operation.is_none_or(|want| name == want))
             .collect();
         entries.sort_by(|a, b| {
-            b.error
-                .cmp(&a.error)
-                .then(b.duration_ns.cmp(&a.duration_ns))
-                .then(b.end_ns.cmp(&a.end_ns))
+            b.0.cmp(&a.0)
+                .then(b.1.duration_ns.cmp(&a.1.duration_ns))
+                .then(b.1.end_ns.cmp(&a.1.end_ns))
         });
         entries.truncate(limit);
         let traces: Vec<Json> = entries
             .iter()
-            .map(|e| trace_json(&e.trace, &e.operation, unix_offset_ns))
+            .map(|(_, e, name)| trace_json(&e.trace, name, unix_offset_ns))
             .collect();
         json!({ "window_seconds": WINDOW_NS / 1_000_000_000, "traces": traces })
     }

@@ -107,7 +107,7 @@ impl Tracer {
                 queue.offer(trace, metrics);
             }
         });
-        self.recent.expire(now_ns);
+        changed |= self.recent.expire(now_ns);
         self.recent_changed |= changed;
         let losses = self.assembler.take_losses();
         let t = &metrics.traces;
