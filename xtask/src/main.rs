@@ -68,7 +68,7 @@ enum Cmd {
         /// section. Needs no root.
         #[arg(long)]
         instructions_only: bool,
-        /// With --paired-only: only these cases (nginx, nginx-tls, tls-bystander, traces, postgres,
+        /// With --paired-only: only these cases (nginx, nginx-tls, tls-bystander, traces, traces-all, postgres,
         /// mariadb, redis1, redis16),
         /// printed and not written to docs/benchmarks.md.
         #[arg(long, value_delimiter = ',')]

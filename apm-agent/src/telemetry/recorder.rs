@@ -196,6 +196,12 @@ impl Sink for Recorder<'_> {
         route
     }
 
+    fn call_started(&mut self, port: u16, seq: u32, start_ns: u64) {
+        if self.tracer.enabled() {
+            self.tracer.call_started(port, seq, start_ns);
+        }
+    }
+
     fn request(&mut self, origin: Origin, port: u16) {
         if origin.is_client() {
             return;
@@ -220,8 +226,7 @@ impl Sink for Recorder<'_> {
             return;
         }
         if self.tracer.enabled() {
-            let span = make::http(&done, name.clone(), port);
-            self.tracer.server(span, self.metrics);
+            self.tracer.request(&done, name.clone(), port, self.metrics);
         }
         let seconds = done.duration_ns as f64 / 1e9;
         let (metrics, now_ns) = (self.metrics, self.now_ns);

@@ -101,7 +101,7 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, nginx-tls, tls-bystander, traces, postgres, mariadb, redis1, redis16) or `extra` agent
+/// (nginx, nginx-tls, tls-bystander, traces, traces-all, postgres, mariadb, redis1, redis16) or `extra` agent
 /// arguments, only printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
@@ -131,10 +131,25 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
         lines.push(b.line());
         println!("{}", lines[lines.len() - 1]);
     }
-    if wanted("traces") {
-        let t = traces_paired::traces_paired(agent, &work, &extra)?;
-        lines.push(t.line());
-        println!("{}", lines[lines.len() - 1]);
+    // The defaults (every request a span, 5 % exported), and every trace
+    // exported.
+    for (case, sampling) in [
+        ("traces", &[][..]),
+        (
+            "traces-all",
+            &[
+                "--trace-sample-ratio",
+                "1",
+                "--trace-max-spans-per-second",
+                "100000000",
+            ][..],
+        ),
+    ] {
+        if wanted(case) {
+            let t = traces_paired::traces_paired(agent, &work, sampling, &extra)?;
+            lines.push(t.line());
+            println!("{}", lines[lines.len() - 1]);
+        }
     }
     if wanted("postgres") {
         let pg = pg_paired::pg_paired(agent, &work, &extra)?;

@@ -45,6 +45,30 @@ pub struct TracesPaired {
     exported: f64,
     /// OTLP bytes received per traced request.
     bytes: f64,
+    /// Spans dropped per traced request, by reason (those seen).
+    dropped: Vec<(&'static str, f64)>,
+    /// The traced agent's arguments.
+    args: String,
+}
+
+/// The reasons of apm_trace_spans_dropped_total.
+const DROPS: [&str; 5] = [
+    "pending_full",
+    "sampled_out",
+    "rate_limited",
+    "queue_full",
+    "export_failed",
+];
+
+fn dropped(admin: u16) -> Result<[f64; 5]> {
+    let mut v = [0.0; 5];
+    for (i, reason) in DROPS.iter().enumerate() {
+        v[i] = metric_sum(
+            admin,
+            &format!("apm_trace_spans_dropped_total{{reason=\"{reason}\"}}"),
+        )?;
+    }
+    Ok(v)
 }
 
 impl TracesPaired {
@@ -61,13 +85,25 @@ impl TracesPaired {
             median(&mut self.traced_ns.clone()),
             median(&mut self.untraced_ns.clone()),
         );
+        let dropped: Vec<String> = self
+            .dropped
+            .iter()
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(r, n)| format!("{n:.2} {r}"))
+            .collect();
         format!(
-            "nginx, every request a span exported over OTLP / captured without traces: {r:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, uncaptured/untraced {a:.3} ({alo:.3}-{ahi:.3}); agent CPU per request {t:.0} ns with traces and export, {u:.0} ns without ({:+.0} ns, median of {} blocks); {:.2} spans and {:.0} OTLP bytes exported per request",
+            "nginx, traced ({}) / captured with --no-traces: {r:.3} (95 % CI {lo:.3}-{hi:.3}) over {} seconds, uncaptured/untraced {a:.3} ({alo:.3}-{ahi:.3}); agent CPU per request {t:.0} ns traced, {u:.0} ns not ({:+.0} ns, median of {} blocks); per request {:.2} spans and {:.0} OTLP bytes exported, spans dropped: {}",
+            self.args,
             self.ratios.len(),
             t - u,
             self.traced_ns.len(),
             self.exported,
-            self.bytes
+            self.bytes,
+            if dropped.is_empty() {
+                "none".to_owned()
+            } else {
+                dropped.join(", ")
+            }
         )
     }
 }
@@ -128,7 +164,14 @@ fn pin_this_thread(cpu: usize) {
     }
 }
 
-pub fn traces_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<TracesPaired> {
+/// `sampling`: the traced agent's sampling arguments (an OTLP endpoint is
+/// added).
+pub fn traces_paired(
+    agent: &Path,
+    work: &Path,
+    sampling: &[&str],
+    extra: &[&str],
+) -> Result<TracesPaired> {
     let ports = six_ports()?;
     let (served, status) = (
         [ports[0], ports[1], ports[2]],
@@ -144,20 +187,22 @@ pub fn traces_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Traces
     }
     let (rport, received) = receiver()?;
     let endpoint = format!("http://127.0.0.1:{rport}");
-    let mut traced_args = vec![
-        "--otlp-endpoint",
-        &endpoint,
-        "--trace-sample-ratio",
-        "1",
-        "--trace-max-spans-per-second",
-        "100000000",
-    ];
+    let mut traced_args = vec!["--otlp-endpoint", &endpoint];
+    traced_args.extend_from_slice(sampling);
     traced_args.extend_from_slice(extra);
     let mut untraced_args = vec!["--no-traces"];
     untraced_args.extend_from_slice(extra);
     let mut reads = [0.0; 3];
     let mut counter = |i: usize| nginx_requests(status[i], &mut reads[i]);
-    let mut out = TracesPaired::default();
+    let mut out = TracesPaired {
+        args: if sampling.is_empty() {
+            "default sampling".to_owned()
+        } else {
+            sampling.join(" ")
+        },
+        ..TracesPaired::default()
+    };
+    let mut drops = [0.0; 5];
     let (mut exported, mut traced_requests, mut bytes) = (0.0, 0.0, 0.0);
     for block in 0..BLOCKS {
         let (t, u, c) = (block % 3, (block + 1) % 3, (block + 2) % 3);
@@ -165,6 +210,7 @@ pub fn traces_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Traces
         let untraced = RunningAgent::start(agent, served[u], &untraced_args, true)?;
         let exported0 = metric_sum(traced.admin, "apm_trace_spans_exported_total")?;
         let rest = counter(t)?;
+        let drops0 = dropped(traced.admin)?;
         let bytes0 = received.load(Ordering::Relaxed);
         let clients = served.iter().map(|port| {
             pinned(1, "wrk")
@@ -216,11 +262,22 @@ pub fn traces_paired(agent: &Path, work: &Path, extra: &[&str]) -> Result<Traces
         std::thread::sleep(Duration::from_secs(3));
         exported += metric_sum(traced.admin, "apm_trace_spans_exported_total")? - exported0;
         bytes += (received.load(Ordering::Relaxed) - bytes0) as f64;
+        for (d, (now, then)) in drops
+            .iter_mut()
+            .zip(dropped(traced.admin)?.iter().zip(drops0))
+        {
+            *d += now - then;
+        }
         traced_requests += counter(t)? - rest;
         drop((traced, untraced));
     }
     out.exported = exported / traced_requests.max(1.0);
     out.bytes = bytes / traced_requests.max(1.0);
+    out.dropped = DROPS
+        .iter()
+        .zip(drops)
+        .map(|(&r, n)| (r, n / traced_requests.max(1.0)))
+        .collect();
     drop(servers);
     Ok(out)
 }

@@ -239,6 +239,10 @@ pub struct Completed {
 pub trait Sink {
     fn route(&mut self, origin: Origin, path: &str) -> Route;
     fn request(&mut self, origin: Origin, port: u16);
+    /// A client's call to server port `port` began with the byte of TCP
+    /// sequence number `seq` at `start_ns`: the server's end of it may be
+    /// on this host.
+    fn call_started(&mut self, _port: u16, _seq: u32, _start_ns: u64) {}
     fn completed(&mut self, done: Completed);
     /// A request seen by [`Sink::request`] that will not be paired.
     fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired);

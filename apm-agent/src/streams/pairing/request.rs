@@ -213,6 +213,11 @@ fn request(
     }
     let route = sink.route(conn.origin, req.path);
     sink.request(conn.origin, conn.port);
+    if let Some(seq) = seq
+        && conn.origin.is_client()
+    {
+        sink.call_started(conn.port, seq, start_ns);
+    }
     if conn.pending.len() >= MAX_PIPELINE {
         sink.unpaired(conn.origin, conn.port, Unpaired::QueueFull);
     } else {

@@ -20,15 +20,14 @@
 //! after it ends (children end before their parents, and the pipeline
 //! sees both ends of an exchange within a ring drain of each other).
 
-use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
 
 use rustc_hash::FxHashMap;
 
-use super::{Join, Kind, Placed, Span, Trace};
+use super::{
+    Join, Kind, Placed, Span, Trace,
+    arena::{Arena, Ref},
+};
 
 /// Why a call was not placed under a request (`reason` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,15 +77,11 @@ impl Default for Limits {
 
 /// Server requests remembered per service for overlap checks, at most.
 const MAX_RECENT_REQUESTS: usize = 4096;
+/// Calls under way remembered at most (beyond, their server spans are
+/// not held for them).
+const MAX_OPEN_CALLS: usize = 65_536;
 /// Clock slack between the two ends of one exchange.
 const SLACK_NS: u64 = 1_000_000;
-
-struct Node {
-    span: Span,
-    parent: Option<u64>,
-    join: Join,
-    children: Vec<u64>,
-}
 
 /// A service's recent server requests: (start, end).
 #[derive(Default)]
@@ -105,18 +100,60 @@ pub struct Losses {
     pub unplaced: FxHashMap<(Arc<str>, Unplaced), u64>,
 }
 
+/// Spans of one end of an exchange waiting for the other, by (server
+/// port, sequence number), forgotten in the order they came.
+#[derive(Default)]
+struct Wire {
+    by_key: FxHashMap<(u16, u32), Ref>,
+    /// (end, key, span) in the order put.
+    order: VecDeque<(u64, (u16, u32), Ref)>,
+}
+
+impl Wire {
+    fn take(&mut self, key: (u16, u32)) -> Option<Ref> {
+        self.by_key.remove(&key)
+    }
+
+    fn put(&mut self, key: (u16, u32), r: Ref, end_ns: u64) {
+        self.by_key.insert(key, r);
+        self.order.push_back((end_ns, key, r));
+    }
+
+    /// Forgets what ended before `horizon`.
+    fn expire(&mut self, horizon: u64) {
+        while let Some(&(end, key, r)) = self.order.front() {
+            if end >= horizon {
+                break;
+            }
+            self.order.pop_front();
+            // A newer span may hold the key now: only this one goes.
+            if self.by_key.get(&key) == Some(&r) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
 pub struct Assembler {
     limits: Limits,
-    nodes: FxHashMap<u64, Node>,
-    /// Server spans whose client call was not seen yet, by (port, seq).
-    servers_by_wire: FxHashMap<(u16, u32), (u64, u64)>,
+    nodes: Arena,
+    /// Server spans whose client call was not seen yet.
+    servers: Wire,
     /// Client calls whose server span was not seen yet.
-    calls_by_wire: FxHashMap<(u16, u32), (u64, u64)>,
+    calls: Wire,
     /// Calls waiting for the request they were made in, per service.
-    nesting: FxHashMap<Arc<str>, Vec<u64>>,
+    nesting: FxHashMap<Arc<str>, Vec<Ref>>,
+    /// Per service: its recent requests.
     requests: FxHashMap<Arc<str>, Requests>,
-    /// (when, span): a root to hand on, or a call that stops waiting.
-    due: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Clients' HTTP calls under way, by (server port, sequence number):
+    /// the server spans a local client may yet claim.
+    open_calls: FxHashMap<(u16, u32), u64>,
+    /// Roots to hand on (and unplaced calls), due a grace period after they
+    /// end: in about the order they come.
+    roots: VecDeque<(u64, Ref)>,
+    /// Calls that stop waiting for their request, due `max_wait` after
+    /// they end.
+    waits: VecDeque<(u64, Ref)>,
     losses: Losses,
 }
 
@@ -124,12 +161,14 @@ impl Assembler {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
-            nodes: FxHashMap::default(),
-            servers_by_wire: FxHashMap::default(),
-            calls_by_wire: FxHashMap::default(),
+            nodes: Arena::default(),
+            servers: Wire::default(),
+            calls: Wire::default(),
             nesting: FxHashMap::default(),
             requests: FxHashMap::default(),
-            due: BinaryHeap::new(),
+            open_calls: FxHashMap::default(),
+            roots: VecDeque::new(),
+            waits: VecDeque::new(),
             losses: Losses::default(),
         }
     }
@@ -143,82 +182,113 @@ impl Assembler {
         std::mem::take(&mut self.losses)
     }
 
-    /// Holds `span`; false (counted) when full.
-    fn hold(&mut self, span: Span) -> bool {
+    /// Holds `span`; `None` (counted) when full.
+    fn hold(&mut self, span: Span) -> Option<Ref> {
         if self.nodes.len() >= self.limits.max_pending {
             self.losses.full += 1;
-            return false;
+            return None;
         }
-        let id = span.id;
-        self.nodes.insert(
-            id,
-            Node {
-                span,
-                parent: None,
-                join: Join::Root,
-                children: Vec::new(),
-            },
-        );
-        true
+        Some(self.nodes.insert(span))
     }
 
-    fn adopt(&mut self, parent: u64, child: u64, join: Join) {
-        if let Some(c) = self.nodes.get_mut(&child) {
+    fn adopt(&mut self, parent: Ref, child: Ref, join: Join) {
+        if let Some(c) = self.nodes.get_mut(child) {
             c.parent = Some(parent);
             c.join = join;
         }
-        if let Some(p) = self.nodes.get_mut(&parent) {
+        if let Some(p) = self.nodes.get_mut(parent) {
             p.children.push(child);
         }
     }
 
-    /// A server request ended.
-    pub fn server(&mut self, span: Span) {
-        let (id, service) = (span.id, span.service.clone());
-        let request = (span.start_ns, span.end_ns, span.thread);
-        let (start, end, _) = request;
-        let (remote, wire) = (span.remote.is_some(), span.wire);
-        if !self.hold(span) {
-            return;
+    /// A client's HTTP call to port `key.0` began at `start_ns` with the
+    /// byte of sequence number `key.1`.
+    pub fn call_started(&mut self, key: (u16, u32), start_ns: u64) {
+        if self.open_calls.len() < MAX_OPEN_CALLS {
+            self.open_calls.insert(key, start_ns);
         }
+    }
+
+    /// Whether a server request of `service` (its first byte's `wire`
+    /// key; with a `traceparent`: `remote`) may be joined on this host: a
+    /// local client's call carried it, or calls of its service wait for a
+    /// request. Else its trace is whole as it ends ([`Assembler::alone`]).
+    pub fn joinable(&self, service: &str, wire: Option<(u16, u32)>, remote: bool) -> bool {
+        let called = !remote && wire.is_some_and(|k| self.open_calls.contains_key(&k));
+        called || self.nesting.contains_key(service)
+    }
+
+    /// A request nothing can join ended: remembered for overlap checks,
+    /// and its trace of one span is whole (with `trace_id` unless the
+    /// caller named one).
+    pub fn alone(&mut self, span: Span, trace_id: [u8; 16]) -> Trace {
+        self.remember(&span.service, (span.start_ns, span.end_ns));
+        let join = if span.remote.is_some() {
+            Join::Traceparent
+        } else {
+            Join::Root
+        };
+        let parent = span.remote.map(|r| u64::from_be_bytes(r.parent_id));
+        Trace {
+            trace_id: span.remote.map_or(trace_id, |r| r.trace_id),
+            spans: vec![Placed { span, parent, join }],
+        }
+    }
+
+    /// A server request that may be joined ended ([`Assembler::joinable`]).
+    pub fn server(&mut self, span: Span) {
+        let request = (span.start_ns, span.end_ns, span.thread);
+        let (remote, wire) = (span.remote.is_some(), span.wire);
+        let service = span.service.clone();
+        let Some(me) = self.hold(span) else {
+            return;
+        };
+        let end = request.1;
         if remote {
-            if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(n) = self.nodes.get_mut(me) {
                 n.join = Join::Traceparent;
             }
-        } else if let Some(wire) = wire {
-            match self.calls_by_wire.remove(&wire) {
-                Some((call, _)) if self.nodes.contains_key(&call) => {
-                    self.adopt(call, id, Join::Connection)
+        } else if let Some(key) = wire {
+            match self.calls.take(key) {
+                Some(call) if self.nodes.get(call).is_some() => {
+                    self.adopt(call, me, Join::Connection)
                 }
-                _ => {
-                    self.servers_by_wire.insert(wire, (id, end));
-                }
+                _ => self.servers.put(key, me, end),
             }
         }
-        self.claim_calls(&service, id, request);
-        let requests = self.requests.entry(service).or_default();
-        if requests.spans.len() >= MAX_RECENT_REQUESTS
-            && let Some((_, e)) = requests.spans.pop_front()
-        {
-            requests.forgotten_end = requests.forgotten_end.max(e);
+        if self.nesting.contains_key(&service) {
+            self.claim_calls(&service, me, request);
         }
-        requests.spans.push_back((start, end));
-        self.due
-            .push(Reverse((end.saturating_add(self.limits.grace_ns), id)));
+        // After its own claims: it overlaps every call it holds.
+        self.remember(&service, (request.0, request.1));
+        self.roots
+            .push_back((end.saturating_add(self.limits.grace_ns), me));
+    }
+
+    /// Remembers a request of `service` for overlap checks.
+    pub fn remember(&mut self, service: &Arc<str>, request: (u64, u64)) {
+        match self.requests.get_mut(service) {
+            Some(r) => r.add(request),
+            None => self
+                .requests
+                .entry(service.clone())
+                .or_default()
+                .add(request),
+        }
     }
 
     /// The calls of `service` waiting for a request that end inside
-    /// request `id` ([start, end], its response sent by `thread`) are its
+    /// request `me` ([start, end], its response sent by `thread`) are its
     /// children, unless another request overlapped them or another thread
     /// sent them.
-    fn claim_calls(&mut self, service: &Arc<str>, id: u64, (start, end, thread): (u64, u64, u32)) {
+    fn claim_calls(&mut self, service: &Arc<str>, me: Ref, (start, end, thread): (u64, u64, u32)) {
         let Some(waiting) = self.nesting.get_mut(service) else {
             return;
         };
         let mut placed = Vec::new();
         let mut refused = Vec::new();
         waiting.retain(|&call| {
-            let Some(c) = self.nodes.get(&call) else {
+            let Some(c) = self.nodes.get(call) else {
                 return false;
             };
             if c.span.end_ns > end.saturating_add(SLACK_NS) {
@@ -244,7 +314,7 @@ impl Assembler {
             self.nesting.remove(service);
         }
         for call in placed {
-            self.adopt(id, call, Join::Nesting);
+            self.adopt(me, call, Join::Nesting);
         }
         for (call, why) in refused {
             self.unplace(service, call, why);
@@ -252,49 +322,49 @@ impl Assembler {
     }
 
     /// A monitored client's call ended, when `in_flight` server requests
-    /// of its service were in flight.
-    pub fn call(&mut self, span: Span, in_flight: u64) {
-        let (id, service, end, wire) = (span.id, span.service.clone(), span.end_ns, span.wire);
+    /// of its service were in flight; the span held, if it was.
+    pub fn call(&mut self, span: Span, in_flight: u64) -> Option<Ref> {
         debug_assert_eq!(span.kind, Kind::Client);
-        if !self.hold(span) {
-            return;
+        let (service, end, wire) = (span.service.clone(), span.end_ns, span.wire);
+        if let Some(key) = wire {
+            self.open_calls.remove(&key);
         }
-        if let Some(wire) = wire {
-            match self.servers_by_wire.remove(&wire) {
-                Some((server, _)) if self.nodes.contains_key(&server) => {
-                    self.adopt(id, server, Join::Connection)
+        let me = self.hold(span)?;
+        if let Some(key) = wire {
+            match self.servers.take(key) {
+                Some(server) if self.nodes.get(server).is_some() => {
+                    self.adopt(me, server, Join::Connection)
                 }
-                _ => {
-                    self.calls_by_wire.insert(wire, (id, end));
-                }
+                _ => self.calls.put(key, me, end),
             }
         }
         match in_flight {
-            0 => self.unplace(&service, id, Unplaced::NoRequest),
+            0 => self.unplace(&service, me, Unplaced::NoRequest),
             1 => {
-                self.nesting.entry(service).or_default().push(id);
-                self.due
-                    .push(Reverse((end.saturating_add(self.limits.max_wait_ns), id)));
+                self.nesting.entry(service).or_default().push(me);
+                self.waits
+                    .push_back((end.saturating_add(self.limits.max_wait_ns), me));
             }
-            _ => self.unplace(&service, id, Unplaced::Ambiguous),
+            _ => self.unplace(&service, me, Unplaced::Ambiguous),
         }
+        Some(me)
     }
 
-    /// Call `id` starts a trace of its own.
-    fn unplace(&mut self, service: &Arc<str>, id: u64, why: Unplaced) {
+    /// Call `me` starts a trace of its own.
+    fn unplace(&mut self, service: &Arc<str>, me: Ref, why: Unplaced) {
         *self
             .losses
             .unplaced
             .entry((service.clone(), why))
             .or_default() += 1;
-        let end = self.nodes.get(&id).map_or(0, |n| n.span.end_ns);
-        self.due
-            .push(Reverse((end.saturating_add(self.limits.grace_ns), id)));
+        let end = self.nodes.get(me).map_or(0, |n| n.span.end_ns);
+        self.roots
+            .push_back((end.saturating_add(self.limits.grace_ns), me));
     }
 
-    /// Marks span `id` (still held) as failed.
-    pub fn mark_error(&mut self, id: u64) {
-        if let Some(n) = self.nodes.get_mut(&id) {
+    /// Marks span `r` (if still held) as failed.
+    pub fn mark_error(&mut self, r: Ref) {
+        if let Some(n) = self.nodes.get_mut(r) {
             n.span.error = true;
         }
     }
@@ -302,12 +372,13 @@ impl Assembler {
     /// Hands on every trace whose root ended `grace` before `now_ns`, and
     /// forgets what can no longer be joined.
     pub fn finish(&mut self, now_ns: u64, mut out: impl FnMut(Trace)) {
-        while let Some(&Reverse((at, id))) = self.due.peek() {
+        // Calls that waited for their request in vain start their own.
+        while let Some(&(at, call)) = self.waits.front() {
             if at > now_ns {
                 break;
             }
-            self.due.pop();
-            let Some(node) = self.nodes.get(&id) else {
+            self.waits.pop_front();
+            let Some(node) = self.nodes.get(call) else {
                 continue;
             };
             if node.parent.is_some() {
@@ -315,22 +386,30 @@ impl Assembler {
             }
             let service = node.span.service.clone();
             if let Some(waiting) = self.nesting.get_mut(&service)
-                && let Some(i) = waiting.iter().position(|&c| c == id)
+                && let Some(i) = waiting.iter().position(|&c| c == call)
             {
                 waiting.swap_remove(i);
                 if waiting.is_empty() {
                     self.nesting.remove(&service);
                 }
-                self.unplace(&service, id, Unplaced::Timeout);
-                continue;
+                self.unplace(&service, call, Unplaced::Timeout);
             }
-            out(self.take_trace(id));
+        }
+        while let Some(&(at, root)) = self.roots.front() {
+            if at > now_ns {
+                break;
+            }
+            self.roots.pop_front();
+            // Gone with its trace, or a child now.
+            if self.nodes.get(root).is_some_and(|n| n.parent.is_none()) {
+                out(self.take_trace(root));
+            }
         }
         let horizon = now_ns.saturating_sub(self.limits.grace_ns.saturating_mul(2));
-        self.servers_by_wire
-            .retain(|_, &mut (_, end)| end >= horizon);
-        self.calls_by_wire.retain(|_, &mut (_, end)| end >= horizon);
+        self.servers.expire(horizon);
+        self.calls.expire(horizon);
         let oldest = now_ns.saturating_sub(self.limits.max_wait_ns);
+        self.open_calls.retain(|_, &mut start| start >= oldest);
         self.requests.retain(|_, r| {
             while r.spans.front().is_some_and(|&(_, e)| e < oldest) {
                 r.spans.pop_front();
@@ -339,35 +418,55 @@ impl Assembler {
         });
     }
 
-    /// Removes root `id` and its descendants, root first.
-    fn take_trace(&mut self, id: u64) -> Trace {
+    /// Removes root `root` and its descendants, root first.
+    fn take_trace(&mut self, root: Ref) -> Trace {
         let mut spans = Vec::new();
-        let mut stack = vec![id];
+        let mut stack = vec![root];
         while let Some(next) = stack.pop() {
-            let Some(node) = self.nodes.remove(&next) else {
+            let Some(node) = self.nodes.remove(next) else {
                 continue;
             };
             stack.extend(node.children.iter().rev());
             spans.push(Placed {
                 span: node.span,
-                parent: node.parent,
+                parent: node.parent.map(|p| p.id),
                 join: node.join,
             });
         }
-        let trace_id = match spans.first().and_then(|p| p.span.remote) {
-            Some(remote) => remote.trace_id,
-            None => {
-                let mut t = [0u8; 16];
-                t[..8].copy_from_slice(&super::random_id().to_be_bytes());
-                t[8..].copy_from_slice(&super::random_id().to_be_bytes());
-                t
-            }
-        };
-        if let Some(root) = spans.first_mut()
-            && let Some(remote) = root.span.remote
-        {
-            root.parent = Some(u64::from_be_bytes(remote.parent_id));
-        }
-        Trace { trace_id, spans }
+        whole(spans)
     }
+}
+
+impl Requests {
+    fn add(&mut self, request: (u64, u64)) {
+        if self.spans.len() >= MAX_RECENT_REQUESTS
+            && let Some((_, e)) = self.spans.pop_front()
+        {
+            self.forgotten_end = self.forgotten_end.max(e);
+        }
+        self.spans.push_back(request);
+    }
+}
+
+/// A trace of `spans`, root first: the caller's trace id and parent when
+/// the root's request named them, else a new trace id.
+fn whole(mut spans: Vec<Placed>) -> Trace {
+    let trace_id = match spans.first().and_then(|p| p.span.remote) {
+        Some(remote) => remote.trace_id,
+        None => new_trace_id(),
+    };
+    if let Some(root) = spans.first_mut()
+        && let Some(remote) = root.span.remote
+    {
+        root.parent = Some(u64::from_be_bytes(remote.parent_id));
+    }
+    Trace { trace_id, spans }
+}
+
+/// A random trace id.
+pub fn new_trace_id() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&super::random_id().to_be_bytes());
+    t[8..].copy_from_slice(&super::random_id().to_be_bytes());
+    t
 }

@@ -6,6 +6,7 @@
 //! (method, route template, status, operation name, timings, the
 //! `traceparent` ids), never from captured bytes.
 
+mod arena;
 pub mod assemble;
 pub mod export;
 pub mod make;

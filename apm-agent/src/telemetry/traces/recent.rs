@@ -28,7 +28,7 @@ struct Entry {
 }
 
 /// A root operation, cheaply: (method or operation, route).
-type Operation = (Value, Value);
+pub type Operation = (Value, Value);
 
 #[derive(Clone, Default)]
 struct Service {
@@ -59,6 +59,21 @@ fn operation(root: &super::Span) -> Operation {
 }
 
 impl RecentTraces {
+    /// Whether a trace without error of `service`'s `op` lasting
+    /// `duration_ns` and ending at `now_ns` would be listed.
+    pub fn would_list(&self, service: &str, op: &Operation, duration_ns: u64, now_ns: u64) -> bool {
+        let since = now_ns.saturating_sub(WINDOW_NS);
+        let Some(list) = self.by_service.get(service).and_then(|s| s.slowest.get(op)) else {
+            return true;
+        };
+        let live = list.iter().filter(|e| e.end_ns >= since);
+        live.clone().count() < SLOWEST_PER_OPERATION
+            || live
+                .map(|e| e.duration_ns)
+                .min()
+                .is_some_and(|m| m < duration_ns)
+    }
+
     /// Considers `trace` (its root ended by `now_ns`): O(1) unless it is
     /// listed; true when it is.
     pub fn add(&mut self, trace: &Arc<Trace>, now_ns: u64) -> bool {

@@ -45,11 +45,38 @@ impl Decision {
         }
     }
 
+    /// Its place in [`Decision::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     pub const fn kept(self) -> bool {
         matches!(
             self,
             Self::Error | Self::Slow | Self::Sampled | Self::ParentSampled
         )
+    }
+}
+
+/// What the decision reads of a trace.
+pub struct Summary {
+    pub error: bool,
+    pub slowest_ns: u64,
+    /// The caller's traceparent said sampled.
+    pub parent_sampled: bool,
+    pub trace_id: [u8; 16],
+    pub spans: usize,
+}
+
+impl Summary {
+    pub fn of(trace: &Trace) -> Self {
+        Self {
+            error: trace.error(),
+            slowest_ns: trace.slowest_ns(),
+            parent_sampled: trace.root().remote.is_some_and(|r| r.sampled),
+            trace_id: trace.trace_id,
+            spans: trace.spans.len(),
+        }
     }
 }
 
@@ -70,13 +97,18 @@ impl Sampler {
     }
 
     pub fn decide(&mut self, trace: &Trace, now_ns: u64) -> Decision {
-        if trace.error() {
+        self.decide_on(&Summary::of(trace), now_ns)
+    }
+
+    /// The decision on a trace known by its summary.
+    pub fn decide_on(&mut self, trace: &Summary, now_ns: u64) -> Decision {
+        if trace.error {
             return Decision::Error;
         }
-        if trace.slowest_ns() >= self.config.slow_ns {
+        if trace.slowest_ns >= self.config.slow_ns {
             return Decision::Slow;
         }
-        let parent = trace.root().remote.is_some_and(|r| r.sampled);
+        let parent = trace.parent_sampled;
         if !parent && !by_ratio(&trace.trace_id, self.config.ratio) {
             return Decision::SampledOut;
         }
@@ -84,7 +116,7 @@ impl Sampler {
         let elapsed = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
         self.last_ns = now_ns;
         self.tokens = (self.tokens + elapsed * max).min(max);
-        let cost = trace.spans.len() as f64;
+        let cost = trace.spans as f64;
         if self.tokens < cost {
             return Decision::RateLimited;
         }

@@ -53,6 +53,22 @@ fn finish(a: &mut Assembler, at_ms: u64) -> Vec<Trace> {
     out
 }
 
+/// A server span as the tracer hands it on: held when something on this
+/// host may join it, else its whole trace at once.
+fn server(a: &mut Assembler, s: Span) -> Option<Trace> {
+    if a.joinable(&s.service, s.wire, s.remote.is_some()) {
+        a.server(s);
+        None
+    } else {
+        Some(a.alone(s, super::assemble::new_trace_id()))
+    }
+}
+
+/// A server span that must be held (something may join it).
+fn held(a: &mut Assembler, s: Span) {
+    assert!(server(a, s).is_none(), "handed back at once");
+}
+
 /// (span, parent, join) of a trace, in its order.
 fn shape(t: &Trace) -> Vec<(u64, Option<u64>, Join)> {
     t.spans
@@ -64,13 +80,18 @@ fn shape(t: &Trace) -> Vec<(u64, Option<u64>, Join)> {
 #[test]
 fn a_request_its_calls_and_the_next_services_request_form_one_trace() {
     let mut a = Assembler::new(limits());
-    // back's request ends first, then front's call to it (the same
-    // bytes: port 8001, sequence 1000), a Redis call, then front's request.
-    a.server(wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000));
+    // front's call to back starts (port 8001, sequence 1000); back's
+    // request ends first, then front's call (the same bytes), a Redis call,
+    // then front's request.
+    a.call_started((8001, 1000), 11 * MS);
+    held(
+        &mut a,
+        wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000),
+    );
     a.call(wired(span(2, Kind::Client, "front", 11, 61), 8001, 1000), 1);
     a.call(span(4, Kind::Client, "front", 62, 63), 1);
     assert!(finish(&mut a, 70).is_empty(), "nothing has ended its trace");
-    a.server(span(1, Kind::Server, "front", 10, 64));
+    held(&mut a, span(1, Kind::Server, "front", 10, 64));
     // The root waits its grace period.
     assert!(finish(&mut a, 500).is_empty());
     let traces = finish(&mut a, 565);
@@ -98,8 +119,8 @@ fn a_traceparent_names_the_trace_and_the_roots_parent() {
         sampled: true,
     };
     s.remote = Some(remote);
-    a.server(s);
-    let t = finish(&mut a, 600).pop().expect("trace");
+    // Nothing can join it: whole at once.
+    let t = server(&mut a, s).expect("trace");
     assert_eq!(t.trace_id, [7; 16]);
     assert_eq!(shape(&t), [(1, Some(9), Join::Traceparent)]);
 }
@@ -112,12 +133,13 @@ fn calls_that_cannot_be_placed_start_their_own_traces_and_are_counted() {
     // None in flight: a background call.
     a.call(span(2, Kind::Client, "front", 20, 22), 0);
     // One in flight, but another one ended during the call.
-    a.server(span(3, Kind::Server, "front", 25, 31));
+    let alone = server(&mut a, span(3, Kind::Server, "front", 25, 31));
     a.call(span(4, Kind::Client, "front", 30, 33), 1);
-    a.server(span(5, Kind::Server, "front", 29, 40));
+    held(&mut a, span(5, Kind::Server, "front", 29, 40));
     // One in flight that never ends.
     a.call(span(6, Kind::Client, "front", 50, 51), 1);
-    let traces = finish(&mut a, 20_000);
+    let mut traces = finish(&mut a, 20_000);
+    traces.extend(alone);
     let mut roots: Vec<u64> = traces.iter().map(|t| t.root().id).collect();
     roots.sort_unstable();
     assert_eq!(roots, [1, 2, 3, 4, 5, 6]);
@@ -139,7 +161,7 @@ fn a_call_from_another_thread_than_the_requests_is_not_its_child() {
     // An exporter thread's call and the request thread's own.
     a.call(threaded(span(2, Kind::Client, "front", 11, 12), 77), 1);
     a.call(threaded(span(3, Kind::Client, "front", 13, 14), 70), 1);
-    a.server(threaded(span(1, Kind::Server, "front", 10, 20), 70));
+    held(&mut a, threaded(span(1, Kind::Server, "front", 10, 20), 70));
     let mut traces = finish(&mut a, 1000);
     traces.sort_by_key(|t| t.root().id);
     assert_eq!(
@@ -162,8 +184,16 @@ fn a_full_assembler_drops_and_counts() {
         max_pending: 2,
         ..limits()
     });
+    // Held: a local client's calls may claim them.
     for id in 1..=3 {
-        a.server(span(id, Kind::Server, "s", 10, 20));
+        a.call_started((80, id as u32), 9 * MS);
+        assert!(
+            server(
+                &mut a,
+                wired(span(id, Kind::Server, "s", 10, 20), 80, id as u32)
+            )
+            .is_none()
+        );
     }
     assert_eq!(a.take_losses().full, 1);
     assert_eq!(finish(&mut a, 1000).len(), 2);
@@ -246,7 +276,11 @@ fn recent_traces_keep_the_slowest_per_operation_and_the_failed_ones() {
 #[test]
 fn otlp_export_carries_ids_parents_kinds_and_attributes() {
     let mut a = Assembler::new(limits());
-    a.server(wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000));
+    a.call_started((8001, 1000), 11 * MS);
+    held(
+        &mut a,
+        wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000),
+    );
     let mut call = wired(span(2, Kind::Client, "front", 11, 61), 8001, 1000);
     call.pid = Some(42);
     call.error = true;
@@ -283,4 +317,27 @@ fn otlp_export_carries_ids_parents_kinds_and_attributes() {
     assert_eq!(child.parent_span_id, 2u64.to_be_bytes());
     assert_eq!(child.name, "GET /r3");
     assert!(child.attributes.iter().any(|kv| kv.key == "apm.trace.join"));
+}
+
+#[test]
+fn a_request_no_local_client_made_is_whole_at_once() {
+    let mut a = Assembler::new(limits());
+    let t = server(&mut a, wired(span(1, Kind::Server, "nginx", 10, 11), 80, 5)).expect("whole");
+    assert_eq!(shape(&t), [(1, None, Join::Root)]);
+    assert_eq!(a.pending(), 0);
+    // A local client's call to it: held for the call.
+    a.call_started((80, 99), 20 * MS);
+    assert!(
+        server(
+            &mut a,
+            wired(span(2, Kind::Server, "nginx", 21, 22), 80, 99)
+        )
+        .is_none()
+    );
+    a.call(wired(span(3, Kind::Client, "shop", 20, 23), 80, 99), 0);
+    let t = finish(&mut a, 1000).pop().expect("trace");
+    assert_eq!(
+        shape(&t),
+        [(3, None, Join::Root), (2, Some(3), Join::Connection)]
+    );
 }

@@ -3,13 +3,18 @@
 
 use std::sync::Arc;
 
+use prometheus::IntCounter;
+
 use super::{
-    Span,
-    assemble::{Assembler, Limits},
+    Span, Value,
+    arena::Ref,
+    assemble::{Assembler, Limits, new_trace_id},
     export::Queue,
+    make,
     recent::RecentTraces,
-    sample::{SampleConfig, Sampler},
+    sample::{Decision, SampleConfig, Sampler, Summary},
 };
+use crate::streams::pairing::Completed;
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug)]
@@ -34,21 +39,48 @@ impl Default for TraceConfig {
     }
 }
 
+/// The decision counters' handles, resolved once (a label lookup per
+/// trace hashed and locked).
+struct Counters {
+    /// `apm_traces_total` per decision, in [`Decision::ALL`]'s order.
+    decided: Vec<IntCounter>,
+    /// `apm_trace_spans_dropped_total` per decision that drops.
+    dropped: Vec<Option<IntCounter>>,
+}
+
+impl Counters {
+    fn of(metrics: &Metrics) -> Self {
+        let t = &metrics.traces;
+        let label = |family: &prometheus::IntCounterVec, d: Decision| {
+            family.with_label_values(&[d.as_str()])
+        };
+        Self {
+            decided: Decision::ALL.iter().map(|&d| label(&t.traces, d)).collect(),
+            dropped: Decision::ALL
+                .iter()
+                .map(|&d| (!d.kept()).then(|| label(&t.spans_dropped, d)))
+                .collect(),
+        }
+    }
+}
+
 pub struct Tracer {
     enabled: bool,
+    counters: Option<Counters>,
     assembler: Assembler,
     sampler: Sampler,
     recent: RecentTraces,
     recent_changed: bool,
     export: Option<Queue>,
     /// The last call's span and operation, for its result.
-    last_call: Option<(u64, &'static str)>,
+    last_call: Option<(Ref, &'static str)>,
 }
 
 impl Tracer {
     pub fn new(config: TraceConfig, export: Option<Queue>) -> Self {
         Self {
             enabled: config.enabled,
+            counters: None,
             assembler: Assembler::new(config.limits),
             sampler: Sampler::new(config.sample),
             recent: RecentTraces::default(),
@@ -62,50 +94,93 @@ impl Tracer {
         self.enabled
     }
 
-    /// A server request ended.
-    pub fn server(&mut self, span: Span, metrics: &Metrics) {
+    /// A server request of `service` (its port `port`) ended.
+    pub fn request(&mut self, done: &Completed, service: Arc<str>, port: u16, metrics: &Metrics) {
         metrics.traces.spans.inc();
-        self.assembler.server(span);
+        let wire = done.seq.map(|s| (done.port, s));
+        if self
+            .assembler
+            .joinable(&service, wire, done.trace.is_some())
+        {
+            self.assembler.server(make::http(done, service, port));
+            return;
+        }
+        // Nothing on this host can join it: its trace is this span, decided
+        // now, and built only when kept or listed.
+        let end = done.start_ns.saturating_add(done.duration_ns);
+        let trace_id = done.trace.map_or_else(new_trace_id, |t| t.trace_id);
+        let summary = Summary {
+            error: done.status >= 500,
+            slowest_ns: done.duration_ns,
+            parent_sampled: done.trace.is_some_and(|t| t.sampled),
+            trace_id,
+            spans: 1,
+        };
+        let i = self.sampler.decide_on(&summary, end).index();
+        let counters = self.counters.get_or_insert_with(|| Counters::of(metrics));
+        counters.decided[i].inc();
+        let op = (
+            Value::Static(done.method.as_str()),
+            Value::Str(done.route.clone()),
+        );
+        let listed = summary.error || self.recent.would_list(&service, &op, done.duration_ns, end);
+        if !listed && let Some(dropped) = &counters.dropped[i] {
+            self.assembler.remember(&service, (done.start_ns, end));
+            dropped.inc();
+            return;
+        }
+        let trace = Arc::new(
+            self.assembler
+                .alone(make::http(done, service, port), trace_id),
+        );
+        if listed {
+            self.recent_changed |= self.recent.add(&trace, end);
+        }
+        if let Some(dropped) = &counters.dropped[i] {
+            dropped.inc();
+        } else if let Some(queue) = &self.export {
+            queue.offer(trace, metrics);
+        }
+    }
+
+    /// A client's HTTP call began (its server's end may be on this host).
+    pub fn call_started(&mut self, port: u16, seq: u32, start_ns: u64) {
+        self.assembler.call_started((port, seq), start_ns);
     }
 
     /// A client's call ended while `in_flight` requests of its service
     /// were in flight.
     pub fn call(&mut self, span: Span, in_flight: u64, metrics: &Metrics) {
         metrics.traces.spans.inc();
-        self.last_call = match span.attribute("db.operation.name") {
-            Some(super::Value::Static(op)) => Some((span.id, op)),
+        let op = match span.attribute("db.operation.name") {
+            Some(super::Value::Static(op)) => Some(*op),
             _ => None,
         };
-        self.assembler.call(span, in_flight);
+        let held = self.assembler.call(span, in_flight);
+        self.last_call = held.zip(op);
     }
 
     /// The reply to the last call, of operation `op`, was an error.
     pub fn last_call_failed(&mut self, op: &str) {
-        if let Some((id, last)) = self.last_call
+        if let Some((held, last)) = self.last_call
             && last == op
         {
-            self.assembler.mark_error(id);
+            self.assembler.mark_error(held);
         }
     }
 
     /// Decides the traces whose root ended a grace period before `now_ns`.
     pub fn finish(&mut self, now_ns: u64, metrics: &Metrics) {
-        let (sampler, recent, export) = (&mut self.sampler, &mut self.recent, &self.export);
+        let counters = self.counters.get_or_insert_with(|| Counters::of(metrics));
+        let mut out = Output {
+            counters,
+            sampler: &mut self.sampler,
+            recent: &mut self.recent,
+            export: self.export.as_ref(),
+        };
         let mut changed = false;
         self.assembler.finish(now_ns, |trace| {
-            let trace = Arc::new(trace);
-            changed |= recent.add(&trace, now_ns);
-            let decision = sampler.decide(&trace, now_ns);
-            let t = &metrics.traces;
-            t.traces.with_label_values(&[decision.as_str()]).inc();
-            let spans = trace.spans.len() as u64;
-            if !decision.kept() {
-                t.spans_dropped
-                    .with_label_values(&[decision.as_str()])
-                    .inc_by(spans);
-            } else if let Some(queue) = export {
-                queue.offer(trace, metrics);
-            }
+            changed |= decide(trace, now_ns, &mut out, metrics);
         });
         changed |= self.recent.expire(now_ns);
         self.recent_changed |= changed;
@@ -129,4 +204,27 @@ impl Tracer {
     pub fn take_recent(&mut self) -> Option<Arc<RecentTraces>> {
         std::mem::take(&mut self.recent_changed).then(|| Arc::new(self.recent.snapshot()))
     }
+}
+
+/// Where decided traces go.
+struct Output<'a> {
+    counters: &'a Counters,
+    sampler: &'a mut Sampler,
+    recent: &'a mut RecentTraces,
+    export: Option<&'a Queue>,
+}
+
+/// Lists, decides, counts and (when kept) queues `trace`, whose root ended
+/// by `now_ns`; whether /traces/recent's list changed.
+fn decide(trace: super::Trace, now_ns: u64, out: &mut Output<'_>, metrics: &Metrics) -> bool {
+    let trace = Arc::new(trace);
+    let listed = out.recent.add(&trace, now_ns);
+    let i = out.sampler.decide(&trace, now_ns).index();
+    out.counters.decided[i].inc();
+    if let Some(dropped) = &out.counters.dropped[i] {
+        dropped.inc_by(trace.spans.len() as u64);
+    } else if let Some(queue) = out.export {
+        queue.offer(trace, metrics);
+    }
+    listed
 }
