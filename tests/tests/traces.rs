@@ -18,6 +18,14 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Requests per run; ids 1..=N.
 const N: u16 = 40;
 const ROOT: &str = "GET /order/{id}";
+/// Values the privacy tests put in paths, queries and headers.
+const MARKERS: [&str; 5] = [
+    "SECRETQUERY",
+    "SECRETPATH",
+    "SECRETHEADER",
+    "SECRETCOOKIE",
+    "b7f3e1a9c2",
+];
 
 struct Chain {
     _redis: Redis,
@@ -53,6 +61,27 @@ fn agent(c: &Chain, extra: &[&str]) -> Agent {
     agent.wait_for_service(f, "front");
     agent.wait_for_service(b, "back");
     agent
+}
+
+/// An OTLP receiver, the chain (front instrumented with the SDK, exporting
+/// to the same receiver, with `sdk`) and an agent exporting to it with
+/// `extra`.
+fn traced(sdk: bool, extra: &[&str]) -> (Py, Chain, Agent) {
+    let receiver = Py::receiver("ok");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let env: Vec<(&str, String)> = if sdk {
+        vec![
+            ("OTEL_SDK", "1".into()),
+            ("OTEL_RECEIVER", endpoint.clone()),
+        ]
+    } else {
+        Vec::new()
+    };
+    let c = chain(&env);
+    let mut args = vec!["--otlp-endpoint", &endpoint];
+    args.extend_from_slice(extra);
+    let agent = agent(&c, &args);
+    (receiver, c, agent)
 }
 
 /// The status back gives id `i` (front passes it on).
@@ -168,14 +197,9 @@ fn check_order_trace(all: &[ExportedSpan]) -> i64 {
 #[test]
 fn every_front_request_is_one_trace_of_its_calls_and_backs_request() {
     require_root();
-    let receiver = Py::receiver("ok");
-    let c = chain(&[]);
-    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-    let agent = agent(
-        &c,
+    let (receiver, c, agent) = traced(
+        false,
         &[
-            "--otlp-endpoint",
-            &endpoint,
             "--trace-sample-ratio",
             "1",
             "--trace-max-spans-per-second",
@@ -204,6 +228,10 @@ fn every_front_request_is_one_trace_of_its_calls_and_backs_request() {
         }
     }
     assert_eq!(order_traces, usize::from(N));
+    // Every export decoded with the official definitions.
+    let doc = receiver.received();
+    assert_eq!(doc["bad_requests"], 0, "{doc}");
+    assert!(doc["requests"].as_u64().unwrap_or(0) > 0, "{doc}");
     assert_eq!(statuses, BTreeMap::from([(200, 36), (503, 4)]));
     // The client side as metrics: front's calls to back, by status.
     let port = c.back.port.to_string();
@@ -258,16 +286,7 @@ fn every_front_request_is_one_trace_of_its_calls_and_backs_request() {
 #[test]
 fn apps_own_spans_and_the_agents_form_one_trace() {
     require_root();
-    let receiver = Py::receiver("ok");
-    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-    let c = chain(&[
-        ("OTEL_SDK", "1".into()),
-        ("OTEL_RECEIVER", endpoint.clone()),
-    ]);
-    let _agent = agent(
-        &c,
-        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "1"],
-    );
+    let (receiver, c, _agent) = traced(true, &["--trace-sample-ratio", "1"]);
     // The callers' spans: trace and parent ids the test makes up.
     let ids: Vec<(String, String)> = (1..=10u16)
         .map(|i| {
@@ -332,19 +351,9 @@ fn check_order_trace_with_parent(spans: &[ExportedSpan], parent: &str) {
 #[test]
 fn with_no_ratio_exactly_the_slow_and_failed_traces_arrive() {
     require_root();
-    let receiver = Py::receiver("ok");
-    let c = chain(&[]);
-    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-    let agent = agent(
-        &c,
-        &[
-            "--otlp-endpoint",
-            &endpoint,
-            "--trace-sample-ratio",
-            "0",
-            "--trace-slow",
-            "40ms",
-        ],
+    let (receiver, c, agent) = traced(
+        false,
+        &["--trace-sample-ratio", "0", "--trace-slow", "40ms"],
     );
     drive(&c.front);
     // Slow: back sleeps 50 ms on ids divisible by 4; failed: 503.
@@ -429,13 +438,7 @@ fn a_dead_collector_costs_spans_not_capture_and_no_marker_leaves() {
     let recent = get(agent.addr, "/traces/recent?limit=100").expect("recent");
     assert!(recent.body.contains(ROOT), "{}", recent.body);
     for text in [&recent.body, &m.text, &agent.log_text()] {
-        for marker in [
-            "SECRETQUERY",
-            "SECRETPATH",
-            "SECRETHEADER",
-            "SECRETCOOKIE",
-            "b7f3e1a9c2",
-        ] {
+        for marker in MARKERS {
             assert!(!text.contains(marker), "{marker} leaked: {text}");
         }
     }
@@ -444,13 +447,7 @@ fn a_dead_collector_costs_spans_not_capture_and_no_marker_leaves() {
 #[test]
 fn exported_bytes_carry_no_marker() {
     require_root();
-    let receiver = Py::receiver("ok");
-    let c = chain(&[]);
-    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-    let _agent = agent(
-        &c,
-        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "1"],
-    );
+    let (receiver, c, _agent) = traced(false, &["--trace-sample-ratio", "1"]);
     for path in [
         "/order/5?token=SECRETQUERY",
         "/SECRETPATH-b7f3e1a9c2/x",
@@ -466,13 +463,7 @@ fn exported_bytes_carry_no_marker() {
     wait_for_roots(&receiver, 2);
     let raw = receiver.raw();
     assert!(!raw.is_empty());
-    for marker in [
-        "SECRETQUERY",
-        "SECRETPATH",
-        "SECRETHEADER",
-        "SECRETCOOKIE",
-        "b7f3e1a9c2",
-    ] {
+    for marker in MARKERS {
         assert!(
             !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
             "{marker} was exported"

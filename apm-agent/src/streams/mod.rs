@@ -18,6 +18,7 @@
 //! connection is the same, its HTTP paired by a tracker of its own.
 
 mod closing;
+mod dispatch;
 mod handshake;
 pub mod mysql;
 pub mod pairing;
@@ -42,12 +43,11 @@ use self::{
     pairing::{Event, Flow, InFlight, Origin, Sink, Tracker, Unpaired},
     postgres::StatementSink,
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
-    resp::{CommandSink, Peer},
+    resp::CommandSink,
     table::{EVICTABLE_NS, LastSeen, Table},
 };
 use crate::protocols::{
-    mysql as my,
-    postgres::{self as pg, starts_like_startup},
+    mysql as my, postgres as pg,
     resp::{starts_like_command, starts_like_reply},
 };
 
@@ -479,108 +479,6 @@ impl Streams {
         self.outbound.remove(view.conn);
     }
 
-    /// Sends an event to its connection's protocol, recognising the
-    /// protocol of a new connection from its first bytes. A client's
-    /// connection (to `server`) is HTTP, RESP, SQL or nothing.
-    fn dispatch(&mut self, ev: &Event<'_>, server: Option<IpAddr>, sink: &mut impl Sinks) {
-        let call = client_call(ev, server);
-        if call.is_some()
-            && let Some(out) = self.outbound.peek_mut(ev.conn)
-        {
-            // The calls its answers complete were sent by this thread.
-            if ev.kind == Flow::ToServer && ev.tid != 0 {
-                out.tid = ev.tid;
-            }
-            sink.calling_thread(out.tid);
-        }
-        match ev.kind {
-            Flow::Close => {
-                self.resp.close(ev.conn, sink);
-                self.postgres.close(ev.conn, sink);
-                self.mysql.close(ev.conn, sink);
-                match &call {
-                    Some(call) => self.clients.handle(call, sink),
-                    None => self.tracker.handle(ev, sink),
-                }
-            }
-            Flow::ToServer | Flow::FromServer | Flow::Sendfile => {
-                // Most events are of connections already known as HTTP.
-                let http = match &call {
-                    Some(call) => self.clients.handle_http(call, sink),
-                    None => self.tracker.handle_http(ev, sink),
-                };
-                if http {
-                    return;
-                }
-                if self.resp.has(ev.conn) {
-                    self.resp.handle(ev, sink);
-                    return;
-                }
-                if self.postgres.has(ev.conn) {
-                    self.postgres.handle(ev, sink);
-                    return;
-                }
-                if self.mysql.has(ev.conn) {
-                    self.mysql.handle(ev, sink);
-                    return;
-                }
-                // MySQL: the server's greeting first, or one whole command
-                // of a connection older than the capture (before
-                // PostgreSQL's request, which some commands also look like).
-                let to_server = ev.kind == Flow::ToServer;
-                let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
-                let greeting = !to_server && my::starts_like_greeting(ev.data);
-                let joined = to_server && my::starts_like_joined(ev.data, total);
-                if (greeting || joined) && self.tracker.yield_fresh(ev.conn) {
-                    if self.mysql.open(ev, peer(ev, server), joined, sink) {
-                        self.mysql.handle(ev, sink);
-                    }
-                    return;
-                }
-                // PostgreSQL: a startup message first, or a request of a
-                // connection older than the capture.
-                let startup = to_server && starts_like_startup(ev.data);
-                let joined = to_server && !startup && pg::starts_like_request(ev.data);
-                if (startup || joined) && self.tracker.yield_fresh(ev.conn) {
-                    if self.postgres.open(ev, peer(ev, server), joined, sink) {
-                        self.postgres.handle(ev, sink);
-                    }
-                    return;
-                }
-                // A server-side connection is taken for RESP by a command
-                // only: one first seen in the middle of an HTTP body may
-                // start with any byte. A reply first is a client's
-                // connection, to a port known to be Redis.
-                let resp = match ev.kind {
-                    Flow::ToServer => starts_like_command(ev.data),
-                    _ => server.is_some() && starts_like_reply(ev.data),
-                };
-                if resp && self.tracker.yield_fresh(ev.conn) {
-                    // Not handed to HTTP when the RESP table is full: it
-                    // counted the piece (table_full), and HTTP would only
-                    // find it is not HTTP.
-                    if self.resp.open(ev, peer(ev, server), sink) {
-                        self.resp.handle(ev, sink);
-                    }
-                    return;
-                }
-                match &call {
-                    // A call's connection is recognised by its request
-                    // line only: the kernel moved it here on one.
-                    Some(call) => {
-                        if ev.kind == Flow::ToServer
-                            && crate::protocols::http::starts_like_request(ev.data)
-                        {
-                            self.clients.handle(call, sink);
-                        }
-                    }
-                    None => self.tracker.handle(ev, sink),
-                }
-            }
-            Flow::Accept => self.tracker.handle(ev, sink),
-        }
-    }
-
     /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sinks) {
         self.close_due(now_ns, sink);
@@ -620,27 +518,5 @@ fn starts_message(dir: u8, data: &[u8]) -> bool {
             || starts_like_reply(data)
             || pg::starts_like_message(pg::Side::Back, data)
             || my::starts_like_answer(data, data.len())
-    }
-}
-
-/// A monitored client's event (its connection to `server`) as an HTTP
-/// call of its process.
-fn client_call<'a>(ev: &Event<'a>, server: Option<IpAddr>) -> Option<Event<'a>> {
-    let (server, Origin::Process(tgid)) = (server?, ev.origin) else {
-        return None;
-    };
-    Some(Event {
-        origin: Origin::Client { tgid, server },
-        ..*ev
-    })
-}
-
-/// Who a RESP connection belongs to: the server socket's service, or the
-/// client process connected to `server`.
-fn peer(ev: &Event<'_>, server: Option<IpAddr>) -> Peer {
-    Peer {
-        origin: ev.origin,
-        port: ev.port,
-        server,
     }
 }

@@ -239,7 +239,10 @@ pub fn sample(s: Subject) -> Result<Paired> {
 }
 
 /// The three counters, read in turn (backwards when `flip`).
-fn read_all(counters: &mut dyn FnMut(usize) -> Result<f64>, flip: bool) -> Result<[f64; 3]> {
+pub(super) fn read_all(
+    counters: &mut dyn FnMut(usize) -> Result<f64>,
+    flip: bool,
+) -> Result<[f64; 3]> {
     let mut v = [0.0; 3];
     let order = if flip { [2, 1, 0] } else { [0, 1, 2] };
     for i in order {
@@ -286,7 +289,14 @@ pub(super) fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
 
 /// nginx serving a 23-byte file, over TLS with `tls` (the certificate in
 /// `work`, made by [`certificate`]).
-pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Result<Paired> {
+/// Three nginx (one worker each, on CPU 0) serving `work`'s page in
+/// directories `{name}-{i}`, over TLS with `tls`: their ports, their
+/// stub_status ports, and the servers (stopped when dropped).
+pub(super) fn three_nginx(
+    work: &Path,
+    name: &str,
+    tls: bool,
+) -> Result<([u16; 3], [u16; 3], Vec<Nginx>)> {
     let ports = six_ports()?;
     let (served, status) = (
         [ports[0], ports[1], ports[2]],
@@ -295,7 +305,7 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Res
     let page = std::fs::read(work.join("www/index.html"))?;
     let mut servers = Vec::new();
     for (i, (&port, &status)) in served.iter().zip(&status).enumerate() {
-        let dir = work.join(format!("paired-{i}"));
+        let dir = work.join(format!("{name}-{i}"));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/index.html"), &page)?;
         if tls {
@@ -305,6 +315,24 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Res
         }
         servers.push(Nginx::start_ports(&dir, &[port], Some(status), tls)?);
     }
+    Ok((served, status, servers))
+}
+
+/// One wrk client (32 connections, on CPU 1) per server of `served`.
+pub(super) fn wrk_clients(served: &[u16], scheme: &str) -> Result<Clients> {
+    let clients = served.iter().map(|port| {
+        pinned(1, "wrk")
+            .args(["-t1", "-c32", &format!("-d{LOAD_SECS}s")])
+            .arg(format!("{scheme}://127.0.0.1:{port}/index.html"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting wrk")
+    });
+    Ok(Clients(clients.collect::<Result<_>>()?))
+}
+
+pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Result<Paired> {
+    let (served, status, _servers) = three_nginx(work, "paired", tls)?;
     let mut reads = [0.0; 3];
     let scheme = if tls { "https" } else { "http" };
     sample(Subject {
@@ -312,17 +340,7 @@ pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Res
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, true),
         timed: &super::tools::paired,
         server_cpu: &mut nginx_cpu_seconds,
-        clients: &mut || {
-            let clients = served.iter().map(|port| {
-                pinned(1, "wrk")
-                    .args(["-t1", "-c32", &format!("-d{LOAD_SECS}s")])
-                    .arg(format!("{scheme}://127.0.0.1:{port}/index.html"))
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .context("starting wrk")
-            });
-            Ok(Clients(clients.collect::<Result<_>>()?))
-        },
+        clients: &mut || wrk_clients(&served, scheme),
         what: if tls { "nginx over TLS" } else { "nginx" },
         programs: if tls { &PROGRAMS_TLS } else { &PROGRAMS },
     })

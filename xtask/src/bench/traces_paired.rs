@@ -13,7 +13,6 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
     path::Path,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -21,11 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 
 use super::{
-    paired::{Clients, LOAD_SECS, SLICES, WARM_UP_SECS, nginx_requests, six_ports},
-    tools::{Nginx, RunningAgent, median, median_ci95, pinned},
+    paired::{SLICES, WARM_UP_SECS, nginx_requests, read_all, three_nginx, wrk_clients},
+    tools::{RunningAgent, median, median_ci95},
 };
 use crate::load::{cpu_seconds, metric_sum};
 
@@ -172,19 +171,7 @@ pub fn traces_paired(
     sampling: &[&str],
     extra: &[&str],
 ) -> Result<TracesPaired> {
-    let ports = six_ports()?;
-    let (served, status) = (
-        [ports[0], ports[1], ports[2]],
-        [ports[3], ports[4], ports[5]],
-    );
-    let page = std::fs::read(work.join("www/index.html"))?;
-    let mut servers = Vec::new();
-    for (i, (&port, &status)) in served.iter().zip(&status).enumerate() {
-        let dir = work.join(format!("traces-{i}"));
-        std::fs::create_dir_all(dir.join("www"))?;
-        std::fs::write(dir.join("www/index.html"), &page)?;
-        servers.push(Nginx::start_ports(&dir, &[port], Some(status), false)?);
-    }
+    let (served, status, servers) = three_nginx(work, "traces", false)?;
     let (rport, received) = receiver()?;
     let endpoint = format!("http://127.0.0.1:{rport}");
     let mut traced_args = vec!["--otlp-endpoint", &endpoint];
@@ -212,32 +199,16 @@ pub fn traces_paired(
         let rest = counter(t)?;
         let drops0 = dropped(traced.admin)?;
         let bytes0 = received.load(Ordering::Relaxed);
-        let clients = served.iter().map(|port| {
-            pinned(1, "wrk")
-                .args(["-t1", "-c32", &format!("-d{LOAD_SECS}s")])
-                .arg(format!("http://127.0.0.1:{port}/index.html"))
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting wrk")
-        });
-        let clients = Clients(clients.collect::<Result<_>>()?);
+        let clients = wrk_clients(&served, "http")?;
         std::thread::sleep(Duration::from_secs(WARM_UP_SECS));
         let cpu0 = (cpu_seconds(traced.pid())?, cpu_seconds(untraced.pid())?);
-        let read =
-            |counter: &mut dyn FnMut(usize) -> Result<f64>, flip: bool| -> Result<[f64; 3]> {
-                let mut v = [0.0; 3];
-                for i in if flip { [2, 1, 0] } else { [0, 1, 2] } {
-                    v[i] = counter(i)?;
-                }
-                Ok(v)
-            };
-        let mut prev = read(&mut counter, false)?;
+        let mut prev = read_all(&mut counter, false)?;
         let first = prev;
         let start = Instant::now();
         for slice in 1..=SLICES / BLOCKS {
             let due = start + Duration::from_secs(slice as u64);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let now = read(&mut counter, slice % 2 == 1)?;
+            let now = read_all(&mut counter, slice % 2 == 1)?;
             let d: Vec<f64> = now.iter().zip(prev).map(|(n, p)| n - p).collect();
             ensure!(
                 d.iter().all(|&x| x > 0.0),

@@ -62,33 +62,12 @@ pub fn redis(
     (start_ns, end_ns): (u64, u64),
     thread: u32,
 ) -> Span {
-    let mut attributes = vec![
+    let attributes = vec![
         ("db.system.name", Value::Static("redis")),
         ("db.operation.name", Value::Static(cmd.name)),
     ];
-    if let Some(server) = peer.server {
-        attributes.push(("server.address", Value::Addr(server)));
-    }
-    attributes.push(("server.port", Value::Int(peer.port.into())));
-    let pid = match peer.origin {
-        Origin::Process(tgid) | Origin::Client { tgid, .. } => Some(tgid),
-        Origin::Socket { .. } => None,
-    };
-    Span {
-        id: random_id(),
-        kind: Kind::Client,
-        service,
-        pid,
-        start_ns,
-        end_ns,
-        attributes,
-        error: false,
-        remote: None,
-        wire: None,
-        thread,
-    }
+    db_call(peer, service, (start_ns, end_ns), thread, attributes, false)
 }
-
 /// The span of a monitored client's SQL statement to `peer`'s server;
 /// `at`: when it started and ended; `thread`: the thread that sent it.
 pub fn sql(
@@ -116,6 +95,26 @@ pub fn sql(
         });
         attributes.push(("db.response.status_code", Value::Str(code.into())));
     }
+    let failed = matches!(outcome, Outcome::Error(_));
+    db_call(
+        peer,
+        service,
+        (start_ns, end_ns),
+        thread,
+        attributes,
+        failed,
+    )
+}
+
+/// A database call's span: `attributes` and the server's address and port.
+fn db_call(
+    peer: &Peer,
+    service: Arc<str>,
+    (start_ns, end_ns): (u64, u64),
+    thread: u32,
+    mut attributes: Vec<(&'static str, Value)>,
+    error: bool,
+) -> Span {
     if let Some(server) = peer.server {
         attributes.push(("server.address", Value::Addr(server)));
     }
@@ -132,7 +131,7 @@ pub fn sql(
         start_ns,
         end_ns,
         attributes,
-        error: matches!(outcome, Outcome::Error(_)),
+        error,
         remote: None,
         wire: None,
         thread,
