@@ -377,13 +377,14 @@ pub fn query_text(body: &[u8], attributes: Option<bool>) -> Option<&[u8]> {
         types.push(*body.get(at)?);
         at += 2;
         let (name, n) = lenenc(body.get(at..)?)?;
-        at += n + usize::try_from(name).ok()?;
+        // A hostile length must not wrap the offset.
+        at = at.checked_add(n)?.checked_add(usize::try_from(name).ok()?)?;
     }
     for (i, ty) in types.into_iter().enumerate() {
         if nulls[i / 8] & (1 << (i % 8)) != 0 {
             continue;
         }
-        at += match ty {
+        let size = match ty {
             0x06 => 0,
             0x01 => 1,
             0x02 | 0x0d => 2,
@@ -392,9 +393,10 @@ pub fn query_text(body: &[u8], attributes: Option<bool>) -> Option<&[u8]> {
             0x07 | 0x0a | 0x0b | 0x0c => 1 + usize::from(*body.get(at)?),
             _ => {
                 let (len, n) = lenenc(body.get(at..)?)?;
-                n + usize::try_from(len).ok()?
+                n.checked_add(usize::try_from(len).ok()?)?
             }
         };
+        at = at.checked_add(size)?;
     }
     body.get(at..)
 }
