@@ -36,7 +36,7 @@ pub enum Failure {
 }
 
 /// POSTs `body` as `content_type`, retrying with backoff until `deadline`. A 4xx
-/// answer is final: the receiver refused it.
+/// answer but 429 is final: the receiver refused it.
 pub async fn send(
     client: &HttpClient,
     url: &str,
@@ -70,7 +70,11 @@ pub async fn send(
             .map_err(|e| Failure::Failed(redact_error(&e.to_string(), url)))?;
         match tokio::time::timeout(timeout.min(left), client.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => return Ok(()),
-            Ok(Ok(response)) if response.status().is_client_error() => {
+            // 429 asks to come back later; any other 4xx refuses the body.
+            Ok(Ok(response))
+                if response.status().is_client_error()
+                    && response.status() != hyper::StatusCode::TOO_MANY_REQUESTS =>
+            {
                 return Err(Failure::Failed(format!("HTTP {}", response.status())));
             }
             Ok(Ok(response)) => last = format!("HTTP {}", response.status()),

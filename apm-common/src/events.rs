@@ -223,7 +223,8 @@ pub struct PacketHeader {
     pub tail_len: u8,
     /// A [`side`] constant: whose socket the segment is of.
     pub side: u8,
-    /// The remote end's port, host byte order.
+    /// The client's port, host byte order: the remote end's for a
+    /// server's segment, the socket's own for a client's.
     pub remote_port: u16,
     /// For a segment going out: the thread that sent it, when it belongs
     /// to the socket's process (a client's) or to a monitored process (a

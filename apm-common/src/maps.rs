@@ -143,6 +143,13 @@ pub const OUTBOUND_MAX: u32 = 65_536;
 /// the connection's plaintext comes from its TLS library, so none of its
 /// segments (ciphertext) is copied.
 pub const OUTBOUND_TLS: u32 = 1 << 31;
+/// Set in an `OUTBOUND` value when the connection was recognised as an
+/// HTTP client's: each segment's head is copied (1 KiB and its last
+/// bytes), not its whole payload, as for an HTTP server's; a download's
+/// body does not fill the ring.
+pub const OUTBOUND_HEAD: u32 = 1 << 30;
+/// The flag bits of an `OUTBOUND` value; the rest is the tgid.
+pub const OUTBOUND_FLAGS: u32 = OUTBOUND_TLS | OUTBOUND_HEAD;
 
 /// `Array<u32>` indexed by remote port: nonzero once a monitored process
 /// has opened a connection to that port that `REMOTE_PORTS` does not

@@ -470,3 +470,94 @@ fn exported_bytes_carry_no_marker() {
         );
     }
 }
+
+#[test]
+fn concurrent_requests_never_get_another_requests_calls() {
+    require_root();
+    let (receiver, c, agent) = traced(
+        false,
+        &[
+            "--trace-sample-ratio",
+            "1",
+            "--trace-max-spans-per-second",
+            "100000",
+        ],
+    );
+    // Four clients at once: front's event loop interleaves their requests,
+    // so most of its calls cannot be placed and must be counted instead.
+    let port = c.front.port;
+    let clients: Vec<_> = (1..=4u16)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port).expect("connect");
+                for j in 1..=10 {
+                    let i = k * 100 + j;
+                    let status = client.get(&format!("/order/{i}")).expect("order");
+                    assert_eq!(status, expected_status(i), "/order/{i}");
+                }
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join().expect("client");
+    }
+    let all = wait_for_roots(&receiver, 40);
+    let (mut placed, mut roots) = (0u64, 0u64);
+    for spans in all.values() {
+        // The receiver keeps spans in the order they came, not root first.
+        let root = spans.iter().find(|s| s.parent.is_empty()).expect("a root");
+        let calls: Vec<&ExportedSpan> = spans
+            .iter()
+            .filter(|s| s.kind == 3 && s.service == "front")
+            .collect();
+        if spans.iter().any(|s| s.name == ROOT) {
+            let root = spans.iter().find(|s| s.name == ROOT).expect("root");
+            placed += calls.len() as u64;
+            // A request's own calls only: at most one of each kind, inside
+            // it, and the back end's answer is the one it passed on.
+            let http: Vec<_> = calls
+                .iter()
+                .filter(|s| s.attr("http.request.method").is_some())
+                .collect();
+            assert!(http.len() <= 1, "{spans:#?}");
+            for name in ["GET", "SET"] {
+                let n = calls
+                    .iter()
+                    .filter(|s| s.name == name && s.attr_str("db.system.name") == "redis")
+                    .count();
+                assert!(n <= 1, "{spans:#?}");
+            }
+            for s in &calls {
+                assert!(inside(s, root), "{spans:#?}");
+            }
+            if let Some(call) = http.first() {
+                assert_eq!(
+                    call.attr("http.response.status_code"),
+                    root.attr("http.response.status_code"),
+                    "{spans:#?}"
+                );
+            }
+        } else if root.kind == 3 && root.service == "front" {
+            // A call that started a trace of its own.
+            roots += 1;
+        }
+    }
+    let setup = all
+        .values()
+        .flatten()
+        .filter(|s| s.name == "CLIENT SETINFO")
+        .count() as u64;
+    assert_eq!(placed + roots, 40 + 80 + setup, "every call exported once");
+    let m = agent
+        .wait_for_metrics(WAIT, |m| {
+            m.sum("apm_trace_calls_unplaced_total", "front") >= roots as f64
+        })
+        .unwrap_or_else(|| agent.metrics().expect("metrics"));
+    assert_eq!(
+        m.sum("apm_trace_calls_unplaced_total", "front"),
+        roots as f64,
+        "every call not placed is counted: {}",
+        m.text
+    );
+    eprintln!("concurrent: {placed} calls placed, {roots} counted as unplaced");
+}

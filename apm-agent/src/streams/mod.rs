@@ -146,6 +146,11 @@ impl Streams {
             + self.mysql.connections()
     }
 
+    /// The latest packet's time (or sweep's): how far the records go.
+    pub fn latest_ns(&self) -> u64 {
+        self.now_ns
+    }
+
     pub fn in_flight(&self) -> impl Iterator<Item = InFlight> + '_ {
         self.tracker.in_flight()
     }
@@ -440,7 +445,7 @@ impl Streams {
                 ret: i64::from(h.len - skip),
                 data: data.get(skip as usize..).unwrap_or(&[]),
                 tail: h.tail(),
-                seq: Some(h.seq.wrapping_add(skip)),
+                seq: Some((h.remote_port, h.seq.wrapping_add(skip))),
                 tid: h.tid,
             };
             self.dispatch(&event, view.server, sink);

@@ -22,6 +22,7 @@ use crate::{
     telemetry::{
         metrics::Metrics,
         traces::{
+            assemble::Unplaced,
             export::Queue,
             recent::RecentTraces,
             tracer::{TraceConfig, Tracer},
@@ -129,9 +130,13 @@ impl Pipeline {
         self
     }
 
-    /// Decides the traces whose roots have ended (kernel time `now_ns`).
+    /// Decides the traces whose roots have ended by the records handled
+    /// so far (kernel time `now_ns` when none came for 2 s): a pipeline
+    /// that falls behind does not decide a root before its children.
     pub fn finish_traces(&mut self, now_ns: u64, metrics: &Metrics) {
-        self.tracer.finish(now_ns, metrics);
+        let handled = self.streams.latest_ns().min(now_ns);
+        let at = handled.max(now_ns.saturating_sub(2_000_000_000));
+        self.tracer.finish(at, metrics);
     }
 
     /// At most `max` duration series across services.
@@ -230,6 +235,12 @@ impl Pipeline {
                 let _ = family.remove_label_values(&[&name]);
             }
             let _ = metrics.http_routes.remove_label_values(&[&name]);
+            for why in Unplaced::ALL_CALLS {
+                let _ = metrics
+                    .traces
+                    .unplaced
+                    .remove_label_values(&[&name, why.as_str()]);
+            }
         }
     }
 

@@ -196,7 +196,7 @@ impl Sink for Recorder<'_> {
         route
     }
 
-    fn call_started(&mut self, port: u16, seq: u32, start_ns: u64) {
+    fn call_started(&mut self, port: u16, seq: (u16, u32), start_ns: u64) {
         if self.tracer.enabled() {
             self.tracer.call_started(port, seq, start_ns);
         }
@@ -317,6 +317,11 @@ impl Recorder<'_> {
             stats.lost += 1;
             &mut stats.unpaired
         };
+
         *counts.entry(reason.as_str()).or_default() += 1;
+        if !resync && self.tracer.enabled() {
+            // Its calls can no longer be told from another request's.
+            self.tracer.request_lost(&name, self.now_ns);
+        }
     }
 }

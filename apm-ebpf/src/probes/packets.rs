@@ -27,7 +27,7 @@ use apm_common::{
         ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketHeader, TAIL_CAP, direction, side,
         tcp_flags,
     },
-    maps::{ADDR_ONLY, OUTBOUND_TLS},
+    maps::{ADDR_ONLY, OUTBOUND_FLAGS, OUTBOUND_HEAD, OUTBOUND_TLS},
 };
 
 use super::{sockets, verdict};
@@ -147,13 +147,23 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             };
             watched = Some((cookie, event));
         }
-        chunks = if listed != 0 { listed } else { MAX_CHUNKS };
+        chunks = if outbound.is_some_and(|v| v & OUTBOUND_HEAD != 0) {
+            1
+        } else if listed != 0 {
+            listed
+        } else {
+            MAX_CHUNKS
+        };
         port = remote;
         whose = side::CLIENT;
     }
-    let Some(seg) = segment(ctx, dir) else {
+    let Some(mut seg) = segment(ctx, dir) else {
         return;
     };
+    if whose == side::CLIENT {
+        // As the server sees it: the other end's port is the client's.
+        seg.remote_port = local as u16;
+    }
     let payload = len.saturating_sub(seg.payload_off);
     // A bare ACK (or the handshake): nothing to record or decide.
     if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
@@ -279,7 +289,12 @@ fn recognise(
     if !greeting && (dir != direction::EGRESS || !(resp || postgres || mysql || http)) {
         return false;
     }
-    if OUTBOUND.insert(cookie, event.tgid, 0).is_err() {
+    let value = if http {
+        event.tgid | OUTBOUND_HEAD
+    } else {
+        event.tgid
+    };
+    if OUTBOUND.insert(cookie, value, 0).is_err() {
         count_drop(DropReason::OutboundFull);
         return false;
     }
@@ -384,7 +399,7 @@ fn sender(cookie: u64, whose: u8) -> u32 {
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let ours = if whose == side::CLIENT {
         // SAFETY: a read-only copy of a plain value.
-        unsafe { OUTBOUND.get(cookie) }.is_some_and(|&v| v & !OUTBOUND_TLS == tgid)
+        unsafe { OUTBOUND.get(cookie) }.is_some_and(|&v| v & !OUTBOUND_FLAGS == tgid)
     } else {
         // SAFETY: a read-only lookup; the value is not kept.
         unsafe { CLIENTS.get(tgid) }.is_some()

@@ -378,7 +378,9 @@ pub fn query_text(body: &[u8], attributes: Option<bool>) -> Option<&[u8]> {
         at += 2;
         let (name, n) = lenenc(body.get(at..)?)?;
         // A hostile length must not wrap the offset.
-        at = at.checked_add(n)?.checked_add(usize::try_from(name).ok()?)?;
+        at = at
+            .checked_add(n)?
+            .checked_add(usize::try_from(name).ok()?)?;
     }
     for (i, ty) in types.into_iter().enumerate() {
         if nulls[i / 8] & (1 << (i % 8)) != 0 {

@@ -68,6 +68,10 @@ impl Origin {
     }
 }
 
+/// The client's port and a TCP sequence number: where a byte is in a
+/// connection, the same at both its ends.
+pub type SeqAt = (u16, u32);
+
 /// What an [`Event`] is, seen from the server's end of its connection (a
 /// monitored client's connection is seen as its server would see it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +129,10 @@ pub struct Event<'a> {
     pub data: &'a [u8],
     /// The last bytes of a long write (empty otherwise).
     pub tail: &'a [u8],
-    /// The TCP sequence number of `data`'s first byte (packets only): the
-    /// same bytes carry it at both ends of a connection.
-    pub seq: Option<u32>,
+    /// The client's port and the TCP sequence number of `data`'s first
+    /// byte (packets only): the same bytes carry them at both ends of a
+    /// connection.
+    pub seq: Option<SeqAt>,
     /// The thread that sent these bytes, when known (packets going out
     /// in their process's own time); else 0.
     pub tid: u32,
@@ -224,8 +229,9 @@ pub struct Completed {
     pub start_ns: u64,
     /// Its connection's key.
     pub conn: u64,
-    /// The TCP sequence number of its first byte, if seen on packets.
-    pub seq: Option<u32>,
+    /// The client's port and the TCP sequence number of its first byte,
+    /// if seen on packets.
+    pub seq: Option<SeqAt>,
     /// The caller's span, from its `traceparent` header.
     pub trace: Option<TraceParent>,
     /// The thread that sent the call's request (a client's), or the
@@ -242,7 +248,7 @@ pub trait Sink {
     /// A client's call to server port `port` began with the byte of TCP
     /// sequence number `seq` at `start_ns`: the server's end of it may be
     /// on this host.
-    fn call_started(&mut self, _port: u16, _seq: u32, _start_ns: u64) {}
+    fn call_started(&mut self, _port: u16, _seq: SeqAt, _start_ns: u64) {}
     fn completed(&mut self, done: Completed);
     /// A request seen by [`Sink::request`] that will not be paired.
     fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired);
@@ -258,7 +264,7 @@ struct Pending {
     method: Method,
     route: Arc<str>,
     start_ns: u64,
-    seq: Option<u32>,
+    seq: Option<SeqAt>,
     trace: Option<TraceParent>,
     /// The thread that sent its first byte.
     tid: u32,

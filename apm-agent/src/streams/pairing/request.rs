@@ -28,7 +28,9 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
         )
     };
     // The sequence number of `data[0]`: carried bytes came just before.
-    let seq = ev.seq.map(|s| s.wrapping_sub(carried as u32));
+    let seq = ev
+        .seq
+        .map(|(port, s)| (port, s.wrapping_sub(carried as u32)));
     let captured = data.len() as u64;
     let mut off = 0u64;
     while off < total {
@@ -102,7 +104,7 @@ pub(super) fn on_read(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                         off = total;
                     }
                     Ok(req) => {
-                        let at = seq.map(|s| s.wrapping_add(off as u32));
+                        let at = seq.map(|(port, s)| (port, s.wrapping_add(off as u32)));
                         let before = conn.pending.len();
                         let head = request(conn, &req, (start_ns, at, ev.tid), sink);
                         let queued = conn.pending.len() > before;
@@ -198,7 +200,7 @@ fn carry(conn: &mut Conn, seen: &[u8], start_ns: u64) {
 fn request(
     conn: &mut Conn,
     req: &Request<'_>,
-    (start_ns, seq, tid): (u64, Option<u32>, u32),
+    (start_ns, seq, tid): (u64, Option<super::SeqAt>, u32),
     sink: &mut impl Sink,
 ) -> Option<usize> {
     conn.saw_http = true;

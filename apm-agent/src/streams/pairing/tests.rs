@@ -10,7 +10,7 @@ struct Recorder {
     resyncs: Vec<Unpaired>,
     requests: usize,
     /// Each completed request's (first-byte sequence number, traceparent).
-    wire: Vec<(Option<u32>, Option<TraceParent>)>,
+    wire: Vec<(Option<SeqAt>, Option<TraceParent>)>,
 }
 
 impl Sink for Recorder {
@@ -87,7 +87,7 @@ impl Conn1 {
             ret: data.len() as i64,
             data,
             tail: b"",
-            seq: Some(seq),
+            seq: Some((40000, seq)),
             tid: 0,
         };
         self.t.handle(&ev, &mut self.r);
@@ -371,9 +371,9 @@ fn each_request_carries_its_first_bytes_sequence_number_and_traceparent() {
     assert_eq!(
         c.r.wire,
         [
-            (Some(1000), None),
-            (Some(1000 + first), trace),
-            (Some(1000 + two.len() as u32), trace),
+            (Some((40000, 1000)), None),
+            (Some((40000, 1000 + first)), trace),
+            (Some((40000, 1000 + two.len() as u32)), trace),
         ]
     );
 }

@@ -44,6 +44,13 @@ pub enum Unplaced {
 }
 
 impl Unplaced {
+    pub const ALL_CALLS: [Unplaced; 4] = [
+        Self::NoRequest,
+        Self::Ambiguous,
+        Self::Timeout,
+        Self::OtherThread,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NoRequest => "no_request",
@@ -80,8 +87,9 @@ const MAX_RECENT_REQUESTS: usize = 4096;
 /// Calls under way remembered at most (beyond, their server spans are
 /// not held for them).
 const MAX_OPEN_CALLS: usize = 65_536;
-/// Clock slack between the two ends of one exchange.
-const SLACK_NS: u64 = 1_000_000;
+/// Calls waiting for their request at most (each stays listed until its
+/// wait is over).
+const MAX_WAITING: usize = 262_144;
 
 /// A service's recent server requests: (start, end).
 #[derive(Default)]
@@ -101,20 +109,20 @@ pub struct Losses {
 }
 
 /// Spans of one end of an exchange waiting for the other, by (server
-/// port, sequence number), forgotten in the order they came.
+/// port, client port, sequence number), forgotten in the order they came.
 #[derive(Default)]
 struct Wire {
-    by_key: FxHashMap<(u16, u32), Ref>,
+    by_key: FxHashMap<(u16, u16, u32), Ref>,
     /// (end, key, span) in the order put.
-    order: VecDeque<(u64, (u16, u32), Ref)>,
+    order: VecDeque<(u64, (u16, u16, u32), Ref)>,
 }
 
 impl Wire {
-    fn take(&mut self, key: (u16, u32)) -> Option<Ref> {
+    fn take(&mut self, key: (u16, u16, u32)) -> Option<Ref> {
         self.by_key.remove(&key)
     }
 
-    fn put(&mut self, key: (u16, u32), r: Ref, end_ns: u64) {
+    fn put(&mut self, key: (u16, u16, u32), r: Ref, end_ns: u64) {
         self.by_key.insert(key, r);
         self.order.push_back((end_ns, key, r));
     }
@@ -147,7 +155,7 @@ pub struct Assembler {
     requests: FxHashMap<Arc<str>, Requests>,
     /// Clients' HTTP calls under way, by (server port, sequence number):
     /// the server spans a local client may yet claim.
-    open_calls: FxHashMap<(u16, u32), u64>,
+    open_calls: FxHashMap<(u16, u16, u32), u64>,
     /// Roots to hand on (and unplaced calls), due a grace period after they
     /// end: in about the order they come.
     roots: VecDeque<(u64, Ref)>,
@@ -203,7 +211,7 @@ impl Assembler {
 
     /// A client's HTTP call to port `key.0` began at `start_ns` with the
     /// byte of sequence number `key.1`.
-    pub fn call_started(&mut self, key: (u16, u32), start_ns: u64) {
+    pub fn call_started(&mut self, key: (u16, u16, u32), start_ns: u64) {
         if self.open_calls.len() < MAX_OPEN_CALLS {
             self.open_calls.insert(key, start_ns);
         }
@@ -213,7 +221,7 @@ impl Assembler {
     /// key; with a `traceparent`: `remote`) may be joined on this host: a
     /// local client's call carried it, or calls of its service wait for a
     /// request. Else its trace is whole as it ends ([`Assembler::alone`]).
-    pub fn joinable(&self, service: &str, wire: Option<(u16, u32)>, remote: bool) -> bool {
+    pub fn joinable(&self, service: &str, wire: Option<(u16, u16, u32)>, remote: bool) -> bool {
         let called = !remote && wire.is_some_and(|k| self.open_calls.contains_key(&k));
         called || self.nesting.contains_key(service)
     }
@@ -237,10 +245,12 @@ impl Assembler {
 
     /// A server request that may be joined ended ([`Assembler::joinable`]).
     pub fn server(&mut self, span: Span) {
-        let request = (span.start_ns, span.end_ns, span.thread);
+        let request = (span.start_ns, span.end_ns, span.thread, span.pid);
         let (remote, wire) = (span.remote.is_some(), span.wire);
         let service = span.service.clone();
         let Some(me) = self.hold(span) else {
+            // Not held, but it still overlaps the calls it may have made.
+            self.remember(&service, (request.0, request.1));
             return;
         };
         let end = request.1;
@@ -277,11 +287,30 @@ impl Assembler {
         }
     }
 
-    /// The calls of `service` waiting for a request that end inside
-    /// request `me` ([start, end], its response sent by `thread`) are its
-    /// children, unless another request overlapped them or another thread
-    /// sent them.
-    fn claim_calls(&mut self, service: &Arc<str>, me: Ref, (start, end, thread): (u64, u64, u32)) {
+    /// A request of `service` will never end as a span (unpaired): calls
+    /// that started before `now_ns` cannot be checked for overlaps any
+    /// more.
+    pub fn request_lost(&mut self, service: &Arc<str>, now_ns: u64) {
+        if let Some(r) = self.requests.get_mut(service) {
+            r.forgotten_end = r.forgotten_end.max(now_ns);
+        } else if self.nesting.contains_key(service) {
+            let r = self.requests.entry(service.clone()).or_default();
+            r.forgotten_end = now_ns;
+        }
+    }
+
+    /// The calls of `service` waiting for a request that lie inside
+    /// request `me` ([start, end], its response sent by `thread` of
+    /// process `pid`) are its children, unless another request overlapped
+    /// them or another thread or process sent them. A call outside it
+    /// waits on: it was the only request in flight when the call ended,
+    /// so the call's request is another one, still to end.
+    fn claim_calls(
+        &mut self,
+        service: &Arc<str>,
+        me: Ref,
+        (start, end, thread, pid): (u64, u64, u32, Option<u32>),
+    ) {
         let Some(waiting) = self.nesting.get_mut(service) else {
             return;
         };
@@ -291,17 +320,17 @@ impl Assembler {
             let Some(c) = self.nodes.get(call) else {
                 return false;
             };
-            if c.span.end_ns > end.saturating_add(SLACK_NS) {
-                // Not this request's: it outlived it.
+            let (c_start, c_end) = (c.span.start_ns, c.span.end_ns);
+            // Both ends on the kernel's one clock: no slack.
+            if c_start < start || c_end > end {
                 return true;
             }
-            let (c_start, c_end) = (c.span.start_ns, c.span.end_ns);
-            let inside = c_start.saturating_add(SLACK_NS) >= start;
             let overlapped = self.requests.get(service).is_some_and(|r| {
                 c_start < r.forgotten_end || r.spans.iter().any(|&(s, e)| s < c_end && e > c_start)
             });
-            let other_thread = c.span.thread != 0 && thread != 0 && c.span.thread != thread;
-            if !inside || overlapped {
+            let other_thread = (c.span.thread != 0 && thread != 0 && c.span.thread != thread)
+                || pid.is_some_and(|p| c.span.pid.is_some_and(|cp| cp != p));
+            if overlapped {
                 refused.push((call, Unplaced::Ambiguous));
             } else if other_thread {
                 refused.push((call, Unplaced::OtherThread));
@@ -340,11 +369,13 @@ impl Assembler {
         }
         match in_flight {
             0 => self.unplace(&service, me, Unplaced::NoRequest),
-            1 => {
+            // Waits bounded: past them a call is not waited for.
+            1 if self.waits.len() < MAX_WAITING => {
                 self.nesting.entry(service).or_default().push(me);
                 self.waits
                     .push_back((end.saturating_add(self.limits.max_wait_ns), me));
             }
+            1 => self.unplace(&service, me, Unplaced::Timeout),
             _ => self.unplace(&service, me, Unplaced::Ambiguous),
         }
         Some(me)

@@ -32,6 +32,8 @@ const RETRY: Retry = Retry {
 };
 /// All of one batch's attempts' limit.
 const DEADLINE: Duration = Duration::from_secs(20);
+/// After the stop signal, what is under way or queued has this long.
+const DRAIN: Duration = Duration::from_secs(3);
 const PROTOBUF: &str = "application/x-protobuf";
 
 /// The pipeline's end of the queue.
@@ -77,8 +79,9 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Exports what the queue holds to `url` until stop; then what is queued
-/// gets one more try.
+/// Exports what the queue holds to `url` until stop; then what is under
+/// way or queued gets [`DRAIN`] more, and the rest is dropped (counted as
+/// `shutdown`).
 pub async fn run(
     mut queue: mpsc::Receiver<Arc<Trace>>,
     url: String,
@@ -90,37 +93,47 @@ pub async fn run(
     let host = host_name();
     let shown = crate::redact::url(&url);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut stopping = false;
+    // Set by the stop signal: what is queued then gets until this instant.
+    let mut closing: Option<Instant> = None;
     let mut failing = false;
     loop {
-        let first = tokio::select! {
-            t = queue.recv() => match t {
-                Some(t) => t,
-                None => return,
-            },
-            _ = ticker.tick() => {
-                beat.beat();
-                continue;
-            }
-            _ = stop.wait_for(|s| *s), if !stopping => {
-                stopping = true;
-                match queue.try_recv() {
-                    Ok(t) => t,
-                    Err(_) => return,
+        let first = match closing {
+            None => tokio::select! {
+                t = queue.recv() => match t {
+                    Some(t) => t,
+                    None => return,
+                },
+                _ = ticker.tick() => {
+                    beat.beat();
+                    continue;
                 }
-            }
+                _ = stop.wait_for(|s| *s) => {
+                    closing = Some(Instant::now() + DRAIN);
+                    continue;
+                }
+            },
+            Some(at) if Instant::now() >= at => break,
+            Some(_) => match queue.try_recv() {
+                Ok(t) => t,
+                Err(_) => return,
+            },
         };
         let mut batch = vec![first];
         let mut spans = batch[0].spans.len();
         let until = Instant::now() + BATCH_WAIT;
-        while spans < BATCH_SPANS && !stopping {
-            match tokio::time::timeout_at(until, queue.recv()).await {
-                Ok(Some(t)) => {
-                    spans += t.spans.len();
-                    batch.push(t);
-                }
-                Ok(None) | Err(_) => break,
-            }
+        while spans < BATCH_SPANS {
+            let next = match closing {
+                None => tokio::time::timeout_at(until, queue.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                Some(_) => queue.try_recv().ok(),
+            };
+            let Some(t) = next else {
+                break;
+            };
+            spans += t.spans.len();
+            batch.push(t);
         }
         metrics
             .traces
@@ -128,8 +141,22 @@ pub async fn run(
             .set(i64::try_from(QUEUE - queue.capacity()).unwrap_or(i64::MAX));
         let request = otlp::encode(batch.iter().map(|t| &**t), &host, unix_offset_ns());
         let body = Bytes::from(request.encode_to_vec());
-        let deadline = Instant::now() + if stopping { BATCH_WAIT } else { DEADLINE };
-        let result = post::send(&client, &url, PROTOBUF, &body, deadline, RETRY).await;
+        let deadline = Instant::now() + DEADLINE;
+        let deadline = closing.map_or(deadline, |c| c.min(deadline));
+        let sending = post::send(&client, &url, PROTOBUF, &body, deadline, RETRY);
+        tokio::pin!(sending);
+        // A send under way when the stop comes gets until the drain's end.
+        let result = loop {
+            tokio::select! {
+                r = &mut sending => break r,
+                _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                    closing = Some(Instant::now() + DRAIN);
+                }
+                _ = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
+                    break Err(Failure::Timeout("the agent is stopping".into()));
+                }
+            }
+        };
         beat.beat();
         let outcome = match &result {
             Ok(()) => "sent",
@@ -150,18 +177,33 @@ pub async fn run(
                 }
             }
             Err(Failure::Failed(e) | Failure::Timeout(e)) => {
+                let reason = if closing.is_some() {
+                    "shutdown"
+                } else {
+                    "export_failed"
+                };
                 metrics
                     .traces
                     .spans_dropped
-                    .with_label_values(&["export_failed"])
+                    .with_label_values(&[reason])
                     .inc_by(spans as u64);
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(collector = %shown, error = %e, spans, "span export {outcome}; dropping spans until the collector answers");
                 }
             }
         }
-        if stopping && queue.is_empty() {
-            return;
+    }
+    // The drain is over: what is still queued (at most the queue) goes.
+    let mut left = 0;
+    for _ in 0..QUEUE {
+        match queue.try_recv() {
+            Ok(t) => left += t.spans.len() as u64,
+            Err(_) => break,
         }
     }
+    metrics
+        .traces
+        .spans_dropped
+        .with_label_values(&["shutdown"])
+        .inc_by(left);
 }

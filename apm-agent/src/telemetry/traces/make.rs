@@ -48,7 +48,7 @@ pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
         attributes,
         error,
         remote: done.trace,
-        wire: done.seq.map(|seq| (done.port, seq)),
+        wire: done.seq.map(|(client, seq)| (done.port, client, seq)),
         thread: done.thread,
     }
 }

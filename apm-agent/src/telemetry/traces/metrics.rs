@@ -6,12 +6,13 @@ use super::sample::Decision;
 use crate::telemetry::metrics::{MetricsError, SERVICE};
 
 /// Every `reason` of `apm_trace_spans_dropped_total`.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "pending_full",
     "sampled_out",
     "rate_limited",
     "queue_full",
     "export_failed",
+    "shutdown",
 ];
 
 pub struct TraceMetrics {
@@ -49,7 +50,7 @@ impl TraceMetrics {
             )?,
             spans_dropped: counter(
                 "apm_trace_spans_dropped_total",
-                "Spans not exported, by reason: pending_full (the assembler held its maximum), sampled_out and rate_limited (the tail decision), queue_full (the export queue was full), export_failed (the collector did not take them).",
+                "Spans not exported, by reason: pending_full (the assembler held its maximum), sampled_out and rate_limited (the tail decision), queue_full (the export queue was full), export_failed (the collector did not take them), shutdown (still queued or under way when the agent stopped).",
                 &["reason"],
             )?,
             spans_exported: plain(

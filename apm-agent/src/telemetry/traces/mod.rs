@@ -104,9 +104,9 @@ pub struct Span {
     pub error: bool,
     /// The caller's span, from the request's `traceparent`.
     pub remote: Option<TraceParent>,
-    /// For an HTTP call or request seen on packets: (server port, TCP
-    /// sequence number of its first byte), the same at both ends.
-    pub wire: Option<(u16, u32)>,
+    /// For an HTTP call or request seen on packets: (server port, client
+    /// port, TCP sequence number of its first byte), the same at both ends.
+    pub wire: Option<(u16, u16, u32)>,
     /// The thread that sent a call, or a request's response; 0 when not
     /// known.
     pub thread: u32,

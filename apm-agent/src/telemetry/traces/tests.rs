@@ -14,6 +14,8 @@ use super::{
 use crate::protocols::http::TraceParent;
 
 const MS: u64 = 1_000_000;
+/// The client's port of every exchange here.
+const CLIENT_PORT: u16 = 40000;
 
 fn span(id: u64, kind: Kind, service: &str, start_ms: u64, end_ms: u64) -> Span {
     Span {
@@ -35,7 +37,7 @@ fn span(id: u64, kind: Kind, service: &str, start_ms: u64, end_ms: u64) -> Span 
 }
 
 fn wired(mut s: Span, port: u16, seq: u32) -> Span {
-    s.wire = Some((port, seq));
+    s.wire = Some((port, CLIENT_PORT, seq));
     s
 }
 
@@ -83,7 +85,7 @@ fn a_request_its_calls_and_the_next_services_request_form_one_trace() {
     // front's call to back starts (port 8001, sequence 1000); back's
     // request ends first, then front's call (the same bytes), a Redis call,
     // then front's request.
-    a.call_started((8001, 1000), 11 * MS);
+    a.call_started((8001, CLIENT_PORT, 1000), 11 * MS);
     held(
         &mut a,
         wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000),
@@ -186,7 +188,7 @@ fn a_full_assembler_drops_and_counts() {
     });
     // Held: a local client's calls may claim them.
     for id in 1..=3 {
-        a.call_started((80, id as u32), 9 * MS);
+        a.call_started((80, CLIENT_PORT, id as u32), 9 * MS);
         assert!(
             server(
                 &mut a,
@@ -276,7 +278,7 @@ fn recent_traces_keep_the_slowest_per_operation_and_the_failed_ones() {
 #[test]
 fn otlp_export_carries_ids_parents_kinds_and_attributes() {
     let mut a = Assembler::new(limits());
-    a.call_started((8001, 1000), 11 * MS);
+    a.call_started((8001, CLIENT_PORT, 1000), 11 * MS);
     held(
         &mut a,
         wired(span(3, Kind::Server, "back", 12, 60), 8001, 1000),
@@ -326,7 +328,7 @@ fn a_request_no_local_client_made_is_whole_at_once() {
     assert_eq!(shape(&t), [(1, None, Join::Root)]);
     assert_eq!(a.pending(), 0);
     // A local client's call to it: held for the call.
-    a.call_started((80, 99), 20 * MS);
+    a.call_started((80, CLIENT_PORT, 99), 20 * MS);
     assert!(
         server(
             &mut a,
@@ -339,5 +341,41 @@ fn a_request_no_local_client_made_is_whole_at_once() {
     assert_eq!(
         shape(&t),
         [(3, None, Join::Root), (2, Some(3), Join::Connection)]
+    );
+}
+
+#[test]
+fn a_request_that_starts_after_a_call_does_not_take_it() {
+    let mut a = Assembler::new(limits());
+    // The call is made in request 1 and ends while only 1 is in flight;
+    // request 3 starts right after it and ends first.
+    a.call(span(2, Kind::Client, "front", 20, 21), 1);
+    held(&mut a, span(3, Kind::Server, "front", 22, 30));
+    held(&mut a, span(1, Kind::Server, "front", 10, 50));
+    let mut traces = finish(&mut a, 1000);
+    traces.sort_by_key(|t| t.root().id);
+    assert_eq!(
+        shape(&traces[0]),
+        [(1, None, Join::Root), (2, Some(1), Join::Nesting)]
+    );
+    assert_eq!(shape(&traces[1]), [(3, None, Join::Root)]);
+    assert!(a.take_losses().unplaced.is_empty());
+}
+
+#[test]
+fn a_lost_request_makes_the_calls_of_its_time_unplaceable() {
+    let mut a = Assembler::new(limits());
+    a.call(span(2, Kind::Client, "front", 20, 21), 1);
+    // Another request of the service, in flight during the call, will
+    // never be paired: the call could be its.
+    a.request_lost(&Arc::from("front"), 25 * MS);
+    held(&mut a, span(1, Kind::Server, "front", 10, 50));
+    assert_eq!(finish(&mut a, 1000).len(), 2);
+    let losses = a.take_losses();
+    assert_eq!(
+        losses
+            .unplaced
+            .get(&(Arc::from("front"), Unplaced::Ambiguous)),
+        Some(&1)
     );
 }

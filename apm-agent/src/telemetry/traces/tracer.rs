@@ -97,7 +97,7 @@ impl Tracer {
     /// A server request of `service` (its port `port`) ended.
     pub fn request(&mut self, done: &Completed, service: Arc<str>, port: u16, metrics: &Metrics) {
         metrics.traces.spans.inc();
-        let wire = done.seq.map(|s| (done.port, s));
+        let wire = done.seq.map(|(client, s)| (done.port, client, s));
         if self
             .assembler
             .joinable(&service, wire, done.trace.is_some())
@@ -143,9 +143,14 @@ impl Tracer {
         }
     }
 
+    /// A request of `service` will never be paired.
+    pub fn request_lost(&mut self, service: &Arc<str>, now_ns: u64) {
+        self.assembler.request_lost(service, now_ns);
+    }
+
     /// A client's HTTP call began (its server's end may be on this host).
-    pub fn call_started(&mut self, port: u16, seq: u32, start_ns: u64) {
-        self.assembler.call_started((port, seq), start_ns);
+    pub fn call_started(&mut self, port: u16, (client, seq): (u16, u32), start_ns: u64) {
+        self.assembler.call_started((port, client, seq), start_ns);
     }
 
     /// A client's call ended while `in_flight` requests of its service
