@@ -129,6 +129,9 @@ pub struct ExportedSpan {
     pub end: u64,
     pub error: bool,
     pub service: String,
+    /// The resource's `process.pid` and `host.name`.
+    pub pid: Option<u64>,
+    pub host: String,
     pub attributes: Value,
 }
 
@@ -157,6 +160,11 @@ pub fn traces(received: &Value) -> BTreeMap<String, Vec<ExportedSpan>> {
             end: s["end_unix_nano"].as_u64().unwrap_or(0),
             error: s["status_code"].as_i64() == Some(2),
             service: s["resource"]["service.name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            pid: s["resource"]["process.pid"].as_u64(),
+            host: s["resource"]["host.name"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),

@@ -228,6 +228,17 @@ fn every_front_request_is_one_trace_of_its_calls_and_backs_request() {
         }
     }
     assert_eq!(order_traces, usize::from(N));
+    // The resource names each service's process and the host.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    for s in all.values().flatten() {
+        let pid = if s.service == "back" {
+            c.back.pid()
+        } else {
+            c.front.pid()
+        };
+        assert_eq!(s.pid, Some(u64::from(pid)), "{s:?}");
+        assert_eq!(s.host, host.trim(), "{s:?}");
+    }
     // Every export decoded with the official definitions.
     let doc = receiver.received();
     assert_eq!(doc["bad_requests"], 0, "{doc}");

@@ -22,7 +22,7 @@ use crate::{
         tls_note,
     },
     config::Config,
-    services::directory::{Directory, ServiceInfo, Services, UNKNOWN_SERVICE},
+    services::directory::{Directory, ServiceInfo, ServiceResource, Services, UNKNOWN_SERVICE},
     services::discovery::{Discovery, Listeners, Owner},
     telemetry::metrics::Metrics,
 };
@@ -90,6 +90,9 @@ pub struct Agent {
     /// retried with the next one) but are logged once per namespace.
     netns_cookies: HashMap<u64, u64>,
     netns_warned: HashSet<u64>,
+    /// Each service's lowest pid and its container, for spans' resources
+    /// (read again when the processes change).
+    resources: rustc_hash::FxHashMap<Arc<str>, ServiceResource>,
     /// Ports and pids the kernel maps refused (full): not retried.
     refused_ports: HashSet<u16>,
     refused_pids: HashSet<u32>,
@@ -161,6 +164,7 @@ impl Agent {
             services: Services::default(),
             netns_cookies: HashMap::new(),
             netns_warned: HashSet::new(),
+            resources: Default::default(),
             refused_ports: HashSet::new(),
             refused_pids: HashSet::new(),
             newly_named: Vec::new(),
@@ -274,6 +278,9 @@ impl Agent {
             }
         }
         let changed = self.track_pids(owners_now);
+        if changed || self.resources.is_empty() {
+            self.resources = self.service_resources();
+        }
         self.publish_directory(listeners, &named_sockets);
         // Services appear in /metrics only once the pipeline can file
         // their requests (a scrape may not wait for this scan).
@@ -458,6 +465,7 @@ impl Agent {
                 .map(|(&port, name)| (port, name.as_str().into()))
                 .collect(),
             by_socket,
+            resources: self.resources.clone(),
         };
         // Namespaces without listeners are forgotten (an inode may be
         // reused by a new namespace with another cookie).
@@ -468,6 +476,26 @@ impl Agent {
             self.directory.replace(services.clone());
             self.services = services;
         }
+    }
+
+    /// Each service's lowest pid and that process's container.
+    fn service_resources(&self) -> rustc_hash::FxHashMap<Arc<str>, ServiceResource> {
+        let mut first: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+        for (&pid, (name, _)) in &self.published {
+            let slot = first.entry(name.as_str()).or_insert(pid);
+            *slot = (*slot).min(pid);
+        }
+        first
+            .into_iter()
+            .map(|(name, pid)| {
+                let id = crate::services::identity::of_process(&self.proc_root, pid);
+                let resource = ServiceResource {
+                    pid,
+                    container_id: id.container_id.map(Arc::from),
+                };
+                (Arc::from(name), resource)
+            })
+            .collect()
     }
 
     /// `apm_service_info`: the container and pod of each service, from the

@@ -22,6 +22,14 @@ pub struct ServiceInfo {
     pub ports: Vec<u16>,
 }
 
+/// What a span's resource says of its service: its lowest pid and that
+/// process's container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceResource {
+    pub pid: u32,
+    pub container_id: Option<Arc<str>>,
+}
+
 /// One consistent view of every monitored service. Keys are made by the
 /// kernel or the agent, never by traffic, so a fast non-keyed hash is safe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,6 +42,8 @@ pub struct Services {
     /// Local port → service, for the ports whose listeners' namespace
     /// cookies the agent could not learn.
     pub by_port: FxHashMap<u16, Arc<str>>,
+    /// Service → its resource (spans).
+    pub resources: FxHashMap<Arc<str>, ServiceResource>,
 }
 
 impl Services {

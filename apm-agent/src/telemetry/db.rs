@@ -185,6 +185,7 @@ impl CommandSink for Recorder<'_> {
         if peer.server.is_some() && self.tracer.enabled() {
             let start = end_ns.saturating_sub(duration_ns);
             let span = make::redis(peer, cmd, name.clone(), (start, end_ns), tid);
+            let span = make::resourced(span, self.services.resources.get(name));
             let in_flight = self.in_flight(name);
             self.tracer.call(span, in_flight, metrics);
         }

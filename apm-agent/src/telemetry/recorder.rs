@@ -220,13 +220,16 @@ impl Sink for Recorder<'_> {
                 .completed(metrics, self.budget, &name, server, &done, now_ns);
             if self.tracer.enabled() {
                 let in_flight = self.in_flight(&name);
-                let span = make::http(&done, name, port);
+                let resource = self.services.resources.get(&name);
+                let span = make::resourced(make::http(&done, name, port), resource);
                 self.tracer.call(span, in_flight, metrics);
             }
             return;
         }
         if self.tracer.enabled() {
-            self.tracer.request(&done, name.clone(), port, self.metrics);
+            let resource = self.services.resources.get(&name);
+            self.tracer
+                .request(&done, (name.clone(), port), resource, self.metrics);
         }
         let seconds = done.duration_ns as f64 / 1e9;
         let (metrics, now_ns) = (self.metrics, self.now_ns);

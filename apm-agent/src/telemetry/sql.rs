@@ -258,6 +258,7 @@ impl StatementSink for Recorder<'_> {
         if peer.server.is_some() && self.tracer.enabled() {
             let at = (end_ns.saturating_sub(duration_ns), end_ns);
             let span = make::sql(peer, system, stmt, outcome, name.clone(), at, self.thread);
+            let span = make::resourced(span, self.services.resources.get(name));
             let in_flight = self.in_flight(name);
             self.tracer.call(span, in_flight, metrics);
         }

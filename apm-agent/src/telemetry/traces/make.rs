@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{Kind, Span, Value, random_id};
 use crate::{
     protocols::{resp::commands::Command, sql::Statement},
+    services::directory::ServiceResource,
     streams::{
         pairing::{Completed, Origin},
         resp::Peer,
@@ -43,6 +44,7 @@ pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
         kind,
         service,
         pid,
+        container: None,
         start_ns: done.start_ns,
         end_ns: done.start_ns.saturating_add(done.duration_ns),
         attributes,
@@ -128,6 +130,7 @@ fn db_call(
         kind: Kind::Client,
         service,
         pid,
+        container: None,
         start_ns,
         end_ns,
         attributes,
@@ -136,4 +139,14 @@ fn db_call(
         wire: None,
         thread,
     }
+}
+
+/// `span` with its service's resource: the container, and the lowest pid
+/// when the span's own process is not known.
+pub fn resourced(mut span: Span, resource: Option<&ServiceResource>) -> Span {
+    if let Some(r) = resource {
+        span.pid = span.pid.or(Some(r.pid));
+        span.container.clone_from(&r.container_id);
+    }
+    span
 }

@@ -94,8 +94,10 @@ pub struct Span {
     pub kind: Kind,
     pub service: Arc<str>,
     /// The process that made it, when known (clients, the syscall
-    /// capture).
+    /// capture), else its service's lowest pid.
     pub pid: Option<u32>,
+    /// The container of that process, when it runs in one.
+    pub container: Option<Arc<str>>,
     /// Kernel clock.
     pub start_ns: u64,
     pub end_ns: u64,

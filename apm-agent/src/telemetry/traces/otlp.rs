@@ -38,8 +38,9 @@ pub fn encode<'a>(
     host: &str,
     offset: i128,
 ) -> ExportTraceServiceRequest {
-    // (service, pid) → spans.
-    let mut groups: BTreeMap<(&str, Option<u32>), Vec<OtlpSpan>> = BTreeMap::new();
+    // (service, pid, container) → spans.
+    type Group<'a> = (&'a str, Option<u32>, Option<&'a str>);
+    let mut groups: BTreeMap<Group<'_>, Vec<OtlpSpan>> = BTreeMap::new();
     for trace in traces {
         for placed in &trace.spans {
             let s = &placed.span;
@@ -74,12 +75,15 @@ pub fn encode<'a>(
                 }),
                 ..Default::default()
             };
-            groups.entry((&s.service, s.pid)).or_default().push(span);
+            groups
+                .entry((&s.service, s.pid, s.container.as_deref()))
+                .or_default()
+                .push(span);
         }
     }
     let resource_spans = groups
         .into_iter()
-        .map(|((service, pid), spans)| {
+        .map(|((service, pid, container), spans)| {
             let mut attributes = vec![
                 kv(
                     "service.name",
@@ -93,6 +97,12 @@ pub fn encode<'a>(
             ];
             if let Some(pid) = pid {
                 attributes.push(kv("process.pid", any_value::Value::IntValue(pid.into())));
+            }
+            if let Some(id) = container {
+                attributes.push(kv(
+                    "container.id",
+                    any_value::Value::StringValue(id.to_owned()),
+                ));
             }
             ResourceSpans {
                 resource: Some(Resource {

@@ -23,6 +23,7 @@ fn span(id: u64, kind: Kind, service: &str, start_ms: u64, end_ms: u64) -> Span 
         kind,
         service: service.into(),
         pid: None,
+        container: None,
         start_ns: start_ms * MS,
         end_ns: end_ms * MS,
         attributes: vec![
@@ -285,6 +286,7 @@ fn otlp_export_carries_ids_parents_kinds_and_attributes() {
     );
     let mut call = wired(span(2, Kind::Client, "front", 11, 61), 8001, 1000);
     call.pid = Some(42);
+    call.container = Some("3f9a2b1c".into());
     call.error = true;
     a.call(call, 0);
     let t = finish(&mut a, 1000).pop().expect("trace");
@@ -303,6 +305,13 @@ fn otlp_export_carries_ids_parents_kinds_and_attributes() {
                 .is_some_and(|res| res.attributes.iter().any(|kv| kv.key == "process.pid"))
         })
         .expect("front's resource");
+    let container = front.resource.as_ref().and_then(|r| {
+        r.attributes
+            .iter()
+            .find(|kv| kv.key == "container.id")
+            .cloned()
+    });
+    assert!(container.is_some(), "{front:?}");
     let span = &front.scope_spans[0].spans[0];
     assert_eq!(span.span_id, 2u64.to_be_bytes());
     assert_eq!(span.trace_id, t.trace_id);

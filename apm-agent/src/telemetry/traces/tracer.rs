@@ -14,8 +14,8 @@ use super::{
     recent::RecentTraces,
     sample::{Decision, SampleConfig, Sampler, Summary},
 };
-use crate::streams::pairing::Completed;
 use crate::telemetry::metrics::Metrics;
+use crate::{services::directory::ServiceResource, streams::pairing::Completed};
 
 #[derive(Clone, Copy, Debug)]
 pub struct TraceConfig {
@@ -94,15 +94,23 @@ impl Tracer {
         self.enabled
     }
 
-    /// A server request of `service` (its port `port`) ended.
-    pub fn request(&mut self, done: &Completed, service: Arc<str>, port: u16, metrics: &Metrics) {
+    /// A server request of `service` (its port `port`, its `resource`)
+    /// ended.
+    pub fn request(
+        &mut self,
+        done: &Completed,
+        (service, port): (Arc<str>, u16),
+        resource: Option<&ServiceResource>,
+        metrics: &Metrics,
+    ) {
         metrics.traces.spans.inc();
         let wire = done.seq.map(|(client, s)| (done.port, client, s));
+        let span = |service| make::resourced(make::http(done, service, port), resource);
         if self
             .assembler
             .joinable(&service, wire, done.trace.is_some())
         {
-            self.assembler.server(make::http(done, service, port));
+            self.assembler.server(span(service));
             return;
         }
         // Nothing on this host can join it: its trace is this span, decided
@@ -129,10 +137,7 @@ impl Tracer {
             dropped.inc();
             return;
         }
-        let trace = Arc::new(
-            self.assembler
-                .alone(make::http(done, service, port), trace_id),
-        );
+        let trace = Arc::new(self.assembler.alone(span(service), trace_id));
         if listed {
             self.recent_changed |= self.recent.add(&trace, end);
         }
