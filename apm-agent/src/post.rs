@@ -35,8 +35,14 @@ pub enum Failure {
     Timeout(String),
 }
 
-/// POSTs `body` as `content_type`, retrying with backoff until `deadline`. A 4xx
-/// answer but 429 is final: the receiver refused it.
+/// The most of a receiver's answer that is read (an OTLP collector's
+/// partial success, a webhook's text).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// POSTs `body` as `content_type`, retrying with backoff until `deadline`;
+/// the successful answer's body (its first [`MAX_ANSWER`] bytes, empty if
+/// it did not come by the deadline). A 4xx answer but 429 is final: the
+/// receiver refused it.
 pub async fn send(
     client: &HttpClient,
     url: &str,
@@ -44,7 +50,7 @@ pub async fn send(
     body: &Bytes,
     deadline: Instant,
     retry: Retry,
-) -> Result<(), Failure> {
+) -> Result<Bytes, Failure> {
     let Retry {
         attempts,
         first_wait,
@@ -69,7 +75,15 @@ pub async fn send(
             .body(Full::new(body.clone()))
             .map_err(|e| Failure::Failed(redact_error(&e.to_string(), url)))?;
         match tokio::time::timeout(timeout.min(left), client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => return Ok(()),
+            Ok(Ok(response)) if response.status().is_success() => {
+                use http_body_util::BodyExt as _;
+                let answer = http_body_util::Limited::new(response.into_body(), MAX_ANSWER);
+                let read = tokio::time::timeout_at(deadline, answer.collect()).await;
+                return Ok(match read {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    _ => Bytes::new(),
+                });
+            }
             // 429 asks to come back later; any other 4xx refuses the body.
             Ok(Ok(response))
                 if response.status().is_client_error()

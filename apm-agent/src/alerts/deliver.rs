@@ -206,7 +206,7 @@ impl Worker {
             tokio::pin!(sending);
             let result = loop {
                 tokio::select! {
-                    r = &mut sending => break r,
+                    r = &mut sending => break r.map(drop),
                     _ = stop.wait_for(|s| *s), if closing.is_none() => {
                         closing = Some(Instant::now() + DRAIN);
                     }

@@ -71,7 +71,7 @@ fn send(
     url: &str,
     body: &Bytes,
     deadline: Instant,
-) -> impl Future<Output = Result<(), Failure>> {
+) -> impl Future<Output = Result<Bytes, Failure>> {
     post::send(client, url, JSON, body, deadline, RETRY)
 }
 

@@ -19,6 +19,7 @@ use crate::{
     tasks::Beat,
     telemetry::metrics::Metrics,
 };
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 
 /// Traces waiting for export at most.
 pub const QUEUE: usize = 2048;
@@ -159,7 +160,7 @@ pub async fn run(
         };
         beat.beat();
         let outcome = match &result {
-            Ok(()) => "sent",
+            Ok(_) => "sent",
             Err(Failure::Failed(_)) => "failed",
             Err(Failure::Timeout(_)) => "timeout",
         };
@@ -170,8 +171,22 @@ pub async fn run(
             .inc();
         // One line when export starts failing and one when it recovers.
         match result {
-            Ok(()) => {
-                metrics.traces.spans_exported.inc_by(spans as u64);
+            Ok(answer) => {
+                // A partial success names the spans the collector rejected.
+                let rejected = ExportTraceServiceResponse::decode(answer)
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+                    .min(spans as u64);
+                metrics
+                    .traces
+                    .spans_exported
+                    .inc_by(spans as u64 - rejected);
+                metrics
+                    .traces
+                    .spans_dropped
+                    .with_label_values(&["export_failed"])
+                    .inc_by(rejected);
                 if std::mem::take(&mut failing) {
                     tracing::info!(collector = %shown, "span export recovered");
                 }

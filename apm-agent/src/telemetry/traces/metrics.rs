@@ -50,7 +50,7 @@ impl TraceMetrics {
             )?,
             spans_dropped: counter(
                 "apm_trace_spans_dropped_total",
-                "Spans not exported, by reason: pending_full (the assembler held its maximum), sampled_out and rate_limited (the tail decision), queue_full (the export queue was full), export_failed (the collector did not take them), shutdown (still queued or under way when the agent stopped).",
+                "Spans not exported, by reason: pending_full (the assembler held its maximum), sampled_out and rate_limited (the tail decision), queue_full (the export queue was full), export_failed (the collector did not take them, or rejected them in a partial success), shutdown (still queued or under way when the agent stopped).",
                 &["reason"],
             )?,
             spans_exported: plain(

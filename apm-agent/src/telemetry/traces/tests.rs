@@ -388,3 +388,63 @@ fn a_lost_request_makes_the_calls_of_its_time_unplaceable() {
         Some(&1)
     );
 }
+
+#[tokio::test]
+async fn spans_a_collector_rejects_are_counted_as_dropped_not_exported() {
+    use std::io::{Read as _, Write as _};
+    // A collector that takes the request and rejects one span of it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 65536];
+        let _ = s.read(&mut buf);
+        let answer = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse {
+            partial_success: Some(
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                    rejected_spans: 1,
+                    error_message: "too old".into(),
+                },
+            ),
+        }
+        .encode_to_vec();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+            answer.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&answer);
+    });
+    let metrics = Arc::new(crate::telemetry::metrics::Metrics::new().expect("metrics"));
+    let (queue, rx) = super::export::Queue::new();
+    let mut two = trace(5, false, 0);
+    let mut child = two.spans[0].clone();
+    child.span.id = 2;
+    child.parent = Some(1);
+    two.spans.push(child);
+    queue.offer(Arc::new(two), &metrics);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = crate::tasks::Tasks::default();
+    let exporter = tokio::spawn(super::export::run(
+        rx,
+        format!("http://127.0.0.1:{port}/v1/traces"),
+        metrics.clone(),
+        stop_rx,
+        tasks.watch("span export", std::time::Duration::from_secs(60)),
+    ));
+    let t = &metrics.traces;
+    for _ in 0..100 {
+        if t.spans_exported.get() + t.spans_dropped.with_label_values(&["export_failed"]).get() >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.spans_exported.get(), 1);
+    assert_eq!(
+        t.spans_dropped.with_label_values(&["export_failed"]).get(),
+        1
+    );
+    let _ = stop_tx.send(true);
+    let _ = exporter.await;
+}
