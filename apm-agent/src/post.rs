@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -104,6 +104,46 @@ pub async fn send(
     Err(Failure::Timeout(format!(
         "{last}; no success by the deadline"
     )))
+}
+
+/// A sender's view of the agent's stop signal: once it comes, what is
+/// under way or queued has until `closing` (set to now + `drain`).
+pub struct Stop<'a> {
+    pub signal: &'a mut watch::Receiver<bool>,
+    pub closing: &'a mut Option<Instant>,
+    pub drain: Duration,
+}
+
+/// Runs `sending` (a [`send`] whose deadline already respects `closing`),
+/// racing the stop signal: when it comes, the send gets the drain, and is
+/// abandoned as a timeout when the drain ends.
+pub async fn or_stop(
+    sending: impl Future<Output = Result<Bytes, Failure>>,
+    stop: Stop<'_>,
+) -> Result<Bytes, Failure> {
+    tokio::pin!(sending);
+    loop {
+        // (The drain's end is waited on only once the signal came.)
+        let end = stop.closing.unwrap_or_else(Instant::now);
+        tokio::select! {
+            r = &mut sending => return r,
+            _ = stop.signal.wait_for(|s| *s), if stop.closing.is_none() => {
+                *stop.closing = Some(Instant::now() + stop.drain);
+            }
+            _ = tokio::time::sleep_until(end), if stop.closing.is_some() => {
+                return Err(Failure::Timeout("the agent is stopping".into()));
+            }
+        }
+    }
+}
+
+/// A send's result as a metric label: sent, failed or timeout.
+pub fn outcome<T>(result: &Result<T, Failure>) -> &'static str {
+    match result {
+        Ok(_) => "sent",
+        Err(Failure::Failed(_)) => "failed",
+        Err(Failure::Timeout(_)) => "timeout",
+    }
 }
 
 /// An error text without the URL's credentials.

@@ -195,33 +195,15 @@ impl Worker {
                 continue;
             };
             let deadline = Instant::now() + DEADLINE;
-            let sending = post::send(
-                &self.client,
-                &url,
-                JSON,
-                &body,
-                closing.map_or(deadline, |c| c.min(deadline)),
-                RETRY,
-            );
-            tokio::pin!(sending);
-            let result = loop {
-                tokio::select! {
-                    r = &mut sending => break r.map(drop),
-                    _ = stop.wait_for(|s| *s), if closing.is_none() => {
-                        closing = Some(Instant::now() + DRAIN);
-                    }
-                    // (Disabled until the stop signal: `deadline` is a
-                    // placeholder never waited on.)
-                    _ = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
-                        break Err(Failure::Timeout("the agent is stopping".into()));
-                    }
-                }
+            let deadline = closing.map_or(deadline, |c| c.min(deadline));
+            let sending = post::send(&self.client, &url, JSON, &body, deadline, RETRY);
+            let stopping = post::Stop {
+                signal: &mut stop,
+                closing: &mut closing,
+                drain: DRAIN,
             };
-            let outcome = match &result {
-                Ok(()) => "sent",
-                Err(Failure::Failed(_)) => "failed",
-                Err(Failure::Timeout(_)) => "timeout",
-            };
+            let result = post::or_stop(sending, stopping).await;
+            let outcome = post::outcome(&result);
             self.metrics
                 .alert_notifications
                 .with_label_values(&[&self.shown, outcome])

@@ -145,25 +145,15 @@ pub async fn run(
         let deadline = Instant::now() + DEADLINE;
         let deadline = closing.map_or(deadline, |c| c.min(deadline));
         let sending = post::send(&client, &url, PROTOBUF, &body, deadline, RETRY);
-        tokio::pin!(sending);
         // A send under way when the stop comes gets until the drain's end.
-        let result = loop {
-            tokio::select! {
-                r = &mut sending => break r,
-                _ = stop.wait_for(|s| *s), if closing.is_none() => {
-                    closing = Some(Instant::now() + DRAIN);
-                }
-                _ = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
-                    break Err(Failure::Timeout("the agent is stopping".into()));
-                }
-            }
+        let stopping = post::Stop {
+            signal: &mut stop,
+            closing: &mut closing,
+            drain: DRAIN,
         };
+        let result = post::or_stop(sending, stopping).await;
         beat.beat();
-        let outcome = match &result {
-            Ok(_) => "sent",
-            Err(Failure::Failed(_)) => "failed",
-            Err(Failure::Timeout(_)) => "timeout",
-        };
+        let outcome = post::outcome(&result);
         metrics
             .traces
             .export_requests
