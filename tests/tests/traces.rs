@@ -18,6 +18,13 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Requests per run; ids 1..=N.
 const N: u16 = 40;
 const ROOT: &str = "GET /order/{id}";
+/// Keep and export every trace.
+const EVERY_TRACE: [&str; 4] = [
+    "--trace-sample-ratio",
+    "1",
+    "--trace-max-spans-per-second",
+    "100000",
+];
 /// Values the privacy tests put in paths, queries and headers.
 const MARKERS: [&str; 5] = [
     "SECRETQUERY",
@@ -197,15 +204,7 @@ fn check_order_trace(all: &[ExportedSpan]) -> i64 {
 #[test]
 fn every_front_request_is_one_trace_of_its_calls_and_backs_request() {
     require_root();
-    let (receiver, c, agent) = traced(
-        false,
-        &[
-            "--trace-sample-ratio",
-            "1",
-            "--trace-max-spans-per-second",
-            "100000",
-        ],
-    );
+    let (receiver, c, agent) = traced(false, &EVERY_TRACE);
     drive(&c.front);
     let truth = front_counts(&c.front);
     assert_eq!(
@@ -485,15 +484,7 @@ fn exported_bytes_carry_no_marker() {
 #[test]
 fn concurrent_requests_never_get_another_requests_calls() {
     require_root();
-    let (receiver, c, agent) = traced(
-        false,
-        &[
-            "--trace-sample-ratio",
-            "1",
-            "--trace-max-spans-per-second",
-            "100000",
-        ],
-    );
+    let (receiver, c, agent) = traced(false, &EVERY_TRACE);
     // Four clients at once: front's event loop interleaves their requests,
     // so most of its calls cannot be placed and must be counted instead.
     let port = c.front.port;

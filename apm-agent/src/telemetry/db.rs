@@ -182,12 +182,9 @@ impl CommandSink for Recorder<'_> {
     fn completed(&mut self, peer: &Peer, cmd: Command, duration_ns: u64, end_ns: u64, tid: u32) {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
-        if peer.server.is_some() && self.tracer.enabled() {
-            let start = end_ns.saturating_sub(duration_ns);
-            let span = make::redis(peer, cmd, name.clone(), (start, end_ns), tid);
-            let span = make::resourced(span, self.services.resources.get(name));
-            let in_flight = self.in_flight(name);
-            self.tracer.call(span, in_flight, metrics);
+        if peer.server.is_some() {
+            let at = (end_ns.saturating_sub(duration_ns), end_ns);
+            self.trace_call(name, || make::redis(peer, cmd, name.clone(), at, tid));
         }
         let seconds = duration_ns as f64 / 1e9;
         if !self.db.totals.contains_key(name) {

@@ -17,7 +17,7 @@ use crate::{
     telemetry::{
         metrics::Metrics,
         recent::RecentDurations,
-        traces::{make, tracer::Tracer},
+        traces::{Span, make, tracer::Tracer},
         windows::Windows,
     },
 };
@@ -49,8 +49,6 @@ pub(super) struct SeriesBudget {
 pub(super) struct ServiceStats {
     pub seen: u64,
     pub paired: u64,
-    /// Requests seen that will not be paired.
-    pub lost: u64,
     pub unpaired: HashMap<&'static str, u64>,
     pub resyncs: HashMap<&'static str, u64>,
     pub routes: FxHashMap<(Method, Arc<str>), RouteStats>,
@@ -106,11 +104,25 @@ pub(super) struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    /// Requests of service `name` in flight now.
-    pub(super) fn in_flight(&self, name: &str) -> u64 {
+    /// Requests of service `name` in flight now: seen, less paired, less
+    /// unpaired (every unpaired reason stands for a request seen).
+    fn in_flight(&self, name: &str) -> u64 {
         self.stats.get(name).map_or(0, |s| {
-            s.seen.saturating_sub(s.paired).saturating_sub(s.lost)
+            let lost: u64 = s.unpaired.values().sum();
+            s.seen.saturating_sub(s.paired).saturating_sub(lost)
         })
+    }
+
+    /// A monitored client's call of service `name` ended: `span()` makes
+    /// its span, with the service's resource, for the tracer (when
+    /// tracing).
+    pub(super) fn trace_call(&mut self, name: &Arc<str>, span: impl FnOnce() -> Span) {
+        if !self.tracer.enabled() {
+            return;
+        }
+        let span = make::resourced(span(), self.services.resources.get(name));
+        let in_flight = self.in_flight(name);
+        self.tracer.call(span, in_flight, self.metrics);
     }
 
     fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
@@ -144,7 +156,6 @@ fn new_service(metrics: &Metrics, name: &Arc<str>) -> ServiceStats {
     ServiceStats {
         seen: 0,
         paired: 0,
-        lost: 0,
         unpaired: HashMap::new(),
         resyncs: HashMap::new(),
         routes: FxHashMap::default(),
@@ -218,12 +229,7 @@ impl Sink for Recorder<'_> {
             let (metrics, now_ns) = (self.metrics, self.now_ns);
             self.http_client
                 .completed(metrics, self.budget, &name, server, &done, now_ns);
-            if self.tracer.enabled() {
-                let in_flight = self.in_flight(&name);
-                let resource = self.services.resources.get(&name);
-                let span = make::resourced(make::http(&done, name, port), resource);
-                self.tracer.call(span, in_flight, metrics);
-            }
+            self.trace_call(&name, || make::http(&done, name.clone(), port));
             return;
         }
         if self.tracer.enabled() {
@@ -317,10 +323,8 @@ impl Recorder<'_> {
         let counts = if resync {
             &mut stats.resyncs
         } else {
-            stats.lost += 1;
             &mut stats.unpaired
         };
-
         *counts.entry(reason.as_str()).or_default() += 1;
         if !resync && self.tracer.enabled() {
             // Its calls can no longer be told from another request's.

@@ -255,12 +255,12 @@ impl StatementSink for Recorder<'_> {
         let (name, port) = service_of(self.services, self.unknown, peer.origin, peer.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
         let duration_ns = end_ns.saturating_sub(start_ns);
-        if peer.server.is_some() && self.tracer.enabled() {
+        if peer.server.is_some() {
             let at = (end_ns.saturating_sub(duration_ns), end_ns);
-            let span = make::sql(peer, system, stmt, outcome, name.clone(), at, self.thread);
-            let span = make::resourced(span, self.services.resources.get(name));
-            let in_flight = self.in_flight(name);
-            self.tracer.call(span, in_flight, metrics);
+            let thread = self.thread;
+            self.trace_call(name, || {
+                make::sql(peer, system, stmt, outcome, name.clone(), at, thread)
+            });
         }
         let seconds = duration_ns as f64 / 1e9;
         let db = system.label();

@@ -5,16 +5,16 @@
 //!    takes that trace id and parent.
 //! 2. The connection: a monitored client's HTTP call and a monitored
 //!    server's request whose first bytes carry the same TCP sequence number
-//!    to the same server port are one exchange seen at both sockets; the
-//!    server span becomes the call's child.
+//!    between the same client and server ports are one exchange seen at
+//!    both sockets; the server span becomes the call's child.
 //! 3. Nesting: a call made while exactly one server request of its service
-//!    was in flight, ending inside it, with no other request of the service
-//!    overlapping it, is that request's child, unless the call was sent by
-//!    another thread than the one that sent the request's response (both
-//!    known: a background thread's call, such as an exporter's). Anything
-//!    else (several requests in flight, none, a call that outlives every
-//!    request, another thread) is counted as unplaced and starts a trace of
-//!    its own: never guessed.
+//!    was in flight, lying inside it, with no other request of the service
+//!    overlapping it (nor one lost unpaired), is that request's child,
+//!    unless another thread or process than the one that sent the
+//!    request's response sent it (both known: a background thread's call,
+//!    such as an exporter's). Anything else (several requests in flight,
+//!    none, a call whose request never ends, another thread) is counted as
+//!    unplaced and starts a trace of its own.
 //!
 //! A span with no local parent is a root; its trace is handed on `grace`
 //! after it ends (children end before their parents, and the pipeline
@@ -153,8 +153,8 @@ pub struct Assembler {
     nesting: FxHashMap<Arc<str>, Vec<Ref>>,
     /// Per service: its recent requests.
     requests: FxHashMap<Arc<str>, Requests>,
-    /// Clients' HTTP calls under way, by (server port, sequence number):
-    /// the server spans a local client may yet claim.
+    /// Clients' HTTP calls under way, by (server port, client port,
+    /// sequence number): the server spans a local client may yet claim.
     open_calls: FxHashMap<(u16, u16, u32), u64>,
     /// Roots to hand on (and unplaced calls), due a grace period after they
     /// end: in about the order they come.
@@ -209,8 +209,8 @@ impl Assembler {
         }
     }
 
-    /// A client's HTTP call to port `key.0` began at `start_ns` with the
-    /// byte of sequence number `key.1`.
+    /// A client's HTTP call to server port `key.0` from client port `key.1`
+    /// began at `start_ns` with the byte of sequence number `key.2`.
     pub fn call_started(&mut self, key: (u16, u16, u32), start_ns: u64) {
         if self.open_calls.len() < MAX_OPEN_CALLS {
             self.open_calls.insert(key, start_ns);
@@ -231,16 +231,12 @@ impl Assembler {
     /// caller named one).
     pub fn alone(&mut self, span: Span, trace_id: [u8; 16]) -> Trace {
         self.remember(&span.service, (span.start_ns, span.end_ns));
-        let join = if span.remote.is_some() {
-            Join::Traceparent
-        } else {
-            Join::Root
+        let root = Placed {
+            span,
+            parent: None,
+            join: Join::Root,
         };
-        let parent = span.remote.map(|r| u64::from_be_bytes(r.parent_id));
-        Trace {
-            trace_id: span.remote.map_or(trace_id, |r| r.trace_id),
-            spans: vec![Placed { span, parent, join }],
-        }
+        whole(vec![root], || trace_id)
     }
 
     /// A server request that may be joined ended ([`Assembler::joinable`]).
@@ -254,11 +250,9 @@ impl Assembler {
             return;
         };
         let end = request.1;
-        if remote {
-            if let Some(n) = self.nodes.get_mut(me) {
-                n.join = Join::Traceparent;
-            }
-        } else if let Some(key) = wire {
+        // A request that named its caller is a root (`whole`); any other
+        // may be a local client's call.
+        if !remote && let Some(key) = wire {
             match self.calls.take(key) {
                 Some(call) if self.nodes.get(call).is_some() => {
                     self.adopt(call, me, Join::Connection)
@@ -464,7 +458,7 @@ impl Assembler {
                 join: node.join,
             });
         }
-        whole(spans)
+        whole(spans, new_trace_id)
     }
 }
 
@@ -480,16 +474,16 @@ impl Requests {
 }
 
 /// A trace of `spans`, root first: the caller's trace id and parent when
-/// the root's request named them, else a new trace id.
-fn whole(mut spans: Vec<Placed>) -> Trace {
-    let trace_id = match spans.first().and_then(|p| p.span.remote) {
-        Some(remote) => remote.trace_id,
-        None => new_trace_id(),
-    };
+/// the root's request named them (joined by `traceparent`), else the id
+/// `new_id` makes.
+fn whole(mut spans: Vec<Placed>, new_id: impl FnOnce() -> [u8; 16]) -> Trace {
+    let remote = spans.first().and_then(|p| p.span.remote);
+    let trace_id = remote.map_or_else(new_id, |r| r.trace_id);
     if let Some(root) = spans.first_mut()
-        && let Some(remote) = root.span.remote
+        && let Some(remote) = remote
     {
         root.parent = Some(u64::from_be_bytes(remote.parent_id));
+        root.join = Join::Traceparent;
     }
     Trace { trace_id, spans }
 }

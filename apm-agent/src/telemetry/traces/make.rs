@@ -25,13 +25,11 @@ pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
     let (kind, pid, error) = match done.origin {
         Origin::Client { tgid, server } => {
             attributes.push(("server.address", Value::Addr(server)));
-            attributes.push(("server.port", Value::Int(port.into())));
             // A client's call failed on any 4xx or 5xx.
             (Kind::Client, Some(tgid), done.status >= 400)
         }
         origin => {
             attributes.push(("http.route", Value::Str(done.route.clone())));
-            attributes.push(("server.port", Value::Int(port.into())));
             let pid = match origin {
                 Origin::Process(tgid) => Some(tgid),
                 _ => None,
@@ -39,6 +37,7 @@ pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
             (Kind::Server, pid, done.status >= 500)
         }
     };
+    attributes.push(("server.port", Value::Int(port.into())));
     Span {
         id: random_id(),
         kind,
@@ -50,9 +49,15 @@ pub fn http(done: &Completed, service: Arc<str>, port: u16) -> Span {
         attributes,
         error,
         remote: done.trace,
-        wire: done.seq.map(|(client, seq)| (done.port, client, seq)),
+        wire: wire(done),
         thread: done.thread,
     }
+}
+
+/// Where a paired request's first byte is in its connection: (server
+/// port, client port, sequence number), the same at both ends.
+pub fn wire(done: &Completed) -> Option<(u16, u16, u32)> {
+    done.seq.map(|(client, seq)| (done.port, client, seq))
 }
 
 /// The span of a monitored client's Redis command to `peer`'s server.

@@ -44,6 +44,25 @@ pub struct RecentTraces {
     by_service: FxHashMap<Arc<str>, Service>,
 }
 
+/// Where a trace goes in an operation's list of the slowest.
+enum Place {
+    /// A free place: fewer than the kept number are listed.
+    Free,
+    /// Instead of the fastest one listed (at that index).
+    Instead(usize),
+}
+
+/// Where a trace lasting `duration_ns` goes in `list`, whose entries that
+/// ended before `since` no longer count; `None`: it is not listed.
+fn place(list: &[Entry], duration_ns: u64, since: u64) -> Option<Place> {
+    let live = || list.iter().enumerate().filter(|(_, e)| e.end_ns >= since);
+    if live().count() < SLOWEST_PER_OPERATION {
+        return Some(Place::Free);
+    }
+    let (fastest, e) = live().min_by_key(|(_, e)| e.duration_ns)?;
+    (e.duration_ns < duration_ns).then_some(Place::Instead(fastest))
+}
+
 /// The key of a root span's operation.
 fn operation(root: &super::Span) -> Operation {
     let first = root
@@ -63,15 +82,10 @@ impl RecentTraces {
     /// `duration_ns` and ending at `now_ns` would be listed.
     pub fn would_list(&self, service: &str, op: &Operation, duration_ns: u64, now_ns: u64) -> bool {
         let since = now_ns.saturating_sub(WINDOW_NS);
-        let Some(list) = self.by_service.get(service).and_then(|s| s.slowest.get(op)) else {
-            return true;
-        };
-        let live = list.iter().filter(|e| e.end_ns >= since);
-        live.clone().count() < SLOWEST_PER_OPERATION
-            || live
-                .map(|e| e.duration_ns)
-                .min()
-                .is_some_and(|m| m < duration_ns)
+        self.by_service
+            .get(service)
+            .and_then(|s| s.slowest.get(op))
+            .is_none_or(|list| place(list, duration_ns, since).is_some())
     }
 
     /// Considers `trace` (its root ended by `now_ns`): O(1) unless it is
@@ -99,17 +113,13 @@ impl RecentTraces {
         let before = list.len();
         list.retain(|e| e.end_ns >= since);
         service.kept -= before - list.len();
-        if list.len() < SLOWEST_PER_OPERATION {
-            list.push(entry);
-            service.kept += 1;
-        } else {
-            let Some(fastest) = (0..list.len()).min_by_key(|&i| list[i].duration_ns) else {
-                return false;
-            };
-            if list[fastest].duration_ns >= entry.duration_ns {
-                return false;
+        match place(list, entry.duration_ns, since) {
+            None => return false,
+            Some(Place::Free) => {
+                list.push(entry);
+                service.kept += 1;
             }
-            list[fastest] = entry;
+            Some(Place::Instead(fastest)) => list[fastest] = entry,
         }
         if service.kept > MAX_PER_SERVICE {
             // The fastest listed trace of the service goes.

@@ -104,7 +104,7 @@ impl Tracer {
         metrics: &Metrics,
     ) {
         metrics.traces.spans.inc();
-        let wire = done.seq.map(|(client, s)| (done.port, client, s));
+        let wire = make::wire(done);
         let span = |service| make::resourced(make::http(done, service, port), resource);
         if self
             .assembler
@@ -141,11 +141,7 @@ impl Tracer {
         if listed {
             self.recent_changed |= self.recent.add(&trace, end);
         }
-        if let Some(dropped) = &counters.dropped[i] {
-            dropped.inc();
-        } else if let Some(queue) = &self.export {
-            queue.offer(trace, metrics);
-        }
+        dispose(trace, i, counters, self.export.as_ref(), metrics);
     }
 
     /// A request of `service` will never be paired.
@@ -163,7 +159,7 @@ impl Tracer {
     pub fn call(&mut self, span: Span, in_flight: u64, metrics: &Metrics) {
         metrics.traces.spans.inc();
         let op = match span.attribute("db.operation.name") {
-            Some(super::Value::Static(op)) => Some(*op),
+            Some(Value::Static(op)) => Some(*op),
             _ => None,
         };
         let held = self.assembler.call(span, in_flight);
@@ -231,10 +227,22 @@ fn decide(trace: super::Trace, now_ns: u64, out: &mut Output<'_>, metrics: &Metr
     let listed = out.recent.add(&trace, now_ns);
     let i = out.sampler.decide(&trace, now_ns).index();
     out.counters.decided[i].inc();
-    if let Some(dropped) = &out.counters.dropped[i] {
+    dispose(trace, i, out.counters, out.export, metrics);
+    listed
+}
+
+/// A decided trace (decision `i` of [`Decision::ALL`]): its spans counted
+/// as dropped, or queued for export when there is an exporter.
+fn dispose(
+    trace: Arc<super::Trace>,
+    i: usize,
+    counters: &Counters,
+    export: Option<&Queue>,
+    metrics: &Metrics,
+) {
+    if let Some(dropped) = &counters.dropped[i] {
         dropped.inc_by(trace.spans.len() as u64);
-    } else if let Some(queue) = out.export {
+    } else if let Some(queue) = export {
         queue.offer(trace, metrics);
     }
-    listed
 }
