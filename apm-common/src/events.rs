@@ -42,6 +42,11 @@ pub enum EventKind {
     /// A monitored process connected to a captured remote port: a
     /// [`ConnectEvent`].
     Connect = 7,
+    /// A TLS object on a memory BIO (`ret`: its `SSL *`) was tied to
+    /// socket `conn` (a cookie) as the socket sent its first write: the
+    /// object's records so far (keyed by [`record_flags::OBJECT`]) are
+    /// this socket's.
+    Tie = 8,
 }
 
 impl EventKind {
@@ -54,6 +59,7 @@ impl EventKind {
             5 => Self::Close,
             6 => Self::Packet,
             7 => Self::Connect,
+            8 => Self::Tie,
             _ => return None,
         })
     }
@@ -90,6 +96,11 @@ pub mod record_flags {
     /// Keyed by socket cookie, as packets are (TLS plaintext with
     /// `Config::tls_sockets`), not by descriptor.
     pub const SOCKET: u8 = 1;
+    /// Keyed by a TLS object (`SSL *`) of process `tgid` not yet tied to
+    /// its socket: held by the agent until an [`super::EventKind::Tie`]
+    /// names the socket; a close of such a key means the object was
+    /// freed untied.
+    pub const OBJECT: u8 = 2;
 }
 
 #[repr(C)]

@@ -51,44 +51,27 @@ pub const GO_CALLS: &str = "GO_CALLS";
 pub const GO_CALLS_MAX: u32 = 16_384;
 
 /// `LruHashMap<SslKey, u64>`: TLS objects on memory BIOs (Python's
-/// asyncio, Node.js) tied to the connection their process reads them
-/// from: the one the calling thread read last before the object's first
-/// read that returned plaintext, if no other object holds it
-/// (`ConnInfo::ssl` or `TlsSock::ssl` says which one does). The value is
-/// a descriptor, or with `Config::tls_sockets` a socket's address.
-/// Removed at `SSL_free`.
+/// asyncio, Node.js) tied to their connection, if no other object holds
+/// it (`ConnInfo::ssl` or `TlsSock::ssl` says which one does). Keyed by
+/// descriptor: the one the calling thread read last before the object's
+/// first read that returned plaintext. With `Config::tls_sockets`: the
+/// socket the thread sent its first write's ciphertext on
+/// ([`TLS_PENDING`]); until then the value is 0, which says the object
+/// has records the agent holds. Removed at `SSL_free`.
 pub const TLS_LINKS: &str = "TLS_LINKS";
 pub const TLS_LINKS_MAX: u32 = 65_536;
 
-/// `LruHashMap<u64 pid_tgid, LastRead>`: the connection each thread of a
-/// monitored process read last.
+/// `LruHashMap<u64 pid_tgid, LastRead>`: keyed by descriptor, the
+/// connection each thread of a monitored process read last.
 pub const LAST_READS: &str = "LAST_READS";
 pub const LAST_READS_MAX: u32 = 16_384;
 
-/// `Array<u64>` of [`TLS_SEEN_SLOTS`]: kernel addresses of sockets whose
-/// bytes may be TLS (a server's whose verdict read a handshake, or older
-/// than the programs; a monitored client's), each at [`tls_seen_slot`]. The raw
-/// `sock_recv_length` program notes only reads of these, so every other
-/// read on the host costs it two loads and no helper call. A slot taken
-/// over by another socket loses nothing but that note.
-pub const TLS_SEEN: &str = "TLS_SEEN";
-pub const TLS_SEEN_SLOTS: u32 = 65_536;
-
-/// The [`TLS_SEEN`] slot of the socket at kernel address `sk` (sockets
-/// are slab objects of a few hundred bytes or more: the low bits carry
-/// little).
-#[inline(always)]
-pub fn tls_seen_slot(sk: u64) -> u32 {
-    (((sk >> 8) ^ (sk >> 24)) as u32) & (TLS_SEEN_SLOTS - 1)
-}
-
-/// `LruHashMap<u32 tgid, u64>`: monitored processes with a TLS object
-/// that holds no descriptor (a memory or custom BIO) and had no
-/// connection to tie to, the last time seen. The agent attaches the
-/// `sock_recv_length` note, which ties such objects, only while one of
-/// them (or a program known to use memory BIOs) is monitored.
-pub const TLS_BIO_USERS: &str = "TLS_BIO_USERS";
-pub const TLS_BIO_USERS_MAX: u32 = 1024;
+/// `LruHashMap<u64 pid_tgid, PendingTie>`: with `Config::tls_sockets`,
+/// the memory-BIO object each thread of a monitored process wrote through
+/// last while it was not tied; the egress packet program ties it to the
+/// TLS socket the thread sends its ciphertext on next.
+pub const TLS_PENDING: &str = "TLS_PENDING";
+pub const TLS_PENDING_MAX: u32 = 16_384;
 
 /// `LruHashMap<u64 socket address, TlsSock>`: with `Config::tls_sockets`,
 /// the sockets of monitored connections that a TLS library reads and
@@ -199,10 +182,6 @@ pub enum Hook {
         category: &'static str,
         name: &'static str,
     },
-    /// The raw tracepoint `name`: the program gets the tracepoint's
-    /// arguments, not a formatted record (no perf buffer to fill: the
-    /// cheapest hook for one that fires often).
-    RawTracepoint { name: &'static str },
     /// cgroup_skb ingress on the cgroup-v2 root.
     CgroupSkbIngress,
     /// cgroup_skb egress on the cgroup-v2 root.
@@ -233,10 +212,6 @@ pub enum Role {
     /// capture with TLS keyed by descriptor; the syscall capture's read
     /// programs note it themselves).
     TlsReads,
-    /// The raw `sock_recv_length` and nothing else on the syscall path: the
-    /// socket each thread of a monitored process read last, for TLS
-    /// keyed by socket (`Config::tls_sockets`).
-    TlsSockets,
 }
 
 /// One kernel program: its name in the object, its hook and its role.
@@ -337,13 +312,6 @@ pub const PROBES: &[Probe] = &[
     tls_reads("tls_note_readv", "sys_enter_readv"),
     tls_reads("tls_note_recvfrom", "sys_enter_recvfrom"),
     tls_reads("tls_note_recvmsg", "sys_enter_recvmsg"),
-    Probe {
-        program: "tls_note_recv",
-        hook: Hook::RawTracepoint {
-            name: "sock_recv_length",
-        },
-        role: Role::TlsSockets,
-    },
 ];
 
 /// A program of [`Role::TlsReads`] on a `syscalls:` tracepoint.

@@ -36,6 +36,10 @@ impl TlsCall {
     /// [`TlsCall::target`] of a call on a connection apm does not follow
     /// (not monitored): neither read nor counted.
     pub const OTHER: u64 = u64::MAX - 1;
+    /// [`TlsCall::target`] of a call on a memory BIO not yet tied to its
+    /// socket ([`TlsCall::link`] is the object): recorded under the
+    /// object, for the agent to hold until the tie.
+    pub const OBJECT: u64 = u64::MAX - 2;
 }
 
 /// A socket whose plaintext a TLS library hands over, with
@@ -70,6 +74,36 @@ pub struct SslKey {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
+
+/// What a thread of a monitored process last wrote through a memory-BIO
+/// object not yet tied to its socket (value of [`crate::maps::TLS_PENDING`],
+/// keyed by pid_tgid): the next segment the thread sends on a TLS socket
+/// not yet tracked ties them, if it starts a record of one of these sizes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingTie {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// `bpf_ktime_get_ns()` at the first write.
+    pub at_ns: u64,
+    /// Plaintext bytes of the first write since the last send, and of the
+    /// latest one (each capped at a record's [`TLS_RECORD_MAX`]).
+    pub first: u32,
+    pub last: u32,
+}
+const _: () = assert!(core::mem::size_of::<PendingTie>() == 24);
+
+/// The most plaintext one TLS record carries.
+pub const TLS_RECORD_MAX: u32 = 16_384;
+
+/// Whether a TLS application-data record of `record` bytes (its header's
+/// length) can carry `plain` bytes of plaintext: AEAD adds 16 to 24 bytes
+/// (TLS 1.3: tag and content type; 1.2: tag and explicit nonce), CBC up
+/// to about 80 (IV, MAC, padding).
+#[inline(always)]
+pub const fn tls_record_fits(plain: u32, record: u32) -> bool {
+    record >= plain + 16 && record <= plain + 80
+}
 
 /// The last read a thread of a traced process made on a connection
 /// (value of [`crate::maps::LAST_READS`], keyed by pid_tgid).
@@ -106,5 +140,22 @@ pub mod tls_layout {
             OPENSSL_3_0 => Some((8, 56)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_fits_its_write_in_every_cipher_and_nothing_far_from_it() {
+        // TLS 1.3 AEAD (+17), TLS 1.2 GCM (+24) and ChaCha20 (+16), CBC
+        // with SHA-256 and a full pad (+16 + 32 + 16).
+        for overhead in [17, 24, 16, 64] {
+            assert!(tls_record_fits(1000, 1000 + overhead));
+        }
+        assert!(!tls_record_fits(1000, 1000));
+        assert!(!tls_record_fits(1000, 1100));
+        assert!(!tls_record_fits(53, 36 + 17), "a TLS 1.3 Finished");
     }
 }

@@ -80,6 +80,15 @@ impl Key {
             flags: record_flags::SOCKET,
         }
     }
+
+    /// A TLS object of the current process, not yet tied to its socket.
+    #[inline(always)]
+    pub fn object(ssl: u64) -> Self {
+        Self {
+            conn: ssl,
+            flags: record_flags::OBJECT,
+        }
+    }
 }
 
 #[inline(always)]

@@ -6,14 +6,14 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    Config, ConnInfo, ConnKey, DropReason, InFlight, LastRead, PeerKey, PidCounters, PoolCounters,
-    PoolKey, PortCounters, RemoteAddr, SocketInfo, SslKey, TlsCall, TlsSock, Verdict,
+    Config, ConnInfo, ConnKey, DropReason, InFlight, LastRead, PeerKey, PendingTie, PidCounters,
+    PoolCounters, PoolKey, PortCounters, RemoteAddr, SocketInfo, SslKey, TlsCall, TlsSock, Verdict,
     events::{ConnectEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, GO_CALLS_MAX, INFLIGHT_MAX, LAST_READS_MAX,
         OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX,
-        SOCKETS_MAX, TLS_BIO_USERS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_SEEN_SLOTS,
-        TLS_SOCKS_MAX, TRACED_SLOTS, WATCHED_MAX,
+        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_PENDING_MAX, TLS_SOCKS_MAX, TRACED_SLOTS,
+        WATCHED_MAX,
     },
 };
 
@@ -48,10 +48,8 @@ pub static GO_CALLS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(
 pub static TLS_LINKS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);
 
 #[map]
-pub static TLS_SEEN: Array<u64> = Array::with_max_entries(TLS_SEEN_SLOTS, 0);
-
-#[map]
-pub static TLS_BIO_USERS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(TLS_BIO_USERS_MAX, 0);
+pub static TLS_PENDING: LruHashMap<u64, PendingTie> =
+    LruHashMap::with_max_entries(TLS_PENDING_MAX, 0);
 
 #[map]
 pub static TLS_SOCKS: LruHashMap<u64, TlsSock> = LruHashMap::with_max_entries(TLS_SOCKS_MAX, 0);

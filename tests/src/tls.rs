@@ -117,3 +117,9 @@ pub fn drops(agent: &Agent, reason: &str) -> Option<f64> {
     let m = agent.metrics().expect("metrics");
     m.value("apm_ebpf_drops_total", &[("reason", reason)])
 }
+
+/// `apm_agent_drops_total{reason}`.
+pub fn agent_drops(agent: &Agent, reason: &str) -> Option<f64> {
+    let m = agent.metrics().expect("metrics");
+    m.value("apm_agent_drops_total", &[("reason", reason)])
+}

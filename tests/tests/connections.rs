@@ -259,13 +259,8 @@ fn sigterm_detaches_every_program() {
     let cgroup_hooks = ["capture_ingress", "capture_egress", "connect4", "connect6"];
     let packets = [Role::Connections, Role::PacketData, Role::Outbound];
     // TLS reading with packets keys plaintext by socket (this kernel has
-    // BTF): no syscall tracepoint, only the sockets threads read.
-    let packets_tls = [
-        Role::Connections,
-        Role::PacketData,
-        Role::Outbound,
-        Role::TlsSockets,
-    ];
+    // BTF): no syscall tracepoint, nothing on the read path.
+    let packets_tls = [Role::Connections, Role::PacketData, Role::Outbound];
     // Without it, by descriptor: the accept, close and connect
     // tracepoints, and the read entries.
     let packets_tls_no_btf = [

@@ -20,7 +20,7 @@ use apm_e2e::{
     process::{Scratch, stop},
     prod::py_app_bin,
     require_root,
-    tls::{Counts, attached, breakpoints, certified, counted, drops, wait_probed},
+    tls::{Counts, agent_drops, attached, breakpoints, certified, counted, drops, wait_probed},
     wait_for,
 };
 
@@ -165,10 +165,8 @@ impl Tls {
 }
 
 /// The agent with `--capture capture` and TLS reading on `server`'s port,
-/// once the server's TLS library is probed. `memory_bio`: the server does
-/// its TLS on memory BIOs (Node.js, asyncio), so with packets the read
-/// note that ties them is attached, from the start; else it is not.
-fn agent_on(server: &Tls, capture: &str, service: &str, memory_bio: bool) -> Agent {
+/// once the server's TLS library is probed.
+fn agent_on(server: &Tls, capture: &str, service: &str) -> Agent {
     let port = server.port.to_string();
     let agent =
         Agent::start(&["--capture-tls", "--capture", capture, "--port", &port]).expect("agent");
@@ -176,10 +174,9 @@ fn agent_on(server: &Tls, capture: &str, service: &str, memory_bio: bool) -> Age
     // A probed file, not the programs' own check.
     wait_probed(&agent, "uprobe:/");
     if capture == "packets" {
-        // Really the packet capture, keyed by socket: no fallback.
+        // Really the packet capture, keyed by socket: no fallback, and
+        // nothing on the host's read path, memory BIOs or not.
         assert_eq!(attached(&agent, "syscalls:"), Vec::<String>::new());
-        let note = attached(&agent, "raw_tracepoint:sock_recv_length");
-        assert_eq!(note.len(), usize::from(memory_bio), "{}", agent.log_text());
     }
     agent
 }
@@ -205,6 +202,8 @@ fn assert_exact(agent: &Agent, server: &Tls, sent: &Counts, how: &str) {
     ] {
         assert_eq!(drops(agent, reason), Some(0.0), "{how}: {reason}");
     }
+    // Memory-BIO objects' first calls wait for their tie: none was lost.
+    assert_eq!(agent_drops(agent, "tls_untied"), Some(0.0), "{how}");
 }
 
 const APP: [&str; 6] = [
@@ -229,7 +228,7 @@ fn uvicorn_over_https_is_counted_exactly_with_syscalls() {
 fn uvicorn_over_https(capture: &str) {
     require_root();
     let server = Tls::uvicorn();
-    let agent = agent_on(&server, capture, "uvicorn", true);
+    let agent = agent_on(&server, capture, "uvicorn");
     let sent = server.drive(12, &APP);
     assert_exact(&agent, &server, &sent, &format!("uvicorn ({capture})"));
 }
@@ -246,7 +245,7 @@ const NODE: [&str; 4] = [
 fn a_go_https_server_is_counted_exactly() {
     require_root();
     let server = Tls::go();
-    let agent = agent_on(&server, "packets", "https_server", false);
+    let agent = agent_on(&server, "packets", "https_server");
     // Entries and a probe at each RET of crypto/tls.(*Conn).Read and
     // Write, in this process only.
     assert!(breakpoints(server.child.id(), "https_server") > 4);
@@ -259,7 +258,7 @@ fn node_https_is_counted_exactly() {
     require_root();
     let server = Tls::node();
     let pid = server.child.id();
-    let agent = agent_on(&server, "packets", "node", true);
+    let agent = agent_on(&server, "packets", "node");
     // OpenSSL linked into node (NodeSource) or Debian's libssl: the
     // probes are in this process's copy of it, and in no other node's.
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
@@ -291,40 +290,12 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
 }
 
 #[test]
-fn a_memory_bio_program_not_known_as_one_gets_the_read_note_from_its_first_call() {
+fn a_memory_bio_program_is_exact_from_its_first_call_whatever_its_name() {
     require_root();
-    // Node under another name: its TLS is on memory BIOs, which the
-    // agent does not expect of it, so the read note is not attached.
+    // Node under another name: nothing about the program says it does
+    // its TLS on memory BIOs; its objects are tied as they first send.
     let server = Tls::node_as(Some("jsrt"));
-    let agent = agent_on(&server, "packets", "jsrt", false);
-    // Its first calls find no connection: counted, and they flag it.
-    server.drive(1, &NODE);
-    let note = wait_for(Duration::from_secs(10), || {
-        (attached(&agent, "raw_tracepoint:sock_recv_length").len() == 1).then_some(())
-    });
-    assert!(
-        note.is_some(),
-        "the note was not attached: {}",
-        agent.log_text()
-    );
-    assert!(drops(&agent, "tls_unlinked").is_some_and(|n| n > 0.0));
-    // Every request from then on is counted exactly.
-    std::thread::sleep(Duration::from_secs(1));
-    let before = counted(&agent, server.port);
+    let agent = agent_on(&server, "packets", "jsrt");
     let sent = server.drive(15, &NODE);
-    let settled = wait_for(Duration::from_secs(20), || {
-        let mut now = counted(&agent, server.port);
-        for (key, n) in &before {
-            if let Some(m) = now.get_mut(key) {
-                *m -= n;
-            }
-        }
-        now.retain(|_, n| *n > 0);
-        (now == sent).then_some(())
-    });
-    assert!(
-        settled.is_some(),
-        "before {before:?}, now {:?}, sent {sent:?}",
-        counted(&agent, server.port)
-    );
+    assert_exact(&agent, &server, &sent, "node as jsrt");
 }

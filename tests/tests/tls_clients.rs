@@ -1,9 +1,10 @@
 //! TLS client connections (`--capture-tls`): a monitored Python service
 //! calling redis-server over TLS with redis-py (Python's ssl module on a
-//! socket BIO). Its connect() ties the descriptor to the Redis server, so
-//! the plaintext its SSL calls move is timed as its client-side commands:
-//! per command exactly what the client sent and what INFO commandstats
-//! counted, in both captures.
+//! socket BIO), or with redis.asyncio (memory BIOs: the object is tied to
+//! its socket as its first command is sent). Its connect() ties the
+//! socket to the Redis server, so the plaintext its SSL calls move is
+//! timed as its client-side commands: per command exactly what the
+//! client sent and what INFO commandstats counted.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +18,7 @@ use apm_e2e::{
     process::stop,
     prod::py_app_bin,
     require_root, shop_args,
-    tls::{certified, drops, wait_probed},
+    tls::{agent_drops, certified, drops, wait_probed},
     wait_for_client_counts,
 };
 
@@ -25,15 +26,20 @@ const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/servers");
 
 #[test]
 fn a_python_client_over_tls_is_timed_per_command_with_packets() {
-    python_client_over_tls("packets");
+    python_client_over_tls("packets", false);
 }
 
 #[test]
 fn a_python_client_over_tls_is_timed_per_command_with_syscalls() {
-    python_client_over_tls("syscalls");
+    python_client_over_tls("syscalls", false);
 }
 
-fn python_client_over_tls(capture: &str) {
+#[test]
+fn an_asyncio_client_over_tls_is_timed_per_command_from_its_first() {
+    python_client_over_tls("packets", true);
+}
+
+fn python_client_over_tls(capture: &str, asyncio: bool) {
     require_root();
     let rport = free_port().expect("port");
     let (_dir, cert, key) = certified("tls-redis-client", rport);
@@ -42,6 +48,7 @@ fn python_client_over_tls(capture: &str) {
     let mut child = Command::new(py_app_bin().join("python"))
         .arg(Path::new(SERVERS).join("redis_tls_client.py"))
         .args([lport.to_string(), rport.to_string()])
+        .args(asyncio.then_some("asyncio"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -78,6 +85,7 @@ fn python_client_over_tls(capture: &str) {
     );
     wait_for_client_counts(&agent, "127.0.0.1", rport, &sent);
     assert_eq!(drops(&agent, "tls_unlinked"), Some(0.0), "{capture}");
+    assert_eq!(agent_drops(&agent, "tls_untied"), Some(0.0), "{capture}");
     drop(input);
     stop(&mut child, libc::SIGTERM);
 }

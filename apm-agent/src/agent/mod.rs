@@ -17,10 +17,7 @@ mod outbound;
 mod ports;
 
 use crate::{
-    capture::{
-        kernel::{Kernel, ProbeReport},
-        tls_note,
-    },
+    capture::kernel::{Kernel, ProbeReport},
     config::Config,
     services::directory::{Directory, ServiceInfo, ServiceResource, Services, UNKNOWN_SERVICE},
     services::discovery::{Discovery, Listeners, Owner},
@@ -386,10 +383,6 @@ impl Agent {
             shown.clone_from(&checks);
         }
         for check in checks {
-            if check.name == tls_note::NAME {
-                self.note_tls_reads(&check);
-                continue;
-            }
             let attached = self
                 .metrics
                 .probe_attached
@@ -403,20 +396,6 @@ impl Agent {
             } else {
                 warn!(library = %check.name, detail = %check.detail, "TLS library not probed");
             }
-        }
-    }
-
-    /// The TLS read note was attached or detached (on demand).
-    fn note_tls_reads(&self, check: &crate::capture::kernel::Check) {
-        let attached = self.kernel.as_ref().and_then(Kernel::tls_note_attached);
-        let gauge = self
-            .metrics
-            .probe_attached
-            .with_label_values(&[tls_note::NAME]);
-        let now = i64::from(attached == Some(true));
-        if gauge.get() != now || !check.ok {
-            gauge.set(now);
-            info!(probe = %check.name, detail = %check.detail, "TLS read note");
         }
     }
 

@@ -7,9 +7,7 @@ use std::{fs::File, path::Path};
 use apm_common::maps::{Hook, Probe};
 use aya::{
     Ebpf,
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 
 use super::preflight::{DEBUGFS_TRACING, TRACEFS};
@@ -21,7 +19,6 @@ pub fn probe_name(probe: &Probe) -> String {
             format!("{category}:{name}")
         }
         Hook::Tracepoint { category, name } => format!("{category}:{name} ({})", probe.program),
-        Hook::RawTracepoint { name } => format!("raw_tracepoint:{name}"),
         Hook::CgroupSkbIngress => "cgroup_skb:ingress".into(),
         Hook::CgroupSkbEgress => "cgroup_skb:egress".into(),
         Hook::CgroupConnect4 => "cgroup_sock_addr:connect4".into(),
@@ -37,16 +34,6 @@ pub(super) fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> R
         .ok_or_else(|| format!("program {program} missing from the object"))?;
     let (category, name) = match probe.hook {
         Hook::Tracepoint { category, name } => (category, name),
-        Hook::RawTracepoint { name } => {
-            let tp: &mut RawTracePoint = found
-                .try_into()
-                .map_err(|e| format!("program {program} is not a raw tracepoint: {e}"))?;
-            tp.load().map_err(|e| format!("verifier/load: {e}"))?;
-            return tp
-                .attach(name)
-                .map(|_link| ())
-                .map_err(|e| format!("attach: {e}"));
-        }
         Hook::CgroupSkbIngress | Hook::CgroupSkbEgress => {
             let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
             let skb: &mut CgroupSkb = found

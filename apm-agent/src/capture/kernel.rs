@@ -32,7 +32,6 @@ use super::{
     preflight::preflight,
     report::disable,
     tls::TlsProbes,
-    tls_note,
     traced::Traced,
 };
 
@@ -214,15 +213,8 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     // says how to find a descriptor's socket) or else by descriptor,
     // which needs the descriptor state (accept, close and connect).
     let tls = options.tls && options.http;
-    let mut sockets =
+    let sockets =
         (tls && capture == Capture::Packets).then(|| kernel_layout::read(&options.kernel_btf));
-    // Which socket each thread reads, for memory-BIO TLS objects: without
-    // it (an older kernel), by descriptor.
-    // It is attached on demand later (`tls_note`): proved here.
-    let note = matches!(sockets, Some(Ok(_))).then(|| tls_note::prove(&mut ebpf));
-    if let Some(Err(why)) = &note {
-        sockets = Some(Err(format!("the sock_recv_length raw tracepoint: {why}")));
-    }
     let layout = sockets.clone().and_then(Result::ok);
     if capture == Capture::Syscalls || (tls && layout.is_none()) {
         attach_role(&mut ebpf, Role::SyscallState, None);
@@ -234,9 +226,6 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         // note it themselves).
         attach_role(&mut ebpf, Role::TlsReads, None);
     }
-    if let Some(i) = PROBES.iter().position(|p| p.role == Role::TlsSockets) {
-        results[i] = note;
-    }
     report.capture = if !options.http {
         "off"
     } else {
@@ -245,14 +234,6 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     for (probe, result) in PROBES.iter().zip(results) {
         let name = probe_name(probe);
         let check = match result {
-            Some(Ok(())) if probe.role == Role::TlsSockets => {
-                report.off.push(name.clone());
-                Check {
-                    name,
-                    ok: true,
-                    detail: "loaded; attached on demand".into(),
-                }
-            }
             Some(result) => Check {
                 name,
                 ok: result.is_ok(),
@@ -261,12 +242,10 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
             None => {
                 let why = if !options.http && probe.role != Role::SyscallState {
                     "off (--no-http)".to_owned()
-                } else if matches!(probe.role, Role::TlsReads | Role::TlsSockets) && !tls {
+                } else if probe.role == Role::TlsReads && !tls {
                     "off (no --capture-tls)".to_owned()
                 } else if probe.role == Role::TlsReads && layout.is_some() {
                     "off (TLS keyed by socket)".to_owned()
-                } else if probe.role == Role::TlsSockets {
-                    "off (TLS keyed by descriptor)".to_owned()
                 } else {
                     format!("off ({} capture)", capture.as_str())
                 };
@@ -298,7 +277,7 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         layout: layout.unwrap_or_default(),
     };
     let tls = if tls {
-        let loaded = TlsProbes::load(&mut ebpf, &options.proc_root, config.tls_sockets != 0);
+        let loaded = TlsProbes::load(&mut ebpf, &options.proc_root);
         let unkeyed = match &sockets {
             Some(Err(why)) => Some(why.as_str()),
             _ => None,
@@ -397,11 +376,6 @@ impl Kernel {
     pub fn update_tls(&mut self, pids: &HashSet<u32>) -> Option<Vec<Check>> {
         let tls = self.tls.as_mut()?;
         tls.update(&mut self.ebpf, pids).then(|| tls.checks())
-    }
-
-    /// Whether the TLS read note is attached (None: not used).
-    pub fn tls_note_attached(&self) -> Option<bool> {
-        self.tls.as_ref()?.note_attached()
     }
 
     /// Starts capturing the packets of local `port` (packet capture), each

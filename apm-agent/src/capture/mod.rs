@@ -19,7 +19,6 @@ pub mod report;
 pub mod tls;
 pub mod tls_go;
 pub mod tls_library;
-pub mod tls_note;
 pub mod traced;
 
 /// Where HTTP request and response bytes come from.

@@ -31,7 +31,6 @@ use aya::{
 use super::{
     kernel::Check,
     tls_library::{self, Inspection, TlsLibrary},
-    tls_note::ReadNote,
 };
 
 use apm_common::maps::TLS_PROGRAMS;
@@ -66,10 +65,6 @@ pub struct TlsProbes {
     attached: HashMap<u32, Vec<Attachment>>,
     /// When the maps of processes already probed were last read again.
     rechecked: Instant,
-    /// Processes expected to use memory BIOs ([`memory_bio`]).
-    expected: HashSet<u32>,
-    /// The read note, with plaintext keyed by socket.
-    note: Option<ReadNote>,
 }
 
 /// At most this many programs are remembered as holding no OpenSSL;
@@ -83,22 +78,18 @@ const RECHECK: Duration = Duration::from_secs(10);
 impl TlsProbes {
     /// Loads the programs (before the agent takes the maps they use out
     /// of the object); they are attached per process later.
-    /// With `by_socket`, the read note is attached on demand.
-    pub fn load(ebpf: &mut Ebpf, proc_root: &Path, by_socket: bool) -> Result<Self, String> {
+    pub fn load(ebpf: &mut Ebpf, proc_root: &Path) -> Result<Self, String> {
         for program in TLS_PROGRAMS {
             uprobe(ebpf, program)?
                 .load()
                 .map_err(|e| format!("loading {program}: {e}"))?;
         }
-        let note = by_socket.then(|| ReadNote::new(ebpf)).transpose()?;
         Ok(Self {
             proc_root: proc_root.to_owned(),
             libraries: HashMap::new(),
             plain: HashSet::new(),
             attached: HashMap::new(),
             rechecked: Instant::now(),
-            expected: HashSet::new(),
-            note,
         })
     }
 
@@ -113,7 +104,6 @@ impl TlsProbes {
             .copied()
             .collect();
         let mut changed = !gone.is_empty();
-        self.expected.retain(|pid| pids.contains(pid));
         for pid in gone {
             for attachment in self.attached.remove(&pid).unwrap_or_default() {
                 detach(ebpf, attachment.links);
@@ -142,10 +132,7 @@ impl TlsProbes {
                 .map(|a| a.iter().map(|a| a.file.clone()).collect())
                 .unwrap_or_default();
             let mut attachments = Vec::new();
-            let (files, expected) = candidates(&self.proc_root, pid);
-            if expected {
-                self.expected.insert(pid);
-            }
+            let files = candidates(&self.proc_root, pid);
             for (file, path) in files {
                 if seen.contains(&file) || self.plain.contains(&file) {
                     continue;
@@ -190,15 +177,7 @@ impl TlsProbes {
             }
             self.attached.entry(pid).or_default().extend(attachments);
         }
-        if let Some(note) = &mut self.note {
-            changed |= note.update(ebpf, pids, &self.expected);
-        }
         changed
-    }
-
-    /// Whether the read note is attached (None: not used).
-    pub fn note_attached(&self) -> Option<bool> {
-        self.note.as_ref().map(ReadNote::attached)
     }
 
     /// One check per library: how many processes are probed in it, or
@@ -231,7 +210,6 @@ impl TlsProbes {
                 }
             })
             .collect();
-        checks.extend(self.note.as_ref().map(ReadNote::check));
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         checks
     }
@@ -259,27 +237,14 @@ pub fn load_detail(
 
 /// The files of process `pid` that may hold OpenSSL: the `libssl.so*`
 /// it maps and its program, as file id and path inside the process's
-/// mount namespace; and whether it is expected to use memory BIOs.
-fn candidates(proc_root: &Path, pid: u32) -> (Vec<(FileId, String)>, bool) {
+/// mount namespace.
+fn candidates(proc_root: &Path, pid: u32) -> Vec<(FileId, String)> {
     let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
     let exe = exe.as_deref().and_then(Path::to_str);
-    let (mut ssl, mut asyncio) = (false, false);
-    let files = mapped(proc_root, pid, |path| {
+    mapped(proc_root, pid, |path| {
         let name = path.rsplit('/').next().unwrap_or(path);
-        ssl |= name.starts_with("_ssl.");
-        asyncio |= name.starts_with("_asyncio.");
         name.starts_with("libssl.so") || Some(path) == exe
-    });
-    // Python's asyncio wraps its sockets' TLS in memory BIOs; its
-    // blocking ssl module does not.
-    (files, (ssl && asyncio) || exe.is_some_and(memory_bio))
-}
-
-/// Whether a program is known to do its TLS on memory BIOs: Node.js (its
-/// TLS sockets feed OpenSSL from libuv's reads), by name.
-fn memory_bio(exe: &str) -> bool {
-    let name = exe.rsplit('/').next().unwrap_or(exe);
-    matches!(name, "node" | "nodejs")
+    })
 }
 
 /// The files process `pid` maps whose path `wanted` accepts, once each.

@@ -29,6 +29,7 @@ pub mod sql;
 pub mod table;
 #[cfg(test)]
 mod tests;
+mod untied;
 
 use std::net::IpAddr;
 
@@ -45,6 +46,7 @@ use self::{
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
     resp::CommandSink,
     table::{EVICTABLE_NS, LastSeen, Table},
+    untied::Untied,
 };
 use crate::protocols::{
     mysql as my, postgres as pg,
@@ -84,6 +86,8 @@ pub struct Streams {
     tls: Table<Plaintext>,
     /// Their closes, waiting for the owner's last records.
     closing: Closing,
+    /// Memory-BIO objects' records, waiting for their sockets.
+    untied: Untied,
     /// The latest time of a packet or a sweep: a connect record has none.
     now_ns: u64,
     handshakes: Handshakes,
@@ -132,6 +136,7 @@ impl Streams {
             outbound: Table::new(max_connections),
             tls: Table::new(max_connections),
             closing: Closing::new(max_connections),
+            untied: Untied::default(),
             now_ns: 0,
             handshakes: Handshakes::default(),
         }
@@ -183,8 +188,22 @@ impl Streams {
             }
             kind => {
                 let header = EventHeader::decode(record).ok_or_else(bad)?;
-                let flow = Flow::of_syscall(kind).ok_or_else(bad)?;
+                if header.flags & record_flags::OBJECT != 0 {
+                    match kind {
+                        EventKind::Close => self.untied.free(header.tgid, header.conn),
+                        EventKind::Read | EventKind::Write => {
+                            self.untied.hold(&header, header.payload(record));
+                        }
+                        _ => return Err(bad()),
+                    }
+                    return Ok(());
+                }
                 self.close_due(header.ts_ns, sink);
+                if kind == EventKind::Tie {
+                    self.tie(&header, sink);
+                    return Ok(());
+                }
+                let flow = Flow::of_syscall(kind).ok_or_else(bad)?;
                 if flow == Flow::Close && header.flags & record_flags::SOCKET != 0 {
                     self.hold_close(&header, sink);
                 } else {
@@ -193,6 +212,27 @@ impl Streams {
             }
         }
         Ok(())
+    }
+
+    /// Object `header.ret` of process `header.tgid` was tied to socket
+    /// `header.conn` as it sent: its held records are that socket's.
+    fn tie(&mut self, header: &EventHeader, sink: &mut impl Sinks) {
+        self.mark_plaintext(header.conn, header.ts_ns);
+        for (mut held, data) in self.untied.tie(header.tgid, header.ret as u64) {
+            let Some(flow) = EventKind::from_u32(held.kind).and_then(Flow::of_syscall) else {
+                continue;
+            };
+            held.flags = record_flags::SOCKET;
+            held.conn = header.conn;
+            held.port = header.port;
+            self.handle_call(&held, flow, &data, sink);
+        }
+    }
+
+    /// TLS calls dropped since the last call because their object was
+    /// never tied to its socket ([`untied`]).
+    pub fn take_untied_lost(&mut self) -> u64 {
+        self.untied.take_lost()
     }
 
     /// Holds a socket-keyed close ([`closing`]); a full queue hands on its
@@ -487,6 +527,9 @@ impl Streams {
     /// Forgets connections idle for longer than `idle_ns`.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl Sinks) {
         self.close_due(now_ns, sink);
+        if !self.untied.is_empty() {
+            self.untied.expire(now_ns);
+        }
         self.expire_holes(now_ns, sink);
         for (netns, port) in self.handshakes.expire(now_ns) {
             sink.resync(listener_origin(netns, port), port, Unpaired::Gap);

@@ -321,6 +321,58 @@ fn plaintext_keyed_by_socket_pairs_and_its_ciphertext_is_ignored() {
 }
 
 #[test]
+fn a_memory_bio_objects_records_wait_for_its_tie_and_pair_as_its_sockets() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    let (tgid, ssl, cookie) = (77, 0x7f00_1000, 601);
+    let object = |kind, ts, ssl, data: &[u8]| synthetic::object_record(kind, ts, tgid, ssl, data);
+    for (kind, ts, ssl, data) in [
+        (EventKind::Read, 1, ssl, &b"GET /a HTTP/1.1\r\n\r\n"[..]),
+        // Another object, freed before it sent anything.
+        (EventKind::Read, 2, ssl + 64, b"GET /lost HTTP/1.1\r\n\r\n"),
+        (EventKind::Close, 3, ssl + 64, b""),
+        (
+            EventKind::Write,
+            4,
+            ssl,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ] {
+        s.handle_record(&object(kind, ts, ssl, data), &mut sink)
+            .expect("object record");
+    }
+    assert!(sink.http.is_empty(), "nothing is paired before the tie");
+    s.handle_record(
+        &synthetic::tie_record(5, tgid, ssl, cookie, 8443),
+        &mut sink,
+    )
+    .expect("tie");
+    assert_eq!(sink.http, vec![("/a".to_owned(), 200)]);
+    assert_eq!(s.take_untied_lost(), 1, "the freed object's read");
+    // From the tie on, the object's calls come keyed by its socket.
+    let plain =
+        |kind, ts, data: &[u8]| synthetic::socket_record(kind, ts, tgid, cookie, 8443, data);
+    s.handle_record(
+        &plain(EventKind::Read, 6, b"GET /b HTTP/1.1\r\n\r\n"),
+        &mut sink,
+    )
+    .expect("read");
+    s.handle_record(
+        &plain(
+            EventKind::Write,
+            7,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        ),
+        &mut sink,
+    )
+    .expect("write");
+    assert_eq!(
+        sink.http,
+        vec![("/a".to_owned(), 200), ("/b".to_owned(), 404)]
+    );
+    assert!(sink.unpaired.is_empty() && sink.resyncs.is_empty());
+}
+
+#[test]
 fn a_socket_close_ahead_of_the_owners_last_write_waits_for_it() {
     let (mut s, mut sink) = (Streams::new(16), Both::default());
     let record = |kind, ts, data: &[u8]| synthetic::socket_record(kind, ts, 77, 501, 8443, data);

@@ -8,12 +8,13 @@ use prometheus::{
 };
 
 /// Every `reason` of `apm_agent_drops_total`, exported from the start at 0.
-pub const AGENT_DROP_REASONS: [&str; 5] = [
+pub const AGENT_DROP_REASONS: [&str; 6] = [
     "ports_map_full",
     "pids_map_full",
     "conns_map_full",
     "clients_map_full",
     "preexisting_full",
+    "tls_untied",
 ];
 
 /// OpenTelemetry's recommended buckets for http.server.request.duration.

@@ -283,6 +283,13 @@ impl Pipeline {
             now_ns: self.now_ns,
         };
         f(&mut self.streams, &mut sink);
+        let untied = self.streams.take_untied_lost();
+        if untied > 0 {
+            metrics
+                .agent_drops
+                .with_label_values(&["tls_untied"])
+                .inc_by(untied);
+        }
         metrics
             .http_connections
             .set(i64::try_from(self.streams.connections()).unwrap_or(i64::MAX));

@@ -55,6 +55,28 @@ pub fn socket_record(
     )
 }
 
+/// A TLS call record of memory-BIO object `ssl` of process `tgid`, not
+/// yet tied to its socket.
+pub fn object_record(kind: EventKind, ts_ns: u64, tgid: u32, ssl: u64, data: &[u8]) -> Vec<u8> {
+    keyed(kind, ts_ns, tgid, (ssl, record_flags::OBJECT), 0, data)
+}
+
+/// The kernel tied object `ssl` of process `tgid` to socket `cookie`.
+pub fn tie_record(ts_ns: u64, tgid: u32, ssl: u64, cookie: u64, port: u16) -> Vec<u8> {
+    let mut record = keyed(
+        EventKind::Tie,
+        ts_ns,
+        tgid,
+        (cookie, record_flags::SOCKET),
+        port,
+        b"",
+    );
+    // `ret` (after kind, captured, ts, tgid, port, tail_len, flags, conn)
+    // names the object.
+    record[32..40].copy_from_slice(&(ssl as i64).to_ne_bytes());
+    record
+}
+
 fn keyed(
     kind: EventKind,
     ts_ns: u64,

@@ -11,4 +11,5 @@ pub mod sockets;
 pub mod tcp_state;
 pub mod tls;
 pub mod tls_link;
+pub mod tls_tie;
 pub mod verdict;

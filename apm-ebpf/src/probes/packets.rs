@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 
 use apm_common::{
-    DropReason, IPPROTO_TCP,
+    DropReason, IPPROTO_TCP, conn_flags,
     events::{
         ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketHeader, TAIL_CAP, direction, side,
         tcp_flags,
@@ -30,7 +30,7 @@ use apm_common::{
     maps::{ADDR_ONLY, OUTBOUND_FLAGS, OUTBOUND_HEAD, OUTBOUND_TLS},
 };
 
-use super::{sockets, verdict};
+use super::{sockets, tls_tie, verdict};
 use crate::{
     emit::{wakeup_flags, wakeup_flags_ahead},
     maps::{
@@ -109,6 +109,8 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     let mut port = local;
     let mut whose = side::SERVER;
     let mut watched = None;
+    // A monitored client's socket that may carry TLS: (address, cookie).
+    let mut client_tls = None;
 
     if chunks == 0 {
         // A monitored client's connection to a captured remote port, or
@@ -132,7 +134,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             return;
         }
         if outbound.is_some() && sockets::enabled() {
-            verdict::seen_client(ctx);
+            client_tls = verdict::seen_client(ctx).map(|addr| (addr, cookie));
         }
 
         if outbound.is_none() {
@@ -169,6 +171,22 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
         return;
     }
+    if dir == direction::EGRESS
+        && payload > 0
+        && let Some((addr, cookie)) = client_tls
+        && tls_tie::on_send(
+            ctx,
+            addr,
+            cookie,
+            port as u16,
+            conn_flags::CLIENT,
+            seg.payload_off,
+            payload,
+        )
+    {
+        // Ciphertext from here on: its plaintext comes from the library.
+        return;
+    }
     let mut known = None;
     if whose == side::SERVER {
         if on_listener(ctx) {
@@ -182,6 +200,12 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
                 payload,
                 chunks == MAX_CHUNKS,
             );
+            if let Some((addr, cookie)) = admission.tls_send
+                && sockets::enabled()
+                && tls_tie::on_send(ctx, addr, cookie, port as u16, 0, seg.payload_off, payload)
+            {
+                return;
+            }
             if !admission.copy {
                 return;
             }

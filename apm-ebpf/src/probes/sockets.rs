@@ -6,33 +6,19 @@
 //! traced process read last (`sock_recv_length`, for memory BIOs);
 //! and the end of those connections (`inet_sock_set_state`).
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
-};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
 
-use apm_common::{
-    DropReason, IPPROTO_TCP, TlsSock, conn_flags,
-    events::EventKind,
-    maps::{OUTBOUND_TLS, tls_seen_slot},
-};
+use apm_common::{DropReason, TlsSock, conn_flags, events::EventKind, maps::OUTBOUND_TLS};
 
 use crate::{
     emit::{Key, emit_header_of},
-    maps::{CAPTURE_PORTS, CONFIG, OUTBOUND, TLS_SEEN, TLS_SOCKS, count_drop, maybe_traced},
-    probes::tls_link,
+    maps::{CAPTURE_PORTS, CONFIG, OUTBOUND, TLS_SOCKS, count_drop},
 };
 
 /// `sock_common.skc_dport` (network order) and `skc_num` (the local
 /// port, host order): the same offsets in every kernel since 2.6.
 const SKC_DPORT: u64 = 12;
 const SKC_NUM: u64 = 14;
-/// `sock_common.skc_family`, as stable.
-const SKC_FAMILY: u64 = 16;
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFSOCK: u16 = 0o140_000;
@@ -142,41 +128,6 @@ pub fn tls_socket(sk: u64) -> Found {
         return Found::Unknown;
     }
     Found::Monitored(sock)
-}
-
-/// A TCP socket read by a thread of a traced process: noted for memory
-/// BIOs. Only sockets the packet programs saw start TLS (`TLS_SEEN`) go
-/// past the first check, two loads with no helper call, in a raw
-/// tracepoint (`sock_recv_length(sk, ret, flags)`): no record is
-/// formatted, and every other read on the host costs nothing more.
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn tls_note_recv(ctx: RawTracePointContext) -> i32 {
-    let sk = ctx.arg::<u64>(0);
-    if TLS_SEEN
-        .get(tls_seen_slot(sk))
-        .is_none_or(|&seen| seen != sk)
-    {
-        return 0;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !maybe_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let ret = ctx.arg::<u64>(1) as i32;
-    if ret > 0 && is_tcp(sk) {
-        tls_link::note_read(pid_tgid, sk);
-    }
-    0
-}
-
-/// Whether the socket at `sk` is an IPv4 or IPv6 TCP socket.
-#[inline(always)]
-fn is_tcp(sk: u64) -> bool {
-    let Some(offset) = CONFIG.get(0).map(|c| c.layout.sk_protocol) else {
-        return false;
-    };
-    matches!(read::<u16>(sk + SKC_FAMILY), Some(AF_INET | AF_INET6))
-        && read::<u16>(sk + u64::from(offset)) == Some(IPPROTO_TCP)
 }
 
 /// The connection of socket `skaddr` ended: its plaintext stream closes.

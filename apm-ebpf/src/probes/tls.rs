@@ -9,7 +9,8 @@
 //! the BIO and its descriptor. A call on a socket BIO names its
 //! descriptor; a call on any other BIO (a memory BIO pair, as in Node.js
 //! or Python's asyncio) takes the connection its object is tied to
-//! (`tls_link`). With `Config::tls_sockets` a descriptor stands for its
+//! (`tls_link`), or keyed by socket is recorded under its object until
+//! the tie (`tls_tie`). With `Config::tls_sockets` a descriptor stands for its
 //! kernel socket (`sockets`) and records are keyed by the socket's
 //! cookie, as its packets are; otherwise by descriptor, as the syscall
 //! capture's. A call that moved bytes on a monitored connection not
@@ -30,7 +31,7 @@ use crate::{
     maps::{CONNS, PIDS, TLS_CALLS, count_drop},
     probes::{
         sockets::{self, Found},
-        tls_link,
+        tls_link, tls_tie,
     },
 };
 
@@ -54,6 +55,14 @@ impl Conn {
     /// A call on a connection apm does not follow (not a loss).
     pub const OTHER: Self = Self {
         target: TlsCall::OTHER,
+        cookie: 0,
+        port: 0,
+    };
+
+    /// Keyed by socket, a call on a memory BIO not tied yet: recorded
+    /// under its object (`tls_tie`).
+    pub const OBJECT: Self = Self {
+        target: TlsCall::OBJECT,
         cookie: 0,
         port: 0,
     };
@@ -136,28 +145,38 @@ pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
     if moved <= 0 || call.target == TlsCall::OTHER {
         return;
     }
-    let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.target);
-    if call.target == TlsCall::UNLINKED || !linked {
-        count_drop(DropReason::TlsUnlinked);
-        return;
-    }
     let kind = if call.kind == EventKind::Write as u8 {
         EventKind::Write
     } else {
         EventKind::Read
     };
+    if call.target == TlsCall::OBJECT {
+        tls_link::hold(tgid, call.link);
+        emit_buf(kind, Key::object(call.link), 0, moved, call.buf);
+        if kind == EventKind::Write {
+            tls_tie::wrote(bpf_get_current_pid_tgid(), call.link, moved);
+        }
+        return;
+    }
+    let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.target);
+    if call.target == TlsCall::UNLINKED || !linked {
+        count_drop(DropReason::TlsUnlinked);
+        return;
+    }
     emit_buf(kind, Conn::record(call), call.port, moved, call.buf);
 }
 
 /// `SSL_free`: the object no longer stands for its socket.
 #[uprobe]
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if PIDS.get_ptr(tgid).is_none() {
         return 0;
     }
     if let Some(ssl) = ctx.arg::<u64>(0) {
         tls_link::untie(tgid, ssl);
+        tls_tie::freed(pid_tgid, ssl);
     }
     0
 }
@@ -183,12 +202,10 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
         Some(fd) => (by_descriptor(tgid, fd), 0),
         None => match tls_link::tied(tgid, ssl) {
             Some(conn) => (conn, 0),
+            None if sockets::enabled() => (Conn::OBJECT, ssl),
             None => match tls_link::candidate(pid_tgid) {
                 Some(conn) if kind == EventKind::Read => (conn, ssl),
-                _ => {
-                    tls_link::wants_note(tgid);
-                    (Conn::UNLINKED, 0)
-                }
+                _ => (Conn::UNLINKED, 0),
             },
         },
     };

@@ -3,16 +3,16 @@
 //! An object whose BIO is a memory buffer (Python's asyncio `SSLObject`,
 //! Node.js's TLS sockets) never touches a descriptor: the process reads
 //! the ciphertext from the socket itself and hands it over. So the
-//! connection is found from the thread. Each read of a traced process
-//! notes, per thread, the connection it read (`LAST_READS`: a tracked
-//! descriptor at the syscall's entry, or with `Config::tls_sockets` the
-//! socket at the raw tracepoint `sock_recv_length`); an object's first read that
+//! connection is found from the thread. Keyed by descriptor, each read of
+//! a traced process notes, per thread, the tracked descriptor it read
+//! (`LAST_READS`, at the syscall's entry); an object's first read that
 //! returns plaintext is tied to the connection its thread read last,
-//! within [`LINK_WINDOW_NS`], if no other object is tied to it. One
-//! object per connection and one connection per object: a tie lasts until
-//! `SSL_free`, or until the connection ends (a new one on the same
-//! descriptor or socket address holds no object). A call with no tie is
-//! counted, never guessed.
+//! within [`LINK_WINDOW_NS`], if no other object is tied to it. Keyed by
+//! socket, the tie is made as the object's first write is sent
+//! (`tls_tie`). One object per connection and one connection per object:
+//! a tie lasts until `SSL_free`, or until the connection ends (a new one
+//! on the same descriptor or socket address holds no object). A call with
+//! no tie is counted, never guessed.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -20,15 +20,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use apm_common::{ConnKey, DropReason, LastRead, SslKey, conn_flags};
+use apm_common::{ConnKey, DropReason, LastRead, SslKey, conn_flags, events::EventKind};
 
 use crate::{
     ctx::field_u64,
-    maps::{CONNS, LAST_READS, TLS_BIO_USERS, TLS_LINKS, TLS_SOCKS, count_drop, maybe_traced},
-    probes::{
-        sockets::{self, Found},
-        tls::Conn,
-    },
+    emit::{Key, emit_header},
+    maps::{CONNS, LAST_READS, TLS_LINKS, TLS_SOCKS, count_drop, maybe_traced},
+    probes::{sockets, tls::Conn, tls_tie::HELD},
 };
 
 /// How long after a thread reads a connection the plaintext of an untied
@@ -73,18 +71,6 @@ pub fn note_read(pid_tgid: u64, target: u64) {
     };
     // An LRU map: a full one forgets its oldest thread.
     let _ = LAST_READS.insert(pid_tgid, last, 0);
-}
-
-/// Process `tgid` has an object with no descriptor and nothing to tie it
-/// to: the agent attaches the read note while such processes are
-/// monitored (with packets it is attached on demand).
-#[inline(always)]
-pub fn wants_note(tgid: u32) {
-    if sockets::enabled() {
-        // SAFETY: plain helper call without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = TLS_BIO_USERS.insert(tgid, now, 0);
-    }
 }
 
 fn key(tgid: u32, ssl: u64) -> SslKey {
@@ -136,8 +122,9 @@ pub fn tied(tgid: u32, ssl: u64) -> Option<Conn> {
     (unsafe { *holds } == ssl).then_some(conn)
 }
 
-/// The connection an untied object's read would be tied to: the one
-/// thread `pid_tgid` read last, recently, if no object holds it.
+/// Keyed by descriptor, the connection an untied object's read would be
+/// tied to: the one thread `pid_tgid` read last, recently, if no object
+/// holds it.
 #[inline(always)]
 pub fn candidate(pid_tgid: u64) -> Option<Conn> {
     // SAFETY: read-only copies of plain values.
@@ -145,10 +132,6 @@ pub fn candidate(pid_tgid: u64) -> Option<Conn> {
     // SAFETY: plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(last.at_ns) > LINK_WINDOW_NS {
-        return None;
-    }
-    // A socket becomes tracked at its first TLS call.
-    if sockets::enabled() && !matches!(sockets::tls_socket(last.target), Found::Monitored(_)) {
         return None;
     }
     let (holds, conn) = holder((pid_tgid >> 32) as u32, last.target)?;
@@ -187,7 +170,21 @@ pub fn tie(tgid: u32, ssl: u64, target: u64) -> bool {
     true
 }
 
-/// Unties `ssl` (freed by the library).
+/// Keyed by socket, untied object `ssl` has records the agent holds
+/// until its tie ([`HELD`]), or its free says to drop them.
+#[inline(always)]
+pub fn hold(tgid: u32, ssl: u64) {
+    // Only when absent: a full map leaves the object unmarked, and its
+    // held records expire in the agent.
+    let _ = TLS_LINKS.insert(
+        key(tgid, ssl),
+        HELD,
+        u64::from(aya_ebpf::bindings::BPF_NOEXIST),
+    );
+}
+
+/// Unties `ssl` (freed by the library); one never tied closes its held
+/// records.
 #[inline(always)]
 pub fn untie(tgid: u32, ssl: u64) {
     let key = key(tgid, ssl);
@@ -196,6 +193,10 @@ pub fn untie(tgid: u32, ssl: u64) {
         return;
     };
     let _ = TLS_LINKS.remove(key);
+    if target == HELD {
+        emit_header(EventKind::Close, Key::object(ssl), 0, 0);
+        return;
+    }
     if let Some((holds, _)) = holder(tgid, target) {
         // SAFETY: as in `tie`.
         unsafe {

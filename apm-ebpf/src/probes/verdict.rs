@@ -17,9 +17,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use apm_common::{Verdict, events::direction, maps::tls_seen_slot};
+use apm_common::{Verdict, events::direction};
 
-use crate::maps::{TLS_SEEN, VERDICTS};
+use crate::maps::VERDICTS;
 
 /// The packet programs' state of one server socket.
 #[repr(C)]
@@ -44,6 +44,9 @@ pub struct Admission {
     pub copy: bool,
     /// The socket's (cookie, namespace cookie) when its storage has them.
     pub ids: Option<(u64, u64)>,
+    /// A segment with payload sent on a socket that may carry TLS: its
+    /// (kernel address, cookie), for `tls_tie`.
+    pub tls_send: Option<(u64, u64)>,
 }
 
 impl Admission {
@@ -52,6 +55,7 @@ impl Admission {
         Self {
             copy: true,
             ids: None,
+            tls_send: None,
         }
     }
 }
@@ -85,6 +89,13 @@ pub fn admit(
     let admit = move |copy: bool| Admission {
         copy,
         ids: copy.then(|| cookies(ctx, state)),
+        tls_send: if dir == direction::EGRESS && payload > 0 {
+            // SAFETY: as above.
+            let addr = unsafe { (*state).addr };
+            (addr != 0).then(|| (addr, cookies(ctx, state).0))
+        } else {
+            None
+        },
     };
     if verdict == Verdict::Mysql as u32 && dir == direction::INGRESS && payload > 0 {
         mysql_client_first(ctx, sk, state, payload_off, payload);
@@ -218,17 +229,18 @@ fn cookies(ctx: &SkBuffContext, state: *mut SockState) -> (u64, u64) {
 }
 
 /// A monitored client's socket (in `OUTBOUND`) whose plaintext may come
-/// from a TLS library: its reads are noted too, so a memory-BIO client
-/// object ties to it and never to a server socket its thread read before.
-/// Once per socket.
+/// from a TLS library: its kernel address, for a memory-BIO client
+/// object to be tied to it as it sends (`tls_tie`).
 #[inline(always)]
-pub fn seen_client(ctx: &SkBuffContext) {
-    if let Some((sk, state)) = socket_state(ctx)
-        // SAFETY: the socket's storage, valid for the program's run.
-        && unsafe { (*state).addr } == 0
-    {
-        seen_as_tls(state, sk);
+pub fn seen_client(ctx: &SkBuffContext) -> Option<u64> {
+    let (sk, state) = socket_state(ctx)?;
+    // SAFETY: the socket's storage, valid for the program's run.
+    let addr = unsafe { (*state).addr };
+    if addr != 0 {
+        return Some(addr);
     }
+    let addr = seen_as_tls(state, sk);
+    (addr != 0).then_some(addr)
 }
 
 /// The packet's full socket and its storage (created zeroed on first
@@ -255,23 +267,17 @@ fn socket_state(ctx: &SkBuffContext) -> Option<(*mut bpf_sock, *mut SockState)> 
     (!state.is_null()).then_some((sk, state))
 }
 
-/// The socket `sk` (whose storage is `state`) may carry TLS: its reads
-/// are noted for memory BIOs (`sockets::tls_note_recv`).
+/// The socket `sk` (whose storage is `state`) may carry TLS: its
+/// address is kept for `tls_tie`, and returned.
 #[inline(always)]
-fn seen_as_tls(state: *mut SockState, sk: *mut bpf_sock) {
+fn seen_as_tls(state: *mut SockState, sk: *mut bpf_sock) -> u64 {
     // SAFETY: the socket's storage, valid for the program's run. The
     // address goes through memory (volatile, so it is really loaded
     // back): the verifier forbids arithmetic on a socket pointer, not on
     // a number read from a map (privileged programs may store one).
-    let addr = unsafe {
+    unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*state).addr), sk as u64);
         core::ptr::read_volatile(core::ptr::addr_of!((*state).addr))
-    };
-    if let Some(slot) = TLS_SEEN.get_ptr_mut(tls_seen_slot(addr)) {
-        // SAFETY: an element of an array map, valid for the program's
-        // run; a racing writer leaves one address or the other, either a
-        // socket's.
-        unsafe { *slot = addr };
     }
 }
 

@@ -98,7 +98,7 @@ impl Flow {
             EventKind::Write => Some(Self::FromServer),
             EventKind::Sendfile => Some(Self::Sendfile),
             EventKind::Close => Some(Self::Close),
-            EventKind::Packet | EventKind::Connect => None,
+            EventKind::Packet | EventKind::Connect | EventKind::Tie => None,
         }
     }
 
