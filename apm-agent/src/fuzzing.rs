@@ -4,6 +4,7 @@
 //! (inputs that once failed) and the seeds run through the same functions
 //! in the unit tests, so a fixed crash stays fixed without the fuzzer.
 
+mod http2;
 mod mysql;
 mod postgres;
 mod streams;
@@ -21,7 +22,7 @@ use crate::{
     telemetry::{metrics::Metrics, pipeline::Pipeline, synthetic},
 };
 
-pub use self::{mysql::mysql, postgres::postgres, streams::streams};
+pub use self::{http2::http2, mysql::mysql, postgres::postgres, streams::streams};
 
 /// The HTTP parsers: never a panic, and what comes out is bounded by what
 /// went in and carries no query string.
@@ -214,6 +215,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("streams", streams),
     ("postgres", postgres),
     ("mysql", mysql),
+    ("http2", http2),
 ];
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ pub enum Verdict {
     /// ended by the line, or one with lower case and a space), or any
     /// bytes on a Redis port.
     Resp = 2,
-    /// The HTTP/2 client preface (`PRI * HTTP/2.0`): not decoded yet.
+    /// The HTTP/2 client preface (`PRI * HTTP/2.0`): copied whole (up to
+    /// `MAX_CHUNKS` records a segment), since its frame headers may sit
+    /// anywhere in a segment.
     Http2 = 3,
     /// A TLS handshake record (0x16 0x03): not decoded from packets.
     Tls = 4,
@@ -61,6 +63,7 @@ impl Verdict {
         verdict == Verdict::Undecided as u32
             || verdict == Verdict::Http as u32
             || verdict == Verdict::Resp as u32
+            || verdict == Verdict::Http2 as u32
             || verdict == Verdict::Postgres as u32
             || verdict == Verdict::Mysql as u32
     }

@@ -25,6 +25,7 @@ use crate::{
     protocols::{resp::commands::Command, routes::Route, sql::Statement},
     streams::{
         Streams,
+        http2::{RpcCall, RpcSink},
         pairing::{Completed, MAX_PIPELINE, Origin, Sink, Unpaired},
         postgres::{Outcome, StatementSink},
         resp::{CacheResult, CommandSink, Peer},
@@ -320,6 +321,9 @@ fn stands_for_a_request(reason: Unpaired) -> bool {
             | Unpaired::Evicted
             | Unpaired::TableFull
             | Unpaired::Gap
+            | Unpaired::HpackUnknown
+            | Unpaired::Reset
+            | Unpaired::Refused
     )
 }
 
@@ -354,6 +358,16 @@ impl CommandSink for Tally {
             self.resp[id(peer.origin)].lost += 1;
         }
     }
+}
+
+/// gRPC calls are counted by no invariant here (their requests are not
+/// announced to [`Sink::request`]).
+impl RpcSink for Tally {
+    fn rpc_method(&mut self, _: Origin, _: &str) -> Arc<str> {
+        Arc::from("/")
+    }
+    fn rpc_completed(&mut self, _: RpcCall) {}
+    fn rpc_unpaired(&mut self, _: Origin, _: u16, _: Unpaired) {}
 }
 
 /// SQL statements are counted by no invariant here (a simple query holds

@@ -10,6 +10,7 @@ use super::{
     resp::Peer,
 };
 use crate::protocols::{
+    http2::frames::PREFACE,
     mysql as my,
     postgres::{self as pg, starts_like_startup},
     resp::{starts_like_command, starts_like_reply},
@@ -37,6 +38,7 @@ impl Streams {
         }
         match ev.kind {
             Flow::Close => {
+                self.http2.close(ev.conn, sink);
                 self.resp.close(ev.conn, sink);
                 self.postgres.close(ev.conn, sink);
                 self.mysql.close(ev.conn, sink);
@@ -52,6 +54,24 @@ impl Streams {
                     None => self.tracker.handle_http(ev, sink),
                 };
                 if http {
+                    return;
+                }
+                if self.http2.has(ev.conn) {
+                    self.http2.handle(ev, sink);
+                    return;
+                }
+                // HTTP/2 with prior knowledge: the client's preface.
+                if call.is_none()
+                    && ev.kind == Flow::ToServer
+                    && ev
+                        .data
+                        .starts_with(&PREFACE[..ev.data.len().min(PREFACE.len())])
+                    && ev.data.len() >= 4
+                    && self.tracker.yield_fresh(ev.conn)
+                {
+                    if self.http2.open(ev, true, sink) {
+                        self.http2.handle(ev, sink);
+                    }
                     return;
                 }
                 if self.resp.has(ev.conn) {

@@ -20,6 +20,7 @@
 mod closing;
 mod dispatch;
 mod handshake;
+pub mod http2;
 pub mod mysql;
 pub mod pairing;
 pub mod postgres;
@@ -41,6 +42,7 @@ use apm_common::events::{
 use self::{
     closing::{CLOSE_DELAY_NS, Close, Closing},
     handshake::Handshakes,
+    http2::RpcSink,
     pairing::{Event, Flow, InFlight, Origin, Sink, Tracker, Unpaired},
     postgres::StatementSink,
     reassembly::{Piece, REORDER_WINDOW_NS, Reassembly, Verdict},
@@ -62,9 +64,10 @@ struct View {
     dir: u8,
 }
 
-/// Every pairing's sink: HTTP requests, RESP commands, SQL statements.
-pub trait Sinks: Sink + CommandSink + StatementSink {}
-impl<T: Sink + CommandSink + StatementSink> Sinks for T {}
+/// Every pairing's sink: HTTP requests, gRPC calls, RESP commands, SQL
+/// statements.
+pub trait Sinks: Sink + RpcSink + CommandSink + StatementSink {}
+impl<T: Sink + RpcSink + CommandSink + StatementSink> Sinks for T {}
 
 /// A ring-buffer record that could not be decoded.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +78,7 @@ pub struct Streams {
     tracker: Tracker,
     /// Monitored clients' HTTP calls.
     clients: Tracker,
+    http2: http2::Tracker,
     resp: resp::Tracker,
     postgres: postgres::Tracker,
     mysql: mysql::Tracker,
@@ -127,6 +131,7 @@ impl Streams {
         Self {
             tracker: Tracker::new(max_connections),
             clients: Tracker::new(max_connections),
+            http2: http2::Tracker::new(max_connections),
             resp: resp::Tracker::new(max_connections),
             postgres: postgres::Tracker::new(max_connections),
             mysql: mysql::Tracker::new(max_connections),
@@ -146,6 +151,7 @@ impl Streams {
     pub fn connections(&self) -> usize {
         self.tracker.connections()
             + self.clients.connections()
+            + self.http2.connections()
             + self.resp.connections()
             + self.postgres.connections()
             + self.mysql.connections()
@@ -501,6 +507,7 @@ impl Streams {
     fn gap(&mut self, conn: u64, sink: &mut impl Sinks) {
         self.tracker.gap(conn, sink);
         self.clients.gap(conn, sink);
+        self.http2.gap(conn, sink);
         self.resp.gap(conn, sink);
         self.postgres.gap(conn, sink);
         self.mysql.gap(conn, sink);
@@ -536,6 +543,7 @@ impl Streams {
         }
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.clients.sweep(now_ns, idle_ns, sink);
+        self.http2.sweep(now_ns, idle_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         self.postgres.sweep(now_ns, idle_ns, sink);
         self.mysql.sweep(now_ns, idle_ns, sink);

@@ -99,6 +99,7 @@ pub struct Metrics {
     pub log_records_evicted: IntCounter,
     pub service_info: IntGaugeVec,
     pub http_client: super::http_client::ClientMetrics,
+    pub rpc: super::rpc::RpcMetrics,
     pub traces: super::traces::metrics::TraceMetrics,
 }
 
@@ -299,6 +300,7 @@ impl Metrics {
                     "http_request_method",
                     "http_route",
                     "http_response_status_code",
+                    "network_protocol_version",
                     SERVICE,
                     PORT,
                 ],
@@ -529,6 +531,7 @@ impl Metrics {
                 &[SERVICE, "container_id", "pod_uid"],
             )?,
             http_client: super::http_client::ClientMetrics::register(&registry)?,
+            rpc: super::rpc::RpcMetrics::register(&registry)?,
             traces: super::traces::metrics::TraceMetrics::register(&registry)?,
             registry,
         };

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod recent;
 mod recorder;
+pub mod rpc;
 pub mod sampler;
 pub mod snapshot;
 pub mod sql;

@@ -64,6 +64,7 @@ pub struct Pipeline {
     statement_windows: Windows,
     db: super::db::DbStats,
     http_client: super::http_client::ClientStats,
+    rpc: super::rpc::RpcStats,
     sql: super::sql::SqlStats,
     tracer: Tracer,
     /// The last /traces/recent list published.
@@ -92,6 +93,7 @@ impl Pipeline {
             statement_windows: Windows::new(Duration::ZERO),
             db: Default::default(),
             http_client: Default::default(),
+            rpc: Default::default(),
             sql: Default::default(),
             tracer: Tracer::new(TraceConfig::default(), None),
             recent_traces: Arc::default(),
@@ -166,6 +168,7 @@ impl Pipeline {
             + self
                 .http_client
                 .expire(cutoff, &mut self.budget, &metrics.http_client)
+            + self.rpc.expire(cutoff, &mut self.budget, &metrics.rpc)
             + self.sql.expire(
                 cutoff,
                 &mut self.budget,
@@ -178,13 +181,14 @@ impl Pipeline {
             let before = stats.durations.len();
             stats
                 .durations
-                .retain(|(method, route, status, port), series| {
+                .retain(|(method, route, status, port, version), series| {
                     let keep = series.last_ns >= cutoff;
                     if !keep {
                         let _ = metrics.http_duration.remove_label_values(&[
                             method.as_str(),
                             route,
                             &status.to_string(),
+                            version.as_str(),
                             name,
                             &port.to_string(),
                         ]);
@@ -277,6 +281,7 @@ impl Pipeline {
             statement_windows: &mut self.statement_windows,
             db: &mut self.db,
             http_client: &mut self.http_client,
+            rpc: &mut self.rpc,
             sql: &mut self.sql,
             tracer: &mut self.tracer,
             thread: 0,

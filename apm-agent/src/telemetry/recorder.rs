@@ -13,7 +13,7 @@ use crate::{
         routes::{Route, Routes},
     },
     services::directory::Services,
-    streams::pairing::{Completed, Origin, Sink, Unpaired},
+    streams::pairing::{Completed, Origin, Sink, Unpaired, Version},
     telemetry::{
         metrics::Metrics,
         recent::RecentDurations,
@@ -31,8 +31,9 @@ pub(super) struct RouteStats {
     pub last_ns: u64,
 }
 
-/// The duration histogram of one (method, route, status, port) of a service.
-pub(super) type SeriesKey = (Method, Arc<str>, u16, u16);
+/// The duration histogram of one (method, route, status, port, version)
+/// of a service.
+pub(super) type SeriesKey = (Method, Arc<str>, u16, u16, Version);
 
 /// A duration histogram series and when it was last observed.
 pub(super) struct Series {
@@ -95,6 +96,7 @@ pub(super) struct Recorder<'a> {
     pub db: &'a mut super::db::DbStats,
     pub sql: &'a mut super::sql::SqlStats,
     pub http_client: &'a mut super::http_client::ClientStats,
+    pub rpc: &'a mut super::rpc::RpcStats,
     pub tracer: &'a mut Tracer,
     /// The thread that last sent on the client connection being handled
     /// ([`StatementSink::calling_thread`]).
@@ -125,7 +127,7 @@ impl Recorder<'_> {
         self.tracer.call(span, in_flight, self.metrics);
     }
 
-    fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
+    pub(super) fn service(&mut self, origin: Origin, port: u16) -> (Arc<str>, u16) {
         let (name, port) = service_of(self.services, self.unknown, origin, port);
         (name.clone(), port)
     }
@@ -244,7 +246,13 @@ impl Sink for Recorder<'_> {
             .stats
             .entry(name.clone())
             .or_insert_with(|| new_service(metrics, &name));
-        let key = (done.method, done.route.clone(), done.status, port);
+        let key = (
+            done.method,
+            done.route.clone(),
+            done.status,
+            port,
+            done.version,
+        );
         match stats.durations.get_mut(&key) {
             Some(series) => {
                 series.histogram.observe(seconds);
@@ -256,6 +264,7 @@ impl Sink for Recorder<'_> {
                     done.method.as_str(),
                     &*done.route,
                     &done.status.to_string(),
+                    done.version.as_str(),
                     &*name,
                     &port.to_string(),
                 ]);
@@ -272,28 +281,7 @@ impl Sink for Recorder<'_> {
         }
         stats.paired_total.inc();
         stats.paired += 1;
-        self.windows.record(
-            now_ns / 1_000_000_000,
-            &name,
-            &done.route,
-            done.status,
-            seconds,
-        );
-        let route = stats
-            .routes
-            .entry((done.method, done.route))
-            .or_insert_with(|| RouteStats {
-                count: 0,
-                errors: 0,
-                recent: RecentDurations::new(now_ns),
-                last_ns: now_ns,
-            });
-        route.count += 1;
-        route.last_ns = now_ns;
-        if done.status >= 500 {
-            route.errors += 1;
-        }
-        route.recent.add(now_ns, seconds, done.status >= 500);
+        self.route_done(&name, done.method, done.route, done.status, seconds);
     }
 
     fn unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
@@ -306,6 +294,38 @@ impl Sink for Recorder<'_> {
 }
 
 impl Recorder<'_> {
+    /// A request (or gRPC call, `status` 500 for a server error) of
+    /// service `name` ended: the alert windows and its route's recent
+    /// statistics (/stats/requests, the dashboard).
+    pub(super) fn route_done(
+        &mut self,
+        name: &Arc<str>,
+        method: Method,
+        route: Arc<str>,
+        status: u16,
+        seconds: f64,
+    ) {
+        let now_ns = self.now_ns;
+        self.windows
+            .record(now_ns / 1_000_000_000, name, &route, status, seconds);
+        let route = self
+            .stats(name)
+            .routes
+            .entry((method, route))
+            .or_insert_with(|| RouteStats {
+                count: 0,
+                errors: 0,
+                recent: RecentDurations::new(now_ns),
+                last_ns: now_ns,
+            });
+        route.count += 1;
+        route.last_ns = now_ns;
+        if status >= 500 {
+            route.errors += 1;
+        }
+        route.recent.add(now_ns, seconds, status >= 500);
+    }
+
     /// One unpaired request, or one resync, of `origin`'s service.
     fn count(&mut self, origin: Origin, port: u16, reason: Unpaired, resync: bool) {
         let (name, _) = self.service(origin, port);

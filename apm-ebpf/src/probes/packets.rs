@@ -209,6 +209,9 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             if !admission.copy {
                 return;
             }
+            if admission.whole {
+                chunks = MAX_CHUNKS;
+            }
             known = admission.ids;
         }
     }

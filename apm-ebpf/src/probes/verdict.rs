@@ -47,6 +47,9 @@ pub struct Admission {
     /// A segment with payload sent on a socket that may carry TLS: its
     /// (kernel address, cookie), for `tls_tie`.
     pub tls_send: Option<(u64, u64)>,
+    /// HTTP/2: the whole segment is copied, whatever the port's records
+    /// per segment.
+    pub whole: bool,
 }
 
 impl Admission {
@@ -56,6 +59,7 @@ impl Admission {
             copy: true,
             ids: None,
             tls_send: None,
+            whole: false,
         }
     }
 }
@@ -96,6 +100,8 @@ pub fn admit(
         } else {
             None
         },
+        // SAFETY: as above.
+        whole: unsafe { (*state).verdict } == Verdict::Http2 as u32,
     };
     if verdict == Verdict::Mysql as u32 && dir == direction::INGRESS && payload > 0 {
         mysql_client_first(ctx, sk, state, payload_off, payload);

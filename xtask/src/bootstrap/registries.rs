@@ -26,9 +26,9 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
 /// psycopg), of the TLS tests' clients (httpx, redis-py) and of the
 /// MySQL tests' client (mysql_client.py: PyMySQL, which sends its
 /// `SET NAMES` at every connect from 1.1 on, and mysql-connector-python,
-/// used in pure Python) and of the distributed-trace tests (the OTLP
-/// receiver and trace_front.py's OpenTelemetry SDK), installed into their
-/// own virtualenv.
+/// used in pure Python), of the distributed-trace tests (the OTLP
+/// receiver and trace_front.py's OpenTelemetry SDK) and of the gRPC tests
+/// (grpcio's server and client), installed into their own virtualenv.
 const PY_APP: &[&str] = &[
     "fastapi>=0.110,<1",
     "uvicorn>=0.29,<1",
@@ -43,6 +43,7 @@ const PY_APP: &[&str] = &[
     "opentelemetry-sdk>=1.28,<2",
     "opentelemetry-exporter-otlp-proto-http>=1.28,<2",
     "opentelemetry-instrumentation-fastapi>=0.49b0,<1",
+    "grpcio>=1.60,<2",
 ];
 
 /// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
@@ -55,7 +56,8 @@ pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
                     "-c",
                     "import fastapi, uvicorn, h11, httpx, redis, sqlalchemy, greenlet, asyncpg, psycopg, \
                      pymysql, mysql.connector, opentelemetry.proto, opentelemetry.sdk, \
-                     opentelemetry.instrumentation.fastapi, opentelemetry.exporter.otlp.proto.http",
+                     opentelemetry.instrumentation.fastapi, opentelemetry.exporter.otlp.proto.http, \
+                     grpc",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -163,10 +163,17 @@ pub enum Unpaired {
     /// Bytes that stopped parsing on a connection already recognised
     /// (RESP): it resyncs at the next piece that starts like a command.
     Malformed,
+    /// An HTTP/2 request whose method, path or status sat in a
+    /// header-table entry apm never saw (a connection older than it).
+    HpackUnknown,
+    /// An HTTP/2 stream reset (RST_STREAM) before its response ended.
+    Reset,
+    /// An HTTP/2 stream the server refused (past a GOAWAY's last stream).
+    Refused,
 }
 
 impl Unpaired {
-    pub const ALL: [Unpaired; 10] = [
+    pub const ALL: [Unpaired; 13] = [
         Unpaired::ClosedMidRequest,
         Unpaired::ClosedMidResponse,
         Unpaired::ResponseWithoutRequest,
@@ -177,10 +184,13 @@ impl Unpaired {
         Unpaired::TableFull,
         Unpaired::Gap,
         Unpaired::Malformed,
+        Unpaired::HpackUnknown,
+        Unpaired::Reset,
+        Unpaired::Refused,
     ];
 
     /// Why a request seen by [`Sink::request`] was not paired.
-    pub const REQUEST: [Unpaired; 8] = [
+    pub const REQUEST: [Unpaired; 11] = [
         Unpaired::ClosedMidRequest,
         Unpaired::ClosedMidResponse,
         Unpaired::Truncated,
@@ -189,6 +199,9 @@ impl Unpaired {
         Unpaired::TableFull,
         Unpaired::Gap,
         Unpaired::Malformed,
+        Unpaired::HpackUnknown,
+        Unpaired::Reset,
+        Unpaired::Refused,
     ];
 
     /// Why pairing resynced ([`Sink::resync`]).
@@ -212,6 +225,26 @@ impl Unpaired {
             Self::TableFull => "table_full",
             Self::Gap => "gap",
             Self::Malformed => "malformed",
+            Self::HpackUnknown => "hpack_unknown",
+            Self::Reset => "reset",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// The HTTP version a request came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+impl Version {
+    /// OpenTelemetry's `network.protocol.version`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "1.1",
+            Self::Http2 => "2",
         }
     }
 }
@@ -237,6 +270,7 @@ pub struct Completed {
     /// The thread that sent the call's request (a client's), or the
     /// request's response (a server's); 0 when not known.
     pub thread: u32,
+    pub version: Version,
 }
 
 /// Where pairing results go. `route` turns a raw path into a template
@@ -576,5 +610,6 @@ fn complete_at(conn: &Conn, cur: Current, end_ns: u64, sink: &mut impl Sink) {
         } else {
             cur.tid
         },
+        version: Version::Http1,
     });
 }

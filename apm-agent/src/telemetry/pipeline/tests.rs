@@ -57,7 +57,7 @@ fn records_become_histograms_and_stats_without_the_query() {
     );
     let text = m.encode().expect("encode");
     assert!(text.contains(
-        r#"http_server_request_duration_seconds_bucket{http_request_method="GET",http_response_status_code="500",http_route="/users/{id}",server_port="8080",service_name="api",le="0.025"} 1"#
+        r#"http_server_request_duration_seconds_bucket{http_request_method="GET",http_response_status_code="500",http_route="/users/{id}",network_protocol_version="1.1",server_port="8080",service_name="api",le="0.025"} 1"#
     ), "{text}");
     assert!(!text.contains("hunter2"));
     let s = r.snapshot(40 * ms);

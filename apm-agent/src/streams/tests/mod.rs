@@ -1,6 +1,8 @@
 //! Which pairing a connection goes to, from its first bytes, and client
 //! connections named by their connect records.
 
+mod http2;
+
 use std::sync::Arc;
 
 use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
@@ -8,6 +10,7 @@ use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
 use super::{
     Streams,
     closing::CLOSE_DELAY_NS,
+    http2::{RpcCall, RpcSink},
     pairing::{Completed, Origin, Sink, Unpaired},
     postgres::{Outcome, StatementSink},
     resp::{CacheResult, CommandSink, Peer},
@@ -19,14 +22,15 @@ use crate::{
 };
 
 #[derive(Default)]
-struct Both {
-    http: Vec<(String, u16)>,
+pub(super) struct Both {
+    pub(super) http: Vec<(String, u16)>,
     origins: Vec<Origin>,
     methods: Vec<&'static str>,
     redis: Vec<(&'static str, Peer)>,
-    unpaired: Vec<Unpaired>,
-    resyncs: Vec<Unpaired>,
+    pub(super) unpaired: Vec<Unpaired>,
+    pub(super) resyncs: Vec<Unpaired>,
     sql: Vec<String>,
+    pub(super) rpc: Vec<(String, u16)>,
 }
 
 impl Sink for Both {
@@ -47,6 +51,18 @@ impl Sink for Both {
     }
     fn resync(&mut self, _: Origin, _: u16, reason: Unpaired) {
         self.resyncs.push(reason);
+    }
+}
+
+impl RpcSink for Both {
+    fn rpc_method(&mut self, _: Origin, path: &str) -> Arc<str> {
+        path.into()
+    }
+    fn rpc_completed(&mut self, call: RpcCall) {
+        self.rpc.push((call.method.to_string(), call.code));
+    }
+    fn rpc_unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
+        self.unpaired.push(reason);
     }
 }
 

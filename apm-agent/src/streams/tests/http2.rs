@@ -1,0 +1,167 @@
+//! HTTP/2 and gRPC through `Streams`: streams interleaved on one
+//! connection, statuses from trailers, resets, and frames split anywhere.
+
+use apm_common::events::EventKind;
+use loona_hpack::Encoder;
+
+use super::Both;
+use crate::{
+    protocols::http2::frames::{PREFACE, flags, kind},
+    streams::{Streams, pairing::Unpaired},
+    telemetry::synthetic,
+};
+
+const MS: u64 = 1_000_000;
+
+fn frame(k: u8, f: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut b = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    b.extend([k, f]);
+    b.extend(stream.to_be_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+fn headers(e: &mut Encoder<'_>, stream: u32, end: bool, fields: &[(&str, &str)]) -> Vec<u8> {
+    let block = e.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let f = flags::END_HEADERS | if end { flags::END_STREAM } else { 0 };
+    frame(kind::HEADERS, f, stream, &block)
+}
+
+fn grpc_call(e: &mut Encoder<'_>, stream: u32, method: &str, timeout: &str) -> Vec<u8> {
+    let mut b = headers(
+        e,
+        stream,
+        false,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", method),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", timeout),
+            ("te", "trailers"),
+        ],
+    );
+    b.extend(frame(
+        kind::DATA,
+        flags::END_STREAM,
+        stream,
+        &[0, 0, 0, 0, 2, 8, 1],
+    ));
+    b
+}
+
+/// One conversation: (to the server?, time, bytes).
+fn conversation() -> Vec<(bool, u64, Vec<u8>)> {
+    let (mut c, mut s) = (Encoder::new(), Encoder::new());
+    let mut first = PREFACE.to_vec();
+    first.extend(frame(kind::SETTINGS, 0, 0, &[]));
+    first.extend(grpc_call(&mut c, 1, "/shop.Cart/Get", "1S"));
+    first.extend(headers(
+        &mut c,
+        3,
+        true,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/items/7?secret=1"),
+            (":authority", "localhost"),
+        ],
+    ));
+    first.extend(grpc_call(&mut c, 5, "/shop.Cart/Slow", "10m"));
+    let mut answers = frame(kind::SETTINGS, 0, 0, &[]);
+    answers.extend(headers(&mut s, 3, true, &[(":status", "404")]));
+    answers.extend(headers(
+        &mut s,
+        1,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    ));
+    answers.extend(frame(kind::DATA, 0, 1, &[0, 0, 0, 0, 0]));
+    answers.extend(headers(
+        &mut s,
+        1,
+        true,
+        &[("grpc-status", "5"), ("grpc-message", "no such cart")],
+    ));
+    // The client gives up on stream 5 after its 10 ms deadline.
+    let cancel = frame(kind::RST_STREAM, 0, 5, &8u32.to_be_bytes());
+    vec![
+        (true, MS, first),
+        (false, 3 * MS, answers),
+        (true, 20 * MS, cancel),
+    ]
+}
+
+fn run(pieces: &[(bool, u64, Vec<u8>)]) -> Both {
+    let (mut streams, mut sink) = (Streams::new(16), Both::default());
+    for (to_server, ts, bytes) in pieces {
+        let kind = if *to_server {
+            EventKind::Read
+        } else {
+            EventKind::Write
+        };
+        let record = synthetic::record(kind, *ts, 7, 4, 50051, bytes);
+        streams.handle_record(&record, &mut sink).expect("record");
+    }
+    let close = synthetic::record(EventKind::Close, 30 * MS, 7, 4, 50051, b"");
+    streams.handle_record(&close, &mut sink).expect("close");
+    sink
+}
+
+#[test]
+fn grpc_calls_and_http2_requests_pair_per_stream() {
+    let sink = run(&conversation());
+    assert_eq!(sink.http, vec![("/items/7".to_owned(), 404)]);
+    let mut rpc = sink.rpc.clone();
+    rpc.sort();
+    assert_eq!(
+        rpc,
+        vec![
+            ("/shop.Cart/Get".to_owned(), 5),
+            ("/shop.Cart/Slow".to_owned(), 4),
+        ]
+    );
+    assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
+    assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+}
+
+#[test]
+fn frames_split_at_every_byte_pair_the_same() {
+    let whole = conversation();
+    let expected = run(&whole);
+    for (i, (to_server, ts, bytes)) in whole.iter().enumerate() {
+        // A connection is taken for HTTP/2 by its first read holding the
+        // start of the preface (a segment holds all of it).
+        let from = if i == 0 { 4 } else { 1 };
+        for cut in from..bytes.len() {
+            let mut pieces = whole.clone();
+            let (a, b) = bytes.split_at(cut);
+            pieces.splice(
+                i..=i,
+                [(*to_server, *ts, a.to_vec()), (*to_server, *ts, b.to_vec())],
+            );
+            let got = run(&pieces);
+            assert_eq!(got.http, expected.http, "piece {i} cut at {cut}");
+            let (mut a, mut b) = (got.rpc.clone(), expected.rpc.clone());
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "piece {i} cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn open_streams_at_close_and_lost_framing_are_counted() {
+    let mut pieces = conversation();
+    // No answers: every stream is still open at the close.
+    pieces.remove(1);
+    let sink = run(&pieces);
+    assert!(sink.http.is_empty());
+    // Stream 5 ended by its reset; 1 and 3 by the close.
+    assert_eq!(sink.rpc, vec![("/shop.Cart/Slow".to_owned(), 4)]);
+    assert_eq!(
+        sink.unpaired,
+        vec![Unpaired::ClosedMidResponse, Unpaired::ClosedMidResponse]
+    );
+}

@@ -1,0 +1,261 @@
+//! gRPC calls of monitored servers: `rpc_server_call_duration_seconds`
+//! per (service, method, status), and the calls that could not be paired.
+//! The series count against `--max-series` like HTTP's and expire with
+//! them.
+
+use std::sync::Arc;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::{
+    metrics::{HTTP_DURATION_BUCKETS, Metrics, MetricsError, PORT, SERVICE},
+    recorder::{Recorder, SeriesBudget},
+};
+use crate::{
+    protocols::{http::Method, http2::grpc_code_name},
+    streams::{
+        http2::{RpcCall, RpcSink},
+        pairing::{Origin, Unpaired},
+    },
+};
+
+/// Distinct gRPC methods per service; the rest are `{overflow}`.
+pub const MAX_METHODS: usize = 256;
+
+impl RpcSink for Recorder<'_> {
+    fn rpc_method(&mut self, origin: Origin, path: &str) -> Arc<str> {
+        let (name, _) = self.service(origin, 0);
+        self.rpc.method(&name, path)
+    }
+
+    fn rpc_completed(&mut self, call: RpcCall) {
+        let (name, port) = self.service(call.origin, call.port);
+        let (metrics, now_ns) = (self.metrics, self.now_ns);
+        self.rpc
+            .completed(metrics, self.budget, (&name, port), &call, now_ns);
+        // In the route views and alert windows as a POST whose server
+        // errors (OpenTelemetry's for gRPC) count as 500s.
+        let status = if server_error(call.code) { 500 } else { 200 };
+        let seconds = call.duration_ns as f64 / 1e9;
+        self.route_done(&name, Method::Post, call.method, status, seconds);
+    }
+
+    fn rpc_unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
+        let (name, _) = self.service(origin, port);
+        self.rpc.unpaired(&self.metrics.rpc, &name, reason);
+        if self.tracer.enabled() {
+            // Its calls can no longer be told from another request's.
+            self.tracer.request_lost(&name, self.now_ns);
+        }
+    }
+}
+
+/// The RPC families, registered with the agent's registry.
+pub struct RpcMetrics {
+    pub duration: HistogramVec,
+    pub unpaired: IntCounterVec,
+}
+
+impl RpcMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rpc_server_call_duration_seconds",
+                "Duration of gRPC calls served, from the first byte of the request's HEADERS to the END_STREAM of the response, trailers included (OpenTelemetry rpc.server.call.duration).",
+            )
+            .buckets(HTTP_DURATION_BUCKETS.to_vec()),
+            &[
+                "rpc_system_name",
+                "rpc_method",
+                "rpc_response_status_code",
+                SERVICE,
+                PORT,
+            ],
+        )?;
+        let unpaired = IntCounterVec::new(
+            Opts::new(
+                "apm_rpc_calls_unpaired_total",
+                "gRPC calls that could not be paired with their end, by reason.",
+            ),
+            &[SERVICE, "reason"],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(unpaired.clone()))?;
+        Ok(Self { duration, unpaired })
+    }
+}
+
+/// (service, method, status code, port).
+type Key = (Arc<str>, Arc<str>, u16, u16);
+
+struct Series {
+    histogram: Histogram,
+    last_ns: u64,
+}
+
+#[derive(Default)]
+pub struct RpcStats {
+    series: FxHashMap<Key, Series>,
+    /// Services whose unpaired counters are exported (from zero).
+    services: FxHashSet<Arc<str>>,
+    /// Each service's method labels, at most [`MAX_METHODS`].
+    methods: FxHashMap<Arc<str>, FxHashSet<Arc<str>>>,
+}
+
+impl RpcStats {
+    /// The label of method `path` of `service`: the path when it has the
+    /// shape of a gRPC method (`/package.Service/Method`, identifier
+    /// characters), among the service's first [`MAX_METHODS`]; else
+    /// `{invalid}` or `{overflow}`.
+    fn method(&mut self, service: &Arc<str>, path: &str) -> Arc<str> {
+        if !is_method(path) {
+            return Arc::from("{invalid}");
+        }
+        let known = self.methods.entry(service.clone()).or_default();
+        if let Some(m) = known.get(path) {
+            return m.clone();
+        }
+        if known.len() >= MAX_METHODS {
+            return Arc::from("{overflow}");
+        }
+        let m: Arc<str> = Arc::from(path);
+        known.insert(m.clone());
+        m
+    }
+
+    /// Records a call served by `service` on `port`.
+    pub(super) fn completed(
+        &mut self,
+        all: &Metrics,
+        budget: &mut SeriesBudget,
+        (service, port): (&Arc<str>, u16),
+        call: &RpcCall,
+        now_ns: u64,
+    ) {
+        self.known(&all.rpc, service);
+        let seconds = call.duration_ns as f64 / 1e9;
+        let key = (service.clone(), call.method.clone(), call.code, port);
+        if let Some(s) = self.series.get_mut(&key) {
+            s.histogram.observe(seconds);
+            s.last_ns = now_ns;
+            return;
+        }
+        if budget.used >= budget.max {
+            all.http_series_over_budget.inc();
+            return;
+        }
+        let histogram = all.rpc.duration.with_label_values(&[
+            "grpc",
+            &call.method,
+            grpc_code_name(call.code),
+            service,
+            &port.to_string(),
+        ]);
+        histogram.observe(seconds);
+        budget.used += 1;
+        self.series.insert(
+            key,
+            Series {
+                histogram,
+                last_ns: now_ns,
+            },
+        );
+    }
+
+    /// One call of `service` not paired.
+    pub(super) fn unpaired(&mut self, metrics: &RpcMetrics, service: &Arc<str>, reason: Unpaired) {
+        self.known(metrics, service);
+        metrics
+            .unpaired
+            .with_label_values(&[service, reason.as_str()])
+            .inc();
+    }
+
+    /// A new service: every reason from zero, so rate() works.
+    fn known(&mut self, metrics: &RpcMetrics, service: &Arc<str>) {
+        if self.services.insert(service.clone()) {
+            for reason in Unpaired::REQUEST {
+                metrics
+                    .unpaired
+                    .with_label_values(&[service, reason.as_str()])
+                    .inc_by(0);
+            }
+        }
+    }
+
+    /// Removes series unused since `cutoff`; returns how many went.
+    pub(super) fn expire(
+        &mut self,
+        cutoff: u64,
+        budget: &mut SeriesBudget,
+        metrics: &RpcMetrics,
+    ) -> usize {
+        let before = self.series.len();
+        self.series.retain(|(service, method, code, port), s| {
+            let keep = s.last_ns >= cutoff;
+            if !keep {
+                let _ = metrics.duration.remove_label_values(&[
+                    "grpc",
+                    method,
+                    grpc_code_name(*code),
+                    service,
+                    &port.to_string(),
+                ]);
+            }
+            keep
+        });
+        let removed = before - self.series.len();
+        budget.used = budget.used.saturating_sub(removed);
+        removed
+    }
+}
+
+/// A gRPC status that is the server's error (OpenTelemetry's
+/// `rpc.server` error statuses): UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+pub fn server_error(code: u16) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+/// `/package.Service/Method`: two non-empty parts of identifier
+/// characters (and dots in the service), at most 256 bytes.
+fn is_method(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    let word = |s: &str, dots: bool| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+    };
+    path.len() <= 256 && word(service, true) && word(method, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_grpc_shaped_and_bounded() {
+        assert!(is_method("/shop.Cart/Get"));
+        assert!(is_method("/grpc.health.v1.Health/Check"));
+        for bad in [
+            "/", "/a", "/a/", "//b", "/a/b/c", "/a b/c", "/a/b?x", "x/a/b",
+        ] {
+            assert!(!is_method(bad), "{bad}");
+        }
+        let mut stats = RpcStats::default();
+        let service: Arc<str> = Arc::from("cart");
+        for i in 0..MAX_METHODS + 5 {
+            let label = stats.method(&service, &format!("/shop.Cart/M{i}"));
+            if i < MAX_METHODS {
+                assert_eq!(&*label, format!("/shop.Cart/M{i}"));
+            } else {
+                assert_eq!(&*label, "{overflow}");
+            }
+        }
+        assert_eq!(&*stats.method(&service, "/shop.Cart/M0"), "/shop.Cart/M0");
+        assert_eq!(&*stats.method(&service, "/etc/passwd?x"), "{invalid}");
+    }
+}

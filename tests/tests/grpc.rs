@@ -1,0 +1,135 @@
+//! gRPC over HTTP/2 (cleartext, prior knowledge), end to end: a grpcio
+//! server with unary and server-streaming methods (tests/servers/
+//! grpc_server.py), driven by a grpcio client with a known mix that
+//! includes NOT_FOUND and DEADLINE_EXCEEDED (grpc_client.py). The
+//! client's own counts per method and status are the ground truth, and
+//! its own timing of the method that sleeps 50 ms.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apm_e2e::{Agent, free_port, process::stop, prod::py_app_bin, require_root, wait_for};
+
+const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/servers");
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&mut self.0, libc::SIGTERM);
+    }
+}
+
+fn server(port: u16) -> Server {
+    let mut child = Command::new(py_app_bin().join("python"))
+        .arg(Path::new(SERVERS).join("grpc_server.py"))
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python with grpcio (installed by cargo xtask test)");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    assert_eq!(line.trim(), "listening", "grpc_server.py did not start");
+    Server(child)
+}
+
+/// The client's counts ("METHOD STATUS" → n) and its Slow durations.
+fn drive(port: u16, rounds: usize) -> (BTreeMap<String, u64>, Vec<f64>) {
+    let out = Command::new(py_app_bin().join("python"))
+        .arg(Path::new(SERVERS).join("grpc_client.py"))
+        .args([port.to_string(), rounds.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("grpc_client.py");
+    assert!(out.status.success(), "grpc_client.py: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    let counts = serde_json::from_value(v["counts"].clone()).expect("counts");
+    let slow = serde_json::from_value(v["slow"].clone()).expect("slow");
+    (counts, slow)
+}
+
+/// The agent's `rpc_server_call_duration_seconds_count` per "METHOD
+/// STATUS" on `port`.
+fn counted(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    m.matching(
+        "rpc_server_call_duration_seconds_count",
+        &[("server_port", &p)],
+    )
+    .map(|s| {
+        assert_eq!(s.labels["rpc_system_name"], "grpc");
+        let key = format!(
+            "{} {}",
+            s.labels["rpc_method"], s.labels["rpc_response_status_code"]
+        );
+        (key, s.value as u64)
+    })
+    .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn grpc_calls_are_counted_per_method_and_status_and_timed() {
+    require_root();
+    let port = free_port().expect("port");
+    let _server = server(port);
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, "python");
+
+    let (sent, mut slow) = drive(port, 20);
+    assert_eq!(sent["/shop.Cart/Hang DEADLINE_EXCEEDED"], 20, "{sent:?}");
+    assert_eq!(sent["/shop.Cart/Get NOT_FOUND"], 20, "{sent:?}");
+    let settled = wait_for(Duration::from_secs(20), || {
+        (counted(&agent, port) == sent).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the agent counted {:?}\nthe client got {sent:?}\n{}",
+        counted(&agent, port),
+        agent.log_text()
+    );
+    let m = agent.metrics().expect("metrics");
+    for reason in ["gap", "hpack_unknown", "malformed", "closed_mid_response"] {
+        assert_eq!(
+            m.value(
+                "apm_rpc_calls_unpaired_total",
+                &[("service_name", "python"), ("reason", reason)]
+            ),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+
+    // The method that sleeps 50 ms: its median in /stats/requests within
+    // 10 % of the client's own.
+    let v = agent.stats_requests().expect("stats");
+    let body = v.to_string();
+    let route = v["services"]["python"]["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["route"] == "/shop.Cart/Slow")
+        .unwrap_or_else(|| panic!("no Slow method in {body}"))
+        .clone();
+    assert_eq!(route["count"], 20);
+    let p50 = route["p50_seconds"].as_f64().expect("p50");
+    let want = median(&mut slow);
+    assert!(
+        (p50 - want).abs() <= want * 0.10,
+        "Slow median {p50}s, the client's {want}s"
+    );
+}
