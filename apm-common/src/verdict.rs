@@ -318,11 +318,11 @@ mod verdict_tests {
     }
 
     #[test]
-    fn only_http_resp_and_postgres_are_copied() {
+    fn only_protocols_a_parser_reads_are_copied() {
         let copied = Verdict::ALL.map(Verdict::captured);
         assert_eq!(
             copied,
-            [true, true, true, false, false, false, false, true, true]
+            [true, true, true, true, false, false, false, true, true]
         );
     }
 }
