@@ -159,6 +159,22 @@ pub fn postgres_startup(first: &[u8; 8]) -> bool {
     (8..=10_000).contains(&len) && (code >> 16 == 3 || request)
 }
 
+/// Whether a server's first 8 bytes start an HTTP/2 SETTINGS frame (a
+/// length of whole 6-byte settings, up to 16 of them, type 4, no flags,
+/// stream 0): an HTTP/2 server (gRPC's) may send its own before the
+/// client's preface arrives, which then decides the connection.
+#[inline(always)]
+pub fn http2_settings(first: &[u8; 8]) -> bool {
+    let len = u32::from_be_bytes([0, first[0], first[1], first[2]]);
+    len.is_multiple_of(6)
+        && len <= 96
+        && first[3] == 4
+        && first[4] == 0
+        && first[5] == 0
+        && first[6] == 0
+        && first[7] == 0
+}
+
 /// Whether the first 5 bytes a client sent on a connection already open are
 /// a PostgreSQL request: a Query, Parse or Bind and a length under 16 MiB
 /// (a zero byte after the type, which no text protocol sends there).
@@ -219,7 +235,7 @@ pub fn http_request(first: &[u8; 8]) -> bool {
 
 #[cfg(test)]
 mod verdict_tests {
-    use super::Verdict;
+    use super::{Verdict, http2_settings};
 
     fn of(bytes: &[u8], redis: bool) -> Verdict {
         let mut first = [0u8; 16];
@@ -315,6 +331,17 @@ mod verdict_tests {
         assert_eq!(of(b"GET ", false), Verdict::Http);
         assert_eq!(of(b"*", false), Verdict::Undecided);
         assert_eq!(of(b"", false), Verdict::Undecided);
+    }
+
+    #[test]
+    fn an_http2_servers_settings_first_leave_the_verdict_to_the_preface() {
+        // gRPC's server: SETTINGS with one setting (6 bytes).
+        assert!(http2_settings(&[0, 0, 6, 4, 0, 0, 0, 0]));
+        assert!(http2_settings(&[0, 0, 0, 4, 0, 0, 0, 0]));
+        assert!(!http2_settings(&[0, 0, 6, 4, 1, 0, 0, 0]), "an ACK");
+        assert!(!http2_settings(&[0, 0, 7, 4, 0, 0, 0, 0]));
+        assert!(!http2_settings(b"SSH-2.0-"));
+        assert!(!http2_settings(&[74, 0, 0, 0, 10, b'8', b'.', b'0']));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 pub mod databases;
+pub mod grpc;
 pub mod https;
 mod metrics;
 mod mysql_client;

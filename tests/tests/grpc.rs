@@ -5,57 +5,13 @@
 //! client's own counts per method and status are the ground truth, and
 //! its own timing of the method that sleeps 50 ms.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
+use std::{collections::BTreeMap, time::Duration};
+
+use apm_e2e::{
+    Agent, free_port,
+    grpc::{GrpcServer, drive},
+    require_root, wait_for,
 };
-
-use apm_e2e::{Agent, free_port, process::stop, prod::py_app_bin, require_root, wait_for};
-
-const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/servers");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        stop(&mut self.0, libc::SIGTERM);
-    }
-}
-
-fn server(port: u16) -> Server {
-    let mut child = Command::new(py_app_bin().join("python"))
-        .arg(Path::new(SERVERS).join("grpc_server.py"))
-        .arg(port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python with grpcio (installed by cargo xtask test)");
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    assert_eq!(line.trim(), "listening", "grpc_server.py did not start");
-    Server(child)
-}
-
-/// The client's counts ("METHOD STATUS" → n) and its Slow durations.
-fn drive(port: u16, rounds: usize) -> (BTreeMap<String, u64>, Vec<f64>) {
-    let out = Command::new(py_app_bin().join("python"))
-        .arg(Path::new(SERVERS).join("grpc_client.py"))
-        .args([port.to_string(), rounds.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("grpc_client.py");
-    assert!(out.status.success(), "grpc_client.py: {out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
-    let counts = serde_json::from_value(v["counts"].clone()).expect("counts");
-    let slow = serde_json::from_value(v["slow"].clone()).expect("slow");
-    (counts, slow)
-}
 
 /// The agent's `rpc_server_call_duration_seconds_count` per "METHOD
 /// STATUS" on `port`.
@@ -86,7 +42,7 @@ fn median(v: &mut [f64]) -> f64 {
 fn grpc_calls_are_counted_per_method_and_status_and_timed() {
     require_root();
     let port = free_port().expect("port");
-    let _server = server(port);
+    let _server = GrpcServer::start(port);
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
     agent.wait_for_service(port, "python");
 

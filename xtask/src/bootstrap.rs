@@ -177,6 +177,11 @@ const TEST_NEEDS: &[Need] = &[
         path: "/usr/bin/go",
         package: "golang-go",
     },
+    // HTTP/2 load with many streams per connection (tests/tests/http2.rs).
+    Need {
+        path: "/usr/bin/h2load",
+        package: "nghttp2-client",
+    },
 ];
 
 /// Files of what `cargo xtask bench` drives.

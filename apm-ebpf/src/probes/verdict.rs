@@ -141,6 +141,10 @@ pub fn admit(
             unsafe { bpf_skb_load_bytes(ctx.as_ptr(), payload_off, first.as_mut_ptr().cast(), 8) };
         if rc == 0 && apm_common::mysql_greeting(&first) {
             Verdict::Mysql
+        } else if rc == 0 && apm_common::http2_settings(&first) {
+            // An HTTP/2 server's SETTINGS, sent before the client's
+            // preface came in: the preface decides.
+            return admit(true);
         } else {
             Verdict::ServerFirst
         }

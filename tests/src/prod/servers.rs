@@ -91,6 +91,12 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(ns: &NetNs, port: u16) -> Result<Self> {
+        Self::start_with(ns, port, false)
+    }
+
+    /// [`Nginx::start`], speaking HTTP/2 with prior knowledge (h2c) when
+    /// `http2`.
+    pub fn start_with(ns: &NetNs, port: u16, http2: bool) -> Result<Self> {
         let dir = Scratch::new("nginx", port)?;
         let root = dir.0.join("root");
         for (path, size) in STATIC_FILES {
@@ -105,7 +111,8 @@ impl Nginx {
         let conf = template
             .replace("@PREFIX@", dir.0.to_str().context("non-UTF-8 temp dir")?)
             .replace("@ROOT@", root.to_str().context("non-UTF-8 temp dir")?)
-            .replace("@PORT@", &port.to_string());
+            .replace("@PORT@", &port.to_string())
+            .replace("@LISTEN@", if http2 { " http2" } else { "" });
         let conf_path = dir.0.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
         let log = dir.0.join("error.log");

@@ -1,0 +1,59 @@
+//! gRPC ground truth: tests/servers/grpc_server.py (grpcio, unary and
+//! server-streaming methods) and grpc_client.py's known mix, whose own
+//! counts per method and status (and timing of the 50 ms method) the
+//! agent is checked against.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use crate::{process::stop, prod::py_app_bin};
+
+const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/servers");
+
+/// grpc_server.py on 127.0.0.1:`port`, stopped when dropped.
+pub struct GrpcServer(Child);
+
+impl GrpcServer {
+    pub fn start(port: u16) -> Self {
+        let mut child = Command::new(py_app_bin().join("python"))
+            .arg(Path::new(SERVERS).join("grpc_server.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python with grpcio (installed by cargo xtask test)");
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        assert_eq!(line.trim(), "listening", "grpc_server.py did not start");
+        Self(child)
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        stop(&mut self.0, libc::SIGTERM);
+    }
+}
+
+/// `rounds` rounds of grpc_client.py's mix against `port`: its counts
+/// ("METHOD STATUS" → n) and its own durations of /shop.Cart/Slow.
+pub fn drive(port: u16, rounds: usize) -> (BTreeMap<String, u64>, Vec<f64>) {
+    let out = Command::new(py_app_bin().join("python"))
+        .arg(Path::new(SERVERS).join("grpc_client.py"))
+        .args([port.to_string(), rounds.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("grpc_client.py");
+    assert!(out.status.success(), "grpc_client.py: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    let counts = serde_json::from_value(v["counts"].clone()).expect("counts");
+    let slow = serde_json::from_value(v["slow"].clone()).expect("slow");
+    (counts, slow)
+}
