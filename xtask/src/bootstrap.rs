@@ -199,6 +199,11 @@ const BENCH_NEEDS: &[Need] = &[
         path: "/usr/bin/wrk",
         package: "wrk",
     },
+    // h2load for `--case nginx-h2c`.
+    Need {
+        path: "/usr/bin/h2load",
+        package: "nghttp2-client",
+    },
     // The certificate of the TLS arm.
     Need {
         path: "/usr/bin/openssl",

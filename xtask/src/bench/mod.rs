@@ -42,7 +42,7 @@ use anyhow::{Result, ensure};
 use self::{
     report::{Report, render},
     tools::{
-        Nginx, Run, criterion, free_port, measure, median, per_round_ratios, probe_cost,
+        Flavor, Nginx, Run, criterion, free_port, measure, median, per_round_ratios, probe_cost,
         syscall_cost,
     },
 };
@@ -101,7 +101,7 @@ impl Arm {
 
 /// `cargo xtask bench --paired-only`: the headline alone, printed and
 /// written to the `paired` section of docs/benchmarks.md; with `cases`
-/// (nginx, nginx-tls, tls-bystander, traces, traces-all, postgres, mariadb, redis1, redis16) or `extra` agent
+/// (nginx, nginx-h2c, nginx-tls, tls-bystander, traces, traces-all, postgres, mariadb, redis1, redis16) or `extra` agent
 /// arguments, only printed.
 pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]) -> Result<()> {
     let work = std::env::temp_dir().join("apm-bench");
@@ -112,13 +112,21 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
     let wanted = |c: &str| cases.is_empty() || cases.iter().any(|w| w == c);
     let mut lines = Vec::new();
     if wanted("nginx") {
-        let nginx = paired::nginx_paired(agent, &work, &extra, false)?;
+        let nginx = paired::nginx_paired(agent, &work, &extra, Flavor::Plain)?;
         lines.push(nginx.line("nginx, captured/uncaptured server", "request"));
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("nginx-h2c") {
+        let nginx = paired::nginx_paired(agent, &work, &extra, Flavor::H2c)?;
+        lines.push(nginx.line(
+            "nginx over HTTP/2 with prior knowledge (h2load -c4 -m8), captured/uncaptured server",
+            "request",
+        ));
         println!("{}", lines[lines.len() - 1]);
     }
     if wanted("nginx-tls") {
         paired::certificate(&work)?;
-        let nginx = paired::nginx_paired(agent, &work, &extra, true)?;
+        let nginx = paired::nginx_paired(agent, &work, &extra, Flavor::Tls)?;
         lines.push(nginx.line(
             "nginx over TLS (wrk over HTTPS, keep-alive), captured/uncaptured server",
             "request",
@@ -212,7 +220,7 @@ pub fn bench(root: &Path, agent: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
     std::fs::write(work.join("www/index.html"), "<html>apm bench</html>\n")?;
-    let paired = paired::nginx_paired(agent, &work, &[], false)?;
+    let paired = paired::nginx_paired(agent, &work, &[], Flavor::Plain)?;
     let redis_paired = [
         redis_paired::redis_paired(agent, 1, &[])?,
         redis_paired::redis_paired(agent, 16, &[])?,

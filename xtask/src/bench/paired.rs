@@ -32,8 +32,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use super::tools::{
-    Nginx, RunningAgent, bpf_run_time, cpu_busy, free_port, median, median_ci95, nginx_cpu_seconds,
-    pinned, with_bpf_stats,
+    Flavor, Nginx, RunningAgent, bpf_run_time, cpu_busy, free_port, median, median_ci95,
+    nginx_cpu_seconds, pinned, with_bpf_stats,
 };
 use crate::load::cpu_seconds;
 
@@ -295,7 +295,7 @@ pub(super) fn nginx_requests(port: u16, reads: &mut f64) -> Result<f64> {
 pub(super) fn three_nginx(
     work: &Path,
     name: &str,
-    tls: bool,
+    flavor: Flavor,
 ) -> Result<([u16; 3], [u16; 3], Vec<Nginx>)> {
     let ports = six_ports()?;
     let (served, status) = (
@@ -308,12 +308,12 @@ pub(super) fn three_nginx(
         let dir = work.join(format!("{name}-{i}"));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/index.html"), &page)?;
-        if tls {
+        if flavor == Flavor::Tls {
             for file in ["cert.pem", "key.pem"] {
                 std::fs::copy(work.join(file), dir.join(file))?;
             }
         }
-        servers.push(Nginx::start_ports(&dir, &[port], Some(status), tls)?);
+        servers.push(Nginx::start_ports(&dir, &[port], Some(status), flavor)?);
     }
     Ok((served, status, servers))
 }
@@ -331,19 +331,44 @@ pub(super) fn wrk_clients(served: &[u16], scheme: &str) -> Result<Clients> {
     Ok(Clients(clients.collect::<Result<_>>()?))
 }
 
-pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], tls: bool) -> Result<Paired> {
-    let (served, status, _servers) = three_nginx(work, "paired", tls)?;
+pub fn nginx_paired(agent: &Path, work: &Path, extra: &[&str], flavor: Flavor) -> Result<Paired> {
+    let (served, status, _servers) = three_nginx(work, "paired", flavor)?;
     let mut reads = [0.0; 3];
-    let scheme = if tls { "https" } else { "http" };
     sample(Subject {
         counters: &mut |i| nginx_requests(status[i], &mut reads[i]),
         agent: &mut |k| RunningAgent::start(agent, served[k], extra, true),
         timed: &super::tools::paired,
         server_cpu: &mut nginx_cpu_seconds,
-        clients: &mut || wrk_clients(&served, scheme),
-        what: if tls { "nginx over TLS" } else { "nginx" },
-        programs: if tls { &PROGRAMS_TLS } else { &PROGRAMS },
+        clients: &mut || match flavor {
+            Flavor::Plain => wrk_clients(&served, "http"),
+            Flavor::Tls => wrk_clients(&served, "https"),
+            Flavor::H2c => h2load_clients(&served),
+        },
+        what: match flavor {
+            Flavor::Plain => "nginx",
+            Flavor::Tls => "nginx over TLS",
+            Flavor::H2c => "nginx over h2c",
+        },
+        programs: if flavor == Flavor::Tls {
+            &PROGRAMS_TLS
+        } else {
+            &PROGRAMS
+        },
     })
+}
+
+/// One h2load client (4 connections of 8 streams each, on CPU 1) per
+/// server of `served`, for as long as wrk's.
+fn h2load_clients(served: &[u16]) -> Result<Clients> {
+    let clients = served.iter().map(|port| {
+        pinned(1, "h2load")
+            .args(["-t1", "-c4", "-m8", &format!("-D{LOAD_SECS}")])
+            .arg(format!("http://127.0.0.1:{port}/index.html"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting h2load")
+    });
+    Ok(Clients(clients.collect::<Result<_>>()?))
 }
 
 /// The packet programs, whose run time per request the BPF window reads.

@@ -495,25 +495,44 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// How a bench nginx speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Plain,
+    Tls,
+    /// HTTP/2 with prior knowledge.
+    H2c,
+}
+
 pub struct Nginx {
     child: Child,
 }
 
 impl Nginx {
     pub fn start(work: &Path, port: u16) -> Result<Self> {
-        Self::start_ports(work, &[port], None, false)
+        Self::start_ports(work, &[port], None, Flavor::Plain)
     }
 
     /// One nginx process (one worker) serving the same files on `ports`
-    /// (over TLS with `tls`: `cert.pem` and `key.pem` in `work`), and its
-    /// stub_status on `status` if given.
-    pub fn start_ports(work: &Path, ports: &[u16], status: Option<u16>, tls: bool) -> Result<Self> {
-        let ssl = if tls { " ssl" } else { "" };
+    /// (over TLS with [`Flavor::Tls`]: `cert.pem` and `key.pem` in
+    /// `work`), and its stub_status on `status` if given.
+    pub fn start_ports(
+        work: &Path,
+        ports: &[u16],
+        status: Option<u16>,
+        flavor: Flavor,
+    ) -> Result<Self> {
+        let suffix = match flavor {
+            Flavor::Plain => "",
+            Flavor::Tls => " ssl",
+            // No connection is closed after 1000 streams.
+            Flavor::H2c => " http2; http2_max_requests 100000000",
+        };
         let mut listen: String = ports
             .iter()
-            .map(|p| format!("listen 127.0.0.1:{p}{ssl}; "))
+            .map(|p| format!("listen 127.0.0.1:{p}{suffix}; "))
             .collect();
-        if tls {
+        if flavor == Flavor::Tls {
             let w = work.display();
             listen.push_str(&format!(
                 "ssl_certificate {w}/cert.pem; ssl_certificate_key {w}/key.pem; "

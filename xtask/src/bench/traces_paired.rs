@@ -171,7 +171,7 @@ pub fn traces_paired(
     sampling: &[&str],
     extra: &[&str],
 ) -> Result<TracesPaired> {
-    let (served, status, servers) = three_nginx(work, "traces", false)?;
+    let (served, status, servers) = three_nginx(work, "traces", super::tools::Flavor::Plain)?;
     let (rport, received) = receiver()?;
     let endpoint = format!("http://127.0.0.1:{rport}");
     let mut traced_args = vec!["--otlp-endpoint", &endpoint];
