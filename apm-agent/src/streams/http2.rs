@@ -24,7 +24,7 @@ use crate::protocols::{
     http::{Method, TraceParent},
     http2::{
         Headers,
-        frames::{Frame, Framer, error_code, flags, fragment, kind},
+        frames::{Frame, Framer, error_code, flags, fragment, kind, starts_frames},
         hpack::Decoder,
         read_block,
     },
@@ -106,8 +106,6 @@ struct Conn {
     from_server: Side,
     streams: FxHashMap<u32, Stream>,
     last_seen_ns: u64,
-    /// Framing lost: nothing more is read.
-    lost: bool,
 }
 
 impl LastSeen for Conn {
@@ -146,7 +144,6 @@ impl Tracker {
             from_server: Side::new(start, false),
             streams: FxHashMap::default(),
             last_seen_ns: ev.ts_ns,
-            lost: false,
         };
         match self.conns.insert(ev.conn, conn, ev.ts_ns, EVICTABLE_NS) {
             Ok(evicted) => {
@@ -170,9 +167,6 @@ impl Tracker {
             return;
         };
         conn.last_seen_ns = ev.ts_ns;
-        if conn.lost {
-            return;
-        }
         let to_server = match ev.kind {
             Flow::ToServer => true,
             Flow::FromServer | Flow::Sendfile => false,
@@ -180,6 +174,20 @@ impl Tracker {
         };
         let len = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
         let mut frames = Vec::new();
+        let side = if to_server {
+            &mut conn.to_server
+        } else {
+            &mut conn.from_server
+        };
+        if side.framer.lost().is_some() {
+            // Framing resumes at a piece that starts with frames; the
+            // table may have missed insertions in what was lost, so it
+            // starts afresh, its older entries unknown.
+            if !starts_frames(ev.data, len) {
+                return;
+            }
+            *side = Side::new(false, false);
+        }
         let side = if to_server {
             &mut conn.to_server
         } else {
@@ -193,9 +201,18 @@ impl Tracker {
         let client_port = ev.seq.map(|(p, _)| p);
         for f in frames {
             on_frame(conn, ev.conn, to_server, f, client_port, sink);
+            let side = if to_server {
+                &conn.to_server
+            } else {
+                &conn.from_server
+            };
+            if !lost && side.framer.lost().is_some() {
+                // A malformed frame: the rest waits for a resumption.
+                return;
+            }
         }
         if lost {
-            lose(conn, Unpaired::Gap, sink);
+            lose(conn, to_server, Unpaired::Gap, sink);
         }
     }
 
@@ -205,12 +222,12 @@ impl Tracker {
         }
     }
 
-    /// Bytes of `conn` were never seen: its framing is lost.
+    /// Bytes of `conn` were never seen: its framing is lost both ways
+    /// until each resumes.
     pub fn gap(&mut self, conn: u64, sink: &mut (impl Sink + RpcSink)) {
-        if let Some(c) = self.conns.peek_mut(conn)
-            && !c.lost
-        {
-            lose(c, Unpaired::Gap, sink);
+        if let Some(c) = self.conns.peek_mut(conn) {
+            lose(c, true, Unpaired::Gap, sink);
+            lose(c, false, Unpaired::Gap, sink);
         }
     }
 
@@ -243,10 +260,23 @@ fn unpaired(
     }
 }
 
-fn lose(conn: &mut Conn, reason: Unpaired, sink: &mut (impl Sink + RpcSink)) {
-    conn.lost = true;
+/// One direction's framing is lost (counted once): the requests', so no
+/// new stream is seen until it resumes; or the responses', so every open
+/// stream is counted unpaired now. Streams opened while the responses'
+/// framing is lost are followed: an end lost with it leaves its stream
+/// open until the connection ends (then counted), within the bound.
+fn lose(conn: &mut Conn, to_server: bool, reason: Unpaired, sink: &mut (impl Sink + RpcSink)) {
+    let side = if to_server {
+        &mut conn.to_server
+    } else {
+        &mut conn.from_server
+    };
+    side.framer.lose();
+    side.block = None;
     sink.resync(conn.origin, conn.port, reason);
-    finish(conn, reason, sink);
+    if !to_server {
+        finish(conn, reason, sink);
+    }
 }
 
 fn on_frame(
@@ -266,10 +296,10 @@ fn on_frame(
         kind::HEADERS | kind::PUSH_PROMISE => {
             if side.block.is_some() {
                 // Only CONTINUATION may follow an unfinished block.
-                return lose(conn, Unpaired::Malformed, sink);
+                return lose(conn, to_server, Unpaired::Malformed, sink);
             }
             let Some(part) = fragment(&f).map(<[u8]>::to_vec) else {
-                return lose(conn, Unpaired::Malformed, sink);
+                return lose(conn, to_server, Unpaired::Malformed, sink);
             };
             let cut = f.cut;
             let end = f.flags & flags::END_HEADERS != 0;
@@ -283,10 +313,10 @@ fn on_frame(
         }
         kind::CONTINUATION => {
             let Some((first, bytes)) = &mut side.block else {
-                return lose(conn, Unpaired::Malformed, sink);
+                return lose(conn, to_server, Unpaired::Malformed, sink);
             };
             if first.stream != f.stream {
-                return lose(conn, Unpaired::Malformed, sink);
+                return lose(conn, to_server, Unpaired::Malformed, sink);
             }
             if f.cut || bytes.len() + f.payload.len() > BLOCK_MAX {
                 side.broken = true;

@@ -105,6 +105,13 @@ impl Framer {
         self.lost
     }
 
+    /// The framing is lost (bytes never seen).
+    pub fn lose(&mut self) {
+        self.lost = Some(Lost::Gap);
+        self.current = None;
+        self.head_len = 0;
+    }
+
     /// Feeds a piece of `len` bytes seen at `ts_ns` (the first at TCP
     /// sequence number `seq`, on packets), of which `data` is the captured
     /// prefix, calling `frame` for every frame it completes.
@@ -192,6 +199,41 @@ impl Framer {
             }
         }
     }
+}
+
+/// The largest frame a peer may send unless it raised
+/// SETTINGS_MAX_FRAME_SIZE (most do not).
+const FRAME_MAX: usize = 16 << 10;
+
+/// Whether a piece of `len` bytes whose captured prefix is `data` starts
+/// at a frame boundary, as far as can be told: two or more plausible
+/// frame headers chained through the captured bytes (or one that ends
+/// the piece), each of a known type on a stream its type allows, none
+/// longer than the default largest frame. Where framing was lost (bytes
+/// not seen), a piece like this is where it resumes: a sender writes
+/// whole frames, so a segment after a pause starts with one.
+pub fn starts_frames(data: &[u8], len: usize) -> bool {
+    let (mut at, mut frames) = (0usize, 0);
+    while at + HEADER <= data.len() {
+        let h = &data[at..at + HEADER];
+        let flen = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        let on_stream = match h[3] {
+            kind::SETTINGS | kind::GOAWAY | 6 => false,
+            8 => stream != 0,
+            k if k <= kind::CONTINUATION => true,
+            _ => return false,
+        };
+        if flen > FRAME_MAX
+            || stream & 0x8000_0000 != 0
+            || (on_stream != (stream != 0) && h[3] != 8)
+        {
+            return false;
+        }
+        frames += 1;
+        at += HEADER + flen;
+    }
+    frames >= 2 || (frames == 1 && at == len)
 }
 
 /// A HEADERS or PUSH_PROMISE payload's header block fragment (padding

@@ -256,6 +256,32 @@ fn frames_split_anywhere_come_out_whole() {
 }
 
 #[test]
+fn framing_resumes_only_at_a_piece_that_starts_with_frames() {
+    let settings = frame_bytes(kind::SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    let mut two = frame_bytes(kind::HEADERS, flags::END_HEADERS, 1, b"ab");
+    two.extend(frame_bytes(kind::DATA, flags::END_STREAM, 1, &[0; 300]));
+    assert!(super::frames::starts_frames(&settings, settings.len()));
+    assert!(super::frames::starts_frames(&two, two.len()));
+    // Only DATA's header captured: the chain runs past the capture.
+    assert!(super::frames::starts_frames(&two[..20], two.len()));
+    for bytes in [
+        &b"\x17\x03\x03\x00\x20garbage-after"[..],
+        &[0xff; 40],
+        &two[3..],
+    ] {
+        assert!(
+            !super::frames::starts_frames(bytes, bytes.len()),
+            "{bytes:?}"
+        );
+    }
+    // One frame that does not end the piece is not enough.
+    assert!(!super::frames::starts_frames(
+        &settings,
+        settings.len() + 50
+    ));
+}
+
+#[test]
 fn data_payload_need_not_be_captured_but_a_header_must() {
     let data = frame_bytes(kind::DATA, 0, 1, &[0; 1000]);
     let next = frame_bytes(kind::HEADERS, flags::END_HEADERS, 1, b"xy");

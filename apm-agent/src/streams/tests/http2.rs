@@ -152,6 +152,77 @@ fn frames_split_at_every_byte_pair_the_same() {
 }
 
 #[test]
+fn responses_framing_lost_counts_the_open_streams_and_resumes_at_frames() {
+    let mut pieces = conversation();
+    let answers = pieces[1].2.clone();
+    // The answers' bytes are seen but a frame header sits past what
+    // was captured: a piece whose captured prefix ends mid-header.
+    let cut = 9 + 3;
+    let (mut streams, mut sink) = (Streams::new(16), Both::default());
+    let record = |to_server: bool, ts: u64, data: &[u8], len: usize| {
+        let kind = if to_server {
+            EventKind::Read
+        } else {
+            EventKind::Write
+        };
+        let mut r = synthetic::record(kind, ts, 7, 4, 50051, data);
+        // `ret` (bytes moved) past the captured bytes.
+        r[32..40].copy_from_slice(&(len as i64).to_ne_bytes());
+        r
+    };
+    streams
+        .handle_record(
+            &record(true, MS, &pieces[0].2, pieces[0].2.len()),
+            &mut sink,
+        )
+        .expect("requests");
+    streams
+        .handle_record(
+            &record(false, 2 * MS, &answers[..cut], answers.len()),
+            &mut sink,
+        )
+        .expect("answers cut");
+    // The three open streams are counted now, their ends unseen.
+    assert_eq!(
+        sink.unpaired.len() + sink.rpc.len(),
+        3,
+        "{:?}",
+        sink.unpaired
+    );
+    assert!(sink.unpaired.iter().all(|r| *r == Unpaired::Gap));
+    // A later answer that starts with frames resumes them; a request
+    // after it pairs again (its table entries, older, are unknown: the
+    // encoder here only uses the static table and literals).
+    let mut c = Encoder::new();
+    pieces[2] = (
+        true,
+        5 * MS,
+        headers(
+            &mut c,
+            7,
+            true,
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/items/9"),
+                (":authority", "localhost"),
+            ],
+        ),
+    );
+    streams
+        .handle_record(
+            &record(true, 5 * MS, &pieces[2].2, pieces[2].2.len()),
+            &mut sink,
+        )
+        .expect("request");
+    let reply = headers(&mut Encoder::new(), 7, true, &[(":status", "200")]);
+    streams
+        .handle_record(&record(false, 6 * MS, &reply, reply.len()), &mut sink)
+        .expect("reply");
+    assert_eq!(sink.http, vec![("/items/9".to_owned(), 200)]);
+}
+
+#[test]
 fn open_streams_at_close_and_lost_framing_are_counted() {
     let mut pieces = conversation();
     // No answers: every stream is still open at the close.
