@@ -108,6 +108,17 @@ struct Conn {
     last_seen_ns: u64,
 }
 
+impl Conn {
+    /// The requests' direction (`to_server`) or the responses'.
+    fn side(&mut self, to_server: bool) -> &mut Side {
+        if to_server {
+            &mut self.to_server
+        } else {
+            &mut self.from_server
+        }
+    }
+}
+
 impl LastSeen for Conn {
     fn last_seen_ns(&self) -> u64 {
         self.last_seen_ns
@@ -174,11 +185,7 @@ impl Tracker {
         };
         let len = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
         let mut frames = Vec::new();
-        let side = if to_server {
-            &mut conn.to_server
-        } else {
-            &mut conn.from_server
-        };
+        let side = conn.side(to_server);
         if side.framer.lost().is_some() {
             // Framing resumes at a piece that starts with frames; the
             // table may have missed insertions in what was lost, so it
@@ -188,11 +195,6 @@ impl Tracker {
             }
             *side = Side::new(false, false);
         }
-        let side = if to_server {
-            &mut conn.to_server
-        } else {
-            &mut conn.from_server
-        };
         side.framer
             .feed(ev.ts_ns, ev.seq.map(|(_, s)| s), ev.data, len, |f| {
                 frames.push(f)
@@ -201,12 +203,7 @@ impl Tracker {
         let client_port = ev.seq.map(|(p, _)| p);
         for f in frames {
             on_frame(conn, ev.conn, to_server, f, client_port, sink);
-            let side = if to_server {
-                &conn.to_server
-            } else {
-                &conn.from_server
-            };
-            if !lost && side.framer.lost().is_some() {
+            if !lost && conn.side(to_server).framer.lost().is_some() {
                 // A malformed frame: the rest waits for a resumption.
                 return;
             }
@@ -266,11 +263,7 @@ fn unpaired(
 /// framing is lost are followed: an end lost with it leaves its stream
 /// open until the connection ends (then counted), within the bound.
 fn lose(conn: &mut Conn, to_server: bool, reason: Unpaired, sink: &mut (impl Sink + RpcSink)) {
-    let side = if to_server {
-        &mut conn.to_server
-    } else {
-        &mut conn.from_server
-    };
+    let side = conn.side(to_server);
     side.framer.lose();
     side.block = None;
     sink.resync(conn.origin, conn.port, reason);
@@ -287,11 +280,7 @@ fn on_frame(
     client_port: Option<u16>,
     sink: &mut (impl Sink + RpcSink),
 ) {
-    let side = if to_server {
-        &mut conn.to_server
-    } else {
-        &mut conn.from_server
-    };
+    let side = conn.side(to_server);
     match f.kind {
         kind::HEADERS | kind::PUSH_PROMISE => {
             if side.block.is_some() {
@@ -367,11 +356,7 @@ fn block_done(
     client_port: Option<u16>,
     sink: &mut (impl Sink + RpcSink),
 ) {
-    let side = if to_server {
-        &mut conn.to_server
-    } else {
-        &mut conn.from_server
-    };
+    let side = conn.side(to_server);
     let Some((first, bytes)) = side.block.take() else {
         return;
     };
