@@ -11,8 +11,9 @@ use std::collections::VecDeque;
 use apm_common::events::EventHeader;
 use rustc_hash::FxHashMap;
 
-/// How long an object's records wait for its tie.
-pub const HOLD_NS: u64 = 5_000_000_000;
+/// How long an object's records wait for its tie after its last call: a
+/// server's request waits as long as its handler takes to answer.
+pub const HOLD_NS: u64 = 30_000_000_000;
 /// Objects waiting at most, all processes together.
 const MAX_OBJECTS: usize = 1024;
 /// Records of one object held at most: a request's reads and its
@@ -28,7 +29,8 @@ pub type Held = (EventHeader, Box<[u8]>);
 
 /// One object's records, oldest first.
 struct Object {
-    first_ns: u64,
+    /// Its latest record's time.
+    last_ns: u64,
     records: Vec<Held>,
     /// Records were dropped: the stream would have a hole.
     overflowed: bool,
@@ -37,8 +39,9 @@ struct Object {
 #[derive(Default)]
 pub struct Untied {
     objects: FxHashMap<(u32, u64), Object>,
-    /// Arrival order, for expiry (an entry whose object is gone or newer
-    /// is skipped).
+    /// Each held record's (object, time), in arrival order, for expiry:
+    /// an entry whose object is gone or has a later record is skipped,
+    /// and the queue is rebuilt when such entries outnumber the rest.
     order: VecDeque<((u32, u64), u64)>,
     bytes: usize,
     lost: u64,
@@ -57,14 +60,16 @@ impl Untied {
             self.lost += 1;
             return;
         }
-        let object = self.objects.entry(key).or_insert_with(|| {
-            self.order.push_back((key, header.ts_ns));
-            Object {
-                first_ns: header.ts_ns,
-                records: Vec::new(),
-                overflowed: false,
-            }
+        if self.order.len() > 4 * self.objects.len() + 1024 {
+            self.compact();
+        }
+        self.order.push_back((key, header.ts_ns));
+        let object = self.objects.entry(key).or_insert_with(|| Object {
+            last_ns: header.ts_ns,
+            records: Vec::new(),
+            overflowed: false,
         });
+        object.last_ns = header.ts_ns;
         if object.overflowed
             || object.records.len() >= MAX_RECORDS
             || self.bytes + data.len() > MAX_BYTES
@@ -99,24 +104,30 @@ impl Untied {
         }
     }
 
-    /// Drops the objects that waited longer than [`HOLD_NS`] at `now_ns`.
+    /// Drops the objects whose last call is older than [`HOLD_NS`] at
+    /// `now_ns`.
     pub fn expire(&mut self, now_ns: u64) {
-        while let Some(&(key, first_ns)) = self.order.front() {
-            if now_ns.saturating_sub(first_ns) < HOLD_NS {
+        while let Some(&(key, ts)) = self.order.front() {
+            if now_ns.saturating_sub(ts) < HOLD_NS {
                 break;
             }
             self.order.pop_front();
-            if self
-                .objects
-                .get(&key)
-                .is_some_and(|o| o.first_ns == first_ns)
-            {
+            if self.objects.get(&key).is_some_and(|o| o.last_ns == ts) {
                 self.free(key.0, key.1);
             }
         }
         if self.objects.is_empty() {
             self.order.clear();
         }
+    }
+
+    /// The expiry queue without the entries of objects gone or seen
+    /// since: one per object, oldest last call first.
+    fn compact(&mut self) {
+        let mut live: Vec<((u32, u64), u64)> =
+            self.objects.iter().map(|(&k, o)| (k, o.last_ns)).collect();
+        live.sort_by_key(|&(_, ts)| ts);
+        self.order = live.into();
     }
 
     /// Records dropped since the last call.
@@ -165,11 +176,13 @@ mod tests {
         assert_eq!(u.take_lost(), 2);
 
         u.hold(&header(2, 9, 100), b"c");
-        u.expire(100 + HOLD_NS - 1);
-        assert!(!u.is_empty());
+        // A later call keeps it: the hold runs from the last one.
+        u.hold(&header(2, 9, 200), b"d");
         u.expire(100 + HOLD_NS);
+        assert!(!u.is_empty());
+        u.expire(200 + HOLD_NS);
         assert!(u.is_empty());
-        assert_eq!(u.take_lost(), 1);
+        assert_eq!(u.take_lost(), 2);
 
         for i in 0..=MAX_RECORDS as u64 {
             u.hold(&header(3, 5, 1_000 + i), b"x");
@@ -177,6 +190,18 @@ mod tests {
         assert!(u.tie(3, 5).is_empty(), "a holey stream is not handed on");
         assert_eq!(u.take_lost(), MAX_RECORDS as u64 + 1);
         assert_eq!(u.bytes, 0);
+    }
+
+    #[test]
+    fn the_expiry_queue_stays_bounded_by_the_objects_held() {
+        let mut u = Untied::default();
+        // Objects tied at once (clients that write first) leave their
+        // queue entries behind.
+        for ssl in 0..10_000u64 {
+            u.hold(&header(1, ssl, ssl), b"x");
+            assert_eq!(u.tie(1, ssl).len(), 1);
+        }
+        assert!(u.order.len() <= 1024 + 1, "{}", u.order.len());
     }
 
     #[test]

@@ -109,8 +109,10 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     let mut port = local;
     let mut whose = side::SERVER;
     let mut watched = None;
-    // A monitored client's socket that may carry TLS: (address, cookie).
+    // A monitored client's socket that may carry TLS: (address, cookie),
+    // and its process.
     let mut client_tls = None;
+    let mut client_owner = None;
 
     if chunks == 0 {
         // A monitored client's connection to a captured remote port, or
@@ -133,8 +135,11 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             // its end from inet_sock_set_state.
             return;
         }
-        if outbound.is_some() && sockets::enabled() {
+        if let Some(value) = outbound
+            && sockets::enabled()
+        {
             client_tls = verdict::seen_client(ctx).map(|addr| (addr, cookie));
+            client_owner = Some(value & !OUTBOUND_FLAGS);
         }
 
         if outbound.is_none() {
@@ -180,6 +185,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             cookie,
             port as u16,
             conn_flags::CLIENT,
+            client_owner,
             seg.payload_off,
             payload,
         )
@@ -202,7 +208,16 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             );
             if let Some((addr, cookie)) = admission.tls_send
                 && sockets::enabled()
-                && tls_tie::on_send(ctx, addr, cookie, port as u16, 0, seg.payload_off, payload)
+                && tls_tie::on_send(
+                    ctx,
+                    addr,
+                    cookie,
+                    port as u16,
+                    0,
+                    None,
+                    seg.payload_off,
+                    payload,
+                )
             {
                 return;
             }

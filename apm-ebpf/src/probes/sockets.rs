@@ -2,9 +2,9 @@
 //! tracepoint is needed for it: a descriptor's kernel socket, found
 //! through the current task's file table; the sockets of monitored
 //! connections that a TLS library uses (`TLS_SOCKS`), whose records carry
-//! the socket's cookie as its packets do; the TCP socket each thread of a
-//! traced process read last (`sock_recv_length`, for memory BIOs);
-//! and the end of those connections (`inet_sock_set_state`).
+//! the socket's cookie as its packets do; and the end of those
+//! connections (`inet_sock_set_state`). Memory-BIO objects are tied to
+//! their sockets as they send (`tls_tie`).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
 

@@ -198,6 +198,9 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
     };
     // SAFETY: a plain helper call on this program's own context.
     let layout = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if sockets::enabled() {
+        tls_tie::called(pid_tgid, ssl);
+    }
     let (conn, link) = match descriptor(ssl, layout, kind == EventKind::Write) {
         Some(fd) => (by_descriptor(tgid, fd), 0),
         None => match tls_link::tied(tgid, ssl) {

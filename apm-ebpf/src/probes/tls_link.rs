@@ -174,13 +174,10 @@ pub fn tie(tgid: u32, ssl: u64, target: u64) -> bool {
 /// until its tie ([`HELD`]), or its free says to drop them.
 #[inline(always)]
 pub fn hold(tgid: u32, ssl: u64) {
-    // Only when absent: a full map leaves the object unmarked, and its
-    // held records expire in the agent.
-    let _ = TLS_LINKS.insert(
-        key(tgid, ssl),
-        HELD,
-        u64::from(aya_ebpf::bindings::BPF_NOEXIST),
-    );
+    // Also over a tie whose socket ended (its calls come here again):
+    // the free then closes the held records. A full map leaves the
+    // object unmarked, and its held records expire in the agent.
+    let _ = TLS_LINKS.insert(key(tgid, ssl), HELD, 0);
 }
 
 /// Unties `ssl` (freed by the library); one never tied closes its held

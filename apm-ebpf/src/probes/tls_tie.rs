@@ -38,11 +38,12 @@ pub const HELD: u64 = u64::MAX;
 
 /// How long after a write its thread's next send may tie the object. The
 /// libraries' callers send in the callback of the write itself,
-/// microseconds later; a full socket buffer delays that.
-const TIE_WINDOW_NS: u64 = 1_000_000_000;
+/// microseconds later; a write whose send went to a socket apm does not
+/// follow must not linger to match another's.
+const TIE_WINDOW_NS: u64 = 10_000_000;
 
-/// Records of a segment looked at for the write's: a session ticket or
-/// an earlier write may come first.
+/// Records of a segment looked at for the write's: earlier writes sent
+/// together may come first.
 const RECORDS: usize = 4;
 
 /// TLS record header: content type, version, length.
@@ -71,6 +72,18 @@ pub fn wrote(pid_tgid: u64, ssl: u64, moved: i64) {
     let _ = TLS_PENDING.insert(pid_tgid, pending, 0);
 }
 
+/// Thread `pid_tgid` calls the library on object `ssl`: a pending write
+/// of another object went out already (the callers send in the write's
+/// callback), or not to a socket apm follows. Either way it is dropped,
+/// so it cannot match a later send of another socket.
+#[inline(always)]
+pub fn called(pid_tgid: u64, ssl: u64) {
+    // SAFETY: a read-only copy of a plain value.
+    if unsafe { TLS_PENDING.get(pid_tgid) }.is_some_and(|p| p.ssl != ssl) {
+        let _ = TLS_PENDING.remove(pid_tgid);
+    }
+}
+
 /// Object `ssl` of thread `pid_tgid` is freed: its pending write goes.
 #[inline(always)]
 pub fn freed(pid_tgid: u64, ssl: u64) {
@@ -81,20 +94,27 @@ pub fn freed(pid_tgid: u64, ssl: u64) {
 }
 
 /// The TLS socket at kernel address `addr` (cookie `cookie`; `port` and
-/// `flags` as its `TlsSock` has them) sends a segment of `payload` bytes
-/// at `payload_off`: ties the object the running thread wrote through,
-/// if this is where that write goes. Returns whether it tied one.
+/// `flags` as its `TlsSock` has them; `owner`, a client socket's process)
+/// sends a segment of `payload` bytes at `payload_off`: ties the object
+/// the running thread wrote through, if this is where that write goes.
+/// Returns whether it tied one.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn on_send(
     ctx: &SkBuffContext,
     addr: u64,
     cookie: u64,
     port: u16,
     flags: u8,
+    owner: Option<u32>,
     payload_off: u32,
     payload: u32,
 ) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if owner.is_some_and(|o| o != (pid_tgid >> 32) as u32) {
+        // Sent from softirq in another process's time.
+        return false;
+    }
     // SAFETY: a read-only copy of a plain value.
     let Some(pending) = (unsafe { TLS_PENDING.get(pid_tgid) }).copied() else {
         return false;
@@ -158,8 +178,9 @@ pub fn on_send(
 }
 
 /// Whether one of the first [`RECORDS`] TLS records between packet
-/// offsets `at` and `end` is application data the size `pending`'s first
-/// or latest write makes.
+/// offsets `at` and `end`, all of them application data, is the size
+/// `pending`'s first or latest write makes. A handshake flight starts
+/// with a handshake or change_cipher_spec record, and is never taken.
 #[inline(always)]
 fn carries(ctx: &SkBuffContext, pending: &PendingTie, mut at: u32, end: u32) -> bool {
     for _ in 0..RECORDS {
@@ -169,15 +190,12 @@ fn carries(ctx: &SkBuffContext, pending: &PendingTie, mut at: u32, end: u32) -> 
         let Ok(h) = ctx.load::<[u8; 5]>(at as usize) else {
             return false;
         };
-        // Handshake, alert, change_cipher_spec or application data, TLS
-        // 1.0 to 1.3: anything else is not a record boundary.
-        if !(20..=APPLICATION_DATA).contains(&h[0]) || h[1] != 3 || h[2] > 4 {
+        // Application data of TLS 1.0 to 1.3 only.
+        if h[0] != APPLICATION_DATA || h[1] != 3 || h[2] > 4 {
             return false;
         }
         let len = u32::from(u16::from_be_bytes([h[3], h[4]]));
-        if h[0] == APPLICATION_DATA
-            && (tls_record_fits(pending.first, len) || tls_record_fits(pending.last, len))
-        {
+        if tls_record_fits(pending.first, len) || tls_record_fits(pending.last, len) {
             return true;
         }
         at += RECORD_HEADER + len;

@@ -3,8 +3,9 @@
     tls_server.py socket|asyncio PORT CERT KEY
 
 `socket`: Python's blocking ssl (socket BIOs, as nginx, Go and curl);
-`asyncio`: asyncio's streams (memory BIOs), for which the agent attaches
-its read note. It only listens: no traffic, it is there to be probed.
+`asyncio`: asyncio's streams (memory BIOs, which the agent once tied
+with a read note on every socket read of the host; now as they send).
+It only listens: no traffic, it is there to be probed.
 Prints "listening" and runs until stdin closes.
 """
 import socket
