@@ -151,7 +151,9 @@ pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
         EventKind::Read
     };
     if call.target == TlsCall::OBJECT {
-        tls_link::hold(tgid, call.link);
+        if !tls_link::hold(tgid, call.link, kind == EventKind::Write) {
+            return;
+        }
         emit_buf(kind, Key::object(call.link), 0, moved, call.buf);
         if kind == EventKind::Write {
             tls_tie::wrote(bpf_get_current_pid_tgid(), call.link, moved);

@@ -26,7 +26,11 @@ use crate::{
     ctx::field_u64,
     emit::{Key, emit_header},
     maps::{CONNS, LAST_READS, TLS_LINKS, TLS_SOCKS, count_drop, maybe_traced},
-    probes::{sockets, tls::Conn, tls_tie::HELD},
+    probes::{
+        sockets,
+        tls::Conn,
+        tls_tie::{HELD, NOT_OURS, UNTIED_WRITES, is_held},
+    },
 };
 
 /// How long after a thread reads a connection the plaintext of an untied
@@ -117,6 +121,9 @@ fn holder(tgid: u32, target: u64) -> Option<(*mut u64, Conn)> {
 pub fn tied(tgid: u32, ssl: u64) -> Option<Conn> {
     // SAFETY: read-only copies of plain values.
     let target = unsafe { TLS_LINKS.get(key(tgid, ssl)) }.copied()?;
+    if target == NOT_OURS {
+        return Some(Conn::OTHER);
+    }
     let (holds, conn) = holder(tgid, target)?;
     // SAFETY: a pointer into a map value, valid for the run.
     (unsafe { *holds } == ssl).then_some(conn)
@@ -170,14 +177,31 @@ pub fn tie(tgid: u32, ssl: u64, target: u64) -> bool {
     true
 }
 
-/// Keyed by socket, untied object `ssl` has records the agent holds
-/// until its tie ([`HELD`]), or its free says to drop them.
+/// Keyed by socket, untied object `ssl` makes a call (a `write`, or a
+/// read): its records are held by the agent until its tie ([`HELD`]), or
+/// its free says to drop them. Past [`UNTIED_WRITES`] writes sent untied
+/// it is given up ([`NOT_OURS`], counted once, its held records closed):
+/// returns false then, and the call is not recorded.
 #[inline(always)]
-pub fn hold(tgid: u32, ssl: u64) {
-    // Also over a tie whose socket ended (its calls come here again):
-    // the free then closes the held records. A full map leaves the
-    // object unmarked, and its held records expire in the agent.
-    let _ = TLS_LINKS.insert(key(tgid, ssl), HELD, 0);
+pub fn hold(tgid: u32, ssl: u64, write: bool) -> bool {
+    let k = key(tgid, ssl);
+    // SAFETY: a read-only copy of a plain value. Anything else there
+    // (absent, or a tie whose socket ended) starts afresh.
+    let held = match unsafe { TLS_LINKS.get(k) } {
+        Some(&v) if is_held(v) => v,
+        _ => HELD,
+    };
+    let next = if write { held - 1 } else { held };
+    if next < HELD - UNTIED_WRITES {
+        let _ = TLS_LINKS.insert(k, NOT_OURS, 0);
+        count_drop(DropReason::TlsUnlinked);
+        emit_header(EventKind::Close, Key::object(ssl), 0, 0);
+        return false;
+    }
+    // A full map leaves the object unmarked, and its held records
+    // expire in the agent.
+    let _ = TLS_LINKS.insert(k, next, 0);
+    true
 }
 
 /// Unties `ssl` (freed by the library); one never tied closes its held
@@ -190,8 +214,11 @@ pub fn untie(tgid: u32, ssl: u64) {
         return;
     };
     let _ = TLS_LINKS.remove(key);
-    if target == HELD {
+    if is_held(target) {
         emit_header(EventKind::Close, Key::object(ssl), 0, 0);
+        return;
+    }
+    if target == NOT_OURS {
         return;
     }
     if let Some((holds, _)) = holder(tgid, target) {

@@ -33,8 +33,21 @@ use crate::{
 };
 
 /// The `TLS_LINKS` value of an object not tied yet whose records the
-/// agent holds.
+/// agent holds; one less for each write it sent untied.
 pub const HELD: u64 = u64::MAX;
+/// Writes an object may send untied: the next one shows its connection
+/// is not one apm follows (an outbound call elsewhere), or not one it
+/// can tie.
+pub const UNTIED_WRITES: u64 = 3;
+/// The `TLS_LINKS` value of such an object: its calls are neither read
+/// nor counted (its giving up is, once, as `tls_unlinked`).
+pub const NOT_OURS: u64 = u64::MAX - 16;
+
+/// Whether a `TLS_LINKS` value is an object still held.
+#[inline(always)]
+pub fn is_held(value: u64) -> bool {
+    value >= HELD - UNTIED_WRITES
+}
 
 /// How long after a write its thread's next send may tie the object. The
 /// libraries' callers send in the callback of the write itself,
@@ -139,7 +152,7 @@ pub fn on_send(
         _pad: 0,
     };
     // SAFETY: as above; an object tied to another socket stays there.
-    if unsafe { TLS_LINKS.get(key) }.is_some_and(|&target| target != HELD) {
+    if unsafe { TLS_LINKS.get(key) }.is_some_and(|&target| !is_held(target)) {
         return false;
     }
     let sock = TlsSock {
