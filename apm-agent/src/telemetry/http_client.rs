@@ -5,12 +5,12 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     metrics::{HTTP_DURATION_BUCKETS, Metrics, MetricsError, PORT, SERVICE},
-    recorder::SeriesBudget,
+    recorder::{Series, SeriesBudget},
 };
 use crate::{
     protocols::{http::Method, routes::Route},
@@ -55,11 +55,6 @@ impl ClientMetrics {
 /// (service, method, status, server address, server port).
 type Key = (Arc<str>, Method, u16, IpAddr, u16);
 
-struct Series {
-    histogram: Histogram,
-    last_ns: u64,
-}
-
 #[derive(Default)]
 pub struct ClientStats {
     series: FxHashMap<Key, Series>,
@@ -100,29 +95,19 @@ impl ClientStats {
             self.services.insert(service.clone());
         }
         let key = (service.clone(), done.method, done.status, server, done.port);
-        if let Some(s) = self.series.get_mut(&key) {
-            s.histogram.observe(seconds);
-            s.last_ns = now_ns;
-            return;
-        }
-        if budget.used >= budget.max {
-            all.http_series_over_budget.inc();
-            return;
-        }
-        let histogram = all.http_client.duration.with_label_values(&[
-            done.method.as_str(),
-            &done.status.to_string(),
-            &server.to_string(),
-            &done.port.to_string(),
-            service,
-        ]);
-        histogram.observe(seconds);
-        budget.used += 1;
-        self.series.insert(
+        budget.observe(
+            &mut self.series,
             key,
-            Series {
-                histogram,
-                last_ns: now_ns,
+            (seconds, now_ns),
+            &all.http_series_over_budget,
+            || {
+                all.http_client.duration.with_label_values(&[
+                    done.method.as_str(),
+                    &done.status.to_string(),
+                    &server.to_string(),
+                    &done.port.to_string(),
+                    service,
+                ])
             },
         );
     }

@@ -47,6 +47,39 @@ pub(super) struct SeriesBudget {
     pub used: usize,
 }
 
+impl SeriesBudget {
+    /// Observes `seconds` in `key`'s series of `series`, made by `make`
+    /// when new and the budget has room; else counted in `over`.
+    pub(super) fn observe<K: Eq + std::hash::Hash>(
+        &mut self,
+        series: &mut FxHashMap<K, Series>,
+        key: K,
+        (seconds, now_ns): (f64, u64),
+        over: &IntCounter,
+        make: impl FnOnce() -> Histogram,
+    ) {
+        if let Some(s) = series.get_mut(&key) {
+            s.histogram.observe(seconds);
+            s.last_ns = now_ns;
+            return;
+        }
+        if self.used >= self.max {
+            over.inc();
+            return;
+        }
+        let histogram = make();
+        histogram.observe(seconds);
+        self.used += 1;
+        series.insert(
+            key,
+            Series {
+                histogram,
+                last_ns: now_ns,
+            },
+        );
+    }
+}
+
 pub(super) struct ServiceStats {
     pub seen: u64,
     pub paired: u64,

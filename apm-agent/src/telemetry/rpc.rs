@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     metrics::{HTTP_DURATION_BUCKETS, Metrics, MetricsError, PORT, SERVICE},
-    recorder::{Recorder, SeriesBudget},
+    recorder::{Recorder, Series, SeriesBudget},
 };
 use crate::{
     protocols::{http::Method, http2::grpc_code_name},
@@ -89,11 +89,6 @@ impl RpcMetrics {
 /// (service, method, status code, port).
 type Key = (Arc<str>, Arc<str>, u16, u16);
 
-struct Series {
-    histogram: Histogram,
-    last_ns: u64,
-}
-
 #[derive(Default)]
 pub struct RpcStats {
     series: FxHashMap<Key, Series>,
@@ -136,29 +131,19 @@ impl RpcStats {
         self.known(&all.rpc, service);
         let seconds = call.duration_ns as f64 / 1e9;
         let key = (service.clone(), call.method.clone(), call.code, port);
-        if let Some(s) = self.series.get_mut(&key) {
-            s.histogram.observe(seconds);
-            s.last_ns = now_ns;
-            return;
-        }
-        if budget.used >= budget.max {
-            all.http_series_over_budget.inc();
-            return;
-        }
-        let histogram = all.rpc.duration.with_label_values(&[
-            "grpc",
-            &call.method,
-            grpc_code_name(call.code),
-            service,
-            &port.to_string(),
-        ]);
-        histogram.observe(seconds);
-        budget.used += 1;
-        self.series.insert(
+        budget.observe(
+            &mut self.series,
             key,
-            Series {
-                histogram,
-                last_ns: now_ns,
+            (seconds, now_ns),
+            &all.http_series_over_budget,
+            || {
+                all.rpc.duration.with_label_values(&[
+                    "grpc",
+                    &call.method,
+                    grpc_code_name(call.code),
+                    service,
+                    &port.to_string(),
+                ])
             },
         );
     }

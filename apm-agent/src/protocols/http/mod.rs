@@ -59,6 +59,23 @@ impl Method {
     }
 }
 
+/// The HTTP version a request came in (HTTP/1.x, or an HTTP/2 stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+impl Version {
+    /// OpenTelemetry's `network.protocol.version`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "1.1",
+            Self::Http2 => "2",
+        }
+    }
+}
+
 /// How the body of a message is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {

@@ -232,22 +232,7 @@ impl Unpaired {
     }
 }
 
-/// The HTTP version a request came in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Version {
-    Http1,
-    Http2,
-}
-
-impl Version {
-    /// OpenTelemetry's `network.protocol.version`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Http1 => "1.1",
-            Self::Http2 => "2",
-        }
-    }
-}
+pub use crate::protocols::http::Version;
 
 /// A paired request.
 #[derive(Clone, Debug, PartialEq, Eq)]
