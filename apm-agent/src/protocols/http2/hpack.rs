@@ -11,12 +11,11 @@
 //! encoder cannot have evicted them (their sizes, newest first, sum to
 //! at most the table's size), and once one of them is evicted every older
 //! unknown one is too, which makes the table whole again. Huffman-coded
-//! strings are decoded by `loona-hpack`.
+//! strings are decoded by `huffman`.
 
 use std::collections::VecDeque;
 
-use loona_hpack::huffman::HuffmanDecoder;
-
+use super::huffman;
 use super::static_table::{STATIC, static_entry};
 
 /// A field name apm reads.
@@ -115,6 +114,8 @@ const ENTRIES_MAX: usize = TABLE_MAX / 32;
 pub struct Decoder {
     /// Newest first.
     entries: VecDeque<Entry>,
+    /// The entries' known (or least) sizes, summed.
+    total: usize,
     max: usize,
     /// Entries older than [`Decoder::entries`] may exist (joined mid-way).
     partial: bool,
@@ -126,6 +127,7 @@ impl Decoder {
     pub fn new(partial: bool) -> Self {
         Self {
             entries: VecDeque::new(),
+            total: 0,
             max: DEFAULT_TABLE,
             partial,
         }
@@ -222,6 +224,7 @@ impl Decoder {
     }
 
     fn insert(&mut self, entry: Entry) {
+        self.total += least(&entry);
         self.entries.push_front(entry);
         self.evict();
     }
@@ -231,6 +234,7 @@ impl Decoder {
         if size > TABLE_MAX {
             // Not followed: what it keeps is unknown from here on.
             self.entries.clear();
+            self.total = 0;
             self.partial = true;
             self.max = TABLE_MAX;
             return;
@@ -239,6 +243,7 @@ impl Decoder {
         if size == 0 {
             // The encoder's table is empty: whole again.
             self.entries.clear();
+            self.total = 0;
             self.partial = false;
         }
         self.evict();
@@ -248,18 +253,24 @@ impl Decoder {
     /// while the known (or least) sizes of all sum past the table size.
     /// Once one of ours goes, every older unknown entry went before it.
     fn evict(&mut self) {
-        let mut total: usize = self.entries.iter().map(|e| e.size.unwrap_or(33)).sum();
-        while total > self.max
+        while self.total > self.max
             && let Some(old) = self.entries.pop_back()
         {
-            total -= old.size.unwrap_or(33);
+            self.total -= least(&old);
             self.partial = false;
         }
-        while self.entries.len() > ENTRIES_MAX {
-            self.entries.pop_back();
+        while self.entries.len() > ENTRIES_MAX
+            && let Some(old) = self.entries.pop_back()
+        {
+            self.total -= least(&old);
             self.partial = true;
         }
     }
+}
+
+/// An entry's size, or the least an entry of unknown name takes.
+fn least(e: &Entry) -> usize {
+    e.size.unwrap_or(33)
 }
 
 fn kept(name: Name, value: &[u8], cut: bool) -> Field {
@@ -327,17 +338,8 @@ fn string(
     if !want && !count {
         return Ok((Vec::new(), 0, false));
     }
-    if !want {
-        let decoded = HuffmanDecoder::new()
-            .decode(raw)
-            .map_err(|_| HpackError::Huffman)?;
-        return Ok((Vec::new(), decoded.len(), false));
-    }
-    let mut decoded = HuffmanDecoder::new()
-        .decode(raw)
-        .map_err(|_| HpackError::Huffman)?;
-    let decoded_len = decoded.len();
-    let cut = decoded.len() > VALUE_MAX;
-    decoded.truncate(VALUE_MAX);
-    Ok((decoded, decoded_len, cut))
+    let mut decoded = Vec::new();
+    let max = if want { VALUE_MAX } else { 0 };
+    let decoded_len = huffman::decode(raw, &mut decoded, max).ok_or(HpackError::Huffman)?;
+    Ok((decoded, decoded_len, decoded_len > max && want))
 }

@@ -6,6 +6,7 @@
 
 pub mod frames;
 pub mod hpack;
+mod huffman;
 mod static_table;
 #[cfg(test)]
 mod tests;
