@@ -18,9 +18,9 @@ pub enum Verdict {
     /// ended by the line, or one with lower case and a space), or any
     /// bytes on a Redis port.
     Resp = 2,
-    /// The HTTP/2 client preface (`PRI * HTTP/2.0`): copied whole (up to
-    /// `MAX_CHUNKS` records a segment), since its frame headers may sit
-    /// anywhere in a segment.
+    /// The HTTP/2 client preface (`PRI * HTTP/2.0`): its frames are
+    /// followed in the kernel, every frame header and header block
+    /// copied, DATA payloads not.
     Http2 = 3,
     /// A TLS handshake record (0x16 0x03): not decoded from packets.
     Tls = 4,

@@ -26,20 +26,54 @@ pub fn probe_name(probe: &Probe) -> String {
     }
 }
 
-/// Loads `probe`'s program and attaches it to its hook.
-pub(super) fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> Result<(), String> {
-    let program = probe.program;
-    let found = ebpf
+/// The packet program's variant that copies HTTP/2 segments whole, for
+/// kernels without `bpf_loop` (before 5.17): `capture_ingress_whole` for
+/// `capture_ingress`.
+pub(super) fn whole_variant(program: &str) -> String {
+    format!("{program}_whole")
+}
+
+/// Loads the cgroup_skb program `program`.
+fn load_skb<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut CgroupSkb, String> {
+    let skb: &mut CgroupSkb = ebpf
         .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?;
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("program {program} is not cgroup_skb: {e}"))?;
+    skb.load().map_err(|e| format!("verifier/load: {e}"))?;
+    Ok(skb)
+}
+
+/// Loads `probe`'s program and attaches it to its hook; says how.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    probe: &Probe,
+    cgroup: Option<&File>,
+) -> Result<String, String> {
+    let program = probe.program;
+    if ebpf.program(program).is_none() {
+        return Err(format!("program {program} missing from the object"));
+    }
     let (category, name) = match probe.hook {
         Hook::Tracepoint { category, name } => (category, name),
         Hook::CgroupSkbIngress | Hook::CgroupSkbEgress => {
             let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
-            let skb: &mut CgroupSkb = found
-                .try_into()
-                .map_err(|e| format!("program {program} is not cgroup_skb: {e}"))?;
-            skb.load().map_err(|e| format!("verifier/load: {e}"))?;
+            let (loaded, detail) = match load_skb(ebpf, program) {
+                Ok(_) => (program.to_owned(), "attached".to_owned()),
+                Err(first) => {
+                    // Without HTTP/2 frame following (`bpf_loop`), then.
+                    let whole = whole_variant(program);
+                    load_skb(ebpf, &whole).map_err(|e| format!("{first}; {whole}: {e}"))?;
+                    let detail = format!(
+                        "attached, HTTP/2 segments copied whole (frames not followed: {first})"
+                    );
+                    (whole, detail)
+                }
+            };
+            let skb: &mut CgroupSkb = ebpf
+                .program_mut(&loaded)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| format!("program {loaded} vanished"))?;
             let direction = if probe.hook == Hook::CgroupSkbIngress {
                 CgroupSkbAttachType::Ingress
             } else {
@@ -49,18 +83,20 @@ pub(super) fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> R
             // the root and goes away with us.
             return skb
                 .attach(cgroup, direction, CgroupAttachMode::Single)
-                .map(|_link| ())
+                .map(|_link| detail)
                 .map_err(|e| format!("attach: {e}"));
         }
         Hook::CgroupConnect4 | Hook::CgroupConnect6 => {
             let cgroup = cgroup.ok_or("no cgroup-v2 root to attach to")?;
-            let hook: &mut CgroupSockAddr = found
+            let hook: &mut CgroupSockAddr = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing from the object"))?
                 .try_into()
                 .map_err(|e| format!("program {program} is not cgroup_sock_addr: {e}"))?;
             hook.load().map_err(|e| format!("verifier/load: {e}"))?;
             return hook
                 .attach(cgroup, CgroupAttachMode::Single)
-                .map(|_link| ())
+                .map(|_link| "attached".to_owned())
                 .map_err(|e| format!("attach: {e}"));
         }
     };
@@ -74,11 +110,13 @@ pub(super) fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> R
     {
         return Err(format!("this kernel has no tracepoint {category}:{name}"));
     }
-    let tp: &mut TracePoint = found
+    let tp: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("program {program} is not a tracepoint: {e}"))?;
     tp.load().map_err(|e| format!("verifier/load: {e}"))?;
     tp.attach(category, name)
-        .map(|_link| ())
+        .map(|_link| "attached".to_owned())
         .map_err(|e| format!("attach: {e}"))
 }

@@ -26,7 +26,7 @@ use aya::{
 pub use super::report::{Check, ProbeReport};
 use super::{
     Capture,
-    attach::{attach, probe_name},
+    attach::{attach, probe_name, whole_variant},
     cgroup, kernel_layout,
     outbound::Outbound,
     preflight::preflight,
@@ -157,7 +157,7 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
             );
         }
     };
-    let mut results: Vec<Option<Result<(), String>>> = vec![None; PROBES.len()];
+    let mut results: Vec<Option<Result<String, String>>> = vec![None; PROBES.len()];
     let mut attach_role = |ebpf: &mut Ebpf, role: Role, cgroup: Option<&File>| {
         let mut all = true;
         for (i, probe) in PROBES.iter().enumerate().filter(|(_, p)| p.role == role) {
@@ -190,11 +190,12 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
                     } else {
                         // Half attached is no use: take both back.
                         for probe in PROBES.iter().filter(|p| p.role == Role::PacketData) {
-                            let skb: Option<&mut CgroupSkb> = ebpf
-                                .program_mut(probe.program)
-                                .and_then(|p| p.try_into().ok());
-                            if let Some(skb) = skb {
-                                let _ = skb.unload();
+                            for name in [probe.program.to_owned(), whole_variant(probe.program)] {
+                                let skb: Option<&mut CgroupSkb> =
+                                    ebpf.program_mut(&name).and_then(|p| p.try_into().ok());
+                                if let Some(skb) = skb {
+                                    let _ = skb.unload();
+                                }
                             }
                         }
                         report.capture_fallback =
@@ -237,7 +238,7 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
             Some(result) => Check {
                 name,
                 ok: result.is_ok(),
-                detail: result.err().unwrap_or_else(|| "attached".into()),
+                detail: result.unwrap_or_else(|e| e),
             },
             None => {
                 let why = if !options.http && probe.role != Role::SyscallState {

@@ -12,30 +12,24 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
-    },
-    macros::cgroup_skb,
+    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb,
     programs::SkBuffContext,
 };
 
 use apm_common::{
     DropReason, IPPROTO_TCP, conn_flags,
-    events::{
-        ConnectEvent, DATA_CAP, EventKind, MAX_CHUNKS, PacketHeader, TAIL_CAP, direction, side,
-        tcp_flags,
-    },
+    events::{ConnectEvent, DATA_CAP, MAX_CHUNKS, direction, side, tcp_flags},
     maps::{ADDR_ONLY, OUTBOUND_FLAGS, OUTBOUND_HEAD, OUTBOUND_TLS},
 };
 
-use super::{sockets, tls_tie, verdict};
+use super::{
+    h2,
+    records::{Ids, Out, Segment, emit},
+    sockets, tls_tie, verdict,
+};
 use crate::{
-    emit::{wakeup_flags, wakeup_flags_ahead},
-    maps::{
-        CAPTURE_PORTS, CLIENTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop,
-    },
+    emit::wakeup_flags_ahead,
+    maps::{CAPTURE_PORTS, EVENTS, OUTBOUND, REMOTE_PORTS, WATCHED, WATCHED_PORTS, count_drop},
 };
 
 /// What a cgroup_skb program returns to let the packet through.
@@ -45,25 +39,29 @@ const IPV6_HEADER: u32 = 40;
 
 #[cgroup_skb]
 pub fn capture_ingress(ctx: SkBuffContext) -> i32 {
-    capture(&ctx, direction::INGRESS);
+    capture::<true>(&ctx, direction::INGRESS);
     PASS
 }
 
 #[cgroup_skb]
 pub fn capture_egress(ctx: SkBuffContext) -> i32 {
-    capture(&ctx, direction::EGRESS);
+    capture::<true>(&ctx, direction::EGRESS);
     PASS
 }
 
-/// The TCP segment in a packet: where its payload starts, its sequence
-/// number and flags.
-struct Segment {
-    payload_off: u32,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    /// The remote end's port (host order).
-    remote_port: u16,
+/// The same without following HTTP/2 frames, for kernels without
+/// `bpf_loop` (before 5.17): an HTTP/2 connection's segments are copied
+/// whole, up to `MAX_CHUNKS` records each.
+#[cgroup_skb]
+pub fn capture_ingress_whole(ctx: SkBuffContext) -> i32 {
+    capture::<false>(&ctx, direction::INGRESS);
+    PASS
+}
+
+#[cgroup_skb]
+pub fn capture_egress_whole(ctx: SkBuffContext) -> i32 {
+    capture::<false>(&ctx, direction::EGRESS);
+    PASS
 }
 
 /// `TCP_LISTEN` in the kernel's socket states.
@@ -101,7 +99,7 @@ fn on_listener(ctx: &SkBuffContext) -> bool {
 }
 
 #[inline(always)]
-fn capture(ctx: &SkBuffContext, dir: u8) {
+fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
     // SAFETY: the context is the kernel's __sk_buff for this program; the
     // verifier allows cgroup_skb programs to read local_port and len.
     let (local, len) = unsafe { ((*ctx.skb.skb).local_port, (*ctx.skb.skb).len) };
@@ -194,6 +192,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
         return;
     }
     let mut known = None;
+    let mut h2 = None;
     if whose == side::SERVER {
         if on_listener(ctx) {
             whose = side::LISTENER;
@@ -224,9 +223,7 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
             if !admission.copy {
                 return;
             }
-            if admission.whole {
-                chunks = MAX_CHUNKS;
-            }
+            h2 = admission.h2;
             known = admission.ids;
         }
     }
@@ -235,43 +232,38 @@ fn capture(ctx: &SkBuffContext, dir: u8) {
     {
         return;
     }
+    let out = Out {
+        ids: Ids::of(ctx, known, dir, whose),
+        seg,
+        len,
+        port: port as u16,
+        dir,
+        whose,
+    };
     if payload == 0 {
         if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-            emit(
-                ctx,
-                &Ids::of(ctx, known, dir, whose),
-                dir,
-                port as u16,
-                whose,
-                &seg,
-                0,
-                0,
-                len,
-            );
+            emit(ctx, &out, 0, 0, 0, true);
         }
         return;
+    }
+    let mut off = 0u32;
+    if let Some(d) = h2 {
+        chunks = MAX_CHUNKS;
+        if FOLLOW {
+            match h2::follow(ctx, d, &out, payload) {
+                Some(from) => off = from,
+                None => return,
+            }
+        }
     }
     // Consecutive records of DATA_CAP bytes, the last one carrying the
     // rest of the segment's length (and its FIN/RST): the agent places
     // them by sequence number like separate segments.
-    // Read once for every record of the segment.
-    let ids = Ids::of(ctx, known, dir, whose);
-    let mut off = 0u32;
     for i in 0..MAX_CHUNKS {
         let rest = payload - off;
         let last = i + 1 >= chunks || rest <= DATA_CAP as u32;
         let piece = if last { rest } else { DATA_CAP as u32 };
-        emit(
-            ctx,
-            &ids,
-            dir,
-            port as u16,
-            whose,
-            &seg,
-            off,
-            piece,
-            if last { len } else { 0 },
-        );
+        emit(ctx, &out, off, piece, piece, last);
         if last {
             return;
         }
@@ -388,178 +380,4 @@ fn segment(ctx: &SkBuffContext, dir: u8) -> Option<Segment> {
             u16::from_be_bytes([tcp[2], tcp[3]])
         },
     })
-}
-
-/// A record as reserved in the ring: the header and room for `N` payload
-/// bytes, of which the header's `captured` are valid.
-#[repr(C)]
-struct Record<const N: usize> {
-    header: PacketHeader,
-    data: [u8; N],
-}
-
-/// The time and the socket's and namespace's cookies of a segment: one
-/// set of helper calls however many records it becomes, and none for the
-/// cookies when the socket's storage holds them (`known`).
-struct Ids {
-    ts_ns: u64,
-    cookie: u64,
-    netns: u64,
-    tid: u32,
-}
-
-impl Ids {
-    /// `whose`: the segment's [`side`].
-    #[inline(always)]
-    fn of(ctx: &SkBuffContext, known: Option<(u64, u64)>, dir: u8, whose: u8) -> Self {
-        let raw = ctx.as_ptr();
-        // SAFETY: plain helper calls on this program's own context.
-        let (cookie, netns) = known
-            .unwrap_or_else(|| unsafe { (bpf_get_socket_cookie(raw), bpf_get_netns_cookie(raw)) });
-        Self {
-            // SAFETY: as above.
-            ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
-            cookie,
-            netns,
-            tid: if dir == direction::EGRESS {
-                sender(cookie, whose)
-            } else {
-                0
-            },
-        }
-    }
-}
-
-/// The thread sending a segment of socket `cookie`, when the task running
-/// is the socket's process (a client's, in `OUTBOUND`), or for a server's
-/// socket any monitored process: a segment sent from softirq context
-/// (after an ACK opened the window, a retransmission) runs on whatever
-/// task was interrupted, and gives 0.
-#[inline(always)]
-fn sender(cookie: u64, whose: u8) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    let ours = if whose == side::CLIENT {
-        // SAFETY: a read-only copy of a plain value.
-        unsafe { OUTBOUND.get(cookie) }.is_some_and(|&v| v & !OUTBOUND_FLAGS == tgid)
-    } else {
-        // SAFETY: a read-only lookup; the value is not kept.
-        unsafe { CLIENTS.get(tgid) }.is_some()
-    };
-    if ours { tid } else { 0 }
-}
-
-/// Writes one record: the `payload` bytes at offset `off` of the segment's
-/// payload (the first DATA_CAP of them captured); `end` is the packet's
-/// length when this record is the segment's last (its flags and tail),
-/// else 0. The bytes are loaded straight into a reservation of the
-/// smallest of three sizes that holds them: no second copy, no per-CPU
-/// scratch record, and (the ring serialising reservations) nothing a
-/// program nested on this CPU can overwrite. The agent reads `captured`
-/// bytes and ignores the rest of the room.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    ctx: &SkBuffContext,
-    ids: &Ids,
-    dir: u8,
-    port: u16,
-    whose: u8,
-    seg: &Segment,
-    off: u32,
-    payload: u32,
-    end: u32,
-) {
-    let raw = ctx.as_ptr();
-    let mut h = PacketHeader {
-        kind: EventKind::Packet as u32,
-        ts_ns: ids.ts_ns,
-        cookie: ids.cookie,
-        netns: ids.netns,
-        tid: ids.tid,
-        seq: seg.seq.wrapping_add(off),
-        len: payload,
-        ack: seg.ack,
-        remote_port: seg.remote_port,
-        port,
-        direction: dir,
-        side: whose,
-        // Every record carries the ACK flag (the acknowledgment is the
-        // segment's); FIN and RST only the segment's last.
-        flags: if end != 0 {
-            seg.flags
-        } else {
-            seg.flags & tcp_flags::ACK
-        },
-        ..PacketHeader::default()
-    };
-    if end != 0 && payload > DATA_CAP as u32 {
-        let mut tail = [0u8; TAIL_CAP];
-        // SAFETY: a stack array of exactly TAIL_CAP bytes; the helper checks
-        // the packet bounds.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                raw,
-                end - TAIL_CAP as u32,
-                tail.as_mut_ptr().cast(),
-                TAIL_CAP as u32,
-            )
-        };
-        if rc == 0 {
-            h.tail = tail;
-            h.tail_len = TAIL_CAP as u8;
-        }
-    }
-    let from = seg.payload_off + off;
-    if payload == 0 {
-        send::<0>(ctx, h, from, 0);
-    } else if payload <= SMALL as u32 {
-        send::<SMALL>(ctx, h, from, payload);
-    } else if payload <= MEDIUM as u32 {
-        send::<MEDIUM>(ctx, h, from, payload);
-    } else {
-        send::<DATA_CAP>(ctx, h, from, payload);
-    }
-}
-
-/// Record sizes below DATA_CAP: a request head, a response head.
-const SMALL: usize = 128;
-const MEDIUM: usize = 512;
-
-/// Reserves a `Record<N>`, loads min(`payload`, N) bytes from packet
-/// offset `from` into it, and submits it with header `h`.
-#[inline(always)]
-fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, payload: u32) {
-    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
-        count_drop(DropReason::RingbufFull);
-        return;
-    };
-    let rec = entry.as_mut_ptr();
-    if N > 0 && payload > 0 {
-        // min(payload, N) in [1, N] as the verifier sees it: the mask
-        // bounds it above, the + 1 below (N is a power of two). The
-        // volatile read hides the range the caller's branch implies, so
-        // the compiler keeps the mask.
-        // SAFETY: a read of a local.
-        let payload = unsafe { core::ptr::read_volatile(&payload) };
-        let cap = N as u32;
-        let n = (core::cmp::min(payload - 1, cap - 1) & (cap - 1)) + 1;
-        // SAFETY: `rec` is a reservation of size_of::<Record<N>>() bytes;
-        // 0 < n <= N fits `data`; the helper checks the packet bounds and
-        // fails rather than overread.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                ctx.as_ptr(),
-                from,
-                core::ptr::addr_of_mut!((*rec).data).cast(),
-                n,
-            )
-        };
-        if rc == 0 {
-            h.captured = n;
-        }
-    }
-    // SAFETY: writing the header part of the reservation.
-    unsafe { core::ptr::addr_of_mut!((*rec).header).write(h) };
-    entry.submit(wakeup_flags(size_of::<Record<N>>()));
 }

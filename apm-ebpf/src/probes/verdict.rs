@@ -19,7 +19,11 @@ use aya_ebpf::{
 
 use apm_common::{Verdict, events::direction};
 
+use super::h2::H2Dir;
 use crate::maps::VERDICTS;
+
+/// The HTTP/2 client connection preface's length.
+const PREFACE_LEN: u32 = 24;
 
 /// The packet programs' state of one server socket.
 #[repr(C)]
@@ -37,6 +41,8 @@ pub struct SockState {
     /// The socket's kernel address, once it may carry TLS: stored and
     /// loaded back, which makes it a number the verifier lets us hash.
     pub addr: u64,
+    /// HTTP/2: each direction's frame following, by [`direction`].
+    pub h2: [H2Dir; 2],
 }
 
 /// What [`admit`] decided about a segment.
@@ -47,9 +53,10 @@ pub struct Admission {
     /// A segment with payload sent on a socket that may carry TLS: its
     /// (kernel address, cookie), for `tls_tie`.
     pub tls_send: Option<(u64, u64)>,
-    /// HTTP/2: the whole segment is copied, whatever the port's records
-    /// per segment.
-    pub whole: bool,
+    /// HTTP/2: the segment's direction's frame following; what it does
+    /// not account for is copied whole, whatever the port's records per
+    /// segment.
+    pub h2: Option<*mut H2Dir>,
 }
 
 impl Admission {
@@ -59,7 +66,7 @@ impl Admission {
             copy: true,
             ids: None,
             tls_send: None,
-            whole: false,
+            h2: None,
         }
     }
 }
@@ -100,8 +107,9 @@ pub fn admit(
         } else {
             None
         },
-        // SAFETY: as above.
-        whole: unsafe { (*state).verdict } == Verdict::Http2 as u32,
+        // SAFETY: as above; `dir` is 0 or 1.
+        h2: (unsafe { (*state).verdict } == Verdict::Http2 as u32)
+            .then(|| unsafe { core::ptr::addr_of_mut!((*state).h2[usize::from(dir & 1)]) }),
     };
     if verdict == Verdict::Mysql as u32 && dir == direction::INGRESS && payload > 0 {
         mysql_client_first(ctx, sk, state, payload_off, payload);
@@ -169,6 +177,16 @@ pub fn admit(
     };
     // SAFETY: as above.
     unsafe { (*state).verdict = decided as u32 };
+    if decided == Verdict::Http2 {
+        // Followed from here: the client's from this segment (its
+        // preface copied), the server's from the next byte it sends (it
+        // writes whole frames; SETTINGS may have gone already).
+        // SAFETY: as above; a TCP socket's field.
+        let sent = unsafe { (*tp).snd_nxt };
+        const _: () = assert!(direction::INGRESS == 0 && direction::EGRESS == 1);
+        // SAFETY: as above.
+        unsafe { (*state).h2 = [H2Dir::at(seq, PREFACE_LEN), H2Dir::at(sent, 0)] };
+    }
     count(decided as u32);
     if !decided.captured() {
         count(Verdict::SLOTS + decided as u32);

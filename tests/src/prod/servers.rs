@@ -55,6 +55,7 @@ pub const STATIC_FILES: &[(&str, usize)] = &[
     ("/static/app.js", 3000),
     ("/favicon.ico", 1150),
     ("/media/intro.mp4", 4 * 1024 * 1024),
+    ("/media/poster.jpg", 200 * 1024),
 ];
 
 /// The size of the static file at `path`, if nginx serves one there.

@@ -1,0 +1,212 @@
+//! The packet programs' ring records: a segment's bytes as one or more
+//! records, each loaded straight from the packet into its reservation.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
+    },
+    programs::SkBuffContext,
+};
+
+use apm_common::{
+    DropReason,
+    events::{DATA_CAP, EventKind, PacketHeader, TAIL_CAP, direction, side, tcp_flags},
+    maps::OUTBOUND_FLAGS,
+};
+
+use crate::{
+    emit::wakeup_flags,
+    maps::{CLIENTS, EVENTS, OUTBOUND, count_drop},
+};
+
+/// The TCP segment in a packet: where its payload starts, its sequence
+/// number and flags.
+#[derive(Clone, Copy)]
+pub struct Segment {
+    pub payload_off: u32,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// The remote end's port (host order).
+    pub remote_port: u16,
+}
+
+/// A record as reserved in the ring: the header and room for `N` payload
+/// bytes, of which the header's `captured` are valid.
+#[repr(C)]
+struct Record<const N: usize> {
+    header: PacketHeader,
+    data: [u8; N],
+}
+
+/// The time and the socket's and namespace's cookies of a segment: one
+/// set of helper calls however many records it becomes, and none for the
+/// cookies when the socket's storage holds them (`known`).
+#[derive(Clone, Copy)]
+pub struct Ids {
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub netns: u64,
+    pub tid: u32,
+}
+
+impl Ids {
+    /// `whose`: the segment's [`side`].
+    #[inline(always)]
+    pub fn of(ctx: &SkBuffContext, known: Option<(u64, u64)>, dir: u8, whose: u8) -> Self {
+        let raw = ctx.as_ptr();
+        // SAFETY: plain helper calls on this program's own context.
+        let (cookie, netns) = known
+            .unwrap_or_else(|| unsafe { (bpf_get_socket_cookie(raw), bpf_get_netns_cookie(raw)) });
+        Self {
+            // SAFETY: as above.
+            ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+            cookie,
+            netns,
+            tid: if dir == direction::EGRESS {
+                sender(cookie, whose)
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// The thread sending a segment of socket `cookie`, when the task running
+/// is the socket's process (a client's, in `OUTBOUND`), or for a server's
+/// socket any monitored process: a segment sent from softirq context
+/// (after an ACK opened the window, a retransmission) runs on whatever
+/// task was interrupted, and gives 0.
+#[inline(always)]
+fn sender(cookie: u64, whose: u8) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let ours = if whose == side::CLIENT {
+        // SAFETY: a read-only copy of a plain value.
+        unsafe { OUTBOUND.get(cookie) }.is_some_and(|&v| v & !OUTBOUND_FLAGS == tgid)
+    } else {
+        // SAFETY: a read-only lookup; the value is not kept.
+        unsafe { CLIENTS.get(tgid) }.is_some()
+    };
+    if ours { tid } else { 0 }
+}
+
+/// What every record of one segment shares.
+#[derive(Clone, Copy)]
+pub struct Out {
+    pub ids: Ids,
+    pub seg: Segment,
+    /// The packet's length (where its payload ends).
+    pub len: u32,
+    pub port: u16,
+    pub dir: u8,
+    /// A [`side`] constant.
+    pub whose: u8,
+}
+
+/// Writes one record: the `payload` bytes at offset `off` of the segment's
+/// payload, of which the first `copied` (at most DATA_CAP) are captured;
+/// `last`: the segment's last record (its flags, and its tail past
+/// DATA_CAP). The bytes are loaded straight into a reservation of the
+/// smallest of three sizes that holds them: no second copy, no per-CPU
+/// scratch record, and (the ring serialising reservations) nothing a
+/// program nested on this CPU can overwrite. The agent reads `captured`
+/// bytes and ignores the rest of the room.
+#[inline(always)]
+pub fn emit(ctx: &SkBuffContext, out: &Out, off: u32, payload: u32, copied: u32, last: bool) {
+    let raw = ctx.as_ptr();
+    let seg = &out.seg;
+    let mut h = PacketHeader {
+        kind: EventKind::Packet as u32,
+        ts_ns: out.ids.ts_ns,
+        cookie: out.ids.cookie,
+        netns: out.ids.netns,
+        tid: out.ids.tid,
+        seq: seg.seq.wrapping_add(off),
+        len: payload,
+        ack: seg.ack,
+        remote_port: seg.remote_port,
+        port: out.port,
+        direction: out.dir,
+        side: out.whose,
+        // Every record carries the ACK flag (the acknowledgment is the
+        // segment's); FIN and RST only the segment's last.
+        flags: if last {
+            seg.flags
+        } else {
+            seg.flags & tcp_flags::ACK
+        },
+        ..PacketHeader::default()
+    };
+    if last && payload > DATA_CAP as u32 {
+        let mut tail = [0u8; TAIL_CAP];
+        // SAFETY: a stack array of exactly TAIL_CAP bytes; the helper checks
+        // the packet bounds.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                raw,
+                out.len - TAIL_CAP as u32,
+                tail.as_mut_ptr().cast(),
+                TAIL_CAP as u32,
+            )
+        };
+        if rc == 0 {
+            h.tail = tail;
+            h.tail_len = TAIL_CAP as u8;
+        }
+    }
+    let from = seg.payload_off + off;
+    if copied == 0 {
+        send::<0>(ctx, h, from, 0);
+    } else if copied <= SMALL as u32 {
+        send::<SMALL>(ctx, h, from, copied);
+    } else if copied <= MEDIUM as u32 {
+        send::<MEDIUM>(ctx, h, from, copied);
+    } else {
+        send::<DATA_CAP>(ctx, h, from, copied);
+    }
+}
+
+/// Record sizes below DATA_CAP: a request head, a response head.
+const SMALL: usize = 128;
+const MEDIUM: usize = 512;
+
+/// Reserves a `Record<N>`, loads min(`payload`, N) bytes from packet
+/// offset `from` into it, and submits it with header `h`.
+#[inline(always)]
+fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, payload: u32) {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count_drop(DropReason::RingbufFull);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    if N > 0 && payload > 0 {
+        // min(payload, N) in [1, N] as the verifier sees it: the mask
+        // bounds it above, the + 1 below (N is a power of two). The
+        // volatile read hides the range the caller's branch implies, so
+        // the compiler keeps the mask.
+        // SAFETY: a read of a local.
+        let payload = unsafe { core::ptr::read_volatile(&payload) };
+        let cap = N as u32;
+        let n = (core::cmp::min(payload - 1, cap - 1) & (cap - 1)) + 1;
+        // SAFETY: `rec` is a reservation of size_of::<Record<N>>() bytes;
+        // 0 < n <= N fits `data`; the helper checks the packet bounds and
+        // fails rather than overread.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                from,
+                core::ptr::addr_of_mut!((*rec).data).cast(),
+                n,
+            )
+        };
+        if rc == 0 {
+            h.captured = n;
+        }
+    }
+    // SAFETY: writing the header part of the reservation.
+    unsafe { core::ptr::addr_of_mut!((*rec).header).write(h) };
+    entry.submit(wakeup_flags(size_of::<Record<N>>()));
+}
