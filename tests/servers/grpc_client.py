@@ -2,7 +2,12 @@
 what it got, as JSON: {"METHOD STATUS": count}, and the client's own
 durations of /shop.Cart/Slow in seconds under "slow".
 
-    grpc_client.py PORT ROUNDS
+    grpc_client.py PORT ROUNDS [--hold]
+
+With --hold, the client runs ROUNDS rounds, prints "ready", waits for a
+line on stdin with its channel (one HTTP/2 connection) open, then runs
+ROUNDS more and a call to a method it never called (UNIMPLEMENTED), and
+prints what it got after the wait only.
 
 Each round: Get ×3 (OK), Get "missing" (NOT_FOUND), Slow (OK), List of
 3 replies (OK), and Hang with a 100 ms deadline (DEADLINE_EXCEEDED).
@@ -34,7 +39,10 @@ def call(channel, method, request, timeout=5.0, stream=False):
     return time.perf_counter() - start
 
 
-with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+hold = "--hold" in sys.argv[3:]
+
+
+def mix(channel):
     for _ in range(rounds):
         for _ in range(3):
             call(channel, "/shop.Cart/Get", b"cart-1")
@@ -42,4 +50,15 @@ with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         slow.append(call(channel, "/shop.Cart/Slow", b""))
         call(channel, "/shop.Cart/List", bytes([3]), stream=True)
         call(channel, "/shop.Cart/Hang", b"", timeout=0.1)
+
+
+with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    mix(channel)
+    if hold:
+        counts.clear()
+        slow.clear()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        mix(channel)
+        call(channel, "/shop.Cart/Late", b"")
 print(json.dumps({"counts": counts, "slow": slow}), flush=True)

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     path::Path,
     process::{Child, Command, Stdio},
 };
@@ -52,7 +52,40 @@ pub fn drive(port: u16, rounds: usize) -> (BTreeMap<String, u64>, Vec<f64>) {
         .output()
         .expect("grpc_client.py");
     assert!(out.status.success(), "grpc_client.py: {out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    parse(&out.stdout)
+}
+
+/// grpc_client.py --hold: `rounds` rounds over one channel, then
+/// `between` with the channel open and idle, then `rounds` more and a
+/// call to a method not called before. What it got after `between`.
+pub fn drive_across(
+    port: u16,
+    rounds: usize,
+    between: impl FnOnce(),
+) -> (BTreeMap<String, u64>, Vec<f64>) {
+    let mut child = Command::new(py_app_bin().join("python"))
+        .arg(Path::new(SERVERS).join("grpc_client.py"))
+        .args([port.to_string(), rounds.to_string(), "--hold".into()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("grpc_client.py");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "grpc_client.py --hold");
+    between();
+    let _ = child.stdin.take().expect("stdin").write_all(b"go\n");
+    let mut rest = Vec::new();
+    let _ = out.read_to_end(&mut rest);
+    let status = child.wait().expect("grpc_client.py");
+    assert!(status.success(), "grpc_client.py --hold: {status}");
+    parse(&rest)
+}
+
+fn parse(stdout: &[u8]) -> (BTreeMap<String, u64>, Vec<f64>) {
+    let v: serde_json::Value = serde_json::from_slice(stdout).expect("the client's JSON");
     let counts = serde_json::from_value(v["counts"].clone()).expect("counts");
     let slow = serde_json::from_value(v["slow"].clone()).expect("slow");
     (counts, slow)

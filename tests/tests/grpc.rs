@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use apm_e2e::{
     Agent, free_port,
-    grpc::{GrpcServer, drive},
+    grpc::{GrpcServer, drive, drive_across},
     require_root, wait_for,
 };
 
@@ -88,4 +88,74 @@ fn grpc_calls_are_counted_per_method_and_status_and_timed() {
         (p50 - want).abs() <= want * 0.10,
         "Slow median {p50}s, the client's {want}s"
     );
+}
+
+/// Requests the agent could not name: HTTP/2 requests and gRPC calls
+/// counted as `hpack_unknown` on `port`'s service.
+fn unknown(agent: &Agent) -> u64 {
+    let m = agent.metrics().expect("metrics");
+    [
+        "apm_http_requests_unpaired_total",
+        "apm_rpc_calls_unpaired_total",
+    ]
+    .iter()
+    .filter_map(|family| {
+        m.value(
+            family,
+            &[("service_name", "python"), ("reason", "hpack_unknown")],
+        )
+    })
+    .sum::<f64>() as u64
+}
+
+/// An agent started while a client's channel (one HTTP/2 connection) is
+/// open, its HPACK tables filled by calls the agent never saw: no call
+/// is given a wrong method or status, or taken for an HTTP request, and
+/// the ones it cannot name are counted.
+#[test]
+fn a_channel_older_than_the_agent_gets_no_wrong_method_and_its_unknown_calls_counted() {
+    require_root();
+    let port = free_port().expect("port");
+    let _server = GrpcServer::start(port);
+    let mut started = None;
+    let (sent, _) = drive_across(port, 10, || {
+        let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+        agent.wait_for_service(port, "python");
+        started = Some(agent);
+    });
+    let agent = started.expect("the agent");
+    let total: u64 = sent.values().sum();
+    assert_eq!(sent["/shop.Cart/Late UNIMPLEMENTED"], 1, "{sent:?}");
+    let settled = wait_for(Duration::from_secs(20), || {
+        let named: u64 = counted(&agent, port).values().sum();
+        (named + unknown(&agent) == total).then_some(())
+    });
+    let named = counted(&agent, port);
+    eprintln!(
+        "named {named:?}, unknown {}, the client got {sent:?}",
+        unknown(&agent)
+    );
+    assert!(
+        settled.is_some(),
+        "named {} + unknown {} != {total}\n{}",
+        named.values().sum::<u64>(),
+        unknown(&agent),
+        agent.log_text()
+    );
+    for (call, n) in &named {
+        assert!(
+            sent.get(call).is_some_and(|s| s >= n),
+            "{call} counted {n} times: the client got {sent:?}"
+        );
+    }
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    let http: Vec<String> = m
+        .matching(
+            "http_server_request_duration_seconds_count",
+            &[("server_port", &p)],
+        )
+        .map(|s| format!("{:?}", s.labels))
+        .collect();
+    assert!(http.is_empty(), "calls taken for HTTP requests: {http:?}");
 }

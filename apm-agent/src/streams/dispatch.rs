@@ -10,7 +10,7 @@ use super::{
     resp::Peer,
 };
 use crate::protocols::{
-    http2::frames::PREFACE,
+    http2::frames::{PREFACE, starts_frames},
     mysql as my,
     postgres::{self as pg, starts_like_startup},
     resp::{starts_like_command, starts_like_reply},
@@ -74,6 +74,22 @@ impl Streams {
                     }
                     return;
                 }
+                // HTTP/2 joined mid-way (a connection older than the
+                // agent): a piece that starts with frame headers, which
+                // no HTTP/1, RESP or SQL message does.
+                let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
+                if call.is_none()
+                    && !self.resp.has(ev.conn)
+                    && !self.postgres.has(ev.conn)
+                    && !self.mysql.has(ev.conn)
+                    && starts_frames(ev.data, total)
+                    && self.tracker.yield_fresh(ev.conn)
+                {
+                    if self.http2.open(ev, false, sink) {
+                        self.http2.handle(ev, sink);
+                    }
+                    return;
+                }
                 if self.resp.has(ev.conn) {
                     self.resp.handle(ev, sink);
                     return;
@@ -90,7 +106,6 @@ impl Streams {
                 // of a connection older than the capture (before
                 // PostgreSQL's request, which some commands also look like).
                 let to_server = ev.kind == Flow::ToServer;
-                let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
                 let greeting = !to_server && my::starts_like_greeting(ev.data);
                 let joined = to_server && my::starts_like_joined(ev.data, total);
                 if (greeting || joined) && self.tracker.yield_fresh(ev.conn) {

@@ -32,6 +32,8 @@ use crate::protocols::{
 
 /// Streams open at once on one connection (servers allow about 100).
 const MAX_STREAMS: usize = 1024;
+/// The route of a path longer than apm keeps.
+const TRUNCATED: &str = "{truncated}";
 /// A header block (HEADERS and its CONTINUATIONs) is read up to this.
 const BLOCK_MAX: usize = 64 << 10;
 /// gRPC's CANCELLED and DEADLINE_EXCEEDED.
@@ -97,6 +99,10 @@ struct Stream {
     trace: Option<TraceParent>,
     status: Option<u16>,
     grpc_status: Option<u16>,
+    /// The path of a request that may be a gRPC call or not: a field of
+    /// its header block was an entry apm never saw (joined mid-way), its
+    /// content-type maybe. The response says which.
+    unsure: Option<Box<str>>,
 }
 
 struct Conn {
@@ -148,7 +154,7 @@ impl Tracker {
     /// client's first bytes (the preface), else joined mid-way (its
     /// tables partly unknown). False when the table has no room.
     pub fn open(&mut self, ev: &Event<'_>, start: bool, sink: &mut (impl Sink + RpcSink)) -> bool {
-        let conn = Conn {
+        let mut conn = Conn {
             origin: ev.origin,
             port: ev.port,
             to_server: Side::new(start, true),
@@ -156,6 +162,11 @@ impl Tracker {
             streams: FxHashMap::default(),
             last_seen_ns: ev.ts_ns,
         };
+        if !start {
+            // Joined at `ev`, which starts with a frame: the other
+            // direction resumes at its first piece that starts with one.
+            conn.side(ev.kind != Flow::ToServer).framer.lose();
+        }
         match self.conns.insert(ev.conn, conn, ev.ts_ns, EVICTABLE_NS) {
             Ok(evicted) => {
                 if let Some(mut old) = evicted {
@@ -253,7 +264,29 @@ fn unpaired(
     if s.grpc {
         sink.rpc_unpaired(origin, port, reason);
     } else {
+        if s.unsure.is_some() {
+            // Not counted as a request yet: it is one, of no known kind.
+            sink.request(origin, port);
+        }
         sink.unpaired(origin, port, reason);
+    }
+}
+
+/// Decides an unsure stream's kind (`grpc` or HTTP) and names it.
+fn resolve(conn: &Conn, s: &mut Stream, grpc: bool, sink: &mut (impl Sink + RpcSink)) {
+    let Some(path) = s.unsure.take() else {
+        return;
+    };
+    s.grpc = grpc;
+    if !grpc {
+        sink.request(conn.origin, conn.port);
+    }
+    if &*s.route != TRUNCATED {
+        s.route = if grpc {
+            sink.rpc_method(conn.origin, &path)
+        } else {
+            sink.route(conn.origin, &path).template
+        };
     }
 }
 
@@ -383,13 +416,16 @@ fn block_done(
         request(conn, &first, headers, client_port, sink);
         return;
     }
-    let Some(stream) = conn.streams.get_mut(&first.stream) else {
+    let Some(mut stream) = conn.streams.remove(&first.stream) else {
         return;
     };
     match &headers {
         Some(h) if stream.status.is_none() => match h.status {
             // Informational: the final status is still to come.
-            Some(100..=199) => return,
+            Some(100..=199) => {
+                conn.streams.insert(first.stream, stream);
+                return;
+            }
             status => {
                 stream.status = status;
                 stream.grpc_status = h.grpc_status;
@@ -398,13 +434,30 @@ fn block_done(
         Some(h) => stream.grpc_status = h.grpc_status.or(stream.grpc_status),
         None => {}
     }
-    if end_stream && let Some(s) = conn.streams.remove(&first.stream) {
-        if headers.is_none() || s.status.is_none() {
-            // Its status sat in a table apm lost.
-            return unpaired(conn.origin, conn.port, &s, Unpaired::HpackUnknown, sink);
+    if let Some(h) = &headers {
+        // A gRPC response says so (its content-type, or a grpc-status);
+        // one whose every field apm knows and that does not is HTTP.
+        if h.grpc || h.grpc_status.is_some() {
+            resolve(conn, &mut stream, true, sink);
+        } else if !h.unknown && stream.status.is_some() {
+            resolve(conn, &mut stream, false, sink);
         }
-        complete(conn, key, s, first.end_ns, sink);
     }
+    if !end_stream {
+        conn.streams.insert(first.stream, stream);
+        return;
+    }
+    if headers.is_none() || stream.status.is_none() {
+        // Its status sat in a table apm lost.
+        return unpaired(
+            conn.origin,
+            conn.port,
+            &stream,
+            Unpaired::HpackUnknown,
+            sink,
+        );
+    }
+    complete(conn, key, stream, first.end_ns, sink);
 }
 
 /// A request's header block: a stream to time, or one counted as
@@ -422,10 +475,15 @@ fn request(
         sink.request(conn.origin, conn.port);
         return sink.unpaired(conn.origin, conn.port, Unpaired::HpackUnknown);
     };
-    if !h.grpc {
+    // An unknown field may have been a gRPC content-type.
+    let unsure = !h.grpc && h.unknown;
+    if !h.grpc && !unsure {
         sink.request(conn.origin, conn.port);
     }
     if conn.streams.len() >= MAX_STREAMS {
+        if unsure {
+            sink.request(conn.origin, conn.port);
+        }
         if h.grpc {
             return sink.rpc_unpaired(conn.origin, conn.port, Unpaired::QueueFull);
         }
@@ -433,9 +491,11 @@ fn request(
     }
     let path = h.path.as_deref().unwrap_or("/");
     let route = if h.path_cut {
-        Arc::from("{truncated}")
+        Arc::from(TRUNCATED)
     } else if h.grpc {
         sink.rpc_method(conn.origin, path)
+    } else if unsure {
+        Arc::from("")
     } else {
         sink.route(conn.origin, path).template
     };
@@ -451,11 +511,16 @@ fn request(
             trace: h.trace,
             status: None,
             grpc_status: None,
+            unsure: unsure.then(|| Box::from(path)),
         },
     );
 }
 
 fn complete(conn: &Conn, key: u64, s: Stream, end_ns: u64, sink: &mut (impl Sink + RpcSink)) {
+    if s.unsure.is_some() {
+        // Whether it was a gRPC call sat in a table apm lost.
+        return unpaired(conn.origin, conn.port, &s, Unpaired::HpackUnknown, sink);
+    }
     let status = s.status.unwrap_or(0);
     if s.grpc {
         let code = s.grpc_status.unwrap_or_else(|| grpc_of_http(status));
@@ -481,6 +546,9 @@ fn complete(conn: &Conn, key: u64, s: Stream, end_ns: u64, sink: &mut (impl Sink
 /// its deadline passed (as its client decides); an HTTP request counts
 /// as reset.
 fn reset(conn: &Conn, key: u64, s: Stream, end_ns: u64, sink: &mut (impl Sink + RpcSink)) {
+    if s.unsure.is_some() {
+        return unpaired(conn.origin, conn.port, &s, Unpaired::HpackUnknown, sink);
+    }
     if !s.grpc {
         return sink.unpaired(conn.origin, conn.port, Unpaired::Reset);
     }

@@ -63,6 +63,16 @@ impl H2Dir {
             part_len: 0,
         }
     }
+
+    /// A direction not followed yet, whose next new byte is `next`: it
+    /// resumes at a segment that starts with frames.
+    #[inline(always)]
+    pub fn resuming(next: u32) -> Self {
+        Self {
+            synced: 0,
+            ..Self::at(next, 0)
+        }
+    }
 }
 
 /// A frame's payload length and type from its header's first four bytes.
@@ -107,7 +117,7 @@ fn resumable(h: &[u8; 9]) -> Option<u32> {
 /// with frame headers: two chained, or one that ends the segment (the
 /// rule of the agent's framer, which resumes there too).
 #[inline(always)]
-fn starts_frames(ctx: &SkBuffContext, base: u32, n: u32) -> bool {
+pub fn starts_frames(ctx: &SkBuffContext, base: u32, n: u32) -> bool {
     let Some(len) = ctx
         .load::<[u8; 9]>(base as usize)
         .ok()

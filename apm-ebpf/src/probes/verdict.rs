@@ -19,7 +19,7 @@ use aya_ebpf::{
 
 use apm_common::{Verdict, events::direction};
 
-use super::h2::H2Dir;
+use super::h2::{self, H2Dir};
 use crate::maps::VERDICTS;
 
 /// The HTTP/2 client connection preface's length.
@@ -134,9 +134,27 @@ pub fn admit(
     // SAFETY: a TCP socket's fields, readable by cgroup_skb programs.
     let (received, rcv_nxt) = unsafe { ((*tp).bytes_received, (*tp).rcv_nxt) };
     // A connection older than the programs, or one whose first bytes went
-    // by on its listener: its start was not seen, so it stays undecided.
+    // by on its listener: its start was not seen, so it stays undecided,
+    // unless a segment starts with HTTP/2 frames (joined mid-way).
     if received != 0 {
         seen_as_tls(state, sk);
+        if h2::starts_frames(ctx, payload_off, payload) {
+            // SAFETY: a TCP socket's field, readable by cgroup_skb programs.
+            let sent = unsafe { (*tp).snd_nxt };
+            // This direction followed from its first frame, the other
+            // from its next segment that starts with frames.
+            let (ingress, egress) = if dir == direction::INGRESS {
+                (H2Dir::at(seq, 0), H2Dir::resuming(sent))
+            } else {
+                (H2Dir::resuming(rcv_nxt), H2Dir::at(seq, 0))
+            };
+            // SAFETY: as above.
+            unsafe {
+                (*state).verdict = Verdict::Http2 as u32;
+                (*state).h2 = [ingress, egress];
+            }
+            count(Verdict::Http2 as u32);
+        }
         return admit(true);
     }
     let decided = if dir == direction::EGRESS {

@@ -236,3 +236,55 @@ fn open_streams_at_close_and_lost_framing_are_counted() {
         vec![Unpaired::ClosedMidResponse, Unpaired::ClosedMidResponse]
     );
 }
+
+/// A literal field with an indexed name (RFC 7541 §6.2.2, not indexed).
+fn literal(name_index: u8, value: &str) -> Vec<u8> {
+    let mut b = vec![name_index, value.len() as u8];
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+/// A connection joined mid-way: fields in entries apm never saw. A
+/// request whose content-type may sit in one is told gRPC or HTTP by its
+/// response, and counted unknown when that says nothing either.
+#[test]
+fn a_joined_connection_tells_grpc_from_http_by_the_response() {
+    let h = |stream: u32, end: bool, block: Vec<u8>| {
+        let f = flags::END_HEADERS | if end { flags::END_STREAM } else { 0 };
+        frame(kind::HEADERS, f, stream, &block)
+    };
+    // Requests: POST (static 3), :path inserted (name 4, incremental
+    // indexing), and an entry apm never saw (index 63, past the one
+    // inserted here): the client's content-type, say.
+    let mut post = vec![0x83, 0x44, 14];
+    post.extend_from_slice(b"/shop.Cart/New");
+    post.push(0x80 | 63);
+    let mut requests = h(3, false, post);
+    requests.extend(frame(kind::DATA, flags::END_STREAM, 3, &[0, 0, 0, 0, 0]));
+    // The same path again (now index 62, seen), content-type unknown.
+    requests.extend(h(5, false, vec![0x83, 0x80 | 62, 0x80 | 63]));
+    requests.extend(frame(kind::DATA, flags::END_STREAM, 5, &[0, 0, 0, 0, 0]));
+    // GET (static 2), a literal path, and an unknown field.
+    let mut get = vec![0x82];
+    get.extend(literal(0x04, "/items"));
+    get.push(0x80 | 63);
+    requests.extend(h(7, true, get));
+    // Responses: 200 with a gRPC content-type (name 31, the 4-bit prefix
+    // overflowing: 15 + 16); 200 and an unknown field, then trailers
+    // that say nothing known; 404 whose every field is known.
+    let mut grpc = vec![0x88, 0x0f, 0x10, 16];
+    grpc.extend_from_slice(b"application/grpc");
+    let mut responses = h(3, false, grpc);
+    let mut trailers = vec![0x00, 11];
+    trailers.extend_from_slice(b"grpc-status");
+    trailers.extend([1, b'0']);
+    responses.extend(h(3, true, trailers));
+    responses.extend(h(5, false, vec![0x88, 0x80 | 64]));
+    responses.extend(h(5, true, vec![0x80 | 64]));
+    responses.extend(h(7, true, vec![0x8d]));
+    let sink = run(&[(true, MS, requests), (false, 2 * MS, responses)]);
+    assert_eq!(sink.rpc, vec![("/shop.Cart/New".to_owned(), 0)]);
+    assert_eq!(sink.http, vec![("/items".to_owned(), 404)]);
+    assert_eq!(sink.unpaired, vec![Unpaired::HpackUnknown]);
+    assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+}
