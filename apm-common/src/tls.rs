@@ -27,8 +27,11 @@ pub struct TlsCall {
     /// [`crate::events::EventKind::Read`] or [`crate::events::EventKind::Write`].
     pub kind: u8,
     pub _pad: [u8; 5],
+    /// The library's object of the connection (`SSL *`, Go's
+    /// `*tls.Conn`): what its HTTP/2 framing is kept under.
+    pub object: u64,
 }
-const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 56);
 
 impl TlsCall {
     /// [`TlsCall::target`] of a call whose connection is unknown.

@@ -17,6 +17,8 @@ use apm_common::{
     },
 };
 
+use crate::probes::h2::H2Dir;
+
 #[map]
 pub static PORTS: PerCpuHashMap<u16, PortCounters> = PerCpuHashMap::with_max_entries(PORTS_MAX, 0);
 
@@ -46,6 +48,11 @@ pub static GO_CALLS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(
 
 #[map]
 pub static TLS_LINKS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);
+
+/// HTTP/2 over TLS: each direction's frame following, by the library's
+/// object (`tls_h2`).
+#[map]
+pub static TLS_H2: LruHashMap<SslKey, [H2Dir; 2]> = LruHashMap::with_max_entries(TLS_LINKS_MAX, 0);
 
 #[map]
 pub static TLS_PENDING: LruHashMap<u64, PendingTie> =

@@ -2,7 +2,9 @@
 what it got, as JSON: {"METHOD STATUS": count}, and the client's own
 durations of /shop.Cart/Slow in seconds under "slow".
 
-    grpc_client.py PORT ROUNDS [--hold]
+    grpc_client.py PORT ROUNDS [--hold] [--tls CA]
+
+With --tls, over TLS (ALPN h2), trusting the PEM certificate CA.
 
 With --hold, the client runs ROUNDS rounds, prints "ready", waits for a
 line on stdin with its channel (one HTTP/2 connection) open, then runs
@@ -52,7 +54,14 @@ def mix(channel):
         call(channel, "/shop.Cart/Hang", b"", timeout=0.1)
 
 
-with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+if "--tls" in sys.argv:
+    with open(sys.argv[sys.argv.index("--tls") + 1], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    opened = grpc.secure_channel(f"127.0.0.1:{port}", creds)
+else:
+    opened = grpc.insecure_channel(f"127.0.0.1:{port}")
+
+with opened as channel:
     mix(channel)
     if hold:
         counts.clear()

@@ -10,7 +10,11 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use crate::{process::stop, prod::py_app_bin};
+use crate::{
+    https,
+    process::{Scratch, stop},
+    prod::py_app_bin,
+};
 
 const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/servers");
 
@@ -35,6 +39,59 @@ impl GrpcServer {
     }
 }
 
+/// servers/grpc_server.js (@grpc/grpc-js on Node) on 127.0.0.1:`port`
+/// over TLS, stopped when dropped; with the CA its certificate is
+/// signed by (a PEM file).
+pub struct GrpcTlsServer {
+    server: GrpcServer,
+    pub ca: String,
+    _dir: Scratch,
+}
+
+impl GrpcTlsServer {
+    pub fn start(port: u16) -> Self {
+        let dir = Scratch::new("grpc-tls", port).expect("scratch");
+        let (ca, cert, key) = https::certificate().expect("certificate");
+        let file = |name: &str, pem: &str| {
+            let path = dir.0.join(name);
+            std::fs::write(&path, pem).expect("PEM file");
+            path.to_str().expect("UTF-8 temp dir").to_owned()
+        };
+        let (ca, cert, key) = (
+            file("ca.pem", &ca),
+            file("cert.pem", &cert),
+            file("key.pem", &key),
+        );
+        let modules = std::env::var_os("APM_NODE_TOOLS")
+            .map(|d| Path::new(&d).join("node_modules"))
+            .expect("APM_NODE_TOOLS (set by cargo xtask test)");
+        let mut child = Command::new("node")
+            .arg(Path::new(SERVERS).join("grpc_server.js"))
+            .args([port.to_string(), cert, key])
+            .env("NODE_PATH", modules)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node (installed by cargo xtask test)");
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        assert_eq!(line.trim(), "listening", "grpc_server.js did not start");
+        Self {
+            server: GrpcServer(child),
+            ca,
+            _dir: dir,
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.0.id()
+    }
+}
+
 impl Drop for GrpcServer {
     fn drop(&mut self) {
         stop(&mut self.0, libc::SIGTERM);
@@ -44,9 +101,19 @@ impl Drop for GrpcServer {
 /// `rounds` rounds of grpc_client.py's mix against `port`: its counts
 /// ("METHOD STATUS" → n) and its own durations of /shop.Cart/Slow.
 pub fn drive(port: u16, rounds: usize) -> (BTreeMap<String, u64>, Vec<f64>) {
+    drive_with(port, rounds, &[])
+}
+
+/// [`drive`] over TLS, trusting the PEM file `ca`.
+pub fn drive_tls(port: u16, rounds: usize, ca: &str) -> (BTreeMap<String, u64>, Vec<f64>) {
+    drive_with(port, rounds, &["--tls", ca])
+}
+
+fn drive_with(port: u16, rounds: usize, extra: &[&str]) -> (BTreeMap<String, u64>, Vec<f64>) {
     let out = Command::new(py_app_bin().join("python"))
         .arg(Path::new(SERVERS).join("grpc_client.py"))
         .args([port.to_string(), rounds.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -16,14 +16,22 @@ use crate::{Response, get_over};
 /// A new certificate authority and a server certificate for 127.0.0.1
 /// and localhost signed by it, as PEM: (CA, certificate, key).
 pub fn certificate() -> Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names of their own: with rcgen's one default name for both, a
+    // verifier such as BoringSSL takes the leaf for self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "apm test CA");
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
-    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &issuer)?;
     Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }

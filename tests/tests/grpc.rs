@@ -9,8 +9,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use apm_e2e::{
     Agent, free_port,
-    grpc::{GrpcServer, drive, drive_across},
-    require_root, wait_for,
+    grpc::{GrpcServer, GrpcTlsServer, drive, drive_across, drive_tls},
+    require_root,
+    tls::wait_probed,
+    wait_for,
 };
 
 /// The agent's `rpc_server_call_duration_seconds_count` per "METHOD
@@ -45,17 +47,44 @@ fn grpc_calls_are_counted_per_method_and_status_and_timed() {
     let _server = GrpcServer::start(port);
     let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
     agent.wait_for_service(port, "python");
+    let (sent, slow) = drive(port, 20);
+    exact_and_timed(&agent, port, "python", &sent, slow);
+}
 
-    let (sent, mut slow) = drive(port, 20);
+/// The same over TLS: a @grpc/grpc-js server on Node (its OpenSSL read
+/// by the TLS probes), the grpcio client negotiating h2 by ALPN.
+#[test]
+fn grpc_over_tls_is_counted_per_method_and_status_and_timed() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = GrpcTlsServer::start(port);
+    let p = port.to_string();
+    let agent = Agent::start(&["--capture-tls", "--port", &p]).expect("agent");
+    agent.wait_for_service(port, "node");
+    wait_probed(&agent, "uprobe:/");
+    let (sent, slow) = drive_tls(port, 20, &server.ca);
+    exact_and_timed(&agent, port, "node", &sent, slow);
+}
+
+/// The agent's counts on `port` (service `service`) equal what the
+/// client got, none unpaired, and the 50 ms method's median in
+/// /stats/requests is within 10 % of the client's own.
+fn exact_and_timed(
+    agent: &Agent,
+    port: u16,
+    service: &str,
+    sent: &BTreeMap<String, u64>,
+    mut slow: Vec<f64>,
+) {
     assert_eq!(sent["/shop.Cart/Hang DEADLINE_EXCEEDED"], 20, "{sent:?}");
     assert_eq!(sent["/shop.Cart/Get NOT_FOUND"], 20, "{sent:?}");
     let settled = wait_for(Duration::from_secs(20), || {
-        (counted(&agent, port) == sent).then_some(())
+        (&counted(agent, port) == sent).then_some(())
     });
     assert!(
         settled.is_some(),
         "the agent counted {:?}\nthe client got {sent:?}\n{}",
-        counted(&agent, port),
+        counted(agent, port),
         agent.log_text()
     );
     let m = agent.metrics().expect("metrics");
@@ -63,18 +92,15 @@ fn grpc_calls_are_counted_per_method_and_status_and_timed() {
         assert_eq!(
             m.value(
                 "apm_rpc_calls_unpaired_total",
-                &[("service_name", "python"), ("reason", reason)]
+                &[("service_name", service), ("reason", reason)]
             ),
             Some(0.0),
             "{reason}"
         );
     }
-
-    // The method that sleeps 50 ms: its median in /stats/requests within
-    // 10 % of the client's own.
     let v = agent.stats_requests().expect("stats");
     let body = v.to_string();
-    let route = v["services"]["python"]["routes"]
+    let route = v["services"][service]["routes"]
         .as_array()
         .expect("routes")
         .iter()

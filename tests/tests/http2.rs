@@ -1,16 +1,19 @@
-//! HTTP/2 with prior knowledge (h2c), end to end: Debian's nginx with
-//! `listen … http2` in a network namespace whose loopback is an
-//! Ethernet-like link (MTU 1500, one segment per packet), driven by
+//! HTTP/2 end to end: Debian's nginx with `listen … http2`, driven by
 //! h2load (Debian's nghttp2-client) with a fixed request count and many
-//! concurrent streams per connection. nginx's access log is the ground
-//! truth: the agent's counts per route and status must equal it.
+//! concurrent streams per connection: cleartext with prior knowledge (h2c)
+//! over an Ethernet-like link (MTU 1500, one segment per packet, with and
+//! without loss) and over a namespace's loopback (64 KiB segments), and
+//! over TLS (ALPN h2, read at the TLS library). nginx's access log is the
+//! ground truth: the agent's counts per route and status must equal it.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use apm_e2e::{
     Agent, NetNs, free_port,
     prod::{LinkNs, Nginx},
-    require_root, wait_for,
+    require_root,
+    tls::{certified, wait_probed},
+    wait_for,
 };
 
 /// (method, route, status) → requests, HTTP/2 only, on `port`.
@@ -41,8 +44,13 @@ fn counted(agent: &Agent, port: u16) -> BTreeMap<(String, String, u16), u64> {
 /// server's packets dropped each way, or a plain namespace's loopback,
 /// whose segments (GSO, MTU 64 KiB) carry up to 64 KiB of frames each.
 enum Net {
-    Link { loss: u32 },
+    Link {
+        loss: u32,
+    },
     Loopback,
+    /// Loopback, nginx serving HTTP/2 over TLS (ALPN h2), read at its
+    /// TLS library.
+    Tls,
 }
 
 /// `big`: one request in four is for a 200 KiB file, so segments carry
@@ -51,21 +59,37 @@ enum Net {
 fn nginx_h2c(tag: &str, net: Net, requests: u32, big: bool) {
     require_root();
     let port = free_port().expect("port");
+    let tls = matches!(net, Net::Tls);
     let (link, plain) = match net {
         Net::Link { loss } => (
             Some(LinkNs::create(tag, &[port], loss).expect("link")),
             None,
         ),
-        Net::Loopback => (None, Some(NetNs::create(tag))),
+        Net::Loopback | Net::Tls => (None, Some(NetNs::create(tag))),
     };
     let Some(ns) = link.as_ref().map(|l| &l.ns).or(plain.as_ref()) else {
         unreachable!("one of the two")
     };
-    let nginx = Nginx::start_with(ns, port, true).expect("nginx");
-    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    let (_certs, cert, key) = certified(tag, port);
+    let nginx = if tls {
+        Nginx::start_h2_tls(ns, port, &cert, &key)
+    } else {
+        Nginx::start_with(ns, port, true)
+    }
+    .expect("nginx");
+    let p = port.to_string();
+    let args: &[&str] = if tls {
+        &["--capture-tls", "--port", &p]
+    } else {
+        &["--port", &p]
+    };
+    let agent = Agent::start(args).expect("agent");
     agent.wait_for_service(port, "nginx");
+    if tls {
+        wait_probed(&agent, "libssl");
+    }
 
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
     let uris: Vec<String> = [
         "/index.html",
         "/small.txt",
@@ -143,6 +167,13 @@ fn nginx_h2c(tag: &str, net: Net, requests: u32, big: bool) {
 #[test]
 fn nginx_h2c_under_h2load_is_counted_exactly_per_route_and_status() {
     nginx_h2c("h2c", Net::Link { loss: 0 }, 4000, false);
+}
+
+/// HTTP/2 over TLS: h2load negotiates h2 by ALPN, nginx writes up to
+/// 16 KiB of frames per SSL_write, headers among 200 KiB bodies' DATA.
+#[test]
+fn nginx_h2_over_tls_is_counted_exactly_at_its_tls_library() {
+    nginx_h2c("h2tls", Net::Tls, 4000, true);
 }
 
 /// 2 % of the server's packets dropped each way: retransmissions going

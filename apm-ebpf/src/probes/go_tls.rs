@@ -73,7 +73,7 @@ fn enter(ctx: &ProbeContext, kind: EventKind) -> u32 {
     let tcp_itab = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let call = descriptor(conn, tcp_itab)
         .map_or(Conn::UNLINKED, |fd| by_descriptor(tgid, fd))
-        .call(kind, buf, 0, 0);
+        .call(kind, buf, 0, 0, conn);
     let key = SslKey {
         ssl: g,
         tgid,

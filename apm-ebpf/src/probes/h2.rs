@@ -1,25 +1,24 @@
-//! HTTP/2 connections' segments (the `http2` verdict): frame headers are
-//! followed per direction in the socket's storage, so a segment becomes
-//! records that copy every frame header and every frame apm reads, and
-//! stand for DATA payloads without copying them (a record's length runs
-//! past the bytes it copied; the agent's framer skips them by the frame's
-//! length).
+//! HTTP/2's frame headers followed per direction, so a piece of a
+//! connection's bytes (a TCP segment of the `http2` verdict, or the
+//! plaintext of a TLS call) becomes records that copy every frame header
+//! and every frame apm reads, and stand for DATA payloads without copying
+//! them (a record's length runs past the bytes it copied; the agent's
+//! framer skips them by the frame's length). Where the bytes come from and
+//! where records go is a [`Source`]: packets (`records`) or a TLS call's
+//! user buffer (`tls_h2`).
 //!
-//! The walk over a segment's frames runs in `bpf_loop`, so the verifier
+//! The walk over a piece's frames runs in `bpf_loop`, so the verifier
 //! checks one step, not every frame a segment may hold. A direction is
 //! followed while its frame headers can be placed: bytes seen already
 //! (a retransmission) are skipped going out and copied whole coming in
 //! (they fill a hole), and a hole (a segment lost or reordered on its
 //! way in) inside a frame's payload is stepped over. A hole where a
 //! header was, or a header no sender writes, and the direction is copied
-//! whole (up to `MAX_CHUNKS` records a segment) until a segment starts
-//! with frame headers again.
+//! whole by the caller until a piece starts with frame headers again.
 
-use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_loop, programs::SkBuffContext};
+use aya_ebpf::helpers::generated::bpf_loop;
 
-use apm_common::events::{DATA_CAP, direction};
-
-use super::records::{Out, emit};
+use apm_common::events::DATA_CAP;
 
 /// Frame header length.
 const HEADER: u32 = 9;
@@ -47,6 +46,37 @@ pub struct H2Dir {
     /// that matter: length and type), and how many of its nine were seen.
     pub part: [u8; 4],
     pub part_len: u32,
+    /// The walk of the piece being followed. Kept here, not on the
+    /// stack: a map value's fields are unknown to the verifier at each
+    /// step, so it sees one step, where values it tracked would make
+    /// every step a new state.
+    pub walk: Cursor,
+}
+
+/// Where a walk is: the next frame header (piece offset), and the record
+/// being made, [rec, ..) with [rec, cap) copied and copying due up to
+/// `want`; and whether the walk is over.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Cursor {
+    pub at: u32,
+    pub rec: u32,
+    pub cap: u32,
+    pub want: u32,
+    pub status: u32,
+}
+
+impl Cursor {
+    #[inline(always)]
+    fn from(o: u32) -> Self {
+        Self {
+            at: 0,
+            rec: o,
+            cap: o,
+            want: o,
+            status: WALKING,
+        }
+    }
 }
 
 impl H2Dir {
@@ -61,6 +91,7 @@ impl H2Dir {
             keep_until: start.wrapping_add(copy),
             part: [0; 4],
             part_len: 0,
+            walk: Cursor::from(0),
         }
     }
 
@@ -98,6 +129,22 @@ fn plausible(kind: u8) -> bool {
     kind <= 10 || kind == 12 || kind == 16
 }
 
+/// Where a piece's bytes come from.
+pub trait Bytes: Copy {
+    /// `N` bytes at offset `off` of the piece.
+    fn load<const N: usize>(&self, off: u32) -> Option<[u8; N]>;
+    /// The first min(`k`, 4) bytes at offset `off` (`k` > 0 bytes are
+    /// left there), the rest zero.
+    fn head(&self, off: u32, k: u32) -> Option<[u8; 4]>;
+}
+
+/// A piece's bytes, and where its records go.
+pub trait Source: Bytes {
+    /// A record of the `len` bytes at offset `off`, the first `copied`
+    /// of them captured; `last`: the piece's last record.
+    fn emit(&self, off: u32, len: u32, copied: u32, last: bool);
+}
+
 /// Whether the frame header `h` is one a direction may resume at: a type
 /// of RFC 9113 on a stream its type allows, no longer than `FRAME_MAX`.
 #[inline(always)]
@@ -113,71 +160,54 @@ fn resumable(h: &[u8; 9]) -> Option<u32> {
     (len <= FRAME_MAX && stream & 0x8000_0000 == 0 && on_stream == (stream != 0)).then_some(len)
 }
 
-/// Whether a segment of `n` payload bytes at packet offset `base` starts
-/// with frame headers: two chained, or one that ends the segment (the
-/// rule of the agent's framer, which resumes there too).
+/// Whether a piece of `n` bytes starts with frame headers: two chained,
+/// or one that ends the piece (the rule of the agent's framer, which
+/// resumes there too).
 #[inline(always)]
-pub fn starts_frames(ctx: &SkBuffContext, base: u32, n: u32) -> bool {
-    let Some(len) = ctx
-        .load::<[u8; 9]>(base as usize)
-        .ok()
-        .and_then(|h| resumable(&h))
-    else {
+pub fn starts_frames<B: Bytes>(src: &B, n: u32) -> bool {
+    let Some(len) = src.load::<9>(0).and_then(|h| resumable(&h)) else {
         return false;
     };
     let second = HEADER + len;
     if second == n {
         return true;
     }
-    second + HEADER <= n
-        && ctx
-            .load::<[u8; 9]>((base + second) as usize)
-            .ok()
-            .and_then(|h| resumable(&h))
-            .is_some()
+    second + HEADER <= n && src.load::<9>(second).and_then(|h| resumable(&h)).is_some()
 }
 
-/// A walk over one segment, shared with the loop's step.
+/// A walk over one piece, shared with the loop's step; where it is, in
+/// the direction's `walk`.
 #[repr(C)]
-struct Walk {
-    skb: *mut __sk_buff,
+struct Walk<S> {
+    src: S,
     dir: *mut H2Dir,
-    out: Out,
-    /// Payload bytes in the segment.
+    /// The piece's first byte's sequence number, and its length.
+    seq: u32,
     n: u32,
-    /// Where the next frame header starts (segment offset).
-    at: u32,
-    /// The record being made: [rec, ..) with [rec, cap) copied, and
-    /// copying due up to `want`.
-    rec: u32,
-    cap: u32,
-    want: u32,
-    status: u32,
 }
 
 const WALKING: u32 = 0;
 const DONE: u32 = 1;
 const LOST: u32 = 2;
 
-/// Follows a segment of `n` payload bytes of the direction `d`, writing
-/// its records. Returns `None` when they account for every byte, else
-/// the payload offset from which the caller copies the rest whole.
+/// Follows a piece of `n` bytes at sequence number `seq` of the
+/// direction `d`, writing its records. Returns `None` when they account
+/// for every byte, else the piece offset from which the caller copies the
+/// rest whole. `refill`: bytes seen already are copied whole (they come
+/// in, filling a hole), else skipped (a retransmission going out).
 #[inline(always)]
-pub fn follow(ctx: &SkBuffContext, d: *mut H2Dir, out: &Out, n: u32) -> Option<u32> {
-    // SAFETY: the socket's storage, valid for the program's run; only
-    // this socket's packets of one direction reach this half of it.
+pub fn follow<S: Source>(src: &S, d: *mut H2Dir, seq: u32, n: u32, refill: bool) -> Option<u32> {
+    // SAFETY: the direction's state (socket storage or a map value),
+    // valid for the program's run; only this direction's pieces reach it.
     let s = unsafe { &mut *d };
-    let seq = out.seg.seq;
     let upto = seq.wrapping_add(n);
     if (upto.wrapping_sub(s.end) as i32) <= 0 {
-        // Seen already: a retransmission going out (its bytes reached
-        // the agent), or a hole filled coming in.
-        return (out.dir == direction::INGRESS).then_some(0);
+        return refill.then_some(0);
     }
     if s.synced == 0 {
         let behind = (seq.wrapping_sub(s.end) as i32) < 0;
         s.end = upto;
-        if behind || !starts_frames(ctx, out.seg.payload_off, n) {
+        if behind || !starts_frames(src, n) {
             return Some(0);
         }
         *s = H2Dir::at(seq, 0);
@@ -197,21 +227,17 @@ pub fn follow(ctx: &SkBuffContext, d: *mut H2Dir, out: &Out, n: u32) -> Option<u
     }
     s.end = upto;
     let mut w = Walk {
-        skb: ctx.skb.skb,
+        src: *src,
         dir: d,
-        out: *out,
+        seq,
         n,
-        at: 0,
-        rec: o,
-        cap: o,
-        want: o,
-        status: WALKING,
     };
+    let mut c = Cursor::from(o);
     if s.part_len != 0 {
-        // The rest of a header cut by the last segment's end.
+        // The rest of a header cut by the last piece's end.
         let k = s.part_len;
         let need = HEADER - k;
-        let Some(h) = cut_header(ctx, s, out.seg.payload_off + o, k, n - o) else {
+        let Some(h) = cut_header(src, s, o, k, n - o) else {
             s.synced = 0;
             return Some(o);
         };
@@ -225,50 +251,54 @@ pub fn follow(ctx: &SkBuffContext, d: *mut H2Dir, out: &Out, n: u32) -> Option<u
         let copy_end = if kept(kind) { frame_end } else { o + need };
         s.next = seq.wrapping_add(frame_end);
         s.keep_until = seq.wrapping_add(copy_end);
-        w.want = core::cmp::min(copy_end, n);
-        w.at = frame_end;
+        c.want = core::cmp::min(copy_end, n);
+        c.at = frame_end;
     } else {
         let at = s.next.wrapping_sub(seq) as i32;
         if at < o as i32 {
             s.synced = 0;
             return Some(o);
         }
-        w.at = at as u32;
+        c.at = at as u32;
         let keep = s.keep_until.wrapping_sub(seq) as i32;
         if keep > o as i32 {
-            w.want = core::cmp::min(keep as u32, n);
+            c.want = core::cmp::min(keep as u32, n);
         }
     }
-    // SAFETY: `step` has the callback's signature and reads `w` as the
-    // `Walk` it is, on this program's stack for the helper's run.
+    s.walk = c;
+    // SAFETY: `step::<S>` has the callback's signature and reads `w` as
+    // the `Walk<S>` it is, on this program's stack for the helper's run.
     unsafe {
         bpf_loop(
             MAX_STEPS,
-            step as *mut core::ffi::c_void,
+            step::<S> as *mut core::ffi::c_void,
             core::ptr::addr_of_mut!(w).cast(),
             0,
         );
     }
-    if w.status == DONE {
+    // SAFETY: as above; read afresh, the loop's steps wrote it.
+    let walk = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*d).walk)) };
+    if walk.status == DONE {
         return None;
     }
     // A header no sender writes, or more steps than one walk takes.
-    s.synced = 0;
-    Some(w.rec)
+    // SAFETY: as above.
+    unsafe { (*d).synced = 0 };
+    Some(walk.rec)
 }
 
-/// The first four bytes of a header of which the last segment held the
-/// first `k` (kept in `s.part`), the rest starting at packet offset
-/// `from` of a segment with `left` bytes from there.
+/// The first four bytes of a header of which the last piece held the
+/// first `k` (kept in `s.part`), the rest starting at offset `from` of a
+/// piece with `left` bytes from there.
 #[inline(always)]
-fn cut_header(ctx: &SkBuffContext, s: &H2Dir, from: u32, k: u32, left: u32) -> Option<[u8; 4]> {
+fn cut_header<S: Source>(src: &S, s: &H2Dir, from: u32, k: u32, left: u32) -> Option<[u8; 4]> {
     if HEADER - k > left {
-        // Cut again: a header over three segments, which senders do not
+        // Cut again: a header over three pieces, which senders do not
         // make.
         return None;
     }
     let p = s.part;
-    let b = |i: u32| ctx.load::<u8>((from + i) as usize).ok();
+    let b = |i: u32| src.load::<1>(from + i).map(|x| x[0]);
     Some(match k {
         1 => [p[0], b(0)?, b(1)?, b(2)?],
         2 => [p[0], p[1], b(0)?, b(1)?],
@@ -278,52 +308,61 @@ fn cut_header(ctx: &SkBuffContext, s: &H2Dir, from: u32, k: u32, left: u32) -> O
 }
 
 /// One step of a walk: a record of a long copied run, or the next frame
-/// header, or the segment's last record. Returns 1 to stop the loop.
+/// header, or the piece's last record. Returns 1 to stop the loop. One
+/// place writes the step's record, so the verifier sees one copy of it.
 #[inline(never)]
-extern "C" fn step(_index: u64, walk: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `follow` passes its `Walk`, alive for the loop.
-    let w = unsafe { &mut *walk.cast::<Walk>() };
-    // The program's own context, kept in the walk.
-    let ctx = SkBuffContext::new(w.skb);
-    let cap = DATA_CAP as u32;
-    if w.want > w.rec + cap {
-        // A copied run longer than a record: a record's worth goes out.
-        emit(&ctx, &w.out, w.rec, cap, cap, false);
-        w.rec += cap;
-        w.cap = w.rec;
-        return 0;
+extern "C" fn step<S: Source>(_index: u64, walk: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `follow` passes its `Walk<S>`, alive for the loop.
+    let w = unsafe { &mut *walk.cast::<Walk<S>>() };
+    let (record, stop) = advance(w);
+    if let Some((off, len, copied, last)) = record {
+        w.src.emit(off, len, copied, last);
     }
-    if w.want > w.cap {
-        w.cap = w.want;
-    }
-    let n = w.n;
-    let at = w.at;
-    if at >= n {
-        emit(&ctx, &w.out, w.rec, n - w.rec, w.cap - w.rec, true);
-        w.status = DONE;
-        return 1;
-    }
+    i64::from(stop)
+}
+
+/// A record to write: (offset, length, bytes copied, the piece's last).
+type Record = (u32, u32, u32, bool);
+
+/// What one step does to the walk, and the record it writes; true: the
+/// walk is over.
+#[inline(always)]
+fn advance<S: Source>(w: &mut Walk<S>) -> (Option<Record>, bool) {
     // SAFETY: the direction's state, valid for the program's run.
     let s = unsafe { &mut *w.dir };
-    let seq = w.out.seg.seq;
-    let base = w.out.seg.payload_off;
+    let mut c = s.walk;
+    let (record, stop) = walk_step(w, s, &mut c);
+    s.walk = c;
+    (record, stop)
+}
+
+#[inline(always)]
+fn walk_step<S: Source>(w: &Walk<S>, s: &mut H2Dir, c: &mut Cursor) -> (Option<Record>, bool) {
+    let cap = DATA_CAP as u32;
+    if c.want > c.rec + cap {
+        // A copied run longer than a record: a record's worth goes out.
+        let record = (c.rec, cap, cap, false);
+        c.rec += cap;
+        c.cap = c.rec;
+        return (Some(record), false);
+    }
+    if c.want > c.cap {
+        c.cap = c.want;
+    }
+    let n = w.n;
+    let at = c.at;
+    if at >= n {
+        c.status = DONE;
+        return (Some((c.rec, n - c.rec, c.cap - c.rec, true)), true);
+    }
+    let seq = w.seq;
     let (frame_end, copy_end) = if at + HEADER > n {
-        // A header cut by the segment's end: copied, and its first bytes
-        // kept for the next segment.
+        // A header cut by the piece's end: copied, and its first bytes
+        // kept for the next piece.
         let k = n - at;
-        let part = if k >= 4 {
-            ctx.load::<[u8; 4]>((base + at) as usize).ok()
-        } else {
-            let b = |i: u32| ctx.load::<u8>((base + at + i) as usize).ok();
-            match k {
-                1 => b(0).map(|x| [x, 0, 0, 0]),
-                2 => b(0).zip(b(1)).map(|(x, y)| [x, y, 0, 0]),
-                _ => b(0).zip(b(1)).zip(b(2)).map(|((x, y), z)| [x, y, z, 0]),
-            }
-        };
-        let Some(part) = part else {
-            w.status = LOST;
-            return 1;
+        let Some(part) = w.src.head(at, k) else {
+            c.status = LOST;
+            return (None, true);
         };
         s.part = part;
         s.part_len = k;
@@ -331,14 +370,14 @@ extern "C" fn step(_index: u64, walk: *mut core::ffi::c_void) -> i64 {
         s.keep_until = seq.wrapping_add(n);
         (n, n)
     } else {
-        let Ok(h) = ctx.load::<[u8; 4]>((base + at) as usize) else {
-            w.status = LOST;
-            return 1;
+        let Some(h) = w.src.load::<4>(at) else {
+            c.status = LOST;
+            return (None, true);
         };
         let (len, kind) = length_type(h);
         if !plausible(kind) {
-            w.status = LOST;
-            return 1;
+            c.status = LOST;
+            return (None, true);
         }
         let frame_end = at + HEADER + len;
         let copy_end = if kept(kind) { frame_end } else { at + HEADER };
@@ -346,14 +385,15 @@ extern "C" fn step(_index: u64, walk: *mut core::ffi::c_void) -> i64 {
         s.keep_until = seq.wrapping_add(copy_end);
         (frame_end, copy_end)
     };
-    if at > w.cap {
+    let mut record = None;
+    if at > c.cap {
         // Bytes not copied (a DATA payload) before this header: the
         // record so far stands for them.
-        emit(&ctx, &w.out, w.rec, at - w.rec, w.cap - w.rec, false);
-        w.rec = at;
-        w.cap = at;
+        record = Some((c.rec, at - c.rec, c.cap - c.rec, false));
+        c.rec = at;
+        c.cap = at;
     }
-    w.want = core::cmp::min(copy_end, n);
-    w.at = frame_end;
-    0
+    c.want = core::cmp::min(copy_end, n);
+    c.at = frame_end;
+    (record, false)
 }

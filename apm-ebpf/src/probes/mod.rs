@@ -12,6 +12,7 @@ pub mod records;
 pub mod sockets;
 pub mod tcp_state;
 pub mod tls;
+pub mod tls_h2;
 pub mod tls_link;
 pub mod tls_tie;
 pub mod verdict;

@@ -24,7 +24,7 @@ use apm_common::{
 
 use super::{
     h2,
-    records::{Ids, Out, Segment, emit},
+    records::{Ids, Out, Payload, Segment, Walked, emit},
     sockets, tls_tie, verdict,
 };
 use crate::{
@@ -250,7 +250,11 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
     if let Some(d) = h2 {
         chunks = MAX_CHUNKS;
         if FOLLOW {
-            match h2::follow(ctx, d, &out, payload) {
+            let walked = Walked {
+                payload: Payload::of(ctx, seg.payload_off),
+                out,
+            };
+            match h2::follow(&walked, d, seg.seq, payload, dir == direction::INGRESS) {
                 Some(from) => off = from,
                 None => return,
             }

@@ -3,6 +3,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::__sk_buff,
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_load_bytes},
@@ -16,6 +17,7 @@ use apm_common::{
     maps::OUTBOUND_FLAGS,
 };
 
+use super::h2;
 use crate::{
     emit::wakeup_flags,
     maps::{CLIENTS, EVENTS, OUTBOUND, count_drop},
@@ -209,4 +211,76 @@ fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, pay
     // SAFETY: writing the header part of the reservation.
     unsafe { core::ptr::addr_of_mut!((*rec).header).write(h) };
     entry.submit(wakeup_flags(size_of::<Record<N>>()));
+}
+
+/// A segment's payload, read from the packet (at `base`, where it starts).
+#[derive(Clone, Copy)]
+pub struct Payload {
+    pub skb: *mut __sk_buff,
+    pub base: u32,
+}
+
+impl Payload {
+    #[inline(always)]
+    pub fn of(ctx: &SkBuffContext, base: u32) -> Self {
+        Self {
+            skb: ctx.skb.skb,
+            base,
+        }
+    }
+}
+
+impl h2::Bytes for Payload {
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: u32) -> Option<[u8; N]> {
+        SkBuffContext::new(self.skb)
+            .load::<[u8; N]>((self.base + off) as usize)
+            .ok()
+    }
+
+    #[inline(always)]
+    fn head(&self, off: u32, k: u32) -> Option<[u8; 4]> {
+        let mut b = [0u8; 4];
+        // min(k, 4) in [1, 4] as the verifier sees it.
+        let n = (core::cmp::min(k.wrapping_sub(1), 3) & 3) + 1;
+        // SAFETY: a stack array of 4 bytes and 0 < n <= 4; the helper
+        // checks the packet bounds.
+        let rc = unsafe {
+            bpf_skb_load_bytes(self.skb.cast(), self.base + off, b.as_mut_ptr().cast(), n)
+        };
+        (rc == 0).then_some(b)
+    }
+}
+
+/// A segment as an HTTP/2 walk sees it: its payload, and its records.
+#[derive(Clone, Copy)]
+pub struct Walked {
+    pub payload: Payload,
+    pub out: Out,
+}
+
+impl h2::Bytes for Walked {
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: u32) -> Option<[u8; N]> {
+        self.payload.load(off)
+    }
+
+    #[inline(always)]
+    fn head(&self, off: u32, k: u32) -> Option<[u8; 4]> {
+        self.payload.head(off, k)
+    }
+}
+
+impl h2::Source for Walked {
+    #[inline(always)]
+    fn emit(&self, off: u32, len: u32, copied: u32, last: bool) {
+        emit(
+            &SkBuffContext::new(self.payload.skb),
+            &self.out,
+            off,
+            len,
+            copied,
+            last,
+        );
+    }
 }

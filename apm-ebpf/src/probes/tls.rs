@@ -27,11 +27,11 @@ use aya_ebpf::{
 use apm_common::{ConnKey, DropReason, TlsCall, conn_flags, events::EventKind, tls_layout};
 
 use crate::{
-    emit::{Key, emit_buf},
+    emit::Key,
     maps::{CONNS, PIDS, TLS_CALLS, count_drop},
     probes::{
         sockets::{self, Found},
-        tls_link, tls_tie,
+        tls_h2, tls_link, tls_tie,
     },
 };
 
@@ -79,7 +79,8 @@ impl Conn {
 
     /// The entry of a call of `kind` on this connection.
     #[inline(always)]
-    pub fn call(self, kind: EventKind, buf: u64, count_at: u64, link: u64) -> TlsCall {
+    /// `object`: the library's object of the connection.
+    pub fn call(self, kind: EventKind, buf: u64, count_at: u64, link: u64, object: u64) -> TlsCall {
         TlsCall {
             buf,
             count_at,
@@ -89,6 +90,7 @@ impl Conn {
             port: self.port,
             kind: kind as u8,
             _pad: [0; 5],
+            object,
         }
     }
 }
@@ -150,22 +152,24 @@ pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
     } else {
         EventKind::Read
     };
-    if call.target == TlsCall::OBJECT {
+    let (key, port) = if call.target == TlsCall::OBJECT {
         if !tls_link::hold(tgid, call.link, kind == EventKind::Write) {
             return;
         }
-        emit_buf(kind, Key::object(call.link), 0, moved, call.buf);
         if kind == EventKind::Write {
             tls_tie::wrote(bpf_get_current_pid_tgid(), call.link, moved);
         }
-        return;
-    }
-    let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.target);
-    if call.target == TlsCall::UNLINKED || !linked {
-        count_drop(DropReason::TlsUnlinked);
-        return;
-    }
-    emit_buf(kind, Conn::record(call), call.port, moved, call.buf);
+        (Key::object(call.link), 0)
+    } else {
+        let linked = call.link == 0 || tls_link::tie(tgid, call.link, call.target);
+        if call.target == TlsCall::UNLINKED || !linked {
+            count_drop(DropReason::TlsUnlinked);
+            return;
+        }
+        (Conn::record(call), call.port)
+    };
+    // One call site: the frame walk in it is verified once.
+    tls_h2::emit(tgid, call, kind, key, port, moved);
 }
 
 /// `SSL_free`: the object no longer stands for its socket.
@@ -179,6 +183,7 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     if let Some(ssl) = ctx.arg::<u64>(0) {
         tls_link::untie(tgid, ssl);
         tls_tie::freed(pid_tgid, ssl);
+        tls_h2::freed(tgid, ssl);
     }
     0
 }
@@ -215,7 +220,7 @@ fn enter(ctx: &ProbeContext, kind: EventKind, ex: bool) -> u32 {
         },
     };
     if TLS_CALLS
-        .insert(pid_tgid, conn.call(kind, buf, count_at, link), 0)
+        .insert(pid_tgid, conn.call(kind, buf, count_at, link, ssl), 0)
         .is_err()
     {
         count_drop(DropReason::TlsCallsFull);

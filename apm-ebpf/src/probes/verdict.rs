@@ -19,7 +19,10 @@ use aya_ebpf::{
 
 use apm_common::{Verdict, events::direction};
 
-use super::h2::{self, H2Dir};
+use super::{
+    h2::{self, H2Dir},
+    records::Payload,
+};
 use crate::maps::VERDICTS;
 
 /// The HTTP/2 client connection preface's length.
@@ -138,7 +141,7 @@ pub fn admit(
     // unless a segment starts with HTTP/2 frames (joined mid-way).
     if received != 0 {
         seen_as_tls(state, sk);
-        if h2::starts_frames(ctx, payload_off, payload) {
+        if h2::starts_frames(&Payload::of(ctx, payload_off), payload) {
             // SAFETY: a TCP socket's field, readable by cgroup_skb programs.
             let sent = unsafe { (*tp).snd_nxt };
             // This direction followed from its first frame, the other

@@ -98,6 +98,23 @@ impl Nginx {
     /// [`Nginx::start`], speaking HTTP/2 with prior knowledge (h2c) when
     /// `http2`.
     pub fn start_with(ns: &NetNs, port: u16, http2: bool) -> Result<Self> {
+        Self::start_listening(ns, port, if http2 { " http2" } else { "" }, "")
+    }
+
+    /// [`Nginx::start`], speaking HTTP/2 over TLS (ALPN `h2`) with
+    /// certificate `cert` and key `key` (PEM files).
+    pub fn start_h2_tls(ns: &NetNs, port: u16, cert: &str, key: &str) -> Result<Self> {
+        Self::start_listening(
+            ns,
+            port,
+            " ssl http2",
+            &format!("ssl_certificate {cert}; ssl_certificate_key {key};"),
+        )
+    }
+
+    /// `listen`: what follows the address in the `listen` directive;
+    /// `tls`: the server's certificate directives.
+    fn start_listening(ns: &NetNs, port: u16, listen: &str, tls: &str) -> Result<Self> {
         let dir = Scratch::new("nginx", port)?;
         let root = dir.0.join("root");
         for (path, size) in STATIC_FILES {
@@ -113,7 +130,8 @@ impl Nginx {
             .replace("@PREFIX@", dir.0.to_str().context("non-UTF-8 temp dir")?)
             .replace("@ROOT@", root.to_str().context("non-UTF-8 temp dir")?)
             .replace("@PORT@", &port.to_string())
-            .replace("@LISTEN@", if http2 { " http2" } else { "" });
+            .replace("@LISTEN@", listen)
+            .replace("@TLS@", tls);
         let conf_path = dir.0.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
         let log = dir.0.join("error.log");

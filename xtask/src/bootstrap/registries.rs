@@ -107,17 +107,22 @@ fn ensure_venv(venv: &Path, packages: &[&str], ready: impl Fn(&Path) -> bool) ->
     Ok(bin)
 }
 
-/// npm packages the browser test drives Chromium with.
-const NODE_TOOLS: &[&str] = &["playwright-core@1"];
+/// npm packages: what the browser test drives Chromium with, and the
+/// gRPC server of the gRPC-over-TLS test.
+const NODE_TOOLS: &[&str] = &["playwright-core@1", "@grpc/grpc-js@1"];
 
 /// [`NODE_TOOLS`] installed under `target/node` (no browser download:
 /// the test uses Debian's chromium); returns that directory.
 pub fn ensure_node_tools(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/node");
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
+    let installed = NODE_TOOLS.iter().all(|spec| {
+        let name = spec.rsplit_once('@').map_or(*spec, |(name, _)| name);
+        dir.join("node_modules")
+            .join(name)
+            .join("package.json")
+            .is_file()
+    });
+    if installed {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
