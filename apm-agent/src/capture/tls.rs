@@ -29,6 +29,7 @@ use aya::{
 };
 
 use super::{
+    attach::whole_variant,
     kernel::Check,
     tls_library::{self, Inspection, TlsLibrary},
 };
@@ -56,6 +57,9 @@ struct Attachment {
 
 /// The probed libraries and the processes probed in each.
 pub struct TlsProbes {
+    /// Why the return probes are the variants that do not follow HTTP/2
+    /// frames, when they are.
+    whole: Option<String>,
     proc_root: PathBuf,
     libraries: HashMap<FileId, Library>,
     /// Programs of monitored processes that export no OpenSSL, looked at
@@ -79,12 +83,25 @@ impl TlsProbes {
     /// Loads the programs (before the agent takes the maps they use out
     /// of the object); they are attached per process later.
     pub fn load(ebpf: &mut Ebpf, proc_root: &Path) -> Result<Self, String> {
+        let mut whole = None;
         for program in TLS_PROGRAMS {
-            uprobe(ebpf, program)?
-                .load()
-                .map_err(|e| format!("loading {program}: {e}"))?;
+            let Err(e) = named(ebpf, program)?.load() else {
+                continue;
+            };
+            // A kernel without `bpf_loop` (before 5.17): the variant that
+            // does not follow HTTP/2 frames, if the program has one.
+            let variant = whole_variant(program);
+            let loaded = match ebpf.program_mut(&variant) {
+                Some(_) => named(ebpf, &variant)?.load().is_ok(),
+                None => false,
+            };
+            if !loaded {
+                return Err(format!("loading {program}: {e}"));
+            }
+            whole = Some(format!("{program}: {e}"));
         }
         Ok(Self {
+            whole,
             proc_root: proc_root.to_owned(),
             libraries: HashMap::new(),
             plain: HashSet::new(),
@@ -224,12 +241,16 @@ pub fn load_detail(
 ) -> String {
     match loaded {
         Err(e) => e.clone(),
-        Ok(_) => format!(
-            "loaded; attached to each TLS library monitored processes map; plaintext keyed by {}",
+        Ok(probes) => format!(
+            "loaded; attached to each TLS library monitored processes map; plaintext keyed by {}{}",
             match (by_socket, why) {
                 (true, _) => "socket".to_owned(),
                 (false, Some(why)) => format!("descriptor (no socket layout: {why})"),
                 (false, None) => "descriptor".to_owned(),
+            },
+            match &probes.whole {
+                Some(why) => format!("; HTTP/2 frames not followed, 1 KiB per call ({why})"),
+                None => String::new(),
             }
         ),
     }
@@ -325,8 +346,17 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     }
 }
 
-/// The object's uprobe program `program`.
+/// The object's uprobe program `program`, or its variant loaded in its
+/// stead ([`TlsProbes::load`]).
 fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut UProbe, String> {
+    let variant = whole_variant(program);
+    let instead = ebpf.program(program).is_some_and(|p| p.fd().is_err())
+        && ebpf.program(&variant).is_some_and(|p| p.fd().is_ok());
+    named(ebpf, if instead { &variant } else { program })
+}
+
+/// The object's uprobe program called `program`.
+fn named<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut UProbe, String> {
     ebpf.program_mut(program)
         .ok_or_else(|| format!("program {program} is missing from the object"))?
         .try_into()

@@ -24,7 +24,7 @@ use crate::protocols::{
     http::{Method, TraceParent},
     http2::{
         Headers,
-        frames::{Frame, Framer, error_code, flags, fragment, kind, starts_frames},
+        frames::{Frame, Framer, PREFACE, error_code, flags, fragment, kind, starts_frames},
         hpack::Decoder,
         read_block,
     },
@@ -200,11 +200,16 @@ impl Tracker {
         if side.framer.lost().is_some() {
             // Framing resumes at a piece that starts with frames; the
             // table may have missed insertions in what was lost, so it
-            // starts afresh, its older entries unknown.
-            if !starts_frames(ev.data, len) {
+            // starts afresh, its older entries unknown. The client's
+            // preface is the connection's start (its server spoke first,
+            // and was taken for a connection joined mid-way).
+            if to_server && ev.data.starts_with(PREFACE) {
+                *side = Side::new(true, true);
+            } else if starts_frames(ev.data, len) {
+                *side = Side::new(false, false);
+            } else {
                 return;
             }
-            *side = Side::new(false, false);
         }
         side.framer
             .feed(ev.ts_ns, ev.seq.map(|(_, s)| s), ev.data, len, |f| {
@@ -435,11 +440,18 @@ fn block_done(
         None => {}
     }
     if let Some(h) = &headers {
-        // A gRPC response says so (its content-type, or a grpc-status);
-        // one whose every field apm knows and that does not is HTTP.
-        if h.grpc || h.grpc_status.is_some() {
+        // A gRPC call is a POST answered 200 with a gRPC content-type or
+        // a grpc-status (a gRPC server rejects anything else with another
+        // status and the same fields: an HTTP request, its path never a
+        // method label); a response whose every field apm knows and that
+        // is not one is HTTP.
+        let call = (h.grpc || h.grpc_status.is_some())
+            && stream.method == Method::Post
+            && stream.status == Some(200);
+        if call {
             resolve(conn, &mut stream, true, sink);
-        } else if !h.unknown && stream.status.is_some() {
+        } else if stream.status.is_some_and(|s| s != 200) || (!h.unknown && stream.status.is_some())
+        {
             resolve(conn, &mut stream, false, sink);
         }
     }

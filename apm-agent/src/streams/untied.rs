@@ -17,9 +17,10 @@ pub const HOLD_NS: u64 = 30_000_000_000;
 /// Objects waiting at most, all processes together.
 const MAX_OBJECTS: usize = 1024;
 /// Records of one object held at most: a request's reads and its
-/// response's writes before the first send. Past it the object's
+/// response's writes before the first send (an HTTP/2 call's frames
+/// followed make several records of one call). Past it the object's
 /// records are dropped (counted) until its tie.
-const MAX_RECORDS: usize = 64;
+const MAX_RECORDS: usize = 256;
 /// Captured bytes held at most, all objects together (each record holds
 /// at most `DATA_CAP`).
 const MAX_BYTES: usize = 4 << 20;

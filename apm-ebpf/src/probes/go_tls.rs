@@ -43,6 +43,18 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
 /// (the count is the first result, in RAX).
 #[uprobe]
 pub fn go_tls_return(ctx: ProbeContext) -> u32 {
+    returned::<true>(&ctx)
+}
+
+/// The same without following HTTP/2 frames, for kernels without
+/// `bpf_loop` (before 5.17).
+#[uprobe]
+pub fn go_tls_return_whole(ctx: ProbeContext) -> u32 {
+    returned::<false>(&ctx)
+}
+
+#[inline(always)]
+fn returned<const FOLLOW: bool>(ctx: &ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the context is this probe's pt_regs, readable by uprobes.
     let (g, n) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
@@ -56,7 +68,7 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let _ = GO_CALLS.remove(key);
-    finish(tgid, &call, n as i64);
+    finish::<FOLLOW>(tgid, &call, n as i64);
     0
 }
 

@@ -67,13 +67,14 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// A walk whose first record starts at `rec` and copies up to `want`.
     #[inline(always)]
-    fn from(o: u32) -> Self {
+    fn from(rec: u32, want: u32) -> Self {
         Self {
             at: 0,
-            rec: o,
-            cap: o,
-            want: o,
+            rec,
+            cap: rec,
+            want,
             status: WALKING,
         }
     }
@@ -91,7 +92,7 @@ impl H2Dir {
             keep_until: start.wrapping_add(copy),
             part: [0; 4],
             part_len: 0,
-            walk: Cursor::from(0),
+            walk: Cursor::from(0, 0),
         }
     }
 
@@ -121,6 +122,17 @@ fn length_type(h: [u8; 4]) -> (u32, u8) {
 fn kept(kind: u8) -> bool {
     matches!(kind, 1 | 3 | 5 | 7 | 9)
 }
+
+/// Whether a frame's payload is copied: one apm reads, or a short one of
+/// any kind but DATA (SETTINGS, PING, WINDOW_UPDATE, PRIORITY), which
+/// joins the records around it rather than cut them in two.
+#[inline(always)]
+fn copied(kind: u8, len: u32) -> bool {
+    kept(kind) || (kind != 0 && len <= SHORT)
+}
+
+/// A control frame's payload up to this long is copied.
+const SHORT: u32 = 64;
 
 /// Whether a header can be one a sender wrote: a type of RFC 9113, or an
 /// extension's that peers send (ALTSVC 10, ORIGIN 12, PRIORITY_UPDATE 16).
@@ -232,7 +244,12 @@ pub fn follow<S: Source>(src: &S, d: *mut H2Dir, seq: u32, n: u32, refill: bool)
         seq,
         n,
     };
-    let mut c = Cursor::from(o);
+    // The part seen already: copied when it may fill a hole, else not.
+    let mut c = if refill {
+        Cursor::from(0, o)
+    } else {
+        Cursor::from(o, o)
+    };
     if s.part_len != 0 {
         // The rest of a header cut by the last piece's end.
         let k = s.part_len;
@@ -248,7 +265,11 @@ pub fn follow<S: Source>(src: &S, d: *mut H2Dir, seq: u32, n: u32, refill: bool)
             return Some(o);
         }
         let frame_end = o + need + len;
-        let copy_end = if kept(kind) { frame_end } else { o + need };
+        let copy_end = if copied(kind, len) {
+            frame_end
+        } else {
+            o + need
+        };
         s.next = seq.wrapping_add(frame_end);
         s.keep_until = seq.wrapping_add(copy_end);
         c.want = core::cmp::min(copy_end, n);
@@ -380,7 +401,11 @@ fn walk_step<S: Source>(w: &Walk<S>, s: &mut H2Dir, c: &mut Cursor) -> (Option<R
             return (None, true);
         }
         let frame_end = at + HEADER + len;
-        let copy_end = if kept(kind) { frame_end } else { at + HEADER };
+        let copy_end = if copied(kind, len) {
+            frame_end
+        } else {
+            at + HEADER
+        };
         s.next = seq.wrapping_add(frame_end);
         s.keep_until = seq.wrapping_add(copy_end);
         (frame_end, copy_end)

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use apm_common::{ConnKey, DropReason, TlsCall, conn_flags, events::EventKind, tls_layout};
 
 use crate::{
-    emit::Key,
+    emit::{Key, emit_buf},
     maps::{CONNS, PIDS, TLS_CALLS, count_drop},
     probes::{
         sockets::{self, Found},
@@ -118,6 +118,18 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 /// The return of any of the four: the call's record, if it moved bytes.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+    returned::<true>(&ctx)
+}
+
+/// The same without following HTTP/2 frames, for kernels without
+/// `bpf_loop` (before 5.17).
+#[uretprobe]
+pub fn ssl_return_whole(ctx: RetProbeContext) -> u32 {
+    returned::<false>(&ctx)
+}
+
+#[inline(always)]
+fn returned<const FOLLOW: bool>(ctx: &RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: read-only copy of the entry this thread's entry probe wrote.
     let Some(call) = (unsafe { TLS_CALLS.get(pid_tgid) }).copied() else {
@@ -136,14 +148,15 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
-    finish((pid_tgid >> 32) as u32, &call, moved);
+    finish::<FOLLOW>((pid_tgid >> 32) as u32, &call, moved);
     0
 }
 
 /// The record of a finished call of process `tgid` that moved `moved`
-/// bytes, or its count as unlinked (a tie refused counts as one too).
+/// bytes, or its count as unlinked (a tie refused counts as one too);
+/// `FOLLOW`: HTTP/2 frames followed (`tls_h2`).
 #[inline(always)]
-pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
+pub fn finish<const FOLLOW: bool>(tgid: u32, call: &TlsCall, moved: i64) {
     if moved <= 0 || call.target == TlsCall::OTHER {
         return;
     }
@@ -169,7 +182,11 @@ pub fn finish(tgid: u32, call: &TlsCall, moved: i64) {
         (Conn::record(call), call.port)
     };
     // One call site: the frame walk in it is verified once.
-    tls_h2::emit(tgid, call, kind, key, port, moved);
+    if FOLLOW {
+        tls_h2::emit(tgid, call, kind, key, port, moved);
+    } else {
+        emit_buf(kind, key, port, moved, call.buf);
+    }
 }
 
 /// `SSL_free`: the object no longer stands for its socket.

@@ -91,23 +91,36 @@ pub fn emit(tgid: u32, call: &TlsCall, kind: EventKind, key: Key, port: u16, mov
     let n = moved as u32;
     let at = object(tgid, call.object);
     let mut dirs = TLS_H2.get_ptr_mut(at);
-    if dirs.is_none() && kind == EventKind::Read && n >= PREFACE_LEN {
-        // The client's preface: followed from here, the server's next
-        // write starting a frame.
-        if h2::Bytes::load::<16>(&plain, 0).is_some_and(|b| &b == PREFACE) {
-            let fresh = [H2Dir::at(0, PREFACE_LEN), H2Dir::at(0, 0)];
-            if TLS_H2.insert(at, fresh, 0).is_ok() {
-                dirs = TLS_H2.get_ptr_mut(at);
-            }
-        }
+    let write = usize::from(kind == EventKind::Write);
+    let fresh = if kind == EventKind::Read
+        && n >= PREFACE_LEN
+        && h2::Bytes::load::<16>(&plain, 0).is_some_and(|b| &b == PREFACE)
+    {
+        // The client's preface, on a new connection or an object reused
+        // (Go's, whose end apm does not see): followed from here, the
+        // server's next write starting a frame.
+        Some([H2Dir::at(0, PREFACE_LEN), H2Dir::at(0, 0)])
+    } else if dirs.is_none() && h2::starts_frames(&plain, n) {
+        // Joined mid-way (a connection older than the agent, or its
+        // state evicted): this direction from here, the other from its
+        // first call that starts with frames.
+        let mut joined = [H2Dir::resuming(0), H2Dir::resuming(0)];
+        joined[write] = H2Dir::at(0, 0);
+        Some(joined)
+    } else {
+        None
+    };
+    if let Some(fresh) = fresh
+        && TLS_H2.insert(at, fresh, 0).is_ok()
+    {
+        dirs = TLS_H2.get_ptr_mut(at);
     }
     let Some(dirs) = dirs else {
         emit_buf(kind, key, port, moved, call.buf);
         return;
     };
-    let half = usize::from(kind == EventKind::Write);
-    // SAFETY: a map value, valid for the program's run; half is 0 or 1.
-    let d = unsafe { core::ptr::addr_of_mut!((*dirs)[half]) };
+    // SAFETY: a map value, valid for the program's run; write is 0 or 1.
+    let d = unsafe { core::ptr::addr_of_mut!((*dirs)[write]) };
     // SAFETY: as above.
     let seq = unsafe { (*d).end };
     if let Some(from) = h2::follow(&plain, d, seq, n, false) {

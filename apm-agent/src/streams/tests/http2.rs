@@ -288,3 +288,18 @@ fn a_joined_connection_tells_grpc_from_http_by_the_response() {
     assert_eq!(sink.unpaired, vec![Unpaired::HpackUnknown]);
     assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
 }
+
+/// A server that speaks first (its SETTINGS before the client's preface)
+/// is taken for a connection joined mid-way until the preface comes:
+/// that is the start, and nothing of the client's is lost.
+#[test]
+fn a_server_speaking_first_loses_nothing_of_its_client() {
+    let mut pieces = conversation();
+    let mut settings = frame(kind::SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    settings.extend(frame(8, 0, 0, &1_000u32.to_be_bytes()));
+    pieces.insert(0, (false, MS / 2, settings));
+    let sink = run(&pieces);
+    assert_eq!(sink.http, vec![("/items/7".to_owned(), 404)]);
+    assert_eq!(sink.rpc.len(), 2, "{:?}", sink.rpc);
+    assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+}
