@@ -12,8 +12,10 @@ use std::{
 };
 
 use apm_e2e::{
-    Agent, Client, Redis, Server, Worker, free_port, get, prometheus::Prometheus, require_root,
-    wait_for,
+    Agent, Client, Redis, Server, Worker, free_port, get,
+    grpc::{GrpcServer, drive},
+    prometheus::Prometheus,
+    require_root, wait_for,
 };
 
 fn repo() -> PathBuf {
@@ -187,10 +189,13 @@ fn prometheus_scrapes_the_same_counts_the_client_sent() {
 
 /// The service a Grafana panel is checked with: its Redis client panels
 /// with this test process (a monitored service, "shop"), the Redis server
-/// panel with redis-server, the rest with the HTTP test server.
+/// panel with redis-server, the gRPC panels with grpc_server.py, the rest
+/// with the HTTP test server.
 fn panel_service(title: &str) -> &'static str {
     if title.starts_with("Redis server") {
         "redis-server"
+    } else if title.starts_with("gRPC") {
+        "python"
     } else if title.starts_with("SQL") {
         "postgres"
     } else if ["Redis", "Cache", "Outbound"]
@@ -206,7 +211,8 @@ fn panel_service(title: &str) -> &'static str {
 /// Every expression of the Grafana dashboard, with its variables set to
 /// the test services, returns data from a real Prometheus scraping a real
 /// agent (HTTP traffic with 5xx, Redis commands with hits and misses from
-/// a monitored client, a checked dependency, a firing alert).
+/// a monitored client, SQL statements, gRPC calls with server errors, a
+/// checked dependency, a firing alert).
 #[test]
 fn every_grafana_query_returns_data_for_the_test_service() {
     require_root();
@@ -218,6 +224,8 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     let lport = listener.local_addr().expect("addr").port();
     let pgport = free_port().expect("port");
     let _pg = apm_e2e::databases::postgres(pgport, "unused", "trust", &[]);
+    let gport = free_port().expect("port");
+    let _grpc = GrpcServer::start(gport);
     let config = apm_e2e::always_firing_config("GrafanaShowsAlerts", "");
     let check = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::start(&[
@@ -229,6 +237,8 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         &lport.to_string(),
         "--port",
         &pgport.to_string(),
+        "--port",
+        &gport.to_string(),
         "--service-name",
         &format!("{lport}=shop"),
         "--redis-port",
@@ -245,6 +255,7 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     agent.wait_for_service(rport, "redis-server");
     agent.wait_for_service(lport, "shop");
     agent.wait_for_service(pgport, "postgres");
+    agent.wait_for_service(gport, "python");
     agent.wait_for_process("shop");
     let prometheus = Prometheus::start(agent.addr);
     let dash: serde_json::Value = serde_json::from_str(
@@ -295,6 +306,8 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         }
         // Statements on a table, and one that fails (SQLSTATE 22012).
         apm_e2e::databases::psql(pgport, &["SELECT count(*) FROM pg_class", "SELECT 1 / 0"]);
+        // gRPC calls, DEADLINE_EXCEEDED (a server error) among them.
+        drive(gport, 1);
         std::thread::sleep(Duration::from_millis(200));
         empty.retain(|e| {
             prometheus.query(e)["data"]["result"]

@@ -138,6 +138,7 @@ pub fn evaluate_once(cx: &Context) -> Result<(), &'static str> {
         let inputs = Inputs {
             requests: &pipeline.windows,
             statements: &pipeline.statements,
+            calls: &pipeline.calls,
             samples: &samples,
             now_s,
         };

@@ -13,6 +13,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub enum Signal {
     /// 5xx responses over all responses of a service in the window.
     HttpErrorRatio,
+    /// gRPC calls a service served that ended in a server error
+    /// (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+    /// DATA_LOSS) over all its calls.
+    GrpcErrorRatio,
     /// The 95th percentile of request duration of a service and route.
     HttpLatencyP95Seconds,
     /// Host memory in use over total (MemAvailable-based).
@@ -40,6 +44,7 @@ impl Signal {
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::HttpErrorRatio => "http_error_ratio",
+            Signal::GrpcErrorRatio => "grpc_error_ratio",
             Signal::HttpLatencyP95Seconds => "http_latency_p95_seconds",
             Signal::HostMemoryRatio => "host_memory_ratio",
             Signal::HostCpuRatio => "host_cpu_ratio",
@@ -58,6 +63,7 @@ impl Signal {
         matches!(
             self,
             Signal::HttpErrorRatio
+                | Signal::GrpcErrorRatio
                 | Signal::HttpLatencyP95Seconds
                 | Signal::DbErrorRatio
                 | Signal::DbStatementP95Seconds
@@ -80,6 +86,7 @@ impl Signal {
         matches!(
             self,
             Signal::HttpErrorRatio
+                | Signal::GrpcErrorRatio
                 | Signal::HttpLatencyP95Seconds
                 | Signal::ProcessCpuCores
                 | Signal::ProcessMemoryBytes

@@ -16,6 +16,8 @@ pub struct Inputs<'a> {
     pub requests: &'a Windows,
     /// SQL statements, an error counting as a 5xx.
     pub statements: &'a Windows,
+    /// gRPC calls, a server error status counting as a 5xx.
+    pub calls: &'a Windows,
     pub samples: &'a SampleWindow,
     pub now_s: u64,
 }
@@ -48,6 +50,7 @@ pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
     match rule.signal {
         Signal::HttpErrorRatio => error_ratio(i.requests),
         Signal::DbErrorRatio => error_ratio(i.statements),
+        Signal::GrpcErrorRatio => error_ratio(i.calls),
         Signal::DbStatementP95Seconds => i
             .statements
             .route_quantiles_covering(i.now_s, window, 0.95)
@@ -165,6 +168,7 @@ mod tests {
         let inputs = Inputs {
             requests: &w,
             statements: &none,
+            calls: &none,
             samples: &samples,
             now_s: 101,
         };
@@ -212,6 +216,7 @@ mod tests {
         let inputs = Inputs {
             requests: &none,
             statements: &statements,
+            calls: &none,
             samples: &samples,
             now_s: 101,
         };
@@ -233,5 +238,39 @@ mod tests {
         assert!(p95[1].value > 0.4 && p95[0].value < 0.01, "{p95:?}");
         // The HTTP signals see none of it.
         assert!(measure(&rule(Signal::HttpErrorRatio, 0.01), &inputs).is_empty());
+    }
+
+    #[test]
+    fn the_grpc_error_ratio_measures_calls_per_service() {
+        let mut calls = Windows::new(Duration::from_secs(60));
+        let (api, get): (Arc<str>, Arc<str>) = ("api".into(), "/shop.Cart/Get".into());
+        for t in 0..40 {
+            let status = if t % 8 == 0 { 500 } else { 200 };
+            calls.record(100 + t / 20, &api, &get, status, 0.002);
+        }
+        let none = Windows::new(Duration::ZERO);
+        let samples = SampleWindow::new(Duration::from_secs(60));
+        let inputs = Inputs {
+            requests: &none,
+            statements: &none,
+            calls: &calls,
+            samples: &samples,
+            now_s: 101,
+        };
+        let rule = Rule {
+            name: "grpc".into(),
+            signal: Signal::GrpcErrorRatio,
+            threshold: Threshold::Above(0.1),
+            window: Duration::from_secs(30),
+            ..defaults().remove(3)
+        };
+        let m = measure(&rule, &inputs);
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            (m[0].samples, m[0].labels["service_name"].as_str()),
+            (40, "api")
+        );
+        assert!((m[0].value - 5.0 / 40.0).abs() < 1e-9, "{m:?}");
+        assert!(rule.threshold.breached(m[0].value));
     }
 }

@@ -50,6 +50,7 @@ impl Harness {
         let inputs = Inputs {
             requests: &self.windows,
             statements: &no_statements,
+            calls: &no_statements,
             samples: &self.samples,
             now_s: now.mono.as_secs(),
         };

@@ -62,6 +62,9 @@ pub struct Pipeline {
     budget: SeriesBudget,
     windows: Windows,
     statement_windows: Windows,
+    /// gRPC calls per service and method, a server error counting as a
+    /// 5xx: the `grpc_error_ratio` alert signal.
+    call_windows: Windows,
     db: super::db::DbStats,
     http_client: super::http_client::ClientStats,
     rpc: super::rpc::RpcStats,
@@ -91,6 +94,7 @@ impl Pipeline {
             },
             windows: Windows::new(Duration::ZERO),
             statement_windows: Windows::new(Duration::ZERO),
+            call_windows: Windows::new(Duration::ZERO),
             db: Default::default(),
             http_client: Default::default(),
             rpc: Default::default(),
@@ -106,6 +110,7 @@ impl Pipeline {
     pub fn with_windows(mut self, keep: Duration) -> Self {
         self.windows = Windows::new(keep);
         self.statement_windows = Windows::new(keep);
+        self.call_windows = Windows::new(keep);
         self
     }
 
@@ -225,6 +230,7 @@ impl Pipeline {
             self.stats.remove(&name);
             self.routes.forget_service(&name);
             self.windows.forget_service(&name);
+            self.call_windows.forget_service(&name);
             for reason in Unpaired::ALL {
                 for family in [&metrics.http_unpaired, &metrics.http_resyncs] {
                     let _ = family.remove_label_values(&[&name, reason.as_str()]);
@@ -279,6 +285,7 @@ impl Pipeline {
             budget: &mut self.budget,
             windows: &mut self.windows,
             statement_windows: &mut self.statement_windows,
+            call_windows: &mut self.call_windows,
             db: &mut self.db,
             http_client: &mut self.http_client,
             rpc: &mut self.rpc,
@@ -307,6 +314,7 @@ impl Pipeline {
             stats: self.snapshot(now_ns),
             windows: self.windows.clone(),
             statements: self.statement_windows.clone(),
+            calls: self.call_windows.clone(),
             traces: match self.tracer.take_recent() {
                 Some(recent) => {
                     self.recent_traces = recent.clone();

@@ -126,6 +126,7 @@ pub(super) struct Recorder<'a> {
     pub budget: &'a mut SeriesBudget,
     pub windows: &'a mut Windows,
     pub statement_windows: &'a mut Windows,
+    pub call_windows: &'a mut Windows,
     pub db: &'a mut super::db::DbStats,
     pub sql: &'a mut super::sql::SqlStats,
     pub http_client: &'a mut super::http_client::ClientStats,

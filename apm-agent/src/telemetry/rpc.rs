@@ -38,6 +38,8 @@ impl RpcSink for Recorder<'_> {
         // errors (OpenTelemetry's for gRPC) count as 500s.
         let status = if server_error(call.code) { 500 } else { 200 };
         let seconds = call.duration_ns as f64 / 1e9;
+        self.call_windows
+            .record(now_ns / 1_000_000_000, &name, &call.method, status, seconds);
         self.route_done(&name, Method::Post, call.method, status, seconds);
     }
 

@@ -27,6 +27,8 @@ pub struct PipelineSnapshot {
     /// The same for SQL statements: per service and normalised statement,
     /// an error counting as a 5xx.
     pub statements: Windows,
+    /// gRPC calls per service, a server error counting as a 5xx.
+    pub calls: Windows,
     /// /traces/recent's list (shared until it changes).
     pub traces: Arc<RecentTraces>,
 }
@@ -39,6 +41,7 @@ impl PipelineSnapshot {
             stats: RequestStats::default(),
             windows: Windows::new(keep),
             statements: Windows::new(keep),
+            calls: Windows::new(keep),
             traces: Arc::default(),
         }
     }
