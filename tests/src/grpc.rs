@@ -23,20 +23,31 @@ pub struct GrpcServer(Child);
 
 impl GrpcServer {
     pub fn start(port: u16) -> Self {
-        let mut child = Command::new(py_app_bin().join("python"))
+        let mut python = Command::new(py_app_bin().join("python"));
+        python
             .arg(Path::new(SERVERS).join("grpc_server.py"))
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python with grpcio (installed by cargo xtask test)");
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        assert_eq!(line.trim(), "listening", "grpc_server.py did not start");
-        Self(child)
+            .arg(port.to_string());
+        Self(listening(
+            python,
+            "python with grpcio (installed by cargo xtask test)",
+        ))
     }
+}
+
+/// `cmd` started, once it printed "listening" (`what` names it).
+fn listening(mut cmd: Command, what: &str) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    assert_eq!(line.trim(), "listening", "{what} did not start");
+    child
 }
 
 /// servers/grpc_server.js (@grpc/grpc-js on Node) on 127.0.0.1:`port`
@@ -65,22 +76,15 @@ impl GrpcTlsServer {
         let modules = std::env::var_os("APM_NODE_TOOLS")
             .map(|d| Path::new(&d).join("node_modules"))
             .expect("APM_NODE_TOOLS (set by cargo xtask test)");
-        let mut child = Command::new("node")
-            .arg(Path::new(SERVERS).join("grpc_server.js"))
+        let mut node = Command::new("node");
+        node.arg(Path::new(SERVERS).join("grpc_server.js"))
             .args([port.to_string(), cert, key])
-            .env("NODE_PATH", modules)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node (installed by cargo xtask test)");
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        assert_eq!(line.trim(), "listening", "grpc_server.js did not start");
+            .env("NODE_PATH", modules);
         Self {
-            server: GrpcServer(child),
+            server: GrpcServer(listening(
+                node,
+                "node with @grpc/grpc-js (installed by cargo xtask test)",
+            )),
             ca,
             _dir: dir,
         }

@@ -123,6 +123,23 @@ fn kept(kind: u8) -> bool {
     matches!(kind, 1 | 3 | 5 | 7 | 9)
 }
 
+/// The frame whose header starts with `h` and ends at piece offset
+/// `body`, noted in `s`: where the next header starts and how far its
+/// bytes are copied. Its (end, copy end), or `None` for a header no
+/// sender writes.
+#[inline(always)]
+fn place(s: &mut H2Dir, seq: u32, body: u32, h: [u8; 4]) -> Option<(u32, u32)> {
+    let (len, kind) = length_type(h);
+    if !plausible(kind) {
+        return None;
+    }
+    let frame_end = body + len;
+    let copy_end = if copied(kind, len) { frame_end } else { body };
+    s.next = seq.wrapping_add(frame_end);
+    s.keep_until = seq.wrapping_add(copy_end);
+    Some((frame_end, copy_end))
+}
+
 /// Whether a frame's payload is copied: one apm reads, or a short one of
 /// any kind but DATA (SETTINGS, PING, WINDOW_UPDATE, PRIORITY), which
 /// joins the records around it rather than cut them in two.
@@ -259,19 +276,10 @@ pub fn follow<S: Source>(src: &S, d: *mut H2Dir, seq: u32, n: u32, refill: bool)
             return Some(o);
         };
         s.part_len = 0;
-        let (len, kind) = length_type(h);
-        if !plausible(kind) {
+        let Some((frame_end, copy_end)) = place(s, seq, o + need, h) else {
             s.synced = 0;
             return Some(o);
-        }
-        let frame_end = o + need + len;
-        let copy_end = if copied(kind, len) {
-            frame_end
-        } else {
-            o + need
         };
-        s.next = seq.wrapping_add(frame_end);
-        s.keep_until = seq.wrapping_add(copy_end);
         c.want = core::cmp::min(copy_end, n);
         c.at = frame_end;
     } else {
@@ -395,20 +403,11 @@ fn walk_step<S: Source>(w: &Walk<S>, s: &mut H2Dir, c: &mut Cursor) -> (Option<R
             c.status = LOST;
             return (None, true);
         };
-        let (len, kind) = length_type(h);
-        if !plausible(kind) {
+        let Some(placed) = place(s, seq, at + HEADER, h) else {
             c.status = LOST;
             return (None, true);
-        }
-        let frame_end = at + HEADER + len;
-        let copy_end = if copied(kind, len) {
-            frame_end
-        } else {
-            at + HEADER
         };
-        s.next = seq.wrapping_add(frame_end);
-        s.keep_until = seq.wrapping_add(copy_end);
-        (frame_end, copy_end)
+        placed
     };
     let mut record = None;
     if at > c.cap {

@@ -46,6 +46,24 @@ struct Machine {
     ends: [bool; 256],
 }
 
+/// Each symbol's code and its length: canonical, in the order of
+/// (length, symbol).
+fn codes() -> [(u32, u8); 257] {
+    let mut order: Vec<u16> = (0..=EOS).collect();
+    order.sort_by_key(|&s| (LENGTHS[usize::from(s)], s));
+    let mut codes = [(0u32, 0u8); 257];
+    let (mut code, mut len) = (0u32, LENGTHS[usize::from(order[0])]);
+    for (k, &s) in order.iter().enumerate() {
+        let l = LENGTHS[usize::from(s)];
+        if k > 0 {
+            code = (code + 1) << (l - len);
+        }
+        len = l;
+        codes[usize::from(s)] = (code, l);
+    }
+    codes
+}
+
 /// A child in the tree: an inner node, or a leaf (`LEAF` | symbol).
 const LEAF: u16 = 0x8000;
 
@@ -54,15 +72,8 @@ fn machine() -> &'static Machine {
     MACHINE.get_or_init(|| {
         // The tree: inner nodes, each with two children (0: none yet).
         let mut tree: Vec<[u16; 2]> = vec![[0; 2]];
-        let mut order: Vec<u16> = (0..=EOS).collect();
-        order.sort_by_key(|&s| (LENGTHS[usize::from(s)], s));
-        let (mut code, mut len) = (0u32, LENGTHS[usize::from(order[0])]);
-        for (k, &symbol) in order.iter().enumerate() {
-            let l = LENGTHS[usize::from(symbol)];
-            if k > 0 {
-                code = (code + 1) << (l - len);
-            }
-            len = l;
+        for (symbol, (code, l)) in codes().into_iter().enumerate() {
+            let symbol = symbol as u16;
             let mut node = 0usize;
             for bit in (0..l).rev() {
                 let b = ((code >> bit) & 1) as usize;
@@ -148,18 +159,7 @@ mod tests {
 
     /// Encodes with the canonical codes of `LENGTHS`, padded with 1 bits.
     fn encode(data: &[u8]) -> Vec<u8> {
-        let mut order: Vec<u16> = (0..=EOS).collect();
-        order.sort_by_key(|&s| (LENGTHS[usize::from(s)], s));
-        let mut codes = [(0u32, 0u8); 257];
-        let (mut code, mut len) = (0u32, LENGTHS[usize::from(order[0])]);
-        for (k, &s) in order.iter().enumerate() {
-            let l = LENGTHS[usize::from(s)];
-            if k > 0 {
-                code = (code + 1) << (l - len);
-            }
-            len = l;
-            codes[usize::from(s)] = (code, l);
-        }
+        let codes = codes();
         let (mut acc, mut bits, mut out) = (0u64, 0u32, Vec::new());
         for &b in data {
             let (c, l) = codes[usize::from(b)];
