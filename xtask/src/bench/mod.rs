@@ -27,6 +27,7 @@
 mod bystander;
 mod instructions;
 mod my_paired;
+mod nginx;
 mod paired;
 mod pg_paired;
 mod redis;
