@@ -157,6 +157,17 @@ impl Agent {
         Ok(serde_json::from_str(&r.body)?)
     }
 
+    /// The detail /health/detailed gives for check `name`.
+    pub fn check_detail(&self, name: &str) -> Result<String> {
+        let r = get(self.addr, "/health/detailed")?;
+        let v: serde_json::Value = serde_json::from_str(&r.body)?;
+        let check = v["checks"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| c["name"] == name))
+            .ok_or_else(|| anyhow::anyhow!("no check {name} in {}", r.body))?;
+        Ok(check["detail"].as_str().unwrap_or_default().to_owned())
+    }
+
     pub fn metrics(&self) -> Result<Metrics> {
         let r = get(self.addr, "/metrics")?;
         ensure!(r.status == 200, "GET /metrics: {}", r.status);

@@ -88,6 +88,11 @@ fn nginx_h2c(tag: &str, net: Net, requests: u32, big: bool) {
     if tls {
         wait_probed(&agent, "libssl");
     }
+    // Frames followed in the kernel, not the fallback that copies
+    // HTTP/2 segments whole (a program the verifier refused).
+    for probe in ["probe cgroup_skb:ingress", "probe cgroup_skb:egress"] {
+        assert_eq!(agent.check_detail(probe).expect("health"), "attached");
+    }
 
     let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
     let uris: Vec<String> = [

@@ -67,6 +67,11 @@ pub(super) fn attach(
                     let detail = format!(
                         "attached, HTTP/2 segments copied whole (frames not followed: {first})"
                     );
+                    tracing::warn!(
+                        program,
+                        error = %first.lines().next().unwrap_or_default(),
+                        "HTTP/2 frames not followed: segments copied whole"
+                    );
                     (whole, detail)
                 }
             };

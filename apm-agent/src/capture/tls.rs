@@ -98,7 +98,13 @@ impl TlsProbes {
             if !loaded {
                 return Err(format!("loading {program}: {e}"));
             }
-            whole = Some(format!("{program}: {e}"));
+            let first = e.to_string();
+            tracing::warn!(
+                program,
+                error = %first.lines().next().unwrap_or_default(),
+                "HTTP/2 frames not followed over TLS: calls copied whole"
+            );
+            whole = Some(format!("{program}: {first}"));
         }
         Ok(Self {
             whole,

@@ -118,98 +118,112 @@ pub struct Out {
 /// bytes and ignores the rest of the room.
 #[inline(always)]
 pub fn emit(ctx: &SkBuffContext, out: &Out, off: u32, payload: u32, copied: u32, last: bool) {
-    let raw = ctx.as_ptr();
-    let seg = &out.seg;
-    let mut h = PacketHeader {
-        kind: EventKind::Packet as u32,
-        ts_ns: out.ids.ts_ns,
-        cookie: out.ids.cookie,
-        netns: out.ids.netns,
-        tid: out.ids.tid,
-        seq: seg.seq.wrapping_add(off),
-        len: payload,
-        ack: seg.ack,
-        remote_port: seg.remote_port,
-        port: out.port,
-        direction: out.dir,
-        side: out.whose,
-        // Every record carries the ACK flag (the acknowledgment is the
-        // segment's); FIN and RST only the segment's last.
-        flags: if last {
-            seg.flags
-        } else {
-            seg.flags & tcp_flags::ACK
-        },
-        ..PacketHeader::default()
+    let piece = Piece {
+        off,
+        payload,
+        copied,
+        last,
     };
-    if last && payload > DATA_CAP as u32 {
-        let mut tail = [0u8; TAIL_CAP];
-        // SAFETY: a stack array of exactly TAIL_CAP bytes; the helper checks
-        // the packet bounds.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                raw,
-                out.len - TAIL_CAP as u32,
-                tail.as_mut_ptr().cast(),
-                TAIL_CAP as u32,
-            )
-        };
-        if rc == 0 {
-            h.tail = tail;
-            h.tail_len = TAIL_CAP as u8;
-        }
-    }
-    let from = seg.payload_off + off;
     if copied == 0 {
-        send::<0>(ctx, h, from, 0);
+        send::<0>(ctx, out, &piece);
     } else if copied <= SMALL as u32 {
-        send::<SMALL>(ctx, h, from, copied);
+        send::<SMALL>(ctx, out, &piece);
     } else if copied <= MEDIUM as u32 {
-        send::<MEDIUM>(ctx, h, from, copied);
+        send::<MEDIUM>(ctx, out, &piece);
     } else {
-        send::<DATA_CAP>(ctx, h, from, copied);
+        send::<DATA_CAP>(ctx, out, &piece);
     }
+}
+
+/// One record's place in its segment (see [`emit`]).
+struct Piece {
+    off: u32,
+    payload: u32,
+    copied: u32,
+    last: bool,
 }
 
 /// Record sizes below DATA_CAP: a request head, a response head.
 const SMALL: usize = 128;
 const MEDIUM: usize = 512;
 
-/// Reserves a `Record<N>`, loads min(`payload`, N) bytes from packet
-/// offset `from` into it, and submits it with header `h`.
+/// Reserves a `Record<N>` and writes `piece` of the segment into it, its
+/// header field by field and its bytes (min(`copied`, N)) loaded from
+/// the packet: nothing of it is built on the stack, which the HTTP/2
+/// walk's `bpf_loop` callback shares with the program (512 bytes).
 #[inline(always)]
-fn send<const N: usize>(ctx: &SkBuffContext, mut h: PacketHeader, from: u32, payload: u32) {
+fn send<const N: usize>(ctx: &SkBuffContext, out: &Out, piece: &Piece) {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count_drop(DropReason::RingbufFull);
         return;
     };
     let rec = entry.as_mut_ptr();
-    if N > 0 && payload > 0 {
-        // min(payload, N) in [1, N] as the verifier sees it: the mask
+    let seg = &out.seg;
+    let raw = ctx.as_ptr();
+    // SAFETY: `rec` is a reservation of size_of::<Record<N>>() bytes;
+    // every header field is written through the raw pointer (plain
+    // integers, nothing dropped), the tail by the helper, which checks
+    // the packet bounds.
+    unsafe {
+        let h = core::ptr::addr_of_mut!((*rec).header);
+        (*h).kind = EventKind::Packet as u32;
+        (*h).captured = 0;
+        (*h).ts_ns = out.ids.ts_ns;
+        (*h).cookie = out.ids.cookie;
+        (*h).netns = out.ids.netns;
+        (*h).seq = seg.seq.wrapping_add(piece.off);
+        (*h).len = piece.payload;
+        (*h).ack = seg.ack;
+        (*h).port = out.port;
+        (*h).direction = out.dir;
+        // Every record carries the ACK flag (the acknowledgment is the
+        // segment's); FIN and RST only the segment's last.
+        (*h).flags = if piece.last {
+            seg.flags
+        } else {
+            seg.flags & tcp_flags::ACK
+        };
+        (*h).side = out.whose;
+        (*h).remote_port = seg.remote_port;
+        (*h).tid = out.ids.tid;
+        (*h).tail_len = 0;
+        if piece.last && piece.payload > DATA_CAP as u32 {
+            let rc = bpf_skb_load_bytes(
+                raw,
+                out.len - TAIL_CAP as u32,
+                core::ptr::addr_of_mut!((*h).tail).cast(),
+                TAIL_CAP as u32,
+            );
+            if rc == 0 {
+                (*h).tail_len = TAIL_CAP as u8;
+            }
+        }
+    }
+    if N > 0 && piece.copied > 0 {
+        // min(copied, N) in [1, N] as the verifier sees it: the mask
         // bounds it above, the + 1 below (N is a power of two). The
         // volatile read hides the range the caller's branch implies, so
         // the compiler keeps the mask.
         // SAFETY: a read of a local.
-        let payload = unsafe { core::ptr::read_volatile(&payload) };
+        let copied = unsafe { core::ptr::read_volatile(&piece.copied) };
         let cap = N as u32;
-        let n = (core::cmp::min(payload - 1, cap - 1) & (cap - 1)) + 1;
+        let n = (core::cmp::min(copied - 1, cap - 1) & (cap - 1)) + 1;
         // SAFETY: `rec` is a reservation of size_of::<Record<N>>() bytes;
         // 0 < n <= N fits `data`; the helper checks the packet bounds and
         // fails rather than overread.
         let rc = unsafe {
             bpf_skb_load_bytes(
-                ctx.as_ptr(),
-                from,
+                raw,
+                seg.payload_off + piece.off,
                 core::ptr::addr_of_mut!((*rec).data).cast(),
                 n,
             )
         };
         if rc == 0 {
-            h.captured = n;
+            // SAFETY: as above.
+            unsafe { (*rec).header.captured = n };
         }
     }
-    // SAFETY: writing the header part of the reservation.
-    unsafe { core::ptr::addr_of_mut!((*rec).header).write(h) };
     entry.submit(wakeup_flags(size_of::<Record<N>>()));
 }
 
