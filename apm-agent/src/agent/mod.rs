@@ -63,6 +63,12 @@ impl Selection {
     }
 }
 
+/// How long a process gone away still names its service: past the
+/// pipeline's lag (ring polling, the reordering window) behind the scan
+/// that saw it go. At most [`MAX_DEPARTED`] are kept.
+const DEPARTED_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+const MAX_DEPARTED: usize = 4096;
+
 pub struct Agent {
     pub metrics: Arc<Metrics>,
     /// tgid → service, shared with the request pipeline.
@@ -80,6 +86,9 @@ pub struct Agent {
     /// Each tracked process: pid → (service, ports), as last published to
     /// the directory.
     published: HashMap<u32, (String, Vec<u16>)>,
+    /// Processes gone from `published` lately: their service, and when
+    /// they went (their last calls may still be in the pipeline).
+    departed: HashMap<u32, (String, std::time::Instant)>,
     /// What the directory holds now.
     services: Services,
     /// Network-namespace inode → its cookie, for namespaces that still
@@ -158,6 +167,7 @@ impl Agent {
             port_names: HashMap::new(),
             nameless: HashSet::new(),
             published: HashMap::new(),
+            departed: HashMap::new(),
             services: Services::default(),
             netns_cookies: HashMap::new(),
             netns_warned: HashSet::new(),
@@ -305,6 +315,12 @@ impl Agent {
             .copied()
             .collect();
         for pid in gone {
+            if let Some((name, _)) = self.published.get(&pid)
+                && self.departed.len() < MAX_DEPARTED
+            {
+                self.departed
+                    .insert(pid, (name.clone(), std::time::Instant::now()));
+            }
             // Accounted under its name, still in `published` until the end.
             if let Some(kernel) = self.kernel.as_mut()
                 && let Some(last) = kernel.untrack_pid(pid)
@@ -314,6 +330,7 @@ impl Agent {
             self.last_pids.remove(&pid);
         }
         self.refused_pids.retain(|pid| owners_now.contains_key(pid));
+        self.departed.retain(|pid, _| !owners_now.contains_key(pid));
         for (&pid, (_, ports)) in &owners_now {
             if self.published.contains_key(&pid) {
                 continue;
@@ -445,6 +462,14 @@ impl Agent {
                 .collect(),
             by_socket,
             resources: self.resources.clone(),
+            departed: {
+                self.departed
+                    .retain(|_, (_, at)| at.elapsed() < DEPARTED_GRACE);
+                self.departed
+                    .iter()
+                    .map(|(&pid, (name, _))| (pid, name.as_str().into()))
+                    .collect()
+            },
         };
         // Namespaces without listeners are forgotten (an inode may be
         // reused by a new namespace with another cookie).

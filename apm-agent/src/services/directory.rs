@@ -44,6 +44,9 @@ pub struct Services {
     pub by_port: FxHashMap<u16, Arc<str>>,
     /// Service → its resource (spans).
     pub resources: FxHashMap<Arc<str>, ServiceResource>,
+    /// tgid → service of processes gone lately, whose last records may
+    /// come after the scan that saw them go.
+    pub departed: FxHashMap<u32, Arc<str>>,
 }
 
 impl Services {

@@ -109,7 +109,7 @@ pub(super) fn service_of<'a>(
                 };
                 (&info.name, port)
             }
-            None => (unknown, port),
+            None => (services.departed.get(&tgid).unwrap_or(unknown), port),
         },
         Origin::Socket { netns, port } => {
             (services.of_socket(netns, port).unwrap_or(unknown), port)
@@ -384,5 +384,35 @@ impl Recorder<'_> {
             // Its calls can no longer be told from another request's.
             self.tracer.request_lost(&name, self.now_ns);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::directory::ServiceInfo;
+
+    #[test]
+    fn a_process_gone_lately_still_names_its_calls() {
+        let mut services = Services::default();
+        services.by_pid.insert(
+            7,
+            ServiceInfo {
+                name: "checkout".into(),
+                ports: vec![8080],
+            },
+        );
+        services.departed.insert(9, "shop".into());
+        let unknown: Arc<str> = "unknown".into();
+        let server = "10.0.0.1".parse().expect("ip");
+        let name = |tgid| {
+            let origin = Origin::Client { tgid, server };
+            service_of(&services, &unknown, origin, 443).0.to_string()
+        };
+        assert_eq!(name(7), "checkout");
+        assert_eq!(name(9), "shop");
+        assert_eq!(name(11), "unknown");
+        let served = service_of(&services, &unknown, Origin::Process(7), 0);
+        assert_eq!(served.1, 8080);
     }
 }
