@@ -131,8 +131,16 @@ pub const OUTBOUND_TLS: u32 = 1 << 31;
 /// bytes), not its whole payload, as for an HTTP server's; a download's
 /// body does not fill the ring.
 pub const OUTBOUND_HEAD: u32 = 1 << 30;
+/// Set in an `OUTBOUND` value when the connection was recognised as an
+/// HTTP/2 client's (its preface, or frames on a connection older than the
+/// agent): its frame headers are followed, DATA payloads not copied.
+pub const OUTBOUND_H2: u32 = 1 << 29;
+/// Set in an `OUTBOUND` value when the connection was recognised by a TLS
+/// client's handshake (with `Config::tls_sockets`): none of its segments
+/// is copied, its plaintext coming from the library once a call ties it.
+pub const OUTBOUND_HELLO: u32 = 1 << 28;
 /// The flag bits of an `OUTBOUND` value; the rest is the tgid.
-pub const OUTBOUND_FLAGS: u32 = OUTBOUND_TLS | OUTBOUND_HEAD;
+pub const OUTBOUND_FLAGS: u32 = OUTBOUND_TLS | OUTBOUND_HEAD | OUTBOUND_H2 | OUTBOUND_HELLO;
 
 /// `Array<u32>` indexed by remote port: nonzero once a monitored process
 /// has opened a connection to that port that `REMOTE_PORTS` does not

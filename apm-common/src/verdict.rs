@@ -159,6 +159,12 @@ pub fn postgres_startup(first: &[u8; 8]) -> bool {
     (8..=10_000).contains(&len) && (code >> 16 == 3 || request)
 }
 
+/// Whether a client's first 8 bytes start the HTTP/2 connection preface.
+#[inline(always)]
+pub fn http2_preface(first: &[u8; 8]) -> bool {
+    first == b"PRI * HT"
+}
+
 /// Whether a server's first 8 bytes start an HTTP/2 SETTINGS frame (a
 /// length of whole 6-byte settings, up to 16 of them, type 4, no flags,
 /// stream 0): an HTTP/2 server (gRPC's) may send its own before the

@@ -2,9 +2,13 @@
 what it got, as JSON: {"METHOD STATUS": count}, and the client's own
 durations of /shop.Cart/Slow in seconds under "slow".
 
-    grpc_client.py PORT ROUNDS [--hold] [--tls CA]
+    grpc_client.py PORT ROUNDS [--hold] [--tls CA] [--listen LPORT]
 
 With --tls, over TLS (ALPN h2), trusting the PEM certificate CA.
+
+With --listen, the client first listens on 127.0.0.1:LPORT (which makes
+it a service to the agent), prints "ready" and waits for a line on stdin
+before it connects: its calls are a monitored service's outbound calls.
 
 With --hold, the client runs ROUNDS rounds, prints "ready", waits for a
 line on stdin with its channel (one HTTP/2 connection) open, then runs
@@ -12,9 +16,11 @@ ROUNDS more and a call to a method it never called (UNIMPLEMENTED), and
 prints what it got after the wait only.
 
 Each round: Get ×3 (OK), Get "missing" (NOT_FOUND), Slow (OK), List of
-3 replies (OK), and Hang with a 100 ms deadline (DEADLINE_EXCEEDED).
+3 replies of 8 KiB (OK), and Hang with a 100 ms deadline
+(DEADLINE_EXCEEDED).
 """
 import json
+import socket
 import sys
 import time
 
@@ -50,9 +56,15 @@ def mix(channel):
             call(channel, "/shop.Cart/Get", b"cart-1")
         call(channel, "/shop.Cart/Get", b"missing")
         slow.append(call(channel, "/shop.Cart/Slow", b""))
-        call(channel, "/shop.Cart/List", bytes([3]), stream=True)
+        call(channel, "/shop.Cart/List", bytes([3, 8]), stream=True)
         call(channel, "/shop.Cart/Hang", b"", timeout=0.1)
 
+
+if "--listen" in sys.argv:
+    lport = int(sys.argv[sys.argv.index("--listen") + 1])
+    listener = socket.create_server(("127.0.0.1", lport))
+    print("ready", flush=True)
+    sys.stdin.readline()
 
 if "--tls" in sys.argv:
     with open(sys.argv[sys.argv.index("--tls") + 1], "rb") as f:

@@ -8,7 +8,7 @@
 // /shop.Cart/Slow  unary; waits 50 ms, OK
 // /shop.Cart/Hang  unary; waits 300 ms (its callers give up before)
 // /shop.Cart/List  server streaming; as many replies as the request's
-//                  first byte says
+//                  first byte says, of as many KiB as its second says
 //
 // Prints "listening" once it serves; stops on SIGTERM.
 "use strict";
@@ -36,7 +36,8 @@ server.register(
   "/shop.Cart/List",
   (call) => {
     const n = call.request.length ? call.request[0] : 1;
-    for (let i = 0; i < n; i++) call.write(Buffer.from([i]));
+    const size = call.request.length > 1 ? call.request[1] * 1024 : 1;
+    for (let i = 0; i < n; i++) call.write(Buffer.alloc(size, i));
     call.end();
   },
   raw,

@@ -7,7 +7,8 @@ generated code: requests and replies are raw bytes.
 /shop.Cart/Slow     unary; sleeps 50 ms, OK
 /shop.Cart/Hang     unary; sleeps 300 ms (its callers give up before)
 /shop.Cart/List     server streaming; as many replies as the request's
-                    first byte says
+                    first byte says, of as many KiB as its second says
+                    (1 byte without one)
 
 Prints "listening" once it serves; stops on SIGTERM.
 """
@@ -36,8 +37,9 @@ def hang(request, context):
 
 
 def listing(request, context):
+    size = request[1] * 1024 if len(request) > 1 else 1
     for i in range(request[0] if request else 1):
-        yield bytes([i])
+        yield bytes([i]) * size
 
 
 def unary(fn):

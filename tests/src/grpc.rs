@@ -73,9 +73,7 @@ impl GrpcTlsServer {
             file("cert.pem", &cert),
             file("key.pem", &key),
         );
-        let modules = std::env::var_os("APM_NODE_TOOLS")
-            .map(|d| Path::new(&d).join("node_modules"))
-            .expect("APM_NODE_TOOLS (set by cargo xtask test)");
+        let modules = node_modules();
         let mut node = Command::new("node");
         node.arg(Path::new(SERVERS).join("grpc_server.js"))
             .args([port.to_string(), cert, key])
@@ -134,9 +132,33 @@ pub fn drive_across(
     rounds: usize,
     between: impl FnOnce(),
 ) -> (BTreeMap<String, u64>, Vec<f64>) {
+    drive_paused(port, rounds, &["--hold"], between)
+}
+
+/// grpc_client.py --listen `lport`: the client listens there, then
+/// `before` runs (an agent that takes it for a service), then its
+/// `rounds` rounds against `port` are that service's outbound calls.
+pub fn drive_as_service(
+    port: u16,
+    rounds: usize,
+    lport: u16,
+    before: impl FnOnce(),
+) -> (BTreeMap<String, u64>, Vec<f64>) {
+    drive_paused(port, rounds, &["--listen", &lport.to_string()], before)
+}
+
+/// grpc_client.py with `extra`, which make it print "ready" and wait for
+/// a line: `between` runs then. What it printed after.
+fn drive_paused(
+    port: u16,
+    rounds: usize,
+    extra: &[&str],
+    between: impl FnOnce(),
+) -> (BTreeMap<String, u64>, Vec<f64>) {
     let mut child = Command::new(py_app_bin().join("python"))
         .arg(Path::new(SERVERS).join("grpc_client.py"))
-        .args([port.to_string(), rounds.to_string(), "--hold".into()])
+        .args([port.to_string(), rounds.to_string()])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -145,14 +167,69 @@ pub fn drive_across(
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     let _ = out.read_line(&mut line);
-    assert_eq!(line.trim(), "ready", "grpc_client.py --hold");
+    assert_eq!(line.trim(), "ready", "grpc_client.py {extra:?}");
     between();
     let _ = child.stdin.take().expect("stdin").write_all(b"go\n");
     let mut rest = Vec::new();
     let _ = out.read_to_end(&mut rest);
     let status = child.wait().expect("grpc_client.py");
-    assert!(status.success(), "grpc_client.py --hold: {status}");
+    assert!(status.success(), "grpc_client.py {extra:?}: {status}");
     parse(&rest)
+}
+
+/// servers/grpc_client.js: a Node service listening on 127.0.0.1:`lport`
+/// whose gRPC calls and HTTP/2 GETs go to a TLS server; stopped when
+/// dropped.
+pub struct NodeClient {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl NodeClient {
+    pub fn start(lport: u16, port: u16, ca: &str) -> Self {
+        let mut child = Command::new("node")
+            .arg(Path::new(SERVERS).join("grpc_client.js"))
+            .args([lport.to_string(), port.to_string(), ca.to_owned()])
+            .env("NODE_PATH", node_modules())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node with @grpc/grpc-js (installed by cargo xtask test)");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        assert_eq!(line.trim(), "ready", "grpc_client.js");
+        Self { child, out }
+    }
+
+    /// `rounds` rounds; what the client got ("METHOD STATUS" or "GET
+    /// PATH STATUS" → n).
+    pub fn drive(&mut self, rounds: usize) -> BTreeMap<String, u64> {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "go {rounds}").expect("go");
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("the client's output");
+        serde_json::from_str(&line).expect("the client's JSON")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for NodeClient {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        stop(&mut self.child, libc::SIGTERM);
+    }
+}
+
+/// Where the bootstrap installed the npm packages.
+fn node_modules() -> std::path::PathBuf {
+    std::env::var_os("APM_NODE_TOOLS")
+        .map(|d| Path::new(&d).join("node_modules"))
+        .expect("APM_NODE_TOOLS (set by cargo xtask test)")
 }
 
 fn parse(stdout: &[u8]) -> (BTreeMap<String, u64>, Vec<f64>) {

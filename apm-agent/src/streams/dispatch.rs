@@ -19,7 +19,7 @@ use crate::protocols::{
 impl Streams {
     /// Sends an event to its connection's protocol, recognising the
     /// protocol of a new connection from its first bytes. A client's
-    /// connection (to `server`) is HTTP, RESP, SQL or nothing.
+    /// connection (to `server`) is HTTP/1, HTTP/2, RESP, SQL or nothing.
     pub(super) fn dispatch(
         &mut self,
         ev: &Event<'_>,
@@ -60,17 +60,18 @@ impl Streams {
                     self.http2.handle(ev, sink);
                     return;
                 }
-                // HTTP/2 with prior knowledge: the client's preface.
-                if call.is_none()
-                    && ev.kind == Flow::ToServer
+                // HTTP/2 with prior knowledge: the client's preface (a
+                // server's connection, or a monitored client's call).
+                let h2 = call.as_ref().unwrap_or(ev);
+                if ev.kind == Flow::ToServer
                     && ev
                         .data
                         .starts_with(&PREFACE[..ev.data.len().min(PREFACE.len())])
                     && ev.data.len() >= 4
-                    && self.tracker.yield_fresh(ev.conn)
+                    && self.yield_fresh(ev.conn, call.is_some())
                 {
-                    if self.http2.open(ev, true, sink) {
-                        self.http2.handle(ev, sink);
+                    if self.http2.open(h2, true, sink) {
+                        self.http2.handle(h2, sink);
                     }
                     return;
                 }
@@ -78,15 +79,14 @@ impl Streams {
                 // agent): a piece that starts with frame headers, which
                 // no HTTP/1, RESP or SQL message does.
                 let total = usize::try_from(ev.ret.max(0)).unwrap_or(usize::MAX);
-                if call.is_none()
-                    && !self.resp.has(ev.conn)
+                if !self.resp.has(ev.conn)
                     && !self.postgres.has(ev.conn)
                     && !self.mysql.has(ev.conn)
                     && starts_frames(ev.data, total)
-                    && self.tracker.yield_fresh(ev.conn)
+                    && self.yield_fresh(ev.conn, call.is_some())
                 {
-                    if self.http2.open(ev, false, sink) {
-                        self.http2.handle(ev, sink);
+                    if self.http2.open(h2, false, sink) {
+                        self.http2.handle(h2, sink);
                     }
                     return;
                 }
@@ -155,6 +155,18 @@ impl Streams {
                 }
             }
             Flow::Accept => self.tracker.handle(ev, sink),
+        }
+    }
+}
+
+impl Streams {
+    /// Whether HTTP/1 leaves `conn` (a `client`'s call, or a server's
+    /// connection) to another protocol: it has seen no request on it.
+    fn yield_fresh(&mut self, conn: u64, client: bool) -> bool {
+        if client {
+            self.clients.yield_fresh(conn)
+        } else {
+            self.tracker.yield_fresh(conn)
         }
     }
 }

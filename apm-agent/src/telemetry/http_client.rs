@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     protocols::{http::Method, routes::Route},
-    streams::pairing::{Completed, Unpaired},
+    streams::pairing::{Completed, Unpaired, Version},
 };
 
 /// The client families, registered with the agent's registry.
@@ -28,7 +28,7 @@ impl ClientMetrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_client_request_duration_seconds",
-                "Duration of monitored clients' HTTP/1.x calls, from the first byte of the request sent to the last byte of the response received (OpenTelemetry http.client.request.duration).",
+                "Duration of monitored clients' HTTP calls, from the first byte of the request sent to the last byte of the response received (OpenTelemetry http.client.request.duration); an HTTP/2 call's last byte is its stream's END_STREAM.",
             )
             .buckets(HTTP_DURATION_BUCKETS.to_vec()),
             &[
@@ -37,6 +37,7 @@ impl ClientMetrics {
                 "server_address",
                 PORT,
                 SERVICE,
+                "network_protocol_version",
             ],
         )?;
         let unpaired = IntCounterVec::new(
@@ -52,8 +53,8 @@ impl ClientMetrics {
     }
 }
 
-/// (service, method, status, server address, server port).
-type Key = (Arc<str>, Method, u16, IpAddr, u16);
+/// (service, method, status, server address, server port, version).
+type Key = (Arc<str>, Method, u16, IpAddr, u16, Version);
 
 #[derive(Default)]
 pub struct ClientStats {
@@ -94,7 +95,14 @@ impl ClientStats {
             }
             self.services.insert(service.clone());
         }
-        let key = (service.clone(), done.method, done.status, server, done.port);
+        let key = (
+            service.clone(),
+            done.method,
+            done.status,
+            server,
+            done.port,
+            done.version,
+        );
         budget.observe(
             &mut self.series,
             key,
@@ -107,6 +115,7 @@ impl ClientStats {
                     &server.to_string(),
                     &done.port.to_string(),
                     service,
+                    done.version.as_str(),
                 ])
             },
         );
@@ -129,7 +138,7 @@ impl ClientStats {
     ) -> usize {
         let before = self.series.len();
         self.series
-            .retain(|(service, method, status, server, port), s| {
+            .retain(|(service, method, status, server, port, version), s| {
                 let keep = s.last_ns >= cutoff;
                 if !keep {
                     let _ = metrics.duration.remove_label_values(&[
@@ -138,6 +147,7 @@ impl ClientStats {
                         &server.to_string(),
                         &port.to_string(),
                         service,
+                        version.as_str(),
                     ]);
                 }
                 keep

@@ -1,9 +1,10 @@
-//! gRPC calls of monitored servers: `rpc_server_call_duration_seconds`
-//! per (service, method, status), and the calls that could not be paired.
-//! The series count against `--max-series` like HTTP's and expire with
-//! them.
+//! gRPC calls of monitored servers, `rpc_server_call_duration_seconds`
+//! per (service, method, status), and of monitored clients,
+//! `rpc_client_call_duration_seconds` per (service, method, status,
+//! server); and the calls that could not be paired. The series count
+//! against `--max-series` like HTTP's and expire with them.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -32,8 +33,16 @@ impl RpcSink for Recorder<'_> {
     fn rpc_completed(&mut self, call: RpcCall) {
         let (name, port) = self.service(call.origin, call.port);
         let (metrics, now_ns) = (self.metrics, self.now_ns);
+        let server = match call.origin {
+            Origin::Client { server, .. } => Some(server),
+            _ => None,
+        };
         self.rpc
-            .completed(metrics, self.budget, (&name, port), &call, now_ns);
+            .completed(metrics, self.budget, (&name, port, server), &call, now_ns);
+        if server.is_some() {
+            // The route views and alert windows are of calls served.
+            return;
+        }
         // In the route views and alert windows as a POST whose server
         // errors (OpenTelemetry's for gRPC) count as 500s.
         let status = if server_error(call.code) { 500 } else { 200 };
@@ -45,8 +54,9 @@ impl RpcSink for Recorder<'_> {
 
     fn rpc_unpaired(&mut self, origin: Origin, port: u16, reason: Unpaired) {
         let (name, _) = self.service(origin, port);
-        self.rpc.unpaired(&self.metrics.rpc, &name, reason);
-        if self.tracer.enabled() {
+        let client = origin.is_client();
+        self.rpc.unpaired(&self.metrics.rpc, &name, client, reason);
+        if !client && self.tracer.enabled() {
             // Its calls can no longer be told from another request's.
             self.tracer.request_lost(&name, self.now_ns);
         }
@@ -57,6 +67,8 @@ impl RpcSink for Recorder<'_> {
 pub struct RpcMetrics {
     pub duration: HistogramVec,
     pub unpaired: IntCounterVec,
+    pub client_duration: HistogramVec,
+    pub client_unpaired: IntCounterVec,
 }
 
 impl RpcMetrics {
@@ -82,20 +94,85 @@ impl RpcMetrics {
             ),
             &[SERVICE, "reason"],
         )?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(unpaired.clone()))?;
-        Ok(Self { duration, unpaired })
+        let client_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rpc_client_call_duration_seconds",
+                "Duration of monitored clients' gRPC calls, from the first byte of the request's HEADERS sent to the END_STREAM of the response received, trailers included (OpenTelemetry rpc.client.call.duration).",
+            )
+            .buckets(HTTP_DURATION_BUCKETS.to_vec()),
+            &[
+                "rpc_system_name",
+                "rpc_method",
+                "rpc_response_status_code",
+                "server_address",
+                PORT,
+                SERVICE,
+            ],
+        )?;
+        let client_unpaired = IntCounterVec::new(
+            Opts::new(
+                "apm_rpc_client_calls_unpaired_total",
+                "Monitored clients' gRPC calls that could not be paired with their end, by reason.",
+            ),
+            &[SERVICE, "reason"],
+        )?;
+        for family in [&duration, &client_duration] {
+            registry.register(Box::new(family.clone()))?;
+        }
+        for family in [&unpaired, &client_unpaired] {
+            registry.register(Box::new(family.clone()))?;
+        }
+        Ok(Self {
+            duration,
+            unpaired,
+            client_duration,
+            client_unpaired,
+        })
+    }
+
+    /// The unpaired counters of calls served, or of a `client`'s.
+    fn unpaired(&self, client: bool) -> &IntCounterVec {
+        if client {
+            &self.client_unpaired
+        } else {
+            &self.unpaired
+        }
+    }
+
+    /// The labels of a served call's series, or (with its server) a
+    /// client's.
+    fn labels<'a>(
+        method: &'a str,
+        code: u16,
+        service: &'a str,
+        port: &'a str,
+        server: Option<&'a str>,
+    ) -> Vec<&'a str> {
+        let code = grpc_code_name(code);
+        match server {
+            Some(server) => vec!["grpc", method, code, server, port, service],
+            None => vec!["grpc", method, code, service, port],
+        }
+    }
+
+    fn duration(&self, client: bool) -> &HistogramVec {
+        if client {
+            &self.client_duration
+        } else {
+            &self.duration
+        }
     }
 }
 
-/// (service, method, status code, port).
-type Key = (Arc<str>, Arc<str>, u16, u16);
+/// (service, method, status code, port, the server of a client's call).
+type Key = (Arc<str>, Arc<str>, u16, u16, Option<IpAddr>);
 
 #[derive(Default)]
 pub struct RpcStats {
     series: FxHashMap<Key, Series>,
-    /// Services whose unpaired counters are exported (from zero).
-    services: FxHashSet<Arc<str>>,
+    /// Services (and whether as clients) whose unpaired counters are
+    /// exported (from zero).
+    services: FxHashSet<(Arc<str>, bool)>,
     /// Each service's method labels, at most [`MAX_METHODS`].
     methods: FxHashMap<Arc<str>, FxHashSet<Arc<str>>>,
 }
@@ -121,50 +198,61 @@ impl RpcStats {
         m
     }
 
-    /// Records a call served by `service` on `port`.
+    /// Records a call served by `service` on `port`, or (with `server`)
+    /// one it made to `server`:`port`.
     pub(super) fn completed(
         &mut self,
         all: &Metrics,
         budget: &mut SeriesBudget,
-        (service, port): (&Arc<str>, u16),
+        (service, port, server): (&Arc<str>, u16, Option<IpAddr>),
         call: &RpcCall,
         now_ns: u64,
     ) {
-        self.known(&all.rpc, service);
+        let client = server.is_some();
+        self.known(&all.rpc, service, client);
         let seconds = call.duration_ns as f64 / 1e9;
-        let key = (service.clone(), call.method.clone(), call.code, port);
+        let key = (
+            service.clone(),
+            call.method.clone(),
+            call.code,
+            port,
+            server,
+        );
         budget.observe(
             &mut self.series,
             key,
             (seconds, now_ns),
             &all.http_series_over_budget,
             || {
-                all.rpc.duration.with_label_values(&[
-                    "grpc",
-                    &call.method,
-                    grpc_code_name(call.code),
-                    service,
-                    &port.to_string(),
-                ])
+                let (port, server) = (port.to_string(), server.map(|s| s.to_string()));
+                let labels =
+                    RpcMetrics::labels(&call.method, call.code, service, &port, server.as_deref());
+                all.rpc.duration(client).with_label_values(&labels)
             },
         );
     }
 
-    /// One call of `service` not paired.
-    pub(super) fn unpaired(&mut self, metrics: &RpcMetrics, service: &Arc<str>, reason: Unpaired) {
-        self.known(metrics, service);
+    /// One call of `service` (as a `client`, or served) not paired.
+    pub(super) fn unpaired(
+        &mut self,
+        metrics: &RpcMetrics,
+        service: &Arc<str>,
+        client: bool,
+        reason: Unpaired,
+    ) {
+        self.known(metrics, service, client);
         metrics
-            .unpaired
+            .unpaired(client)
             .with_label_values(&[service, reason.as_str()])
             .inc();
     }
 
     /// A new service: every reason from zero, so rate() works.
-    fn known(&mut self, metrics: &RpcMetrics, service: &Arc<str>) {
-        if self.services.insert(service.clone()) {
+    fn known(&mut self, metrics: &RpcMetrics, service: &Arc<str>, client: bool) {
+        if self.services.insert((service.clone(), client)) {
             for reason in Unpaired::REQUEST {
                 metrics
-                    .unpaired
+                    .unpaired(client)
                     .with_label_values(&[service, reason.as_str()])
                     .inc_by(0);
             }
@@ -179,19 +267,19 @@ impl RpcStats {
         metrics: &RpcMetrics,
     ) -> usize {
         let before = self.series.len();
-        self.series.retain(|(service, method, code, port), s| {
-            let keep = s.last_ns >= cutoff;
-            if !keep {
-                let _ = metrics.duration.remove_label_values(&[
-                    "grpc",
-                    method,
-                    grpc_code_name(*code),
-                    service,
-                    &port.to_string(),
-                ]);
-            }
-            keep
-        });
+        self.series
+            .retain(|(service, method, code, port, server), s| {
+                let keep = s.last_ns >= cutoff;
+                if !keep {
+                    let (port, server) = (port.to_string(), server.map(|s| s.to_string()));
+                    let labels =
+                        RpcMetrics::labels(method, *code, service, &port, server.as_deref());
+                    let _ = metrics
+                        .duration(server.is_some())
+                        .remove_label_values(&labels);
+                }
+                keep
+            });
         let removed = before - self.series.len();
         budget.used = budget.used.saturating_sub(removed);
         removed

@@ -22,6 +22,8 @@ use apm_common::events::DATA_CAP;
 
 /// Frame header length.
 const HEADER: u32 = 9;
+/// The client connection preface's length.
+pub const PREFACE_LEN: u32 = 24;
 /// The largest frame a peer sends unless its peer raised
 /// SETTINGS_MAX_FRAME_SIZE: where a direction resumes, no frame is longer.
 const FRAME_MAX: u32 = 16 << 10;
@@ -194,7 +196,14 @@ fn resumable(h: &[u8; 9]) -> Option<u32> {
 /// resumes there too).
 #[inline(always)]
 pub fn starts_frames<B: Bytes>(src: &B, n: u32) -> bool {
-    let Some(len) = src.load::<9>(0).and_then(|h| resumable(&h)) else {
+    src.load::<9>(0)
+        .is_some_and(|first| starts_frames_with(src, n, &first))
+}
+
+/// [`starts_frames`] with the piece's first 9 bytes read already.
+#[inline(always)]
+pub fn starts_frames_with<B: Bytes>(src: &B, n: u32, first: &[u8; 9]) -> bool {
+    let Some(len) = resumable(first) else {
         return false;
     };
     let second = HEADER + len;

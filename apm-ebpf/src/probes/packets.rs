@@ -19,13 +19,14 @@ use aya_ebpf::{
 use apm_common::{
     DropReason, IPPROTO_TCP, conn_flags,
     events::{ConnectEvent, DATA_CAP, MAX_CHUNKS, direction, side, tcp_flags},
-    maps::{ADDR_ONLY, OUTBOUND_FLAGS, OUTBOUND_HEAD, OUTBOUND_TLS},
+    maps::{ADDR_ONLY, OUTBOUND_FLAGS, OUTBOUND_H2, OUTBOUND_HEAD, OUTBOUND_HELLO, OUTBOUND_TLS},
 };
 
 use super::{
     h2,
     records::{Ids, Out, Payload, Segment, Walked, emit},
-    sockets, tls_tie, verdict,
+    sockets, tls_tie,
+    verdict::{self, H2Start},
 };
 use crate::{
     emit::wakeup_flags_ahead,
@@ -111,6 +112,11 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
     // and its process.
     let mut client_tls = None;
     let mut client_owner = None;
+    // A monitored client's HTTP/2 connection: followed already (`None`),
+    // or recognised at this segment (how it starts).
+    let mut client_h2 = None;
+    // A TLS client's connection not tied to its library yet.
+    let mut hello = false;
 
     if chunks == 0 {
         // A monitored client's connection to a captured remote port, or
@@ -139,6 +145,10 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
             client_tls = verdict::seen_client(ctx).map(|addr| (addr, cookie));
             client_owner = Some(value & !OUTBOUND_FLAGS);
         }
+        if outbound.is_some_and(|v| v & OUTBOUND_H2 != 0) {
+            client_h2 = Some(None);
+        }
+        hello = outbound.is_some_and(|v| v & OUTBOUND_HELLO != 0);
 
         if outbound.is_none() {
             // Looked up before the headers are parsed: most packets on a
@@ -150,7 +160,7 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
             else {
                 return;
             };
-            watched = Some((cookie, event));
+            watched = Some(event);
         }
         chunks = if outbound.is_some_and(|v| v & OUTBOUND_HEAD != 0) {
             1
@@ -191,6 +201,10 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
         // Ciphertext from here on: its plaintext comes from the library.
         return;
     }
+    if hello {
+        // Ciphertext: its plaintext comes from the library once tied.
+        return;
+    }
     let mut known = None;
     let mut h2 = None;
     if whose == side::SERVER {
@@ -227,10 +241,17 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
             known = admission.ids;
         }
     }
-    if let Some((cookie, event)) = watched
-        && !recognise(ctx, dir, cookie, &event, &seg, payload)
-    {
-        return;
+    if let Some(event) = watched {
+        match recognise(ctx, dir, &event, &seg, payload) {
+            Seen::Not => return,
+            Seen::Call => {}
+            // Its handshake: the plaintext comes from its TLS library.
+            Seen::Tls => return,
+            Seen::Http2(start) => client_h2 = Some(Some(start)),
+        }
+    }
+    if let Some(start) = client_h2 {
+        h2 = verdict::client_h2(ctx, dir, seg.seq, start);
     }
     let out = Out {
         ids: Ids::of(ctx, known, dir, whose),
@@ -275,27 +296,41 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
     }
 }
 
-/// Ends the watch of connection `cookie` (whose `WATCHED` value is `event`)
+/// What [`recognise`] made of a watched connection's segment.
+enum Seen {
+    /// Not a call apm reads (or still watching): not captured.
+    Not,
+    /// A call of a protocol read from its segments' heads.
+    Call,
+    /// A TLS client's handshake (with `--capture-tls`): its plaintext
+    /// comes from the library's probes, which find the socket in
+    /// `OUTBOUND`.
+    Tls,
+    /// HTTP/2, its frames followed from this segment.
+    Http2(H2Start),
+}
+
+/// Ends the watch of the connection whose `WATCHED` value is `event`
 /// at its first payload (or its end): when the client sends first and that
-/// starts a RESP array (`*` and a digit), an HTTP/1.x request line, or a
-/// PostgreSQL startup message
-/// (or SSLRequest, or a PostgreSQL or MySQL request of a connection opened
-/// earlier), or the server sends a MySQL greeting first, the
-/// socket moves to `OUTBOUND` and `event`, its
-/// connect record, goes to the agent ahead of this segment. Returns
-/// whether the segment is to be captured.
+/// starts a RESP array (`*` and a digit), an HTTP/1.x request line, the
+/// HTTP/2 preface, or a PostgreSQL startup message
+/// (or SSLRequest, or a PostgreSQL or MySQL request or HTTP/2 frames of a
+/// connection opened earlier), or the server sends a MySQL greeting
+/// first, or (with `--capture-tls`) the client sends a TLS ClientHello,
+/// the socket moves to `OUTBOUND` and `event`, its
+/// connect record, goes to the agent ahead of this segment. An HTTP/2
+/// server's SETTINGS sent first make it an HTTP/2 client's.
 #[inline(always)]
 fn recognise(
     ctx: &SkBuffContext,
     dir: u8,
-    cookie: u64,
     event: &ConnectEvent,
     seg: &Segment,
     payload: u32,
-) -> bool {
+) -> Seen {
     if payload == 0 && seg.flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
         // The handshake and bare ACKs: still watching.
-        return false;
+        return Seen::Not;
     }
     let first: [u8; 8] = if payload >= 8 {
         ctx.load(seg.payload_off as usize).unwrap_or([0; 8])
@@ -309,7 +344,7 @@ fn recognise(
     } else {
         [0; 8]
     };
-    let _ = WATCHED.remove(cookie);
+    let _ = WATCHED.remove(event.cookie);
     let resp = first[0] == b'*' && first[1].is_ascii_digit();
     // A connection opened before the agent (put here by the agent) joins
     // in the middle: its next request, not a startup (a new connection
@@ -324,17 +359,42 @@ fn recognise(
     let http = apm_common::http_request(&first);
     // MySQL's server speaks first: its greeting comes in.
     let greeting = dir == direction::INGRESS && apm_common::mysql_greeting(&first);
-    if !greeting && (dir != direction::EGRESS || !(resp || postgres || mysql || http)) {
-        return false;
+    let h2 = if dir == direction::EGRESS && apm_common::http2_preface(&first) {
+        Some(H2Start::Preface)
+    } else if dir == direction::INGRESS && event.joined == 0 && apm_common::http2_settings(&first) {
+        // An HTTP/2 server speaks first (gRPC's may): its SETTINGS, then
+        // the client's preface.
+        Some(H2Start::ServerFirst)
+    } else if joined && h2::starts_frames(&Payload::of(ctx, seg.payload_off), payload) {
+        Some(H2Start::Joined)
+    } else {
+        None
+    };
+    // A TLS ClientHello record, whatever protocol it carries.
+    let tls = dir == direction::EGRESS
+        && first[0] == 0x16
+        && first[1] == 0x03
+        && first[5] == 0x01
+        && sockets::enabled();
+    if !greeting
+        && !tls
+        && h2.is_none()
+        && (dir != direction::EGRESS || !(resp || postgres || mysql || http))
+    {
+        return Seen::Not;
     }
     let value = if http {
         event.tgid | OUTBOUND_HEAD
+    } else if tls && h2.is_none() {
+        event.tgid | OUTBOUND_HELLO
+    } else if h2.is_some() {
+        event.tgid | OUTBOUND_H2
     } else {
         event.tgid
     };
-    if OUTBOUND.insert(cookie, value, 0).is_err() {
+    if OUTBOUND.insert(event.cookie, value, 0).is_err() {
         count_drop(DropReason::OutboundFull);
-        return false;
+        return Seen::Not;
     }
     if EVENTS
         .output::<ConnectEvent>(event, wakeup_flags_ahead(size_of::<ConnectEvent>()))
@@ -342,7 +402,11 @@ fn recognise(
     {
         count_drop(DropReason::RingbufFull);
     }
-    true
+    match h2 {
+        Some(start) => Seen::Http2(start),
+        None if tls => Seen::Tls,
+        None => Seen::Call,
+    }
 }
 
 /// Parses the IP and TCP headers. The packet starts at the network header;

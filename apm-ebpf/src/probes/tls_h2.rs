@@ -1,6 +1,6 @@
-//! HTTP/2 over TLS: a monitored server's plaintext, when its client's
-//! first read starts with the connection preface, has its frames followed
-//! per direction (`h2`), so a write of 16 KiB of frames keeps every frame
+//! HTTP/2 over TLS: a monitored server's or client's plaintext, when
+//! the client's first write starts with the connection preface, has its
+//! frames followed per direction (`h2`), so a write of 16 KiB of frames keeps every frame
 //! header and header block and leaves DATA payloads out, where the first
 //! `DATA_CAP` bytes of each call would lose the framing. The state is
 //! kept per library object (`SSL *`, Go's `*tls.Conn`) in `TLS_H2`,
@@ -17,9 +17,8 @@ use crate::{
     maps::TLS_H2,
 };
 
-/// The client connection preface's first 16 bytes, and its length.
+/// The client connection preface's first 16 bytes.
 const PREFACE: &[u8; 16] = b"PRI * HTTP/2.0\r\n";
-const PREFACE_LEN: u32 = 24;
 
 /// A TLS call's plaintext: its user buffer, and its records.
 #[derive(Clone, Copy)]
@@ -92,15 +91,30 @@ pub fn emit(tgid: u32, call: &TlsCall, kind: EventKind, key: Key, port: u16, mov
     let at = object(tgid, call.object);
     let mut dirs = TLS_H2.get_ptr_mut(at);
     let write = usize::from(kind == EventKind::Write);
-    let fresh = if kind == EventKind::Read
-        && n >= PREFACE_LEN
-        && h2::Bytes::load::<16>(&plain, 0).is_some_and(|b| &b == PREFACE)
+    // The first 16 bytes, read once: where a preface may be (a server's
+    // read, its object maybe Go's reused, whose end apm does not see; a
+    // client's write on an object not followed yet), or a frame header.
+    let first = if n >= 16 && (kind == EventKind::Read || dirs.is_none()) {
+        h2::Bytes::load::<16>(&plain, 0)
+    } else {
+        None
+    };
+    let fresh = if n >= h2::PREFACE_LEN && first.as_ref() == Some(PREFACE) {
+        // A new connection: the preface's direction followed past it,
+        // the other from its next call, which starts a frame.
+        let mut fresh = [H2Dir::at(0, 0); 2];
+        fresh[write] = H2Dir::at(0, h2::PREFACE_LEN);
+        Some(fresh)
+    } else if dirs.is_none()
+        && match &first {
+            Some(b) => h2::starts_frames_with(
+                &plain,
+                n,
+                &[b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]],
+            ),
+            None => h2::starts_frames(&plain, n),
+        }
     {
-        // The client's preface, on a new connection or an object reused
-        // (Go's, whose end apm does not see): followed from here, the
-        // server's next write starting a frame.
-        Some([H2Dir::at(0, PREFACE_LEN), H2Dir::at(0, 0)])
-    } else if dirs.is_none() && h2::starts_frames(&plain, n) {
         // Joined mid-way (a connection older than the agent, or its
         // state evicted): this direction from here, the other from its
         // first call that starts with frames.

@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock, bpf_tcp_sock},
     btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skb_load_bytes,
@@ -24,9 +24,6 @@ use super::{
     records::Payload,
 };
 use crate::maps::VERDICTS;
-
-/// The HTTP/2 client connection preface's length.
-const PREFACE_LEN: u32 = 24;
 
 /// The packet programs' state of one server socket.
 #[repr(C)]
@@ -142,20 +139,9 @@ pub fn admit(
     if received != 0 {
         seen_as_tls(state, sk);
         if h2::starts_frames(&Payload::of(ctx, payload_off), payload) {
-            // SAFETY: a TCP socket's field, readable by cgroup_skb programs.
-            let sent = unsafe { (*tp).snd_nxt };
             // This direction followed from its first frame, the other
             // from its next segment that starts with frames.
-            let (ingress, egress) = if dir == direction::INGRESS {
-                (H2Dir::at(seq, 0), H2Dir::resuming(sent))
-            } else {
-                (H2Dir::resuming(rcv_nxt), H2Dir::at(seq, 0))
-            };
-            // SAFETY: as above.
-            unsafe {
-                (*state).verdict = Verdict::Http2 as u32;
-                (*state).h2 = [ingress, egress];
-            }
+            start_h2(state, tp, dir, seq, H2Start::Joined);
             count(Verdict::Http2 as u32);
         }
         return admit(true);
@@ -202,11 +188,7 @@ pub fn admit(
         // Followed from here: the client's from this segment (its
         // preface copied), the server's from the next byte it sends (it
         // writes whole frames; SETTINGS may have gone already).
-        // SAFETY: as above; a TCP socket's field.
-        let sent = unsafe { (*tp).snd_nxt };
-        const _: () = assert!(direction::INGRESS == 0 && direction::EGRESS == 1);
-        // SAFETY: as above.
-        unsafe { (*state).h2 = [H2Dir::at(seq, PREFACE_LEN), H2Dir::at(sent, 0)] };
+        start_h2(state, tp, dir, seq, H2Start::Preface);
     }
     count(decided as u32);
     if !decided.captured() {
@@ -219,6 +201,92 @@ pub fn admit(
         }
     }
     admit(decided.captured())
+}
+
+/// Where HTTP/2 is followed from, on the segment that decides it.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+pub enum H2Start {
+    /// The segment starts with the client's preface (copied); the other
+    /// direction starts a frame at its next byte.
+    Preface,
+    /// The segment starts with frames, of a connection joined mid-way;
+    /// the other direction resumes at a segment that starts with frames.
+    Joined,
+    /// The server's SETTINGS, before its client's preface: the client's
+    /// direction starts with the preface (copied) at its next byte.
+    ServerFirst,
+}
+
+impl H2Start {
+    /// (the segment's first bytes copied, the other direction starts a
+    /// frame at its next byte, after this many copied).
+    #[inline(always)]
+    fn shape(self) -> (u32, bool, u32) {
+        match self {
+            Self::Preface => (h2::PREFACE_LEN, true, 0),
+            Self::Joined => (0, false, 0),
+            Self::ServerFirst => (0, true, h2::PREFACE_LEN),
+        }
+    }
+}
+
+/// Starts following HTTP/2 on the socket whose storage is `state`:
+/// direction `dir` from sequence number `seq`, the other from its next
+/// byte, as `start` says.
+#[inline(always)]
+fn start_h2(state: *mut SockState, tp: *mut bpf_tcp_sock, dir: u8, seq: u32, start: H2Start) {
+    const _: () = assert!(direction::INGRESS == 0 && direction::EGRESS == 1);
+    let ingress = dir == direction::INGRESS;
+    // SAFETY: a TCP socket's fields, readable by cgroup_skb programs.
+    let next = unsafe {
+        if ingress {
+            (*tp).snd_nxt
+        } else {
+            (*tp).rcv_nxt
+        }
+    };
+    let (copy, synced, other_copy) = start.shape();
+    let this = H2Dir::at(seq, copy);
+    let other = if synced {
+        H2Dir::at(next, other_copy)
+    } else {
+        H2Dir::resuming(next)
+    };
+    // SAFETY: the socket's storage, valid for the program's run.
+    unsafe {
+        (*state).verdict = Verdict::Http2 as u32;
+        (*state).h2 = if ingress {
+            [this, other]
+        } else {
+            [other, this]
+        };
+    }
+}
+
+/// A monitored client's HTTP/2 connection (`OUTBOUND_H2`): direction
+/// `dir`'s frame following, started at the segment at `seq` when `start`
+/// says how.
+#[inline(always)]
+pub fn client_h2(
+    ctx: &SkBuffContext,
+    dir: u8,
+    seq: u32,
+    start: Option<H2Start>,
+) -> Option<*mut H2Dir> {
+    let (sk, state) = socket_state(ctx)?;
+    if let Some(start) = start {
+        // SAFETY: the helper returns null for a non-TCP socket.
+        let tp = unsafe { bpf_tcp_sock(sk) };
+        if tp.is_null() {
+            return None;
+        }
+        start_h2(state, tp, dir, seq, start);
+    }
+    // SAFETY: the socket's storage, valid for the program's run; `dir` is
+    // 0 or 1.
+    (unsafe { (*state).verdict } == Verdict::Http2 as u32)
+        .then(|| unsafe { core::ptr::addr_of_mut!((*state).h2[usize::from(dir & 1)]) })
 }
 
 /// A MySQL client's first packet after the greeting: an SSLRequest (36

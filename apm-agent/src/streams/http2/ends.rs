@@ -86,8 +86,8 @@ pub(super) fn complete(
 }
 
 /// A stream reset: a gRPC call ends CANCELLED, or DEADLINE_EXCEEDED once
-/// its deadline passed (as its client decides); an HTTP request counts
-/// as reset.
+/// its deadline passed (as its client decides, within
+/// [`deadline_slack`]); an HTTP request counts as reset.
 pub(super) fn reset(
     conn: &Conn,
     key: u64,
@@ -103,13 +103,21 @@ pub(super) fn reset(
     }
     let late = s
         .timeout_ns
-        .is_some_and(|t| end_ns.saturating_sub(s.start_ns) >= t);
+        .is_some_and(|t| end_ns.saturating_sub(s.start_ns) >= t - deadline_slack(t));
     let code = match s.grpc_status {
         Some(code) => code,
         None if late => DEADLINE_EXCEEDED,
         None => CANCELLED,
     };
     rpc(conn, key, s, code, end_ns, sink);
+}
+
+/// How much earlier than its `grpc-timeout` (of `t` ns) a reset still is
+/// the deadline's: the client wrote the timeout when it made the
+/// headers, rounded up, and they left its socket (where apm starts the
+/// clock) later; a tenth of it, at most 100 ms.
+fn deadline_slack(t: u64) -> u64 {
+    (t / 10).min(100_000_000)
 }
 
 fn rpc(conn: &Conn, key: u64, s: Stream, code: u16, end_ns: u64, sink: &mut impl RpcSink) {

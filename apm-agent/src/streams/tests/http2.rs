@@ -1,13 +1,16 @@
 //! HTTP/2 and gRPC through `Streams`: streams interleaved on one
 //! connection, statuses from trailers, resets, and frames split anywhere.
 
-use apm_common::events::EventKind;
+use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
 use loona_hpack::Encoder;
 
-use super::Both;
+use super::{Both, connect};
 use crate::{
     protocols::http2::frames::{PREFACE, flags, kind},
-    streams::{Streams, pairing::Unpaired},
+    streams::{
+        Streams,
+        pairing::{Origin, Unpaired},
+    },
     telemetry::synthetic,
 };
 
@@ -124,6 +127,58 @@ fn grpc_calls_and_http2_requests_pair_per_stream() {
     );
     assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
     assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+}
+
+/// A segment of client socket `cookie` at `seq` that acknowledges the
+/// other direction up to `ack` (what places a direction's first bytes
+/// that start no HTTP/1, RESP or SQL message).
+fn acked(cookie: u64, dir: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+    let header = PacketHeader {
+        ts_ns: u64::from(seq) + 1,
+        cookie,
+        netns: 9,
+        port: 50051,
+        direction: dir,
+        side: side::CLIENT,
+        seq,
+        ack,
+        flags: tcp_flags::ACK,
+        ..Default::default()
+    };
+    synthetic::packet(header, data)
+}
+
+#[test]
+fn a_monitored_clients_http2_calls_are_its_own_to_its_server() {
+    let (mut s, mut sink) = (Streams::new(16), Both::default());
+    s.handle_record(&connect(77, 3, false), &mut sink)
+        .expect("connect");
+    // Bytes sent and received so far.
+    let mut at = [0u32; 2];
+    for (to_server, _, bytes) in conversation() {
+        let (dir, i) = if to_server {
+            (direction::EGRESS, 0)
+        } else {
+            (direction::INGRESS, 1)
+        };
+        s.handle_record(&acked(3, dir, at[i], at[1 - i], &bytes), &mut sink)
+            .expect("record");
+        at[i] += bytes.len() as u32;
+    }
+    assert_eq!(sink.http, vec![("/items/7".to_owned(), 404)]);
+    let mut rpc = sink.rpc.clone();
+    rpc.sort();
+    // Stream 5 is reset (in this test's clock) long before its deadline.
+    assert_eq!(
+        rpc,
+        vec![
+            ("/shop.Cart/Get".to_owned(), 5),
+            ("/shop.Cart/Slow".to_owned(), 1),
+        ]
+    );
+    let server = "10.1.2.3".parse().expect("ip");
+    assert_eq!(sink.origins, [Origin::Client { tgid: 77, server }; 3]);
+    assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
 }
 
 #[test]
@@ -302,4 +357,29 @@ fn a_server_speaking_first_loses_nothing_of_its_client() {
     assert_eq!(sink.http, vec![("/items/7".to_owned(), 404)]);
     assert_eq!(sink.rpc.len(), 2, "{:?}", sink.rpc);
     assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+}
+
+#[test]
+fn a_reset_near_its_deadline_is_the_deadline_and_earlier_a_cancel() {
+    let mut c = Encoder::new();
+    let mut first = PREFACE.to_vec();
+    first.extend(grpc_call(&mut c, 1, "/shop.Cart/Hang", "100m"));
+    first.extend(grpc_call(&mut c, 3, "/shop.Cart/Hang", "100m"));
+    let rst = |stream| frame(kind::RST_STREAM, 0, stream, &8u32.to_be_bytes());
+    // The headers left the client's socket 5 ms after it wrote the
+    // timeout: its deadline comes 95 ms after them.
+    let sink = run(&[
+        (true, MS, first),
+        (true, 80 * MS, rst(3)),
+        (true, 96 * MS, rst(1)),
+    ]);
+    let mut rpc = sink.rpc.clone();
+    rpc.sort();
+    assert_eq!(
+        rpc,
+        vec![
+            ("/shop.Cart/Hang".to_owned(), 1),
+            ("/shop.Cart/Hang".to_owned(), 4),
+        ]
+    );
 }

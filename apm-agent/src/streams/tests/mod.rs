@@ -24,7 +24,7 @@ use crate::{
 #[derive(Default)]
 pub(super) struct Both {
     pub(super) http: Vec<(String, u16)>,
-    origins: Vec<Origin>,
+    pub(super) origins: Vec<Origin>,
     methods: Vec<&'static str>,
     redis: Vec<(&'static str, Peer)>,
     pub(super) unpaired: Vec<Unpaired>,
@@ -60,6 +60,7 @@ impl RpcSink for Both {
     }
     fn rpc_completed(&mut self, call: RpcCall) {
         self.rpc.push((call.method.to_string(), call.code));
+        self.origins.push(call.origin);
     }
     fn rpc_unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
         self.unpaired.push(reason);

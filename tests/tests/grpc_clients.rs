@@ -1,0 +1,158 @@
+//! A monitored service's outbound HTTP/2 and gRPC calls, end to end: the
+//! service is the client (it listens on a monitored port; the servers it
+//! calls are not monitored). Cleartext: a grpcio client recognised by
+//! its preface in the packet programs. Over TLS: a Node client
+//! (@grpc/grpc-js and node:http2 on Node's OpenSSL) recognised by its
+//! ClientHello, its plaintext from the TLS probes. The client's own
+//! counts per method and status are the ground truth.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use apm_e2e::{
+    Agent, free_port,
+    grpc::{GrpcServer, GrpcTlsServer, NodeClient, drive_as_service},
+    require_root, shop_args,
+    tls::wait_probed,
+    wait_for,
+};
+
+/// `family`'s `_count` per "METHOD STATUS" of shop's calls to `port`.
+fn calls(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    let labels = [
+        ("service_name", "shop"),
+        ("server_address", "127.0.0.1"),
+        ("server_port", p.as_str()),
+    ];
+    let rpc = m
+        .matching("rpc_client_call_duration_seconds_count", &labels)
+        .map(|s| {
+            assert_eq!(s.labels["rpc_system_name"], "grpc");
+            let key = format!(
+                "{} {}",
+                s.labels["rpc_method"], s.labels["rpc_response_status_code"]
+            );
+            (key, s.value as u64)
+        });
+    let http = m
+        .matching("http_client_request_duration_seconds_count", &labels)
+        .map(|s| {
+            assert_eq!(s.labels["network_protocol_version"], "2");
+            let key = format!(
+                "{} {}",
+                s.labels["http_request_method"], s.labels["http_response_status_code"]
+            );
+            (key, s.value as u64)
+        });
+    rpc.chain(http).collect()
+}
+
+/// Waits until shop's calls to `port` are `sent`; then none unpaired
+/// and nothing counted as served on `port`.
+fn exact(agent: &Agent, port: u16, sent: &BTreeMap<String, u64>) {
+    let settled = wait_for(Duration::from_secs(20), || {
+        (&calls(agent, port) == sent).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the agent counted {:?}\nthe client got {sent:?}\n{}\n{}",
+        calls(agent, port),
+        agent
+            .metrics()
+            .map(|m| m
+                .text
+                .lines()
+                .filter(|l| !l.starts_with("#")
+                    && (l.contains("shop") || l.contains("drop") || l.contains("ringbuf"))
+                    && !l.ends_with(" 0")
+                    && !l.contains("_bucket"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .unwrap_or_default(),
+        agent.log_text()
+    );
+    let m = agent.metrics().expect("metrics");
+    for family in [
+        "apm_rpc_client_calls_unpaired_total",
+        "apm_http_client_requests_unpaired_total",
+    ] {
+        assert_eq!(m.sum(family, "shop"), 0.0, "{family}\n{}", m.text);
+    }
+    let p = port.to_string();
+    let served = m
+        .matching(
+            "rpc_server_call_duration_seconds_count",
+            &[("server_port", &p)],
+        )
+        .count();
+    assert_eq!(
+        served, 0,
+        "calls of an unmonitored server counted as served"
+    );
+}
+
+#[test]
+fn a_services_grpc_calls_are_timed_as_its_client_per_method_and_status() {
+    require_root();
+    let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
+    let _server = GrpcServer::start(port);
+    let l = lport.to_string();
+    let mut started = None;
+    let (sent, slow) = drive_as_service(port, 20, lport, || {
+        let args = shop_args(&l);
+        let agent =
+            Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
+        agent.wait_for_service(lport, "shop");
+        agent.wait_for_process("shop");
+        started = Some(agent);
+    });
+    let agent = started.expect("the agent");
+    assert_eq!(sent["/shop.Cart/Hang DEADLINE_EXCEEDED"], 20, "{sent:?}");
+    assert_eq!(sent["/shop.Cart/Get NOT_FOUND"], 20, "{sent:?}");
+    exact(&agent, port, &sent);
+    // The 50 ms method's mean, against the client's own.
+    let m = agent.metrics().expect("metrics");
+    let p = port.to_string();
+    let of = |suffix: &str| {
+        m.value(
+            &format!("rpc_client_call_duration_seconds_{suffix}"),
+            &[
+                ("service_name", "shop"),
+                ("rpc_method", "/shop.Cart/Slow"),
+                ("server_port", &p),
+            ],
+        )
+        .expect("Slow's series")
+    };
+    let mean = of("sum") / of("count");
+    let want = slow.iter().sum::<f64>() / slow.len() as f64;
+    assert!(
+        (mean - want).abs() <= want * 0.10,
+        "Slow's mean {mean}s, the client's {want}s"
+    );
+}
+
+#[test]
+fn a_services_http2_and_grpc_calls_over_tls_are_timed_as_its_client() {
+    require_root();
+    let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
+    let server = GrpcTlsServer::start(port);
+    let mut client = NodeClient::start(lport, port, &server.ca);
+    let l = lport.to_string();
+    let mut args = shop_args(&l);
+    args.push("--capture-tls".to_owned());
+    let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
+    agent.wait_for_service(lport, "shop");
+    agent.wait_for_process("shop");
+    wait_probed(&agent, "uprobe:/");
+    let got = client.drive(10);
+    eprintln!("node client {} got {got:?}", client.pid());
+    assert_eq!(got["/shop.Cart/Hang DEADLINE_EXCEEDED"], 10, "{got:?}");
+    // The GETs by status, as the agent labels them.
+    let sent: BTreeMap<String, u64> = got
+        .into_iter()
+        .map(|(k, n)| (k.replace("GET /shop.Cart/Get ", "GET "), n))
+        .collect();
+    exact(&agent, port, &sent);
+}
