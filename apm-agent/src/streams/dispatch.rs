@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::{
     Sinks, Streams,
-    pairing::{Event, Flow, Origin},
+    pairing::{Event, Flow, Origin, Upgraded},
     resp::Peer,
 };
 use crate::protocols::{
@@ -54,6 +54,13 @@ impl Streams {
                     None => self.tracker.handle_http(ev, sink),
                 };
                 if http {
+                    let tracker = match call {
+                        Some(_) => &mut self.clients,
+                        None => &mut self.tracker,
+                    };
+                    if let Some(up) = tracker.take_upgrade(ev.conn) {
+                        self.upgrade(call.as_ref().unwrap_or(ev), &up, sink);
+                    }
                     return;
                 }
                 if self.http2.has(ev.conn) {
@@ -160,6 +167,25 @@ impl Streams {
 }
 
 impl Streams {
+    /// `ev`'s connection switched to HTTP/2 (`Upgrade: h2c`) in `ev`:
+    /// its upgraded request is stream 1, and the bytes after the 101's
+    /// head are the server's first frames.
+    fn upgrade(&mut self, ev: &Event<'_>, up: &Upgraded, sink: &mut impl Sinks) {
+        if !self.http2.open_upgraded(ev, up, sink) {
+            return;
+        }
+        let at = u32::try_from(up.at).unwrap_or(u32::MAX);
+        let rest = Event {
+            data: ev.data.get(up.at..).unwrap_or(&[]),
+            ret: ev.ret - i64::from(at),
+            seq: ev.seq.map(|(p, s)| (p, s.wrapping_add(at))),
+            ..*ev
+        };
+        if rest.ret > 0 {
+            self.http2.handle(&rest, sink);
+        }
+    }
+
     /// Whether HTTP/1 leaves `conn` (a `client`'s call, or a server's
     /// connection) to another protocol: it has seen no request on it.
     fn yield_fresh(&mut self, conn: u64, client: bool) -> bool {

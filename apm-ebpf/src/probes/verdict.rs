@@ -116,6 +116,9 @@ pub fn admit(
         // SAFETY: as above; TLS now, maybe.
         verdict = unsafe { (*state).verdict };
     }
+    if verdict == Verdict::Http as u32 && dir == direction::EGRESS && payload >= 12 {
+        switching(ctx, sk, state, seq, (payload_off, payload));
+    }
     if verdict != Verdict::Undecided as u32 {
         let copy = Verdict::captured_raw(verdict);
         if !copy && payload > 0 {
@@ -287,6 +290,67 @@ pub fn client_h2(
     // 0 or 1.
     (unsafe { (*state).verdict } == Verdict::Http2 as u32)
         .then(|| unsafe { core::ptr::addr_of_mut!((*state).h2[usize::from(dir & 1)]) })
+}
+
+/// An HTTP/1.1 server's segment at `seq` (`payload` bytes at
+/// `payload_off`) that starts `101 Switching Protocols` with `h2c` in its
+/// first 140 bytes: the connection speaks HTTP/2 from after the head
+/// (`Upgrade: h2c`, which the agent reads; a WebSocket's 101 stays
+/// HTTP's). Both directions are copied whole until each resumes at a
+/// segment that starts with frames: this one (the head, and maybe frames
+/// after it), and the client's preface.
+#[inline(always)]
+fn switching(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    state: *mut SockState,
+    seq: u32,
+    (payload_off, payload): (u32, u32),
+) {
+    let Ok(first) = ctx.load::<[u8; 12]>(payload_off as usize) else {
+        return;
+    };
+    if &first != b"HTTP/1.1 101" || payload < 28 {
+        return;
+    }
+    // 16-byte windows 14 apart, the last one ending where the payload
+    // does: "h2c" is whole in one of them.
+    let mut found = false;
+    let mut at = 12u32;
+    for _ in 0..10 {
+        let from = core::cmp::min(at, payload - 16);
+        let Ok(w) = ctx.load::<[u8; 16]>((payload_off + from) as usize) else {
+            break;
+        };
+        let mut i = 0;
+        while i < 14 {
+            found |= w[i] == b'h' && w[i + 1] == b'2' && w[i + 2] == b'c';
+            i += 1;
+        }
+        if found {
+            break;
+        }
+        if from + 16 >= payload {
+            break;
+        }
+        at += 14;
+    }
+    if !found {
+        return;
+    }
+    // SAFETY: the helper returns null for a non-TCP socket.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return;
+    }
+    // SAFETY: a TCP socket's field, readable by cgroup_skb programs; the
+    // socket's storage, valid for the program's run.
+    unsafe {
+        let received = (*tp).rcv_nxt;
+        (*state).verdict = Verdict::Http2 as u32;
+        (*state).h2 = [H2Dir::resuming(received), H2Dir::resuming(seq)];
+    }
+    count(Verdict::Http2 as u32);
 }
 
 /// A MySQL client's first packet after the greeting: an SSLRequest (36

@@ -28,7 +28,8 @@ pub fn ensure_py_tools(root: &Path) -> Result<PathBuf> {
 /// `SET NAMES` at every connect from 1.1 on, and mysql-connector-python,
 /// used in pure Python), of the distributed-trace tests (the OTLP
 /// receiver and trace_front.py's OpenTelemetry SDK) and of the gRPC tests
-/// (grpcio's server and client), installed into their own virtualenv.
+/// (grpcio's server and client) and of `Upgrade: h2c` (hypercorn, which
+/// implements it), installed into their own virtualenv.
 const PY_APP: &[&str] = &[
     "fastapi>=0.110,<1",
     "uvicorn>=0.29,<1",
@@ -44,6 +45,7 @@ const PY_APP: &[&str] = &[
     "opentelemetry-exporter-otlp-proto-http>=1.28,<2",
     "opentelemetry-instrumentation-fastapi>=0.49b0,<1",
     "grpcio>=1.60,<2",
+    "hypercorn>=0.16,<1",
 ];
 
 /// A virtualenv with [`PY_APP`] under `target/pyapp`; returns its bin
@@ -57,7 +59,7 @@ pub fn ensure_py_app(root: &Path) -> Result<PathBuf> {
                     "import fastapi, uvicorn, h11, httpx, redis, sqlalchemy, greenlet, asyncpg, psycopg, \
                      pymysql, mysql.connector, opentelemetry.proto, opentelemetry.sdk, \
                      opentelemetry.instrumentation.fastapi, opentelemetry.exporter.otlp.proto.http, \
-                     grpc",
+                     grpc, hypercorn",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -32,6 +32,8 @@ pub(super) struct Head {
     pub close: Option<bool>,
     /// A valid `traceparent` header.
     pub trace: Option<TraceParent>,
+    /// An `Upgrade` header lists `h2c`.
+    pub h2c: bool,
 }
 
 /// The head after a first line that ends at `line` (`None`: the first
@@ -177,6 +179,9 @@ fn read_header(head: &mut Head, name: &[u8], value: &[u8]) {
         17 if eq_lower(name, b"transfer-encoding") => {
             head.chunked |= contains_token(value, b"chunked");
         }
+        7 if eq_lower(name, b"upgrade") => {
+            head.h2c |= contains_token(value, b"h2c");
+        }
         11 if eq_lower(name, b"traceparent") => {
             head.trace = super::trace_context::parse(value);
         }
@@ -242,10 +247,15 @@ mod tests {
                 length: Some(13),
                 close: Some(false),
                 trace: None,
+                h2c: false,
             }
         );
         let h = scan_all("transfer-encoding: gzip, Chunked\nconnection: close\n\n").expect("head");
         assert_eq!((h.chunked, h.close, h.len), (true, Some(true), Some(52)));
+        let h = scan_all("Connection: Upgrade\r\nUpgrade: websocket, H2C\r\n\r\n").expect("head");
+        assert!(h.h2c);
+        let h = scan_all("Upgrade: websocket\r\n\r\n").expect("head");
+        assert!(!h.h2c);
     }
 
     #[test]

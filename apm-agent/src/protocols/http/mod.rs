@@ -114,6 +114,8 @@ pub struct Response {
     /// that need the request (HEAD, 1xx, 204, 304).
     pub body: Framing,
     pub connection_close: bool,
+    /// `Upgrade: h2c` (with a 101: HTTP/2 follows the head).
+    pub h2c: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +317,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ParseError> {
         head_len: head.len,
         body,
         connection_close,
+        h2c: head.h2c,
     })
 }
 

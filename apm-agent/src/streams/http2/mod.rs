@@ -20,7 +20,7 @@ mod ends;
 
 use self::ends::{complete, finish, reset, resolve, unpaired};
 use super::{
-    pairing::{Event, Flow, Origin, SeqAt, Sink, Unpaired},
+    pairing::{Event, Flow, Origin, SeqAt, Sink, Unpaired, Upgraded},
     table::{EVICTABLE_NS, Full, LastSeen, Table},
 };
 use crate::protocols::{
@@ -167,6 +167,19 @@ impl Tracker {
             // direction resumes at its first piece that starts with one.
             conn.side(ev.kind != Flow::ToServer).framer.lose();
         }
+        if self.insert(ev, conn, sink) {
+            return true;
+        }
+        // Counted once, as the HTTP/1 tracker counts a full table's first
+        // request.
+        sink.request(ev.origin, ev.port);
+        sink.unpaired(ev.origin, ev.port, Unpaired::TableFull);
+        false
+    }
+
+    /// Follows `conn` as `ev`'s connection (an idle one evicted for room,
+    /// its streams counted); false when the table is full.
+    fn insert(&mut self, ev: &Event<'_>, conn: Conn, sink: &mut (impl Sink + RpcSink)) -> bool {
         match self.conns.insert(ev.conn, conn, ev.ts_ns, EVICTABLE_NS) {
             Ok(evicted) => {
                 if let Some(mut old) = evicted {
@@ -174,14 +187,48 @@ impl Tracker {
                 }
                 true
             }
-            Err(Full) => {
-                // Counted once, as the HTTP/1 tracker counts a full
-                // table's first request.
-                sink.request(ev.origin, ev.port);
-                sink.unpaired(ev.origin, ev.port, Unpaired::TableFull);
-                false
-            }
+            Err(Full) => false,
         }
+    }
+
+    /// Starts following `ev.conn` as HTTP/2 after a `101 Switching
+    /// Protocols` to `Upgrade: h2c` in `ev`: the upgraded request is
+    /// stream 1, the client's preface comes next. False when the table
+    /// has no room (the request counted unpaired).
+    pub fn open_upgraded(
+        &mut self,
+        ev: &Event<'_>,
+        up: &Upgraded,
+        sink: &mut (impl Sink + RpcSink),
+    ) -> bool {
+        let mut conn = Conn {
+            origin: ev.origin,
+            port: ev.port,
+            to_server: Side::new(true, true),
+            from_server: Side::new(true, false),
+            streams: FxHashMap::default(),
+            last_seen_ns: ev.ts_ns,
+        };
+        conn.streams.insert(
+            1,
+            Stream {
+                start_ns: up.start_ns,
+                seq: up.seq,
+                method: up.method,
+                route: up.route.clone(),
+                grpc: false,
+                timeout_ns: None,
+                trace: up.trace,
+                status: None,
+                grpc_status: None,
+                unsure: None,
+            },
+        );
+        let inserted = self.insert(ev, conn, sink);
+        if !inserted {
+            sink.unpaired(ev.origin, ev.port, Unpaired::TableFull);
+        }
+        inserted
     }
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut (impl Sink + RpcSink)) {

@@ -37,6 +37,9 @@ mod request;
 mod response;
 #[cfg(test)]
 mod tests;
+mod upgrade;
+
+pub use self::upgrade::Upgraded;
 
 use self::{
     chunked::Chunked,
@@ -347,6 +350,8 @@ struct Conn {
     not_http_counted: bool,
     /// Switched protocols: ignore the rest of the connection.
     ignored: bool,
+    /// Switched to HTTP/2 (`Upgrade: h2c`), for `take_upgrade`.
+    upgraded: Option<Box<Upgraded>>,
 }
 
 impl Conn {
@@ -366,6 +371,7 @@ impl Conn {
             saw_http: false,
             not_http_counted: false,
             ignored: false,
+            upgraded: None,
         }
     }
 }

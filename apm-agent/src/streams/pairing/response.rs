@@ -2,7 +2,7 @@
 //! each response's end found by its framing.
 
 use super::{
-    Conn, Current, Event, RespPhase, Sink, Unpaired,
+    Conn, Current, Event, RespPhase, Sink, Unpaired, Upgraded,
     chunked::{Chunked, Step},
     complete_at, drop_waiting,
 };
@@ -120,8 +120,18 @@ pub(super) fn on_write(conn: &mut Conn, ev: &Event<'_>, sink: &mut impl Sink) {
                     tid: ev.tid,
                 });
                 if resp.status == 101 {
-                    // Switching protocols: what follows is not HTTP/1.x.
-                    complete_current(conn, ev, sink);
+                    // Switching protocols: what follows is not HTTP/1.x;
+                    // HTTP/2 (`Upgrade: h2c`) answers the request as its
+                    // stream 1.
+                    match conn.current.take() {
+                        Some(cur) if resp.h2c && resp.head_len.is_some() => {
+                            conn.upgraded = Some(Upgraded::of(cur, off as usize));
+                        }
+                        cur => {
+                            conn.current = cur;
+                            complete_current(conn, ev, sink);
+                        }
+                    }
                     conn.ignored = true;
                     return;
                 }

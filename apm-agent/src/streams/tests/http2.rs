@@ -383,3 +383,55 @@ fn a_reset_near_its_deadline_is_the_deadline_and_earlier_a_cancel() {
         ]
     );
 }
+
+#[test]
+fn a_request_upgraded_to_h2c_is_stream_1_and_the_connection_goes_on_as_http2() {
+    let (mut c, mut s) = (Encoder::new(), Encoder::new());
+    let upgrade = b"GET /items/7 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+        Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        .to_vec();
+    let mut switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    switched.extend(frame(kind::SETTINGS, 0, 0, &[]));
+    switched.extend(headers(&mut s, 1, false, &[(":status", "200")]));
+    switched.extend(frame(kind::DATA, flags::END_STREAM, 1, b"{}"));
+    let mut preface = PREFACE.to_vec();
+    preface.extend(frame(kind::SETTINGS, 0, 0, &[]));
+    preface.extend(headers(
+        &mut c,
+        3,
+        true,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/missing"),
+            (":authority", "a"),
+        ],
+    ));
+    let answer = headers(&mut s, 3, true, &[(":status", "404")]);
+    let sink = run(&[
+        (true, MS, upgrade),
+        (false, 2 * MS, switched),
+        (true, 3 * MS, preface),
+        (false, 4 * MS, answer),
+    ]);
+    assert_eq!(
+        sink.http,
+        vec![("/items/7".to_owned(), 200), ("/missing".to_owned(), 404)]
+    );
+    assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
+    assert!(sink.resyncs.is_empty(), "{:?}", sink.resyncs);
+}
+
+#[test]
+fn a_websockets_101_stays_http1() {
+    let upgrade =
+        b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            .to_vec();
+    let mut switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            .to_vec();
+    switched.extend([0x81, 0x02, b'h', b'i']);
+    let sink = run(&[(true, MS, upgrade), (false, 2 * MS, switched)]);
+    assert_eq!(sink.http, vec![("/chat".to_owned(), 101)]);
+}
