@@ -57,6 +57,7 @@ function stream(counts, method, n, kib) {
 function get(counts, session, path) {
   return new Promise((resolve) => {
     const req = session.request({ ":method": "GET", ":path": path });
+    req.setTimeout(5000, () => req.close(http2.constants.NGHTTP2_CANCEL));
     let status = 0;
     req.on("response", (h) => (status = h[":status"]));
     req.on("data", () => {});

@@ -82,6 +82,11 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
     }
     agent.wait_for_service(gport, "python");
     apm_e2e::grpc::drive(gport, 1);
+    // The same calls made by a monitored service: its client families.
+    let cport = free_port().expect("port");
+    apm_e2e::grpc::drive_as_service(gport, 1, cport, || {
+        agent.wait_for_service(cport, "python");
+    });
     // What is still missing from a scrape (empty: every family is there).
     let missing = |m: &apm_e2e::Metrics| {
         let mut missing = Vec::new();
@@ -110,8 +115,9 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
         let sql = capture != "packets" || m.text.contains("db_system_name=\"postgresql\"");
         // HTTP/2 is read from packets: a syscall record holds 1 KiB of a
         // read, and a frame header past it loses the framing.
-        let rpc =
-            capture != "packets" || m.text.contains("rpc_server_call_duration_seconds_count{");
+        let rpc = capture != "packets"
+            || (m.text.contains("rpc_server_call_duration_seconds_count{")
+                && m.text.contains("rpc_client_call_duration_seconds_count{"));
         for (ok, what) in [
             (paired, "3 requests paired"),
             (sampled, "the service sampled"),

@@ -51,6 +51,10 @@ fn calls(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
 /// Waits until shop's calls to `port` are `sent`; then none unpaired
 /// and nothing counted as served on `port`.
 fn exact(agent: &Agent, port: u16, sent: &BTreeMap<String, u64>) {
+    // Frames followed in the kernel, not copied whole by the fallback.
+    for probe in ["probe cgroup_skb:ingress", "probe cgroup_skb:egress"] {
+        assert_eq!(agent.check_detail(probe).expect("health"), "attached");
+    }
     let settled = wait_for(Duration::from_secs(20), || {
         (&calls(agent, port) == sent).then_some(())
     });

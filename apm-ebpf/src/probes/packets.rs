@@ -115,8 +115,8 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
     // A monitored client's HTTP/2 connection: followed already (`None`),
     // or recognised at this segment (how it starts).
     let mut client_h2 = None;
-    // A TLS client's connection not tied to its library yet.
-    let mut hello = false;
+    // A TLS client's connection not tied to its library yet: its cookie.
+    let mut hello = None;
 
     if chunks == 0 {
         // A monitored client's connection to a captured remote port, or
@@ -148,7 +148,9 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
         if outbound.is_some_and(|v| v & OUTBOUND_H2 != 0) {
             client_h2 = Some(None);
         }
-        hello = outbound.is_some_and(|v| v & OUTBOUND_HELLO != 0);
+        hello = outbound
+            .is_some_and(|v| v & OUTBOUND_HELLO != 0)
+            .then_some(cookie);
 
         if outbound.is_none() {
             // Looked up before the headers are parsed: most packets on a
@@ -201,8 +203,22 @@ fn capture<const FOLLOW: bool>(ctx: &SkBuffContext, dir: u8) {
         // Ciphertext from here on: its plaintext comes from the library.
         return;
     }
-    if hello {
-        // Ciphertext: its plaintext comes from the library once tied.
+    if let Some(cookie) = hello {
+        // Ciphertext: its plaintext comes from the library once tied. A
+        // library apm does not probe never ties it: its end goes to the
+        // agent, and its entry leaves OUTBOUND.
+        if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+            let _ = OUTBOUND.remove(cookie);
+            let out = Out {
+                ids: Ids::of(ctx, None, dir, whose),
+                seg,
+                len,
+                port: port as u16,
+                dir,
+                whose,
+            };
+            emit(ctx, &out, payload, 0, 0, true);
+        }
         return;
     }
     let mut known = None;
