@@ -541,20 +541,29 @@ impl Streams {
         for (netns, port) in self.handshakes.expire(now_ns) {
             sink.resync(listener_origin(netns, port), port, Unpaired::Gap);
         }
+        // HTTP/2 connections and monitored clients' connections keep
+        // what cannot be learnt again (HPACK tables; whose call it is)
+        // through longer silences: gRPC channels idle between bursts.
+        let long_ns = idle_ns.saturating_mul(LONG_IDLE);
         self.tracker.sweep(now_ns, idle_ns, sink);
         self.clients.sweep(now_ns, idle_ns, sink);
-        self.http2.sweep(now_ns, idle_ns, sink);
+        self.http2.sweep(now_ns, long_ns, sink);
         self.resp.sweep(now_ns, idle_ns, sink);
         self.postgres.sweep(now_ns, idle_ns, sink);
         self.mysql.sweep(now_ns, idle_ns, sink);
         // Connect records of connections that were never captured or
         // never closed.
         self.now_ns = self.now_ns.max(now_ns);
-        self.outbound.sweep(now_ns, idle_ns).for_each(drop);
+        self.outbound.sweep(now_ns, long_ns).for_each(drop);
         self.tls.sweep(now_ns, idle_ns).for_each(drop);
         self.reassembly.sweep(now_ns, idle_ns);
     }
 }
+
+/// How many idle periods an HTTP/2 connection or a client's connection
+/// outlasts (an hour for the agent's 5 minutes); a full table still
+/// evicts the least recently seen of them.
+const LONG_IDLE: u64 = 12;
 
 /// The service of a listener's records.
 fn listener_origin(netns: u64, port: u16) -> Origin {

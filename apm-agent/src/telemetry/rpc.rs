@@ -27,7 +27,7 @@ pub const MAX_METHODS: usize = 256;
 impl RpcSink for Recorder<'_> {
     fn rpc_method(&mut self, origin: Origin, path: &str) -> Arc<str> {
         let (name, _) = self.service(origin, 0);
-        self.rpc.method(&name, path)
+        self.rpc.method(&name, origin.is_client(), path)
     }
 
     fn rpc_completed(&mut self, call: RpcCall) {
@@ -173,20 +173,22 @@ pub struct RpcStats {
     /// Services (and whether as clients) whose unpaired counters are
     /// exported (from zero).
     services: FxHashSet<(Arc<str>, bool)>,
-    /// Each service's method labels, at most [`MAX_METHODS`].
-    methods: FxHashMap<Arc<str>, FxHashSet<Arc<str>>>,
+    /// Each service's method labels, served or (true) called, at most
+    /// [`MAX_METHODS`] each.
+    methods: FxHashMap<(Arc<str>, bool), FxHashSet<Arc<str>>>,
 }
 
 impl RpcStats {
-    /// The label of method `path` of `service`: the path when it has the
-    /// shape of a gRPC method (`/package.Service/Method`, identifier
-    /// characters), among the service's first [`MAX_METHODS`]; else
-    /// `{invalid}` or `{overflow}`.
-    fn method(&mut self, service: &Arc<str>, path: &str) -> Arc<str> {
+    /// The label of method `path` served by `service` (or called, as a
+    /// `client`): the path when it has the shape of a gRPC method
+    /// (`/package.Service/Method`, identifier characters), among the
+    /// service's first [`MAX_METHODS`] of that side; else `{invalid}` or
+    /// `{overflow}`.
+    fn method(&mut self, service: &Arc<str>, client: bool, path: &str) -> Arc<str> {
         if !is_method(path) {
             return Arc::from("{invalid}");
         }
-        let known = self.methods.entry(service.clone()).or_default();
+        let known = self.methods.entry((service.clone(), client)).or_default();
         if let Some(m) = known.get(path) {
             return m.clone();
         }
@@ -323,14 +325,25 @@ mod tests {
         let mut stats = RpcStats::default();
         let service: Arc<str> = Arc::from("cart");
         for i in 0..MAX_METHODS + 5 {
-            let label = stats.method(&service, &format!("/shop.Cart/M{i}"));
+            let label = stats.method(&service, false, &format!("/shop.Cart/M{i}"));
             if i < MAX_METHODS {
                 assert_eq!(&*label, format!("/shop.Cart/M{i}"));
             } else {
                 assert_eq!(&*label, "{overflow}");
             }
         }
-        assert_eq!(&*stats.method(&service, "/shop.Cart/M0"), "/shop.Cart/M0");
-        assert_eq!(&*stats.method(&service, "/etc/passwd?x"), "{invalid}");
+        assert_eq!(
+            &*stats.method(&service, false, "/shop.Cart/M0"),
+            "/shop.Cart/M0"
+        );
+        assert_eq!(
+            &*stats.method(&service, false, "/etc/passwd?x"),
+            "{invalid}"
+        );
+        // The methods it calls have their own budget.
+        assert_eq!(
+            &*stats.method(&service, true, "/other.Api/X"),
+            "/other.Api/X"
+        );
     }
 }

@@ -92,9 +92,10 @@ pub fn emit(tgid: u32, call: &TlsCall, kind: EventKind, key: Key, port: u16, mov
     let mut dirs = TLS_H2.get_ptr_mut(at);
     let write = usize::from(kind == EventKind::Write);
     // The first 16 bytes, read once: where a preface may be (a server's
-    // read, its object maybe Go's reused, whose end apm does not see; a
-    // client's write on an object not followed yet), or a frame header.
-    let first = if n >= 16 && (kind == EventKind::Read || dirs.is_none()) {
+    // read or a client's write, on a new object or one reused, as Go's
+    // are, whose end apm does not see), or a frame header. Noise beside
+    // the uprobe's own trap.
+    let first = if n >= 16 {
         h2::Bytes::load::<16>(&plain, 0)
     } else {
         None

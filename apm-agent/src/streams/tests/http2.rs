@@ -435,3 +435,55 @@ fn a_websockets_101_stays_http1() {
     let sink = run(&[(true, MS, upgrade), (false, 2 * MS, switched)]);
     assert_eq!(sink.http, vec![("/chat".to_owned(), 101)]);
 }
+
+#[test]
+fn an_http2_connection_idle_for_minutes_keeps_its_tables() {
+    let (mut c, mut s) = (Encoder::new(), Encoder::new());
+    let fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/shop.Cart/Get"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("x-tenant", "acme"),
+    ];
+    let call = |c: &mut Encoder<'_>, stream| {
+        let mut b = headers(c, stream, false, &fields);
+        b.extend(frame(kind::DATA, flags::END_STREAM, stream, &[0; 5]));
+        b
+    };
+    let answer = |s: &mut Encoder<'_>, stream| {
+        let mut b = headers(
+            s,
+            stream,
+            false,
+            &[(":status", "200"), ("content-type", "application/grpc")],
+        );
+        b.extend(headers(s, stream, true, &[("grpc-status", "0")]));
+        b
+    };
+    let mut first = PREFACE.to_vec();
+    first.extend(call(&mut c, 1));
+    let (mut streams, mut sink) = (Streams::new(16), Both::default());
+    let minute = 60_000 * MS;
+    for (to_server, ts, bytes) in [
+        (true, MS, first),
+        (false, 2 * MS, answer(&mut s, 1)),
+        // Ten minutes later, the same call: its fields are all table
+        // entries by now.
+        (true, 10 * minute, call(&mut c, 3)),
+        (false, 10 * minute + MS, answer(&mut s, 3)),
+    ] {
+        let kind = if to_server {
+            EventKind::Read
+        } else {
+            EventKind::Write
+        };
+        // The agent sweeps every refresh; 5 minutes is its idle limit.
+        streams.sweep(ts, 5 * minute, &mut sink);
+        let record = synthetic::record(kind, ts, 7, 4, 50051, &bytes);
+        streams.handle_record(&record, &mut sink).expect("record");
+    }
+    assert_eq!(sink.rpc, vec![("/shop.Cart/Get".to_owned(), 0); 2]);
+    assert!(sink.unpaired.is_empty(), "{:?}", sink.unpaired);
+}

@@ -541,9 +541,12 @@ fn connect_records_are_bounded_and_the_least_recently_seen_idle_make_room() {
     exchange(&mut s, &mut sink, 2, 2_000_000_000);
     let timed: Vec<Origin> = sink.redis.iter().map(|(_, p)| p.origin).collect();
     assert_eq!(timed, [Origin::Process(71), Origin::Process(73)]);
-    // Idle ones go at the sweep.
+    // Idle ones go at the sweep: a client's connection (whose call it
+    // is) after 12 idle periods, its protocol's state after one.
     s.sweep(10_000_000_000, 1_000_000_000, &mut sink);
-    assert_eq!((s.outbound.len(), s.connections()), (0, 0));
+    assert_eq!((s.outbound.len(), s.connections()), (2, 0));
+    s.sweep(20_000_000_000, 1_000_000_000, &mut sink);
+    assert_eq!(s.outbound.len(), 0);
 }
 
 #[test]
