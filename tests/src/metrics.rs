@@ -63,6 +63,25 @@ impl Metrics {
         found.first().map(|s| s.value)
     }
 
+    /// The values of `name`'s series with `labels`, by the values of its
+    /// `keys` labels, joined with spaces ("GET 200").
+    pub fn tally(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        keys: &[&str],
+    ) -> BTreeMap<String, u64> {
+        self.matching(name, labels)
+            .map(|s| {
+                let key: Vec<&str> = keys
+                    .iter()
+                    .map(|k| s.labels.get(*k).map_or("", String::as_str))
+                    .collect();
+                (key.join(" "), s.value as u64)
+            })
+            .collect()
+    }
+
     pub fn matching<'a>(
         &'a self,
         name: &'a str,

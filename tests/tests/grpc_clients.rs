@@ -16,7 +16,8 @@ use apm_e2e::{
     wait_for,
 };
 
-/// `family`'s `_count` per "METHOD STATUS" of shop's calls to `port`.
+/// Shop's gRPC calls ("METHOD STATUS") and HTTP/2 requests ("GET
+/// STATUS") to `port`, as the agent counted them.
 fn calls(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
     let m = agent.metrics().expect("metrics");
     let p = port.to_string();
@@ -25,27 +26,17 @@ fn calls(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
         ("server_address", "127.0.0.1"),
         ("server_port", p.as_str()),
     ];
-    let rpc = m
-        .matching("rpc_client_call_duration_seconds_count", &labels)
-        .map(|s| {
-            assert_eq!(s.labels["rpc_system_name"], "grpc");
-            let key = format!(
-                "{} {}",
-                s.labels["rpc_method"], s.labels["rpc_response_status_code"]
-            );
-            (key, s.value as u64)
-        });
-    let http = m
-        .matching("http_client_request_duration_seconds_count", &labels)
-        .map(|s| {
-            assert_eq!(s.labels["network_protocol_version"], "2");
-            let key = format!(
-                "{} {}",
-                s.labels["http_request_method"], s.labels["http_response_status_code"]
-            );
-            (key, s.value as u64)
-        });
-    rpc.chain(http).collect()
+    let mut calls = m.tally(
+        "rpc_client_call_duration_seconds_count",
+        &[labels.as_slice(), &[("rpc_system_name", "grpc")]].concat(),
+        &["rpc_method", "rpc_response_status_code"],
+    );
+    calls.extend(m.tally(
+        "http_client_request_duration_seconds_count",
+        &[labels.as_slice(), &[("network_protocol_version", "2")]].concat(),
+        &["http_request_method", "http_response_status_code"],
+    ));
+    calls
 }
 
 /// Waits until shop's calls to `port` are `sent`; then none unpaired
