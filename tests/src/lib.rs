@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub mod cgroups;
 pub mod databases;
 pub mod grpc;
 pub mod https;
@@ -154,6 +155,13 @@ impl Agent {
         std::thread::sleep(Duration::from_millis(450));
         let r = get(self.addr, "/stats/requests")?;
         ensure!(r.status == 200, "GET /stats/requests: {}", r.status);
+        Ok(serde_json::from_str(&r.body)?)
+    }
+
+    /// /stats/system: the latest sample of the host and the services.
+    pub fn stats_system(&self) -> Result<serde_json::Value> {
+        let r = get(self.addr, "/stats/system")?;
+        ensure!(r.status == 200, "GET /stats/system: {}", r.status);
         Ok(serde_json::from_str(&r.body)?)
     }
 

@@ -33,6 +33,11 @@ fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
 fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
+    // In a cgroup with limits, as in a container: its cgroup families.
+    let cgroup = apm_e2e::cgroups::Cgroup::create(&format!("docs-{capture}"));
+    cgroup.limit_cpu(4.0);
+    cgroup.limit_memory(4 << 30);
+    cgroup.adopt(server.pid());
     let rport = free_port().expect("port");
     let _redis = Redis::start(rport);
     let pgport = free_port().expect("port");
@@ -127,6 +132,10 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
             (client, "Redis timed client side"),
             (pooled, "the pool counted"),
             (sql, "a SQL statement timed server side"),
+            (
+                m.text.contains("apm_service_cpu_limit_cores{"),
+                "the server's cgroup read",
+            ),
             (rpc, "a gRPC call timed"),
         ] {
             if !ok {
@@ -155,7 +164,7 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
         )
     });
     std::fs::remove_file(config).ok();
-    drop((server, redis, listener));
+    drop((server, redis, listener, cgroup));
     m.text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -173,6 +182,10 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     if !std::path::Path::new("/proc/pressure").exists() {
         // Kernels without PSI have no pressure series.
         documented.retain(|n| !n.starts_with("apm_host_pressure"));
+    }
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // cgroup v1 controllers: no stall totals per cgroup.
+        documented.retain(|n| !n.starts_with("container_pressure_"));
     }
     let exported: BTreeSet<String> = packets.union(&syscalls).cloned().collect();
     let undocumented: Vec<_> = exported.difference(&documented).collect();

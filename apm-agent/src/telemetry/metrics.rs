@@ -100,6 +100,7 @@ pub struct Metrics {
     pub service_info: IntGaugeVec,
     pub http_client: super::http_client::ClientMetrics,
     pub rpc: super::rpc::RpcMetrics,
+    pub saturation: super::saturation::SaturationMetrics,
     pub traces: super::traces::metrics::TraceMetrics,
 }
 
@@ -532,6 +533,7 @@ impl Metrics {
             )?,
             http_client: super::http_client::ClientMetrics::register(&registry)?,
             rpc: super::rpc::RpcMetrics::register(&registry)?,
+            saturation: super::saturation::SaturationMetrics::register(&registry)?,
             traces: super::traces::metrics::TraceMetrics::register(&registry)?,
             registry,
         };

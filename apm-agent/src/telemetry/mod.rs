@@ -12,6 +12,7 @@ pub mod recent;
 mod recorder;
 pub mod rpc;
 pub mod sampler;
+pub mod saturation;
 pub mod snapshot;
 pub mod sql;
 pub mod synthetic;

@@ -61,6 +61,7 @@ pub struct ServiceSample {
     pub cpu_cores: f64,
     pub cpu_seconds_total: f64,
     pub resident_memory_bytes: u64,
+    pub saturation: super::saturation::ServiceSaturation,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -83,12 +84,15 @@ pub struct Sampler {
     last_pressure_us: HashMap<(String, &'static str), u64>,
     last_sample_at: Option<Instant>,
     service_cpu_total: HashMap<String, f64>,
+    saturation: super::saturation::Saturation,
 }
 
 impl Sampler {
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        let proc_root = proc_root.into();
         Self {
-            proc_root: proc_root.into(),
+            saturation: super::saturation::Saturation::new(&proc_root),
+            proc_root,
             ticks_per_second: procfs::ticks_per_second().max(1) as f64,
             page_size: procfs::page_size(),
             last_cpu_ms: HashMap::new(),
@@ -157,6 +161,14 @@ impl Sampler {
             entry.cpu_seconds_total += delta as f64 / 1000.0;
         }
         self.last_cpu_ms = seen_cpu;
+        for (name, s) in self
+            .saturation
+            .sample(services, elapsed, &metrics.saturation)
+        {
+            if let Some(entry) = out.get_mut(&*name) {
+                entry.saturation = s;
+            }
+        }
         // Services that are gone: drop their gauges (a stale value would
         // read as a live one) and their CPU total.
         let gone: Vec<String> = self

@@ -1,0 +1,162 @@
+//! Saturation per service, end to end: CPU wait (two busy loops pinned
+//! with a monitored server to one CPU), CPU throttling (the server in a
+//! cgroup with `cpu.max` at 20 % of a CPU, driven to saturation), and
+//! descriptor usage against a process's limit. The server's load is wrk
+//! on the other CPU, bounded in time.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apm_e2e::{
+    Agent, Metrics, Server, cgroups::Cgroup, free_port, process::stop, require_root, wait_for,
+};
+
+const SERVICE: &str = "apm-httpd";
+
+/// `taskset` pinning every thread of `pid` to `cpu`.
+fn pin(pid: u32, cpu: u32) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset (util-linux)");
+    assert!(ok.success(), "taskset {pid}");
+}
+
+/// wrk on CPU 1 against `port` for `secs` seconds (32 connections: the
+/// server always has work).
+fn load(port: u16, secs: u32) {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c32"])
+        .arg(format!("-d{secs}s"))
+        .arg(format!("http://127.0.0.1:{port}/ok"))
+        .output()
+        .expect("wrk (installed by cargo xtask test)");
+    assert!(out.status.success(), "wrk: {out:?}");
+}
+
+fn counter(m: &Metrics, name: &str) -> f64 {
+    m.value(name, &[("service_name", SERVICE)]).unwrap_or(0.0)
+}
+
+/// How much `name` grew per second of a `secs`-second load on `port`.
+fn rate_under_load(agent: &Agent, port: u16, secs: u32, name: &str) -> f64 {
+    // The sampler reads every second: samples before and after the load
+    // bound what it did (an idle server adds nothing in between).
+    let settle = || std::thread::sleep(Duration::from_millis(1500));
+    settle();
+    let before = counter(&agent.metrics().expect("metrics"), name);
+    load(port, secs);
+    settle();
+    let after = counter(&agent.metrics().expect("metrics"), name);
+    (after - before) / f64::from(secs)
+}
+
+/// A busy loop pinned to CPU 0, killed when dropped.
+struct Spin(Child);
+
+impl Spin {
+    fn start() -> Self {
+        Self(
+            Command::new("taskset")
+                .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .expect("sh"),
+        )
+    }
+}
+
+impl Drop for Spin {
+    fn drop(&mut self) {
+        stop(&mut self.0, libc::SIGKILL);
+    }
+}
+
+fn agent_for(port: u16) -> Agent {
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, SERVICE);
+    agent.wait_for_process(SERVICE);
+    agent
+}
+
+#[test]
+fn a_server_sharing_its_cpu_with_busy_loops_waits_for_it() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    pin(server.pid(), 0);
+    let agent = agent_for(port);
+    let alone = rate_under_load(&agent, port, 4, "apm_service_cpu_wait_seconds_total");
+    let spins = [Spin::start(), Spin::start()];
+    let shared = rate_under_load(&agent, port, 4, "apm_service_cpu_wait_seconds_total");
+    drop(spins);
+    eprintln!("CPU wait, s/s: alone {alone:.3}, with two busy loops {shared:.3}");
+    assert!(shared > 0.5, "with two busy loops: {shared}");
+    assert!(alone < 0.2, "alone: {alone}");
+    let v = agent.stats_system().expect("stats");
+    assert!(
+        v["sample"]["services"][SERVICE]["saturation"]["cpu_wait_seconds_total"]
+            .as_f64()
+            .is_some_and(|s| s > 2.0),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_server_over_its_cpu_max_is_throttled_and_one_under_it_is_not() {
+    require_root();
+    let port = free_port().expect("port");
+    let server = Server::rust(port).expect("apm-httpd");
+    let cgroup = Cgroup::create("throttle");
+    cgroup.adopt(server.pid());
+    let agent = agent_for(port);
+    let throttled = "container_cpu_cfs_throttled_periods_total";
+    let unlimited = rate_under_load(&agent, port, 3, throttled);
+    cgroup.limit_cpu(0.2);
+    let limited = rate_under_load(&agent, port, 3, throttled);
+    let m = agent.metrics().expect("metrics");
+    let seconds = counter(&m, "container_cpu_cfs_throttled_seconds_total");
+    eprintln!(
+        "throttled periods/s: unlimited {unlimited:.1}, at 20 % {limited:.1}; throttled {seconds:.2} s"
+    );
+    assert_eq!(unlimited, 0.0);
+    // 10 periods a second, nearly all of them throttled at saturation.
+    assert!(limited > 5.0, "{limited}");
+    assert!(seconds > 1.0, "{seconds}");
+    assert_eq!(
+        m.value("apm_service_cpu_limit_cores", &[("service_name", SERVICE)]),
+        Some(0.2)
+    );
+    drop((agent, server));
+}
+
+#[test]
+fn a_process_near_its_descriptor_limit_reads_its_usage() {
+    require_root();
+    let port = free_port().expect("port");
+    // A listener holding 60 descriptors under a soft limit of 64.
+    let script = format!(
+        "import resource, socket, sys, time\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n\
+         s = socket.create_server(('127.0.0.1', {port}))\n\
+         held = [open('/dev/null') for _ in range(56)]\n\
+         print('listening', flush=True)\n\
+         time.sleep(60)\n"
+    );
+    let mut python = Command::new("python3");
+    python.args(["-c", &script]);
+    let _server = Server::start(python, port).expect("python");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, "python3");
+    let usage = wait_for(Duration::from_secs(10), || {
+        let m = agent.metrics().ok()?;
+        m.value("apm_service_fd_usage_ratio", &[("service_name", "python3")])
+            .filter(|&r| r > 0.0)
+    })
+    .expect("fd usage of python3");
+    eprintln!("descriptor usage {usage:.3}");
+    // 56 files, the listener, the standard three: 60 of 64.
+    assert!((0.9..=1.0).contains(&usage), "{usage}");
+}
