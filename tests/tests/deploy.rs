@@ -532,7 +532,7 @@ fn the_prometheus_alert_rules_check_and_pass_their_unit_tests() {
             .args(["check", "rules"])
             .arg(dir.join("apm-rules.yml")),
     );
-    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
     let tested = run_ok(Command::new("promtool").current_dir(&dir).args([
         "test",
         "rules",
@@ -547,6 +547,9 @@ fn the_prometheus_alert_rules_check_and_pass_their_unit_tests() {
         ("FilesystemAlmostFull", "> 0.90"),
         ("HttpErrorRatioHigh", "> 0.05"),
         ("HttpLatencyP95High", "> 2"),
+        ("ServiceFdsAlmostExhausted", "> 0.9"),
+        ("ServiceOomKilled", "> 0"),
+        ("ServiceCpuThrottled", "> 0.25"),
     ] {
         let at = rules
             .find(&format!("alert: {name}"))

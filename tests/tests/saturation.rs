@@ -143,7 +143,7 @@ fn a_process_near_its_descriptor_limit_reads_its_usage() {
          s = socket.create_server(('127.0.0.1', {port}))\n\
          held = [open('/dev/null') for _ in range(56)]\n\
          print('listening', flush=True)\n\
-         time.sleep(60)\n"
+         time.sleep(120)\n"
     );
     let mut python = Command::new("python3");
     python.args(["-c", &script]);
@@ -159,4 +159,64 @@ fn a_process_near_its_descriptor_limit_reads_its_usage() {
     eprintln!("descriptor usage {usage:.3}");
     // 56 files, the listener, the standard three: 60 of 64.
     assert!((0.9..=1.0).contains(&usage), "{usage}");
+    // The built-in rule fires (held 30 s, evaluated every 10 s).
+    let fired = wait_for(Duration::from_secs(60), || {
+        let r = apm_e2e::get(agent.addr, "/alerts").ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        doc["firing"]
+            .as_array()?
+            .iter()
+            .find(|a| a["alertname"] == "ServiceFdsAlmostExhausted")
+            .cloned()
+    });
+    let alert = fired.expect("ServiceFdsAlmostExhausted firing");
+    assert!(alert.to_string().contains("python3"), "{alert}");
+}
+
+#[test]
+fn a_listener_that_never_accepts_reads_full_and_its_overflows_are_counted() {
+    require_root();
+    let port = free_port().expect("port");
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket()\n\
+         s.bind(('127.0.0.1', {port}))\n\
+         s.listen(1)\n\
+         print('listening', flush=True)\n\
+         time.sleep(60)\n"
+    );
+    let mut python = Command::new("python3");
+    python.args(["-c", &script]);
+    let _server = Server::start(python, port).expect("python");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    agent.wait_for_service(port, "python3");
+    let overflows = |m: &Metrics| m.value("apm_host_tcp_listen_overflows_total", &[]);
+    let before = wait_for(Duration::from_secs(10), || {
+        overflows(&agent.metrics().ok()?)
+    })
+    .expect("the host's listen overflows");
+    // 50 attempts of at most 100 ms: two are queued, the rest's SYNs
+    // dropped while the queue is full.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let held: Vec<_> = (0..50)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+        })
+        .collect();
+    let p = port.to_string();
+    let labels = [("service_name", "python3"), ("server_port", p.as_str())];
+    let read = wait_for(Duration::from_secs(10), || {
+        let m = agent.metrics().ok()?;
+        let queued = m.value("apm_listen_queue_connections", &labels)?;
+        let limit = m.value("apm_listen_queue_limit", &labels)?;
+        let dropped = overflows(&m)? - before;
+        (queued > limit && dropped > 0.0).then_some((queued, limit, dropped))
+    });
+    eprintln!(
+        "{} connected; queue, limit, host overflows: {read:?}",
+        held.len()
+    );
+    let (queued, limit, dropped) = read.expect("a full queue and overflows");
+    assert_eq!((queued, limit), (2.0, 1.0));
+    assert!(dropped >= 1.0, "{dropped}");
 }

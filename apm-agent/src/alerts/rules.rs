@@ -38,6 +38,16 @@ pub enum Signal {
     /// `absent()`): the named one, or every one seen since the agent
     /// started.
     ServiceAbsent,
+    /// Seconds a service's threads waited for a CPU per second, mean.
+    CpuWaitRatio,
+    /// Share of its cgroups' CFS periods throttled by `cpu.max`, mean.
+    CpuThrottledRatio,
+    /// The largest share of its descriptor limit a process of it holds.
+    FdUsageRatio,
+    /// Processes of its cgroups the OOM killer took in the window.
+    OomKills,
+    /// Its fullest accept queue over its backlog (above 1: full).
+    AcceptQueueRatio,
 }
 
 impl Signal {
@@ -54,6 +64,11 @@ impl Signal {
             Signal::ServiceAbsent => "service_absent",
             Signal::DbErrorRatio => "db_error_ratio",
             Signal::DbStatementP95Seconds => "db_statement_p95_seconds",
+            Signal::CpuWaitRatio => "cpu_wait_ratio",
+            Signal::CpuThrottledRatio => "cpu_throttled_ratio",
+            Signal::FdUsageRatio => "fd_usage_ratio",
+            Signal::OomKills => "oom_kills",
+            Signal::AcceptQueueRatio => "accept_queue_ratio",
         }
     }
 
@@ -93,6 +108,11 @@ impl Signal {
                 | Signal::ServiceAbsent
                 | Signal::DbErrorRatio
                 | Signal::DbStatementP95Seconds
+                | Signal::CpuWaitRatio
+                | Signal::CpuThrottledRatio
+                | Signal::FdUsageRatio
+                | Signal::OomKills
+                | Signal::AcceptQueueRatio
         )
     }
 }
@@ -196,6 +216,13 @@ pub fn defaults() -> Vec<Rule> {
         ),
         rule("HttpErrorRatioHigh", Signal::HttpErrorRatio, 0.05, 60),
         rule("HttpLatencyP95High", Signal::HttpLatencyP95Seconds, 2.0, 60),
+        // Saturation whose threshold needs no knowledge of the service:
+        // descriptors nearly exhausted, a process OOM-killed, a CPU limit
+        // holding the service back a quarter of the time (as
+        // kube-prometheus' CPUThrottlingHigh).
+        rule("ServiceFdsAlmostExhausted", Signal::FdUsageRatio, 0.9, 30),
+        rule("ServiceOomKilled", Signal::OomKills, 0.0, 0),
+        rule("ServiceCpuThrottled", Signal::CpuThrottledRatio, 0.25, 300),
     ]
 }
 

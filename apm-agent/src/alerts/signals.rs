@@ -103,17 +103,27 @@ pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
                 samples: 0,
             })
             .collect(),
-        Signal::ProcessCpuCores | Signal::ProcessMemoryBytes => i
+        Signal::ProcessCpuCores
+        | Signal::ProcessMemoryBytes
+        | Signal::CpuWaitRatio
+        | Signal::CpuThrottledRatio
+        | Signal::FdUsageRatio
+        | Signal::OomKills
+        | Signal::AcceptQueueRatio => i
             .samples
             .services(i.now_s, window)
             .into_iter()
-            .filter(|(s, _, _)| wants_service(s))
-            .map(|(s, cores, bytes)| Measurement {
+            .filter(|(s, _)| wants_service(s))
+            .map(|(s, p)| Measurement {
                 labels: labels(&[("service_name", &s)]),
-                value: if rule.signal == Signal::ProcessCpuCores {
-                    cores
-                } else {
-                    bytes
+                value: match rule.signal {
+                    Signal::ProcessCpuCores => p.cpu_cores,
+                    Signal::ProcessMemoryBytes => p.memory_bytes,
+                    Signal::CpuWaitRatio => p.cpu_wait_ratio,
+                    Signal::CpuThrottledRatio => p.cpu_throttled_ratio,
+                    Signal::FdUsageRatio => p.fd_usage_ratio,
+                    Signal::OomKills => p.oom_kills_total,
+                    _ => p.accept_queue_ratio,
                 },
                 samples: 0,
             })
@@ -272,5 +282,52 @@ mod tests {
         );
         assert!((m[0].value - 5.0 / 40.0).abs() < 1e-9, "{m:?}");
         assert!(rule.threshold.breached(m[0].value));
+    }
+
+    #[test]
+    fn saturation_rules_read_the_services_samples() {
+        use crate::telemetry::{
+            sampler::{HostSample, ServiceSample, SystemSample},
+            saturation::ServiceSaturation,
+        };
+        let mut samples = SampleWindow::new(Duration::from_secs(300));
+        for (at, kills, fds) in [(100, 2, 0.5), (101, 3, 0.95), (102, 3, 0.6)] {
+            let shop = ServiceSample {
+                saturation: ServiceSaturation {
+                    fd_usage_ratio: fds,
+                    oom_kills_total: kills,
+                    cpu_throttled_ratio: 0.3,
+                    ..ServiceSaturation::default()
+                },
+                ..ServiceSample::default()
+            };
+            let sample = SystemSample {
+                timestamp: 0.0,
+                host: HostSample::default(),
+                services: [("shop".to_owned(), shop)].into(),
+            };
+            samples.push(at, &sample);
+        }
+        let none = Windows::new(Duration::ZERO);
+        let inputs = Inputs {
+            requests: &none,
+            statements: &none,
+            calls: &none,
+            samples: &samples,
+            now_s: 102,
+        };
+        let value = |name: &str| {
+            let rule = defaults()
+                .into_iter()
+                .find(|r| r.name == name)
+                .expect("a built-in rule");
+            let m = measure(&rule, &inputs);
+            assert_eq!(m[0].labels["service_name"], "shop");
+            (m[0].value, rule.threshold.breached(m[0].value))
+        };
+        // The fullest over the window; kills within it; the mean share.
+        assert_eq!(value("ServiceFdsAlmostExhausted"), (0.95, true));
+        assert_eq!(value("ServiceOomKilled"), (1.0, true));
+        assert_eq!(value("ServiceCpuThrottled"), (0.3, true));
     }
 }

@@ -1,8 +1,9 @@
-//! Socket cookies from the kernel's socket diagnostics (NETLINK_SOCK_DIAG):
-//! a dump of the TCP sockets of the agent's own network namespace carries
-//! each socket's inode and cookie (`idiag_cookie`, what
-//! `bpf_get_socket_cookie()` reports). Dumping one's own namespace needs no
-//! privilege, unlike borrowing the socket from its process.
+//! The kernel's socket diagnostics (NETLINK_SOCK_DIAG) of the agent's own
+//! network namespace: each TCP socket's inode and cookie (`idiag_cookie`,
+//! what `bpf_get_socket_cookie()` reports), and each listener's accept
+//! queue (`idiag_rqueue`) and its limit (`idiag_wqueue`, the backlog).
+//! Dumping one's own namespace needs no privilege, unlike borrowing the
+//! socket from its process.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,8 +13,9 @@ use std::{
 
 /// `SOCK_DIAG_BY_FAMILY` from linux/sock_diag.h.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// Every TCP state but LISTEN (bit 10) in an `idiag_states` mask.
-const ALL_BUT_LISTEN: u32 = !(1 << 10);
+/// LISTEN (bit 10) in an `idiag_states` mask, and every state but it.
+const LISTEN: u32 = 1 << 10;
+const ALL_BUT_LISTEN: u32 = !LISTEN;
 /// `struct nlmsghdr`.
 const NLMSG_HDR: usize = 16;
 /// `struct inet_diag_req_v2`.
@@ -22,6 +24,11 @@ const REQ_LEN: usize = 56;
 /// host order, low word first) and the inode.
 const MSG_COOKIE: usize = 4 + 40;
 const MSG_INODE: usize = 68;
+/// The local port (network order), the receive and send queues (a
+/// listener's accept queue and backlog).
+const MSG_SPORT: usize = 4;
+const MSG_RQUEUE: usize = 56;
+const MSG_WQUEUE: usize = 60;
 const MSG_LEN: usize = 72;
 
 /// The cookies of the wanted socket inodes that are TCP sockets (not
@@ -33,8 +40,11 @@ pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
         return Ok(found);
     }
     for family in [libc::AF_INET, libc::AF_INET6] {
-        dump(family as u8, |inode, cookie| {
+        dump(family as u8, ALL_BUT_LISTEN, |msg| {
+            let inode = u64::from(u32_at(msg, MSG_INODE));
             if wanted.contains(&inode) {
+                let cookie = u64::from(u32_at(msg, MSG_COOKIE))
+                    | (u64::from(u32_at(msg, MSG_COOKIE + 4)) << 32);
                 found.insert(inode, cookie);
             }
         })?;
@@ -42,11 +52,41 @@ pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
     Ok(found)
 }
 
-/// Calls `each(inode, cookie)` for every TCP socket of `family` but
-/// listeners.
-fn dump(family: u8, mut each: impl FnMut(u64, u64)) -> io::Result<()> {
+/// A port's listeners' accept queues: connections waiting for accept(),
+/// and the most they may hold (the backlog), summed over its listening
+/// sockets (IPv4 and IPv6, SO_REUSEPORT groups).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptQueue {
+    pub queued: u64,
+    pub limit: u64,
+}
+
+/// The accept queue of every listening port of the agent's namespace.
+pub fn accept_queues() -> io::Result<HashMap<u16, AcceptQueue>> {
+    let mut queues: HashMap<u16, AcceptQueue> = HashMap::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        dump(family as u8, LISTEN, |msg| {
+            let port = u16::from_be_bytes([msg[MSG_SPORT], msg[MSG_SPORT + 1]]);
+            let q = queues.entry(port).or_default();
+            q.queued += u64::from(u32_at(msg, MSG_RQUEUE));
+            q.limit += u64::from(u32_at(msg, MSG_WQUEUE));
+        })?;
+    }
+    Ok(queues)
+}
+
+/// A native-endian u32 at `at` in `b` (0 past its end).
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+/// Calls `each` with every `inet_diag_msg` (at least [`MSG_LEN`] bytes)
+/// of the TCP sockets of `family` in `states`.
+fn dump(family: u8, states: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
     let sock = open()?;
-    send_request(&sock, family)?;
+    send_request(&sock, family, states)?;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: recv writes at most buf.len() bytes into buf, which we own.
@@ -84,8 +124,9 @@ fn open() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// One `SOCK_DIAG_BY_FAMILY` dump request for TCP sockets of `family`.
-fn request(family: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
+/// One `SOCK_DIAG_BY_FAMILY` dump request for TCP sockets of `family`
+/// in `states`.
+fn request(family: u8, states: u32) -> [u8; NLMSG_HDR + REQ_LEN] {
     let mut msg = [0u8; NLMSG_HDR + REQ_LEN];
     let len = (NLMSG_HDR + REQ_LEN) as u32;
     msg[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -98,13 +139,13 @@ fn request(family: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
     let req = &mut msg[NLMSG_HDR..];
     req[0] = family;
     req[1] = libc::IPPROTO_TCP as u8;
-    req[4..8].copy_from_slice(&ALL_BUT_LISTEN.to_ne_bytes());
+    req[4..8].copy_from_slice(&states.to_ne_bytes());
     req[8 + 40..8 + 48].copy_from_slice(&[0xff; 8]);
     msg
 }
 
-fn send_request(sock: &OwnedFd, family: u8) -> io::Result<()> {
-    let msg = request(family);
+fn send_request(sock: &OwnedFd, family: u8, states: u32) -> io::Result<()> {
+    let msg = request(family, states);
     // SAFETY: a zeroed sockaddr_nl is valid; nl_family names the kernel.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -127,12 +168,7 @@ fn send_request(sock: &OwnedFd, family: u8) -> io::Result<()> {
 
 /// Parses one datagram of netlink messages; returns whether the dump is
 /// done.
-fn parse(mut data: &[u8], each: &mut impl FnMut(u64, u64)) -> io::Result<bool> {
-    let u32_at = |b: &[u8], at: usize| -> u32 {
-        b.get(at..at + 4)
-            .and_then(|s| s.try_into().ok())
-            .map_or(0, u32::from_ne_bytes)
-    };
+fn parse(mut data: &[u8], each: &mut impl FnMut(&[u8])) -> io::Result<bool> {
     while data.len() >= NLMSG_HDR {
         let len = u32_at(data, 0) as usize;
         if len < NLMSG_HDR || len > data.len() {
@@ -153,11 +189,7 @@ fn parse(mut data: &[u8], each: &mut impl FnMut(u64, u64)) -> io::Result<bool> {
                     Err(io::Error::from_raw_os_error(-errno))
                 };
             }
-            _ if kind == SOCK_DIAG_BY_FAMILY && body.len() >= MSG_LEN => {
-                let cookie = u64::from(u32_at(body, MSG_COOKIE))
-                    | (u64::from(u32_at(body, MSG_COOKIE + 4)) << 32);
-                each(u64::from(u32_at(body, MSG_INODE)), cookie);
-            }
+            _ if kind == SOCK_DIAG_BY_FAMILY && body.len() >= MSG_LEN => each(body),
             _ => {}
         }
         // Messages are aligned to 4 bytes.
@@ -216,7 +248,47 @@ mod tests {
     fn a_truncated_message_is_an_error_not_a_panic() {
         let mut bad = [0u8; 20];
         bad[0..4].copy_from_slice(&200u32.to_ne_bytes());
-        assert!(parse(&bad, &mut |_, _| {}).is_err());
-        assert!(!parse(&[0u8; 3], &mut |_, _| {}).expect("short"));
+        assert!(parse(&bad, &mut |_| {}).is_err());
+        assert!(!parse(&[0u8; 3], &mut |_| {}).expect("short"));
+    }
+
+    #[test]
+    fn a_listener_that_does_not_accept_has_its_queue_read() {
+        // SAFETY: plain socket calls on a descriptor this test owns.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just returned by socket().
+        let listener = unsafe { OwnedFd::from_raw_fd(fd) };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: addr is a valid sockaddr_in of `len` bytes.
+        let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) };
+        assert_eq!(rc, 0);
+        // SAFETY: a bound socket of ours.
+        assert_eq!(unsafe { libc::listen(fd, 3) }, 0);
+        let mut bound: libc::sockaddr_in = addr;
+        let mut blen = len;
+        // SAFETY: getsockname writes at most `blen` bytes into `bound`.
+        unsafe { libc::getsockname(fd, (&mut bound as *mut libc::sockaddr_in).cast(), &mut blen) };
+        let port = u16::from_be(bound.sin_port);
+        let clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let q = accept_queues().expect("dump")[&port];
+        assert_eq!(
+            q,
+            AcceptQueue {
+                queued: 2,
+                limit: 3
+            }
+        );
+        drop((clients, listener));
     }
 }

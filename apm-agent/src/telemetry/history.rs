@@ -161,10 +161,10 @@ pub fn points(
             (p.p50, p.p95, p.p99) = (Some(q[0]), Some(q[1]), Some(q[2]));
         }
     }
-    for (name, cores, bytes) in samples.services(now_s, STEP * 2) {
+    for (name, s) in samples.services(now_s, STEP * 2) {
         let p = out.entry(name).or_default();
-        p.cpu_cores = cores;
-        p.memory_bytes = bytes;
+        p.cpu_cores = s.cpu_cores;
+        p.memory_bytes = s.memory_bytes;
     }
     for (name, n) in in_flight {
         out.entry(name.clone()).or_default().in_flight = n as f64;

@@ -294,8 +294,41 @@ struct Point {
     memory: f64,
     /// (mountpoint, used ratio)
     filesystems: Vec<(String, f64)>,
-    /// (service, CPU cores, resident bytes)
-    services: Vec<(String, f64, f64)>,
+    services: Vec<(String, ServicePoint)>,
+}
+
+/// What the service rules read of one sample of a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ServicePoint {
+    pub cpu_cores: f64,
+    pub memory_bytes: f64,
+    pub cpu_wait_ratio: f64,
+    pub cpu_throttled_ratio: f64,
+    pub fd_usage_ratio: f64,
+    pub oom_kills_total: f64,
+    /// The fullest of its accept queues: connections waiting over the
+    /// backlog (above 1 when full: the kernel queues one more).
+    pub accept_queue_ratio: f64,
+}
+
+impl ServicePoint {
+    fn of(s: &super::sampler::ServiceSample) -> Self {
+        let sat = &s.saturation;
+        Self {
+            cpu_cores: s.cpu_cores,
+            memory_bytes: s.resident_memory_bytes as f64,
+            cpu_wait_ratio: sat.cpu_wait_ratio,
+            cpu_throttled_ratio: sat.cpu_throttled_ratio,
+            fd_usage_ratio: sat.fd_usage_ratio,
+            oom_kills_total: sat.oom_kills_total as f64,
+            accept_queue_ratio: sat
+                .accept_queues
+                .iter()
+                .filter(|q| q.limit > 0)
+                .map(|q| q.queued as f64 / q.limit as f64)
+                .fold(0.0, f64::max),
+        }
+    }
 }
 
 /// Rolling window of the sampler's results, for host and process rules.
@@ -326,7 +359,7 @@ impl SampleWindow {
             services: sample
                 .services
                 .iter()
-                .map(|(name, s)| (name.clone(), s.cpu_cores, s.resident_memory_bytes as f64))
+                .map(|(name, s)| (name.clone(), ServicePoint::of(s)))
                 .collect(),
         });
         let keep = self.keep.as_secs().max(1);
@@ -365,17 +398,39 @@ impl SampleWindow {
             .unwrap_or_default()
     }
 
-    /// Per service: mean CPU cores and resident bytes over the window.
-    pub fn services(&self, now_s: u64, window: Duration) -> Vec<(String, f64, f64)> {
-        let mut sums: HashMap<&str, (f64, f64, u32)> = HashMap::new();
+    /// Per service over the window: the mean of its CPU cores, resident
+    /// bytes, CPU wait and throttled ratios; the largest descriptor usage
+    /// and accept-queue ratio; and (in `oom_kills_total`) the OOM kills
+    /// it saw.
+    pub fn services(&self, now_s: u64, window: Duration) -> Vec<(String, ServicePoint)> {
+        let mut acc: HashMap<&str, (ServicePoint, u32, f64)> = HashMap::new();
         for p in self.within(now_s, window) {
-            for (name, cpu, mem) in &p.services {
-                let e = sums.entry(name).or_default();
-                *e = (e.0 + cpu, e.1 + mem, e.2 + 1);
+            for (name, s) in &p.services {
+                let (sum, n, first_kills) =
+                    acc.entry(name)
+                        .or_insert((ServicePoint::default(), 0, s.oom_kills_total));
+                sum.cpu_cores += s.cpu_cores;
+                sum.memory_bytes += s.memory_bytes;
+                sum.cpu_wait_ratio += s.cpu_wait_ratio;
+                sum.cpu_throttled_ratio += s.cpu_throttled_ratio;
+                sum.fd_usage_ratio = sum.fd_usage_ratio.max(s.fd_usage_ratio);
+                sum.accept_queue_ratio = sum.accept_queue_ratio.max(s.accept_queue_ratio);
+                sum.oom_kills_total = s.oom_kills_total - *first_kills;
+                *n += 1;
             }
         }
-        sums.into_iter()
-            .map(|(n, (c, m, k))| (n.to_owned(), c / f64::from(k), m / f64::from(k)))
+        acc.into_iter()
+            .map(|(name, (s, n, _))| {
+                let k = f64::from(n);
+                let mean = ServicePoint {
+                    cpu_cores: s.cpu_cores / k,
+                    memory_bytes: s.memory_bytes / k,
+                    cpu_wait_ratio: s.cpu_wait_ratio / k,
+                    cpu_throttled_ratio: s.cpu_throttled_ratio / k,
+                    ..s
+                };
+                (name.to_owned(), mean)
+            })
             .collect()
     }
 }

@@ -7,6 +7,7 @@
 //! happened before the agent saw a process or cgroup is not counted.
 
 mod cgroup;
+mod listen;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -43,6 +44,8 @@ pub struct ServiceSaturation {
     pub cpu_throttled_seconds_total: f64,
     pub memory_limit_bytes: Option<u64>,
     pub oom_kills_total: u64,
+    /// Its monitored ports' accept queues.
+    pub accept_queues: Vec<listen::PortQueue>,
 }
 
 /// The saturation families, registered with the agent's registry.
@@ -59,6 +62,7 @@ pub struct SaturationMetrics {
     cpu_waiting: CounterVec,
     memory_waiting: CounterVec,
     memory_stalled: CounterVec,
+    listen: listen::ListenMetrics,
 }
 
 impl SaturationMetrics {
@@ -131,6 +135,7 @@ impl SaturationMetrics {
                 "Time all tasks of the service's cgroups stalled on memory (memory.pressure full), in seconds.",
                 &[SERVICE],
             )?,
+            listen: listen::ListenMetrics::register(registry)?,
         })
     }
 
@@ -173,6 +178,7 @@ pub struct Saturation {
     /// cgroup path → its last reading.
     last_cgroup: HashMap<String, CgroupStat>,
     services: BTreeSet<Arc<str>>,
+    listen: listen::Listen,
 }
 
 impl Saturation {
@@ -183,6 +189,7 @@ impl Saturation {
             last_wait_ns: HashMap::new(),
             last_cgroup: HashMap::new(),
             services: BTreeSet::new(),
+            listen: listen::Listen::default(),
         }
     }
 
@@ -197,7 +204,12 @@ impl Saturation {
         let mut out: BTreeMap<Arc<str>, ServiceSaturation> = BTreeMap::new();
         let mut cgroups: BTreeMap<Arc<str>, BTreeMap<String, CgroupStat>> = BTreeMap::new();
         let mut waits = HashMap::new();
+        let mut ports: BTreeMap<Arc<str>, BTreeSet<u16>> = BTreeMap::new();
         for (&pid, info) in services {
+            ports
+                .entry(info.name.clone())
+                .or_default()
+                .extend(info.ports.iter().copied());
             let Ok(process) = Process::new_with_root(self.proc_root.join(pid.to_string())) else {
                 continue;
             };
@@ -255,6 +267,11 @@ impl Saturation {
             self.cgroups(name, &paths, s, metrics, &mut seen);
         }
         self.last_cgroup = seen;
+        for (name, queues) in self.listen.sample(&self.proc_root, &ports, &metrics.listen) {
+            if let Some(s) = out.get_mut(&name) {
+                s.accept_queues = queues;
+            }
+        }
         let gone: Vec<Arc<str>> = self
             .services
             .iter()
