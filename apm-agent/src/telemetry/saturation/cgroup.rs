@@ -152,17 +152,7 @@ fn read_v1_cpu(dir: &Path, s: &mut CgroupStat) {
     let Ok(t) = std::fs::read_to_string(dir.join("cpu.stat")) else {
         return;
     };
-    for (k, v) in pairs(&t) {
-        match k {
-            "nr_periods" => {
-                s.periods = v;
-                s.has_cpu = true;
-            }
-            "nr_throttled" => s.throttled_periods = v,
-            "throttled_time" => s.throttled_us = v / 1000,
-            _ => {}
-        }
-    }
+    cpu_stat(&t, ("throttled_time", 1000), s);
     let number = |name: &str| -> Option<f64> {
         std::fs::read_to_string(dir.join(name))
             .ok()?
@@ -200,17 +190,7 @@ pub fn read(dir: &Path) -> CgroupStat {
     let text = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let mut s = CgroupStat::default();
     if let Some(t) = text("cpu.stat") {
-        for (k, v) in pairs(&t) {
-            match k {
-                "nr_periods" => {
-                    s.periods = v;
-                    s.has_cpu = true;
-                }
-                "nr_throttled" => s.throttled_periods = v,
-                "throttled_usec" => s.throttled_us = v,
-                _ => {}
-            }
-        }
+        cpu_stat(&t, ("throttled_usec", 1), &mut s);
     }
     s.cpu_limit_cores = text("cpu.max").and_then(|t| cpu_max(&t));
     s.memory_limit_bytes = text("memory.max").and_then(|t| t.trim().parse().ok());
@@ -235,6 +215,23 @@ pub fn read(dir: &Path) -> CgroupStat {
         s.memory_full_us = p.full.map_or(0, |l| l.total_us);
     }
     s
+}
+
+/// A `cpu.stat`'s periods and throttling into `s`: the throttled time
+/// is under key `time.0`, `time.1` of its units a microsecond (v2's µs:
+/// 1, v1's ns: 1000).
+fn cpu_stat(text: &str, time: (&str, u64), s: &mut CgroupStat) {
+    for (k, v) in pairs(text) {
+        match k {
+            "nr_periods" => {
+                s.periods = v;
+                s.has_cpu = true;
+            }
+            "nr_throttled" => s.throttled_periods = v,
+            _ if k == time.0 => s.throttled_us = v / time.1,
+            _ => {}
+        }
+    }
 }
 
 /// `key value` lines of a flat-keyed cgroup file.
