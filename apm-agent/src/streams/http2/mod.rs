@@ -115,6 +115,18 @@ struct Conn {
 }
 
 impl Conn {
+    /// `ev`'s connection, followed from its start (`start`) or joined.
+    fn new(ev: &Event<'_>, start: bool) -> Self {
+        Self {
+            origin: ev.origin,
+            port: ev.port,
+            to_server: Side::new(start, true),
+            from_server: Side::new(start, false),
+            streams: FxHashMap::default(),
+            last_seen_ns: ev.ts_ns,
+        }
+    }
+
     /// The requests' direction (`to_server`) or the responses'.
     fn side(&mut self, to_server: bool) -> &mut Side {
         if to_server {
@@ -154,14 +166,7 @@ impl Tracker {
     /// client's first bytes (the preface), else joined mid-way (its
     /// tables partly unknown). False when the table has no room.
     pub fn open(&mut self, ev: &Event<'_>, start: bool, sink: &mut (impl Sink + RpcSink)) -> bool {
-        let mut conn = Conn {
-            origin: ev.origin,
-            port: ev.port,
-            to_server: Side::new(start, true),
-            from_server: Side::new(start, false),
-            streams: FxHashMap::default(),
-            last_seen_ns: ev.ts_ns,
-        };
+        let mut conn = Conn::new(ev, start);
         if !start {
             // Joined at `ev`, which starts with a frame: the other
             // direction resumes at its first piece that starts with one.
@@ -201,14 +206,8 @@ impl Tracker {
         up: &Upgraded,
         sink: &mut (impl Sink + RpcSink),
     ) -> bool {
-        let mut conn = Conn {
-            origin: ev.origin,
-            port: ev.port,
-            to_server: Side::new(true, true),
-            from_server: Side::new(true, false),
-            streams: FxHashMap::default(),
-            last_seen_ns: ev.ts_ns,
-        };
+        // Its client's preface comes next, its server's frames at once.
+        let mut conn = Conn::new(ev, true);
         conn.streams.insert(
             1,
             Stream {
