@@ -161,9 +161,12 @@ impl Sampler {
             entry.cpu_seconds_total += delta as f64 / 1000.0;
         }
         self.last_cpu_ms = seen_cpu;
+        // The processes just read, by start time: saturation reads no
+        // stat of its own.
+        let started: HashMap<u32, u64> = self.last_cpu_ms.keys().copied().collect();
         for (name, s) in self
             .saturation
-            .sample(services, elapsed, &metrics.saturation)
+            .sample(services, &started, elapsed, &metrics.saturation)
         {
             if let Some(entry) = out.get_mut(&*name) {
                 entry.saturation = s;

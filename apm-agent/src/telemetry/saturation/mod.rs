@@ -193,11 +193,13 @@ impl Saturation {
         }
     }
 
-    /// Samples `services` (tgid → service), `elapsed` seconds after the
-    /// previous sample, into `metrics`.
+    /// Samples `services` (tgid → service) whose processes are alive with
+    /// the start times in `started` (the sampler's own reading),
+    /// `elapsed` seconds after the previous sample, into `metrics`.
     pub fn sample<S: BuildHasher>(
         &mut self,
         services: &HashMap<u32, ServiceInfo, S>,
+        started: &HashMap<u32, u64>,
         elapsed: f64,
         metrics: &SaturationMetrics,
     ) -> BTreeMap<Arc<str>, ServiceSaturation> {
@@ -210,15 +212,15 @@ impl Saturation {
                 .entry(info.name.clone())
                 .or_default()
                 .extend(info.ports.iter().copied());
-            let Ok(process) = Process::new_with_root(self.proc_root.join(pid.to_string())) else {
+            let Some(&start) = started.get(&pid) else {
                 continue;
             };
-            let Ok(stat) = process.stat() else {
+            let Ok(process) = Process::new_with_root(self.proc_root.join(pid.to_string())) else {
                 continue;
             };
             let s = out.entry(info.name.clone()).or_default();
             let wait_ns = run_delay_ns(&self.proc_root, pid);
-            let key = (pid, stat.starttime);
+            let key = (pid, start);
             if let Some(&last) = self.last_wait_ns.get(&key) {
                 s.cpu_wait_seconds_total += wait_ns.saturating_sub(last) as f64 / 1e9;
             }
