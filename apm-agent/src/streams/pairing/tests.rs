@@ -2,6 +2,7 @@
 //! chunked and sendfile framing, closes, garbage and bounds.
 
 use super::*;
+use crate::protocols::routes::Route;
 
 #[derive(Default)]
 struct Recorder {

@@ -2,89 +2,17 @@
 //! connections named by their connect records.
 
 mod http2;
-
-use std::sync::Arc;
+mod sink;
 
 use apm_common::events::{EventKind, PacketHeader, direction, side, tcp_flags};
 
+pub(super) use self::sink::Both;
 use super::{
     Streams,
     closing::CLOSE_DELAY_NS,
-    http2::{RpcCall, RpcSink},
-    pairing::{Completed, Origin, Sink, Unpaired},
-    postgres::{Outcome, StatementSink},
-    resp::{CacheResult, CommandSink, Peer},
-    sql::System,
+    pairing::{Origin, Unpaired},
 };
-use crate::{
-    protocols::{resp::commands::Command, routes::Route, sql::Statement},
-    telemetry::synthetic,
-};
-
-#[derive(Default)]
-pub(super) struct Both {
-    pub(super) http: Vec<(String, u16)>,
-    pub(super) origins: Vec<Origin>,
-    methods: Vec<&'static str>,
-    redis: Vec<(&'static str, Peer)>,
-    pub(super) unpaired: Vec<Unpaired>,
-    pub(super) resyncs: Vec<Unpaired>,
-    sql: Vec<String>,
-    pub(super) rpc: Vec<(String, u16)>,
-}
-
-impl Sink for Both {
-    fn route(&mut self, _: Origin, path: &str) -> Route {
-        Route {
-            template: path.into(),
-            overflow: false,
-        }
-    }
-    fn request(&mut self, _: Origin, _: u16) {}
-    fn completed(&mut self, done: Completed) {
-        self.http.push((done.route.to_string(), done.status));
-        self.origins.push(done.origin);
-        self.methods.push(done.method.as_str());
-    }
-    fn unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
-        self.unpaired.push(reason);
-    }
-    fn resync(&mut self, _: Origin, _: u16, reason: Unpaired) {
-        self.resyncs.push(reason);
-    }
-}
-
-impl RpcSink for Both {
-    fn rpc_method(&mut self, _: Origin, path: &str) -> Arc<str> {
-        path.into()
-    }
-    fn rpc_completed(&mut self, call: RpcCall) {
-        self.rpc.push((call.method.to_string(), call.code));
-        self.origins.push(call.origin);
-    }
-    fn rpc_unpaired(&mut self, _: Origin, _: u16, reason: Unpaired) {
-        self.unpaired.push(reason);
-    }
-}
-
-impl CommandSink for Both {
-    fn completed(&mut self, peer: &Peer, cmd: Command, _: u64, _: u64, _: u32) {
-        self.redis.push((cmd.name, *peer));
-    }
-    fn result(&mut self, _: &Peer, _: Command, _: CacheResult) {}
-    fn unpaired(&mut self, _: &Peer, reason: Unpaired) {
-        self.unpaired.push(reason);
-    }
-}
-
-impl StatementSink for Both {
-    fn statement(&mut self, _: &Peer, _: System, stmt: &Arc<Statement>, _: Outcome, _: (u64, u64)) {
-        self.sql.push(stmt.text.clone());
-    }
-    fn statement_unpaired(&mut self, _: &Peer, _: System, reason: Unpaired) {
-        self.unpaired.push(reason);
-    }
-}
+use crate::telemetry::synthetic;
 
 fn segment(cookie: u64, dir: u8, whose: u8, seq: u32, data: &[u8]) -> Vec<u8> {
     let header = PacketHeader {
