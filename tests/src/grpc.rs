@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    https,
+    NetNs, https,
     process::{Scratch, stop},
     prod::py_app_bin,
 };
@@ -23,7 +23,12 @@ pub struct GrpcServer(Child);
 
 impl GrpcServer {
     pub fn start(port: u16) -> Self {
-        let mut python = Command::new(py_app_bin().join("python"));
+        Self::start_in(None, port)
+    }
+
+    /// The same inside `ns` (the root namespace without one).
+    pub fn start_in(ns: Option<&NetNs>, port: u16) -> Self {
+        let mut python = python_in(ns);
         python
             .arg(Path::new(SERVERS).join("grpc_server.py"))
             .arg(port.to_string());
@@ -132,7 +137,7 @@ pub fn drive_across(
     rounds: usize,
     between: impl FnOnce(),
 ) -> (BTreeMap<String, u64>, Vec<f64>) {
-    drive_paused(port, rounds, &["--hold"], between)
+    drive_paused(None, port, rounds, &["--hold"], between)
 }
 
 /// grpc_client.py --listen `lport`: the client listens there, then
@@ -144,18 +149,39 @@ pub fn drive_as_service(
     lport: u16,
     before: impl FnOnce(),
 ) -> (BTreeMap<String, u64>, Vec<f64>) {
-    drive_paused(port, rounds, &["--listen", &lport.to_string()], before)
+    drive_as_service_in(None, port, rounds, lport, before)
+}
+
+/// [`drive_as_service`] inside `ns`.
+pub fn drive_as_service_in(
+    ns: Option<&NetNs>,
+    port: u16,
+    rounds: usize,
+    lport: u16,
+    before: impl FnOnce(),
+) -> (BTreeMap<String, u64>, Vec<f64>) {
+    drive_paused(ns, port, rounds, &["--listen", &lport.to_string()], before)
+}
+
+/// The test venv's python, run inside `ns` if given.
+fn python_in(ns: Option<&NetNs>) -> Command {
+    let python = py_app_bin().join("python");
+    match ns {
+        Some(ns) => ns.command(python.to_str().expect("UTF-8 path")),
+        None => Command::new(python),
+    }
 }
 
 /// grpc_client.py with `extra`, which make it print "ready" and wait for
 /// a line: `between` runs then. What it printed after.
 fn drive_paused(
+    ns: Option<&NetNs>,
     port: u16,
     rounds: usize,
     extra: &[&str],
     between: impl FnOnce(),
 ) -> (BTreeMap<String, u64>, Vec<f64>) {
-    let mut child = Command::new(py_app_bin().join("python"))
+    let mut child = python_in(ns)
         .arg(Path::new(SERVERS).join("grpc_client.py"))
         .args([port.to_string(), rounds.to_string()])
         .args(extra)

@@ -4,13 +4,15 @@
 //! its preface in the packet programs. Over TLS: a Node client
 //! (@grpc/grpc-js and node:http2 on Node's OpenSSL) recognised by its
 //! ClientHello, its plaintext from the TLS probes. The client's own
-//! counts per method and status are the ground truth.
+//! counts per method and status are the ground truth. The cleartext
+//! calls also go over an MTU-1500 link with random loss.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use apm_e2e::{
     Agent, free_port,
-    grpc::{GrpcServer, GrpcTlsServer, NodeClient, drive_as_service},
+    grpc::{GrpcServer, GrpcTlsServer, NodeClient, drive_as_service, drive_as_service_in},
+    prod::LinkNs,
     require_root, shop_args,
     tls::wait_probed,
     wait_for,
@@ -149,5 +151,30 @@ fn a_services_http2_and_grpc_calls_over_tls_are_timed_as_its_client() {
         .into_iter()
         .map(|(k, n)| (k.replace("GET /shop.Cart/Get ", "GET "), n))
         .collect();
+    exact(&agent, port, &sent);
+}
+
+/// The cleartext calls over an Ethernet-like link (MTU 1500) that drops
+/// 2 % of the server port's packets each way: retransmissions, holes and
+/// List's 24 KiB replies across many segments.
+#[test]
+fn a_services_grpc_calls_over_a_lossy_link_are_exact() {
+    require_root();
+    let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
+    let link = LinkNs::create("grpc-cl", &[port], 2).expect("link");
+    let _server = GrpcServer::start_in(Some(&link.ns), port);
+    let l = lport.to_string();
+    let mut started = None;
+    let (sent, _) = drive_as_service_in(Some(&link.ns), port, 20, lport, || {
+        let args = shop_args(&l);
+        let agent =
+            Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
+        agent.wait_for_service(lport, "shop");
+        agent.wait_for_process("shop");
+        started = Some(agent);
+    });
+    let agent = started.expect("the agent");
+    eprintln!("lossy link: {:?}", link.check_loss().expect("loss"));
+    link.check_link(100).expect("an MTU-1500 link");
     exact(&agent, port, &sent);
 }
