@@ -36,13 +36,19 @@ pub const IPPROTO_TCP: u16 = 6;
 /// (SYN_RECV -> ESTABLISHED). `closed` counts those that then left the
 /// established set, {ESTABLISHED, CLOSE_WAIT}, the same set the kernel's
 /// `CurrEstab` MIB counter uses. Active is `accepted - closed`.
+///
+/// The TCP health counters are by local port, whatever the socket's state:
+/// segments retransmitted (SYN-ACKs included) and resets sent and received.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {
     pub accepted: u64,
     pub closed: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
 }
-const _: () = assert!(core::mem::size_of::<PortCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<PortCounters>() == 40);
 
 /// One outbound connection pool: a monitored process (tgid) and a
 /// destination (key of [`maps::POOLS`] and value of [`maps::OUT_SOCKETS`]).
@@ -72,14 +78,20 @@ const _: () = assert!(core::mem::size_of::<RemoteAddr>() == 24);
 
 /// Per-CPU counters of one pool: connections opened (CLOSE -> SYN_SENT, in
 /// the connecting task) and closed (left {SYN_SENT, ESTABLISHED,
-/// CLOSE_WAIT}). Active is `opened - closed`.
+/// CLOSE_WAIT}). Active is `opened - closed`. `connect_failures` counts
+/// those closed from SYN_SENT (refused, timed out or given up); the rest
+/// is TCP health as in [`PortCounters`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolCounters {
     pub opened: u64,
     pub closed: u64,
+    pub connect_failures: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
 }
-const _: () = assert!(core::mem::size_of::<PoolCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<PoolCounters>() == 48);
 
 /// What the kernel remembers of one counted socket (value of
 /// [`maps::SOCKETS`], keyed by the socket's kernel address).
@@ -223,8 +235,13 @@ pub struct Config {
     /// (`layout`), so no syscall tracepoint is attached for TLS.
     pub tls_sockets: u32,
     pub layout: KernelLayout,
+    /// Offset in `struct sk_buff` of `TCP_SKB_CB(skb)->tcp_gso_segs`, the
+    /// segments a retransmitted buffer carries (from BTF); 0: unknown,
+    /// each retransmission counts one.
+    pub skb_gso_segs: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 /// Byte offsets of the kernel fields between a task and a descriptor's
 /// socket, read by the agent from the kernel's BTF.

@@ -163,6 +163,13 @@ pub const WATCHED_MAX: u32 = 4096;
 pub const OUT_SOCKETS: &str = "OUT_SOCKETS";
 pub const OUT_SOCKETS_MAX: u32 = 65_536;
 
+/// `LruHashMap<u64 sock address, PoolKey>`: outbound sockets just closed
+/// (moved from `OUT_SOCKETS`), so the retransmissions of their FIN and the
+/// reset an abortive close sends, which come after the state change, still
+/// count in their pool. A hit must match the event's destination.
+pub const OUT_CLOSED: &str = "OUT_CLOSED";
+pub const OUT_CLOSED_MAX: u32 = 4096;
+
 /// `PerCpuHashMap<PoolKey, PoolCounters>`: outbound connections per
 /// process and destination.
 pub const POOLS: &str = "POOLS";
@@ -220,6 +227,9 @@ pub enum Role {
     /// capture with TLS keyed by descriptor; the syscall capture's read
     /// programs note it themselves).
     TlsReads,
+    /// Retransmissions and resets per port and pool: attached in every
+    /// mode, fire only on those events; without them the rest works.
+    TcpHealth,
 }
 
 /// One kernel program: its name in the object, its hook and its role.
@@ -272,6 +282,10 @@ pub const PROBES: &[Probe] = &[
         },
         role: Role::Connections,
     },
+    tcp_health("tcp_retransmit_skb"),
+    tcp_health("tcp_retransmit_synack"),
+    tcp_health("tcp_send_reset"),
+    tcp_health("tcp_receive_reset"),
     Probe {
         program: "capture_ingress",
         hook: Hook::CgroupSkbIngress,
@@ -331,6 +345,18 @@ const fn tls_reads(program: &'static str, name: &'static str) -> Probe {
             name,
         },
         role: Role::TlsReads,
+    }
+}
+
+/// A `tcp:` tracepoint of [`Role::TcpHealth`] whose program has its name.
+const fn tcp_health(name: &'static str) -> Probe {
+    Probe {
+        program: name,
+        hook: Hook::Tracepoint {
+            category: "tcp",
+            name,
+        },
+        role: Role::TcpHealth,
     }
 }
 

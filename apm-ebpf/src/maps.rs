@@ -11,9 +11,9 @@ use apm_common::{
     events::{ConnectEvent, RINGBUF_BYTES},
     maps::{
         CAPTURE_PORTS_MAX, CLIENTS_MAX, CONNS_MAX, GO_CALLS_MAX, INFLIGHT_MAX, LAST_READS_MAX,
-        OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX, REMOTE_ADDRS_MAX,
-        SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_PENDING_MAX, TLS_SOCKS_MAX, TRACED_SLOTS,
-        WATCHED_MAX,
+        OUT_CLOSED_MAX, OUT_SOCKETS_MAX, OUTBOUND_MAX, PEERS_MAX, PIDS_MAX, POOLS_MAX, PORTS_MAX,
+        REMOTE_ADDRS_MAX, SOCKETS_MAX, TLS_CALLS_MAX, TLS_LINKS_MAX, TLS_PENDING_MAX,
+        TLS_SOCKS_MAX, TRACED_SLOTS, WATCHED_MAX,
     },
 };
 
@@ -87,6 +87,9 @@ pub static WATCHED: LruHashMap<u64, ConnectEvent> = LruHashMap::with_max_entries
 
 #[map]
 pub static OUT_SOCKETS: HashMap<u64, PoolKey> = HashMap::with_max_entries(OUT_SOCKETS_MAX, 0);
+
+#[map]
+pub static OUT_CLOSED: LruHashMap<u64, PoolKey> = LruHashMap::with_max_entries(OUT_CLOSED_MAX, 0);
 
 #[map]
 pub static POOLS: PerCpuHashMap<PoolKey, PoolCounters> =

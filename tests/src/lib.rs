@@ -28,7 +28,10 @@ pub mod seccomp;
 pub mod tls;
 pub mod traces;
 pub use metrics::{Metrics, Sample};
-pub use net::{Client, NetNs, Server, assert_two_namespaces_apart, connect_many, python_client};
+pub use net::{
+    Client, NetNs, Server, assert_two_namespaces_apart, close_with_reset, connect_many,
+    python_client,
+};
 pub use redis_server::{
     Redis, cache, client_counts, commandstats, commandstats_delta, pool, server_counts, shop,
     shop_args, wait_for_client_counts,

@@ -300,3 +300,26 @@ pub fn assert_two_namespaces_apart(agent: &crate::Agent, a: &NetNs, b: &NetNs, p
     assert_eq!(m.route_counts("apm-httpd"), in_a, "{}", m.text);
     assert_eq!(m2.route_counts("python3"), in_b, "{}", m2.text);
 }
+
+/// Closes `stream` abortively (SO_LINGER 0): the kernel sends a reset
+/// instead of a FIN.
+pub fn close_with_reset(stream: std::net::TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads size_of::<linger>() bytes from a live local
+    // value; the descriptor is the stream's own, open until it drops.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(stream);
+}

@@ -257,20 +257,33 @@ fn cgroup_programs_named(names: &[&str]) -> usize {
 fn sigterm_detaches_every_program() {
     require_root();
     let cgroup_hooks = ["capture_ingress", "capture_egress", "connect4", "connect6"];
-    let packets = [Role::Connections, Role::PacketData, Role::Outbound];
+    // TCP health's tracepoints in every mode: they fire only on
+    // retransmissions and resets.
+    let packets = [
+        Role::Connections,
+        Role::TcpHealth,
+        Role::PacketData,
+        Role::Outbound,
+    ];
     // TLS reading with packets keys plaintext by socket (this kernel has
     // BTF): no syscall tracepoint, nothing on the read path.
-    let packets_tls = [Role::Connections, Role::PacketData, Role::Outbound];
+    let packets_tls = packets;
     // Without it, by descriptor: the accept, close and connect
     // tracepoints, and the read entries.
     let packets_tls_no_btf = [
         Role::Connections,
+        Role::TcpHealth,
         Role::PacketData,
         Role::Outbound,
         Role::SyscallState,
         Role::TlsReads,
     ];
-    let syscalls = [Role::Connections, Role::SyscallState, Role::SyscallData];
+    let syscalls = [
+        Role::Connections,
+        Role::TcpHealth,
+        Role::SyscallState,
+        Role::SyscallData,
+    ];
     for (capture, tls, btf, roles) in [
         ("packets", false, true, &packets[..]),
         ("packets", true, true, &packets_tls[..]),
@@ -370,10 +383,11 @@ fn no_http_attaches_only_the_connection_probes_and_still_counts_exactly() {
     require_root();
     let port = free_port().expect("port");
     let mut agent = Agent::start(&["--no-http", "--port", &port.to_string()]).expect("agent");
-    // Only the TCP state tracepoint: no syscall and no packet program.
+    // Only the TCP state and health tracepoints: no syscall and no
+    // packet program.
     assert_eq!(
         apm_programs_loaded(),
-        programs(&[Role::Connections], false),
+        programs(&[Role::Connections, Role::TcpHealth], false),
         "{}",
         agent.log_text()
     );

@@ -532,7 +532,7 @@ fn the_prometheus_alert_rules_check_and_pass_their_unit_tests() {
             .args(["check", "rules"])
             .arg(dir.join("apm-rules.yml")),
     );
-    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
     let tested = run_ok(Command::new("promtool").current_dir(&dir).args([
         "test",
         "rules",
@@ -550,6 +550,7 @@ fn the_prometheus_alert_rules_check_and_pass_their_unit_tests() {
         ("ServiceFdsAlmostExhausted", "> 0.9"),
         ("ServiceOomKilled", "> 0"),
         ("ServiceCpuThrottled", "> 0.25"),
+        ("ServiceDroppingConnections", "> 0"),
     ] {
         let at = rules
             .find(&format!("alert: {name}"))

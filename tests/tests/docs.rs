@@ -81,6 +81,10 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
     let mut reply = [0u8; 12];
     redis.read_exact(&mut reply).expect("replies");
     assert_eq!(&reply, b"+PONG\r\n$-1\r\n");
+    // An abortive close: a reset the server's port receives and this
+    // service's pool sends.
+    let aborted = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    apm_e2e::close_with_reset(aborted);
     let mut client = Client::connect(port).expect("connect");
     for _ in 0..3 {
         assert_eq!(client.get("/ok").expect("request"), 200);
@@ -115,6 +119,8 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
             || m.text
                 .contains("db_client_operation_duration_seconds_count{");
         let pooled = m.text.contains("apm_outbound_connections_active{");
+        let reset = m.text.contains("apm_tcp_resets_total{")
+            && m.text.contains("apm_outbound_resets_total{");
         // The syscall capture follows a descriptor in the process that
         // accepted it: PostgreSQL's forked backends are not followed.
         let sql = capture != "packets" || m.text.contains("db_system_name=\"postgresql\"");
@@ -131,6 +137,7 @@ fn exported(capture: &str, extra: &[&str]) -> BTreeSet<String> {
             (served, "Redis timed server side"),
             (client, "Redis timed client side"),
             (pooled, "the pool counted"),
+            (reset, "a reset counted"),
             (sql, "a SQL statement timed server side"),
             (
                 m.text.contains("apm_service_cpu_limit_cores{"),

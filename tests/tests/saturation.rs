@@ -174,7 +174,7 @@ fn a_process_near_its_descriptor_limit_reads_its_usage() {
 }
 
 #[test]
-fn a_listener_that_never_accepts_reads_full_and_its_overflows_are_counted() {
+fn a_listener_that_never_accepts_reads_full_and_its_drops_are_counted_for_its_port() {
     require_root();
     let port = free_port().expect("port");
     let script = format!(
@@ -196,7 +196,8 @@ fn a_listener_that_never_accepts_reads_full_and_its_overflows_are_counted() {
     })
     .expect("the host's listen overflows");
     // 50 attempts of at most 100 ms: two are queued, the rest's SYNs
-    // dropped while the queue is full.
+    // dropped while the queue is full, once each (a SYN is retried after
+    // a second, and each attempt gives up long before).
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let held: Vec<_> = (0..50)
         .filter_map(|_| {
@@ -210,13 +211,22 @@ fn a_listener_that_never_accepts_reads_full_and_its_overflows_are_counted() {
         let queued = m.value("apm_listen_queue_connections", &labels)?;
         let limit = m.value("apm_listen_queue_limit", &labels)?;
         let dropped = overflows(&m)? - before;
-        (queued > limit && dropped > 0.0).then_some((queued, limit, dropped))
+        let port_drops = m.value("apm_listen_drops_total", &labels)?;
+        (queued > limit && dropped > 0.0 && port_drops > 0.0)
+            .then_some((queued, limit, dropped, port_drops))
     });
-    eprintln!(
-        "{} connected; queue, limit, host overflows: {read:?}",
-        held.len()
-    );
-    let (queued, limit, dropped) = read.expect("a full queue and overflows");
+    let refused = 50 - held.len();
+    eprintln!("{refused} not connected; queue, limit, host overflows, port drops: {read:?}");
+    let (queued, limit, dropped, port_drops) = read.expect("a full queue and drops");
     assert_eq!((queued, limit), (2.0, 1.0));
     assert!(dropped >= 1.0, "{dropped}");
+    // Every attempt that did not connect, on its own port (a sample may
+    // fall between them: wait for the last).
+    let exact = agent.wait_for_metrics(Duration::from_secs(10), |m| {
+        m.value("apm_listen_drops_total", &labels) == Some(refused as f64)
+    });
+    assert!(
+        exact.is_some(),
+        "port drops {port_drops}, expected {refused}"
+    );
 }

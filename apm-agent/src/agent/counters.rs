@@ -5,6 +5,7 @@ use apm_common::{DropReason, PidCounters, Verdict};
 
 use super::Agent;
 use crate::services::directory::UNKNOWN_SERVICE;
+pub(super) use crate::telemetry::saturation::tcp::increment;
 
 impl Agent {
     /// Turn the kernel's cumulative counters into metric increments.
@@ -32,8 +33,10 @@ impl Agent {
                 .port_names
                 .get(&port)
                 .map_or(UNKNOWN_SERVICE, String::as_str);
-            let labels = [name, &port.to_string()];
+            let port_label = port.to_string();
+            let labels = [name, &port_label];
             let m = &self.metrics;
+            m.saturation.tcp.served(name, &port_label, &last, &now);
             m.conns_accepted
                 .with_label_values(&labels)
                 .inc_by(increment(last.accepted, now.accepted));
@@ -119,23 +122,5 @@ impl Agent {
             (Some((_, first)), Some((_, last))) => last.saturating_sub(*first),
             _ => 0,
         }
-    }
-}
-
-/// The increase from `last` to `now` of a cumulative counter; a value that
-/// went down was reset (its map entry recreated), so all of `now` is new.
-pub(super) fn increment(last: u64, now: u64) -> u64 {
-    if now >= last { now - last } else { now }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn increments_survive_resets() {
-        assert_eq!(increment(5, 8), 3);
-        assert_eq!(increment(5, 5), 0);
-        assert_eq!(increment(5, 2), 2);
     }
 }

@@ -104,6 +104,8 @@ pub struct Agent {
     refused_pids: HashSet<u32>,
     /// Last kernel values seen, to turn cumulative values into increments.
     last_ports: HashMap<u16, PortCounters>,
+    /// The same per outbound pool.
+    last_pools: HashMap<apm_common::PoolKey, apm_common::PoolCounters>,
     /// When each monitored port last listened or had a connection open.
     port_seen: HashMap<u16, std::time::Instant>,
     /// Ports of Redis, PostgreSQL and MySQL servers (--redis-port,
@@ -176,6 +178,7 @@ impl Agent {
             refused_pids: HashSet::new(),
             newly_named: Vec::new(),
             last_ports: HashMap::new(),
+            last_pools: HashMap::new(),
             port_seen: HashMap::new(),
             port_ttl: config.series_ttl,
             db_ports: config

@@ -3,7 +3,7 @@
 //! captured to, and their connection pools per destination.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{SocketAddr, ToSocketAddrs},
     time::Instant,
 };
@@ -177,17 +177,33 @@ impl Agent {
                 );
             }
         }
-        for pool in kernel.outbound().pools() {
+        let pools = kernel.outbound().pools();
+        let mut last_pools = HashMap::with_capacity(pools.len());
+        for pool in pools {
+            let last = self.last_pools.get(&pool.key).copied().unwrap_or_default();
             match self.published.get(&pool.tgid) {
                 Some((service, _)) => {
+                    let addr = pool.addr.to_string();
+                    let port = pool.port.to_string();
+                    self.metrics.saturation.tcp.outbound(
+                        service,
+                        (&addr, &port),
+                        &last,
+                        &pool.counters,
+                    );
                     *by_service
-                        .entry((service.clone(), pool.addr.to_string(), pool.port))
+                        .entry((service.clone(), addr, pool.port))
                         .or_default() += pool.active;
                 }
-                None if pool.active == 0 => kernel.outbound().forget(&pool),
+                None if pool.active == 0 => {
+                    kernel.outbound().forget(&pool);
+                    continue;
+                }
                 None => {}
             }
+            last_pools.insert(pool.key, pool.counters);
         }
+        self.last_pools = last_pools;
         for (&(tgid, _), &(_, addr)) in &self.preexisting {
             if let Some((service, _)) = self.published.get(&tgid) {
                 *by_service

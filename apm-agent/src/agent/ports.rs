@@ -156,6 +156,7 @@ impl Agent {
             let _ = family.remove_label_values(&labels);
         }
         let _ = m.conns_active.remove_label_values(&labels);
+        m.saturation.tcp.forget_port(labels[0], labels[1]);
         m.ports_expired.inc();
         info!(port, service = %name, "port idle; forgotten");
     }

@@ -48,6 +48,8 @@ pub enum Signal {
     OomKills,
     /// Its fullest accept queue over its backlog (above 1: full).
     AcceptQueueRatio,
+    /// Connection attempts its listening ports dropped in the window.
+    ListenDrops,
 }
 
 impl Signal {
@@ -69,6 +71,7 @@ impl Signal {
             Signal::FdUsageRatio => "fd_usage_ratio",
             Signal::OomKills => "oom_kills",
             Signal::AcceptQueueRatio => "accept_queue_ratio",
+            Signal::ListenDrops => "listen_drops",
         }
     }
 
@@ -113,6 +116,7 @@ impl Signal {
                 | Signal::FdUsageRatio
                 | Signal::OomKills
                 | Signal::AcceptQueueRatio
+                | Signal::ListenDrops
         )
     }
 }
@@ -219,10 +223,12 @@ pub fn defaults() -> Vec<Rule> {
         // Saturation whose threshold needs no knowledge of the service:
         // descriptors nearly exhausted, a process OOM-killed, a CPU limit
         // holding the service back a quarter of the time (as
-        // kube-prometheus' CPUThrottlingHigh).
+        // kube-prometheus' CPUThrottlingHigh), clients' connections
+        // dropped at its listeners for a minute.
         rule("ServiceFdsAlmostExhausted", Signal::FdUsageRatio, 0.9, 30),
         rule("ServiceOomKilled", Signal::OomKills, 0.0, 0),
         rule("ServiceCpuThrottled", Signal::CpuThrottledRatio, 0.25, 300),
+        rule("ServiceDroppingConnections", Signal::ListenDrops, 0.0, 60),
     ]
 }
 

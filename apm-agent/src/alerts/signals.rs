@@ -109,7 +109,8 @@ pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
         | Signal::CpuThrottledRatio
         | Signal::FdUsageRatio
         | Signal::OomKills
-        | Signal::AcceptQueueRatio => i
+        | Signal::AcceptQueueRatio
+        | Signal::ListenDrops => i
             .samples
             .services(i.now_s, window)
             .into_iter()
@@ -123,6 +124,7 @@ pub fn measure(rule: &Rule, i: &Inputs<'_>) -> Vec<Measurement> {
                     Signal::CpuThrottledRatio => p.cpu_throttled_ratio,
                     Signal::FdUsageRatio => p.fd_usage_ratio,
                     Signal::OomKills => p.oom_kills_total,
+                    Signal::ListenDrops => p.listen_drops,
                     _ => p.accept_queue_ratio,
                 },
                 samples: 0,
@@ -291,12 +293,19 @@ mod tests {
             saturation::ServiceSaturation,
         };
         let mut samples = SampleWindow::new(Duration::from_secs(300));
-        for (at, kills, fds) in [(100, 2, 0.5), (101, 3, 0.95), (102, 3, 0.6)] {
+        for (at, kills, fds, dropped) in [(100, 2, 0.5, 4), (101, 3, 0.95, 0), (102, 3, 0.6, 3)] {
+            let queue = crate::telemetry::saturation::PortQueue {
+                port: 80,
+                queued: 2,
+                limit: 1,
+                dropped,
+            };
             let shop = ServiceSample {
                 saturation: ServiceSaturation {
                     fd_usage_ratio: fds,
                     oom_kills_total: kills,
                     cpu_throttled_ratio: 0.3,
+                    accept_queues: vec![queue],
                     ..ServiceSaturation::default()
                 },
                 ..ServiceSample::default()
@@ -329,5 +338,7 @@ mod tests {
         assert_eq!(value("ServiceFdsAlmostExhausted"), (0.95, true));
         assert_eq!(value("ServiceOomKilled"), (1.0, true));
         assert_eq!(value("ServiceCpuThrottled"), (0.3, true));
+        // Every drop in the window.
+        assert_eq!(value("ServiceDroppingConnections"), (7.0, true));
     }
 }

@@ -168,6 +168,9 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         all
     };
     attach_role(&mut ebpf, Role::Connections, None);
+    if !attach_role(&mut ebpf, Role::TcpHealth, None) {
+        tracing::warn!("TCP health tracepoints not attached: no retransmit or reset counts");
+    }
     let mut capture = options.capture;
     let mut cgroup_root = None;
     if options.http && capture == Capture::Packets {
@@ -214,8 +217,20 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
     // says how to find a descriptor's socket) or else by descriptor,
     // which needs the descriptor state (accept, close and connect).
     let tls = options.tls && options.http;
-    let sockets =
-        (tls && capture == Capture::Packets).then(|| kernel_layout::read(&options.kernel_btf));
+    let btf = kernel_layout::load(&options.kernel_btf);
+    let sockets = (tls && capture == Capture::Packets).then(|| {
+        btf.as_ref()
+            .map_err(Clone::clone)
+            .and_then(kernel_layout::read)
+    });
+    // Without it each retransmission counts one segment, however many the
+    // buffer carried (only offloaded links send several at once).
+    let skb_gso_segs = btf
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(kernel_layout::gso_segs)
+        .inspect_err(|e| tracing::warn!("retransmissions counted per buffer: {e}"))
+        .unwrap_or(0);
     let layout = sockets.clone().and_then(Result::ok);
     if capture == Capture::Syscalls || (tls && layout.is_none()) {
         attach_role(&mut ebpf, Role::SyscallState, None);
@@ -276,6 +291,8 @@ pub fn start(options: &StartOptions) -> (Option<Kernel>, ProbeReport) {
         client_descriptors: u32::from(tls && layout.is_none()),
         tls_sockets: u32::from(layout.is_some()),
         layout: layout.unwrap_or_default(),
+        skb_gso_segs,
+        _pad: 0,
     };
     let tls = if tls {
         let loaded = TlsProbes::load(&mut ebpf, &options.proc_root);
@@ -460,6 +477,9 @@ impl Kernel {
                     .fold(PortCounters::default(), |a, c| PortCounters {
                         accepted: a.accepted + c.accepted,
                         closed: a.closed + c.closed,
+                        retransmits: a.retransmits + c.retransmits,
+                        resets_sent: a.resets_sent + c.resets_sent,
+                        resets_received: a.resets_received + c.resets_received,
                     });
                 (port, sum)
             })

@@ -11,10 +11,20 @@ use btf_rs::{Btf, Type};
 /// Where the running kernel describes its types.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The layout of the kernel described by the BTF file at `path`.
-pub fn read(path: &Path) -> Result<KernelLayout, String> {
-    let btf = Btf::from_file(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let at = |ty: &str, member: &str| offset(&btf, ty, member);
+/// The kernel's types, from the BTF file at `path`.
+pub fn load(path: &Path) -> Result<Btf, String> {
+    Btf::from_file(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// The offset in `struct sk_buff` of `TCP_SKB_CB(skb)->tcp_gso_segs`: the
+/// segments a buffer of a socket's write queue carries.
+pub fn gso_segs(btf: &Btf) -> Result<u32, String> {
+    Ok(offset(btf, "sk_buff", "cb")? + offset(btf, "tcp_skb_cb", "tcp_gso_segs")?)
+}
+
+/// The layout of the kernel `btf` describes.
+pub fn read(btf: &Btf) -> Result<KernelLayout, String> {
+    let at = |ty: &str, member: &str| offset(btf, ty, member);
     Ok(KernelLayout {
         task_files: at("task_struct", "files")?,
         files_fdt: at("files_struct", "fdt")?,
@@ -94,15 +104,21 @@ mod tests {
             eprintln!("no {VMLINUX_BTF}: skipped");
             return;
         }
-        let layout = read(path).expect("layout");
+        let btf = load(path).expect("btf");
+        let layout = read(&btf).expect("layout");
         assert_eq!(layout.inode_mode, 0);
         assert_eq!(layout.fdt_max_fds, 0);
         assert!(layout.task_files > 0 && layout.sk_cookie > 14, "{layout:?}");
+        // sk_buff.cb has been at 40 on 64-bit kernels for years, and
+        // tcp_gso_segs follows seq and end_seq.
+        assert_eq!(gso_segs(&btf), Ok(48));
     }
 
     #[test]
     fn a_missing_file_is_an_error_not_a_panic() {
-        let err = read(Path::new("/nonexistent/btf")).expect_err("no file");
+        let Err(err) = load(Path::new("/nonexistent/btf")) else {
+            panic!("no file, no error")
+        };
         assert!(err.contains("/nonexistent/btf"), "{err}");
     }
 }

@@ -43,7 +43,9 @@ pub struct Pool {
     pub addr: IpAddr,
     pub port: u16,
     pub active: u64,
-    key: PoolKey,
+    /// Its counters, summed over CPUs.
+    pub counters: PoolCounters,
+    pub key: PoolKey,
 }
 
 impl Outbound {
@@ -226,14 +228,22 @@ impl Outbound {
             .iter()
             .flatten()
             .map(|(key, per_cpu)| {
-                let (opened, closed) = per_cpu
+                let c = per_cpu
                     .iter()
-                    .fold((0u64, 0u64), |(o, c), v| (o + v.opened, c + v.closed));
+                    .fold(PoolCounters::default(), |a, v| PoolCounters {
+                        opened: a.opened + v.opened,
+                        closed: a.closed + v.closed,
+                        connect_failures: a.connect_failures + v.connect_failures,
+                        retransmits: a.retransmits + v.retransmits,
+                        resets_sent: a.resets_sent + v.resets_sent,
+                        resets_received: a.resets_received + v.resets_received,
+                    });
                 Pool {
                     tgid: key.tgid,
                     addr: apm_common::events::ip_of(key.addr),
                     port: key.port,
-                    active: opened.saturating_sub(closed),
+                    active: c.opened.saturating_sub(c.closed),
+                    counters: c,
                     key,
                 }
             })

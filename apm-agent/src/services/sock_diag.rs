@@ -1,7 +1,8 @@
 //! The kernel's socket diagnostics (NETLINK_SOCK_DIAG) of the agent's own
 //! network namespace: each TCP socket's inode and cookie (`idiag_cookie`,
 //! what `bpf_get_socket_cookie()` reports), and each listener's accept
-//! queue (`idiag_rqueue`) and its limit (`idiag_wqueue`, the backlog).
+//! queue (`idiag_rqueue`), its limit (`idiag_wqueue`, the backlog) and
+//! the connection attempts it dropped (`INET_DIAG_SKMEMINFO`'s drops).
 //! Dumping one's own namespace needs no privilege, unlike borrowing the
 //! socket from its process.
 
@@ -30,6 +31,12 @@ const MSG_SPORT: usize = 4;
 const MSG_RQUEUE: usize = 56;
 const MSG_WQUEUE: usize = 60;
 const MSG_LEN: usize = 72;
+/// `INET_DIAG_SKMEMINFO`: an attribute of `SK_MEMINFO_VARS` u32, asked
+/// for with its bit in the request's `idiag_ext`; the drops are the
+/// ninth (`SK_MEMINFO_DROPS`): a listener's are every attempt the kernel
+/// dropped on it (`tcp_listendrop`: accept queue full, among others).
+const INET_DIAG_SKMEMINFO: u16 = 7;
+const SK_MEMINFO_DROPS: usize = 8;
 
 /// The cookies of the wanted socket inodes that are TCP sockets (not
 /// listening) of the agent's network namespace; inodes of other
@@ -40,7 +47,7 @@ pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
         return Ok(found);
     }
     for family in [libc::AF_INET, libc::AF_INET6] {
-        dump(family as u8, ALL_BUT_LISTEN, |msg| {
+        dump(family as u8, ALL_BUT_LISTEN, 0, |msg| {
             let inode = u64::from(u32_at(msg, MSG_INODE));
             if wanted.contains(&inode) {
                 let cookie = u64::from(u32_at(msg, MSG_COOKIE))
@@ -53,26 +60,49 @@ pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
 }
 
 /// A port's listeners' accept queues: connections waiting for accept(),
-/// and the most they may hold (the backlog), summed over its listening
-/// sockets (IPv4 and IPv6, SO_REUSEPORT groups).
+/// the most they may hold (the backlog) and the attempts they dropped
+/// (since each listener opened), summed over its listening sockets (IPv4
+/// and IPv6, SO_REUSEPORT groups).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AcceptQueue {
     pub queued: u64,
     pub limit: u64,
+    pub drops: u64,
 }
 
 /// The accept queue of every listening port of the agent's namespace.
 pub fn accept_queues() -> io::Result<HashMap<u16, AcceptQueue>> {
     let mut queues: HashMap<u16, AcceptQueue> = HashMap::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
-        dump(family as u8, LISTEN, |msg| {
+        let ext = 1 << (INET_DIAG_SKMEMINFO - 1);
+        dump(family as u8, LISTEN, ext, |msg| {
             let port = u16::from_be_bytes([msg[MSG_SPORT], msg[MSG_SPORT + 1]]);
             let q = queues.entry(port).or_default();
             q.queued += u64::from(u32_at(msg, MSG_RQUEUE));
             q.limit += u64::from(u32_at(msg, MSG_WQUEUE));
+            if let Some(mem) = attribute(&msg[MSG_LEN..], INET_DIAG_SKMEMINFO) {
+                q.drops += u64::from(u32_at(mem, SK_MEMINFO_DROPS * 4));
+            }
         })?;
     }
     Ok(queues)
+}
+
+/// The payload of the first netlink attribute of `kind` in `attrs`
+/// (`struct rtattr`s: length, type, payload, aligned to 4 bytes).
+fn attribute(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let found = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if found == kind {
+            return attrs.get(4..len);
+        }
+        attrs = attrs.get((len + 3) & !3..)?;
+    }
+    None
 }
 
 /// A native-endian u32 at `at` in `b` (0 past its end).
@@ -83,10 +113,11 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// Calls `each` with every `inet_diag_msg` (at least [`MSG_LEN`] bytes)
-/// of the TCP sockets of `family` in `states`.
-fn dump(family: u8, states: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+/// of the TCP sockets of `family` in `states`, with the attributes `ext`
+/// asks for after it.
+fn dump(family: u8, states: u32, ext: u8, mut each: impl FnMut(&[u8])) -> io::Result<()> {
     let sock = open()?;
-    send_request(&sock, family, states)?;
+    send_request(&sock, family, states, ext)?;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: recv writes at most buf.len() bytes into buf, which we own.
@@ -125,8 +156,8 @@ fn open() -> io::Result<OwnedFd> {
 }
 
 /// One `SOCK_DIAG_BY_FAMILY` dump request for TCP sockets of `family`
-/// in `states`.
-fn request(family: u8, states: u32) -> [u8; NLMSG_HDR + REQ_LEN] {
+/// in `states`, with the attributes `ext` asks for.
+fn request(family: u8, states: u32, ext: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
     let mut msg = [0u8; NLMSG_HDR + REQ_LEN];
     let len = (NLMSG_HDR + REQ_LEN) as u32;
     msg[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -139,13 +170,14 @@ fn request(family: u8, states: u32) -> [u8; NLMSG_HDR + REQ_LEN] {
     let req = &mut msg[NLMSG_HDR..];
     req[0] = family;
     req[1] = libc::IPPROTO_TCP as u8;
+    req[2] = ext;
     req[4..8].copy_from_slice(&states.to_ne_bytes());
     req[8 + 40..8 + 48].copy_from_slice(&[0xff; 8]);
     msg
 }
 
-fn send_request(sock: &OwnedFd, family: u8, states: u32) -> io::Result<()> {
-    let msg = request(family, states);
+fn send_request(sock: &OwnedFd, family: u8, states: u32, ext: u8) -> io::Result<()> {
+    let msg = request(family, states, ext);
     // SAFETY: a zeroed sockaddr_nl is valid; nl_family names the kernel.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -282,13 +314,23 @@ mod tests {
             .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
             .collect();
         let q = accept_queues().expect("dump")[&port];
-        assert_eq!(
-            q,
-            AcceptQueue {
-                queued: 2,
-                limit: 3
-            }
-        );
-        drop((clients, listener));
+        let expected = AcceptQueue {
+            queued: 2,
+            limit: 3,
+            drops: 0,
+        };
+        assert_eq!(q, expected);
+        // The queue takes one past its limit; the SYNs after that are
+        // dropped on the listener as they arrive.
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let more: Vec<_> = (0..4)
+            .map(|_| {
+                std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(50))
+            })
+            .collect();
+        let q = accept_queues().expect("dump")[&port];
+        assert_eq!((q.queued, q.limit), (4, 3));
+        assert!(q.drops >= 2, "{q:?}");
+        drop((clients, more, listener));
     }
 }

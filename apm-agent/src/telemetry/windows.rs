@@ -309,6 +309,9 @@ pub struct ServicePoint {
     /// The fullest of its accept queues: connections waiting over the
     /// backlog (above 1 when full: the kernel queues one more).
     pub accept_queue_ratio: f64,
+    /// Connection attempts its listeners dropped: since the previous
+    /// sample in a sample, in the window in a window's summary.
+    pub listen_drops: f64,
 }
 
 impl ServicePoint {
@@ -327,6 +330,7 @@ impl ServicePoint {
                 .filter(|q| q.limit > 0)
                 .map(|q| q.queued as f64 / q.limit as f64)
                 .fold(0.0, f64::max),
+            listen_drops: sat.accept_queues.iter().map(|q| q.dropped as f64).sum(),
         }
     }
 }
@@ -400,8 +404,8 @@ impl SampleWindow {
 
     /// Per service over the window: the mean of its CPU cores, resident
     /// bytes, CPU wait and throttled ratios; the largest descriptor usage
-    /// and accept-queue ratio; and (in `oom_kills_total`) the OOM kills
-    /// it saw.
+    /// and accept-queue ratio; and the OOM kills (in `oom_kills_total`)
+    /// and listen drops it saw.
     pub fn services(&self, now_s: u64, window: Duration) -> Vec<(String, ServicePoint)> {
         let mut acc: HashMap<&str, (ServicePoint, u32, f64)> = HashMap::new();
         for p in self.within(now_s, window) {
@@ -415,6 +419,7 @@ impl SampleWindow {
                 sum.cpu_throttled_ratio += s.cpu_throttled_ratio;
                 sum.fd_usage_ratio = sum.fd_usage_ratio.max(s.fd_usage_ratio);
                 sum.accept_queue_ratio = sum.accept_queue_ratio.max(s.accept_queue_ratio);
+                sum.listen_drops += s.listen_drops;
                 sum.oom_kills_total = s.oom_kills_total - *first_kills;
                 *n += 1;
             }

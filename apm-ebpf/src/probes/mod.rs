@@ -10,6 +10,7 @@ pub mod io;
 pub mod packets;
 pub mod records;
 pub mod sockets;
+pub mod tcp_health;
 pub mod tcp_state;
 pub mod tls;
 pub mod tls_h2;

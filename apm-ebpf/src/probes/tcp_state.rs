@@ -18,7 +18,7 @@ use crate::{
     maps::{
         CLIENTS, CONFIG, LISTEN_CHANGES, OUT_SOCKETS, PEERS, POOLS, PORTS, SOCKETS, count_drop,
     },
-    probes::sockets,
+    probes::{sockets, tcp_health},
 };
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
@@ -99,7 +99,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         sockets::closed(skaddr);
         // SAFETY: read-only copy of a value this program wrote.
         let Some(info) = (unsafe { SOCKETS.get(skaddr) }).copied() else {
-            close_pool(skaddr);
+            close_pool(skaddr, oldstate == tcp_state::SYN_SENT);
             return Ok(());
         };
         // Removing first makes the close count exactly once even if two
@@ -193,9 +193,10 @@ fn open_pool(ctx: &TracePointContext, skaddr: u64) {
     unsafe { (*counters).opened += 1 };
 }
 
-/// An outbound socket left {SYN_SENT, ESTABLISHED, CLOSE_WAIT}.
+/// An outbound socket left {SYN_SENT, ESTABLISHED, CLOSE_WAIT}; from
+/// SYN_SENT (`failed`), it never connected.
 #[inline(always)]
-fn close_pool(skaddr: u64) {
+fn close_pool(skaddr: u64, failed: bool) {
     // SAFETY: read-only copy of a value this program wrote.
     let Some(key) = (unsafe { OUT_SOCKETS.get(skaddr) }).copied() else {
         return;
@@ -203,9 +204,13 @@ fn close_pool(skaddr: u64) {
     if OUT_SOCKETS.remove(skaddr).is_err() {
         return;
     }
+    tcp_health::remember_closed(skaddr, &key);
     if let Some(counters) = POOLS.get_ptr_mut(key) {
         // SAFETY: as in open_pool.
-        unsafe { (*counters).closed += 1 };
+        unsafe {
+            (*counters).closed += 1;
+            (*counters).connect_failures += u64::from(failed);
+        }
     }
 }
 

@@ -175,6 +175,17 @@ impl LinkNs {
         run_with_input(self.ns.command("nft").args(["-f", "-"]), &rule)
     }
 
+    /// From now on, loses nothing (the input chain's rules and their
+    /// counters go: read [`Self::check_loss`] first).
+    pub fn stop_loss(&self) -> Result<()> {
+        run_ok(
+            self.ns
+                .command("nft")
+                .args(["flush", "chain", "inet", TABLE, "input"]),
+        )
+        .map(|_| ())
+    }
+
     /// The counters now.
     pub fn counters(&self) -> Result<LinkCounters> {
         let json = run_ok(

@@ -1,8 +1,7 @@
 //! Accept queues: each monitored port's connections waiting for
-//! accept() against its backlog (sock_diag, the agent's network
-//! namespace), and the host's SYNs dropped because a queue was full
-//! (`/proc/net/netstat` TcpExt `ListenOverflows` and `ListenDrops`; the
-//! kernel does not count them per port).
+//! accept() against its backlog and the attempts its listeners dropped
+//! (sock_diag, the agent's network namespace), and the host's
+//! (`/proc/net/netstat` TcpExt `ListenOverflows` and `ListenDrops`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -10,10 +9,13 @@ use std::{
     sync::Arc,
 };
 
-use prometheus::{Counter, GaugeVec, Opts, Registry};
+use prometheus::{Counter, CounterVec, GaugeVec, Opts, Registry};
 use serde::Serialize;
 
-use super::super::metrics::{MetricsError, PORT, SERVICE};
+use super::{
+    super::metrics::{MetricsError, PORT, SERVICE},
+    tcp::increment,
+};
 use crate::services::sock_diag::{AcceptQueue, accept_queues};
 
 /// One port's accept queue, as /stats/system shows it.
@@ -22,11 +24,14 @@ pub struct PortQueue {
     pub port: u16,
     pub queued: u64,
     pub limit: u64,
+    /// Attempts dropped since the previous sample.
+    pub dropped: u64,
 }
 
 pub struct ListenMetrics {
     queued: GaugeVec,
     limit: GaugeVec,
+    dropped: CounterVec,
     overflows: Counter,
     drops: Counter,
 }
@@ -52,6 +57,17 @@ impl ListenMetrics {
                 "apm_listen_queue_limit",
                 "The most that port's accept queue holds (its listen backlog).",
             )?,
+            dropped: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "apm_listen_drops_total",
+                        "Connection attempts the service's listening port dropped (its listeners' drops: accept queue full, among others).",
+                    ),
+                    &[SERVICE, PORT],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             overflows: counter(
                 "apm_host_tcp_listen_overflows_total",
                 "Host-wide: SYNs and handshakes dropped because a listener's accept queue was full (TcpExt ListenOverflows; not counted per port by the kernel).",
@@ -69,6 +85,8 @@ impl ListenMetrics {
 pub struct Listen {
     last: Option<(u64, u64)>,
     shown: BTreeSet<(Arc<str>, u16)>,
+    /// Each port's listeners' drops at the previous sample.
+    last_drops: HashMap<u16, u64>,
 }
 
 impl Listen {
@@ -89,17 +107,22 @@ impl Listen {
                     continue;
                 };
                 let p = port.to_string();
-                m.queued
-                    .with_label_values(&[&**service, &p])
-                    .set(q.queued as f64);
-                m.limit
-                    .with_label_values(&[&**service, &p])
-                    .set(q.limit as f64);
+                let labels = [&**service, &p];
+                m.queued.with_label_values(&labels).set(q.queued as f64);
+                m.limit.with_label_values(&labels).set(q.limit as f64);
+                // The counter starts from what the listeners counted since
+                // they opened, as a kernel counter does; the alert signal
+                // (`dropped`) only from the agent's first look.
+                let last = self.last_drops.insert(port, q.drops);
+                let total = increment(last.unwrap_or(0), q.drops);
+                m.dropped.with_label_values(&labels).inc_by(total as f64);
+                let dropped = if last.is_some() { total } else { 0 };
                 shown.insert((service.clone(), port));
                 out.entry(service.clone()).or_default().push(PortQueue {
                     port,
                     queued: q.queued,
                     limit: q.limit,
+                    dropped,
                 });
             }
         }
@@ -107,7 +130,10 @@ impl Listen {
             let p = port.to_string();
             let _ = m.queued.remove_label_values(&[&**service, &p]);
             let _ = m.limit.remove_label_values(&[&**service, &p]);
+            let _ = m.dropped.remove_label_values(&[&**service, &p]);
         }
+        self.last_drops
+            .retain(|port, _| shown.iter().any(|(_, p)| p == port));
         self.shown = shown;
         let now = std::fs::read_to_string(proc_root.join("net/netstat"))
             .ok()

@@ -8,6 +8,9 @@
 
 mod cgroup;
 mod listen;
+pub mod tcp;
+
+pub use listen::PortQueue;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -63,6 +66,7 @@ pub struct SaturationMetrics {
     memory_waiting: CounterVec,
     memory_stalled: CounterVec,
     listen: listen::ListenMetrics,
+    pub tcp: tcp::TcpHealthMetrics,
 }
 
 impl SaturationMetrics {
@@ -136,6 +140,7 @@ impl SaturationMetrics {
                 &[SERVICE],
             )?,
             listen: listen::ListenMetrics::register(registry)?,
+            tcp: tcp::TcpHealthMetrics::register(registry)?,
         })
     }
 

@@ -1,0 +1,231 @@
+//! TCP health per service, from the kernel's `tcp:` tracepoints: segments
+//! retransmitted and resets sent and received on its server ports, the
+//! same for its outbound connections per destination, and the connections
+//! it opened that never connected.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+};
+
+use apm_common::{PoolCounters, PortCounters};
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use super::super::metrics::{MetricsError, PORT, SERVICE};
+
+const ADDRESS: &str = "server_address";
+const DIRECTION: &str = "direction";
+
+/// Destinations (service, address, port) with series of their own; the
+/// events of further ones count under [`OTHER`].
+const MAX_DESTINATIONS: usize = 1024;
+/// The address and port the events of destinations past the bound count
+/// under: kept, but not per destination.
+pub const OTHER: &str = "other";
+
+pub struct TcpHealthMetrics {
+    retransmits: IntCounterVec,
+    resets: IntCounterVec,
+    out_retransmits: IntCounterVec,
+    out_resets: IntCounterVec,
+    connect_failures: IntCounterVec,
+    destinations: Mutex<HashSet<(String, String, String)>>,
+}
+
+impl TcpHealthMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, MetricsError>(c)
+        };
+        Ok(Self {
+            retransmits: counter(
+                "apm_tcp_retransmitted_segments_total",
+                "Segments the service's connections on its server port retransmitted, SYN-ACKs included (tcp:tcp_retransmit_skb, tcp:tcp_retransmit_synack).",
+                &[SERVICE, PORT],
+            )?,
+            resets: counter(
+                "apm_tcp_resets_total",
+                "TCP resets the service's server port sent (an abortive close, a segment no connection wanted) or received from its clients.",
+                &[SERVICE, PORT, DIRECTION],
+            )?,
+            out_retransmits: counter(
+                "apm_outbound_retransmitted_segments_total",
+                "Segments the service's outbound connections to the destination retransmitted, SYNs included.",
+                &[SERVICE, ADDRESS, PORT],
+            )?,
+            out_resets: counter(
+                "apm_outbound_resets_total",
+                "TCP resets the service's outbound connections to the destination sent or received (a refused connect among them).",
+                &[SERVICE, ADDRESS, PORT, DIRECTION],
+            )?,
+            connect_failures: counter(
+                "apm_outbound_connect_failures_total",
+                "Outbound connections of the service that closed before they connected (SYN_SENT to CLOSE: refused, timed out or abandoned).",
+                &[SERVICE, ADDRESS, PORT],
+            )?,
+            destinations: Mutex::default(),
+        })
+    }
+
+    /// Adds what the server port's counters gained from `last` to `now`.
+    pub fn served(&self, service: &str, port: &str, last: &PortCounters, now: &PortCounters) {
+        self.retransmits
+            .with_label_values(&[service, port])
+            .inc_by(increment(last.retransmits, now.retransmits));
+        for (direction, last, now) in [
+            ("sent", last.resets_sent, now.resets_sent),
+            ("received", last.resets_received, now.resets_received),
+        ] {
+            let inc = increment(last, now);
+            // No series until something happened: most ports never reset.
+            if inc > 0 {
+                self.resets
+                    .with_label_values(&[service, port, direction])
+                    .inc_by(inc);
+            }
+        }
+    }
+
+    /// Adds what an outbound pool's counters gained from `last` to `now`.
+    pub fn outbound(
+        &self,
+        service: &str,
+        (address, port): (&str, &str),
+        last: &PoolCounters,
+        now: &PoolCounters,
+    ) {
+        let (address, port) = self.destination(service, address, port);
+        let labels = [service, address, port];
+        // Every pool has these two, as it has its active gauge.
+        self.out_retransmits
+            .with_label_values(&labels)
+            .inc_by(increment(last.retransmits, now.retransmits));
+        self.connect_failures
+            .with_label_values(&labels)
+            .inc_by(increment(last.connect_failures, now.connect_failures));
+        for (direction, last, now) in [
+            ("sent", last.resets_sent, now.resets_sent),
+            ("received", last.resets_received, now.resets_received),
+        ] {
+            let inc = increment(last, now);
+            if inc > 0 {
+                self.out_resets
+                    .with_label_values(&[service, address, port, direction])
+                    .inc_by(inc);
+            }
+        }
+    }
+
+    /// The destination's labels: its own while fewer than
+    /// [`MAX_DESTINATIONS`] have series, else [`OTHER`].
+    fn destination<'a>(
+        &self,
+        service: &str,
+        address: &'a str,
+        port: &'a str,
+    ) -> (&'a str, &'a str) {
+        let mut known = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (service.to_owned(), address.to_owned(), port.to_owned());
+        if known.contains(&key) {
+            return (address, port);
+        }
+        if known.len() < MAX_DESTINATIONS {
+            known.insert(key);
+            return (address, port);
+        }
+        (OTHER, OTHER)
+    }
+
+    /// Drops a server port's series (the port is forgotten).
+    pub fn forget_port(&self, service: &str, port: &str) {
+        let _ = self.retransmits.remove_label_values(&[service, port]);
+        for direction in ["sent", "received"] {
+            let _ = self.resets.remove_label_values(&[service, port, direction]);
+        }
+    }
+}
+
+/// The increase from `last` to `now` of a cumulative kernel counter; a
+/// value that went down was reset (its map entry recreated), so all of
+/// `now` is new.
+pub fn increment(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increments_survive_resets() {
+        assert_eq!(increment(5, 8), 3);
+        assert_eq!(increment(5, 5), 0);
+        assert_eq!(increment(5, 2), 2);
+    }
+
+    #[test]
+    fn destinations_past_the_bound_count_under_other() {
+        let m = TcpHealthMetrics::register(&Registry::new()).expect("register");
+        let failed = PoolCounters {
+            connect_failures: 1,
+            ..Default::default()
+        };
+        let none = PoolCounters::default();
+        for port in 0..=MAX_DESTINATIONS {
+            m.outbound("scanner", ("10.0.0.9", &port.to_string()), &none, &failed);
+        }
+        m.outbound("scanner", ("10.0.0.9", "7"), &none, &failed);
+        let other = m
+            .connect_failures
+            .with_label_values(&["scanner", OTHER, OTHER])
+            .get();
+        let seven = m
+            .connect_failures
+            .with_label_values(&["scanner", "10.0.0.9", "7"])
+            .get();
+        assert_eq!((other, seven), (1, 2));
+    }
+
+    #[test]
+    fn only_what_happened_gets_a_series() {
+        let registry = Registry::new();
+        let m = TcpHealthMetrics::register(&registry).expect("register");
+        let last = PortCounters::default();
+        let now = PortCounters {
+            retransmits: 3,
+            resets_received: 2,
+            ..Default::default()
+        };
+        m.served("web", "80", &last, &now);
+        m.served("web", "80", &now, &now);
+        let pool = PoolCounters {
+            connect_failures: 4,
+            resets_received: 4,
+            ..Default::default()
+        };
+        m.outbound("web", ("10.0.0.1", "5432"), &PoolCounters::default(), &pool);
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .expect("encode");
+        assert!(
+            text.contains(
+                "apm_tcp_retransmitted_segments_total{server_port=\"80\",service_name=\"web\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("direction=\"received\",server_port=\"80\",service_name=\"web\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("direction=\"sent\""), "{text}");
+        assert!(text.contains("apm_outbound_connect_failures_total{server_address=\"10.0.0.1\",server_port=\"5432\",service_name=\"web\"} 4"), "{text}");
+        // Every pool has its retransmissions, zero or not.
+        assert!(text.contains("apm_outbound_retransmitted_segments_total{server_address=\"10.0.0.1\",server_port=\"5432\",service_name=\"web\"} 0"), "{text}");
+    }
+}
