@@ -171,8 +171,40 @@ fn ss_retransmitted(ns: &NetNs, filter: &str) -> (u64, bool) {
 #[test]
 fn retransmissions_on_a_lossy_link_count_for_the_side_that_sent_them() {
     require_root();
-    let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
+    let port = free_port().expect("port");
     let link = LinkNs::create("tcph", &[port], 5).expect("link");
+    retransmissions(&link, port);
+}
+
+/// The same with the loopback's offloads back on: a retransmitted buffer
+/// then often carries several segments, and each counts.
+#[test]
+fn retransmitted_buffers_of_several_segments_count_each_segment() {
+    require_root();
+    let port = free_port().expect("port");
+    let link = LinkNs::create("tcpo", &[port], 5).expect("link");
+    let name = link.ns.name().to_owned();
+    let ok = Command::new("ip")
+        .args(["-n", &name, "link", "set", "lo", "gso_max_segs", "65535"])
+        .status()
+        .expect("ip")
+        .success()
+        && link
+            .ns
+            .command("ethtool")
+            .args(["-K", "lo", "tso", "on", "gso", "on"])
+            .status()
+            .expect("ethtool")
+            .success();
+    assert!(ok, "offloads back on {name}");
+    retransmissions(&link, port);
+}
+
+/// Bulk exchanges on `link`'s lossy loopback between a monitored server
+/// on `port` and a monitored client: each side's retransmissions as the
+/// agent counts them equal its sockets' own `total_retrans`.
+fn retransmissions(link: &LinkNs, port: u16) {
+    let lport = free_port().expect("port");
     let _server = peer(Some(&link.ns), &["serve", &port.to_string()]);
     let mut client = peer(Some(&link.ns), &["client", &lport.to_string()]);
     let agent = agent(port, lport);

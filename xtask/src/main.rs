@@ -68,8 +68,8 @@ enum Cmd {
         /// section. Needs no root.
         #[arg(long)]
         instructions_only: bool,
-        /// With --paired-only: only these cases (nginx, nginx-tls, tls-bystander, traces, traces-all, postgres,
-        /// mariadb, redis1, redis16),
+        /// With --paired-only: only these cases (nginx, nginx-h2c, nginx-tls, tls-bystander, traces,
+        /// traces-all, postgres, mariadb, redis1, redis16, tcp-health),
         /// printed and not written to docs/benchmarks.md.
         #[arg(long, value_delimiter = ',')]
         case: Vec<String>,

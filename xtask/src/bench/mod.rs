@@ -33,6 +33,7 @@ mod pg_paired;
 mod redis;
 mod redis_paired;
 mod report;
+mod tcp_health;
 pub mod tools;
 mod traces_paired;
 
@@ -174,6 +175,11 @@ pub fn paired_only(root: &Path, agent: &Path, cases: &[String], extra: &[String]
             "mariadb (mariadb-slap, a point SELECT, -c 4), timed/untimed server",
             "statement",
         ));
+        println!("{}", lines[lines.len() - 1]);
+    }
+    if wanted("tcp-health") {
+        let t = tcp_health::tcp_health(root, agent, &extra)?;
+        lines.push(t.line());
         println!("{}", lines[lines.len() - 1]);
     }
     for p in [1, 16] {
