@@ -38,6 +38,9 @@ try {
       failing: document.getElementById("failing").textContent,
       alerts: document.getElementById("alerts").textContent,
       svgOrCanvas: document.querySelectorAll(".chart canvas").length,
+      saturation: window.apmDashboard["chart-saturation"],
+      saturationNow: document.getElementById("saturation-now").textContent,
+      network: document.getElementById("network").textContent,
     }));
   await page.waitForTimeout(2500);
   result.first = await read();

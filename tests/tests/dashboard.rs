@@ -139,8 +139,27 @@ fn the_dashboard_shows_live_data_health_and_alerts_from_the_agent_only() {
     assert_ne!(rps("first"), rps("second"), "request rate did not move");
     assert_ne!(latency("first"), latency("second"), "latency did not move");
     assert!(
-        r["first"]["svgOrCanvas"].as_u64().unwrap_or(0) >= 7,
+        r["first"]["svgOrCanvas"].as_u64().unwrap_or(0) >= 8,
         "charts not drawn: {r}"
+    );
+    // The saturation row: its ratios charted (the server holds a few
+    // descriptors of its limit), what it is now, and its port's TCP health.
+    let fds = numbers(&r["second"]["saturation"][3]);
+    assert!(
+        !fds.is_empty() && fds.iter().all(|&v| (0.0..1.0).contains(&v)),
+        "no descriptor usage: {r}"
+    );
+    assert!(fds.iter().any(|&v| v > 0.0), "no descriptor usage: {r}");
+    let now = r["second"]["saturationNow"].as_str().unwrap_or("");
+    assert!(
+        now.contains("descriptors") && now.contains(&format!("accept queue :{port}")),
+        "saturation now: {r}"
+    );
+    assert!(
+        r["second"]["network"]
+            .as_str()
+            .is_some_and(|n| n.contains(&format!("port {port}"))),
+        "TCP health of the port: {r}"
     );
     let failing = r["third"]["failing"].as_str().unwrap_or("");
     assert!(

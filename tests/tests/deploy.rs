@@ -218,6 +218,10 @@ fn every_grafana_query_returns_data_for_the_test_service() {
     require_root();
     let port = free_port().expect("port");
     let server = Server::rust(port).expect("apm-httpd");
+    // In a cgroup with a CPU limit, as in a container: its throttling.
+    let cgroup = apm_e2e::cgroups::Cgroup::create("grafana");
+    cgroup.limit_cpu(4.0);
+    cgroup.adopt(server.pid());
     let rport = free_port().expect("port");
     let _redis = Redis::start(rport);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
@@ -308,6 +312,9 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         apm_e2e::databases::psql(pgport, &["SELECT count(*) FROM pg_class", "SELECT 1 / 0"]);
         // gRPC calls, DEADLINE_EXCEEDED (a server error) among them.
         drive(gport, 1);
+        // An abortive close by shop: a reset each side counts.
+        let aborted = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        apm_e2e::close_with_reset(aborted);
         std::thread::sleep(Duration::from_millis(200));
         empty.retain(|e| {
             prometheus.query(e)["data"]["result"]
@@ -316,7 +323,7 @@ fn every_grafana_query_returns_data_for_the_test_service() {
         });
     }
     assert!(empty.is_empty(), "Grafana queries without data: {empty:#?}");
-    drop((server, listener));
+    drop((server, listener, cgroup));
     std::fs::remove_file(config).ok();
 }
 

@@ -135,6 +135,14 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
         .map(|(destination, active)| json!({ "destination": destination, "active": active }))
         .collect();
     let sample = state.system.read().ok().and_then(|s| s.clone());
+    // The selected service's saturation now, and its network's health.
+    let saturation = selected.as_deref().map(|name| {
+        let now = sample
+            .as_ref()
+            .and_then(|(_, s)| s.services.get(name))
+            .map(|s| s.saturation.clone());
+        json!({ "now": now, "network": state.metrics.saturation.network_of(name) })
+    });
     let host = sample.map(|(_, s)| {
         json!({
             "cpu_count": s.host.cpu_count,
@@ -170,6 +178,7 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
         "commands": commands,
         "statements": statements,
         "outbound": outbound,
+        "saturation": saturation,
         "host": { "now": host, "series": host_series },
         "health": health.ok(),
         "alerts": { "firing": alerts["firing"], "pending": alerts["pending"] },

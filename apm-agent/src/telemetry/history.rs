@@ -1,6 +1,6 @@
 //! The built-in dashboard's time series: every STEP, one point per
 //! service (request rate, error ratio, latency quantiles, requests in
-//! flight, open connections, CPU, memory) and one for the host, from the
+//! flight, open connections, CPU, memory, saturation) and one for the host, from the
 //! agent's own rolling windows. 15 minutes are kept; services are capped
 //! (the least busy are dropped first), so the history is bounded.
 
@@ -30,6 +30,16 @@ pub struct ServicePoint {
     pub connections: f64,
     pub cpu_cores: f64,
     pub memory_bytes: f64,
+    pub saturation: Saturation,
+}
+
+/// A service's saturation ratios at one step (`windows::ServicePoint`'s).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Saturation {
+    pub cpu_wait: f64,
+    pub cpu_throttled: f64,
+    pub fd_usage: f64,
+    pub accept_queue: f64,
 }
 
 /// Column-wise series, as uPlot takes them (`null` where there is no
@@ -46,6 +56,10 @@ pub struct ServiceSeries {
     pub connections: Vec<f64>,
     pub cpu_cores: Vec<f64>,
     pub memory_bytes: Vec<f64>,
+    pub cpu_wait_ratio: Vec<f64>,
+    pub cpu_throttled_ratio: Vec<f64>,
+    pub fd_usage_ratio: Vec<f64>,
+    pub accept_queue_ratio: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -121,6 +135,11 @@ impl History {
             s.connections.push(p.connections);
             s.cpu_cores.push(p.cpu_cores);
             s.memory_bytes.push(p.memory_bytes);
+            let sat = p.saturation;
+            s.cpu_wait_ratio.push(sat.cpu_wait);
+            s.cpu_throttled_ratio.push(sat.cpu_throttled);
+            s.fd_usage_ratio.push(sat.fd_usage);
+            s.accept_queue_ratio.push(sat.accept_queue);
         }
         Some(s)
     }
@@ -165,6 +184,12 @@ pub fn points(
         let p = out.entry(name).or_default();
         p.cpu_cores = s.cpu_cores;
         p.memory_bytes = s.memory_bytes;
+        p.saturation = Saturation {
+            cpu_wait: s.cpu_wait_ratio,
+            cpu_throttled: s.cpu_throttled_ratio,
+            fd_usage: s.fd_usage_ratio,
+            accept_queue: s.accept_queue_ratio,
+        };
     }
     for (name, n) in in_flight {
         out.entry(name.clone()).or_default().in_flight = n as f64;

@@ -133,23 +133,14 @@ impl Metrics {
 
     /// Open outbound connections of `service`: (destination, active).
     pub fn outbound_of(&self, service: &str) -> Vec<(String, f64)> {
-        use prometheus::core::Collector as _;
-        let mut out = Vec::new();
-        for family in self.outbound_active.collect() {
-            for m in family.get_metric() {
-                let label = |name: &str| {
-                    m.get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                        .unwrap_or_default()
-                };
-                if label(SERVICE) == service {
-                    let dest = format!("{}:{}", label("server_address"), label(PORT));
-                    out.push((dest, m.get_gauge().get_value()));
-                }
-            }
-        }
+        let mut out: Vec<(String, f64)> =
+            super::saturation::tcp::of_service(&self.outbound_active, service)
+                .into_iter()
+                .map(|(l, v)| {
+                    let at = |name: &str| l.get(name).cloned().unwrap_or_default();
+                    (format!("{}:{}", at("server_address"), at(PORT)), v)
+                })
+                .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out
     }

@@ -100,6 +100,11 @@ function renderService(d) {
   chart("chart-concurrency", ["in flight", "connections"], [s.t, s.in_flight, s.connections]);
   chart("chart-cpu", ["cores"], [s.t, s.cpu_cores]);
   chart("chart-memory", ["MiB"], [s.t, s.memory_bytes.map((b) => b / 1048576)]);
+  chart(
+    "chart-saturation",
+    ["CPU wait", "throttled", "fds", "accept queue"],
+    [s.t, s.cpu_wait_ratio, s.cpu_throttled_ratio, s.fd_usage_ratio, s.accept_queue_ratio],
+  );
   table(
     $("slowest"),
     ["route", "p50 s", "p99 s", "count"],
@@ -138,6 +143,29 @@ function renderService(d) {
     $("outbound"),
     ["destination", "open"],
     d.outbound.map((o) => row([[o.destination], [o.active, true]])),
+  );
+  renderSaturation(d.saturation);
+}
+
+function renderSaturation(sat) {
+  const now = sat && sat.now;
+  const rows = [];
+  if (now) {
+    rows.push(["CPU wait", `${fmt(now.cpu_wait_ratio, 3)} s/s`]);
+    rows.push(["throttled", now.cpu_limit_cores == null ? "no CPU limit" : `${pct(now.cpu_throttled_ratio)} of periods at ${fmt(now.cpu_limit_cores, 2)} cores`]);
+    rows.push(["memory limit", now.memory_limit_bytes == null ? "none" : `${fmt(now.memory_limit_bytes / 1048576, 0)} MiB`]);
+    rows.push(["OOM kills", now.oom_kills_total]);
+    rows.push(["descriptors", `${now.open_fds} open, ${pct(now.fd_usage_ratio)} of the limit`]);
+    for (const q of now.accept_queues) rows.push([`accept queue :${q.port}`, `${q.queued} of ${q.limit}`]);
+  }
+  table($("saturation-now"), ["", "now"], rows.map(([k, v]) => row([[k], [v, true]])));
+  const dash = (v) => (v == null ? "—" : v);
+  table(
+    $("network"),
+    ["port / destination", "retransmitted", "resets sent / received", "connect failures", "listen drops"],
+    (sat ? sat.network : []).map((n) =>
+      row([[n.target], [n.retransmitted, true], [`${n.resets_sent} / ${n.resets_received}`, true], [dash(n.connect_failures), true], [dash(n.listen_drops), true]]),
+    ),
   );
 }
 

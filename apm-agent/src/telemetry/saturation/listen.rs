@@ -31,7 +31,7 @@ pub struct PortQueue {
 pub struct ListenMetrics {
     queued: GaugeVec,
     limit: GaugeVec,
-    dropped: CounterVec,
+    pub(super) dropped: CounterVec,
     overflows: Counter,
     drops: Counter,
 }

@@ -24,7 +24,7 @@ use prometheus::{CounterVec, GaugeVec, Opts, Registry};
 use serde::Serialize;
 
 use self::cgroup::CgroupStat;
-use super::metrics::{MetricsError, SERVICE};
+use super::metrics::{MetricsError, PORT, SERVICE};
 use crate::services::directory::ServiceInfo;
 
 /// Threads of one process whose run delay is read each sample; the rest
@@ -144,6 +144,29 @@ impl SaturationMetrics {
         })
     }
 
+    /// The service's TCP health and listen drops per server port and
+    /// destination: the troubled first, at most [`NETWORK_ROWS`].
+    pub fn network_of(&self, service: &str) -> Vec<tcp::NetworkRow> {
+        let mut rows = self.tcp.rows_of(service);
+        for (labels, v) in tcp::of_service(&self.listen.dropped, service) {
+            let target = format!("port {}", labels.get(PORT).map_or("", String::as_str));
+            let row = rows.entry(target.clone()).or_default();
+            row.target = target;
+            *row.listen_drops.get_or_insert(0) += v as u64;
+        }
+        let mut rows: Vec<tcp::NetworkRow> = rows.into_values().collect();
+        let trouble = |r: &tcp::NetworkRow| {
+            r.retransmitted
+                + r.resets_sent
+                + r.resets_received
+                + r.connect_failures.unwrap_or(0)
+                + r.listen_drops.unwrap_or(0)
+        };
+        rows.sort_by(|a, b| trouble(b).cmp(&trouble(a)).then(a.target.cmp(&b.target)));
+        rows.truncate(NETWORK_ROWS);
+        rows
+    }
+
     /// Drops a service's series (it is gone).
     fn forget(&self, service: &str) {
         for g in [
@@ -172,6 +195,9 @@ impl SaturationMetrics {
 }
 
 const EVENTS: [&str; 3] = ["high", "max", "oom_kill"];
+
+/// Ports and destinations [`SaturationMetrics::network_of`] lists.
+pub const NETWORK_ROWS: usize = 20;
 
 /// Per-process and per-cgroup values of the previous sample.
 pub struct Saturation {

@@ -4,12 +4,13 @@
 //! it opened that never connected.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     sync::{Mutex, PoisonError},
 };
 
 use apm_common::{PoolCounters, PortCounters};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Opts, Registry, core::Collector};
+use serde::Serialize;
 
 use super::super::metrics::{MetricsError, PORT, SERVICE};
 
@@ -150,6 +151,84 @@ impl TcpHealthMetrics {
     }
 }
 
+/// One server port's or destination's TCP health, as the dashboard shows
+/// it: `port 8080` or `10.0.0.7:5432`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NetworkRow {
+    pub target: String,
+    pub retransmitted: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Outbound only.
+    pub connect_failures: Option<u64>,
+    /// Server ports only.
+    pub listen_drops: Option<u64>,
+}
+
+impl TcpHealthMetrics {
+    /// The service's server ports and destinations, by their target.
+    pub fn rows_of(&self, service: &str) -> BTreeMap<String, NetworkRow> {
+        let mut rows: BTreeMap<String, NetworkRow> = BTreeMap::new();
+        let target = |l: &BTreeMap<String, String>| match l.get(ADDRESS) {
+            Some(a) => format!("{a}:{}", l.get(PORT).map_or("", String::as_str)),
+            None => format!("port {}", l.get(PORT).map_or("", String::as_str)),
+        };
+        let sent = |l: &BTreeMap<String, String>| l.get(DIRECTION).is_some_and(|d| d == "sent");
+        for family in [&self.retransmits, &self.out_retransmits] {
+            for (l, v) in of_service(family, service) {
+                rows.entry(target(&l)).or_default().retransmitted += v as u64;
+            }
+        }
+        for family in [&self.resets, &self.out_resets] {
+            for (l, v) in of_service(family, service) {
+                let row = rows.entry(target(&l)).or_default();
+                if sent(&l) {
+                    row.resets_sent += v as u64;
+                } else {
+                    row.resets_received += v as u64;
+                }
+            }
+        }
+        for (l, v) in of_service(&self.connect_failures, service) {
+            *rows
+                .entry(target(&l))
+                .or_default()
+                .connect_failures
+                .get_or_insert(0) += v as u64;
+        }
+        for (t, row) in &mut rows {
+            row.target.clone_from(t);
+        }
+        rows
+    }
+}
+
+/// Each series of `family` whose `service_name` is `service`: its labels
+/// and value.
+pub fn of_service(family: &impl Collector, service: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for f in family.collect() {
+        let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+        for m in f.get_metric() {
+            let labels: BTreeMap<String, String> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                .collect();
+            if labels.get(SERVICE).is_none_or(|s| s != service) {
+                continue;
+            }
+            let value = if counter {
+                m.get_counter().get_value()
+            } else {
+                m.get_gauge().get_value()
+            };
+            out.push((labels, value));
+        }
+    }
+    out
+}
+
 /// The increase from `last` to `now` of a cumulative kernel counter; a
 /// value that went down was reset (its map entry recreated), so all of
 /// `now` is new.
@@ -189,6 +268,33 @@ mod tests {
             .with_label_values(&["scanner", "10.0.0.9", "7"])
             .get();
         assert_eq!((other, seven), (1, 2));
+    }
+
+    #[test]
+    fn a_services_rows_join_its_families_by_target() {
+        let m = TcpHealthMetrics::register(&Registry::new()).expect("register");
+        let now = PortCounters {
+            retransmits: 5,
+            resets_sent: 2,
+            ..Default::default()
+        };
+        m.served("web", "80", &PortCounters::default(), &now);
+        m.served("other", "81", &PortCounters::default(), &now);
+        let pool = PoolCounters {
+            connect_failures: 3,
+            resets_received: 3,
+            ..Default::default()
+        };
+        m.outbound("web", ("10.0.0.1", "5432"), &PoolCounters::default(), &pool);
+        let rows = m.rows_of("web");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let port = &rows["port 80"];
+        assert_eq!(
+            (port.retransmitted, port.resets_sent, port.connect_failures),
+            (5, 2, None)
+        );
+        let db = &rows["10.0.0.1:5432"];
+        assert_eq!((db.resets_received, db.connect_failures), (3, Some(3)));
     }
 
     #[test]
