@@ -148,6 +148,22 @@ fn resets_and_refused_connects_count_for_the_service_whose_connection_it_was() {
             m.sum("apm_tcp_resets_total", "caller") as u64,
         ]
     });
+    // /stats/system lists them per service, port and destination.
+    let stats = agent.stats_system().expect("stats");
+    let row = |service: &str, target: &str| {
+        stats["network"][service]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["target"] == target).cloned())
+            .unwrap_or_else(|| panic!("no {target} of {service}: {stats}"))
+    };
+    let refused_row = row("caller", &format!("127.0.0.1:{c}"));
+    assert_eq!(refused_row["connect_failures"], refused, "{refused_row}");
+    let served = row("backend", &format!("port {p}"));
+    assert_eq!(
+        (&served["resets_sent"], &served["resets_received"]),
+        (&reset.into(), &aborted.into()),
+        "{served}"
+    );
 }
 
 /// The sum of `total_retrans` over the namespace's sockets `ss` selects

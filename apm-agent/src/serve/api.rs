@@ -134,6 +134,8 @@ async fn stats_system(State(state): State<AppState>) -> Response {
         Some((at, sample)) => Json(serde_json::json!({
             "age_seconds": at.elapsed().as_secs_f64(),
             "sample": sample,
+            // Each service's ports' and destinations' TCP health.
+            "network": state.metrics.saturation.network(None),
         }))
         .into_response(),
         None => (

@@ -141,7 +141,8 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
             .as_ref()
             .and_then(|(_, s)| s.services.get(name))
             .map(|s| s.saturation.clone());
-        json!({ "now": now, "network": state.metrics.saturation.network_of(name) })
+        let network = state.metrics.saturation.network(Some(name)).remove(name);
+        json!({ "now": now, "network": network.unwrap_or_default() })
     });
     let host = sample.map(|(_, s)| {
         json!({

@@ -134,7 +134,7 @@ impl Metrics {
     /// Open outbound connections of `service`: (destination, active).
     pub fn outbound_of(&self, service: &str) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> =
-            super::saturation::tcp::of_service(&self.outbound_active, service)
+            super::saturation::tcp::series(&self.outbound_active, Some(service))
                 .into_iter()
                 .map(|(l, v)| {
                     let at = |name: &str| l.get(name).cloned().unwrap_or_default();

@@ -24,7 +24,7 @@ use prometheus::{CounterVec, GaugeVec, Opts, Registry};
 use serde::Serialize;
 
 use self::cgroup::CgroupStat;
-use super::metrics::{MetricsError, PORT, SERVICE};
+use super::metrics::{MetricsError, SERVICE};
 use crate::services::directory::ServiceInfo;
 
 /// Threads of one process whose run delay is read each sample; the rest
@@ -144,17 +144,14 @@ impl SaturationMetrics {
         })
     }
 
-    /// The service's TCP health and listen drops per server port and
-    /// destination: the troubled first, at most [`NETWORK_ROWS`].
-    pub fn network_of(&self, service: &str) -> Vec<tcp::NetworkRow> {
-        let mut rows = self.tcp.rows_of(service);
-        for (labels, v) in tcp::of_service(&self.listen.dropped, service) {
-            let target = format!("port {}", labels.get(PORT).map_or("", String::as_str));
-            let row = rows.entry(target.clone()).or_default();
-            row.target = target;
-            *row.listen_drops.get_or_insert(0) += v as u64;
+    /// TCP health and listen drops per server port and destination, by
+    /// service (`service`'s only, if given): the troubled first, at most
+    /// [`NETWORK_ROWS`] a service.
+    pub fn network(&self, service: Option<&str>) -> BTreeMap<String, Vec<tcp::NetworkRow>> {
+        let mut rows = self.tcp.rows(service);
+        for (labels, v) in tcp::series(&self.listen.dropped, service) {
+            *tcp::row(&mut rows, &labels).listen_drops.get_or_insert(0) += v as u64;
         }
-        let mut rows: Vec<tcp::NetworkRow> = rows.into_values().collect();
         let trouble = |r: &tcp::NetworkRow| {
             r.retransmitted
                 + r.resets_sent
@@ -162,9 +159,14 @@ impl SaturationMetrics {
                 + r.connect_failures.unwrap_or(0)
                 + r.listen_drops.unwrap_or(0)
         };
-        rows.sort_by(|a, b| trouble(b).cmp(&trouble(a)).then(a.target.cmp(&b.target)));
-        rows.truncate(NETWORK_ROWS);
-        rows
+        rows.into_iter()
+            .map(|(service, rows)| {
+                let mut rows: Vec<tcp::NetworkRow> = rows.into_values().collect();
+                rows.sort_by(|a, b| trouble(b).cmp(&trouble(a)).then(a.target.cmp(&b.target)));
+                rows.truncate(NETWORK_ROWS);
+                (service, rows)
+            })
+            .collect()
     }
 
     /// Drops a service's series (it is gone).

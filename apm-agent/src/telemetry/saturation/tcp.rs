@@ -165,47 +165,60 @@ pub struct NetworkRow {
     pub listen_drops: Option<u64>,
 }
 
+/// Rows by service, then by target.
+pub type Rows = BTreeMap<String, BTreeMap<String, NetworkRow>>;
+
 impl TcpHealthMetrics {
-    /// The service's server ports and destinations, by their target.
-    pub fn rows_of(&self, service: &str) -> BTreeMap<String, NetworkRow> {
-        let mut rows: BTreeMap<String, NetworkRow> = BTreeMap::new();
-        let target = |l: &BTreeMap<String, String>| match l.get(ADDRESS) {
-            Some(a) => format!("{a}:{}", l.get(PORT).map_or("", String::as_str)),
-            None => format!("port {}", l.get(PORT).map_or("", String::as_str)),
-        };
-        let sent = |l: &BTreeMap<String, String>| l.get(DIRECTION).is_some_and(|d| d == "sent");
+    /// The server ports and destinations of `service` (every service's
+    /// if None), by service and target.
+    pub fn rows(&self, service: Option<&str>) -> Rows {
+        let mut rows = Rows::new();
         for family in [&self.retransmits, &self.out_retransmits] {
-            for (l, v) in of_service(family, service) {
-                rows.entry(target(&l)).or_default().retransmitted += v as u64;
+            for (l, v) in series(family, service) {
+                row(&mut rows, &l).retransmitted += v as u64;
             }
         }
         for family in [&self.resets, &self.out_resets] {
-            for (l, v) in of_service(family, service) {
-                let row = rows.entry(target(&l)).or_default();
-                if sent(&l) {
-                    row.resets_sent += v as u64;
+            for (l, v) in series(family, service) {
+                let sent = l.get(DIRECTION).is_some_and(|d| d == "sent");
+                let r = row(&mut rows, &l);
+                *if sent {
+                    &mut r.resets_sent
                 } else {
-                    row.resets_received += v as u64;
-                }
+                    &mut r.resets_received
+                } += v as u64;
             }
         }
-        for (l, v) in of_service(&self.connect_failures, service) {
-            *rows
-                .entry(target(&l))
-                .or_default()
-                .connect_failures
-                .get_or_insert(0) += v as u64;
-        }
-        for (t, row) in &mut rows {
-            row.target.clone_from(t);
+        for (l, v) in series(&self.connect_failures, service) {
+            *row(&mut rows, &l).connect_failures.get_or_insert(0) += v as u64;
         }
         rows
     }
 }
 
-/// Each series of `family` whose `service_name` is `service`: its labels
-/// and value.
-pub fn of_service(family: &impl Collector, service: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+/// The row of the series labelled `l` (a server port's or a
+/// destination's) in `rows`, made if new.
+pub fn row<'a>(rows: &'a mut Rows, l: &BTreeMap<String, String>) -> &'a mut NetworkRow {
+    let port = l.get(PORT).map_or("", String::as_str);
+    let target = match l.get(ADDRESS) {
+        Some(a) => format!("{a}:{port}"),
+        None => format!("port {port}"),
+    };
+    rows.entry(l.get(SERVICE).cloned().unwrap_or_default())
+        .or_default()
+        .entry(target.clone())
+        .or_insert_with(|| NetworkRow {
+            target,
+            ..Default::default()
+        })
+}
+
+/// Each series of `family` (whose `service_name` is `service`, if
+/// given): its labels and value.
+pub fn series(
+    family: &impl Collector,
+    service: Option<&str>,
+) -> Vec<(BTreeMap<String, String>, f64)> {
     let mut out = Vec::new();
     for f in family.collect() {
         let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
@@ -215,7 +228,7 @@ pub fn of_service(family: &impl Collector, service: &str) -> Vec<(BTreeMap<Strin
                 .iter()
                 .map(|l| (l.name().to_owned(), l.value().to_owned()))
                 .collect();
-            if labels.get(SERVICE).is_none_or(|s| s != service) {
+            if service.is_some_and(|s| labels.get(SERVICE).is_none_or(|l| l != s)) {
                 continue;
             }
             let value = if counter {
@@ -286,7 +299,9 @@ mod tests {
             ..Default::default()
         };
         m.outbound("web", ("10.0.0.1", "5432"), &PoolCounters::default(), &pool);
-        let rows = m.rows_of("web");
+        let all = m.rows(None);
+        assert_eq!(all.len(), 2, "{all:?}");
+        let rows = &m.rows(Some("web"))["web"];
         assert_eq!(rows.len(), 2, "{rows:?}");
         let port = &rows["port 80"];
         assert_eq!(
