@@ -10,6 +10,7 @@
 pub mod events;
 pub mod maps;
 mod tls;
+pub mod tracepoints;
 mod verdict;
 
 pub use tls::*;
@@ -49,6 +50,20 @@ pub struct PortCounters {
     pub resets_received: u64,
 }
 const _: () = assert!(core::mem::size_of::<PortCounters>() == 40);
+
+impl core::ops::Add for PortCounters {
+    type Output = Self;
+    /// Two CPUs' copies summed.
+    fn add(self, o: Self) -> Self {
+        Self {
+            accepted: self.accepted + o.accepted,
+            closed: self.closed + o.closed,
+            retransmits: self.retransmits + o.retransmits,
+            resets_sent: self.resets_sent + o.resets_sent,
+            resets_received: self.resets_received + o.resets_received,
+        }
+    }
+}
 
 /// One outbound connection pool: a monitored process (tgid) and a
 /// destination (key of [`maps::POOLS`] and value of [`maps::OUT_SOCKETS`]).
@@ -92,6 +107,21 @@ pub struct PoolCounters {
     pub resets_received: u64,
 }
 const _: () = assert!(core::mem::size_of::<PoolCounters>() == 48);
+
+impl core::ops::Add for PoolCounters {
+    type Output = Self;
+    /// Two CPUs' copies summed.
+    fn add(self, o: Self) -> Self {
+        Self {
+            opened: self.opened + o.opened,
+            closed: self.closed + o.closed,
+            connect_failures: self.connect_failures + o.connect_failures,
+            retransmits: self.retransmits + o.retransmits,
+            resets_sent: self.resets_sent + o.resets_sent,
+            resets_received: self.resets_received + o.resets_received,
+        }
+    }
+}
 
 /// What the kernel remembers of one counted socket (value of
 /// [`maps::SOCKETS`], keyed by the socket's kernel address).

@@ -174,7 +174,7 @@ fn a_good_config_starts_and_says_how_many_rules() {
     std::thread::sleep(Duration::from_millis(200));
     let log = agent.log_text();
     assert!(
-        log.contains("alert rules loaded") && log.contains("\"rules\":9"),
+        log.contains("alert rules loaded") && log.contains("\"rules\":10"),
         "{log}"
     );
     std::fs::remove_file(path).ok();

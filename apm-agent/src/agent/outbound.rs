@@ -181,16 +181,17 @@ impl Agent {
         let mut last_pools = HashMap::with_capacity(pools.len());
         for pool in pools {
             let last = self.last_pools.get(&pool.key).copied().unwrap_or_default();
-            match self.published.get(&pool.tgid) {
-                Some((service, _)) => {
-                    let addr = pool.addr.to_string();
-                    let port = pool.port.to_string();
-                    self.metrics.saturation.tcp.outbound(
-                        service,
-                        (&addr, &port),
-                        &last,
-                        &pool.counters,
-                    );
+            let published = self.published.get(&pool.tgid).map(|(s, _)| s);
+            // A process that just left still names its last counts.
+            let named = published.or_else(|| self.departed.get(&pool.tgid).map(|(s, _)| s));
+            let addr = pool.addr.to_string();
+            if let Some(service) = named {
+                let port = pool.port.to_string();
+                let tcp = &self.metrics.saturation.tcp;
+                tcp.outbound(service, (&addr, &port), &last, &pool.counters);
+            }
+            match published {
+                Some(service) => {
                     *by_service
                         .entry((service.clone(), addr, pool.port))
                         .or_default() += pool.active;
@@ -203,6 +204,7 @@ impl Agent {
             }
             last_pools.insert(pool.key, pool.counters);
         }
+        self.metrics.saturation.tcp.expire(self.port_ttl);
         self.last_pools = last_pools;
         for (&(tgid, _), &(_, addr)) in &self.preexisting {
             if let Some((service, _)) = self.published.get(&tgid) {

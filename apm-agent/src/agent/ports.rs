@@ -103,6 +103,7 @@ impl Agent {
                 family.with_label_values(&new).inc_by(carried);
             }
         }
+        m.saturation.tcp.adopt(&port, UNKNOWN_SERVICE, name);
         if let Ok(gauge) = m.conns_active.get_metric_with_label_values(&old) {
             let active = gauge.get();
             let _ = m.conns_active.remove_label_values(&old);

@@ -10,7 +10,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 
-use super::preflight::{DEBUGFS_TRACING, TRACEFS};
+use super::{
+    formats,
+    preflight::{DEBUGFS_TRACING, TRACEFS},
+};
 
 /// The name a probe is reported under.
 pub fn probe_name(probe: &Probe) -> String {
@@ -105,15 +108,13 @@ pub(super) fn attach(
                 .map_err(|e| format!("attach: {e}"));
         }
     };
-    let format = Path::new(TRACEFS).join("events").join(category).join(name);
-    if !format.exists()
-        && !Path::new(DEBUGFS_TRACING)
-            .join("events")
-            .join(category)
-            .join(name)
-            .exists()
-    {
-        return Err(format!("this kernel has no tracepoint {category}:{name}"));
+    let dir = [TRACEFS, DEBUGFS_TRACING]
+        .iter()
+        .map(|root| Path::new(root).join("events").join(category).join(name))
+        .find(|dir| dir.exists())
+        .ok_or_else(|| format!("this kernel has no tracepoint {category}:{name}"))?;
+    if let Some(fields) = apm_common::tracepoints::fields_of(name) {
+        formats::check(&dir.join("format"), fields).map_err(|e| format!("not attached: {e}"))?;
     }
     let tp: &mut TracePoint = ebpf
         .program_mut(program)

@@ -472,15 +472,7 @@ impl Kernel {
             .iter()
             .flatten()
             .map(|(port, per_cpu)| {
-                let sum = per_cpu
-                    .iter()
-                    .fold(PortCounters::default(), |a, c| PortCounters {
-                        accepted: a.accepted + c.accepted,
-                        closed: a.closed + c.closed,
-                        retransmits: a.retransmits + c.retransmits,
-                        resets_sent: a.resets_sent + c.resets_sent,
-                        resets_received: a.resets_received + c.resets_received,
-                    });
+                let sum = per_cpu.iter().fold(PortCounters::default(), |a, c| a + *c);
                 (port, sum)
             })
             .collect()

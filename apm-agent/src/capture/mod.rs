@@ -1,6 +1,8 @@
 //! Getting bytes out of the kernel: checking what the host allows
 //! (`preflight`), loading the eBPF programs and owning their maps
-//! (`kernel`), attaching them to their static hooks (`attach`), finding
+//! (`kernel`), attaching them to their static hooks (`attach`, with the
+//! tracepoint records checked against what the programs read in
+//! `formats`), finding
 //! the cgroup-v2 root the packet programs attach to (`cgroup`), probing
 //! the TLS libraries of monitored processes (`tls`, with what a file
 //! offers them in `tls_library` and `tls_go`), the syscall programs'
@@ -10,6 +12,7 @@
 
 pub mod attach;
 pub mod cgroup;
+pub mod formats;
 pub mod kernel;
 pub mod kernel_layout;
 pub mod outbound;

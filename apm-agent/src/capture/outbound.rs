@@ -228,16 +228,7 @@ impl Outbound {
             .iter()
             .flatten()
             .map(|(key, per_cpu)| {
-                let c = per_cpu
-                    .iter()
-                    .fold(PoolCounters::default(), |a, v| PoolCounters {
-                        opened: a.opened + v.opened,
-                        closed: a.closed + v.closed,
-                        connect_failures: a.connect_failures + v.connect_failures,
-                        retransmits: a.retransmits + v.retransmits,
-                        resets_sent: a.resets_sent + v.resets_sent,
-                        resets_received: a.resets_received + v.resets_received,
-                    });
+                let c = per_cpu.iter().fold(PoolCounters::default(), |a, v| a + *v);
                 Pool {
                     tgid: key.tgid,
                     addr: apm_common::events::ip_of(key.addr),

@@ -46,8 +46,9 @@ pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
     if wanted.is_empty() {
         return Ok(found);
     }
+    let sock = open()?;
     for family in [libc::AF_INET, libc::AF_INET6] {
-        dump(family as u8, ALL_BUT_LISTEN, 0, |msg| {
+        dump(&sock, family as u8, ALL_BUT_LISTEN, 0, |msg| {
             let inode = u64::from(u32_at(msg, MSG_INODE));
             if wanted.contains(&inode) {
                 let cookie = u64::from(u32_at(msg, MSG_COOKIE))
@@ -63,25 +64,61 @@ pub fn socket_cookies(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, u64>> {
 /// the most they may hold (the backlog) and the attempts they dropped
 /// (since each listener opened), summed over its listening sockets (IPv4
 /// and IPv6, SO_REUSEPORT groups).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AcceptQueue {
     pub queued: u64,
     pub limit: u64,
     pub drops: u64,
+    /// Each listening socket's (inode, drops): a count is per socket, so
+    /// one that closes takes its own with it.
+    pub listeners: Vec<(u64, u64)>,
 }
 
 /// The accept queue of every listening port of the agent's namespace.
 pub fn accept_queues() -> io::Result<HashMap<u16, AcceptQueue>> {
+    accept_queues_with(&open()?)
+}
+
+/// A sock_diag socket of the network namespace `inode`, opened at
+/// `netns` (a `/proc/PID/ns/net`, checked to still be that namespace: a
+/// pid may have been reused): made on a thread that joined it (a socket
+/// stays in the namespace it was made in). Needs CAP_SYS_ADMIN.
+pub fn socket_in(netns: &std::path::Path, inode: u64) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::MetadataExt as _;
+    let netns = std::fs::File::open(netns)?;
+    if netns.metadata()?.ino() != inode {
+        return Err(io::Error::other("the process left that namespace"));
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: setns takes a namespace descriptor we own and
+                // moves only this short-lived thread.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                open()
+            })
+            .join()
+            .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    })
+}
+
+/// The accept queue of every listening port of `sock`'s namespace.
+pub fn accept_queues_with(sock: &OwnedFd) -> io::Result<HashMap<u16, AcceptQueue>> {
     let mut queues: HashMap<u16, AcceptQueue> = HashMap::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         let ext = 1 << (INET_DIAG_SKMEMINFO - 1);
-        dump(family as u8, LISTEN, ext, |msg| {
+        dump(sock, family as u8, LISTEN, ext, |msg| {
             let port = u16::from_be_bytes([msg[MSG_SPORT], msg[MSG_SPORT + 1]]);
             let q = queues.entry(port).or_default();
             q.queued += u64::from(u32_at(msg, MSG_RQUEUE));
             q.limit += u64::from(u32_at(msg, MSG_WQUEUE));
             if let Some(mem) = attribute(&msg[MSG_LEN..], INET_DIAG_SKMEMINFO) {
-                q.drops += u64::from(u32_at(mem, SK_MEMINFO_DROPS * 4));
+                let drops = u64::from(u32_at(mem, SK_MEMINFO_DROPS * 4));
+                q.drops += drops;
+                q.listeners.push((u64::from(u32_at(msg, MSG_INODE)), drops));
             }
         })?;
     }
@@ -113,11 +150,16 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// Calls `each` with every `inet_diag_msg` (at least [`MSG_LEN`] bytes)
-/// of the TCP sockets of `family` in `states`, with the attributes `ext`
-/// asks for after it.
-fn dump(family: u8, states: u32, ext: u8, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-    let sock = open()?;
-    send_request(&sock, family, states, ext)?;
+/// of the TCP sockets of `family` in `states` of `sock`'s namespace, with
+/// the attributes `ext` asks for after it.
+fn dump(
+    sock: &OwnedFd,
+    family: u8,
+    states: u32,
+    ext: u8,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    send_request(sock, family, states, ext)?;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: recv writes at most buf.len() bytes into buf, which we own.
@@ -313,13 +355,9 @@ mod tests {
         let clients: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
             .collect();
-        let q = accept_queues().expect("dump")[&port];
-        let expected = AcceptQueue {
-            queued: 2,
-            limit: 3,
-            drops: 0,
-        };
-        assert_eq!(q, expected);
+        let q = accept_queues().expect("dump")[&port].clone();
+        assert_eq!((q.queued, q.limit, q.drops), (2, 3, 0));
+        assert_eq!(q.listeners, vec![(inode(&listener), 0)]);
         // The queue takes one past its limit; the SYNs after that are
         // dropped on the listener as they arrive.
         let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -328,7 +366,7 @@ mod tests {
                 std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(50))
             })
             .collect();
-        let q = accept_queues().expect("dump")[&port];
+        let q = accept_queues().expect("dump")[&port].clone();
         assert_eq!((q.queued, q.limit), (4, 3));
         assert!(q.drops >= 2, "{q:?}");
         drop((clients, more, listener));

@@ -7,14 +7,12 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
 
-use apm_common::{PoolCounters, PoolKey};
+use apm_common::{PoolCounters, PoolKey, tracepoints};
 
 use crate::{
     maps::{CONFIG, OUT_CLOSED, OUT_SOCKETS, POOLS, PORTS},
-    probes::tcp_state::mapped_v4,
+    probes::tcp_state::remote_addr,
 };
-
-const AF_INET: u16 = 2;
 
 /// Which counter an event adds to.
 #[derive(Clone, Copy)]
@@ -25,7 +23,8 @@ enum Kind {
 }
 
 /// Where `tcp_retransmit_skb`, `tcp_retransmit_synack` and
-/// `tcp_receive_reset` keep the fields they share, from their format files.
+/// `tcp_receive_reset` keep the fields they share (checked by the agent
+/// against the format files before it attaches).
 struct Layout {
     skaddr: usize,
     sport: usize,
@@ -35,40 +34,26 @@ struct Layout {
     daddr_v6: usize,
 }
 
-const RETRANSMIT: Layout = Layout {
-    skaddr: 16,
-    sport: 28,
-    dport: 30,
-    family: 32,
-    daddr: 38,
-    daddr_v6: 58,
-};
-const RETRANSMIT_SKBADDR: usize = 8;
+macro_rules! layout {
+    ($m:ident) => {
+        Layout {
+            skaddr: tracepoints::$m::SKADDR,
+            sport: tracepoints::$m::SPORT,
+            dport: tracepoints::$m::DPORT,
+            family: tracepoints::$m::FAMILY,
+            daddr: tracepoints::$m::DADDR,
+            daddr_v6: tracepoints::$m::DADDR_V6,
+        }
+    };
+}
 
-const SYNACK: Layout = Layout {
-    skaddr: 8,
-    sport: 24,
-    dport: 26,
-    family: 28,
-    daddr: 34,
-    daddr_v6: 54,
+const RETRANSMIT: Layout = layout!(tcp_retransmit_skb);
+const SYNACK: Layout = layout!(tcp_retransmit_synack);
+const RECEIVE_RESET: Layout = layout!(tcp_receive_reset);
+use tracepoints::tcp_retransmit_skb::SKBADDR as RETRANSMIT_SKBADDR;
+use tracepoints::tcp_send_reset::{
+    DADDR as SEND_RESET_DADDR, SADDR as SEND_RESET_SADDR, SKADDR as SEND_RESET_SKADDR,
 };
-
-const RECEIVE_RESET: Layout = Layout {
-    skaddr: 8,
-    sport: 16,
-    dport: 18,
-    family: 20,
-    daddr: 26,
-    daddr_v6: 46,
-};
-
-/// `tcp_send_reset`: the socket, then local and remote `sockaddr_in` or
-/// `sockaddr_in6` (28 bytes each; the local one even when the reset
-/// answers a segment no socket wanted).
-const SEND_RESET_SKADDR: usize = 16;
-const SEND_RESET_SADDR: usize = 32;
-const SEND_RESET_DADDR: usize = 60;
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -95,10 +80,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets and sizes from the format file; read_at faults safely.
-    let (skaddr, family, sport, dport) = unsafe {
+    let (skaddr, sport, dport) = unsafe {
         (
             ctx.read_at::<u64>(SEND_RESET_SKADDR).unwrap_or(0),
-            ctx.read_at::<u16>(SEND_RESET_SADDR).unwrap_or(0),
             ctx.read_at::<u16>(SEND_RESET_SADDR + 2).unwrap_or(0),
             ctx.read_at::<u16>(SEND_RESET_DADDR + 2).unwrap_or(0),
         )
@@ -107,17 +91,10 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     if add_to_port(sport, Kind::ResetSent, 1) || skaddr == 0 {
         return 0;
     }
-    // The remote address after the family and port (and sin6_flowinfo).
-    let daddr = if family == AF_INET {
-        // SAFETY: as above; sin_addr is 4 bytes at offset 4.
-        unsafe { ctx.read_at::<[u8; 4]>(SEND_RESET_DADDR + 4) }
-            .ok()
-            .map(mapped_v4)
-    } else {
-        // SAFETY: as above; sin6_addr is 16 bytes at offset 8.
-        unsafe { ctx.read_at::<[u8; 16]>(SEND_RESET_DADDR + 8) }.ok()
-    };
-    if let Some(daddr) = daddr {
+    // The remote address after the family and port: sin_addr, or
+    // sin6_addr after sin6_flowinfo.
+    let at = SEND_RESET_DADDR;
+    if let Some(daddr) = remote_addr(&ctx, at, at + 4, at + 8) {
         add_to_pool(skaddr, daddr, dport, Kind::ResetSent, 1);
     }
     0
@@ -129,27 +106,17 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn count_event(ctx: &TracePointContext, at: &Layout, kind: Kind, n: u64) {
     // SAFETY: offsets and sizes from the format files; ports are in host
     // byte order there.
-    let (sport, dport, skaddr, family) = unsafe {
+    let (sport, dport, skaddr) = unsafe {
         (
             ctx.read_at::<u16>(at.sport).unwrap_or(0),
             ctx.read_at::<u16>(at.dport).unwrap_or(0),
             ctx.read_at::<u64>(at.skaddr).unwrap_or(0),
-            ctx.read_at::<u16>(at.family).unwrap_or(0),
         )
     };
     if add_to_port(sport, kind, n) {
         return;
     }
-    let daddr = if family == AF_INET {
-        // SAFETY: as above; daddr is 4 bytes.
-        unsafe { ctx.read_at::<[u8; 4]>(at.daddr) }
-            .ok()
-            .map(mapped_v4)
-    } else {
-        // SAFETY: as above; daddr_v6 is 16 bytes.
-        unsafe { ctx.read_at::<[u8; 16]>(at.daddr_v6) }.ok()
-    };
-    if let Some(daddr) = daddr {
+    if let Some(daddr) = remote_addr(ctx, at.family, at.daddr, at.daddr_v6) {
         add_to_pool(skaddr, daddr, dport, kind, n);
     }
 }
@@ -237,4 +204,11 @@ fn segments(skb: u64) -> u64 {
 #[inline(always)]
 pub fn remember_closed(skaddr: u64, key: &PoolKey) {
     let _ = OUT_CLOSED.insert(skaddr, *key, 0);
+}
+
+/// A socket now at `skaddr` is a new one: whatever closed there before
+/// is forgotten (the allocator hands freed addresses straight out).
+#[inline(always)]
+pub fn forget_closed(skaddr: u64) {
+    let _ = OUT_CLOSED.remove(skaddr);
 }

@@ -21,17 +21,11 @@ use crate::{
     probes::{sockets, tcp_health},
 };
 
-// Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
-// (stable since 4.16).
-const SKADDR: usize = 8;
-const OLDSTATE: usize = 16;
-const NEWSTATE: usize = 20;
-const SPORT: usize = 24;
-const DPORT: usize = 26;
-const FAMILY: usize = 28;
-const PROTOCOL: usize = 30;
-const DADDR: usize = 36;
-const DADDR_V6: usize = 56;
+// Field offsets from the tracepoint's format file, checked by the agent
+// before it attaches.
+use apm_common::tracepoints::inet_sock_set_state::{
+    DADDR, DADDR_V6, DPORT, FAMILY, NEWSTATE, OLDSTATE, PROTOCOL, SKADDR, SPORT,
+};
 
 const AF_INET: u16 = 2;
 
@@ -73,8 +67,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let skaddr = unsafe { ctx.read_at::<u64>(SKADDR)? };
 
     if oldstate == tcp_state::CLOSE && newstate == tcp_state::SYN_SENT {
+        // A new socket at a closed one's address is not its pool's.
+        tcp_health::forget_closed(skaddr);
         open_pool(ctx, skaddr);
     } else if oldstate == tcp_state::SYN_RECV && newstate == tcp_state::ESTABLISHED {
+        tcp_health::forget_closed(skaddr);
         // SAFETY: as above; sport is already in host byte order.
         let port = unsafe { ctx.read_at::<u16>(SPORT)? };
         let Some(counters) = port_counters(port) else {
@@ -217,15 +214,29 @@ fn close_pool(skaddr: u64, failed: bool) {
 /// The remote address of the socket, IPv4 mapped into IPv6.
 #[inline(always)]
 fn daddr(ctx: &TracePointContext) -> Option<[u8; 16]> {
-    // SAFETY: offsets and sizes from the tracepoint's format file.
-    let family = unsafe { ctx.read_at::<u16>(FAMILY).unwrap_or(0) };
+    remote_addr(ctx, FAMILY, DADDR, DADDR_V6)
+}
+
+/// The address a tracepoint record of `ctx` holds at `v4` (4 bytes) or
+/// `v6` (16), as its family at `family` says; IPv4 mapped into IPv6.
+#[inline(always)]
+pub fn remote_addr(
+    ctx: &TracePointContext,
+    family: usize,
+    v4: usize,
+    v6: usize,
+) -> Option<[u8; 16]> {
+    // SAFETY: the callers' offsets and sizes come from the tracepoints'
+    // format files; read_at copies through bpf_probe_read_kernel, which
+    // faults safely.
+    let family = unsafe { ctx.read_at::<u16>(family).unwrap_or(0) };
     if family == AF_INET {
-        // SAFETY: as above; daddr is 4 bytes.
-        let v4 = unsafe { ctx.read_at::<[u8; 4]>(DADDR) }.ok()?;
+        // SAFETY: as above; 4 bytes.
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(v4) }.ok()?;
         Some(mapped_v4(v4))
     } else {
-        // SAFETY: as above; daddr_v6 is 16 bytes.
-        unsafe { ctx.read_at::<[u8; 16]>(DADDR_V6) }.ok()
+        // SAFETY: as above; 16 bytes.
+        unsafe { ctx.read_at::<[u8; 16]>(v6) }.ok()
     }
 }
 

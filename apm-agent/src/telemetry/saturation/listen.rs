@@ -1,13 +1,17 @@
 //! Accept queues: each monitored port's connections waiting for
 //! accept() against its backlog and the attempts its listeners dropped
-//! (sock_diag, the agent's network namespace), and the host's
+//! (sock_diag, in the agent's network namespace and, with CAP_SYS_ADMIN,
+//! in each other namespace with monitored listeners), and the host's
 //! (`/proc/net/netstat` TcpExt `ListenOverflows` and `ListenDrops`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    os::{fd::OwnedFd, unix::fs::MetadataExt as _},
     path::Path,
     sync::Arc,
 };
+
+use tracing::warn;
 
 use prometheus::{Counter, CounterVec, GaugeVec, Opts, Registry};
 use serde::Serialize;
@@ -16,7 +20,7 @@ use super::{
     super::metrics::{MetricsError, PORT, SERVICE},
     tcp::increment,
 };
-use crate::services::sock_diag::{AcceptQueue, accept_queues};
+use crate::services::sock_diag::{AcceptQueue, accept_queues, accept_queues_with, socket_in};
 
 /// One port's accept queue, as /stats/system shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -80,51 +84,100 @@ impl ListenMetrics {
     }
 }
 
+/// Network namespaces whose listeners are read each sample at most
+/// (each needs a socket of its own, kept while it has monitored ports).
+const MAX_NAMESPACES: usize = 1024;
+
+/// One network namespace's monitored listeners: a process in it, and its
+/// services' ports there.
+#[derive(Debug, Default)]
+pub struct Namespace {
+    pub pid: u32,
+    pub ports: BTreeMap<Arc<str>, BTreeSet<u16>>,
+}
+
 /// The previous sample's host counters and the series it set.
 #[derive(Default)]
 pub struct Listen {
     last: Option<(u64, u64)>,
     shown: BTreeSet<(Arc<str>, u16)>,
-    /// Each port's listeners' drops at the previous sample.
-    last_drops: HashMap<u16, u64>,
+    /// Each (namespace, listening socket inode)'s drops when last read.
+    last_drops: HashMap<(u64, u64), u64>,
+    /// The agent's own namespace (its inode), read with the agent's
+    /// socket; others each with a socket made in them.
+    own: Option<u64>,
+    sockets: HashMap<u64, OwnedFd>,
+    /// Namespaces the agent could not join (no CAP_SYS_ADMIN): said once.
+    refused: HashSet<u64>,
 }
 
 impl Listen {
-    /// Samples the accept queues of `ports` (service → its monitored
-    /// ports) and the host counters under `proc_root`.
+    pub fn new() -> Self {
+        Self {
+            own: std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()),
+            ..Self::default()
+        }
+    }
+
+    /// Samples the accept queues of the monitored ports of each network
+    /// namespace in `namespaces` (by inode), and the host counters under
+    /// `proc_root`. A port's queues in several namespaces add up.
     pub fn sample(
         &mut self,
         proc_root: &Path,
-        ports: &BTreeMap<Arc<str>, BTreeSet<u16>>,
+        namespaces: &BTreeMap<u64, Namespace>,
         m: &ListenMetrics,
     ) -> BTreeMap<Arc<str>, Vec<PortQueue>> {
-        let queues: HashMap<u16, AcceptQueue> = accept_queues().unwrap_or_default();
+        let mut sums: BTreeMap<(Arc<str>, u16), PortQueue> = BTreeMap::new();
+        let mut drops = HashMap::new();
+        let mut read = HashSet::new();
+        for (&ns, wanted) in namespaces.iter().take(MAX_NAMESPACES) {
+            let Some(queues) = self.queues_in(proc_root, ns, wanted.pid) else {
+                continue;
+            };
+            read.insert(ns);
+            for (service, ports) in &wanted.ports {
+                for &port in ports {
+                    let Some(q) = queues.get(&port) else {
+                        continue;
+                    };
+                    // Per listening socket: the counter starts from what
+                    // it counted since it opened, as a kernel counter
+                    // does; the alert signal (`dropped`) only from the
+                    // agent's first look at it.
+                    let (mut total, mut since) = (0, 0);
+                    for &(inode, now) in &q.listeners {
+                        let last = self.last_drops.get(&(ns, inode)).copied();
+                        drops.insert((ns, inode), now);
+                        let inc = increment(last.unwrap_or(0), now);
+                        total += inc;
+                        since += if last.is_some() { inc } else { 0 };
+                    }
+                    m.dropped
+                        .with_label_values(&[&**service, &port.to_string()])
+                        .inc_by(total as f64);
+                    let sum = sums.entry((service.clone(), port)).or_default();
+                    sum.port = port;
+                    sum.queued += q.queued;
+                    sum.limit += q.limit;
+                    sum.dropped += since;
+                }
+            }
+        }
+        // A namespace not read this time keeps its listeners' counts.
+        self.last_drops
+            .retain(|(ns, _), _| !read.contains(ns) && namespaces.contains_key(ns));
+        self.last_drops.extend(drops);
+        self.sockets.retain(|ns, _| namespaces.contains_key(ns));
         let mut out: BTreeMap<Arc<str>, Vec<PortQueue>> = BTreeMap::new();
         let mut shown = BTreeSet::new();
-        for (service, ports) in ports {
-            for &port in ports {
-                let Some(q) = queues.get(&port) else {
-                    continue;
-                };
-                let p = port.to_string();
-                let labels = [&**service, &p];
-                m.queued.with_label_values(&labels).set(q.queued as f64);
-                m.limit.with_label_values(&labels).set(q.limit as f64);
-                // The counter starts from what the listeners counted since
-                // they opened, as a kernel counter does; the alert signal
-                // (`dropped`) only from the agent's first look.
-                let last = self.last_drops.insert(port, q.drops);
-                let total = increment(last.unwrap_or(0), q.drops);
-                m.dropped.with_label_values(&labels).inc_by(total as f64);
-                let dropped = if last.is_some() { total } else { 0 };
-                shown.insert((service.clone(), port));
-                out.entry(service.clone()).or_default().push(PortQueue {
-                    port,
-                    queued: q.queued,
-                    limit: q.limit,
-                    dropped,
-                });
-            }
+        for ((service, port), q) in sums {
+            let p = port.to_string();
+            let labels = [&*service, p.as_str()];
+            m.queued.with_label_values(&labels).set(q.queued as f64);
+            m.limit.with_label_values(&labels).set(q.limit as f64);
+            out.entry(service.clone()).or_default().push(q);
+            shown.insert((service, port));
         }
         for (service, port) in self.shown.difference(&shown) {
             let p = port.to_string();
@@ -132,8 +185,6 @@ impl Listen {
             let _ = m.limit.remove_label_values(&[&**service, &p]);
             let _ = m.dropped.remove_label_values(&[&**service, &p]);
         }
-        self.last_drops
-            .retain(|port, _| shown.iter().any(|(_, p)| p == port));
         self.shown = shown;
         let now = std::fs::read_to_string(proc_root.join("net/netstat"))
             .ok()
@@ -144,6 +195,42 @@ impl Listen {
         }
         self.last = now.or(self.last);
         out
+    }
+
+    /// The accept queues of namespace `ns`, joined through `pid`'s.
+    fn queues_in(
+        &mut self,
+        proc_root: &Path,
+        ns: u64,
+        pid: u32,
+    ) -> Option<HashMap<u16, AcceptQueue>> {
+        if ns == 0 || self.own.is_none_or(|own| own == ns) {
+            return accept_queues().ok();
+        }
+        if self.refused.contains(&ns) {
+            return None;
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.sockets.entry(ns) {
+            match socket_in(&proc_root.join(format!("{pid}/ns/net")), ns) {
+                Ok(sock) => {
+                    slot.insert(sock);
+                }
+                // A process gone or moved: its namespace is tried again
+                // through another next time.
+                Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => return None,
+                Err(e) => {
+                    // One line for all: every namespace refuses alike.
+                    if self.refused.is_empty() {
+                        warn!(netns = ns, pid, error = %e, "cannot read the accept queues of other network namespaces (joining one needs CAP_SYS_ADMIN): only the agent's own are read");
+                    }
+                    if self.refused.len() < MAX_NAMESPACES {
+                        self.refused.insert(ns);
+                    }
+                    return None;
+                }
+            }
+        }
+        accept_queues_with(self.sockets.get(&ns)?).ok()
     }
 }
 

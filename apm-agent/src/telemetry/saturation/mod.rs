@@ -198,7 +198,7 @@ impl SaturationMetrics {
 
 const EVENTS: [&str; 3] = ["high", "max", "oom_kill"];
 
-/// Ports and destinations [`SaturationMetrics::network_of`] lists.
+/// Ports and destinations [`SaturationMetrics::network`] lists a service.
 pub const NETWORK_ROWS: usize = 20;
 
 /// Per-process and per-cgroup values of the previous sample.
@@ -222,7 +222,7 @@ impl Saturation {
             last_wait_ns: HashMap::new(),
             last_cgroup: HashMap::new(),
             services: BTreeSet::new(),
-            listen: listen::Listen::default(),
+            listen: listen::Listen::new(),
         }
     }
 
@@ -239,12 +239,20 @@ impl Saturation {
         let mut out: BTreeMap<Arc<str>, ServiceSaturation> = BTreeMap::new();
         let mut cgroups: BTreeMap<Arc<str>, BTreeMap<String, CgroupStat>> = BTreeMap::new();
         let mut waits = HashMap::new();
-        let mut ports: BTreeMap<Arc<str>, BTreeSet<u16>> = BTreeMap::new();
+        let mut namespaces: BTreeMap<u64, listen::Namespace> = BTreeMap::new();
         for (&pid, info) in services {
-            ports
-                .entry(info.name.clone())
-                .or_default()
-                .extend(info.ports.iter().copied());
+            if !info.ports.is_empty() {
+                // 0 (unreadable): the agent's own, as sock_diag sees it.
+                let ns = std::fs::metadata(self.proc_root.join(format!("{pid}/ns/net")))
+                    .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
+                let wanted = namespaces.entry(ns).or_default();
+                wanted.pid = pid;
+                wanted
+                    .ports
+                    .entry(info.name.clone())
+                    .or_default()
+                    .extend(info.ports.iter().copied());
+            }
             let Some(&start) = started.get(&pid) else {
                 continue;
             };
@@ -302,7 +310,10 @@ impl Saturation {
             self.cgroups(name, &paths, s, metrics, &mut seen);
         }
         self.last_cgroup = seen;
-        for (name, queues) in self.listen.sample(&self.proc_root, &ports, &metrics.listen) {
+        for (name, queues) in self
+            .listen
+            .sample(&self.proc_root, &namespaces, &metrics.listen)
+        {
             if let Some(s) = out.get_mut(&name) {
                 s.accept_queues = queues;
             }

@@ -4,8 +4,9 @@
 //! it opened that never connected.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use apm_common::{PoolCounters, PortCounters};
@@ -30,7 +31,9 @@ pub struct TcpHealthMetrics {
     out_retransmits: IntCounterVec,
     out_resets: IntCounterVec,
     connect_failures: IntCounterVec,
-    destinations: Mutex<HashSet<(String, String, String)>>,
+    /// Destinations with series of their own, and when each last had a
+    /// pool.
+    destinations: Mutex<HashMap<(String, String, String), Instant>>,
 }
 
 impl TcpHealthMetrics {
@@ -75,18 +78,12 @@ impl TcpHealthMetrics {
         self.retransmits
             .with_label_values(&[service, port])
             .inc_by(increment(last.retransmits, now.retransmits));
-        for (direction, last, now) in [
-            ("sent", last.resets_sent, now.resets_sent),
-            ("received", last.resets_received, now.resets_received),
-        ] {
-            let inc = increment(last, now);
-            // No series until something happened: most ports never reset.
-            if inc > 0 {
-                self.resets
-                    .with_label_values(&[service, port, direction])
-                    .inc_by(inc);
-            }
-        }
+        add_resets(
+            &self.resets,
+            &[service, port],
+            (last.resets_sent, last.resets_received),
+            (now.resets_sent, now.resets_received),
+        );
     }
 
     /// Adds what an outbound pool's counters gained from `last` to `now`.
@@ -106,17 +103,12 @@ impl TcpHealthMetrics {
         self.connect_failures
             .with_label_values(&labels)
             .inc_by(increment(last.connect_failures, now.connect_failures));
-        for (direction, last, now) in [
-            ("sent", last.resets_sent, now.resets_sent),
-            ("received", last.resets_received, now.resets_received),
-        ] {
-            let inc = increment(last, now);
-            if inc > 0 {
-                self.out_resets
-                    .with_label_values(&[service, address, port, direction])
-                    .inc_by(inc);
-            }
-        }
+        add_resets(
+            &self.out_resets,
+            &labels,
+            (last.resets_sent, last.resets_received),
+            (now.resets_sent, now.resets_received),
+        );
     }
 
     /// The destination's labels: its own while fewer than
@@ -132,14 +124,67 @@ impl TcpHealthMetrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let key = (service.to_owned(), address.to_owned(), port.to_owned());
-        if known.contains(&key) {
+        let now = Instant::now();
+        if let Some(seen) = known.get_mut(&key) {
+            *seen = now;
             return (address, port);
         }
         if known.len() < MAX_DESTINATIONS {
-            known.insert(key);
+            known.insert(key, now);
             return (address, port);
         }
         (OTHER, OTHER)
+    }
+
+    /// Forgets the destinations without a pool for `ttl` and their
+    /// series, so that new ones get series of their own again.
+    pub fn expire(&self, ttl: Duration) {
+        let mut known = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        known.retain(|(service, address, port), seen| {
+            if seen.elapsed() <= ttl {
+                return true;
+            }
+            let labels = [service.as_str(), address, port];
+            let _ = self.out_retransmits.remove_label_values(&labels);
+            let _ = self.connect_failures.remove_label_values(&labels);
+            for direction in ["sent", "received"] {
+                let _ = self
+                    .out_resets
+                    .remove_label_values(&[service, address, port, direction]);
+            }
+            false
+        });
+    }
+
+    /// Moves a server port's counts from service `from` to `to` (a port
+    /// counted before its owner was known).
+    pub fn adopt(&self, port: &str, from: &str, to: &str) {
+        // A lookup makes the series it looks for: only those that exist
+        // move, and resets keep having no series before the first.
+        let moves = [
+            (&self.retransmits, None),
+            (&self.resets, Some("sent")),
+            (&self.resets, Some("received")),
+        ];
+        for (family, direction) in moves {
+            let exists = series(family, Some(from)).iter().any(|(l, _)| {
+                l.get(PORT).is_some_and(|p| p == port)
+                    && l.get(DIRECTION).map(String::as_str) == direction
+            });
+            if !exists {
+                continue;
+            }
+            let old: Vec<&str> = [from, port].into_iter().chain(direction).collect();
+            let new: Vec<&str> = [to, port].into_iter().chain(direction).collect();
+            if let Ok(counter) = family.get_metric_with_label_values(&old) {
+                let carried = counter.get();
+                let _ = family.remove_label_values(&old);
+                family.with_label_values(&new).inc_by(carried);
+            }
+        }
     }
 
     /// Drops a server port's series (the port is forgotten).
@@ -193,6 +238,20 @@ impl TcpHealthMetrics {
             *row(&mut rows, &l).connect_failures.get_or_insert(0) += v as u64;
         }
         rows
+    }
+}
+
+/// Adds the resets gained from `last` to `now` (sent, received) to
+/// `family` under `labels` and their direction. No series until the
+/// first: most ports and destinations never see one.
+fn add_resets(family: &IntCounterVec, labels: &[&str], last: (u64, u64), now: (u64, u64)) {
+    for (direction, last, now) in [("sent", last.0, now.0), ("received", last.1, now.1)] {
+        let inc = increment(last, now);
+        if inc > 0 {
+            let mut all = labels.to_vec();
+            all.push(direction);
+            family.with_label_values(&all).inc_by(inc);
+        }
     }
 }
 
@@ -281,6 +340,35 @@ mod tests {
             .with_label_values(&["scanner", "10.0.0.9", "7"])
             .get();
         assert_eq!((other, seven), (1, 2));
+        // Once they had no pool for the TTL, new destinations are named.
+        m.expire(Duration::ZERO);
+        m.outbound("scanner", ("10.0.0.9", "8"), &none, &failed);
+        let eight = m
+            .connect_failures
+            .with_label_values(&["scanner", "10.0.0.9", "8"])
+            .get();
+        assert_eq!(eight, 1);
+        assert!(m.rows(Some("scanner"))["scanner"].len() <= 2);
+    }
+
+    #[test]
+    fn a_ports_counts_move_to_its_owner_once_known() {
+        let m = TcpHealthMetrics::register(&Registry::new()).expect("register");
+        let now = PortCounters {
+            retransmits: 4,
+            resets_received: 1,
+            ..Default::default()
+        };
+        m.served("unknown", "80", &PortCounters::default(), &now);
+        m.adopt("80", "unknown", "web");
+        assert!(!m.rows(Some("unknown")).contains_key("unknown"));
+        let row = &m.rows(Some("web"))["web"]["port 80"];
+        assert_eq!(
+            (row.retransmitted, row.resets_received, row.resets_sent),
+            (4, 1, 0)
+        );
+        // No series for a direction that saw nothing.
+        assert_eq!(series(&m.resets, Some("web")).len(), 1);
     }
 
     #[test]
