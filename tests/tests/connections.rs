@@ -431,3 +431,46 @@ fn no_http_attaches_only_the_connection_probes_and_still_counts_exactly() {
     agent.terminate(WAIT).expect("terminate");
     assert_eq!(apm_programs_loaded(), 0);
 }
+
+/// A listener no process holds (its only descriptor in flight in a Unix
+/// socket's queue, as a kernel socket or one of a process the agent may
+/// not look into has no owner it can find) is a service of its own named
+/// by its port, and its connections are counted there exactly.
+#[test]
+fn a_listener_without_an_owner_is_named_by_its_port() {
+    require_root();
+    let port = free_port().expect("port");
+    let script = format!(
+        "import socket, time\n\
+         l = socket.create_server(('127.0.0.1', {port}), backlog=64)\n\
+         a, b = socket.socketpair()\n\
+         socket.send_fds(a, [b'x'], [l.fileno()])\n\
+         l.close()\n\
+         print('listening', flush=True)\n\
+         time.sleep(60)\n"
+    );
+    let mut python = Command::new("python3");
+    python.args(["-c", &script]);
+    let _holder = apm_e2e::Server::start(python, port).expect("python");
+    let agent = Agent::start(&["--port", &port.to_string()]).expect("agent");
+    let name = format!("port-{port}");
+    let p = port_label(port);
+    let labels = [("service_name", name.as_str()), ("server_port", p.as_str())];
+    let named = agent.wait_for_metrics(WAIT, |m| {
+        m.value("apm_tcp_connections_accepted_total", &labels) == Some(0.0)
+    });
+    assert!(named.is_some(), "never named {name}: {}", agent.log_text());
+    let clients = connect_many(port, 5).expect("connect");
+    let counted = agent.wait_for_metrics(WAIT, |m| {
+        m.value("apm_tcp_connections_accepted_total", &labels) == Some(5.0)
+            && m.value("apm_tcp_connections_active", &labels) == Some(5.0)
+    });
+    let m = agent.metrics().expect("metrics");
+    assert!(counted.is_some(), "{}", m.text);
+    // Its port has that one series: nothing under "unknown".
+    let series = m
+        .matching("apm_tcp_connections_accepted_total", &[("server_port", &p)])
+        .count();
+    assert_eq!(series, 1, "{}", m.text);
+    drop(clients);
+}

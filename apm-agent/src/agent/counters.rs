@@ -4,7 +4,7 @@
 use apm_common::{DropReason, PidCounters, Verdict};
 
 use super::Agent;
-use crate::services::directory::UNKNOWN_SERVICE;
+use crate::services::directory::{UNKNOWN_SERVICE, ownerless_name};
 pub(super) use crate::telemetry::saturation::tcp::increment;
 
 impl Agent {
@@ -29,10 +29,14 @@ impl Agent {
 
         for (port, now) in ports {
             let last = self.last_ports.insert(port, now).unwrap_or_default();
-            let name = self
-                .port_names
-                .get(&port)
-                .map_or(UNKNOWN_SERVICE, String::as_str);
+            let ownerless;
+            let name = match self.port_names.get(&port) {
+                Some(name) => name.as_str(),
+                None => {
+                    ownerless = ownerless_name(port);
+                    ownerless.as_str()
+                }
+            };
             let port_label = port.to_string();
             let labels = [name, &port_label];
             let m = &self.metrics;

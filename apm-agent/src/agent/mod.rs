@@ -19,7 +19,7 @@ mod ports;
 use crate::{
     capture::kernel::{Kernel, ProbeReport},
     config::Config,
-    services::directory::{Directory, ServiceInfo, ServiceResource, Services, UNKNOWN_SERVICE},
+    services::directory::{Directory, ServiceInfo, ServiceResource, Services, ownerless_name},
     services::discovery::{Discovery, Listeners, Owner},
     telemetry::metrics::Metrics,
 };
@@ -79,7 +79,7 @@ pub struct Agent {
     selection: Selection,
     /// Service name per monitored port; absent until known.
     port_names: HashMap<u16, String>,
-    /// Ports the kernel counts but no scan could name: "unknown" for now.
+    /// Ports the kernel counts but no scan could name: `port-N` for now.
     nameless: HashSet<u16>,
     /// Ports named by this scan, whose series appear once it is published.
     newly_named: Vec<(u16, String)>,
@@ -243,7 +243,7 @@ impl Agent {
     /// Collect for a scrape, which never walks /proc: the connections of a
     /// port the kernel started counting since the last scan (every-port
     /// mode) wait, uncounted, for the refresh that names it, so they are
-    /// filed under its service rather than "unknown".
+    /// filed under its service rather than its `port-N` name.
     pub fn collect_for_scrape(&mut self) {
         self.collect_ports(true);
     }
@@ -269,7 +269,7 @@ impl Agent {
             let name = self
                 .selection
                 .service_name(port, owners)
-                .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+                .unwrap_or_else(|| ownerless_name(port));
             named_sockets.push(((ns, port), name.clone()));
             for owner in owners {
                 let entry = owners_now
@@ -279,7 +279,7 @@ impl Agent {
             }
         }
         // Ports that the kernel counts on its own (every-port mode) but that
-        // are not listening any more keep their last name, or "unknown".
+        // are not listening any more keep their last name, or `port-N`.
         if let Some(kernel) = &self.kernel {
             for port in kernel.port_counters().keys() {
                 if !self.port_names.contains_key(port) {
@@ -457,11 +457,17 @@ impl Agent {
             // Only ports whose listeners' namespaces are unknown are named
             // by port alone: a client socket whose ephemeral port equals a
             // server port in another namespace is not that server.
+            // Listeners without an owner go by their port's name.
             by_port: self
                 .port_names
                 .iter()
-                .filter(|(port, _)| !socket_ports.contains(*port))
                 .map(|(&port, name)| (port, name.as_str().into()))
+                .chain(
+                    self.nameless
+                        .iter()
+                        .map(|&port| (port, ownerless_name(port).into())),
+                )
+                .filter(|(port, _)| !socket_ports.contains(port))
                 .collect(),
             by_socket,
             resources: self.resources.clone(),

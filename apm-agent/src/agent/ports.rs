@@ -9,7 +9,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::Agent;
-use crate::{capture::Capture, services::directory::UNKNOWN_SERVICE};
+use crate::{capture::Capture, services::directory::ownerless_name};
 
 impl Agent {
     pub(super) fn monitor_port(&mut self, port: u16, name: Option<String>) {
@@ -84,16 +84,17 @@ impl Agent {
     /// tests wait for that series).
     pub(super) fn adopt_newly_named(&mut self) {
         for (port, name) in std::mem::take(&mut self.newly_named) {
-            self.adopt_unknown_series(port, &name);
+            self.adopt_ownerless_series(port, &name);
         }
     }
 
     /// Connections counted while the port had no known owner were the new
-    /// owner's: move them from the "unknown" series to the named one, so
-    /// one port never shows two series at once.
-    fn adopt_unknown_series(&mut self, port: u16, name: &str) {
+    /// owner's: move them from the ownerless series (`port-N`) to the
+    /// named one, so one port never shows two series at once.
+    fn adopt_ownerless_series(&mut self, port: u16, name: &str) {
+        let ownerless = ownerless_name(port);
         let port = port.to_string();
-        let old = [UNKNOWN_SERVICE, port.as_str()];
+        let old = [ownerless.as_str(), port.as_str()];
         let new = [name, port.as_str()];
         let m = &self.metrics;
         for family in [&m.conns_accepted, &m.conns_closed] {
@@ -103,7 +104,7 @@ impl Agent {
                 family.with_label_values(&new).inc_by(carried);
             }
         }
-        m.saturation.tcp.adopt(&port, UNKNOWN_SERVICE, name);
+        m.saturation.tcp.adopt(&port, &ownerless, name);
         if let Ok(gauge) = m.conns_active.get_metric_with_label_values(&old) {
             let active = gauge.get();
             let _ = m.conns_active.remove_label_values(&old);
@@ -141,7 +142,7 @@ impl Agent {
         let name = self
             .port_names
             .remove(&port)
-            .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+            .unwrap_or_else(|| ownerless_name(port));
         self.nameless.remove(&port);
         self.port_seen.remove(&port);
         self.last_ports.remove(&port);
@@ -211,6 +212,35 @@ mod tests {
         assert!(!agent.port_names.contains_key(&8080));
         assert!(agent.port_names.contains_key(&9000));
         assert_eq!(metrics.ports_expired.get(), 1);
+    }
+
+    #[test]
+    fn a_listener_without_an_owner_is_named_by_its_port_until_one_is_found() {
+        let config = Config::try_parse_from(["apm-agent", "--port", "8080"]).expect("config");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let mut agent = Agent::new(&config, None, &ProbeReport::default(), metrics.clone());
+        let ownerless = Listeners {
+            by_port: [(8080, vec![])].into(),
+            by_socket: [((1, 8080), vec![])].into(),
+            ..Default::default()
+        };
+        agent.apply(&ownerless);
+        assert!(agent.directory.snapshot().names("port-8080"));
+        // Connections counted meanwhile move to the owner once found.
+        metrics
+            .conns_accepted
+            .with_label_values(&["port-8080", "8080"])
+            .inc_by(3);
+        agent.apply(&listening(&[8080]));
+        assert!(agent.directory.snapshot().names("api"));
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains(
+                "apm_tcp_connections_accepted_total{server_port=\"8080\",service_name=\"api\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("port-8080"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::api::AppState;
+use crate::services::directory::is_ownerless;
 use crate::telemetry::{
     history::STEP,
     snapshot::{RequestStats, RouteSummary},
@@ -91,12 +92,18 @@ pub async fn data(State(state): State<AppState>, Query(q): Query<Selected>) -> R
             })
         })
         .collect();
-    // Busiest first.
+    // Busiest first; listeners named by their port alone (no owner
+    // found) after every named service.
+    let ownerless = |s: &Value| s["name"].as_str().is_some_and(is_ownerless);
     services.sort_by(|a, b| {
-        b["rps"]
-            .as_f64()
-            .unwrap_or(0.0)
-            .total_cmp(&a["rps"].as_f64().unwrap_or(0.0))
+        ownerless(a)
+            .cmp(&ownerless(b))
+            .then_with(|| {
+                b["rps"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .total_cmp(&a["rps"].as_f64().unwrap_or(0.0))
+            })
             .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
     });
     let selected = q

@@ -10,8 +10,21 @@ use std::sync::{
 
 use rustc_hash::FxHashMap;
 
-/// Label value for a port or process whose owner is not known.
+/// Label value for a process, or a record, whose service is not known.
 pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// The service name of a listener whose owner cannot be found (a kernel
+/// socket, a process the agent may not look into): its port, so that
+/// such listeners are not all merged into one service.
+pub fn ownerless_name(port: u16) -> String {
+    format!("port-{port}")
+}
+
+/// Whether `name` is an [`ownerless_name`].
+pub fn is_ownerless(name: &str) -> bool {
+    name.strip_prefix("port-")
+        .is_some_and(|p| p.parse::<u16>().is_ok())
+}
 
 /// Which service a traced process belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
