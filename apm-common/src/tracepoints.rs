@@ -18,96 +18,74 @@ pub fn fields_of(name: &str) -> Option<&'static [Field]> {
     })
 }
 
+/// A record's fields: one `NAME: "field" at OFFSET, SIZE` each, making
+/// the constant `NAME` (the offset) and the record's `FIELDS`.
+macro_rules! record {
+    ($($name:ident: $field:literal at $offset:literal, $size:literal;)*) => {
+        $(pub const $name: usize = $offset;)*
+        pub const FIELDS: &[super::Field] = &[$(($field, $offset, $size)),*];
+    };
+}
+
 /// `sock:inet_sock_set_state` (this layout since 4.16).
 pub mod inet_sock_set_state {
-    pub const SKADDR: usize = 8;
-    pub const OLDSTATE: usize = 16;
-    pub const NEWSTATE: usize = 20;
-    pub const SPORT: usize = 24;
-    pub const DPORT: usize = 26;
-    pub const FAMILY: usize = 28;
-    pub const PROTOCOL: usize = 30;
-    pub const DADDR: usize = 36;
-    pub const DADDR_V6: usize = 56;
-    pub const FIELDS: &[super::Field] = &[
-        ("skaddr", SKADDR, 8),
-        ("oldstate", OLDSTATE, 4),
-        ("newstate", NEWSTATE, 4),
-        ("sport", SPORT, 2),
-        ("dport", DPORT, 2),
-        ("family", FAMILY, 2),
-        ("protocol", PROTOCOL, 2),
-        ("daddr", DADDR, 4),
-        ("daddr_v6", DADDR_V6, 16),
-    ];
+    record! {
+        SKADDR: "skaddr" at 8, 8;
+        OLDSTATE: "oldstate" at 16, 4;
+        NEWSTATE: "newstate" at 20, 4;
+        SPORT: "sport" at 24, 2;
+        DPORT: "dport" at 26, 2;
+        FAMILY: "family" at 28, 2;
+        PROTOCOL: "protocol" at 30, 2;
+        DADDR: "daddr" at 36, 4;
+        DADDR_V6: "daddr_v6" at 56, 16;
+    }
 }
 
 /// `tcp:tcp_retransmit_skb` (with `family` since 5.12).
 pub mod tcp_retransmit_skb {
-    pub const SKBADDR: usize = 8;
-    pub const SKADDR: usize = 16;
-    pub const SPORT: usize = 28;
-    pub const DPORT: usize = 30;
-    pub const FAMILY: usize = 32;
-    pub const DADDR: usize = 38;
-    pub const DADDR_V6: usize = 58;
-    pub const FIELDS: &[super::Field] = &[
-        ("skbaddr", SKBADDR, 8),
-        ("skaddr", SKADDR, 8),
-        ("sport", SPORT, 2),
-        ("dport", DPORT, 2),
-        ("family", FAMILY, 2),
-        ("daddr", DADDR, 4),
-        ("daddr_v6", DADDR_V6, 16),
-    ];
+    record! {
+        SKBADDR: "skbaddr" at 8, 8;
+        SKADDR: "skaddr" at 16, 8;
+        SPORT: "sport" at 28, 2;
+        DPORT: "dport" at 30, 2;
+        FAMILY: "family" at 32, 2;
+        DADDR: "daddr" at 38, 4;
+        DADDR_V6: "daddr_v6" at 58, 16;
+    }
 }
 
 /// `tcp:tcp_retransmit_synack` (with `family` since 5.12).
 pub mod tcp_retransmit_synack {
-    pub const SKADDR: usize = 8;
-    pub const SPORT: usize = 24;
-    pub const DPORT: usize = 26;
-    pub const FAMILY: usize = 28;
-    pub const DADDR: usize = 34;
-    pub const DADDR_V6: usize = 54;
-    pub const FIELDS: &[super::Field] = &[
-        ("skaddr", SKADDR, 8),
-        ("sport", SPORT, 2),
-        ("dport", DPORT, 2),
-        ("family", FAMILY, 2),
-        ("daddr", DADDR, 4),
-        ("daddr_v6", DADDR_V6, 16),
-    ];
+    record! {
+        SKADDR: "skaddr" at 8, 8;
+        SPORT: "sport" at 24, 2;
+        DPORT: "dport" at 26, 2;
+        FAMILY: "family" at 28, 2;
+        DADDR: "daddr" at 34, 4;
+        DADDR_V6: "daddr_v6" at 54, 16;
+    }
 }
 
 /// `tcp:tcp_receive_reset` (with `family` since 5.12).
 pub mod tcp_receive_reset {
-    pub const SKADDR: usize = 8;
-    pub const SPORT: usize = 16;
-    pub const DPORT: usize = 18;
-    pub const FAMILY: usize = 20;
-    pub const DADDR: usize = 26;
-    pub const DADDR_V6: usize = 46;
-    pub const FIELDS: &[super::Field] = &[
-        ("skaddr", SKADDR, 8),
-        ("sport", SPORT, 2),
-        ("dport", DPORT, 2),
-        ("family", FAMILY, 2),
-        ("daddr", DADDR, 4),
-        ("daddr_v6", DADDR_V6, 16),
-    ];
+    record! {
+        SKADDR: "skaddr" at 8, 8;
+        SPORT: "sport" at 16, 2;
+        DPORT: "dport" at 18, 2;
+        FAMILY: "family" at 20, 2;
+        DADDR: "daddr" at 26, 4;
+        DADDR_V6: "daddr_v6" at 46, 16;
+    }
 }
 
 /// `tcp:tcp_send_reset` with a reason and socket addresses (6.10+): the
 /// local and remote `sockaddr_in` or `sockaddr_in6`, 28 bytes each (the
 /// local one even when the reset answers a segment no socket wanted).
 pub mod tcp_send_reset {
-    pub const SKADDR: usize = 16;
-    pub const SADDR: usize = 32;
-    pub const DADDR: usize = 60;
-    pub const FIELDS: &[super::Field] = &[
-        ("skaddr", SKADDR, 8),
-        ("saddr", SADDR, 28),
-        ("daddr", DADDR, 28),
-    ];
+    record! {
+        SKADDR: "skaddr" at 16, 8;
+        SADDR: "saddr" at 32, 28;
+        DADDR: "daddr" at 60, 28;
+    }
 }

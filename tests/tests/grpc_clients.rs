@@ -18,6 +18,22 @@ use apm_e2e::{
     wait_for,
 };
 
+/// The agent naming the service listening on `lport` `shop` (with
+/// `extra` arguments), once it knows the service and its process.
+fn shop_agent(lport: u16, extra: &[&str]) -> Agent {
+    let l = lport.to_string();
+    let args = shop_args(&l);
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .collect();
+    let agent = Agent::start(&args).expect("agent");
+    agent.wait_for_service(lport, "shop");
+    agent.wait_for_process("shop");
+    agent
+}
+
 /// Shop's gRPC calls ("METHOD STATUS") and HTTP/2 requests ("GET
 /// STATUS") to `port`, as the agent counted them.
 fn calls(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
@@ -28,14 +44,31 @@ fn calls(agent: &Agent, port: u16) -> BTreeMap<String, u64> {
         ("server_address", "127.0.0.1"),
         ("server_port", p.as_str()),
     ];
+    // Every series to `port` has the label's value: none is left out.
+    for (family, label, value) in [
+        (
+            "rpc_client_call_duration_seconds_count",
+            "rpc_system_name",
+            "grpc",
+        ),
+        (
+            "http_client_request_duration_seconds_count",
+            "network_protocol_version",
+            "2",
+        ),
+    ] {
+        for s in m.matching(family, &labels) {
+            assert_eq!(s.labels[label], value, "{s:?}");
+        }
+    }
     let mut calls = m.tally(
         "rpc_client_call_duration_seconds_count",
-        &[labels.as_slice(), &[("rpc_system_name", "grpc")]].concat(),
+        &labels,
         &["rpc_method", "rpc_response_status_code"],
     );
     calls.extend(m.tally(
         "http_client_request_duration_seconds_count",
-        &[labels.as_slice(), &[("network_protocol_version", "2")]].concat(),
+        &labels,
         &["http_request_method", "http_response_status_code"],
     ));
     calls
@@ -94,15 +127,9 @@ fn a_services_grpc_calls_are_timed_as_its_client_per_method_and_status() {
     require_root();
     let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
     let _server = GrpcServer::start(port);
-    let l = lport.to_string();
     let mut started = None;
     let (sent, slow) = drive_as_service(port, 20, lport, || {
-        let args = shop_args(&l);
-        let agent =
-            Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
-        agent.wait_for_service(lport, "shop");
-        agent.wait_for_process("shop");
-        started = Some(agent);
+        started = Some(shop_agent(lport, &[]));
     });
     let agent = started.expect("the agent");
     assert_eq!(sent["/shop.Cart/Hang DEADLINE_EXCEEDED"], 20, "{sent:?}");
@@ -136,12 +163,7 @@ fn a_services_http2_and_grpc_calls_over_tls_are_timed_as_its_client() {
     let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
     let server = GrpcTlsServer::start(port);
     let mut client = NodeClient::start(lport, port, &server.ca);
-    let l = lport.to_string();
-    let mut args = shop_args(&l);
-    args.push("--capture-tls".to_owned());
-    let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
-    agent.wait_for_service(lport, "shop");
-    agent.wait_for_process("shop");
+    let agent = shop_agent(lport, &["--capture-tls"]);
     wait_probed(&agent, "uprobe:/");
     let got = client.drive(10);
     eprintln!("node client {} got {got:?}", client.pid());
@@ -163,15 +185,9 @@ fn a_services_grpc_calls_over_a_lossy_link_are_exact() {
     let (port, lport) = (free_port().expect("port"), free_port().expect("port"));
     let link = LinkNs::create("grpc-cl", &[port], 2).expect("link");
     let _server = GrpcServer::start_in(Some(&link.ns), port);
-    let l = lport.to_string();
     let mut started = None;
     let (sent, _) = drive_as_service_in(Some(&link.ns), port, 20, lport, || {
-        let args = shop_args(&l);
-        let agent =
-            Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("agent");
-        agent.wait_for_service(lport, "shop");
-        agent.wait_for_process("shop");
-        started = Some(agent);
+        started = Some(shop_agent(lport, &[]));
     });
     let agent = started.expect("the agent");
     eprintln!("lossy link: {:?}", link.check_loss().expect("loss"));
